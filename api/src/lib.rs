@@ -1,1 +1,33 @@
-//! placeholder during bootstrap
+//! What every atoll component shares: identities, wire types, TLS, the HTTP server and client.
+//!
+//! - [`ids`]: newtypes for cluster names, labels, node ids and terms.
+//! - [`identity`]: SPIFFE-style identities carried in certificates.
+//! - [`pki`]: the mesh CA: create, load, issue.
+//! - [`tls`]: rustls configs (aws-lc-rs, TLS 1.3, mutual), identity-checking verification.
+//! - [`serve`]: the mTLS HTTP server (peer identity per request) and the plain ops listener.
+//! - [`error`]: the `{"error": {"code", "message"}}` envelope and its status table.
+//! - [`node`]: wire types of a replica's API.
+//! - [`client`]: the HTTP client of that API.
+//! - [`config_file`]: YAML config loading with env overrides and path-naming errors.
+//!
+//! Invariants: a peer is known by the identity in its verified certificate, never by its
+//! address; nothing here accepts a connection without a client certificate from the mesh CA;
+//! aws-lc-rs is the only crypto provider.
+
+pub mod client;
+pub mod config_file;
+pub mod error;
+pub mod identity;
+pub mod ids;
+pub mod node;
+pub mod pki;
+pub mod serve;
+pub mod tls;
+
+pub use error::ApiError;
+pub use error::ErrorCode;
+pub use identity::Identity;
+pub use ids::ClusterName;
+
+/// Version of this build, reported by every component.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,150 @@
+//! Loading YAML config files: unknown keys rejected, every error naming the file and the key,
+//! environment overrides for containers.
+//!
+//! An override is an environment variable `ATOLL__<KEY>__<KEY>=<YAML value>`: the double
+//! underscores separate path segments, segments are lowercased
+//! (`ATOLL__CLUSTER__NAME=aws`, `ATOLL__CLUSTER__LABELS='[aws, default]'`). Overrides are applied
+//! to the parsed document before it is checked, so they are checked like the file itself.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde_yaml_ng::Mapping;
+use serde_yaml_ng::Value;
+
+/// Prefix of override variables.
+pub const ENV_PREFIX: &str = "ATOLL__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{origin}: {source}")]
+    Read {
+        origin: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Syntax { origin: String, message: String },
+    #[error("{origin}: {key}: {message}")]
+    Invalid { origin: String, key: String, message: String },
+}
+
+impl ConfigError {
+    /// A semantic error found after parsing (a value out of range, inconsistent settings).
+    pub fn invalid(origin: &str, key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid { origin: origin.to_string(), key: key.into(), message: message.into() }
+    }
+}
+
+/// The override variables present in the process environment.
+pub fn env_overrides() -> Vec<(String, String)> {
+    std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect()
+}
+
+/// Read and parse `path`, applying `overrides` (see [`env_overrides`]).
+pub fn load<T: DeserializeOwned>(path: &Path, overrides: &[(String, String)]) -> Result<T, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { origin: origin.clone(), source })?;
+    parse(&text, &origin, overrides)
+}
+
+/// Parse YAML `text`; `origin` names it in errors.
+pub fn parse<T: DeserializeOwned>(text: &str, origin: &str, overrides: &[(String, String)]) -> Result<T, ConfigError> {
+    let mut doc: Value = serde_yaml_ng::from_str(text)
+        .map_err(|e| ConfigError::Syntax { origin: origin.to_string(), message: e.to_string() })?;
+    if doc.is_null() {
+        doc = Value::Mapping(Mapping::new());
+    }
+    for (var, raw) in overrides {
+        apply_override(&mut doc, var, raw).map_err(|message| ConfigError::Invalid {
+            origin: origin.to_string(),
+            key: var.clone(),
+            message,
+        })?;
+    }
+    serde_path_to_error::deserialize(doc).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError::Invalid {
+            origin: origin.to_string(),
+            key: if key == "." { "(top level)".to_string() } else { key },
+            message: e.into_inner().to_string(),
+        }
+    })
+}
+
+fn apply_override(doc: &mut Value, var: &str, raw: &str) -> Result<(), String> {
+    let Some(path) = var.strip_prefix(ENV_PREFIX) else { return Ok(()) };
+    let segments: Vec<String> = path.split("__").map(|s| s.to_ascii_lowercase()).collect();
+    if segments.iter().any(String::is_empty) {
+        return Err("empty key segment in the variable name".to_string());
+    }
+    let value: Value = serde_yaml_ng::from_str(raw).map_err(|e| format!("value is not valid YAML: {e}"))?;
+    let mut node = doc;
+    for (i, segment) in segments.iter().enumerate() {
+        let Value::Mapping(map) = node else {
+            return Err(format!("{} is not a mapping", segments[..i].join(".")));
+        };
+        let key = Value::String(segment.clone());
+        if i + 1 == segments.len() {
+            map.insert(key, value);
+            return Ok(());
+        }
+        node = map.entry(key).or_insert_with(|| Value::Mapping(Mapping::new()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        name: String,
+        #[serde(default)]
+        labels: Vec<String>,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Doc {
+        cluster: Inner,
+        #[serde(default)]
+        port: u16,
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_path() {
+        let err = parse::<Doc>("cluster:\n  name: a\n  lables: [x]\n", "agent.yaml", &[]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("agent.yaml: cluster.lables: unknown field `lables`"), "{text}");
+    }
+
+    #[test]
+    fn bad_values_are_named_with_their_path() {
+        let err = parse::<Doc>("cluster: {name: a}\nport: 70000\n", "f.yaml", &[]).unwrap_err();
+        assert!(err.to_string().starts_with("f.yaml: port:"), "{err}");
+        let err = parse::<Doc>("cluster: [1\n", "f.yaml", &[]).unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_apply_before_checking() {
+        let overrides = vec![
+            ("ATOLL__CLUSTER__NAME".to_string(), "gcp".to_string()),
+            ("ATOLL__CLUSTER__LABELS".to_string(), "[gcp, eu]".to_string()),
+            ("ATOLL__PORT".to_string(), "7101".to_string()),
+        ];
+        let doc: Doc = parse("cluster: {name: aws}\n", "f", &overrides).unwrap();
+        assert_eq!(
+            doc,
+            Doc { cluster: Inner { name: "gcp".into(), labels: vec!["gcp".into(), "eu".into()] }, port: 7101 }
+        );
+        let bad = vec![("ATOLL__CLUSTR__NAME".to_string(), "x".to_string())];
+        let err = parse::<Doc>("cluster: {name: aws}\n", "f", &bad).unwrap_err();
+        assert!(err.to_string().contains("unknown field `clustr`"), "{err}");
+    }
+}

@@ -1,0 +1,170 @@
+//! Newtypes for the names that must never be swapped: cluster names, labels, node ids, terms.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+/// A cluster's name: 1 to 63 of `[a-z0-9-]`, starting with a letter or digit (a DNS label, so it
+/// fits in identities, Kubernetes names and metric labels).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ClusterName(String);
+
+impl ClusterName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Why a name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} {value:?} is invalid: {reason}")]
+pub struct InvalidName {
+    pub what: &'static str,
+    pub value: String,
+    pub reason: &'static str,
+}
+
+fn check_dns_label(what: &'static str, value: &str) -> Result<(), InvalidName> {
+    let invalid = |reason| Err(InvalidName { what, value: value.to_string(), reason });
+    if value.is_empty() {
+        return invalid("it is empty");
+    }
+    if value.len() > 63 {
+        return invalid("it is longer than 63 characters");
+    }
+    if !value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return invalid("only lowercase letters, digits and '-' are allowed");
+    }
+    if value.starts_with('-') || value.ends_with('-') {
+        return invalid("it must start and end with a letter or digit");
+    }
+    Ok(())
+}
+
+impl FromStr for ClusterName {
+    type Err = InvalidName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        check_dns_label("cluster name", s)?;
+        Ok(Self(s.to_string()))
+    }
+}
+
+impl TryFrom<String> for ClusterName {
+    type Error = InvalidName;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl<'de> Deserialize<'de> for ClusterName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for ClusterName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A cluster label used by job selectors: 1 to 63 of `[a-z0-9._-]`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Label(String);
+
+impl Label {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Label {
+    type Err = InvalidName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = |reason| Err(InvalidName { what: "label", value: s.to_string(), reason });
+        if s.is_empty() {
+            return invalid("it is empty");
+        }
+        if s.len() > 63 {
+            return invalid("it is longer than 63 characters");
+        }
+        if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')) {
+            return invalid("only lowercase letters, digits, '.', '_' and '-' are allowed");
+        }
+        Ok(Self(s.to_string()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Label {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A replica's id within its cluster's Raft group; never reused (a wiped replica rejoins under
+/// a new id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeId(pub u64);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl FromStr for NodeId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(NodeId)
+    }
+}
+
+/// A Raft term.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Term(pub u64);
+
+impl fmt::Display for Term {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_names_are_dns_labels() {
+        for ok in ["aws", "gcp-eu-1", "a", "0x"] {
+            assert!(ok.parse::<ClusterName>().is_ok(), "{ok}");
+        }
+        for bad in ["", "AWS", "-a", "a-", "a_b", "a.b", &"x".repeat(64)] {
+            let err = bad.parse::<ClusterName>().unwrap_err();
+            assert!(err.to_string().starts_with("cluster name"), "{err}");
+        }
+    }
+
+    #[test]
+    fn labels_allow_dots_and_underscores() {
+        assert!("gpu.nvidia_a100".parse::<Label>().is_ok());
+        assert!("Has Space".parse::<Label>().is_err());
+    }
+
+    #[test]
+    fn names_deserialize_with_validation() {
+        let err = serde_json::from_str::<ClusterName>("\"Bad\"").unwrap_err();
+        assert!(err.to_string().contains("cluster name \"Bad\" is invalid"), "{err}");
+    }
+}

@@ -1,0 +1,124 @@
+//! The mTLS HTTP server of every daemon, and the plain ops listener.
+//!
+//! Each accepted connection completes its TLS handshake in its own task (a slow client never
+//! blocks accepting), is refused with a log line naming why (wrong CA, expired, no identity),
+//! and otherwise serves HTTP/1.1 or HTTP/2 with the peer's [`Identity`] attached to every
+//! request as a [`Peer`] extension. A hook hears when a peer's connection closes: a replica uses
+//! it to notice at once that its leader's process died.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::identity::Identity;
+use crate::tls::peer_identity;
+
+/// The verified identity of the client of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer(pub Identity);
+
+/// How long a client has to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Called with the peer's identity when one of its connections closes.
+pub type OnClose = Arc<dyn Fn(&Identity) + Send + Sync>;
+
+/// Serve `router` over mTLS on `listener` until `shutdown` resolves, then let open requests
+/// finish for up to `grace`.
+pub async fn serve_mtls(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    router: Router,
+    on_close: Option<OnClose>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let acceptor = TlsAcceptor::from(config);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly, keep serving.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let on_close = on_close.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Err(_) => {
+                    tracing::warn!(%remote, "refused mTLS connection: handshake timed out");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(%remote, error = %e, "refused mTLS connection");
+                    return;
+                }
+                Ok(Ok(tls)) => tls,
+            };
+            let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
+            let identity = match peer_identity(certs) {
+                Ok(identity) => identity,
+                Err(e) => {
+                    tracing::warn!(%remote, error = %e, "refused mTLS connection: no atoll identity");
+                    return;
+                }
+            };
+            tracing::debug!(%remote, peer = %identity, "mTLS connection accepted");
+            let peer = Peer(identity.clone());
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                request.extensions_mut().insert(peer.clone());
+                request.extensions_mut().insert(RemoteAddr(remote));
+                router.clone().oneshot(request.map(axum::body::Body::new))
+            });
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection(TokioIo::new(tls), service).into_owned();
+            if let Err(e) = watcher.watch(connection).await {
+                tracing::debug!(%remote, peer = %identity, error = %e, "connection ended with an error");
+            }
+            if let Some(on_close) = on_close {
+                on_close(&identity);
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(?grace, "open connections did not finish within the grace period");
+    }
+    Ok(())
+}
+
+/// The remote address of a request's connection.
+#[derive(Clone, Copy, Debug)]
+pub struct RemoteAddr(pub SocketAddr);
+
+/// Serve the plain-HTTP ops router (health, readiness, metrics; nothing else) until `shutdown`.
+pub async fn serve_ops(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
