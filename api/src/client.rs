@@ -190,6 +190,24 @@ impl NodeClient {
         self.call_leader(Method::PUT, addr, &format!("/v1/annotations/{key}"), Some(&body)).await
     }
 
+    /// Remove an annotation; returns whether it existed.
+    pub async fn delete_annotation(&self, addr: &str, key: &str) -> Result<bool, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Deleted {
+            existed: bool,
+        }
+        let deleted: Deleted =
+            self.call_leader::<(), _>(Method::DELETE, addr, &format!("/v1/annotations/{key}"), None).await?;
+        Ok(deleted.existed)
+    }
+
+    /// Set an annotation with exactly one request to `addr` (it forwards to its leader), without
+    /// following `not_leader` answers: what a latency probe needs.
+    pub async fn annotate_once(&self, addr: &str, key: &str, value: &str) -> Result<AnnotationAck, ClientError> {
+        let body = AnnotationWrite { value: value.to_string() };
+        self.call(Method::PUT, addr, &format!("/v1/annotations/{key}"), Some(&body)).await
+    }
+
     pub async fn members(&self, addr: &str) -> Result<Vec<MemberInfo>, ClientError> {
         self.call::<(), _>(Method::GET, addr, "/v1/raft/members", None).await
     }

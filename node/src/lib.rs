@@ -1,1 +1,26 @@
-//! placeholder during bootstrap
+//! The atoll agent replica: one member of a cluster's Raft group.
+//!
+//! - [`config`]: the agent config file and its checked form.
+//! - [`run()`]: boot and orderly shutdown of a replica.
+//! - [`raft`]: everything that touches openraft (core, network, RPCs, bootstrap, failover).
+//! - [`api`]: the replica API on the mTLS listener.
+//! - [`ops`]: health, readiness and metrics on the plain ops listener.
+//! - [`metrics`]: the Prometheus metrics.
+//!
+//! Invariants:
+//! - only `raft/` touches openraft; everything else sees [`raft::Replica`] and API types;
+//! - every listener but the ops one requires a client certificate from the mesh CA, and Raft
+//!   RPCs are accepted only from replicas of the same cluster;
+//! - a write is acknowledged only after it is committed by a quorum and applied;
+//! - a replica whose data was wiped never rejoins under its old id.
+
+pub mod api;
+pub mod config;
+pub mod metrics;
+pub mod ops;
+pub mod raft;
+mod run;
+
+pub use config::AgentConfig;
+pub use run::Stopped;
+pub use run::run;

@@ -1,9 +1,12 @@
 //! The Raft log, vote and commit pointer, on redb.
 //!
-//! Durability rules (each is a redb commit with `Durability::Immediate`, i.e. fsync'd before the
-//! call returns or the callback fires):
-//! - `save_vote` returns only once the vote is on disk;
-//! - `append` calls its flush callback only after the entries are on disk;
+//! Durability rules:
+//! - `save_vote` returns only once the vote is on disk (an fsync'd commit);
+//! - `append` commits the entries without fsync, so they are readable (replication can start)
+//!   as soon as it returns, and hands the flush callback to the [`Syncer`] thread, which fires
+//!   it only after an fsync'd commit has made the entries durable. One fsync covers every append
+//!   queued meanwhile (group commit). redb's durable state is always a prefix of its commits, so
+//!   a crash loses only a suffix of unacknowledged entries and never leaves a hole;
 //! - `truncate_after` and `purge` are durable when they return, and never leave a hole (purge
 //!   records the purge point and deletes in the same transaction).
 //!
@@ -100,12 +103,55 @@ fn is_blank(db: &Database, path: &Path) -> Result<bool, OpenError> {
 pub struct LogStore {
     db: Arc<Database>,
     path: PathBuf,
+    syncer: Syncer,
+}
+
+/// A thread that makes appended entries durable and then fires their flush callbacks, in order.
+#[derive(Clone)]
+struct Syncer {
+    tx: std::sync::mpsc::Sender<IOFlushed<TypeConfig>>,
+}
+
+impl Syncer {
+    /// The thread holds the database weakly, so dropping the last [`LogStore`] closes the file
+    /// at once (a reopen in the same process finds it free).
+    fn start(db: &Arc<Database>, path: &Path) -> std::io::Result<Self> {
+        let db = Arc::downgrade(db);
+        let (tx, rx) = std::sync::mpsc::channel::<IOFlushed<TypeConfig>>();
+        let name = format!("log-sync:{}", path.display());
+        std::thread::Builder::new().name("atoll-log-sync".into()).spawn(move || {
+            // Ends when every LogStore handle (and so every sender) is gone.
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                let result = (|| -> Result<(), redb::Error> {
+                    let db = db.upgrade().ok_or_else(|| std::io::Error::other("the log store was closed"))?;
+                    let mut txn = db.begin_write()?;
+                    txn.set_durability(Durability::Immediate)?;
+                    txn.commit()?;
+                    Ok(())
+                })();
+                match result {
+                    Ok(()) => batch.into_iter().for_each(|cb| cb.io_completed(Ok(()))),
+                    Err(e) => {
+                        tracing::error!(log = %name, error = %e, "making appended entries durable failed");
+                        let message = e.to_string();
+                        batch.into_iter().for_each(|cb| cb.io_completed(Err(std::io::Error::other(message.clone()))));
+                    }
+                }
+            }
+        })?;
+        Ok(Self { tx })
+    }
 }
 
 impl LogStore {
     pub fn open(path: &Path) -> Result<Self, OpenError> {
-        let db = open_database(path, SCHEMA)?;
-        let store = Self { db: Arc::new(db), path: path.to_path_buf() };
+        let db = Arc::new(open_database(path, SCHEMA)?);
+        let syncer = Syncer::start(&db, path).map_err(|e| OpenError::io(path, e))?;
+        let store = Self { db, path: path.to_path_buf(), syncer };
         // Read every record once, so a corrupt or newer-format log fails at start, not later.
         store.check_records().map_err(|e| OpenError::Corrupt { path: path.to_path_buf(), detail: e.to_string() })?;
         Ok(store)
@@ -298,7 +344,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             rows.push((entry.index(), codec::encode(&entry)?));
         }
-        self.write(Durability::Immediate, move |txn| {
+        self.write(Durability::None, move |txn| {
             let mut table = txn.open_table(LOG)?;
             for (index, bytes) in &rows {
                 table.insert(*index, bytes.as_slice())?;
@@ -306,8 +352,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Ok(())
         })
         .await?;
-        callback.io_completed(Ok(()));
-        Ok(())
+        self.syncer.tx.send(callback).map_err(|_| io_error("the log sync thread has stopped"))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), std::io::Error> {

@@ -89,11 +89,12 @@ async fn acknowledged_entries_survive_sigkill() {
     for round in 0..ROUNDS {
         let kill_after = Duration::from_millis(30 + rand::random::<u64>() % 200);
         eprintln!("round {round}: start an appender, SIGKILL it after {kill_after:?}");
+        let stderr_path = dir.path().join("child-stderr.txt");
         let mut child = Process::new(&exe)
             .args(["--exact", "crash_child_appender", "--nocapture", "--test-threads", "1"])
-            .env(CHILD_ENV, dir.path())
+            .env(CHILD_ENV, dir.path().join("data"))
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
             .spawn()
             .expect("spawn child");
         let stdout = child.stdout.take().unwrap();
@@ -120,7 +121,8 @@ async fn acknowledged_entries_survive_sigkill() {
             }
             assert!(Instant::now() < first_deadline, "round {round}: child acknowledged nothing in 30 s");
             if let Some(status) = child.try_wait().unwrap() {
-                panic!("round {round}: child exited on its own: {status}");
+                let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                panic!("round {round}: child exited on its own: {status}\n{stderr}");
             }
         }
         child.kill().expect("SIGKILL the child");
@@ -131,7 +133,8 @@ async fn acknowledged_entries_survive_sigkill() {
         }
 
         eprintln!("round {round}: child acked {} entries; reopen and check", acked.entries.len());
-        let (_, mut log, _) = atoll_raft_store::open(dir.path(), "crash", 1).expect("reopen after SIGKILL");
+        let (_, mut log, _) =
+            atoll_raft_store::open(&dir.path().join("data"), "crash", 1).expect("reopen after SIGKILL");
         let state = log.get_log_state().await.unwrap();
         let last = state.last_log_id.map(|id| id.index);
         let first_kept = state.last_purged_log_id.map_or(0, |id| id.index + 1);

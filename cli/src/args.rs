@@ -1,0 +1,189 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use clap::Subcommand;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "atoll",
+    version,
+    about = "Run jobs across many clusters, through crashed leaders, dead clusters and cut networks"
+)]
+pub struct Args {
+    /// Config file: for `agent` the agent config; for other commands the CLI config (replica
+    /// addresses and operator credentials; `atoll dev` writes one to DIR/atoll.yaml).
+    #[arg(long, global = true, env = "ATOLL_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Log filter, e.g. `info` or `info,atoll_node=debug` (default: RUST_LOG, else `info` for
+    /// daemons and `warn` for commands).
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one agent replica (`atoll agent --config agent.yaml`).
+    Agent,
+    /// Run a whole local mesh: clusters of replicas as child processes, until Ctrl-C.
+    Dev(DevArgs),
+    /// Manage the mesh certificate authority.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// One replica's view: role, term, leader, membership.
+    Status(NodeArgs),
+    /// Set (KEY=VALUE) or remove (KEY-) cluster annotations, through any replica.
+    Annotate {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// KEY=VALUE to set, KEY- to remove.
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+    /// Annotations as one replica has applied them.
+    Annotations(NodeArgs),
+    /// Raft membership of a cluster.
+    Raft {
+        #[command(subcommand)]
+        command: RaftCommand,
+    },
+    /// Benchmarks (release build recommended).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+impl Command {
+    /// Whether this command is a long-running daemon (logs at info by default).
+    pub fn is_daemon(&self) -> bool {
+        matches!(self, Command::Agent | Command::Dev(_))
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// Replica address (host:port); default: the first replica in the CLI config.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevArgs {
+    /// Directory for certificates, configs, data and logs (reused when it holds the same layout).
+    #[arg(long, default_value = ".atoll/dev")]
+    pub dir: PathBuf,
+    /// Number of clusters (aws, gcp, onprem, then c4, c5, ...).
+    #[arg(long, default_value_t = 3)]
+    pub clusters: usize,
+    /// Replicas per cluster (odd).
+    #[arg(long, default_value_t = 3)]
+    pub replicas: usize,
+    /// First port to use (each replica takes two); 0 picks free ports.
+    #[arg(long, default_value_t = 0)]
+    pub base_port: u16,
+    /// Delete DIR's previous contents first.
+    #[arg(long)]
+    pub fresh: bool,
+    /// Do not restart a replica that exits (tests kill replicas on purpose).
+    #[arg(long)]
+    pub no_restart: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a new mesh CA in DIR (ca.pem, ca-key.pem).
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Common name of the CA certificate.
+        #[arg(long, default_value = "atoll mesh CA")]
+        name: String,
+        /// Validity, e.g. 10y, 365d, 24h.
+        #[arg(long, default_value = "10y")]
+        validity: String,
+    },
+    /// Issue a certificate signed by the CA in DIR.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Cluster of the replica (with --node).
+        #[arg(long, requires = "node")]
+        cluster: Option<String>,
+        /// Node id of the replica (with --cluster).
+        #[arg(long, requires = "cluster")]
+        node: Option<u64>,
+        /// Issue an operator certificate with this name instead.
+        #[arg(long, conflicts_with_all = ["cluster", "node", "gateway"])]
+        operator: Option<String>,
+        /// Issue a gateway certificate with this id instead.
+        #[arg(long, conflicts_with_all = ["cluster", "node"])]
+        gateway: Option<String>,
+        /// Where to write NAME.pem and NAME-key.pem (default: DIR).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// File name stem (default: derived from the identity).
+        #[arg(long)]
+        name: Option<String>,
+        /// Validity, e.g. 24h, 30d.
+        #[arg(long, default_value = "24h")]
+        validity: String,
+        /// Key algorithm: ecdsa-p256 or ed25519.
+        #[arg(long, default_value = "ecdsa-p256")]
+        key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RaftCommand {
+    /// List members.
+    Members(NodeArgs),
+    /// Add a replica as a learner, wait until it caught up, then promote it (unless --learner).
+    Add {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Node id of the new replica (never used before in this cluster).
+        id: u64,
+        /// Its advertised host:port.
+        addr: String,
+        /// Keep it a learner.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Promote a learner to voter.
+    Promote {
+        #[command(flatten)]
+        node: NodeArgs,
+        id: u64,
+    },
+    /// Remove a replica from the group.
+    Remove {
+        #[command(flatten)]
+        node: NodeArgs,
+        id: u64,
+    },
+    /// Hand leadership to another voter.
+    TransferLeader {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Target node id (default: the most up-to-date voter).
+        #[arg(long)]
+        to: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Write-unavailability after killing (or pausing) the leader, side by side with etcd.
+    Failover(crate::bench::failover::FailoverArgs),
+}

@@ -1,0 +1,134 @@
+//! The CLI config file (`atoll.yaml`): which replicas to talk to and the operator credentials.
+//!
+//! ```yaml
+//! nodes:                       # replicas commands use when --node is not given
+//!   - {cluster: aws, id: 1, addr: "127.0.0.1:7101"}
+//! tls:                         # operator certificate (spiffe://atoll/operator/<name>)
+//!   ca: certs/ca.pem
+//!   cert: certs/admin.pem
+//!   key: certs/admin-key.pem
+//! gateway: []                  # gateway URLs
+//! ```
+//! Relative paths are resolved against the file's directory.
+
+use std::path::Path;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use atoll_api::client::NodeClient;
+use atoll_api::tls::ServerPolicy;
+use atoll_api::tls::TlsFiles;
+use atoll_api::tls::TlsIdentity;
+use serde::Deserialize;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CliConfig {
+    /// Gateway URLs, tried in order.
+    #[serde(default)]
+    pub gateway: Vec<String>,
+    /// Replicas, for commands given no --node.
+    #[serde(default)]
+    pub nodes: Vec<NodeEntry>,
+    /// Operator credentials for the replicas' mTLS API.
+    #[serde(default)]
+    pub tls: Option<TlsEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    pub cluster: String,
+    pub id: u64,
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsEntry {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// How long one CLI request may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl CliConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let mut config: CliConfig = atoll_api::config_file::load(path, &[])?;
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if let Some(tls) = &mut config.tls {
+            for p in [&mut tls.ca, &mut tls.cert, &mut tls.key] {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// Load `path`, or `./atoll.yaml` when none is given and it exists.
+    pub fn find(path: Option<&Path>) -> anyhow::Result<Self> {
+        match path {
+            Some(path) => Self::load(path),
+            None if Path::new("atoll.yaml").exists() => Self::load(Path::new("atoll.yaml")),
+            None => Ok(Self::default()),
+        }
+    }
+
+    /// A client for replicas' APIs with the operator credentials.
+    pub fn node_client(&self) -> anyhow::Result<NodeClient> {
+        let tls = self.tls.as_ref().context(
+            "no operator credentials: pass --config DIR/atoll.yaml (atoll dev writes one) or set ATOLL_CONFIG",
+        )?;
+        let identity =
+            TlsIdentity::load(&TlsFiles { ca: tls.ca.clone(), cert: tls.cert.clone(), key: tls.key.clone() })?;
+        Ok(NodeClient::new(&identity, ServerPolicy::AnyAtoll, REQUEST_TIMEOUT)?)
+    }
+
+    /// `--node`, else the first replica listed here.
+    pub fn node_addr(&self, node: Option<&str>) -> anyhow::Result<String> {
+        match node {
+            Some(addr) => Ok(addr.to_string()),
+            None => self
+                .nodes
+                .first()
+                .map(|n| n.addr.clone())
+                .context("no --node given and the CLI config lists no replicas"),
+        }
+    }
+}
+
+/// Parse a duration like `90s`, `30m`, `24h`, `30d`, `10y`.
+pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().with_context(|| format!("{text:?} is not a duration like 24h or 30d"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "y" => 365 * 86_400,
+        _ => anyhow::bail!("{text:?}: unknown unit {unit:?} (use s, m, h, d or y)"),
+    };
+    Ok(Duration::from_secs(n.checked_mul(secs).context("duration too large")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_duration("10y").unwrap(), Duration::from_secs(10 * 365 * 86_400));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("3w").is_err());
+    }
+}

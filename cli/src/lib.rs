@@ -1,0 +1,41 @@
+//! The `atoll` binary's commands, as a library so tests and benchmarks run the same code.
+//!
+//! - [`args`]: the command line.
+//! - [`agent`]: `atoll agent`.
+//! - [`dev`]: `atoll dev`, a whole local mesh.
+//! - [`mesh`]: the local mesh launcher shared by `dev`, benchmarks and tests.
+//! - [`ca`]: `atoll ca init|issue`.
+//! - [`operator`]: `status`, `annotate`, `annotations`, `raft ...`.
+//! - [`bench`]: benchmarks measured side by side with the peer baseline.
+//! - [`cli_config`]: the CLI config file.
+
+pub mod agent;
+pub mod args;
+pub mod bench;
+pub mod ca;
+pub mod cli_config;
+pub mod dev;
+pub mod logging;
+pub mod mesh;
+pub mod operator;
+
+use args::Args;
+use args::BenchCommand;
+use args::Command;
+use cli_config::CliConfig;
+
+/// Run the parsed command.
+pub async fn dispatch(args: Args) -> anyhow::Result<()> {
+    match args.command {
+        Command::Agent => agent::run(args.config.as_deref()).await,
+        Command::Dev(dev_args) => dev::run(dev_args).await,
+        Command::Ca { command } => ca::run(command),
+        Command::Status(node) => operator::status(&CliConfig::find(args.config.as_deref())?, node).await,
+        Command::Annotate { node, pairs } => {
+            operator::annotate(&CliConfig::find(args.config.as_deref())?, node, pairs).await
+        }
+        Command::Annotations(node) => operator::annotations(&CliConfig::find(args.config.as_deref())?, node).await,
+        Command::Raft { command } => operator::raft(&CliConfig::find(args.config.as_deref())?, command).await,
+        Command::Bench { command: BenchCommand::Failover(failover) } => bench::failover::run(failover).await,
+    }
+}

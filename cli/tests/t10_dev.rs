@@ -1,0 +1,185 @@
+//! `atoll dev` end to end: the mesh comes up, the CLI works against it through the written
+//! config, Ctrl-C/SIGTERM stops every child, and a second run on the same directory finds its
+//! data again.
+
+// A synchronous test driving processes: no async runtime here, so plain sleeps are right.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::io::BufRead;
+use std::io::BufReader;
+use std::path::Path;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::Duration;
+use std::time::Instant;
+
+use atoll::mesh::NodeRecord;
+use common::atoll_exe;
+use common::phase;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+/// A running `atoll dev` and the lines it printed.
+struct Dev {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Dev {
+    fn start(dir: &Path) -> Self {
+        let mut child = Command::new(atoll_exe())
+            .args(["dev", "--clusters", "1", "--dir"])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start atoll dev");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines, seen: Vec::new() }
+    }
+
+    /// Wait for a line containing `text` (bounded).
+    fn wait_for(&mut self, text: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                eprintln!("dev| {line}");
+                let found = line.contains(text);
+                self.seen.push(line);
+                if found {
+                    return;
+                }
+            }
+        }
+        panic!("atoll dev did not print {text:?} within {timeout:?}; printed: {:?}", self.seen);
+    }
+
+    /// SIGTERM and wait for a clean exit (bounded).
+    fn stop(&mut self) {
+        nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
+        self.wait_for("atoll dev: stopped", Duration::from_secs(30));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "atoll dev exited with {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "atoll dev did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn cli(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(atoll_exe()).arg("--config").arg(config).args(args).output().expect("run atoll")
+}
+
+fn alive(pid: u32) -> bool {
+    nix::sys::signal::kill(Pid::from_raw(pid as i32), None).is_ok()
+}
+
+fn nodes(dir: &Path) -> Vec<NodeRecord> {
+    serde_json::from_slice(&std::fs::read(dir.join("nodes.json")).expect("nodes.json")).expect("parse nodes.json")
+}
+
+#[test]
+fn atoll_dev_runs_a_mesh_the_cli_can_use_and_stops_every_child() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("mesh");
+    let config = dir.join("atoll.yaml");
+
+    phase("start atoll dev with one cluster and wait until it is ready");
+    let mut dev = Dev::start(&dir);
+    dev.wait_for("atoll dev: ready", Duration::from_secs(90));
+    assert!(dev.seen.iter().any(|l| l.starts_with("cluster aws: leader node")), "{:?}", dev.seen);
+    let records = nodes(&dir);
+    assert_eq!(records.len(), 3);
+    let pids: Vec<u32> = records.iter().map(|r| r.pid.expect("pid")).collect();
+    assert!(pids.iter().all(|p| alive(*p)));
+
+    phase("the CLI reads the written config: status --json has the contract fields");
+    let out = cli(&config, &["status", "--node", &records[0].addr, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    for field in ["cluster", "node_id", "role", "term", "leader", "last_applied", "members"] {
+        assert!(status.get(field).is_some(), "status lacks {field}: {status}");
+    }
+    assert_eq!(status["cluster"], "aws");
+    assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
+
+    phase("annotate through one replica, read it on another");
+    let out = cli(&config, &["annotate", "--node", &records[1].addr, "team=platform", "tier=gold"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = cli(&config, &["annotations", "--node", &records[2].addr, "--json"]);
+        let annotations: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if annotations["team"] == "platform" && annotations["tier"] == "gold" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "annotation not applied on node 3: {annotations}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    phase("bad input is refused with a clear error");
+    let out = cli(&config, &["annotate", "--node", &records[0].addr, "no-equals-sign"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected KEY=VALUE"));
+
+    phase("SIGTERM stops atoll dev and every replica it started");
+    dev.stop();
+    for pid in &pids {
+        assert!(!alive(*pid), "replica pid {pid} still running after atoll dev stopped");
+    }
+
+    phase("a second run on the same directory reuses it: the annotations are still there");
+    let mut dev = Dev::start(&dir);
+    dev.wait_for("atoll dev: ready", Duration::from_secs(90));
+    let records = nodes(&dir);
+    let out = cli(&config, &["annotations", "--node", &records[0].addr, "--json"]);
+    let annotations: serde_json::Value = serde_json::from_slice(&out.stdout).expect("annotations");
+    assert_eq!(annotations["team"], "platform", "{annotations}");
+    dev.stop();
+}
+
+#[test]
+fn atoll_dev_refuses_a_directory_that_is_not_a_mesh() {
+    let temp = tempfile::tempdir().unwrap();
+    std::fs::write(temp.path().join("precious.txt"), b"keep me").unwrap();
+    let out = Command::new(atoll_exe()).args(["dev", "--clusters", "1", "--dir"]).arg(temp.path()).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holds no atoll mesh"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(atoll_exe())
+        .args(["dev", "--fresh", "--clusters", "1", "--dir"])
+        .arg(temp.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(temp.path().join("precious.txt").exists(), "--fresh deleted a directory that was not a mesh");
+}

@@ -1,0 +1,429 @@
+//! `atoll agent` configuration: the YAML file as written, and the checked runtime form.
+//!
+//! Every key is documented here and in `docs/configuration.md`. Relative paths are resolved
+//! against the config file's directory. Environment overrides: see `atoll_api::config_file`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use atoll_api::config_file::ConfigError;
+use atoll_api::ids::ClusterName;
+use atoll_api::ids::Label;
+use atoll_api::tls::TlsFiles;
+use serde::Deserialize;
+
+/// The agent config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    /// The cluster this replica belongs to.
+    pub cluster: ClusterFile,
+    /// This replica.
+    pub node: NodeFile,
+    /// `host:port` the mTLS listener binds (Raft RPCs and the replica API).
+    pub listen: String,
+    /// `host:port` peers and tools use to reach this replica (the advertised endpoint);
+    /// defaults to `listen`.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// `host:port` of the plain-HTTP ops listener (`/healthz`, `/readyz`, `/metrics` and nothing
+    /// else); no ops listener when absent.
+    #[serde(default)]
+    pub ops_listen: Option<String>,
+    /// The initial voters, identical on every replica: the group is bootstrapped with exactly
+    /// this set. Replicas added later join through `atoll raft add` and need not be listed.
+    pub peers: Vec<PeerFile>,
+    /// Raft timing and log compaction.
+    #[serde(default)]
+    pub raft: RaftFile,
+    /// Certificate, key and CA files (PEM).
+    pub tls: TlsFile,
+    /// How long an orderly shutdown (hand over leadership, drain requests, flush) may take, in
+    /// milliseconds.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// Cluster name (`[a-z0-9-]`, up to 63 characters); part of every replica's identity.
+    pub name: String,
+    /// Labels that job selectors match against (e.g. `[aws, default]`).
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    /// This replica's id in its cluster (1 or more). Kept for life: the data directory remembers
+    /// it, and a wiped replica rejoins under a new id.
+    pub id: u64,
+    /// Where the replica keeps its Raft log, state and snapshots.
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerFile {
+    /// The peer's node id.
+    pub id: u64,
+    /// The peer's advertised `host:port`.
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftFile {
+    /// How often the leader sends heartbeats, in milliseconds.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader waits the leader's lease (`election_timeout_max_ms`) plus a
+    /// random time between these two bounds before it campaigns, in milliseconds.
+    #[serde(default = "default_election_min_ms")]
+    pub election_timeout_min_ms: u64,
+    #[serde(default = "default_election_max_ms")]
+    pub election_timeout_max_ms: u64,
+    /// Deadline of a replication RPC that carries entries, in milliseconds (heartbeats keep the
+    /// heartbeat interval as deadline). Sized for a follower's disk sync under load.
+    #[serde(default = "default_append_timeout_ms")]
+    pub append_timeout_ms: u64,
+    /// Deadline of a snapshot transfer, in milliseconds.
+    #[serde(default = "default_snapshot_timeout_ms")]
+    pub snapshot_timeout_ms: u64,
+    /// Build a snapshot once this many entries were applied since the last one.
+    #[serde(default = "default_snapshot_after_entries")]
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log after a snapshot (lagging followers catch up from them instead of
+    /// receiving the whole snapshot).
+    #[serde(default = "default_keep_entries")]
+    pub keep_entries_after_snapshot: u64,
+    /// Deadline of a client write (commit and apply), in milliseconds; past it the outcome is
+    /// reported unknown.
+    #[serde(default = "default_write_timeout_ms")]
+    pub write_timeout_ms: u64,
+    /// Take over at once when the leader's process is seen to die (its connections close and a
+    /// reconnect is refused), instead of waiting out its lease.
+    #[serde(default = "default_true")]
+    pub fast_failover: bool,
+}
+
+impl Default for RaftFile {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: default_heartbeat_ms(),
+            election_timeout_min_ms: default_election_min_ms(),
+            election_timeout_max_ms: default_election_max_ms(),
+            append_timeout_ms: default_append_timeout_ms(),
+            snapshot_timeout_ms: default_snapshot_timeout_ms(),
+            snapshot_after_entries: default_snapshot_after_entries(),
+            keep_entries_after_snapshot: default_keep_entries(),
+            write_timeout_ms: default_write_timeout_ms(),
+            fast_failover: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// The mesh CA certificate(s) this replica trusts.
+    pub ca: PathBuf,
+    /// This replica's certificate (SAN URI `spiffe://atoll/cluster/<name>/node/<id>`).
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+}
+
+fn default_heartbeat_ms() -> u64 {
+    RaftTiming::DEFAULT.heartbeat.as_millis() as u64
+}
+fn default_election_min_ms() -> u64 {
+    RaftTiming::DEFAULT.election_min.as_millis() as u64
+}
+fn default_election_max_ms() -> u64 {
+    RaftTiming::DEFAULT.election_max.as_millis() as u64
+}
+fn default_append_timeout_ms() -> u64 {
+    2_000
+}
+fn default_snapshot_timeout_ms() -> u64 {
+    120_000
+}
+fn default_snapshot_after_entries() -> u64 {
+    5_000
+}
+fn default_keep_entries() -> u64 {
+    1_000
+}
+fn default_write_timeout_ms() -> u64 {
+    5_000
+}
+fn default_shutdown_grace_ms() -> u64 {
+    10_000
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Raft timing, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTiming {
+    pub heartbeat: Duration,
+    pub election_min: Duration,
+    pub election_max: Duration,
+}
+
+impl RaftTiming {
+    /// 20 ms heartbeats, 60-120 ms election timeout: a follower notices a silent leader after
+    /// 180-240 ms. See `docs/performance.md` for what each setting gives on this hardware.
+    pub const DEFAULT: RaftTiming = RaftTiming {
+        heartbeat: Duration::from_millis(20),
+        election_min: Duration::from_millis(60),
+        election_max: Duration::from_millis(120),
+    };
+}
+
+/// The checked runtime configuration of a replica.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub cluster: ClusterName,
+    pub labels: Vec<Label>,
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub advertise: String,
+    pub ops_listen: Option<SocketAddr>,
+    /// Initial voters: id -> advertised address.
+    pub peers: BTreeMap<u64, String>,
+    pub timing: RaftTiming,
+    pub append_timeout: Duration,
+    pub snapshot_timeout: Duration,
+    pub snapshot_after_entries: u64,
+    pub keep_entries_after_snapshot: u64,
+    pub write_timeout: Duration,
+    pub fast_failover: bool,
+    pub tls: TlsFiles,
+    pub shutdown_grace: Duration,
+}
+
+/// Whether `addr` is `host:port` with a non-empty host and a valid port.
+fn check_host_port(addr: &str) -> Result<(), String> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("{addr:?} is not host:port"));
+    };
+    if host.is_empty() {
+        return Err(format!("{addr:?} has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("{addr:?} has no valid port")),
+    }
+}
+
+fn resolve(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() { path.to_path_buf() } else { base.join(path) }
+}
+
+impl AgentConfig {
+    /// Load `path`, applying `ATOLL__...` overrides from the environment, and check it.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file: AgentFile = atoll_api::config_file::load(path, &atoll_api::config_file::env_overrides())?;
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        Self::check(file, &path.display().to_string(), base)
+    }
+
+    /// Check a parsed file; `origin` names it in errors, `base` resolves relative paths.
+    pub fn check(file: AgentFile, origin: &str, base: &Path) -> Result<Self, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::invalid(origin, key, message);
+        let cluster: ClusterName = file
+            .cluster
+            .name
+            .parse()
+            .map_err(|e: atoll_api::ids::InvalidName| invalid("cluster.name", e.to_string()))?;
+        let mut labels = Vec::new();
+        for (i, label) in file.cluster.labels.iter().enumerate() {
+            labels.push(label.parse::<Label>().map_err(|e| invalid(&format!("cluster.labels[{i}]"), e.to_string()))?);
+        }
+        if file.node.id == 0 {
+            return Err(invalid("node.id", "must be 1 or more".into()));
+        }
+        let listen: SocketAddr = file
+            .listen
+            .parse()
+            .map_err(|e| invalid("listen", format!("{:?} is not an ip:port address: {e}", file.listen)))?;
+        let advertise = file.host.clone().unwrap_or_else(|| file.listen.clone());
+        check_host_port(&advertise).map_err(|e| invalid("host", e))?;
+        if listen.ip().is_unspecified() && file.host.is_none() {
+            return Err(invalid(
+                "host",
+                format!("required when listen is {listen} (peers cannot dial an unspecified address)"),
+            ));
+        }
+        let ops_listen = match &file.ops_listen {
+            Some(addr) => Some(
+                addr.parse().map_err(|e| invalid("ops_listen", format!("{addr:?} is not an ip:port address: {e}")))?,
+            ),
+            None => None,
+        };
+        if ops_listen == Some(listen) {
+            return Err(invalid("ops_listen", "must differ from listen".into()));
+        }
+        let mut peers = BTreeMap::new();
+        for (i, peer) in file.peers.iter().enumerate() {
+            let key = format!("peers[{i}]");
+            if peer.id == 0 {
+                return Err(invalid(&format!("{key}.id"), "must be 1 or more".into()));
+            }
+            check_host_port(&peer.addr).map_err(|e| invalid(&format!("{key}.addr"), e))?;
+            if let Some(other) = peers.insert(peer.id, peer.addr.clone()) {
+                return Err(invalid(
+                    &format!("{key}.id"),
+                    format!("node {} is listed twice ({other} and {})", peer.id, peer.addr),
+                ));
+            }
+        }
+        if let Some((id, _)) = peers.iter().find(|(id, addr)| **id != file.node.id && **addr == advertise) {
+            return Err(invalid("peers", format!("peer {id} has this replica's address {advertise}")));
+        }
+        if let Some(addr) = peers.get(&file.node.id)
+            && *addr != advertise
+        {
+            return Err(invalid(
+                "peers",
+                format!("lists this replica (node {}) at {addr}, but it advertises {advertise} (host)", file.node.id),
+            ));
+        }
+        let raft = &file.raft;
+        let timing = RaftTiming {
+            heartbeat: Duration::from_millis(raft.heartbeat_ms),
+            election_min: Duration::from_millis(raft.election_timeout_min_ms),
+            election_max: Duration::from_millis(raft.election_timeout_max_ms),
+        };
+        if raft.heartbeat_ms == 0 {
+            return Err(invalid("raft.heartbeat_ms", "must be 1 or more".into()));
+        }
+        if raft.election_timeout_min_ms < 2 * raft.heartbeat_ms {
+            return Err(invalid(
+                "raft.election_timeout_min_ms",
+                format!(
+                    "must be at least twice raft.heartbeat_ms ({}), so one lost heartbeat does not start an election",
+                    raft.heartbeat_ms
+                ),
+            ));
+        }
+        if raft.election_timeout_max_ms <= raft.election_timeout_min_ms {
+            return Err(invalid(
+                "raft.election_timeout_max_ms",
+                "must be greater than raft.election_timeout_min_ms".into(),
+            ));
+        }
+        if raft.snapshot_after_entries == 0 {
+            return Err(invalid("raft.snapshot_after_entries", "must be 1 or more".into()));
+        }
+        for (key, value) in [
+            ("raft.append_timeout_ms", raft.append_timeout_ms),
+            ("raft.snapshot_timeout_ms", raft.snapshot_timeout_ms),
+            ("raft.write_timeout_ms", raft.write_timeout_ms),
+            ("shutdown_grace_ms", file.shutdown_grace_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be 1 or more".into()));
+            }
+        }
+        Ok(Self {
+            cluster,
+            labels,
+            node_id: file.node.id,
+            data_dir: resolve(base, &file.node.data_dir),
+            listen,
+            advertise,
+            ops_listen,
+            peers,
+            timing,
+            append_timeout: Duration::from_millis(raft.append_timeout_ms),
+            snapshot_timeout: Duration::from_millis(raft.snapshot_timeout_ms),
+            snapshot_after_entries: raft.snapshot_after_entries,
+            keep_entries_after_snapshot: raft.keep_entries_after_snapshot,
+            write_timeout: Duration::from_millis(raft.write_timeout_ms),
+            fast_failover: raft.fast_failover,
+            tls: TlsFiles {
+                ca: resolve(base, &file.tls.ca),
+                cert: resolve(base, &file.tls.cert),
+                key: resolve(base, &file.tls.key),
+            },
+            shutdown_grace: Duration::from_millis(file.shutdown_grace_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+cluster: {name: aws, labels: [aws, default]}
+node: {id: 1, data_dir: data}
+listen: 127.0.0.1:7101
+ops_listen: 127.0.0.1:9101
+peers:
+  - {id: 1, addr: "127.0.0.1:7101"}
+  - {id: 2, addr: "127.0.0.1:7102"}
+  - {id: 3, addr: "127.0.0.1:7103"}
+tls: {ca: certs/ca.pem, cert: certs/n1.pem, key: /abs/n1-key.pem}
+"#;
+
+    fn check(text: &str) -> Result<AgentConfig, ConfigError> {
+        let file: AgentFile = atoll_api::config_file::parse(text, "agent.yaml", &[])?;
+        AgentConfig::check(file, "agent.yaml", Path::new("/etc/atoll"))
+    }
+
+    #[test]
+    fn a_good_file_resolves_paths_and_defaults() {
+        let config = check(GOOD).unwrap();
+        assert_eq!(config.cluster.as_str(), "aws");
+        assert_eq!(config.advertise, "127.0.0.1:7101");
+        assert_eq!(config.data_dir, Path::new("/etc/atoll/data"));
+        assert_eq!(config.tls.ca, Path::new("/etc/atoll/certs/ca.pem"));
+        assert_eq!(config.tls.key, Path::new("/abs/n1-key.pem"));
+        assert_eq!(config.timing, RaftTiming::DEFAULT);
+        assert_eq!(config.peers.len(), 3);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (GOOD.replace("name: aws", "name: AWS"), "cluster.name"),
+            (GOOD.replace("labels: [aws, default]", "labels: [aws, 'Bad Label']"), "cluster.labels[1]"),
+            (GOOD.replace("id: 1, data_dir", "id: 0, data_dir"), "node.id"),
+            (GOOD.replace("listen: 127.0.0.1:7101", "listen: nowhere"), "listen"),
+            (GOOD.replace("{id: 3, addr: \"127.0.0.1:7103\"}", "{id: 2, addr: \"127.0.0.1:7104\"}"), "peers[2].id"),
+            (GOOD.replace("\"127.0.0.1:7103\"", "\"127.0.0.1\""), "peers[2].addr"),
+            (GOOD.replace("{id: 1, addr: \"127.0.0.1:7101\"}", "{id: 1, addr: \"127.0.0.1:7109\"}"), "peers"),
+            (
+                format!("{GOOD}raft: {{heartbeat_ms: 50, election_timeout_min_ms: 60}}\n"),
+                "raft.election_timeout_min_ms",
+            ),
+            (format!("{GOOD}raft: {{election_timeout_max_ms: 10}}\n"), "raft.election_timeout_max_ms"),
+            (format!("{GOOD}raft: {{heartbeat: 5}}\n"), "raft.heartbeat"),
+            (format!("{GOOD}colour: blue\n"), "colour"),
+        ];
+        for (text, key) in cases {
+            let err = check(&text).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("agent.yaml: {key}:")), "expected {key}, got {err}");
+        }
+    }
+
+    #[test]
+    fn an_unspecified_listen_address_needs_a_host() {
+        let text = GOOD.replace("listen: 127.0.0.1:7101", "listen: 0.0.0.0:7101");
+        let err = check(&text).unwrap_err().to_string();
+        assert!(err.contains("host: required"), "{err}");
+        let text = format!("{text}host: 127.0.0.1:7101\n");
+        assert!(check(&text).is_ok());
+    }
+}

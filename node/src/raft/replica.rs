@@ -1,0 +1,426 @@
+//! The replica as the rest of the node sees it: status, proposals (forwarded to the leader when
+//! this replica follows), membership changes and leadership transfer, in API types only.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use atoll_api::ApiError;
+use atoll_api::ErrorCode;
+use atoll_api::client::error_chain;
+use atoll_api::error::ErrorBody;
+use atoll_api::ids::ClusterName;
+use atoll_api::node::AnnotationAck;
+use atoll_api::node::AnnotationDetail;
+use atoll_api::node::LeaderRef;
+use atoll_api::node::MemberInfo;
+use atoll_api::node::MembershipAck;
+use atoll_api::node::NodeStatus;
+use atoll_api::node::Role;
+use atoll_raft_store::Command;
+use atoll_raft_store::CommandResponse;
+use atoll_raft_store::Member;
+use atoll_raft_store::StateMachineStore;
+use atoll_raft_store::TypeConfig;
+use openraft::ChangeMembers;
+use openraft::RaftMetrics;
+use openraft::ServerState;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::errors::ClientWriteError;
+use openraft::errors::RaftError;
+
+use crate::metrics::Metrics;
+use crate::raft::rpc::AtollRaft;
+use crate::raft::rpc::PROTOCOL_HEADER;
+use crate::raft::rpc::PROTOCOL_VERSION;
+
+/// Fixed facts about this replica.
+#[derive(Clone, Debug)]
+pub struct ReplicaInfo {
+    pub cluster: ClusterName,
+    pub node_id: u64,
+    pub addr: String,
+    pub labels: Vec<String>,
+    pub incarnation: String,
+}
+
+/// A running replica.
+pub struct Replica {
+    pub(crate) raft: AtollRaft,
+    pub(crate) state: StateMachineStore,
+    info: ReplicaInfo,
+    /// Client to the other replicas of this cluster (accepts only their identities).
+    pub(crate) peers: reqwest::Client,
+    write_timeout: Duration,
+    pub(crate) metrics: Arc<Metrics>,
+    stopping: AtomicBool,
+}
+
+/// How long an added learner may take to catch up before `add` gives up waiting.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a leadership transfer may take.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn role(state: ServerState) -> Role {
+    match state {
+        ServerState::Leader => Role::Leader,
+        ServerState::Candidate => Role::Candidate,
+        ServerState::Learner => Role::Learner,
+        ServerState::Follower | ServerState::Shutdown => Role::Follower,
+    }
+}
+
+impl Replica {
+    pub(crate) fn new(
+        raft: AtollRaft,
+        state: StateMachineStore,
+        info: ReplicaInfo,
+        peers: reqwest::Client,
+        write_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self { raft, state, info, peers, write_timeout, metrics, stopping: AtomicBool::new(false) }
+    }
+
+    pub fn info(&self) -> &ReplicaInfo {
+        &self.info
+    }
+
+    pub(crate) fn metrics_snapshot(&self) -> RaftMetrics<TypeConfig> {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// Whether the Raft core still runs (false after a fatal storage error).
+    pub fn is_running(&self) -> bool {
+        self.raft.metrics().borrow_watched().running_state.is_ok()
+    }
+
+    /// Set when an orderly shutdown begins.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn mark_stopping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        let m = self.metrics_snapshot();
+        NodeStatus {
+            cluster: self.info.cluster.to_string(),
+            node_id: self.info.node_id,
+            role: role(m.state),
+            term: m.current_term,
+            leader: leader_ref(&m),
+            last_applied: m.last_applied.map(|id| id.index),
+            members: members(&m),
+            last_log_index: m.last_log_index,
+            committed: m.local_committed.map(|id| id.index),
+            snapshot: m.snapshot.map(|id| id.index),
+            purged: m.purged.map(|id| id.index),
+            labels: self.info.labels.clone(),
+            addr: self.info.addr.clone(),
+            incarnation: self.info.incarnation.clone(),
+            version: atoll_api::VERSION.to_string(),
+        }
+    }
+
+    pub fn leader(&self) -> Option<LeaderRef> {
+        leader_ref(&self.metrics_snapshot())
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.metrics_snapshot().state == ServerState::Leader
+    }
+
+    fn not_leader(&self) -> ApiError {
+        let leader = self.leader();
+        let message = match &leader {
+            Some(l) => format!(
+                "node {} is not the leader of cluster {}; node {} at {} is",
+                self.info.node_id, self.info.cluster, l.id, l.addr
+            ),
+            None => format!(
+                "node {} is not the leader of cluster {} and knows no leader",
+                self.info.node_id, self.info.cluster
+            ),
+        };
+        let code = if leader.is_some() { ErrorCode::NotLeader } else { ErrorCode::Unavailable };
+        ApiError::new(code, message).with_leader(leader)
+    }
+
+    fn require_leader(&self) -> Result<(), ApiError> {
+        if self.is_leader() { Ok(()) } else { Err(self.not_leader()) }
+    }
+
+    /// Propose `command` here if this replica leads, else forward it to the leader.
+    pub async fn propose(&self, command: Command) -> Result<CommandResponse, ApiError> {
+        if self.is_leader() {
+            return self.propose_local(command).await;
+        }
+        match self.leader() {
+            Some(leader) => self.forward(&leader, &command).await,
+            None => Err(self.not_leader()),
+        }
+    }
+
+    /// Commit and apply `command` through this replica's Raft core (it must lead).
+    pub async fn propose_local(&self, command: Command) -> Result<CommandResponse, ApiError> {
+        match tokio::time::timeout(self.write_timeout, self.raft.client_write(command)).await {
+            Err(_) => Err(ApiError::new(
+                ErrorCode::Timeout,
+                format!("the write did not commit within {:?}; its outcome is unknown", self.write_timeout),
+            )),
+            Ok(Ok(response)) => {
+                self.metrics.client_writes.inc();
+                Ok(response.data)
+            }
+            Ok(Err(e)) => Err(self.write_error(e)),
+        }
+    }
+
+    fn write_error(&self, error: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ApiError {
+        match error {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => self.not_leader(),
+            RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => ApiError::new(
+                ErrorCode::Timeout,
+                "leadership changed before the write committed; its outcome is unknown",
+            )
+            .with_leader(self.leader()),
+            RaftError::APIError(e @ ClientWriteError::ChangeMembershipError(_)) => {
+                ApiError::new(ErrorCode::Conflict, e.to_string())
+            }
+            RaftError::APIError(e @ ClientWriteError::PreconditionFailed(_)) => {
+                ApiError::new(ErrorCode::Conflict, e.to_string())
+            }
+            RaftError::Fatal(fatal) => ApiError::unavailable(format!("this replica has stopped: {fatal}")),
+        }
+    }
+
+    /// Send `command` to the leader over `/raft/v1/propose`.
+    async fn forward(&self, leader: &LeaderRef, command: &Command) -> Result<CommandResponse, ApiError> {
+        let started = tokio::time::Instant::now();
+        let response = self
+            .peers
+            .post(format!("https://{}/raft/v1/propose", leader.addr))
+            .header(PROTOCOL_HEADER, PROTOCOL_VERSION)
+            .timeout(self.write_timeout)
+            .json(command)
+            .send()
+            .await;
+        self.metrics.observe_rpc("forward", started.elapsed());
+        let response = response.map_err(|e| {
+            let code = if e.is_timeout() { ErrorCode::Timeout } else { ErrorCode::Unavailable };
+            self.metrics.rpc_error("forward", if e.is_timeout() { "timeout" } else { "unreachable" });
+            ApiError::new(
+                code,
+                format!("forwarding to the leader, node {} at {}, failed: {}", leader.id, leader.addr, error_chain(&e)),
+            )
+        })?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ApiError::unavailable(format!("reading the leader's answer: {}", error_chain(&e))))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::internal(format!("unreadable answer from the leader: {e}")));
+        }
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => Err(body.error.into()),
+            Err(_) => Err(ApiError::unavailable(format!("the leader answered {status}"))),
+        }
+    }
+
+    pub async fn annotate(&self, key: &str, value: &str) -> Result<AnnotationAck, ApiError> {
+        let command = Command::SetAnnotation { key: key.to_string(), value: value.to_string() };
+        match self.propose(command).await? {
+            CommandResponse::AnnotationSet { key, version, revision } => {
+                let leader = self.leader().unwrap_or(LeaderRef { id: 0, addr: String::new() });
+                Ok(AnnotationAck { key, version, revision, leader })
+            }
+            other => Err(ApiError::internal(format!("unexpected answer to an annotation write: {other:?}"))),
+        }
+    }
+
+    pub fn annotations(&self) -> Result<BTreeMap<String, AnnotationDetail>, ApiError> {
+        let stored = self.state.annotations().map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(stored
+            .into_iter()
+            .map(|(k, a)| (k, AnnotationDetail { value: a.value, version: a.version, revision: a.revision }))
+            .collect())
+    }
+
+    pub fn members(&self) -> Vec<MemberInfo> {
+        members(&self.metrics_snapshot())
+    }
+
+    fn membership_ack(&self, revision: u64) -> MembershipAck {
+        MembershipAck { revision, members: self.members() }
+    }
+
+    fn membership_error(&self, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ApiError {
+        self.write_error(e)
+    }
+
+    /// Add a replica as a learner and wait until it has caught up.
+    pub async fn add_learner(&self, id: u64, addr: &str) -> Result<MembershipAck, ApiError> {
+        self.require_leader()?;
+        if id == 0 {
+            return Err(ApiError::bad_request("node id must be 1 or more"));
+        }
+        if self.members().iter().any(|m| m.id == id) {
+            return Err(ApiError::new(ErrorCode::Conflict, format!("node {id} is already a member")));
+        }
+        if let Some(record) = self.state.replicas().map_err(|e| ApiError::internal(e.to_string()))?.get(&id) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "node id {id} was used before (incarnation {}, registered at revision {}); ids are never reused: give the new replica a new id",
+                    record.incarnation, record.revision
+                ),
+            ));
+        }
+        if self.members().iter().any(|m| m.addr == addr) {
+            return Err(ApiError::new(ErrorCode::Conflict, format!("a member already has the address {addr}")));
+        }
+        tracing::info!(node = id, addr, "adding a learner");
+        let result = tokio::time::timeout(CATCH_UP_TIMEOUT, self.raft.add_learner(id, Member::new(addr), true)).await;
+        match result {
+            Err(_) => Err(ApiError::new(
+                ErrorCode::Timeout,
+                format!("node {id} was added as a learner but did not catch up within {CATCH_UP_TIMEOUT:?}"),
+            )),
+            Ok(Ok(response)) => Ok(self.membership_ack(response.log_id.index)),
+            Ok(Err(e)) => Err(self.membership_error(e)),
+        }
+    }
+
+    /// Make a learner a voter.
+    pub async fn promote(&self, id: u64) -> Result<MembershipAck, ApiError> {
+        self.require_leader()?;
+        match self.members().iter().find(|m| m.id == id) {
+            None => return Err(ApiError::not_found(format!("node {id} is not a member; add it as a learner first"))),
+            Some(m) if m.voter => {
+                return Err(ApiError::new(ErrorCode::Conflict, format!("node {id} is already a voter")));
+            }
+            Some(_) => {}
+        }
+        tracing::info!(node = id, "promoting a learner to voter");
+        let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+        match self.raft.change_membership(change, false).await {
+            Ok(response) => Ok(self.membership_ack(response.log_id.index)),
+            Err(e) => Err(self.membership_error(e)),
+        }
+    }
+
+    /// Remove a replica (voter or learner) from the group.
+    pub async fn remove(&self, id: u64) -> Result<MembershipAck, ApiError> {
+        self.require_leader()?;
+        let member = self.members().into_iter().find(|m| m.id == id);
+        let change = match member {
+            None => return Err(ApiError::not_found(format!("node {id} is not a member"))),
+            Some(m) if m.voter => ChangeMembers::RemoveVoters(BTreeSet::from([id])),
+            Some(_) => ChangeMembers::RemoveNodes(BTreeSet::from([id])),
+        };
+        tracing::info!(node = id, "removing a member");
+        match self.raft.change_membership(change, false).await {
+            Ok(response) => Ok(self.membership_ack(response.log_id.index)),
+            Err(e) => Err(self.membership_error(e)),
+        }
+    }
+
+    /// The voter that should lead after this one: the most up to date by replication progress.
+    fn successor(&self, m: &RaftMetrics<TypeConfig>) -> Option<u64> {
+        let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+        let replication = m.replication.as_ref()?;
+        replication
+            .iter()
+            .filter(|(id, _)| voters.contains(id) && **id != self.info.node_id)
+            .max_by(|(a_id, a), (b_id, b)| a.cmp(b).then(b_id.cmp(a_id)))
+            .map(|(id, _)| *id)
+    }
+
+    /// Hand leadership to `to` (or the most up-to-date voter) and wait until it has moved.
+    pub async fn transfer_leadership(&self, to: Option<u64>) -> Result<NodeStatus, ApiError> {
+        self.require_leader()?;
+        let m = self.metrics_snapshot();
+        let target = match to {
+            Some(id) if id == self.info.node_id => return Ok(self.status()),
+            Some(id) => {
+                if !m.membership_config.membership().voter_ids().any(|v| v == id) {
+                    return Err(ApiError::bad_request(format!("node {id} is not a voter")));
+                }
+                id
+            }
+            None => self
+                .successor(&m)
+                .ok_or_else(|| ApiError::new(ErrorCode::Conflict, "there is no other voter to hand leadership to"))?,
+        };
+        if self.hand_over(target, TRANSFER_TIMEOUT).await {
+            Ok(self.status())
+        } else {
+            Err(ApiError::new(
+                ErrorCode::Timeout,
+                format!("leadership did not move to node {target} within {TRANSFER_TIMEOUT:?}"),
+            ))
+        }
+    }
+
+    /// Ask the Raft core to transfer leadership to `target`; true once another replica leads.
+    pub(crate) async fn hand_over(&self, target: u64, wait: Duration) -> bool {
+        tracing::info!(to = target, "handing leadership over");
+        if self.raft.trigger().transfer_leader(target).await.is_err() {
+            return false;
+        }
+        let me = self.info.node_id;
+        let moved = self
+            .raft
+            .wait(Some(wait))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != me) || m.state != ServerState::Leader,
+                "leadership moved",
+            )
+            .await;
+        moved.is_ok()
+    }
+
+    /// At shutdown: if leading, hand leadership to the most up-to-date voter.
+    pub(crate) async fn step_down_for_shutdown(&self, wait: Duration) {
+        let m = self.metrics_snapshot();
+        if m.state != ServerState::Leader {
+            return;
+        }
+        match self.successor(&m) {
+            Some(target) => {
+                if self.hand_over(target, wait).await {
+                    tracing::info!(to = target, "leadership handed over");
+                } else {
+                    tracing::warn!(
+                        to = target,
+                        "leadership hand-over did not finish; peers will elect after the lease"
+                    );
+                }
+            }
+            None => tracing::info!("no other voter to hand leadership to"),
+        }
+    }
+}
+
+fn leader_ref(m: &RaftMetrics<TypeConfig>) -> Option<LeaderRef> {
+    let id = m.current_leader?;
+    let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone()).unwrap_or_default();
+    Some(LeaderRef { id, addr })
+}
+
+fn members(m: &RaftMetrics<TypeConfig>) -> Vec<MemberInfo> {
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    membership
+        .nodes()
+        .map(|(id, node)| MemberInfo { id: *id, addr: node.addr.clone(), voter: voters.contains(id) })
+        .collect()
+}

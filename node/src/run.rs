@@ -1,0 +1,225 @@
+//! Boot and orderly shutdown of one replica.
+//!
+//! Boot, one log line per stage: TLS material (identity checked against the config), data
+//! directory, listeners, Raft core, serving, bootstrap-or-join, background duties.
+//!
+//! Shutdown, under one grace deadline: readiness off, hand leadership to the most up-to-date
+//! voter, stop accepting and drain requests, stop the Raft core, make the state machine durable.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use atoll_api::Identity;
+use atoll_api::serve::OnClose;
+use atoll_api::tls::TlsIdentity;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::sync::watch;
+
+use crate::config::AgentConfig;
+use crate::metrics::Metrics;
+use crate::raft;
+use crate::raft::ReplicaInfo;
+
+/// Why a replica stopped other than by request.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Stopped(pub String);
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Run one replica until `shutdown` resolves (then stop in order) or it fails.
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    tracing::info!(cluster = %config.cluster, node = config.node_id, version = atoll_api::VERSION, "starting atoll agent");
+
+    let tls = TlsIdentity::load(&config.tls).context("loading TLS material")?;
+    let expected = Identity::node(config.cluster.clone(), config.node_id);
+    if tls.identity() != &expected {
+        anyhow::bail!(
+            "certificate {} is for {}, but this replica is {expected} (check tls.cert, cluster.name and node.id)",
+            config.tls.cert.display(),
+            tls.identity()
+        );
+    }
+    tracing::info!(identity = %tls.identity(), cert = %config.tls.cert.display(), "TLS material loaded");
+
+    let data_dir = config.data_dir.clone();
+    let cluster = config.cluster.to_string();
+    let node_id = config.node_id;
+    let (dir, log, state) = tokio::task::spawn_blocking(move || atoll_raft_store::open(&data_dir, &cluster, node_id))
+        .await
+        .context("opening the data directory")??;
+    tracing::info!(
+        data_dir = %dir.root().display(),
+        incarnation = %dir.identity().incarnation,
+        new = dir.created(),
+        "data directory opened"
+    );
+
+    let listener =
+        TcpListener::bind(config.listen).await.with_context(|| format!("binding listen {}", config.listen))?;
+    let ops_listener = match config.ops_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding ops_listen {addr}"))?),
+        None => None,
+    };
+
+    let metrics = Arc::new(Metrics::new());
+    let info = ReplicaInfo {
+        cluster: config.cluster.clone(),
+        node_id: config.node_id,
+        addr: config.advertise.clone(),
+        labels: config.labels.iter().map(|l| l.to_string()).collect(),
+        incarnation: dir.identity().incarnation.clone(),
+    };
+    let started = raft::start(&config, &tls, info, log, state.clone(), metrics).await?;
+    let replica = started.replica.clone();
+    tracing::info!(
+        heartbeat = ?config.timing.heartbeat,
+        election = ?(config.timing.election_min, config.timing.election_max),
+        fast_failover = config.fast_failover,
+        "raft core started"
+    );
+
+    // Closed connections of this cluster's replicas feed the fast-failover watch.
+    let (closed_tx, closed_rx) = mpsc::unbounded_channel::<u64>();
+    let own_cluster = config.cluster.clone();
+    let on_close: OnClose = Arc::new(move |identity: &Identity| {
+        if let Identity::Node { cluster, node } = identity
+            && *cluster == own_cluster
+        {
+            let _ = closed_tx.send(node.0);
+        }
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let router = crate::api::router(replica.clone()).merge(raft::rpc::router(raft::rpc::RpcState {
+        raft: replica.raft.clone(),
+        state: state.clone(),
+        cluster: config.cluster.clone(),
+        replica: replica.clone(),
+    }));
+    let drain = config.shutdown_grace / 2;
+    let mut server = tokio::spawn(atoll_api::serve::serve_mtls(
+        listener,
+        tls.server_config()?,
+        router,
+        Some(on_close),
+        stopped(stop_rx.clone()),
+        drain,
+    ));
+    let ops = ops_listener.map(|listener| {
+        tokio::spawn(atoll_api::serve::serve_ops(
+            listener,
+            crate::ops::router(replica.clone()),
+            stopped(stop_rx.clone()),
+        ))
+    });
+    tracing::info!(
+        listen = %config.listen,
+        advertise = %config.advertise,
+        ops = ?config.ops_listen,
+        "serving mTLS API and raft RPCs"
+    );
+
+    tokio::pin!(shutdown);
+    let bootstrapped = tokio::select! {
+        result = raft::bootstrap_if_pristine(&config, &started, stop_rx.clone()) => result.map(|()| true),
+        () = &mut shutdown => {
+            tracing::info!("shutdown requested before the replica joined");
+            Ok(false)
+        }
+    };
+    let failure = match bootstrapped {
+        Err(e) => Some(format!("{e:#}")),
+        Ok(false) => None,
+        Ok(true) => duties(&config, &replica, closed_rx, shutdown, &mut server).await,
+    };
+    stop_in_order(&config, &replica, &stop_tx, server, ops, &state).await;
+    match failure {
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Some(why) => {
+            tracing::error!(reason = %why, "replica stopped on an error");
+            Err(Stopped(why).into())
+        }
+    }
+}
+
+type ServerTask = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// Run the replica's duties until shutdown is requested (`None`) or something fails.
+async fn duties(
+    config: &AgentConfig,
+    replica: &Arc<raft::Replica>,
+    closed: mpsc::UnboundedReceiver<u64>,
+    shutdown: impl Future<Output = ()>,
+    server: &mut ServerTask,
+) -> Option<String> {
+    let failover = config.fast_failover.then(|| tokio::spawn(raft::failover::run(replica.clone(), closed)));
+    let mut watch = tokio::spawn(raft::watch::run(replica.clone()));
+    let mut register = tokio::spawn(raft::register::run(replica.clone()));
+    let mut registered = false;
+    tokio::pin!(shutdown);
+    let failure = loop {
+        tokio::select! {
+            () = &mut shutdown => {
+                tracing::info!("shutdown requested");
+                break None;
+            }
+            fatal = &mut watch => {
+                let why = fatal.ok().flatten().unwrap_or_else(|| "unknown reason".into());
+                break Some(format!("the raft core stopped: {why}"));
+            }
+            result = &mut register, if !registered => match result {
+                Ok(Ok(())) => registered = true,
+                Ok(Err(why)) => break Some(why),
+                Err(e) => break Some(format!("incarnation registration task failed: {e}")),
+            },
+            ended = &mut *server => break Some(format!("the mTLS server ended: {ended:?}")),
+        }
+    };
+    register.abort();
+    watch.abort();
+    if let Some(failover) = failover {
+        failover.abort();
+    }
+    failure
+}
+
+async fn stop_in_order(
+    config: &AgentConfig,
+    replica: &Arc<raft::Replica>,
+    stop_tx: &watch::Sender<bool>,
+    server: ServerTask,
+    ops: Option<ServerTask>,
+    state: &atoll_raft_store::StateMachineStore,
+) {
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
+    replica.mark_stopping();
+    tracing::info!("shutdown: readiness off");
+    replica.step_down_for_shutdown(Duration::from_secs(2).min(config.shutdown_grace / 3)).await;
+    let _ = stop_tx.send(true);
+    tracing::info!("shutdown: draining requests");
+    // A task that already ended (and was awaited) must not be awaited again.
+    if !server.is_finished() {
+        let _ = tokio::time::timeout_at(deadline, server).await;
+    }
+    if let Some(ops) = ops.filter(|ops| !ops.is_finished()) {
+        let _ = tokio::time::timeout_at(deadline, ops).await;
+    }
+    tracing::info!("shutdown: stopping the raft core");
+    let _ = tokio::time::timeout_at(deadline, replica.raft.shutdown()).await;
+    if let Err(e) = state.sync().await {
+        tracing::warn!(error = %e, "making the state machine durable failed; it catches up from the log at the next start");
+    }
+}
