@@ -72,6 +72,12 @@ pub async fn serve_mtls(
                     tracing::warn!(%remote, "refused mTLS connection: handshake timed out");
                     return;
                 }
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    // Closed before a TLS hello: a TCP probe (health checks, a replica checking
+                    // whether a peer is alive), not an attempt worth a warning.
+                    tracing::debug!(%remote, "connection closed before the TLS handshake");
+                    return;
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(%remote, error = %e, "refused mTLS connection");
                     return;

@@ -138,6 +138,8 @@ struct RunResult {
     attempts_before_first_ok: BTreeMap<String, usize>,
     /// Pause only: time from SIGCONT until the resumed replica reported follower.
     stepped_down_ms: Option<f64>,
+    /// Elections during the quiet settle period before the fault (should be 0).
+    quiet_elections: u64,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -274,6 +276,12 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
                     ours.insert(*fault, (med, p90));
                 }
             }
+            let quiet: u64 = rs.iter().map(|r| r.quiet_elections).sum();
+            println!(
+                "SUMMARY {:<8} {fault:<5} elections while quiet (spurious): {quiet} over {:.0} s of settle time",
+                config.name,
+                rs.len() as f64 * args.settle_ms as f64 / 1000.0
+            );
             let extra: Vec<u64> = ok.iter().filter_map(|r| r.elections).collect();
             if !extra.is_empty() {
                 println!(
@@ -353,11 +361,13 @@ async fn one_run(
     status_client: &NodeClient,
     acked_keys: &mut Vec<String>,
 ) -> anyhow::Result<RunResult> {
-    let leaders = mesh.wait_for_leaders(admin, Duration::from_secs(30)).await?;
+    let settled_from = mesh.wait_for_leaders(admin, Duration::from_secs(30)).await?;
     tokio::time::sleep(Duration::from_millis(args.settle_ms)).await;
     // The leader may have changed while settling; take it now.
-    let leaders = mesh.wait_for_leaders(admin, Duration::from_secs(30)).await.unwrap_or(leaders);
+    let leaders = mesh.wait_for_leaders(admin, Duration::from_secs(30)).await?;
     let leader = leaders.first().context("no leader")?.clone();
+    // Any election while nobody was faulted is a spurious one.
+    let quiet_elections = leader.term.saturating_sub(settled_from.first().map_or(leader.term, |l| l.term));
     let victim_pid = mesh.pid(CLUSTER, leader.leader).context("leader not running")?;
     let survivors: Vec<String> = mesh
         .layout
@@ -557,6 +567,7 @@ async fn one_run(
         pre_fault_write_p50_ms: (!before.is_empty()).then(|| median(&before)),
         attempts_before_first_ok: attempts,
         stepped_down_ms,
+        quiet_elections,
     })
 }
 

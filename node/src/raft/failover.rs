@@ -21,6 +21,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use atoll_api::client::error_chain;
 use atoll_raft_store::types::LogId;
 use atoll_raft_store::types::Vote;
 use openraft::ServerState;
@@ -81,8 +82,8 @@ pub(crate) async fn run(replica: Arc<Replica>, mut closed: mpsc::UnboundedReceiv
             continue;
         }
         let Some(addr) = m.membership_config.membership().get_node(&peer).map(|n| n.addr.clone()) else { continue };
-        if !refused(&addr).await {
-            tracing::debug!(leader = peer, %addr, "leader connection closed but it still accepts connections");
+        if let Err(why) = refused(&addr).await {
+            tracing::info!(leader = peer, %addr, reconnect = %why, "leader connection closed, but it was not refused: treating the leader as alive");
             continue;
         }
         handled = Some(m.vote);
@@ -94,6 +95,9 @@ pub(crate) async fn run(replica: Arc<Replica>, mut closed: mpsc::UnboundedReceiv
         );
         let answers = ask_last_logs(&replica, &survivors).await;
         let Some(successor) = choose_successor(&answers) else { continue };
+        if answers.len() < survivors.len() {
+            tracing::info!(answered = ?answers.keys().collect::<Vec<_>>(), ?survivors, "not every survivor told its last log id");
+        }
         let last = answers.get(&successor).cloned().flatten();
         let request = TransferLeaderRequest::new(m.vote, successor, last);
         replica.metrics.fast_failovers.inc();
@@ -102,12 +106,39 @@ pub(crate) async fn run(replica: Arc<Replica>, mut closed: mpsc::UnboundedReceiv
     }
 }
 
-/// Whether a TCP connect to `addr` is refused (nobody listens there any more).
-async fn refused(addr: &str) -> bool {
-    match tokio::time::timeout(CONFIRM_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
-        Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
-        Ok(Ok(_)) | Err(_) => false,
+/// How long a freshly accepted probe connection must stay open for the peer to count as alive.
+const HELD_OPEN: Duration = Duration::from_millis(10);
+/// Probe attempts before giving up on a port that keeps accepting and dropping connections.
+const CONFIRM_ATTEMPTS: usize = 8;
+
+/// `Ok` when the process behind `addr` is gone, else what was seen instead.
+///
+/// A dead process's port refuses connections. While it is being torn down, its connections may
+/// close before its listening socket does; a connect then still succeeds (the kernel completes
+/// the handshake) or is reset, and the accepted connection is reset a moment later when the
+/// listener goes. A live process (even a paused one) holds the connection open, waiting for our
+/// TLS hello. So: refused means gone; reset, or closed soon after connecting, means look again;
+/// held open means alive.
+async fn refused(addr: &str) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    for _ in 0..CONFIRM_ATTEMPTS {
+        match tokio::time::timeout(CONFIRM_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+            Err(_) => return Err(format!("no answer within {CONFIRM_TIMEOUT:?}")),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(()),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Ok(mut stream)) => {
+                let mut byte = [0u8; 1];
+                match tokio::time::timeout(HELD_OPEN, stream.read(&mut byte)).await {
+                    Err(_) => return Err("connected, and the connection was held open".to_string()),
+                    Ok(Ok(n)) if n > 0 => return Err("connected, and the peer answered".to_string()),
+                    Ok(_) => {} // closed or reset: the listener is going away
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    Err(format!("the port kept accepting and dropping connections ({CONFIRM_ATTEMPTS} attempts)"))
 }
 
 /// Last log ids of the survivors (this replica's own from its Raft state).
@@ -151,8 +182,12 @@ async fn deliver(
         let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone());
         async move {
             if id == me {
-                if let Err(e) = replica.raft.handle_transfer_leader(request).await {
-                    tracing::warn!(error = %e, "local leadership transfer failed");
+                match replica.raft.handle_transfer_leader(request).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(refused)) => {
+                        tracing::info!(reason = %refused, "this replica did not take the leadership transfer")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "local leadership transfer failed"),
                 }
                 return;
             }
@@ -165,8 +200,12 @@ async fn deliver(
                 .json(&request)
                 .send()
                 .await;
-            if let Err(e) = sent {
-                tracing::debug!(node = id, error = %e, "delivering the transfer request failed");
+            match sent {
+                Err(e) => tracing::info!(node = id, error = %error_chain(&e), "delivering the transfer request failed"),
+                Ok(response) if !response.status().is_success() => {
+                    tracing::info!(node = id, status = %response.status(), "the transfer request was refused")
+                }
+                Ok(_) => {}
             }
         }
     });
@@ -230,8 +269,25 @@ mod tests {
     async fn only_a_refused_connect_confirms_a_death() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        assert!(!refused(&addr).await, "a listening port is alive");
+        // Nobody accepts: the kernel still completes the handshake and holds the connection,
+        // as for a paused process.
+        assert!(refused(&addr).await.is_err(), "a listening port is alive");
         drop(listener);
-        assert!(refused(&addr).await, "a closed port is refused");
+        assert!(refused(&addr).await.is_ok(), "a closed port is refused");
+    }
+
+    #[tokio::test]
+    async fn a_port_that_accepts_then_drops_is_looked_at_again() {
+        // A listener that accepts and immediately closes, then goes away: as a dying process.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            if let Ok((stream, _)) = listener.accept().await {
+                drop(stream);
+            }
+            drop(listener);
+        });
+        assert!(refused(&addr).await.is_ok(), "a port that drops the probe and then closes is gone");
+        server.await.unwrap();
     }
 }
