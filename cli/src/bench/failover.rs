@@ -75,6 +75,39 @@ pub struct FailoverArgs {
     /// Also write every run as a JSON line to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Busy-loop threads to run throughout, to see how timing holds up on a loaded machine.
+    #[arg(long, default_value_t = 0)]
+    pub cpu_burners: usize,
+}
+
+/// Threads that spin until dropped.
+struct Burners(Arc<std::sync::atomic::AtomicBool>, Vec<std::thread::JoinHandle<()>>);
+
+impl Burners {
+    fn start(n: usize) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..n)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                    }
+                })
+            })
+            .collect();
+        Self(stop, threads)
+    }
+}
+
+impl Drop for Burners {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.1.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
@@ -189,6 +222,10 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     print_fsync_context(&args.peers, &base).await;
+    if args.cpu_burners > 0 {
+        println!("# {} busy-loop threads run throughout (--cpu-burners)", args.cpu_burners);
+    }
+    let burners = Burners::start(args.cpu_burners);
 
     let mut json_out = match &args.json {
         Some(path) => Some(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?),
@@ -294,6 +331,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
         }
     }
 
+    drop(burners);
     if etcd_runs == 0 {
         println!("# etcd skipped (--etcd-runs 0): no ratios");
         return Ok(());
