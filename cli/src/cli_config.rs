@@ -79,14 +79,14 @@ impl CliConfig {
         }
     }
 
-    /// A client for replicas' APIs with the operator credentials.
+    /// A client for replicas' APIs with the operator credentials (accepts replicas only).
     pub fn node_client(&self) -> anyhow::Result<NodeClient> {
         let tls = self.tls.as_ref().context(
             "no operator credentials: pass --config DIR/atoll.yaml (atoll dev writes one) or set ATOLL_CONFIG",
         )?;
         let identity =
             TlsIdentity::load(&TlsFiles { ca: tls.ca.clone(), cert: tls.cert.clone(), key: tls.key.clone() })?;
-        Ok(NodeClient::new(&identity, ServerPolicy::AnyAtoll, REQUEST_TIMEOUT)?)
+        Ok(NodeClient::new(&identity, ServerPolicy::AnyNode, REQUEST_TIMEOUT)?)
     }
 
     /// `--node`, else the first replica listed here.

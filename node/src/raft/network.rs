@@ -84,33 +84,33 @@ impl NetworkFactory {
     fn client(&self, target: u64, node: &Member, kind: ClientKind) -> PeerClient {
         let key = (target, node.addr.clone());
         let mut clients = self.shared.clients.lock().expect("peer clients");
-        let http = clients.entry(key).or_insert_with(|| build_http(&self.shared, target)).clone();
+        let http = match clients.get(&key) {
+            Some(http) => Ok(http.clone()),
+            None => build_http(&self.shared, target).inspect(|http| {
+                clients.insert(key, http.clone());
+            }),
+        };
         PeerClient { shared: self.shared.clone(), target, addr: node.addr.clone(), http, kind }
     }
 }
 
-fn build_http(shared: &Shared, target: u64) -> reqwest::Client {
+/// An HTTP client that accepts only `target`'s identity. Building it cannot fail once the TLS
+/// material loaded at start; if it ever does, that peer is unreachable (loudly), never reached
+/// without mTLS.
+fn build_http(shared: &Shared, target: u64) -> Result<reqwest::Client, String> {
     let expected = Identity::node(shared.cluster.clone(), target);
-    let config = shared.tls.client_config(ServerPolicy::Exactly(expected));
-    let builder = reqwest::Client::builder()
+    let config = shared.tls.client_config(ServerPolicy::Exactly(expected)).map_err(|e| e.to_string())?;
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(config)
         .no_proxy()
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(2))
         .pool_idle_timeout(Duration::from_secs(300))
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .http2_keep_alive_timeout(Duration::from_secs(10));
-    let built = match config {
-        Ok(config) => builder.tls_backend_preconfigured(config).build(),
-        Err(e) => {
-            // The TLS material was checked at start; this cannot fail later short of a bug.
-            tracing::error!(error = %e, "building the TLS client config failed");
-            reqwest::Client::builder().build()
-        }
-    };
-    built.unwrap_or_else(|e| {
-        tracing::error!(error = %error_chain(&e), "building the HTTP client failed");
-        reqwest::Client::new()
-    })
+        .http2_keep_alive_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| error_chain(&e))
+        .inspect_err(|e| tracing::error!(node = target, error = %e, "building the peer client failed"))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -141,7 +141,8 @@ pub struct PeerClient {
     shared: Arc<Shared>,
     target: u64,
     addr: String,
-    http: reqwest::Client,
+    /// The client, or why there is none.
+    http: Result<reqwest::Client, String>,
     kind: ClientKind,
 }
 
@@ -189,7 +190,7 @@ impl PeerClient {
     ) -> Result<Resp, Failure> {
         let body = serde_json::to_vec(body).map_err(|e| Failure::Network(format!("encoding the request: {e}")))?;
         let request = self
-            .http
+            .http()?
             .post(self.url(path))
             .header(PROTOCOL_HEADER, PROTOCOL_VERSION)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -197,6 +198,10 @@ impl PeerClient {
             .body(body);
         let response = request.send().await.map_err(|e| self.classify(e, timeout))?;
         self.decode(response, timeout).await
+    }
+
+    fn http(&self) -> Result<&reqwest::Client, Failure> {
+        self.http.as_ref().map_err(|e| Failure::Unreachable(format!("node {}: no TLS client: {e}", self.target)))
     }
 
     fn classify(&self, e: reqwest::Error, timeout: Duration) -> Failure {
@@ -342,7 +347,7 @@ impl PeerClient {
         let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024));
         tracing::info!(target_node = self.target, size, last = ?snapshot.meta.last_log_id, "sending snapshot");
         let response = self
-            .http
+            .http()?
             .post(self.url("/raft/v1/snapshot"))
             .header(PROTOCOL_HEADER, PROTOCOL_VERSION)
             .header(SNAPSHOT_VOTE_HEADER, vote_json)

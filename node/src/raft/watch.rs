@@ -49,9 +49,7 @@ pub(crate) async fn run(replica: Arc<Replica>) -> Option<String> {
         if let Err(fatal) = &m.running_state {
             return Some(fatal.to_string());
         }
-        if m.current_leader != leader
-            || (m.current_leader.is_some() && m.current_term != term && m.state == ServerState::Leader)
-        {
+        if (m.current_leader, m.current_term) != (leader, term) {
             if m.current_leader != leader {
                 replica.metrics.leader_changes.inc();
             }
