@@ -111,17 +111,14 @@ impl NodeClient {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|e| ClientError::Transport {
+        let transport = |e: reqwest::Error| ClientError::Transport {
             addr: addr.to_string(),
             message: error_chain(&e),
             timed_out: e.is_timeout(),
-        })?;
+        };
+        let response = request.send().await.map_err(transport)?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| ClientError::Transport {
-            addr: addr.to_string(),
-            message: error_chain(&e),
-            timed_out: e.is_timeout(),
-        })?;
+        let bytes = response.bytes().await.map_err(transport)?;
         if status.is_success() {
             return serde_json::from_slice(&bytes)
                 .map_err(|e| ClientError::Decode { addr: addr.to_string(), detail: e.to_string() });

@@ -115,36 +115,13 @@ impl StateMachineStore {
     /// Every annotation, as this replica has applied them.
     pub fn annotations(&self) -> std::io::Result<BTreeMap<String, Annotation>> {
         let txn = self.inner.db.begin_read().map_err(io_error)?;
-        let mut out = BTreeMap::new();
-        let table = match txn.open_table(ANNOTATIONS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(out),
-            Err(e) => return Err(io_error(e)),
-        };
-        for row in table.iter().map_err(io_error)? {
-            let (k, v) = row.map_err(io_error)?;
-            let key = k.value().to_string();
-            let annotation = codec::decode(v.value(), &format!("annotation {key:?}"))?;
-            out.insert(key, annotation);
-        }
-        Ok(out)
+        Ok(read_table(&txn, ANNOTATIONS, "annotation", |k: &str| k.to_string())?.into_iter().collect())
     }
 
     /// Recorded replica incarnations.
     pub fn replicas(&self) -> std::io::Result<BTreeMap<u64, ReplicaRecord>> {
         let txn = self.inner.db.begin_read().map_err(io_error)?;
-        let mut out = BTreeMap::new();
-        let table = match txn.open_table(REPLICAS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(out),
-            Err(e) => return Err(io_error(e)),
-        };
-        for row in table.iter().map_err(io_error)? {
-            let (k, v) = row.map_err(io_error)?;
-            let node_id = k.value();
-            out.insert(node_id, codec::decode(v.value(), &format!("replica {node_id}"))?);
-        }
-        Ok(out)
+        Ok(read_table(&txn, REPLICAS, "replica", |k: u64| k)?.into_iter().collect())
     }
 
     /// The last applied log id, as stored.
@@ -201,6 +178,34 @@ impl StateMachineStore {
         *current = Some(meta.clone());
         Ok(true)
     }
+}
+
+/// Decode every row of `table` (none when it was never created); `owned` copies a key out of
+/// the table, `what` names rows in errors.
+fn read_table<K, O, V>(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<K, &'static [u8]>,
+    what: &str,
+    owned: impl for<'a> Fn(K::SelfType<'a>) -> O,
+) -> std::io::Result<Vec<(O, V)>>
+where
+    K: redb::Key + 'static,
+    O: std::fmt::Debug,
+    V: serde::de::DeserializeOwned,
+{
+    let table = match txn.open_table(table) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(io_error(e)),
+    };
+    let mut out = Vec::new();
+    for row in table.iter().map_err(io_error)? {
+        let (k, v) = row.map_err(io_error)?;
+        let key = owned(k.value());
+        let value = codec::decode(v.value(), &format!("{what} {key:?}"))?;
+        out.push((key, value));
+    }
+    Ok(out)
 }
 
 fn read_applied_in(txn: &redb::ReadTransaction) -> std::io::Result<(Option<LogId>, StoredMembership)> {
@@ -409,21 +414,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let meta = SnapshotMeta { last_log_id, last_membership };
             let temp = temp_name(&inner.snapshot_dir, "build");
             let mut writer = SnapshotWriter::create(&temp, &meta)?;
-            if let Ok(table) = txn.open_table(ANNOTATIONS) {
-                for row in table.iter().map_err(io_error)? {
-                    let (k, v) = row.map_err(io_error)?;
-                    let key = k.value().to_string();
-                    let annotation: Annotation = codec::decode(v.value(), &format!("annotation {key:?}"))?;
-                    writer.record(Record::Annotation(key, annotation))?;
-                }
+            for (key, annotation) in read_table(&txn, ANNOTATIONS, "annotation", |k: &str| k.to_string())? {
+                writer.record(Record::Annotation(key, annotation))?;
             }
-            if let Ok(table) = txn.open_table(REPLICAS) {
-                for row in table.iter().map_err(io_error)? {
-                    let (k, v) = row.map_err(io_error)?;
-                    let node_id = k.value();
-                    let record: ReplicaRecord = codec::decode(v.value(), &format!("replica {node_id}"))?;
-                    writer.record(Record::Replica(node_id, record))?;
-                }
+            for (node_id, record) in read_table(&txn, REPLICAS, "replica", |k: u64| k)? {
+                writer.record(Record::Replica(node_id, record))?;
             }
             drop(txn);
             let file = writer.finish()?;
