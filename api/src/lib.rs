@@ -9,6 +9,8 @@
 //! - [`node`]: wire types of a replica's API.
 //! - [`client`]: the HTTP client of that API.
 //! - [`config_file`]: YAML config loading with env overrides and path-naming errors.
+//! - [`gateway`]: wire types of the gateway API (enrollment, heartbeats, matrix, tokens).
+//! - [`token`]: join and user tokens (format, hashing, the CA fingerprint a join token pins).
 //!
 //! Invariants: a peer is known by the identity in its verified certificate, never by its
 //! address; nothing here accepts a connection without a client certificate from the mesh CA;
@@ -17,12 +19,14 @@
 pub mod client;
 pub mod config_file;
 pub mod error;
+pub mod gateway;
 pub mod identity;
 pub mod ids;
 pub mod node;
 pub mod pki;
 pub mod serve;
 pub mod tls;
+pub mod token;
 
 pub use error::ApiError;
 pub use error::ErrorCode;

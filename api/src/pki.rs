@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use rcgen::BasicConstraints;
 use rcgen::CertificateParams;
+use rcgen::CertificateSigningRequestParams;
 use rcgen::DnType;
 use rcgen::ExtendedKeyUsagePurpose;
 use rcgen::IsCa;
@@ -177,6 +178,92 @@ impl CertificateAuthority {
         let cert = params.signed_by(&key, &issuer).map_err(PkiError::Generate)?;
         Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
+}
+
+/// Why a CSR was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CsrError {
+    #[error("the CSR is unreadable or its signature is invalid: {0}")]
+    Unreadable(rcgen::Error),
+    #[error("the CSR must name exactly one atoll identity as its only subject alternative name; it names {0}")]
+    Names(String),
+    #[error("the CSR asks for {found}, but only {allowed} may be issued here")]
+    WrongIdentity { found: String, allowed: String },
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+}
+
+/// The identity a CSR asks for (its only SAN must be an atoll URI).
+pub fn csr_identity(csr: &CertificateSigningRequestParams) -> Result<Identity, CsrError> {
+    let names: Vec<String> = csr.params.subject_alt_names.iter().map(|san| format!("{san:?}")).collect();
+    match csr.params.subject_alt_names.as_slice() {
+        [SanType::URI(uri)] => uri.as_str().parse::<Identity>().map_err(|e| CsrError::Names(e.to_string())),
+        _ => Err(CsrError::Names(if names.is_empty() { "nothing".to_string() } else { names.join(", ") })),
+    }
+}
+
+impl CertificateAuthority {
+    /// Sign `csr_pem` if the identity it asks for passes `allowed` (which returns why not);
+    /// the certificate is valid from now for `validity`, with this CA's usages and EKUs whatever
+    /// the CSR asked for.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        validity: Duration,
+        allowed: impl FnOnce(&Identity) -> Result<(), String>,
+    ) -> Result<(Identity, String, OffsetDateTime), CsrError> {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(CsrError::Unreadable)?;
+        let identity = csr_identity(&csr)?;
+        allowed(&identity).map_err(|allowed| CsrError::WrongIdentity { found: identity.uri(), allowed })?;
+        let now = OffsetDateTime::now_utc();
+        let not_after = now + validity;
+        let params = &mut csr.params;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, identity.uri());
+        params.is_ca = IsCa::NoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = now - BACKDATE;
+        params.not_after = not_after;
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        params.name_constraints = None;
+        params.crl_distribution_points = Vec::new();
+        params.custom_extensions = Vec::new();
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key).map_err(PkiError::BadCa)?;
+        let cert = csr.signed_by(&issuer).map_err(PkiError::Generate)?;
+        Ok((identity, cert.pem(), not_after))
+    }
+
+    /// The CA certificate's DER bytes (for fingerprints).
+    pub fn cert_der(&self) -> Result<Vec<u8>, PkiError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+            .map(|der| der.to_vec())
+            .map_err(|e| PkiError::BadCa(rcgen::Error::PemError(e.to_string())))
+    }
+}
+
+/// A new key (kept by the caller) and a CSR for `identity`, both PEM.
+pub fn new_csr(identity: &Identity, alg: KeyAlgorithm) -> Result<(String, String), PkiError> {
+    let key = alg.generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, identity.uri());
+    params.subject_alt_names =
+        vec![SanType::URI(identity.uri().try_into().map_err(|e: rcgen::Error| PkiError::Generate(e))?)];
+    let csr = params.serialize_request(&key).map_err(PkiError::Generate)?;
+    Ok((csr.pem().map_err(PkiError::Generate)?, key.serialize_pem()))
+}
+
+/// Validity bounds of a PEM certificate.
+pub fn validity(cert_pem: &str) -> Result<(OffsetDateTime, OffsetDateTime), String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| e.to_string())?;
+    let validity = cert.validity();
+    Ok((validity.not_before.to_datetime(), validity.not_after.to_datetime()))
 }
 
 impl IssuedCert {

@@ -35,13 +35,27 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Called with the peer's identity when one of its connections closes.
 pub type OnClose = Arc<dyn Fn(&Identity) + Send + Sync>;
 
+/// Decides whether a verified peer is served; `Err(reason)` drops its connection (logged), as a
+/// firewall would: the peer sees a closed connection, not an answer.
+pub type Admit = Arc<dyn Fn(&Identity) -> Result<(), String> + Send + Sync>;
+
+/// What a server does around each connection.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    pub admit: Option<Admit>,
+    pub on_close: Option<OnClose>,
+    /// Serve clients that present no certificate (with a server config built with
+    /// `ClientCerts::Optional`); their requests carry no [`Peer`].
+    pub allow_anonymous: bool,
+}
+
 /// Serve `router` over mTLS on `listener` until `shutdown` resolves, then let open requests
 /// finish for up to `grace`.
 pub async fn serve_mtls(
     listener: TcpListener,
     config: Arc<ServerConfig>,
     router: Router,
-    on_close: Option<OnClose>,
+    hooks: Hooks,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) -> std::io::Result<()> {
@@ -64,7 +78,7 @@ pub async fn serve_mtls(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
-        let on_close = on_close.clone();
+        let hooks = hooks.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -84,28 +98,42 @@ pub async fn serve_mtls(
                 }
                 Ok(Ok(tls)) => tls,
             };
-            let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
-            let identity = match peer_identity(certs) {
-                Ok(identity) => identity,
-                Err(e) => {
-                    tracing::warn!(%remote, error = %e, "refused mTLS connection: no atoll identity");
+            let identity = match tls.get_ref().1.peer_certificates() {
+                Some(certs) if !certs.is_empty() => match peer_identity(certs) {
+                    Ok(identity) => Some(identity),
+                    Err(e) => {
+                        tracing::warn!(%remote, error = %e, "refused mTLS connection: no atoll identity");
+                        return;
+                    }
+                },
+                _ if hooks.allow_anonymous => None,
+                _ => {
+                    tracing::warn!(%remote, "refused connection: no client certificate");
                     return;
                 }
             };
-            tracing::debug!(%remote, peer = %identity, "mTLS connection accepted");
-            let peer = Peer(identity.clone());
+            if let (Some(identity), Some(admit)) = (&identity, &hooks.admit)
+                && let Err(reason) = admit(identity)
+            {
+                tracing::info!(%remote, peer = %identity, %reason, "dropped connection");
+                return;
+            }
+            tracing::debug!(%remote, peer = ?identity, "connection accepted");
+            let peer = identity.clone().map(Peer);
             let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-                request.extensions_mut().insert(peer.clone());
+                if let Some(peer) = &peer {
+                    request.extensions_mut().insert(peer.clone());
+                }
                 request.extensions_mut().insert(RemoteAddr(remote));
                 router.clone().oneshot(request.map(axum::body::Body::new))
             });
             let builder = auto::Builder::new(TokioExecutor::new());
             let connection = builder.serve_connection(TokioIo::new(tls), service).into_owned();
             if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(%remote, peer = %identity, error = %e, "connection ended with an error");
+                tracing::debug!(%remote, peer = ?identity, error = %e, "connection ended with an error");
             }
-            if let Some(on_close) = on_close {
-                on_close(&identity);
+            if let (Some(identity), Some(on_close)) = (&identity, &hooks.on_close) {
+                on_close(identity);
             }
         });
     }

@@ -77,6 +77,15 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
+/// Whether a server requires clients to present a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientCerts {
+    Required,
+    /// Clients without a certificate are served too (their requests carry no identity); a
+    /// certificate that is presented must still be valid.
+    Optional,
+}
+
 /// Which servers a client accepts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServerPolicy {
@@ -134,13 +143,100 @@ impl ResolvesClientCert for CertSlot {
     }
 }
 
+/// The CA certificates a component trusts; enough to verify a server without an own certificate
+/// (a user's CLI, a replica before it has enrolled).
+#[derive(Clone)]
+pub struct TrustRoots {
+    provider: Arc<CryptoProvider>,
+    roots: Arc<rustls::RootCertStore>,
+    anchors: Arc<Vec<TrustAnchor<'static>>>,
+}
+
+impl std::fmt::Debug for TrustRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustRoots").field("anchors", &self.anchors.len()).finish()
+    }
+}
+
+impl TrustRoots {
+    /// Check a certificate and key against these roots: the key matches, the certificate chains
+    /// to the CA and is valid now, and it carries an atoll identity.
+    pub fn certified_key(
+        &self,
+        ca_path: &Path,
+        cert_path: &Path,
+        cert_pem: &[u8],
+        key_path: &Path,
+        key_pem: &[u8],
+    ) -> Result<(Identity, CertifiedKey), TlsError> {
+        let chain = parse_certs(cert_path, cert_pem)?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Pem {
+            path: key_path.to_path_buf(),
+            what: "private key",
+            detail: e.to_string(),
+        })?;
+        let certified = CertifiedKey::from_der(chain.clone(), key, &self.provider)
+            .map_err(|e| TlsError::KeyMismatch { path: cert_path.to_path_buf(), detail: e.to_string() })?;
+        let identity =
+            verify_chain(&self.anchors, &self.provider, &chain, UnixTime::now(), webpki::KeyUsage::client_auth())
+                .map_err(|e| TlsError::NotTrusted {
+                    path: cert_path.to_path_buf(),
+                    ca: ca_path.to_path_buf(),
+                    detail: describe(&e),
+                })?
+                .map_err(|source| TlsError::Identity { path: cert_path.to_path_buf(), source })?;
+        Ok((identity, certified))
+    }
+
+    /// Parse CA certificates (PEM); `path` names them in errors.
+    pub fn from_pem(path: &Path, pem: &[u8]) -> Result<Self, TlsError> {
+        let ca_certs = parse_certs(path, pem)?;
+        let mut roots = rustls::RootCertStore::empty();
+        let mut anchors = Vec::new();
+        for ca in &ca_certs {
+            roots.add(ca.clone()).map_err(|e| TlsError::Pem {
+                path: path.to_path_buf(),
+                what: "CA certificate",
+                detail: e.to_string(),
+            })?;
+            anchors.push(
+                webpki::anchor_from_trusted_cert(ca)
+                    .map_err(|e| TlsError::Pem {
+                        path: path.to_path_buf(),
+                        what: "CA certificate",
+                        detail: e.to_string(),
+                    })?
+                    .to_owned(),
+            );
+        }
+        Ok(Self { provider: provider(), roots: Arc::new(roots), anchors: Arc::new(anchors) })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, TlsError> {
+        Self::from_pem(path, &read(path)?)
+    }
+
+    /// A client config that presents no certificate and accepts servers per `policy`.
+    pub fn anonymous_client_config(&self, policy: ServerPolicy) -> Result<ClientConfig, TlsError> {
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(self.verifier(policy)))
+            .with_no_client_auth();
+        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        Ok(config)
+    }
+
+    fn verifier(&self, policy: ServerPolicy) -> IdentityVerifier {
+        IdentityVerifier { anchors: self.anchors.clone(), provider: self.provider.clone(), policy }
+    }
+}
+
 /// A component's loaded TLS material: its identity, key and the CA it trusts.
 #[derive(Clone)]
 pub struct TlsIdentity {
     identity: Identity,
-    provider: Arc<CryptoProvider>,
-    roots: Arc<rustls::RootCertStore>,
-    anchors: Arc<Vec<TrustAnchor<'static>>>,
+    trust: TrustRoots,
     slot: Arc<CertSlot>,
 }
 
@@ -184,48 +280,9 @@ impl TlsIdentity {
         key_path: &Path,
         key_pem: &[u8],
     ) -> Result<Self, TlsError> {
-        let provider = provider();
-        let ca_certs = parse_certs(ca_path, ca_pem)?;
-        let mut roots = rustls::RootCertStore::empty();
-        let mut anchors = Vec::new();
-        for ca in &ca_certs {
-            roots.add(ca.clone()).map_err(|e| TlsError::Pem {
-                path: ca_path.to_path_buf(),
-                what: "CA certificate",
-                detail: e.to_string(),
-            })?;
-            anchors.push(
-                webpki::anchor_from_trusted_cert(ca)
-                    .map_err(|e| TlsError::Pem {
-                        path: ca_path.to_path_buf(),
-                        what: "CA certificate",
-                        detail: e.to_string(),
-                    })?
-                    .to_owned(),
-            );
-        }
-        let chain = parse_certs(cert_path, cert_pem)?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Pem {
-            path: key_path.to_path_buf(),
-            what: "private key",
-            detail: e.to_string(),
-        })?;
-        let certified = CertifiedKey::from_der(chain.clone(), key, &provider)
-            .map_err(|e| TlsError::KeyMismatch { path: cert_path.to_path_buf(), detail: e.to_string() })?;
-        let identity = verify_chain(&anchors, &provider, &chain, UnixTime::now(), webpki::KeyUsage::client_auth())
-            .map_err(|e| TlsError::NotTrusted {
-                path: cert_path.to_path_buf(),
-                ca: ca_path.to_path_buf(),
-                detail: describe(&e),
-            })?
-            .map_err(|source| TlsError::Identity { path: cert_path.to_path_buf(), source })?;
-        Ok(Self {
-            identity,
-            provider,
-            roots: Arc::new(roots),
-            anchors: Arc::new(anchors),
-            slot: Arc::new(CertSlot(RwLock::new(Arc::new(certified)))),
-        })
+        let trust = TrustRoots::from_pem(ca_path, ca_pem)?;
+        let (identity, certified) = trust.certified_key(ca_path, cert_path, cert_pem, key_path, key_pem)?;
+        Ok(Self { identity, trust, slot: Arc::new(CertSlot(RwLock::new(Arc::new(certified)))) })
     }
 
     pub fn identity(&self) -> &Identity {
@@ -237,12 +294,26 @@ impl TlsIdentity {
         &self.slot
     }
 
+    pub fn trust(&self) -> &TrustRoots {
+        &self.trust
+    }
+
     /// A server config requiring client certificates from the CA.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+        self.server_config_with(ClientCerts::Required)
+    }
+
+    /// A server config that verifies client certificates from the CA and, with
+    /// [`ClientCerts::Optional`], also serves clients that present none.
+    pub fn server_config_with(&self, client_certs: ClientCerts) -> Result<Arc<ServerConfig>, TlsError> {
+        let trust = &self.trust;
+        let builder = WebPkiClientVerifier::builder_with_provider(trust.roots.clone(), trust.provider.clone());
+        let builder = match client_certs {
+            ClientCerts::Required => builder,
+            ClientCerts::Optional => builder.allow_unauthenticated(),
+        };
+        let verifier = builder.build().map_err(|e| rustls::Error::General(e.to_string()))?;
+        let mut config = ServerConfig::builder_with_provider(trust.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(self.slot.clone());
@@ -252,8 +323,8 @@ impl TlsIdentity {
 
     /// A client config presenting the own certificate and accepting servers per `policy`.
     pub fn client_config(&self, policy: ServerPolicy) -> Result<ClientConfig, TlsError> {
-        let verifier = IdentityVerifier { anchors: self.anchors.clone(), provider: self.provider.clone(), policy };
-        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
+        let verifier = self.trust.verifier(policy);
+        let mut config = ClientConfig::builder_with_provider(self.trust.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))

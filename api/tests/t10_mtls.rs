@@ -47,9 +47,16 @@ async fn start_server(server: &TlsIdentity) -> (String, tokio::sync::oneshot::Se
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let config = server.server_config().unwrap();
     tokio::spawn(async move {
-        serve_mtls(listener, config, router, None, async { stopped.await.ok().unwrap_or(()) }, Duration::from_secs(1))
-            .await
-            .unwrap();
+        serve_mtls(
+            listener,
+            config,
+            router,
+            Default::default(),
+            async { stopped.await.ok().unwrap_or(()) },
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
     });
     (addr, stop)
 }

@@ -111,7 +111,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
         listener,
         tls.server_config()?,
         router,
-        Some(on_close),
+        atoll_api::serve::Hooks { on_close: Some(on_close), ..Default::default() },
         stopped(stop_rx.clone()),
         drain,
     ));

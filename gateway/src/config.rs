@@ -1,0 +1,378 @@
+//! `atoll gateway` configuration: the YAML file as written, and the checked runtime form.
+//!
+//! Every key is documented here and in `docs/configuration.md`. Relative paths are resolved
+//! against the config file's directory; secrets can be read from `*_file` paths.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use atoll_api::config_file::ConfigError;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayFile {
+    /// This gateway replica's id; its certificate names `spiffe://atoll/gateway/<id>`.
+    #[serde(default = "default_id")]
+    pub id: String,
+    /// `ip:port` of the HTTPS listener: agents present certificates, users bearer tokens,
+    /// enrolling replicas a join token.
+    pub listen: String,
+    /// `host:port` clients use to reach this gateway; defaults to `listen`.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// `ip:port` of the plain-HTTP ops listener (`/healthz`, `/readyz`, `/metrics`).
+    #[serde(default)]
+    pub ops_listen: Option<String>,
+    /// Where the registry, tokens and matrix live.
+    #[serde(default)]
+    pub database: DatabaseFile,
+    /// Directory of the mesh CA (`ca.pem`, `ca-key.pem`); created at first start when empty.
+    pub ca_dir: PathBuf,
+    /// Where to write a fresh admin token at first start (when the database has no admin
+    /// token yet). Written with mode 0600; nothing is written when an admin token exists.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub clusters: ClustersFile,
+    #[serde(default)]
+    pub matrix: MatrixFile,
+    #[serde(default)]
+    pub certificates: CertificatesFile,
+    #[serde(default)]
+    pub tokens: TokensFile,
+    /// Budget of an orderly shutdown, in milliseconds.
+    #[serde(default = "default_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+/// Exactly one of `sqlite` and `postgres`; SQLite at `gateway.db` when the section is absent.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseFile {
+    /// The embedded default: one SQLite file (WAL, busy timeout, one writer).
+    #[serde(default)]
+    pub sqlite: Option<SqliteFile>,
+    /// PostgreSQL, for production (and several gateway replicas).
+    #[serde(default)]
+    pub postgres: Option<PostgresFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteFile {
+    /// The database file; created when absent.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresFile {
+    /// `postgres://user:password@host:port/database`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A file holding the URL (a mounted secret); takes the place of `url`.
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    /// Connection pool size.
+    #[serde(default = "default_pg_pool")]
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClustersFile {
+    /// How often cluster leaders heartbeat (told to them at each heartbeat), in milliseconds.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// A cluster not heard from for this long is `suspect`.
+    #[serde(default = "default_suspect_ms")]
+    pub suspect_after_ms: u64,
+    /// A cluster not heard from for this long is `dead`.
+    #[serde(default = "default_dead_ms")]
+    pub dead_after_ms: u64,
+}
+
+impl Default for ClustersFile {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: default_heartbeat_ms(),
+            suspect_after_ms: default_suspect_ms(),
+            dead_after_ms: default_dead_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixFile {
+    /// How often each leader probes every other cluster, in milliseconds.
+    #[serde(default = "default_probe_ms")]
+    pub probe_interval_ms: u64,
+    /// Deadline of one probe.
+    #[serde(default = "default_probe_timeout_ms")]
+    pub probe_timeout_ms: u64,
+    /// Leaders report their whole row at least this often (and at once on any change).
+    #[serde(default = "default_row_ms")]
+    pub row_interval_ms: u64,
+    /// Cells of a reporter not heard from (no row, no heartbeat) for this long are `unknown`.
+    #[serde(default = "default_stale_ms")]
+    pub stale_after_ms: u64,
+}
+
+impl Default for MatrixFile {
+    fn default() -> Self {
+        Self {
+            probe_interval_ms: default_probe_ms(),
+            probe_timeout_ms: default_probe_timeout_ms(),
+            row_interval_ms: default_row_ms(),
+            stale_after_ms: default_stale_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificatesFile {
+    /// Lifetime of certificates issued to replicas, in seconds (they renew at two thirds).
+    #[serde(default = "default_cert_lifetime_s")]
+    pub lifetime_s: u64,
+}
+
+impl Default for CertificatesFile {
+    fn default() -> Self {
+        Self { lifetime_s: default_cert_lifetime_s() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensFile {
+    /// Default lifetime of a join token, in seconds.
+    #[serde(default = "default_join_ttl_s")]
+    pub join_ttl_s: u64,
+}
+
+impl Default for TokensFile {
+    fn default() -> Self {
+        Self { join_ttl_s: default_join_ttl_s() }
+    }
+}
+
+fn default_id() -> String {
+    "main".to_string()
+}
+fn default_grace_ms() -> u64 {
+    5_000
+}
+fn default_pg_pool() -> u32 {
+    16
+}
+fn default_heartbeat_ms() -> u64 {
+    1_000
+}
+fn default_suspect_ms() -> u64 {
+    3_000
+}
+fn default_dead_ms() -> u64 {
+    10_000
+}
+fn default_probe_ms() -> u64 {
+    1_000
+}
+fn default_probe_timeout_ms() -> u64 {
+    500
+}
+fn default_row_ms() -> u64 {
+    10_000
+}
+fn default_stale_ms() -> u64 {
+    5_000
+}
+fn default_cert_lifetime_s() -> u64 {
+    86_400
+}
+fn default_join_ttl_s() -> u64 {
+    3_600
+}
+
+/// Where the gateway's data lives, checked.
+#[derive(Debug, Clone)]
+pub enum Database {
+    Sqlite { path: PathBuf },
+    Postgres { url: String, max_connections: u32 },
+}
+
+/// The checked runtime configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub id: String,
+    pub listen: SocketAddr,
+    pub advertise: String,
+    pub ops_listen: Option<SocketAddr>,
+    pub database: Database,
+    pub ca_dir: PathBuf,
+    pub admin_token_file: Option<PathBuf>,
+    pub heartbeat_interval: Duration,
+    pub suspect_after: Duration,
+    pub dead_after: Duration,
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
+    pub row_interval: Duration,
+    pub stale_after: Duration,
+    pub cert_lifetime: Duration,
+    pub join_ttl: Duration,
+    pub shutdown_grace: Duration,
+}
+
+fn resolve(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() { path.to_path_buf() } else { base.join(path) }
+}
+
+impl GatewayConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file: GatewayFile = atoll_api::config_file::load(path, &atoll_api::config_file::env_overrides())?;
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        Self::check(file, &path.display().to_string(), base)
+    }
+
+    pub fn check(file: GatewayFile, origin: &str, base: &Path) -> Result<Self, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::invalid(origin, key, message);
+        if (atoll_api::Identity::Gateway { id: file.id.clone() }).uri().parse::<atoll_api::Identity>().is_err() {
+            return Err(invalid("id", format!("{:?} must be 1 to 63 of [a-z0-9._-]", file.id)));
+        }
+        let listen: SocketAddr = file
+            .listen
+            .parse()
+            .map_err(|e| invalid("listen", format!("{:?} is not an ip:port address: {e}", file.listen)))?;
+        let advertise = file.host.clone().unwrap_or_else(|| file.listen.clone());
+        if listen.ip().is_unspecified() && file.host.is_none() {
+            return Err(invalid("host", format!("required when listen is {listen}")));
+        }
+        let ops_listen = match &file.ops_listen {
+            Some(addr) => Some(
+                addr.parse().map_err(|e| invalid("ops_listen", format!("{addr:?} is not an ip:port address: {e}")))?,
+            ),
+            None => None,
+        };
+        let database = match (file.database.sqlite, file.database.postgres) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("database", "give one of database.sqlite and database.postgres".into()));
+            }
+            (Some(SqliteFile { path }), None) => Database::Sqlite { path: resolve(base, &path) },
+            (None, None) => Database::Sqlite { path: resolve(base, Path::new("gateway.db")) },
+            (None, Some(PostgresFile { url, url_file, max_connections })) => {
+                let url = match (url, url_file) {
+                    (Some(url), None) => url,
+                    (None, Some(file)) => {
+                        let file = resolve(base, &file);
+                        std::fs::read_to_string(&file)
+                            .map_err(|e| invalid("database.postgres.url_file", format!("{}: {e}", file.display())))?
+                            .trim()
+                            .to_string()
+                    }
+                    _ => return Err(invalid("database.postgres", "give exactly one of url and url_file".into())),
+                };
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return Err(invalid("database.postgres.url", "must start with postgres://".into()));
+                }
+                if max_connections == 0 {
+                    return Err(invalid("database.postgres.max_connections", "must be 1 or more".into()));
+                }
+                Database::Postgres { url, max_connections }
+            }
+        };
+        let ms = Duration::from_millis;
+        let c = &file.clusters;
+        if c.heartbeat_interval_ms == 0 {
+            return Err(invalid("clusters.heartbeat_interval_ms", "must be 1 or more".into()));
+        }
+        if c.suspect_after_ms <= c.heartbeat_interval_ms {
+            return Err(invalid("clusters.suspect_after_ms", "must exceed clusters.heartbeat_interval_ms".into()));
+        }
+        if c.dead_after_ms <= c.suspect_after_ms {
+            return Err(invalid("clusters.dead_after_ms", "must exceed clusters.suspect_after_ms".into()));
+        }
+        let m = &file.matrix;
+        if m.probe_interval_ms == 0 || m.probe_timeout_ms == 0 {
+            return Err(invalid("matrix.probe_interval_ms", "probe interval and timeout must be 1 or more".into()));
+        }
+        if m.probe_timeout_ms >= m.probe_interval_ms {
+            return Err(invalid("matrix.probe_timeout_ms", "must be shorter than matrix.probe_interval_ms".into()));
+        }
+        if m.stale_after_ms <= c.heartbeat_interval_ms {
+            return Err(invalid("matrix.stale_after_ms", "must exceed clusters.heartbeat_interval_ms".into()));
+        }
+        if m.row_interval_ms < m.probe_interval_ms {
+            return Err(invalid("matrix.row_interval_ms", "must be at least matrix.probe_interval_ms".into()));
+        }
+        if file.certificates.lifetime_s < 60 {
+            return Err(invalid("certificates.lifetime_s", "must be at least 60".into()));
+        }
+        if file.tokens.join_ttl_s == 0 {
+            return Err(invalid("tokens.join_ttl_s", "must be 1 or more".into()));
+        }
+        Ok(Self {
+            id: file.id,
+            listen,
+            advertise,
+            ops_listen,
+            database,
+            ca_dir: resolve(base, &file.ca_dir),
+            admin_token_file: file.admin_token_file.map(|p| resolve(base, &p)),
+            heartbeat_interval: ms(c.heartbeat_interval_ms),
+            suspect_after: ms(c.suspect_after_ms),
+            dead_after: ms(c.dead_after_ms),
+            probe_interval: ms(m.probe_interval_ms),
+            probe_timeout: ms(m.probe_timeout_ms),
+            row_interval: ms(m.row_interval_ms),
+            stale_after: ms(m.stale_after_ms),
+            cert_lifetime: Duration::from_secs(file.certificates.lifetime_s),
+            join_ttl: Duration::from_secs(file.tokens.join_ttl_s),
+            shutdown_grace: ms(file.shutdown_grace_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<GatewayConfig, ConfigError> {
+        let file: GatewayFile = atoll_api::config_file::parse(text, "gateway.yaml", &[])?;
+        GatewayConfig::check(file, "gateway.yaml", Path::new("/etc/atoll"))
+    }
+
+    #[test]
+    fn defaults_and_paths() {
+        let config = check("listen: 127.0.0.1:7000\nca_dir: ca\n").unwrap();
+        assert!(matches!(config.database, Database::Sqlite { ref path } if path == Path::new("/etc/atoll/gateway.db")));
+        assert_eq!(config.ca_dir, Path::new("/etc/atoll/ca"));
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(1));
+        let config =
+            check("listen: 127.0.0.1:7000\nca_dir: ca\ndatabase: {postgres: {url: \"postgres://a@b/c\"}}\n").unwrap();
+        assert!(matches!(config.database, Database::Postgres { .. }));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let base = "listen: 127.0.0.1:7000\nca_dir: ca\n";
+        let cases = [
+            (format!("{base}clusters: {{suspect_after_ms: 500}}\n"), "clusters.suspect_after_ms"),
+            (format!("{base}clusters: {{dead_after_ms: 2000}}\n"), "clusters.dead_after_ms"),
+            (format!("{base}matrix: {{probe_timeout_ms: 2000}}\n"), "matrix.probe_timeout_ms"),
+            (format!("{base}database: {{postgres: {{url: \"mysql://x\"}}}}\n"), "database.postgres.url"),
+            (format!("{base}database: {{postgres: {{}}}}\n"), "database.postgres"),
+            (format!("{base}database: {{oracle: {{}}}}\n"), "database.oracle"),
+            (format!("{base}database: {{sqlite: {{path: x}}, postgres: {{url: \"postgres://a\"}}}}\n"), "database"),
+            (format!("{base}id: \"Bad Id\"\n"), "id"),
+            ("listen: nowhere\nca_dir: ca\n".to_string(), "listen"),
+        ];
+        for (text, key) in cases {
+            let err = check(&text).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("gateway.yaml: {key}")), "expected {key}, got {err}");
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Matrix rows: one per reporting cluster, holding its whole row.
+
+use atoll_api::gateway::RowCell;
+use sqlx::Row;
+
+use super::Db;
+use super::DbError;
+use super::json_column;
+use super::with_pool;
+
+/// A reporter's stored row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredRow {
+    pub reporter: String,
+    pub term: u64,
+    pub cells: Vec<RowCell>,
+    pub reported_ms: i64,
+}
+
+impl Db {
+    /// Store the latest rows, fenced by term (a row from an older term never replaces a newer
+    /// one). One transaction for the batch.
+    pub async fn put_rows(&self, rows: &[StoredRow]) -> Result<(), DbError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut encoded = Vec::with_capacity(rows.len());
+        for row in rows {
+            let cells = serde_json::to_string(&row.cells).map_err(|e| DbError::corrupt("matrix_rows.cells", e))?;
+            let term = i64::try_from(row.term).map_err(|e| DbError::corrupt("matrix_rows.term", e))?;
+            encoded.push((&row.reporter, term, cells, row.reported_ms));
+        }
+        with_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            for (reporter, term, cells, reported_ms) in &encoded {
+                sqlx::query(
+                    "INSERT INTO matrix_rows (reporter, term, cells, reported_ms) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (reporter) DO UPDATE SET term = excluded.term, cells = excluded.cells, reported_ms = excluded.reported_ms
+                     WHERE matrix_rows.term <= excluded.term",
+                )
+                .bind(*reporter)
+                .bind(*term)
+                .bind(cells)
+                .bind(*reported_ms)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, DbError>(())
+        })
+    }
+
+    pub async fn rows(&self) -> Result<Vec<StoredRow>, DbError> {
+        with_pool!(self, read, |pool| {
+            let rows = sqlx::query("SELECT reporter, term, cells, reported_ms FROM matrix_rows ORDER BY reporter")
+                .fetch_all(pool)
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    let cells: String = row.try_get("cells")?;
+                    let term: i64 = row.try_get("term")?;
+                    Ok::<_, DbError>(StoredRow {
+                        reporter: row.try_get("reporter")?,
+                        term: u64::try_from(term).map_err(|e| DbError::corrupt("matrix_rows.term", e))?,
+                        cells: json_column("matrix_rows.cells", &cells)?,
+                        reported_ms: row.try_get("reported_ms")?,
+                    })
+                })
+                .collect()
+        })
+    }
+}

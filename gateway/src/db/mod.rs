@@ -1,0 +1,195 @@
+//! All SQL of the gateway lives here (and only here).
+//!
+//! One SQL text per query serves both engines (`$N` placeholders work on both, as do `ON
+//! CONFLICT ... DO UPDATE ... WHERE` and `RETURNING`); [`with_pool!`] runs it on whichever pool
+//! is configured. SQLite runs in WAL mode with a busy timeout, with a single-connection pool for
+//! writes (one writer) and a small pool for reads; PostgreSQL uses one pool. Migrations are
+//! embedded and applied at start under sqlx's migration lock; a database migrated by a newer
+//! build is refused.
+//!
+//! - [`clusters`]: the registry rows.
+//! - [`tokens`]: join tokens and user tokens (hashed).
+//! - [`matrix`]: one matrix row per reporting cluster.
+//! - [`testing`]: throwaway databases for tests (SQLite files, PostgreSQL databases).
+
+pub mod clusters;
+pub mod matrix;
+pub mod testing;
+pub mod tokens;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migration;
+use sqlx::migrate::MigrationType;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::sqlite::SqliteJournalMode;
+use sqlx::sqlite::SqlitePoolOptions;
+use sqlx::sqlite::SqliteSynchronous;
+
+use crate::config::Database;
+
+/// The embedded migrations, in order.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial", include_str!("../../migrations/0001_initial.sql"))];
+
+/// A connected, migrated database.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite { write: sqlx::SqlitePool, read: sqlx::SqlitePool },
+    Postgres(sqlx::PgPool),
+}
+
+/// Run `$body` with `$pool` bound to the reading (`read`) or writing (`write`) pool.
+macro_rules! with_pool {
+    ($db:expr, read, |$pool:ident| $body:expr) => {
+        match $db {
+            $crate::db::Db::Sqlite { read: $pool, .. } => $body,
+            $crate::db::Db::Postgres($pool) => $body,
+        }
+    };
+    ($db:expr, write, |$pool:ident| $body:expr) => {
+        match $db {
+            $crate::db::Db::Sqlite { write: $pool, .. } => $body,
+            $crate::db::Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use with_pool;
+
+/// Why the database could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("connecting to the database ({target}) failed: {source}")]
+    Connect {
+        target: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("migrating the database failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "the database was migrated by a newer atoll (schema version {found}; this build knows up to {known}): upgrade the gateway, or point it at another database"
+    )]
+    NewerSchema { found: i64, known: i64 },
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("corrupt value in column {column}: {detail}")]
+    Corrupt { column: &'static str, detail: String },
+}
+
+impl DbError {
+    pub(crate) fn corrupt(column: &'static str, detail: impl std::fmt::Display) -> Self {
+        DbError::Corrupt { column, detail: detail.to_string() }
+    }
+}
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|(version, description, sql)| {
+                use sqlx::SqlSafeStr;
+                Migration::new(*version, (*description).into(), MigrationType::Simple, (*sql).into_sql_str(), false)
+            })
+            .collect(),
+    )
+}
+
+/// Redact the password of a database URL for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Db {
+    /// Connect and apply the embedded migrations.
+    pub async fn connect(database: &Database) -> Result<Self, DbError> {
+        let db = match database {
+            Database::Sqlite { path } => {
+                let target = path.display().to_string();
+                let options = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(5))
+                    .foreign_keys(true);
+                let connect = |size: u32| {
+                    SqlitePoolOptions::new()
+                        .max_connections(size)
+                        .acquire_timeout(Duration::from_secs(10))
+                        .connect_with(options.clone())
+                };
+                let write = connect(1).await.map_err(|source| DbError::Connect { target: target.clone(), source })?;
+                let read = connect(4).await.map_err(|source| DbError::Connect { target, source })?;
+                Db::Sqlite { write, read }
+            }
+            Database::Postgres { url, max_connections } => {
+                let options = sqlx::postgres::PgConnectOptions::from_str(url)
+                    .map_err(|source| DbError::Connect { target: redact(url), source })?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(*max_connections)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await
+                    .map_err(|source| DbError::Connect { target: redact(url), source })?;
+                Db::Postgres(pool)
+            }
+        };
+        let migrator = migrator();
+        let known = MIGRATIONS.iter().map(|(version, _, _)| *version).max().unwrap_or(0);
+        with_pool!(&db, write, |pool| migrator.run(pool).await).map_err(|e| match e {
+            sqlx::migrate::MigrateError::VersionMissing(found) => DbError::NewerSchema { found, known },
+            other => DbError::Migrate(other),
+        })?;
+        Ok(db)
+    }
+
+    /// Which engine, for logs and metrics.
+    pub fn engine(&self) -> &'static str {
+        match self {
+            Db::Sqlite { .. } => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    /// A cheap round trip (readiness).
+    pub async fn ping(&self) -> Result<(), DbError> {
+        with_pool!(self, read, |pool| sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite { write, read } => {
+                write.close().await;
+                read.close().await;
+            }
+            Db::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// Decode a JSON text column.
+pub(crate) fn json_column<T: serde::de::DeserializeOwned>(column: &'static str, text: &str) -> Result<T, DbError> {
+    serde_json::from_str(text).map_err(|e| DbError::corrupt(column, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("postgres://atoll:secret@db:5432/atoll"), "postgres://atoll:***@db:5432/atoll");
+        assert_eq!(redact("postgres://db/atoll"), "postgres://db/atoll");
+    }
+}
