@@ -71,6 +71,44 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     out
 }
 
+/// Send one JSON request to `https://{addr}{path}` and decode the answer or the error envelope.
+pub(crate) async fn send_json<B: Serialize, T: DeserializeOwned>(
+    http: &reqwest::Client,
+    method: Method,
+    addr: &str,
+    path: &str,
+    body: Option<&B>,
+    bearer: Option<&str>,
+) -> Result<T, ClientError> {
+    let url = format!("https://{addr}{path}");
+    let mut request = http.request(method, &url);
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    let transport = |e: reqwest::Error| ClientError::Transport {
+        addr: addr.to_string(),
+        message: error_chain(&e),
+        timed_out: e.is_timeout(),
+    };
+    let response = request.send().await.map_err(transport)?;
+    let status = response.status();
+    let bytes = response.bytes().await.map_err(transport)?;
+    if status.is_success() {
+        return serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::Decode { addr: addr.to_string(), detail: e.to_string() });
+    }
+    match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(body) => Err(ClientError::Api { addr: addr.to_string(), error: body.error.into() }),
+        Err(_) => Err(ClientError::Decode {
+            addr: addr.to_string(),
+            detail: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes).chars().take(200).collect::<String>()),
+        }),
+    }
+}
+
 /// A client of replicas' APIs.
 #[derive(Clone, Debug)]
 pub struct NodeClient {
@@ -106,33 +144,7 @@ impl NodeClient {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
-        let url = format!("https://{addr}{path}");
-        let mut request = self.http.request(method, &url);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let transport = |e: reqwest::Error| ClientError::Transport {
-            addr: addr.to_string(),
-            message: error_chain(&e),
-            timed_out: e.is_timeout(),
-        };
-        let response = request.send().await.map_err(transport)?;
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(transport)?;
-        if status.is_success() {
-            return serde_json::from_slice(&bytes)
-                .map_err(|e| ClientError::Decode { addr: addr.to_string(), detail: e.to_string() });
-        }
-        match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(body) => Err(ClientError::Api { addr: addr.to_string(), error: body.error.into() }),
-            Err(_) => Err(ClientError::Decode {
-                addr: addr.to_string(),
-                detail: format!(
-                    "HTTP {status}: {}",
-                    String::from_utf8_lossy(&bytes).chars().take(200).collect::<String>()
-                ),
-            }),
-        }
+        send_json(&self.http, method, addr, path, body, None).await
     }
 
     /// Call, following `not_leader` answers to the leader they name.

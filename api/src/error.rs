@@ -25,9 +25,14 @@ pub enum ErrorCode {
     NotFound,
     /// This replica is not the leader (the `leader` field says who is, when known).
     NotLeader,
-    /// The request conflicts with the current state (a membership change in progress, a term
-    /// fenced off).
+    /// The request conflicts with the current state (a membership change in progress, a report
+    /// for a term that has not registered yet).
     Conflict,
+    /// The sender leads at a term older than one already seen for its cluster: it is fenced off
+    /// and must stop acting as leader.
+    StaleLeader,
+    /// The caller's cluster was revoked; nothing it sends is accepted any more.
+    Revoked,
     /// No leader or no quorum right now; retry later.
     Unavailable,
     /// The operation did not finish within its deadline; its outcome is unknown.
@@ -36,13 +41,28 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for documents and tests that must list them all.
+    pub const ALL: [ErrorCode; 11] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Unauthenticated,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::NotLeader,
+        ErrorCode::Conflict,
+        ErrorCode::StaleLeader,
+        ErrorCode::Revoked,
+        ErrorCode::Unavailable,
+        ErrorCode::Timeout,
+        ErrorCode::Internal,
+    ];
+
     pub fn status(self) -> StatusCode {
         match self {
             ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
             ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
-            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden | ErrorCode::Revoked => StatusCode::FORBIDDEN,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
-            ErrorCode::NotLeader | ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::NotLeader | ErrorCode::Conflict | ErrorCode::StaleLeader => StatusCode::CONFLICT,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,

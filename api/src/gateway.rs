@@ -69,7 +69,7 @@ pub struct PeerCluster {
 /// followers).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeshView {
-    /// Registered, enabled, not revoked clusters other than the asking one.
+    /// Registered, not revoked clusters other than the asking one (disabled ones included).
     pub peers: Vec<PeerCluster>,
     /// Revoked clusters: refuse their replicas.
     pub revoked: Vec<String>,

@@ -7,7 +7,7 @@
 //! - [`serve`]: the mTLS HTTP server (peer identity per request) and the plain ops listener.
 //! - [`error`]: the `{"error": {"code", "message"}}` envelope and its status table.
 //! - [`node`]: wire types of a replica's API.
-//! - [`client`]: the HTTP client of that API.
+//! - [`client`]: the HTTP client of that API; [`gateway_client`]: of the gateway's.
 //! - [`config_file`]: YAML config loading with env overrides and path-naming errors.
 //! - [`gateway`]: wire types of the gateway API (enrollment, heartbeats, matrix, tokens).
 //! - [`token`]: join and user tokens (format, hashing, the CA fingerprint a join token pins).
@@ -20,9 +20,11 @@ pub mod client;
 pub mod config_file;
 pub mod error;
 pub mod gateway;
+pub mod gateway_client;
 pub mod identity;
 pub mod ids;
 pub mod node;
+pub mod openapi;
 pub mod pki;
 pub mod serve;
 pub mod tls;

@@ -22,8 +22,12 @@ use time::OffsetDateTime;
 
 use crate::identity::Identity;
 
-/// How far back a new certificate's validity starts, to tolerate clock skew between machines.
-const BACKDATE: Duration = Duration::from_secs(300);
+/// How far back a new certificate's validity starts, to tolerate clock skew between machines:
+/// five minutes, or a tenth of a short lifetime (so that renewal at two thirds of the validity
+/// still falls well after issuance).
+fn backdate(lifetime: Duration) -> Duration {
+    Duration::from_secs(300).min(lifetime / 10)
+}
 
 /// Key algorithm of an issued certificate.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -116,7 +120,7 @@ impl CertificateAuthority {
         params.key_usages =
             vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let now = OffsetDateTime::now_utc();
-        params.not_before = now - BACKDATE;
+        params.not_before = now - backdate(validity);
         params.not_after = now + validity;
         params.serial_number = Some(random_serial());
         let cert = params.self_signed(&key).map_err(PkiError::Generate)?;
@@ -152,7 +156,7 @@ impl CertificateAuthority {
     /// Issue a certificate for `identity`, valid from now for `validity`.
     pub fn issue(&self, identity: &Identity, validity: Duration, alg: KeyAlgorithm) -> Result<IssuedCert, PkiError> {
         let now = OffsetDateTime::now_utc();
-        self.issue_between(identity, now - BACKDATE, now + validity, alg)
+        self.issue_between(identity, now - backdate(validity), now + validity, alg)
     }
 
     /// Issue a certificate valid between two instants (tests use this for expired certificates).
@@ -223,7 +227,7 @@ impl CertificateAuthority {
         params.is_ca = IsCa::NoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        params.not_before = now - BACKDATE;
+        params.not_before = now - backdate(validity);
         params.not_after = not_after;
         params.serial_number = Some(random_serial());
         params.use_authority_key_identifier_extension = true;

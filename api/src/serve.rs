@@ -36,7 +36,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub type OnClose = Arc<dyn Fn(&Identity) + Send + Sync>;
 
 /// Decides whether a verified peer is served; `Err(reason)` drops its connection (logged), as a
-/// firewall would: the peer sees a closed connection, not an answer.
+/// firewall would: the peer sees a closed connection, not an answer. Asked at accept and again
+/// for every request, so a refusal also reaches connections opened before it.
 pub type Admit = Arc<dyn Fn(&Identity) -> Result<(), String> + Send + Sync>;
 
 /// What a server does around each connection.
@@ -120,12 +121,26 @@ pub async fn serve_mtls(
             }
             tracing::debug!(%remote, peer = ?identity, "connection accepted");
             let peer = identity.clone().map(Peer);
+            let admit = hooks.admit.clone();
             let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                // Admission is checked again per request: a peer refused after it connected
+                // (revoked, or cut at run time) loses its open connections too.
+                let refused = match (&peer, &admit) {
+                    (Some(Peer(identity)), Some(admit)) => admit(identity).err(),
+                    _ => None,
+                };
                 if let Some(peer) = &peer {
                     request.extensions_mut().insert(peer.clone());
                 }
                 request.extensions_mut().insert(RemoteAddr(remote));
-                router.clone().oneshot(request.map(axum::body::Body::new))
+                let router = router.clone();
+                async move {
+                    if let Some(reason) = refused {
+                        tracing::info!(%remote, %reason, "dropped a request of a refused peer");
+                        return Err(Refused(reason));
+                    }
+                    router.oneshot(request.map(axum::body::Body::new)).await.map_err(|never| match never {})
+                }
             });
             let builder = auto::Builder::new(TokioExecutor::new());
             let connection = builder.serve_connection(TokioIo::new(tls), service).into_owned();
@@ -143,6 +158,19 @@ pub async fn serve_mtls(
     }
     Ok(())
 }
+
+/// A request of a peer that admission refuses: the connection (HTTP/1) or the stream (HTTP/2)
+/// is reset without an answer.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "peer refused: {}", self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
 
 /// The remote address of a request's connection.
 #[derive(Clone, Copy, Debug)]

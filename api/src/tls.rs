@@ -479,3 +479,61 @@ impl ServerCertVerifier for IdentityVerifier {
         self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// A client config that accepts any server certificate. Only for fetching the gateway's
+/// public CA certificate before a replica trusts anything: the caller must check the fetched
+/// certificate against the fingerprint pinned in its join token, send nothing secret on this
+/// connection, and talk to the gateway only over a connection verified against that CA.
+pub fn ca_bootstrap_client_config() -> Result<ClientConfig, TlsError> {
+    let provider = provider();
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyForCaFetch(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+#[derive(Debug)]
+struct AcceptAnyForCaFetch(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyForCaFetch {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The DER bytes of the first certificate in `pem`.
+pub fn first_cert_der(pem: &[u8]) -> Option<Vec<u8>> {
+    CertificateDer::pem_slice_iter(pem).next().and_then(Result::ok).map(|der| der.to_vec())
+}

@@ -1,0 +1,116 @@
+//! The HTTP client of the gateway API, used by replicas (with their certificate) and by the CLI
+//! (with a bearer token, or none).
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde::Deserialize;
+
+use crate::client::ClientError;
+use crate::client::error_chain;
+use crate::client::send_json;
+use crate::gateway::ClusterInfo;
+use crate::gateway::EnrollRequest;
+use crate::gateway::Heartbeat;
+use crate::gateway::HeartbeatAck;
+use crate::gateway::IssuedCertificate;
+use crate::gateway::JoinTokenRequest;
+use crate::gateway::Matrix;
+use crate::gateway::RenewRequest;
+use crate::gateway::RowReport;
+use crate::gateway::TokenCreated;
+use crate::gateway::UserTokenRequest;
+
+/// `GET /v1/ca`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct CaInfo {
+    pub ca: String,
+    pub fingerprint: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct GatewayClient {
+    http: reqwest::Client,
+    addr: String,
+    token: Option<String>,
+}
+
+impl GatewayClient {
+    /// A client for the gateway at `addr` (`host:port`), over `tls`, sending `token` as a bearer
+    /// token when given.
+    pub fn new(
+        tls: rustls::ClientConfig,
+        addr: &str,
+        token: Option<String>,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .no_proxy()
+            .tcp_nodelay(true)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .timeout(timeout)
+            .build()
+            .map_err(|e| ClientError::Transport {
+                addr: addr.to_string(),
+                message: error_chain(&e),
+                timed_out: false,
+            })?;
+        Ok(Self { http, addr: addr.to_string(), token })
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    async fn call<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        send_json(&self.http, method, &self.addr, path, body, self.token.as_deref()).await
+    }
+
+    pub async fn ca(&self) -> Result<CaInfo, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/ca", None).await
+    }
+
+    pub async fn enroll(&self, request: &EnrollRequest) -> Result<IssuedCertificate, ClientError> {
+        self.call(Method::POST, "/v1/enroll", Some(request)).await
+    }
+
+    pub async fn renew(&self, csr: &str) -> Result<IssuedCertificate, ClientError> {
+        self.call(Method::POST, "/v1/renew", Some(&RenewRequest { csr: csr.to_string() })).await
+    }
+
+    pub async fn heartbeat(&self, cluster: &str, heartbeat: &Heartbeat) -> Result<HeartbeatAck, ClientError> {
+        self.call(Method::PUT, &format!("/v1/clusters/{cluster}/heartbeat"), Some(heartbeat)).await
+    }
+
+    pub async fn report_row(&self, cluster: &str, row: &RowReport) -> Result<(), ClientError> {
+        let _: serde_json::Value = self.call(Method::PUT, &format!("/v1/clusters/{cluster}/row"), Some(row)).await?;
+        Ok(())
+    }
+
+    pub async fn clusters(&self) -> Result<Vec<ClusterInfo>, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/clusters", None).await
+    }
+
+    /// `enable`, `disable` or `revoke` a cluster.
+    pub async fn cluster_action(&self, cluster: &str, action: &str) -> Result<serde_json::Value, ClientError> {
+        self.call::<(), _>(Method::POST, &format!("/v1/clusters/{cluster}/{action}"), None).await
+    }
+
+    pub async fn matrix(&self) -> Result<Matrix, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/matrix", None).await
+    }
+
+    pub async fn join_token(&self, request: &JoinTokenRequest) -> Result<TokenCreated, ClientError> {
+        self.call(Method::POST, "/v1/tokens/join", Some(request)).await
+    }
+
+    pub async fn user_token(&self, request: &UserTokenRequest) -> Result<TokenCreated, ClientError> {
+        self.call(Method::POST, "/v1/tokens/user", Some(request)).await
+    }
+}
