@@ -38,6 +38,8 @@ pub use types::Annotation;
 pub use types::Command;
 pub use types::CommandResponse;
 pub use types::Member;
+pub use types::MeshPeer;
+pub use types::MeshView;
 pub use types::TypeConfig;
 
 /// Open (or create) the data directory of node `node_id` of `cluster` and both stores in it.

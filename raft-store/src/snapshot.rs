@@ -6,6 +6,7 @@
 //! {"header":{"magic":"atoll-snapshot","format":1,"meta":{...openraft SnapshotMeta...}}}
 //! {"annotation":{"key":"k","value":"v","version":1,"revision":7}}
 //! {"replica":{"node_id":2,"incarnation":"...","revision":3}}
+//! {"mesh":{"view":{"peers":[...],"revoked":[...]}}}
 //! {"end":{"records":2}}
 //! ```
 //!
@@ -25,6 +26,7 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use crate::types::Annotation;
+use crate::types::MeshView;
 use crate::types::ReplicaRecord;
 use crate::types::SnapshotMeta;
 
@@ -84,6 +86,7 @@ pub(crate) enum Line {
     Header { magic: String, format: u32, meta: SnapshotMeta },
     Annotation { key: String, value: String, version: u64, revision: u64 },
     Replica { node_id: u64, incarnation: String, revision: u64 },
+    Mesh { view: MeshView },
     End { records: u64 },
 }
 
@@ -92,6 +95,7 @@ pub(crate) enum Line {
 pub(crate) enum Record {
     Annotation(String, Annotation),
     Replica(u64, ReplicaRecord),
+    Mesh(MeshView),
 }
 
 /// Writes a snapshot file line by line.
@@ -124,6 +128,7 @@ impl SnapshotWriter {
                 Line::Annotation { key, value: a.value, version: a.version, revision: a.revision }
             }
             Record::Replica(node_id, r) => Line::Replica { node_id, incarnation: r.incarnation, revision: r.revision },
+            Record::Mesh(view) => Line::Mesh { view },
         };
         self.line(&line)
     }
@@ -197,6 +202,7 @@ pub(crate) fn read_records(
             Line::Replica { node_id, incarnation, revision } => {
                 each(Record::Replica(node_id, ReplicaRecord { incarnation, revision }))?
             }
+            Line::Mesh { view } => each(Record::Mesh(view))?,
             Line::End { records } => {
                 if records != count {
                     return Err(invalid(path, format!("end line says {records} records, read {count}")));

@@ -10,26 +10,36 @@ use crate::codec;
 use crate::types::Annotation;
 use crate::types::Command;
 use crate::types::CommandResponse;
+use crate::types::MeshView;
 use crate::types::ReplicaRecord;
 
 pub(crate) const ANNOTATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("annotations");
 pub(crate) const REPLICAS: TableDefinition<u64, &[u8]> = TableDefinition::new("replicas");
+/// Single-row tables: the mesh view under [`MESH_KEY`].
+pub(crate) const SINGLETONS: TableDefinition<&str, &[u8]> = TableDefinition::new("singletons");
+pub(crate) const MESH_KEY: &str = "mesh_view";
 
 /// The state tables, open in one write transaction.
 pub(crate) struct Tables<'txn> {
     pub(crate) annotations: redb::Table<'txn, &'static str, &'static [u8]>,
     pub(crate) replicas: redb::Table<'txn, u64, &'static [u8]>,
+    pub(crate) singletons: redb::Table<'txn, &'static str, &'static [u8]>,
 }
 
 impl<'txn> Tables<'txn> {
     pub(crate) fn open(txn: &'txn redb::WriteTransaction) -> Result<Self, redb::Error> {
-        Ok(Self { annotations: txn.open_table(ANNOTATIONS)?, replicas: txn.open_table(REPLICAS)? })
+        Ok(Self {
+            annotations: txn.open_table(ANNOTATIONS)?,
+            replicas: txn.open_table(REPLICAS)?,
+            singletons: txn.open_table(SINGLETONS)?,
+        })
     }
 
     /// Remove every record (before installing a snapshot).
     pub(crate) fn clear(&mut self) -> Result<(), redb::Error> {
         self.annotations.retain(|_, _| false)?;
         self.replicas.retain(|_, _| false)?;
+        self.singletons.retain(|_, _| false)?;
         Ok(())
     }
 
@@ -42,6 +52,12 @@ impl<'txn> Tables<'txn> {
     pub(crate) fn put_replica(&mut self, node_id: u64, record: &ReplicaRecord) -> Result<(), redb::Error> {
         let bytes = codec::encode(record)?;
         self.replicas.insert(node_id, bytes.as_slice())?;
+        Ok(())
+    }
+
+    pub(crate) fn put_mesh_view(&mut self, view: &MeshView) -> Result<(), redb::Error> {
+        let bytes = codec::encode(view)?;
+        self.singletons.insert(MESH_KEY, bytes.as_slice())?;
         Ok(())
     }
 
@@ -70,6 +86,10 @@ impl<'txn> Tables<'txn> {
             Command::DeleteAnnotation { key } => {
                 let existed = self.annotations.remove(key.as_str())?.is_some();
                 Ok(CommandResponse::AnnotationDeleted { key: key.clone(), existed })
+            }
+            Command::SetMeshView { view } => {
+                self.put_mesh_view(view)?;
+                Ok(CommandResponse::MeshViewSet)
             }
             Command::RegisterReplica { node_id, incarnation } => match self.replica(*node_id)? {
                 Some(existing) if &existing.incarnation != incarnation => Ok(CommandResponse::Refused {

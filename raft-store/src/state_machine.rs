@@ -38,11 +38,14 @@ use crate::snapshot::Record;
 use crate::snapshot::SnapshotFile;
 use crate::snapshot::SnapshotWriter;
 use crate::state::ANNOTATIONS;
+use crate::state::MESH_KEY;
 use crate::state::REPLICAS;
+use crate::state::SINGLETONS;
 use crate::state::Tables;
 use crate::types::Annotation;
 use crate::types::CommandResponse;
 use crate::types::LogId;
+use crate::types::MeshView;
 use crate::types::ReplicaRecord;
 use crate::types::Snapshot;
 use crate::types::SnapshotMeta;
@@ -104,6 +107,7 @@ impl StateMachineStore {
         store.read_applied().map_err(|e| OpenError::Corrupt { path: path.to_path_buf(), detail: e.to_string() })?;
         store.annotations().map_err(|e| OpenError::Corrupt { path: path.to_path_buf(), detail: e.to_string() })?;
         store.replicas().map_err(|e| OpenError::Corrupt { path: path.to_path_buf(), detail: e.to_string() })?;
+        store.mesh_view().map_err(|e| OpenError::Corrupt { path: path.to_path_buf(), detail: e.to_string() })?;
         Ok(store)
     }
 
@@ -122,6 +126,26 @@ impl StateMachineStore {
     pub fn replicas(&self) -> std::io::Result<BTreeMap<u64, ReplicaRecord>> {
         let txn = self.inner.db.begin_read().map_err(io_error)?;
         Ok(read_table(&txn, REPLICAS, "replica", |k: u64| k)?.into_iter().collect())
+    }
+
+    /// The mesh view last replicated (empty before the first).
+    pub fn mesh_view(&self) -> std::io::Result<MeshView> {
+        let txn = self.inner.db.begin_read().map_err(io_error)?;
+        read_mesh_view(&txn)
+    }
+
+    /// One annotation's value.
+    pub fn annotation(&self, key: &str) -> std::io::Result<Option<Annotation>> {
+        let txn = self.inner.db.begin_read().map_err(io_error)?;
+        let table = match txn.open_table(ANNOTATIONS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(io_error(e)),
+        };
+        match table.get(key).map_err(io_error)? {
+            Some(v) => Ok(Some(codec::decode(v.value(), &format!("annotation {key:?}"))?)),
+            None => Ok(None),
+        }
     }
 
     /// The last applied log id, as stored.
@@ -206,6 +230,18 @@ where
         out.push((key, value));
     }
     Ok(out)
+}
+
+fn read_mesh_view(txn: &redb::ReadTransaction) -> std::io::Result<MeshView> {
+    let table = match txn.open_table(SINGLETONS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(MeshView::default()),
+        Err(e) => return Err(io_error(e)),
+    };
+    match table.get(MESH_KEY).map_err(io_error)? {
+        Some(v) => codec::decode(v.value(), MESH_KEY),
+        None => Ok(MeshView::default()),
+    }
 }
 
 fn read_applied_in(txn: &redb::ReadTransaction) -> std::io::Result<(Option<LogId>, StoredMembership)> {
@@ -356,6 +392,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     match record {
                         Record::Annotation(key, a) => tables.put_annotation(&key, &a),
                         Record::Replica(id, r) => tables.put_replica(id, &r),
+                        Record::Mesh(view) => tables.put_mesh_view(&view),
                     }
                     .map_err(io_error)
                 })?;
@@ -419,6 +456,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             }
             for (node_id, record) in read_table(&txn, REPLICAS, "replica", |k: u64| k)? {
                 writer.record(Record::Replica(node_id, record))?;
+            }
+            let view = read_mesh_view(&txn)?;
+            if view != MeshView::default() {
+                writer.record(Record::Mesh(view))?;
             }
             drop(txn);
             let file = writer.finish()?;

@@ -44,6 +44,24 @@ pub enum Command {
     /// Record the incarnation (random id made when its data dir was created) of a replica, so a
     /// wiped replica that comes back under the same node id is recognised and refused.
     RegisterReplica { node_id: u64, incarnation: String },
+    /// Replace the view of the mesh the gateway gave the leader: the other clusters to probe,
+    /// and the revoked ones to refuse.
+    SetMeshView { view: MeshView },
+}
+
+/// The mesh as the gateway last described it to this cluster's leader.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshView {
+    pub peers: Vec<MeshPeer>,
+    pub revoked: Vec<String>,
+}
+
+/// Another cluster of the mesh.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MeshPeer {
+    pub name: String,
+    pub endpoint: String,
+    pub labels: Vec<String>,
 }
 
 impl fmt::Display for Command {
@@ -52,6 +70,9 @@ impl fmt::Display for Command {
             Command::SetAnnotation { key, .. } => write!(f, "set_annotation({key})"),
             Command::DeleteAnnotation { key } => write!(f, "delete_annotation({key})"),
             Command::RegisterReplica { node_id, .. } => write!(f, "register_replica({node_id})"),
+            Command::SetMeshView { view } => {
+                write!(f, "set_mesh_view({} peers, {} revoked)", view.peers.len(), view.revoked.len())
+            }
         }
     }
 }
@@ -67,6 +88,8 @@ pub enum CommandResponse {
     AnnotationDeleted { key: String, existed: bool },
     /// The replica's incarnation was recorded.
     ReplicaRegistered { node_id: u64 },
+    /// The mesh view was replaced.
+    MeshViewSet,
     /// The command was refused by the state machine; the log entry is kept, nothing changed.
     Refused { reason: String },
     /// A blank or membership entry: nothing to report.
