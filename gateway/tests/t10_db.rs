@@ -70,12 +70,19 @@ async fn join_tokens_are_one_time_and_expire() {
         let db = Db::connect(&test.database).await.unwrap();
         db.insert_join_token("h1", "aws", &["aws".to_string()], 0, 10_000).await.unwrap();
         db.insert_join_token("h2", "aws", &[], 0, 1_000).await.unwrap();
-        let grant = db.consume_join_token("h1", 500, "spiffe://atoll/cluster/aws/node/1").await.unwrap().unwrap();
+        let wrong = db.consume_join_token("h1", "gcp", 400, "spiffe://atoll/cluster/gcp/node/1").await.unwrap();
+        assert_eq!(
+            wrong,
+            Err(JoinRefused::OtherCluster("aws".into())),
+            "a CSR for another cluster leaves the token unused"
+        );
+        let grant =
+            db.consume_join_token("h1", "aws", 500, "spiffe://atoll/cluster/aws/node/1").await.unwrap().unwrap();
         assert_eq!((grant.cluster.as_str(), grant.labels), ("aws", vec!["aws".to_string()]));
-        let again = db.consume_join_token("h1", 600, "spiffe://atoll/cluster/aws/node/2").await.unwrap();
+        let again = db.consume_join_token("h1", "aws", 600, "spiffe://atoll/cluster/aws/node/2").await.unwrap();
         assert_eq!(again, Err(JoinRefused::Used { by: "spiffe://atoll/cluster/aws/node/1".into() }));
-        assert_eq!(db.consume_join_token("h2", 2_000, "x").await.unwrap(), Err(JoinRefused::Expired));
-        assert_eq!(db.consume_join_token("nope", 0, "x").await.unwrap(), Err(JoinRefused::Unknown));
+        assert_eq!(db.consume_join_token("h2", "aws", 2_000, "x").await.unwrap(), Err(JoinRefused::Expired));
+        assert_eq!(db.consume_join_token("nope", "aws", 0, "x").await.unwrap(), Err(JoinRefused::Unknown));
         db.close().await;
     }
 }

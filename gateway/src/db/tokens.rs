@@ -24,6 +24,8 @@ pub enum JoinRefused {
     Used { by: String },
     #[error("this join token expired")]
     Expired,
+    #[error("this join token enrolls replicas of cluster {0}, not of the cluster the CSR names")]
+    OtherCluster(String),
 }
 
 /// A user token as stored.
@@ -60,22 +62,25 @@ impl Db {
         Ok(())
     }
 
-    /// Use a join token once: atomically marks it used if it is unused and unexpired.
+    /// Use a join token once, for a replica of `cluster`: atomically marks it used if it is
+    /// unused, unexpired and made for that cluster; otherwise says why not (and leaves it).
     pub async fn consume_join_token(
         &self,
         hash: &str,
+        cluster: &str,
         now_ms: i64,
         used_by: &str,
     ) -> Result<Result<JoinGrant, JoinRefused>, DbError> {
         let claimed = with_pool!(self, write, |pool| {
             sqlx::query(
                 "UPDATE join_tokens SET used_ms = $1, used_by = $2
-                 WHERE hash = $3 AND used_ms IS NULL AND expires_ms > $1
+                 WHERE hash = $3 AND used_ms IS NULL AND expires_ms > $1 AND cluster = $4
                  RETURNING cluster, labels",
             )
             .bind(now_ms)
             .bind(used_by)
             .bind(hash)
+            .bind(cluster)
             .fetch_optional(pool)
             .await?
             .map(|row| Ok::<_, DbError>((row.try_get::<String, _>("cluster")?, row.try_get::<String, _>("labels")?)))
@@ -85,17 +90,24 @@ impl Db {
             return Ok(Ok(JoinGrant { cluster, labels: json_column("join_tokens.labels", &labels)? }));
         }
         let known = with_pool!(self, read, |pool| {
-            sqlx::query("SELECT used_by FROM join_tokens WHERE hash = $1")
+            sqlx::query("SELECT cluster, used_by, expires_ms FROM join_tokens WHERE hash = $1")
                 .bind(hash)
                 .fetch_optional(pool)
                 .await?
-                .map(|row| row.try_get::<Option<String>, _>("used_by"))
+                .map(|row| {
+                    Ok::<_, sqlx::Error>((
+                        row.try_get::<String, _>("cluster")?,
+                        row.try_get::<Option<String>, _>("used_by")?,
+                        row.try_get::<i64, _>("expires_ms")?,
+                    ))
+                })
                 .transpose()
         })?;
         Ok(Err(match known {
             None => JoinRefused::Unknown,
-            Some(Some(by)) => JoinRefused::Used { by },
-            Some(None) => JoinRefused::Expired,
+            Some((_, Some(by), _)) => JoinRefused::Used { by },
+            Some((_, None, expires)) if expires <= now_ms => JoinRefused::Expired,
+            Some((other, None, _)) => JoinRefused::OtherCluster(other),
         }))
     }
 

@@ -1,0 +1,425 @@
+//! The gateway API (`/v1/...`). Who may call what:
+//!
+//! | route | caller |
+//! | --- | --- |
+//! | `GET /v1/ca` | anyone (the CA certificate and its fingerprint) |
+//! | `POST /v1/enroll` | anyone with a join token |
+//! | `POST /v1/renew` | a replica, for its own identity |
+//! | `PUT /v1/clusters/{name}/heartbeat` | the leader of `name` (registration + heartbeat, fenced by term) |
+//! | `PUT /v1/clusters/{name}/row` | the leader of `name` (its matrix row, fenced by term) |
+//! | `GET /v1/clusters`, `GET /v1/matrix` | read scope, or any replica |
+//! | `POST /v1/clusters/{name}/enable\|disable\|revoke` | admin |
+//! | `POST /v1/tokens/join`, `POST /v1/tokens/user` | admin |
+//! | `GET /v1/openapi.json` | anyone |
+//!
+//! Replicas of a revoked cluster are refused whatever they ask (`revoked`, 403).
+
+use std::sync::Arc;
+
+use atoll_api::ApiError;
+use atoll_api::ErrorCode;
+use atoll_api::Identity;
+use atoll_api::gateway::EnrollRequest;
+use atoll_api::gateway::Heartbeat;
+use atoll_api::gateway::HeartbeatAck;
+use atoll_api::gateway::IssuedCertificate;
+use atoll_api::gateway::JoinTokenRequest;
+use atoll_api::gateway::RenewRequest;
+use atoll_api::gateway::RowReport;
+use atoll_api::gateway::Scope;
+use atoll_api::gateway::TokenCreated;
+use atoll_api::gateway::UserTokenRequest;
+use atoll_api::ids::ClusterName;
+use atoll_api::ids::Label;
+use atoll_api::token::JoinToken;
+use axum::Extension;
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::Path;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use axum::routing::get;
+use axum::routing::post;
+use axum::routing::put;
+use serde::de::DeserializeOwned;
+
+use crate::Gateway;
+use crate::auth::Caller;
+use crate::db::matrix::StoredRow;
+use crate::db::tokens::JoinRefused;
+use crate::now_ms;
+use crate::registry::Refused;
+
+type Shared = State<Arc<Gateway>>;
+
+/// Largest number of cells in a reported row.
+const MAX_ROW_CELLS: usize = 100_000;
+/// Longest join token lifetime.
+const MAX_JOIN_TTL_S: u64 = 30 * 86_400;
+/// Longest user token lifetime, when one is given.
+const MAX_USER_TTL_S: u64 = 10 * 365 * 86_400;
+
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/v1/ca", get(ca))
+        .route("/v1/enroll", post(enroll))
+        .route("/v1/renew", post(renew))
+        .route("/v1/clusters", get(clusters))
+        .route("/v1/clusters/{name}/heartbeat", put(heartbeat))
+        .route("/v1/clusters/{name}/row", put(row))
+        .route("/v1/clusters/{name}/enable", post(enable))
+        .route("/v1/clusters/{name}/disable", post(disable))
+        .route("/v1/clusters/{name}/revoke", post(revoke))
+        .route("/v1/matrix", get(matrix))
+        .route("/v1/tokens/join", post(join_token))
+        .route("/v1/tokens/user", post(user_token))
+        .route("/v1/openapi.json", get(openapi))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::middleware::from_fn_with_state(gateway.clone(), crate::auth::identify))
+        .with_state(gateway)
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
+}
+
+fn db_error(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "database error");
+    ApiError::unavailable(format!("the gateway's database is unavailable: {e}"))
+}
+
+async fn ca(State(gateway): Shared) -> impl IntoResponse {
+    Json(serde_json::json!({
+        "ca": gateway.ca.authority().cert_pem(),
+        "fingerprint": gateway.ca.fingerprint(),
+    }))
+}
+
+/// A replica without a certificate: join token + CSR in, certificate out.
+async fn enroll(State(gateway): Shared, body: Bytes) -> Result<Json<IssuedCertificate>, ApiError> {
+    let request: EnrollRequest = parse(&body)?;
+    let refuse = |message: String| {
+        gateway.metrics.enrollments.get_or_create(&crate::metrics::Outcome { outcome: "refused" }).inc();
+        tracing::warn!(reason = %message, "enrollment refused");
+        ApiError::bad_request(message)
+    };
+    let token = JoinToken::parse(&request.token).map_err(|e| refuse(e.to_string()))?;
+    if token.ca_fingerprint != gateway.ca.fingerprint() {
+        return Err(refuse(format!(
+            "this join token was made for another CA (fingerprint {}), not this gateway's ({})",
+            token.ca_fingerprint,
+            gateway.ca.fingerprint()
+        )));
+    }
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(&request.csr)
+        .map_err(|e| refuse(format!("the CSR is unreadable or its signature is invalid: {e}")))?;
+    let identity = atoll_api::pki::csr_identity(&csr).map_err(|e| refuse(e.to_string()))?;
+    let Identity::Node { cluster, node } = &identity else {
+        return Err(refuse(format!("a join token enrolls a replica; the CSR asks for {identity}")));
+    };
+    if node.0 == 0 {
+        return Err(refuse("node ids start at 1".to_string()));
+    }
+    if gateway.registry.is_revoked(cluster.as_str()) {
+        gateway.metrics.enrollments.get_or_create(&crate::metrics::Outcome { outcome: "refused" }).inc();
+        return Err(ApiError::new(ErrorCode::Revoked, format!("cluster {cluster} is revoked")));
+    }
+    let hash = atoll_api::token::hash_secret(&token.secret);
+    let grant = match gateway
+        .db
+        .consume_join_token(&hash, cluster.as_str(), now_ms(), &identity.uri())
+        .await
+        .map_err(db_error)?
+    {
+        Ok(grant) => grant,
+        Err(JoinRefused::OtherCluster(other)) => {
+            return Err(refuse(format!(
+                "this join token enrolls replicas of cluster {other}; the CSR asks for {identity}"
+            )));
+        }
+        Err(refused) => return Err(refuse(refused.to_string())),
+    };
+    let (_, cert, not_after) = gateway
+        .ca
+        .authority()
+        .sign_csr(&request.csr, gateway.config.cert_lifetime, |asked| {
+            if asked == &identity { Ok(()) } else { Err(identity.uri()) }
+        })
+        .map_err(|e| refuse(e.to_string()))?;
+    gateway.registry.ensure(cluster.as_str(), &grant.labels).await.map_err(db_error)?;
+    gateway.metrics.enrollments.get_or_create(&crate::metrics::Outcome { outcome: "enrolled" }).inc();
+    tracing::info!(%identity, "replica enrolled");
+    Ok(Json(IssuedCertificate {
+        cert,
+        ca: gateway.ca.authority().cert_pem().to_string(),
+        cluster: cluster.to_string(),
+        node_id: node.0,
+        labels: grant.labels,
+        not_after_ms: not_after.unix_timestamp() * 1000,
+    }))
+}
+
+/// A replica renews its certificate, for its own identity only.
+async fn renew(
+    State(gateway): Shared,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Json<IssuedCertificate>, ApiError> {
+    let Caller::Node { cluster, node } = &caller else {
+        return Err(ApiError::forbidden(format!("{} has no replica certificate to renew", caller.describe())));
+    };
+    let request: RenewRequest = parse(&body)?;
+    let identity = Identity::node(cluster.clone(), *node);
+    let (_, cert, not_after) = gateway
+        .ca
+        .authority()
+        .sign_csr(&request.csr, gateway.config.cert_lifetime, |asked| {
+            if asked == &identity { Ok(()) } else { Err(identity.uri()) }
+        })
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    gateway.metrics.renewals.inc();
+    tracing::info!(%identity, "certificate renewed");
+    Ok(Json(IssuedCertificate {
+        cert,
+        ca: gateway.ca.authority().cert_pem().to_string(),
+        cluster: cluster.to_string(),
+        node_id: *node,
+        labels: Vec::new(),
+        not_after_ms: not_after.unix_timestamp() * 1000,
+    }))
+}
+
+fn refused(e: Refused) -> ApiError {
+    match e {
+        Refused::Revoked(cluster) => ApiError::new(ErrorCode::Revoked, format!("cluster {cluster} is revoked")),
+        fenced @ Refused::Fenced { .. } => ApiError::new(ErrorCode::StaleLeader, fenced.to_string()),
+        Refused::Db(e) => db_error(e),
+    }
+}
+
+/// The leader of `name` registers and heartbeats; the answer is the mesh as it should see it.
+async fn heartbeat(
+    State(gateway): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<HeartbeatAck>, ApiError> {
+    let node = caller.replica_of(&name)?;
+    let heartbeat: Heartbeat = parse(&body)?;
+    if heartbeat.leader_id != node {
+        return Err(ApiError::bad_request(format!(
+            "node {node} sent a heartbeat naming node {} as leader",
+            heartbeat.leader_id
+        )));
+    }
+    for (i, label) in heartbeat.labels.iter().enumerate() {
+        label.parse::<Label>().map_err(|e| ApiError::bad_request(format!("labels[{i}]: {e}")))?;
+    }
+    gateway.metrics.heartbeats.inc();
+    if let Err(e) = gateway.registry.heartbeat(&name, &heartbeat, now_ms()).await {
+        if matches!(e, Refused::Fenced { .. }) {
+            gateway.metrics.fenced.inc();
+            tracing::warn!(cluster = %name, term = heartbeat.term, error = %e, "stale leader fenced");
+        }
+        return Err(refused(e));
+    }
+    let config = &gateway.config;
+    Ok(Json(HeartbeatAck {
+        view: gateway.registry.view_for(&name),
+        heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
+        probe_interval_ms: config.probe_interval.as_millis() as u64,
+        probe_timeout_ms: config.probe_timeout.as_millis() as u64,
+        row_interval_ms: config.row_interval.as_millis() as u64,
+    }))
+}
+
+/// The leader of `name` reports its whole matrix row.
+async fn row(
+    State(gateway): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    caller.replica_of(&name)?;
+    let report: RowReport = parse(&body)?;
+    let Some(known) = gateway.registry.get(&name) else {
+        return Err(ApiError::new(ErrorCode::Conflict, format!("cluster {name} has not registered; heartbeat first")));
+    };
+    if known.revoked_ms.is_some() {
+        return Err(ApiError::new(ErrorCode::Revoked, format!("cluster {name} is revoked")));
+    }
+    if report.term < known.term {
+        gateway.metrics.fenced.inc();
+        return Err(ApiError::new(
+            ErrorCode::StaleLeader,
+            format!(
+                "stale leader: cluster {name} has a leader at term {}, this row is from term {}",
+                known.term, report.term
+            ),
+        ));
+    }
+    if report.term > known.term {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("term {} of cluster {name} has not registered; heartbeat first", report.term),
+        ));
+    }
+    if report.cells.len() > MAX_ROW_CELLS {
+        return Err(ApiError::bad_request(format!("a row may hold at most {MAX_ROW_CELLS} cells")));
+    }
+    for (i, cell) in report.cells.iter().enumerate() {
+        if cell.to == name {
+            return Err(ApiError::bad_request(format!("cells[{i}]: a cluster does not report on itself")));
+        }
+        if !(0.0..=1.0).contains(&cell.loss) || cell.rtt_ms.is_some_and(|r| !r.is_finite() || r < 0.0) {
+            return Err(ApiError::bad_request(format!(
+                "cells[{i}]: loss must be within 0..1 and rtt_ms a positive number"
+            )));
+        }
+    }
+    gateway.metrics.rows.inc();
+    gateway.rows.put(StoredRow { reporter: name, term: report.term, cells: report.cells, reported_ms: now_ms() });
+    Ok(Json(serde_json::json!({"accepted": true})).into_response())
+}
+
+async fn clusters(State(gateway): Shared, Extension(caller): Extension<Caller>) -> Result<Response, ApiError> {
+    caller.require(Scope::Read)?;
+    Ok(Json(gateway.registry.list(now_ms())).into_response())
+}
+
+async fn set_enabled(gateway: &Gateway, caller: &Caller, name: &str, enabled: bool) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin)?;
+    if !gateway.registry.set_enabled(name, enabled).await.map_err(db_error)? {
+        return Err(ApiError::not_found(format!("no cluster {name}")));
+    }
+    tracing::info!(cluster = name, enabled, by = %caller.describe(), "cluster admin intent changed");
+    Ok(Json(serde_json::json!({"cluster": name, "enabled": enabled})).into_response())
+}
+
+async fn enable(
+    State(gateway): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    set_enabled(&gateway, &caller, &name, true).await
+}
+
+async fn disable(
+    State(gateway): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    set_enabled(&gateway, &caller, &name, false).await
+}
+
+async fn revoke(
+    State(gateway): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin)?;
+    if !gateway.registry.revoke(&name, now_ms()).await.map_err(db_error)? {
+        return Err(ApiError::not_found(format!("no cluster {name}")));
+    }
+    tracing::warn!(cluster = %name, by = %caller.describe(), "cluster revoked");
+    Ok(Json(serde_json::json!({"cluster": name, "revoked": true})).into_response())
+}
+
+async fn matrix(State(gateway): Shared, Extension(caller): Extension<Caller>) -> Result<Response, ApiError> {
+    caller.require(Scope::Read)?;
+    let matrix = crate::matrix::join(
+        &gateway.registry.registered(),
+        &gateway.rows.snapshot(),
+        now_ms(),
+        gateway.config.stale_after,
+    );
+    Ok(Json(matrix).into_response())
+}
+
+async fn join_token(
+    State(gateway): Shared,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin)?;
+    let request: JoinTokenRequest = parse(&body)?;
+    let cluster: ClusterName = request
+        .cluster
+        .parse()
+        .map_err(|e: atoll_api::ids::InvalidName| ApiError::bad_request(format!("cluster: {e}")))?;
+    for (i, label) in request.labels.iter().enumerate() {
+        label.parse::<Label>().map_err(|e| ApiError::bad_request(format!("labels[{i}]: {e}")))?;
+    }
+    let ttl_s = request.ttl_s.unwrap_or(gateway.config.join_ttl.as_secs());
+    if ttl_s == 0 || ttl_s > MAX_JOIN_TTL_S {
+        return Err(ApiError::bad_request(format!("ttl_s must be within 1..={MAX_JOIN_TTL_S}")));
+    }
+    if gateway.registry.is_revoked(cluster.as_str()) {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("cluster {cluster} is revoked; enroll it under a new name"),
+        ));
+    }
+    let secret = atoll_api::token::new_secret();
+    let now = now_ms();
+    let expires = now + (ttl_s as i64) * 1000;
+    gateway
+        .db
+        .insert_join_token(&atoll_api::token::hash_secret(&secret), cluster.as_str(), &request.labels, now, expires)
+        .await
+        .map_err(db_error)?;
+    gateway.registry.ensure(cluster.as_str(), &request.labels).await.map_err(db_error)?;
+    tracing::info!(%cluster, ttl_s, by = %caller.describe(), "join token created");
+    let token = JoinToken { secret, ca_fingerprint: gateway.ca.fingerprint().to_string() }.encode();
+    Ok(Json(TokenCreated { token, expires_at_ms: Some(expires) }).into_response())
+}
+
+async fn user_token(
+    State(gateway): Shared,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin)?;
+    let request: UserTokenRequest = parse(&body)?;
+    if request.name.is_empty()
+        || request.name.len() > 63
+        || !request.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+    {
+        return Err(ApiError::bad_request("name must be 1 to 63 of letters, digits, '.', '_', '-', '@'"));
+    }
+    if request.scopes.is_empty() {
+        return Err(ApiError::bad_request("give at least one scope (read, submit, admin)"));
+    }
+    if let Some(ttl_s) = request.ttl_s
+        && (ttl_s == 0 || ttl_s > MAX_USER_TTL_S)
+    {
+        return Err(ApiError::bad_request(format!(
+            "ttl_s must be within 1..={MAX_USER_TTL_S}, or absent for a token that does not expire"
+        )));
+    }
+    let (token, secret) = atoll_api::token::new_user_token();
+    let now = now_ms();
+    let expires = request.ttl_s.map(|ttl| now + (ttl as i64) * 1000);
+    gateway
+        .db
+        .insert_user_token(&atoll_api::token::hash_secret(&secret), &request.name, &request.scopes, now, expires)
+        .await
+        .map_err(db_error)?;
+    tracing::info!(user = %request.name, scopes = ?request.scopes, by = %caller.describe(), "user token created");
+    Ok(Json(TokenCreated { token, expires_at_ms: expires }).into_response())
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], include_str!("openapi.json"))
+}
+
+#[cfg(test)]
+mod openapi_tests {
+    #[test]
+    fn the_openapi_document_matches_the_router() {
+        let problems = atoll_api::openapi::check(include_str!("api.rs"), include_str!("openapi.json"));
+        assert!(problems.is_empty(), "the gateway OpenAPI document is out of date:\n{}", problems.join("\n"));
+    }
+}

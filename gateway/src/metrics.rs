@@ -1,0 +1,82 @@
+//! Prometheus metrics of the gateway.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Flush {
+    /// heartbeats, rows
+    pub what: &'static str,
+}
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub heartbeats: Counter,
+    pub fenced: Counter,
+    pub rows: Counter,
+    pub enrollments: Family<Outcome, Counter>,
+    pub renewals: Counter,
+    pub flush_duration: Family<Flush, Histogram>,
+    pub flush_errors: Family<Flush, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let metrics = Self {
+            registry: Mutex::new(Registry::default()),
+            heartbeats: Counter::default(),
+            fenced: Counter::default(),
+            rows: Counter::default(),
+            enrollments: Family::default(),
+            renewals: Counter::default(),
+            flush_duration: Family::new_with_constructor(|| {
+                Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 14))
+            }),
+            flush_errors: Family::default(),
+        };
+        let mut registry = Registry::with_prefix("atoll_gateway");
+        registry.register("heartbeats", "Cluster leader heartbeats received", metrics.heartbeats.clone());
+        registry.register("fenced", "Heartbeats and rows refused for a stale term", metrics.fenced.clone());
+        registry.register("rows", "Matrix rows received", metrics.rows.clone());
+        registry.register("enrollments", "Enrollment attempts by outcome", metrics.enrollments.clone());
+        registry.register("renewals", "Certificates renewed", metrics.renewals.clone());
+        registry.register_with_unit(
+            "flush_duration",
+            "Duration of batched database writes",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.flush_duration.clone(),
+        );
+        registry.register("flush_errors", "Batched database writes that failed", metrics.flush_errors.clone());
+        *metrics.registry.lock().expect("metrics registry") = registry;
+        metrics
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry.lock().expect("metrics registry"));
+        out
+    }
+}

@@ -1,0 +1,36 @@
+//! The plain-HTTP ops listener: `/healthz`, `/readyz`, `/metrics`, and nothing else.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::Gateway;
+
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .with_state(gateway)
+}
+
+/// Ready when not shutting down and the database answers.
+async fn readyz(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
+    if gateway.is_stopping() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".to_string());
+    }
+    match gateway.db.ping().await {
+        Ok(()) => (StatusCode::OK, format!("ready ({})\n", gateway.db.engine())),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("database unavailable: {e}\n")),
+    }
+}
+
+async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], gateway.metrics.render())
+}

@@ -1,0 +1,335 @@
+//! The cluster registry: who is registered, who leads at which term, who is alive.
+//!
+//! The database is the record; an in-memory copy serves reads and heartbeats. Decisions are
+//! pure functions ([`decide`], [`state`]):
+//! - a heartbeat from a lower term than the known one is **fenced** (409): a deposed leader
+//!   stops acting;
+//! - a heartbeat that changes the registration (a new term, leader, endpoint, labels or
+//!   replicas) is written at once, fenced again in SQL (so several gateway replicas agree);
+//! - a heartbeat that changes nothing but the time is batched: its time is written with the
+//!   others every [`FLUSH_EVERY`];
+//! - a cluster's state is `alive`, `suspect` or `dead` by the age of its last heartbeat.
+//!
+//! The copy is refreshed from the database every [`REFRESH_EVERY`], so other gateway replicas'
+//! writes show within that bound.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use atoll_api::gateway::ClusterInfo;
+use atoll_api::gateway::ClusterState;
+use atoll_api::gateway::Heartbeat;
+use atoll_api::gateway::MeshView;
+use atoll_api::gateway::PeerCluster;
+
+use crate::db::Db;
+use crate::db::DbError;
+use crate::db::clusters::ClusterRow;
+use crate::db::clusters::Registered;
+
+/// How often batched heartbeat times are written.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// How often the in-memory copy is reloaded from the database.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+/// What to do with a heartbeat, given what is known of its cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Revoked,
+    Fenced {
+        term: u64,
+    },
+    /// The registration changed: write it now.
+    Register,
+    /// Only the time changed: batch it.
+    Touch,
+}
+
+/// Decide on a heartbeat (pure).
+pub fn decide(known: Option<&ClusterRow>, heartbeat: &Heartbeat) -> Decision {
+    let Some(row) = known else { return Decision::Register };
+    if row.revoked_ms.is_some() {
+        return Decision::Revoked;
+    }
+    if heartbeat.term < row.term {
+        return Decision::Fenced { term: row.term };
+    }
+    let same = heartbeat.term == row.term
+        && row.registered_ms.is_some()
+        && row.leader_id == Some(heartbeat.leader_id)
+        && row.endpoint.as_deref() == Some(heartbeat.endpoint.as_str())
+        && row.labels == heartbeat.labels
+        && row.replicas == heartbeat.replicas;
+    if same { Decision::Touch } else { Decision::Register }
+}
+
+/// A cluster's observed state (pure): by the age of its last heartbeat; `dead` if never seen.
+pub fn state(now_ms: i64, last_seen_ms: Option<i64>, suspect_after: Duration, dead_after: Duration) -> ClusterState {
+    let Some(seen) = last_seen_ms else { return ClusterState::Dead };
+    let age = u64::try_from(now_ms.saturating_sub(seen)).unwrap_or(0);
+    if age >= dead_after.as_millis() as u64 {
+        ClusterState::Dead
+    } else if age >= suspect_after.as_millis() as u64 {
+        ClusterState::Suspect
+    } else {
+        ClusterState::Alive
+    }
+}
+
+/// Why a heartbeat was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("cluster {0} is revoked")]
+    Revoked(String),
+    #[error("stale leader: cluster {cluster} has a leader at term {known}, this heartbeat is from term {got}")]
+    Fenced { cluster: String, known: u64, got: u64 },
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+pub struct Registry {
+    db: Db,
+    suspect_after: Duration,
+    dead_after: Duration,
+    rows: Mutex<BTreeMap<String, ClusterRow>>,
+    /// Pending heartbeat times: cluster -> (term, seen).
+    touched: Mutex<BTreeMap<String, (u64, i64)>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    pub async fn load(db: Db, suspect_after: Duration, dead_after: Duration) -> Result<Self, DbError> {
+        let rows = db.clusters().await?.into_iter().map(|r| (r.name.clone(), r)).collect();
+        Ok(Self { db, suspect_after, dead_after, rows: Mutex::new(rows), touched: Mutex::new(BTreeMap::new()) })
+    }
+
+    fn rows(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ClusterRow>> {
+        self.rows.lock().expect("registry lock")
+    }
+
+    pub fn get(&self, name: &str) -> Option<ClusterRow> {
+        self.rows().get(name).cloned()
+    }
+
+    pub fn is_revoked(&self, name: &str) -> bool {
+        self.rows().get(name).is_some_and(|r| r.revoked_ms.is_some())
+    }
+
+    /// Accept a leader's heartbeat (and registration), or say why not.
+    pub async fn heartbeat(&self, name: &str, heartbeat: &Heartbeat, now_ms: i64) -> Result<(), Refused> {
+        let known = self.get(name);
+        match decide(known.as_ref(), heartbeat) {
+            Decision::Revoked => Err(Refused::Revoked(name.to_string())),
+            Decision::Fenced { term } => {
+                Err(Refused::Fenced { cluster: name.to_string(), known: term, got: heartbeat.term })
+            }
+            Decision::Touch => {
+                if let Some(row) = self.rows().get_mut(name) {
+                    row.last_seen_ms = Some(row.last_seen_ms.unwrap_or(0).max(now_ms));
+                }
+                self.touched.lock().expect("touched lock").insert(name.to_string(), (heartbeat.term, now_ms));
+                Ok(())
+            }
+            Decision::Register => match self.db.register(name, heartbeat, now_ms).await? {
+                Registered::Accepted => {
+                    let previous = known.as_ref().map(|r| (r.term, r.leader_id));
+                    if previous != Some((heartbeat.term, Some(heartbeat.leader_id))) {
+                        tracing::info!(cluster = name, leader = heartbeat.leader_id, term = heartbeat.term, endpoint = %heartbeat.endpoint, "leader registered");
+                    }
+                    let mut rows = self.rows();
+                    let row = rows.entry(name.to_string()).or_insert_with(|| ClusterRow {
+                        name: name.to_string(),
+                        labels: Vec::new(),
+                        enabled: true,
+                        revoked_ms: None,
+                        term: 0,
+                        leader_id: None,
+                        endpoint: None,
+                        replicas: Vec::new(),
+                        registered_ms: None,
+                        last_seen_ms: None,
+                    });
+                    row.labels = heartbeat.labels.clone();
+                    row.term = heartbeat.term;
+                    row.leader_id = Some(heartbeat.leader_id);
+                    row.endpoint = Some(heartbeat.endpoint.clone());
+                    row.replicas = heartbeat.replicas.clone();
+                    row.registered_ms = Some(now_ms);
+                    row.last_seen_ms = Some(now_ms);
+                    Ok(())
+                }
+                Registered::Fenced { term } => {
+                    self.reload(name).await?;
+                    Err(Refused::Fenced { cluster: name.to_string(), known: term, got: heartbeat.term })
+                }
+                Registered::Revoked => {
+                    self.reload(name).await?;
+                    Err(Refused::Revoked(name.to_string()))
+                }
+            },
+        }
+    }
+
+    async fn reload(&self, name: &str) -> Result<(), DbError> {
+        if let Some(row) = self.db.cluster(name).await? {
+            self.rows().insert(name.to_string(), row);
+        }
+        Ok(())
+    }
+
+    /// The mesh as `asking` should see it: the other registered, enabled, unrevoked clusters
+    /// with an endpoint, and the revoked ones.
+    pub fn view_for(&self, asking: &str) -> MeshView {
+        let rows = self.rows();
+        let peers = rows
+            .values()
+            // Disabled clusters are still probed: they take no new work but still hold outputs.
+            .filter(|r| r.name != asking && r.revoked_ms.is_none())
+            .filter_map(|r| {
+                r.endpoint.clone().map(|endpoint| PeerCluster {
+                    name: r.name.clone(),
+                    endpoint,
+                    labels: r.labels.clone(),
+                })
+            })
+            .collect();
+        let revoked = rows.values().filter(|r| r.revoked_ms.is_some()).map(|r| r.name.clone()).collect();
+        MeshView { peers, revoked }
+    }
+
+    /// Every cluster with its observed state.
+    pub fn list(&self, now_ms: i64) -> Vec<ClusterInfo> {
+        self.rows()
+            .values()
+            .map(|r| ClusterInfo {
+                name: r.name.clone(),
+                labels: r.labels.clone(),
+                enabled: r.enabled,
+                state: state(now_ms, r.last_seen_ms, self.suspect_after, self.dead_after),
+                leader: r.leader_id,
+                term: r.term,
+                endpoint: r.endpoint.clone(),
+                last_seen_ms: r.last_seen_ms.map(|seen| u64::try_from(now_ms.saturating_sub(seen)).unwrap_or(0)),
+                revoked: r.revoked_ms.is_some(),
+                replicas: r.replicas.clone(),
+            })
+            .collect()
+    }
+
+    /// Rows of registered, unrevoked clusters (for the matrix).
+    pub fn registered(&self) -> Vec<ClusterRow> {
+        self.rows().values().filter(|r| r.registered_ms.is_some() && r.revoked_ms.is_none()).cloned().collect()
+    }
+
+    pub async fn ensure(&self, name: &str, labels: &[String]) -> Result<(), DbError> {
+        self.db.ensure_cluster(name, labels).await?;
+        self.reload(name).await
+    }
+
+    /// Set the admin intent; false when unknown.
+    pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<bool, DbError> {
+        let found = self.db.set_enabled(name, enabled).await?;
+        self.reload(name).await?;
+        Ok(found)
+    }
+
+    /// Revoke for good; false when unknown.
+    pub async fn revoke(&self, name: &str, now_ms: i64) -> Result<bool, DbError> {
+        let found = self.db.revoke(name, now_ms).await?;
+        self.reload(name).await?;
+        Ok(found)
+    }
+
+    /// Write batched heartbeat times.
+    pub async fn flush(&self) -> Result<(), DbError> {
+        let batch: Vec<(String, u64, i64)> = {
+            let mut touched = self.touched.lock().expect("touched lock");
+            std::mem::take(&mut *touched).into_iter().map(|(name, (term, at))| (name, term, at)).collect()
+        };
+        self.db.touch(&batch).await
+    }
+
+    /// Reload every row from the database, keeping the later heartbeat time of the two.
+    pub async fn refresh(&self) -> Result<(), DbError> {
+        let fresh = self.db.clusters().await?;
+        let mut rows = self.rows();
+        for mut row in fresh {
+            if let Some(mine) = rows.get(&row.name)
+                && mine.term == row.term
+            {
+                row.last_seen_ms = row.last_seen_ms.max(mine.last_seen_ms);
+            }
+            rows.insert(row.name.clone(), row);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use atoll_api::gateway::ReplicaInfo;
+
+    use super::*;
+
+    fn heartbeat(term: u64) -> Heartbeat {
+        Heartbeat {
+            term,
+            leader_id: 1,
+            endpoint: "a:1".into(),
+            labels: vec!["x".into()],
+            replicas: vec![ReplicaInfo { id: 1, addr: "a:1".into(), voter: true }],
+        }
+    }
+
+    fn row(term: u64) -> ClusterRow {
+        ClusterRow {
+            name: "aws".into(),
+            labels: vec!["x".into()],
+            enabled: true,
+            revoked_ms: None,
+            term,
+            leader_id: Some(1),
+            endpoint: Some("a:1".into()),
+            replicas: vec![ReplicaInfo { id: 1, addr: "a:1".into(), voter: true }],
+            registered_ms: Some(0),
+            last_seen_ms: Some(0),
+        }
+    }
+
+    #[test]
+    fn heartbeats_are_fenced_written_or_batched() {
+        assert_eq!(decide(None, &heartbeat(1)), Decision::Register);
+        assert_eq!(decide(Some(&row(3)), &heartbeat(3)), Decision::Touch);
+        assert_eq!(decide(Some(&row(3)), &heartbeat(2)), Decision::Fenced { term: 3 });
+        assert_eq!(decide(Some(&row(3)), &heartbeat(4)), Decision::Register);
+        let mut moved = heartbeat(3);
+        moved.endpoint = "b:1".into();
+        assert_eq!(decide(Some(&row(3)), &moved), Decision::Register);
+        let mut unregistered = row(0);
+        unregistered.registered_ms = None;
+        assert_eq!(
+            decide(Some(&unregistered), &heartbeat(0)),
+            Decision::Register,
+            "a token-made row is not a registration"
+        );
+        let mut revoked = row(3);
+        revoked.revoked_ms = Some(1);
+        assert_eq!(decide(Some(&revoked), &heartbeat(9)), Decision::Revoked);
+    }
+
+    #[test]
+    fn states_follow_heartbeat_age() {
+        let (s, d) = (Duration::from_secs(3), Duration::from_secs(10));
+        assert_eq!(state(10_000, Some(9_000), s, d), ClusterState::Alive);
+        assert_eq!(state(10_000, Some(7_000), s, d), ClusterState::Suspect);
+        assert_eq!(state(10_000, Some(0), s, d), ClusterState::Dead);
+        assert_eq!(state(10_000, None, s, d), ClusterState::Dead);
+        assert_eq!(state(10_000, Some(11_000), s, d), ClusterState::Alive, "a clock step back is not a death");
+    }
+}

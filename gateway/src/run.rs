@@ -1,0 +1,162 @@
+//! Boot and orderly shutdown of the gateway.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use atoll_api::gateway::Scope;
+use atoll_api::tls::ClientCerts;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::Gateway;
+use crate::ca::GatewayCa;
+use crate::config::GatewayConfig;
+use crate::db::Db;
+use crate::matrix::Rows;
+use crate::metrics::Flush;
+use crate::metrics::Metrics;
+use crate::now_ms;
+use crate::registry::Registry;
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Write a fresh admin token to `path` when the database holds none.
+async fn bootstrap_admin(db: &Db, path: &std::path::Path) -> anyhow::Result<()> {
+    if db.has_admin_token(now_ms()).await? {
+        return Ok(());
+    }
+    if path.exists() {
+        anyhow::bail!(
+            "{} exists, but the database holds no admin token: the file is stale (another database?). Delete it to have a new admin token written",
+            path.display()
+        );
+    }
+    let (token, secret) = atoll_api::token::new_user_token();
+    db.insert_user_token(&atoll_api::token::hash_secret(&secret), "admin", &[Scope::Admin], now_ms(), None).await?;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing the admin token to {}", path.display()))?;
+    file.write_all(format!("{token}\n").as_bytes())?;
+    file.sync_all()?;
+    tracing::info!(file = %path.display(), "admin token written");
+    Ok(())
+}
+
+/// Flush batched writes every `every` until `stop`.
+async fn flush_forever(gateway: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(crate::registry::FLUSH_EVERY);
+    let mut refresh = tokio::time::interval(crate::registry::REFRESH_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => gateway.flush().await,
+            _ = refresh.tick() => {
+                if let Err(e) = gateway.registry.refresh().await {
+                    tracing::warn!(error = %e, "refreshing the registry from the database failed");
+                }
+                if let Err(e) = gateway.rows.refresh().await {
+                    tracing::warn!(error = %e, "refreshing matrix rows from the database failed");
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+impl Gateway {
+    /// Write batched heartbeat times and rows.
+    pub async fn flush(&self) {
+        for (what, result) in
+            [("heartbeats", self.timed_flush("heartbeats").await), ("rows", self.timed_flush("rows").await)]
+        {
+            if let Err(e) = result {
+                self.metrics.flush_errors.get_or_create(&Flush { what }).inc();
+                tracing::warn!(what, error = %e, "writing batched updates failed; they are kept in memory and retried");
+            }
+        }
+    }
+
+    async fn timed_flush(&self, what: &'static str) -> Result<(), crate::db::DbError> {
+        let started = tokio::time::Instant::now();
+        let result = if what == "heartbeats" { self.registry.flush().await } else { self.rows.flush().await };
+        self.metrics.flush_duration.get_or_create(&Flush { what }).observe(started.elapsed().as_secs_f64());
+        result
+    }
+}
+
+/// Run the gateway until `shutdown` resolves, then stop in order.
+pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    tracing::info!(id = %config.id, version = atoll_api::VERSION, "starting atoll gateway");
+    let db = Db::connect(&config.database).await?;
+    tracing::info!(engine = db.engine(), "database ready (migrated)");
+    let (ca, created) = GatewayCa::load_or_create(&config.ca_dir, &config.id, config.cert_lifetime)?;
+    tracing::info!(dir = %config.ca_dir.display(), fingerprint = ca.fingerprint(), created, "certificate authority ready");
+    if let Some(path) = &config.admin_token_file {
+        bootstrap_admin(&db, path).await?;
+    }
+    let registry = Registry::load(db.clone(), config.suspect_after, config.dead_after).await?;
+    let rows = Rows::load(db.clone()).await?;
+    let listener =
+        TcpListener::bind(config.listen).await.with_context(|| format!("binding listen {}", config.listen))?;
+    let ops_listener = match config.ops_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding ops_listen {addr}"))?),
+        None => None,
+    };
+    let ca = Arc::new(ca);
+    let server_config = ca.tls().server_config_with(ClientCerts::Optional)?;
+    let gateway = Arc::new(Gateway {
+        config: config.clone(),
+        db: db.clone(),
+        ca: ca.clone(),
+        registry,
+        rows,
+        metrics: Metrics::new(),
+        stopping: Default::default(),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let grace = config.shutdown_grace;
+    let server = tokio::spawn(atoll_api::serve::serve_mtls(
+        listener,
+        server_config,
+        crate::api::router(gateway.clone()),
+        atoll_api::serve::Hooks { allow_anonymous: true, ..Default::default() },
+        stopped(stop_rx.clone()),
+        grace / 2,
+    ));
+    let ops = ops_listener.map(|l| {
+        tokio::spawn(atoll_api::serve::serve_ops(l, crate::ops::router(gateway.clone()), stopped(stop_rx.clone())))
+    });
+    let flusher = tokio::spawn(flush_forever(gateway.clone(), stop_rx.clone()));
+    let renewer = tokio::spawn(ca.clone().renew_forever());
+    tracing::info!(listen = %config.listen, advertise = %config.advertise, ops = ?config.ops_listen, "serving");
+
+    shutdown.await;
+    tracing::info!("shutdown: readiness off");
+    gateway.stopping.store(true, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    tracing::info!("shutdown: draining requests");
+    let _ = tokio::time::timeout(grace, server).await;
+    if let Some(ops) = ops {
+        let _ = tokio::time::timeout(Duration::from_secs(1), ops).await;
+    }
+    renewer.abort();
+    let _ = flusher.await;
+    tracing::info!("shutdown: writing batched updates");
+    gateway.flush().await;
+    db.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
