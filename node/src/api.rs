@@ -3,6 +3,7 @@
 //! | route | who | what |
 //! | --- | --- | --- |
 //! | `GET /v1/status` | any identity | this replica's view (`atoll status`) |
+//! | `GET /v1/probe` | any admitted identity | reachability probes of other clusters' leaders |
 //! | `GET /v1/annotations[?detail=true]` | any identity | annotations as applied here |
 //! | `PUT /v1/annotations/{key}` | operators, gateway, this cluster's replicas | set (forwarded to the leader) |
 //! | `DELETE /v1/annotations/{key}` | same | remove |
@@ -46,6 +47,7 @@ type Shared = State<Arc<Replica>>;
 pub fn router(replica: Arc<Replica>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
+        .route("/v1/probe", get(probe))
         .route("/v1/annotations", get(annotations))
         .route("/v1/annotations/{*key}", axum::routing::put(annotate).delete(delete_annotation))
         .route("/v1/raft/members", get(members))
@@ -80,6 +82,11 @@ fn operator_only(identity: &Identity) -> Result<(), ApiError> {
 
 async fn status(State(replica): Shared) -> impl IntoResponse {
     Json(replica.status())
+}
+
+/// Answered to other clusters' leaders measuring reachability (cheap: no Raft, no storage).
+async fn probe(State(replica): Shared) -> impl IntoResponse {
+    Json(serde_json::json!({"cluster": replica.info().cluster.as_str(), "node_id": replica.info().node_id}))
 }
 
 #[derive(Deserialize)]
@@ -177,4 +184,13 @@ async fn transfer_leader(
 
 async fn openapi() -> impl IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], include_str!("openapi.json"))
+}
+
+#[cfg(test)]
+mod openapi_tests {
+    #[test]
+    fn the_openapi_document_matches_the_router() {
+        let problems = atoll_api::openapi::check(include_str!("api.rs"), include_str!("openapi.json"));
+        assert!(problems.is_empty(), "the replica OpenAPI document is out of date:\n{}", problems.join("\n"));
+    }
 }

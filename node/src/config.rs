@@ -45,6 +45,36 @@ pub struct AgentFile {
     /// milliseconds.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// Joining a mesh through a gateway; absent for a standalone cluster.
+    #[serde(default)]
+    pub gateway: Option<GatewayFile>,
+    /// Network behaviour.
+    #[serde(default)]
+    pub network: NetworkFile,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayFile {
+    /// `host:port` of the gateway.
+    pub addr: String,
+    /// A join token (`atoll token create --cluster ...`), used once, when `tls.cert` does not
+    /// exist yet: the replica then makes its key, sends a CSR, and writes the `tls` files.
+    #[serde(default)]
+    pub join_token: Option<String>,
+    /// A file holding the join token (a mounted secret); takes the place of `join_token`.
+    #[serde(default)]
+    pub join_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkFile {
+    /// Drop every connection from replicas of these clusters, as a firewall would: for
+    /// simulating cut links. The annotation `atoll.io/refuse-inbound-from` (comma-separated
+    /// names) adds to it at run time.
+    #[serde(default)]
+    pub refuse_inbound_from: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -209,6 +239,36 @@ pub struct AgentConfig {
     pub fast_failover: bool,
     pub tls: TlsFiles,
     pub shutdown_grace: Duration,
+    pub gateway: Option<GatewayLink>,
+    pub refuse_inbound_from: Vec<ClusterName>,
+}
+
+/// How this replica reaches the gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayLink {
+    pub addr: String,
+    /// Where the join token comes from, when the replica must enroll.
+    pub join_token: JoinTokenSource,
+}
+
+#[derive(Debug, Clone)]
+pub enum JoinTokenSource {
+    None,
+    Inline(String),
+    File(PathBuf),
+}
+
+impl JoinTokenSource {
+    /// The token, read now (a file is read only when enrolling).
+    pub fn read(&self) -> Result<Option<String>, String> {
+        match self {
+            JoinTokenSource::None => Ok(None),
+            JoinTokenSource::Inline(token) => Ok(Some(token.clone())),
+            JoinTokenSource::File(path) => std::fs::read_to_string(path)
+                .map(|t| Some(t.trim().to_string()))
+                .map_err(|e| format!("{}: {e}", path.display())),
+        }
+    }
 }
 
 /// Whether `addr` is `host:port` with a non-empty host and a valid port.
@@ -335,7 +395,41 @@ impl AgentConfig {
                 return Err(invalid(key, "must be 1 or more".into()));
             }
         }
+        let gateway = match file.gateway {
+            None => None,
+            Some(g) => {
+                check_host_port(&g.addr).map_err(|e| invalid("gateway.addr", e))?;
+                let join_token = match (g.join_token, g.join_token_file) {
+                    (Some(_), Some(_)) => {
+                        return Err(invalid("gateway", "give one of join_token and join_token_file".into()));
+                    }
+                    (Some(token), None) => {
+                        atoll_api::token::JoinToken::parse(&token)
+                            .map_err(|e| invalid("gateway.join_token", e.to_string()))?;
+                        JoinTokenSource::Inline(token)
+                    }
+                    (None, Some(path)) => JoinTokenSource::File(resolve(base, &path)),
+                    (None, None) => JoinTokenSource::None,
+                };
+                Some(GatewayLink { addr: g.addr, join_token })
+            }
+        };
+        let mut refuse_inbound_from = Vec::new();
+        for (i, name) in file.network.refuse_inbound_from.iter().enumerate() {
+            let name: ClusterName = name.parse().map_err(|e: atoll_api::ids::InvalidName| {
+                invalid(&format!("network.refuse_inbound_from[{i}]"), e.to_string())
+            })?;
+            if name == cluster {
+                return Err(invalid(
+                    &format!("network.refuse_inbound_from[{i}]"),
+                    "a cluster cannot refuse its own replicas".into(),
+                ));
+            }
+            refuse_inbound_from.push(name);
+        }
         Ok(Self {
+            gateway,
+            refuse_inbound_from,
             cluster,
             labels,
             node_id: file.node.id,

@@ -3,6 +3,9 @@
 //! - [`config`]: the agent config file and its checked form.
 //! - [`run()`]: boot and orderly shutdown of a replica.
 //! - [`raft`]: everything that touches openraft (core, network, RPCs, bootstrap, failover).
+//! - [`link`]: the link to the gateway: enrollment, renewal, the leader's duties.
+//! - [`reachability`]: the link-state detector the leader's probes feed.
+//! - [`admission`]: which peers' connections are served (revoked and refused clusters are not).
 //! - [`api`]: the replica API on the mTLS listener.
 //! - [`ops`]: health, readiness and metrics on the plain ops listener.
 //! - [`metrics`]: the Prometheus metrics.
@@ -14,11 +17,14 @@
 //! - a write is acknowledged only after it is committed by a quorum and applied;
 //! - a replica whose data was wiped never rejoins under its old id.
 
+pub mod admission;
 pub mod api;
 pub mod config;
+pub mod link;
 pub mod metrics;
 pub mod ops;
 pub mod raft;
+pub mod reachability;
 mod run;
 
 pub use config::AgentConfig;

@@ -40,7 +40,27 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
     tracing::info!(cluster = %config.cluster, node = config.node_id, version = atoll_api::VERSION, "starting atoll agent");
 
-    let tls = TlsIdentity::load(&config.tls).context("loading TLS material")?;
+    tokio::pin!(shutdown);
+    crate::link::files::recover(&config.tls).context("finishing an interrupted certificate write")?;
+    if let Some(link) = &config.gateway
+        && !config.tls.cert.exists()
+    {
+        tokio::select! {
+            enrolled = crate::link::enroll::enroll(&config, link) => enrolled?,
+            () = &mut shutdown => {
+                tracing::info!("shutdown requested while enrolling");
+                return Ok(());
+            }
+        }
+    }
+    let tls = TlsIdentity::load(&config.tls).map_err(|e| {
+        let hint = if config.gateway.is_some() && e.to_string().contains("expired") {
+            " (to enroll again: remove tls.cert and tls.key and configure a new join token)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("loading TLS material: {e}{hint}")
+    })?;
     let expected = Identity::node(config.cluster.clone(), config.node_id);
     if tls.identity() != &expected {
         anyhow::bail!(
@@ -111,7 +131,15 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
         listener,
         tls.server_config()?,
         router,
-        atoll_api::serve::Hooks { on_close: Some(on_close), ..Default::default() },
+        atoll_api::serve::Hooks {
+            on_close: Some(on_close),
+            admit: Some(crate::admission::hook(
+                config.cluster.clone(),
+                config.refuse_inbound_from.clone(),
+                replica.clone(),
+            )),
+            allow_anonymous: false,
+        },
         stopped(stop_rx.clone()),
         drain,
     ));
@@ -129,7 +157,6 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
         "serving mTLS API and raft RPCs"
     );
 
-    tokio::pin!(shutdown);
     let bootstrapped = tokio::select! {
         result = raft::bootstrap_if_pristine(&config, &started, stop_rx.clone()) => result.map(|()| true),
         () = &mut shutdown => {
@@ -140,7 +167,17 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
     let failure = match bootstrapped {
         Err(e) => Some(format!("{e:#}")),
         Ok(false) => None,
-        Ok(true) => duties(&config, &replica, closed_rx, shutdown, &mut server).await,
+        Ok(true) => {
+            let link = config.gateway.clone().map(|link| {
+                tracing::info!(gateway = %link.addr, "joining the mesh");
+                tokio::spawn(crate::link::run(replica.clone(), tls.clone(), config.tls.clone(), link))
+            });
+            let failure = duties(&config, &replica, closed_rx, shutdown, &mut server).await;
+            if let Some(link) = link {
+                link.abort();
+            }
+            failure
+        }
     };
     stop_in_order(&config, &replica, &stop_tx, server, ops, &state).await;
     match failure {

@@ -24,6 +24,7 @@ use atoll_api::tls::ServerPolicy;
 use atoll_api::tls::TlsIdentity;
 use atoll_raft_store::LogStore;
 use atoll_raft_store::StateMachineStore;
+pub use replica::Leadership;
 pub use replica::Replica;
 pub use replica::ReplicaInfo;
 

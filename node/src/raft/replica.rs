@@ -246,6 +246,32 @@ impl Replica {
         }
     }
 
+    /// The mesh view as last replicated.
+    pub fn mesh_view(&self) -> atoll_raft_store::MeshView {
+        self.state.mesh_view().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "reading the mesh view failed");
+            atoll_raft_store::MeshView::default()
+        })
+    }
+
+    /// Replicate a new mesh view (leader only).
+    pub async fn set_mesh_view(&self, view: atoll_raft_store::MeshView) -> Result<(), ApiError> {
+        match self.propose_local(Command::SetMeshView { view }).await? {
+            CommandResponse::MeshViewSet => Ok(()),
+            other => Err(ApiError::internal(format!("unexpected answer to a mesh view: {other:?}"))),
+        }
+    }
+
+    /// One annotation's value, as applied here.
+    pub fn annotation(&self, key: &str) -> Option<String> {
+        self.state.annotation(key).ok().flatten().map(|a| a.value)
+    }
+
+    /// Follow whether (and in which term) this replica leads.
+    pub fn leadership(&self) -> Leadership {
+        Leadership { rx: self.raft.metrics() }
+    }
+
     pub fn annotations(&self) -> Result<BTreeMap<String, AnnotationDetail>, ApiError> {
         let stored = self.state.annotations().map_err(|e| ApiError::internal(e.to_string()))?;
         Ok(stored
@@ -406,6 +432,32 @@ impl Replica {
                 }
             }
             None => tracing::info!("no other voter to hand leadership to"),
+        }
+    }
+}
+
+/// Whether, and in which term, this replica leads; wakes up on changes.
+pub struct Leadership {
+    rx: openraft::type_config::alias::WatchReceiverOf<TypeConfig, RaftMetrics<TypeConfig>>,
+}
+
+impl Leadership {
+    /// `Some(term)` while this replica leads.
+    pub fn current(&self) -> Option<u64> {
+        let m = self.rx.borrow_watched();
+        (m.state == ServerState::Leader).then_some(m.current_term)
+    }
+
+    /// Resolves when leadership (or the term) may have changed; never if the core stopped.
+    pub async fn changed(&mut self) {
+        let before = self.current();
+        loop {
+            if self.rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            if self.current() != before {
+                return;
+            }
         }
     }
 }

@@ -1,0 +1,291 @@
+//! What a cluster's leader does toward the gateway, for one term:
+//!
+//! - **heartbeat** every heartbeat interval: the registration (term, leader, endpoint, labels,
+//!   replicas) in one idempotent request; the answer is the mesh view (other clusters, revoked
+//!   ones) and the intervals to use. A changed view is replicated through Raft, so followers
+//!   (and the next leader) know it.
+//! - **probe** every other cluster's endpoint every probe interval, over a fresh mTLS connection
+//!   each time (a connection the target refuses counts as a failure, as a firewall would make
+//!   it), feeding one [`Link`] detector per peer;
+//! - **report** the whole row at once when any link changes state, and every row interval.
+//!
+//! The gateway fences by term: `stale_leader` (409) means a newer leader registered, so this one
+//! stops acting (the duties end with [`DutyEnd::Fenced`] and are not restarted for this term).
+//! `revoked` (403) means the cluster was revoked. Any other failure (the gateway unreachable) changes nothing: the
+//! cluster keeps running and the duties keep trying.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use atoll_api::ErrorCode;
+use atoll_api::Identity;
+use atoll_api::client::ClientError;
+use atoll_api::gateway::Heartbeat;
+use atoll_api::gateway::HeartbeatAck;
+use atoll_api::gateway::LinkState;
+use atoll_api::gateway::ReplicaInfo;
+use atoll_api::gateway::RowCell;
+use atoll_api::gateway::RowReport;
+use atoll_api::gateway_client::GatewayClient;
+use atoll_api::tls::ServerPolicy;
+use atoll_api::tls::TlsIdentity;
+use atoll_raft_store::MeshPeer;
+use atoll_raft_store::MeshView;
+use tokio::time::Instant;
+
+use crate::raft::Replica;
+use crate::reachability::Link;
+use crate::reachability::Thresholds;
+
+/// Why the duties of a term ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DutyEnd {
+    /// The gateway knows a newer leader.
+    Fenced { term: u64, message: String },
+    /// The cluster was revoked.
+    Revoked(String),
+}
+
+/// The intervals the gateway asked for.
+#[derive(Clone, Copy, Debug)]
+struct Settings {
+    heartbeat: Duration,
+    probe: Duration,
+    probe_timeout: Duration,
+    row: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(1),
+            probe: Duration::from_secs(1),
+            probe_timeout: Duration::from_millis(500),
+            row: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Settings {
+    fn from_ack(ack: &HeartbeatAck) -> Self {
+        let ms = |v: u64, default: Duration| if v == 0 { default } else { Duration::from_millis(v) };
+        let d = Settings::default();
+        Self {
+            heartbeat: ms(ack.heartbeat_interval_ms, d.heartbeat),
+            probe: ms(ack.probe_interval_ms, d.probe),
+            probe_timeout: ms(ack.probe_timeout_ms, d.probe_timeout),
+            row: ms(ack.row_interval_ms, d.row),
+        }
+    }
+}
+
+/// Probes other clusters: one HTTP client per target cluster (accepting only that cluster's
+/// replicas), never reusing a connection.
+pub struct Prober {
+    tls: TlsIdentity,
+    clients: Mutex<BTreeMap<String, reqwest::Client>>,
+}
+
+impl Prober {
+    pub fn new(tls: TlsIdentity) -> Self {
+        Self { tls, clients: Mutex::new(BTreeMap::new()) }
+    }
+
+    fn client(&self, cluster: &str) -> Option<reqwest::Client> {
+        let mut clients = self.clients.lock().expect("prober clients");
+        if let Some(client) = clients.get(cluster) {
+            return Some(client.clone());
+        }
+        let policy = ServerPolicy::NodeOf(cluster.parse().ok()?);
+        let config = self.tls.client_config(policy).ok()?;
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(config)
+            .no_proxy()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(0)
+            .build()
+            .ok()?;
+        clients.insert(cluster.to_string(), client.clone());
+        Some(client)
+    }
+
+    /// One probe: `Some(rtt)` when the peer answered over mTLS in time.
+    ///
+    /// The round-trip time is that of a TCP handshake to the endpoint (one network round trip),
+    /// not of the mTLS exchange, whose key agreement and signatures would count CPU time as
+    /// distance. Reachability is decided by the mTLS exchange alone.
+    pub async fn probe(&self, peer: &MeshPeer, timeout: Duration) -> Option<Duration> {
+        let client = self.client(&peer.name)?;
+        let started = Instant::now();
+        let rtt = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&peer.endpoint)).await {
+            Ok(Ok(stream)) => {
+                let rtt = started.elapsed();
+                drop(stream);
+                rtt
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %peer.name, error = %e, "probe: TCP connect failed");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %peer.name, "probe: TCP connect timed out");
+                return None;
+            }
+        };
+        let left = timeout.saturating_sub(started.elapsed());
+        let answer = client.get(format!("https://{}/v1/probe", peer.endpoint)).timeout(left).send().await;
+        match answer {
+            Ok(response) if response.status().is_success() => Some(rtt),
+            Ok(response) => {
+                tracing::debug!(peer = %peer.name, status = %response.status(), "probe answered with an error");
+                None
+            }
+            Err(e) => {
+                tracing::debug!(peer = %peer.name, error = %atoll_api::client::error_chain(&e), "probe failed");
+                None
+            }
+        }
+    }
+}
+
+fn view_from(ack: &HeartbeatAck) -> MeshView {
+    let mut peers: Vec<MeshPeer> = ack
+        .view
+        .peers
+        .iter()
+        .map(|p| MeshPeer { name: p.name.clone(), endpoint: p.endpoint.clone(), labels: p.labels.clone() })
+        .collect();
+    peers.sort();
+    let mut revoked = ack.view.revoked.clone();
+    revoked.sort();
+    MeshView { peers, revoked }
+}
+
+fn classify(error: &ClientError, term: u64) -> Option<DutyEnd> {
+    match error.code() {
+        Some(ErrorCode::StaleLeader) => Some(DutyEnd::Fenced { term, message: error.to_string() }),
+        Some(ErrorCode::Revoked) => Some(DutyEnd::Revoked(error.to_string())),
+        _ => None,
+    }
+}
+
+/// Log a failure to reach the gateway at most every 10 s.
+struct Quiet(Option<Instant>);
+
+impl Quiet {
+    fn warn(&mut self, what: &str, error: &ClientError) {
+        if self.0.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+            tracing::warn!(error = %error, "{what} failed; the cluster keeps running and will retry");
+            self.0 = Some(Instant::now());
+        }
+    }
+}
+
+/// Lead toward the gateway for `term`, until fenced, revoked, or cancelled.
+pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Prober>, term: u64) -> DutyEnd {
+    let info = replica.info().clone();
+    let cluster = info.cluster.to_string();
+    let thresholds = Thresholds::default();
+    let mut settings = Settings::default();
+    let mut view = replica.mesh_view();
+    let mut links: BTreeMap<String, Link> = BTreeMap::new();
+    let mut registered = false;
+    let mut quiet = Quiet(None);
+    let now = Instant::now();
+    let (mut next_heartbeat, mut next_probe, mut next_row) = (now, now, now + settings.row);
+    tracing::info!(term, gateway = %gateway.addr(), "leading toward the gateway");
+    loop {
+        let wake = next_heartbeat.min(if registered { next_probe.min(next_row) } else { next_heartbeat });
+        tokio::time::sleep_until(wake).await;
+        let now = Instant::now();
+        if now >= next_heartbeat {
+            next_heartbeat = now + settings.heartbeat;
+            let heartbeat = Heartbeat {
+                term,
+                leader_id: info.node_id,
+                endpoint: info.addr.clone(),
+                labels: info.labels.clone(),
+                replicas: replica
+                    .members()
+                    .into_iter()
+                    .map(|m| ReplicaInfo { id: m.id, addr: m.addr, voter: m.voter })
+                    .collect(),
+            };
+            match gateway.heartbeat(&cluster, &heartbeat).await {
+                Ok(ack) => {
+                    if !registered {
+                        tracing::info!(term, peers = ack.view.peers.len(), "registered with the gateway");
+                    }
+                    registered = true;
+                    settings = Settings::from_ack(&ack);
+                    let fresh = view_from(&ack);
+                    if fresh != view {
+                        if let Err(e) = replica.set_mesh_view(fresh.clone()).await {
+                            tracing::warn!(error = %e.message, "replicating the mesh view failed; will retry");
+                        } else {
+                            tracing::info!(peers = fresh.peers.len(), revoked = ?fresh.revoked, "mesh view updated");
+                            view = fresh;
+                        }
+                    }
+                    links.retain(|name, _| view.peers.iter().any(|p| &p.name == name));
+                }
+                Err(e) => match classify(&e, term) {
+                    Some(end) => return end,
+                    None => quiet.warn("heartbeat to the gateway", &e),
+                },
+            }
+        }
+        if !registered {
+            continue;
+        }
+        let mut changed = false;
+        if now >= next_probe {
+            next_probe = now + settings.probe;
+            let outcomes = futures::future::join_all(view.peers.iter().map(|peer| {
+                let prober = prober.clone();
+                let timeout = settings.probe_timeout;
+                async move { (peer.name.clone(), prober.probe(peer, timeout).await) }
+            }))
+            .await;
+            for (name, outcome) in outcomes {
+                let link = links.entry(name.clone()).or_default();
+                if link.observe(outcome, &thresholds) {
+                    tracing::info!(peer = %name, state = %link.state(), "link state changed");
+                    changed = true;
+                }
+            }
+        }
+        if changed || now >= next_row {
+            next_row = now + settings.row;
+            let cells: Vec<RowCell> = view
+                .peers
+                .iter()
+                .map(|p| {
+                    links.get(&p.name).map_or(
+                        RowCell { to: p.name.clone(), state: LinkState::Unknown, rtt_ms: None, loss: 0.0 },
+                        |l| l.cell(&p.name),
+                    )
+                })
+                .collect();
+            if let Err(e) = gateway.report_row(&cluster, &RowReport { term, cells }).await {
+                match classify(&e, term) {
+                    Some(end) => return end,
+                    // The gateway does not know this term (its database was replaced, say):
+                    // register again at once.
+                    None if e.code() == Some(ErrorCode::Conflict) => {
+                        registered = false;
+                        next_heartbeat = now;
+                    }
+                    None => quiet.warn("reporting the matrix row", &e),
+                }
+            }
+        }
+    }
+}
+
+/// The identity of this replica (for renewal).
+pub fn identity(replica: &Replica) -> Identity {
+    Identity::node(replica.info().cluster.clone(), replica.info().node_id)
+}
