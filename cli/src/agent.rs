@@ -1,4 +1,4 @@
-//! `atoll agent --config FILE`: one replica, until SIGTERM or Ctrl-C.
+//! `atoll agent --config FILE` and `atoll gateway --config FILE`: the daemons, until SIGTERM or Ctrl-C.
 
 use std::path::Path;
 use std::time::Duration;
@@ -49,4 +49,19 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
         }
     };
     atoll_node::run(config, shutdown).await
+}
+
+/// `atoll gateway --config FILE`: the gateway, until SIGTERM or Ctrl-C.
+pub async fn run_gateway(config_path: Option<&Path>) -> anyhow::Result<()> {
+    let signalled = shutdown_signal()?;
+    let path = config_path.context("atoll gateway needs --config FILE")?;
+    let config = atoll_gateway::GatewayConfig::load(path)?;
+    let exit_with_parent = std::env::var(EXIT_WITH_PARENT_ENV).is_ok_and(|v| v == "1");
+    let shutdown = async move {
+        tokio::select! {
+            () = signalled => tracing::info!("signal received"),
+            () = parent_gone(), if exit_with_parent => tracing::warn!("the parent process exited; stopping"),
+        }
+    };
+    atoll_gateway::run(config, shutdown).await
 }

@@ -30,6 +30,8 @@ pub struct Args {
 pub enum Command {
     /// Run one agent replica (`atoll agent --config agent.yaml`).
     Agent,
+    /// Run the gateway (`atoll gateway --config gateway.yaml`).
+    Gateway,
     /// Run a whole local mesh: clusters of replicas as child processes, until Ctrl-C.
     Dev(DevArgs),
     /// Manage the mesh certificate authority.
@@ -59,12 +61,70 @@ pub enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// Make join tokens (for replicas) and user tokens (bearer tokens with scopes).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Clusters as the gateway sees them: state, leader, term, endpoint.
+    Clusters(JsonArg),
+    /// Change a cluster's standing at the gateway.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// The directed reachability matrix between clusters.
+    Matrix(JsonArg),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct JsonArg {
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a one-time join token for a replica of CLUSTER (--cluster), or a user token
+    /// (--user with --scopes).
+    Create {
+        /// Cluster the join token enrolls one replica of.
+        #[arg(long, conflicts_with_all = ["user", "scopes"])]
+        cluster: Option<String>,
+        /// Labels recorded for the cluster until it registers its own (comma-separated).
+        #[arg(long, value_delimiter = ',', requires = "cluster")]
+        labels: Vec<String>,
+        /// User name of a bearer token.
+        #[arg(long, requires = "scopes")]
+        user: Option<String>,
+        /// Scopes of the user token: read, submit, admin (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Lifetime, e.g. 1h, 30d (join tokens: the gateway's default when absent).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Let the cluster receive work again.
+    Enable { name: String },
+    /// Keep the cluster registered but give it no new work.
+    Disable { name: String },
+    /// Refuse the cluster for good: no enrollment, renewal or registration, and its peers
+    /// refuse its replicas.
+    Revoke { name: String },
 }
 
 impl Command {
     /// Whether this command is a long-running daemon (logs at info by default).
     pub fn is_daemon(&self) -> bool {
-        matches!(self, Command::Agent | Command::Dev(_))
+        matches!(self, Command::Agent | Command::Gateway | Command::Dev(_))
     }
 }
 
@@ -98,6 +158,9 @@ pub struct DevArgs {
     /// Do not restart a replica that exits (tests kill replicas on purpose).
     #[arg(long)]
     pub no_restart: bool,
+    /// Clusters only: no gateway, no enrollment, no cuts (certificates issued from the local CA).
+    #[arg(long)]
+    pub standalone: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,13 +1,14 @@
 //! The CLI config file (`atoll.yaml`): which replicas to talk to and the operator credentials.
 //!
 //! ```yaml
+//! gateway: ["127.0.0.1:7000"]  # gateway replicas (host:port), tried in order
+//! token_file: admin.token      # bearer token for the gateway (or `token: atoll-user....`)
 //! nodes:                       # replicas commands use when --node is not given
 //!   - {cluster: aws, id: 1, addr: "127.0.0.1:7101"}
-//! tls:                         # operator certificate (spiffe://atoll/operator/<name>)
-//!   ca: certs/ca.pem
-//!   cert: certs/admin.pem
-//!   key: certs/admin-key.pem
-//! gateway: []                  # gateway URLs
+//! tls:
+//!   ca: certs/ca.pem           # the mesh CA (verifies the gateway and replicas)
+//!   cert: certs/admin.pem      # operator certificate (spiffe://atoll/operator/<name>),
+//!   key: certs/admin-key.pem   #   needed only to talk to replicas directly
 //! ```
 //! Relative paths are resolved against the file's directory.
 
@@ -26,9 +27,15 @@ use serde::Serialize;
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CliConfig {
-    /// Gateway URLs, tried in order.
+    /// Gateway replicas (`host:port`), tried in order.
     #[serde(default)]
     pub gateway: Vec<String>,
+    /// Bearer token for the gateway.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A file holding the bearer token; takes the place of `token`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
     /// Replicas, for commands given no --node.
     #[serde(default)]
     pub nodes: Vec<NodeEntry>,
@@ -49,8 +56,10 @@ pub struct NodeEntry {
 #[serde(deny_unknown_fields)]
 pub struct TlsEntry {
     pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 /// How long one CLI request may take.
@@ -60,13 +69,17 @@ impl CliConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let mut config: CliConfig = atoll_api::config_file::load(path, &[])?;
         let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        if let Some(tls) = &mut config.tls {
-            for p in [&mut tls.ca, &mut tls.cert, &mut tls.key] {
-                if p.is_relative() {
-                    *p = base.join(&*p);
-                }
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
             }
+        };
+        if let Some(tls) = &mut config.tls {
+            resolve(&mut tls.ca);
+            tls.cert.iter_mut().for_each(resolve);
+            tls.key.iter_mut().for_each(resolve);
         }
+        config.token_file.iter_mut().for_each(resolve);
         Ok(config)
     }
 
@@ -81,12 +94,34 @@ impl CliConfig {
 
     /// A client for replicas' APIs with the operator credentials (accepts replicas only).
     pub fn node_client(&self) -> anyhow::Result<NodeClient> {
-        let tls = self.tls.as_ref().context(
-            "no operator credentials: pass --config DIR/atoll.yaml (atoll dev writes one) or set ATOLL_CONFIG",
-        )?;
-        let identity =
-            TlsIdentity::load(&TlsFiles { ca: tls.ca.clone(), cert: tls.cert.clone(), key: tls.key.clone() })?;
+        let missing = "no operator credentials (tls.cert and tls.key): pass --config DIR/atoll.yaml (atoll dev writes one) or set ATOLL_CONFIG";
+        let tls = self.tls.as_ref().context(missing)?;
+        let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else { anyhow::bail!(missing) };
+        let identity = TlsIdentity::load(&TlsFiles { ca: tls.ca.clone(), cert: cert.clone(), key: key.clone() })?;
         Ok(NodeClient::new(&identity, ServerPolicy::AnyNode, REQUEST_TIMEOUT)?)
+    }
+
+    /// A client for the gateway (the first listed), with the bearer token when configured.
+    pub fn gateway_client(&self) -> anyhow::Result<atoll_api::gateway_client::GatewayClient> {
+        let addr = self.gateway.first().context("no gateway in the CLI config (gateway: [host:port])")?;
+        let tls = self.tls.as_ref().context("no CA in the CLI config (tls.ca) to verify the gateway with")?;
+        let trust = atoll_api::tls::TrustRoots::load(&tls.ca)?;
+        let token = match (&self.token, &self.token_file) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(file)) => Some(
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("reading token_file {}", file.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        Ok(atoll_api::gateway_client::GatewayClient::new(
+            trust.anonymous_client_config(ServerPolicy::Gateway)?,
+            addr,
+            token,
+            REQUEST_TIMEOUT,
+        )?)
     }
 
     /// `--node`, else the first replica listed here.

@@ -1,9 +1,13 @@
 //! `atoll dev`: a whole mesh on this machine, until Ctrl-C or SIGTERM.
 //!
-//! Every replica is a child `atoll agent` process on 127.0.0.1 with its own certificate. The
-//! directory is reused by the next run when it holds the same layout (same ports, same data), so
-//! annotations survive a restart of `atoll dev`. Children that exit are restarted (unless
-//! `--no-restart`), and `nodes.json` always lists the current pids.
+//! A gateway and, per cluster, replicas as child `atoll agent` processes on 127.0.0.1. Replicas
+//! enroll with the gateway with a join token, elect a leader, and the leaders register and report
+//! their measured links; two cuts are configured so the matrix shows a one-way cut
+//! (aws->onprem) and a relayed pair (gcp<->onprem). `--standalone` runs the clusters alone.
+//!
+//! The directory is reused by the next run when it holds the same layout (same ports, same data),
+//! so annotations and enrollments survive a restart of `atoll dev`. Children that exit are
+//! restarted (unless `--no-restart`), and `nodes.json` always lists the current pids.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -40,12 +44,54 @@ fn choose_layout(args: &DevArgs, dir: &MeshDir) -> anyhow::Result<Layout> {
             "{} uses ports from {first_port}; pass --fresh to change them",
             dir.root.display()
         );
+        anyhow::ensure!(
+            stored.gateway.is_none() == args.standalone,
+            "{} holds a mesh {} a gateway; pass --fresh to replace it, or another --dir",
+            dir.root.display(),
+            if stored.gateway.is_some() { "with" } else { "without" }
+        );
         return Ok(stored);
     }
     if dir.root.exists() && std::fs::read_dir(&dir.root)?.next().is_some() {
         anyhow::bail!("{} is not empty and holds no atoll mesh; choose another --dir", dir.root.display());
     }
-    Layout::new(args.clusters, args.replicas, args.base_port)
+    let layout = Layout::new(args.clusters, args.replicas, args.base_port)?;
+    if args.standalone { Ok(layout) } else { Ok(layout.with_gateway(args.base_port)?.with_default_cuts()) }
+}
+
+/// Wait for leaders, then (with a gateway) for every cluster to register and the matrix to fill,
+/// and print what the mesh looks like.
+async fn become_ready(mesh: &mut Mesh, client: &atoll_api::client::NodeClient) -> anyhow::Result<()> {
+    let leaders = mesh.wait_for_leaders(client, Duration::from_secs(60)).await?;
+    for leader in &leaders {
+        println!("cluster {}: leader node {} at {} (term {})", leader.cluster, leader.leader, leader.addr, leader.term);
+    }
+    let config = mesh.dir.cli_config();
+    if let Some(gateway) = mesh.layout.gateway.clone() {
+        mesh.wait_for_registration(Duration::from_secs(60)).await?;
+        println!("gateway at {}: every cluster registered", gateway.addr());
+        let matrix = mesh.wait_for_matrix(Duration::from_secs(60)).await?;
+        println!("reachability matrix (row: from, column: to):");
+        print!("{}", crate::mesh_commands::render(&matrix));
+        println!("try: atoll --config {} matrix", config.display());
+    }
+    if let Some(first) = leaders.first() {
+        println!("try: atoll --config {} status --node {}", config.display(), first.addr);
+    }
+    Ok(())
+}
+
+/// Record a restart of `key` unless it already restarted [`MAX_RESTARTS`] times within
+/// [`RESTART_WINDOW`].
+fn may_restart(restarts: &mut BTreeMap<(String, u64), Vec<tokio::time::Instant>>, key: (String, u64)) -> bool {
+    let now = tokio::time::Instant::now();
+    let recent = restarts.entry(key).or_default();
+    recent.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+    if recent.len() >= MAX_RESTARTS {
+        return false;
+    }
+    recent.push(now);
+    true
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -59,31 +105,24 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         layout.clusters.first().map_or(0, |c| c.replicas.len()),
         dir.root.display()
     );
-    let mut mesh = Mesh::start(dir, layout, exe)?;
+    if let Some(gateway) = &layout.gateway {
+        println!("atoll dev: gateway at {} (ops {})", gateway.addr(), gateway.ops_addr());
+    }
+    let mut mesh = Mesh::start(dir, layout, exe).await?;
     let client = CliConfig::load(&mesh.dir.cli_config())?.node_client()?;
 
     tokio::pin!(shutdown);
-    let leaders = tokio::select! {
-        leaders = mesh.wait_for_leaders(&client, Duration::from_secs(60)) => leaders,
+    let ready = tokio::select! {
+        ready = become_ready(&mut mesh, &client) => ready,
         () = &mut shutdown => {
             println!("atoll dev: stopping before the mesh was ready");
             mesh.stop_all(Duration::from_secs(15)).await;
             return Ok(());
         }
     };
-    let leaders = match leaders {
-        Ok(leaders) => leaders,
-        Err(e) => {
-            mesh.stop_all(Duration::from_secs(15)).await;
-            return Err(e);
-        }
-    };
-    for leader in &leaders {
-        println!("cluster {}: leader node {} at {} (term {})", leader.cluster, leader.leader, leader.addr, leader.term);
-    }
-    let config = mesh.dir.cli_config();
-    if let Some(first) = leaders.first() {
-        println!("try: atoll --config {} status --node {}", config.display(), first.addr);
+    if let Err(e) = ready {
+        mesh.stop_all(Duration::from_secs(15)).await;
+        return Err(e);
     }
     println!("atoll dev: ready");
 
@@ -93,23 +132,39 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             () = &mut shutdown => break,
             () = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
+        if let Some(status) = mesh.reap_gateway() {
+            // Replicas keep running without it; their leaders re-register when it is back.
+            if args.no_restart {
+                println!("atoll dev: the gateway exited ({status}); not restarting (--no-restart)");
+            } else if !may_restart(&mut restarts, ("gateway".to_string(), 0)) {
+                println!(
+                    "atoll dev: the gateway exited ({status}) {MAX_RESTARTS} times within {RESTART_WINDOW:?}; leaving it stopped (see {})",
+                    mesh.dir.gateway_log().display()
+                );
+            } else {
+                match mesh.spawn_gateway() {
+                    Ok(pid) => println!("atoll dev: the gateway exited ({status}); restarted as pid {pid}"),
+                    Err(e) => println!("atoll dev: the gateway exited ({status}); restarting failed: {e:#}"),
+                }
+            }
+        }
         for ((cluster, id), status) in mesh.reap() {
             let name = replica_name(&cluster, id);
             if args.no_restart {
                 println!("atoll dev: {name} exited ({status}); not restarting (--no-restart)");
                 continue;
             }
-            let now = tokio::time::Instant::now();
-            let recent = restarts.entry((cluster.clone(), id)).or_default();
-            recent.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
-            if recent.len() >= MAX_RESTARTS {
+            if !may_restart(&mut restarts, (cluster.clone(), id)) {
                 println!(
                     "atoll dev: {name} exited ({status}) {MAX_RESTARTS} times within {RESTART_WINDOW:?}; leaving it stopped (see {})",
                     mesh.dir.log_file(&cluster, id).display()
                 );
                 continue;
             }
-            recent.push(now);
+            if let Err(e) = mesh.prepare_enrollment(&cluster, id).await {
+                println!("atoll dev: {name} exited ({status}); cannot give it a join token: {e:#}");
+                continue;
+            }
             match mesh.spawn(&cluster, id) {
                 Ok(pid) => println!("atoll dev: {name} exited ({status}); restarted as pid {pid}"),
                 Err(e) => println!("atoll dev: {name} exited ({status}); restarting failed: {e:#}"),

@@ -6,6 +6,7 @@
 //! - [`mesh`]: the local mesh launcher shared by `dev`, benchmarks and tests.
 //! - [`ca`]: `atoll ca init|issue`.
 //! - [`operator`]: `status`, `annotate`, `annotations`, `raft ...`.
+//! - [`mesh_commands`]: `token create`, `clusters`, `cluster ...`, `matrix` (through the gateway).
 //! - [`bench`]: benchmarks measured side by side with the peer baseline.
 //! - [`cli_config`]: the CLI config file.
 
@@ -17,6 +18,7 @@ pub mod cli_config;
 pub mod dev;
 pub mod logging;
 pub mod mesh;
+pub mod mesh_commands;
 pub mod operator;
 
 use args::Args;
@@ -28,6 +30,13 @@ use cli_config::CliConfig;
 pub async fn dispatch(args: Args) -> anyhow::Result<()> {
     match args.command {
         Command::Agent => agent::run(args.config.as_deref()).await,
+        Command::Gateway => agent::run_gateway(args.config.as_deref()).await,
+        Command::Token { command } => mesh_commands::token(&CliConfig::find(args.config.as_deref())?, command).await,
+        Command::Clusters(json) => mesh_commands::clusters(&CliConfig::find(args.config.as_deref())?, json.json).await,
+        Command::Cluster { command } => {
+            mesh_commands::cluster(&CliConfig::find(args.config.as_deref())?, command).await
+        }
+        Command::Matrix(json) => mesh_commands::matrix(&CliConfig::find(args.config.as_deref())?, json.json).await,
         Command::Dev(dev_args) => dev::run(dev_args).await,
         Command::Ca { command } => ca::run(command),
         Command::Status(node) => operator::status(&CliConfig::find(args.config.as_deref())?, node).await,

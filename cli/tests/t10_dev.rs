@@ -1,6 +1,7 @@
-//! `atoll dev` end to end: the mesh comes up, the CLI works against it through the written
-//! config, Ctrl-C/SIGTERM stops every child, and a second run on the same directory finds its
-//! data again.
+//! `atoll dev` end to end, as the README runs it: a gateway and three clusters of three replicas
+//! come up, enroll and register; the matrix shows the one-way cut aws->onprem and the relayed
+//! pair gcp<->onprem; the CLI works against it through the written config; SIGTERM stops every
+//! child; a second run on the same directory finds its data and certificates again.
 
 // A synchronous test driving processes: no async runtime here, so plain sleeps are right.
 #![allow(clippy::disallowed_methods)]
@@ -31,9 +32,11 @@ struct Dev {
 }
 
 impl Dev {
-    fn start(dir: &Path) -> Self {
+    fn start(dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(atoll_exe())
-            .args(["dev", "--clusters", "1", "--dir"])
+            .arg("dev")
+            .args(extra)
+            .arg("--dir")
             .arg(dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -104,25 +107,72 @@ fn nodes(dir: &Path) -> Vec<NodeRecord> {
     serde_json::from_slice(&std::fs::read(dir.join("nodes.json")).expect("nodes.json")).expect("parse nodes.json")
 }
 
+fn gateway_pid(dir: &Path) -> u32 {
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("gateway.json")).expect("gateway.json"))
+            .expect("parse gateway.json");
+    record["pid"].as_u64().expect("gateway pid") as u32
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("one JSON document")
+}
+
 #[test]
-fn atoll_dev_runs_a_mesh_the_cli_can_use_and_stops_every_child() {
+fn atoll_dev_runs_the_mesh_with_gateway_and_cuts_and_stops_every_child() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("mesh");
     let config = dir.join("atoll.yaml");
 
-    phase("start atoll dev with one cluster and wait until it is ready");
-    let mut dev = Dev::start(&dir);
-    dev.wait_for("atoll dev: ready", Duration::from_secs(90));
-    assert!(dev.seen.iter().any(|l| l.starts_with("cluster aws: leader node")), "{:?}", dev.seen);
+    phase("start atoll dev with its defaults and wait until it is ready");
+    let mut dev = Dev::start(&dir, &[]);
+    dev.wait_for("atoll dev: ready", Duration::from_secs(180));
+    for cluster in ["aws", "gcp", "onprem"] {
+        assert!(dev.seen.iter().any(|l| l.starts_with(&format!("cluster {cluster}: leader node"))), "{:?}", dev.seen);
+    }
+    assert!(dev.seen.iter().any(|l| l.contains("every cluster registered")), "{:?}", dev.seen);
+    assert!(
+        dev.seen.iter().any(|l| l.starts_with("onprem") && l.contains("[relay]")),
+        "matrix table printed: {:?}",
+        dev.seen
+    );
     let records = nodes(&dir);
-    assert_eq!(records.len(), 3);
-    let pids: Vec<u32> = records.iter().map(|r| r.pid.expect("pid")).collect();
+    assert_eq!(records.len(), 9);
+    let mut pids: Vec<u32> = records.iter().map(|r| r.pid.expect("pid")).collect();
+    pids.push(gateway_pid(&dir));
     assert!(pids.iter().all(|p| alive(*p)));
 
+    phase("atoll clusters --json: three alive clusters with leaders");
+    let clusters = json(&cli(&config, &["clusters", "--json"]));
+    let names: Vec<&str> =
+        clusters.as_array().expect("array").iter().map(|c| c["name"].as_str().unwrap_or("")).collect();
+    assert_eq!(names, ["aws", "gcp", "onprem"]);
+    for cluster in clusters.as_array().unwrap() {
+        assert_eq!(cluster["state"], "alive", "{cluster}");
+        assert!(cluster["leader"].is_u64() && cluster["term"].as_u64() >= Some(1), "{cluster}");
+    }
+
+    phase("atoll matrix --json: aws->onprem cut one way, gcp<->onprem relayed, the rest direct");
+    let matrix = json(&cli(&config, &["matrix", "--json"]));
+    let cell = |from: &str, to: &str| -> (String, String) {
+        let cells = matrix["cells"].as_array().expect("cells");
+        let c = cells
+            .iter()
+            .find(|c| c["from"] == from && c["to"] == to)
+            .unwrap_or_else(|| panic!("no cell {from}->{to}: {matrix}"));
+        (c["state"].as_str().unwrap().to_string(), c["mode"].as_str().unwrap().to_string())
+    };
+    let pair = |s: &str, m: &str| (s.to_string(), m.to_string());
+    assert_eq!(cell("aws", "onprem"), pair("unreachable", "direct"), "{matrix}");
+    assert_eq!(cell("onprem", "aws"), pair("reachable", "direct"), "{matrix}");
+    assert_eq!(cell("gcp", "onprem"), pair("unreachable", "relay"), "{matrix}");
+    assert_eq!(cell("onprem", "gcp"), pair("unreachable", "relay"), "{matrix}");
+    assert_eq!(cell("aws", "gcp"), pair("reachable", "direct"), "{matrix}");
+    assert_eq!(cell("gcp", "aws"), pair("reachable", "direct"), "{matrix}");
+
     phase("the CLI reads the written config: status --json has the contract fields");
-    let out = cli(&config, &["status", "--node", &records[0].addr, "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let status = json(&cli(&config, &["status", "--node", &records[0].addr, "--json"]));
     for field in ["cluster", "node_id", "role", "term", "leader", "last_applied", "members"] {
         assert!(status.get(field).is_some(), "status lacks {field}: {status}");
     }
@@ -148,20 +198,43 @@ fn atoll_dev_runs_a_mesh_the_cli_can_use_and_stops_every_child() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected KEY=VALUE"));
 
-    phase("SIGTERM stops atoll dev and every replica it started");
+    phase("SIGTERM stops atoll dev and every process it started, the gateway included");
+    let cert = dir.join("aws-1").join("tls").join("node.pem");
+    let enrolled = std::fs::read(&cert).expect("aws-1 enrolled");
     dev.stop();
     for pid in &pids {
-        assert!(!alive(*pid), "replica pid {pid} still running after atoll dev stopped");
+        assert!(!alive(*pid), "pid {pid} still running after atoll dev stopped");
     }
 
-    phase("a second run on the same directory reuses it: the annotations are still there");
-    let mut dev = Dev::start(&dir);
-    dev.wait_for("atoll dev: ready", Duration::from_secs(90));
+    phase("a second run on the same directory reuses it: annotations and certificates kept");
+    let mut dev = Dev::start(&dir, &[]);
+    dev.wait_for("atoll dev: ready", Duration::from_secs(180));
     let records = nodes(&dir);
     let out = cli(&config, &["annotations", "--node", &records[0].addr, "--json"]);
     let annotations: serde_json::Value = serde_json::from_slice(&out.stdout).expect("annotations");
     assert_eq!(annotations["team"], "platform", "{annotations}");
+    assert_eq!(std::fs::read(&cert).expect("cert"), enrolled, "a restarted replica enrolled again");
     dev.stop();
+}
+
+#[test]
+fn atoll_dev_standalone_runs_clusters_without_a_gateway() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("mesh");
+    let mut dev = Dev::start(&dir, &["--standalone", "--clusters", "1"]);
+    dev.wait_for("atoll dev: ready", Duration::from_secs(90));
+    assert!(!dir.join("gateway.json").exists());
+    assert_eq!(nodes(&dir).len(), 3);
+    dev.stop();
+
+    phase("the directory now holds a mesh without a gateway: a run with one is refused");
+    let out = Command::new(atoll_exe()).args(["dev", "--clusters", "1", "--dir"]).arg(&dir).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("without a gateway"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

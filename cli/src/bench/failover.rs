@@ -244,7 +244,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
             if config.fast_failover { "on" } else { "off" },
             loadavg()
         );
-        let mut mesh = Mesh::start(MeshDir::new(&dir), layout, exe.clone())?;
+        let mut mesh = Mesh::start(MeshDir::new(&dir), layout, exe.clone()).await?;
         let tls = TlsIdentity::load(&TlsFiles {
             ca: mesh.dir.certs().join("ca.pem"),
             cert: mesh.dir.certs().join("admin.pem"),

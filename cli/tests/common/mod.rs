@@ -7,12 +7,23 @@ use std::time::Duration;
 
 use atoll::cli_config::CliConfig;
 use atoll::mesh::ClusterLeader;
+use atoll::mesh::GatewayTiming;
 use atoll::mesh::Layout;
 use atoll::mesh::Mesh;
 use atoll::mesh::MeshDir;
 use atoll::mesh::RaftKnobs;
 use atoll_api::client::NodeClient;
+use atoll_api::gateway::ClusterInfo;
+use atoll_api::gateway::LinkState;
+use atoll_api::gateway::MatrixCell;
+use atoll_api::gateway_client::GatewayClient;
 use atoll_api::node::NodeStatus;
+use atoll_api::tls::ServerPolicy;
+use atoll_api::tls::TlsFiles;
+use atoll_api::tls::TlsIdentity;
+use atoll_api::tls::TrustRoots;
+use atoll_gateway::config::Database;
+use atoll_gateway::db::testing::TestDatabase;
 
 pub fn atoll_exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_atoll"))
@@ -30,11 +41,16 @@ pub struct TestMesh {
 }
 
 impl TestMesh {
+    /// Standalone clusters (no gateway), certificates from the mesh CA.
     pub async fn start(clusters: usize, replicas: usize, raft: RaftKnobs) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
         let mut layout = Layout::new(clusters, replicas, 0).expect("layout");
         layout.raft = raft;
-        let mesh = Mesh::start(MeshDir::new(dir.path()), layout, atoll_exe()).expect("start mesh");
+        Self::start_layout(layout).await
+    }
+
+    pub async fn start_layout(layout: Layout) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mesh = Mesh::start(MeshDir::new(dir.path()), layout, atoll_exe()).await.expect("start mesh");
         let client = CliConfig::load(&mesh.dir.cli_config()).expect("cli config").node_client().expect("client");
         Self { mesh, client, dir }
     }
@@ -102,4 +118,131 @@ pub async fn annotate_retrying(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("writing {key} failed for 20 s: {last_error}");
+}
+
+/// The gateway's database in a test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// Short gateway timing for tests (the defaults are 1 s heartbeats, 1 s probes).
+pub fn test_gateway_timing() -> GatewayTiming {
+    GatewayTiming {
+        heartbeat_interval_ms: 200,
+        suspect_after_ms: 1_000,
+        dead_after_ms: 2_500,
+        probe_interval_ms: 500,
+        probe_timeout_ms: 400,
+        row_interval_ms: 1_000,
+        stale_after_ms: 2_000,
+        cert_lifetime_s: 86_400,
+    }
+}
+
+/// A mesh with a gateway: replicas enroll with join tokens, leaders register.
+pub struct GatewayMesh {
+    pub t: TestMesh,
+    /// The mesh's gateway, with the admin token.
+    pub gateway: GatewayClient,
+    /// Dropped after the processes (fields drop in order).
+    _database: Option<TestDatabase>,
+}
+
+impl GatewayMesh {
+    /// Start `clusters` x `replicas` and a gateway on `engine`, with the dev cuts when `cuts`;
+    /// returns once every cluster has a registered leader.
+    pub async fn start(engine: Engine, clusters: usize, replicas: usize, timing: GatewayTiming, cuts: bool) -> Self {
+        let mut layout = Layout::new(clusters, replicas, 0).expect("layout").with_gateway(0).expect("gateway");
+        if cuts {
+            layout = layout.with_default_cuts();
+        }
+        let database = match engine {
+            Engine::Sqlite => None,
+            Engine::Postgres => Some(TestDatabase::postgres().await),
+        };
+        let gateway = layout.gateway.as_mut().expect("gateway layout");
+        gateway.timing = Some(timing);
+        gateway.postgres_url = database.as_ref().map(|db| match &db.database {
+            Database::Postgres { url, .. } => url.clone(),
+            Database::Sqlite { .. } => unreachable!("a PostgreSQL test database"),
+        });
+        let mut t = TestMesh::start_layout(layout).await;
+        t.mesh.wait_for_leaders(&t.client, Duration::from_secs(60)).await.expect("leaders");
+        t.mesh.wait_for_registration(Duration::from_secs(60)).await.expect("registration");
+        let gateway = t.mesh.gateway_client().expect("gateway client");
+        Self { t, gateway, _database: database }
+    }
+
+    pub fn addr(&self) -> String {
+        self.t.mesh.layout.gateway.as_ref().expect("gateway").addr()
+    }
+
+    /// The TLS material a replica enrolled with.
+    pub fn replica_tls(&self, cluster: &str, id: u64) -> TlsIdentity {
+        let dir = self.t.mesh.dir.replica_dir(cluster, id).join("tls");
+        TlsIdentity::load(&TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("node.pem"),
+            key: dir.join("node-key.pem"),
+        })
+        .expect("replica TLS material")
+    }
+
+    /// A gateway client presenting a replica's certificate (to speak as that replica).
+    pub fn as_replica(&self, cluster: &str, id: u64) -> GatewayClient {
+        let config = self.replica_tls(cluster, id).client_config(ServerPolicy::Gateway).expect("client config");
+        GatewayClient::new(config, &self.addr(), None, Duration::from_secs(5)).expect("gateway client")
+    }
+
+    /// A gateway client with no certificate and `token` (or none).
+    pub fn anonymous(&self, token: Option<String>) -> GatewayClient {
+        let trust = TrustRoots::load(&self.t.mesh.dir.certs().join("ca.pem")).expect("CA");
+        let config = trust.anonymous_client_config(ServerPolicy::Gateway).expect("client config");
+        GatewayClient::new(config, &self.addr(), token, Duration::from_secs(5)).expect("gateway client")
+    }
+
+    /// Run the CLI against the mesh's config (admin token, operator certificate).
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(atoll_exe())
+            .arg("--config")
+            .arg(self.t.mesh.dir.cli_config())
+            .args(args)
+            .output()
+            .expect("run atoll")
+    }
+
+    /// The cluster as the gateway lists it.
+    pub async fn cluster(&self, name: &str) -> Option<ClusterInfo> {
+        self.gateway.clusters().await.ok()?.into_iter().find(|c| c.name == name)
+    }
+
+    /// The matrix cell `from -> to`.
+    pub async fn cell(&self, from: &str, to: &str) -> Option<MatrixCell> {
+        self.gateway.matrix().await.ok()?.cells.into_iter().find(|c| c.from == from && c.to == to)
+    }
+
+    /// Wait until the cell `from -> to` is in `state` (bounded).
+    pub async fn wait_cell(&self, from: &str, to: &str, state: LinkState, timeout: Duration) -> MatrixCell {
+        eventually(timeout, &format!("{from}->{to} {state}"), || async {
+            self.cell(from, to).await.filter(|c| c.state == state)
+        })
+        .await
+    }
+}
+
+/// `on_both_engines!(body, body_sqlite, body_postgres)`: two tests calling `body(Engine)`.
+#[macro_export]
+macro_rules! on_both_engines {
+    ($body:ident, $sqlite:ident, $postgres:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sqlite() {
+            $body(common::Engine::Sqlite).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $postgres() {
+            $body(common::Engine::Postgres).await
+        }
+    };
 }

@@ -1,0 +1,236 @@
+//! The shape of a mesh: clusters, replicas, ports, the gateway, and the knobs tests turn.
+
+use anyhow::Context;
+use serde::Deserialize;
+use serde::Serialize;
+
+/// Environment variable telling an agent to exit when the process that started it dies.
+pub const EXIT_WITH_PARENT_ENV: &str = "ATOLL_EXIT_WITH_PARENT";
+
+/// Raft timing for every replica of a mesh (the agents' defaults when absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timing {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+impl std::str::FromStr for Timing {
+    type Err = anyhow::Error;
+    /// `HEARTBEAT/MIN/MAX` in milliseconds, e.g. `20/60/120`.
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        let parts: Vec<u64> = s
+            .split('/')
+            .map(|p| p.parse::<u64>())
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("timing {s:?}: expected HEARTBEAT/MIN/MAX in ms"))?;
+        match parts.as_slice() {
+            [heartbeat_ms, election_timeout_min_ms, election_timeout_max_ms] => Ok(Self {
+                heartbeat_ms: *heartbeat_ms,
+                election_timeout_min_ms: *election_timeout_min_ms,
+                election_timeout_max_ms: *election_timeout_max_ms,
+            }),
+            _ => anyhow::bail!("timing {s:?}: expected HEARTBEAT/MIN/MAX in ms, e.g. 20/60/120"),
+        }
+    }
+}
+
+impl std::fmt::Display for Timing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.heartbeat_ms, self.election_timeout_min_ms, self.election_timeout_max_ms)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaLayout {
+    pub id: u64,
+    pub port: u16,
+    pub ops_port: u16,
+}
+
+impl ReplicaLayout {
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+    pub fn ops_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.ops_port)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterLayout {
+    pub name: String,
+    pub labels: Vec<String>,
+    pub replicas: Vec<ReplicaLayout>,
+    /// Clusters whose replicas this one drops (`network.refuse_inbound_from`).
+    #[serde(default)]
+    pub refuse_inbound_from: Vec<String>,
+}
+
+/// The gateway of a mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayLayout {
+    pub port: u16,
+    pub ops_port: u16,
+    /// PostgreSQL instead of the SQLite default.
+    #[serde(default)]
+    pub postgres_url: Option<String>,
+    /// Timing overrides (tests shorten them).
+    #[serde(default)]
+    pub timing: Option<GatewayTiming>,
+}
+
+impl GatewayLayout {
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+    pub fn ops_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.ops_port)
+    }
+}
+
+/// Gateway timing, in milliseconds (certificate lifetime in seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayTiming {
+    pub heartbeat_interval_ms: u64,
+    pub suspect_after_ms: u64,
+    pub dead_after_ms: u64,
+    pub probe_interval_ms: u64,
+    pub probe_timeout_ms: u64,
+    pub row_interval_ms: u64,
+    pub stale_after_ms: u64,
+    pub cert_lifetime_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    pub clusters: Vec<ClusterLayout>,
+    #[serde(default)]
+    pub raft: RaftKnobs,
+    /// A gateway the clusters enroll with and report to; standalone clusters without.
+    #[serde(default)]
+    pub gateway: Option<GatewayLayout>,
+}
+
+/// Raft settings written into every replica's config; the agents' defaults where absent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftKnobs {
+    #[serde(default)]
+    pub timing: Option<Timing>,
+    #[serde(default = "yes")]
+    pub fast_failover: bool,
+    #[serde(default)]
+    pub snapshot_after_entries: Option<u64>,
+    #[serde(default)]
+    pub keep_entries_after_snapshot: Option<u64>,
+}
+
+impl Default for RaftKnobs {
+    fn default() -> Self {
+        Self { timing: None, fast_failover: true, snapshot_after_entries: None, keep_entries_after_snapshot: None }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The default clusters: `aws` (labels aws, default), `gcp`, `onprem`, then `c4`, `c5`, ...
+pub fn default_clusters(n: usize) -> Vec<(String, Vec<String>)> {
+    (0..n)
+        .map(|i| match i {
+            0 => ("aws".to_string(), vec!["aws".to_string(), "default".to_string()]),
+            1 => ("gcp".to_string(), vec!["gcp".to_string()]),
+            2 => ("onprem".to_string(), vec!["onprem".to_string()]),
+            i => (format!("c{}", i + 1), vec![format!("c{}", i + 1)]),
+        })
+        .collect()
+}
+
+/// `count` ports: consecutive from `base`, or free ones picked by the kernel when `base` is 0.
+pub fn allocate_ports(count: usize, base: u16) -> anyhow::Result<Vec<u16>> {
+    if base != 0 {
+        let last = u32::from(base) + count as u32;
+        anyhow::ensure!(last <= u32::from(u16::MAX), "--base-port {base} leaves no room for {count} ports");
+        return Ok((0..count as u16).map(|i| base + i).collect());
+    }
+    // Hold every listener until all are picked, so no port is handed out twice.
+    let listeners: Vec<std::net::TcpListener> = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()
+        .context("picking free ports")?;
+    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
+impl Layout {
+    pub fn new(clusters: usize, replicas: usize, base_port: u16) -> anyhow::Result<Self> {
+        anyhow::ensure!(clusters >= 1, "--clusters must be 1 or more");
+        anyhow::ensure!(
+            replicas >= 1 && replicas % 2 == 1,
+            "--replicas must be odd (1, 3, 5, ...): a Raft group needs a clear majority"
+        );
+        let ports = allocate_ports(clusters * replicas * 2, base_port)?;
+        let mut next = ports.into_iter();
+        let clusters = default_clusters(clusters)
+            .into_iter()
+            .map(|(name, labels)| ClusterLayout {
+                name,
+                labels,
+                replicas: (1..=replicas as u64)
+                    .map(|id| ReplicaLayout { id, port: next.next().unwrap_or(0), ops_port: next.next().unwrap_or(0) })
+                    .collect(),
+                refuse_inbound_from: Vec::new(),
+            })
+            .collect();
+        Ok(Self { clusters, raft: RaftKnobs::default(), gateway: None })
+    }
+
+    /// Add a gateway, on the two ports after the replicas' when `base_port` is set, else on free
+    /// ones.
+    pub fn with_gateway(mut self, base_port: u16) -> anyhow::Result<Self> {
+        let replicas: usize = self.clusters.iter().map(|c| c.replicas.len()).sum();
+        let ports = if base_port == 0 {
+            allocate_ports(2, 0)?
+        } else {
+            let first = u16::try_from(usize::from(base_port) + 2 * replicas)
+                .context("--base-port leaves no room for the gateway")?;
+            allocate_ports(2, first)?
+        };
+        self.gateway = Some(GatewayLayout { port: ports[0], ops_port: ports[1], postgres_url: None, timing: None });
+        Ok(self)
+    }
+
+    /// The cuts `atoll dev` shows: `onprem` refuses `aws` and `gcp`, `gcp` refuses `onprem`, so
+    /// aws->onprem is cut one way (aws<-onprem still works: direct transfers) and gcp<->onprem
+    /// both ways (transfers relayed through the gateway).
+    pub fn with_default_cuts(mut self) -> Self {
+        let names: Vec<String> = self.clusters.iter().map(|c| c.name.clone()).collect();
+        let present = |n: &str| names.iter().any(|name| name == n);
+        for cluster in &mut self.clusters {
+            cluster.refuse_inbound_from = match cluster.name.as_str() {
+                "onprem" => ["aws", "gcp"].into_iter().filter(|n| present(n)).map(str::to_string).collect(),
+                "gcp" if present("onprem") => vec!["onprem".to_string()],
+                _ => Vec::new(),
+            };
+        }
+        self
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&ClusterLayout> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+
+    pub fn replica(&self, cluster: &str, id: u64) -> Option<&ReplicaLayout> {
+        self.cluster(cluster)?.replicas.iter().find(|r| r.id == id)
+    }
+
+    /// Every replica as (cluster, replica).
+    pub fn all(&self) -> impl Iterator<Item = (&ClusterLayout, &ReplicaLayout)> {
+        self.clusters.iter().flat_map(|c| c.replicas.iter().map(move |r| (c, r)))
+    }
+}
+
+/// Name of a replica in files and messages: `aws-1`.
+pub fn replica_name(cluster: &str, id: u64) -> String {
+    format!("{cluster}-{id}")
+}

@@ -1,0 +1,34 @@
+//! A local mesh as child processes: the layout (clusters, ids, ports, the gateway), the files it
+//! needs (CA, configs, join tokens, the CLI config), and the children themselves.
+//!
+//! Used by `atoll dev`, the benchmarks and the multi-process tests, so all three run exactly
+//! what an operator runs: an `atoll gateway` and `atoll agent --config FILE` processes talking
+//! mTLS on 127.0.0.1. With a gateway, replicas start without certificates and enroll with a
+//! join token, as they would in production.
+//!
+//! - [`layout`]: what the mesh is made of, stored as `layout.json`.
+//! - [`files`]: the directory and the files written from the layout.
+//! - [`run`]: starting, watching and stopping the processes.
+
+mod files;
+mod layout;
+mod run;
+
+pub use files::MeshDir;
+pub use layout::ClusterLayout;
+pub use layout::EXIT_WITH_PARENT_ENV;
+pub use layout::GatewayLayout;
+pub use layout::GatewayTiming;
+pub use layout::Layout;
+pub use layout::RaftKnobs;
+pub use layout::ReplicaLayout;
+pub use layout::Timing;
+pub use layout::allocate_ports;
+pub use layout::default_clusters;
+pub use layout::replica_name;
+pub use run::ClusterLeader;
+pub use run::GatewayRecord;
+pub use run::Mesh;
+pub use run::NodeRecord;
+pub use run::tail;
+pub use run::wipe;

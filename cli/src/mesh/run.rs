@@ -1,0 +1,518 @@
+//! The running children of a mesh: the gateway (when the layout has one) and every replica.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::ExitStatus;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use atoll_api::client::NodeClient;
+use atoll_api::gateway::ClusterState;
+use atoll_api::gateway::JoinTokenRequest;
+use atoll_api::gateway::LinkState;
+use atoll_api::gateway::Matrix;
+use atoll_api::gateway_client::GatewayClient;
+use atoll_api::node::Role;
+use atoll_api::tls::ServerPolicy;
+use atoll_api::tls::TrustRoots;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use serde::Deserialize;
+use serde::Serialize;
+
+use super::files::MeshDir;
+use super::layout::ClusterLayout;
+use super::layout::EXIT_WITH_PARENT_ENV;
+use super::layout::Layout;
+use super::layout::replica_name;
+
+/// Join tokens written for a mesh's replicas live this long: enough for a slow first start.
+const JOIN_TOKEN_TTL: Duration = Duration::from_secs(600);
+
+/// One entry of `nodes.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub cluster: String,
+    pub node_id: u64,
+    pub addr: String,
+    pub ops_addr: String,
+    pub pid: Option<u32>,
+}
+
+/// `gateway.json`: where the mesh's gateway listens and its pid while it runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GatewayRecord {
+    pub addr: String,
+    pub ops_addr: String,
+    pub pid: Option<u32>,
+}
+
+/// A cluster's leader as seen when the mesh became ready.
+#[derive(Debug, Clone)]
+pub struct ClusterLeader {
+    pub cluster: String,
+    pub leader: u64,
+    pub addr: String,
+    pub term: u64,
+}
+
+/// The running children of a mesh. Dropping it SIGKILLs any child still running.
+pub struct Mesh {
+    pub dir: MeshDir,
+    pub layout: Layout,
+    exe: PathBuf,
+    gateway: Option<Child>,
+    children: BTreeMap<(String, u64), Child>,
+}
+
+impl Mesh {
+    /// Write the mesh's files, start the gateway (when there is one) and wait until it serves,
+    /// hand every replica without a certificate a join token, and start every replica.
+    pub async fn start(dir: MeshDir, layout: Layout, exe: PathBuf) -> anyhow::Result<Self> {
+        dir.materialize(&layout)?;
+        let mut mesh = Self { dir, layout, exe, gateway: None, children: BTreeMap::new() };
+        if mesh.layout.gateway.is_some() {
+            mesh.spawn_gateway()?;
+            mesh.wait_for_gateway(Duration::from_secs(30)).await?;
+        }
+        let all: Vec<(String, u64)> = mesh.layout.all().map(|(c, r)| (c.name.clone(), r.id)).collect();
+        for (cluster, id) in &all {
+            mesh.prepare_enrollment(cluster, *id).await?;
+        }
+        for (cluster, id) in all {
+            mesh.spawn(&cluster, id)?;
+        }
+        Ok(mesh)
+    }
+
+    fn open_log(path: &Path) -> anyhow::Result<fs::File> {
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))
+    }
+
+    fn command(&self, args: &[&std::ffi::OsStr], log: &Path) -> anyhow::Result<Child> {
+        let log = Self::open_log(log)?;
+        std::process::Command::new(&self.exe)
+            .args(args)
+            .env(EXIT_WITH_PARENT_ENV, "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.exe.display()))
+    }
+
+    /// Start (or restart) the gateway; returns its pid.
+    pub fn spawn_gateway(&mut self) -> anyhow::Result<u32> {
+        anyhow::ensure!(self.layout.gateway.is_some(), "this mesh has no gateway");
+        self.kill_gateway();
+        let config = self.dir.gateway_dir().join("gateway.yaml");
+        let child =
+            self.command(&["gateway".as_ref(), "--config".as_ref(), config.as_os_str()], &self.dir.gateway_log())?;
+        let pid = child.id();
+        self.gateway = Some(child);
+        self.write_nodes_json()?;
+        Ok(pid)
+    }
+
+    /// SIGKILL the gateway, if running, and reap it.
+    pub fn kill_gateway(&mut self) {
+        if let Some(mut old) = self.gateway.take() {
+            let _ = old.kill();
+            let _ = old.wait();
+            let _ = self.write_nodes_json();
+        }
+    }
+
+    pub fn gateway_pid(&self) -> Option<u32> {
+        self.gateway.as_ref().map(Child::id)
+    }
+
+    /// The gateway's exit status if it exited since the last call (it is then forgotten).
+    pub fn reap_gateway(&mut self) -> Option<ExitStatus> {
+        let status = self.gateway.as_mut().and_then(|c| c.try_wait().ok().flatten())?;
+        self.gateway = None;
+        let _ = self.write_nodes_json();
+        Some(status)
+    }
+
+    fn gateway_exited_error(&self, status: ExitStatus) -> anyhow::Error {
+        let log = self.dir.gateway_log();
+        anyhow::anyhow!("the gateway exited ({status}); end of {}:\n{}", log.display(), tail(&log, 15))
+    }
+
+    /// A client of the mesh's gateway holding the admin token the gateway wrote at first start.
+    pub fn gateway_client(&self) -> anyhow::Result<GatewayClient> {
+        let gateway = self.layout.gateway.as_ref().context("this mesh has no gateway")?;
+        let token_file = self.dir.admin_token();
+        let token = fs::read_to_string(&token_file)
+            .with_context(|| format!("reading the admin token {}", token_file.display()))?
+            .trim()
+            .to_string();
+        let trust = TrustRoots::load(&self.dir.certs().join("ca.pem"))?;
+        Ok(GatewayClient::new(
+            trust.anonymous_client_config(ServerPolicy::Gateway)?,
+            &gateway.addr(),
+            Some(token),
+            Duration::from_secs(5),
+        )?)
+    }
+
+    /// Wait until the gateway answers `GET /v1/ca` over TLS.
+    pub async fn wait_for_gateway(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.reap_gateway() {
+                return Err(self.gateway_exited_error(status));
+            }
+            let last_error = match self.gateway_client() {
+                Ok(client) => match client.ca().await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => format!("{e:#}"),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "the gateway did not serve within {timeout:?} ({last_error}); see {}",
+                    self.dir.gateway_log().display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// With a gateway: when the replica has no usable certificate, write it a fresh join token
+    /// so it enrolls at its next start. Nothing to do for standalone meshes.
+    pub async fn prepare_enrollment(&self, cluster: &str, id: u64) -> anyhow::Result<()> {
+        if self.layout.gateway.is_none() || !self.dir.needs_enrollment(cluster, id)? {
+            return Ok(());
+        }
+        let labels = self.layout.cluster(cluster).map(|c| c.labels.clone()).unwrap_or_default();
+        let created = self
+            .gateway_client()?
+            .join_token(&JoinTokenRequest {
+                cluster: cluster.to_string(),
+                labels,
+                ttl_s: Some(JOIN_TOKEN_TTL.as_secs()),
+            })
+            .await
+            .with_context(|| format!("creating a join token for {}", replica_name(cluster, id)))?;
+        let path = self.dir.join_token(cluster, id);
+        write_private(&path, &format!("{}\n", created.token))
+    }
+
+    /// Start (or restart) one replica; returns its pid. A replica of a gateway mesh that has no
+    /// certificate needs [`Mesh::prepare_enrollment`] first.
+    pub fn spawn(&mut self, cluster: &str, id: u64) -> anyhow::Result<u32> {
+        anyhow::ensure!(self.layout.replica(cluster, id).is_some(), "no replica {cluster}-{id} in this mesh");
+        if let Some(mut old) = self.children.remove(&(cluster.to_string(), id)) {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+        let config = self.dir.agent_config(cluster, id);
+        let child = self
+            .command(&["agent".as_ref(), "--config".as_ref(), config.as_os_str()], &self.dir.log_file(cluster, id))?;
+        let pid = child.id();
+        self.children.insert((cluster.to_string(), id), child);
+        self.write_nodes_json()?;
+        Ok(pid)
+    }
+
+    pub fn pid(&self, cluster: &str, id: u64) -> Option<u32> {
+        self.children.get(&(cluster.to_string(), id)).map(Child::id)
+    }
+
+    /// Send `signal` to a running replica.
+    pub fn signal(&self, cluster: &str, id: u64, signal: Signal) -> anyhow::Result<()> {
+        let pid = self.pid(cluster, id).with_context(|| format!("{} is not running", replica_name(cluster, id)))?;
+        nix::sys::signal::kill(Pid::from_raw(pid as i32), signal)
+            .with_context(|| format!("signalling {}", replica_name(cluster, id)))
+    }
+
+    /// SIGKILL a replica and reap it.
+    pub fn kill(&mut self, cluster: &str, id: u64) -> anyhow::Result<()> {
+        let mut child = self
+            .children
+            .remove(&(cluster.to_string(), id))
+            .with_context(|| format!("{} is not running", replica_name(cluster, id)))?;
+        child.kill()?;
+        child.wait()?;
+        self.write_nodes_json()
+    }
+
+    /// Replicas that exited since the last call, with their status; they are forgotten.
+    pub fn reap(&mut self) -> Vec<((String, u64), ExitStatus)> {
+        let mut exited = Vec::new();
+        for (key, child) in &mut self.children {
+            if let Ok(Some(status)) = child.try_wait() {
+                exited.push((key.clone(), status));
+            }
+        }
+        for (key, _) in &exited {
+            self.children.remove(key);
+        }
+        if !exited.is_empty() {
+            let _ = self.write_nodes_json();
+        }
+        exited
+    }
+
+    /// SIGTERM every child, wait up to `grace`, then SIGKILL what is left. Replicas stop
+    /// before the gateway, so their last reports are not refused.
+    pub async fn stop_all(&mut self, grace: Duration) {
+        let mut replicas: Vec<(String, Child)> = std::mem::take(&mut self.children)
+            .into_iter()
+            .map(|((c, id), child)| (replica_name(&c, id), child))
+            .collect();
+        stop_children(&mut replicas, grace).await;
+        let _ = self.write_nodes_json();
+        if let Some(gateway) = self.gateway.take() {
+            stop_children(&mut [("gateway".to_string(), gateway)], grace).await;
+            let _ = self.write_nodes_json();
+        }
+    }
+
+    /// Write `nodes.json` (the replicas) and, with a gateway, `gateway.json`, atomically.
+    pub fn write_nodes_json(&self) -> anyhow::Result<()> {
+        if let Some(gateway) = &self.layout.gateway {
+            let record = GatewayRecord { addr: gateway.addr(), ops_addr: gateway.ops_addr(), pid: self.gateway_pid() };
+            write_atomic(&self.dir.gateway_json(), &serde_json::to_vec_pretty(&record)?)?;
+        }
+        let records: Vec<NodeRecord> = self
+            .layout
+            .all()
+            .map(|(c, r)| NodeRecord {
+                cluster: c.name.clone(),
+                node_id: r.id,
+                addr: r.addr(),
+                ops_addr: r.ops_addr(),
+                pid: self.pid(&c.name, r.id),
+            })
+            .collect();
+        write_atomic(&self.dir.nodes_json(), &serde_json::to_vec_pretty(&records)?)
+    }
+
+    /// Every cluster's agreed leader now, or the names of clusters without one.
+    pub async fn leaders_now(&self, client: &NodeClient) -> Result<Vec<ClusterLeader>, Vec<String>> {
+        let mut leaders = Vec::new();
+        let mut missing = Vec::new();
+        for cluster in &self.layout.clusters {
+            match self.agreed_leader(client, cluster).await {
+                Some(leader) => leaders.push(leader),
+                None => missing.push(cluster.name.clone()),
+            }
+        }
+        if missing.is_empty() { Ok(leaders) } else { Err(missing) }
+    }
+
+    /// Fail, with the end of its log, if a child exited.
+    fn check_children(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.reap_gateway() {
+            return Err(self.gateway_exited_error(status));
+        }
+        if let Some(((cluster, id), status)) = self.reap().into_iter().next() {
+            let log = self.dir.log_file(&cluster, id);
+            anyhow::bail!(
+                "{} exited ({status}) before the mesh was ready; end of {}:\n{}",
+                replica_name(&cluster, id),
+                log.display(),
+                tail(&log, 15)
+            );
+        }
+        Ok(())
+    }
+
+    /// Wait until every cluster has a leader that all its running replicas agree on; fail at
+    /// once, with the end of its log, if a child exits meanwhile.
+    pub async fn wait_for_leaders(
+        &mut self,
+        client: &NodeClient,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<ClusterLeader>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            self.check_children()?;
+            match self.leaders_now(client).await {
+                Ok(leaders) => return Ok(leaders),
+                Err(missing) if tokio::time::Instant::now() >= deadline => anyhow::bail!(
+                    "no agreed leader in cluster(s) {} after {timeout:?}; see {}",
+                    missing.join(", "),
+                    self.dir.root.join("logs").display()
+                ),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Wait until the gateway lists every cluster of the layout as alive with a leader.
+    pub async fn wait_for_registration(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<atoll_api::gateway::ClusterInfo>> {
+        let client = self.gateway_client()?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            self.check_children()?;
+            let missing: Vec<String> = match client.clusters().await {
+                Ok(clusters) => {
+                    let missing = self
+                        .layout
+                        .clusters
+                        .iter()
+                        .filter(|want| {
+                            !clusters
+                                .iter()
+                                .any(|c| c.name == want.name && c.state == ClusterState::Alive && c.leader.is_some())
+                        })
+                        .map(|c| c.name.clone())
+                        .collect::<Vec<_>>();
+                    if missing.is_empty() {
+                        return Ok(clusters);
+                    }
+                    missing
+                }
+                Err(e) => vec![format!("(gateway: {e})")],
+            };
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "cluster(s) {} not registered with the gateway after {timeout:?}; see {}",
+                    missing.join(", "),
+                    self.dir.root.join("logs").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Wait until the gateway's matrix has a settled state (reachable or unreachable) for every
+    /// pair of clusters.
+    pub async fn wait_for_matrix(&mut self, timeout: Duration) -> anyhow::Result<Matrix> {
+        let client = self.gateway_client()?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            self.check_children()?;
+            let unsettled = match client.matrix().await {
+                Ok(matrix) => {
+                    let unsettled: Vec<String> = matrix
+                        .cells
+                        .iter()
+                        .filter(|c| matches!(c.state, LinkState::Unknown | LinkState::Suspect))
+                        .map(|c| format!("{}->{} ({})", c.from, c.to, c.state))
+                        .collect();
+                    let complete = matrix.clusters.len() == self.layout.clusters.len();
+                    if unsettled.is_empty() && complete {
+                        return Ok(matrix);
+                    }
+                    unsettled
+                }
+                Err(e) => vec![format!("(gateway: {e})")],
+            };
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!("matrix not settled after {timeout:?}: {}", unsettled.join(", "));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn agreed_leader(&self, client: &NodeClient, cluster: &ClusterLayout) -> Option<ClusterLeader> {
+        let mut seen: Option<(u64, u64)> = None;
+        let mut leader_confirmed = false;
+        for replica in &cluster.replicas {
+            if self.pid(&cluster.name, replica.id).is_none() {
+                continue;
+            }
+            let status = client.status(&replica.addr()).await.ok()?;
+            let leader = status.leader.as_ref()?.id;
+            match seen {
+                None => seen = Some((leader, status.term)),
+                Some((l, _)) if l != leader => return None,
+                Some(_) => {}
+            }
+            if status.node_id == leader && status.role == Role::Leader {
+                leader_confirmed = true;
+            }
+        }
+        let (leader, term) = seen?;
+        if !leader_confirmed {
+            return None;
+        }
+        let addr = self.layout.replica(&cluster.name, leader)?.addr();
+        Some(ClusterLeader { cluster: cluster.name.clone(), leader, addr, term })
+    }
+}
+
+/// SIGTERM the children, wait up to `grace` for all, then SIGKILL what is left.
+async fn stop_children(children: &mut [(String, Child)], grace: Duration) {
+    for (_, child) in children.iter() {
+        let _ = nix::sys::signal::kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    while tokio::time::Instant::now() < deadline && children.iter_mut().any(|(_, c)| matches!(c.try_wait(), Ok(None))) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (name, child) in children.iter_mut() {
+        if matches!(child.try_wait(), Ok(None)) {
+            tracing::warn!(process = %name, "did not stop in time; killing it");
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let temp = path.with_extension("json.tmp");
+    fs::write(&temp, bytes).with_context(|| format!("writing {}", temp.display()))?;
+    fs::rename(&temp, path).with_context(|| format!("renaming {}", temp.display()))
+}
+
+/// Write a secret readable only by its owner.
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(contents.as_bytes()).with_context(|| format!("writing {}", path.display()))
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        for child in self.children.values_mut().chain(self.gateway.as_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Remove a directory's contents after checking it is a mesh directory (or empty).
+pub fn wipe(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let looks_like_mesh = dir.join("layout.json").exists() || fs::read_dir(dir)?.next().is_none();
+    anyhow::ensure!(
+        looks_like_mesh,
+        "{} does not look like an atoll mesh directory (no layout.json); not deleting it",
+        dir.display()
+    );
+    fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
+}
+
+/// The last `lines` lines of a file (for error messages).
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

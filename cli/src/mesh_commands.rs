@@ -1,0 +1,144 @@
+//! Commands that talk to the gateway: tokens, clusters, the matrix.
+
+use std::collections::BTreeMap;
+
+use atoll_api::gateway::ClusterInfo;
+use atoll_api::gateway::JoinTokenRequest;
+use atoll_api::gateway::LinkState;
+use atoll_api::gateway::Matrix;
+use atoll_api::gateway::Scope;
+use atoll_api::gateway::TransferMode;
+use atoll_api::gateway::UserTokenRequest;
+
+use crate::args::ClusterCommand;
+use crate::args::TokenCommand;
+use crate::cli_config::CliConfig;
+use crate::cli_config::parse_duration;
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub async fn token(config: &CliConfig, command: TokenCommand) -> anyhow::Result<()> {
+    let TokenCommand::Create { cluster, labels, user, scopes, ttl, json } = command;
+    let ttl_s = ttl.as_deref().map(parse_duration).transpose()?.map(|d| d.as_secs());
+    let client = config.gateway_client()?;
+    let created = match (cluster, user) {
+        (Some(cluster), None) => client.join_token(&JoinTokenRequest { cluster, labels, ttl_s }).await?,
+        (None, Some(name)) => {
+            let scopes =
+                scopes.iter().map(|s| s.parse::<Scope>()).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
+            anyhow::ensure!(!scopes.is_empty(), "give --scopes (read, submit, admin)");
+            client.user_token(&UserTokenRequest { name, scopes, ttl_s }).await?
+        }
+        _ => anyhow::bail!(
+            "say what the token is for: --cluster NAME (a join token) or --user NAME --scopes ... (a user token)"
+        ),
+    };
+    if json {
+        return print_json(&created);
+    }
+    println!("{}", created.token);
+    Ok(())
+}
+
+pub async fn clusters(config: &CliConfig, json: bool) -> anyhow::Result<()> {
+    let clusters = config.gateway_client()?.clusters().await?;
+    if json {
+        return print_json(&clusters);
+    }
+    println!(
+        "{:<12} {:<8} {:<8} {:<7} {:<5} {:<22} {:<10} labels",
+        "name", "state", "enabled", "leader", "term", "endpoint", "last seen"
+    );
+    for c in clusters {
+        print_cluster(&c);
+    }
+    Ok(())
+}
+
+fn print_cluster(c: &ClusterInfo) {
+    let state = if c.revoked { "revoked".to_string() } else { c.state.to_string() };
+    println!(
+        "{:<12} {:<8} {:<8} {:<7} {:<5} {:<22} {:<10} {}",
+        c.name,
+        state,
+        c.enabled,
+        c.leader.map_or("-".to_string(), |l| l.to_string()),
+        c.term,
+        c.endpoint.as_deref().unwrap_or("-"),
+        c.last_seen_ms.map_or("never".to_string(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0)),
+        c.labels.join(",")
+    );
+}
+
+pub async fn cluster(config: &CliConfig, command: ClusterCommand) -> anyhow::Result<()> {
+    let (name, action) = match &command {
+        ClusterCommand::Enable { name } => (name, "enable"),
+        ClusterCommand::Disable { name } => (name, "disable"),
+        ClusterCommand::Revoke { name } => (name, "revoke"),
+    };
+    config.gateway_client()?.cluster_action(name, action).await?;
+    println!("cluster {name}: {action}d");
+    Ok(())
+}
+
+/// The matrix as a table: rows probe columns.
+pub fn render(matrix: &Matrix) -> String {
+    let cells: BTreeMap<(&str, &str), &atoll_api::gateway::MatrixCell> =
+        matrix.cells.iter().map(|c| ((c.from.as_str(), c.to.as_str()), c)).collect();
+    let text = |from: &str, to: &str| -> String {
+        if from == to {
+            return "-".to_string();
+        }
+        match cells.get(&(from, to)) {
+            None => "?".to_string(),
+            Some(c) => {
+                let mut s = c.state.to_string();
+                if c.state == LinkState::Reachable
+                    && let Some(rtt) = c.rtt_ms
+                {
+                    s.push_str(&format!(" {rtt:.1}ms"));
+                }
+                if c.mode == TransferMode::Relay {
+                    s.push_str(" [relay]");
+                }
+                s
+            }
+        }
+    };
+    let width = matrix
+        .clusters
+        .iter()
+        .flat_map(|f| matrix.clusters.iter().map(move |t| (f, t)))
+        .map(|(f, t)| text(f, t).len())
+        .max()
+        .unwrap_or(1)
+        .max(10)
+        + 2;
+    let first = matrix.clusters.iter().map(String::len).max().unwrap_or(4).max("from \\ to".len()) + 2;
+    let mut out = format!("{:<first$}", "from \\ to");
+    for to in &matrix.clusters {
+        out.push_str(&format!("{to:<width$}"));
+    }
+    out.push('\n');
+    for from in &matrix.clusters {
+        out.push_str(&format!("{from:<first$}"));
+        for to in &matrix.clusters {
+            out.push_str(&format!("{:<width$}", text(from, to)));
+        }
+        out.push('\n');
+    }
+    out.push_str("rows probe columns; [relay]: neither direction works, outputs go through the gateway\n");
+    out
+}
+
+pub async fn matrix(config: &CliConfig, json: bool) -> anyhow::Result<()> {
+    let matrix = config.gateway_client()?.matrix().await?;
+    if json {
+        return print_json(&matrix);
+    }
+    print!("{}", render(&matrix));
+    Ok(())
+}
