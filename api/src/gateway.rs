@@ -55,6 +55,10 @@ pub struct Heartbeat {
     pub endpoint: String,
     pub labels: Vec<String>,
     pub replicas: Vec<ReplicaInfo>,
+    /// The revision of the mesh view the sender holds: the answer carries the view only when
+    /// the gateway's differs (a thousand clusters need not download the mesh every second).
+    #[serde(default)]
+    pub view_revision: Option<u64>,
 }
 
 /// Another cluster, as a leader needs to know it.
@@ -78,7 +82,9 @@ pub struct MeshView {
 /// Answer to a heartbeat.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatAck {
-    pub view: MeshView,
+    /// The mesh as the leader should see it; absent when the heartbeat named this revision.
+    pub view: Option<MeshView>,
+    pub view_revision: u64,
     /// How often to heartbeat, probe, and report the whole matrix row, in milliseconds.
     pub heartbeat_interval_ms: u64,
     pub probe_interval_ms: u64,

@@ -214,6 +214,7 @@ async fn enrollment(engine: Engine) {
         endpoint: "127.0.0.1:1".into(),
         labels: vec!["Bad Label".into()],
         replicas: vec![],
+        view_revision: None,
     };
     let (code, message) = refusal(replica.heartbeat("aws", &heartbeat).await);
     assert_eq!(code, ErrorCode::BadRequest);
@@ -260,7 +261,14 @@ async fn revocation(engine: Engine) {
     phase("the gateway refuses gcp's replicas whatever they ask");
     let as_gcp = mesh.as_replica("gcp", 1);
     let term = mesh.cluster("gcp").await.expect("gcp listed").term;
-    let heartbeat = Heartbeat { term, leader_id: 1, endpoint: mesh.t.addr("gcp", 1), labels: vec![], replicas: vec![] };
+    let heartbeat = Heartbeat {
+        term,
+        leader_id: 1,
+        endpoint: mesh.t.addr("gcp", 1),
+        labels: vec![],
+        replicas: vec![],
+        view_revision: None,
+    };
     let (code, message) = refusal(as_gcp.heartbeat("gcp", &heartbeat).await);
     assert_eq!(code, ErrorCode::Revoked);
     assert!(message.contains("cluster gcp is revoked"), "{message}");

@@ -61,6 +61,7 @@ async fn failover_fencing(engine: Engine) {
         endpoint: mesh.t.addr("aws", old_leader),
         labels: vec!["aws".into()],
         replicas: vec![],
+        view_revision: None,
     };
     let (code_seen, message) = code(stale.heartbeat("aws", &heartbeat).await);
     assert_eq!(code_seen, ErrorCode::StaleLeader, "{message}");

@@ -226,8 +226,11 @@ async fn heartbeat(
         return Err(refused(e));
     }
     let config = &gateway.config;
+    let view_revision = gateway.registry.view_revision();
+    let view = (heartbeat.view_revision != Some(view_revision)).then(|| gateway.registry.view_for(&name));
     Ok(Json(HeartbeatAck {
-        view: gateway.registry.view_for(&name),
+        view,
+        view_revision,
         heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
         probe_interval_ms: config.probe_interval.as_millis() as u64,
         probe_timeout_ms: config.probe_timeout.as_millis() as u64,

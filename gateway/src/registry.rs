@@ -95,6 +95,19 @@ pub struct Registry {
     rows: Mutex<BTreeMap<String, ClusterRow>>,
     /// Pending heartbeat times: cluster -> (term, seen).
     touched: Mutex<BTreeMap<String, (u64, i64)>>,
+    /// Digest of what mesh views are made of, kept current with `rows`.
+    view_revision: std::sync::atomic::AtomicU64,
+}
+
+/// A digest of everything a mesh view is made of (pure): equal digests, equal views.
+pub fn view_digest<'a>(rows: impl IntoIterator<Item = &'a ClusterRow>) -> u64 {
+    use std::hash::Hash;
+    use std::hash::Hasher;
+    let mut hasher = std::hash::DefaultHasher::new();
+    for row in rows {
+        (&row.name, &row.endpoint, &row.labels, row.revoked_ms.is_some()).hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 impl std::fmt::Debug for Registry {
@@ -105,12 +118,31 @@ impl std::fmt::Debug for Registry {
 
 impl Registry {
     pub async fn load(db: Db, suspect_after: Duration, dead_after: Duration) -> Result<Self, DbError> {
-        let rows = db.clusters().await?.into_iter().map(|r| (r.name.clone(), r)).collect();
-        Ok(Self { db, suspect_after, dead_after, rows: Mutex::new(rows), touched: Mutex::new(BTreeMap::new()) })
+        let rows: BTreeMap<String, ClusterRow> =
+            db.clusters().await?.into_iter().map(|r| (r.name.clone(), r)).collect();
+        let view_revision = std::sync::atomic::AtomicU64::new(view_digest(rows.values()));
+        Ok(Self {
+            db,
+            suspect_after,
+            dead_after,
+            rows: Mutex::new(rows),
+            touched: Mutex::new(BTreeMap::new()),
+            view_revision,
+        })
     }
 
     fn rows(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ClusterRow>> {
         self.rows.lock().expect("registry lock")
+    }
+
+    /// Recompute the view revision after `rows` changed (called with the lock held).
+    fn rows_changed(&self, rows: &BTreeMap<String, ClusterRow>) {
+        self.view_revision.store(view_digest(rows.values()), std::sync::atomic::Ordering::Release);
+    }
+
+    /// The revision of the mesh views served now.
+    pub fn view_revision(&self) -> u64 {
+        self.view_revision.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn get(&self, name: &str) -> Option<ClusterRow> {
@@ -162,6 +194,7 @@ impl Registry {
                     row.replicas = heartbeat.replicas.clone();
                     row.registered_ms = Some(now_ms);
                     row.last_seen_ms = Some(now_ms);
+                    self.rows_changed(&rows);
                     Ok(())
                 }
                 Registered::Fenced { term } => {
@@ -178,7 +211,9 @@ impl Registry {
 
     async fn reload(&self, name: &str) -> Result<(), DbError> {
         if let Some(row) = self.db.cluster(name).await? {
-            self.rows().insert(name.to_string(), row);
+            let mut rows = self.rows();
+            rows.insert(name.to_string(), row);
+            self.rows_changed(&rows);
         }
         Ok(())
     }
@@ -267,6 +302,7 @@ impl Registry {
             }
             rows.insert(row.name.clone(), row);
         }
+        self.rows_changed(&rows);
         Ok(())
     }
 }
@@ -284,6 +320,7 @@ mod tests {
             endpoint: "a:1".into(),
             labels: vec!["x".into()],
             replicas: vec![ReplicaInfo { id: 1, addr: "a:1".into(), voter: true }],
+            view_revision: None,
         }
     }
 
@@ -321,6 +358,20 @@ mod tests {
         let mut revoked = row(3);
         revoked.revoked_ms = Some(1);
         assert_eq!(decide(Some(&revoked), &heartbeat(9)), Decision::Revoked);
+    }
+
+    #[test]
+    fn the_view_digest_follows_what_views_are_made_of() {
+        let base = view_digest([&row(3)]);
+        let mut later = row(3);
+        later.term = 9;
+        later.last_seen_ms = Some(99);
+        assert_eq!(view_digest([&later]), base, "terms and times do not change views");
+        later.endpoint = Some("b:1".into());
+        assert_ne!(view_digest([&later]), base);
+        let mut revoked = row(3);
+        revoked.revoked_ms = Some(1);
+        assert_ne!(view_digest([&revoked]), base);
     }
 
     #[test]

@@ -18,6 +18,7 @@ fn heartbeat(term: u64, leader: u64) -> Heartbeat {
         endpoint: format!("10.0.0.{leader}:7101"),
         labels: vec!["aws".into(), "default".into()],
         replicas: vec![ReplicaInfo { id: leader, addr: format!("10.0.0.{leader}:7101"), voter: true }],
+        view_revision: None,
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! - **heartbeat** every heartbeat interval: the registration (term, leader, endpoint, labels,
 //!   replicas) in one idempotent request; the answer is the mesh view (other clusters, revoked
-//!   ones) and the intervals to use. A changed view is replicated through Raft, so followers
+//!   ones) when it changed since the revision the leader holds, and the intervals to use. A
+//!   changed view is replicated through Raft, so followers
 //!   (and the next leader) know it.
 //! - **probe** every other cluster's endpoint every probe interval, over a fresh mTLS connection
 //!   each time (a connection the target refuses counts as a failure, as a firewall would make
@@ -150,15 +151,14 @@ impl Prober {
     }
 }
 
-fn view_from(ack: &HeartbeatAck) -> MeshView {
-    let mut peers: Vec<MeshPeer> = ack
-        .view
+fn view_from(view: &atoll_api::gateway::MeshView) -> MeshView {
+    let mut peers: Vec<MeshPeer> = view
         .peers
         .iter()
         .map(|p| MeshPeer { name: p.name.clone(), endpoint: p.endpoint.clone(), labels: p.labels.clone() })
         .collect();
     peers.sort();
-    let mut revoked = ack.view.revoked.clone();
+    let mut revoked = view.revoked.clone();
     revoked.sort();
     MeshView { peers, revoked }
 }
@@ -190,6 +190,8 @@ pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Pro
     let thresholds = Thresholds::default();
     let mut settings = Settings::default();
     let mut view = replica.mesh_view();
+    // None: ask for the whole view at the first heartbeat of the term.
+    let mut view_revision: Option<u64> = None;
     let mut links: BTreeMap<String, Link> = BTreeMap::new();
     let mut registered = false;
     let mut quiet = Quiet(None);
@@ -212,21 +214,26 @@ pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Pro
                     .into_iter()
                     .map(|m| ReplicaInfo { id: m.id, addr: m.addr, voter: m.voter })
                     .collect(),
+                view_revision,
             };
             match gateway.heartbeat(&cluster, &heartbeat).await {
                 Ok(ack) => {
                     if !registered {
-                        tracing::info!(term, peers = ack.view.peers.len(), "registered with the gateway");
+                        tracing::info!(term, "registered with the gateway");
                     }
                     registered = true;
                     settings = Settings::from_ack(&ack);
-                    let fresh = view_from(&ack);
-                    if fresh != view {
-                        if let Err(e) = replica.set_mesh_view(fresh.clone()).await {
+                    // The view comes only when it changed since the revision sent.
+                    if let Some(sent) = &ack.view {
+                        let fresh = view_from(sent);
+                        if fresh == view {
+                            view_revision = Some(ack.view_revision);
+                        } else if let Err(e) = replica.set_mesh_view(fresh.clone()).await {
                             tracing::warn!(error = %e.message, "replicating the mesh view failed; will retry");
                         } else {
                             tracing::info!(peers = fresh.peers.len(), revoked = ?fresh.revoked, "mesh view updated");
                             view = fresh;
+                            view_revision = Some(ack.view_revision);
                         }
                     }
                     links.retain(|name, _| view.peers.iter().any(|p| &p.name == name));
