@@ -72,6 +72,11 @@ impl GatewayClient {
         send_json(&self.http, method, &self.addr, path, body, self.token.as_deref()).await
     }
 
+    /// `GET path`, read as `T` (`serde::de::IgnoredAny` checks the JSON without keeping it).
+    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call::<(), _>(Method::GET, path, None).await
+    }
+
     pub async fn ca(&self) -> Result<CaInfo, ClientError> {
         self.call::<(), _>(Method::GET, "/v1/ca", None).await
     }

@@ -249,4 +249,8 @@ pub enum RaftCommand {
 pub enum BenchCommand {
     /// Write-unavailability after killing (or pausing) the leader, side by side with etcd.
     Failover(crate::bench::failover::FailoverArgs),
+    /// Time for a cut (and a heal) between clusters to show in the gateway's matrix.
+    Convergence(crate::bench::convergence::ConvergenceArgs),
+    /// One gateway under a thousand simulated clusters, on SQLite and PostgreSQL.
+    Scale(crate::bench::scale::ScaleArgs),
 }

@@ -46,5 +46,9 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
         Command::Annotations(node) => operator::annotations(&CliConfig::find(args.config.as_deref())?, node).await,
         Command::Raft { command } => operator::raft(&CliConfig::find(args.config.as_deref())?, command).await,
         Command::Bench { command: BenchCommand::Failover(failover) } => bench::failover::run(failover).await,
+        Command::Bench { command: BenchCommand::Convergence(convergence) } => {
+            bench::convergence::run(convergence).await
+        }
+        Command::Bench { command: BenchCommand::Scale(scale) } => bench::scale::run(scale).await,
     }
 }

@@ -56,6 +56,8 @@ type Shared = State<Arc<Gateway>>;
 
 /// Largest number of cells in a reported row.
 const MAX_ROW_CELLS: usize = 100_000;
+/// Size of the pieces a large matrix is streamed in.
+const MATRIX_CHUNK: usize = 256 * 1024;
 /// Longest join token lifetime.
 const MAX_JOIN_TTL_S: u64 = 30 * 86_400;
 /// Longest user token lifetime, when one is given.
@@ -332,13 +334,18 @@ async fn revoke(
 
 async fn matrix(State(gateway): Shared, Extension(caller): Extension<Caller>) -> Result<Response, ApiError> {
     caller.require(Scope::Read)?;
-    let matrix = crate::matrix::join(
-        &gateway.registry.registered(),
-        &gateway.rows.snapshot(),
-        now_ms(),
-        gateway.config.stale_after,
-    );
-    Ok(Json(matrix).into_response())
+    let (clusters, rows, stale_after) =
+        (gateway.registry.registered(), gateway.rows.snapshot(), gateway.config.stale_after);
+    // A thousand clusters make a million cells (~100 MB of JSON): join and serialize off the
+    // request threads, streaming the body as it is written.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::convert::Infallible>>(4);
+    tokio::task::spawn_blocking(move || {
+        let grid = crate::matrix::Grid::new(&clusters, &rows, now_ms(), stale_after);
+        grid.write_json(MATRIX_CHUNK, |piece| tx.blocking_send(Ok(piece.into())).is_ok());
+    });
+    let pieces = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|piece| (piece, rx)) });
+    let body = axum::body::Body::from_stream(pieces);
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 async fn join_token(

@@ -10,6 +10,7 @@
 //!   the parent can push), else `relay`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -27,59 +28,144 @@ use crate::db::matrix::StoredRow;
 /// How often reported rows are written.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
-/// One reporter as the join sees it: fresh or not, when it last reported, its cells by target.
-type ReporterView<'a> = (bool, Option<i64>, BTreeMap<&'a str, &'a RowCell>);
+/// One cell of the matrix, borrowing from the rows (serialized exactly as [`MatrixCell`]).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct CellRef<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+    pub state: LinkState,
+    pub rtt_ms: Option<f64>,
+    pub loss: Option<f64>,
+    pub age_ms: Option<u64>,
+    pub mode: TransferMode,
+}
 
-/// Join the latest rows into the matrix (pure).
-pub fn join(clusters: &[ClusterRow], rows: &BTreeMap<String, StoredRow>, now_ms: i64, stale_after: Duration) -> Matrix {
-    let mut names: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
-    names.sort_unstable();
-    let stale_ms = stale_after.as_millis() as i64;
-    let last_seen: BTreeMap<&str, Option<i64>> = clusters.iter().map(|c| (c.name.as_str(), c.last_seen_ms)).collect();
-    // Per reporter: whether it is fresh, when it reported, and its cells by target.
-    let views: BTreeMap<&str, ReporterView<'_>> = names
-        .iter()
-        .map(|from| {
-            let row = rows.get(*from);
-            let activity = row.map(|r| r.reported_ms).max(last_seen.get(from).copied().flatten());
-            let fresh = activity.is_some_and(|at| now_ms.saturating_sub(at) <= stale_ms);
-            let cells = row.map(|r| r.cells.iter().map(|c| (c.to.as_str(), c)).collect()).unwrap_or_default();
-            (*from, (fresh, row.map(|r| r.reported_ms), cells))
-        })
-        .collect();
-    let state_of = |from: &str, to: &str| -> Option<&RowCell> {
-        let (fresh, _, cells) = views.get(from)?;
-        if *fresh { cells.get(to).copied() } else { None }
-    };
-    let mut cells = Vec::with_capacity(names.len() * names.len().saturating_sub(1));
-    for from in &names {
-        for to in &names {
-            if from == to {
+/// The joined matrix as a dense grid over the sorted cluster names (pure): cell `from -> to` is
+/// at `from * n + to`, holding what a fresh `from` reported about `to`.
+pub struct Grid<'a> {
+    names: Vec<&'a str>,
+    measured: Vec<Option<&'a RowCell>>,
+    age_ms: Vec<Option<u64>>,
+}
+
+impl<'a> Grid<'a> {
+    pub fn new(
+        clusters: &'a [ClusterRow],
+        rows: &'a BTreeMap<String, Arc<StoredRow>>,
+        now_ms: i64,
+        stale_after: Duration,
+    ) -> Self {
+        let mut order: Vec<&ClusterRow> = clusters.iter().collect();
+        order.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        let names: Vec<&str> = order.iter().map(|c| c.name.as_str()).collect();
+        let index: std::collections::HashMap<&str, usize> =
+            names.iter().enumerate().map(|(i, name)| (*name, i)).collect();
+        let n = names.len();
+        let stale_ms = stale_after.as_millis() as i64;
+        let mut measured = vec![None; n * n];
+        let mut age_ms = vec![None; n];
+        for (from, cluster) in order.iter().enumerate() {
+            let row = rows.get(&cluster.name);
+            age_ms[from] = row.map(|r| u64::try_from(now_ms.saturating_sub(r.reported_ms)).unwrap_or(0));
+            // A reporter is fresh while it reports or heartbeats within the staleness bound.
+            let activity = row.map(|r| r.reported_ms).max(cluster.last_seen_ms);
+            if activity.is_none_or(|at| now_ms.saturating_sub(at) > stale_ms) {
                 continue;
             }
-            let measured = state_of(from, to);
-            let back = state_of(to, from);
-            let works = |c: Option<&RowCell>| c.is_some_and(|c| c.state == LinkState::Reachable);
-            let reported_ms = views.get(from).and_then(|(_, at, _)| *at);
-            cells.push(MatrixCell {
-                from: from.to_string(),
-                to: to.to_string(),
-                state: measured.map_or(LinkState::Unknown, |c| c.state),
-                rtt_ms: measured.and_then(|c| c.rtt_ms),
-                loss: measured.map(|c| c.loss),
-                age_ms: reported_ms.map(|at| u64::try_from(now_ms.saturating_sub(at)).unwrap_or(0)),
-                mode: if works(measured) || works(back) { TransferMode::Direct } else { TransferMode::Relay },
-            });
+            for cell in row.iter().flat_map(|r| r.cells.iter()) {
+                if let Some(&to) = index.get(cell.to.as_str())
+                    && to != from
+                {
+                    measured[from * n + to] = Some(cell);
+                }
+            }
+        }
+        Self { names, measured, age_ms }
+    }
+
+    pub fn names(&self) -> &[&'a str] {
+        &self.names
+    }
+
+    /// The cell `from -> to` (indices into [`Grid::names`]).
+    pub fn cell(&self, from: usize, to: usize) -> CellRef<'a> {
+        let n = self.names.len();
+        let measured = self.measured[from * n + to];
+        let works = |c: Option<&RowCell>| c.is_some_and(|c| c.state == LinkState::Reachable);
+        CellRef {
+            from: self.names[from],
+            to: self.names[to],
+            state: measured.map_or(LinkState::Unknown, |c| c.state),
+            rtt_ms: measured.and_then(|c| c.rtt_ms),
+            loss: measured.map(|c| c.loss),
+            age_ms: self.age_ms[from],
+            mode: if works(measured) || works(self.measured[to * n + from]) {
+                TransferMode::Direct
+            } else {
+                TransferMode::Relay
+            },
         }
     }
-    Matrix { clusters: names.into_iter().map(str::to_string).collect(), cells }
+
+    /// Every directed cell, row by row.
+    pub fn cells(&self) -> impl Iterator<Item = CellRef<'a>> + '_ {
+        let n = self.names.len();
+        (0..n).flat_map(move |from| (0..n).filter(move |to| *to != from).map(move |to| self.cell(from, to)))
+    }
+
+    /// Write the JSON of [`Matrix`] in pieces of about `chunk` bytes to `sink` (which may stop
+    /// the writing by returning false), without building owned cells: a 1000-cluster matrix
+    /// has a million of them.
+    pub fn write_json(&self, chunk: usize, mut sink: impl FnMut(Vec<u8>) -> bool) {
+        let mut out = Vec::with_capacity(chunk + 4096);
+        // Serializing plain data into a Vec cannot fail.
+        out.extend_from_slice(b"{\"clusters\":");
+        let _ = serde_json::to_writer(&mut out, &self.names);
+        out.extend_from_slice(b",\"cells\":[");
+        for (i, cell) in self.cells().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let _ = serde_json::to_writer(&mut out, &cell);
+            if out.len() >= chunk && !sink(std::mem::replace(&mut out, Vec::with_capacity(chunk + 4096))) {
+                return;
+            }
+        }
+        out.extend_from_slice(b"]}");
+        sink(out);
+    }
+}
+
+/// Join the latest rows into the matrix (pure).
+pub fn join(
+    clusters: &[ClusterRow],
+    rows: &BTreeMap<String, Arc<StoredRow>>,
+    now_ms: i64,
+    stale_after: Duration,
+) -> Matrix {
+    let grid = Grid::new(clusters, rows, now_ms, stale_after);
+    Matrix {
+        clusters: grid.names().iter().map(|s| s.to_string()).collect(),
+        cells: grid
+            .cells()
+            .map(|c| MatrixCell {
+                from: c.from.to_string(),
+                to: c.to.to_string(),
+                state: c.state,
+                rtt_ms: c.rtt_ms,
+                loss: c.loss,
+                age_ms: c.age_ms,
+                mode: c.mode,
+            })
+            .collect(),
+    }
 }
 
 /// The latest row of every reporter, with batched writes.
 pub struct Rows {
     db: Db,
-    latest: Mutex<BTreeMap<String, StoredRow>>,
-    dirty: Mutex<BTreeMap<String, StoredRow>>,
+    latest: Mutex<BTreeMap<String, Arc<StoredRow>>>,
+    dirty: Mutex<BTreeMap<String, Arc<StoredRow>>>,
 }
 
 impl std::fmt::Debug for Rows {
@@ -90,12 +176,13 @@ impl std::fmt::Debug for Rows {
 
 impl Rows {
     pub async fn load(db: Db) -> Result<Self, DbError> {
-        let latest = db.rows().await?.into_iter().map(|r| (r.reporter.clone(), r)).collect();
+        let latest = db.rows().await?.into_iter().map(|r| (r.reporter.clone(), Arc::new(r))).collect();
         Ok(Self { db, latest: Mutex::new(latest), dirty: Mutex::new(BTreeMap::new()) })
     }
 
     /// Keep `row` as its reporter's latest (unless a newer term's row is held).
     pub fn put(&self, row: StoredRow) {
+        let row = Arc::new(row);
         let mut latest = self.latest.lock().expect("rows lock");
         if latest.get(&row.reporter).is_some_and(|held| held.term > row.term) {
             return;
@@ -104,26 +191,47 @@ impl Rows {
         self.dirty.lock().expect("dirty lock").insert(row.reporter.clone(), row);
     }
 
-    pub fn snapshot(&self) -> BTreeMap<String, StoredRow> {
+    /// The latest rows (shared, not copied).
+    pub fn snapshot(&self) -> BTreeMap<String, Arc<StoredRow>> {
         self.latest.lock().expect("rows lock").clone()
     }
 
     pub async fn flush(&self) -> Result<(), DbError> {
-        let batch: Vec<StoredRow> =
+        let batch: Vec<Arc<StoredRow>> =
             std::mem::take(&mut *self.dirty.lock().expect("dirty lock")).into_values().collect();
-        self.db.put_rows(&batch).await
+        if let Err(e) = self.db.put_rows(&batch).await {
+            // Keep them for the next flush, unless a newer row came meanwhile.
+            let mut dirty = self.dirty.lock().expect("dirty lock");
+            for row in batch {
+                dirty.entry(row.reporter.clone()).or_insert(row);
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
-    /// Reload rows written by other gateway replicas.
+    /// Load rows that other gateway replicas wrote: only the versions are read, and the cells
+    /// only of rows newer than the ones held (with one gateway: none).
     pub async fn refresh(&self) -> Result<(), DbError> {
-        let fresh = self.db.rows().await?;
-        let mut latest = self.latest.lock().expect("rows lock");
-        for row in fresh {
+        let versions = self.db.row_versions().await?;
+        let stale: Vec<String> = {
+            let latest = self.latest.lock().expect("rows lock");
+            versions
+                .into_iter()
+                .filter(|(reporter, term, reported_ms)| {
+                    latest.get(reporter).is_none_or(|held| (*term, *reported_ms) > (held.term, held.reported_ms))
+                })
+                .map(|(reporter, _, _)| reporter)
+                .collect()
+        };
+        for reporter in stale {
+            let Some(row) = self.db.row(&reporter).await? else { continue };
+            let mut latest = self.latest.lock().expect("rows lock");
             let newer = latest
                 .get(&row.reporter)
                 .is_none_or(|held| (row.term, row.reported_ms) > (held.term, held.reported_ms));
             if newer {
-                latest.insert(row.reporter.clone(), row);
+                latest.insert(row.reporter.clone(), Arc::new(row));
             }
         }
         Ok(())
@@ -149,10 +257,10 @@ mod tests {
         }
     }
 
-    fn row(reporter: &str, at: i64, cells: &[(&str, LinkState)]) -> (String, StoredRow) {
+    fn row(reporter: &str, at: i64, cells: &[(&str, LinkState)]) -> (String, Arc<StoredRow>) {
         (
             reporter.to_string(),
-            StoredRow {
+            Arc::new(StoredRow {
                 reporter: reporter.into(),
                 term: 1,
                 cells: cells
@@ -160,7 +268,7 @@ mod tests {
                     .map(|(to, s)| RowCell { to: to.to_string(), state: *s, rtt_ms: Some(2.0), loss: 0.0 })
                     .collect(),
                 reported_ms: at,
-            },
+            }),
         )
     }
 
@@ -210,6 +318,24 @@ mod tests {
         assert_eq!(cell(&m, "onprem", "aws").age_ms, None);
         // Unknown both ways means no direct path is known: relay.
         assert_eq!(cell(&m, "gcp", "onprem").mode, TransferMode::Relay);
+    }
+
+    #[test]
+    fn the_streamed_json_is_the_matrix() {
+        use LinkState::*;
+        let clusters = [cluster("aws", Some(10_000)), cluster("gcp", Some(1_000))];
+        let rows: BTreeMap<_, _> =
+            [row("aws", 9_000, &[("gcp", Unreachable)]), row("gcp", 1_000, &[("aws", Reachable)])].into();
+        let grid = Grid::new(&clusters, &rows, 10_000, Duration::from_secs(5));
+        for chunk in [1, 64, 1 << 20] {
+            let mut json = Vec::new();
+            grid.write_json(chunk, |piece| {
+                json.extend(piece);
+                true
+            });
+            let streamed: Matrix = serde_json::from_slice(&json).unwrap();
+            assert_eq!(streamed, join(&clusters, &rows, 10_000, Duration::from_secs(5)), "chunk {chunk}");
+        }
     }
 
     #[test]

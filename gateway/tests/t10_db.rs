@@ -109,11 +109,14 @@ async fn user_tokens_and_matrix_rows() {
             cells: vec![cell("gcp", state)],
             reported_ms: at,
         };
-        db.put_rows(&[row(2, LinkState::Reachable, 10)]).await.unwrap();
-        db.put_rows(&[row(1, LinkState::Unreachable, 20)]).await.unwrap();
+        db.put_rows(&[row(2, LinkState::Reachable, 10).into()]).await.unwrap();
+        db.put_rows(&[row(1, LinkState::Unreachable, 20).into()]).await.unwrap();
         assert_eq!(db.rows().await.unwrap(), vec![row(2, LinkState::Reachable, 10)]);
-        db.put_rows(&[row(2, LinkState::Suspect, 30)]).await.unwrap();
+        db.put_rows(&[row(2, LinkState::Suspect, 30).into()]).await.unwrap();
         assert_eq!(db.rows().await.unwrap(), vec![row(2, LinkState::Suspect, 30)]);
+        assert_eq!(db.row_versions().await.unwrap(), vec![("aws".to_string(), 2, 30)]);
+        assert_eq!(db.row("aws").await.unwrap(), Some(row(2, LinkState::Suspect, 30)));
+        assert_eq!(db.row("gcp").await.unwrap(), None);
         db.close().await;
     }
 }

@@ -25,6 +25,11 @@ use atoll_api::tls::TlsIdentity;
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
+use super::loadavg;
+use super::median;
+use super::ms;
+use super::peers::etcd_failover;
+use super::percentile;
 use crate::mesh::Layout;
 use crate::mesh::Mesh;
 use crate::mesh::MeshDir;
@@ -175,26 +180,6 @@ struct RunResult {
     quiet_elections: u64,
 }
 
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e4).round() / 10.0
-}
-
-/// Nearest-rank percentile, as the peer baseline computes it.
-pub fn percentile(values: &[f64], p: usize) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let k = (n * p).div_ceil(100).max(1) - 1;
-    v[k.min(n - 1)]
-}
-
-pub fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
-}
-
 pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.runs >= 1, "--runs must be 1 or more");
     let configs: Vec<Config> = args.configs.iter().map(|c| parse_config(c)).collect::<anyhow::Result<_>>()?;
@@ -337,7 +322,8 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("## etcd, same run: {} -n {etcd_runs} -c fast-prevote:50:250:--pre-vote=true", etcd_script.display());
-    let (etcd_median, etcd_p90) = run_etcd(&etcd_script, etcd_runs).await?;
+    let etcd = etcd_failover(&etcd_script, etcd_runs).await?;
+    let (etcd_median, etcd_p90) = (etcd.write.median, etcd.write.p90);
     for fault in [Fault::Crash, Fault::Pause] {
         match ours.get(&fault) {
             Some((med, p90)) => {
@@ -347,12 +333,6 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 /// fsync latency of the mesh's filesystem, measured with the peer baseline's own tool.
@@ -671,47 +651,9 @@ async fn verify_writes(mesh: &Mesh, admin: &NodeClient, acked: &[String]) -> any
     Ok(())
 }
 
-/// Run the peer baseline's etcd failover next to ours; returns (median, p90) of its window.
-async fn run_etcd(script: &std::path::Path, runs: usize) -> anyhow::Result<(f64, f64)> {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(script)
-        .args(["-n", &runs.to_string(), "-c", "fast-prevote:50:250:--pre-vote=true"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running {}", script.display()))?;
-    let stdout = child.stdout.take().context("etcd stdout")?;
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let mut summary = None;
-    while let Some(line) = lines.next_line().await? {
-        println!("etcd| {line}");
-        if line.starts_with("SUMMARY fast-prevote") && line.contains("write-unavailability") {
-            summary = Some(line);
-        }
-    }
-    let status = child.wait().await?;
-    anyhow::ensure!(status.success(), "{} failed: {status}", script.display());
-    let line = summary.context("etcd-failover printed no write-unavailability SUMMARY line")?;
-    let field = |name: &str| -> anyhow::Result<f64> {
-        let start = line.find(&format!("{name}=")).with_context(|| format!("no {name} in {line:?}"))? + name.len() + 1;
-        let rest = &line[start..];
-        let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        rest[..end].parse::<f64>().with_context(|| format!("bad {name} in {line:?}"))
-    };
-    Ok((field("median")?, field("p90")?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percentiles_match_the_peer_baseline() {
-        let v: Vec<f64> = (1..=20).map(f64::from).collect();
-        assert_eq!(percentile(&v, 90), 18.0);
-        assert_eq!(median(&v), 10.5);
-        assert_eq!(percentile(&[5.0], 90), 5.0);
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-    }
 
     #[test]
     fn configs_parse() {

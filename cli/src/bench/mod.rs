@@ -1,3 +1,64 @@
 //! Benchmarks: each prints its own figures and the peer baseline's from the same run.
+//!
+//! - [`failover`]: write-unavailability after killing or pausing a leader, next to etcd's.
+//! - [`convergence`]: how fast a cut (and a heal) between two clusters shows in the gateway's
+//!   matrix, next to how fast etcd notices a dead leader.
+//! - [`scale`]: one gateway under a thousand simulated clusters, next to etcd's write latency.
+//! - [`peers`]: running the peer baseline's scripts and reading their summaries.
 
+pub mod convergence;
 pub mod failover;
+pub mod peers;
+pub mod scale;
+
+use std::time::Duration;
+
+/// Milliseconds with one decimal.
+pub fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
+}
+
+/// Nearest-rank percentile, as the peer baseline computes it.
+pub fn percentile(values: &[f64], p: usize) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let k = (n * p).div_ceil(100).max(1) - 1;
+    v[k.min(n - 1)]
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+/// `median, p90, min, max` of a non-empty sample, for one summary line.
+pub fn spread(values: &[f64]) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("median {:.0} p90 {:.0} min {:.0} max {:.0}", median(values), percentile(values, 90), min, max)
+}
+
+/// The 1-, 5- and 15-minute load averages.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_match_the_peer_baseline() {
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(percentile(&v, 90), 18.0);
+        assert_eq!(median(&v), 10.5);
+        assert_eq!(percentile(&[5.0], 90), 5.0);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(spread(&[3.0, 1.0, 2.0]), "median 2 p90 3 min 1 max 3");
+    }
+}

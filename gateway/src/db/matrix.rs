@@ -20,7 +20,7 @@ pub struct StoredRow {
 impl Db {
     /// Store the latest rows, fenced by term (a row from an older term never replaces a newer
     /// one). One transaction for the batch.
-    pub async fn put_rows(&self, rows: &[StoredRow]) -> Result<(), DbError> {
+    pub async fn put_rows(&self, rows: &[std::sync::Arc<StoredRow>]) -> Result<(), DbError> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -55,18 +55,51 @@ impl Db {
             let rows = sqlx::query("SELECT reporter, term, cells, reported_ms FROM matrix_rows ORDER BY reporter")
                 .fetch_all(pool)
                 .await?;
+            rows.iter().map(stored_row).collect()
+        })
+    }
+
+    /// One reporter's row.
+    pub async fn row(&self, reporter: &str) -> Result<Option<StoredRow>, DbError> {
+        with_pool!(self, read, |pool| {
+            let row = sqlx::query("SELECT reporter, term, cells, reported_ms FROM matrix_rows WHERE reporter = $1")
+                .bind(reporter)
+                .fetch_optional(pool)
+                .await?;
+            row.as_ref().map(stored_row).transpose()
+        })
+    }
+
+    /// `(reporter, term, reported_ms)` of every row, without the cells.
+    pub async fn row_versions(&self) -> Result<Vec<(String, u64, i64)>, DbError> {
+        with_pool!(self, read, |pool| {
+            let rows = sqlx::query("SELECT reporter, term, reported_ms FROM matrix_rows").fetch_all(pool).await?;
             rows.iter()
                 .map(|row| {
-                    let cells: String = row.try_get("cells")?;
                     let term: i64 = row.try_get("term")?;
-                    Ok::<_, DbError>(StoredRow {
-                        reporter: row.try_get("reporter")?,
-                        term: u64::try_from(term).map_err(|e| DbError::corrupt("matrix_rows.term", e))?,
-                        cells: json_column("matrix_rows.cells", &cells)?,
-                        reported_ms: row.try_get("reported_ms")?,
-                    })
+                    Ok::<_, DbError>((
+                        row.try_get("reporter")?,
+                        u64::try_from(term).map_err(|e| DbError::corrupt("matrix_rows.term", e))?,
+                        row.try_get("reported_ms")?,
+                    ))
                 })
                 .collect()
         })
     }
+}
+
+fn stored_row<R: Row>(row: &R) -> Result<StoredRow, DbError>
+where
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'q> String: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+    for<'q> i64: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+{
+    let cells: String = row.try_get("cells")?;
+    let term: i64 = row.try_get("term")?;
+    Ok(StoredRow {
+        reporter: row.try_get("reporter")?,
+        term: u64::try_from(term).map_err(|e| DbError::corrupt("matrix_rows.term", e))?,
+        cells: json_column("matrix_rows.cells", &cells)?,
+        reported_ms: row.try_get("reported_ms")?,
+    })
 }

@@ -30,6 +30,12 @@ impl TestDatabase {
         let admin_url = std::env::var(POSTGRES_ENV).unwrap_or_else(|_| {
             panic!("{POSTGRES_ENV} is not set: PostgreSQL tests need a server. Run scripts/test (it starts one), or scripts/postgres and export what it prints")
         });
+        Self::postgres_on(&admin_url).await
+    }
+
+    /// A fresh database on the server at `admin_url` (a URL of any database there).
+    pub async fn postgres_on(admin_url: &str) -> Self {
+        let admin_url = admin_url.to_string();
         let name = format!("atoll_test_{:016x}", rand_u64());
         let mut admin = sqlx::PgConnection::connect(&admin_url)
             .await
