@@ -301,6 +301,11 @@ async fn revocation(engine: Engine) {
     assert!(listed.revoked);
     let matrix = mesh.gateway.matrix().await.expect("matrix");
     assert_eq!(matrix.clusters, vec!["aws", "onprem"], "a revoked cluster leaves the matrix");
+    let ops = mesh.t.mesh.layout.gateway.as_ref().expect("gateway").ops_addr();
+    let metrics = reqwest::get(format!("http://{ops}/metrics")).await.expect("metrics").text().await.expect("text");
+    for line in ["atoll_gateway_clusters{state=\"revoked\"} 1", "atoll_gateway_clusters{state=\"alive\"} 2"] {
+        assert!(metrics.lines().any(|l| l == line), "no {line:?} in:\n{metrics}");
+    }
 
     phase("revoking an unknown cluster names it");
     let out = mesh.cli(&["cluster", "revoke", "nosuch"]);

@@ -6,6 +6,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -20,8 +21,16 @@ pub struct Flush {
     pub what: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// alive, suspect, dead, revoked
+    pub state: &'static str,
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
+    /// Clusters by observed state, set at each scrape.
+    pub clusters: Family<StateLabel, Gauge>,
     pub heartbeats: Counter,
     pub fenced: Counter,
     pub rows: Counter,
@@ -47,6 +56,7 @@ impl Metrics {
     pub fn new() -> Self {
         let metrics = Self {
             registry: Mutex::new(Registry::default()),
+            clusters: Family::default(),
             heartbeats: Counter::default(),
             fenced: Counter::default(),
             rows: Counter::default(),
@@ -58,6 +68,7 @@ impl Metrics {
             flush_errors: Family::default(),
         };
         let mut registry = Registry::with_prefix("atoll_gateway");
+        registry.register("clusters", "Clusters by observed state (revoked ones apart)", metrics.clusters.clone());
         registry.register("heartbeats", "Cluster leader heartbeats received", metrics.heartbeats.clone());
         registry.register("fenced", "Heartbeats and rows refused for a stale term", metrics.fenced.clone());
         registry.register("rows", "Matrix rows received", metrics.rows.clone());

@@ -14,7 +14,8 @@ pg_test_bin() {
   printf '%s\n' "$bin"
 }
 
-# pg_test_start: starts the server and exports ATOLL_TEST_POSTGRES_URL and PG_TEST_DIR.
+# pg_test_start: starts the server and exports ATOLL_TEST_POSTGRES_URL and PG_TEST_DIR. fsync is off
+# (tests need no durability from it) unless PG_TEST_FSYNC=on (benchmarks).
 pg_test_start() {
   local bin port run_as=()
   bin=$(pg_test_bin) || return 1
@@ -26,7 +27,7 @@ pg_test_start() {
   fi
   "${run_as[@]}" "$bin/initdb" -D "$PG_TEST_DIR/data" -A trust -U atoll --no-sync >/dev/null
   "${run_as[@]}" "$bin/pg_ctl" -D "$PG_TEST_DIR/data" -l "$PG_TEST_DIR/server.log" -w -t 60 \
-    -o "-p $port -k $PG_TEST_DIR -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null
+    -o "-p $port -k $PG_TEST_DIR -c listen_addresses=127.0.0.1 -c fsync=${PG_TEST_FSYNC:-off} -c max_connections=300" start >/dev/null
   export PG_TEST_DIR PG_TEST_BIN=$bin
   export ATOLL_TEST_POSTGRES_URL="postgres://atoll@127.0.0.1:$port/postgres"
   echo "postgresql $("$bin/postgres" --version | awk '{print $3}') for tests at $ATOLL_TEST_POSTGRES_URL"

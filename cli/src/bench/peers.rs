@@ -68,6 +68,8 @@ pub struct EtcdThroughput {
     pub puts_per_s: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// CPU of the three members together, in % of one core.
+    pub etcd_cpu_pct: f64,
 }
 
 /// `etcd-throughput` with one concurrent phase of `conns` connections for `seconds`.
@@ -75,8 +77,13 @@ pub async fn etcd_throughput(script: &Path, conns: usize, seconds: u64) -> anyho
     let lines = run_script(script, &["-d", &seconds.to_string(), "-C", &conns.to_string()]).await?;
     let line = lines
         .iter()
-        .find(|l| l.starts_with("concurrent") && l.contains(&format!("conns={conns}")))
+        .find(|l| l.starts_with("concurrent") && l.contains(&format!("conns={conns} ")))
         .context("etcd-throughput printed no concurrent phase line")?;
+    parse_throughput(line)
+}
+
+/// One phase line of `etcd-throughput`.
+fn parse_throughput(line: &str) -> anyhow::Result<EtcdThroughput> {
     let before = |marker: &str| -> anyhow::Result<f64> {
         let end = line.find(marker).with_context(|| format!("no {marker:?} in {line:?}"))?;
         line[..end]
@@ -95,12 +102,25 @@ pub async fn etcd_throughput(script: &Path, conns: usize, seconds: u64) -> anyho
             .parse::<f64>()
             .with_context(|| format!("bad number after {marker:?}"))
     };
-    Ok(EtcdThroughput { puts_per_s: before(" puts/s")?, p50_ms: after("p50")?, p99_ms: after("p99")? })
+    Ok(EtcdThroughput {
+        puts_per_s: before(" puts/s")?,
+        p50_ms: after("p50")?,
+        p99_ms: after("p99")?,
+        etcd_cpu_pct: after("etcd(3)")?,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throughput_lines_parse() {
+        let line = "concurrent conns=64  procs=1    2966 puts/s  p50  20.20 ms  p90  32.38  p99  45.72  max   62.48 ms | CPU (% of one core): client  40  etcd(3) 128  softirq  11";
+        let t = parse_throughput(line).unwrap();
+        assert_eq!((t.puts_per_s, t.p50_ms, t.p99_ms, t.etcd_cpu_pct), (2966.0, 20.2, 45.72, 128.0));
+        assert!(parse_throughput("concurrent conns=64 nothing here").is_err());
+    }
 
     #[test]
     fn summary_fields_parse() {

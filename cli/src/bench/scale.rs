@@ -326,7 +326,16 @@ async fn simulate(
     while inflight.join_next().await.is_some() {}
 }
 
-async fn one_engine(args: &ScaleArgs, engine: Engine) -> anyhow::Result<(Samples, Samples)> {
+/// What one engine's run measured, for the comparison with the peer.
+struct EngineResult {
+    heartbeats: Samples,
+    /// Gateway CPU over the measured period, % of one core.
+    cpu_pct: f64,
+    /// Requests per second the gateway served (heartbeats and rows).
+    requests_per_s: f64,
+}
+
+async fn one_engine(args: &ScaleArgs, engine: Engine) -> anyhow::Result<EngineResult> {
     let n = args.clusters;
     println!(
         "## {engine:?}: {n} clusters, heartbeat every {} ms, {}-cell rows every {} ms, {} s measured",
@@ -430,7 +439,8 @@ async fn one_engine(args: &ScaleArgs, engine: Engine) -> anyhow::Result<(Samples
         count(ClusterState::Suspect),
         count(ClusterState::Dead)
     );
-    Ok((heartbeats, rows))
+    let requests_per_s = (heartbeats.latency_ms.len() + rows.latency_ms.len()) as f64 / args.duration_s as f64;
+    Ok(EngineResult { heartbeats, cpu_pct: cpu, requests_per_s })
 }
 
 pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
@@ -449,22 +459,28 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
     println!("# atoll bench scale: load {}", loadavg());
     let mut ours = Vec::new();
     for &engine in &args.engines {
-        let (heartbeats, _) = one_engine(&args, engine).await?;
-        ours.push((engine, heartbeats));
+        ours.push((engine, one_engine(&args, engine).await?));
     }
     if args.etcd_seconds > 0 {
         println!("## peer: etcd writes at 64 concurrent connections (3 members, default timing), same invocation");
         let etcd = etcd_throughput(&etcd_script, 64, args.etcd_seconds).await?;
-        println!("etcd: {:.0} puts/s, p50 {:.2} ms, p99 {:.2} ms", etcd.puts_per_s, etcd.p50_ms, etcd.p99_ms);
-        for (engine, heartbeats) in &ours {
-            if heartbeats.latency_ms.is_empty() {
+        let etcd_cpu_ms = etcd.etcd_cpu_pct * 10.0 / etcd.puts_per_s;
+        println!(
+            "etcd: {:.0} puts/s, p50 {:.2} ms, p99 {:.2} ms, CPU {:.0}% of one core (3 members): {etcd_cpu_ms:.3} ms of CPU per write",
+            etcd.puts_per_s, etcd.p50_ms, etcd.p99_ms, etcd.etcd_cpu_pct
+        );
+        for (engine, result) in &ours {
+            if result.heartbeats.latency_ms.is_empty() || result.requests_per_s == 0.0 {
                 continue;
             }
+            let cpu_ms = result.cpu_pct * 10.0 / result.requests_per_s;
             println!(
-                "ratio ours/etcd ({engine:?} heartbeat latency at {:.0}/s / etcd put latency at 64 conns): p50 {:.2} p99 {:.2}",
-                args.clusters as f64 * 1000.0 / args.heartbeat_ms as f64,
-                median(&heartbeats.latency_ms) / etcd.p50_ms,
-                percentile(&heartbeats.latency_ms, 99) / etcd.p99_ms
+                "ratio ours/etcd ({engine:?}): CPU per request {:.2} ({cpu_ms:.3} vs {etcd_cpu_ms:.3} ms; ours at {:.0} req/s, a tenth of them 999-cell rows); \
+                 latency (ours open loop at that rate, etcd closed loop at 64 conns) p50 {:.2} p99 {:.2}",
+                cpu_ms / etcd_cpu_ms,
+                result.requests_per_s,
+                median(&result.heartbeats.latency_ms) / etcd.p50_ms,
+                percentile(&result.heartbeats.latency_ms, 99) / etcd.p99_ms
             );
         }
     }
