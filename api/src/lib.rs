@@ -11,6 +11,7 @@
 //! - [`config_file`]: YAML config loading with env overrides and path-naming errors.
 //! - [`gateway`]: wire types of the gateway API (enrollment, heartbeats, matrix, tokens).
 //! - [`token`]: join and user tokens (format, hashing, the CA fingerprint a join token pins).
+//! - [`spec`]: the job spec (a superset of InfraBox's), parsed and checked with every problem named.
 //!
 //! Invariants: a peer is known by the identity in its verified certificate, never by its
 //! address; nothing here accepts a connection without a client certificate from the mesh CA;
@@ -27,6 +28,7 @@ pub mod node;
 pub mod openapi;
 pub mod pki;
 pub mod serve;
+pub mod spec;
 pub mod tls;
 pub mod token;
 

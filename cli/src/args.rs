@@ -75,6 +75,18 @@ pub enum Command {
     },
     /// The directed reachability matrix between clusters.
     Matrix(JsonArg),
+    /// Check a job spec (JSON or YAML) and list every problem with its path; selectors are
+    /// checked against the gateway's clusters when a gateway is configured.
+    Validate {
+        /// The spec file.
+        file: PathBuf,
+        /// Only the document checks, without asking the gateway for its clusters.
+        #[arg(long)]
+        offline: bool,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -16,6 +16,7 @@ pub mod bench;
 pub mod ca;
 pub mod cli_config;
 pub mod dev;
+pub mod job_commands;
 pub mod logging;
 pub mod mesh;
 pub mod mesh_commands;
@@ -37,6 +38,9 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
             mesh_commands::cluster(&CliConfig::find(args.config.as_deref())?, command).await
         }
         Command::Matrix(json) => mesh_commands::matrix(&CliConfig::find(args.config.as_deref())?, json.json).await,
+        Command::Validate { file, offline, json } => {
+            job_commands::validate(&CliConfig::find(args.config.as_deref())?, &file, offline, json).await
+        }
         Command::Dev(dev_args) => dev::run(dev_args).await,
         Command::Ca { command } => ca::run(command),
         Command::Status(node) => operator::status(&CliConfig::find(args.config.as_deref())?, node).await,

@@ -7,6 +7,7 @@
 //! - [`auth`]: who is calling (certificate, bearer token, nobody) and what they may do.
 //! - [`registry`]: clusters, their leaders and terms (fencing), their observed state.
 //! - [`matrix`]: reported rows joined into the directed reachability matrix.
+//! - [`placement`]: which cluster runs a job (pure).
 //! - [`api`]: the `/v1` routes; [`ops`]: health, readiness, metrics.
 //!
 //! Invariants:
@@ -25,6 +26,7 @@ pub mod db;
 pub mod matrix;
 pub mod metrics;
 pub mod ops;
+pub mod placement;
 pub mod registry;
 mod run;
 

@@ -1,0 +1,298 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn problems(text: &str) -> Vec<String> {
+    parse(text).expect_err("the spec should be refused").0.iter().map(ToString::to_string).collect()
+}
+
+/// Asserts that `found` holds a problem at `path` whose message contains `words`, and names the
+/// list on failure.
+fn has(found: &[String], path: &str, words: &str) {
+    let prefix = format!("{path}: ");
+    assert!(
+        found.iter().any(|p| p.starts_with(&prefix) && p.contains(words)),
+        "no problem at {path} saying {words:?} in:\n{}",
+        found.join("\n")
+    );
+}
+
+fn on(words: &[&str]) -> BTreeSet<OnState> {
+    words.iter().map(|w| OnState::parse(w).unwrap()).collect()
+}
+
+#[test]
+fn an_infrabox_file_with_every_on_variant_parses() {
+    let spec = parse(include_str!("testdata/infrabox-all-on.json")).unwrap();
+    assert_eq!(spec.jobs.len(), 7);
+    let job = |name: &str| spec.jobs.iter().find(|j| j.name == name).unwrap();
+
+    let compile = job("compile");
+    assert_eq!(compile.kind, JobKind::DockerImage);
+    assert_eq!(compile.image.as_deref(), Some("debian:12"));
+    assert_eq!(compile.command, Some(Command::Argv(vec!["make".into(), "-j2".into(), "all".into()])));
+    assert_eq!(compile.resources, Resources { cpu_millis: Some(1000), memory_mib: Some(1024) });
+    assert_eq!(compile.environment["JOBS"], "2");
+    assert_eq!(compile.environment["VERBOSE"], "true");
+    assert_eq!(compile.timeout_s, 1800);
+
+    let tests = job("unit-tests");
+    assert_eq!(tests.depends_on, vec![Dependency { job: "compile".into(), on: on(&["finished"]) }]);
+    assert_eq!(tests.resources.cpu_millis, Some(500));
+    assert_eq!(tests.timeout_s, DEFAULT_TIMEOUT_S);
+    assert_eq!(tests.cluster.selector, vec!["aws".parse().unwrap()]);
+
+    assert_eq!(job("on-error").depends_on[0].on, on(&["error"]));
+    assert_eq!(job("on-failure").depends_on[0].on, on(&["failure"]));
+    assert_eq!(job("on-unstable-or-finished").depends_on[0].on, on(&["unstable", "finished"]));
+    let always = job("always");
+    assert_eq!(always.depends_on[0].on, on(&["*"]));
+    assert_eq!(always.depends_on[1].on, on(&["finished", "failure", "error"]));
+    assert_eq!(always.cluster.prefer, Some("onprem".parse().unwrap()));
+    assert_eq!(always.retries, 2);
+    let gate = job("gate");
+    assert_eq!(gate.kind, JobKind::Wait);
+    assert!(!gate.runs_on_a_cluster());
+    assert_eq!(gate.depends_on[1], Dependency { job: "always".into(), on: on(&["finished"]) });
+}
+
+#[test]
+fn yaml_with_duration_and_quantity_forms_parses() {
+    let spec = parse(include_str!("testdata/pipeline.yaml")).unwrap();
+    let build = &spec.jobs[0];
+    assert_eq!(build.timeout_s, 1800);
+    assert_eq!(build.resources, Resources { cpu_millis: Some(500), memory_mib: Some(2048) });
+    assert!(matches!(&build.command, Some(Command::Shell(s)) if s.contains("ATOLL_OUTPUT")));
+    assert_eq!(spec.jobs[2].depends_on[0].on, on(&["*"]));
+}
+
+#[test]
+fn on_conditions_allow_exactly_their_states() {
+    let dep = |words: &[&str]| Dependency { job: "p".into(), on: on(words) };
+    assert!(dep(&["finished"]).allows(FinalState::Finished));
+    assert!(!dep(&["finished"]).allows(FinalState::Failure));
+    assert!(dep(&["failure", "error"]).allows(FinalState::Error));
+    assert!(!dep(&["failure", "error"]).allows(FinalState::Killed));
+    for state in FinalState::ALL {
+        assert!(dep(&["*"]).allows(state), "* allows {state}");
+    }
+    assert_eq!(OnState::parse("skipped"), None, "`skipped` is a state, not a condition");
+}
+
+#[test]
+fn every_problem_of_a_malformed_file_is_reported_with_its_path() {
+    let found = problems(include_str!("testdata/malformed.json"));
+    has(&found, "version", "unsupported version 2");
+    has(&found, "extra", "unknown key");
+    has(&found, "jobs[0].name", "lowercase letters");
+    has(&found, "jobs[1].type", "unknown job type \"docker\"");
+    has(&found, "jobs[2].command", "missing");
+    has(&found, "jobs[3].timeout", "must be seconds");
+    has(&found, "jobs[3].resources.limits.cpu", "out of range");
+    has(&found, "jobs[3].resources.limits.memory", "must be MiB");
+    has(&found, "jobs[3].environment.ATOLL_JOB_ID", "set by the executor");
+    has(&found, "jobs[3].environment.1X", "variable name");
+    has(&found, "jobs[3].environment.OK", "must be a string");
+    has(&found, "jobs[3].retries", "out of range");
+    has(&found, "jobs[3].colour", "unknown key");
+    has(&found, "jobs[4].depends_on[0]", "unknown job \"nope\"");
+    has(&found, "jobs[4].depends_on[1]", "depends on itself");
+    has(&found, "jobs[4].depends_on[3]", "depends on \"c\" twice");
+    has(&found, "jobs[4].depends_on[4].on", "empty");
+    has(&found, "jobs[4].depends_on[5].on[0]", "unknown state \"sometimes\"");
+    has(&found, "jobs[4].depends_on[6]", "must be a job name");
+    has(&found, "jobs[4].cluster.selector[0]", "label \"UPPER\" is invalid");
+    has(&found, "jobs[4].cluster.selector[2]", "listed twice");
+    has(&found, "jobs[4].cluster.prefer", "cluster name \"Not_A_Cluster\" is invalid");
+    has(&found, "jobs[5].name", "duplicate job name \"c\" (first at jobs[3])");
+    has(&found, "jobs[5].command", "wait job runs nothing");
+    has(&found, "jobs[5].cluster", "runs on no cluster");
+    has(&found, "jobs[6].image", "missing");
+    has(&found, "jobs[7]", "must be a map");
+    // a parent that failed to parse is still known by name: its children get no second problem
+    assert!(!found.iter().any(|p| p.contains("unknown job \"a\"")), "{found:?}");
+    let text = parse(include_str!("testdata/malformed.json")).unwrap_err().to_string();
+    assert!(text.starts_with(&format!("{} problems in the job spec:\n  extra: ", found.len())), "{text}");
+    let jobs_seen: Vec<usize> = found.iter().filter_map(|p| job_index(p.split(':').next().unwrap())).collect();
+    assert!(jobs_seen.is_sorted(), "problems come in document order: {found:?}");
+}
+
+#[test]
+fn every_cycle_is_found_and_named() {
+    let found = problems(include_str!("testdata/cycles.yaml"));
+    assert_eq!(found.len(), 2, "{found:?}");
+    has(&found, "jobs[0].depends_on[0]", "dependency cycle: a -> c -> b -> a");
+    has(&found, "jobs[3].depends_on[0]", "dependency cycle: x -> y -> x");
+}
+
+#[test]
+fn a_long_chain_is_ordered_and_a_long_cycle_found_without_deep_recursion() {
+    let chain = |cycle: bool| {
+        let mut jobs = vec![serde_json::json!({"name": "j0", "type": "wait"})];
+        if cycle {
+            jobs[0]["depends_on"] = serde_json::json!(["j9999"]);
+        }
+        for i in 1..10_000 {
+            jobs.push(
+                serde_json::json!({"name": format!("j{i}"), "type": "wait", "depends_on": [format!("j{}", i - 1)]}),
+            );
+        }
+        serde_json::json!({"version": 1, "jobs": jobs})
+    };
+    let spec = from_value(&chain(false)).unwrap();
+    let order = topological_order(&spec);
+    assert_eq!(order, (0..10_000).collect::<Vec<_>>());
+    let err = from_value(&chain(true)).unwrap_err();
+    assert_eq!(err.0.len(), 1);
+    assert!(err.0[0].message.starts_with("dependency cycle: j0 -> j9999 -> j9998"), "{}", err.0[0]);
+}
+
+#[test]
+fn documents_that_are_not_pipelines_are_refused_plainly() {
+    assert_eq!(problems("{"), vec![problems("{")[0].clone()]);
+    assert!(problems("{").concat().starts_with("not valid JSON"));
+    assert!(problems("jobs: [").concat().starts_with("not valid YAML"));
+    assert!(problems("[1, 2]")[0].contains("must be a map, found a list"));
+    let found = problems("version: 1");
+    has(&found, "jobs", "missing");
+    let found = problems("version: 1\njobs: []");
+    has(&found, "jobs", "at least one job");
+    let found = problems("jobs: [{name: a, type: wait}]");
+    has(&found, "version", "missing");
+}
+
+fn facts<'a>(clusters: &'a [(ClusterName, Vec<Label>, bool)]) -> Vec<ClusterFacts<'a>> {
+    clusters.iter().map(|(name, labels, enabled)| ClusterFacts { name, labels, enabled: *enabled }).collect()
+}
+
+#[test]
+fn selectors_and_prefer_are_checked_against_enabled_clusters() {
+    let clusters = vec![
+        ("aws".parse().unwrap(), vec!["aws".parse().unwrap(), "default".parse().unwrap()], true),
+        ("gcp".parse().unwrap(), vec!["gcp".parse().unwrap()], false),
+    ];
+    let spec = parse(
+        "version: 1
+jobs:
+  - {name: ok, type: command, command: 'true', cluster: {selector: [default]}}
+  - {name: any, type: command, command: 'true'}
+  - {name: nowhere, type: command, command: 'true', cluster: {selector: [aws, gpu]}}
+  - {name: disabled, type: command, command: 'true', cluster: {selector: [gcp], prefer: gcp}}
+  - {name: stranger, type: command, command: 'true', cluster: {prefer: azure}}
+  - {name: mismatch, type: command, command: 'true', cluster: {selector: [aws], prefer: gcp}}
+  - {name: gate, type: wait}
+",
+    )
+    .unwrap();
+    let found: Vec<String> =
+        check_clusters(&spec, &facts(&clusters)).unwrap_err().0.iter().map(ToString::to_string).collect();
+    has(
+        &found,
+        "jobs[2].cluster.selector",
+        "no enabled cluster has all of [aws, gpu] (clusters: aws [aws, default]; gcp [gcp] (disabled))",
+    );
+    has(&found, "jobs[3].cluster.selector", "no enabled cluster");
+    has(&found, "jobs[3].cluster.prefer", "that cluster is disabled");
+    has(&found, "jobs[4].cluster.prefer", "no such cluster is registered");
+    has(&found, "jobs[5].cluster.prefer", "disabled");
+    assert_eq!(found.len(), 5, "{found:?}");
+    let none: Vec<(ClusterName, Vec<Label>, bool)> = Vec::new();
+    let found = check_clusters(&spec, &facts(&none)).unwrap_err().to_string();
+    assert!(found.contains("none registered"), "{found}");
+}
+
+#[test]
+fn a_checked_spec_survives_a_json_round_trip() {
+    let spec = parse(include_str!("testdata/infrabox-all-on.json")).unwrap();
+    let text = serde_json::to_string(&spec).unwrap();
+    let back: PipelineSpec = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, spec);
+}
+
+/// Arbitrary JSON values, nested a few levels, biased towards spec-like keys so the walk goes
+/// deep rather than stopping at the first unknown key.
+fn arbitrary_value() -> impl Strategy<Value = serde_json::Value> {
+    let key = prop_oneof![
+        Just("name".to_string()),
+        Just("type".to_string()),
+        Just("command".to_string()),
+        Just("depends_on".to_string()),
+        Just("on".to_string()),
+        Just("job".to_string()),
+        Just("jobs".to_string()),
+        Just("version".to_string()),
+        Just("resources".to_string()),
+        Just("limits".to_string()),
+        Just("cpu".to_string()),
+        Just("memory".to_string()),
+        Just("timeout".to_string()),
+        Just("cluster".to_string()),
+        Just("selector".to_string()),
+        Just("environment".to_string()),
+        "[a-z*]{0,6}",
+    ];
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::Bool),
+        any::<i64>().prop_map(|n| serde_json::json!(n)),
+        any::<f64>().prop_map(|f| serde_json::json!(f)),
+        prop_oneof![Just("a".to_string()), Just("*".to_string()), Just("1".to_string()), ".{0,8}"]
+            .prop_map(serde_json::Value::String),
+    ];
+    leaf.prop_recursive(5, 64, 6, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+            prop::collection::btree_map(key.clone(), inner, 0..6)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn parsing_arbitrary_text_never_panics(text in ".{0,400}") {
+        let _ = parse(&text);
+    }
+
+    #[test]
+    fn checking_arbitrary_documents_never_panics(jobs in prop::collection::vec(arbitrary_value(), 0..8)) {
+        let doc = serde_json::json!({"version": 1, "jobs": jobs});
+        if let Err(errors) = from_value(&doc) {
+            prop_assert!(!errors.0.is_empty());
+        }
+        let _ = parse(&doc.to_string());
+    }
+
+    #[test]
+    fn random_graphs_are_accepted_exactly_when_acyclic(edges in prop::collection::vec((0usize..8, 0usize..8), 0..16)) {
+        let mut deps = vec![std::collections::BTreeSet::new(); 8];
+        for (child, parent) in &edges {
+            if child != parent {
+                deps[*child].insert(*parent);
+            }
+        }
+        let jobs: Vec<serde_json::Value> = (0..8)
+            .map(|i| serde_json::json!({"name": format!("j{i}"), "type": "wait",
+                "depends_on": deps[i].iter().map(|p| format!("j{p}")).collect::<Vec<_>>()}))
+            .collect();
+        let result = from_value(&serde_json::json!({"version": 1, "jobs": jobs}));
+        // a brute-force check: repeatedly remove jobs without remaining parents
+        let mut left: std::collections::BTreeSet<usize> = (0..8).collect();
+        loop {
+            let free: Vec<usize> = left.iter().copied().filter(|&i| deps[i].iter().all(|p| !left.contains(p))).collect();
+            if free.is_empty() { break; }
+            for i in free { left.remove(&i); }
+        }
+        prop_assert_eq!(result.is_ok(), left.is_empty(), "{:?}", result.err());
+        if let Ok(spec) = result {
+            let order = topological_order(&spec);
+            prop_assert_eq!(order.len(), 8);
+            let position: Vec<usize> = { let mut p = vec![0; 8]; for (at, &j) in order.iter().enumerate() { p[j] = at; } p };
+            for (child, parents) in deps.iter().enumerate() {
+                for &parent in parents { prop_assert!(position[parent] < position[child]); }
+            }
+        }
+    }
+}

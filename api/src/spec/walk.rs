@@ -1,0 +1,545 @@
+//! The hand walk over a spec document: every value checked, every problem kept with its path.
+//!
+//! Each function returns what it could make of its value and pushes a problem for everything
+//! wrong; a caller keeps going with the rest of the document so one run reports all problems.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::collections::HashMap;
+
+use serde_json::Map;
+use serde_json::Value;
+
+use super::ClusterSpec;
+use super::Command;
+use super::DEFAULT_TIMEOUT_S;
+use super::Dependency;
+use super::FinalState;
+use super::JobKind;
+use super::JobSpec;
+use super::MAX_JOBS;
+use super::MAX_NAME_LEN;
+use super::MAX_RETRIES;
+use super::MAX_TIMEOUT_S;
+use super::OnState;
+use super::PipelineSpec;
+use super::Resources;
+use super::SPEC_VERSION;
+use super::SpecProblem;
+use crate::ClusterName;
+use crate::ids::Label;
+
+type Problems = Vec<SpecProblem>;
+
+fn push(problems: &mut Problems, path: &str, message: impl Into<String>) {
+    problems.push(SpecProblem { path: path.to_string(), message: message.into() });
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a map",
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+}
+
+/// The object at `path`, with its unknown keys reported.
+fn object<'v>(v: &'v Value, path: &str, known: &[&str], problems: &mut Problems) -> Option<&'v Map<String, Value>> {
+    let Value::Object(map) = v else {
+        push(problems, path, format!("must be a map, found {}", kind_of(v)));
+        return None;
+    };
+    for key in map.keys() {
+        if !known.contains(&key.as_str()) {
+            push(problems, &join(path, key), format!("unknown key (known here: {})", known.join(", ")));
+        }
+    }
+    Some(map)
+}
+
+fn string<'v>(v: &'v Value, path: &str, problems: &mut Problems) -> Option<&'v str> {
+    match v {
+        Value::String(s) => Some(s),
+        other => {
+            push(problems, path, format!("must be a string, found {}", kind_of(other)));
+            None
+        }
+    }
+}
+
+fn list<'v>(v: &'v Value, path: &str, problems: &mut Problems) -> Option<&'v [Value]> {
+    match v {
+        Value::Array(items) => Some(items),
+        other => {
+            push(problems, path, format!("must be a list, found {}", kind_of(other)));
+            None
+        }
+    }
+}
+
+fn integer(v: &Value, path: &str, min: u64, max: u64, problems: &mut Problems) -> Option<u64> {
+    match v.as_u64() {
+        Some(n) if (min..=max).contains(&n) => Some(n),
+        Some(n) => {
+            push(problems, path, format!("{n} is out of range ({min} to {max})"));
+            None
+        }
+        None => {
+            push(problems, path, format!("must be a whole number from {min} to {max}, found {}", shown(v)));
+            None
+        }
+    }
+}
+
+/// A value as it appears in an error message (short).
+fn shown(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 40 { format!("{}...", s.chars().take(40).collect::<String>()) } else { s }
+}
+
+/// Check a job name: `[a-z0-9_-]`, 1 to 63 characters.
+pub fn job_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("a job name cannot be empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err("a job name has at most 63 characters");
+    }
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') {
+        return Err("a job name has only lowercase letters, digits, '_' and '-'");
+    }
+    Ok(())
+}
+
+/// The whole document.
+pub(super) fn pipeline(v: &Value, problems: &mut Problems) -> Option<PipelineSpec> {
+    let map = object(v, "", &["version", "jobs"], problems)?;
+    match map.get("version") {
+        None => push(problems, "version", format!("missing (this build reads version {SPEC_VERSION})")),
+        Some(v) if v.as_u64() == Some(SPEC_VERSION) => {}
+        Some(v) => {
+            push(problems, "version", format!("unsupported version {}; this build reads {SPEC_VERSION}", shown(v)))
+        }
+    }
+    let Some(jobs) = map.get("jobs") else {
+        push(problems, "jobs", "missing: a pipeline needs a list of jobs");
+        return None;
+    };
+    let items = list(jobs, "jobs", problems)?;
+    if items.is_empty() {
+        push(problems, "jobs", "empty: a pipeline needs at least one job");
+    }
+    if items.len() > MAX_JOBS {
+        push(problems, "jobs", format!("{} jobs; a pipeline has at most {MAX_JOBS}", items.len()));
+        return None;
+    }
+    let mut parsed = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        parsed.push(job(item, &format!("jobs[{i}]"), problems));
+    }
+    let names: Vec<Option<&str>> =
+        items.iter().map(|item| item.get("name").and_then(Value::as_str).filter(|n| job_name(n).is_ok())).collect();
+    // dependencies as far as they parse, also of jobs with other problems (those were reported
+    // by the walk above; this second pass only collects)
+    let deps: Vec<Vec<(usize, Dependency)>> = items
+        .iter()
+        .map(|item| item.get("depends_on").map(|v| indexed_depends_on(v, "", &mut Vec::new())).unwrap_or_default())
+        .collect();
+    cross_check(&names, &deps, problems);
+    let jobs: Option<Vec<JobSpec>> = parsed.into_iter().collect();
+    Some(PipelineSpec { version: SPEC_VERSION, jobs: jobs? })
+}
+
+const JOB_KEYS: [&str; 10] =
+    ["name", "type", "command", "image", "environment", "timeout", "resources", "cluster", "depends_on", "retries"];
+
+fn job(v: &Value, path: &str, problems: &mut Problems) -> Option<JobSpec> {
+    let map = object(v, path, &JOB_KEYS, problems)?;
+    let at = |key: &str| format!("{path}.{key}");
+    let before = problems.len();
+
+    let name = match map.get("name") {
+        None => {
+            push(problems, &at("name"), "missing: every job needs a name");
+            None
+        }
+        Some(v) => string(v, &at("name"), problems).and_then(|n| match job_name(n) {
+            Ok(()) => Some(n.to_string()),
+            Err(why) => {
+                push(problems, &at("name"), format!("{n:?}: {why}"));
+                None
+            }
+        }),
+    };
+    let kind = match map.get("type") {
+        None => {
+            push(problems, &at("type"), "missing (one of: command, wait, docker-image)");
+            None
+        }
+        Some(v) => string(v, &at("type"), problems).and_then(|t| {
+            let kind = JobKind::ALL.iter().find(|(word, _)| *word == t).map(|(_, k)| *k);
+            if kind.is_none() {
+                push(problems, &at("type"), format!("unknown job type {t:?} (one of: command, wait, docker-image)"));
+            }
+            kind
+        }),
+    };
+    let command = map.get("command").and_then(|v| command(v, &at("command"), problems));
+    let image = map.get("image").and_then(|v| string(v, &at("image"), problems)).map(str::to_string);
+    match kind {
+        Some(JobKind::Command) => {
+            if map.get("command").is_none() {
+                push(problems, &at("command"), "missing: a command job needs a command");
+            }
+            if map.contains_key("image") {
+                push(problems, &at("image"), "only a docker-image job has an image");
+            }
+        }
+        Some(JobKind::DockerImage) => {
+            if map.get("image").is_none() {
+                push(problems, &at("image"), "missing: a docker-image job needs an image");
+            } else if image.as_deref().is_some_and(|i| i.trim().is_empty() || i.chars().any(char::is_whitespace)) {
+                push(problems, &at("image"), "an image reference cannot be empty or contain whitespace");
+            }
+        }
+        Some(JobKind::Wait) => {
+            for key in ["command", "image", "resources", "timeout", "retries", "environment"] {
+                if map.contains_key(key) {
+                    push(problems, &at(key), "a wait job runs nothing, so it takes no such key");
+                }
+            }
+            if map.get("cluster").is_some() {
+                push(problems, &at("cluster"), "a wait job runs on no cluster, so it takes no cluster");
+            }
+        }
+        None => {}
+    }
+    let environment = map.get("environment").map(|v| environment(v, &at("environment"), problems)).unwrap_or_default();
+    let timeout_s = map.get("timeout").map_or(Some(DEFAULT_TIMEOUT_S), |v| duration(v, &at("timeout"), problems));
+    let resources = map.get("resources").map(|v| resources(v, &at("resources"), problems)).unwrap_or_default();
+    let cluster = map.get("cluster").map(|v| cluster(v, &at("cluster"), problems)).unwrap_or_default();
+    let depends_on = map.get("depends_on").map(|v| depends_on(v, &at("depends_on"), problems)).unwrap_or_default();
+    let retries = map.get("retries").and_then(|v| integer(v, &at("retries"), 0, MAX_RETRIES.into(), problems));
+
+    if problems.len() > before {
+        return None;
+    }
+    Some(JobSpec {
+        name: name?,
+        kind: kind?,
+        command,
+        image,
+        environment,
+        timeout_s: timeout_s?,
+        resources,
+        cluster,
+        depends_on,
+        retries: retries.map_or(0, |r| u32::try_from(r).unwrap_or(MAX_RETRIES)),
+    })
+}
+
+fn command(v: &Value, path: &str, problems: &mut Problems) -> Option<Command> {
+    match v {
+        Value::String(s) if s.trim().is_empty() => {
+            push(problems, path, "an empty command");
+            None
+        }
+        Value::String(s) => Some(Command::Shell(s.clone())),
+        Value::Array(items) if items.is_empty() => {
+            push(problems, path, "an empty command list");
+            None
+        }
+        Value::Array(items) => {
+            let before = problems.len();
+            let argv: Vec<String> = items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| string(item, &format!("{path}[{i}]"), problems).map(str::to_string))
+                .collect();
+            if argv.iter().any(|a| a.contains('\0')) {
+                push(problems, path, "an argument cannot contain a NUL byte");
+            }
+            (problems.len() == before).then_some(Command::Argv(argv))
+        }
+        other => {
+            push(problems, path, format!("must be a string or a list of strings, found {}", kind_of(other)));
+            None
+        }
+    }
+}
+
+/// Environment variable names a job may set (`ATOLL_*` is the executor's).
+fn env_name(name: &str) -> Result<(), &'static str> {
+    let mut bytes = name.bytes();
+    let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+    if !first_ok || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err("a variable name is a letter or '_' followed by letters, digits or '_'");
+    }
+    if name.starts_with("ATOLL_") {
+        return Err("ATOLL_* variables are set by the executor");
+    }
+    Ok(())
+}
+
+fn environment(v: &Value, path: &str, problems: &mut Problems) -> BTreeMap<String, String> {
+    let Value::Object(map) = v else {
+        push(problems, path, format!("must be a map of names to values, found {}", kind_of(v)));
+        return BTreeMap::new();
+    };
+    let mut out = BTreeMap::new();
+    for (name, value) in map {
+        let at = join(path, name);
+        if let Err(why) = env_name(name) {
+            push(problems, &at, format!("{name:?}: {why}"));
+            continue;
+        }
+        let text = match value {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            other => {
+                push(problems, &at, format!("must be a string, number or boolean, found {}", kind_of(other)));
+                continue;
+            }
+        };
+        if text.contains('\0') {
+            push(problems, &at, "a value cannot contain a NUL byte");
+            continue;
+        }
+        out.insert(name.clone(), text);
+    }
+    out
+}
+
+/// Seconds, as a number (InfraBox) or a string with a unit: `90`, `"90s"`, `"30m"`, `"2h"`.
+fn duration(v: &Value, path: &str, problems: &mut Problems) -> Option<u64> {
+    let seconds = match v {
+        Value::Number(_) => v.as_u64(),
+        Value::String(s) => {
+            let s = s.trim();
+            let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+            let scale = match unit {
+                "" | "s" => Some(1),
+                "m" => Some(60),
+                "h" => Some(3600),
+                "d" => Some(86_400),
+                _ => None,
+            };
+            digits.parse::<u64>().ok().zip(scale).and_then(|(n, scale)| n.checked_mul(scale))
+        }
+        _ => None,
+    };
+    match seconds {
+        Some(s) if (1..=MAX_TIMEOUT_S).contains(&s) => Some(s),
+        Some(s) => {
+            push(problems, path, format!("{s} s is out of range (1 s to 7 days)"));
+            None
+        }
+        None => {
+            push(problems, path, format!("must be seconds (3600) or a duration (\"30m\", \"2h\"), found {}", shown(v)));
+            None
+        }
+    }
+}
+
+fn resources(v: &Value, path: &str, problems: &mut Problems) -> Resources {
+    let Some(map) = object(v, path, &["limits"], problems) else {
+        return Resources::default();
+    };
+    let Some(limits) = map.get("limits") else {
+        return Resources::default();
+    };
+    let at = join(path, "limits");
+    let Some(limits) = object(limits, &at, &["cpu", "memory"], problems) else {
+        return Resources::default();
+    };
+    Resources {
+        cpu_millis: limits.get("cpu").and_then(|v| cpu(v, &join(&at, "cpu"), problems)),
+        memory_mib: limits.get("memory").and_then(|v| memory(v, &join(&at, "memory"), problems)),
+    }
+}
+
+/// Cores as a number (`1`, `0.5`) or a Kubernetes quantity (`"500m"`, `"2"`), in millicores.
+fn cpu(v: &Value, path: &str, problems: &mut Problems) -> Option<u64> {
+    const MAX: f64 = 1024.0;
+    let cores = match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => match s.trim().strip_suffix('m') {
+            Some(m) => m.parse::<u64>().ok().map(|m| m as f64 / 1000.0),
+            None => s.trim().parse::<f64>().ok(),
+        },
+        _ => None,
+    };
+    match cores {
+        Some(c) if c.is_finite() && c > 0.0 && c <= MAX => {
+            let millis = (c * 1000.0).round() as u64;
+            if millis == 0 {
+                push(problems, path, "less than one millicore");
+                return None;
+            }
+            Some(millis)
+        }
+        Some(c) if c.is_finite() => {
+            push(problems, path, format!("{c} cores is out of range (more than 0, at most 1024)"));
+            None
+        }
+        _ => {
+            push(problems, path, format!("must be cores (1, 0.5) or millicores (\"500m\"), found {}", shown(v)));
+            None
+        }
+    }
+}
+
+/// MiB as a number (InfraBox) or a Kubernetes quantity (`"512Mi"`, `"2Gi"`).
+fn memory(v: &Value, path: &str, problems: &mut Problems) -> Option<u64> {
+    const MAX_MIB: u64 = 16 * 1024 * 1024;
+    let mib = match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => {
+            let s = s.trim();
+            let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+            let scale = match unit {
+                "" | "Mi" => Some(1),
+                "Gi" => Some(1024),
+                "Ti" => Some(1024 * 1024),
+                _ => None,
+            };
+            digits.parse::<u64>().ok().zip(scale).and_then(|(n, scale)| n.checked_mul(scale))
+        }
+        _ => None,
+    };
+    match mib {
+        Some(m) if (1..=MAX_MIB).contains(&m) => Some(m),
+        Some(m) => {
+            push(problems, path, format!("{m} MiB is out of range (1 MiB to 16 TiB)"));
+            None
+        }
+        None => {
+            push(problems, path, format!("must be MiB (1024) or a quantity (\"512Mi\", \"2Gi\"), found {}", shown(v)));
+            None
+        }
+    }
+}
+
+fn cluster(v: &Value, path: &str, problems: &mut Problems) -> ClusterSpec {
+    let Some(map) = object(v, path, &["selector", "prefer"], problems) else {
+        return ClusterSpec::default();
+    };
+    let mut spec = ClusterSpec::default();
+    if let Some(selector) = map.get("selector") {
+        let at = join(path, "selector");
+        let mut seen = BTreeSet::new();
+        for (i, item) in list(selector, &at, problems).unwrap_or_default().iter().enumerate() {
+            let at = format!("{at}[{i}]");
+            let Some(word) = string(item, &at, problems) else { continue };
+            match word.parse::<Label>() {
+                Ok(label) if seen.insert(label.clone()) => spec.selector.push(label),
+                Ok(_) => push(problems, &at, format!("label {word:?} is listed twice")),
+                Err(e) => push(problems, &at, e.to_string()),
+            }
+        }
+    }
+    if let Some(prefer) = map.get("prefer") {
+        let at = join(path, "prefer");
+        if let Some(name) = string(prefer, &at, problems) {
+            match name.parse::<ClusterName>() {
+                Ok(name) => spec.prefer = Some(name),
+                Err(e) => push(problems, &at, e.to_string()),
+            }
+        }
+    }
+    spec
+}
+
+fn depends_on(v: &Value, path: &str, problems: &mut Problems) -> Vec<Dependency> {
+    indexed_depends_on(v, path, problems).into_iter().map(|(_, d)| d).collect()
+}
+
+/// The dependencies that parse, each with its index in the list.
+fn indexed_depends_on(v: &Value, path: &str, problems: &mut Problems) -> Vec<(usize, Dependency)> {
+    let mut out = Vec::new();
+    for (i, item) in list(v, path, problems).unwrap_or_default().iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        match item {
+            Value::String(job) => out
+                .push((i, Dependency { job: job.clone(), on: BTreeSet::from([OnState::State(FinalState::Finished)]) })),
+            Value::Object(_) => {
+                let Some(map) = object(item, &at, &["job", "on"], problems) else { continue };
+                let job = match map.get("job") {
+                    Some(v) => string(v, &join(&at, "job"), problems).map(str::to_string),
+                    None => {
+                        push(problems, &join(&at, "job"), "missing: name the parent job");
+                        None
+                    }
+                };
+                let on = match map.get("on") {
+                    None => Some(BTreeSet::from([OnState::State(FinalState::Finished)])),
+                    Some(v) => on_list(v, &join(&at, "on"), problems),
+                };
+                if let (Some(job), Some(on)) = (job, on) {
+                    out.push((i, Dependency { job, on }));
+                }
+            }
+            other => push(problems, &at, format!("must be a job name or {{job, on}}, found {}", kind_of(other))),
+        }
+    }
+    out
+}
+
+fn on_list(v: &Value, path: &str, problems: &mut Problems) -> Option<BTreeSet<OnState>> {
+    let items = list(v, path, problems)?;
+    if items.is_empty() {
+        push(problems, path, "empty: name at least one state (or \"*\")");
+        return None;
+    }
+    let mut on = BTreeSet::new();
+    let before = problems.len();
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        let Some(word) = string(item, &at, problems) else { continue };
+        match OnState::parse(word) {
+            Some(state) if on.insert(state) => {}
+            Some(_) => push(problems, &at, format!("{word:?} is listed twice")),
+            None => push(problems, &at, format!("unknown state {word:?} (one of: {})", OnState::WORDS.join(", "))),
+        }
+    }
+    (problems.len() == before).then_some(on)
+}
+
+/// Checks across jobs: duplicate names, unknown or repeated parents, self-dependencies.
+/// `names` holds every well-formed name, also of jobs that did not parse, so their children are
+/// not told of unknown parents on top of the parent's own problem.
+fn cross_check(names: &[Option<&str>], deps: &[Vec<(usize, Dependency)>], problems: &mut Problems) {
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    for (i, name) in names.iter().enumerate() {
+        let Some(name) = name else { continue };
+        if let Some(&at) = first.get(name) {
+            push(problems, &format!("jobs[{i}].name"), format!("duplicate job name {name:?} (first at jobs[{at}])"));
+        } else {
+            first.insert(name, i);
+        }
+    }
+    for (i, deps) in deps.iter().enumerate() {
+        let mut parents = BTreeSet::new();
+        for (d, dep) in deps {
+            let at = format!("jobs[{i}].depends_on[{d}]");
+            if Some(dep.job.as_str()) == names[i] {
+                push(problems, &at, format!("job {:?} depends on itself", dep.job));
+            } else if !parents.insert(dep.job.as_str()) {
+                push(problems, &at, format!("depends on {:?} twice", dep.job));
+            } else if !first.contains_key(dep.job.as_str()) {
+                match job_name(&dep.job) {
+                    Ok(()) => push(problems, &at, format!("unknown job {:?}", dep.job)),
+                    Err(why) => push(problems, &at, format!("unknown job {:?} ({why})", dep.job)),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! `atoll validate`: every problem of a spec with its path, offline and against the gateway's
+//! clusters; exit status 1 when there is any.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::GatewayMesh;
+use common::atoll_exe;
+use common::test_gateway_timing;
+
+fn testdata(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../api/src/spec/testdata").join(name)
+}
+
+fn validate(args: &[&str]) -> (i32, String) {
+    let out = Command::new(atoll_exe()).arg("validate").args(args).output().expect("run atoll");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn a_good_spec_passes_and_a_bad_one_lists_every_problem() {
+    let good = testdata("infrabox-all-on.json");
+    let (code, out) = validate(&["--offline", good.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("7 job(s), no problems; selectors not checked"), "{out}");
+
+    let bad = testdata("malformed.json");
+    let (code, out) = validate(&["--offline", bad.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    for line in [
+        "version: unsupported version 2",
+        "jobs[1].type: unknown job type \"docker\"",
+        "jobs[4].depends_on[0]: unknown job \"nope\"",
+        "jobs[5].name: duplicate job name \"c\" (first at jobs[3])",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+
+    let cycles = testdata("cycles.yaml");
+    let (code, out) = validate(&["--offline", "--json", cycles.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["problems"][0]["path"], "jobs[0].depends_on[0]");
+    assert_eq!(report["problems"][0]["message"], "dependency cycle: a -> c -> b -> a");
+    assert_eq!(report["problems"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selectors_are_checked_against_the_gateways_clusters() {
+    let mesh = GatewayMesh::start(common::Engine::Sqlite, 3, 1, test_gateway_timing(), false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &spec,
+        "version: 1
+jobs:
+  - {name: a, type: command, command: 'true', cluster: {selector: [aws]}}
+  - {name: b, type: command, command: 'true', cluster: {selector: [gpu]}, depends_on: [a]}
+  - {name: c, type: command, command: 'true', cluster: {prefer: azure}}
+",
+    )
+    .unwrap();
+    let out = mesh.cli(&["validate", spec.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("jobs[1].cluster.selector: no enabled cluster has all of [gpu] (clusters: aws [aws, default]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("jobs[2].cluster.prefer: prefers cluster \"azure\", but no such cluster is registered"),
+        "{stdout}"
+    );
+
+    let out = mesh.cli(&["cluster", "disable", "aws"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = mesh.cli(&["validate", "--json", spec.to_str().unwrap()]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(report["clusters_checked"], true);
+    assert_eq!(report["problems"][0]["path"], "jobs[0].cluster.selector", "{report}");
+    assert!(report["problems"][0]["message"].as_str().unwrap().contains("aws [aws, default] (disabled)"), "{report}");
+}
