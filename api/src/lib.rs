@@ -11,6 +11,7 @@
 //! - [`config_file`]: YAML config loading with env overrides and path-naming errors.
 //! - [`gateway`]: wire types of the gateway API (enrollment, heartbeats, matrix, tokens).
 //! - [`token`]: join and user tokens (format, hashing, the CA fingerprint a join token pins).
+//! - [`jobs`]: wire types of pipelines, jobs, and the lease/report protocol.
 //! - [`spec`]: the job spec (a superset of InfraBox's), parsed and checked with every problem named.
 //!
 //! Invariants: a peer is known by the identity in its verified certificate, never by its
@@ -24,6 +25,7 @@ pub mod gateway;
 pub mod gateway_client;
 pub mod identity;
 pub mod ids;
+pub mod jobs;
 pub mod node;
 pub mod openapi;
 pub mod pki;

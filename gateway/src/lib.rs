@@ -8,6 +8,7 @@
 //! - [`registry`]: clusters, their leaders and terms (fencing), their observed state.
 //! - [`matrix`]: reported rows joined into the directed reachability matrix.
 //! - [`placement`]: which cluster runs a job (pure).
+//! - [`lifecycle`]: how pipelines and jobs move on reports (pure).
 //! - [`api`]: the `/v1` routes; [`ops`]: health, readiness, metrics.
 //!
 //! Invariants:
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod ca;
 pub mod config;
 pub mod db;
+pub mod lifecycle;
 pub mod matrix;
 pub mod metrics;
 pub mod ops;

@@ -10,9 +10,11 @@
 //! - [`clusters`]: the registry rows.
 //! - [`tokens`]: join tokens and user tokens (hashed).
 //! - [`matrix`]: one matrix row per reporting cluster.
+//! - [`jobs`]: pipelines, jobs and attempts; every transition a conditional update.
 //! - [`testing`]: throwaway databases for tests (SQLite files, PostgreSQL databases).
 
 pub mod clusters;
+pub mod jobs;
 pub mod matrix;
 pub mod testing;
 pub mod tokens;
@@ -32,7 +34,10 @@ use sqlx::sqlite::SqliteSynchronous;
 use crate::config::Database;
 
 /// The embedded migrations, in order.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial", include_str!("../../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "initial", include_str!("../../migrations/0001_initial.sql")),
+    (2, "jobs", include_str!("../../migrations/0002_jobs.sql")),
+];
 
 /// A connected, migrated database.
 #[derive(Clone, Debug)]

@@ -1,0 +1,273 @@
+//! Wire types of pipelines and jobs: submission, listing, and the lease/report protocol between
+//! a cluster leader and the gateway.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::spec::FinalState;
+use crate::spec::JobSpec;
+
+/// Where a job stands. Final states are the spec's [`FinalState`]s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Some parent has not ended yet.
+    Waiting,
+    /// Ready to run, waiting for a cluster (none eligible right now, or not placed yet).
+    Queued,
+    /// Placed on a cluster, bound to an attempt; the cluster has not reported it running yet.
+    Assigned,
+    /// The cluster reported the attempt running.
+    Running,
+    Finished,
+    Failure,
+    Error,
+    Unstable,
+    Killed,
+    Skipped,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 10] = [
+        JobState::Waiting,
+        JobState::Queued,
+        JobState::Assigned,
+        JobState::Running,
+        JobState::Finished,
+        JobState::Failure,
+        JobState::Error,
+        JobState::Unstable,
+        JobState::Killed,
+        JobState::Skipped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Waiting => "waiting",
+            JobState::Queued => "queued",
+            JobState::Assigned => "assigned",
+            JobState::Running => "running",
+            JobState::Finished => "finished",
+            JobState::Failure => "failure",
+            JobState::Error => "error",
+            JobState::Unstable => "unstable",
+            JobState::Killed => "killed",
+            JobState::Skipped => "skipped",
+        }
+    }
+
+    /// The final state this is, if it is one.
+    pub fn final_state(self) -> Option<FinalState> {
+        Some(match self {
+            JobState::Finished => FinalState::Finished,
+            JobState::Failure => FinalState::Failure,
+            JobState::Error => FinalState::Error,
+            JobState::Unstable => FinalState::Unstable,
+            JobState::Killed => FinalState::Killed,
+            JobState::Skipped => FinalState::Skipped,
+            JobState::Waiting | JobState::Queued | JobState::Assigned | JobState::Running => return None,
+        })
+    }
+
+    pub fn is_final(self) -> bool {
+        self.final_state().is_some()
+    }
+
+    /// Bound to a cluster's attempt (assigned or running).
+    pub fn is_active(self) -> bool {
+        matches!(self, JobState::Assigned | JobState::Running)
+    }
+}
+
+impl From<FinalState> for JobState {
+    fn from(state: FinalState) -> Self {
+        match state {
+            FinalState::Finished => JobState::Finished,
+            FinalState::Failure => JobState::Failure,
+            FinalState::Error => JobState::Error,
+            FinalState::Unstable => JobState::Unstable,
+            FinalState::Killed => JobState::Killed,
+            FinalState::Skipped => JobState::Skipped,
+        }
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobState::ALL.into_iter().find(|state| state.as_str() == s).ok_or_else(|| format!("unknown job state {s:?}"))
+    }
+}
+
+/// How a parent's output reaches a job (`atoll submit --json`: `inputs[].mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputMode {
+    Local,
+    Direct,
+    Relay,
+}
+
+/// One parent's output as a job's input.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputInfo {
+    pub from_job: String,
+    /// How it travels; `None` until both ends are placed.
+    pub mode: Option<InputMode>,
+    /// The output's SHA-256; `None` until the parent reported one.
+    pub digest: Option<String>,
+}
+
+/// A job as users see it (`atoll jobs --json`, `atoll submit --json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub name: String,
+    pub id: String,
+    pub pipeline: String,
+    /// The cluster of the current attempt; `None` while waiting or queued.
+    pub cluster: Option<String>,
+    pub state: JobState,
+    /// Attempts started so far (the current one included).
+    pub attempts: u32,
+    pub inputs: Vec<InputInfo>,
+    /// Why it is where it is (placement, skip, failure, refusal), for people.
+    pub reason: Option<String>,
+    pub exit_code: Option<i32>,
+    pub cancel_requested: bool,
+    pub created_ms: i64,
+    pub finished_ms: Option<i64>,
+}
+
+/// `POST /v1/pipelines`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SubmitRequest {
+    /// The job spec as a JSON document (the CLI reads YAML and sends it as JSON).
+    pub spec: serde_json::Value,
+}
+
+/// The answer to a submission: everything is recorded before this is sent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Submitted {
+    pub pipeline: String,
+    pub jobs: Vec<JobInfo>,
+}
+
+/// One job attempt a cluster holds in its replicated state.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Held {
+    pub job: String,
+    pub attempt: u32,
+}
+
+/// `POST /v1/clusters/{name}/lease`: the leader's long poll for work.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    /// The leader's Raft term (fenced like heartbeats).
+    pub term: u64,
+    /// Every unfinished attempt the cluster holds.
+    pub held: Vec<Held>,
+    /// How long the gateway may hold the request when there is nothing to say (capped).
+    pub wait_ms: u64,
+}
+
+/// Work for a cluster: a job attempt to record in Raft, then run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub job: String,
+    pub pipeline: String,
+    pub attempt: u32,
+    pub spec: JobSpec,
+}
+
+/// An attempt the cluster holds that it must stop, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    pub job: String,
+    pub attempt: u32,
+    pub reason: String,
+}
+
+/// The gateway's answer to a lease: what to start, what to cancel (then report `killed`), what to
+/// drop without reporting (moved elsewhere or already ended).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeaseResponse {
+    pub assign: Vec<Assignment>,
+    pub cancel: Vec<Held>,
+    pub drop: Vec<Revoked>,
+}
+
+impl LeaseResponse {
+    pub fn is_empty(&self) -> bool {
+        self.assign.is_empty() && self.cancel.is_empty() && self.drop.is_empty()
+    }
+}
+
+/// What a cluster says about one attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportedState {
+    Running,
+    Finished,
+    Failure,
+    Error,
+    Unstable,
+    Killed,
+    /// The attempt's run is gone (its replica lost leadership or died); run it again as a new
+    /// attempt on this cluster.
+    Lost,
+}
+
+/// One state change of one attempt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub job: String,
+    pub attempt: u32,
+    pub state: ReportedState,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// `POST /v1/clusters/{name}/reports`: state changes, in the order they happened.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReportBatch {
+    pub term: u64,
+    pub reports: Vec<Report>,
+}
+
+/// What became of one report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportOutcome {
+    /// Recorded.
+    Accepted,
+    /// Recorded earlier (a resent report): nothing changed.
+    Duplicate,
+    /// Not this cluster's attempt any more, or contradicts the recorded result: dropped. The
+    /// cluster stops the attempt.
+    Refused,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportResult {
+    pub job: String,
+    pub attempt: u32,
+    pub outcome: ReportOutcome,
+    pub reason: Option<String>,
+}
+
+/// The answer to a report batch, one result per report, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportResults {
+    pub results: Vec<ReportResult>,
+}

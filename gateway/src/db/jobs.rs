@@ -1,0 +1,576 @@
+//! Pipelines, jobs and attempts.
+//!
+//! Every transition is one conditional `UPDATE` that names the state (and, for a cluster's
+//! report, the binding and the reporter's term) it was decided on: when the row changed in
+//! between, nothing applies and the caller re-reads. This is what keeps "exactly one accepted
+//! result" true with concurrent requests, and with several gateways over one PostgreSQL.
+
+use atoll_api::jobs::JobState;
+use sqlx::Row;
+
+use super::Db;
+use super::DbError;
+use super::with_pool;
+
+/// A job as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRow {
+    pub id: String,
+    pub pipeline_id: String,
+    /// Its index in the pipeline's spec.
+    pub idx: usize,
+    pub name: String,
+    pub state: JobState,
+    pub cluster: Option<String>,
+    pub attempt: u32,
+    pub failed_attempts: u32,
+    pub cancel_requested: bool,
+    pub reason: Option<String>,
+    pub exit_code: Option<i32>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    pub finished_ms: Option<i64>,
+}
+
+/// One attempt's history row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptRow {
+    pub job_id: String,
+    pub attempt: u32,
+    pub cluster: String,
+    /// The job state the attempt ended the job in, `moved`, `lost`, `retried`, or `bound`.
+    pub state: String,
+    pub term: Option<u64>,
+    pub exit_code: Option<i32>,
+    pub message: Option<String>,
+    pub bound_ms: i64,
+    pub ended_ms: Option<i64>,
+}
+
+/// A job of a new pipeline.
+#[derive(Clone, Debug)]
+pub struct NewJob<'a> {
+    pub id: &'a str,
+    pub idx: usize,
+    pub name: &'a str,
+    pub state: JobState,
+    pub reason: &'a str,
+}
+
+/// A report's effect, decided by `lifecycle::decide`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transition {
+    Start,
+    End { state: JobState, exit_code: Option<i32>, message: Option<String> },
+    Retry { failed_attempts: u32, state: JobState, exit_code: Option<i32>, message: Option<String> },
+    Rerun { message: Option<String> },
+}
+
+/// What a cancel did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cancelled {
+    /// It had not started: it is `killed` now.
+    Killed,
+    /// It runs on a cluster: the cluster is told at its next lease and reports `killed`.
+    Requested,
+    /// Already final (or no such job).
+    Nothing,
+}
+
+macro_rules! job_columns {
+    () => {
+        "id, pipeline_id, idx, name, state, cluster, attempt, failed_attempts, cancel_requested, reason, exit_code, created_ms, updated_ms, finished_ms"
+    };
+}
+
+fn count(value: i32, column: &'static str) -> Result<u32, DbError> {
+    u32::try_from(value).map_err(|e| DbError::corrupt(column, e))
+}
+
+fn int(value: u32, column: &'static str) -> Result<i32, DbError> {
+    i32::try_from(value).map_err(|e| DbError::corrupt(column, e))
+}
+
+macro_rules! decode_job {
+    ($row:expr) => {{
+        let row = $row;
+        let idx: i32 = row.try_get("idx")?;
+        let state: String = row.try_get("state")?;
+        Ok::<_, DbError>(JobRow {
+            id: row.try_get("id")?,
+            pipeline_id: row.try_get("pipeline_id")?,
+            idx: usize::try_from(idx).map_err(|e| DbError::corrupt("jobs.idx", e))?,
+            name: row.try_get("name")?,
+            state: state.parse().map_err(|e| DbError::corrupt("jobs.state", e))?,
+            cluster: row.try_get("cluster")?,
+            attempt: count(row.try_get("attempt")?, "jobs.attempt")?,
+            failed_attempts: count(row.try_get("failed_attempts")?, "jobs.failed_attempts")?,
+            cancel_requested: row.try_get("cancel_requested")?,
+            reason: row.try_get("reason")?,
+            exit_code: row.try_get("exit_code")?,
+            created_ms: row.try_get("created_ms")?,
+            updated_ms: row.try_get("updated_ms")?,
+            finished_ms: row.try_get("finished_ms")?,
+        })
+    }};
+}
+
+macro_rules! decode_attempt {
+    ($row:expr) => {{
+        let row = $row;
+        let term: Option<i64> = row.try_get("term")?;
+        Ok::<_, DbError>(AttemptRow {
+            job_id: row.try_get("job_id")?,
+            attempt: count(row.try_get("attempt")?, "attempts.attempt")?,
+            cluster: row.try_get("cluster")?,
+            state: row.try_get("state")?,
+            term: term.map(|t| u64::try_from(t).map_err(|e| DbError::corrupt("attempts.term", e))).transpose()?,
+            exit_code: row.try_get("exit_code")?,
+            message: row.try_get("message")?,
+            bound_ms: row.try_get("bound_ms")?,
+            ended_ms: row.try_get("ended_ms")?,
+        })
+    }};
+}
+
+/// `SELECT` of jobs with a `WHERE`/`ORDER` tail.
+macro_rules! select_jobs {
+    ($tail:expr) => {
+        concat!("SELECT ", job_columns!(), " FROM jobs ", $tail)
+    };
+}
+
+/// The fence of a report's update: still bound to the reporter's attempt, still in the state the
+/// decision was made on, and the reporter's term at least the cluster's registered one.
+macro_rules! fenced {
+    ($update:expr) => {
+        concat!(
+            $update,
+            " WHERE id = $1 AND cluster = $2 AND attempt = $3 AND state = $4 AND $5 >= (SELECT term FROM clusters WHERE name = $2)"
+        )
+    };
+}
+
+/// Record the end of an attempt in its history row.
+const END_ATTEMPT: &str = "UPDATE attempts SET state = $1, term = $2, exit_code = $3, message = $4, ended_ms = $5 WHERE job_id = $6 AND attempt = $7";
+const BIND_ATTEMPT: &str =
+    "INSERT INTO attempts (job_id, attempt, cluster, state, bound_ms) VALUES ($1, $2, $3, 'bound', $4)
+     ON CONFLICT (job_id, attempt) DO NOTHING";
+
+impl Db {
+    /// Store a pipeline and its jobs in one transaction (all or nothing).
+    pub async fn insert_pipeline(
+        &self,
+        id: &str,
+        submitted_by: &str,
+        spec_json: &str,
+        jobs: &[NewJob<'_>],
+        now_ms: i64,
+    ) -> Result<(), DbError> {
+        with_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            sqlx::query("INSERT INTO pipelines (id, submitted_by, spec, created_ms) VALUES ($1, $2, $3, $4)")
+                .bind(id)
+                .bind(submitted_by)
+                .bind(spec_json)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+            for job in jobs {
+                let idx = i32::try_from(job.idx).map_err(|e| DbError::corrupt("jobs.idx", e))?;
+                sqlx::query(
+                    "INSERT INTO jobs (id, pipeline_id, idx, name, state, reason, created_ms, updated_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+                )
+                .bind(job.id)
+                .bind(id)
+                .bind(idx)
+                .bind(job.name)
+                .bind(job.state.as_str())
+                .bind(job.reason)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, DbError>(())
+        })
+    }
+
+    /// A pipeline's spec as submitted (checked JSON).
+    pub async fn pipeline_spec(&self, id: &str) -> Result<Option<String>, DbError> {
+        with_pool!(self, read, |pool| {
+            let row = sqlx::query("SELECT spec FROM pipelines WHERE id = $1").bind(id).fetch_optional(pool).await?;
+            Ok::<_, DbError>(row.map(|r| r.try_get("spec")).transpose()?)
+        })
+    }
+
+    pub async fn job(&self, id: &str) -> Result<Option<JobRow>, DbError> {
+        with_pool!(self, read, |pool| {
+            match sqlx::query(select_jobs!("WHERE id = $1")).bind(id).fetch_optional(pool).await? {
+                Some(row) => decode_job!(&row).map(Some),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// A pipeline's jobs in spec order.
+    pub async fn pipeline_jobs(&self, pipeline_id: &str) -> Result<Vec<JobRow>, DbError> {
+        with_pool!(self, read, |pool| {
+            let rows = sqlx::query(select_jobs!("WHERE pipeline_id = $1 ORDER BY idx"))
+                .bind(pipeline_id)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(|row| decode_job!(row)).collect()
+        })
+    }
+
+    /// The newest jobs first (by pipeline submission, then spec order), at most `limit`.
+    pub async fn recent_jobs(&self, limit: u32) -> Result<Vec<JobRow>, DbError> {
+        with_pool!(self, read, |pool| {
+            let rows = sqlx::query(select_jobs!("ORDER BY created_ms DESC, pipeline_id DESC, idx LIMIT $1"))
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(|row| decode_job!(row)).collect()
+        })
+    }
+
+    /// Jobs in `state`, oldest first.
+    pub async fn jobs_in_state(&self, state: JobState) -> Result<Vec<JobRow>, DbError> {
+        with_pool!(self, read, |pool| {
+            let rows = sqlx::query(select_jobs!("WHERE state = $1 ORDER BY created_ms, pipeline_id, idx"))
+                .bind(state.as_str())
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(|row| decode_job!(row)).collect()
+        })
+    }
+
+    /// The jobs bound to a cluster (assigned or running).
+    pub async fn active_jobs(&self, cluster: &str) -> Result<Vec<JobRow>, DbError> {
+        with_pool!(self, read, |pool| {
+            let rows = sqlx::query(select_jobs!(
+                "WHERE cluster = $1 AND state IN ('assigned', 'running') ORDER BY created_ms, pipeline_id, idx"
+            ))
+            .bind(cluster)
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(|row| decode_job!(row)).collect()
+        })
+    }
+
+    /// Unfinished jobs bound to each cluster (placement's load).
+    pub async fn cluster_load(&self) -> Result<Vec<(String, u64)>, DbError> {
+        with_pool!(self, read, |pool| {
+            let rows = sqlx::query(
+                "SELECT cluster, COUNT(*) AS n FROM jobs WHERE state IN ('assigned', 'running') AND cluster IS NOT NULL GROUP BY cluster",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    let n: i64 = row.try_get("n")?;
+                    Ok((row.try_get("cluster")?, u64::try_from(n).map_err(|e| DbError::corrupt("jobs count", e))?))
+                })
+                .collect()
+        })
+    }
+
+    pub async fn attempts(&self, job_id: &str) -> Result<Vec<AttemptRow>, DbError> {
+        with_pool!(self, read, |pool| {
+            let rows = sqlx::query(
+                "SELECT job_id, attempt, cluster, state, term, exit_code, message, bound_ms, ended_ms
+                 FROM attempts WHERE job_id = $1 ORDER BY attempt",
+            )
+            .bind(job_id)
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(|row| decode_attempt!(row)).collect()
+        })
+    }
+
+    /// Move `waiting` jobs on (settled by `lifecycle::settle`): `(job id, new state, reason)`.
+    /// Jobs no longer waiting are left alone. One transaction.
+    pub async fn settle_jobs(&self, changes: &[(String, JobState, String)], now_ms: i64) -> Result<(), DbError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        with_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            for (id, state, reason) in changes {
+                let finished = state.is_final().then_some(now_ms);
+                sqlx::query(
+                    "UPDATE jobs SET state = $1, reason = $2, updated_ms = $3, finished_ms = $4 WHERE id = $5 AND state = 'waiting'",
+                )
+                .bind(state.as_str())
+                .bind(reason)
+                .bind(now_ms)
+                .bind(finished)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, DbError>(())
+        })
+    }
+
+    /// Bind a queued job's attempt to a cluster; false when the job is no longer queued at
+    /// that attempt.
+    pub async fn assign(
+        &self,
+        id: &str,
+        attempt: u32,
+        cluster: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<bool, DbError> {
+        let attempt = int(attempt, "jobs.attempt")?;
+        with_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            let done = sqlx::query(
+                "UPDATE jobs SET state = 'assigned', cluster = $1, reason = $2, updated_ms = $3
+                 WHERE id = $4 AND state = 'queued' AND attempt = $5 AND NOT cancel_requested",
+            )
+            .bind(cluster)
+            .bind(reason)
+            .bind(now_ms)
+            .bind(id)
+            .bind(attempt)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if done == 1 {
+                sqlx::query(BIND_ATTEMPT).bind(id).bind(attempt).bind(cluster).bind(now_ms).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok::<_, DbError>(done == 1)
+        })
+    }
+
+    /// Apply a cluster's report, fenced: only if the job is still `from` and bound to
+    /// (`cluster`, `attempt`), and `term` is at least the cluster's registered term. False when
+    /// any of that no longer holds (nothing changed).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn apply_report(
+        &self,
+        id: &str,
+        cluster: &str,
+        attempt: u32,
+        from: JobState,
+        term: u64,
+        transition: &Transition,
+        now_ms: i64,
+    ) -> Result<bool, DbError> {
+        let a = int(attempt, "jobs.attempt")?;
+        let t = i64::try_from(term).map_err(|e| DbError::corrupt("clusters.term", e))?;
+        with_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            let done = match transition {
+                Transition::Start => sqlx::query(fenced!("UPDATE jobs SET state = 'running', updated_ms = $6"))
+                    .bind(id)
+                    .bind(cluster)
+                    .bind(a)
+                    .bind(from.as_str())
+                    .bind(t)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected(),
+                Transition::End { state, exit_code, message } => {
+                    let done = sqlx::query(fenced!(
+                        "UPDATE jobs SET state = $6, exit_code = $7, reason = $8, updated_ms = $9, finished_ms = $9"
+                    ))
+                    .bind(id)
+                    .bind(cluster)
+                    .bind(a)
+                    .bind(from.as_str())
+                    .bind(t)
+                    .bind(state.as_str())
+                    .bind(*exit_code)
+                    .bind(message)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if done == 1 {
+                        end_attempt(&mut tx, id, a, state.as_str(), t, *exit_code, message.as_deref(), now_ms).await?;
+                    }
+                    done
+                }
+                Transition::Retry { failed_attempts, state, exit_code, message } => {
+                    let done = sqlx::query(fenced!(
+                        "UPDATE jobs SET state = 'queued', cluster = NULL, attempt = attempt + 1, failed_attempts = $6,
+                         exit_code = $7, reason = $8, updated_ms = $9"
+                    ))
+                    .bind(id)
+                    .bind(cluster)
+                    .bind(a)
+                    .bind(from.as_str())
+                    .bind(t)
+                    .bind(int(*failed_attempts, "jobs.failed_attempts")?)
+                    .bind(*exit_code)
+                    .bind(format!("attempt {attempt} ended {state}; retrying"))
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if done == 1 {
+                        end_attempt(&mut tx, id, a, state.as_str(), t, *exit_code, message.as_deref(), now_ms).await?;
+                    }
+                    done
+                }
+                Transition::Rerun { message } => {
+                    let done = sqlx::query(fenced!(
+                        "UPDATE jobs SET state = 'assigned', attempt = attempt + 1, reason = $6, updated_ms = $7"
+                    ))
+                    .bind(id)
+                    .bind(cluster)
+                    .bind(a)
+                    .bind(from.as_str())
+                    .bind(t)
+                    .bind(format!("attempt {attempt} was lost on {cluster}; running it again there"))
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if done == 1 {
+                        end_attempt(&mut tx, id, a, "lost", t, None, message.as_deref(), now_ms).await?;
+                        sqlx::query(BIND_ATTEMPT)
+                            .bind(id)
+                            .bind(a + 1)
+                            .bind(cluster)
+                            .bind(now_ms)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    done
+                }
+            };
+            tx.commit().await?;
+            Ok::<_, DbError>(done == 1)
+        })
+    }
+
+    /// Cancel a job: kill it at once if it has not started, else ask its cluster.
+    pub async fn cancel(&self, id: &str, now_ms: i64) -> Result<Cancelled, DbError> {
+        with_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            let killed = sqlx::query(
+                "UPDATE jobs SET state = 'killed', reason = 'cancelled before it started', updated_ms = $1, finished_ms = $1
+                 WHERE id = $2 AND state IN ('waiting', 'queued')",
+            )
+            .bind(now_ms)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            let requested = if killed == 0 {
+                sqlx::query(
+                    "UPDATE jobs SET cancel_requested = TRUE, updated_ms = $1 WHERE id = $2 AND state IN ('assigned', 'running')",
+                )
+                .bind(now_ms)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+            } else {
+                0
+            };
+            tx.commit().await?;
+            Ok::<_, DbError>(match (killed, requested) {
+                (1, _) => Cancelled::Killed,
+                (_, 1) => Cancelled::Requested,
+                _ => Cancelled::Nothing,
+            })
+        })
+    }
+
+    /// Take a dead cluster's work away: every job bound to it gets a new attempt, queued for
+    /// placement elsewhere (a job whose cancel was asked is `killed` instead). Returns the
+    /// pipelines touched.
+    pub async fn reroute(&self, cluster: &str, now_ms: i64) -> Result<Vec<String>, DbError> {
+        with_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            let rows = sqlx::query(
+                "SELECT id, pipeline_id, attempt, cancel_requested FROM jobs WHERE cluster = $1 AND state IN ('assigned', 'running')",
+            )
+            .bind(cluster)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut pipelines = Vec::new();
+            for row in &rows {
+                let id: String = row.try_get("id")?;
+                let attempt: i32 = row.try_get("attempt")?;
+                let cancelled: bool = row.try_get("cancel_requested")?;
+                let reason = if cancelled {
+                    format!("cancelled; cluster {cluster} died before it confirmed")
+                } else {
+                    format!("cluster {cluster} is dead; attempt {attempt} moved away")
+                };
+                let sql = if cancelled {
+                    "UPDATE jobs SET state = 'killed', reason = $1, updated_ms = $2, finished_ms = $2
+                     WHERE id = $3 AND attempt = $4 AND cluster = $5 AND state IN ('assigned', 'running')"
+                } else {
+                    "UPDATE jobs SET state = 'queued', cluster = NULL, attempt = attempt + 1, reason = $1, updated_ms = $2
+                     WHERE id = $3 AND attempt = $4 AND cluster = $5 AND state IN ('assigned', 'running')"
+                };
+                let done = sqlx::query(sql)
+                    .bind(&reason)
+                    .bind(now_ms)
+                    .bind(&id)
+                    .bind(attempt)
+                    .bind(cluster)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if done == 1 {
+                    end_attempt(&mut tx, &id, attempt, "moved", -1, None, Some(&reason), now_ms).await?;
+                    pipelines.push(row.try_get("pipeline_id")?);
+                }
+            }
+            tx.commit().await?;
+            pipelines.sort();
+            pipelines.dedup();
+            Ok::<_, DbError>(pipelines)
+        })
+    }
+}
+
+/// Close an attempt's history row (`term` -1: ended by the gateway, not by a report).
+#[allow(clippy::too_many_arguments)]
+async fn end_attempt<'c, DB>(
+    tx: &mut sqlx::Transaction<'c, DB>,
+    id: &str,
+    attempt: i32,
+    state: &str,
+    term: i64,
+    exit_code: Option<i32>,
+    message: Option<&str>,
+    now_ms: i64,
+) -> Result<(), DbError>
+where
+    DB: sqlx::Database,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'e> &'e mut <DB as sqlx::Database>::Connection: sqlx::Executor<'e, Database = DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i32: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<i32>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let term = (term >= 0).then_some(term);
+    sqlx::query(END_ATTEMPT)
+        .bind(state)
+        .bind(term)
+        .bind(exit_code)
+        .bind(message)
+        .bind(now_ms)
+        .bind(id)
+        .bind(attempt)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! The job tables, against SQLite and a real PostgreSQL server: every transition is fenced by
+//! binding, state and term, so exactly one result gets in.
+
+use atoll_api::gateway::Heartbeat;
+use atoll_api::jobs::JobState;
+use atoll_gateway::db::Db;
+use atoll_gateway::db::jobs::Cancelled;
+use atoll_gateway::db::jobs::NewJob;
+use atoll_gateway::db::jobs::Transition;
+use atoll_gateway::testing::TestDatabase;
+
+fn heartbeat(term: u64) -> Heartbeat {
+    Heartbeat {
+        term,
+        leader_id: 1,
+        endpoint: "10.0.0.1:7101".into(),
+        labels: vec!["default".into()],
+        replicas: vec![],
+        view_revision: None,
+    }
+}
+
+async fn pipeline(db: &Db, id: &str, jobs: &[(&str, JobState)]) {
+    let ids: Vec<String> = jobs.iter().map(|(name, _)| format!("{id}-{name}")).collect();
+    let new: Vec<NewJob<'_>> = jobs
+        .iter()
+        .enumerate()
+        .map(|(idx, (name, state))| NewJob { id: &ids[idx], idx, name, state: *state, reason: "submitted" })
+        .collect();
+    db.insert_pipeline(id, "tester", "{}", &new, 1_000).await.unwrap();
+}
+
+fn end(state: JobState) -> Transition {
+    Transition::End { state, exit_code: Some(0), message: None }
+}
+
+#[tokio::test]
+async fn exactly_one_result_is_accepted_and_stale_terms_are_fenced() {
+    for (engine, test) in TestDatabase::both().await {
+        let db = Db::connect(&test.database).await.unwrap();
+        db.register("aws", &heartbeat(2), 1_000).await.unwrap();
+        db.register("gcp", &heartbeat(1), 1_000).await.unwrap();
+        pipeline(&db, "p1", &[("a", JobState::Queued), ("b", JobState::Waiting)]).await;
+
+        eprintln!("--- {engine}: a queued job binds once");
+        assert!(db.assign("p1-a", 1, "aws", "placed", 2_000).await.unwrap());
+        assert!(!db.assign("p1-a", 1, "gcp", "placed", 2_000).await.unwrap(), "no longer queued");
+        assert!(!db.assign("p1-b", 1, "aws", "placed", 2_000).await.unwrap(), "waiting jobs are not placed");
+        assert_eq!(db.active_jobs("aws").await.unwrap().len(), 1);
+        assert_eq!(db.cluster_load().await.unwrap(), vec![("aws".to_string(), 1)]);
+
+        eprintln!("--- {engine}: reports from another cluster, attempt or an old term change nothing");
+        assert!(!db.apply_report("p1-a", "gcp", 1, JobState::Assigned, 9, &Transition::Start, 3_000).await.unwrap());
+        assert!(!db.apply_report("p1-a", "aws", 2, JobState::Assigned, 2, &Transition::Start, 3_000).await.unwrap());
+        assert!(
+            !db.apply_report("p1-a", "aws", 1, JobState::Assigned, 1, &Transition::Start, 3_000).await.unwrap(),
+            "term 1 < 2"
+        );
+        assert!(db.apply_report("p1-a", "aws", 1, JobState::Assigned, 2, &Transition::Start, 3_000).await.unwrap());
+        assert!(
+            !db.apply_report("p1-a", "aws", 1, JobState::Assigned, 2, &Transition::Start, 3_000).await.unwrap(),
+            "decided on a stale read"
+        );
+
+        eprintln!("--- {engine}: two results race; one wins");
+        let (finished, failed) = (end(JobState::Finished), end(JobState::Failure));
+        let (first, second) = tokio::join!(
+            db.apply_report("p1-a", "aws", 1, JobState::Running, 2, &finished, 4_000),
+            db.apply_report("p1-a", "aws", 1, JobState::Running, 2, &failed, 4_000),
+        );
+        assert!(first.unwrap() ^ second.unwrap(), "exactly one of two racing results applies");
+        let job = db.job("p1-a").await.unwrap().unwrap();
+        assert!(job.state.is_final());
+        assert_eq!(job.finished_ms, Some(4_000));
+        let attempts = db.attempts("p1-a").await.unwrap();
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(
+            (attempts[0].cluster.as_str(), attempts[0].term, attempts[0].state.as_str()),
+            ("aws", Some(2), job.state.as_str())
+        );
+
+        eprintln!("--- {engine}: settle moves only waiting jobs");
+        db.settle_jobs(
+            &[("p1-b".into(), JobState::Queued, "parents done".into()), ("p1-a".into(), JobState::Skipped, "x".into())],
+            5_000,
+        )
+        .await
+        .unwrap();
+        assert_eq!(db.job("p1-b").await.unwrap().unwrap().state, JobState::Queued);
+        assert_eq!(db.job("p1-a").await.unwrap().unwrap().state, job.state, "a final job is never settled again");
+    }
+}
+
+#[tokio::test]
+async fn retries_reruns_reroutes_and_cancels() {
+    for (engine, test) in TestDatabase::both().await {
+        let db = Db::connect(&test.database).await.unwrap();
+        db.register("aws", &heartbeat(1), 1_000).await.unwrap();
+        pipeline(
+            &db,
+            "p",
+            &[
+                ("r", JobState::Queued),
+                ("l", JobState::Queued),
+                ("m", JobState::Queued),
+                ("c", JobState::Queued),
+                ("w", JobState::Waiting),
+            ],
+        )
+        .await;
+        for job in ["p-r", "p-l", "p-m", "p-c"] {
+            assert!(db.assign(job, 1, "aws", "placed", 2_000).await.unwrap());
+        }
+
+        eprintln!("--- {engine}: a retry queues attempt 2 for placement");
+        let retry =
+            Transition::Retry { failed_attempts: 1, state: JobState::Failure, exit_code: Some(3), message: None };
+        assert!(db.apply_report("p-r", "aws", 1, JobState::Assigned, 1, &retry, 3_000).await.unwrap());
+        let job = db.job("p-r").await.unwrap().unwrap();
+        assert_eq!((job.state, job.cluster, job.attempt, job.failed_attempts), (JobState::Queued, None, 2, 1));
+        assert!(!db.apply_report("p-r", "aws", 1, JobState::Queued, 1, &end(JobState::Finished), 3_000).await.unwrap());
+
+        eprintln!("--- {engine}: a lost run becomes attempt 2 on the same cluster");
+        assert!(
+            db.apply_report("p-l", "aws", 1, JobState::Assigned, 1, &Transition::Rerun { message: None }, 3_000)
+                .await
+                .unwrap()
+        );
+        let job = db.job("p-l").await.unwrap().unwrap();
+        assert_eq!((job.state, job.cluster.as_deref(), job.attempt), (JobState::Assigned, Some("aws"), 2));
+        let states: Vec<String> = db.attempts("p-l").await.unwrap().into_iter().map(|a| a.state).collect();
+        assert_eq!(states, ["lost", "bound"]);
+
+        eprintln!("--- {engine}: cancel kills what has not started and asks for the rest");
+        assert_eq!(db.cancel("p-w", 4_000).await.unwrap(), Cancelled::Killed);
+        assert_eq!(db.job("p-w").await.unwrap().unwrap().state, JobState::Killed);
+        assert_eq!(db.cancel("p-c", 4_000).await.unwrap(), Cancelled::Requested);
+        assert!(db.job("p-c").await.unwrap().unwrap().cancel_requested);
+        assert_eq!(db.cancel("p-w", 4_000).await.unwrap(), Cancelled::Nothing);
+
+        eprintln!("--- {engine}: a dead cluster's work is queued again as new attempts, cancelled work killed");
+        let touched = db.reroute("aws", 5_000).await.unwrap();
+        assert_eq!(touched, vec!["p".to_string()]);
+        let m = db.job("p-m").await.unwrap().unwrap();
+        assert_eq!((m.state, m.cluster, m.attempt), (JobState::Queued, None, 2));
+        assert_eq!(db.job("p-c").await.unwrap().unwrap().state, JobState::Killed);
+        let l = db.job("p-l").await.unwrap().unwrap();
+        assert_eq!((l.state, l.attempt), (JobState::Queued, 3));
+        assert!(db.active_jobs("aws").await.unwrap().is_empty());
+        eprintln!("--- {engine}: the dead cluster's late result is refused");
+        assert!(
+            !db.apply_report("p-m", "aws", 1, JobState::Running, 1, &end(JobState::Finished), 6_000).await.unwrap()
+        );
+        assert_eq!(db.jobs_in_state(JobState::Queued).await.unwrap().len(), 3);
+    }
+}
