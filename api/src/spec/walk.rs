@@ -318,22 +318,20 @@ fn environment(v: &Value, path: &str, problems: &mut Problems) -> BTreeMap<Strin
     out
 }
 
+/// `"<digits><unit>"` scaled by the unit's factor (`units` maps suffixes, `""` included, to
+/// factors); `None` when malformed, of an unknown unit, or overflowing.
+fn with_unit(text: &str, units: &[(&str, u64)]) -> Option<u64> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let scale = units.iter().find(|(u, _)| *u == unit)?.1;
+    digits.parse::<u64>().ok()?.checked_mul(scale)
+}
+
 /// Seconds, as a number (InfraBox) or a string with a unit: `90`, `"90s"`, `"30m"`, `"2h"`.
 fn duration(v: &Value, path: &str, problems: &mut Problems) -> Option<u64> {
     let seconds = match v {
         Value::Number(_) => v.as_u64(),
-        Value::String(s) => {
-            let s = s.trim();
-            let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-            let scale = match unit {
-                "" | "s" => Some(1),
-                "m" => Some(60),
-                "h" => Some(3600),
-                "d" => Some(86_400),
-                _ => None,
-            };
-            digits.parse::<u64>().ok().zip(scale).and_then(|(n, scale)| n.checked_mul(scale))
-        }
+        Value::String(s) => with_unit(s, &[("", 1), ("s", 1), ("m", 60), ("h", 3600), ("d", 86_400)]),
         _ => None,
     };
     match seconds {
@@ -402,17 +400,7 @@ fn memory(v: &Value, path: &str, problems: &mut Problems) -> Option<u64> {
     const MAX_MIB: u64 = 16 * 1024 * 1024;
     let mib = match v {
         Value::Number(n) => n.as_u64(),
-        Value::String(s) => {
-            let s = s.trim();
-            let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-            let scale = match unit {
-                "" | "Mi" => Some(1),
-                "Gi" => Some(1024),
-                "Ti" => Some(1024 * 1024),
-                _ => None,
-            };
-            digits.parse::<u64>().ok().zip(scale).and_then(|(n, scale)| n.checked_mul(scale))
-        }
+        Value::String(s) => with_unit(s, &[("", 1), ("Mi", 1), ("Gi", 1024), ("Ti", 1024 * 1024)]),
         _ => None,
     };
     match mib {

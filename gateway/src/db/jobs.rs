@@ -151,6 +151,34 @@ macro_rules! fenced {
     };
 }
 
+/// Run a `SELECT` of jobs with one bound argument and decode every row.
+macro_rules! fetch_jobs {
+    ($db:expr, $tail:expr, $arg:expr) => {
+        with_pool!($db, read, |pool| {
+            let rows = sqlx::query(select_jobs!($tail)).bind($arg).fetch_all(pool).await?;
+            rows.iter().map(|row| decode_job!(row)).collect()
+        })
+    };
+}
+
+/// Run a fenced report update: binds the fence's `$1`-`$5` (id, cluster, attempt, state read,
+/// term), then the update's own values; returns the rows changed.
+macro_rules! run_fenced {
+    ($tx:expr, $update:literal, $fence:expr $(, $value:expr)*) => {{
+        let (id, cluster, attempt, from, term) = $fence;
+        sqlx::query(fenced!($update))
+            .bind(id)
+            .bind(cluster)
+            .bind(attempt)
+            .bind(from)
+            .bind(term)
+            $(.bind($value))*
+            .execute(&mut *$tx)
+            .await?
+            .rows_affected()
+    }};
+}
+
 /// Record the end of an attempt in its history row.
 const END_ATTEMPT: &str = "UPDATE attempts SET state = $1, term = $2, exit_code = $3, message = $4, ended_ms = $5 WHERE job_id = $6 AND attempt = $7";
 const BIND_ATTEMPT: &str =
@@ -216,48 +244,26 @@ impl Db {
 
     /// A pipeline's jobs in spec order.
     pub async fn pipeline_jobs(&self, pipeline_id: &str) -> Result<Vec<JobRow>, DbError> {
-        with_pool!(self, read, |pool| {
-            let rows = sqlx::query(select_jobs!("WHERE pipeline_id = $1 ORDER BY idx"))
-                .bind(pipeline_id)
-                .fetch_all(pool)
-                .await?;
-            rows.iter().map(|row| decode_job!(row)).collect()
-        })
+        fetch_jobs!(self, "WHERE pipeline_id = $1 ORDER BY idx", pipeline_id)
     }
 
     /// The newest jobs first (by pipeline submission, then spec order), at most `limit`.
     pub async fn recent_jobs(&self, limit: u32) -> Result<Vec<JobRow>, DbError> {
-        with_pool!(self, read, |pool| {
-            let rows = sqlx::query(select_jobs!("ORDER BY created_ms DESC, pipeline_id DESC, idx LIMIT $1"))
-                .bind(i64::from(limit))
-                .fetch_all(pool)
-                .await?;
-            rows.iter().map(|row| decode_job!(row)).collect()
-        })
+        fetch_jobs!(self, "ORDER BY created_ms DESC, pipeline_id DESC, idx LIMIT $1", i64::from(limit))
     }
 
     /// Jobs in `state`, oldest first.
     pub async fn jobs_in_state(&self, state: JobState) -> Result<Vec<JobRow>, DbError> {
-        with_pool!(self, read, |pool| {
-            let rows = sqlx::query(select_jobs!("WHERE state = $1 ORDER BY created_ms, pipeline_id, idx"))
-                .bind(state.as_str())
-                .fetch_all(pool)
-                .await?;
-            rows.iter().map(|row| decode_job!(row)).collect()
-        })
+        fetch_jobs!(self, "WHERE state = $1 ORDER BY created_ms, pipeline_id, idx", state.as_str())
     }
 
     /// The jobs bound to a cluster (assigned or running).
     pub async fn active_jobs(&self, cluster: &str) -> Result<Vec<JobRow>, DbError> {
-        with_pool!(self, read, |pool| {
-            let rows = sqlx::query(select_jobs!(
-                "WHERE cluster = $1 AND state IN ('assigned', 'running') ORDER BY created_ms, pipeline_id, idx"
-            ))
-            .bind(cluster)
-            .fetch_all(pool)
-            .await?;
-            rows.iter().map(|row| decode_job!(row)).collect()
-        })
+        fetch_jobs!(
+            self,
+            "WHERE cluster = $1 AND state IN ('assigned', 'running') ORDER BY created_ms, pipeline_id, idx",
+            cluster
+        )
     }
 
     /// Unfinished jobs bound to each cluster (placement's load).
@@ -367,74 +373,50 @@ impl Db {
         let t = i64::try_from(term).map_err(|e| DbError::corrupt("clusters.term", e))?;
         with_pool!(self, write, |pool| {
             let mut tx = pool.begin().await?;
+            let fence = (id, cluster, a, from.as_str(), t);
             let done = match transition {
-                Transition::Start => sqlx::query(fenced!("UPDATE jobs SET state = 'running', updated_ms = $6"))
-                    .bind(id)
-                    .bind(cluster)
-                    .bind(a)
-                    .bind(from.as_str())
-                    .bind(t)
-                    .bind(now_ms)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected(),
+                Transition::Start => {
+                    run_fenced!(tx, "UPDATE jobs SET state = 'running', updated_ms = $6", fence, now_ms)
+                }
                 Transition::End { state, exit_code, message } => {
-                    let done = sqlx::query(fenced!(
-                        "UPDATE jobs SET state = $6, exit_code = $7, reason = $8, updated_ms = $9, finished_ms = $9"
-                    ))
-                    .bind(id)
-                    .bind(cluster)
-                    .bind(a)
-                    .bind(from.as_str())
-                    .bind(t)
-                    .bind(state.as_str())
-                    .bind(*exit_code)
-                    .bind(message)
-                    .bind(now_ms)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
+                    let done = run_fenced!(
+                        tx,
+                        "UPDATE jobs SET state = $6, exit_code = $7, reason = $8, updated_ms = $9, finished_ms = $9",
+                        fence,
+                        state.as_str(),
+                        *exit_code,
+                        message,
+                        now_ms
+                    );
                     if done == 1 {
                         end_attempt(&mut tx, id, a, state.as_str(), t, *exit_code, message.as_deref(), now_ms).await?;
                     }
                     done
                 }
                 Transition::Retry { failed_attempts, state, exit_code, message } => {
-                    let done = sqlx::query(fenced!(
+                    let done = run_fenced!(
+                        tx,
                         "UPDATE jobs SET state = 'queued', cluster = NULL, attempt = attempt + 1, failed_attempts = $6,
-                         exit_code = $7, reason = $8, updated_ms = $9"
-                    ))
-                    .bind(id)
-                    .bind(cluster)
-                    .bind(a)
-                    .bind(from.as_str())
-                    .bind(t)
-                    .bind(int(*failed_attempts, "jobs.failed_attempts")?)
-                    .bind(*exit_code)
-                    .bind(format!("attempt {attempt} ended {state}; retrying"))
-                    .bind(now_ms)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
+                         exit_code = $7, reason = $8, updated_ms = $9",
+                        fence,
+                        int(*failed_attempts, "jobs.failed_attempts")?,
+                        *exit_code,
+                        format!("attempt {attempt} ended {state}; retrying"),
+                        now_ms
+                    );
                     if done == 1 {
                         end_attempt(&mut tx, id, a, state.as_str(), t, *exit_code, message.as_deref(), now_ms).await?;
                     }
                     done
                 }
                 Transition::Rerun { message } => {
-                    let done = sqlx::query(fenced!(
-                        "UPDATE jobs SET state = 'assigned', attempt = attempt + 1, reason = $6, updated_ms = $7"
-                    ))
-                    .bind(id)
-                    .bind(cluster)
-                    .bind(a)
-                    .bind(from.as_str())
-                    .bind(t)
-                    .bind(format!("attempt {attempt} was lost on {cluster}; running it again there"))
-                    .bind(now_ms)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
+                    let done = run_fenced!(
+                        tx,
+                        "UPDATE jobs SET state = 'assigned', attempt = attempt + 1, reason = $6, updated_ms = $7",
+                        fence,
+                        format!("attempt {attempt} was lost on {cluster}; running it again there"),
+                        now_ms
+                    );
                     if done == 1 {
                         end_attempt(&mut tx, id, a, "lost", t, None, message.as_deref(), now_ms).await?;
                         sqlx::query(BIND_ATTEMPT)
