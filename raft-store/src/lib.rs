@@ -22,6 +22,7 @@
 pub mod codec;
 pub mod data_dir;
 pub mod error;
+pub mod jobs;
 pub mod log_store;
 pub mod snapshot;
 mod state;

@@ -3,15 +3,17 @@
 //! A snapshot is JSON lines, so it is written and read in bounded memory whatever its size:
 //!
 //! ```text
-//! {"header":{"magic":"atoll-snapshot","format":1,"meta":{...openraft SnapshotMeta...}}}
+//! {"header":{"magic":"atoll-snapshot","format":2,"meta":{...openraft SnapshotMeta...}}}
 //! {"annotation":{"key":"k","value":"v","version":1,"revision":7}}
 //! {"replica":{"node_id":2,"incarnation":"...","revision":3}}
 //! {"mesh":{"view":{"peers":[...],"revoked":[...]}}}
+//! {"job":{"record":{"job":"...","attempt":1,"run":{"run":"accepted"},...}}}
 //! {"end":{"records":2}}
 //! ```
 //!
 //! The end line carries the record count, so a truncated file is detected; an unknown magic or
-//! format is refused with a clear error. Files are written to a temp name, fsync'd and renamed.
+//! format is refused with a clear error. Format 2 added job records; format 1 files (no jobs)
+//! are still read. Files are written to a temp name, fsync'd and renamed.
 
 use std::fs::File;
 use std::io::BufRead;
@@ -25,13 +27,16 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::jobs::JobRecord;
 use crate::types::Annotation;
 use crate::types::MeshView;
 use crate::types::ReplicaRecord;
 use crate::types::SnapshotMeta;
 
 pub const SNAPSHOT_MAGIC: &str = "atoll-snapshot";
-pub const SNAPSHOT_FORMAT: u32 = 1;
+pub const SNAPSHOT_FORMAT: u32 = 2;
+/// Older formats this build still reads.
+pub const SNAPSHOT_FORMATS_READ: [u32; 2] = [1, 2];
 
 /// Name of the snapshot a replica serves and restores from.
 pub const CURRENT_SNAPSHOT: &str = "current.snap";
@@ -87,6 +92,7 @@ pub(crate) enum Line {
     Annotation { key: String, value: String, version: u64, revision: u64 },
     Replica { node_id: u64, incarnation: String, revision: u64 },
     Mesh { view: MeshView },
+    Job { record: JobRecord },
     End { records: u64 },
 }
 
@@ -96,6 +102,7 @@ pub(crate) enum Record {
     Annotation(String, Annotation),
     Replica(u64, ReplicaRecord),
     Mesh(MeshView),
+    Job(JobRecord),
 }
 
 /// Writes a snapshot file line by line.
@@ -129,6 +136,7 @@ impl SnapshotWriter {
             }
             Record::Replica(node_id, r) => Line::Replica { node_id, incarnation: r.incarnation, revision: r.revision },
             Record::Mesh(view) => Line::Mesh { view },
+            Record::Job(record) => Line::Job { record },
         };
         self.line(&line)
     }
@@ -170,10 +178,10 @@ fn read_header(path: &Path, reader: &mut impl BufRead) -> std::io::Result<Snapsh
         return Err(invalid(path, format!("not an atoll snapshot (magic {magic:?})")));
     }
     let format = header.get("format").and_then(|f| f.as_u64()).unwrap_or_default();
-    if format != u64::from(SNAPSHOT_FORMAT) {
+    if !SNAPSHOT_FORMATS_READ.iter().any(|&f| u64::from(f) == format) {
         return Err(invalid(
             path,
-            format!("snapshot format {format} is not known to this build (reads {SNAPSHOT_FORMAT})"),
+            format!("snapshot format {format} is not known to this build (reads {SNAPSHOT_FORMATS_READ:?})"),
         ));
     }
     let meta = header.get("meta").cloned().unwrap_or_default();
@@ -203,6 +211,7 @@ pub(crate) fn read_records(
                 each(Record::Replica(node_id, ReplicaRecord { incarnation, revision }))?
             }
             Line::Mesh { view } => each(Record::Mesh(view))?,
+            Line::Job { record } => each(Record::Job(record))?,
             Line::End { records } => {
                 if records != count {
                     return Err(invalid(path, format!("end line says {records} records, read {count}")));

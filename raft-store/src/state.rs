@@ -7,6 +7,7 @@ use redb::ReadableTable;
 use redb::TableDefinition;
 
 use crate::codec;
+use crate::jobs::JobRecord;
 use crate::types::Annotation;
 use crate::types::Command;
 use crate::types::CommandResponse;
@@ -14,6 +15,7 @@ use crate::types::MeshView;
 use crate::types::ReplicaRecord;
 
 pub(crate) const ANNOTATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("annotations");
+pub(crate) const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 pub(crate) const REPLICAS: TableDefinition<u64, &[u8]> = TableDefinition::new("replicas");
 /// Single-row tables: the mesh view under [`MESH_KEY`].
 pub(crate) const SINGLETONS: TableDefinition<&str, &[u8]> = TableDefinition::new("singletons");
@@ -24,6 +26,7 @@ pub(crate) struct Tables<'txn> {
     pub(crate) annotations: redb::Table<'txn, &'static str, &'static [u8]>,
     pub(crate) replicas: redb::Table<'txn, u64, &'static [u8]>,
     pub(crate) singletons: redb::Table<'txn, &'static str, &'static [u8]>,
+    pub(crate) jobs: redb::Table<'txn, &'static str, &'static [u8]>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -32,6 +35,7 @@ impl<'txn> Tables<'txn> {
             annotations: txn.open_table(ANNOTATIONS)?,
             replicas: txn.open_table(REPLICAS)?,
             singletons: txn.open_table(SINGLETONS)?,
+            jobs: txn.open_table(JOBS)?,
         })
     }
 
@@ -40,6 +44,7 @@ impl<'txn> Tables<'txn> {
         self.annotations.retain(|_, _| false)?;
         self.replicas.retain(|_, _| false)?;
         self.singletons.retain(|_, _| false)?;
+        self.jobs.retain(|_, _| false)?;
         Ok(())
     }
 
@@ -59,6 +64,19 @@ impl<'txn> Tables<'txn> {
         let bytes = codec::encode(view)?;
         self.singletons.insert(MESH_KEY, bytes.as_slice())?;
         Ok(())
+    }
+
+    pub(crate) fn put_job(&mut self, record: &JobRecord) -> Result<(), redb::Error> {
+        let bytes = codec::encode(record)?;
+        self.jobs.insert(record.job.as_str(), bytes.as_slice())?;
+        Ok(())
+    }
+
+    fn job(&self, id: &str) -> Result<Option<JobRecord>, redb::Error> {
+        match self.jobs.get(id)? {
+            Some(v) => Ok(Some(codec::decode(v.value(), &format!("job {id:?}"))?)),
+            None => Ok(None),
+        }
     }
 
     fn annotation(&self, key: &str) -> Result<Option<Annotation>, redb::Error> {
@@ -90,6 +108,23 @@ impl<'txn> Tables<'txn> {
             Command::SetMeshView { view } => {
                 self.put_mesh_view(view)?;
                 Ok(CommandResponse::MeshViewSet)
+            }
+            Command::Jobs { ops } => {
+                let mut changed = Vec::with_capacity(ops.len());
+                for op in ops {
+                    let held = self.job(op.job())?;
+                    let (next, did) = op.apply(held.as_ref(), index);
+                    if did {
+                        match next {
+                            Some(record) => self.put_job(&record)?,
+                            None => {
+                                self.jobs.remove(op.job())?;
+                            }
+                        }
+                    }
+                    changed.push(did);
+                }
+                Ok(CommandResponse::JobsApplied { changed })
             }
             Command::RegisterReplica { node_id, incarnation } => match self.replica(*node_id)? {
                 Some(existing) if &existing.incarnation != incarnation => Ok(CommandResponse::Refused {

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use crate::codec;
 use crate::error::OpenError;
 use crate::error::io_error;
+use crate::jobs::JobRecord;
 use crate::log_store::open_database;
 use crate::snapshot;
 use crate::snapshot::CURRENT_SNAPSHOT;
@@ -38,6 +39,7 @@ use crate::snapshot::Record;
 use crate::snapshot::SnapshotFile;
 use crate::snapshot::SnapshotWriter;
 use crate::state::ANNOTATIONS;
+use crate::state::JOBS;
 use crate::state::MESH_KEY;
 use crate::state::REPLICAS;
 use crate::state::SINGLETONS;
@@ -126,6 +128,15 @@ impl StateMachineStore {
     pub fn replicas(&self) -> std::io::Result<BTreeMap<u64, ReplicaRecord>> {
         let txn = self.inner.db.begin_read().map_err(io_error)?;
         Ok(read_table(&txn, REPLICAS, "replica", |k: u64| k)?.into_iter().collect())
+    }
+
+    /// Every job attempt the cluster holds, as applied here.
+    pub fn jobs(&self) -> std::io::Result<Vec<JobRecord>> {
+        let txn = self.inner.db.begin_read().map_err(io_error)?;
+        Ok(read_table(&txn, JOBS, "job", |k: &str| k.to_string())?
+            .into_iter()
+            .map(|(_, v): (String, JobRecord)| v)
+            .collect())
     }
 
     /// The mesh view last replicated (empty before the first).
@@ -393,6 +404,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         Record::Annotation(key, a) => tables.put_annotation(&key, &a),
                         Record::Replica(id, r) => tables.put_replica(id, &r),
                         Record::Mesh(view) => tables.put_mesh_view(&view),
+                        Record::Job(record) => tables.put_job(&record),
                     }
                     .map_err(io_error)
                 })?;
@@ -460,6 +472,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let view = read_mesh_view(&txn)?;
             if view != MeshView::default() {
                 writer.record(Record::Mesh(view))?;
+            }
+            for (_, record) in read_table::<_, String, JobRecord>(&txn, JOBS, "job", |k: &str| k.to_string())? {
+                writer.record(Record::Job(record))?;
             }
             drop(txn);
             let file = writer.finish()?;

@@ -47,6 +47,9 @@ pub enum Command {
     /// Replace the view of the mesh the gateway gave the leader: the other clusters to probe,
     /// and the revoked ones to refuse.
     SetMeshView { view: MeshView },
+    /// Changes to the job attempts the cluster holds, applied in order (one entry for a whole
+    /// lease answer or report batch).
+    Jobs { ops: Vec<crate::jobs::JobOp> },
 }
 
 /// The mesh as the gateway last described it to this cluster's leader.
@@ -73,6 +76,7 @@ impl fmt::Display for Command {
             Command::SetMeshView { view } => {
                 write!(f, "set_mesh_view({} peers, {} revoked)", view.peers.len(), view.revoked.len())
             }
+            Command::Jobs { ops } => write!(f, "jobs({} ops)", ops.len()),
         }
     }
 }
@@ -90,6 +94,8 @@ pub enum CommandResponse {
     ReplicaRegistered { node_id: u64 },
     /// The mesh view was replaced.
     MeshViewSet,
+    /// Job ops applied: per op, whether it changed anything.
+    JobsApplied { changed: Vec<bool> },
     /// The command was refused by the state machine; the log entry is kept, nothing changed.
     Refused { reason: String },
     /// A blank or membership entry: nothing to report.

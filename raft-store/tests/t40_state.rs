@@ -4,6 +4,9 @@
 use atoll_raft_store::Command;
 use atoll_raft_store::MeshPeer;
 use atoll_raft_store::MeshView;
+use atoll_raft_store::jobs::EndState;
+use atoll_raft_store::jobs::JobOp;
+use atoll_raft_store::jobs::RunState;
 use openraft::EntryPayload;
 use openraft::LogId;
 use openraft::RaftSnapshotBuilder;
@@ -30,11 +33,39 @@ async fn every_kind_of_state_travels_in_a_snapshot() {
         entry(2, Command::RegisterReplica { node_id: 1, incarnation: "abc".into() }),
         entry(3, Command::SetMeshView { view: view.clone() }),
         entry(4, Command::SetAnnotation { key: "team".into(), value: "infra".into() }),
+        entry(
+            5,
+            Command::Jobs {
+                ops: vec![
+                    JobOp::Accept { job: "a".into(), pipeline: "p".into(), attempt: 1, spec: "{}".into() },
+                    JobOp::Accept { job: "b".into(), pipeline: "p".into(), attempt: 2, spec: "{}".into() },
+                    JobOp::Start { job: "a".into(), attempt: 1, term: 3, node: 1, handle: Some("k8s-a-1".into()) },
+                    JobOp::Start { job: "b".into(), attempt: 1, term: 3, node: 1, handle: None },
+                ],
+            },
+        ),
+        entry(
+            6,
+            Command::Jobs {
+                ops: vec![JobOp::End {
+                    job: "b".into(),
+                    attempt: 2,
+                    state: EndState::Failure,
+                    exit_code: Some(3),
+                    message: None,
+                }],
+            },
+        ),
     ];
     source.apply(futures::stream::iter(commands.into_iter().map(|e| Ok((e, None))))).await.unwrap();
     assert_eq!(source.mesh_view().unwrap(), view);
     let team = source.annotation("team").unwrap().unwrap();
     assert_eq!((team.value.as_str(), team.version, team.revision), ("infra", 2, 4));
+    let jobs = source.jobs().unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert_eq!(jobs[0].run, RunState::Started { term: 3, node: 1, handle: Some("k8s-a-1".into()) });
+    // b's start named attempt 1 while attempt 2 is held: it changed nothing.
+    assert_eq!(jobs[1].run, RunState::Ended { state: EndState::Failure, exit_code: Some(3), message: None });
 
     let snapshot = source.get_snapshot_builder().await.build_snapshot().await.unwrap();
     let target_dir = tempfile::tempdir().unwrap();
@@ -43,5 +74,6 @@ async fn every_kind_of_state_travels_in_a_snapshot() {
     assert_eq!(target.mesh_view().unwrap(), view);
     assert_eq!(target.annotations().unwrap(), source.annotations().unwrap());
     assert_eq!(target.replicas().unwrap(), source.replicas().unwrap());
-    assert_eq!(target.last_applied().unwrap().map(|id| id.index), Some(4));
+    assert_eq!(target.jobs().unwrap(), jobs);
+    assert_eq!(target.last_applied().unwrap().map(|id| id.index), Some(6));
 }
