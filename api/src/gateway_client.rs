@@ -20,6 +20,16 @@ use crate::gateway::RenewRequest;
 use crate::gateway::RowReport;
 use crate::gateway::TokenCreated;
 use crate::gateway::UserTokenRequest;
+use crate::jobs::JobDetail;
+use crate::jobs::JobInfo;
+use crate::jobs::LeaseRequest;
+use crate::jobs::LeaseResponse;
+use crate::jobs::LogBatch;
+use crate::jobs::LogPage;
+use crate::jobs::ReportBatch;
+use crate::jobs::ReportResults;
+use crate::jobs::SubmitRequest;
+use crate::jobs::Submitted;
 
 /// `GET /v1/ca`.
 #[derive(Clone, Debug, Deserialize)]
@@ -117,5 +127,52 @@ impl GatewayClient {
 
     pub async fn user_token(&self, request: &UserTokenRequest) -> Result<TokenCreated, ClientError> {
         self.call(Method::POST, "/v1/tokens/user", Some(request)).await
+    }
+
+    /// `POST /v1/pipelines`: submit a pipeline (the spec as JSON).
+    pub async fn submit(&self, request: &SubmitRequest) -> Result<Submitted, ClientError> {
+        self.call(Method::POST, "/v1/pipelines", Some(request)).await
+    }
+
+    /// `GET /v1/pipelines/{id}`: a pipeline's jobs in spec order.
+    pub async fn pipeline(&self, id: &str) -> Result<Submitted, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/v1/pipelines/{id}"), None).await
+    }
+
+    /// `GET /v1/jobs?limit=N`: the newest jobs.
+    pub async fn jobs(&self, limit: u32) -> Result<Vec<JobInfo>, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/v1/jobs?limit={limit}"), None).await
+    }
+
+    pub async fn job(&self, id: &str) -> Result<JobDetail, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/v1/jobs/{id}"), None).await
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<JobInfo, ClientError> {
+        self.call::<(), _>(Method::POST, &format!("/v1/jobs/{id}/cancel"), None).await
+    }
+
+    /// `GET /v1/jobs/{id}/logs`: pieces after `(attempt, seq)`, waiting up to `wait_ms` for new
+    /// ones.
+    pub async fn logs(&self, id: &str, after: (u32, u32), wait_ms: u64) -> Result<LogPage, ClientError> {
+        let path = format!("/v1/jobs/{id}/logs?after_attempt={}&after_seq={}&wait_ms={wait_ms}", after.0, after.1);
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
+
+    /// `POST /v1/clusters/{name}/lease`: the leader's long poll for work.
+    pub async fn lease(&self, cluster: &str, request: &LeaseRequest) -> Result<LeaseResponse, ClientError> {
+        self.call(Method::POST, &format!("/v1/clusters/{cluster}/lease"), Some(request)).await
+    }
+
+    /// `POST /v1/clusters/{name}/reports`.
+    pub async fn report(&self, cluster: &str, batch: &ReportBatch) -> Result<ReportResults, ClientError> {
+        self.call(Method::POST, &format!("/v1/clusters/{cluster}/reports"), Some(batch)).await
+    }
+
+    /// `POST /v1/clusters/{name}/logs`.
+    pub async fn ship_logs(&self, cluster: &str, batch: &LogBatch) -> Result<(), ClientError> {
+        let _: serde_json::Value =
+            self.call(Method::POST, &format!("/v1/clusters/{cluster}/logs"), Some(batch)).await?;
+        Ok(())
     }
 }

@@ -271,3 +271,73 @@ pub struct ReportResult {
 pub struct ReportResults {
     pub results: Vec<ReportResult>,
 }
+
+/// One attempt in a job's history (`GET /v1/jobs/{id}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptInfo {
+    pub attempt: u32,
+    pub cluster: String,
+    /// `bound` while it runs; then the job state it ended the job in, or `moved`, `lost`,
+    /// `retried`.
+    pub state: String,
+    /// The reporting leader's term (`None` when the gateway ended it: moved away).
+    pub term: Option<u64>,
+    pub exit_code: Option<i32>,
+    pub message: Option<String>,
+    pub bound_ms: i64,
+    pub ended_ms: Option<i64>,
+}
+
+/// A job with its attempts (`GET /v1/jobs/{id}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobDetail {
+    pub job: JobInfo,
+    pub attempts: Vec<AttemptInfo>,
+}
+
+/// Which stream a log piece came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        }
+    }
+}
+
+/// A numbered piece of an attempt's output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPiece {
+    pub job: String,
+    pub attempt: u32,
+    /// Numbered from 1 within the attempt; a resent piece is stored once.
+    pub seq: u32,
+    pub stream: LogStream,
+    pub data: String,
+    pub at_ms: i64,
+}
+
+/// `POST /v1/clusters/{name}/logs`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LogBatch {
+    pub term: u64,
+    pub pieces: Vec<LogPiece>,
+}
+
+/// `GET /v1/jobs/{id}/logs`: pieces after the cursor, and where to continue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPage {
+    pub pieces: Vec<LogPiece>,
+    /// Pass as `after_attempt` / `after_seq` to read on.
+    pub next_attempt: u32,
+    pub next_seq: u32,
+    /// The job is final and every piece up to here was read: following can stop.
+    pub done: bool,
+}

@@ -10,6 +10,10 @@
 //! | `GET /v1/clusters`, `GET /v1/matrix` | read scope, or any replica |
 //! | `POST /v1/clusters/{name}/enable\|disable\|revoke` | admin |
 //! | `POST /v1/tokens/join`, `POST /v1/tokens/user` | admin |
+//! | `POST /v1/pipelines` | submit scope (the spec is checked whole; every problem listed) |
+//! | `GET /v1/pipelines/{id}`, `GET /v1/jobs`, `GET /v1/jobs/{id}`, `GET /v1/jobs/{id}/logs` | read scope |
+//! | `POST /v1/jobs/{id}/cancel` | submit scope |
+//! | `POST /v1/clusters/{name}/lease\|reports\|logs` | the leader of `name` (fenced by term) |
 //! | `GET /v1/openapi.json` | anyone |
 //!
 //! Replicas of a revoked cluster are refused whatever they ask (`revoked`, 403).
@@ -31,12 +35,23 @@ use atoll_api::gateway::TokenCreated;
 use atoll_api::gateway::UserTokenRequest;
 use atoll_api::ids::ClusterName;
 use atoll_api::ids::Label;
+use atoll_api::jobs::JobDetail;
+use atoll_api::jobs::JobInfo;
+use atoll_api::jobs::LeaseRequest;
+use atoll_api::jobs::LeaseResponse;
+use atoll_api::jobs::LogBatch;
+use atoll_api::jobs::LogPage;
+use atoll_api::jobs::ReportBatch;
+use atoll_api::jobs::ReportResults;
+use atoll_api::jobs::SubmitRequest;
+use atoll_api::jobs::Submitted;
 use atoll_api::token::JoinToken;
 use axum::Extension;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::Path;
+use axum::extract::Query;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::response::Response;
@@ -77,6 +92,15 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/matrix", get(matrix))
         .route("/v1/tokens/join", post(join_token))
         .route("/v1/tokens/user", post(user_token))
+        .route("/v1/pipelines", post(submit))
+        .route("/v1/pipelines/{id}", get(pipeline))
+        .route("/v1/jobs", get(jobs))
+        .route("/v1/jobs/{id}", get(job))
+        .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route("/v1/jobs/{id}/logs", get(logs))
+        .route("/v1/clusters/{name}/lease", post(lease))
+        .route("/v1/clusters/{name}/reports", post(reports))
+        .route("/v1/clusters/{name}/logs", post(ship_logs))
         .route("/v1/openapi.json", get(openapi))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(gateway.clone(), crate::auth::identify))
@@ -249,28 +273,7 @@ async fn row(
 ) -> Result<Response, ApiError> {
     caller.replica_of(&name)?;
     let report: RowReport = parse(&body)?;
-    let Some(known) = gateway.registry.get(&name) else {
-        return Err(ApiError::new(ErrorCode::Conflict, format!("cluster {name} has not registered; heartbeat first")));
-    };
-    if known.revoked_ms.is_some() {
-        return Err(ApiError::new(ErrorCode::Revoked, format!("cluster {name} is revoked")));
-    }
-    if report.term < known.term {
-        gateway.metrics.fenced.inc();
-        return Err(ApiError::new(
-            ErrorCode::StaleLeader,
-            format!(
-                "stale leader: cluster {name} has a leader at term {}, this row is from term {}",
-                known.term, report.term
-            ),
-        ));
-    }
-    if report.term > known.term {
-        return Err(ApiError::new(
-            ErrorCode::Conflict,
-            format!("term {} of cluster {name} has not registered; heartbeat first", report.term),
-        ));
-    }
+    gateway.fence(&name, report.term)?;
     if report.cells.len() > MAX_ROW_CELLS {
         return Err(ApiError::bad_request(format!("a row may hold at most {MAX_ROW_CELLS} cells")));
     }
@@ -419,6 +422,122 @@ async fn user_token(
         .map_err(db_error)?;
     tracing::info!(user = %request.name, scopes = ?request.scopes, by = %caller.describe(), "user token created");
     Ok(Json(TokenCreated { token, expires_at_ms: expires }).into_response())
+}
+
+async fn submit(
+    State(gateway): Shared,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Json<Submitted>, ApiError> {
+    caller.require(Scope::Submit)?;
+    let request: SubmitRequest = parse(&body)?;
+    Ok(Json(gateway.submit(&request.spec, &caller.describe()).await?))
+}
+
+async fn pipeline(
+    State(gateway): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Submitted>, ApiError> {
+    caller.require(Scope::Read)?;
+    Ok(Json(gateway.pipeline_info(&id).await?))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<u32>,
+}
+
+async fn jobs(
+    State(gateway): Shared,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Vec<JobInfo>>, ApiError> {
+    caller.require(Scope::Read)?;
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > 10_000 {
+        return Err(ApiError::bad_request("limit must be within 1..=10000"));
+    }
+    Ok(Json(gateway.recent_jobs(limit).await?))
+}
+
+async fn job(
+    State(gateway): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<JobDetail>, ApiError> {
+    caller.require(Scope::Read)?;
+    Ok(Json(gateway.job_detail(&id).await?))
+}
+
+async fn cancel(
+    State(gateway): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<JobInfo>, ApiError> {
+    caller.require(Scope::Submit)?;
+    Ok(Json(gateway.cancel(&id, &caller.describe()).await?))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    #[serde(default)]
+    after_attempt: u32,
+    #[serde(default)]
+    after_seq: u32,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+async fn logs(
+    State(gateway): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(query): Query<LogQuery>,
+) -> Result<Json<LogPage>, ApiError> {
+    caller.require(Scope::Read)?;
+    let wait = std::time::Duration::from_millis(query.wait_ms);
+    Ok(Json(gateway.read_logs(&id, (query.after_attempt, query.after_seq), wait).await?))
+}
+
+/// The leader of `name` asks for work (long poll).
+async fn lease(
+    State(gateway): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<LeaseResponse>, ApiError> {
+    caller.replica_of(&name)?;
+    let request: LeaseRequest = parse(&body)?;
+    let wait = std::time::Duration::from_millis(request.wait_ms);
+    Ok(Json(gateway.lease(&name, request.term, &request.held, wait).await?))
+}
+
+/// The leader of `name` reports job state changes.
+async fn reports(
+    State(gateway): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<ReportResults>, ApiError> {
+    caller.replica_of(&name)?;
+    let batch: ReportBatch = parse(&body)?;
+    Ok(Json(ReportResults { results: gateway.report(&name, batch.term, &batch.reports).await? }))
+}
+
+/// The leader of `name` ships job output.
+async fn ship_logs(
+    State(gateway): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    caller.replica_of(&name)?;
+    let batch: LogBatch = parse(&body)?;
+    let stored = gateway.store_logs(&name, &batch).await?;
+    Ok(Json(serde_json::json!({"stored": stored})).into_response())
 }
 
 async fn openapi() -> impl IntoResponse {

@@ -9,6 +9,7 @@
 //! - [`matrix`]: reported rows joined into the directed reachability matrix.
 //! - [`placement`]: which cluster runs a job (pure).
 //! - [`lifecycle`]: how pipelines and jobs move on reports (pure).
+//! - [`jobs`]: submission, the scheduling pass, leases, reports and logs.
 //! - [`api`]: the `/v1` routes; [`ops`]: health, readiness, metrics.
 //!
 //! Invariants:
@@ -17,13 +18,16 @@
 //!   nothing; a registration is fenced again in SQL, so concurrent gateways agree;
 //! - tokens are stored only hashed; a join token enrolls one replica of the cluster it names,
 //!   and only until it expires; a revoked cluster gets nothing (no enrollment, renewal,
-//!   heartbeat or row) and is told to every other cluster at its next heartbeat.
+//!   heartbeat or row) and is told to every other cluster at its next heartbeat;
+//! - a job report, lease or log batch is fenced by term like a heartbeat, and a report applies
+//!   only while the job is bound to the reporter's (cluster, attempt): one accepted result.
 
 pub mod api;
 pub mod auth;
 pub mod ca;
 pub mod config;
 pub mod db;
+pub mod jobs;
 pub mod lifecycle;
 pub mod matrix;
 pub mod metrics;
@@ -47,6 +51,7 @@ pub struct Gateway {
     pub registry: registry::Registry,
     pub rows: matrix::Rows,
     pub metrics: metrics::Metrics,
+    pub jobs: jobs::JobsState,
     stopping: AtomicBool,
 }
 

@@ -38,6 +38,12 @@ pub struct Metrics {
     pub renewals: Counter,
     pub flush_duration: Family<Flush, Histogram>,
     pub flush_errors: Family<Flush, Counter>,
+    pub pipelines: Counter,
+    pub jobs_submitted: Counter,
+    pub jobs_assigned: Counter,
+    /// Job reports by outcome (accepted, duplicate, refused).
+    pub reports: Family<Outcome, Counter>,
+    pub jobs_rerouted: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -66,6 +72,11 @@ impl Metrics {
                 Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 14))
             }),
             flush_errors: Family::default(),
+            pipelines: Counter::default(),
+            jobs_submitted: Counter::default(),
+            jobs_assigned: Counter::default(),
+            reports: Family::default(),
+            jobs_rerouted: Counter::default(),
         };
         let mut registry = Registry::with_prefix("atoll_gateway");
         registry.register("clusters", "Clusters by observed state (revoked ones apart)", metrics.clusters.clone());
@@ -81,6 +92,15 @@ impl Metrics {
             metrics.flush_duration.clone(),
         );
         registry.register("flush_errors", "Batched database writes that failed", metrics.flush_errors.clone());
+        registry.register("pipelines", "Pipelines submitted", metrics.pipelines.clone());
+        registry.register("jobs_submitted", "Jobs submitted", metrics.jobs_submitted.clone());
+        registry.register("jobs_assigned", "Job attempts bound to a cluster", metrics.jobs_assigned.clone());
+        registry.register("reports", "Job reports from clusters by outcome", metrics.reports.clone());
+        registry.register(
+            "jobs_rerouted",
+            "Job attempts moved off dead or revoked clusters",
+            metrics.jobs_rerouted.clone(),
+        );
         *metrics.registry.lock().expect("metrics registry") = registry;
         metrics
     }

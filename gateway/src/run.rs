@@ -124,6 +124,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
         registry,
         rows,
         metrics: Metrics::new(),
+        jobs: Default::default(),
         stopping: Default::default(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -140,6 +141,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
         tokio::spawn(atoll_api::serve::serve_ops(l, crate::ops::router(gateway.clone()), stopped(stop_rx.clone())))
     });
     let flusher = tokio::spawn(flush_forever(gateway.clone(), stop_rx.clone()));
+    let scheduler = tokio::spawn(gateway.clone().schedule_forever(stop_rx.clone()));
     let renewer = tokio::spawn(ca.clone().renew_forever());
     tracing::info!(listen = %config.listen, advertise = %config.advertise, ops = ?config.ops_listen, "serving");
 
@@ -147,6 +149,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
     tracing::info!("shutdown: readiness off");
     gateway.stopping.store(true, Ordering::SeqCst);
     let _ = stop_tx.send(true);
+    gateway.jobs.close();
     tracing::info!("shutdown: draining requests");
     let _ = tokio::time::timeout(grace, server).await;
     if let Some(ops) = ops {
@@ -154,6 +157,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
     }
     renewer.abort();
     let _ = flusher.await;
+    let _ = scheduler.await;
     tracing::info!("shutdown: writing batched updates");
     gateway.flush().await;
     db.close().await;

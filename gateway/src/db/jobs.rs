@@ -520,6 +520,152 @@ impl Db {
     }
 }
 
+/// One piece of a job's log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogChunk {
+    pub attempt: u32,
+    pub seq: u32,
+    pub stream: String,
+    pub data: String,
+    pub at_ms: i64,
+}
+
+impl Db {
+    /// Bind queued jobs to clusters in one transaction: `(job id, attempt, cluster, reason)`.
+    /// Returns the ones bound (a job no longer queued at that attempt is skipped).
+    pub async fn assign_many(
+        &self,
+        bindings: &[(String, u32, String, String)],
+        now_ms: i64,
+    ) -> Result<Vec<bool>, DbError> {
+        if bindings.is_empty() {
+            return Ok(Vec::new());
+        }
+        with_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            let mut bound = Vec::with_capacity(bindings.len());
+            for (id, attempt, cluster, reason) in bindings {
+                let attempt = int(*attempt, "jobs.attempt")?;
+                let done = sqlx::query(
+                    "UPDATE jobs SET state = 'assigned', cluster = $1, reason = $2, updated_ms = $3
+                     WHERE id = $4 AND state = 'queued' AND attempt = $5 AND NOT cancel_requested",
+                )
+                .bind(cluster)
+                .bind(reason)
+                .bind(now_ms)
+                .bind(id)
+                .bind(attempt)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if done == 1 {
+                    sqlx::query(BIND_ATTEMPT)
+                        .bind(id)
+                        .bind(attempt)
+                        .bind(cluster)
+                        .bind(now_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                bound.push(done == 1);
+            }
+            tx.commit().await?;
+            Ok::<_, DbError>(bound)
+        })
+    }
+
+    /// Say why a queued job waits for a cluster.
+    pub async fn set_queued_reason(&self, id: &str, attempt: u32, reason: &str) -> Result<(), DbError> {
+        let attempt = int(attempt, "jobs.attempt")?;
+        with_pool!(self, write, |pool| {
+            sqlx::query("UPDATE jobs SET reason = $1 WHERE id = $2 AND attempt = $3 AND state = 'queued'")
+                .bind(reason)
+                .bind(id)
+                .bind(attempt)
+                .execute(pool)
+                .await?;
+            Ok::<_, DbError>(())
+        })
+    }
+
+    /// Pipelines with a job still `waiting` (to settle after a restart).
+    pub async fn waiting_pipelines(&self) -> Result<Vec<String>, DbError> {
+        with_pool!(self, read, |pool| {
+            let rows =
+                sqlx::query("SELECT DISTINCT pipeline_id FROM jobs WHERE state = 'waiting'").fetch_all(pool).await?;
+            rows.iter().map(|row| Ok::<_, DbError>(row.try_get("pipeline_id")?)).collect()
+        })
+    }
+
+    /// The cluster an attempt was bound to.
+    pub async fn attempt_cluster(&self, job_id: &str, attempt: u32) -> Result<Option<String>, DbError> {
+        let attempt = int(attempt, "attempts.attempt")?;
+        with_pool!(self, read, |pool| {
+            let row = sqlx::query("SELECT cluster FROM attempts WHERE job_id = $1 AND attempt = $2")
+                .bind(job_id)
+                .bind(attempt)
+                .fetch_optional(pool)
+                .await?;
+            Ok::<_, DbError>(row.map(|r| r.try_get("cluster")).transpose()?)
+        })
+    }
+
+    /// Store log pieces: `(job id, chunk)`; a piece stored before is kept as it was.
+    pub async fn append_logs(&self, chunks: &[(String, LogChunk)]) -> Result<(), DbError> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        with_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            for (job, c) in chunks {
+                sqlx::query(
+                    "INSERT INTO log_chunks (job_id, attempt, seq, stream, data, at_ms) VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (job_id, attempt, seq) DO NOTHING",
+                )
+                .bind(job)
+                .bind(int(c.attempt, "log_chunks.attempt")?)
+                .bind(int(c.seq, "log_chunks.seq")?)
+                .bind(&c.stream)
+                .bind(&c.data)
+                .bind(c.at_ms)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, DbError>(())
+        })
+    }
+
+    /// A job's log pieces after `(attempt, seq)`, in order, at most `limit`.
+    pub async fn read_logs(&self, job_id: &str, after: (u32, u32), limit: u32) -> Result<Vec<LogChunk>, DbError> {
+        let (attempt, seq) = (int(after.0, "attempt")?, int(after.1, "seq")?);
+        with_pool!(self, read, |pool| {
+            let rows = sqlx::query(
+                "SELECT attempt, seq, stream, data, at_ms FROM log_chunks
+                 WHERE job_id = $1 AND (attempt > $2 OR (attempt = $2 AND seq > $3))
+                 ORDER BY attempt, seq LIMIT $4",
+            )
+            .bind(job_id)
+            .bind(attempt)
+            .bind(seq)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok::<_, DbError>(LogChunk {
+                        attempt: count(row.try_get("attempt")?, "log_chunks.attempt")?,
+                        seq: count(row.try_get("seq")?, "log_chunks.seq")?,
+                        stream: row.try_get("stream")?,
+                        data: row.try_get("data")?,
+                        at_ms: row.try_get("at_ms")?,
+                    })
+                })
+                .collect()
+        })
+    }
+}
+
 /// Close an attempt's history row (`term` -1: ended by the gateway, not by a report).
 #[allow(clippy::too_many_arguments)]
 async fn end_attempt<'c, DB>(

@@ -2,7 +2,8 @@
 //!
 //! One SQL text per query serves both engines (`$N` placeholders work on both, as do `ON
 //! CONFLICT ... DO UPDATE ... WHERE` and `RETURNING`); [`with_pool!`] runs it on whichever pool
-//! is configured. SQLite runs in WAL mode with a busy timeout, with a single-connection pool for
+//! is configured. SQLite runs in WAL mode with `synchronous=FULL` (a commit is on disk before it is
+//! acknowledged: a submitted job survives a power loss) and a busy timeout, with a single-connection pool for
 //! writes (one writer) and a small pool for reads; PostgreSQL uses one pool. Migrations are
 //! embedded and applied at start under sqlx's migration lock; a database migrated by a newer
 //! build is refused.
@@ -37,6 +38,7 @@ use crate::config::Database;
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("../../migrations/0001_initial.sql")),
     (2, "jobs", include_str!("../../migrations/0002_jobs.sql")),
+    (3, "logs", include_str!("../../migrations/0003_logs.sql")),
 ];
 
 /// A connected, migrated database.
@@ -124,7 +126,7 @@ impl Db {
                     .filename(path)
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
+                    .synchronous(SqliteSynchronous::Full)
                     .busy_timeout(Duration::from_secs(5))
                     .foreign_keys(true);
                 let connect = |size: u32| {
