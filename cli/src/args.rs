@@ -77,6 +77,50 @@ pub enum Command {
     Matrix(JsonArg),
     /// Check a job spec (JSON or YAML) and list every problem with its path; selectors are
     /// checked against the gateway's clusters when a gateway is configured.
+    /// Submit a pipeline (JSON or YAML spec); prints its jobs with their clusters.
+    Submit {
+        /// The spec file.
+        file: PathBuf,
+        /// Wait until every job is final; exit 1 unless all finished (or were skipped).
+        #[arg(long)]
+        wait: bool,
+        /// Print one JSON document (with --wait: the final state).
+        #[arg(long)]
+        json: bool,
+    },
+    /// The newest jobs, or one pipeline's.
+    Jobs {
+        /// Only this pipeline's jobs.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// At most this many (newest first).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job with its attempts.
+    Job {
+        id: String,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A job's output (stdout and stderr of every attempt).
+    Logs {
+        id: String,
+        /// Keep printing as the job writes, until it ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Cancel a job: killed at once if it has not started, else by its cluster.
+    Cancel {
+        id: String,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
     Validate {
         /// The spec file.
         file: PathBuf,

@@ -1,9 +1,15 @@
-//! Commands about pipelines and jobs: `validate`.
+//! Commands about pipelines and jobs: `validate`, `submit`, `jobs`, `job`, `logs`, `cancel`.
 
+use std::io::IsTerminal;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context;
 use atoll_api::ids::Label;
+use atoll_api::jobs::JobInfo;
+use atoll_api::jobs::JobState;
+use atoll_api::jobs::LogStream;
+use atoll_api::jobs::SubmitRequest;
 use atoll_api::spec;
 use atoll_api::spec::ClusterFacts;
 use atoll_api::spec::SpecProblem;
@@ -71,6 +77,174 @@ pub async fn validate(config: &CliConfig, file: &Path, offline: bool, json: bool
     }
     if !report.ok {
         std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Read a spec file (JSON or YAML) as a JSON document, checking it locally first so every
+/// problem is listed before anything is sent.
+fn read_spec(file: &Path) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    spec::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    spec::parse_document(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
+}
+
+fn print_jobs(jobs: &[JobInfo]) {
+    println!("{:<32} {:<10} {:<10} {:>3}  REASON", "JOB", "STATE", "CLUSTER", "ATT");
+    for j in jobs {
+        println!(
+            "{:<32} {:<10} {:<10} {:>3}  {}",
+            j.id,
+            j.state.as_str(),
+            j.cluster.as_deref().unwrap_or("-"),
+            j.attempts,
+            j.reason.as_deref().unwrap_or("")
+        );
+    }
+}
+
+/// `atoll submit FILE [--wait] [--json]`.
+pub async fn submit(config: &CliConfig, file: &Path, wait: bool, json: bool) -> anyhow::Result<()> {
+    let document = read_spec(file)?;
+    let gateway = config.gateway_client()?;
+    let mut submitted = gateway.submit(&SubmitRequest { spec: document }).await.context("submitting the pipeline")?;
+    if !json {
+        println!("pipeline {} submitted: {} job(s)", submitted.pipeline, submitted.jobs.len());
+        print_jobs(&submitted.jobs);
+    }
+    if wait {
+        let tty = std::io::stderr().is_terminal() && !json;
+        let mut last = String::new();
+        loop {
+            if submitted.jobs.iter().all(|j| j.state.is_final()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            submitted = match gateway.pipeline(&submitted.pipeline).await {
+                Ok(now) => now,
+                Err(e) if e.code().is_none() => {
+                    // The gateway is away for a moment: the pipeline is recorded; keep waiting.
+                    tracing::warn!(error = %e, "asking for the pipeline failed; still waiting");
+                    continue;
+                }
+                Err(e) => return Err(e).context("following the pipeline"),
+            };
+            let line = progress(&submitted.jobs);
+            if tty && line != last {
+                eprint!("\r\x1b[2K{line}");
+                last = line;
+            }
+        }
+        if tty {
+            eprintln!();
+        }
+        if !json {
+            print_jobs(&submitted.jobs);
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&submitted)?);
+    }
+    if wait && submitted.jobs.iter().any(|j| !matches!(j.state, JobState::Finished | JobState::Skipped)) {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// One line of counts by state, for a terminal.
+fn progress(jobs: &[JobInfo]) -> String {
+    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for j in jobs {
+        *counts.entry(j.state.as_str()).or_default() += 1;
+    }
+    let done = jobs.iter().filter(|j| j.state.is_final()).count();
+    let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    format!("{done}/{} final: {}", jobs.len(), parts.join(", "))
+}
+
+/// `atoll jobs [--pipeline ID] [--limit N] [--json]`.
+pub async fn jobs(config: &CliConfig, pipeline: Option<&str>, limit: u32, json: bool) -> anyhow::Result<()> {
+    let gateway = config.gateway_client()?;
+    let jobs = match pipeline {
+        Some(id) => gateway.pipeline(id).await?.jobs,
+        None => gateway.jobs(limit).await?,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&jobs)?);
+    } else {
+        print_jobs(&jobs);
+    }
+    Ok(())
+}
+
+/// `atoll job ID [--json]`.
+pub async fn job(config: &CliConfig, id: &str, json: bool) -> anyhow::Result<()> {
+    let detail = config.gateway_client()?.job(id).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&detail)?);
+        return Ok(());
+    }
+    print_jobs(std::slice::from_ref(&detail.job));
+    for input in &detail.job.inputs {
+        let mode = input.mode.map_or("-".to_string(), |m| format!("{m:?}").to_lowercase());
+        println!("  input from {} ({mode})", input.from_job);
+    }
+    for a in &detail.attempts {
+        println!(
+            "  attempt {} on {}: {}{}{}",
+            a.attempt,
+            a.cluster,
+            a.state,
+            a.exit_code.map(|c| format!(", exit {c}")).unwrap_or_default(),
+            a.message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `atoll logs ID [-f]`: every piece in order; with `-f`, until the job ends.
+pub async fn logs(config: &CliConfig, id: &str, follow: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let gateway = config.gateway_client()?;
+    let mut after = (0, 0);
+    let mut attempt = 0;
+    loop {
+        let page = gateway.logs(id, after, if follow { 10_000 } else { 0 }).await?;
+        let mut out = std::io::stdout().lock();
+        for piece in &page.pieces {
+            if piece.attempt != attempt {
+                if attempt != 0 {
+                    writeln!(out, "--- attempt {} ---", piece.attempt)?;
+                }
+                attempt = piece.attempt;
+            }
+            match piece.stream {
+                LogStream::Stdout => out.write_all(piece.data.as_bytes())?,
+                LogStream::Stderr => {
+                    out.flush()?;
+                    std::io::stderr().write_all(piece.data.as_bytes())?;
+                }
+            }
+        }
+        out.flush()?;
+        after = (page.next_attempt, page.next_seq);
+        if page.done || (!follow && page.pieces.is_empty()) {
+            return Ok(());
+        }
+    }
+}
+
+/// `atoll cancel ID [--json]`.
+pub async fn cancel(config: &CliConfig, id: &str, json: bool) -> anyhow::Result<()> {
+    let job = config.gateway_client()?.cancel(id).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&job)?);
+    } else if job.state == JobState::Killed {
+        println!("{}: killed", job.id);
+    } else if job.cancel_requested {
+        println!("{}: cancel asked of cluster {}", job.id, job.cluster.as_deref().unwrap_or("-"));
+    } else {
+        println!("{}: already {}, nothing to cancel", job.id, job.state);
     }
     Ok(())
 }

@@ -38,6 +38,19 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
             mesh_commands::cluster(&CliConfig::find(args.config.as_deref())?, command).await
         }
         Command::Matrix(json) => mesh_commands::matrix(&CliConfig::find(args.config.as_deref())?, json.json).await,
+        Command::Submit { file, wait, json } => {
+            job_commands::submit(&CliConfig::find(args.config.as_deref())?, &file, wait, json).await
+        }
+        Command::Jobs { pipeline, limit, json } => {
+            job_commands::jobs(&CliConfig::find(args.config.as_deref())?, pipeline.as_deref(), limit, json).await
+        }
+        Command::Job { id, json } => job_commands::job(&CliConfig::find(args.config.as_deref())?, &id, json).await,
+        Command::Logs { id, follow } => {
+            job_commands::logs(&CliConfig::find(args.config.as_deref())?, &id, follow).await
+        }
+        Command::Cancel { id, json } => {
+            job_commands::cancel(&CliConfig::find(args.config.as_deref())?, &id, json).await
+        }
         Command::Validate { file, offline, json } => {
             job_commands::validate(&CliConfig::find(args.config.as_deref())?, &file, offline, json).await
         }

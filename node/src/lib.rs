@@ -20,6 +20,7 @@
 pub mod admission;
 pub mod api;
 pub mod config;
+pub mod jobs;
 pub mod link;
 pub mod metrics;
 pub mod ops;

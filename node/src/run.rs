@@ -170,7 +170,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
         Ok(true) => {
             let link = config.gateway.clone().map(|link| {
                 tracing::info!(gateway = %link.addr, "joining the mesh");
-                tokio::spawn(crate::link::run(replica.clone(), tls.clone(), config.tls.clone(), link))
+                let work = config.data_dir.join("work");
+                tokio::spawn(crate::link::run(replica.clone(), tls.clone(), config.tls.clone(), link, work))
             });
             let failure = duties(&config, &replica, closed_rx, shutdown, &mut server).await;
             if let Some(link) = link {

@@ -31,39 +31,74 @@ pub fn gateway_client(tls: &TlsIdentity, addr: &str) -> anyhow::Result<GatewayCl
     Ok(GatewayClient::new(tls.client_config(ServerPolicy::Gateway)?, addr, None, Duration::from_secs(5))?)
 }
 
+/// The leader's duties for one term: toward the gateway, and the jobs; the first to end (fenced,
+/// revoked) ends both.
+async fn lead_term(
+    replica: Arc<Replica>,
+    gateway: GatewayClient,
+    leases: GatewayClient,
+    prober: Arc<Prober>,
+    executor: crate::jobs::process::ProcessExecutor,
+    term: u64,
+) -> DutyEnd {
+    tokio::select! {
+        end = duties::lead(replica.clone(), gateway.clone(), prober, term) => end,
+        end = crate::jobs::lead(replica, gateway, leases, executor, term) => end,
+    }
+}
+
 /// Run renewal and, while leading, the duties; returns only if the cluster is revoked.
-pub async fn run(replica: Arc<Replica>, tls: TlsIdentity, files: TlsFiles, link: GatewayLink) {
-    let gateway = match gateway_client(&tls, &link.addr) {
-        Ok(client) => client,
+pub async fn run(
+    replica: Arc<Replica>,
+    tls: TlsIdentity,
+    files: TlsFiles,
+    link: GatewayLink,
+    work_root: std::path::PathBuf,
+) {
+    let clients = gateway_client(&tls, &link.addr).and_then(|gateway| {
+        let wait = crate::jobs::LEASE_WAIT + Duration::from_secs(10);
+        let leases = GatewayClient::new(tls.client_config(ServerPolicy::Gateway)?, &link.addr, None, wait)?;
+        Ok((gateway, leases))
+    });
+    let (gateway, leases) = match clients {
+        Ok(clients) => clients,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the gateway client; this replica stays out of the mesh");
             return;
         }
     };
+    let executor = crate::jobs::process::ProcessExecutor::detect(work_root).await;
     let renewal = tokio::spawn(renew::renew_forever(tls.clone(), files, duties::identity(&replica), gateway.clone()));
     let prober = Arc::new(Prober::new(tls));
     let mut leadership = replica.leadership();
-    let mut running: Option<(u64, tokio::task::JoinHandle<DutyEnd>)> = None;
+    let mut running: Option<(u64, AbortOnDrop)> = None;
     let mut fenced_at: Option<u64> = None;
     loop {
         let leading = leadership.current();
         if let Some((term, handle)) = &running
             && leading != Some(*term)
         {
-            handle.abort();
-            tracing::info!(term, "no longer leading; gateway duties stopped");
+            handle.0.abort();
+            tracing::info!(term, "no longer leading; gateway and job duties stopped");
             running = None;
         }
         if running.is_none()
             && let Some(term) = leading
             && fenced_at.is_none_or(|fenced| term > fenced)
         {
-            let task = tokio::spawn(duties::lead(replica.clone(), gateway.clone(), prober.clone(), term));
-            running = Some((term, task));
+            let task = tokio::spawn(lead_term(
+                replica.clone(),
+                gateway.clone(),
+                leases.clone(),
+                prober.clone(),
+                executor.clone(),
+                term,
+            ));
+            running = Some((term, AbortOnDrop(task)));
         }
         tokio::select! {
             () = leadership.changed() => {}
-            end = async { (&mut running.as_mut().expect("checked").1).await }, if running.is_some() => {
+            end = async { (&mut running.as_mut().expect("checked").1.0).await }, if running.is_some() => {
                 running = None;
                 match end {
                     Ok(DutyEnd::Fenced { term, message }) => {
@@ -80,5 +115,15 @@ pub async fn run(replica: Arc<Replica>, tls: TlsIdentity, files: TlsFiles, link:
                 }
             }
         }
+    }
+}
+
+/// A task aborted when its handle is dropped: the term's duties (and the runs they own) never
+/// outlive the supervisor.
+struct AbortOnDrop(tokio::task::JoinHandle<DutyEnd>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -246,6 +246,11 @@ impl Replica {
         }
     }
 
+    /// The job attempts this cluster holds, as applied here.
+    pub fn jobs(&self) -> std::io::Result<Vec<atoll_raft_store::jobs::JobRecord>> {
+        self.state.jobs()
+    }
+
     /// The mesh view as last replicated.
     pub fn mesh_view(&self) -> atoll_raft_store::MeshView {
         self.state.mesh_view().unwrap_or_else(|e| {

@@ -1,0 +1,522 @@
+//! Jobs on a cluster: what its leader does with the work the gateway binds to it.
+//!
+//! For one term, the leader:
+//! 1. **resumes** from the replicated records: an attempt recorded but never started is started;
+//!    one started in an earlier term (by a replica that is gone or no longer leads) is recorded
+//!    `lost`, so the gateway runs it again as a new attempt; ended ones are reported;
+//! 2. **leases**: long-polls the gateway with every attempt it holds; the answer says what to
+//!    start, cancel or drop. New attempts are recorded in Raft (accepted and started, one entry
+//!    for the whole answer) before any process starts;
+//! 3. **runs** them on the [`process`] executor, and records each end in Raft before reporting
+//!    it;
+//! 4. **reports** every change the gateway has not acknowledged, in batches, after the Raft
+//!    commit; an acknowledged final report (or a refused one) lets the record go. Output pieces
+//!    are shipped before the reports that follow them.
+//!
+//! Nothing is lost when the gateway is away: the records stay in Raft and are reported when it
+//! answers again; runs go on. When the replica stops leading, the task is dropped and every run
+//! it started is killed with its process group; the next leader finds them `started` in an older
+//! term and reports them lost.
+
+pub mod process;
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use atoll_api::ErrorCode;
+use atoll_api::client::ClientError;
+use atoll_api::gateway_client::GatewayClient;
+use atoll_api::jobs::Held;
+use atoll_api::jobs::LeaseRequest;
+use atoll_api::jobs::LeaseResponse;
+use atoll_api::jobs::LogBatch;
+use atoll_api::jobs::LogPiece;
+use atoll_api::jobs::Report;
+use atoll_api::jobs::ReportBatch;
+use atoll_api::jobs::ReportOutcome;
+use atoll_api::jobs::ReportResult;
+use atoll_api::jobs::ReportedState;
+use atoll_api::spec::JobSpec;
+use atoll_raft_store::Command;
+use atoll_raft_store::CommandResponse;
+use atoll_raft_store::jobs::EndState;
+use atoll_raft_store::jobs::JobOp;
+use atoll_raft_store::jobs::JobRecord;
+use atoll_raft_store::jobs::RunState;
+use process::Event;
+use process::ProcessExecutor;
+use process::RunHandle;
+use process::RunRequest;
+use process::Stop;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+use tokio::sync::watch;
+
+use crate::link::duties::DutyEnd;
+use crate::raft::Replica;
+
+/// How long a lease may wait at the gateway.
+pub const LEASE_WAIT: Duration = Duration::from_secs(20);
+/// Pause after a failed call to the gateway.
+const BACKOFF: Duration = Duration::from_millis(500);
+/// Most log pieces kept while the gateway is away (the oldest go first; the work directory keeps
+/// the whole log).
+const MAX_BUFFERED_PIECES: usize = 20_000;
+
+/// An answer from the gateway, and a way to say it was handled.
+struct Leased {
+    answer: LeaseResponse,
+    handled: oneshot::Sender<()>,
+}
+
+/// What the outbox did with a batch.
+struct Sent {
+    reports: Vec<Report>,
+    result: Result<Vec<ReportResult>, ClientError>,
+}
+
+/// The leader's job duties for `term`, until fenced, revoked or dropped.
+pub async fn lead(
+    replica: Arc<Replica>,
+    gateway: GatewayClient,
+    leases: GatewayClient,
+    executor: ProcessExecutor,
+    term: u64,
+) -> DutyEnd {
+    let cluster = replica.info().cluster.to_string();
+    let node = replica.info().node_id;
+    let mut records: BTreeMap<String, JobRecord> = match replica.jobs() {
+        Ok(records) => records.into_iter().map(|r| (r.job.clone(), r)).collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "reading the held jobs failed; job duties wait for the next term");
+            return std::future::pending().await;
+        }
+    };
+    let (held_tx, held_rx) = watch::channel(held(&records));
+    let (lease_tx, mut lease_rx) = mpsc::channel::<Result<Leased, DutyEnd>>(1);
+    let lease_task = tokio::spawn(lease_forever(leases, cluster.clone(), term, held_rx, lease_tx));
+    let _lease_guard = AbortOnDrop(lease_task);
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel::<Event>();
+    let (out_tx, out_rx) = mpsc::channel::<(Vec<LogPiece>, Vec<Report>)>(1);
+    let (sent_tx, mut sent_rx) = mpsc::channel::<Sent>(1);
+    let outbox = tokio::spawn(outbox_forever(gateway, cluster.clone(), term, out_rx, sent_tx));
+    let _outbox_guard = AbortOnDrop(outbox);
+
+    let mut leader =
+        Leader { replica, executor, term, node, runs: HashMap::new(), events: events_tx, needs_resume: false };
+    leader.resume(&mut records).await;
+    let _ = held_tx.send(held(&records));
+    tracing::info!(term, held = records.len(), "job duties started");
+
+    let mut pieces: Vec<LogPiece> = Vec::new();
+    let mut outstanding = false;
+    let mut retry_at = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            leased = lease_rx.recv() => match leased {
+                Some(Ok(Leased { answer, handled })) => {
+                    leader.apply_lease(&mut records, answer).await;
+                    let _ = held_tx.send(held(&records));
+                    let _ = handled.send(());
+                }
+                Some(Err(end)) => return end,
+                None => return std::future::pending().await,
+            },
+            Some(event) = events_rx.recv() => {
+                let mut ends = Vec::new();
+                let mut next = Some(event);
+                while let Some(event) = next {
+                    match event {
+                        Event::Log { job, attempt, seq, stream, data, at_ms } => {
+                            if pieces.len() >= MAX_BUFFERED_PIECES {
+                                pieces.remove(0);
+                            }
+                            pieces.push(LogPiece { job, attempt, seq, stream, data, at_ms });
+                        }
+                        Event::Done { job, attempt, state, exit_code, message } => {
+                            leader.runs.remove(&(job.clone(), attempt));
+                            ends.push(JobOp::End { job, attempt, state, exit_code, message });
+                        }
+                    }
+                    next = events_rx.try_recv().ok();
+                }
+                if !ends.is_empty() {
+                    leader.commit(&mut records, ends).await;
+                    let _ = held_tx.send(held(&records));
+                }
+            },
+            sent = sent_rx.recv() => {
+                outstanding = false;
+                let Some(Sent { reports, result }) = sent else { return std::future::pending().await };
+                match result {
+                    Ok(results) => {
+                        leader.acknowledged(&mut records, &reports, &results).await;
+                        let _ = held_tx.send(held(&records));
+                    }
+                    Err(e) => match classify(&e, term) {
+                        Some(end) => return end,
+                        None => {
+                            tracing::debug!(error = %e, "reporting to the gateway failed; kept for the next try");
+                            retry_at = tokio::time::Instant::now() + BACKOFF;
+                        }
+                    },
+                }
+            },
+            _ = tick.tick() => {
+                if leader.needs_resume {
+                    // A Raft write failed: take the applied state as it is now.
+                    leader.needs_resume = false;
+                    leader.resume(&mut records).await;
+                    let _ = held_tx.send(held(&records));
+                }
+            }
+        }
+        if !outstanding && tokio::time::Instant::now() >= retry_at {
+            let reports = pending_reports(&records);
+            if !reports.is_empty() || !pieces.is_empty() {
+                match out_tx.try_send((std::mem::take(&mut pieces), reports)) {
+                    Ok(()) => outstanding = true,
+                    Err(mpsc::error::TrySendError::Full((back, _)) | mpsc::error::TrySendError::Closed((back, _))) => {
+                        pieces = back
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Aborts a task when dropped (the job duties end with their term).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn held(records: &BTreeMap<String, JobRecord>) -> Vec<Held> {
+    records.values().map(|r| Held { job: r.job.clone(), attempt: r.attempt }).collect()
+}
+
+/// What the gateway has still to hear, in record order.
+fn pending_reports(records: &BTreeMap<String, JobRecord>) -> Vec<Report> {
+    records
+        .values()
+        .filter_map(|r| {
+            let (state, exit_code, message) = match &r.run {
+                RunState::Accepted => return None,
+                RunState::Started { .. } if r.running_acked => return None,
+                RunState::Started { .. } => (ReportedState::Running, None, None),
+                RunState::Ended { state, exit_code, message } => (reported(*state), *exit_code, message.clone()),
+            };
+            Some(Report { job: r.job.clone(), attempt: r.attempt, state, exit_code, message })
+        })
+        .collect()
+}
+
+fn reported(state: EndState) -> ReportedState {
+    match state {
+        EndState::Finished => ReportedState::Finished,
+        EndState::Failure => ReportedState::Failure,
+        EndState::Error => ReportedState::Error,
+        EndState::Unstable => ReportedState::Unstable,
+        EndState::Killed => ReportedState::Killed,
+        EndState::Lost => ReportedState::Lost,
+    }
+}
+
+fn classify(error: &ClientError, term: u64) -> Option<DutyEnd> {
+    match error.code() {
+        Some(ErrorCode::StaleLeader) => Some(DutyEnd::Fenced { term, message: error.to_string() }),
+        Some(ErrorCode::Revoked) => Some(DutyEnd::Revoked(error.to_string())),
+        _ => None,
+    }
+}
+
+struct Leader {
+    replica: Arc<Replica>,
+    executor: ProcessExecutor,
+    term: u64,
+    node: u64,
+    runs: HashMap<(String, u32), RunHandle>,
+    events: mpsc::UnboundedSender<Event>,
+    /// A Raft write failed; reconcile the runs with the applied state at the next tick.
+    needs_resume: bool,
+}
+
+impl Leader {
+    /// Commit `ops` in one Raft entry and mirror them; on failure the mirror is reloaded from
+    /// the applied state (the entry may still commit) and the runs reconciled with it.
+    async fn commit(&mut self, records: &mut BTreeMap<String, JobRecord>, ops: Vec<JobOp>) -> bool {
+        if ops.is_empty() {
+            return true;
+        }
+        match self.replica.propose_local(Command::Jobs { ops: ops.clone() }).await {
+            Ok(CommandResponse::JobsApplied { .. }) => {
+                for op in &ops {
+                    let (next, changed) = op.apply(records.get(op.job()), 0);
+                    if changed {
+                        match next {
+                            Some(record) => records.insert(record.job.clone(), record),
+                            None => records.remove(op.job()),
+                        };
+                    }
+                }
+                true
+            }
+            other => {
+                tracing::warn!(result = ?other, "recording job changes in Raft failed; reloading the held jobs");
+                tokio::time::sleep(BACKOFF).await;
+                if let Ok(applied) = self.replica.jobs() {
+                    *records = applied.into_iter().map(|r| (r.job.clone(), r)).collect();
+                }
+                self.needs_resume = true;
+                false
+            }
+        }
+    }
+
+    /// Take over the records of earlier terms.
+    async fn resume(&mut self, records: &mut BTreeMap<String, JobRecord>) {
+        let mut ops = Vec::new();
+        let mut start = Vec::new();
+        for r in records.values() {
+            match &r.run {
+                RunState::Accepted if r.cancel => ops.push(end(r, EndState::Killed, "cancelled before it started")),
+                RunState::Accepted => start.push(r.clone()),
+                RunState::Started { term, node, .. } if *term != self.term || *node != self.node => ops.push(end(
+                    r,
+                    EndState::Lost,
+                    &format!("its run was started by node {node} in term {term}, which no longer leads"),
+                )),
+                RunState::Started { .. } if !self.runs.contains_key(&(r.job.clone(), r.attempt)) => {
+                    ops.push(end(r, EndState::Lost, "its run is gone"))
+                }
+                _ => {}
+            }
+        }
+        if !ops.is_empty() {
+            tracing::info!(lost = ops.len(), "runs of an earlier leader are lost; reporting them");
+        }
+        self.start_all(records, start, ops).await;
+    }
+
+    /// Record `ops`, plus a start for each of `start`, then start those runs.
+    async fn start_all(
+        &mut self,
+        records: &mut BTreeMap<String, JobRecord>,
+        start: Vec<JobRecord>,
+        mut ops: Vec<JobOp>,
+    ) {
+        for r in &start {
+            ops.push(JobOp::Start {
+                job: r.job.clone(),
+                attempt: r.attempt,
+                term: self.term,
+                node: self.node,
+                handle: None,
+            });
+        }
+        if !self.commit(records, ops).await {
+            return;
+        }
+        for r in start {
+            let spec: JobSpec = match serde_json::from_str(&r.spec) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    let _ = self.events.send(Event::Done {
+                        job: r.job.clone(),
+                        attempt: r.attempt,
+                        state: EndState::Error,
+                        exit_code: None,
+                        message: Some(format!("the recorded spec is unreadable: {e}")),
+                    });
+                    continue;
+                }
+            };
+            let request = RunRequest { job: r.job.clone(), pipeline: r.pipeline.clone(), attempt: r.attempt, spec };
+            let handle = self.executor.start(request, self.events.clone());
+            self.runs.insert((r.job, r.attempt), handle);
+        }
+    }
+
+    async fn apply_lease(&mut self, records: &mut BTreeMap<String, JobRecord>, answer: LeaseResponse) {
+        // Drops first: the attempt moved away or ended; stop it, forget it, report nothing.
+        let mut ops = Vec::new();
+        for drop in &answer.drop {
+            if let Some(mut run) = self.runs.remove(&(drop.job.clone(), drop.attempt)) {
+                tracing::info!(job = %drop.job, attempt = drop.attempt, reason = %drop.reason, "stopping a run the gateway moved away");
+                run.stop(Stop::Drop);
+            }
+            ops.push(JobOp::Forget { job: drop.job.clone(), attempt: drop.attempt });
+        }
+        let cancels: std::collections::HashSet<(String, u32)> =
+            answer.cancel.iter().map(|h| (h.job.clone(), h.attempt)).collect();
+        let mut start = Vec::new();
+        for a in answer.assign {
+            let spec = match serde_json::to_string(&a.spec) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    tracing::error!(job = %a.job, error = %e, "cannot record an assignment");
+                    continue;
+                }
+            };
+            if records.get(&a.job).is_some_and(|r| r.attempt >= a.attempt) {
+                continue;
+            }
+            ops.push(JobOp::Accept {
+                job: a.job.clone(),
+                pipeline: a.pipeline.clone(),
+                attempt: a.attempt,
+                spec: spec.clone(),
+            });
+            if cancels.contains(&(a.job.clone(), a.attempt)) {
+                ops.push(JobOp::Cancel { job: a.job.clone(), attempt: a.attempt });
+                ops.push(JobOp::End {
+                    job: a.job,
+                    attempt: a.attempt,
+                    state: EndState::Killed,
+                    exit_code: None,
+                    message: Some("cancelled before it started".to_string()),
+                });
+                continue;
+            }
+            start.push(JobRecord {
+                job: a.job,
+                pipeline: a.pipeline,
+                attempt: a.attempt,
+                spec,
+                run: RunState::Accepted,
+                cancel: false,
+                running_acked: false,
+                revision: 0,
+            });
+        }
+        for h in &answer.cancel {
+            let Some(r) = records.get(&h.job).filter(|r| r.attempt == h.attempt) else { continue };
+            if r.cancel {
+                continue;
+            }
+            ops.push(JobOp::Cancel { job: h.job.clone(), attempt: h.attempt });
+            match self.runs.get_mut(&(h.job.clone(), h.attempt)) {
+                Some(run) => run.stop(Stop::Cancel),
+                None if !matches!(r.run, RunState::Ended { .. }) => ops.push(JobOp::End {
+                    job: h.job.clone(),
+                    attempt: h.attempt,
+                    state: EndState::Killed,
+                    exit_code: None,
+                    message: Some("cancelled".to_string()),
+                }),
+                None => {}
+            }
+        }
+        if !start.is_empty() {
+            tracing::debug!(jobs = start.len(), "starting leased jobs");
+        }
+        self.start_all(records, start, ops).await;
+    }
+
+    /// The gateway answered a report batch.
+    async fn acknowledged(
+        &mut self,
+        records: &mut BTreeMap<String, JobRecord>,
+        reports: &[Report],
+        results: &[ReportResult],
+    ) {
+        let mut ops = Vec::new();
+        for (report, result) in reports.iter().zip(results) {
+            match (result.outcome, report.state) {
+                (ReportOutcome::Accepted | ReportOutcome::Duplicate, ReportedState::Running) => {
+                    ops.push(JobOp::RunningAcked { job: report.job.clone(), attempt: report.attempt })
+                }
+                (ReportOutcome::Accepted | ReportOutcome::Duplicate, _) => {
+                    ops.push(JobOp::Forget { job: report.job.clone(), attempt: report.attempt })
+                }
+                (ReportOutcome::Refused, _) => {
+                    tracing::warn!(job = %report.job, attempt = report.attempt, reason = ?result.reason, "the gateway refused a report; stopping the attempt");
+                    if let Some(mut run) = self.runs.remove(&(report.job.clone(), report.attempt)) {
+                        run.stop(Stop::Drop);
+                    }
+                    ops.push(JobOp::Forget { job: report.job.clone(), attempt: report.attempt });
+                }
+            }
+        }
+        self.commit(records, ops).await;
+    }
+}
+
+fn end(r: &JobRecord, state: EndState, message: &str) -> JobOp {
+    JobOp::End { job: r.job.clone(), attempt: r.attempt, state, exit_code: None, message: Some(message.to_string()) }
+}
+
+/// Long-poll the gateway with what the cluster holds; hand each non-empty answer over and wait
+/// until it is handled (so the next poll says what is held now).
+async fn lease_forever(
+    gateway: GatewayClient,
+    cluster: String,
+    term: u64,
+    held: watch::Receiver<Vec<Held>>,
+    answers: mpsc::Sender<Result<Leased, DutyEnd>>,
+) {
+    let mut quiet = None::<tokio::time::Instant>;
+    loop {
+        let request = LeaseRequest { term, held: held.borrow().clone(), wait_ms: LEASE_WAIT.as_millis() as u64 };
+        match gateway.lease(&cluster, &request).await {
+            Ok(answer) if answer.is_empty() => {}
+            Ok(answer) => {
+                let (handled, done) = oneshot::channel();
+                if answers.send(Ok(Leased { answer, handled })).await.is_err() {
+                    return;
+                }
+                let _ = done.await;
+            }
+            Err(e) => {
+                if let Some(end) = classify(&e, term) {
+                    let _ = answers.send(Err(end)).await;
+                    return;
+                }
+                if quiet.is_none_or(|at: tokio::time::Instant| at.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, "asking the gateway for work failed; held jobs keep running, retrying");
+                    quiet = Some(tokio::time::Instant::now());
+                }
+                tokio::time::sleep(BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Ship log pieces, then the reports that follow them; answer each batch.
+async fn outbox_forever(
+    gateway: GatewayClient,
+    cluster: String,
+    term: u64,
+    mut batches: mpsc::Receiver<(Vec<LogPiece>, Vec<Report>)>,
+    sent: mpsc::Sender<Sent>,
+) {
+    let mut unshipped: Vec<LogPiece> = Vec::new();
+    while let Some((pieces, reports)) = batches.recv().await {
+        unshipped.extend(pieces);
+        if unshipped.len() > MAX_BUFFERED_PIECES {
+            let excess = unshipped.len() - MAX_BUFFERED_PIECES;
+            unshipped.drain(..excess);
+        }
+        let mut result = Ok(Vec::new());
+        if !unshipped.is_empty() {
+            let batch = LogBatch { term, pieces: std::mem::take(&mut unshipped) };
+            if let Err(e) = gateway.ship_logs(&cluster, &batch).await {
+                unshipped = batch.pieces;
+                result = Err(e);
+            }
+        }
+        if result.is_ok() && !reports.is_empty() {
+            result = gateway.report(&cluster, &ReportBatch { term, reports: reports.clone() }).await.map(|r| r.results);
+        }
+        if sent.send(Sent { reports, result }).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! The `process` executor: a job's command as a process tree on the leader's machine.
+//!
+//! Each attempt runs in a fresh work directory (`<data_dir>/work/<job>/<attempt>`, with
+//! `output/` and `inputs/`), through `sh -c` (or its argument vector without a shell), with a
+//! clean environment: `PATH`, `HOME` (the work directory), `ATOLL_JOB_ID`, `ATOLL_ATTEMPT`,
+//! `ATOLL_PIPELINE`, `ATOLL_OUTPUT`, `ATOLL_INPUTS`, then the job's own `environment`.
+//!
+//! The run is its own process group, and (where the machine allows) its own PID namespace whose
+//! first process is killed when the replica dies: the kernel then kills everything in the
+//! namespace, so nothing a job starts outlives the replica, even after SIGKILL, and even
+//! processes that left the group. Cancel, timeout, losing leadership and the end of the run all
+//! kill the whole group. Where PID namespaces are not available (no privileges), the group is
+//! still killed in every orderly case, and the first process dies with the replica.
+
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use atoll_api::jobs::LogStream;
+use atoll_api::spec::Command as JobCommand;
+use atoll_api::spec::JobKind;
+use atoll_api::spec::JobSpec;
+use atoll_raft_store::jobs::EndState;
+use nix::sys::signal::Signal;
+use nix::sys::signal::killpg;
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Largest log piece.
+const PIECE: usize = 16 * 1024;
+
+/// How runs are fenced off from outliving the replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Isolation {
+    /// A PID namespace per run, killed with the replica.
+    PidNamespace { user: bool },
+    /// Only the first process dies with the replica.
+    GroupOnly,
+}
+
+/// Something that happened to a run.
+#[derive(Debug)]
+pub enum Event {
+    Log { job: String, attempt: u32, seq: u32, stream: LogStream, data: String, at_ms: i64 },
+    Done { job: String, attempt: u32, state: EndState, exit_code: Option<i32>, message: Option<String> },
+}
+
+/// Why a run is stopped from outside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    Cancel,
+    /// Moved away or refused: killed, nothing reported.
+    Drop,
+}
+
+/// A started run: stops it on request, and kills its group when dropped (leadership lost).
+#[derive(Debug)]
+pub struct RunHandle {
+    stop: Option<oneshot::Sender<Stop>>,
+    pgid: Option<i32>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunHandle {
+    pub fn stop(&mut self, why: Stop) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(why);
+        }
+    }
+}
+
+impl Drop for RunHandle {
+    fn drop(&mut self) {
+        if !self.task.is_finished() {
+            self.task.abort();
+            if let Some(pgid) = self.pgid {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ProcessExecutor {
+    work_root: PathBuf,
+    isolation: Isolation,
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct RunRequest {
+    pub job: String,
+    pub pipeline: String,
+    pub attempt: u32,
+    pub spec: JobSpec,
+}
+
+async fn works(program: &[&str]) -> bool {
+    let mut command = tokio::process::Command::new(program[0]);
+    command.args(&program[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    matches!(tokio::time::timeout(Duration::from_secs(5), command.status()).await, Ok(Ok(status)) if status.success())
+}
+
+impl ProcessExecutor {
+    /// Find the strongest isolation this machine allows.
+    pub async fn detect(work_root: PathBuf) -> Self {
+        let isolation =
+            if works(&["setpriv", "--pdeathsig", "KILL", "unshare", "--fork", "--pid", "--kill-child=SIGKILL", "true"])
+                .await
+            {
+                Isolation::PidNamespace { user: false }
+            } else if works(&[
+                "setpriv",
+                "--pdeathsig",
+                "KILL",
+                "unshare",
+                "--user",
+                "--map-root-user",
+                "--fork",
+                "--pid",
+                "--kill-child=SIGKILL",
+                "true",
+            ])
+            .await
+            {
+                Isolation::PidNamespace { user: true }
+            } else {
+                Isolation::GroupOnly
+            };
+        match &isolation {
+            Isolation::PidNamespace { user } => {
+                tracing::info!(user_namespace = user, "process executor: each run in its own PID namespace")
+            }
+            Isolation::GroupOnly => tracing::warn!(
+                "process executor: PID namespaces are not available; a run's own process group is killed when it ends, \
+                 but processes it detaches may outlive a replica killed with SIGKILL"
+            ),
+        }
+        Self { work_root, isolation }
+    }
+
+    pub fn isolation(&self) -> &Isolation {
+        &self.isolation
+    }
+
+    pub fn work_dir(&self, job: &str, attempt: u32) -> PathBuf {
+        self.work_root.join(job).join(attempt.to_string())
+    }
+
+    fn wrapper(&self) -> Vec<&'static str> {
+        match self.isolation {
+            Isolation::PidNamespace { user: false } => {
+                vec!["setpriv", "--pdeathsig", "KILL", "unshare", "--fork", "--pid", "--kill-child=SIGKILL", "--"]
+            }
+            Isolation::PidNamespace { user: true } => vec![
+                "setpriv",
+                "--pdeathsig",
+                "KILL",
+                "unshare",
+                "--user",
+                "--map-root-user",
+                "--fork",
+                "--pid",
+                "--kill-child=SIGKILL",
+                "--",
+            ],
+            Isolation::GroupOnly => vec!["setpriv", "--pdeathsig", "KILL", "--"],
+        }
+    }
+
+    /// Start a run; its logs and its end arrive as [`Event`]s. An attempt that cannot start
+    /// (no command, an image job, the work directory) ends at once in `error`.
+    pub fn start(&self, request: RunRequest, events: mpsc::UnboundedSender<Event>) -> RunHandle {
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let dir = self.work_dir(&request.job, request.attempt);
+        let prepared = prepare(&dir).and_then(|()| self.command(&request, &dir));
+        let (job, attempt) = (request.job.clone(), request.attempt);
+        let error = |message: String| Event::Done {
+            job: job.clone(),
+            attempt,
+            state: EndState::Error,
+            exit_code: None,
+            message: Some(message),
+        };
+        let child = match prepared {
+            Ok(mut command) => command.spawn().map_err(|e| format!("starting the command failed: {e}")),
+            Err(message) => Err(message),
+        };
+        let mut child = match child {
+            Ok(child) => child,
+            Err(message) => {
+                let _ = events.send(error(message));
+                return RunHandle { stop: None, pgid: None, task: tokio::spawn(async {}) };
+            }
+        };
+        let pgid = child.id().and_then(|id| i32::try_from(id).ok());
+        let timeout = Duration::from_secs(request.spec.timeout_s.max(1));
+        let log_path = dir.join("log");
+        let task = tokio::spawn(async move {
+            let stdout = child.stdout.take();
+            let stderr = child.stderr.take();
+            let logs = pump(stdout, stderr, &job, attempt, &events, &log_path);
+            tokio::pin!(logs);
+            let mut stop_rx = stop_rx;
+            let mut logs_done = false;
+            let ended = loop {
+                tokio::select! {
+                    status = child.wait() => break Ended::Exited(status),
+                    () = tokio::time::sleep(timeout) => break Ended::TimedOut,
+                    why = &mut stop_rx => match why {
+                        Ok(why) => break Ended::Stopped(why),
+                        // The handle is gone: the run is being torn down.
+                        Err(_) => break Ended::Stopped(Stop::Drop),
+                    },
+                    () = &mut logs, if !logs_done => logs_done = true,
+                }
+            };
+            // Whatever ended it, nothing of the group survives the run.
+            if let Some(pgid) = pgid {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            }
+            let status = match &ended {
+                Ended::Exited(status) => status.as_ref().ok().copied(),
+                _ => child.wait().await.ok(),
+            };
+            if !logs_done {
+                // Pipes close once every process holding them is gone; do not wait forever.
+                let _ = tokio::time::timeout(Duration::from_secs(2), &mut logs).await;
+            }
+            let (state, exit_code, message) = match ended {
+                Ended::Stopped(Stop::Drop) => return,
+                Ended::Stopped(Stop::Cancel) => (EndState::Killed, None, Some("cancelled".to_string())),
+                Ended::TimedOut => (
+                    EndState::Failure,
+                    None,
+                    Some(format!("timed out after {} s; the process group was killed", timeout.as_secs())),
+                ),
+                Ended::Exited(Err(e)) => (EndState::Error, None, Some(format!("waiting for the command failed: {e}"))),
+                Ended::Exited(Ok(_)) => match status.and_then(|s| s.code()) {
+                    Some(0) => (EndState::Finished, Some(0), None),
+                    Some(code) => (EndState::Failure, Some(code), Some(format!("exited with {code}"))),
+                    None => (EndState::Failure, None, Some("killed by a signal".to_string())),
+                },
+            };
+            let _ = events.send(Event::Done { job: job.clone(), attempt, state, exit_code, message });
+        });
+        RunHandle { stop: Some(stop_tx), pgid, task }
+    }
+
+    fn command(&self, request: &RunRequest, dir: &Path) -> Result<tokio::process::Command, String> {
+        let argv: Vec<String> = match (&request.spec.kind, &request.spec.command) {
+            (JobKind::DockerImage, _) => {
+                return Err("a docker-image job needs the kubernetes executor; this cluster runs processes".to_string());
+            }
+            (_, Some(JobCommand::Shell(line))) => vec!["sh".to_string(), "-c".to_string(), line.clone()],
+            (_, Some(JobCommand::Argv(argv))) if !argv.is_empty() => argv.clone(),
+            _ => return Err("the job has no command".to_string()),
+        };
+        let wrapper = self.wrapper();
+        let mut command = tokio::process::Command::new(wrapper[0]);
+        command.args(&wrapper[1..]).args(&argv);
+        command
+            .current_dir(dir)
+            .env_clear()
+            .env("PATH", DEFAULT_PATH)
+            .env("HOME", dir)
+            .env("ATOLL_JOB_ID", &request.job)
+            .env("ATOLL_ATTEMPT", request.attempt.to_string())
+            .env("ATOLL_PIPELINE", &request.pipeline)
+            .env("ATOLL_OUTPUT", dir.join("output"))
+            .env("ATOLL_INPUTS", dir.join("inputs"))
+            .envs(&request.spec.environment)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        Ok(command)
+    }
+}
+
+enum Ended {
+    Exited(std::io::Result<std::process::ExitStatus>),
+    TimedOut,
+    Stopped(Stop),
+}
+
+/// A fresh work directory with `output/` and `inputs/`.
+fn prepare(dir: &Path) -> Result<(), String> {
+    let fail = |e: std::io::Error| format!("preparing the work directory {}: {e}", dir.display());
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(fail)?;
+    }
+    std::fs::create_dir_all(dir.join("output")).map_err(fail)?;
+    std::fs::create_dir_all(dir.join("inputs")).map_err(fail)?;
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos().div_euclid(1_000_000) as i64
+}
+
+/// Read both pipes until they close, numbering the pieces, copying them to `log_path`.
+async fn pump(
+    stdout: Option<tokio::process::ChildStdout>,
+    stderr: Option<tokio::process::ChildStderr>,
+    job: &str,
+    attempt: u32,
+    events: &mpsc::UnboundedSender<Event>,
+    log_path: &Path,
+) {
+    let mut file = tokio::fs::File::create(log_path).await.ok();
+    let (mut out, mut err) = (stdout, stderr);
+    let (mut out_buf, mut err_buf) = (vec![0u8; PIECE], vec![0u8; PIECE]);
+    let mut seq = 0u32;
+    while out.is_some() || err.is_some() {
+        let (stream, read) = tokio::select! {
+            n = async { out.as_mut().expect("guarded").read(&mut out_buf).await }, if out.is_some() => (LogStream::Stdout, n),
+            n = async { err.as_mut().expect("guarded").read(&mut err_buf).await }, if err.is_some() => (LogStream::Stderr, n),
+        };
+        let n = match read {
+            Ok(0) | Err(_) => {
+                match stream {
+                    LogStream::Stdout => out = None,
+                    LogStream::Stderr => err = None,
+                }
+                continue;
+            }
+            Ok(n) => n,
+        };
+        let bytes = match stream {
+            LogStream::Stdout => &out_buf[..n],
+            LogStream::Stderr => &err_buf[..n],
+        };
+        if let Some(f) = file.as_mut() {
+            use tokio::io::AsyncWriteExt;
+            let _ = f.write_all(bytes).await;
+        }
+        seq += 1;
+        let data = String::from_utf8_lossy(bytes).into_owned();
+        let _ = events.send(Event::Log { job: job.to_string(), attempt, seq, stream, data, at_ms: now_ms() });
+    }
+}
