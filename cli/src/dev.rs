@@ -81,6 +81,54 @@ async fn become_ready(mesh: &mut Mesh, client: &atoll_api::client::NodeClient) -
     Ok(())
 }
 
+/// The example pipeline `atoll dev` runs (`examples/pipeline.yaml`).
+pub const EXAMPLE_PIPELINE: &str = include_str!("../../examples/pipeline.yaml");
+
+/// Submit the example pipeline and print where its jobs ran and how they ended.
+async fn run_example(config: std::path::PathBuf) {
+    let outcome = async {
+        let gateway = CliConfig::load(&config)?.gateway_client()?;
+        let spec = atoll_api::spec::parse_document(EXAMPLE_PIPELINE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let submitted = gateway.submit(&atoll_api::jobs::SubmitRequest { spec }).await?;
+        println!("example pipeline {} submitted (examples/pipeline.yaml):", submitted.pipeline);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let mut now = submitted;
+        while !now.jobs.iter().all(|j| j.state.is_final()) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if let Ok(fresh) = gateway.pipeline(&now.pipeline).await {
+                now = fresh;
+            }
+        }
+        for job in &now.jobs {
+            let inputs: Vec<String> = job
+                .inputs
+                .iter()
+                .map(|i| {
+                    format!("{} ({})", i.from_job, i.mode.map_or("-".to_string(), |m| format!("{m:?}").to_lowercase()))
+                })
+                .collect();
+            println!(
+                "  {:<12} {:<9} on {:<7} {}",
+                job.name,
+                job.state.as_str(),
+                job.cluster.as_deref().unwrap_or("-"),
+                if inputs.is_empty() { String::new() } else { format!("inputs: {}", inputs.join(", ")) }
+            );
+        }
+        println!(
+            "try: atoll --config {} jobs; atoll --config {} logs {}",
+            config.display(),
+            config.display(),
+            now.jobs[0].id
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = outcome {
+        println!("atoll dev: the example pipeline did not run: {e:#}");
+    }
+}
+
 /// Record a restart of `key` unless it already restarted [`MAX_RESTARTS`] times within
 /// [`RESTART_WINDOW`].
 fn may_restart(restarts: &mut BTreeMap<(String, u64), Vec<tokio::time::Instant>>, key: (String, u64)) -> bool {
@@ -125,6 +173,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         return Err(e);
     }
     println!("atoll dev: ready");
+    let example = mesh.layout.gateway.is_some().then(|| tokio::spawn(run_example(mesh.dir.cli_config())));
 
     let mut restarts: BTreeMap<(String, u64), Vec<tokio::time::Instant>> = BTreeMap::new();
     loop {
@@ -170,6 +219,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 Err(e) => println!("atoll dev: {name} exited ({status}); restarting failed: {e:#}"),
             }
         }
+    }
+    if let Some(example) = example {
+        example.abort();
     }
     println!("atoll dev: stopping");
     mesh.stop_all(Duration::from_secs(15)).await;

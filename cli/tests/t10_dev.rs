@@ -171,6 +171,22 @@ fn atoll_dev_runs_the_mesh_with_gateway_and_cuts_and_stops_every_child() {
     assert_eq!(cell("aws", "gcp"), pair("reachable", "direct"), "{matrix}");
     assert_eq!(cell("gcp", "aws"), pair("reachable", "direct"), "{matrix}");
 
+    phase("the example pipeline ran, its jobs on different clusters by selector");
+    dev.wait_for(" jobs; atoll --config", Duration::from_secs(120));
+    let job_line = |name: &str| -> String {
+        dev.seen
+            .iter()
+            .find(|l| l.trim_start().starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no line for job {name}: {:?}", dev.seen))
+            .clone()
+    };
+    for (name, cluster) in [("build", "aws"), ("test-gcp", "gcp"), ("test-onprem", "onprem"), ("cleanup", "aws")] {
+        let line = job_line(name);
+        assert!(line.contains("finished") && line.contains(&format!("on {cluster}")), "{line}");
+    }
+    let jobs = json(&cli(&config, &["jobs", "--json"]));
+    assert_eq!(jobs.as_array().map(|a| a.len()), Some(6), "{jobs}");
+
     phase("the CLI reads the written config: status --json has the contract fields");
     let status = json(&cli(&config, &["status", "--node", &records[0].addr, "--json"]));
     for field in ["cluster", "node_id", "role", "term", "leader", "last_applied", "members"] {
