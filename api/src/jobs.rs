@@ -285,6 +285,9 @@ pub struct AttemptInfo {
     pub exit_code: Option<i32>,
     pub message: Option<String>,
     pub bound_ms: i64,
+    /// When the cluster reported it running.
+    #[serde(default)]
+    pub started_ms: Option<i64>,
     pub ended_ms: Option<i64>,
 }
 

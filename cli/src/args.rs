@@ -309,4 +309,8 @@ pub enum BenchCommand {
     Convergence(crate::bench::convergence::ConvergenceArgs),
     /// One gateway under a thousand simulated clusters, on SQLite and PostgreSQL.
     Scale(crate::bench::scale::ScaleArgs),
+    /// Jobs per second through a real mesh, submit to recorded result, on SQLite and PostgreSQL.
+    Dispatch(crate::bench::jobs::DispatchArgs),
+    /// Time from killing every replica of a cluster to its jobs running elsewhere.
+    Reroute(crate::bench::jobs::RerouteArgs),
 }

@@ -67,5 +67,7 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
             bench::convergence::run(convergence).await
         }
         Command::Bench { command: BenchCommand::Scale(scale) } => bench::scale::run(scale).await,
+        Command::Bench { command: BenchCommand::Dispatch(args) } => bench::jobs::dispatch(args).await,
+        Command::Bench { command: BenchCommand::Reroute(args) } => bench::jobs::reroute(args).await,
     }
 }

@@ -11,3 +11,6 @@ CREATE TABLE log_chunks (
 );
 
 CREATE INDEX jobs_by_pipeline_state ON jobs (pipeline_id, state);
+
+-- When the cluster reported the attempt running (submit-to-start latency).
+ALTER TABLE attempts ADD COLUMN started_ms BIGINT;

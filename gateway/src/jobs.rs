@@ -60,6 +60,7 @@ use crate::db::jobs::Cancelled;
 use crate::db::jobs::JobRow;
 use crate::db::jobs::LogChunk;
 use crate::db::jobs::NewJob;
+use crate::db::jobs::ReportApply;
 use crate::db::jobs::Transition;
 use crate::lifecycle;
 use crate::now_ms;
@@ -306,6 +307,7 @@ impl Gateway {
                     exit_code: a.exit_code,
                     message: a.message,
                     bound_ms: a.bound_ms,
+                    started_ms: a.started_ms,
                     ended_ms: a.ended_ms,
                 })
                 .collect(),
@@ -434,15 +436,61 @@ impl Gateway {
         Ok(answer)
     }
 
-    /// Apply a batch of reports, each on its own; the batch as a whole is fenced by term.
+    /// Apply a batch of reports, each on its own, in one transaction per round; the batch as a
+    /// whole is fenced by term. A report whose job changed between the read and the fenced update
+    /// is decided again on the fresh row (at most three rounds).
     pub async fn report(&self, cluster: &str, term: u64, reports: &[Report]) -> Result<Vec<ReportResult>, ApiError> {
         if reports.len() > MAX_BATCH {
             return Err(ApiError::bad_request(format!("a batch may hold at most {MAX_BATCH} reports")));
         }
         self.fence(cluster, term)?;
+        let mut outcomes: Vec<Option<(ReportOutcome, Option<String>)>> = vec![None; reports.len()];
+        let mut pending: Vec<usize> = (0..reports.len()).collect();
+        for _round in 0..3 {
+            if pending.is_empty() {
+                break;
+            }
+            let mut items = Vec::new();
+            let mut owners = Vec::new();
+            for &i in &pending {
+                let report = &reports[i];
+                match self.decide_report(cluster, term, report).await? {
+                    Err(outcome) => outcomes[i] = Some(outcome),
+                    Ok((item, pipeline)) => {
+                        items.push(item);
+                        owners.push((i, pipeline));
+                    }
+                }
+            }
+            let applied = self.db.apply_reports(&items, now_ms()).await.map_err(db_error)?;
+            pending.clear();
+            for ((item, (i, pipeline)), ok) in items.iter().zip(owners).zip(applied) {
+                if !ok {
+                    // The row changed since it was read (or a newer term registered).
+                    pending.push(i);
+                    continue;
+                }
+                outcomes[i] = Some((ReportOutcome::Accepted, None));
+                match item.transition {
+                    Transition::Start => {}
+                    Transition::End { .. } => {
+                        self.jobs.logs.notify_waiters();
+                        self.jobs.mark_dirty(&pipeline);
+                    }
+                    Transition::Retry { .. } => self.jobs.kick.notify_one(),
+                    Transition::Rerun { .. } => self.jobs.wake_cluster(cluster),
+                }
+            }
+        }
+        if !pending.is_empty() {
+            self.fence(cluster, term)?;
+        }
         let mut results = Vec::with_capacity(reports.len());
-        for report in reports {
-            let (outcome, reason) = self.report_one(cluster, term, report).await?;
+        for (report, outcome) in reports.iter().zip(outcomes) {
+            let (outcome, reason) = outcome.unwrap_or((
+                ReportOutcome::Refused,
+                Some("the job kept changing while the report was applied; resend it".to_string()),
+            ));
             let label = match outcome {
                 ReportOutcome::Accepted => "accepted",
                 ReportOutcome::Duplicate => "duplicate",
@@ -457,63 +505,51 @@ impl Gateway {
         Ok(results)
     }
 
-    async fn report_one(
+    /// Decide one report on the job as stored: the fenced update to make (with the job's
+    /// pipeline), or the outcome when there is nothing to apply.
+    async fn decide_report(
         &self,
         cluster: &str,
         term: u64,
         report: &Report,
-    ) -> Result<(ReportOutcome, Option<String>), ApiError> {
-        for _ in 0..3 {
-            let Some(row) = self.db.job(&report.job).await.map_err(db_error)? else {
-                return Ok((ReportOutcome::Refused, Some(format!("no job {}", report.job))));
-            };
-            let pipeline = self.pipeline(&row.pipeline_id).await?;
-            let spec = &pipeline.spec.jobs[row.idx];
-            let bound = lifecycle::Bound {
-                state: row.state,
-                cluster: row.cluster.as_deref(),
-                attempt: row.attempt,
-                failed_attempts: row.failed_attempts,
-                cancel_requested: row.cancel_requested,
-            };
-            let message = report.message.clone();
-            let transition = match lifecycle::decide(&bound, spec, cluster, report.attempt, report.state) {
-                lifecycle::Decision::Duplicate => return Ok((ReportOutcome::Duplicate, None)),
-                lifecycle::Decision::Refuse(reason) => return Ok((ReportOutcome::Refused, Some(reason))),
-                lifecycle::Decision::Start => Transition::Start,
-                lifecycle::Decision::End(state) => {
-                    Transition::End { state: state.into(), exit_code: report.exit_code, message }
-                }
-                lifecycle::Decision::Retry { failed_attempts } => Transition::Retry {
-                    failed_attempts,
-                    state: if report.state == ReportedState::Error { JobState::Error } else { JobState::Failure },
-                    exit_code: report.exit_code,
-                    message,
-                },
-                lifecycle::Decision::Rerun => Transition::Rerun { message },
-            };
-            let applied = self
-                .db
-                .apply_report(&report.job, cluster, report.attempt, row.state, term, &transition, now_ms())
-                .await
-                .map_err(db_error)?;
-            if !applied {
-                // The row changed since it was read (or a newer term registered): read again.
-                continue;
+    ) -> Result<Result<(ReportApply, String), (ReportOutcome, Option<String>)>, ApiError> {
+        let Some(row) = self.db.job(&report.job).await.map_err(db_error)? else {
+            return Ok(Err((ReportOutcome::Refused, Some(format!("no job {}", report.job)))));
+        };
+        let pipeline = self.pipeline(&row.pipeline_id).await?;
+        let spec = &pipeline.spec.jobs[row.idx];
+        let bound = lifecycle::Bound {
+            state: row.state,
+            cluster: row.cluster.as_deref(),
+            attempt: row.attempt,
+            failed_attempts: row.failed_attempts,
+            cancel_requested: row.cancel_requested,
+        };
+        let message = report.message.clone();
+        let transition = match lifecycle::decide(&bound, spec, cluster, report.attempt, report.state) {
+            lifecycle::Decision::Duplicate => return Ok(Err((ReportOutcome::Duplicate, None))),
+            lifecycle::Decision::Refuse(reason) => return Ok(Err((ReportOutcome::Refused, Some(reason)))),
+            lifecycle::Decision::Start => Transition::Start,
+            lifecycle::Decision::End(state) => {
+                Transition::End { state: state.into(), exit_code: report.exit_code, message }
             }
-            match transition {
-                Transition::Start => {}
-                Transition::End { .. } => {
-                    self.jobs.logs.notify_waiters();
-                    self.jobs.mark_dirty(&row.pipeline_id);
-                }
-                Transition::Retry { .. } => self.jobs.kick.notify_one(),
-                Transition::Rerun { .. } => self.jobs.wake_cluster(cluster),
-            }
-            return Ok((ReportOutcome::Accepted, None));
-        }
-        self.fence(cluster, term)?;
-        Ok((ReportOutcome::Refused, Some("the job kept changing while the report was applied; resend it".to_string())))
+            lifecycle::Decision::Retry { failed_attempts } => Transition::Retry {
+                failed_attempts,
+                state: if report.state == ReportedState::Error { JobState::Error } else { JobState::Failure },
+                exit_code: report.exit_code,
+                message,
+            },
+            lifecycle::Decision::Rerun => Transition::Rerun { message },
+        };
+        let item = ReportApply {
+            id: report.job.clone(),
+            cluster: cluster.to_string(),
+            attempt: report.attempt,
+            from: row.state,
+            term,
+            transition,
+        };
+        Ok(Ok((item, row.pipeline_id)))
     }
 
     /// Store log pieces of attempts bound to `cluster`; others are ignored.

@@ -4,10 +4,12 @@
 //! - [`convergence`]: how fast a cut (and a heal) between two clusters shows in the gateway's
 //!   matrix, next to how fast etcd notices a dead leader.
 //! - [`scale`]: one gateway under a thousand simulated clusters, next to etcd's write latency.
+//! - [`jobs`]: jobs per second through a real mesh, and the time to move a dead cluster's jobs.
 //! - [`peers`]: running the peer baseline's scripts and reading their summaries.
 
 pub mod convergence;
 pub mod failover;
+pub mod jobs;
 pub mod peers;
 pub mod scale;
 

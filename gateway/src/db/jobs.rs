@@ -44,6 +44,8 @@ pub struct AttemptRow {
     pub exit_code: Option<i32>,
     pub message: Option<String>,
     pub bound_ms: i64,
+    /// When the cluster reported it running.
+    pub started_ms: Option<i64>,
     pub ended_ms: Option<i64>,
 }
 
@@ -64,6 +66,18 @@ pub enum Transition {
     End { state: JobState, exit_code: Option<i32>, message: Option<String> },
     Retry { failed_attempts: u32, state: JobState, exit_code: Option<i32>, message: Option<String> },
     Rerun { message: Option<String> },
+}
+
+/// One report to apply, as decided.
+#[derive(Clone, Debug)]
+pub struct ReportApply {
+    pub id: String,
+    pub cluster: String,
+    pub attempt: u32,
+    /// The state the decision was made on.
+    pub from: JobState,
+    pub term: u64,
+    pub transition: Transition,
 }
 
 /// What a cancel did.
@@ -128,6 +142,7 @@ macro_rules! decode_attempt {
             exit_code: row.try_get("exit_code")?,
             message: row.try_get("message")?,
             bound_ms: row.try_get("bound_ms")?,
+            started_ms: row.try_get("started_ms")?,
             ended_ms: row.try_get("ended_ms")?,
         })
     }};
@@ -286,7 +301,7 @@ impl Db {
     pub async fn attempts(&self, job_id: &str) -> Result<Vec<AttemptRow>, DbError> {
         with_pool!(self, read, |pool| {
             let rows = sqlx::query(
-                "SELECT job_id, attempt, cluster, state, term, exit_code, message, bound_ms, ended_ms
+                "SELECT job_id, attempt, cluster, state, term, exit_code, message, bound_ms, started_ms, ended_ms
                  FROM attempts WHERE job_id = $1 ORDER BY attempt",
             )
             .bind(job_id)
@@ -369,69 +384,100 @@ impl Db {
         transition: &Transition,
         now_ms: i64,
     ) -> Result<bool, DbError> {
-        let a = int(attempt, "jobs.attempt")?;
-        let t = i64::try_from(term).map_err(|e| DbError::corrupt("clusters.term", e))?;
+        let item = ReportApply {
+            id: id.to_string(),
+            cluster: cluster.to_string(),
+            attempt,
+            from,
+            term,
+            transition: transition.clone(),
+        };
+        Ok(self.apply_reports(std::slice::from_ref(&item), now_ms).await?[0])
+    }
+
+    /// Apply many fenced reports (see [`Db::apply_report`]) in one transaction: one commit for a
+    /// whole batch. Each applies or not on its own.
+    pub async fn apply_reports(&self, items: &[ReportApply], now_ms: i64) -> Result<Vec<bool>, DbError> {
         with_pool!(self, write, |pool| {
             let mut tx = pool.begin().await?;
-            let fence = (id, cluster, a, from.as_str(), t);
-            let done = match transition {
-                Transition::Start => {
-                    run_fenced!(tx, "UPDATE jobs SET state = 'running', updated_ms = $6", fence, now_ms)
-                }
-                Transition::End { state, exit_code, message } => {
-                    let done = run_fenced!(
-                        tx,
-                        "UPDATE jobs SET state = $6, exit_code = $7, reason = $8, updated_ms = $9, finished_ms = $9",
-                        fence,
-                        state.as_str(),
-                        *exit_code,
-                        message,
-                        now_ms
-                    );
-                    if done == 1 {
-                        end_attempt(&mut tx, id, a, state.as_str(), t, *exit_code, message.as_deref(), now_ms).await?;
+            let mut applied = Vec::with_capacity(items.len());
+            for item in items {
+                let (id, cluster, attempt, from, transition) =
+                    (item.id.as_str(), item.cluster.as_str(), item.attempt, item.from, &item.transition);
+                let a = int(attempt, "jobs.attempt")?;
+                let t = i64::try_from(item.term).map_err(|e| DbError::corrupt("clusters.term", e))?;
+                let fence = (id, cluster, a, from.as_str(), t);
+                let done = match transition {
+                    Transition::Start => {
+                        let done = run_fenced!(tx, "UPDATE jobs SET state = 'running', updated_ms = $6", fence, now_ms);
+                        if done == 1 {
+                            sqlx::query("UPDATE attempts SET started_ms = $1 WHERE job_id = $2 AND attempt = $3")
+                                .bind(now_ms)
+                                .bind(id)
+                                .bind(a)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        done
                     }
-                    done
-                }
-                Transition::Retry { failed_attempts, state, exit_code, message } => {
-                    let done = run_fenced!(
-                        tx,
-                        "UPDATE jobs SET state = 'queued', cluster = NULL, attempt = attempt + 1, failed_attempts = $6,
-                         exit_code = $7, reason = $8, updated_ms = $9",
-                        fence,
-                        int(*failed_attempts, "jobs.failed_attempts")?,
-                        *exit_code,
-                        format!("attempt {attempt} ended {state}; retrying"),
-                        now_ms
-                    );
-                    if done == 1 {
-                        end_attempt(&mut tx, id, a, state.as_str(), t, *exit_code, message.as_deref(), now_ms).await?;
+                    Transition::End { state, exit_code, message } => {
+                        let done = run_fenced!(
+                            tx,
+                            "UPDATE jobs SET state = $6, exit_code = $7, reason = $8, updated_ms = $9, finished_ms = $9",
+                            fence,
+                            state.as_str(),
+                            *exit_code,
+                            message,
+                            now_ms
+                        );
+                        if done == 1 {
+                            end_attempt(&mut tx, id, a, state.as_str(), t, *exit_code, message.as_deref(), now_ms)
+                                .await?;
+                        }
+                        done
                     }
-                    done
-                }
-                Transition::Rerun { message } => {
-                    let done = run_fenced!(
-                        tx,
-                        "UPDATE jobs SET state = 'assigned', attempt = attempt + 1, reason = $6, updated_ms = $7",
-                        fence,
-                        format!("attempt {attempt} was lost on {cluster}; running it again there"),
-                        now_ms
-                    );
-                    if done == 1 {
-                        end_attempt(&mut tx, id, a, "lost", t, None, message.as_deref(), now_ms).await?;
-                        sqlx::query(BIND_ATTEMPT)
-                            .bind(id)
-                            .bind(a + 1)
-                            .bind(cluster)
-                            .bind(now_ms)
-                            .execute(&mut *tx)
-                            .await?;
+                    Transition::Retry { failed_attempts, state, exit_code, message } => {
+                        let done = run_fenced!(
+                            tx,
+                            "UPDATE jobs SET state = 'queued', cluster = NULL, attempt = attempt + 1, failed_attempts = $6,
+                             exit_code = $7, reason = $8, updated_ms = $9",
+                            fence,
+                            int(*failed_attempts, "jobs.failed_attempts")?,
+                            *exit_code,
+                            format!("attempt {attempt} ended {state}; retrying"),
+                            now_ms
+                        );
+                        if done == 1 {
+                            end_attempt(&mut tx, id, a, state.as_str(), t, *exit_code, message.as_deref(), now_ms)
+                                .await?;
+                        }
+                        done
                     }
-                    done
-                }
-            };
+                    Transition::Rerun { message } => {
+                        let done = run_fenced!(
+                            tx,
+                            "UPDATE jobs SET state = 'assigned', attempt = attempt + 1, reason = $6, updated_ms = $7",
+                            fence,
+                            format!("attempt {attempt} was lost on {cluster}; running it again there"),
+                            now_ms
+                        );
+                        if done == 1 {
+                            end_attempt(&mut tx, id, a, "lost", t, None, message.as_deref(), now_ms).await?;
+                            sqlx::query(BIND_ATTEMPT)
+                                .bind(id)
+                                .bind(a + 1)
+                                .bind(cluster)
+                                .bind(now_ms)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        done
+                    }
+                };
+                applied.push(done == 1);
+            }
             tx.commit().await?;
-            Ok::<_, DbError>(done == 1)
+            Ok::<_, DbError>(applied)
         })
     }
 
@@ -571,6 +617,35 @@ impl Db {
             }
             tx.commit().await?;
             Ok::<_, DbError>(bound)
+        })
+    }
+
+    /// Every job's times: `(created, started of its current attempt, finished)` (benchmarks).
+    pub async fn job_times(&self) -> Result<Vec<(i64, Option<i64>, Option<i64>)>, DbError> {
+        with_pool!(self, read, |pool| {
+            let rows = sqlx::query(
+                "SELECT j.created_ms, a.started_ms, j.finished_ms FROM jobs j
+                 LEFT JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempt",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok::<_, DbError>((
+                        row.try_get("created_ms")?,
+                        row.try_get("started_ms")?,
+                        row.try_get("finished_ms")?,
+                    ))
+                })
+                .collect()
+        })
+    }
+
+    /// Jobs by state (benchmarks, metrics).
+    pub async fn count_by_state(&self) -> Result<Vec<(String, i64)>, DbError> {
+        with_pool!(self, read, |pool| {
+            let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetch_all(pool).await?;
+            rows.iter().map(|row| Ok::<_, DbError>((row.try_get("state")?, row.try_get("n")?))).collect()
         })
     }
 

@@ -59,6 +59,9 @@ use crate::raft::Replica;
 
 /// How long a lease may wait at the gateway.
 pub const LEASE_WAIT: Duration = Duration::from_secs(20);
+/// Most runs a leader has going at once; further attempts are recorded (accepted) and start as
+/// runs end, oldest first.
+pub const MAX_RUNNING: usize = 32;
 /// Pause after a failed call to the gateway.
 const BACKOFF: Duration = Duration::from_millis(500);
 /// Most log pieces kept while the gateway is away (the oldest go first; the work directory keeps
@@ -104,8 +107,16 @@ pub async fn lead(
     let outbox = tokio::spawn(outbox_forever(gateway, cluster.clone(), term, out_rx, sent_tx));
     let _outbox_guard = AbortOnDrop(outbox);
 
-    let mut leader =
-        Leader { replica, executor, term, node, runs: HashMap::new(), events: events_tx, needs_resume: false };
+    let mut leader = Leader {
+        replica,
+        executor,
+        term,
+        node,
+        runs: HashMap::new(),
+        events: events_tx,
+        needs_resume: false,
+        seq: u64::MAX / 2,
+    };
     leader.resume(&mut records).await;
     let _ = held_tx.send(held(&records));
     tracing::info!(term, held = records.len(), "job duties started");
@@ -120,6 +131,7 @@ pub async fn lead(
             leased = lease_rx.recv() => match leased {
                 Some(Ok(Leased { answer, handled })) => {
                     leader.apply_lease(&mut records, answer).await;
+                    leader.fill(&mut records).await;
                     let _ = held_tx.send(held(&records));
                     let _ = handled.send(());
                 }
@@ -146,6 +158,7 @@ pub async fn lead(
                 }
                 if !ends.is_empty() {
                     leader.commit(&mut records, ends).await;
+                    leader.fill(&mut records).await;
                     let _ = held_tx.send(held(&records));
                 }
             },
@@ -155,6 +168,7 @@ pub async fn lead(
                 match result {
                     Ok(results) => {
                         leader.acknowledged(&mut records, &reports, &results).await;
+                        leader.fill(&mut records).await;
                         let _ = held_tx.send(held(&records));
                     }
                     Err(e) => match classify(&e, term) {
@@ -246,6 +260,8 @@ struct Leader {
     events: mpsc::UnboundedSender<Event>,
     /// A Raft write failed; reconcile the runs with the applied state at the next tick.
     needs_resume: bool,
+    /// Orders records mirrored here (accepted attempts start oldest first).
+    seq: u64,
 }
 
 impl Leader {
@@ -258,7 +274,8 @@ impl Leader {
         match self.replica.propose_local(Command::Jobs { ops: ops.clone() }).await {
             Ok(CommandResponse::JobsApplied { .. }) => {
                 for op in &ops {
-                    let (next, changed) = op.apply(records.get(op.job()), 0);
+                    self.seq += 1;
+                    let (next, changed) = op.apply(records.get(op.job()), self.seq);
                     if changed {
                         match next {
                             Some(record) => records.insert(record.job.clone(), record),
@@ -325,6 +342,9 @@ impl Leader {
             return;
         }
         for r in start {
+            if self.runs.contains_key(&(r.job.clone(), r.attempt)) {
+                continue;
+            }
             let spec: JobSpec = match serde_json::from_str(&r.spec) {
                 Ok(spec) => spec,
                 Err(e) => {
@@ -342,6 +362,26 @@ impl Leader {
             let handle = self.executor.start(request, self.events.clone());
             self.runs.insert((r.job, r.attempt), handle);
         }
+    }
+
+    /// Start accepted attempts, oldest first, while slots are free.
+    async fn fill(&mut self, records: &mut BTreeMap<String, JobRecord>) {
+        let free = MAX_RUNNING.saturating_sub(self.runs.len());
+        if free == 0 {
+            return;
+        }
+        let mut waiting: Vec<&JobRecord> = records
+            .values()
+            .filter(|r| {
+                matches!(r.run, RunState::Accepted) && !r.cancel && !self.runs.contains_key(&(r.job.clone(), r.attempt))
+            })
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        waiting.sort_by_key(|r| r.revision);
+        let start: Vec<JobRecord> = waiting.into_iter().take(free).cloned().collect();
+        self.start_all(records, start, Vec::new()).await;
     }
 
     async fn apply_lease(&mut self, records: &mut BTreeMap<String, JobRecord>, answer: LeaseResponse) {
@@ -479,7 +519,10 @@ async fn lease_forever(
                     let _ = answers.send(Err(end)).await;
                     return;
                 }
-                if quiet.is_none_or(|at: tokio::time::Instant| at.elapsed() > Duration::from_secs(10)) {
+                if e.code() == Some(ErrorCode::Conflict) {
+                    // The first heartbeat of the term has not reached the gateway yet.
+                    tracing::debug!(error = %e, "the gateway does not know this term yet; asking again");
+                } else if quiet.is_none_or(|at: tokio::time::Instant| at.elapsed() > Duration::from_secs(10)) {
                     tracing::warn!(error = %e, "asking the gateway for work failed; held jobs keep running, retrying");
                     quiet = Some(tokio::time::Instant::now());
                 }
