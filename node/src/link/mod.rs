@@ -41,10 +41,15 @@ async fn lead_term(
     executor: crate::jobs::process::ProcessExecutor,
     term: u64,
 ) -> DutyEnd {
-    tokio::select! {
-        end = duties::lead(replica.clone(), gateway.clone(), prober, term) => end,
-        end = crate::jobs::lead(replica, gateway, leases, executor, term) => end,
-    }
+    // Two tasks, so a burst of job work never delays the heartbeat that keeps the cluster alive
+    // at the gateway; dropping this future aborts both.
+    let mut duties = AbortOnDrop(tokio::spawn(duties::lead(replica.clone(), gateway.clone(), prober, term)));
+    let mut jobs = AbortOnDrop(tokio::spawn(crate::jobs::lead(replica, gateway, leases, executor, term)));
+    let ended = tokio::select! {
+        end = &mut duties.0 => end,
+        end = &mut jobs.0 => end,
+    };
+    ended.unwrap_or_else(|e| DutyEnd::Fenced { term, message: format!("the duties of term {term} failed: {e}") })
 }
 
 /// Run renewal and, while leading, the duties; returns only if the cluster is revoked.
