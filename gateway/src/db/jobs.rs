@@ -347,27 +347,8 @@ impl Db {
         reason: &str,
         now_ms: i64,
     ) -> Result<bool, DbError> {
-        let attempt = int(attempt, "jobs.attempt")?;
-        with_pool!(self, write, |pool| {
-            let mut tx = pool.begin().await?;
-            let done = sqlx::query(
-                "UPDATE jobs SET state = 'assigned', cluster = $1, reason = $2, updated_ms = $3
-                 WHERE id = $4 AND state = 'queued' AND attempt = $5 AND NOT cancel_requested",
-            )
-            .bind(cluster)
-            .bind(reason)
-            .bind(now_ms)
-            .bind(id)
-            .bind(attempt)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if done == 1 {
-                sqlx::query(BIND_ATTEMPT).bind(id).bind(attempt).bind(cluster).bind(now_ms).execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-            Ok::<_, DbError>(done == 1)
-        })
+        let binding = (id.to_string(), attempt, cluster.to_string(), reason.to_string());
+        Ok(self.assign_many(std::slice::from_ref(&binding), now_ms).await?[0])
     }
 
     /// Apply a cluster's report, fenced: only if the job is still `from` and bound to
