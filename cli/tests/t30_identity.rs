@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,36 +15,16 @@ use atoll_api::pki::CertificateAuthority;
 use atoll_api::pki::IssuedCert;
 use atoll_api::pki::KeyAlgorithm;
 use atoll_api::tls::ServerPolicy;
-use atoll_api::tls::TlsIdentity;
 use common::TestMesh;
 use common::eventually;
+use common::https_client;
+use common::issued_identity;
 use common::phase;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
 
 const DAY: Duration = Duration::from_secs(86_400);
-
-fn identity(ca: &CertificateAuthority, cert: &IssuedCert) -> TlsIdentity {
-    TlsIdentity::from_pem(
-        Path::new("ca.pem"),
-        ca.cert_pem().as_bytes(),
-        Path::new("cert.pem"),
-        cert.cert_pem.as_bytes(),
-        Path::new("key.pem"),
-        cert.key_pem.as_bytes(),
-    )
-    .expect("tls identity")
-}
-
-fn http(config: rustls::ClientConfig) -> reqwest::Client {
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(config)
-        .no_proxy()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
-}
 
 /// Accepts any server certificate: lets a test present a client certificate the server must
 /// judge (an expired one) without the client refusing first.
@@ -97,7 +76,7 @@ fn raw_client(cert: &IssuedCert) -> reqwest::Client {
         .with_client_auth_cert(chain, key)
         .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec()];
-    http(config)
+    https_client(config)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,9 +87,11 @@ async fn only_the_right_identities_get_in() {
     let target = t.addr("aws", 1);
 
     phase("a replica of another cluster, with a valid certificate from the same CA, may not send raft rpcs");
-    let gcp =
-        identity(&ca, &ca.issue(&Identity::node("gcp".parse().unwrap(), 1), DAY, KeyAlgorithm::EcdsaP256).unwrap());
-    let client = http(gcp.client_config(ServerPolicy::AnyNode).unwrap());
+    let gcp = issued_identity(
+        &ca,
+        &ca.issue(&Identity::node("gcp".parse().unwrap(), 1), DAY, KeyAlgorithm::EcdsaP256).unwrap(),
+    );
+    let client = https_client(gcp.client_config(ServerPolicy::AnyNode).unwrap());
     let response = client
         .post(format!("https://{target}/raft/v1/vote"))
         .header("x-atoll-raft-protocol", "1")
@@ -130,9 +111,11 @@ async fn only_the_right_identities_get_in() {
     .await;
 
     phase("a replica of this cluster speaking another raft protocol version is refused");
-    let aws2 =
-        identity(&ca, &ca.issue(&Identity::node("aws".parse().unwrap(), 2), DAY, KeyAlgorithm::EcdsaP256).unwrap());
-    let client = http(aws2.client_config(ServerPolicy::AnyNode).unwrap());
+    let aws2 = issued_identity(
+        &ca,
+        &ca.issue(&Identity::node("aws".parse().unwrap(), 2), DAY, KeyAlgorithm::EcdsaP256).unwrap(),
+    );
+    let client = https_client(aws2.client_config(ServerPolicy::AnyNode).unwrap());
     let response = client
         .post(format!("https://{target}/raft/v1/vote"))
         .header("x-atoll-raft-protocol", "9")

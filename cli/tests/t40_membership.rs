@@ -20,6 +20,8 @@ use common::TestMesh;
 use common::annotate_retrying;
 use common::atoll_exe;
 use common::eventually;
+use common::https_client;
+use common::issued_identity;
 use common::phase;
 
 /// A replica started by the test itself (not part of the mesh layout); killed on drop.
@@ -131,4 +133,54 @@ async fn replicas_join_leave_and_ids_are_never_reused() {
 
     phase("the group still has a quorum (2 and 4 of 2, 3, 4) and accepts writes");
     annotate_retrying(&t.client, &[t.addr("aws", 2), four.addr.clone()], "after.wipe", "ok").await;
+}
+
+/// The cause of a leader crash once seen under load: a wiped replica, restarted under its old
+/// id, answered the leader's append with an empty log before its bootstrap refused it, and the
+/// leader (rightly) treated a follower's log going backwards as a broken invariant. A replica
+/// that has not decided whether it belongs in the group must answer no consensus RPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecided_replica_answers_no_consensus_rpc() {
+    let mut t = TestMesh::start(1, 3, RaftKnobs::default()).await;
+    t.leader("aws").await;
+
+    phase("stop every replica, wipe node 3 and start only it: alone, it cannot decide and waits");
+    for id in [1, 2, 3] {
+        t.mesh.kill("aws", id).unwrap();
+    }
+    std::fs::remove_dir_all(t.mesh.dir.data_dir("aws", 3)).unwrap();
+    t.mesh.spawn("aws", 3).unwrap();
+    eventually(Duration::from_secs(20), "node 3 waits for its peers", || async {
+        t.log("aws", 3).contains("waiting for peers before bootstrapping").then_some(())
+    })
+    .await;
+
+    phase("speaking as node 2: appends, votes and pre-votes are refused as unavailable; bootstrap answers");
+    let ca = CertificateAuthority::load(&t.mesh.dir.certs()).unwrap();
+    let node2 = ca
+        .issue(&Identity::node("aws".parse().unwrap(), 2), Duration::from_secs(86_400), KeyAlgorithm::EcdsaP256)
+        .unwrap();
+    let client =
+        https_client(issued_identity(&ca, &node2).client_config(atoll_api::tls::ServerPolicy::AnyNode).unwrap());
+    let target = t.addr("aws", 3);
+    for rpc in ["append", "vote", "pre-vote", "snapshot"] {
+        let response = client
+            .post(format!("https://{target}/raft/v1/{rpc}"))
+            .header("x-atoll-raft-protocol", "1")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503, "{rpc}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unavailable", "{rpc}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("not yet decided"), "{rpc}: {body}");
+    }
+    let response = client
+        .get(format!("https://{target}/raft/v1/bootstrap"))
+        .header("x-atoll-raft-protocol", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "the bootstrap question is answered while undecided");
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::path::Path;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,12 +19,37 @@ use atoll_api::gateway::LinkState;
 use atoll_api::gateway::MatrixCell;
 use atoll_api::gateway_client::GatewayClient;
 use atoll_api::node::NodeStatus;
+use atoll_api::pki::CertificateAuthority;
+use atoll_api::pki::IssuedCert;
 use atoll_api::tls::ServerPolicy;
 use atoll_api::tls::TlsFiles;
 use atoll_api::tls::TlsIdentity;
 use atoll_api::tls::TrustRoots;
 use atoll_gateway::config::Database;
 use atoll_gateway::db::testing::TestDatabase;
+
+/// A TLS identity from a certificate the test issued itself.
+pub fn issued_identity(ca: &CertificateAuthority, cert: &IssuedCert) -> TlsIdentity {
+    TlsIdentity::from_pem(
+        Path::new("ca.pem"),
+        ca.cert_pem().as_bytes(),
+        Path::new("cert.pem"),
+        cert.cert_pem.as_bytes(),
+        Path::new("key.pem"),
+        cert.key_pem.as_bytes(),
+    )
+    .expect("tls identity")
+}
+
+/// An HTTPS client for raw requests (a test speaking as some identity).
+pub fn https_client(config: rustls::ClientConfig) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(config)
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
 
 pub fn atoll_exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_atoll"))
@@ -79,6 +105,29 @@ impl TestMesh {
 
     pub fn log(&self, cluster: &str, id: u64) -> String {
         std::fs::read_to_string(self.mesh.dir.log_file(cluster, id)).unwrap_or_default()
+    }
+}
+
+/// A failed test keeps its directory and prints where it is, with the tail of every process's
+/// log, so a failure in CI can be read without running it again.
+impl Drop for TestMesh {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        self.dir.disable_cleanup(true);
+        eprintln!("--- the test failed; its files are kept in {}", self.dir.path().display());
+        let Ok(entries) = std::fs::read_dir(self.dir.path().join("logs")) else { return };
+        let mut logs: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        logs.sort();
+        for path in logs {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("--- last lines of {}:", path.display());
+            for line in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("    {line}");
+            }
+        }
     }
 }
 

@@ -101,6 +101,7 @@ pub async fn bootstrap_if_pristine(
 ) -> anyhow::Result<()> {
     if !started.log.is_pristine().context("reading the log")? {
         tracing::info!("log present; resuming");
+        started.replica.mark_in_group();
         return Ok(());
     }
     let replica = &started.replica;
@@ -115,6 +116,7 @@ pub async fn bootstrap_if_pristine(
                 let members: std::collections::BTreeMap<u64, atoll_raft_store::Member> =
                     config.peers.iter().map(|(id, addr)| (*id, atoll_raft_store::Member::new(addr))).collect();
                 tracing::info!(voters = ?members.keys().collect::<Vec<_>>(), "bootstrapping the group");
+                replica.mark_in_group();
                 match replica.raft.initialize(members).await {
                     Ok(()) => return Ok(()),
                     // Another path got here first (a leader already replicated to us).
@@ -126,6 +128,7 @@ pub async fn bootstrap_if_pristine(
             }
             bootstrap::Decision::Join => {
                 tracing::info!("the group exists; waiting for the leader to replicate to this replica");
+                replica.mark_in_group();
                 return Ok(());
             }
             bootstrap::Decision::Refuse(why) => anyhow::bail!("refusing to start: {why}"),

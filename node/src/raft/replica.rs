@@ -57,6 +57,10 @@ pub struct Replica {
     write_timeout: Duration,
     pub(crate) metrics: Arc<Metrics>,
     stopping: AtomicBool,
+    /// Set once this replica knows it belongs in the group (its log was present, or the
+    /// bootstrap decided to initialize or join). Until then it answers no Raft RPC: a wiped
+    /// replica must not answer a leader with an empty log (see `raft::bootstrap`).
+    in_group: AtomicBool,
 }
 
 /// How long an added learner may take to catch up before `add` gives up waiting.
@@ -82,7 +86,16 @@ impl Replica {
         write_timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { raft, state, info, peers, write_timeout, metrics, stopping: AtomicBool::new(false) }
+        Self {
+            raft,
+            state,
+            info,
+            peers,
+            write_timeout,
+            metrics,
+            stopping: AtomicBool::new(false),
+            in_group: AtomicBool::new(false),
+        }
     }
 
     pub fn info(&self) -> &ReplicaInfo {
@@ -105,6 +118,15 @@ impl Replica {
 
     pub(crate) fn mark_stopping(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether this replica may take part in Raft (answer appends, votes and snapshots).
+    pub(crate) fn is_in_group(&self) -> bool {
+        self.in_group.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn mark_in_group(&self) {
+        self.in_group.store(true, Ordering::SeqCst);
     }
 
     pub fn status(&self) -> NodeStatus {

@@ -63,12 +63,16 @@ pub struct BootstrapInfo {
 }
 
 pub fn router(state: RpcState) -> Router {
-    Router::new()
+    // What openraft itself answers: only once this replica knows it belongs in the group.
+    let consensus = Router::new()
         .route("/raft/v1/append", post(append))
         .route("/raft/v1/vote", post(vote))
         .route("/raft/v1/pre-vote", post(pre_vote))
         .route("/raft/v1/transfer-leader", post(transfer_leader))
         .route("/raft/v1/snapshot", post(snapshot).layer(DefaultBodyLimit::disable()))
+        .layer(axum::middleware::from_fn_with_state(state.replica.clone(), in_group_only));
+    Router::new()
+        .merge(consensus)
         .route("/raft/v1/bootstrap", get(bootstrap))
         .route("/raft/v1/last-log", get(last_log))
         .route("/raft/v1/propose", post(propose))
@@ -94,6 +98,19 @@ async fn same_cluster_only(State(state): State<RpcState>, request: Request, next
             "raft protocol version {version} is not supported (this replica speaks {PROTOCOL_VERSION})"
         ))
         .into_response();
+    }
+    next.run(request).await
+}
+
+/// A replica that started with an empty log answers no consensus RPC until its bootstrap has
+/// decided it belongs in the group. A wiped replica restarted under its old id would otherwise
+/// answer the leader's append with an empty log: its acknowledged entries gone, which the leader
+/// must treat as a broken invariant (the log of a follower went backwards). Refused, it looks
+/// unreachable to the leader until it exits (see `bootstrap`).
+async fn in_group_only(State(replica): State<Arc<crate::raft::Replica>>, request: Request, next: Next) -> Response {
+    if !replica.is_in_group() {
+        return ApiError::unavailable("this replica has not yet decided whether it belongs in the group")
+            .into_response();
     }
     next.run(request).await
 }
