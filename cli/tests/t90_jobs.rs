@@ -11,9 +11,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use atoll_api::ErrorCode;
-use atoll_api::gateway_client::GatewayClient;
 use atoll_api::jobs::Held;
-use atoll_api::jobs::JobDetail;
 use atoll_api::jobs::JobState;
 use atoll_api::jobs::LeaseRequest;
 use atoll_api::jobs::Report;
@@ -25,57 +23,15 @@ use atoll_api::jobs::Submitted;
 use common::Engine;
 use common::GatewayMesh;
 use common::eventually;
+use common::id_of;
+use common::no_processes_left;
 use common::phase;
+use common::processes_of;
+use common::submit;
 use common::test_gateway_timing;
+use common::wait_final;
+use common::wait_state;
 use nix::sys::signal::Signal;
-
-async fn submit(gateway: &GatewayClient, yaml: &str) -> Submitted {
-    let spec = atoll_api::spec::parse_document(yaml).expect("test spec");
-    gateway.submit(&SubmitRequest { spec }).await.expect("submit")
-}
-
-fn id_of(submitted: &Submitted, name: &str) -> String {
-    submitted.jobs.iter().find(|j| j.name == name).unwrap_or_else(|| panic!("no job {name}")).id.clone()
-}
-
-async fn wait_state(
-    gateway: &GatewayClient,
-    id: &str,
-    timeout: Duration,
-    wanted: impl Fn(JobState) -> bool,
-) -> JobDetail {
-    eventually(timeout, &format!("job {id}"), || async { gateway.job(id).await.ok().filter(|d| wanted(d.job.state)) })
-        .await
-}
-
-async fn wait_final(gateway: &GatewayClient, id: &str) -> JobDetail {
-    wait_state(gateway, id, Duration::from_secs(60), JobState::is_final).await
-}
-
-/// Processes on this machine whose environment names `job` (and `attempt`, when given): what a
-/// job started, wherever it went.
-fn processes_of(job: &str, attempt: Option<u32>) -> Vec<u32> {
-    let want_job = format!("ATOLL_JOB_ID={job}");
-    let want_attempt = attempt.map(|a| format!("ATOLL_ATTEMPT={a}"));
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
-        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-        let has = |want: &str| vars.contains(&want.as_bytes());
-        if has(&want_job) && want_attempt.as_deref().is_none_or(has) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-async fn no_processes_left(job: &str, attempt: Option<u32>) {
-    eventually(Duration::from_secs(10), &format!("no process of {job} left"), || async {
-        processes_of(job, attempt).is_empty().then_some(())
-    })
-    .await;
-}
 
 const PIPELINE: &str = r#"
 version: 1

@@ -51,6 +51,49 @@ pub struct AgentFile {
     /// Network behaviour.
     #[serde(default)]
     pub network: NetworkFile,
+    /// How the leader runs the jobs the gateway binds to this cluster.
+    #[serde(default)]
+    pub jobs: JobsFile,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsFile {
+    /// Most runs the leader has going at once; further attempts are recorded and start, oldest
+    /// first, as runs end.
+    #[serde(default = "default_max_running")]
+    pub max_running: usize,
+    /// `process` (each attempt a process tree on the leader's machine) or `kubernetes` (each
+    /// attempt a Kubernetes Job).
+    #[serde(default = "default_executor")]
+    pub executor: String,
+    /// Settings of the `kubernetes` executor.
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesFile>,
+}
+
+impl Default for JobsFile {
+    fn default() -> Self {
+        Self { max_running: default_max_running(), executor: default_executor(), kubernetes: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesFile {
+    /// URL of the Kubernetes API server; when absent, the in-cluster service account (a replica
+    /// running in a pod), else the local kubeconfig.
+    #[serde(default)]
+    pub api: Option<String>,
+    /// Namespace of the Jobs.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Image that runs `command` jobs (`sh -c COMMAND`).
+    #[serde(default = "default_command_image")]
+    pub command_image: String,
+    /// How often a running Job's status is read, in milliseconds.
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -199,6 +242,104 @@ fn default_shutdown_grace_ms() -> u64 {
 fn default_true() -> bool {
     true
 }
+fn default_max_running() -> usize {
+    32
+}
+fn default_executor() -> String {
+    "process".to_string()
+}
+fn default_namespace() -> String {
+    "default".to_string()
+}
+fn default_command_image() -> String {
+    "busybox:1.36".to_string()
+}
+fn default_poll_ms() -> u64 {
+    1_000
+}
+
+/// How a cluster runs its jobs, checked.
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    pub max_running: usize,
+    pub executor: ExecutorConfig,
+}
+
+#[derive(Debug, Clone)]
+pub enum ExecutorConfig {
+    Process,
+    Kubernetes(KubernetesConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct KubernetesConfig {
+    pub api: Option<String>,
+    pub namespace: String,
+    pub command_image: String,
+    pub poll: Duration,
+}
+
+fn check_jobs(file: JobsFile, invalid: &dyn Fn(&str, String) -> ConfigError) -> Result<JobsConfig, ConfigError> {
+    if file.max_running == 0 {
+        return Err(invalid("jobs.max_running", "must be 1 or more".into()));
+    }
+    let executor = match (file.executor.as_str(), file.kubernetes) {
+        ("process", None) => ExecutorConfig::Process,
+        ("process", Some(_)) => {
+            return Err(invalid(
+                "jobs.kubernetes",
+                "applies to the kubernetes executor; set jobs.executor: kubernetes, or remove it".into(),
+            ));
+        }
+        ("kubernetes", k) => {
+            let k = k.unwrap_or(KubernetesFile {
+                api: None,
+                namespace: default_namespace(),
+                command_image: default_command_image(),
+                poll_ms: default_poll_ms(),
+            });
+            if let Some(api) = &k.api {
+                match reqwest::Url::parse(api) {
+                    Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+                    _ => {
+                        return Err(invalid(
+                            "jobs.kubernetes.api",
+                            format!("{api:?} is not an http:// or https:// URL with a host"),
+                        ));
+                    }
+                }
+            }
+            let ns = &k.namespace;
+            let dns_label = !ns.is_empty()
+                && ns.len() <= 63
+                && ns.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !ns.starts_with('-')
+                && !ns.ends_with('-');
+            if !dns_label {
+                return Err(invalid(
+                    "jobs.kubernetes.namespace",
+                    format!("{ns:?} is not a namespace name (lowercase letters, digits and -, up to 63)"),
+                ));
+            }
+            if k.command_image.trim().is_empty() || k.command_image.chars().any(char::is_whitespace) {
+                return Err(invalid("jobs.kubernetes.command_image", format!("{:?} is not an image", k.command_image)));
+            }
+            if k.poll_ms == 0 {
+                return Err(invalid("jobs.kubernetes.poll_ms", "must be 1 or more".into()));
+            }
+            ExecutorConfig::Kubernetes(KubernetesConfig {
+                api: k.api,
+                namespace: k.namespace,
+                command_image: k.command_image,
+                poll: Duration::from_millis(k.poll_ms),
+            })
+        }
+        (other, _) => {
+            return Err(invalid("jobs.executor", format!("unknown executor {other:?} (one of: process, kubernetes)")));
+        }
+    };
+    Ok(JobsConfig { max_running: file.max_running, executor })
+}
 
 /// Raft timing, checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,6 +382,7 @@ pub struct AgentConfig {
     pub shutdown_grace: Duration,
     pub gateway: Option<GatewayLink>,
     pub refuse_inbound_from: Vec<ClusterName>,
+    pub jobs: JobsConfig,
 }
 
 /// How this replica reaches the gateway.
@@ -427,7 +569,9 @@ impl AgentConfig {
             }
             refuse_inbound_from.push(name);
         }
+        let jobs = check_jobs(file.jobs, &invalid)?;
         Ok(Self {
+            jobs,
             gateway,
             refuse_inbound_from,
             cluster,
@@ -505,11 +649,42 @@ tls: {ca: certs/ca.pem, cert: certs/n1.pem, key: /abs/n1-key.pem}
             (format!("{GOOD}raft: {{election_timeout_max_ms: 10}}\n"), "raft.election_timeout_max_ms"),
             (format!("{GOOD}raft: {{heartbeat: 5}}\n"), "raft.heartbeat"),
             (format!("{GOOD}colour: blue\n"), "colour"),
+            (format!("{GOOD}jobs: {{max_running: 0}}\n"), "jobs.max_running"),
+            (format!("{GOOD}jobs: {{executor: docker}}\n"), "jobs.executor"),
+            (format!("{GOOD}jobs: {{kubernetes: {{namespace: ci}}}}\n"), "jobs.kubernetes"),
+            (format!("{GOOD}jobs: {{executor: kubernetes, kubernetes: {{api: 'ftp://x'}}}}\n"), "jobs.kubernetes.api"),
+            (
+                format!("{GOOD}jobs: {{executor: kubernetes, kubernetes: {{namespace: CI}}}}\n"),
+                "jobs.kubernetes.namespace",
+            ),
+            (
+                format!("{GOOD}jobs: {{executor: kubernetes, kubernetes: {{command_image: 'a b'}}}}\n"),
+                "jobs.kubernetes.command_image",
+            ),
+            (format!("{GOOD}jobs: {{executor: kubernetes, kubernetes: {{poll_ms: 0}}}}\n"), "jobs.kubernetes.poll_ms"),
+            (format!("{GOOD}jobs: {{executor: kubernetes, kubernetes: {{pol_ms: 5}}}}\n"), "jobs.kubernetes.pol_ms"),
         ];
         for (text, key) in cases {
             let err = check(&text).unwrap_err().to_string();
             assert!(err.starts_with(&format!("agent.yaml: {key}:")), "expected {key}, got {err}");
         }
+    }
+
+    #[test]
+    fn jobs_run_as_processes_unless_told_otherwise() {
+        let config = check(GOOD).unwrap();
+        assert_eq!(config.jobs.max_running, 32);
+        assert!(matches!(config.jobs.executor, ExecutorConfig::Process));
+        let text = format!(
+            "{GOOD}jobs:\n  max_running: 4\n  executor: kubernetes\n  kubernetes: {{api: 'http://127.0.0.1:8001', namespace: ci}}\n"
+        );
+        let config = check(&text).unwrap();
+        assert_eq!(config.jobs.max_running, 4);
+        let ExecutorConfig::Kubernetes(k) = config.jobs.executor else { panic!("kubernetes expected") };
+        assert_eq!(k.api.as_deref(), Some("http://127.0.0.1:8001"));
+        assert_eq!(k.namespace, "ci");
+        assert_eq!(k.command_image, "busybox:1.36");
+        assert_eq!(k.poll, Duration::from_secs(1));
     }
 
     #[test]

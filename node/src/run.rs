@@ -167,18 +167,16 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
     let failure = match bootstrapped {
         Err(e) => Some(format!("{e:#}")),
         Ok(false) => None,
-        Ok(true) => {
-            let link = config.gateway.clone().map(|link| {
-                tracing::info!(gateway = %link.addr, "joining the mesh");
-                let work = config.data_dir.join("work");
-                tokio::spawn(crate::link::run(replica.clone(), tls.clone(), config.tls.clone(), link, work))
-            });
-            let failure = duties(&config, &replica, closed_rx, shutdown, &mut server).await;
-            if let Some(link) = link {
-                link.abort();
+        Ok(true) => match join_mesh(&config, &replica, &tls).await {
+            Err(why) => Some(why),
+            Ok(link) => {
+                let failure = duties(&config, &replica, closed_rx, shutdown, &mut server).await;
+                if let Some(link) = link {
+                    link.abort();
+                }
+                failure
             }
-            failure
-        }
+        },
     };
     stop_in_order(&config, &replica, &stop_tx, server, ops, &state).await;
     match failure {
@@ -191,6 +189,21 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
             Err(Stopped(why).into())
         }
     }
+}
+
+/// With a gateway configured: set up the job executor and start the gateway link.
+async fn join_mesh(
+    config: &AgentConfig,
+    replica: &Arc<crate::raft::Replica>,
+    tls: &TlsIdentity,
+) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
+    let Some(link) = config.gateway.clone() else { return Ok(None) };
+    let executor = crate::jobs::executor::Executor::build(&config.jobs, config.data_dir.join("work"), &config.cluster)
+        .await
+        .map_err(|e| format!("jobs.executor: {e:#}"))?;
+    tracing::info!(gateway = %link.addr, "joining the mesh");
+    let jobs = crate::link::Jobs { executor, max_running: config.jobs.max_running };
+    Ok(Some(tokio::spawn(crate::link::run(replica.clone(), tls.clone(), config.tls.clone(), link, jobs))))
 }
 
 type ServerTask = tokio::task::JoinHandle<std::io::Result<()>>;

@@ -170,6 +170,11 @@ fn agent_yaml(layout: &Layout, cluster: &ClusterLayout, replica: &ReplicaLayout)
     if !cluster.refuse_inbound_from.is_empty() {
         out.push_str(&format!("network:\n  refuse_inbound_from: [{}]\n", cluster.refuse_inbound_from.join(", ")));
     }
+    if let Some(api) = &cluster.kubernetes_api {
+        out.push_str(&format!(
+            "jobs:\n  executor: kubernetes\n  kubernetes:\n    api: \"{api}\"\n    namespace: atoll\n    poll_ms: 100\n"
+        ));
+    }
     let raft = &layout.raft;
     out.push_str("raft:\n");
     if let Some(t) = raft.timing {

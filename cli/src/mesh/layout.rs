@@ -65,6 +65,9 @@ pub struct ClusterLayout {
     /// Clusters whose replicas this one drops (`network.refuse_inbound_from`).
     #[serde(default)]
     pub refuse_inbound_from: Vec<String>,
+    /// Run jobs as Kubernetes Jobs through this API server instead of as processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_api: Option<String>,
 }
 
 /// The gateway of a mesh.
@@ -180,6 +183,7 @@ impl Layout {
                     .map(|id| ReplicaLayout { id, port: next.next().unwrap_or(0), ops_port: next.next().unwrap_or(0) })
                     .collect(),
                 refuse_inbound_from: Vec::new(),
+                kubernetes_api: None,
             })
             .collect();
         Ok(Self { clusters, raft: RaftKnobs::default(), gateway: None })

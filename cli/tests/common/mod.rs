@@ -1,6 +1,8 @@
 //! Harness for tests that run real `atoll agent` processes on 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod fake_kube;
+
 use std::future::Future;
 use std::path::Path;
 use std::path::PathBuf;
@@ -18,6 +20,10 @@ use atoll_api::gateway::ClusterInfo;
 use atoll_api::gateway::LinkState;
 use atoll_api::gateway::MatrixCell;
 use atoll_api::gateway_client::GatewayClient;
+use atoll_api::jobs::JobDetail;
+use atoll_api::jobs::JobState;
+use atoll_api::jobs::SubmitRequest;
+use atoll_api::jobs::Submitted;
 use atoll_api::node::NodeStatus;
 use atoll_api::pki::CertificateAuthority;
 use atoll_api::pki::IssuedCert;
@@ -203,10 +209,23 @@ impl GatewayMesh {
     /// Start `clusters` x `replicas` and a gateway on `engine`, with the dev cuts when `cuts`;
     /// returns once every cluster has a registered leader.
     pub async fn start(engine: Engine, clusters: usize, replicas: usize, timing: GatewayTiming, cuts: bool) -> Self {
+        Self::start_with(engine, clusters, replicas, timing, cuts, |_| {}).await
+    }
+
+    /// As [`GatewayMesh::start`], with the layout changed by `edit` first.
+    pub async fn start_with(
+        engine: Engine,
+        clusters: usize,
+        replicas: usize,
+        timing: GatewayTiming,
+        cuts: bool,
+        edit: impl FnOnce(&mut Layout),
+    ) -> Self {
         let mut layout = Layout::new(clusters, replicas, 0).expect("layout").with_gateway(0).expect("gateway");
         if cuts {
             layout = layout.with_default_cuts();
         }
+        edit(&mut layout);
         let database = match engine {
             Engine::Sqlite => None,
             Engine::Postgres => Some(TestDatabase::postgres().await),
@@ -294,4 +313,54 @@ macro_rules! on_both_engines {
             $body(common::Engine::Postgres).await
         }
     };
+}
+
+// Jobs: submit, wait, and look for what a job left running.
+
+pub async fn submit(gateway: &GatewayClient, yaml: &str) -> Submitted {
+    let spec = atoll_api::spec::parse_document(yaml).expect("test spec");
+    gateway.submit(&SubmitRequest { spec }).await.expect("submit")
+}
+
+pub fn id_of(submitted: &Submitted, name: &str) -> String {
+    submitted.jobs.iter().find(|j| j.name == name).unwrap_or_else(|| panic!("no job {name}")).id.clone()
+}
+
+pub async fn wait_state(
+    gateway: &GatewayClient,
+    id: &str,
+    timeout: Duration,
+    wanted: impl Fn(JobState) -> bool,
+) -> JobDetail {
+    eventually(timeout, &format!("job {id}"), || async { gateway.job(id).await.ok().filter(|d| wanted(d.job.state)) })
+        .await
+}
+
+pub async fn wait_final(gateway: &GatewayClient, id: &str) -> JobDetail {
+    wait_state(gateway, id, Duration::from_secs(60), JobState::is_final).await
+}
+
+/// Processes on this machine whose environment names `job` (and `attempt`, when given): what a
+/// job started, wherever it went.
+pub fn processes_of(job: &str, attempt: Option<u32>) -> Vec<u32> {
+    let want_job = format!("ATOLL_JOB_ID={job}");
+    let want_attempt = attempt.map(|a| format!("ATOLL_ATTEMPT={a}"));
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        let has = |want: &str| vars.contains(&want.as_bytes());
+        if has(&want_job) && want_attempt.as_deref().is_none_or(has) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+pub async fn no_processes_left(job: &str, attempt: Option<u32>) {
+    eventually(Duration::from_secs(10), &format!("no process of {job} left"), || async {
+        processes_of(job, attempt).is_empty().then_some(())
+    })
+    .await;
 }

@@ -2,22 +2,26 @@
 //!
 //! For one term, the leader:
 //! 1. **resumes** from the replicated records: an attempt recorded but never started is started;
-//!    one started in an earlier term (by a replica that is gone or no longer leads) is recorded
-//!    `lost`, so the gateway runs it again as a new attempt; ended ones are reported;
+//!    one started in an earlier term (by a replica that is gone or no longer leads) is adopted
+//!    where its run outlives its leader (a Kubernetes Job), else recorded `lost`, so the gateway
+//!    runs it again as a new attempt; ended ones are reported;
 //! 2. **leases**: long-polls the gateway with every attempt it holds; the answer says what to
 //!    start, cancel or drop. New attempts are recorded in Raft (accepted and started, one entry
 //!    for the whole answer) before any process starts;
-//! 3. **runs** them on the [`process`] executor, and records each end in Raft before reporting
-//!    it;
+//! 3. **runs** them on the cluster's [`executor`] ([`process`] or [`kubernetes`]), and records
+//!    each end in Raft before reporting it;
 //! 4. **reports** every change the gateway has not acknowledged, in batches, after the Raft
 //!    commit; an acknowledged final report (or a refused one) lets the record go. Output pieces
 //!    are shipped before the reports that follow them.
 //!
 //! Nothing is lost when the gateway is away: the records stay in Raft and are reported when it
-//! answers again; runs go on. When the replica stops leading, the task is dropped and every run
-//! it started is killed with its process group; the next leader finds them `started` in an older
-//! term and reports them lost.
+//! answers again; runs go on. When the replica stops leading, the task is dropped: every process
+//! run it started is killed with its process group, and the next leader finds them `started` in
+//! an older term and reports them lost; Kubernetes Jobs keep running and the next leader adopts
+//! them.
 
+pub mod executor;
+pub mod kubernetes;
 pub mod process;
 
 use std::collections::BTreeMap;
@@ -45,11 +49,11 @@ use atoll_raft_store::jobs::EndState;
 use atoll_raft_store::jobs::JobOp;
 use atoll_raft_store::jobs::JobRecord;
 use atoll_raft_store::jobs::RunState;
-use process::Event;
-use process::ProcessExecutor;
-use process::RunHandle;
-use process::RunRequest;
-use process::Stop;
+use executor::Event;
+use executor::Executor;
+use executor::RunHandle;
+use executor::RunRequest;
+use executor::Stop;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio::sync::watch;
@@ -59,9 +63,6 @@ use crate::raft::Replica;
 
 /// How long a lease may wait at the gateway.
 pub const LEASE_WAIT: Duration = Duration::from_secs(20);
-/// Most runs a leader has going at once; further attempts are recorded (accepted) and start as
-/// runs end, oldest first.
-pub const MAX_RUNNING: usize = 32;
 /// Pause after a failed call to the gateway.
 const BACKOFF: Duration = Duration::from_millis(500);
 /// Most log pieces kept while the gateway is away (the oldest go first; the work directory keeps
@@ -85,7 +86,8 @@ pub async fn lead(
     replica: Arc<Replica>,
     gateway: GatewayClient,
     leases: GatewayClient,
-    executor: ProcessExecutor,
+    executor: Executor,
+    max_running: usize,
     term: u64,
 ) -> DutyEnd {
     let cluster = replica.info().cluster.to_string();
@@ -108,8 +110,9 @@ pub async fn lead(
     let _outbox_guard = AbortOnDrop(outbox);
 
     let mut leader = Leader {
-        replica,
-        executor,
+        replica: replica.clone(),
+        executor: executor.clone(),
+        max_running,
         term,
         node,
         runs: HashMap::new(),
@@ -119,6 +122,7 @@ pub async fn lead(
     };
     leader.resume(&mut records).await;
     let _ = held_tx.send(held(&records));
+    executor.sweep(replica);
     tracing::info!(term, held = records.len(), "job duties started");
 
     let mut pieces: Vec<LogPiece> = Vec::new();
@@ -253,7 +257,9 @@ fn classify(error: &ClientError, term: u64) -> Option<DutyEnd> {
 
 struct Leader {
     replica: Arc<Replica>,
-    executor: ProcessExecutor,
+    executor: Executor,
+    /// Most runs going at once (`jobs.max_running`).
+    max_running: usize,
     term: u64,
     node: u64,
     runs: HashMap<(String, u32), RunHandle>,
@@ -299,49 +305,56 @@ impl Leader {
 
     /// Take over the records of earlier terms.
     async fn resume(&mut self, records: &mut BTreeMap<String, JobRecord>) {
+        let adopts = matches!(self.executor, Executor::Kubernetes(_));
         let mut ops = Vec::new();
         let mut start = Vec::new();
         for r in records.values() {
+            let ours = self.runs.contains_key(&(r.job.clone(), r.attempt));
             match &r.run {
                 RunState::Accepted if r.cancel => ops.push(end(r, EndState::Killed, "cancelled before it started")),
-                RunState::Accepted => start.push(r.clone()),
+                RunState::Accepted => start.push((r.clone(), How::Start)),
+                // A Kubernetes Job outlives its leader (a cancelled one is deleted on adoption).
+                RunState::Started { .. } if adopts && !ours => start.push((r.clone(), How::Adopt)),
                 RunState::Started { term, node, .. } if *term != self.term || *node != self.node => ops.push(end(
                     r,
                     EndState::Lost,
                     &format!("its run was started by node {node} in term {term}, which no longer leads"),
                 )),
-                RunState::Started { .. } if !self.runs.contains_key(&(r.job.clone(), r.attempt)) => {
-                    ops.push(end(r, EndState::Lost, "its run is gone"))
-                }
+                RunState::Started { .. } if !ours => ops.push(end(r, EndState::Lost, "its run is gone")),
                 _ => {}
             }
         }
         if !ops.is_empty() {
             tracing::info!(lost = ops.len(), "runs of an earlier leader are lost; reporting them");
         }
+        let adopted = start.iter().filter(|(_, how)| *how == How::Adopt).count();
+        if adopted > 0 {
+            tracing::info!(adopted, "adopting the runs of an earlier leader");
+        }
         self.start_all(records, start, ops).await;
     }
 
-    /// Record `ops`, plus a start for each of `start`, then start those runs.
+    /// Record `ops`, plus a start (this term, this node) for each of `start`, then start or
+    /// adopt those runs.
     async fn start_all(
         &mut self,
         records: &mut BTreeMap<String, JobRecord>,
-        start: Vec<JobRecord>,
+        start: Vec<(JobRecord, How)>,
         mut ops: Vec<JobOp>,
     ) {
-        for r in &start {
+        for (r, _) in &start {
             ops.push(JobOp::Start {
                 job: r.job.clone(),
                 attempt: r.attempt,
                 term: self.term,
                 node: self.node,
-                handle: None,
+                handle: self.executor.handle_name(&r.job, r.attempt),
             });
         }
         if !self.commit(records, ops).await {
             return;
         }
-        for r in start {
+        for (r, how) in start {
             if self.runs.contains_key(&(r.job.clone(), r.attempt)) {
                 continue;
             }
@@ -359,14 +372,23 @@ impl Leader {
                 }
             };
             let request = RunRequest { job: r.job.clone(), pipeline: r.pipeline.clone(), attempt: r.attempt, spec };
-            let handle = self.executor.start(request, self.events.clone());
+            let mut handle = match how {
+                How::Start => self.executor.start(request, self.events.clone()),
+                How::Adopt => match self.executor.adopt(request, self.events.clone()) {
+                    Some(handle) => handle,
+                    None => continue,
+                },
+            };
+            if r.cancel {
+                handle.stop(Stop::Cancel);
+            }
             self.runs.insert((r.job, r.attempt), handle);
         }
     }
 
     /// Start accepted attempts, oldest first, while slots are free.
     async fn fill(&mut self, records: &mut BTreeMap<String, JobRecord>) {
-        let free = MAX_RUNNING.saturating_sub(self.runs.len());
+        let free = self.max_running.saturating_sub(self.runs.len());
         if free == 0 {
             return;
         }
@@ -380,7 +402,7 @@ impl Leader {
             return;
         }
         waiting.sort_by_key(|r| r.revision);
-        let start: Vec<JobRecord> = waiting.into_iter().take(free).cloned().collect();
+        let start: Vec<(JobRecord, How)> = waiting.into_iter().take(free).map(|r| (r.clone(), How::Start)).collect();
         self.start_all(records, start, Vec::new()).await;
     }
 
@@ -425,16 +447,21 @@ impl Leader {
                 });
                 continue;
             }
-            start.push(JobRecord {
-                job: a.job,
-                pipeline: a.pipeline,
-                attempt: a.attempt,
-                spec,
-                run: RunState::Accepted,
-                cancel: false,
-                running_acked: false,
-                revision: 0,
-            });
+            // Started in the same entry while slots are free; the rest wait, accepted, for
+            // `fill` to start them as runs end.
+            if self.runs.len() + start.len() < self.max_running {
+                let record = JobRecord {
+                    job: a.job,
+                    pipeline: a.pipeline,
+                    attempt: a.attempt,
+                    spec,
+                    run: RunState::Accepted,
+                    cancel: false,
+                    running_acked: false,
+                    revision: 0,
+                };
+                start.push((record, How::Start));
+            }
         }
         for h in &answer.cancel {
             let Some(r) = records.get(&h.job).filter(|r| r.attempt == h.attempt) else { continue };
@@ -487,6 +514,13 @@ impl Leader {
         }
         self.commit(records, ops).await;
     }
+}
+
+/// Whether a run is new or an earlier leader's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum How {
+    Start,
+    Adopt,
 }
 
 fn end(r: &JobRecord, state: EndState, message: &str) -> JobOp {

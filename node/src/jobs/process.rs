@@ -20,7 +20,6 @@ use std::time::Duration;
 use atoll_api::jobs::LogStream;
 use atoll_api::spec::Command as JobCommand;
 use atoll_api::spec::JobKind;
-use atoll_api::spec::JobSpec;
 use atoll_raft_store::jobs::EndState;
 use nix::sys::signal::Signal;
 use nix::sys::signal::killpg;
@@ -28,6 +27,11 @@ use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
+
+use super::executor::Event;
+use super::executor::RunHandle;
+use super::executor::RunRequest;
+use super::executor::Stop;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Largest log piece.
@@ -42,61 +46,10 @@ pub enum Isolation {
     GroupOnly,
 }
 
-/// Something that happened to a run.
-#[derive(Debug)]
-pub enum Event {
-    Log { job: String, attempt: u32, seq: u32, stream: LogStream, data: String, at_ms: i64 },
-    Done { job: String, attempt: u32, state: EndState, exit_code: Option<i32>, message: Option<String> },
-}
-
-/// Why a run is stopped from outside.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stop {
-    Cancel,
-    /// Moved away or refused: killed, nothing reported.
-    Drop,
-}
-
-/// A started run: stops it on request, and kills its group when dropped (leadership lost).
-#[derive(Debug)]
-pub struct RunHandle {
-    stop: Option<oneshot::Sender<Stop>>,
-    pgid: Option<i32>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl RunHandle {
-    pub fn stop(&mut self, why: Stop) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(why);
-        }
-    }
-}
-
-impl Drop for RunHandle {
-    fn drop(&mut self) {
-        if !self.task.is_finished() {
-            self.task.abort();
-            if let Some(pgid) = self.pgid {
-                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-            }
-        }
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct ProcessExecutor {
     work_root: PathBuf,
     isolation: Isolation,
-}
-
-/// What to run.
-#[derive(Clone, Debug)]
-pub struct RunRequest {
-    pub job: String,
-    pub pipeline: String,
-    pub attempt: u32,
-    pub spec: JobSpec,
 }
 
 async fn works(program: &[&str]) -> bool {
@@ -179,13 +132,6 @@ impl ProcessExecutor {
         let dir = self.work_dir(&request.job, request.attempt);
         let prepared = prepare(&dir).and_then(|()| self.command(&request, &dir));
         let (job, attempt) = (request.job.clone(), request.attempt);
-        let error = |message: String| Event::Done {
-            job: job.clone(),
-            attempt,
-            state: EndState::Error,
-            exit_code: None,
-            message: Some(message),
-        };
         let child = match prepared {
             Ok(mut command) => command.spawn().map_err(|e| format!("starting the command failed: {e}")),
             Err(message) => Err(message),
@@ -193,8 +139,8 @@ impl ProcessExecutor {
         let mut child = match child {
             Ok(child) => child,
             Err(message) => {
-                let _ = events.send(error(message));
-                return RunHandle { stop: None, pgid: None, task: tokio::spawn(async {}) };
+                let _ = events.send(Event::error(&job, attempt, message));
+                return RunHandle::ended();
             }
         };
         let pgid = child.id().and_then(|id| i32::try_from(id).ok());
@@ -248,7 +194,7 @@ impl ProcessExecutor {
             };
             let _ = events.send(Event::Done { job: job.clone(), attempt, state, exit_code, message });
         });
-        RunHandle { stop: Some(stop_tx), pgid, task }
+        RunHandle::new(stop_tx, pgid, task)
     }
 
     fn command(&self, request: &RunRequest, dir: &Path) -> Result<tokio::process::Command, String> {

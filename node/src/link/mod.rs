@@ -38,13 +38,14 @@ async fn lead_term(
     gateway: GatewayClient,
     leases: GatewayClient,
     prober: Arc<Prober>,
-    executor: crate::jobs::process::ProcessExecutor,
+    jobs: Jobs,
     term: u64,
 ) -> DutyEnd {
     // Two tasks, so a burst of job work never delays the heartbeat that keeps the cluster alive
     // at the gateway; dropping this future aborts both.
     let mut duties = AbortOnDrop(tokio::spawn(duties::lead(replica.clone(), gateway.clone(), prober, term)));
-    let mut jobs = AbortOnDrop(tokio::spawn(crate::jobs::lead(replica, gateway, leases, executor, term)));
+    let mut jobs =
+        AbortOnDrop(tokio::spawn(crate::jobs::lead(replica, gateway, leases, jobs.executor, jobs.max_running, term)));
     let ended = tokio::select! {
         end = &mut duties.0 => end,
         end = &mut jobs.0 => end,
@@ -52,14 +53,15 @@ async fn lead_term(
     ended.unwrap_or_else(|e| DutyEnd::Fenced { term, message: format!("the duties of term {term} failed: {e}") })
 }
 
+/// How this cluster runs its jobs.
+#[derive(Clone, Debug)]
+pub struct Jobs {
+    pub executor: crate::jobs::executor::Executor,
+    pub max_running: usize,
+}
+
 /// Run renewal and, while leading, the duties; returns only if the cluster is revoked.
-pub async fn run(
-    replica: Arc<Replica>,
-    tls: TlsIdentity,
-    files: TlsFiles,
-    link: GatewayLink,
-    work_root: std::path::PathBuf,
-) {
+pub async fn run(replica: Arc<Replica>, tls: TlsIdentity, files: TlsFiles, link: GatewayLink, jobs: Jobs) {
     let clients = gateway_client(&tls, &link.addr).and_then(|gateway| {
         let wait = crate::jobs::LEASE_WAIT + Duration::from_secs(10);
         let leases = GatewayClient::new(tls.client_config(ServerPolicy::Gateway)?, &link.addr, None, wait)?;
@@ -72,7 +74,6 @@ pub async fn run(
             return;
         }
     };
-    let executor = crate::jobs::process::ProcessExecutor::detect(work_root).await;
     let renewal = tokio::spawn(renew::renew_forever(tls.clone(), files, duties::identity(&replica), gateway.clone()));
     let prober = Arc::new(Prober::new(tls));
     let mut leadership = replica.leadership();
@@ -96,7 +97,7 @@ pub async fn run(
                 gateway.clone(),
                 leases.clone(),
                 prober.clone(),
-                executor.clone(),
+                jobs.clone(),
                 term,
             ));
             running = Some((term, AbortOnDrop(task)));

@@ -1,0 +1,170 @@
+//! What runs an attempt: the types every executor shares, and the executor a cluster is
+//! configured with (`jobs.executor`).
+//!
+//! An executor starts a run and reports what happens to it as [`Event`]s on the leader's
+//! channel. A [`RunHandle`] stops it on request (cancel: the run ends `killed`; drop: it was moved
+//! away or refused, nothing is reported). What happens when the handle is dropped because the
+//! replica stops leading depends on the executor: a process run is killed with its group (it
+//! cannot outlive its leader, and the next leader reports it `lost`); a Kubernetes Job keeps
+//! running in the Kubernetes cluster, and the next leader adopts it.
+
+use std::sync::Arc;
+
+use atoll_api::jobs::LogStream;
+use atoll_api::spec::JobSpec;
+use atoll_raft_store::jobs::EndState;
+use nix::sys::signal::Signal;
+use nix::sys::signal::killpg;
+use nix::unistd::Pid;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+
+use super::kubernetes::KubernetesExecutor;
+use super::process::ProcessExecutor;
+
+/// Something that happened to a run.
+#[derive(Debug)]
+pub enum Event {
+    /// A numbered piece of its output (numbers start at 1 and are stable for the attempt: a
+    /// piece sent again under its number is stored once).
+    Log {
+        job: String,
+        attempt: u32,
+        seq: u32,
+        stream: LogStream,
+        data: String,
+        at_ms: i64,
+    },
+    Done {
+        job: String,
+        attempt: u32,
+        state: EndState,
+        exit_code: Option<i32>,
+        message: Option<String>,
+    },
+}
+
+impl Event {
+    /// The run could not start or be followed: it ends in `error`.
+    pub fn error(job: &str, attempt: u32, message: impl Into<String>) -> Self {
+        Event::Done {
+            job: job.to_string(),
+            attempt,
+            state: EndState::Error,
+            exit_code: None,
+            message: Some(message.into()),
+        }
+    }
+}
+
+/// Why a run is stopped from outside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    Cancel,
+    /// Moved away or refused: killed, nothing reported.
+    Drop,
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct RunRequest {
+    pub job: String,
+    pub pipeline: String,
+    pub attempt: u32,
+    pub spec: JobSpec,
+}
+
+/// A started run: stops it on request; when dropped, its task is aborted and, for a process run,
+/// its process group killed.
+#[derive(Debug)]
+pub struct RunHandle {
+    stop: Option<oneshot::Sender<Stop>>,
+    /// The process group to kill when the handle is dropped before the run ended.
+    kill_group: Option<i32>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunHandle {
+    pub fn new(stop: oneshot::Sender<Stop>, kill_group: Option<i32>, task: tokio::task::JoinHandle<()>) -> Self {
+        Self { stop: Some(stop), kill_group, task }
+    }
+
+    /// A run that never started (its end was already sent).
+    pub fn ended() -> Self {
+        Self { stop: None, kill_group: None, task: tokio::spawn(async {}) }
+    }
+
+    pub fn stop(&mut self, why: Stop) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(why);
+        }
+    }
+}
+
+impl Drop for RunHandle {
+    fn drop(&mut self) {
+        if !self.task.is_finished() {
+            self.task.abort();
+            if let Some(pgid) = self.kill_group {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// The executor of a cluster.
+#[derive(Clone, Debug)]
+pub enum Executor {
+    Process(ProcessExecutor),
+    Kubernetes(Arc<KubernetesExecutor>),
+}
+
+impl Executor {
+    /// The executor `config` names; the process executor works under `work_root`.
+    pub async fn build(
+        config: &crate::config::JobsConfig,
+        work_root: std::path::PathBuf,
+        cluster: &atoll_api::ids::ClusterName,
+    ) -> anyhow::Result<Self> {
+        Ok(match &config.executor {
+            crate::config::ExecutorConfig::Process => Executor::Process(ProcessExecutor::detect(work_root).await),
+            crate::config::ExecutorConfig::Kubernetes(k) => {
+                Executor::Kubernetes(Arc::new(KubernetesExecutor::connect(k, cluster.as_str()).await?))
+            }
+        })
+    }
+
+    /// Start a new run of the attempt.
+    pub fn start(&self, request: RunRequest, events: mpsc::UnboundedSender<Event>) -> RunHandle {
+        match self {
+            Executor::Process(p) => p.start(request, events),
+            Executor::Kubernetes(k) => k.start(request, events),
+        }
+    }
+
+    /// Take over a run an earlier leader started; `None` when runs die with their leader (the
+    /// process executor), so the attempt is lost.
+    pub fn adopt(&self, request: RunRequest, events: mpsc::UnboundedSender<Event>) -> Option<RunHandle> {
+        match self {
+            Executor::Process(_) => None,
+            Executor::Kubernetes(k) => Some(k.adopt(request, events)),
+        }
+    }
+
+    /// What the run of an attempt is known by outside atoll (recorded in Raft with its start).
+    pub fn handle_name(&self, job: &str, attempt: u32) -> Option<String> {
+        match self {
+            Executor::Process(_) => None,
+            Executor::Kubernetes(_) => Some(super::kubernetes::job_name(job, attempt)),
+        }
+    }
+
+    /// Stop runs this cluster no longer holds (a leader that came back after its work moved
+    /// away); a no-op where runs die with their leader.
+    pub fn sweep(&self, replica: Arc<crate::raft::Replica>) {
+        if let Executor::Kubernetes(k) = self {
+            let k = k.clone();
+            tokio::spawn(async move { k.sweep(replica).await });
+        }
+    }
+}

@@ -1,0 +1,684 @@
+//! The `kubernetes` executor: each attempt is a Kubernetes Job in the cluster's namespace.
+//!
+//! The Job's name is derived from the job id and attempt alone ([`job_name`]), and recorded in
+//! Raft with the attempt's start, so a new leader finds the run of an earlier one and **adopts**
+//! it (follows its status and logs) instead of starting it again. Creating a Job that exists
+//! already is adoption too, so a leader that died between recording the start and creating the
+//! Job loses nothing.
+//!
+//! The Job carries the labels `app.kubernetes.io/managed-by=atoll`, `atoll.dev/cluster`,
+//! `atoll.dev/pipeline`, `atoll.dev/job` and `atoll.dev/attempt`, and the exact job id in the
+//! annotation `atoll.dev/job-id`. It runs once (`backoffLimit: 0`, `restartPolicy: Never`: atoll
+//! does the retrying), with `activeDeadlineSeconds` set to the job's timeout, the job's
+//! environment plus `ATOLL_*`, `resources.limits` as container limits, and two `emptyDir`
+//! volumes for `ATOLL_OUTPUT` (`/atoll/output`) and `ATOLL_INPUTS` (`/atoll/inputs`).
+//! A `command` job runs `sh -c COMMAND` in `jobs.kubernetes.command_image`; a `docker-image` job
+//! runs its image (with its command when it has one).
+//!
+//! Logs are followed line by line; a line's number is its piece number, so a new leader that
+//! follows the log again from the start sends the same pieces under the same numbers and the
+//! gateway keeps each once. When the Job ends, the end is reported and the Job deleted (its pods
+//! with it). Cancel deletes it at once. A leader sweeps the Jobs of its cluster that no held
+//! attempt names (work moved away while the cluster was cut off) and deletes them.
+
+use std::collections::BTreeMap;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use atoll_api::jobs::LogStream;
+use atoll_api::spec::Command as JobCommand;
+use atoll_api::spec::JobKind;
+use atoll_raft_store::jobs::EndState;
+use futures::AsyncBufReadExt;
+use futures::TryStreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::JobSpec;
+use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::api::core::v1::EmptyDirVolumeSource;
+use k8s_openapi::api::core::v1::EnvVar;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::Volume;
+use k8s_openapi::api::core::v1::VolumeMount;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Api;
+use kube::api::DeleteParams;
+use kube::api::ListParams;
+use kube::api::LogParams;
+use kube::api::PostParams;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+
+use super::executor::Event;
+use super::executor::RunHandle;
+use super::executor::RunRequest;
+use super::executor::Stop;
+use crate::config::KubernetesConfig;
+use crate::raft::Replica;
+
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_CLUSTER: &str = "atoll.dev/cluster";
+pub const LABEL_PIPELINE: &str = "atoll.dev/pipeline";
+pub const LABEL_JOB: &str = "atoll.dev/job";
+pub const LABEL_ATTEMPT: &str = "atoll.dev/attempt";
+pub const ANNOTATION_JOB_ID: &str = "atoll.dev/job-id";
+/// The label the Kubernetes Job controller puts on a Job's pods.
+const POD_JOB_LABEL: &str = "batch.kubernetes.io/job-name";
+const OUTPUT_DIR: &str = "/atoll/output";
+const INPUTS_DIR: &str = "/atoll/inputs";
+/// Most a name or label value may be.
+const MAX_NAME: usize = 63;
+/// How often a failed call to the Kubernetes API is tried before an unstarted run is `error`.
+const CREATE_TRIES: u32 = 5;
+/// How long the end of a log may take to arrive once the Job ended.
+const LOG_DRAIN: Duration = Duration::from_secs(2);
+
+/// The Kubernetes Job of an attempt: `atoll-<job id>-<attempt>` in DNS-label form; a long id is
+/// shortened and made unique by a hash of the whole id.
+pub fn job_name(job: &str, attempt: u32) -> String {
+    let suffix = format!("-{attempt}");
+    let body = dns_label(job);
+    let room = MAX_NAME - "atoll-".len() - suffix.len();
+    let body = if body.len() <= room && body == job {
+        body
+    } else {
+        // Not a faithful copy (characters replaced, or too long): add a hash so two ids never
+        // share a name.
+        let hash = format!("{:08x}", fnv1a(job) as u32);
+        let keep = room.saturating_sub(hash.len() + 1).min(body.len());
+        format!("{}-{hash}", body[..keep].trim_end_matches('-'))
+    };
+    format!("atoll-{body}{suffix}")
+}
+
+/// A label value for `value`: itself when it is one, else a shortened and hashed form.
+fn label_value(value: &str) -> String {
+    let valid = value.len() <= MAX_NAME
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && value.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && value.chars().last().is_some_and(|c| c.is_ascii_alphanumeric());
+    if valid {
+        return value.to_string();
+    }
+    let hash = format!("{:08x}", fnv1a(value) as u32);
+    let body = dns_label(value);
+    let keep = (MAX_NAME - hash.len() - 1).min(body.len());
+    let body = body[..keep].trim_matches('-');
+    if body.is_empty() { hash } else { format!("{body}-{hash}") }
+}
+
+/// Lowercase letters, digits and single dashes.
+fn dns_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.trim_matches('-').to_string()
+}
+
+fn fnv1a(value: &str) -> u64 {
+    value.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The Kubernetes Job for an attempt (pure).
+pub fn build_job(request: &RunRequest, cluster: &str, command_image: &str) -> Result<Job, String> {
+    let spec = &request.spec;
+    let (image, command) = match (&spec.kind, &spec.command) {
+        (JobKind::Wait, _) => return Err("a wait job runs nothing".to_string()),
+        (JobKind::Command, Some(JobCommand::Shell(line))) => {
+            (command_image.to_string(), Some(vec!["sh".to_string(), "-c".to_string(), line.clone()]))
+        }
+        (JobKind::Command, Some(JobCommand::Argv(argv))) if !argv.is_empty() => {
+            (command_image.to_string(), Some(argv.clone()))
+        }
+        (JobKind::Command, _) => return Err("the job has no command".to_string()),
+        (JobKind::DockerImage, command) => {
+            let image = spec.image.clone().ok_or("a docker-image job needs an image")?;
+            let command = match command {
+                Some(JobCommand::Shell(line)) => Some(vec!["sh".to_string(), "-c".to_string(), line.clone()]),
+                Some(JobCommand::Argv(argv)) if !argv.is_empty() => Some(argv.clone()),
+                _ => None,
+            };
+            (image, command)
+        }
+    };
+    let mut env = vec![
+        env_var("ATOLL_JOB_ID", &request.job),
+        env_var("ATOLL_ATTEMPT", &request.attempt.to_string()),
+        env_var("ATOLL_PIPELINE", &request.pipeline),
+        env_var("ATOLL_OUTPUT", OUTPUT_DIR),
+        env_var("ATOLL_INPUTS", INPUTS_DIR),
+    ];
+    env.extend(spec.environment.iter().map(|(k, v)| env_var(k, v)));
+    let mut limits = BTreeMap::new();
+    if let Some(cpu) = spec.resources.cpu_millis {
+        limits.insert("cpu".to_string(), Quantity(format!("{cpu}m")));
+    }
+    if let Some(memory) = spec.resources.memory_mib {
+        limits.insert("memory".to_string(), Quantity(format!("{memory}Mi")));
+    }
+    let labels = BTreeMap::from([
+        (LABEL_MANAGED_BY.to_string(), "atoll".to_string()),
+        (LABEL_CLUSTER.to_string(), label_value(cluster)),
+        (LABEL_PIPELINE.to_string(), label_value(&request.pipeline)),
+        (LABEL_JOB.to_string(), label_value(&request.job)),
+        (LABEL_ATTEMPT.to_string(), request.attempt.to_string()),
+    ]);
+    let annotations = BTreeMap::from([(ANNOTATION_JOB_ID.to_string(), request.job.clone())]);
+    let volume = |name: &str| Volume {
+        name: name.to_string(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    };
+    let mount = |name: &str, path: &str| VolumeMount {
+        name: name.to_string(),
+        mount_path: path.to_string(),
+        ..Default::default()
+    };
+    Ok(Job {
+        metadata: ObjectMeta {
+            name: Some(job_name(&request.job, request.attempt)),
+            labels: Some(labels.clone()),
+            annotations: Some(annotations.clone()),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            active_deadline_seconds: Some(i64::try_from(spec.timeout_s.max(1)).unwrap_or(i64::MAX)),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: Some(annotations),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".to_string()),
+                    containers: vec![Container {
+                        name: "job".to_string(),
+                        image: Some(image),
+                        command,
+                        env: Some(env),
+                        resources: (!limits.is_empty())
+                            .then(|| ResourceRequirements { limits: Some(limits), ..Default::default() }),
+                        volume_mounts: Some(vec![mount("output", OUTPUT_DIR), mount("inputs", INPUTS_DIR)]),
+                        ..Default::default()
+                    }],
+                    volumes: Some(vec![volume("output"), volume("inputs")]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+fn env_var(name: &str, value: &str) -> EnvVar {
+    EnvVar { name: name.to_string(), value: Some(value.to_string()), ..Default::default() }
+}
+
+/// How an attempt ended, from its Job's status (pure); `None` while it runs.
+pub fn outcome(job: &Job, exit_code: Option<i32>) -> Option<(EndState, Option<i32>, Option<String>)> {
+    let status = job.status.as_ref()?;
+    let condition = |kind: &str| status.conditions.iter().flatten().find(|c| c.type_ == kind && c.status == "True");
+    if condition("Complete").is_some() {
+        return Some((EndState::Finished, Some(0), None));
+    }
+    if let Some(failed) = condition("Failed") {
+        let reason = failed.reason.clone().unwrap_or_default();
+        if reason == "DeadlineExceeded" {
+            let limit = job.spec.as_ref().and_then(|s| s.active_deadline_seconds).unwrap_or_default();
+            return Some((
+                EndState::Failure,
+                exit_code,
+                Some(format!("timed out after {limit} s; Kubernetes stopped its Job")),
+            ));
+        }
+        let message = match (exit_code, failed.message.as_deref()) {
+            (Some(code), _) => format!("exited with {code}"),
+            (None, Some(message)) if !message.is_empty() => format!("{reason}: {message}"),
+            (None, _) => format!("its Kubernetes Job failed ({reason})"),
+        };
+        return Some((EndState::Failure, exit_code, Some(message)));
+    }
+    if status.succeeded.unwrap_or(0) > 0 {
+        return Some((EndState::Finished, Some(0), None));
+    }
+    if status.failed.unwrap_or(0) > 0 {
+        let message = exit_code.map_or("its pod failed".to_string(), |code| format!("exited with {code}"));
+        return Some((EndState::Failure, exit_code, Some(message)));
+    }
+    None
+}
+
+/// Runs attempts as Kubernetes Jobs.
+#[derive(Clone)]
+pub struct KubernetesExecutor {
+    client: kube::Client,
+    namespace: String,
+    command_image: String,
+    cluster: String,
+    poll: Duration,
+}
+
+impl std::fmt::Debug for KubernetesExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesExecutor")
+            .field("namespace", &self.namespace)
+            .field("command_image", &self.command_image)
+            .field("cluster", &self.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubernetesExecutor {
+    /// A client for `config.api`, or (when absent) the in-cluster service account, else the
+    /// local kubeconfig.
+    pub async fn connect(config: &KubernetesConfig, cluster: &str) -> anyhow::Result<Self> {
+        let mut kube_config = match &config.api {
+            Some(url) => kube::Config::new(url.parse()?),
+            None => kube::Config::infer().await?,
+        };
+        kube_config.default_namespace.clone_from(&config.namespace);
+        let client = kube::Client::try_from(kube_config)?;
+        tracing::info!(api = config.api.as_deref().unwrap_or("(inferred)"), namespace = %config.namespace, "kubernetes executor: each attempt is a Kubernetes Job");
+        Ok(Self {
+            client,
+            namespace: config.namespace.clone(),
+            command_image: config.command_image.clone(),
+            cluster: cluster.to_string(),
+            poll: config.poll,
+        })
+    }
+
+    fn jobs(&self) -> Api<Job> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Create the attempt's Job and follow it.
+    pub fn start(self: &Arc<Self>, request: RunRequest, events: mpsc::UnboundedSender<Event>) -> RunHandle {
+        self.run(request, events, false)
+    }
+
+    /// Follow the Job an earlier leader created (creating it if it never was).
+    pub fn adopt(self: &Arc<Self>, request: RunRequest, events: mpsc::UnboundedSender<Event>) -> RunHandle {
+        self.run(request, events, true)
+    }
+
+    fn run(self: &Arc<Self>, request: RunRequest, events: mpsc::UnboundedSender<Event>, adopt: bool) -> RunHandle {
+        let (stop_tx, stop_rx) = oneshot::channel::<Stop>();
+        let stopped = Arc::new(AtomicBool::new(false));
+        let name = job_name(&request.job, request.attempt);
+        // Apart from the follower: the handle (and with it the follower) may go at once after a
+        // stop, and the Job must still be deleted. A handle dropped without a stop (leadership
+        // lost) leaves the Job running for the next leader.
+        let stopper = {
+            let (this, stopped, events) = (self.clone(), stopped.clone(), events.clone());
+            let (job, attempt) = (request.job.clone(), request.attempt);
+            async move {
+                let Ok(why) = stop_rx.await else { return };
+                stopped.store(true, Ordering::SeqCst);
+                this.delete(&name).await;
+                if why == Stop::Cancel {
+                    let _ = events.send(Event::Done {
+                        job,
+                        attempt,
+                        state: EndState::Killed,
+                        exit_code: None,
+                        message: Some("cancelled; its Kubernetes Job was deleted".to_string()),
+                    });
+                }
+            }
+        };
+        tokio::spawn(stopper);
+        let task = tokio::spawn(self.clone().follow(request, events, stopped, adopt));
+        RunHandle::new(stop_tx, None, task)
+    }
+
+    /// Follow the Job to its end, then report the end and delete the Job. Says nothing once
+    /// the run was stopped.
+    async fn follow(
+        self: Arc<Self>,
+        request: RunRequest,
+        events: mpsc::UnboundedSender<Event>,
+        stopped: Arc<AtomicBool>,
+        adopt: bool,
+    ) {
+        let (job, attempt) = (request.job.clone(), request.attempt);
+        let name = job_name(&job, attempt);
+        let ensured = self.ensure(&request, &name, adopt).await;
+        if stopped.load(Ordering::SeqCst) {
+            // Stopped while the Job was being created: make sure it goes.
+            self.delete(&name).await;
+            return;
+        }
+        if let Err(message) = ensured {
+            let _ = events.send(Event::error(&job, attempt, message));
+            return;
+        }
+        let logs = tokio::spawn(self.clone().stream_logs(name.clone(), job.clone(), attempt, events.clone()));
+        let _logs_guard = AbortLogs(&logs);
+        let mut failures = 0u32;
+        loop {
+            tokio::time::sleep(self.poll).await;
+            let read = self.jobs().get_opt(&name).await;
+            if stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            match read {
+                Ok(Some(k8s_job)) => {
+                    failures = 0;
+                    let exit_code = if k8s_job.status.as_ref().is_some_and(|s| s.failed.unwrap_or(0) > 0) {
+                        self.exit_code(&name).await
+                    } else {
+                        None
+                    };
+                    if let Some((state, exit_code, message)) = outcome(&k8s_job, exit_code) {
+                        // The rest of the log first, then the end, then the Job goes.
+                        let _ = tokio::time::timeout(LOG_DRAIN, async {
+                            while !logs.is_finished() {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        })
+                        .await;
+                        // Spawned: the handle, and this task with it, go as soon as the end
+                        // arrives.
+                        let this = self.clone();
+                        tokio::spawn(async move { this.delete(&name).await });
+                        let _ = events.send(Event::Done { job, attempt, state, exit_code, message });
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    let _ = events.send(Event::error(
+                        &job,
+                        attempt,
+                        format!("its Kubernetes Job {name} was deleted outside atoll"),
+                    ));
+                    return;
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures.is_power_of_two() {
+                        tracing::warn!(job = %job, attempt, kube_job = %name, error = %e, "reading a Kubernetes Job failed; retrying");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Make sure the Job exists: created (or, adopting, found or created).
+    async fn ensure(&self, request: &RunRequest, name: &str, adopt: bool) -> Result<(), String> {
+        let manifest = build_job(request, &self.cluster, &self.command_image)?;
+        let mut last = String::new();
+        for try_no in 0..CREATE_TRIES {
+            if try_no > 0 {
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(try_no))).await;
+            }
+            if adopt {
+                match self.jobs().get_opt(name).await {
+                    Ok(Some(_)) => {
+                        tracing::info!(job = %request.job, attempt = request.attempt, kube_job = %name, "adopted a running Kubernetes Job");
+                        return Ok(());
+                    }
+                    Ok(None) => {
+                        tracing::info!(job = %request.job, attempt = request.attempt, kube_job = %name, "the Kubernetes Job of a started attempt does not exist; creating it")
+                    }
+                    Err(e) => {
+                        last = e.to_string();
+                        continue;
+                    }
+                }
+            }
+            match self.jobs().create(&PostParams::default(), &manifest).await {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(status)) if status.is_already_exists() => return Ok(()),
+                Err(kube::Error::Api(status)) if status.code / 100 == 4 => {
+                    return Err(format!("Kubernetes refused the Job {name}: {}", status.message));
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(format!("creating the Kubernetes Job {name} failed {CREATE_TRIES} times: {last}"))
+    }
+
+    async fn delete(&self, name: &str) {
+        match self.jobs().delete(name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.is_not_found() => {}
+            Err(e) => tracing::warn!(kube_job = %name, error = %e, "deleting a Kubernetes Job failed"),
+        }
+    }
+
+    /// The exit code of the Job's (last) pod, when it terminated.
+    async fn exit_code(&self, name: &str) -> Option<i32> {
+        let pods = self.pods().list(&ListParams::default().labels(&format!("{POD_JOB_LABEL}={name}"))).await.ok()?;
+        pods.items.iter().rev().find_map(|pod| {
+            let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+            statuses.iter().find_map(|s| s.state.as_ref()?.terminated.as_ref().map(|t| t.exit_code))
+        })
+    }
+
+    /// Follow the log of the Job's pod once it started, one piece per line.
+    async fn stream_logs(
+        self: Arc<Self>,
+        name: String,
+        job: String,
+        attempt: u32,
+        events: mpsc::UnboundedSender<Event>,
+    ) {
+        let selector = format!("{POD_JOB_LABEL}={name}");
+        let pod = loop {
+            if let Ok(pods) = self.pods().list(&ListParams::default().labels(&selector)).await
+                && let Some(pod) = pods.items.into_iter().find(|p| {
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|phase| phase != "Pending")
+                })
+                && let Some(pod_name) = pod.metadata.name
+            {
+                break pod_name;
+            }
+            tokio::time::sleep(self.poll).await;
+        };
+        let params = LogParams { follow: true, ..Default::default() };
+        let reader = match self.pods().log_stream(&pod, &params).await {
+            Ok(reader) => reader,
+            Err(e) => {
+                tracing::warn!(kube_job = %name, pod = %pod, error = %e, "following the log of a Kubernetes pod failed");
+                return;
+            }
+        };
+        let mut lines = reader.lines();
+        let mut seq = 0u32;
+        while let Ok(Some(line)) = lines.try_next().await {
+            seq += 1;
+            let at_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos().div_euclid(1_000_000) as i64;
+            let data = format!("{line}\n");
+            if events
+                .send(Event::Log { job: job.clone(), attempt, seq, stream: LogStream::Stdout, data, at_ms })
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Delete this cluster's Jobs that no held attempt names (their work moved away).
+    pub async fn sweep(&self, replica: Arc<Replica>) {
+        let selector = format!("{LABEL_MANAGED_BY}=atoll,{LABEL_CLUSTER}={}", label_value(&self.cluster));
+        let listed = match self.jobs().list(&ListParams::default().labels(&selector)).await {
+            Ok(listed) => listed,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing this cluster's Kubernetes Jobs failed; not sweeping");
+                return;
+            }
+        };
+        // Read after listing: a Job is created only after its attempt's start is applied, so
+        // every listed Job of a held attempt is in this set.
+        let held: HashSet<String> = match replica.jobs() {
+            Ok(records) => records.into_iter().map(|r| job_name(&r.job, r.attempt)).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the held jobs failed; not sweeping");
+                return;
+            }
+        };
+        for k8s_job in listed.items {
+            let Some(name) = k8s_job.metadata.name else { continue };
+            if !held.contains(&name) {
+                tracing::info!(kube_job = %name, "deleting a Kubernetes Job this cluster no longer holds");
+                self.delete(&name).await;
+            }
+        }
+    }
+}
+
+/// Aborts the log follower when the run's task ends or is aborted.
+struct AbortLogs<'a>(&'a tokio::task::JoinHandle<()>);
+
+impl Drop for AbortLogs<'_> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::batch::v1::JobCondition;
+    use k8s_openapi::api::batch::v1::JobStatus;
+
+    use super::*;
+
+    fn request(kind: &str, extra: &str) -> RunRequest {
+        let doc = format!("version: 1\njobs:\n  - name: build\n    type: {kind}\n{extra}");
+        let spec = atoll_api::spec::parse(&doc).expect("spec").jobs.remove(0);
+        RunRequest { job: "0123456789ab.build".to_string(), pipeline: "0123456789ab".to_string(), attempt: 2, spec }
+    }
+
+    #[test]
+    fn names_are_dns_labels_stable_and_distinct() {
+        let name = job_name("0123456789ab.build", 2);
+        assert!(name.starts_with("atoll-0123456789ab-build-") && name.ends_with("-2"), "{name}");
+        assert_eq!(job_name("a.b", 1), job_name("a.b", 1));
+        // `.` and `_` both become `-`: the hash keeps them apart.
+        assert_ne!(job_name("p.a_b", 1), job_name("p.a-b", 1));
+        let long = format!("0123456789ab.{}", "x".repeat(200));
+        for name in [job_name(&long, 123), job_name("P.UPPER__x", 7), job_name("0123456789ab.plain-name", 1)] {
+            assert!(name.len() <= 63, "{name}");
+            assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{name}");
+            assert!(!name.contains("--"), "{name}");
+            assert!(name.starts_with("atoll-") && name.chars().last().unwrap().is_ascii_digit(), "{name}");
+        }
+        assert_ne!(job_name(&long, 1), job_name(&format!("{long}y"), 1));
+    }
+
+    #[test]
+    fn label_values_are_valid() {
+        assert_eq!(label_value("0123456789ab.build"), "0123456789ab.build");
+        for value in ["p.ends_", "_starts", &"x".repeat(100), "", "a b"] {
+            let label = label_value(value);
+            assert!(label.len() <= 63 && !label.is_empty(), "{value:?} -> {label:?}");
+            assert!(label.chars().next().unwrap().is_ascii_alphanumeric(), "{label}");
+            assert!(label.chars().last().unwrap().is_ascii_alphanumeric(), "{label}");
+        }
+    }
+
+    #[test]
+    fn a_command_job_runs_its_shell_line_in_the_command_image() {
+        let extra = "    command: echo hi\n    environment: {GREETING: hello}\n    timeout: 90\n    resources: {limits: {cpu: 500m, memory: 256Mi}}\n";
+        let job = build_job(&request("command", extra), "aws", "busybox:1.36").unwrap();
+        let meta = &job.metadata;
+        assert_eq!(meta.name.as_deref(), Some(job_name("0123456789ab.build", 2).as_str()));
+        let labels = meta.labels.as_ref().unwrap();
+        assert_eq!(labels[LABEL_MANAGED_BY], "atoll");
+        assert_eq!(labels[LABEL_CLUSTER], "aws");
+        assert_eq!(labels[LABEL_JOB], "0123456789ab.build");
+        assert_eq!(labels[LABEL_ATTEMPT], "2");
+        assert_eq!(meta.annotations.as_ref().unwrap()[ANNOTATION_JOB_ID], "0123456789ab.build");
+        let spec = job.spec.as_ref().unwrap();
+        assert_eq!(spec.backoff_limit, Some(0), "atoll retries, not Kubernetes");
+        assert_eq!(spec.active_deadline_seconds, Some(90));
+        let pod = spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("busybox:1.36"));
+        assert_eq!(c.command.as_ref().unwrap(), &vec!["sh".to_string(), "-c".to_string(), "echo hi".to_string()]);
+        let env: BTreeMap<&str, &str> =
+            c.env.as_ref().unwrap().iter().map(|e| (e.name.as_str(), e.value.as_deref().unwrap())).collect();
+        assert_eq!(env["ATOLL_JOB_ID"], "0123456789ab.build");
+        assert_eq!(env["ATOLL_ATTEMPT"], "2");
+        assert_eq!(env["ATOLL_OUTPUT"], "/atoll/output");
+        assert_eq!(env["ATOLL_INPUTS"], "/atoll/inputs");
+        assert_eq!(env["GREETING"], "hello");
+        let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
+        assert_eq!(limits["cpu"], Quantity("500m".into()));
+        assert_eq!(limits["memory"], Quantity("256Mi".into()));
+        let mounts: Vec<&str> = c.volume_mounts.as_ref().unwrap().iter().map(|m| m.mount_path.as_str()).collect();
+        assert_eq!(mounts, ["/atoll/output", "/atoll/inputs"]);
+    }
+
+    #[test]
+    fn an_image_job_runs_its_image_with_or_without_a_command() {
+        let job = build_job(&request("docker-image", "    image: debian:12\n"), "aws", "busybox").unwrap();
+        let c = &job.spec.unwrap().template.spec.unwrap().containers[0];
+        assert_eq!(c.image.as_deref(), Some("debian:12"));
+        assert_eq!(c.command, None, "the image's own entrypoint");
+        assert!(c.resources.is_none());
+        let job =
+            build_job(&request("docker-image", "    image: debian:12\n    command: [make, test]\n"), "aws", "busybox")
+                .unwrap();
+        let c = &job.spec.unwrap().template.spec.unwrap().containers[0];
+        assert_eq!(c.command.as_ref().unwrap(), &vec!["make".to_string(), "test".to_string()]);
+    }
+
+    fn status(conditions: &[(&str, &str)], succeeded: i32, failed: i32) -> Job {
+        Job {
+            spec: Some(JobSpec { active_deadline_seconds: Some(30), ..Default::default() }),
+            status: Some(JobStatus {
+                conditions: Some(
+                    conditions
+                        .iter()
+                        .map(|(kind, reason)| JobCondition {
+                            type_: kind.to_string(),
+                            status: "True".to_string(),
+                            reason: Some(reason.to_string()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                succeeded: Some(succeeded),
+                failed: Some(failed),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_end_is_read_from_the_job_status() {
+        assert_eq!(outcome(&Job::default(), None), None, "no status yet");
+        assert_eq!(outcome(&status(&[], 0, 0), None), None, "running");
+        assert_eq!(outcome(&status(&[("Complete", "")], 1, 0), None), Some((EndState::Finished, Some(0), None)));
+        assert_eq!(
+            outcome(&status(&[("Failed", "BackoffLimitExceeded")], 0, 1), Some(3)),
+            Some((EndState::Failure, Some(3), Some("exited with 3".to_string())))
+        );
+        let (state, _, message) = outcome(&status(&[("Failed", "DeadlineExceeded")], 0, 1), None).unwrap();
+        assert_eq!(state, EndState::Failure);
+        assert!(message.unwrap().contains("timed out after 30 s"));
+        assert_eq!(outcome(&status(&[], 1, 0), None), Some((EndState::Finished, Some(0), None)));
+    }
+}
