@@ -135,7 +135,7 @@ pub async fn lead(
             leased = lease_rx.recv() => match leased {
                 Some(Ok(Leased { answer, handled })) => {
                     leader.apply_lease(&mut records, answer).await;
-                    leader.fill(&mut records).await;
+                    leader.fill(&mut records, Vec::new()).await;
                     let _ = held_tx.send(held(&records));
                     let _ = handled.send(());
                 }
@@ -161,8 +161,8 @@ pub async fn lead(
                     next = events_rx.try_recv().ok();
                 }
                 if !ends.is_empty() {
-                    leader.commit(&mut records, ends).await;
-                    leader.fill(&mut records).await;
+                    // The ends and the starts of the attempts taking their slots: one entry.
+                    leader.fill(&mut records, ends).await;
                     let _ = held_tx.send(held(&records));
                 }
             },
@@ -171,8 +171,8 @@ pub async fn lead(
                 let Some(Sent { reports, result }) = sent else { return std::future::pending().await };
                 match result {
                     Ok(results) => {
-                        leader.acknowledged(&mut records, &reports, &results).await;
-                        leader.fill(&mut records).await;
+                        let ops = leader.acknowledged(&reports, &results);
+                        leader.fill(&mut records, ops).await;
                         let _ = held_tx.send(held(&records));
                     }
                     Err(e) => match classify(&e, term) {
@@ -386,10 +386,12 @@ impl Leader {
         }
     }
 
-    /// Start accepted attempts, oldest first, while slots are free.
-    async fn fill(&mut self, records: &mut BTreeMap<String, JobRecord>) {
+    /// Record `ops` together with the starts of accepted attempts, oldest first, while slots
+    /// are free; then start those.
+    async fn fill(&mut self, records: &mut BTreeMap<String, JobRecord>, ops: Vec<JobOp>) {
         let free = self.max_running.saturating_sub(self.runs.len());
         if free == 0 {
+            self.commit(records, ops).await;
             return;
         }
         let mut waiting: Vec<&JobRecord> = records
@@ -399,11 +401,12 @@ impl Leader {
             })
             .collect();
         if waiting.is_empty() {
+            self.commit(records, ops).await;
             return;
         }
         waiting.sort_by_key(|r| r.revision);
         let start: Vec<(JobRecord, How)> = waiting.into_iter().take(free).map(|r| (r.clone(), How::Start)).collect();
-        self.start_all(records, start, Vec::new()).await;
+        self.start_all(records, start, ops).await;
     }
 
     async fn apply_lease(&mut self, records: &mut BTreeMap<String, JobRecord>, answer: LeaseResponse) {
@@ -487,13 +490,8 @@ impl Leader {
         self.start_all(records, start, ops).await;
     }
 
-    /// The gateway answered a report batch.
-    async fn acknowledged(
-        &mut self,
-        records: &mut BTreeMap<String, JobRecord>,
-        reports: &[Report],
-        results: &[ReportResult],
-    ) {
+    /// The gateway answered a report batch: what to record.
+    fn acknowledged(&mut self, reports: &[Report], results: &[ReportResult]) -> Vec<JobOp> {
         let mut ops = Vec::new();
         for (report, result) in reports.iter().zip(results) {
             match (result.outcome, report.state) {
@@ -512,7 +510,7 @@ impl Leader {
                 }
             }
         }
-        self.commit(records, ops).await;
+        ops
     }
 }
 
