@@ -64,6 +64,9 @@ pub struct DispatchArgs {
     /// Give up after this many seconds per engine.
     #[arg(long, default_value_t = 600)]
     pub max_s: u64,
+    /// `jobs.max_running` of every leader (default: the agent's, 32).
+    #[arg(long)]
+    pub max_running: Option<usize>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -89,9 +92,12 @@ struct Bench {
 }
 
 impl Bench {
-    async fn start(engine: Engine, postgres_url: Option<&str>) -> anyhow::Result<Self> {
+    async fn start(engine: Engine, postgres_url: Option<&str>, max_running: Option<usize>) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("temp dir")?;
         let mut layout = Layout::new(3, 3, 0)?.with_gateway(0)?;
+        for cluster in &mut layout.clusters {
+            cluster.max_running = max_running;
+        }
         let database = match engine {
             Engine::Sqlite => None,
             Engine::Postgres => {
@@ -144,7 +150,7 @@ struct Dispatch {
 }
 
 async fn dispatch_one(args: &DispatchArgs, engine: Engine) -> anyhow::Result<Dispatch> {
-    let bench = Bench::start(engine, args.postgres_url.as_deref()).await?;
+    let bench = Bench::start(engine, args.postgres_url.as_deref(), args.max_running).await?;
     let pipelines = args.jobs.div_ceil(args.per_pipeline);
     println!(
         "## {engine:?}: {} jobs in {pipelines} pipelines of {}, {} submitters, load {}",
@@ -251,7 +257,7 @@ pub async fn dispatch(args: DispatchArgs) -> anyhow::Result<()> {
 pub async fn reroute(args: RerouteArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.runs >= 1 && args.jobs_per_run >= 1, "--runs and --jobs-per-run must be 1 or more");
     println!("# atoll bench reroute: 3 clusters x 3 replicas, default bounds, load {}", loadavg());
-    let mut bench = Bench::start(Engine::Sqlite, None).await?;
+    let mut bench = Bench::start(Engine::Sqlite, None, None).await?;
     let replicas: Vec<u64> = bench.mesh.layout.cluster("aws").context("aws")?.replicas.iter().map(|r| r.id).collect();
     let mut samples = Vec::new();
     for run in 1..=args.runs {

@@ -170,9 +170,15 @@ fn agent_yaml(layout: &Layout, cluster: &ClusterLayout, replica: &ReplicaLayout)
     if !cluster.refuse_inbound_from.is_empty() {
         out.push_str(&format!("network:\n  refuse_inbound_from: [{}]\n", cluster.refuse_inbound_from.join(", ")));
     }
+    if cluster.kubernetes_api.is_some() || cluster.max_running.is_some() {
+        out.push_str("jobs:\n");
+    }
+    if let Some(n) = cluster.max_running {
+        out.push_str(&format!("  max_running: {n}\n"));
+    }
     if let Some(api) = &cluster.kubernetes_api {
         out.push_str(&format!(
-            "jobs:\n  executor: kubernetes\n  kubernetes:\n    api: \"{api}\"\n    namespace: atoll\n    poll_ms: 100\n"
+            "  executor: kubernetes\n  kubernetes:\n    api: \"{api}\"\n    namespace: atoll\n    poll_ms: 100\n"
         ));
     }
     let raft = &layout.raft;

@@ -68,6 +68,9 @@ pub struct ClusterLayout {
     /// Run jobs as Kubernetes Jobs through this API server instead of as processes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes_api: Option<String>,
+    /// `jobs.max_running` of the leader (the agent's default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_running: Option<usize>,
 }
 
 /// The gateway of a mesh.
@@ -184,6 +187,7 @@ impl Layout {
                     .collect(),
                 refuse_inbound_from: Vec::new(),
                 kubernetes_api: None,
+                max_running: None,
             })
             .collect();
         Ok(Self { clusters, raft: RaftKnobs::default(), gateway: None })

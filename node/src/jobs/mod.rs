@@ -118,6 +118,7 @@ pub async fn lead(
         runs: HashMap::new(),
         events: events_tx,
         needs_resume: false,
+        unrecorded_ends: Vec::new(),
         seq: u64::MAX / 2,
     };
     leader.resume(&mut records).await;
@@ -266,6 +267,8 @@ struct Leader {
     events: mpsc::UnboundedSender<Event>,
     /// A Raft write failed; reconcile the runs with the applied state at the next tick.
     needs_resume: bool,
+    /// Ends of runs whose recording failed, recorded again by the next resume.
+    unrecorded_ends: Vec<JobOp>,
     /// Orders records mirrored here (accepted attempts start oldest first).
     seq: u64,
 }
@@ -293,6 +296,9 @@ impl Leader {
             }
             other => {
                 tracing::warn!(result = ?other, "recording job changes in Raft failed; reloading the held jobs");
+                // Ends are known only here once their runs are gone: keep them for the next try,
+                // or the reload would find the attempts started, and run or adopt them again.
+                self.unrecorded_ends.extend(ops.into_iter().filter(|op| matches!(op, JobOp::End { .. })));
                 tokio::time::sleep(BACKOFF).await;
                 if let Ok(applied) = self.replica.jobs() {
                     *records = applied.into_iter().map(|r| (r.job.clone(), r)).collect();
@@ -306,9 +312,15 @@ impl Leader {
     /// Take over the records of earlier terms.
     async fn resume(&mut self, records: &mut BTreeMap<String, JobRecord>) {
         let adopts = matches!(self.executor, Executor::Kubernetes(_));
-        let mut ops = Vec::new();
+        // First the ends this leader saw but could not record (applying one twice changes nothing).
+        let mut ops = std::mem::take(&mut self.unrecorded_ends);
+        let ended: std::collections::HashSet<(String, u32)> =
+            ops.iter().map(|op| (op.job().to_string(), op.attempt())).collect();
         let mut start = Vec::new();
         for r in records.values() {
+            if ended.contains(&(r.job.clone(), r.attempt)) {
+                continue;
+            }
             let ours = self.runs.contains_key(&(r.job.clone(), r.attempt));
             match &r.run {
                 RunState::Accepted if r.cancel => ops.push(end(r, EndState::Killed, "cancelled before it started")),
