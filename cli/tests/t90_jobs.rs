@@ -215,11 +215,7 @@ jobs:
     )
     .await;
     let id = id_of(&submitted, "work");
-    wait_state(&mesh.gateway, &id, Duration::from_secs(30), |s| s == JobState::Running).await;
-    eventually(Duration::from_secs(10), "attempt 1 runs", || async {
-        (!processes_of(&id, Some(1)).is_empty()).then_some(())
-    })
-    .await;
+    common::wait_running_attempt_1(&mesh.gateway, &id).await;
     let leader = mesh.cluster("aws").await.unwrap().leader.expect("leader");
 
     phase("SIGKILL the leader while the job runs");

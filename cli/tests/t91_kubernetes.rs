@@ -131,11 +131,7 @@ jobs:
     .await;
     let id = id_of(&submitted, "work");
     let name = job_name(&id, 1);
-    wait_state(&mesh.gateway, &id, Duration::from_secs(30), |s| s == JobState::Running).await;
-    eventually(Duration::from_secs(10), "the pod runs", || async {
-        (!processes_of(&id, Some(1)).is_empty()).then_some(())
-    })
-    .await;
+    common::wait_running_attempt_1(&mesh.gateway, &id).await;
     let leader = mesh.cluster("aws").await.unwrap().leader.expect("leader");
 
     phase("SIGKILL the leader while its Kubernetes Job runs: the Job keeps running");

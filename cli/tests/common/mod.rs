@@ -364,3 +364,12 @@ pub async fn no_processes_left(job: &str, attempt: Option<u32>) {
     })
     .await;
 }
+
+/// Wait until `id` is running at the gateway and a process of its first attempt is up.
+pub async fn wait_running_attempt_1(gateway: &GatewayClient, id: &str) {
+    wait_state(gateway, id, Duration::from_secs(30), |s| s == JobState::Running).await;
+    eventually(Duration::from_secs(10), "attempt 1 runs", || async {
+        (!processes_of(id, Some(1)).is_empty()).then_some(())
+    })
+    .await;
+}

@@ -61,29 +61,16 @@ async fn works(program: &[&str]) -> bool {
 impl ProcessExecutor {
     /// Find the strongest isolation this machine allows.
     pub async fn detect(work_root: PathBuf) -> Self {
-        let isolation =
-            if works(&["setpriv", "--pdeathsig", "KILL", "unshare", "--fork", "--pid", "--kill-child=SIGKILL", "true"])
-                .await
-            {
-                Isolation::PidNamespace { user: false }
-            } else if works(&[
-                "setpriv",
-                "--pdeathsig",
-                "KILL",
-                "unshare",
-                "--user",
-                "--map-root-user",
-                "--fork",
-                "--pid",
-                "--kill-child=SIGKILL",
-                "true",
-            ])
-            .await
-            {
-                Isolation::PidNamespace { user: true }
-            } else {
-                Isolation::GroupOnly
-            };
+        // Probe with the very wrapper a run would get, strongest first.
+        let mut isolation = Isolation::GroupOnly;
+        for candidate in [Isolation::PidNamespace { user: false }, Isolation::PidNamespace { user: true }] {
+            let mut probe = wrapper(&candidate);
+            probe.push("true");
+            if works(&probe).await {
+                isolation = candidate;
+                break;
+            }
+        }
         match &isolation {
             Isolation::PidNamespace { user } => {
                 tracing::info!(user_namespace = user, "process executor: each run in its own PID namespace")
@@ -102,27 +89,6 @@ impl ProcessExecutor {
 
     pub fn work_dir(&self, job: &str, attempt: u32) -> PathBuf {
         self.work_root.join(job).join(attempt.to_string())
-    }
-
-    fn wrapper(&self) -> Vec<&'static str> {
-        match self.isolation {
-            Isolation::PidNamespace { user: false } => {
-                vec!["setpriv", "--pdeathsig", "KILL", "unshare", "--fork", "--pid", "--kill-child=SIGKILL", "--"]
-            }
-            Isolation::PidNamespace { user: true } => vec![
-                "setpriv",
-                "--pdeathsig",
-                "KILL",
-                "unshare",
-                "--user",
-                "--map-root-user",
-                "--fork",
-                "--pid",
-                "--kill-child=SIGKILL",
-                "--",
-            ],
-            Isolation::GroupOnly => vec!["setpriv", "--pdeathsig", "KILL", "--"],
-        }
     }
 
     /// Start a run; its logs and its end arrive as [`Event`]s. An attempt that cannot start
@@ -206,7 +172,7 @@ impl ProcessExecutor {
             (_, Some(JobCommand::Argv(argv))) if !argv.is_empty() => argv.clone(),
             _ => return Err("the job has no command".to_string()),
         };
-        let wrapper = self.wrapper();
+        let wrapper = wrapper(&self.isolation);
         let mut command = tokio::process::Command::new(wrapper[0]);
         command.args(&wrapper[1..]).args(&argv);
         command
@@ -227,6 +193,23 @@ impl ProcessExecutor {
             .kill_on_drop(true);
         Ok(command)
     }
+}
+
+/// The program and arguments a run's command is wrapped in, for `isolation` (ends with `--`).
+fn wrapper(isolation: &Isolation) -> Vec<&'static str> {
+    let mut argv = vec!["setpriv", "--pdeathsig", "KILL"];
+    match isolation {
+        Isolation::PidNamespace { user } => {
+            argv.push("unshare");
+            if *user {
+                argv.extend(["--user", "--map-root-user"]);
+            }
+            argv.extend(["--fork", "--pid", "--kill-child=SIGKILL"]);
+        }
+        Isolation::GroupOnly => {}
+    }
+    argv.push("--");
+    argv
 }
 
 enum Ended {
