@@ -41,6 +41,13 @@ pub fn env_overrides() -> Vec<(String, String)> {
     std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect()
 }
 
+/// The directory relative paths in the config file at `path` are resolved against: its own,
+/// made absolute (a process may run with another working directory, as a job does).
+pub fn base_dir(path: &Path) -> std::path::PathBuf {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf())
+}
+
 /// Read and parse `path`, applying `overrides` (see [`env_overrides`]).
 pub fn load<T: DeserializeOwned>(path: &Path, overrides: &[(String, String)]) -> Result<T, ConfigError> {
     let origin = path.display().to_string();

@@ -33,7 +33,13 @@ struct Dev {
 
 impl Dev {
     fn start(dir: &Path, extra: &[&str]) -> Self {
+        Self::start_in(Path::new("."), dir, extra)
+    }
+
+    /// Start in the working directory `cwd` (`dir` may then be relative to it).
+    fn start_in(cwd: &Path, dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(atoll_exe())
+            .current_dir(cwd)
             .arg("dev")
             .args(extra)
             .arg("--dir")
@@ -125,8 +131,8 @@ fn atoll_dev_runs_the_mesh_with_gateway_and_cuts_and_stops_every_child() {
     let dir = temp.path().join("mesh");
     let config = dir.join("atoll.yaml");
 
-    phase("start atoll dev with its defaults and wait until it is ready");
-    let mut dev = Dev::start(&dir, &[]);
+    phase("start atoll dev with its defaults, its directory relative as in the README, and wait until it is ready");
+    let mut dev = Dev::start_in(temp.path(), Path::new("mesh"), &[]);
     dev.wait_for("atoll dev: ready", Duration::from_secs(180));
     for cluster in ["aws", "gcp", "onprem"] {
         assert!(dev.seen.iter().any(|l| l.starts_with(&format!("cluster {cluster}: leader node"))), "{:?}", dev.seen);

@@ -234,8 +234,7 @@ fn resolve(base: &Path, path: &Path) -> PathBuf {
 impl GatewayConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file: GatewayFile = atoll_api::config_file::load(path, &atoll_api::config_file::env_overrides())?;
-        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        Self::check(file, &path.display().to_string(), base)
+        Self::check(file, &path.display().to_string(), &atoll_api::config_file::base_dir(path))
     }
 
     pub fn check(file: GatewayFile, origin: &str, base: &Path) -> Result<Self, ConfigError> {

@@ -435,8 +435,7 @@ impl AgentConfig {
     /// Load `path`, applying `ATOLL__...` overrides from the environment, and check it.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file: AgentFile = atoll_api::config_file::load(path, &atoll_api::config_file::env_overrides())?;
-        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        Self::check(file, &path.display().to_string(), base)
+        Self::check(file, &path.display().to_string(), &atoll_api::config_file::base_dir(path))
     }
 
     /// Check a parsed file; `origin` names it in errors, `base` resolves relative paths.
