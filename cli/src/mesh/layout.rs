@@ -153,19 +153,15 @@ pub fn default_clusters(n: usize) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
-/// `count` ports: consecutive from `base`, or free ones picked by the kernel when `base` is 0.
+/// `count` ports: consecutive from `base`, or free ones reserved for this process when `base` is
+/// 0 (see [`super::ports`]).
 pub fn allocate_ports(count: usize, base: u16) -> anyhow::Result<Vec<u16>> {
     if base != 0 {
         let last = u32::from(base) + count as u32;
         anyhow::ensure!(last <= u32::from(u16::MAX), "--base-port {base} leaves no room for {count} ports");
         return Ok((0..count as u16).map(|i| base + i).collect());
     }
-    // Hold every listener until all are picked, so no port is handed out twice.
-    let listeners: Vec<std::net::TcpListener> = (0..count)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()
-        .context("picking free ports")?;
-    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+    super::ports::reserve_free_ports(count)
 }
 
 impl Layout {

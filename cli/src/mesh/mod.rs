@@ -12,6 +12,7 @@
 
 mod files;
 mod layout;
+mod ports;
 mod run;
 
 pub use files::MeshDir;
