@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use atoll::mesh::RaftKnobs;
+use atoll_api::client::ClientError;
 use atoll_api::node::Role;
 use common::TestMesh;
 use common::annotate_retrying;
@@ -70,9 +71,34 @@ async fn a_killed_leader_is_replaced_and_no_acknowledged_write_is_lost() {
     phase("write through every replica (followers forward to the leader)");
     write_many(&t, &addrs, "before", 30, &mut acked).await;
 
-    phase("SIGKILL the leader");
+    phase("SIGKILL the leader while writing to the survivors, one try per write");
     t.mesh.kill("aws", leader.leader).expect("kill leader");
     let survivors: Vec<u64> = t.ids("aws").into_iter().filter(|id| *id != leader.leader).collect();
+    // During the election a survivor may say it knows no leader or point at another replica;
+    // it must never claim it is not the leader while naming itself. A leader just elected
+    // whose lease a majority has not yet confirmed waits for it inside the write.
+    let mut refusals = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let first = 'election: loop {
+        assert!(tokio::time::Instant::now() < deadline, "no write accepted within 15 s of the kill");
+        for id in &survivors {
+            match t.client.annotate_once(&t.addr("aws", *id), "first.after.election", "v").await {
+                Ok(ack) => break 'election ack,
+                Err(ClientError::Api { error, .. }) => {
+                    refusals += 1;
+                    assert!(
+                        error.leader.as_ref().is_none_or(|l| l.id != *id),
+                        "node {id} refused a write naming itself leader: {}",
+                        error.message
+                    );
+                }
+                Err(_) => refusals += 1,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    acked.insert("first.after.election".to_string(), ("v".to_string(), first.revision));
+    eprintln!("{refusals} writes refused during the election");
     let successor = new_leader(&t, &survivors, leader.term).await;
     eprintln!("node {} took over from node {}", successor, leader.leader);
 

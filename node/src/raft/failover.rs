@@ -81,6 +81,15 @@ pub(crate) async fn run(replica: Arc<Replica>, mut closed: mpsc::UnboundedReceiv
         if !should_check(&view, peer) || handled.as_ref() == Some(&m.vote) {
             continue;
         }
+        if let Some(successor) = replica.announced_successor(&m.vote) {
+            tracing::info!(
+                leader = peer,
+                successor,
+                "leader connection closed after it announced a hand-over; waiting for the successor"
+            );
+            handled = Some(m.vote);
+            continue;
+        }
         let Some(addr) = m.membership_config.membership().get_node(&peer).map(|n| n.addr.clone()) else { continue };
         if let Err(why) = refused(&addr).await {
             tracing::info!(leader = peer, %addr, reconnect = %why, "leader connection closed, but it was not refused: treating the leader as alive");

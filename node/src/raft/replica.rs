@@ -25,11 +25,13 @@ use atoll_raft_store::CommandResponse;
 use atoll_raft_store::Member;
 use atoll_raft_store::StateMachineStore;
 use atoll_raft_store::TypeConfig;
+use atoll_raft_store::types::Vote;
 use openraft::ChangeMembers;
 use openraft::RaftMetrics;
 use openraft::ServerState;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::ClientWriteError;
+use openraft::errors::ForwardReason;
 use openraft::errors::RaftError;
 
 use crate::metrics::Metrics;
@@ -61,12 +63,18 @@ pub struct Replica {
     /// bootstrap decided to initialize or join). Until then it answers no Raft RPC: a wiped
     /// replica must not answer a leader with an empty log (see `raft::bootstrap`).
     in_group: AtomicBool,
+    /// The last leadership transfer announced to this replica: the announcing leader's vote and
+    /// the successor. A leader that hands over and then exits is not a crash (see `failover`).
+    transfer_notice: std::sync::Mutex<Option<(Vote, u64)>>,
 }
 
 /// How long an added learner may take to catch up before `add` gives up waiting.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a leadership transfer may take.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pause before retrying a write the leader refused for want of a confirmed lease (a heartbeat
+/// round usually confirms it).
+const LEASE_RETRY: Duration = Duration::from_millis(5);
 
 fn role(state: ServerState) -> Role {
     match state {
@@ -95,7 +103,19 @@ impl Replica {
             metrics,
             stopping: AtomicBool::new(false),
             in_group: AtomicBool::new(false),
+            transfer_notice: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Remember that the leader of `vote` announced a hand-over to `to`.
+    pub(crate) fn note_transfer(&self, vote: Vote, to: u64) {
+        *self.transfer_notice.lock().unwrap_or_else(|e| e.into_inner()) = Some((vote, to));
+    }
+
+    /// The successor the leader of `vote` announced, if it announced one.
+    pub(crate) fn announced_successor(&self, vote: &Vote) -> Option<u64> {
+        let notice = self.transfer_notice.lock().unwrap_or_else(|e| e.into_inner());
+        notice.as_ref().filter(|(v, _)| v == vote).map(|(_, to)| *to)
     }
 
     pub fn info(&self) -> &ReplicaInfo {
@@ -190,23 +210,56 @@ impl Replica {
     }
 
     /// Commit and apply `command` through this replica's Raft core (it must lead).
+    ///
+    /// A leader refuses writes while its lease is not confirmed: just elected, before a majority
+    /// acknowledged its first entry, or when heartbeats to a majority ran late. That refusal is
+    /// made before anything is appended, so the write is retried here until the lease holds or
+    /// the write timeout passes; a client only hears of it if the leader stays cut off.
     pub async fn propose_local(&self, command: Command) -> Result<CommandResponse, ApiError> {
-        match tokio::time::timeout(self.write_timeout, self.raft.client_write(command)).await {
-            Err(_) => Err(ApiError::new(
-                ErrorCode::Timeout,
-                format!("the write did not commit within {:?}; its outcome is unknown", self.write_timeout),
-            )),
-            Ok(Ok(response)) => {
-                self.metrics.client_writes.inc();
-                Ok(response.data)
+        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        loop {
+            let written = tokio::time::timeout_at(deadline, self.raft.client_write(command.clone())).await;
+            match written {
+                Err(_) => {
+                    return Err(ApiError::new(
+                        ErrorCode::Timeout,
+                        format!("the write did not commit within {:?}; its outcome is unknown", self.write_timeout),
+                    ));
+                }
+                Ok(Ok(response)) => {
+                    self.metrics.client_writes.inc();
+                    return Ok(response.data);
+                }
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))))
+                    if f.reason == ForwardReason::LeaseExpired =>
+                {
+                    if tokio::time::Instant::now() + LEASE_RETRY >= deadline {
+                        return Err(ApiError::unavailable(format!(
+                            "this leader has not heard from a majority of cluster {} within its lease for {:?}; \
+                             nothing was written",
+                            self.info.cluster, self.write_timeout
+                        )));
+                    }
+                    tokio::time::sleep(LEASE_RETRY).await;
+                }
+                Ok(Err(e)) => return Err(self.write_error(e)),
             }
-            Ok(Err(e)) => Err(self.write_error(e)),
         }
     }
 
     fn write_error(&self, error: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ApiError {
         match error {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => self.not_leader(),
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match (f.leader_id, f.leader_node) {
+                // Handing over (or stepped down with a known successor): point there.
+                (Some(id), Some(node)) if id != self.info.node_id => {
+                    let message = format!(
+                        "node {} is not the leader of cluster {}; leadership is moving to node {id} at {}",
+                        self.info.node_id, self.info.cluster, node.addr
+                    );
+                    ApiError::new(ErrorCode::NotLeader, message).with_leader(Some(LeaderRef { id, addr: node.addr }))
+                }
+                _ => self.not_leader(),
+            },
             RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => ApiError::new(
                 ErrorCode::Timeout,
                 "leadership changed before the write committed; its outcome is unknown",

@@ -28,6 +28,7 @@ use axum::routing::get;
 use axum::routing::post;
 use futures::StreamExt;
 use openraft::Raft;
+use openraft::raft::TransferLeaderRequest;
 use serde::Deserialize;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -135,7 +136,8 @@ async fn pre_vote(State(state): State<Arc<RpcState>>, body: Bytes) -> Result<Res
 }
 
 async fn transfer_leader(State(state): State<Arc<RpcState>>, body: Bytes) -> Result<Response, ApiError> {
-    let request = parse(&body)?;
+    let request: TransferLeaderRequest<TypeConfig> = parse(&body)?;
+    state.replica.note_transfer(*request.from_leader(), *request.to_node_id());
     Ok(Json(state.raft.handle_transfer_leader(request).await).into_response())
 }
 
