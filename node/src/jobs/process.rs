@@ -10,20 +10,17 @@
 //! namespace, so nothing a job starts outlives the replica, even after SIGKILL, and even
 //! processes that left the group. Cancel, timeout, losing leadership and the end of the run all
 //! kill the whole group. Where PID namespaces are not available (no privileges), the group is
-//! still killed in every orderly case, and the first process dies with the replica.
+//! still killed in every orderly case, and the first process dies with the replica. Processes
+//! are started by `atoll_spawn` (one `clone(2)`, no `fork` of the replica, no helper programs).
 
 use std::path::Path;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use atoll_api::jobs::LogStream;
 use atoll_api::spec::Command as JobCommand;
 use atoll_api::spec::JobKind;
 use atoll_raft_store::jobs::EndState;
-use nix::sys::signal::Signal;
-use nix::sys::signal::killpg;
-use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
@@ -52,21 +49,36 @@ pub struct ProcessExecutor {
     isolation: Isolation,
 }
 
-async fn works(program: &[&str]) -> bool {
-    let mut command = tokio::process::Command::new(program[0]);
-    command.args(&program[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    matches!(tokio::time::timeout(Duration::from_secs(5), command.status()).await, Ok(Ok(status)) if status.success())
+/// Whether a run of `true` starts and succeeds with `isolation`.
+async fn works(isolation: &Isolation) -> bool {
+    let probe = atoll_spawn::Command {
+        program: "true".into(),
+        args: Vec::new(),
+        env: vec![("PATH".into(), DEFAULT_PATH.into())],
+        cwd: PathBuf::from("/"),
+        namespaces: isolation.namespaces(),
+    };
+    let Ok(mut spawned) = atoll_spawn::spawn(&probe) else { return false };
+    matches!(tokio::time::timeout(Duration::from_secs(5), spawned.child.wait()).await, Ok(Ok(status)) if status.success())
+}
+
+impl Isolation {
+    fn namespaces(&self) -> atoll_spawn::Namespaces {
+        match self {
+            Isolation::PidNamespace { user: false } => atoll_spawn::Namespaces::Pid,
+            Isolation::PidNamespace { user: true } => atoll_spawn::Namespaces::UserAndPid,
+            Isolation::GroupOnly => atoll_spawn::Namespaces::Shared,
+        }
+    }
 }
 
 impl ProcessExecutor {
     /// Find the strongest isolation this machine allows.
     pub async fn detect(work_root: PathBuf) -> Self {
-        // Probe with the very wrapper a run would get, strongest first.
+        // Probe with the very start a run gets, strongest first.
         let mut isolation = Isolation::GroupOnly;
         for candidate in [Isolation::PidNamespace { user: false }, Isolation::PidNamespace { user: true }] {
-            let mut probe = wrapper(&candidate);
-            probe.push("true");
-            if works(&probe).await {
+            if works(&candidate).await {
                 isolation = candidate;
                 break;
             }
@@ -98,30 +110,28 @@ impl ProcessExecutor {
         let dir = self.work_dir(&request.job, request.attempt);
         let prepared = prepare(&dir).and_then(|()| self.command(&request, &dir));
         let (job, attempt) = (request.job.clone(), request.attempt);
-        let child = match prepared {
-            Ok(mut command) => command.spawn().map_err(|e| format!("starting the command failed: {e}")),
+        let spawned = match prepared {
+            Ok(command) => atoll_spawn::spawn(&command).map_err(|e| format!("starting the command failed: {e}")),
             Err(message) => Err(message),
         };
-        let mut child = match child {
-            Ok(child) => child,
+        let atoll_spawn::Spawned { mut child, stdout, stderr } = match spawned {
+            Ok(spawned) => spawned,
             Err(message) => {
                 let _ = events.send(Event::error(&job, attempt, message));
                 return RunHandle::ended();
             }
         };
-        let pgid = child.id().and_then(|id| i32::try_from(id).ok());
+        let pgid = Some(child.id());
         let timeout = Duration::from_secs(request.spec.timeout_s.max(1));
         let log_path = dir.join("log");
         let task = tokio::spawn(async move {
-            let stdout = child.stdout.take();
-            let stderr = child.stderr.take();
-            let logs = pump(stdout, stderr, &job, attempt, &events, &log_path);
+            let logs = pump(Some(stdout), Some(stderr), &job, attempt, &events, &log_path);
             tokio::pin!(logs);
             let mut stop_rx = stop_rx;
             let mut logs_done = false;
             let ended = loop {
                 tokio::select! {
-                    status = child.wait() => break Ended::Exited(status),
+                    exited = child.exited() => break Ended::Exited(exited),
                     () = tokio::time::sleep(timeout) => break Ended::TimedOut,
                     why = &mut stop_rx => match why {
                         Ok(why) => break Ended::Stopped(why),
@@ -131,14 +141,10 @@ impl ProcessExecutor {
                     () = &mut logs, if !logs_done => logs_done = true,
                 }
             };
-            // Whatever ended it, nothing of the group survives the run.
-            if let Some(pgid) = pgid {
-                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-            }
-            let status = match &ended {
-                Ended::Exited(status) => status.as_ref().ok().copied(),
-                _ => child.wait().await.ok(),
-            };
+            // Whatever ended it, nothing of the group survives the run (killed before the first
+            // process is reaped, while the group id is still surely the run's).
+            let _ = child.kill_group(nix::libc::SIGKILL);
+            let status = child.wait().await.ok();
             if !logs_done {
                 // Pipes close once every process holding them is gone; do not wait forever.
                 let _ = tokio::time::timeout(Duration::from_secs(2), &mut logs).await;
@@ -163,8 +169,8 @@ impl ProcessExecutor {
         RunHandle::new(stop_tx, pgid, task)
     }
 
-    fn command(&self, request: &RunRequest, dir: &Path) -> Result<tokio::process::Command, String> {
-        let argv: Vec<String> = match (&request.spec.kind, &request.spec.command) {
+    fn command(&self, request: &RunRequest, dir: &Path) -> Result<atoll_spawn::Command, String> {
+        let mut argv: Vec<String> = match (&request.spec.kind, &request.spec.command) {
             (JobKind::DockerImage, _) => {
                 return Err("a docker-image job needs the kubernetes executor; this cluster runs processes".to_string());
             }
@@ -172,48 +178,35 @@ impl ProcessExecutor {
             (_, Some(JobCommand::Argv(argv))) if !argv.is_empty() => argv.clone(),
             _ => return Err("the job has no command".to_string()),
         };
-        let wrapper = wrapper(&self.isolation);
-        let mut command = tokio::process::Command::new(wrapper[0]);
-        command.args(&wrapper[1..]).args(&argv);
-        command
-            .current_dir(dir)
-            .env_clear()
-            .env("PATH", DEFAULT_PATH)
-            .env("HOME", dir)
-            .env("ATOLL_JOB_ID", &request.job)
-            .env("ATOLL_ATTEMPT", request.attempt.to_string())
-            .env("ATOLL_PIPELINE", &request.pipeline)
-            .env("ATOLL_OUTPUT", dir.join("output"))
-            .env("ATOLL_INPUTS", dir.join("inputs"))
-            .envs(&request.spec.environment)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        Ok(command)
-    }
-}
-
-/// The program and arguments a run's command is wrapped in, for `isolation` (ends with `--`).
-fn wrapper(isolation: &Isolation) -> Vec<&'static str> {
-    let mut argv = vec!["setpriv", "--pdeathsig", "KILL"];
-    match isolation {
-        Isolation::PidNamespace { user } => {
-            argv.push("unshare");
-            if *user {
-                argv.extend(["--user", "--map-root-user"]);
-            }
-            argv.extend(["--fork", "--pid", "--kill-child=SIGKILL"]);
+        let program = argv.remove(0);
+        let os = |s: &str| std::ffi::OsString::from(s);
+        let path = |p: PathBuf| p.into_os_string();
+        let mut env = vec![
+            (os("PATH"), os(DEFAULT_PATH)),
+            (os("HOME"), path(dir.to_path_buf())),
+            (os("ATOLL_JOB_ID"), os(&request.job)),
+            (os("ATOLL_ATTEMPT"), os(&request.attempt.to_string())),
+            (os("ATOLL_PIPELINE"), os(&request.pipeline)),
+            (os("ATOLL_OUTPUT"), path(dir.join("output"))),
+            (os("ATOLL_INPUTS"), path(dir.join("inputs"))),
+        ];
+        // The job's own environment last: it may override any of the above.
+        for (key, value) in &request.spec.environment {
+            env.retain(|(k, _)| k.as_os_str() != key.as_str());
+            env.push((os(key), os(value)));
         }
-        Isolation::GroupOnly => {}
+        Ok(atoll_spawn::Command {
+            program: program.into(),
+            args: argv.into_iter().map(Into::into).collect(),
+            env,
+            cwd: dir.to_path_buf(),
+            namespaces: self.isolation.namespaces(),
+        })
     }
-    argv.push("--");
-    argv
 }
 
 enum Ended {
-    Exited(std::io::Result<std::process::ExitStatus>),
+    Exited(std::io::Result<()>),
     TimedOut,
     Stopped(Stop),
 }
@@ -235,8 +228,8 @@ fn now_ms() -> i64 {
 
 /// Read both pipes until they close, numbering the pieces, copying them to `log_path`.
 async fn pump(
-    stdout: Option<tokio::process::ChildStdout>,
-    stderr: Option<tokio::process::ChildStderr>,
+    stdout: Option<tokio::net::unix::pipe::Receiver>,
+    stderr: Option<tokio::net::unix::pipe::Receiver>,
     job: &str,
     attempt: u32,
     events: &mpsc::UnboundedSender<Event>,
