@@ -5,8 +5,9 @@
 //! wakes whoever waits:
 //!
 //! - **submit** checks the spec (every problem, with its path) and the selectors against the
-//!   registered clusters, stores the pipeline with its jobs in one transaction, then runs a
-//!   scheduling pass, so the answer already names the clusters;
+//!   registered clusters, stores the pipeline with its jobs in one transaction (the
+//!   acknowledgement), then waits up to [`SUBMIT_PLACEMENT_WAIT`] for the scheduler's next pass,
+//!   so the answer usually names the clusters; a busy gateway answers with jobs still queued;
 //! - **the scheduling pass** (on every change, and every [`PASS_EVERY`]) moves work off dead or
 //!   revoked clusters, settles pipelines whose jobs ended (queued / skipped), and places queued
 //!   jobs, binding each to a cluster's new attempt; one pass at a time;
@@ -68,6 +69,8 @@ use crate::placement;
 
 /// The scheduling pass runs at least this often (dead clusters are noticed by time alone).
 pub const PASS_EVERY: Duration = Duration::from_millis(500);
+/// How long a submission waits for the scheduling pass that places it before answering.
+const SUBMIT_PLACEMENT_WAIT: Duration = Duration::from_secs(1);
 /// The longest a lease or a log read may be held open.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// Log pieces per page.
@@ -107,8 +110,10 @@ pub struct JobsState {
     dirty: Mutex<BTreeSet<String>>,
     /// Wakes the scheduling loop.
     kick: Notify,
-    /// One scheduling pass at a time.
-    pass: tokio::sync::Mutex<()>,
+    /// One scheduling pass at a time; holds the number of passes started.
+    pass: tokio::sync::Mutex<u64>,
+    /// The number of the last pass that finished (passes are numbered from 1).
+    passes_done: tokio::sync::watch::Sender<u64>,
     /// Per cluster: wakes its leader's lease.
     leases: Mutex<HashMap<String, Arc<Notify>>>,
     /// Wakes log readers (new pieces, or a job ended).
@@ -253,10 +258,9 @@ impl Gateway {
         self.metrics.jobs_submitted.inc_by(jobs.len() as u64);
         tracing::info!(pipeline = %id, jobs = jobs.len(), by, "pipeline submitted");
         self.jobs.pipelines.lock().expect("pipelines").insert(id.clone(), Arc::new(pipeline));
-        if let Err(e) = self.schedule().await {
-            // Stored already: the next pass places it.
-            tracing::warn!(error = %e, "scheduling after a submission failed; the loop retries");
-        }
+        // Stored: the submission stands. Let the scheduler place it, and answer with the
+        // clusters if that is quick; a busy gateway answers sooner, with jobs still queued.
+        self.next_pass(SUBMIT_PLACEMENT_WAIT).await;
         self.pipeline_info(&id).await
     }
 
@@ -626,7 +630,24 @@ impl Gateway {
 
     /// One scheduling pass: move work off dead clusters, settle, place.
     pub async fn schedule(&self) -> Result<(), DbError> {
-        let _one = self.jobs.pass.lock().await;
+        let mut started = self.jobs.pass.lock().await;
+        *started += 1;
+        let number = *started;
+        let result = self.schedule_pass().await;
+        self.jobs.passes_done.send_replace(number);
+        result
+    }
+
+    /// Wait (at most `wait`) for a scheduling pass that starts after this call.
+    async fn next_pass(&self, wait: Duration) {
+        let mut done = self.jobs.passes_done.subscribe();
+        // A pass numbered after every pass started so far; one running now may predate the caller.
+        let after = *self.jobs.pass.lock().await + 1;
+        self.jobs.kick.notify_one();
+        let _ = tokio::time::timeout(wait, done.wait_for(|n| *n >= after)).await;
+    }
+
+    async fn schedule_pass(&self) -> Result<(), DbError> {
         let now = now_ms();
         let clusters = self.registry.list(now);
         let load: HashMap<String, u64> = self.db.cluster_load().await?.into_iter().collect();
