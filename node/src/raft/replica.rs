@@ -217,38 +217,58 @@ impl Replica {
     /// the write timeout passes; a client only hears of it if the leader stays cut off.
     pub async fn propose_local(&self, command: Command) -> Result<CommandResponse, ApiError> {
         let deadline = tokio::time::Instant::now() + self.write_timeout;
+        let written = tokio::time::timeout_at(
+            deadline,
+            self.with_confirmed_lease(deadline, || self.raft.client_write(command.clone())),
+        )
+        .await;
+        match written {
+            Err(_) => Err(ApiError::new(
+                ErrorCode::Timeout,
+                format!("the write did not commit within {:?}; its outcome is unknown", self.write_timeout),
+            )),
+            Ok(Ok(response)) => {
+                self.metrics.client_writes.inc();
+                Ok(response.data)
+            }
+            Ok(Err(e)) => Err(self.write_error(e)),
+        }
+    }
+
+    /// Run `op` (a write through the Raft core), again while the leader refuses it for want of a
+    /// confirmed lease, until `deadline`. The refusal comes before anything is appended, so a
+    /// retry never writes twice.
+    async fn with_confirmed_lease<T, F, Fut>(
+        &self,
+        deadline: tokio::time::Instant,
+        mut op: F,
+    ) -> Result<T, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>>,
+    {
         loop {
-            let written = tokio::time::timeout_at(deadline, self.raft.client_write(command.clone())).await;
-            match written {
-                Err(_) => {
-                    return Err(ApiError::new(
-                        ErrorCode::Timeout,
-                        format!("the write did not commit within {:?}; its outcome is unknown", self.write_timeout),
-                    ));
-                }
-                Ok(Ok(response)) => {
-                    self.metrics.client_writes.inc();
-                    return Ok(response.data);
-                }
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))))
-                    if f.reason == ForwardReason::LeaseExpired =>
+            match op().await {
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))
+                    if f.reason == ForwardReason::LeaseExpired
+                        && tokio::time::Instant::now() + LEASE_RETRY < deadline =>
                 {
-                    if tokio::time::Instant::now() + LEASE_RETRY >= deadline {
-                        return Err(ApiError::unavailable(format!(
-                            "this leader has not heard from a majority of cluster {} within its lease for {:?}; \
-                             nothing was written",
-                            self.info.cluster, self.write_timeout
-                        )));
-                    }
                     tokio::time::sleep(LEASE_RETRY).await;
                 }
-                Ok(Err(e)) => return Err(self.write_error(e)),
+                other => return other,
             }
         }
     }
 
     fn write_error(&self, error: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ApiError {
         match error {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) if f.reason == ForwardReason::LeaseExpired => {
+                ApiError::unavailable(format!(
+                    "node {} leads cluster {} but has not heard from a majority within its lease for {:?}; \
+                     nothing was written",
+                    self.info.node_id, self.info.cluster, self.write_timeout
+                ))
+            }
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match (f.leader_id, f.leader_node) {
                 // Handing over (or stepped down with a known successor): point there.
                 (Some(id), Some(node)) if id != self.info.node_id => {
@@ -394,7 +414,12 @@ impl Replica {
             return Err(ApiError::new(ErrorCode::Conflict, format!("a member already has the address {addr}")));
         }
         tracing::info!(node = id, addr, "adding a learner");
-        let result = tokio::time::timeout(CATCH_UP_TIMEOUT, self.raft.add_learner(id, Member::new(addr), true)).await;
+        let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
+        let result = tokio::time::timeout_at(
+            deadline,
+            self.with_confirmed_lease(deadline, || self.raft.add_learner(id, Member::new(addr), true)),
+        )
+        .await;
         match result {
             Err(_) => Err(ApiError::new(
                 ErrorCode::Timeout,
@@ -403,6 +428,16 @@ impl Replica {
             Ok(Ok(response)) => Ok(self.membership_ack(response.log_id.index)),
             Ok(Err(e)) => Err(self.membership_error(e)),
         }
+    }
+
+    /// Change the membership once the lease is confirmed (within the write timeout).
+    async fn change_membership(
+        &self,
+        change: ChangeMembers<u64, Member>,
+    ) -> Result<openraft::raft::ClientWriteResponse<TypeConfig>, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>
+    {
+        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        self.with_confirmed_lease(deadline, || self.raft.change_membership(change.clone(), false)).await
     }
 
     /// Make a learner a voter.
@@ -417,7 +452,7 @@ impl Replica {
         }
         tracing::info!(node = id, "promoting a learner to voter");
         let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
-        match self.raft.change_membership(change, false).await {
+        match self.change_membership(change).await {
             Ok(response) => Ok(self.membership_ack(response.log_id.index)),
             Err(e) => Err(self.membership_error(e)),
         }
@@ -433,7 +468,7 @@ impl Replica {
             Some(_) => ChangeMembers::RemoveNodes(BTreeSet::from([id])),
         };
         tracing::info!(node = id, "removing a member");
-        match self.raft.change_membership(change, false).await {
+        match self.change_membership(change).await {
             Ok(response) => Ok(self.membership_ack(response.log_id.index)),
             Err(e) => Err(self.membership_error(e)),
         }
