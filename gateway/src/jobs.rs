@@ -110,9 +110,11 @@ pub struct JobsState {
     dirty: Mutex<BTreeSet<String>>,
     /// Wakes the scheduling loop.
     kick: Notify,
-    /// One scheduling pass at a time; holds the number of passes started.
-    pass: tokio::sync::Mutex<u64>,
-    /// The number of the last pass that finished (passes are numbered from 1).
+    /// One scheduling pass at a time.
+    pass: tokio::sync::Mutex<()>,
+    /// Passes started (numbered from 1), counted once the pass holds `pass`, before it reads.
+    passes_started: std::sync::atomic::AtomicU64,
+    /// The number of the last pass that finished.
     passes_done: tokio::sync::watch::Sender<u64>,
     /// Per cluster: wakes its leader's lease.
     leases: Mutex<HashMap<String, Arc<Notify>>>,
@@ -630,9 +632,8 @@ impl Gateway {
 
     /// One scheduling pass: move work off dead clusters, settle, place.
     pub async fn schedule(&self) -> Result<(), DbError> {
-        let mut started = self.jobs.pass.lock().await;
-        *started += 1;
-        let number = *started;
+        let _one = self.jobs.pass.lock().await;
+        let number = self.jobs.passes_started.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         let result = self.schedule_pass().await;
         self.jobs.passes_done.send_replace(number);
         result
@@ -641,8 +642,9 @@ impl Gateway {
     /// Wait (at most `wait`) for a scheduling pass that starts after this call.
     async fn next_pass(&self, wait: Duration) {
         let mut done = self.jobs.passes_done.subscribe();
-        // A pass numbered after every pass started so far; one running now may predate the caller.
-        let after = *self.jobs.pass.lock().await + 1;
+        // A pass numbered after every pass started so far reads the database after this call;
+        // one running now may predate the caller.
+        let after = self.jobs.passes_started.load(std::sync::atomic::Ordering::SeqCst) + 1;
         self.jobs.kick.notify_one();
         let _ = tokio::time::timeout(wait, done.wait_for(|n| *n >= after)).await;
     }

@@ -33,7 +33,6 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::ExitStatus;
-use std::sync::Mutex;
 use std::sync::OnceLock;
 use std::sync::mpsc;
 
@@ -278,7 +277,7 @@ type Request = (Prepared, mpsc::SyncSender<io::Result<Started>>);
 
 /// The thread that creates every child (their parent-death signal is tied to it).
 struct Spawner {
-    requests: Mutex<mpsc::Sender<Request>>,
+    requests: mpsc::Sender<Request>,
 }
 
 fn spawner() -> io::Result<&'static Spawner> {
@@ -288,7 +287,7 @@ fn spawner() -> io::Result<&'static Spawner> {
         std::thread::Builder::new()
             .name("atoll-spawner".to_string())
             .spawn(move || serve(rx))
-            .map(|_| Spawner { requests: Mutex::new(tx) })
+            .map(|_| Spawner { requests: tx })
             .map_err(|e| format!("starting the spawner thread: {e}"))
     });
     spawner.as_ref().map_err(|e| io::Error::other(e.clone()))
@@ -297,8 +296,7 @@ fn spawner() -> io::Result<&'static Spawner> {
 impl Spawner {
     fn start(&self, prepared: Prepared) -> io::Result<Started> {
         let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-        let sent = self.requests.lock().unwrap_or_else(|e| e.into_inner()).send((prepared, reply_tx));
-        sent.map_err(|_| io::Error::other("the spawner thread is gone"))?;
+        self.requests.send((prepared, reply_tx)).map_err(|_| io::Error::other("the spawner thread is gone"))?;
         reply_rx.recv().map_err(|_| io::Error::other("the spawner thread is gone"))?
     }
 }
