@@ -1,0 +1,374 @@
+//! Content-addressed blob storage for job outputs and pushed sources.
+//!
+//! A blob is stored under its SHA-256 ([`Digest`]) in one object store: the local filesystem
+//! (the default, every write fsync'd), S3, Google Cloud Storage or Azure Blob Storage
+//! ([`StorageConfig`]). Clusters and the gateway may each use a different backend; they only
+//! exchange digests and bytes.
+//!
+//! A blob is stored as numbered chunks of at most [`CHUNK`] bytes (`sha256/<hex>/<n>`), each
+//! written with one plain PUT, and then its [`Manifest`] (`sha256/<hex>/manifest`: digest, size,
+//! the digest of every chunk), written last: a blob exists once its manifest does. Chunks are
+//! what transfers resume by and what a reader verifies one by one (a corrupted chunk is found
+//! before the whole blob is read); the whole digest is verified at the end. Plain PUT and ranged
+//! GET are all a store must offer, so every backend and every compatible server works the same.
+//!
+//! Memory stays bounded whatever the size: at most [`CHUNKS_IN_FLIGHT`] chunks are buffered while
+//! uploading, one while reading. An upload whose bytes do not hash to the digest it is meant to
+//! be stored under is refused before its manifest is written (nothing is stored under the
+//! digest); a download to a file is verified before it is renamed into place.
+
+pub mod archive;
+mod backend;
+pub mod config;
+mod digest;
+
+use std::ops::Range;
+use std::path::Path as FsPath;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use serde::Deserialize;
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+
+pub use config::StorageConfig;
+pub use config::StorageFile;
+pub use digest::Digest;
+pub use digest::Hasher;
+pub use digest::InvalidDigest;
+
+/// Most bytes in one chunk.
+pub const CHUNK: usize = 8 * 1024 * 1024;
+/// Most chunks of one upload buffered or in flight at once.
+pub const CHUNKS_IN_FLIGHT: usize = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("blob {digest} is not in {store}")]
+    NotFound { digest: Digest, store: String },
+    #[error("the bytes of {what} hash to {actual}, not {expected}; nothing was stored")]
+    DigestMismatch { what: String, expected: Digest, actual: Digest },
+    #[error("{store}: {action}: {source}")]
+    Backend {
+        store: String,
+        action: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{store}: the manifest of {digest} is unreadable: {message}")]
+    BadManifest { store: String, digest: Digest, message: String },
+    #[error("storage is misconfigured: {0}")]
+    Config(String),
+}
+
+impl StoreError {
+    fn io(path: &FsPath, source: std::io::Error) -> Self {
+        StoreError::Io { path: path.display().to_string(), source }
+    }
+}
+
+/// What a blob is made of: recorded in Raft for outputs, sent ahead of every transfer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub digest: Digest,
+    pub size: u64,
+    /// Bytes per chunk (the last may be shorter).
+    pub chunk_size: u64,
+    /// The digest of each chunk, in order.
+    pub chunks: Vec<Digest>,
+}
+
+impl Manifest {
+    /// The byte range of chunk `index`.
+    pub fn chunk_range(&self, index: usize) -> Range<u64> {
+        let start = index as u64 * self.chunk_size;
+        start..(start + self.chunk_size).min(self.size)
+    }
+
+    /// Whether the layout is consistent (sizes and count agree).
+    pub fn is_consistent(&self) -> bool {
+        self.chunk_size > 0
+            && self.chunks.len() as u64 == self.size.div_ceil(self.chunk_size)
+            && self.chunk_size <= CHUNK as u64
+    }
+}
+
+/// What [`Blobs::put_file`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub manifest: Manifest,
+    /// The blob was there already: nothing was uploaded.
+    pub existed: bool,
+}
+
+/// One object store holding blobs by digest.
+#[derive(Clone)]
+pub struct Blobs {
+    store: Arc<backend::Backend>,
+    prefix: Path,
+    name: Arc<str>,
+}
+
+impl std::fmt::Debug for Blobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blobs").field("store", &self.name).field("prefix", &self.prefix.as_ref()).finish()
+    }
+}
+
+impl Blobs {
+    /// Open the configured store (no request is made; see [`Blobs::check`]).
+    pub fn open(config: &StorageConfig) -> Result<Self, StoreError> {
+        let (store, prefix, name) = config.build()?;
+        Ok(Self { store: Arc::new(store), prefix, name: name.into() })
+    }
+
+    /// How this store is named in messages (`local /var/lib/atoll/blobs`, `s3 bucket "b"`, ...).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// One cheap request that fails clearly when the store is unreachable or refuses the
+    /// credentials.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        let probe = self.prefix.clone().join("atoll-check");
+        match self.store.get(&probe).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(self.backend("reaching the store", source)),
+        }
+    }
+
+    fn dir(&self, digest: &Digest) -> Path {
+        self.prefix.clone().join("sha256").join(digest.hex())
+    }
+
+    fn manifest_key(&self, digest: &Digest) -> Path {
+        self.dir(digest).join("manifest")
+    }
+
+    fn chunk_key(&self, digest: &Digest, index: usize) -> Path {
+        self.dir(digest).join(format!("{index:08}"))
+    }
+
+    fn backend(&self, action: impl Into<String>, source: object_store::Error) -> StoreError {
+        StoreError::Backend { store: self.name.to_string(), action: action.into(), source }
+    }
+
+    /// The blob's manifest, or `None` when it is not (completely) stored.
+    pub async fn manifest(&self, digest: &Digest) -> Result<Option<Manifest>, StoreError> {
+        let bytes = match self.store.get(&self.manifest_key(digest)).await {
+            Ok(bytes) => bytes,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(source) => return Err(self.backend(format!("looking up {digest}"), source)),
+        };
+        let bad =
+            |message: String| StoreError::BadManifest { store: self.name.to_string(), digest: digest.clone(), message };
+        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        if &manifest.digest != digest || !manifest.is_consistent() {
+            return Err(bad("its digest or chunk layout does not match".into()));
+        }
+        Ok(Some(manifest))
+    }
+
+    /// Store one chunk of a blob whose manifest is not written yet (a transfer in progress).
+    /// Refused when `bytes` do not hash to `expected`.
+    pub async fn put_chunk(
+        &self,
+        blob: &Digest,
+        index: usize,
+        expected: &Digest,
+        bytes: Bytes,
+    ) -> Result<(), StoreError> {
+        let actual = Digest::of(&bytes);
+        if &actual != expected {
+            return Err(StoreError::DigestMismatch {
+                what: format!("chunk {index} of {blob}"),
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        self.store
+            .put(&self.chunk_key(blob, index), bytes)
+            .await
+            .map_err(|e| self.backend(format!("storing chunk {index} of {blob}"), e))?;
+        Ok(())
+    }
+
+    /// Complete a blob whose chunks are all stored: its manifest is written last.
+    pub async fn put_manifest(&self, manifest: &Manifest) -> Result<(), StoreError> {
+        let body = serde_json::to_vec(manifest).map_err(|e| StoreError::Config(e.to_string()))?;
+        self.store
+            .put(&self.manifest_key(&manifest.digest), Bytes::from(body))
+            .await
+            .map_err(|e| self.backend(format!("storing the manifest of {}", manifest.digest), e))?;
+        Ok(())
+    }
+
+    /// Chunk `index` of the blob described by `manifest`, verified against its digest.
+    pub async fn chunk(&self, manifest: &Manifest, index: usize) -> Result<Bytes, StoreError> {
+        let digest = &manifest.digest;
+        let expected = manifest.chunks.get(index).ok_or_else(|| StoreError::BadManifest {
+            store: self.name.to_string(),
+            digest: digest.clone(),
+            message: format!("it has no chunk {index}"),
+        })?;
+        let bytes = match self.store.get(&self.chunk_key(digest, index)).await {
+            Ok(bytes) => bytes,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(StoreError::NotFound { digest: digest.clone(), store: self.name.to_string() });
+            }
+            Err(source) => return Err(self.backend(format!("reading chunk {index} of {digest}"), source)),
+        };
+        let actual = Digest::of(&bytes);
+        if &actual != expected {
+            return Err(StoreError::DigestMismatch {
+                what: format!("chunk {index} of {digest} in {}", self.name),
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Store the file at `file` under `digest`, chunk by chunk, hashing it on the way; refused
+    /// (no manifest written) when its bytes do not hash to `digest`. A blob already stored is
+    /// not uploaded again.
+    pub async fn put_file(&self, file: &FsPath, digest: &Digest) -> Result<Stored, StoreError> {
+        if let Some(manifest) = self.manifest(digest).await? {
+            return Ok(Stored { manifest, existed: true });
+        }
+        let mut f = tokio::fs::File::open(file).await.map_err(|e| StoreError::io(file, e))?;
+        let mut whole = Hasher::new();
+        let mut chunks = Vec::new();
+        let mut size = 0u64;
+        let mut in_flight = futures::stream::FuturesOrdered::new();
+        loop {
+            let mut buf = Vec::with_capacity(CHUNK);
+            let n = (&mut f).take(CHUNK as u64).read_to_end(&mut buf).await.map_err(|e| StoreError::io(file, e))?;
+            if n == 0 {
+                break;
+            }
+            whole.update(&buf);
+            size += n as u64;
+            let index = chunks.len();
+            let chunk_digest = Digest::of(&buf);
+            chunks.push(chunk_digest.clone());
+            let this = self.clone();
+            let blob = digest.clone();
+            in_flight.push_back(async move { this.put_chunk(&blob, index, &chunk_digest, Bytes::from(buf)).await });
+            while in_flight.len() >= CHUNKS_IN_FLIGHT {
+                in_flight.next().await.expect("not empty")?;
+            }
+        }
+        while let Some(done) = in_flight.next().await {
+            done?;
+        }
+        let actual = whole.finish();
+        if &actual != digest {
+            return Err(StoreError::DigestMismatch {
+                what: file.display().to_string(),
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        let manifest = Manifest { digest: digest.clone(), size, chunk_size: CHUNK as u64, chunks };
+        self.put_manifest(&manifest).await?;
+        Ok(Stored { manifest, existed: false })
+    }
+
+    fn missing(&self, digest: &Digest) -> StoreError {
+        StoreError::NotFound { digest: digest.clone(), store: self.name.to_string() }
+    }
+
+    /// The bytes of `range` of the blob (clamped to its size), chunk by chunk, each verified.
+    pub async fn read(
+        &self,
+        digest: &Digest,
+        range: Range<u64>,
+    ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
+        let manifest = self.manifest(digest).await?.ok_or_else(|| self.missing(digest))?;
+        let end = range.end.min(manifest.size);
+        let start = range.start.min(end);
+        let first = (start / manifest.chunk_size) as usize;
+        let this = self.clone();
+        let chunks = if start == end { 0..0 } else { first..end.div_ceil(manifest.chunk_size) as usize };
+        Ok(futures::stream::iter(chunks)
+            .then(move |index| {
+                let (this, manifest) = (this.clone(), manifest.clone());
+                async move {
+                    let bytes = this.chunk(&manifest, index).await?;
+                    let at = manifest.chunk_range(index).start;
+                    let from = start.max(at) - at;
+                    let to = end.min(at + bytes.len() as u64) - at;
+                    Ok(bytes.slice(from as usize..to as usize))
+                }
+            })
+            .boxed())
+    }
+
+    /// Copy the blob into `dest`: written to a temp file beside it, verified chunk by chunk and
+    /// whole, fsync'd, renamed. A corrupted blob is an error and leaves nothing at `dest`.
+    pub async fn fetch_to_file(&self, digest: &Digest, dest: &FsPath) -> Result<u64, StoreError> {
+        let temp = temp_beside(dest);
+        let result = async {
+            let mut stream = self.read(digest, 0..u64::MAX).await?;
+            let mut out = tokio::fs::File::create(&temp).await.map_err(|e| StoreError::io(&temp, e))?;
+            let mut hasher = Hasher::new();
+            let mut size = 0u64;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                hasher.update(&chunk);
+                size += chunk.len() as u64;
+                out.write_all(&chunk).await.map_err(|e| StoreError::io(&temp, e))?;
+            }
+            let actual = hasher.finish();
+            if &actual != digest {
+                return Err(StoreError::DigestMismatch {
+                    what: format!("blob {digest} in {}", self.name),
+                    expected: digest.clone(),
+                    actual,
+                });
+            }
+            out.sync_all().await.map_err(|e| StoreError::io(&temp, e))?;
+            tokio::fs::rename(&temp, dest).await.map_err(|e| StoreError::io(dest, e))?;
+            Ok(size)
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&temp).await;
+        }
+        result
+    }
+
+    /// Remove the blob: its manifest first (it stops existing), then its chunks. Removing one
+    /// that is not there is not an error.
+    pub async fn delete(&self, digest: &Digest) -> Result<(), StoreError> {
+        let Some(manifest) = self.manifest(digest).await? else { return Ok(()) };
+        let gone = |r: object_store::Result<()>| match r {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(source),
+        };
+        gone(self.store.delete(&self.manifest_key(digest)).await)
+            .map_err(|e| self.backend(format!("removing {digest}"), e))?;
+        for index in 0..manifest.chunks.len() {
+            gone(self.store.delete(&self.chunk_key(digest, index)).await)
+                .map_err(|e| self.backend(format!("removing chunk {index} of {digest}"), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// `dir/.name.partial` for `dir/name`.
+fn temp_beside(dest: &FsPath) -> std::path::PathBuf {
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dest.with_file_name(format!(".{name}.partial"))
+}
