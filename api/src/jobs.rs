@@ -142,6 +142,9 @@ pub struct JobInfo {
     /// Why it is where it is (placement, skip, failure, refusal), for people.
     pub reason: Option<String>,
     pub exit_code: Option<i32>,
+    /// The accepted attempt's output; `None` until it ends, or when it wrote nothing.
+    #[serde(default)]
+    pub output: Option<OutputInfo>,
     pub cancel_requested: bool,
     pub created_ms: i64,
     pub finished_ms: Option<i64>,
@@ -236,6 +239,18 @@ pub struct Report {
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub message: Option<String>,
+    /// The attempt's stored output (with a final state; none when it wrote nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputInfo>,
+}
+
+/// A job's stored output: content-addressed in its cluster's store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputInfo {
+    /// `sha256:<64 hex>` of the output archive (tar).
+    pub digest: String,
+    /// Bytes of the archive.
+    pub size: u64,
 }
 
 /// `POST /v1/clusters/{name}/reports`: state changes, in the order they happened.

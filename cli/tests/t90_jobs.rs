@@ -38,12 +38,12 @@ version: 1
 jobs:
   - name: build
     type: command
-    command: echo "built $ATOLL_JOB_ID"; echo oops >&2; test -d "$ATOLL_OUTPUT" && test -d "$ATOLL_INPUTS"
+    command: echo "built $ATOLL_JOB_ID"; echo oops >&2; test -d "$ATOLL_OUTPUT" && test -d "$ATOLL_INPUTS" && mkdir "$ATOLL_OUTPUT/bin" && echo artifact > "$ATOLL_OUTPUT/bin/app"
     cluster: {selector: [aws]}
     timeout: 60
   - name: flaky
     type: command
-    command: exit 3
+    command: echo "attempt $ATOLL_ATTEMPT" > "$ATOLL_OUTPUT/report.txt"; exit 3
     cluster: {selector: [gcp]}
     depends_on: [build]
     retries: 1
@@ -111,6 +111,27 @@ async fn pipeline_across_clusters(engine: Engine) {
     let relayed = on_failure.job.inputs.iter().find(|i| i.from_job == "flaky").expect("input");
     assert_eq!(relayed.mode, Some(atoll_api::jobs::InputMode::Relay), "{:?}", on_failure.job.inputs);
 
+    phase("outputs: archived, stored by digest in the cluster's store, reported, shown to children");
+    let output = build.job.output.clone().expect("build wrote an output");
+    assert!(output.digest.starts_with("sha256:") && output.size > 0, "{output:?}");
+    let failed_output = flaky.job.output.clone().expect("a failed job's output is kept too");
+    assert_ne!(failed_output.digest, output.digest);
+    assert_eq!(last.job.output, None, "a job that writes nothing has no output");
+    let parent = state("on-failure").await.job.inputs.into_iter().find(|i| i.from_job == "flaky").unwrap();
+    assert_eq!(parent.digest.as_deref(), Some(failed_output.digest.as_str()), "the child sees its parent's digest");
+    // The blob is in aws's store (one replica: its data dir), complete, and unpacks to the files.
+    let digest: atoll_store::Digest = output.digest.parse().unwrap();
+    let store =
+        atoll_store::Blobs::open(&atoll_store::StorageConfig::local(mesh.t.mesh.dir.data_dir("aws", 1).join("blobs")))
+            .unwrap();
+    let manifest = store.manifest(&digest).await.unwrap().expect("the output's manifest is stored");
+    assert_eq!(manifest.size, output.size);
+    let archive = mesh.t.dir.path().join("build-output.tar");
+    store.fetch_to_file(&digest, &archive).await.unwrap();
+    let unpacked = mesh.t.dir.path().join("build-output");
+    atoll_store::archive::unpack(&archive, &unpacked).unwrap();
+    assert_eq!(std::fs::read_to_string(unpacked.join("bin/app")).unwrap(), "artifact\n");
+
     phase("logs: stdout and stderr of the attempt, through the CLI");
     let out = mesh.cli(&["logs", &build.job.id]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -131,6 +152,7 @@ async fn pipeline_across_clusters(engine: Engine) {
             state: ReportedState::Failure,
             exit_code: Some(1),
             message: None,
+            output: None,
         }],
     };
     let results = gcp.report("gcp", &batch).await.expect("report batch");

@@ -45,6 +45,7 @@ use atoll_api::jobs::LogBatch;
 use atoll_api::jobs::LogPage;
 use atoll_api::jobs::LogPiece;
 use atoll_api::jobs::LogStream;
+use atoll_api::jobs::OutputInfo;
 use atoll_api::jobs::Report;
 use atoll_api::jobs::ReportOutcome;
 use atoll_api::jobs::ReportResult;
@@ -547,6 +548,13 @@ impl Gateway {
             },
             lifecycle::Decision::Rerun => Transition::Rerun { message },
         };
+        let output = match &report.output {
+            Some(o) => match o.digest.parse::<atoll_store::Digest>() {
+                Ok(d) => Some((d.to_string(), o.size)),
+                Err(e) => return Ok(Err((ReportOutcome::Refused, Some(format!("output: {e}"))))),
+            },
+            None => None,
+        };
         let item = ReportApply {
             id: report.job.clone(),
             cluster: cluster.to_string(),
@@ -554,6 +562,7 @@ impl Gateway {
             from: row.state,
             term,
             transition,
+            output,
         };
         Ok(Ok((item, row.pipeline_id)))
     }
@@ -815,7 +824,8 @@ fn info(row: &JobRow, pipeline: &Pipeline, siblings: &[JobRow], flow: &Flow) -> 
                 (Some(from), Some(to)) => Some(flow.mode(from, to)),
                 _ => None,
             };
-            InputInfo { from_job: dep.job.clone(), mode, digest: None }
+            let digest = parent.and_then(|p| p.output.as_ref()).map(|(d, _)| d.clone());
+            InputInfo { from_job: dep.job.clone(), mode, digest }
         })
         .collect();
     JobInfo {
@@ -828,6 +838,7 @@ fn info(row: &JobRow, pipeline: &Pipeline, siblings: &[JobRow], flow: &Flow) -> 
         inputs,
         reason: row.reason.clone(),
         exit_code: row.exit_code,
+        output: row.output.as_ref().map(|(digest, size)| OutputInfo { digest: digest.clone(), size: *size }),
         cancel_requested: row.cancel_requested,
         created_ms: row.created_ms,
         finished_ms: row.finished_ms,

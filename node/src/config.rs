@@ -54,6 +54,10 @@ pub struct AgentFile {
     /// How the leader runs the jobs the gateway binds to this cluster.
     #[serde(default)]
     pub jobs: JobsFile,
+    /// Where job outputs are stored: one of `local` (default: `<data_dir>/blobs`, fsync'd),
+    /// `s3`, `gcs`, `azure` (see `atoll_store::config`).
+    #[serde(default)]
+    pub storage: atoll_store::StorageFile,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -383,6 +387,7 @@ pub struct AgentConfig {
     pub gateway: Option<GatewayLink>,
     pub refuse_inbound_from: Vec<ClusterName>,
     pub jobs: JobsConfig,
+    pub storage: atoll_store::StorageConfig,
 }
 
 /// How this replica reaches the gateway.
@@ -569,14 +574,17 @@ impl AgentConfig {
             refuse_inbound_from.push(name);
         }
         let jobs = check_jobs(file.jobs, &invalid)?;
+        let data_dir = resolve(base, &file.node.data_dir);
+        let storage = file.storage.check(origin, "storage", base, data_dir.join("blobs"))?;
         Ok(Self {
             jobs,
+            storage,
             gateway,
             refuse_inbound_from,
             cluster,
             labels,
             node_id: file.node.id,
-            data_dir: resolve(base, &file.node.data_dir),
+            data_dir,
             listen,
             advertise,
             ops_listen,

@@ -198,9 +198,16 @@ async fn join_mesh(
     tls: &TlsIdentity,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
     let Some(link) = config.gateway.clone() else { return Ok(None) };
-    let executor = crate::jobs::executor::Executor::build(&config.jobs, config.data_dir.join("work"), &config.cluster)
-        .await
-        .map_err(|e| format!("jobs.executor: {e:#}"))?;
+    let outputs = atoll_store::Blobs::open(&config.storage).map_err(|e| format!("storage: {e}"))?;
+    match outputs.check().await {
+        Ok(()) => tracing::info!(store = outputs.name(), "outputs are stored in {}", outputs.name()),
+        // Not fatal: the store may come back; runs that end meanwhile end in error, saying why.
+        Err(e) => tracing::warn!(error = %e, "the output store does not answer yet"),
+    }
+    let executor =
+        crate::jobs::executor::Executor::build(&config.jobs, config.data_dir.join("work"), outputs, &config.cluster)
+            .await
+            .map_err(|e| format!("jobs.executor: {e:#}"))?;
     tracing::info!(gateway = %link.addr, "joining the mesh");
     let jobs = crate::link::Jobs { executor, max_running: config.jobs.max_running };
     Ok(Some(tokio::spawn(crate::link::run(replica.clone(), tls.clone(), config.tls.clone(), link, jobs))))

@@ -25,6 +25,18 @@ pub struct JobRecord {
     pub running_acked: bool,
     /// Log index at which the attempt was accepted.
     pub revision: u64,
+    /// The run's stored output, recorded before its end is reported.
+    #[serde(default)]
+    pub output: Option<OutputRecord>,
+}
+
+/// A stored output: its blob's manifest (digests as `sha256:<hex>`), opaque to the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputRecord {
+    pub digest: String,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub chunks: Vec<String>,
 }
 
 /// Where an attempt's run stands.
@@ -77,6 +89,8 @@ pub enum JobOp {
     Start { job: String, attempt: u32, term: u64, node: u64, handle: Option<String> },
     /// The attempt's run ended.
     End { job: String, attempt: u32, state: EndState, exit_code: Option<i32>, message: Option<String> },
+    /// The attempt's output is stored (before its end is recorded).
+    Output { job: String, attempt: u32, output: OutputRecord },
     /// Cancel was asked for the attempt.
     Cancel { job: String, attempt: u32 },
     /// The gateway acknowledged the `running` report.
@@ -91,6 +105,7 @@ impl JobOp {
             JobOp::Accept { job, .. }
             | JobOp::Start { job, .. }
             | JobOp::End { job, .. }
+            | JobOp::Output { job, .. }
             | JobOp::Cancel { job, .. }
             | JobOp::RunningAcked { job, .. }
             | JobOp::Forget { job, .. } => job,
@@ -102,6 +117,7 @@ impl JobOp {
             JobOp::Accept { attempt, .. }
             | JobOp::Start { attempt, .. }
             | JobOp::End { attempt, .. }
+            | JobOp::Output { attempt, .. }
             | JobOp::Cancel { attempt, .. }
             | JobOp::RunningAcked { attempt, .. }
             | JobOp::Forget { attempt, .. } => *attempt,
@@ -127,6 +143,7 @@ impl JobOp {
                     cancel: false,
                     running_acked: false,
                     revision,
+                    output: None,
                 };
                 (Some(record), true)
             }
@@ -142,6 +159,14 @@ impl JobOp {
                 Some(r) if !matches!(r.run, RunState::Ended { .. }) => {
                     let mut r = r.clone();
                     r.run = RunState::Ended { state: *state, exit_code: *exit_code, message: message.clone() };
+                    (Some(r), true)
+                }
+                _ => keep,
+            },
+            JobOp::Output { output, .. } => match ours {
+                Some(r) if !matches!(r.run, RunState::Ended { .. }) && r.output.is_none() => {
+                    let mut r = r.clone();
+                    r.output = Some(output.clone());
                     (Some(r), true)
                 }
                 _ => keep,
@@ -198,6 +223,28 @@ mod tests {
         assert_eq!(other.apply(Some(&r), 8), (Some(r.clone()), false));
         let (gone, changed) = JobOp::Forget { job: "j".into(), attempt: 1 }.apply(Some(&r), 9);
         assert!(changed && gone.is_none());
+    }
+
+    #[test]
+    fn an_output_is_recorded_once_and_only_before_the_end() {
+        let (r, _) = accept(1).apply(None, 1);
+        let output =
+            OutputRecord { digest: "sha256:aa".into(), size: 3, chunk_size: 8, chunks: vec!["sha256:bb".into()] };
+        let op = JobOp::Output { job: "j".into(), attempt: 1, output: output.clone() };
+        let (r, changed) = op.apply(r.as_ref(), 2);
+        assert!(changed);
+        let r = r.unwrap();
+        assert_eq!(r.output.as_ref(), Some(&output));
+        let other = OutputRecord { digest: "sha256:cc".into(), ..output.clone() };
+        let again = JobOp::Output { job: "j".into(), attempt: 1, output: other.clone() };
+        assert_eq!(again.apply(Some(&r), 3), (Some(r.clone()), false), "the first output stays");
+        let end =
+            JobOp::End { job: "j".into(), attempt: 1, state: EndState::Finished, exit_code: Some(0), message: None };
+        let (ended, _) = end.apply(Some(&accept(1).apply(None, 1).0.unwrap()), 4);
+        let late = JobOp::Output { job: "j".into(), attempt: 1, output: other };
+        assert_eq!(late.apply(ended.as_ref(), 5), (ended.clone(), false), "an ended attempt takes no output");
+        let wrong = JobOp::Output { job: "j".into(), attempt: 2, output };
+        assert_eq!(wrong.apply(Some(&r), 6), (Some(r.clone()), false));
     }
 
     #[test]

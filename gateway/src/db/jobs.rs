@@ -30,6 +30,8 @@ pub struct JobRow {
     pub created_ms: i64,
     pub updated_ms: i64,
     pub finished_ms: Option<i64>,
+    /// The accepted result's output: digest and size.
+    pub output: Option<(String, u64)>,
 }
 
 /// One attempt's history row.
@@ -47,6 +49,8 @@ pub struct AttemptRow {
     /// When the cluster reported it running.
     pub started_ms: Option<i64>,
     pub ended_ms: Option<i64>,
+    /// The output the attempt reported: digest and size.
+    pub output: Option<(String, u64)>,
 }
 
 /// A job of a new pipeline.
@@ -78,6 +82,8 @@ pub struct ReportApply {
     pub from: JobState,
     pub term: u64,
     pub transition: Transition,
+    /// The output the report carries (digest, size), kept with a final result.
+    pub output: Option<(String, u64)>,
 }
 
 /// What a cancel did.
@@ -93,7 +99,7 @@ pub enum Cancelled {
 
 macro_rules! job_columns {
     () => {
-        "id, pipeline_id, idx, name, state, cluster, attempt, failed_attempts, cancel_requested, reason, exit_code, created_ms, updated_ms, finished_ms"
+        "id, pipeline_id, idx, name, state, cluster, attempt, failed_attempts, cancel_requested, reason, exit_code, created_ms, updated_ms, finished_ms, output_digest, output_size"
     };
 }
 
@@ -125,8 +131,20 @@ macro_rules! decode_job {
             created_ms: row.try_get("created_ms")?,
             updated_ms: row.try_get("updated_ms")?,
             finished_ms: row.try_get("finished_ms")?,
+            output: decode_output(row.try_get("output_digest")?, row.try_get("output_size")?, "jobs.output_size")?,
         })
     }};
+}
+
+fn decode_output(
+    digest: Option<String>,
+    size: Option<i64>,
+    column: &'static str,
+) -> Result<Option<(String, u64)>, DbError> {
+    match (digest, size) {
+        (Some(d), Some(s)) => Ok(Some((d, u64::try_from(s).map_err(|e| DbError::corrupt(column, e))?))),
+        _ => Ok(None),
+    }
 }
 
 macro_rules! decode_attempt {
@@ -144,6 +162,7 @@ macro_rules! decode_attempt {
             bound_ms: row.try_get("bound_ms")?,
             started_ms: row.try_get("started_ms")?,
             ended_ms: row.try_get("ended_ms")?,
+            output: decode_output(row.try_get("output_digest")?, row.try_get("output_size")?, "attempts.output_size")?,
         })
     }};
 }
@@ -301,7 +320,7 @@ impl Db {
     pub async fn attempts(&self, job_id: &str) -> Result<Vec<AttemptRow>, DbError> {
         with_pool!(self, read, |pool| {
             let rows = sqlx::query(
-                "SELECT job_id, attempt, cluster, state, term, exit_code, message, bound_ms, started_ms, ended_ms
+                "SELECT job_id, attempt, cluster, state, term, exit_code, message, bound_ms, started_ms, ended_ms, output_digest, output_size
                  FROM attempts WHERE job_id = $1 ORDER BY attempt",
             )
             .bind(job_id)
@@ -372,6 +391,7 @@ impl Db {
             from,
             term,
             transition: transition.clone(),
+            output: None,
         };
         Ok(self.apply_reports(std::slice::from_ref(&item), now_ms).await?[0])
     }
@@ -414,6 +434,15 @@ impl Db {
                         if done == 1 {
                             end_attempt(&mut tx, id, a, state.as_str(), t, *exit_code, message.as_deref(), now_ms)
                                 .await?;
+                            if let Some((digest, size)) = &item.output {
+                                let size = i64::try_from(*size).map_err(|e| DbError::corrupt("jobs.output_size", e))?;
+                                for sql in [
+                                    "UPDATE jobs SET output_digest = $1, output_size = $2 WHERE id = $3 AND attempt = $4",
+                                    "UPDATE attempts SET output_digest = $1, output_size = $2 WHERE job_id = $3 AND attempt = $4",
+                                ] {
+                                    sqlx::query(sql).bind(digest).bind(size).bind(id).bind(a).execute(&mut *tx).await?;
+                                }
+                            }
                         }
                         done
                     }

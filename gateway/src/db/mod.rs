@@ -39,6 +39,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("../../migrations/0001_initial.sql")),
     (2, "jobs", include_str!("../../migrations/0002_jobs.sql")),
     (3, "logs", include_str!("../../migrations/0003_logs.sql")),
+    (4, "outputs", include_str!("../../migrations/0004_outputs.sql")),
 ];
 
 /// A connected, migrated database.

@@ -35,6 +35,12 @@ pub enum Event {
         data: String,
         at_ms: i64,
     },
+    /// The run's output is stored (sent before its `Done`).
+    Output {
+        job: String,
+        attempt: u32,
+        output: atoll_raft_store::jobs::OutputRecord,
+    },
     Done {
         job: String,
         attempt: u32,
@@ -120,14 +126,18 @@ pub enum Executor {
 }
 
 impl Executor {
-    /// The executor `config` names; the process executor works under `work_root`.
+    /// The executor `config` names; the process executor works under `work_root` and stores
+    /// outputs in `outputs`.
     pub async fn build(
         config: &crate::config::JobsConfig,
         work_root: std::path::PathBuf,
+        outputs: atoll_store::Blobs,
         cluster: &atoll_api::ids::ClusterName,
     ) -> anyhow::Result<Self> {
         Ok(match &config.executor {
-            crate::config::ExecutorConfig::Process => Executor::Process(ProcessExecutor::detect(work_root).await),
+            crate::config::ExecutorConfig::Process => {
+                Executor::Process(ProcessExecutor::detect(work_root).await.with_outputs(outputs))
+            }
             crate::config::ExecutorConfig::Kubernetes(k) => {
                 Executor::Kubernetes(Arc::new(KubernetesExecutor::connect(k, cluster.as_str()).await?))
             }

@@ -37,6 +37,7 @@ use atoll_api::jobs::LeaseRequest;
 use atoll_api::jobs::LeaseResponse;
 use atoll_api::jobs::LogBatch;
 use atoll_api::jobs::LogPiece;
+use atoll_api::jobs::OutputInfo;
 use atoll_api::jobs::Report;
 use atoll_api::jobs::ReportBatch;
 use atoll_api::jobs::ReportOutcome;
@@ -154,6 +155,7 @@ pub async fn lead(
                             }
                             pieces.push(LogPiece { job, attempt, seq, stream, data, at_ms });
                         }
+                        Event::Output { job, attempt, output } => ends.push(JobOp::Output { job, attempt, output }),
                         Event::Done { job, attempt, state, exit_code, message } => {
                             leader.runs.remove(&(job.clone(), attempt));
                             ends.push(JobOp::End { job, attempt, state, exit_code, message });
@@ -226,13 +228,18 @@ fn pending_reports(records: &BTreeMap<String, JobRecord>) -> Vec<Report> {
     records
         .values()
         .filter_map(|r| {
-            let (state, exit_code, message) = match &r.run {
+            let (state, exit_code, message, output) = match &r.run {
                 RunState::Accepted => return None,
                 RunState::Started { .. } if r.running_acked => return None,
-                RunState::Started { .. } => (ReportedState::Running, None, None),
-                RunState::Ended { state, exit_code, message } => (reported(*state), *exit_code, message.clone()),
+                RunState::Started { .. } => (ReportedState::Running, None, None, None),
+                RunState::Ended { state, exit_code, message } => (
+                    reported(*state),
+                    *exit_code,
+                    message.clone(),
+                    r.output.as_ref().map(|o| OutputInfo { digest: o.digest.clone(), size: o.size }),
+                ),
             };
-            Some(Report { job: r.job.clone(), attempt: r.attempt, state, exit_code, message })
+            Some(Report { job: r.job.clone(), attempt: r.attempt, state, exit_code, message, output })
         })
         .collect()
 }
@@ -474,6 +481,7 @@ impl Leader {
                     cancel: false,
                     running_acked: false,
                     revision: 0,
+                    output: None,
                 };
                 start.push((record, How::Start));
             }

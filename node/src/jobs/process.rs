@@ -47,6 +47,8 @@ pub enum Isolation {
 pub struct ProcessExecutor {
     work_root: PathBuf,
     isolation: Isolation,
+    /// Where outputs are stored; `None`: outputs stay in the work directory.
+    outputs: Option<atoll_store::Blobs>,
 }
 
 /// Whether a run of `true` starts and succeeds with `isolation`.
@@ -92,7 +94,13 @@ impl ProcessExecutor {
                  but processes it detaches may outlive a replica killed with SIGKILL"
             ),
         }
-        Self { work_root, isolation }
+        Self { work_root, isolation, outputs: None }
+    }
+
+    /// Store each run's output (`$ATOLL_OUTPUT`, archived) in `blobs` when the run ends.
+    pub fn with_outputs(mut self, blobs: atoll_store::Blobs) -> Self {
+        self.outputs = Some(blobs);
+        self
     }
 
     pub fn isolation(&self) -> &Isolation {
@@ -124,6 +132,8 @@ impl ProcessExecutor {
         let pgid = Some(child.id());
         let timeout = Duration::from_secs(request.spec.timeout_s.max(1));
         let log_path = dir.join("log");
+        let outputs = self.outputs.clone();
+        let work_dir = dir.clone();
         let task = tokio::spawn(async move {
             let logs = pump(Some(stdout), Some(stderr), &job, attempt, &events, &log_path);
             tokio::pin!(logs);
@@ -149,7 +159,7 @@ impl ProcessExecutor {
                 // Pipes close once every process holding them is gone; do not wait forever.
                 let _ = tokio::time::timeout(Duration::from_secs(2), &mut logs).await;
             }
-            let (state, exit_code, message) = match ended {
+            let (mut state, exit_code, mut message) = match ended {
                 Ended::Stopped(Stop::Drop) => return,
                 Ended::Stopped(Stop::Cancel) => (EndState::Killed, None, Some("cancelled".to_string())),
                 Ended::TimedOut => (
@@ -164,6 +174,23 @@ impl ProcessExecutor {
                     None => (EndState::Failure, None, Some("killed by a signal".to_string())),
                 },
             };
+            // The output of every ended run counts (a failed job's output matters too).
+            if let Some(blobs) = &outputs {
+                match store_output(blobs, &work_dir).await {
+                    Ok(Some(output)) => {
+                        let _ = events.send(Event::Output { job: job.clone(), attempt, output });
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        state = EndState::Error;
+                        let why = format!("storing its output in {} failed: {e}", blobs.name());
+                        message = Some(match message {
+                            Some(m) => format!("{m}; {why}"),
+                            None => why,
+                        });
+                    }
+                }
+            }
             let _ = events.send(Event::Done { job: job.clone(), attempt, state, exit_code, message });
         });
         RunHandle::new(stop_tx, pgid, task)
@@ -209,6 +236,37 @@ enum Ended {
     Exited(std::io::Result<()>),
     TimedOut,
     Stopped(Stop),
+}
+
+/// Archive `dir/output` and store it by digest; `None` when the run wrote no output.
+async fn store_output(
+    blobs: &atoll_store::Blobs,
+    dir: &Path,
+) -> Result<Option<atoll_raft_store::jobs::OutputRecord>, String> {
+    let output = dir.join("output");
+    let empty = match std::fs::read_dir(&output) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => return Err(format!("reading {}: {e}", output.display())),
+    };
+    if empty {
+        return Ok(None);
+    }
+    let archive = dir.join("output.tar");
+    let (src, dest) = (output.clone(), archive.clone());
+    let packed = tokio::task::spawn_blocking(move || atoll_store::archive::pack_dir(&src, &dest))
+        .await
+        .map_err(|e| format!("archiving the output: {e}"))?
+        .map_err(|e| format!("archiving {}: {e}", output.display()))?;
+    let stored = blobs.put_file(&archive, &packed.digest).await.map_err(|e| e.to_string());
+    let _ = tokio::fs::remove_file(&archive).await;
+    let m = stored?.manifest;
+    Ok(Some(atoll_raft_store::jobs::OutputRecord {
+        digest: m.digest.to_string(),
+        size: m.size,
+        chunk_size: m.chunk_size,
+        chunks: m.chunks.iter().map(ToString::to_string).collect(),
+    }))
 }
 
 /// A fresh work directory with `output/` and `inputs/`.
