@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use atoll_api::config_file::ConfigError;
+use atoll_api::config_file::resolve;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -227,10 +228,6 @@ pub struct GatewayConfig {
     pub shutdown_grace: Duration,
 }
 
-fn resolve(base: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() { path.to_path_buf() } else { base.join(path) }
-}
-
 impl GatewayConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file: GatewayFile = atoll_api::config_file::load(path, &atoll_api::config_file::env_overrides())?;
@@ -267,10 +264,8 @@ impl GatewayConfig {
                     (Some(url), None) => url,
                     (None, Some(file)) => {
                         let file = resolve(base, &file);
-                        std::fs::read_to_string(&file)
+                        atoll_api::config_file::read_secret(&file)
                             .map_err(|e| invalid("database.postgres.url_file", format!("{}: {e}", file.display())))?
-                            .trim()
-                            .to_string()
                     }
                     _ => return Err(invalid("database.postgres", "give exactly one of url and url_file".into())),
                 };

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use atoll_api::config_file::ConfigError;
+use atoll_api::config_file::resolve;
 use atoll_api::ids::ClusterName;
 use atoll_api::ids::Label;
 use atoll_api::tls::TlsFiles;
@@ -430,10 +431,6 @@ fn check_host_port(addr: &str) -> Result<(), String> {
         Ok(p) if p > 0 => Ok(()),
         _ => Err(format!("{addr:?} has no valid port")),
     }
-}
-
-fn resolve(base: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() { path.to_path_buf() } else { base.join(path) }
 }
 
 impl AgentConfig {

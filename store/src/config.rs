@@ -17,6 +17,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use atoll_api::config_file::ConfigError;
+use atoll_api::config_file::read_secret;
+use atoll_api::config_file::resolve;
 use object_store::path::Path;
 use serde::Deserialize;
 
@@ -155,10 +157,6 @@ impl std::fmt::Debug for StorageConfig {
     }
 }
 
-fn resolve(base: &FsPath, path: &FsPath) -> PathBuf {
-    if path.is_absolute() { path.to_path_buf() } else { base.join(path) }
-}
-
 impl StorageFile {
     /// Check the section found at `key` (`storage`) of the file `origin`; relative paths are
     /// against `base`; `default_local` is where blobs go without a section.
@@ -192,9 +190,9 @@ impl StorageFile {
                     (Some(s), None) => Ok(Some(s)),
                     (None, Some(path)) => {
                         let path = resolve(base, &path);
-                        let text = std::fs::read_to_string(&path)
+                        let text = read_secret(&path)
                             .map_err(|e| invalid(&format!("{sub}_file"), format!("reading {}: {e}", path.display())))?;
-                        Ok(Some(text.trim().to_string()))
+                        Ok(Some(text))
                     }
                     (None, None) => Ok(None),
                 }

@@ -196,6 +196,11 @@ impl Blobs {
                 actual,
             });
         }
+        self.store_chunk(blob, index, bytes).await
+    }
+
+    /// Store chunk `index` of `blob`, its bytes already hashed.
+    async fn store_chunk(&self, blob: &Digest, index: usize, bytes: Bytes) -> Result<(), StoreError> {
         self.store
             .put(&self.chunk_key(blob, index), bytes)
             .await
@@ -260,11 +265,10 @@ impl Blobs {
             whole.update(&buf);
             size += n as u64;
             let index = chunks.len();
-            let chunk_digest = Digest::of(&buf);
-            chunks.push(chunk_digest.clone());
+            chunks.push(Digest::of(&buf));
             let this = self.clone();
             let blob = digest.clone();
-            in_flight.push_back(async move { this.put_chunk(&blob, index, &chunk_digest, Bytes::from(buf)).await });
+            in_flight.push_back(async move { this.store_chunk(&blob, index, Bytes::from(buf)).await });
             while in_flight.len() >= CHUNKS_IN_FLIGHT {
                 in_flight.next().await.expect("not empty")?;
             }
