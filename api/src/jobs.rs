@@ -189,6 +189,24 @@ pub struct Assignment {
     pub pipeline: String,
     pub attempt: u32,
     pub spec: JobSpec,
+    /// The stored outputs of its parents, to put under `$ATOLL_INPUTS/<parent>/` (parents that
+    /// wrote nothing are not listed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<AssignedInput>,
+}
+
+/// One parent's output as an assignment carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignedInput {
+    /// The parent's name: the directory under `$ATOLL_INPUTS`.
+    pub from_job: String,
+    /// The parent's job id.
+    pub job: String,
+    /// The cluster whose store holds the output.
+    pub cluster: String,
+    pub mode: InputMode,
+    pub digest: String,
+    pub size: u64,
 }
 
 /// An attempt the cluster holds that it must stop, and why.

@@ -186,12 +186,14 @@ fn atoll_dev_runs_the_mesh_with_gateway_and_cuts_and_stops_every_child() {
             .unwrap_or_else(|| panic!("no line for job {name}: {:?}", dev.seen))
             .clone()
     };
-    for (name, cluster) in [("build", "aws"), ("test-gcp", "gcp"), ("test-onprem", "onprem"), ("cleanup", "aws")] {
+    for (name, cluster) in
+        [("build", "aws"), ("package", "aws"), ("test-gcp", "gcp"), ("test-onprem", "onprem"), ("cleanup", "aws")]
+    {
         let line = job_line(name);
         assert!(line.contains("finished") && line.contains(&format!("on {cluster}")), "{line}");
     }
     let jobs = json(&cli(&config, &["jobs", "--json"]));
-    assert_eq!(jobs.as_array().map(|a| a.len()), Some(6), "{jobs}");
+    assert_eq!(jobs.as_array().map(|a| a.len()), Some(7), "{jobs}");
 
     phase("the CLI reads the written config: status --json has the contract fields");
     let status = json(&cli(&config, &["status", "--node", &records[0].addr, "--json"]));

@@ -41,6 +41,12 @@ jobs:
     command: echo "built $ATOLL_JOB_ID"; echo oops >&2; test -d "$ATOLL_OUTPUT" && test -d "$ATOLL_INPUTS" && mkdir "$ATOLL_OUTPUT/bin" && echo artifact > "$ATOLL_OUTPUT/bin/app"
     cluster: {selector: [aws]}
     timeout: 60
+  - name: use-build
+    type: command
+    command: test "$(cat "$ATOLL_INPUTS/build/bin/app")" = artifact
+    cluster: {selector: [aws]}
+    depends_on: [build]
+    timeout: 60
   - name: flaky
     type: command
     command: echo "attempt $ATOLL_ATTEMPT" > "$ATOLL_OUTPUT/report.txt"; exit 3
@@ -131,6 +137,9 @@ async fn pipeline_across_clusters(engine: Engine) {
     let unpacked = mesh.t.dir.path().join("build-output");
     atoll_store::archive::unpack(&archive, &unpacked).unwrap();
     assert_eq!(std::fs::read_to_string(unpacked.join("bin/app")).unwrap(), "artifact\n");
+    let use_build = wait_final(gateway, &id_of(&submitted, "use-build")).await;
+    assert_eq!(use_build.job.state, JobState::Finished, "the child found its parent's files: {:?}", use_build.job);
+    assert_eq!(use_build.job.inputs[0].mode, Some(atoll_api::jobs::InputMode::Local));
 
     phase("logs: stdout and stderr of the attempt, through the CLI");
     let out = mesh.cli(&["logs", &build.job.id]);

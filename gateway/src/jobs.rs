@@ -32,6 +32,7 @@ use atoll_api::gateway::ClusterState;
 use atoll_api::gateway::TransferMode;
 use atoll_api::ids::ClusterName;
 use atoll_api::ids::Label;
+use atoll_api::jobs::AssignedInput;
 use atoll_api::jobs::Assignment;
 use atoll_api::jobs::AttemptInfo;
 use atoll_api::jobs::Held;
@@ -409,15 +410,29 @@ impl Gateway {
         let holds: HashSet<(&str, u32)> = held.iter().map(|h| (h.job.as_str(), h.attempt)).collect();
         let mut answer = LeaseResponse::default();
         let mut bound: HashSet<(&str, u32)> = HashSet::new();
+        // A pipeline's rows, read once per answer, for the inputs of the jobs that have parents.
+        let mut siblings: HashMap<String, Vec<JobRow>> = HashMap::new();
+        let flow = self.flow();
         for row in &active {
             bound.insert((row.id.as_str(), row.attempt));
             if !holds.contains(&(row.id.as_str(), row.attempt)) {
                 let pipeline = self.pipeline(&row.pipeline_id).await?;
+                let spec = &pipeline.spec.jobs[row.idx];
+                let inputs = if spec.depends_on.is_empty() {
+                    Vec::new()
+                } else {
+                    if !siblings.contains_key(&row.pipeline_id) {
+                        let rows = self.db.pipeline_jobs(&row.pipeline_id).await.map_err(db_error)?;
+                        siblings.insert(row.pipeline_id.clone(), rows);
+                    }
+                    assigned_inputs(spec, cluster, &siblings[&row.pipeline_id], &flow)
+                };
                 answer.assign.push(Assignment {
                     job: row.id.clone(),
                     pipeline: row.pipeline_id.clone(),
                     attempt: row.attempt,
-                    spec: pipeline.spec.jobs[row.idx].clone(),
+                    spec: spec.clone(),
+                    inputs,
                 });
             }
             if row.cancel_requested {
@@ -810,6 +825,32 @@ impl Gateway {
             }
         }
     }
+}
+
+/// The stored outputs of a job's parents, as an assignment to `cluster` carries them (pure):
+/// parents that wrote nothing are left out.
+fn assigned_inputs(
+    spec: &atoll_api::spec::JobSpec,
+    cluster: &str,
+    siblings: &[JobRow],
+    flow: &Flow,
+) -> Vec<AssignedInput> {
+    spec.depends_on
+        .iter()
+        .filter_map(|dep| {
+            let parent = siblings.iter().find(|s| s.name == dep.job)?;
+            let (digest, size) = parent.output.clone()?;
+            let from = parent.cluster.clone()?;
+            Some(AssignedInput {
+                from_job: dep.job.clone(),
+                job: parent.id.clone(),
+                mode: flow.mode(&from, cluster),
+                cluster: from,
+                digest,
+                size,
+            })
+        })
+        .collect()
 }
 
 /// A job as users see it (pure): `siblings` are its pipeline's rows (for its inputs).

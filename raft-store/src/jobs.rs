@@ -16,6 +16,9 @@ pub struct JobRecord {
     pub attempt: u32,
     /// The job's spec as the gateway sent it (JSON), opaque to the store.
     pub spec: String,
+    /// Its parents' outputs as the gateway sent them (JSON list; empty: none), opaque.
+    #[serde(default)]
+    pub inputs: String,
     pub run: RunState,
     /// Cancel was asked: whoever leads kills the run and reports `killed`.
     #[serde(default)]
@@ -84,7 +87,14 @@ impl EndState {
 #[serde(rename_all = "snake_case", tag = "job_op")]
 pub enum JobOp {
     /// Hold a new attempt (replaces an older attempt of the same job).
-    Accept { job: String, pipeline: String, attempt: u32, spec: String },
+    Accept {
+        job: String,
+        pipeline: String,
+        attempt: u32,
+        spec: String,
+        #[serde(default)]
+        inputs: String,
+    },
     /// The attempt's run started.
     Start { job: String, attempt: u32, term: u64, node: u64, handle: Option<String> },
     /// The attempt's run ended.
@@ -130,7 +140,7 @@ impl JobOp {
         let keep = (held.cloned(), false);
         let ours = held.filter(|r| r.attempt == self.attempt());
         match self {
-            JobOp::Accept { job, pipeline, attempt, spec } => {
+            JobOp::Accept { job, pipeline, attempt, spec, inputs } => {
                 if held.is_some_and(|r| r.attempt >= *attempt) {
                     return keep;
                 }
@@ -139,6 +149,7 @@ impl JobOp {
                     pipeline: pipeline.clone(),
                     attempt: *attempt,
                     spec: spec.clone(),
+                    inputs: inputs.clone(),
                     run: RunState::Accepted,
                     cancel: false,
                     running_acked: false,
@@ -200,7 +211,7 @@ mod tests {
     use super::*;
 
     fn accept(attempt: u32) -> JobOp {
-        JobOp::Accept { job: "j".into(), pipeline: "p".into(), attempt, spec: "{}".into() }
+        JobOp::Accept { job: "j".into(), pipeline: "p".into(), attempt, spec: "{}".into(), inputs: String::new() }
     }
 
     #[test]

@@ -37,8 +37,20 @@ async fn every_kind_of_state_travels_in_a_snapshot() {
             5,
             Command::Jobs {
                 ops: vec![
-                    JobOp::Accept { job: "a".into(), pipeline: "p".into(), attempt: 1, spec: "{}".into() },
-                    JobOp::Accept { job: "b".into(), pipeline: "p".into(), attempt: 2, spec: "{}".into() },
+                    JobOp::Accept {
+                        job: "a".into(),
+                        pipeline: "p".into(),
+                        attempt: 1,
+                        spec: "{}".into(),
+                        inputs: String::new(),
+                    },
+                    JobOp::Accept {
+                        job: "b".into(),
+                        pipeline: "p".into(),
+                        attempt: 2,
+                        spec: "{}".into(),
+                        inputs: String::new(),
+                    },
                     JobOp::Start { job: "a".into(), attempt: 1, term: 3, node: 1, handle: Some("k8s-a-1".into()) },
                     JobOp::Start { job: "b".into(), attempt: 1, term: 3, node: 1, handle: None },
                 ],

@@ -78,6 +78,8 @@ pub struct RunRequest {
     pub pipeline: String,
     pub attempt: u32,
     pub spec: JobSpec,
+    /// Parents' outputs to put under `$ATOLL_INPUTS/<parent>/` before the run starts.
+    pub inputs: Vec<atoll_api::jobs::AssignedInput>,
 }
 
 /// A started run: stops it on request; when dropped, its task is aborted and, for a process run,
@@ -86,18 +88,18 @@ pub struct RunRequest {
 pub struct RunHandle {
     stop: Option<oneshot::Sender<Stop>>,
     /// The process group to kill when the handle is dropped before the run ended.
-    kill_group: Option<i32>,
+    kill_group: Option<std::sync::Arc<std::sync::atomic::AtomicI32>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl RunHandle {
-    pub fn new(stop: oneshot::Sender<Stop>, kill_group: Option<i32>, task: tokio::task::JoinHandle<()>) -> Self {
+    /// `kill_group` holds the run's process group once it started (0 before).
+    pub fn new(
+        stop: oneshot::Sender<Stop>,
+        kill_group: Option<std::sync::Arc<std::sync::atomic::AtomicI32>>,
+        task: tokio::task::JoinHandle<()>,
+    ) -> Self {
         Self { stop: Some(stop), kill_group, task }
-    }
-
-    /// A run that never started (its end was already sent).
-    pub fn ended() -> Self {
-        Self { stop: None, kill_group: None, task: tokio::spawn(async {}) }
     }
 
     pub fn stop(&mut self, why: Stop) {
@@ -111,7 +113,9 @@ impl Drop for RunHandle {
     fn drop(&mut self) {
         if !self.task.is_finished() {
             self.task.abort();
-            if let Some(pgid) = self.kill_group {
+            if let Some(pgid) =
+                self.kill_group.as_ref().map(|g| g.load(std::sync::atomic::Ordering::SeqCst)).filter(|g| *g > 0)
+            {
                 let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
             }
         }

@@ -565,7 +565,13 @@ mod tests {
     fn request(kind: &str, extra: &str) -> RunRequest {
         let doc = format!("version: 1\njobs:\n  - name: build\n    type: {kind}\n{extra}");
         let spec = atoll_api::spec::parse(&doc).expect("spec").jobs.remove(0);
-        RunRequest { job: "0123456789ab.build".to_string(), pipeline: "0123456789ab".to_string(), attempt: 2, spec }
+        RunRequest {
+            job: "0123456789ab.build".to_string(),
+            pipeline: "0123456789ab".to_string(),
+            attempt: 2,
+            spec,
+            inputs: Vec::new(),
+        }
     }
 
     #[test]

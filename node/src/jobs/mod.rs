@@ -32,6 +32,7 @@ use std::time::Duration;
 use atoll_api::ErrorCode;
 use atoll_api::client::ClientError;
 use atoll_api::gateway_client::GatewayClient;
+use atoll_api::jobs::AssignedInput;
 use atoll_api::jobs::Held;
 use atoll_api::jobs::LeaseRequest;
 use atoll_api::jobs::LeaseResponse;
@@ -390,7 +391,21 @@ impl Leader {
                     continue;
                 }
             };
-            let request = RunRequest { job: r.job.clone(), pipeline: r.pipeline.clone(), attempt: r.attempt, spec };
+            let inputs = if r.inputs.is_empty() {
+                Ok(Vec::new())
+            } else {
+                serde_json::from_str::<Vec<AssignedInput>>(&r.inputs)
+            };
+            let inputs = match inputs {
+                Ok(inputs) => inputs,
+                Err(e) => {
+                    let message = format!("the recorded inputs are unreadable: {e}");
+                    let _ = self.events.send(Event::error(&r.job, r.attempt, message));
+                    continue;
+                }
+            };
+            let request =
+                RunRequest { job: r.job.clone(), pipeline: r.pipeline.clone(), attempt: r.attempt, spec, inputs };
             let mut handle = match how {
                 How::Start => self.executor.start(request, self.events.clone()),
                 How::Adopt => match self.executor.adopt(request, self.events.clone()) {
@@ -452,11 +467,23 @@ impl Leader {
             if records.get(&a.job).is_some_and(|r| r.attempt >= a.attempt) {
                 continue;
             }
+            let inputs = if a.inputs.is_empty() {
+                String::new()
+            } else {
+                match serde_json::to_string(&a.inputs) {
+                    Ok(inputs) => inputs,
+                    Err(e) => {
+                        tracing::error!(job = %a.job, error = %e, "cannot record an assignment's inputs");
+                        continue;
+                    }
+                }
+            };
             ops.push(JobOp::Accept {
                 job: a.job.clone(),
                 pipeline: a.pipeline.clone(),
                 attempt: a.attempt,
                 spec: spec.clone(),
+                inputs: inputs.clone(),
             });
             if cancels.contains(&(a.job.clone(), a.attempt)) {
                 ops.push(JobOp::Cancel { job: a.job.clone(), attempt: a.attempt });
@@ -477,6 +504,7 @@ impl Leader {
                     pipeline: a.pipeline,
                     attempt: a.attempt,
                     spec,
+                    inputs,
                     run: RunState::Accepted,
                     cancel: false,
                     running_acked: false,

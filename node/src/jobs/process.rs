@@ -15,8 +15,13 @@
 
 use std::path::Path;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicI32;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use atoll_api::jobs::AssignedInput;
+use atoll_api::jobs::InputMode;
 use atoll_api::jobs::LogStream;
 use atoll_api::spec::Command as JobCommand;
 use atoll_api::spec::JobKind;
@@ -112,13 +117,31 @@ impl ProcessExecutor {
     }
 
     /// Start a run; its logs and its end arrive as [`Event`]s. An attempt that cannot start
-    /// (no command, an image job, the work directory) ends at once in `error`.
+    /// (no command, an image job, the work directory, an input that cannot be delivered) ends in
+    /// `error`.
     pub fn start(&self, request: RunRequest, events: mpsc::UnboundedSender<Event>) -> RunHandle {
         let (stop_tx, stop_rx) = oneshot::channel();
+        let group = Arc::new(AtomicI32::new(0));
+        let (this, started) = (self.clone(), group.clone());
+        let task = tokio::spawn(async move { this.run(request, events, stop_rx, started).await });
+        RunHandle::new(stop_tx, Some(group), task)
+    }
+
+    /// Prepare the work directory and the inputs, start the command, follow it to its end.
+    async fn run(
+        self,
+        request: RunRequest,
+        events: mpsc::UnboundedSender<Event>,
+        stop_rx: oneshot::Receiver<Stop>,
+        group: Arc<AtomicI32>,
+    ) {
         let dir = self.work_dir(&request.job, request.attempt);
-        let prepared = prepare(&dir).and_then(|()| self.command(&request, &dir));
         let (job, attempt) = (request.job.clone(), request.attempt);
-        let spawned = match prepared {
+        let mut prepared = prepare(&dir);
+        if prepared.is_ok() && !request.inputs.is_empty() {
+            prepared = self.deliver(&request.inputs, &dir.join("inputs")).await;
+        }
+        let spawned = match prepared.and_then(|()| self.command(&request, &dir)) {
             Ok(command) => atoll_spawn::spawn(&command).map_err(|e| format!("starting the command failed: {e}")),
             Err(message) => Err(message),
         };
@@ -126,15 +149,16 @@ impl ProcessExecutor {
             Ok(spawned) => spawned,
             Err(message) => {
                 let _ = events.send(Event::error(&job, attempt, message));
-                return RunHandle::ended();
+                return;
             }
         };
-        let pgid = Some(child.id());
+        // No await since the spawn: a handle dropped from here on kills this group.
+        group.store(child.id(), Ordering::SeqCst);
         let timeout = Duration::from_secs(request.spec.timeout_s.max(1));
         let log_path = dir.join("log");
         let outputs = self.outputs.clone();
         let work_dir = dir.clone();
-        let task = tokio::spawn(async move {
+        {
             let logs = pump(Some(stdout), Some(stderr), &job, attempt, &events, &log_path);
             tokio::pin!(logs);
             let mut stop_rx = stop_rx;
@@ -192,8 +216,36 @@ impl ProcessExecutor {
                 }
             }
             let _ = events.send(Event::Done { job: job.clone(), attempt, state, exit_code, message });
-        });
-        RunHandle::new(stop_tx, pgid, task)
+        }
+    }
+
+    /// Put each parent's output under `inputs/<parent>/`. Only outputs in this cluster's own
+    /// store (`local` edges) are delivered here; the others need a transfer between clusters,
+    /// which is not built yet: their directories stay absent and the replica says so.
+    async fn deliver(&self, inputs: &[AssignedInput], into: &Path) -> Result<(), String> {
+        for input in inputs {
+            if input.mode != InputMode::Local {
+                tracing::warn!(
+                    parent = %input.job, from = %input.cluster, mode = ?input.mode,
+                    "an input from another cluster is not delivered: transfers between clusters are not built yet"
+                );
+                continue;
+            }
+            let blobs = self.outputs.as_ref().ok_or("this replica stores no outputs")?;
+            let fail = |e: String| format!("delivering the output of {} ({}): {e}", input.from_job, input.digest);
+            let digest: atoll_store::Digest =
+                input.digest.parse().map_err(|e: atoll_store::InvalidDigest| fail(e.to_string()))?;
+            let archive = into.join(format!(".{}.tar", input.from_job));
+            blobs.fetch_to_file(&digest, &archive).await.map_err(|e| fail(e.to_string()))?;
+            let (from, to) = (archive.clone(), into.join(&input.from_job));
+            let unpacked = tokio::task::spawn_blocking(move || atoll_store::archive::unpack(&from, &to))
+                .await
+                .map_err(|e| fail(e.to_string()))
+                .and_then(|r| r.map_err(|e| fail(e.to_string())));
+            let _ = tokio::fs::remove_file(&archive).await;
+            unpacked?;
+        }
+        Ok(())
     }
 
     fn command(&self, request: &RunRequest, dir: &Path) -> Result<atoll_spawn::Command, String> {
@@ -323,5 +375,70 @@ async fn pump(
         seq += 1;
         let data = String::from_utf8_lossy(bytes).into_owned();
         let _ = events.send(Event::Log { job: job.to_string(), attempt, seq, stream, data, at_ms: now_ms() });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(command: &str, inputs: Vec<AssignedInput>) -> RunRequest {
+        let doc = format!(
+            "version: 1\njobs:\n  - name: child\n    type: command\n    command: '{command}'\n    timeout: 30\n"
+        );
+        let spec = atoll_api::spec::parse(&doc).expect("spec").jobs.remove(0);
+        RunRequest { job: "0123456789ab.child".into(), pipeline: "0123456789ab".into(), attempt: 1, spec, inputs }
+    }
+
+    fn input(from_job: &str, digest: &atoll_store::Digest, mode: InputMode) -> AssignedInput {
+        AssignedInput {
+            from_job: from_job.into(),
+            job: format!("0123456789ab.{from_job}"),
+            cluster: "aws".into(),
+            mode,
+            digest: digest.to_string(),
+            size: 0,
+        }
+    }
+
+    /// Run to its end: the state and message.
+    async fn run(executor: &ProcessExecutor, request: RunRequest) -> (EndState, Option<String>) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _handle = executor.start(request, tx);
+        let done = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match rx.recv().await.expect("events") {
+                    Event::Done { state, message, .. } => return (state, message),
+                    _ => continue,
+                }
+            }
+        });
+        done.await.expect("the run ends")
+    }
+
+    #[tokio::test]
+    async fn local_inputs_are_in_place_before_the_run_and_a_missing_one_fails_it_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = atoll_store::Blobs::open(&atoll_store::StorageConfig::local(dir.path().join("blobs"))).unwrap();
+        let out = dir.path().join("parent-output");
+        std::fs::create_dir_all(out.join("bin")).unwrap();
+        std::fs::write(out.join("bin/app"), "artifact").unwrap();
+        let packed = atoll_store::archive::pack_dir(&out, &dir.path().join("p.tar")).unwrap();
+        blobs.put_file(&dir.path().join("p.tar"), &packed.digest).await.unwrap();
+        let executor = ProcessExecutor::detect(dir.path().join("work")).await.with_outputs(blobs);
+
+        let check = r#"test "$(cat $ATOLL_INPUTS/build/bin/app)" = artifact && test ! -e $ATOLL_INPUTS/remote"#;
+        let inputs = vec![
+            input("build", &packed.digest, InputMode::Local),
+            input("remote", &atoll_store::Digest::of(b"elsewhere"), InputMode::Relay),
+        ];
+        let (state, message) = run(&executor, request(check, inputs)).await;
+        assert_eq!(state, EndState::Finished, "{message:?}");
+
+        let missing = atoll_store::Digest::of(b"never stored");
+        let (state, message) = run(&executor, request("true", vec![input("gone", &missing, InputMode::Local)])).await;
+        assert_eq!(state, EndState::Error);
+        let message = message.unwrap_or_default();
+        assert!(message.contains("delivering the output of gone") && message.contains("is not in local"), "{message}");
     }
 }
