@@ -412,7 +412,7 @@ impl Gateway {
         let mut bound: HashSet<(&str, u32)> = HashSet::new();
         // A pipeline's rows, read once per answer, for the inputs of the jobs that have parents.
         let mut siblings: HashMap<String, Vec<JobRow>> = HashMap::new();
-        let flow = self.flow();
+        let mut flow: Option<Flow> = None;
         for row in &active {
             bound.insert((row.id.as_str(), row.attempt));
             if !holds.contains(&(row.id.as_str(), row.attempt)) {
@@ -425,7 +425,8 @@ impl Gateway {
                         let rows = self.db.pipeline_jobs(&row.pipeline_id).await.map_err(db_error)?;
                         siblings.insert(row.pipeline_id.clone(), rows);
                     }
-                    assigned_inputs(spec, cluster, &siblings[&row.pipeline_id], &flow)
+                    let flow = flow.get_or_insert_with(|| self.flow());
+                    assigned_inputs(spec, cluster, &siblings[&row.pipeline_id], flow)
                 };
                 answer.assign.push(Assignment {
                     job: row.id.clone(),

@@ -17,7 +17,7 @@ pub struct JobRecord {
     /// The job's spec as the gateway sent it (JSON), opaque to the store.
     pub spec: String,
     /// Its parents' outputs as the gateway sent them (JSON list; empty: none), opaque.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub inputs: String,
     pub run: RunState,
     /// Cancel was asked: whoever leads kills the run and reports `killed`.
@@ -29,7 +29,7 @@ pub struct JobRecord {
     /// Log index at which the attempt was accepted.
     pub revision: u64,
     /// The run's stored output, recorded before its end is reported.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<OutputRecord>,
 }
 
@@ -92,7 +92,7 @@ pub enum JobOp {
         pipeline: String,
         attempt: u32,
         spec: String,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "String::is_empty")]
         inputs: String,
     },
     /// The attempt's run started.

@@ -122,29 +122,49 @@ impl ProcessExecutor {
     pub fn start(&self, request: RunRequest, events: mpsc::UnboundedSender<Event>) -> RunHandle {
         let (stop_tx, stop_rx) = oneshot::channel();
         let group = Arc::new(AtomicI32::new(0));
-        let (this, started) = (self.clone(), group.clone());
-        let task = tokio::spawn(async move { this.run(request, events, stop_rx, started).await });
+        let dir = self.work_dir(&request.job, request.attempt);
+        let this = self.clone();
+        let task = if request.inputs.is_empty() {
+            // Nothing to fetch: start at once, in the caller's turn.
+            let spawned = prepare(&dir).and_then(|()| self.spawn(&request, &dir));
+            if let Ok(s) = &spawned {
+                group.store(s.child.id(), Ordering::SeqCst);
+            }
+            tokio::spawn(async move { this.follow(request, dir, spawned, events, stop_rx).await })
+        } else {
+            // Inputs first, in the run's own task: the leader's loop never waits for a fetch.
+            let started = group.clone();
+            tokio::spawn(async move {
+                let mut prepared = prepare(&dir);
+                if prepared.is_ok() {
+                    prepared = this.deliver(&request.inputs, &dir.join("inputs")).await;
+                }
+                let spawned = prepared.and_then(|()| this.spawn(&request, &dir));
+                // No await between the spawn and this: a dropped handle kills the group.
+                if let Ok(s) = &spawned {
+                    started.store(s.child.id(), Ordering::SeqCst);
+                }
+                this.follow(request, dir, spawned, events, stop_rx).await
+            })
+        };
         RunHandle::new(stop_tx, Some(group), task)
     }
 
-    /// Prepare the work directory and the inputs, start the command, follow it to its end.
-    async fn run(
+    fn spawn(&self, request: &RunRequest, dir: &Path) -> Result<atoll_spawn::Spawned, String> {
+        let command = self.command(request, dir)?;
+        atoll_spawn::spawn(&command).map_err(|e| format!("starting the command failed: {e}"))
+    }
+
+    /// Follow a started run to its end (or report why it did not start).
+    async fn follow(
         self,
         request: RunRequest,
+        dir: PathBuf,
+        spawned: Result<atoll_spawn::Spawned, String>,
         events: mpsc::UnboundedSender<Event>,
         stop_rx: oneshot::Receiver<Stop>,
-        group: Arc<AtomicI32>,
     ) {
-        let dir = self.work_dir(&request.job, request.attempt);
         let (job, attempt) = (request.job.clone(), request.attempt);
-        let mut prepared = prepare(&dir);
-        if prepared.is_ok() && !request.inputs.is_empty() {
-            prepared = self.deliver(&request.inputs, &dir.join("inputs")).await;
-        }
-        let spawned = match prepared.and_then(|()| self.command(&request, &dir)) {
-            Ok(command) => atoll_spawn::spawn(&command).map_err(|e| format!("starting the command failed: {e}")),
-            Err(message) => Err(message),
-        };
         let atoll_spawn::Spawned { mut child, stdout, stderr } = match spawned {
             Ok(spawned) => spawned,
             Err(message) => {
@@ -152,8 +172,6 @@ impl ProcessExecutor {
                 return;
             }
         };
-        // No await since the spawn: a handle dropped from here on kills this group.
-        group.store(child.id(), Ordering::SeqCst);
         let timeout = Duration::from_secs(request.spec.timeout_s.max(1));
         let log_path = dir.join("log");
         let outputs = self.outputs.clone();
