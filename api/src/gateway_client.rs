@@ -30,6 +30,8 @@ use crate::jobs::ReportBatch;
 use crate::jobs::ReportResults;
 use crate::jobs::SubmitRequest;
 use crate::jobs::Submitted;
+use crate::jobs::TransferPlan;
+use crate::jobs::TransferRequest;
 
 /// `GET /v1/ca`.
 #[derive(Clone, Debug, Deserialize)]
@@ -162,6 +164,11 @@ impl GatewayClient {
     /// `POST /v1/clusters/{name}/lease`: the leader's long poll for work.
     pub async fn lease(&self, cluster: &str, request: &LeaseRequest) -> Result<LeaseResponse, ClientError> {
         self.call(Method::POST, &format!("/v1/clusters/{cluster}/lease"), Some(request)).await
+    }
+
+    /// `POST /v1/clusters/{name}/transfers`: how one input of a job bound here travels.
+    pub async fn transfer(&self, cluster: &str, request: &TransferRequest) -> Result<TransferPlan, ClientError> {
+        self.call(Method::POST, &format!("/v1/clusters/{cluster}/transfers"), Some(request)).await
     }
 
     /// `POST /v1/clusters/{name}/reports`.

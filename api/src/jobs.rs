@@ -117,12 +117,50 @@ pub enum InputMode {
     Relay,
 }
 
+/// Which way an input travels: [`InputMode`] with the direction of a direct edge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Route {
+    /// Same cluster: read from its own store.
+    Local,
+    /// The child's cluster reaches the parent's and fetches from it.
+    Pull,
+    /// Only the parent's cluster reaches the child's: it sends.
+    Push,
+    /// Neither reaches the other: the parent's cluster uploads to the gateway, the child's
+    /// downloads from it (both only dial out).
+    Relay,
+}
+
+impl Route {
+    pub fn mode(self) -> InputMode {
+        match self {
+            Route::Local => InputMode::Local,
+            Route::Pull | Route::Push => InputMode::Direct,
+            Route::Relay => InputMode::Relay,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Local => "local",
+            Route::Pull => "pull",
+            Route::Push => "push",
+            Route::Relay => "relay",
+        }
+    }
+}
+
 /// One parent's output as a job's input.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputInfo {
     pub from_job: String,
     /// How it travels; `None` until both ends are placed.
     pub mode: Option<InputMode>,
+    /// Which way: `local`, `pull`, `push` or `relay` (a direct edge that failed and fell back
+    /// to the relay says `relay`); `None` until both ends are placed.
+    #[serde(default)]
+    pub route: Option<Route>,
     /// The output's SHA-256; `None` until the parent reported one.
     pub digest: Option<String>,
 }
@@ -209,6 +247,56 @@ pub struct AssignedInput {
     pub size: u64,
 }
 
+/// `POST /v1/clusters/{name}/transfers`: the child's cluster asks how one input reaches it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequest {
+    /// The child job (bound to the asking cluster).
+    pub job: String,
+    pub attempt: u32,
+    /// The parent's name.
+    pub from_job: String,
+    /// Set when the route given before failed (why, for the log): the gateway moves the edge
+    /// to the relay.
+    #[serde(default)]
+    pub failed: Option<String>,
+}
+
+/// The gateway's answer: how to get the input, with a ticket for exactly that.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferPlan {
+    pub route: Route,
+    pub digest: String,
+    pub size: u64,
+    /// The parent's cluster.
+    pub source: String,
+    /// `pull`: the parent cluster's endpoint to fetch from.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// `pull`: a pull ticket; `relay`: a relay-read ticket; `push`: none needed by the child.
+    #[serde(default)]
+    pub ticket: Option<String>,
+    /// `relay`: the blob is complete in the gateway's relay store.
+    #[serde(default)]
+    pub ready: bool,
+}
+
+/// Work for a parent's cluster: send a stored output to a child's cluster (`push`) or to the
+/// gateway's relay store (`relay`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SendTask {
+    pub route: Route,
+    pub digest: String,
+    /// The child's cluster.
+    pub to: String,
+    /// The child job it is for (for logs).
+    pub job: String,
+    /// `push`: the child cluster's endpoint.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    pub ticket: String,
+}
+
 /// An attempt the cluster holds that it must stop, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revoked {
@@ -224,11 +312,14 @@ pub struct LeaseResponse {
     pub assign: Vec<Assignment>,
     pub cancel: Vec<Held>,
     pub drop: Vec<Revoked>,
+    /// Outputs of this cluster to send to another cluster or the relay.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub send: Vec<SendTask>,
 }
 
 impl LeaseResponse {
     pub fn is_empty(&self) -> bool {
-        self.assign.is_empty() && self.cancel.is_empty() && self.drop.is_empty()
+        self.assign.is_empty() && self.cancel.is_empty() && self.drop.is_empty() && self.send.is_empty()
     }
 }
 

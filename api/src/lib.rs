@@ -12,6 +12,7 @@
 //! - [`gateway`]: wire types of the gateway API (enrollment, heartbeats, matrix, tokens).
 //! - [`token`]: join and user tokens (format, hashing, the CA fingerprint a join token pins).
 //! - [`jobs`]: wire types of pipelines, jobs, and the lease/report protocol.
+//! - [`ticket`]: edge tickets the gateway signs for one output transfer.
 //! - [`spec`]: the job spec (a superset of InfraBox's), parsed and checked with every problem named.
 //!
 //! Invariants: a peer is known by the identity in its verified certificate, never by its
@@ -31,6 +32,7 @@ pub mod openapi;
 pub mod pki;
 pub mod serve;
 pub mod spec;
+pub mod ticket;
 pub mod tls;
 pub mod token;
 

@@ -239,6 +239,11 @@ impl CertificateAuthority {
         Ok((identity, cert.pem(), not_after))
     }
 
+    /// Sign an edge ticket with the CA key ([`crate::ticket`]).
+    pub fn sign_ticket(&self, ticket: &crate::ticket::Ticket) -> Result<String, PkiError> {
+        ticket.sign(&self.key).map_err(PkiError::Generate)
+    }
+
     /// The CA certificate's DER bytes (for fingerprints).
     pub fn cert_der(&self) -> Result<Vec<u8>, PkiError> {
         use rustls::pki_types::CertificateDer;

@@ -150,6 +150,8 @@ pub struct TrustRoots {
     provider: Arc<CryptoProvider>,
     roots: Arc<rustls::RootCertStore>,
     anchors: Arc<Vec<TrustAnchor<'static>>>,
+    /// The CA certificates as DER (edge tickets are verified against their keys).
+    ca_der: Arc<Vec<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for TrustRoots {
@@ -209,11 +211,17 @@ impl TrustRoots {
                     .to_owned(),
             );
         }
-        Ok(Self { provider: provider(), roots: Arc::new(roots), anchors: Arc::new(anchors) })
+        let ca_der = ca_certs.iter().map(|c| c.to_vec()).collect();
+        Ok(Self { provider: provider(), roots: Arc::new(roots), anchors: Arc::new(anchors), ca_der: Arc::new(ca_der) })
     }
 
     pub fn load(path: &Path) -> Result<Self, TlsError> {
         Self::from_pem(path, &read(path)?)
+    }
+
+    /// The trusted CA certificates, DER encoded.
+    pub fn ca_der(&self) -> &[Vec<u8>] {
+        &self.ca_der
     }
 
     /// A client config that presents no certificate and accepts servers per `policy`.

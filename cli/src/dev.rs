@@ -103,9 +103,7 @@ async fn run_example(config: std::path::PathBuf) {
             let inputs: Vec<String> = job
                 .inputs
                 .iter()
-                .map(|i| {
-                    format!("{} ({})", i.from_job, i.mode.map_or("-".to_string(), |m| format!("{m:?}").to_lowercase()))
-                })
+                .map(|i| format!("{} ({})", i.from_job, i.route.map_or("-", |r| r.as_str())))
                 .collect();
             println!(
                 "  {:<12} {:<9} on {:<7} {}",
@@ -115,6 +113,10 @@ async fn run_example(config: std::path::PathBuf) {
                 if inputs.is_empty() { String::new() } else { format!("inputs: {}", inputs.join(", ")) }
             );
         }
+        println!(
+            "  inputs: local = the parent's cluster; pull / push = directly between the clusters, \
+             fetched by the child's / sent by the parent's; relay = through the gateway"
+        );
         println!(
             "try: atoll --config {} jobs; atoll --config {} logs {}",
             config.display(),

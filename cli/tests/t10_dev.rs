@@ -177,7 +177,7 @@ fn atoll_dev_runs_the_mesh_with_gateway_and_cuts_and_stops_every_child() {
     assert_eq!(cell("aws", "gcp"), pair("reachable", "direct"), "{matrix}");
     assert_eq!(cell("gcp", "aws"), pair("reachable", "direct"), "{matrix}");
 
-    phase("the example pipeline ran, its jobs on different clusters by selector");
+    phase("the example pipeline ran, its jobs on different clusters by selector, its outputs by every route");
     dev.wait_for(" jobs; atoll --config", Duration::from_secs(120));
     let job_line = |name: &str| -> String {
         dev.seen
@@ -186,14 +186,45 @@ fn atoll_dev_runs_the_mesh_with_gateway_and_cuts_and_stops_every_child() {
             .unwrap_or_else(|| panic!("no line for job {name}: {:?}", dev.seen))
             .clone()
     };
-    for (name, cluster) in
-        [("build", "aws"), ("package", "aws"), ("test-gcp", "gcp"), ("test-onprem", "onprem"), ("cleanup", "aws")]
-    {
+    // Each child reads its parent's files (its command fails without them), so "finished" says
+    // the output arrived by the route shown.
+    for (name, cluster, route) in [
+        ("build", "aws", ""),
+        ("package", "aws", "build (local)"),
+        ("test-gcp", "gcp", "build (pull)"),
+        ("test-onprem", "onprem", "build (pull)"),
+        ("collect", "aws", "test-onprem (push)"),
+        ("mirror", "gcp", "test-onprem (relay)"),
+        ("cleanup", "aws", ""),
+    ] {
         let line = job_line(name);
         assert!(line.contains("finished") && line.contains(&format!("on {cluster}")), "{line}");
+        assert!(line.contains(route), "{name} should show {route:?}: {line}");
     }
     let jobs = json(&cli(&config, &["jobs", "--json"]));
-    assert_eq!(jobs.as_array().map(|a| a.len()), Some(7), "{jobs}");
+    assert_eq!(jobs.as_array().map(|a| a.len()), Some(9), "{jobs}");
+    let routes: Vec<(String, String)> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|j| {
+            let name = j["name"].as_str().unwrap_or_default().to_string();
+            j["inputs"].as_array().cloned().unwrap_or_default().into_iter().map(move |i| {
+                (
+                    format!("{}->{name}", i["from_job"].as_str().unwrap_or_default()),
+                    format!("{}/{}", i["mode"], i["route"]),
+                )
+            })
+        })
+        .collect();
+    for (edge, expected) in [
+        ("build->package", r#""local"/"local""#),
+        ("build->test-onprem", r#""direct"/"pull""#),
+        ("test-onprem->collect", r#""direct"/"push""#),
+        ("test-onprem->mirror", r#""relay"/"relay""#),
+    ] {
+        assert!(routes.contains(&(edge.to_string(), expected.to_string())), "{edge} {expected}: {routes:?}");
+    }
 
     phase("the CLI reads the written config: status --json has the contract fields");
     let status = json(&cli(&config, &["status", "--node", &records[0].addr, "--json"]));

@@ -14,6 +14,8 @@
 //! | `GET /v1/pipelines/{id}`, `GET /v1/jobs`, `GET /v1/jobs/{id}`, `GET /v1/jobs/{id}/logs` | read scope |
 //! | `POST /v1/jobs/{id}/cancel` | submit scope |
 //! | `POST /v1/clusters/{name}/lease\|reports\|logs` | the leader of `name` (fenced by term) |
+//! | `POST /v1/clusters/{name}/transfers` | a replica of `name`: how an input of a job bound there travels, with its ticket |
+//! | `GET\|PUT /v1/blobs/{digest}`, `GET\|PUT /v1/blobs/{digest}/chunks/{n}`, `POST /v1/blobs/{digest}/complete` | a replica with a relay ticket for that blob (the relay store) |
 //! | `GET /v1/openapi.json` | anyone |
 //!
 //! Replicas of a revoked cluster are refused whatever they ask (`revoked`, 403).
@@ -45,6 +47,8 @@ use atoll_api::jobs::ReportBatch;
 use atoll_api::jobs::ReportResults;
 use atoll_api::jobs::SubmitRequest;
 use atoll_api::jobs::Submitted;
+use atoll_api::jobs::TransferPlan;
+use atoll_api::jobs::TransferRequest;
 use atoll_api::token::JoinToken;
 use axum::Extension;
 use axum::Json;
@@ -101,10 +105,12 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/clusters/{name}/lease", post(lease))
         .route("/v1/clusters/{name}/reports", post(reports))
         .route("/v1/clusters/{name}/logs", post(ship_logs))
+        .route("/v1/clusters/{name}/transfers", post(transfer))
         .route("/v1/openapi.json", get(openapi))
+        .with_state(gateway.clone())
+        .merge(atoll_store::transfer::routes(gateway.relay.clone()))
         .fallback(|| async { ApiError::not_found("no such route") })
-        .layer(axum::middleware::from_fn_with_state(gateway.clone(), crate::auth::identify))
-        .with_state(gateway)
+        .layer(axum::middleware::from_fn_with_state(gateway, crate::auth::identify))
 }
 
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
@@ -515,6 +521,18 @@ async fn lease(
     Ok(Json(gateway.lease(&name, request.term, &request.held, wait).await?))
 }
 
+/// A replica of `name` asks how an input of a job bound there travels.
+async fn transfer(
+    State(gateway): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<TransferPlan>, ApiError> {
+    caller.replica_of(&name)?;
+    let request: TransferRequest = parse(&body)?;
+    Ok(Json(gateway.transfer(&name, &request).await?))
+}
+
 /// The leader of `name` reports job state changes.
 async fn reports(
     State(gateway): Shared,
@@ -548,7 +566,10 @@ async fn openapi() -> impl IntoResponse {
 mod openapi_tests {
     #[test]
     fn the_openapi_document_matches_the_router() {
-        let problems = atoll_api::openapi::check(include_str!("api.rs"), include_str!("openapi.json"));
+        let problems = atoll_api::openapi::check(
+            concat!(include_str!("api.rs"), include_str!("../../store/src/transfer.rs")),
+            include_str!("openapi.json"),
+        );
         assert!(problems.is_empty(), "the gateway OpenAPI document is out of date:\n{}", problems.join("\n"));
     }
 }

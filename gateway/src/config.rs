@@ -47,6 +47,10 @@ pub struct GatewayFile {
     /// Budget of an orderly shutdown, in milliseconds.
     #[serde(default = "default_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// The relay store: outputs on their way between clusters that cannot reach each other
+    /// (one of `local|s3|gcs|azure`; `local` at `blobs/` beside this file by default).
+    #[serde(default)]
+    pub storage: atoll_store::StorageFile,
 }
 
 /// Exactly one of `sqlite` and `postgres`; SQLite at `gateway.db` when the section is absent.
@@ -226,6 +230,7 @@ pub struct GatewayConfig {
     pub cert_lifetime: Duration,
     pub join_ttl: Duration,
     pub shutdown_grace: Duration,
+    pub storage: atoll_store::StorageConfig,
 }
 
 impl GatewayConfig {
@@ -326,6 +331,7 @@ impl GatewayConfig {
             cert_lifetime: Duration::from_secs(file.certificates.lifetime_s),
             join_ttl: Duration::from_secs(file.tokens.join_ttl_s),
             shutdown_grace: ms(file.shutdown_grace_ms),
+            storage: file.storage.check(origin, "storage", base, resolve(base, Path::new("blobs")))?,
         })
     }
 }

@@ -29,7 +29,7 @@ use std::time::Duration;
 use atoll_api::ApiError;
 use atoll_api::ErrorCode;
 use atoll_api::gateway::ClusterState;
-use atoll_api::gateway::TransferMode;
+use atoll_api::gateway::LinkState;
 use atoll_api::ids::ClusterName;
 use atoll_api::ids::Label;
 use atoll_api::jobs::AssignedInput;
@@ -37,7 +37,6 @@ use atoll_api::jobs::Assignment;
 use atoll_api::jobs::AttemptInfo;
 use atoll_api::jobs::Held;
 use atoll_api::jobs::InputInfo;
-use atoll_api::jobs::InputMode;
 use atoll_api::jobs::JobDetail;
 use atoll_api::jobs::JobInfo;
 use atoll_api::jobs::JobState;
@@ -52,6 +51,7 @@ use atoll_api::jobs::ReportOutcome;
 use atoll_api::jobs::ReportResult;
 use atoll_api::jobs::ReportedState;
 use atoll_api::jobs::Revoked;
+use atoll_api::jobs::Route;
 use atoll_api::jobs::Submitted;
 use atoll_api::spec::ClusterFacts;
 use atoll_api::spec::PipelineSpec;
@@ -124,6 +124,10 @@ pub struct JobsState {
     logs: Notify,
     /// Wakes every long poll at shutdown.
     closing: Notify,
+    /// Per parent cluster: outputs to send (push, relay upload), handed out with its next lease.
+    pub(crate) sends: Mutex<HashMap<String, Vec<atoll_api::jobs::SendTask>>>,
+    /// (child job id, parent name) of edges whose direct transfer failed: relayed from then on.
+    pub(crate) fallen: Mutex<HashSet<(String, String)>>,
 }
 
 impl JobsState {
@@ -131,7 +135,7 @@ impl JobsState {
         self.leases.lock().expect("lease waiters").entry(cluster.to_string()).or_default().clone()
     }
 
-    fn wake_cluster(&self, cluster: &str) {
+    pub(crate) fn wake_cluster(&self, cluster: &str) {
         self.lease_waiter(cluster).notify_one();
     }
 
@@ -165,45 +169,71 @@ pub fn job_id(pipeline: &str, name: &str) -> String {
     format!("{pipeline}.{name}")
 }
 
-/// Whether outputs can flow directly between two clusters, from the joined matrix.
-struct Flow {
+/// How outputs can flow between clusters, from the joined matrix and the edges that fell back
+/// to the relay.
+pub(crate) struct Flow {
     index: HashMap<String, usize>,
-    direct: Vec<bool>,
+    /// `reach[from * n + to]`: `from` measured `to` reachable.
+    reach: Vec<bool>,
+    /// (child job id, parent name) of the edges whose direct transfer failed.
+    fallen: HashSet<(String, String)>,
 }
 
 impl Flow {
-    fn direct(&self, from: &str, to: &str) -> bool {
+    fn reaches(&self, from: &str, to: &str) -> bool {
         match (self.index.get(from), self.index.get(to)) {
-            (Some(&a), Some(&b)) => a == b || self.direct[a * self.index.len() + b],
+            (Some(&a), Some(&b)) => a == b || self.reach[a * self.index.len() + b],
             _ => false,
         }
     }
 
-    fn mode(&self, from: &str, to: &str) -> InputMode {
+    /// Whether an output made in `from` can reach a job in `to` without the relay.
+    fn direct(&self, from: &str, to: &str) -> bool {
+        self.reaches(from, to) || self.reaches(to, from)
+    }
+
+    /// The way an output made in `from` reaches a job in `to` (pure): the child pulls when its
+    /// cluster reaches the parent's, else the parent's pushes when it reaches the child's, else
+    /// the relay.
+    pub(crate) fn route(&self, from: &str, to: &str) -> Route {
         if from == to {
-            InputMode::Local
-        } else if self.direct(from, to) {
-            InputMode::Direct
+            Route::Local
+        } else if self.reaches(to, from) {
+            Route::Pull
+        } else if self.reaches(from, to) {
+            Route::Push
         } else {
-            InputMode::Relay
+            Route::Relay
+        }
+    }
+
+    /// [`Flow::route`] for the edge parent `from_job` (in `from`) -> job `child` (in `to`),
+    /// honouring a fallback to the relay.
+    pub(crate) fn edge(&self, child: &str, from_job: &str, from: &str, to: &str) -> Route {
+        let route = self.route(from, to);
+        if route != Route::Local && self.fallen.contains(&(child.to_string(), from_job.to_string())) {
+            Route::Relay
+        } else {
+            route
         }
     }
 }
 
 impl Gateway {
-    fn flow(&self) -> Flow {
+    pub(crate) fn flow(&self) -> Flow {
         let clusters = self.registry.registered();
         let rows = self.rows.snapshot();
         let grid = crate::matrix::Grid::new(&clusters, &rows, now_ms(), self.config.stale_after);
         let n = grid.names().len();
         let index = grid.names().iter().enumerate().map(|(i, name)| (name.to_string(), i)).collect();
-        let mut direct = vec![false; n * n];
+        let mut reach = vec![false; n * n];
         for from in 0..n {
             for to in 0..n {
-                direct[from * n + to] = from == to || grid.cell(from, to).mode == TransferMode::Direct;
+                reach[from * n + to] = from == to || grid.cell(from, to).state == LinkState::Reachable;
             }
         }
-        Flow { index, direct }
+        let fallen = self.jobs.fallen.lock().expect("fallen edges").clone();
+        Flow { index, reach, fallen }
     }
 
     /// A stored pipeline's parsed spec (cached).
@@ -455,6 +485,9 @@ impl Gateway {
                 Some(row) => format!("the job is {}", row.state),
             };
             answer.drop.push(Revoked { job: h.job.clone(), attempt: h.attempt, reason });
+        }
+        if let Some(sends) = self.jobs.sends.lock().expect("sends").remove(cluster) {
+            answer.send = sends;
         }
         Ok(answer)
     }
@@ -845,7 +878,7 @@ fn assigned_inputs(
             Some(AssignedInput {
                 from_job: dep.job.clone(),
                 job: parent.id.clone(),
-                mode: flow.mode(&from, cluster),
+                mode: flow.edge(&job_id(&parent.pipeline_id, &spec.name), &dep.job, &from, cluster).mode(),
                 cluster: from,
                 digest,
                 size,
@@ -862,12 +895,12 @@ fn info(row: &JobRow, pipeline: &Pipeline, siblings: &[JobRow], flow: &Flow) -> 
         .iter()
         .map(|dep| {
             let parent = siblings.iter().find(|s| s.name == dep.job);
-            let mode = match (parent.and_then(|p| p.cluster.as_deref()), row.cluster.as_deref()) {
-                (Some(from), Some(to)) => Some(flow.mode(from, to)),
+            let route = match (parent.and_then(|p| p.cluster.as_deref()), row.cluster.as_deref()) {
+                (Some(from), Some(to)) => Some(flow.edge(&row.id, &dep.job, from, to)),
                 _ => None,
             };
             let digest = parent.and_then(|p| p.output.as_ref()).map(|(d, _)| d.clone());
-            InputInfo { from_job: dep.job.clone(), mode, digest }
+            InputInfo { from_job: dep.job.clone(), mode: route.map(Route::mode), route, digest }
         })
         .collect();
     JobInfo {
@@ -884,5 +917,59 @@ fn info(row: &JobRow, pipeline: &Pipeline, siblings: &[JobRow], flow: &Flow) -> 
         cancel_requested: row.cancel_requested,
         created_ms: row.created_ms,
         finished_ms: row.finished_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A flow over `names` where `links` lists the directed pairs measured reachable.
+    fn flow(names: &[&str], links: &[(&str, &str)], fallen: &[(&str, &str)]) -> Flow {
+        let n = names.len();
+        let index: HashMap<String, usize> = names.iter().enumerate().map(|(i, n)| (n.to_string(), i)).collect();
+        let mut reach = vec![false; n * n];
+        for (from, to) in links {
+            reach[index[*from] * n + index[*to]] = true;
+        }
+        let fallen = fallen.iter().map(|(j, p)| (j.to_string(), p.to_string())).collect();
+        Flow { index, reach, fallen }
+    }
+
+    #[test]
+    fn every_route_is_chosen_exactly_where_the_matrix_demands_it() {
+        let names = ["a", "b"];
+        // Output made in a, child in b: every combination of the two directions.
+        for (a_to_b, b_to_a, expected) in [
+            (true, true, Route::Pull),
+            (false, true, Route::Pull),
+            (true, false, Route::Push),
+            (false, false, Route::Relay),
+        ] {
+            let mut links = Vec::new();
+            if a_to_b {
+                links.push(("a", "b"));
+            }
+            if b_to_a {
+                links.push(("b", "a"));
+            }
+            let f = flow(&names, &links, &[]);
+            assert_eq!(f.route("a", "b"), expected, "a->b {a_to_b}, b->a {b_to_a}");
+            assert_eq!(f.direct("a", "b"), expected != Route::Relay);
+            assert_eq!(f.route("a", "a"), Route::Local);
+        }
+        // An unknown cluster (not registered, no row): nothing is known to work.
+        assert_eq!(flow(&names, &[("a", "b")], &[]).route("a", "zz"), Route::Relay);
+    }
+
+    #[test]
+    fn an_edge_that_fell_back_is_relayed_whatever_the_matrix_says_but_local_stays_local() {
+        let f = flow(&["a", "b"], &[("a", "b"), ("b", "a")], &[("p.child", "parent")]);
+        assert_eq!(f.edge("p.child", "parent", "a", "b"), Route::Relay);
+        assert_eq!(f.edge("p.child", "other", "a", "b"), Route::Pull);
+        assert_eq!(f.edge("p.sibling", "parent", "a", "b"), Route::Pull);
+        assert_eq!(f.edge("p.child", "parent", "a", "a"), Route::Local);
+        assert_eq!(Route::Relay.mode(), atoll_api::jobs::InputMode::Relay);
+        assert_eq!(Route::Push.mode(), atoll_api::jobs::InputMode::Direct);
     }
 }

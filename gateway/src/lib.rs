@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod ops;
 pub mod placement;
 pub mod registry;
+pub mod relay;
 mod run;
 
 use std::sync::atomic::AtomicBool;
@@ -52,6 +53,8 @@ pub struct Gateway {
     pub rows: matrix::Rows,
     pub metrics: metrics::Metrics,
     pub jobs: jobs::JobsState,
+    /// The relay store and its routes (`/v1/blobs/...`).
+    pub relay: std::sync::Arc<atoll_store::transfer::BlobService>,
     stopping: AtomicBool,
 }
 

@@ -117,6 +117,14 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
     };
     let ca = Arc::new(ca);
     let server_config = ca.tls().server_config_with(ClientCerts::Optional)?;
+    let relay =
+        atoll_store::Blobs::open(&config.storage).with_context(|| format!("storage: {}", config.storage.describe()))?;
+    match relay.check().await {
+        Ok(()) => tracing::info!(store = relay.name(), "relayed outputs are kept in {}", relay.name()),
+        Err(e) => tracing::warn!(error = %e, "the relay store does not answer yet"),
+    }
+    let relay =
+        atoll_store::transfer::BlobService::new(relay, crate::relay::RelayGuard::new(ca.authority().cert_der()?));
     let gateway = Arc::new(Gateway {
         config: config.clone(),
         db: db.clone(),
@@ -125,6 +133,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
         rows,
         metrics: Metrics::new(),
         jobs: Default::default(),
+        relay,
         stopping: Default::default(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);

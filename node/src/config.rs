@@ -75,11 +75,20 @@ pub struct JobsFile {
     /// Settings of the `kubernetes` executor.
     #[serde(default)]
     pub kubernetes: Option<KubernetesFile>,
+    /// Most bytes per second one transfer of an output to or from another cluster may move
+    /// (0: as fast as the path allows).
+    #[serde(default)]
+    pub transfer_limit_bytes_per_s: u64,
 }
 
 impl Default for JobsFile {
     fn default() -> Self {
-        Self { max_running: default_max_running(), executor: default_executor(), kubernetes: None }
+        Self {
+            max_running: default_max_running(),
+            executor: default_executor(),
+            kubernetes: None,
+            transfer_limit_bytes_per_s: 0,
+        }
     }
 }
 
@@ -268,6 +277,8 @@ fn default_poll_ms() -> u64 {
 pub struct JobsConfig {
     pub max_running: usize,
     pub executor: ExecutorConfig,
+    /// Bytes per second per transfer; `None`: unlimited.
+    pub transfer_limit: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -343,7 +354,11 @@ fn check_jobs(file: JobsFile, invalid: &dyn Fn(&str, String) -> ConfigError) -> 
             return Err(invalid("jobs.executor", format!("unknown executor {other:?} (one of: process, kubernetes)")));
         }
     };
-    Ok(JobsConfig { max_running: file.max_running, executor })
+    Ok(JobsConfig {
+        max_running: file.max_running,
+        executor,
+        transfer_limit: (file.transfer_limit_bytes_per_s > 0).then_some(file.transfer_limit_bytes_per_s),
+    })
 }
 
 /// Raft timing, checked.

@@ -4,6 +4,7 @@
 //! - [`run()`]: boot and orderly shutdown of a replica.
 //! - [`raft`]: everything that touches openraft (core, network, RPCs, bootstrap, failover).
 //! - [`link`]: the link to the gateway: enrollment, renewal, the leader's duties.
+//! - [`transfers`]: outputs between clusters: the blob routes, receiving inputs, sending outputs.
 //! - [`reachability`]: the link-state detector the leader's probes feed.
 //! - [`admission`]: which peers' connections are served (revoked and refused clusters are not).
 //! - [`api`]: the replica API on the mTLS listener.
@@ -27,6 +28,7 @@ pub mod ops;
 pub mod raft;
 pub mod reachability;
 mod run;
+pub mod transfers;
 
 pub use config::AgentConfig;
 pub use run::Stopped;

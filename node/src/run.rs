@@ -120,12 +120,17 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let router = crate::api::router(replica.clone()).merge(raft::rpc::router(raft::rpc::RpcState {
-        raft: replica.raft.clone(),
-        state: state.clone(),
-        cluster: config.cluster.clone(),
-        replica: replica.clone(),
-    }));
+    let blobs = atoll_store::Blobs::open(&config.storage).map_err(|e| anyhow::anyhow!("storage: {e}"))?;
+    let blob_service =
+        atoll_store::transfer::BlobService::new(blobs, crate::transfers::NodeGuard::new(config.cluster.clone(), &tls));
+    let router = crate::api::router(replica.clone())
+        .merge(raft::rpc::router(raft::rpc::RpcState {
+            raft: replica.raft.clone(),
+            state: state.clone(),
+            cluster: config.cluster.clone(),
+            replica: replica.clone(),
+        }))
+        .merge(atoll_store::transfer::routes(blob_service.clone()));
     let drain = config.shutdown_grace / 2;
     let mut server = tokio::spawn(atoll_api::serve::serve_mtls(
         listener,
@@ -167,7 +172,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
     let failure = match bootstrapped {
         Err(e) => Some(format!("{e:#}")),
         Ok(false) => None,
-        Ok(true) => match join_mesh(&config, &replica, &tls).await {
+        Ok(true) => match join_mesh(&config, &replica, &tls, blob_service).await {
             Err(why) => Some(why),
             Ok(link) => {
                 let failure = duties(&config, &replica, closed_rx, shutdown, &mut server).await;
@@ -196,20 +201,36 @@ async fn join_mesh(
     config: &AgentConfig,
     replica: &Arc<crate::raft::Replica>,
     tls: &TlsIdentity,
+    blobs: Arc<atoll_store::transfer::BlobService>,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
     let Some(link) = config.gateway.clone() else { return Ok(None) };
-    let outputs = atoll_store::Blobs::open(&config.storage).map_err(|e| format!("storage: {e}"))?;
+    let outputs = blobs.blobs().clone();
     match outputs.check().await {
         Ok(()) => tracing::info!(store = outputs.name(), "outputs are stored in {}", outputs.name()),
         // Not fatal: the store may come back; runs that end meanwhile end in error, saying why.
         Err(e) => tracing::warn!(error = %e, "the output store does not answer yet"),
     }
-    let executor =
-        crate::jobs::executor::Executor::build(&config.jobs, config.data_dir.join("work"), outputs, &config.cluster)
-            .await
-            .map_err(|e| format!("jobs.executor: {e:#}"))?;
+    let gateway = crate::link::gateway_client(tls, &link.addr).map_err(|e| format!("the gateway client: {e:#}"))?;
+    let failed = Arc::new(crate::transfers::FailedPeers::default());
+    let transfers = Arc::new(crate::transfers::Transfers::new(
+        &config.cluster,
+        blobs,
+        tls.clone(),
+        gateway,
+        config.jobs.transfer_limit,
+        failed.clone(),
+    ));
+    let executor = crate::jobs::executor::Executor::build(
+        &config.jobs,
+        config.data_dir.join("work"),
+        outputs,
+        &config.cluster,
+        transfers.clone(),
+    )
+    .await
+    .map_err(|e| format!("jobs.executor: {e:#}"))?;
     tracing::info!(gateway = %link.addr, "joining the mesh");
-    let jobs = crate::link::Jobs { executor, max_running: config.jobs.max_running };
+    let jobs = crate::link::Jobs { executor, max_running: config.jobs.max_running, transfers, failed };
     Ok(Some(tokio::spawn(crate::link::run(replica.clone(), tls.clone(), config.tls.clone(), link, jobs))))
 }
 

@@ -75,6 +75,7 @@ impl<'de> Deserialize<'de> for Digest {
 }
 
 /// A SHA-256 computed while bytes stream past.
+#[derive(Clone)]
 pub struct Hasher(digest::Context);
 
 impl Default for Hasher {

@@ -21,6 +21,7 @@ pub mod archive;
 mod backend;
 pub mod config;
 mod digest;
+pub mod transfer;
 
 use std::ops::Range;
 use std::path::Path as FsPath;
@@ -200,7 +201,7 @@ impl Blobs {
     }
 
     /// Store chunk `index` of `blob`, its bytes already hashed.
-    async fn store_chunk(&self, blob: &Digest, index: usize, bytes: Bytes) -> Result<(), StoreError> {
+    pub(crate) async fn store_chunk(&self, blob: &Digest, index: usize, bytes: Bytes) -> Result<(), StoreError> {
         self.store
             .put(&self.chunk_key(blob, index), bytes)
             .await

@@ -137,11 +137,12 @@ impl Executor {
         work_root: std::path::PathBuf,
         outputs: atoll_store::Blobs,
         cluster: &atoll_api::ids::ClusterName,
+        transfers: Arc<crate::transfers::Transfers>,
     ) -> anyhow::Result<Self> {
         Ok(match &config.executor {
-            crate::config::ExecutorConfig::Process => {
-                Executor::Process(ProcessExecutor::detect(work_root).await.with_outputs(outputs))
-            }
+            crate::config::ExecutorConfig::Process => Executor::Process(
+                ProcessExecutor::detect(work_root).await.with_outputs(outputs).with_transfers(transfers),
+            ),
             crate::config::ExecutorConfig::Kubernetes(k) => {
                 Executor::Kubernetes(Arc::new(KubernetesExecutor::connect(k, cluster.as_str()).await?))
             }

@@ -89,6 +89,7 @@ pub async fn lead(
     gateway: GatewayClient,
     leases: GatewayClient,
     executor: Executor,
+    transfers: Arc<crate::transfers::Transfers>,
     max_running: usize,
     term: u64,
 ) -> DutyEnd {
@@ -136,7 +137,10 @@ pub async fn lead(
     loop {
         tokio::select! {
             leased = lease_rx.recv() => match leased {
-                Some(Ok(Leased { answer, handled })) => {
+                Some(Ok(Leased { mut answer, handled })) => {
+                    for task in std::mem::take(&mut answer.send) {
+                        transfers.send(task);
+                    }
                     leader.apply_lease(&mut records, answer).await;
                     leader.fill(&mut records, Vec::new()).await;
                     let _ = held_tx.send(held(&records));

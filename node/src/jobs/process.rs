@@ -20,7 +20,6 @@ use std::sync::atomic::AtomicI32;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use atoll_api::jobs::AssignedInput;
 use atoll_api::jobs::InputMode;
 use atoll_api::jobs::LogStream;
 use atoll_api::spec::Command as JobCommand;
@@ -54,6 +53,8 @@ pub struct ProcessExecutor {
     isolation: Isolation,
     /// Where outputs are stored; `None`: outputs stay in the work directory.
     outputs: Option<atoll_store::Blobs>,
+    /// How inputs from other clusters arrive; `None`: only same-cluster inputs are delivered.
+    transfers: Option<Arc<crate::transfers::Transfers>>,
 }
 
 /// Whether a run of `true` starts and succeeds with `isolation`.
@@ -99,12 +100,18 @@ impl ProcessExecutor {
                  but processes it detaches may outlive a replica killed with SIGKILL"
             ),
         }
-        Self { work_root, isolation, outputs: None }
+        Self { work_root, isolation, outputs: None, transfers: None }
     }
 
     /// Store each run's output (`$ATOLL_OUTPUT`, archived) in `blobs` when the run ends.
     pub fn with_outputs(mut self, blobs: atoll_store::Blobs) -> Self {
         self.outputs = Some(blobs);
+        self
+    }
+
+    /// Fetch inputs from other clusters through `transfers` (into the same store as outputs).
+    pub fn with_transfers(mut self, transfers: Arc<crate::transfers::Transfers>) -> Self {
+        self.transfers = Some(transfers);
         self
     }
 
@@ -134,10 +141,29 @@ impl ProcessExecutor {
         } else {
             // Inputs first, in the run's own task: the leader's loop never waits for a fetch.
             let started = group.clone();
+            let mut stop_rx = stop_rx;
             tokio::spawn(async move {
                 let mut prepared = prepare(&dir);
                 if prepared.is_ok() {
-                    prepared = this.deliver(&request.inputs, &dir.join("inputs")).await;
+                    // An input may take long to arrive (another cluster, the relay): a stop
+                    // does not wait for it.
+                    let inputs = dir.join("inputs");
+                    tokio::select! {
+                        delivered = this.deliver(&request, &inputs) => prepared = delivered,
+                        why = &mut stop_rx => {
+                            if let Ok(Stop::Cancel) = why {
+                                let message = "cancelled while its inputs were delivered";
+                                let _ = events.send(Event::Done {
+                                    job: request.job.clone(),
+                                    attempt: request.attempt,
+                                    state: EndState::Killed,
+                                    exit_code: None,
+                                    message: Some(message.to_string()),
+                                });
+                            }
+                            return;
+                        }
+                    }
                 }
                 let spawned = prepared.and_then(|()| this.spawn(&request, &dir));
                 // No await between the spawn and this: a dropped handle kills the group.
@@ -237,17 +263,22 @@ impl ProcessExecutor {
         }
     }
 
-    /// Put each parent's output under `inputs/<parent>/`. Only outputs in this cluster's own
-    /// store (`local` edges) are delivered here; the others need a transfer between clusters,
-    /// which is not built yet: their directories stay absent and the replica says so.
-    async fn deliver(&self, inputs: &[AssignedInput], into: &Path) -> Result<(), String> {
-        for input in inputs {
+    /// Put each parent's output under `inputs/<parent>/`: an output from another cluster is first
+    /// brought into this cluster's store ([`crate::transfers`]), then every one is copied out,
+    /// verified, and unpacked.
+    async fn deliver(&self, request: &RunRequest, into: &Path) -> Result<(), String> {
+        for input in &request.inputs {
             if input.mode != InputMode::Local {
-                tracing::warn!(
-                    parent = %input.job, from = %input.cluster, mode = ?input.mode,
-                    "an input from another cluster is not delivered: transfers between clusters are not built yet"
-                );
-                continue;
+                let transfers = self
+                    .transfers
+                    .as_ref()
+                    .ok_or("an input from another cluster cannot be fetched: this replica has no gateway link")?;
+                transfers.receive(&request.job, request.attempt, input).await.map_err(|e| {
+                    format!(
+                        "delivering the output of {} ({}) from {}: {e}",
+                        input.from_job, input.digest, input.cluster
+                    )
+                })?;
             }
             let blobs = self.outputs.as_ref().ok_or("this replica stores no outputs")?;
             let fail = |e: String| format!("delivering the output of {} ({}): {e}", input.from_job, input.digest);
@@ -398,6 +429,8 @@ async fn pump(
 
 #[cfg(test)]
 mod tests {
+    use atoll_api::jobs::AssignedInput;
+
     use super::*;
 
     fn request(command: &str, inputs: Vec<AssignedInput>) -> RunRequest {
@@ -445,13 +478,17 @@ mod tests {
         blobs.put_file(&dir.path().join("p.tar"), &packed.digest).await.unwrap();
         let executor = ProcessExecutor::detect(dir.path().join("work")).await.with_outputs(blobs);
 
-        let check = r#"test "$(cat $ATOLL_INPUTS/build/bin/app)" = artifact && test ! -e $ATOLL_INPUTS/remote"#;
-        let inputs = vec![
-            input("build", &packed.digest, InputMode::Local),
-            input("remote", &atoll_store::Digest::of(b"elsewhere"), InputMode::Relay),
-        ];
+        let check = r#"test "$(cat $ATOLL_INPUTS/build/bin/app)" = artifact"#;
+        let inputs = vec![input("build", &packed.digest, InputMode::Local)];
         let (state, message) = run(&executor, request(check, inputs)).await;
         assert_eq!(state, EndState::Finished, "{message:?}");
+
+        // An input from another cluster needs the gateway link: without one the run fails,
+        // saying so, and never starts.
+        let remote = vec![input("remote", &atoll_store::Digest::of(b"elsewhere"), InputMode::Relay)];
+        let (state, message) = run(&executor, request("true", remote)).await;
+        assert_eq!(state, EndState::Error);
+        assert!(message.unwrap_or_default().contains("no gateway link"));
 
         let missing = atoll_store::Digest::of(b"never stored");
         let (state, message) = run(&executor, request("true", vec![input("gone", &missing, InputMode::Local)])).await;

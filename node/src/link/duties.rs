@@ -87,11 +87,13 @@ impl Settings {
 pub struct Prober {
     tls: TlsIdentity,
     clients: Mutex<BTreeMap<String, reqwest::Client>>,
+    /// Peers a transfer failed to reach: each counts as one failed probe.
+    failed: Arc<crate::transfers::FailedPeers>,
 }
 
 impl Prober {
-    pub fn new(tls: TlsIdentity) -> Self {
-        Self { tls, clients: Mutex::new(BTreeMap::new()) }
+    pub fn new(tls: TlsIdentity, failed: Arc<crate::transfers::FailedPeers>) -> Self {
+        Self { tls, clients: Mutex::new(BTreeMap::new()), failed }
     }
 
     fn client(&self, cluster: &str) -> Option<reqwest::Client> {
@@ -256,7 +258,9 @@ pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Pro
                 async move { (peer.name.clone(), prober.probe(peer, timeout).await) }
             }))
             .await;
-            for (name, outcome) in outcomes {
+            // A transfer that failed to reach a peer is a failed probe too, seen first.
+            let failed = prober.failed.take().into_iter().map(|name| (name, None));
+            for (name, outcome) in failed.chain(outcomes) {
                 let link = links.entry(name.clone()).or_default();
                 if link.observe(outcome, &thresholds) {
                     tracing::info!(peer = %name, state = %link.state(), "link state changed");

@@ -44,8 +44,15 @@ async fn lead_term(
     // Two tasks, so a burst of job work never delays the heartbeat that keeps the cluster alive
     // at the gateway; dropping this future aborts both.
     let mut duties = AbortOnDrop(tokio::spawn(duties::lead(replica.clone(), gateway.clone(), prober, term)));
-    let mut jobs =
-        AbortOnDrop(tokio::spawn(crate::jobs::lead(replica, gateway, leases, jobs.executor, jobs.max_running, term)));
+    let mut jobs = AbortOnDrop(tokio::spawn(crate::jobs::lead(
+        replica,
+        gateway,
+        leases,
+        jobs.executor,
+        jobs.transfers,
+        jobs.max_running,
+        term,
+    )));
     let ended = tokio::select! {
         end = &mut duties.0 => end,
         end = &mut jobs.0 => end,
@@ -58,6 +65,10 @@ async fn lead_term(
 pub struct Jobs {
     pub executor: crate::jobs::executor::Executor,
     pub max_running: usize,
+    /// Sends this cluster's outputs when a lease asks.
+    pub transfers: Arc<crate::transfers::Transfers>,
+    /// Peers whose transfers failed: fed into the matrix row as failed probes.
+    pub failed: Arc<crate::transfers::FailedPeers>,
 }
 
 /// Run renewal and, while leading, the duties; returns only if the cluster is revoked.
@@ -75,7 +86,7 @@ pub async fn run(replica: Arc<Replica>, tls: TlsIdentity, files: TlsFiles, link:
         }
     };
     let renewal = tokio::spawn(renew::renew_forever(tls.clone(), files, duties::identity(&replica), gateway.clone()));
-    let prober = Arc::new(Prober::new(tls));
+    let prober = Arc::new(Prober::new(tls, jobs.failed.clone()));
     let mut leadership = replica.leadership();
     let mut running: Option<(u64, AbortOnDrop)> = None;
     let mut fenced_at: Option<u64> = None;

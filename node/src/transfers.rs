@@ -1,0 +1,351 @@
+//! Outputs between clusters, on a replica: serving this cluster's store to tickets, receiving a
+//! child's inputs, and sending this cluster's outputs when the gateway asks.
+//!
+//! - **Serve** (`/v1/blobs/...` on the mTLS listener, [`NodeGuard`]): another cluster's replica
+//!   reads a blob with a `pull` ticket naming this cluster as the source and its own as the
+//!   destination, or writes one with a `push` ticket naming this cluster as the destination.
+//! - **Receive** ([`Transfers::receive`], before a child's command starts): ask the gateway how
+//!   each input from another cluster travels, then pull it from the parent's cluster, wait for
+//!   the parent's cluster to push it, or fetch it from the relay once the parent's cluster
+//!   uploaded it. Whatever the route, the blob lands in this cluster's store (verified), so it
+//!   is fetched once for every child here. A direct route that fails (the peer unreachable, a
+//!   push that does not come) is reported to the gateway, which moves the edge to the relay, and
+//!   counts as a failed probe of that peer in this cluster's matrix row; the fetch goes on from
+//!   the chunk it had reached.
+//! - **Send** ([`Transfers::send`], from a lease answer): push an output to a child's cluster,
+//!   or upload it to the relay. Best effort: the parent has finished whatever happens; the
+//!   child's cluster asks again when nothing arrives.
+
+use std::collections::BTreeMap;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use atoll_api::ApiError;
+use atoll_api::ErrorCode;
+use atoll_api::Identity;
+use atoll_api::gateway_client::GatewayClient;
+use atoll_api::ids::ClusterName;
+use atoll_api::jobs::AssignedInput;
+use atoll_api::jobs::Route;
+use atoll_api::jobs::SendTask;
+use atoll_api::jobs::TransferRequest;
+use atoll_api::ticket::Ticket;
+use atoll_api::ticket::TicketError;
+use atoll_api::ticket::TicketOp;
+use atoll_api::tls::ServerPolicy;
+use atoll_api::tls::TlsIdentity;
+use atoll_store::Blobs;
+use atoll_store::Digest;
+use atoll_store::transfer::BlobService;
+use atoll_store::transfer::Fetch;
+use atoll_store::transfer::Guard;
+use atoll_store::transfer::Pace;
+use atoll_store::transfer::Remote;
+use tokio::time::Instant;
+
+/// Longest a child waits for one input from another cluster before its attempt ends in error.
+pub const RECEIVE_LIMIT: Duration = Duration::from_secs(600);
+/// A push that makes no progress for this long counts as failed: the edge goes to the relay.
+pub const PUSH_STALL: Duration = Duration::from_secs(15);
+/// How often a child waiting for a push or the relay asks again (which also re-queues the send
+/// if the parent's cluster lost it).
+const ASK_AGAIN: Duration = Duration::from_millis(500);
+/// Sends running at once on one replica.
+const SENDS_AT_ONCE: usize = 4;
+/// Per request (one chunk at most).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn now_ms() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos().div_euclid(1_000_000) as i64
+}
+
+/// Who may read or write this cluster's store: other clusters' replicas with a ticket for that
+/// blob that names this cluster as its server.
+#[derive(Debug)]
+pub struct NodeGuard {
+    cluster: ClusterName,
+    ca_der: Vec<Vec<u8>>,
+}
+
+impl NodeGuard {
+    pub fn new(cluster: ClusterName, tls: &TlsIdentity) -> Self {
+        Self { cluster, ca_der: tls.trust().ca_der().to_vec() }
+    }
+}
+
+impl Guard for NodeGuard {
+    fn check(
+        &self,
+        write: bool,
+        digest: &Digest,
+        caller: Option<&Identity>,
+        ticket: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let ticket = ticket.ok_or_else(|| ApiError::forbidden(TicketError::Missing.to_string()))?;
+        let op = if write { TicketOp::Push } else { TicketOp::Pull };
+        Ticket::verify(ticket, &self.ca_der, now_ms())
+            .and_then(|t| t.authorizes(op, &digest.to_string(), caller, Some(self.cluster.as_str())))
+            .map_err(|e| ApiError::forbidden(e.to_string()))
+    }
+}
+
+/// Peers whose direct transfers failed since the duties last looked: each counts as a failed
+/// probe in this cluster's matrix row.
+#[derive(Debug, Default)]
+pub struct FailedPeers(Mutex<Vec<String>>);
+
+impl FailedPeers {
+    pub fn push(&self, cluster: &str) {
+        self.0.lock().expect("failed peers").push(cluster.to_string());
+    }
+
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().expect("failed peers"))
+    }
+}
+
+/// Transfers of one replica.
+pub struct Transfers {
+    cluster: String,
+    service: Arc<BlobService>,
+    tls: TlsIdentity,
+    gateway: GatewayClient,
+    gateway_addr: String,
+    pace: Pace,
+    failed: Arc<FailedPeers>,
+    clients: Mutex<BTreeMap<String, reqwest::Client>>,
+    sending: Mutex<HashSet<(Route, String, String)>>,
+    send_slots: tokio::sync::Semaphore,
+}
+
+impl std::fmt::Debug for Transfers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transfers").field("cluster", &self.cluster).finish_non_exhaustive()
+    }
+}
+
+impl Transfers {
+    pub fn new(
+        cluster: &ClusterName,
+        service: Arc<BlobService>,
+        tls: TlsIdentity,
+        gateway: GatewayClient,
+        limit: Option<u64>,
+        failed: Arc<FailedPeers>,
+    ) -> Self {
+        Self {
+            cluster: cluster.to_string(),
+            service,
+            tls,
+            gateway_addr: gateway.addr().to_string(),
+            gateway,
+            pace: Pace { limit },
+            failed,
+            clients: Mutex::new(BTreeMap::new()),
+            sending: Mutex::new(HashSet::new()),
+            send_slots: tokio::sync::Semaphore::new(SENDS_AT_ONCE),
+        }
+    }
+
+    pub fn blobs(&self) -> &Blobs {
+        self.service.blobs()
+    }
+
+    /// An HTTP client accepting only `cluster`'s replicas (`None`: the gateway).
+    fn client(&self, cluster: Option<&str>) -> Result<reqwest::Client, String> {
+        let key = cluster.unwrap_or("").to_string();
+        let mut clients = self.clients.lock().expect("transfer clients");
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let policy = match cluster {
+            Some(name) => ServerPolicy::NodeOf(name.parse().map_err(|e| format!("cluster {name:?}: {e}"))?),
+            None => ServerPolicy::Gateway,
+        };
+        let config = self.tls.client_config(policy).map_err(|e| e.to_string())?;
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(config)
+            .no_proxy()
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| atoll_api::client::error_chain(&e))?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// Make sure the output of `input`'s parent (in another cluster) is in this cluster's store.
+    pub async fn receive(&self, job: &str, attempt: u32, input: &AssignedInput) -> Result<(), String> {
+        let digest: Digest = input.digest.parse().map_err(|e: atoll_store::InvalidDigest| e.to_string())?;
+        if self.blobs().manifest(&digest).await.map_err(|e| e.to_string())?.is_some() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + RECEIVE_LIMIT;
+        let mut fetch = Fetch::new(digest.clone());
+        let mut failed: Option<String> = None;
+        let mut push_progress: Option<(usize, Instant)> = None;
+        let mut relayed_from: Option<usize> = None;
+        let mut route_seen: Option<Route> = None;
+        loop {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the output of {} did not arrive from {} within {} s",
+                    input.from_job,
+                    input.cluster,
+                    RECEIVE_LIMIT.as_secs()
+                ));
+            }
+            let request = TransferRequest {
+                job: job.to_string(),
+                attempt,
+                from_job: input.from_job.clone(),
+                failed: failed.take(),
+            };
+            let plan = match self.gateway.transfer(&self.cluster, &request).await {
+                Ok(plan) => plan,
+                Err(e)
+                    if matches!(e.code(), Some(ErrorCode::Conflict | ErrorCode::NotFound | ErrorCode::BadRequest)) =>
+                {
+                    return Err(format!("the gateway: {e}"));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "asking the gateway how an input travels failed; asking again");
+                    failed = request.failed;
+                    tokio::time::sleep(ASK_AGAIN).await;
+                    continue;
+                }
+            };
+            if route_seen != Some(plan.route) {
+                tracing::info!(job, parent = %input.from_job, from = %plan.source, route = plan.route.as_str(), size = plan.size, "receiving an input");
+                route_seen = Some(plan.route);
+            }
+            match plan.route {
+                Route::Local => {
+                    return match self.blobs().manifest(&digest).await {
+                        Ok(Some(_)) => Ok(()),
+                        Ok(None) => Err(format!("{digest} is not in {}", self.blobs().name())),
+                        Err(e) => Err(e.to_string()),
+                    };
+                }
+                Route::Pull => {
+                    let remote = Remote::https(
+                        self.client(Some(&plan.source))?,
+                        plan.endpoint.as_deref().unwrap_or_default(),
+                        plan.ticket.clone().unwrap_or_default(),
+                    );
+                    match fetch.run(&remote, self.blobs(), &self.pace).await {
+                        Ok(_) => return self.received(job, input, &fetch, relayed_from),
+                        Err(e) if e.is_path_failure() => {
+                            tracing::warn!(job, parent = %input.from_job, from = %plan.source, error = %e, chunk = fetch.next_chunk(), "pulling an input failed; falling back to the relay");
+                            self.failed.push(&plan.source);
+                            failed = Some(format!("pulling from {}: {e}", plan.source));
+                        }
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                Route::Push => {
+                    if self.blobs().manifest(&digest).await.map_err(|e| e.to_string())?.is_some() {
+                        return self.received(job, input, &fetch, relayed_from);
+                    }
+                    let now = self.service.upload_progress(&digest).unwrap_or(0);
+                    match push_progress {
+                        Some((seen, since)) if seen == now && since.elapsed() >= PUSH_STALL => {
+                            tracing::warn!(job, parent = %input.from_job, from = %plan.source, chunks = now, "a push made no progress; falling back to the relay");
+                            self.failed.push(&plan.source);
+                            failed = Some(format!(
+                                "no push from {} arrived for {} s (at chunk {now})",
+                                plan.source,
+                                PUSH_STALL.as_secs()
+                            ));
+                            push_progress = None;
+                            continue;
+                        }
+                        Some((seen, _)) if seen == now => {}
+                        _ => push_progress = Some((now, Instant::now())),
+                    }
+                    tokio::time::sleep(ASK_AGAIN).await;
+                }
+                Route::Relay if !plan.ready => tokio::time::sleep(ASK_AGAIN).await,
+                Route::Relay => {
+                    relayed_from.get_or_insert(fetch.next_chunk());
+                    let remote =
+                        Remote::https(self.client(None)?, &self.gateway_addr, plan.ticket.clone().unwrap_or_default());
+                    match fetch.run(&remote, self.blobs(), &self.pace).await {
+                        Ok(_) => return self.received(job, input, &fetch, relayed_from),
+                        Err(e) if e.is_path_failure() => {
+                            tracing::warn!(job, parent = %input.from_job, error = %e, chunk = fetch.next_chunk(), "fetching an input from the relay failed; trying again");
+                            tokio::time::sleep(ASK_AGAIN).await;
+                        }
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+            }
+        }
+    }
+
+    fn received(
+        &self,
+        job: &str,
+        input: &AssignedInput,
+        fetch: &Fetch,
+        relayed_from: Option<usize>,
+    ) -> Result<(), String> {
+        tracing::info!(
+            job,
+            parent = %input.from_job,
+            from = %input.cluster,
+            bytes = fetch.moved,
+            refetched = fetch.refetched,
+            relayed_from_chunk = ?relayed_from,
+            "input received"
+        );
+        Ok(())
+    }
+
+    /// Send one output as a lease answer asked (in the background, once per task at a time).
+    pub fn send(self: &Arc<Self>, task: SendTask) {
+        let key = (task.route, task.digest.clone(), task.to.clone());
+        if !self.sending.lock().expect("sending").insert(key.clone()) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let result = this.send_now(&task).await;
+            this.sending.lock().expect("sending").remove(&key);
+            match result {
+                Ok(bytes) => {
+                    tracing::info!(route = task.route.as_str(), digest = %task.digest, to = %task.to, job = %task.job, bytes, "output sent")
+                }
+                Err(e) => {
+                    tracing::warn!(route = task.route.as_str(), digest = %task.digest, to = %task.to, job = %task.job, error = %e, "sending an output failed; the child's cluster will ask again")
+                }
+            }
+        });
+    }
+
+    async fn send_now(&self, task: &SendTask) -> Result<u64, String> {
+        let _slot = self.send_slots.acquire().await.map_err(|e| e.to_string())?;
+        let digest: Digest = task.digest.parse().map_err(|e: atoll_store::InvalidDigest| e.to_string())?;
+        let remote = match task.route {
+            Route::Push => Remote::https(
+                self.client(Some(&task.to))?,
+                task.endpoint.as_deref().ok_or("a push without an endpoint")?,
+                task.ticket.clone(),
+            ),
+            Route::Relay => Remote::https(self.client(None)?, &self.gateway_addr, task.ticket.clone()),
+            other => return Err(format!("nothing to send for a {} edge", other.as_str())),
+        };
+        match atoll_store::transfer::send(self.blobs(), &digest, &remote, &self.pace).await {
+            Ok(bytes) => Ok(bytes),
+            Err(e) => {
+                if task.route == Route::Push && e.is_path_failure() {
+                    self.failed.push(&task.to);
+                }
+                Err(e.to_string())
+            }
+        }
+    }
+}

@@ -1,0 +1,637 @@
+//! Moving blobs between stores over HTTPS: the routes a replica or the gateway serves, and the
+//! two clients (fetch, send).
+//!
+//! The unit of transfer is the chunk of the blob's [`Manifest`]; nothing else is needed to resume
+//! and to verify:
+//!
+//! | route | what |
+//! | --- | --- |
+//! | `GET /v1/blobs/{digest}` | the manifest (404 when the blob is not complete here) |
+//! | `GET /v1/blobs/{digest}/chunks/{n}` | chunk `n`, read back verified from the store |
+//! | `PUT /v1/blobs/{digest}` | begin (or resume) an upload: body the manifest, answer `{next, complete}` |
+//! | `PUT /v1/blobs/{digest}/chunks/{n}` | chunk `n`: refused unless it hashes to the manifest's digest for `n`; chunks arrive in order |
+//! | `POST /v1/blobs/{digest}/complete` | every chunk arrived and the whole hashes to the digest: the manifest is written, the blob exists |
+//!
+//! Every request is checked by the server's [`Guard`] (an edge ticket for that one blob, the
+//! caller's certificate). The receiving side verifies every chunk against the manifest before it
+//! is stored and the whole digest before the manifest is written, so nothing unverified ever
+//! exists under a digest; a chunk that arrives corrupted is fetched (or sent) again. A transfer
+//! that breaks resumes at the first chunk the receiver lacks: [`Fetch`] keeps its place across
+//! tries and across sources (a direct pull that falls back to the relay goes on where it
+//! stopped), and an upload's place is kept by the server. Memory: one chunk per request on either
+//! side, and at most [`UPLOAD_SLOTS`] chunk uploads buffered by a server at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
+
+use atoll_api::ApiError;
+use atoll_api::ErrorCode;
+use atoll_api::Identity;
+use atoll_api::serve::Peer;
+use axum::Extension;
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::Path;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use axum::routing::get;
+use axum::routing::post;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::Blobs;
+use crate::CHUNK;
+use crate::Digest;
+use crate::Hasher;
+use crate::Manifest;
+use crate::StoreError;
+
+/// Chunk uploads a server buffers at once (each up to [`CHUNK`] bytes).
+pub const UPLOAD_SLOTS: usize = 4;
+/// Tries of one request before a transfer counts its peer unreachable.
+pub const TRIES: u32 = 5;
+/// The header carrying the edge ticket.
+pub const TICKET_HEADER: &str = atoll_api::ticket::HEADER;
+/// Uploads untouched this long are forgotten (their stored chunks stay, unreferenced).
+const UPLOAD_IDLE: Duration = Duration::from_secs(3600);
+
+/// Who may read or write which blob on a server.
+pub trait Guard: Send + Sync + 'static {
+    /// `write`: an upload; else a read. `ticket`: the `x-atoll-ticket` header, when sent.
+    fn check(
+        &self,
+        write: bool,
+        digest: &Digest,
+        caller: Option<&Identity>,
+        ticket: Option<&str>,
+    ) -> Result<(), ApiError>;
+}
+
+/// Where an upload stands (`PUT /v1/blobs/{digest}` and each chunk's answer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadState {
+    /// The first chunk the server lacks.
+    pub next: usize,
+    /// The blob exists on the server (nothing more to send).
+    pub complete: bool,
+}
+
+struct Upload {
+    manifest: Manifest,
+    next: usize,
+    hasher: Hasher,
+    touched: Instant,
+}
+
+/// The blob routes of one store.
+pub struct BlobService {
+    blobs: Blobs,
+    guard: Box<dyn Guard>,
+    uploads: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<Upload>>>>,
+    slots: tokio::sync::Semaphore,
+}
+
+impl std::fmt::Debug for BlobService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobService").field("blobs", &self.blobs).finish_non_exhaustive()
+    }
+}
+
+impl BlobService {
+    pub fn new(blobs: Blobs, guard: impl Guard) -> Arc<Self> {
+        Arc::new(Self {
+            blobs,
+            guard: Box::new(guard),
+            uploads: Mutex::new(HashMap::new()),
+            slots: tokio::sync::Semaphore::new(UPLOAD_SLOTS),
+        })
+    }
+
+    pub fn blobs(&self) -> &Blobs {
+        &self.blobs
+    }
+
+    /// Chunks received so far of an upload in progress here (`None`: none in progress).
+    pub fn upload_progress(&self, digest: &Digest) -> Option<usize> {
+        let upload = self.uploads.lock().expect("uploads").get(digest).cloned()?;
+        upload.try_lock().map(|u| u.next).ok().or(Some(0))
+    }
+
+    fn upload(&self, digest: &Digest) -> Option<Arc<tokio::sync::Mutex<Upload>>> {
+        self.uploads.lock().expect("uploads").get(digest).cloned()
+    }
+}
+
+/// `/v1/blobs/...` for `service`.
+pub fn routes(service: Arc<BlobService>) -> Router {
+    Router::new()
+        .route("/v1/blobs/{digest}", get(manifest).put(begin))
+        .route("/v1/blobs/{digest}/chunks/{index}", get(chunk).put(put_chunk))
+        .route("/v1/blobs/{digest}/complete", post(complete))
+        .layer(DefaultBodyLimit::max(CHUNK + 64 * 1024))
+        .with_state(service)
+}
+
+type Shared = State<Arc<BlobService>>;
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound { .. } => ApiError::not_found(e.to_string()),
+        StoreError::DigestMismatch { .. } => ApiError::bad_request(e.to_string()),
+        other => ApiError::unavailable(other.to_string()),
+    }
+}
+
+/// Parse the digest and ask the guard.
+fn admit(
+    service: &BlobService,
+    write: bool,
+    digest: &str,
+    peer: Option<&Extension<Peer>>,
+    headers: &HeaderMap,
+) -> Result<Digest, ApiError> {
+    let digest: Digest = digest.parse().map_err(|e: crate::InvalidDigest| ApiError::bad_request(e.to_string()))?;
+    let ticket = headers.get(TICKET_HEADER).and_then(|v| v.to_str().ok());
+    let caller = peer.map(|Extension(Peer(identity))| identity);
+    service.guard.check(write, &digest, caller, ticket)?;
+    Ok(digest)
+}
+
+async fn manifest(
+    State(service): Shared,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    Path(digest): Path<String>,
+) -> Result<Response, ApiError> {
+    let digest = admit(&service, false, &digest, peer.as_ref(), &headers)?;
+    match service.blobs.manifest(&digest).await.map_err(store_error)? {
+        Some(manifest) => Ok(Json(manifest).into_response()),
+        None => Err(ApiError::not_found(format!("blob {digest} is not in {}", service.blobs.name()))),
+    }
+}
+
+async fn chunk(
+    State(service): Shared,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    Path((digest, index)): Path<(String, usize)>,
+) -> Result<Response, ApiError> {
+    let digest = admit(&service, false, &digest, peer.as_ref(), &headers)?;
+    let manifest = service
+        .blobs
+        .manifest(&digest)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::not_found(format!("blob {digest} is not in {}", service.blobs.name())))?;
+    if index >= manifest.chunks.len() {
+        return Err(ApiError::not_found(format!(
+            "blob {digest} has {} chunks; there is no chunk {index}",
+            manifest.chunks.len()
+        )));
+    }
+    let bytes = service.blobs.chunk(&manifest, index).await.map_err(|e| match e {
+        // A chunk corrupted in this store is this server's fault, not the caller's.
+        StoreError::DigestMismatch { .. } => ApiError::internal(e.to_string()),
+        other => store_error(other),
+    })?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+async fn begin(
+    State(service): Shared,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    Path(digest): Path<String>,
+    body: Bytes,
+) -> Result<Json<UploadState>, ApiError> {
+    let digest = admit(&service, true, &digest, peer.as_ref(), &headers)?;
+    let manifest: Manifest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the manifest: {e}")))?;
+    if manifest.digest != digest || !manifest.is_consistent() {
+        return Err(ApiError::bad_request(format!(
+            "the manifest is for {} with {} chunks of {} bytes over {} bytes: inconsistent with {digest}",
+            manifest.digest,
+            manifest.chunks.len(),
+            manifest.chunk_size,
+            manifest.size
+        )));
+    }
+    if service.blobs.manifest(&digest).await.map_err(store_error)?.is_some() {
+        return Ok(Json(UploadState { next: manifest.chunks.len(), complete: true }));
+    }
+    let upload = {
+        let mut uploads = service.uploads.lock().expect("uploads");
+        uploads.retain(|_, u| u.try_lock().map_or(true, |u| u.touched.elapsed() < UPLOAD_IDLE));
+        uploads
+            .entry(digest.clone())
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Mutex::new(Upload {
+                    manifest: manifest.clone(),
+                    next: 0,
+                    hasher: Hasher::new(),
+                    touched: Instant::now(),
+                }))
+            })
+            .clone()
+    };
+    let mut upload = upload.lock().await;
+    if upload.manifest != manifest {
+        // Another layout of the same bytes: start over with this one.
+        *upload = Upload { manifest, next: 0, hasher: Hasher::new(), touched: Instant::now() };
+    }
+    upload.touched = Instant::now();
+    Ok(Json(UploadState { next: upload.next, complete: false }))
+}
+
+async fn put_chunk(
+    State(service): Shared,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    Path((digest, index)): Path<(String, usize)>,
+    body: Bytes,
+) -> Result<Json<UploadState>, ApiError> {
+    let digest = admit(&service, true, &digest, peer.as_ref(), &headers)?;
+    let _slot = service.slots.acquire().await.map_err(|_| ApiError::unavailable("shutting down"))?;
+    let upload = service
+        .upload(&digest)
+        .ok_or_else(|| ApiError::not_found(format!("no upload of {digest} in progress; send its manifest first")))?;
+    let mut upload = upload.lock().await;
+    upload.touched = Instant::now();
+    if index < upload.next {
+        return Ok(Json(UploadState { next: upload.next, complete: false }));
+    }
+    if index > upload.next {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("chunk {index} of {digest} arrived before chunk {}; send from {}", upload.next, upload.next),
+        ));
+    }
+    let expected = upload
+        .manifest
+        .chunks
+        .get(index)
+        .cloned()
+        .ok_or_else(|| ApiError::bad_request(format!("{digest} has no chunk {index}")))?;
+    let expected_len = upload.manifest.chunk_range(index);
+    if body.len() as u64 != expected_len.end - expected_len.start {
+        return Err(ApiError::bad_request(format!(
+            "chunk {index} of {digest} is {} bytes; its manifest says {}",
+            body.len(),
+            expected_len.end - expected_len.start
+        )));
+    }
+    let actual = Digest::of(&body);
+    if actual != expected {
+        // Refused before it touches the upload: the sender sends this chunk again.
+        return Err(ApiError::bad_request(format!(
+            "chunk {index} of {digest} hashes to {actual}, not {expected}; send it again"
+        )));
+    }
+    upload.hasher.update(&body);
+    if let Err(e) = service.blobs.store_chunk(&digest, index, body).await {
+        // The hasher saw bytes that were not stored: this upload must start over.
+        let manifest = upload.manifest.clone();
+        *upload = Upload { manifest, next: 0, hasher: Hasher::new(), touched: Instant::now() };
+        return Err(store_error(e));
+    }
+    upload.next += 1;
+    Ok(Json(UploadState { next: upload.next, complete: false }))
+}
+
+async fn complete(
+    State(service): Shared,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    Path(digest): Path<String>,
+) -> Result<Json<UploadState>, ApiError> {
+    let digest = admit(&service, true, &digest, peer.as_ref(), &headers)?;
+    if let Some(manifest) = service.blobs.manifest(&digest).await.map_err(store_error)? {
+        return Ok(Json(UploadState { next: manifest.chunks.len(), complete: true }));
+    }
+    let upload = service
+        .upload(&digest)
+        .ok_or_else(|| ApiError::not_found(format!("no upload of {digest} in progress; send its manifest first")))?;
+    let mut upload = upload.lock().await;
+    let chunks = upload.manifest.chunks.len();
+    if upload.next < chunks {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("{digest} is missing chunks {} to {}", upload.next, chunks - 1),
+        ));
+    }
+    let actual = std::mem::take(&mut upload.hasher).finish();
+    if actual != digest {
+        let manifest = upload.manifest.clone();
+        *upload = Upload { manifest, next: 0, hasher: Hasher::new(), touched: Instant::now() };
+        return Err(ApiError::bad_request(format!(
+            "the chunks of {digest} hash to {actual} together; the upload starts over"
+        )));
+    }
+    service.blobs.put_manifest(&upload.manifest).await.map_err(store_error)?;
+    drop(upload);
+    service.uploads.lock().expect("uploads").remove(&digest);
+    Ok(Json(UploadState { next: chunks, complete: true }))
+}
+
+/// Why a transfer stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The peer could not be reached or kept failing ([`TRIES`] times in a row): worth another
+    /// path.
+    #[error("{addr} is unreachable: {message}")]
+    Unreachable { addr: String, message: String },
+    /// The peer answered no (a refused ticket, a blob it does not have).
+    #[error("{addr} refused: {message}")]
+    Refused { addr: String, code: Option<ErrorCode>, message: String },
+    /// A chunk kept arriving corrupted.
+    #[error("chunk {index} of {digest} from {addr} arrived corrupted {times} times")]
+    Corrupt { addr: String, digest: Digest, index: usize, times: u32 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl TransferError {
+    /// Whether another path (the relay) may succeed where this one failed.
+    pub fn is_path_failure(&self) -> bool {
+        match self {
+            TransferError::Unreachable { .. } | TransferError::Corrupt { .. } => true,
+            // Refused by a firewall-like admission or a peer that lost the blob (a failover).
+            TransferError::Refused { code, .. } => {
+                !matches!(code, Some(ErrorCode::BadRequest) | Some(ErrorCode::Unauthenticated))
+            }
+            TransferError::Store(_) => false,
+        }
+    }
+}
+
+/// The other side of a transfer.
+#[derive(Clone, Debug)]
+pub struct Remote {
+    pub http: reqwest::Client,
+    /// `https://host:port`.
+    pub base: String,
+    pub ticket: String,
+}
+
+impl Remote {
+    /// The server at `addr` (`host:port`) over HTTPS.
+    pub fn https(http: reqwest::Client, addr: &str, ticket: String) -> Self {
+        Self { http, base: format!("https://{addr}"), ticket }
+    }
+}
+
+/// Throttle and counters shared by the transfers of one replica.
+#[derive(Debug, Default)]
+pub struct Pace {
+    /// Most bytes per second per transfer (`None`: as fast as the path allows).
+    pub limit: Option<u64>,
+}
+
+impl Pace {
+    async fn wait(&self, started: Instant, bytes: u64) {
+        if let Some(limit) = self.limit.filter(|l| *l > 0) {
+            let due = started + Duration::from_secs_f64(bytes as f64 / limit as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+}
+
+/// One answer, or why not.
+enum Answer {
+    Ok(Bytes),
+    /// Transport failure or a 5xx: try again.
+    Retry(String),
+    Refused(Option<ErrorCode>, String),
+}
+
+async fn call(peer: &Remote, request: reqwest::RequestBuilder) -> Answer {
+    let response = match request.header(TICKET_HEADER, &peer.ticket).send().await {
+        Ok(response) => response,
+        Err(e) => return Answer::Retry(atoll_api::client::error_chain(&e)),
+    };
+    let status = response.status();
+    let body = match response.bytes().await {
+        Ok(body) => body,
+        Err(e) => return Answer::Retry(atoll_api::client::error_chain(&e)),
+    };
+    if status.is_success() {
+        return Answer::Ok(body);
+    }
+    let (code, message) = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(v) => (
+            serde_json::from_value::<ErrorCode>(v["error"]["code"].clone()).ok(),
+            v["error"]["message"].as_str().unwrap_or_default().to_string(),
+        ),
+        Err(_) => (None, String::from_utf8_lossy(&body).chars().take(200).collect()),
+    };
+    let message = format!("HTTP {status}: {message}");
+    if status.is_server_error() && code != Some(ErrorCode::Internal) {
+        Answer::Retry(message)
+    } else {
+        Answer::Refused(code, message)
+    }
+}
+
+/// Backoff before try `n` (from 1): 200 ms doubling, at most 2 s.
+fn backoff(n: u32) -> Duration {
+    Duration::from_millis((200u64 << n.min(4)).min(2000))
+}
+
+/// Send `make()` until it is answered, at most [`TRIES`] times.
+async fn with_tries(
+    peer: &Remote,
+    what: &str,
+    make: impl Fn() -> reqwest::RequestBuilder,
+) -> Result<Bytes, TransferError> {
+    let mut last = String::new();
+    for n in 1..=TRIES {
+        match call(peer, make()).await {
+            Answer::Ok(bytes) => return Ok(bytes),
+            Answer::Refused(code, message) => {
+                return Err(TransferError::Refused {
+                    addr: peer.base.clone(),
+                    code,
+                    message: format!("{what}: {message}"),
+                });
+            }
+            Answer::Retry(message) => {
+                tracing::debug!(peer = %peer.base, try_ = n, error = %message, "{what} failed; trying again");
+                last = message;
+                if n < TRIES {
+                    tokio::time::sleep(backoff(n)).await;
+                }
+            }
+        }
+    }
+    Err(TransferError::Unreachable { addr: peer.base.clone(), message: format!("{what}: {last}") })
+}
+
+fn json<T: serde::de::DeserializeOwned>(peer: &Remote, what: &str, bytes: &[u8]) -> Result<T, TransferError> {
+    serde_json::from_slice(bytes).map_err(|e| TransferError::Refused {
+        addr: peer.base.clone(),
+        code: None,
+        message: format!("{what}: an unreadable answer: {e}"),
+    })
+}
+
+/// A blob being fetched into a store: where it stands, kept across tries and sources.
+#[derive(Debug)]
+pub struct Fetch {
+    digest: Digest,
+    manifest: Option<Manifest>,
+    next: usize,
+    hasher: Hasher,
+    /// Bytes of chunks received and stored.
+    pub moved: u64,
+    /// Bytes of chunks received whole but refused (corrupted) and fetched again.
+    pub refetched: u64,
+}
+
+impl Fetch {
+    pub fn new(digest: Digest) -> Self {
+        Self { digest, manifest: None, next: 0, hasher: Hasher::new(), moved: 0, refetched: 0 }
+    }
+
+    /// Chunks stored so far.
+    pub fn next_chunk(&self) -> usize {
+        self.next
+    }
+
+    /// Fetch what is still missing from `peer` into `into`; the blob exists in `into` when this
+    /// returns `Ok`. On an error the place is kept: call again (same or another peer) to resume.
+    pub async fn run(&mut self, peer: &Remote, into: &Blobs, pace: &Pace) -> Result<Manifest, TransferError> {
+        if let Some(manifest) = into.manifest(&self.digest).await? {
+            return Ok(manifest);
+        }
+        let base = format!("{}/v1/blobs/{}", peer.base, self.digest);
+        let bytes = with_tries(peer, "reading the manifest", || peer.http.get(&base)).await?;
+        let manifest: Manifest = json(peer, "the manifest", &bytes)?;
+        if manifest.digest != self.digest || !manifest.is_consistent() {
+            return Err(TransferError::Refused {
+                addr: peer.base.clone(),
+                code: None,
+                message: format!("sent a manifest that does not describe {}", self.digest),
+            });
+        }
+        if self.manifest.as_ref() != Some(&manifest) {
+            // A first try, or a source that chunks the same bytes differently: from the start.
+            self.manifest = Some(manifest.clone());
+            self.next = 0;
+            self.hasher = Hasher::new();
+        }
+        let started = Instant::now();
+        let mut paced = 0u64;
+        while self.next < manifest.chunks.len() {
+            let index = self.next;
+            let url = format!("{base}/chunks/{index}");
+            let expected = &manifest.chunks[index];
+            let mut corrupt = 0;
+            let bytes = loop {
+                let bytes = with_tries(peer, &format!("reading chunk {index}"), || peer.http.get(&url)).await?;
+                if &Digest::of(&bytes) == expected {
+                    break bytes;
+                }
+                corrupt += 1;
+                self.refetched += bytes.len() as u64;
+                tracing::warn!(peer = %peer.base, blob = %self.digest, chunk = index, "a chunk arrived corrupted; fetching it again");
+                if corrupt >= TRIES {
+                    return Err(TransferError::Corrupt {
+                        addr: peer.base.clone(),
+                        digest: self.digest.clone(),
+                        index,
+                        times: corrupt,
+                    });
+                }
+            };
+            let len = bytes.len() as u64;
+            self.hasher.update(&bytes);
+            into.store_chunk(&self.digest, index, bytes).await?;
+            self.next += 1;
+            self.moved += len;
+            paced += len;
+            pace.wait(started, paced).await;
+        }
+        let whole = self.hasher.clone().finish();
+        if whole != self.digest {
+            let (addr, digest) = (peer.base.clone(), self.digest.clone());
+            *self = Fetch { moved: self.moved, refetched: self.refetched, ..Fetch::new(digest.clone()) };
+            return Err(TransferError::Refused {
+                addr,
+                code: None,
+                message: format!("its chunks of {digest} hash to {whole} together"),
+            });
+        }
+        into.put_manifest(&manifest).await?;
+        Ok(manifest)
+    }
+}
+
+/// Send the blob `digest` from `from` to `peer`, resuming where the peer's upload stands.
+/// Returns the bytes sent.
+pub async fn send(from: &Blobs, digest: &Digest, peer: &Remote, pace: &Pace) -> Result<u64, TransferError> {
+    let manifest = from
+        .manifest(digest)
+        .await?
+        .ok_or_else(|| StoreError::NotFound { digest: digest.clone(), store: from.name().to_string() })?;
+    let base = format!("{}/v1/blobs/{digest}", peer.base);
+    let body = serde_json::to_vec(&manifest).expect("plain data serializes");
+    let mut sent = 0u64;
+    let started = Instant::now();
+    // A conflict (the server lost its place, or another sender got ahead) restarts from what
+    // the server says; bounded so two senders cannot loop forever.
+    for _round in 0..TRIES {
+        let bytes = with_tries(peer, "beginning the upload", || peer.http.put(&base).body(body.clone())).await?;
+        let mut state: UploadState = json(peer, "the upload state", &bytes)?;
+        if state.complete {
+            return Ok(sent);
+        }
+        let mut conflict = false;
+        while state.next < manifest.chunks.len() {
+            let index = state.next;
+            let chunk = from.chunk(&manifest, index).await?;
+            let url = format!("{base}/chunks/{index}");
+            let mut corrupt = 0;
+            let answer = loop {
+                match with_tries(peer, &format!("sending chunk {index}"), || peer.http.put(&url).body(chunk.clone()))
+                    .await
+                {
+                    // The receiver found it corrupted on the way: send it again.
+                    Err(TransferError::Refused { code: Some(ErrorCode::BadRequest), .. }) if corrupt + 1 < TRIES => {
+                        corrupt += 1;
+                        tracing::warn!(peer = %peer.base, blob = %digest, chunk = index, "the receiver refused a chunk as corrupted; sending it again");
+                    }
+                    other => break other,
+                }
+            };
+            match answer {
+                Ok(bytes) => state = json(peer, "the upload state", &bytes)?,
+                Err(TransferError::Refused { code: Some(ErrorCode::Conflict | ErrorCode::NotFound), .. }) => {
+                    conflict = true;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+            sent += chunk.len() as u64;
+            pace.wait(started, sent).await;
+        }
+        if conflict {
+            continue;
+        }
+        match with_tries(peer, "completing the upload", || peer.http.post(format!("{base}/complete"))).await {
+            Ok(_) => return Ok(sent),
+            Err(TransferError::Refused { code: Some(ErrorCode::Conflict | ErrorCode::NotFound), .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(TransferError::Unreachable {
+        addr: peer.base.clone(),
+        message: format!("the upload of {digest} kept losing its place"),
+    })
+}
