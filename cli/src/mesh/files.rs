@@ -170,11 +170,14 @@ fn agent_yaml(layout: &Layout, cluster: &ClusterLayout, replica: &ReplicaLayout)
     if !cluster.refuse_inbound_from.is_empty() {
         out.push_str(&format!("network:\n  refuse_inbound_from: [{}]\n", cluster.refuse_inbound_from.join(", ")));
     }
-    if cluster.kubernetes_api.is_some() || cluster.max_running.is_some() {
+    if cluster.kubernetes_api.is_some() || cluster.max_running.is_some() || cluster.transfer_limit.is_some() {
         out.push_str("jobs:\n");
     }
     if let Some(n) = cluster.max_running {
         out.push_str(&format!("  max_running: {n}\n"));
+    }
+    if let Some(n) = cluster.transfer_limit {
+        out.push_str(&format!("  transfer_limit_bytes_per_s: {n}\n"));
     }
     if let Some(api) = &cluster.kubernetes_api {
         out.push_str(&format!(

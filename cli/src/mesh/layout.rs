@@ -71,6 +71,9 @@ pub struct ClusterLayout {
     /// `jobs.max_running` of the leader (the agent's default when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_running: Option<usize>,
+    /// `jobs.transfer_limit_bytes_per_s` (unlimited when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_limit: Option<u64>,
 }
 
 /// The gateway of a mesh.
@@ -184,6 +187,7 @@ impl Layout {
                 refuse_inbound_from: Vec::new(),
                 kubernetes_api: None,
                 max_running: None,
+                transfer_limit: None,
             })
             .collect();
         Ok(Self { clusters, raft: RaftKnobs::default(), gateway: None })
