@@ -28,6 +28,8 @@ use crate::jobs::LogBatch;
 use crate::jobs::LogPage;
 use crate::jobs::ReportBatch;
 use crate::jobs::ReportResults;
+use crate::jobs::SourceInfo;
+use crate::jobs::SourceRequest;
 use crate::jobs::SubmitRequest;
 use crate::jobs::Submitted;
 use crate::jobs::TransferPlan;
@@ -164,6 +166,11 @@ impl GatewayClient {
     /// `POST /v1/clusters/{name}/lease`: the leader's long poll for work.
     pub async fn lease(&self, cluster: &str, request: &LeaseRequest) -> Result<LeaseResponse, ClientError> {
         self.call(Method::POST, &format!("/v1/clusters/{cluster}/lease"), Some(request)).await
+    }
+
+    /// `POST /v1/sources`: register a source whose blob was uploaded.
+    pub async fn register_source(&self, digest: &str) -> Result<SourceInfo, ClientError> {
+        self.call(Method::POST, "/v1/sources", Some(&SourceRequest { digest: digest.to_string() })).await
     }
 
     /// `POST /v1/clusters/{name}/transfers`: how one input of a job bound here travels.

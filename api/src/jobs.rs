@@ -247,6 +247,24 @@ pub struct AssignedInput {
     pub size: u64,
 }
 
+/// `POST /v1/sources`: register a source uploaded to the gateway's store (`atoll push`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceRequest {
+    pub digest: String,
+}
+
+/// A pushed source (`POST /v1/sources`, `GET /v1/sources/{digest}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    pub digest: String,
+    /// Bytes of the archive.
+    pub size: u64,
+    pub created_ms: i64,
+    /// Who pushed it first.
+    pub created_by: String,
+}
+
 /// `POST /v1/clusters/{name}/transfers`: the child's cluster asks how one input reaches it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -88,6 +88,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Archive a directory (honouring .gitignore) and upload it once to the gateway as a source
+    /// that pipelines name with `source: sha256:...`.
+    Push {
+        /// The directory.
+        dir: PathBuf,
+        /// Print one JSON document: {digest, size, entries, uploaded}.
+        #[arg(long)]
+        json: bool,
+    },
     /// The newest jobs, or one pipeline's.
     Jobs {
         /// Only this pipeline's jobs.
@@ -313,4 +322,6 @@ pub enum BenchCommand {
     Dispatch(crate::bench::jobs::DispatchArgs),
     /// Time from killing every replica of a cluster to its jobs running elsewhere.
     Reroute(crate::bench::jobs::RerouteArgs),
+    /// A large output moved by each route (local, pull, push, relay): throughput and memory.
+    Transfer(crate::bench::transfer::TransferArgs),
 }

@@ -102,11 +102,9 @@ impl CliConfig {
     }
 
     /// A client for the gateway (the first listed), with the bearer token when configured.
-    pub fn gateway_client(&self) -> anyhow::Result<atoll_api::gateway_client::GatewayClient> {
-        let addr = self.gateway.first().context("no gateway in the CLI config (gateway: [host:port])")?;
-        let tls = self.tls.as_ref().context("no CA in the CLI config (tls.ca) to verify the gateway with")?;
-        let trust = atoll_api::tls::TrustRoots::load(&tls.ca)?;
-        let token = match (&self.token, &self.token_file) {
+    /// The bearer token, from `token` or `token_file`.
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        Ok(match (&self.token, &self.token_file) {
             (Some(token), _) => Some(token.clone()),
             (None, Some(file)) => Some(
                 std::fs::read_to_string(file)
@@ -115,13 +113,40 @@ impl CliConfig {
                     .to_string(),
             ),
             (None, None) => None,
-        };
-        Ok(atoll_api::gateway_client::GatewayClient::new(
-            trust.anonymous_client_config(ServerPolicy::Gateway)?,
-            addr,
-            token,
-            REQUEST_TIMEOUT,
-        )?)
+        })
+    }
+
+    fn gateway_tls(&self) -> anyhow::Result<(String, rustls::ClientConfig)> {
+        let addr = self.gateway.first().context("no gateway in the CLI config (gateway: [host:port])")?;
+        let tls = self.tls.as_ref().context("no CA in the CLI config (tls.ca) to verify the gateway with")?;
+        let trust = atoll_api::tls::TrustRoots::load(&tls.ca)?;
+        Ok((addr.clone(), trust.anonymous_client_config(ServerPolicy::Gateway)?))
+    }
+
+    pub fn gateway_client(&self) -> anyhow::Result<atoll_api::gateway_client::GatewayClient> {
+        let (addr, tls) = self.gateway_tls()?;
+        Ok(atoll_api::gateway_client::GatewayClient::new(tls, &addr, self.token()?, REQUEST_TIMEOUT)?)
+    }
+
+    /// A plain HTTP client of the gateway sending the bearer token (for its blob routes), and
+    /// the gateway's address.
+    pub fn gateway_http(&self, timeout: Duration) -> anyhow::Result<(reqwest::Client, String)> {
+        let (addr, tls) = self.gateway_tls()?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = self.token()? {
+            let mut value: reqwest::header::HeaderValue =
+                format!("Bearer {token}").parse().context("the token is not a valid header value")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .no_proxy()
+            .default_headers(headers)
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(timeout)
+            .build()?;
+        Ok((http, addr))
     }
 
     /// `--node`, else the first replica listed here.

@@ -9,6 +9,7 @@
 //! - [`mesh_commands`]: `token create`, `clusters`, `cluster ...`, `matrix` (through the gateway).
 //! - [`bench`]: benchmarks measured side by side with the peer baseline.
 //! - [`cli_config`]: the CLI config file.
+//! - [`push`]: `atoll push DIR`, sources uploaded once to the gateway.
 
 pub mod agent;
 pub mod args;
@@ -21,6 +22,7 @@ pub mod logging;
 pub mod mesh;
 pub mod mesh_commands;
 pub mod operator;
+pub mod push;
 
 use args::Args;
 use args::BenchCommand;
@@ -41,6 +43,7 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
         Command::Submit { file, wait, json } => {
             job_commands::submit(&CliConfig::find(args.config.as_deref())?, &file, wait, json).await
         }
+        Command::Push { dir, json } => push::push(&CliConfig::find(args.config.as_deref())?, &dir, json).await,
         Command::Jobs { pipeline, limit, json } => {
             job_commands::jobs(&CliConfig::find(args.config.as_deref())?, pipeline.as_deref(), limit, json).await
         }
@@ -69,5 +72,6 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
         Command::Bench { command: BenchCommand::Scale(scale) } => bench::scale::run(scale).await,
         Command::Bench { command: BenchCommand::Dispatch(args) } => bench::jobs::dispatch(args).await,
         Command::Bench { command: BenchCommand::Reroute(args) } => bench::jobs::reroute(args).await,
+        Command::Bench { command: BenchCommand::Transfer(args) } => bench::transfer::run(args).await,
     }
 }

@@ -54,6 +54,11 @@ fn consumer(name: &str, cluster: &str, parent: &str) -> String {
     )
 }
 
+/// A consumer of `parent` that also waits for `gate`.
+fn gated_consumer(name: &str, cluster: &str) -> String {
+    consumer(name, cluster, "parent").replace("depends_on: [parent]", "depends_on: [parent, gate]")
+}
+
 fn spec(jobs: &[String]) -> String {
     format!("version: 1\njobs:\n{}", jobs.concat())
 }
@@ -339,4 +344,93 @@ async fn a_relay_download_resumes_after_the_gateway_was_killed_mid_transfer() {
     assert_eq!(child.job.state, JobState::Finished, "{:?}", child.job);
     let line = received_line(&mesh, "gcp", &child_id);
     assert!(line.contains(&format!("bytes={}", output.size)), "no chunk fetched twice: {line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_survives_the_loss_of_the_leader_that_stored_it() {
+    // Two clusters of three replicas, local stores: an output is recorded only once a majority
+    // of its cluster's replicas hold it.
+    let mut mesh = GatewayMesh::start(Engine::Sqlite, 2, 3, test_gateway_timing(), false).await;
+    let leader = mesh.t.leader("aws").await;
+    let yaml = spec(&[
+        producer("parent", "aws", 12, ""),
+        "  - {name: gate, type: command, command: 'sleep 8', cluster: {selector: [gcp]}, timeout: 60}\n".to_string(),
+        gated_consumer("local-child", "aws"),
+        gated_consumer("remote-child", "gcp"),
+    ]);
+    let submitted = submit(&mesh.gateway, &yaml).await;
+    let parent = wait_final(&mesh.gateway, &id_of(&submitted, "parent")).await;
+    assert_eq!(parent.job.state, JobState::Finished);
+
+    phase("SIGKILL aws's leader, which ran the parent and stored its output, before the children start");
+    mesh.t.mesh.kill("aws", leader.leader).expect("kill the leader");
+    let digest = parent.job.output.clone().expect("output").digest;
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let holders: Vec<u64> = mesh
+        .t
+        .ids("aws")
+        .into_iter()
+        .filter(|id| *id != leader.leader)
+        .filter(|id| mesh.t.mesh.dir.data_dir("aws", *id).join("blobs/sha256").join(hex).join("manifest").exists())
+        .collect();
+    assert!(!holders.is_empty(), "at least one surviving replica held a copy when the parent was reported");
+
+    for child in ["local-child", "remote-child"] {
+        let id = id_of(&submitted, child);
+        let done = wait_state(&mesh.gateway, &id, Duration::from_secs(120), JobState::is_final).await;
+        assert_eq!(done.job.state, JobState::Finished, "{child} got its input from the new leader: {:?}", done.job);
+    }
+    assert_eq!(route(&mesh, &id_of(&submitted, "local-child"), "parent").await, Some(Route::Local));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_source_is_fetched_by_every_cluster_that_runs_a_job_of_it() {
+    let mesh = start(&[]).await;
+    let dir = mesh.t.dir.path().join("project");
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::create_dir_all(dir.join("target")).unwrap();
+    std::fs::write(dir.join(".gitignore"), "target/\n*.secret\n").unwrap();
+    std::fs::write(dir.join("src/app.txt"), "hello from the source\n").unwrap();
+    std::fs::write(dir.join("token.secret"), "hush").unwrap();
+    std::fs::write(dir.join("target/big.bin"), vec![0u8; 1 << 20]).unwrap();
+
+    phase("atoll push DIR: archived without what .gitignore excludes, uploaded once, registered");
+    let out = mesh.cli(&["push", dir.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pushed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("push --json");
+    let digest = pushed["digest"].as_str().expect("digest").to_string();
+    assert!(pushed["uploaded"].as_u64() > Some(0), "{pushed}");
+    assert!(pushed["size"].as_u64() < Some(1 << 20), "target/ was left out: {pushed}");
+    let again = mesh.cli(&["push", dir.to_str().unwrap(), "--json"]);
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).expect("push --json");
+    assert_eq!((again["digest"].as_str(), again["uploaded"].as_u64()), (Some(digest.as_str()), Some(0)), "nothing new");
+
+    phase("a pipeline naming the source: jobs on aws and onprem (which reaches no one but aws) find its files");
+    let check = "test \"$(cat \"$ATOLL_SOURCE/src/app.txt\")\" = \"hello from the source\" && test ! -e \"$ATOLL_SOURCE/token.secret\" && test ! -e \"$ATOLL_SOURCE/target\"";
+    let yaml = format!(
+        "version: 1\nsource: {digest}\njobs:\n  - {{name: on-aws, type: command, command: '{check}', cluster: {{selector: [aws]}}, timeout: 60}}\n  - {{name: on-onprem, type: command, command: '{check}', cluster: {{selector: [onprem]}}, timeout: 60}}\n"
+    );
+    let submitted = submit(&mesh.gateway, &yaml).await;
+    for job in ["on-aws", "on-onprem"] {
+        let done = wait_final(&mesh.gateway, &id_of(&submitted, job)).await;
+        assert_eq!(done.job.state, JobState::Finished, "{job}: {:?}", done.job);
+    }
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    for cluster in ["aws", "onprem"] {
+        assert!(chunk_dir(&mesh, cluster, &digest).join("manifest").exists(), "{cluster} cached the source {hex}");
+    }
+
+    phase("a source nobody pushed is refused at submit, naming where");
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    let yaml = format!("version: 1\njobs:\n  - {{name: j, type: command, command: 'true', source: {unknown}}}\n");
+    let spec = atoll_api::spec::parse_document(&yaml).expect("spec");
+    let err = mesh.gateway.submit(&atoll_api::jobs::SubmitRequest { spec }).await.unwrap_err();
+    assert!(err.to_string().contains("jobs[0].source") && err.to_string().contains("not a pushed source"), "{err}");
+
+    phase("the store serves a source only to replicas and readers, and nothing else without a ticket");
+    let anonymous = mesh.anonymous(None);
+    assert!(anonymous.get::<serde_json::Value>(&format!("/v1/sources/{digest}")).await.is_err());
+    let replica = mesh.as_replica("gcp", 1);
+    let info: serde_json::Value = replica.get(&format!("/v1/sources/{digest}")).await.expect("a replica reads it");
+    assert_eq!(info["digest"], digest.as_str());
 }

@@ -15,7 +15,9 @@
 //! | `POST /v1/jobs/{id}/cancel` | submit scope |
 //! | `POST /v1/clusters/{name}/lease\|reports\|logs` | the leader of `name` (fenced by term) |
 //! | `POST /v1/clusters/{name}/transfers` | a replica of `name`: how an input of a job bound there travels, with its ticket |
-//! | `GET\|PUT /v1/blobs/{digest}`, `GET\|PUT /v1/blobs/{digest}/chunks/{n}`, `POST /v1/blobs/{digest}/complete` | a replica with a relay ticket for that blob (the relay store) |
+//! | `POST /v1/sources` | submit scope: register a source uploaded to the gateway's store |
+//! | `GET /v1/sources/{digest}` | read scope, or any replica |
+//! | `GET\|PUT /v1/blobs/{digest}`, `GET\|PUT /v1/blobs/{digest}/chunks/{n}`, `POST /v1/blobs/{digest}/complete` | the gateway's store: a replica with a relay ticket for that blob; a source: uploaded with the submit scope, read by any replica |
 //! | `GET /v1/openapi.json` | anyone |
 //!
 //! Replicas of a revoked cluster are refused whatever they ask (`revoked`, 403).
@@ -45,6 +47,8 @@ use atoll_api::jobs::LogBatch;
 use atoll_api::jobs::LogPage;
 use atoll_api::jobs::ReportBatch;
 use atoll_api::jobs::ReportResults;
+use atoll_api::jobs::SourceInfo;
+use atoll_api::jobs::SourceRequest;
 use atoll_api::jobs::SubmitRequest;
 use atoll_api::jobs::Submitted;
 use atoll_api::jobs::TransferPlan;
@@ -106,6 +110,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/clusters/{name}/reports", post(reports))
         .route("/v1/clusters/{name}/logs", post(ship_logs))
         .route("/v1/clusters/{name}/transfers", post(transfer))
+        .route("/v1/sources", post(register_source))
+        .route("/v1/sources/{digest}", get(source))
         .route("/v1/openapi.json", get(openapi))
         .with_state(gateway.clone())
         .merge(atoll_store::transfer::routes(gateway.relay.clone()))
@@ -519,6 +525,29 @@ async fn lease(
     let request: LeaseRequest = parse(&body)?;
     let wait = std::time::Duration::from_millis(request.wait_ms);
     Ok(Json(gateway.lease(&name, request.term, &request.held, wait).await?))
+}
+
+/// Register a source uploaded to the gateway's store (`atoll push`).
+async fn register_source(
+    State(gateway): Shared,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Json<SourceInfo>, ApiError> {
+    caller.require(Scope::Submit)?;
+    let request: SourceRequest = parse(&body)?;
+    Ok(Json(gateway.register_source(&request.digest, &caller.describe()).await?))
+}
+
+async fn source(
+    State(gateway): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(digest): Path<String>,
+) -> Result<Json<SourceInfo>, ApiError> {
+    if !matches!(caller, Caller::Node { .. }) {
+        caller.require(Scope::Read)?;
+    }
+    let found = gateway.db.source(&digest).await.map_err(db_error)?;
+    Ok(Json(found.ok_or_else(|| ApiError::not_found(format!("no source {digest}")))?))
 }
 
 /// A replica of `name` asks how an input of a job bound there travels.

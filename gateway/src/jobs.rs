@@ -269,6 +269,15 @@ impl Gateway {
         let facts: Vec<ClusterFacts<'_>> =
             parsed.iter().map(|(name, labels, enabled)| ClusterFacts { name, labels, enabled: *enabled }).collect();
         atoll_api::spec::check_clusters(&spec, &facts).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        // Every source named must have been pushed.
+        if let Some(source) = &spec.source {
+            self.known_source(source, "source").await?;
+        }
+        for (i, job) in spec.jobs.iter().enumerate() {
+            if let Some(source) = &job.source {
+                self.known_source(source, &format!("jobs[{i}].source")).await?;
+            }
+        }
 
         let pipeline = Pipeline::new(spec);
         let mut states = vec![JobState::Waiting; pipeline.spec.jobs.len()];
@@ -458,11 +467,16 @@ impl Gateway {
                     let flow = flow.get_or_insert_with(|| self.flow());
                     assigned_inputs(spec, cluster, &siblings[&row.pipeline_id], flow)
                 };
+                // The job's own source, else the pipeline's.
+                let mut spec = spec.clone();
+                if spec.source.is_none() && spec.runs_on_a_cluster() {
+                    spec.source.clone_from(&pipeline.spec.source);
+                }
                 answer.assign.push(Assignment {
                     job: row.id.clone(),
                     pipeline: row.pipeline_id.clone(),
                     attempt: row.attempt,
-                    spec: spec.clone(),
+                    spec,
                     inputs,
                 });
             }

@@ -11,13 +11,16 @@
 //! edge moves to the relay for good (kept in memory; a restarted gateway routes by the matrix
 //! again, which by then shows the failure).
 //!
+//! The same store keeps **sources** (`atoll push`): uploaded by users with the submit scope,
+//! registered with `POST /v1/sources`, fetched by any replica by digest.
+//!
 //! [`Flow::route`]: crate::jobs::Flow::route
 
 use std::time::Duration;
 
 use atoll_api::ApiError;
 use atoll_api::ErrorCode;
-use atoll_api::Identity;
+use atoll_api::gateway::Scope;
 use atoll_api::jobs::Route;
 use atoll_api::jobs::SendTask;
 use atoll_api::jobs::TransferPlan;
@@ -25,41 +28,83 @@ use atoll_api::jobs::TransferRequest;
 use atoll_api::ticket::Ticket;
 use atoll_api::ticket::TicketOp;
 use atoll_store::Digest;
+use atoll_store::transfer::Access;
 use atoll_store::transfer::Guard;
+use futures::future::BoxFuture;
 
 use crate::Gateway;
+use crate::auth::Caller;
 use crate::jobs::job_id;
 use crate::now_ms;
 
 /// Lifetime of the tickets the gateway signs.
 pub const TICKET_TTL: Duration = Duration::from_secs(600);
 
-/// Who may read and write the relay store: replicas presenting a relay ticket for that blob, of
-/// the cluster the ticket names for their side.
+/// Who may read and write the gateway's store:
+/// - relayed outputs: replicas presenting a relay ticket for that blob, of the cluster the
+///   ticket names for their side (`relay_put` the parent's, `relay_get` the child's);
+/// - sources: users with the submit scope (and operators) upload them (`atoll push`); any
+///   replica of a cluster that is not revoked, and readers, may read a registered one.
 #[derive(Debug)]
-pub struct RelayGuard {
+pub struct StoreGuard {
     ca_der: Vec<Vec<u8>>,
+    db: crate::db::Db,
+    /// Digests known to be registered sources (a cache: sources are never unregistered).
+    sources: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
-impl RelayGuard {
-    pub fn new(ca_der: Vec<u8>) -> Self {
-        Self { ca_der: vec![ca_der] }
+impl StoreGuard {
+    pub fn new(ca_der: Vec<u8>, db: crate::db::Db) -> Self {
+        Self { ca_der: vec![ca_der], db, sources: Default::default() }
+    }
+
+    async fn is_source(&self, digest: &str) -> Result<bool, ApiError> {
+        if self.sources.lock().expect("sources").contains(digest) {
+            return Ok(true);
+        }
+        let found = self
+            .db
+            .source(digest)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("the gateway's database is unavailable: {e}")))?
+            .is_some();
+        if found {
+            self.sources.lock().expect("sources").insert(digest.to_string());
+        }
+        Ok(found)
+    }
+
+    async fn decide(&self, access: Access<'_>) -> Result<(), ApiError> {
+        let digest = access.digest.to_string();
+        if let Some(ticket) = access.ticket.filter(|t| !t.is_empty()) {
+            let op = if access.write { TicketOp::RelayPut } else { TicketOp::RelayGet };
+            return Ticket::verify(ticket, &self.ca_der, now_ms())
+                .and_then(|t| t.authorizes(op, &digest, access.caller, None))
+                .map_err(|e| ApiError::forbidden(format!("relay store: {e}")));
+        }
+        let caller = access.extensions.get::<Caller>().cloned().unwrap_or(Caller::Anonymous);
+        if access.write {
+            // Uploading a source; it becomes one when registered (`POST /v1/sources`).
+            return caller.require(Scope::Submit);
+        }
+        match &caller {
+            Caller::Node { .. } | Caller::Gateway(_) => {}
+            other => other.require(Scope::Read)?,
+        }
+        if self.is_source(&digest).await? {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "{digest} is not a pushed source; a relayed output needs its relay ticket ({})",
+                atoll_api::ticket::TicketError::Missing
+            )))
+        }
     }
 }
 
-impl Guard for RelayGuard {
-    fn check(
-        &self,
-        write: bool,
-        digest: &Digest,
-        caller: Option<&Identity>,
-        ticket: Option<&str>,
-    ) -> Result<(), ApiError> {
-        let ticket = ticket.ok_or_else(|| ApiError::forbidden(atoll_api::ticket::TicketError::Missing.to_string()))?;
-        let op = if write { TicketOp::RelayPut } else { TicketOp::RelayGet };
-        Ticket::verify(ticket, &self.ca_der, now_ms())
-            .and_then(|t| t.authorizes(op, &digest.to_string(), caller, None))
-            .map_err(|e| ApiError::forbidden(format!("relay store: {e}")))
+impl Guard for StoreGuard {
+    fn check<'a>(&'a self, access: Access<'a>) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(self.decide(access))
     }
 }
 
@@ -190,5 +235,38 @@ impl Gateway {
             }
         }
         Ok(plan)
+    }
+
+    /// `POST /v1/sources`: register a source uploaded to the gateway's store.
+    pub async fn register_source(&self, digest: &str, by: &str) -> Result<atoll_api::jobs::SourceInfo, ApiError> {
+        let parsed: Digest =
+            digest.parse().map_err(|e: atoll_store::InvalidDigest| ApiError::bad_request(e.to_string()))?;
+        let manifest = self
+            .relay
+            .blobs()
+            .manifest(&parsed)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("the gateway's store: {e}")))?
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "{digest} is not in the gateway's store; upload it first (PUT /v1/blobs/{digest})"
+                ))
+            })?;
+        let info = self
+            .db
+            .put_source(digest, manifest.size, now_ms(), by)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("the gateway's database is unavailable: {e}")))?;
+        tracing::info!(digest, size = info.size, by, "source registered");
+        Ok(info)
+    }
+
+    /// The registered source `digest`, or a clear error for a submission naming it at `path`.
+    pub async fn known_source(&self, digest: &str, path: &str) -> Result<atoll_api::jobs::SourceInfo, ApiError> {
+        self.db
+            .source(digest)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("the gateway's database is unavailable: {e}")))?
+            .ok_or_else(|| ApiError::bad_request(format!("{path}: {digest} is not a pushed source (atoll push DIR)")))
     }
 }

@@ -123,8 +123,10 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
         Ok(()) => tracing::info!(store = relay.name(), "relayed outputs are kept in {}", relay.name()),
         Err(e) => tracing::warn!(error = %e, "the relay store does not answer yet"),
     }
-    let relay =
-        atoll_store::transfer::BlobService::new(relay, crate::relay::RelayGuard::new(ca.authority().cert_der()?));
+    let relay = atoll_store::transfer::BlobService::new(
+        relay,
+        crate::relay::StoreGuard::new(ca.authority().cert_der()?, db.clone()),
+    );
     let gateway = Arc::new(Gateway {
         config: config.clone(),
         db: db.clone(),

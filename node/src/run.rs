@@ -212,8 +212,10 @@ async fn join_mesh(
     }
     let gateway = crate::link::gateway_client(tls, &link.addr).map_err(|e| format!("the gateway client: {e:#}"))?;
     let failed = Arc::new(crate::transfers::FailedPeers::default());
+    let own_store = matches!(config.storage, atoll_store::StorageConfig::Local { .. });
     let transfers = Arc::new(crate::transfers::Transfers::new(
-        &config.cluster,
+        replica.clone(),
+        own_store,
         blobs,
         tls.clone(),
         gateway,

@@ -38,11 +38,13 @@ use atoll_api::tls::ServerPolicy;
 use atoll_api::tls::TlsIdentity;
 use atoll_store::Blobs;
 use atoll_store::Digest;
+use atoll_store::transfer::Access;
 use atoll_store::transfer::BlobService;
 use atoll_store::transfer::Fetch;
 use atoll_store::transfer::Guard;
 use atoll_store::transfer::Pace;
 use atoll_store::transfer::Remote;
+use futures::future::BoxFuture;
 use tokio::time::Instant;
 
 /// Longest a child waits for one input from another cluster before its attempt ends in error.
@@ -61,8 +63,9 @@ fn now_ms() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos().div_euclid(1_000_000) as i64
 }
 
-/// Who may read or write this cluster's store: other clusters' replicas with a ticket for that
-/// blob that names this cluster as its server.
+/// Who may read or write this replica's store: the cluster's own replicas (copies between
+/// them), and other clusters' replicas with a ticket for that blob naming this cluster as its
+/// server.
 #[derive(Debug)]
 pub struct NodeGuard {
     cluster: ClusterName,
@@ -76,17 +79,22 @@ impl NodeGuard {
 }
 
 impl Guard for NodeGuard {
-    fn check(
-        &self,
-        write: bool,
-        digest: &Digest,
-        caller: Option<&Identity>,
-        ticket: Option<&str>,
-    ) -> Result<(), ApiError> {
-        let ticket = ticket.ok_or_else(|| ApiError::forbidden(TicketError::Missing.to_string()))?;
-        let op = if write { TicketOp::Push } else { TicketOp::Pull };
+    fn check<'a>(&'a self, access: Access<'a>) -> BoxFuture<'a, Result<(), ApiError>> {
+        let decided = self.decide(&access);
+        Box::pin(async move { decided })
+    }
+}
+
+impl NodeGuard {
+    fn decide(&self, access: &Access<'_>) -> Result<(), ApiError> {
+        // The cluster's own replicas copy outputs among themselves (see `Transfers::replicate`).
+        if matches!(access.caller, Some(Identity::Node { cluster, .. }) if *cluster == self.cluster) {
+            return Ok(());
+        }
+        let ticket = access.ticket.ok_or_else(|| ApiError::forbidden(TicketError::Missing.to_string()))?;
+        let op = if access.write { TicketOp::Push } else { TicketOp::Pull };
         Ticket::verify(ticket, &self.ca_der, now_ms())
-            .and_then(|t| t.authorizes(op, &digest.to_string(), caller, Some(self.cluster.as_str())))
+            .and_then(|t| t.authorizes(op, &access.digest.to_string(), access.caller, Some(self.cluster.as_str())))
             .map_err(|e| ApiError::forbidden(e.to_string()))
     }
 }
@@ -109,6 +117,9 @@ impl FailedPeers {
 /// Transfers of one replica.
 pub struct Transfers {
     cluster: String,
+    replica: Arc<crate::raft::Replica>,
+    /// The store is this replica's own (`local`): outputs are copied to the other replicas.
+    own_store: bool,
     service: Arc<BlobService>,
     tls: TlsIdentity,
     gateway: GatewayClient,
@@ -128,7 +139,8 @@ impl std::fmt::Debug for Transfers {
 
 impl Transfers {
     pub fn new(
-        cluster: &ClusterName,
+        replica: Arc<crate::raft::Replica>,
+        own_store: bool,
         service: Arc<BlobService>,
         tls: TlsIdentity,
         gateway: GatewayClient,
@@ -136,12 +148,14 @@ impl Transfers {
         failed: Arc<FailedPeers>,
     ) -> Self {
         Self {
-            cluster: cluster.to_string(),
+            cluster: replica.info().cluster.to_string(),
+            replica,
+            own_store,
             service,
             tls,
             gateway_addr: gateway.addr().to_string(),
             gateway,
-            pace: Pace { limit },
+            pace: Pace::limited(limit),
             failed,
             clients: Mutex::new(BTreeMap::new()),
             sending: Mutex::new(HashSet::new()),
@@ -183,7 +197,8 @@ impl Transfers {
         if self.blobs().manifest(&digest).await.map_err(|e| e.to_string())?.is_some() {
             return Ok(());
         }
-        let deadline = Instant::now() + RECEIVE_LIMIT;
+        let started = Instant::now();
+        let deadline = started + RECEIVE_LIMIT;
         let mut fetch = Fetch::new(digest.clone());
         let mut failed: Option<String> = None;
         let mut push_progress: Option<(usize, Instant)> = None;
@@ -237,7 +252,7 @@ impl Transfers {
                         plan.ticket.clone().unwrap_or_default(),
                     );
                     match fetch.run(&remote, self.blobs(), &self.pace).await {
-                        Ok(_) => return self.received(job, input, &fetch, relayed_from),
+                        Ok(_) => return self.received(job, input, &fetch, relayed_from, started),
                         Err(e) if e.is_path_failure() => {
                             tracing::warn!(job, parent = %input.from_job, from = %plan.source, error = %e, chunk = fetch.next_chunk(), "pulling an input failed; falling back to the relay");
                             self.failed.push(&plan.source);
@@ -248,7 +263,7 @@ impl Transfers {
                 }
                 Route::Push => {
                     if self.blobs().manifest(&digest).await.map_err(|e| e.to_string())?.is_some() {
-                        return self.received(job, input, &fetch, relayed_from);
+                        return self.received(job, input, &fetch, relayed_from, started);
                     }
                     let now = self.service.upload_progress(&digest).unwrap_or(0);
                     match push_progress {
@@ -274,7 +289,7 @@ impl Transfers {
                     let remote =
                         Remote::https(self.client(None)?, &self.gateway_addr, plan.ticket.clone().unwrap_or_default());
                     match fetch.run(&remote, self.blobs(), &self.pace).await {
-                        Ok(_) => return self.received(job, input, &fetch, relayed_from),
+                        Ok(_) => return self.received(job, input, &fetch, relayed_from, started),
                         Err(e) if e.is_path_failure() => {
                             tracing::warn!(job, parent = %input.from_job, error = %e, chunk = fetch.next_chunk(), "fetching an input from the relay failed; trying again");
                             tokio::time::sleep(ASK_AGAIN).await;
@@ -292,17 +307,119 @@ impl Transfers {
         input: &AssignedInput,
         fetch: &Fetch,
         relayed_from: Option<usize>,
+        started: Instant,
     ) -> Result<(), String> {
         tracing::info!(
             job,
             parent = %input.from_job,
             from = %input.cluster,
+            elapsed_ms = started.elapsed().as_millis() as u64,
             bytes = fetch.moved,
             refetched = fetch.refetched,
             relayed_from_chunk = ?relayed_from,
             "input received"
         );
         Ok(())
+    }
+
+    /// Make sure this replica's store holds the pushed source `digest`, fetching it from the
+    /// gateway's store when it does not (then every later job here reads it locally).
+    pub async fn fetch_source(&self, digest: &Digest) -> Result<(), String> {
+        if self.blobs().manifest(digest).await.map_err(|e| e.to_string())?.is_some() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let remote = Remote::https(self.client(None)?, &self.gateway_addr, String::new());
+        let mut fetch = Fetch::new(digest.clone());
+        loop {
+            match fetch.run(&remote, self.blobs(), &self.pace).await {
+                Ok(_) => {
+                    tracing::info!(source = %digest, bytes = fetch.moved, elapsed_ms = started.elapsed().as_millis() as u64, "source fetched from the gateway");
+                    return Ok(());
+                }
+                Err(e) if e.is_path_failure() && started.elapsed() < RECEIVE_LIMIT => {
+                    tracing::warn!(source = %digest, error = %e, "fetching a source from the gateway failed; trying again");
+                    tokio::time::sleep(ASK_AGAIN).await;
+                }
+                Err(e) => return Err(format!("fetching source {digest} from the gateway: {e}")),
+            }
+        }
+    }
+
+    /// The other voters of this cluster: (id, address).
+    fn other_voters(&self) -> (Vec<(u64, String)>, usize) {
+        let members = self.replica.members();
+        let voters = members.iter().filter(|m| m.voter).count();
+        let own = self.replica.info().node_id;
+        let others = members.into_iter().filter(|m| m.voter && m.id != own).map(|m| (m.id, m.addr)).collect();
+        (others, voters)
+    }
+
+    /// Copy a blob this replica just stored to the cluster's other replicas, and return once a
+    /// majority of the voters (this one included) hold it, so a recorded output survives the
+    /// loss of this replica. The copies to the others go on in the background. Nothing to do
+    /// when the store is shared (S3, GCS, Azure) or the cluster has one replica.
+    pub async fn replicate(&self, digest: &Digest) -> Result<(), String> {
+        if !self.own_store {
+            return Ok(());
+        }
+        let (others, voters) = self.other_voters();
+        let needed = (voters / 2 + 1).saturating_sub(1);
+        if needed == 0 {
+            return Ok(());
+        }
+        let client = self.client(Some(&self.cluster))?;
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        for (id, addr) in others {
+            let (blobs, digest, done) = (self.blobs().clone(), digest.clone(), done_tx.clone());
+            let remote = Remote::https(client.clone(), &addr, String::new());
+            let pace = Pace::limited(self.pace.limit);
+            tokio::spawn(async move {
+                let result = atoll_store::transfer::send(&blobs, &digest, &remote, &pace).await;
+                if let Err(e) = &result {
+                    tracing::warn!(replica = id, blob = %digest, error = %e, "copying an output to a replica failed");
+                }
+                let _ = done.send(result.is_ok());
+            });
+        }
+        drop(done_tx);
+        let (mut copied, mut failed) = (0, 0);
+        while let Some(ok) = done_rx.recv().await {
+            if ok {
+                copied += 1;
+                if copied >= needed {
+                    return Ok(());
+                }
+            } else {
+                failed += 1;
+            }
+        }
+        Err(format!(
+            "only {copied} of the {} other replicas took a copy ({failed} failed); a majority of the cluster must hold it",
+            copied + failed
+        ))
+    }
+
+    /// Make sure this replica's store holds `digest`, copying it from another replica of the
+    /// cluster when it does not (a new leader that was behind, or down, when it was stored).
+    pub async fn ensure_local(&self, digest: &Digest) -> Result<(), String> {
+        if self.blobs().manifest(digest).await.map_err(|e| e.to_string())?.is_some() || !self.own_store {
+            return Ok(());
+        }
+        let client = self.client(Some(&self.cluster))?;
+        let mut fetch = Fetch::new(digest.clone());
+        let mut errors = Vec::new();
+        for (id, addr) in self.other_voters().0 {
+            let remote = Remote::https(client.clone(), &addr, String::new());
+            match fetch.run(&remote, self.blobs(), &self.pace).await {
+                Ok(_) => {
+                    tracing::info!(blob = %digest, from = id, bytes = fetch.moved, "copied an output from another replica");
+                    return Ok(());
+                }
+                Err(e) => errors.push(format!("replica {id}: {e}")),
+            }
+        }
+        Err(format!("{digest} is in no replica's store of this cluster ({})", errors.join("; ")))
     }
 
     /// Send one output as a lease answer asked (in the background, once per task at a time).
@@ -329,6 +446,7 @@ impl Transfers {
     async fn send_now(&self, task: &SendTask) -> Result<u64, String> {
         let _slot = self.send_slots.acquire().await.map_err(|e| e.to_string())?;
         let digest: Digest = task.digest.parse().map_err(|e: atoll_store::InvalidDigest| e.to_string())?;
+        self.ensure_local(&digest).await?;
         let remote = match task.route {
             Route::Push => Remote::https(
                 self.client(Some(&task.to))?,

@@ -46,6 +46,12 @@ impl<W: Write> Write for HashingWriter<W> {
 /// Archive everything under `src` into a new file `dest` (fsync'd). Blocking: run it off the
 /// async threads.
 pub fn pack_dir(src: &Path, dest: &Path) -> io::Result<Packed> {
+    pack_dir_filtered(src, dest, &|_| true)
+}
+
+/// [`pack_dir`] of the entries `keep` accepts (paths relative to `src`); a directory it refuses
+/// is left out with everything in it.
+pub fn pack_dir_filtered(src: &Path, dest: &Path, keep: &dyn Fn(&Path) -> bool) -> io::Result<Packed> {
     let file = File::create(dest)?;
     let writer = HashingWriter { inner: BufWriter::with_capacity(256 * 1024, file), hasher: Hasher::new(), written: 0 };
     let mut builder = tar::Builder::new(writer);
@@ -61,6 +67,9 @@ pub fn pack_dir(src: &Path, dest: &Path) -> io::Result<Packed> {
         let mut subdirs = Vec::new();
         for entry in names {
             let name = rel.join(entry.file_name());
+            if !keep(&name) {
+                continue;
+            }
             let kind = entry.file_type()?;
             builder.append_path_with_name(entry.path(), &name)?;
             entries += 1;

@@ -31,7 +31,6 @@ use atoll_api::ApiError;
 use atoll_api::ErrorCode;
 use atoll_api::Identity;
 use atoll_api::serve::Peer;
-use axum::Extension;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -62,16 +61,23 @@ pub const TICKET_HEADER: &str = atoll_api::ticket::HEADER;
 /// Uploads untouched this long are forgotten (their stored chunks stay, unreferenced).
 const UPLOAD_IDLE: Duration = Duration::from_secs(3600);
 
+/// One request to a blob route, as a [`Guard`] sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Access<'a> {
+    /// An upload; else a read.
+    pub write: bool,
+    pub digest: &'a Digest,
+    /// The identity in the caller's certificate (none: a bearer-token or anonymous caller).
+    pub caller: Option<&'a Identity>,
+    /// The `x-atoll-ticket` header, when sent.
+    pub ticket: Option<&'a str>,
+    /// The request's extensions (what the server's own middleware attached, e.g. its caller).
+    pub extensions: &'a axum::http::Extensions,
+}
+
 /// Who may read or write which blob on a server.
 pub trait Guard: Send + Sync + 'static {
-    /// `write`: an upload; else a read. `ticket`: the `x-atoll-ticket` header, when sent.
-    fn check(
-        &self,
-        write: bool,
-        digest: &Digest,
-        caller: Option<&Identity>,
-        ticket: Option<&str>,
-    ) -> Result<(), ApiError>;
+    fn check<'a>(&'a self, access: Access<'a>) -> futures::future::BoxFuture<'a, Result<(), ApiError>>;
 }
 
 /// Where an upload stands (`PUT /v1/blobs/{digest}` and each chunk's answer).
@@ -150,27 +156,27 @@ fn store_error(e: StoreError) -> ApiError {
 }
 
 /// Parse the digest and ask the guard.
-fn admit(
+async fn admit(
     service: &BlobService,
     write: bool,
     digest: &str,
-    peer: Option<&Extension<Peer>>,
+    extensions: &axum::http::Extensions,
     headers: &HeaderMap,
 ) -> Result<Digest, ApiError> {
     let digest: Digest = digest.parse().map_err(|e: crate::InvalidDigest| ApiError::bad_request(e.to_string()))?;
     let ticket = headers.get(TICKET_HEADER).and_then(|v| v.to_str().ok());
-    let caller = peer.map(|Extension(Peer(identity))| identity);
-    service.guard.check(write, &digest, caller, ticket)?;
+    let caller = extensions.get::<Peer>().map(|Peer(identity)| identity);
+    service.guard.check(Access { write, digest: &digest, caller, ticket, extensions }).await?;
     Ok(digest)
 }
 
 async fn manifest(
     State(service): Shared,
-    peer: Option<Extension<Peer>>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     Path(digest): Path<String>,
 ) -> Result<Response, ApiError> {
-    let digest = admit(&service, false, &digest, peer.as_ref(), &headers)?;
+    let digest = admit(&service, false, &digest, &extensions, &headers).await?;
     match service.blobs.manifest(&digest).await.map_err(store_error)? {
         Some(manifest) => Ok(Json(manifest).into_response()),
         None => Err(ApiError::not_found(format!("blob {digest} is not in {}", service.blobs.name()))),
@@ -179,11 +185,11 @@ async fn manifest(
 
 async fn chunk(
     State(service): Shared,
-    peer: Option<Extension<Peer>>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     Path((digest, index)): Path<(String, usize)>,
 ) -> Result<Response, ApiError> {
-    let digest = admit(&service, false, &digest, peer.as_ref(), &headers)?;
+    let digest = admit(&service, false, &digest, &extensions, &headers).await?;
     let manifest = service
         .blobs
         .manifest(&digest)
@@ -206,12 +212,12 @@ async fn chunk(
 
 async fn begin(
     State(service): Shared,
-    peer: Option<Extension<Peer>>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     Path(digest): Path<String>,
     body: Bytes,
 ) -> Result<Json<UploadState>, ApiError> {
-    let digest = admit(&service, true, &digest, peer.as_ref(), &headers)?;
+    let digest = admit(&service, true, &digest, &extensions, &headers).await?;
     let manifest: Manifest =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the manifest: {e}")))?;
     if manifest.digest != digest || !manifest.is_consistent() {
@@ -252,12 +258,12 @@ async fn begin(
 
 async fn put_chunk(
     State(service): Shared,
-    peer: Option<Extension<Peer>>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     Path((digest, index)): Path<(String, usize)>,
     body: Bytes,
 ) -> Result<Json<UploadState>, ApiError> {
-    let digest = admit(&service, true, &digest, peer.as_ref(), &headers)?;
+    let digest = admit(&service, true, &digest, &extensions, &headers).await?;
     let _slot = service.slots.acquire().await.map_err(|_| ApiError::unavailable("shutting down"))?;
     let upload = service
         .upload(&digest)
@@ -287,14 +293,24 @@ async fn put_chunk(
             expected_len.end - expected_len.start
         )));
     }
-    let actual = Digest::of(&body);
+    // The chunk's digest and the running whole digest, on two threads at once.
+    let (chunk, whole, mut hasher) = (body.clone(), body.clone(), upload.hasher.clone());
+    let (actual, hashed) = tokio::join!(
+        tokio::task::spawn_blocking(move || Digest::of(&chunk)),
+        tokio::task::spawn_blocking(move || {
+            hasher.update(&whole);
+            hasher
+        })
+    );
+    let internal = |e: tokio::task::JoinError| ApiError::internal(format!("hashing chunk {index}: {e}"));
+    let actual = actual.map_err(internal)?;
     if actual != expected {
         // Refused before it touches the upload: the sender sends this chunk again.
         return Err(ApiError::bad_request(format!(
             "chunk {index} of {digest} hashes to {actual}, not {expected}; send it again"
         )));
     }
-    upload.hasher.update(&body);
+    upload.hasher = hashed.map_err(internal)?;
     if let Err(e) = service.blobs.store_chunk(&digest, index, body).await {
         // The hasher saw bytes that were not stored: this upload must start over.
         let manifest = upload.manifest.clone();
@@ -307,11 +323,11 @@ async fn put_chunk(
 
 async fn complete(
     State(service): Shared,
-    peer: Option<Extension<Peer>>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     Path(digest): Path<String>,
 ) -> Result<Json<UploadState>, ApiError> {
-    let digest = admit(&service, true, &digest, peer.as_ref(), &headers)?;
+    let digest = admit(&service, true, &digest, &extensions, &headers).await?;
     if let Some(manifest) = service.blobs.manifest(&digest).await.map_err(store_error)? {
         return Ok(Json(UploadState { next: manifest.chunks.len(), complete: true }));
     }
@@ -392,9 +408,22 @@ impl Remote {
 pub struct Pace {
     /// Most bytes per second per transfer (`None`: as fast as the path allows).
     pub limit: Option<u64>,
+    /// Bytes moved so far, for a progress display.
+    pub progress: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Pace {
+    pub fn limited(limit: Option<u64>) -> Self {
+        Self { limit, progress: None }
+    }
+
+    async fn moved(&self, started: Instant, total: u64, chunk: u64) {
+        if let Some(progress) = &self.progress {
+            progress.fetch_add(chunk, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.wait(started, total).await;
+    }
+
     async fn wait(&self, started: Instant, bytes: u64) {
         if let Some(limit) = self.limit.filter(|l| *l > 0) {
             let due = started + Duration::from_secs_f64(bytes as f64 / limit as f64);
@@ -412,7 +441,8 @@ enum Answer {
 }
 
 async fn call(peer: &Remote, request: reqwest::RequestBuilder) -> Answer {
-    let response = match request.header(TICKET_HEADER, &peer.ticket).send().await {
+    let request = if peer.ticket.is_empty() { request } else { request.header(TICKET_HEADER, &peer.ticket) };
+    let response = match request.send().await {
         Ok(response) => response,
         Err(e) => return Answer::Retry(atoll_api::client::error_chain(&e)),
     };
@@ -481,6 +511,21 @@ fn json<T: serde::de::DeserializeOwned>(peer: &Remote, what: &str, bytes: &[u8])
     })
 }
 
+/// A task working ahead, aborted when it is no longer wanted (the transfer failed or ended).
+struct Ahead<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Ahead<T> {
+    async fn join(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for Ahead<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A blob being fetched into a store: where it stands, kept across tries and sources.
 #[derive(Debug)]
 pub struct Fetch {
@@ -528,15 +573,44 @@ impl Fetch {
         }
         let started = Instant::now();
         let mut paced = 0u64;
+        let get = |index: usize| {
+            let (peer, url) = (peer.clone(), format!("{base}/chunks/{index}"));
+            Ahead(tokio::spawn(async move {
+                with_tries(&peer, &format!("reading chunk {index}"), || peer.http.get(&url)).await
+            }))
+        };
+        // One chunk is fetched ahead while the one before is verified and stored: the network,
+        // the hashing and the disk overlap (two chunks in memory at most).
+        let mut ahead = (self.next < manifest.chunks.len()).then(|| get(self.next));
         while self.next < manifest.chunks.len() {
             let index = self.next;
-            let url = format!("{base}/chunks/{index}");
-            let expected = &manifest.chunks[index];
+            let expected = manifest.chunks[index].clone();
+            let task = ahead.take().unwrap_or_else(|| get(index));
+            let mut bytes = task.join().await.map_err(|e| TransferError::Unreachable {
+                addr: peer.base.clone(),
+                message: format!("reading chunk {index}: {e}"),
+            })??;
+            if index + 1 < manifest.chunks.len() {
+                ahead = Some(get(index + 1));
+            }
             let mut corrupt = 0;
-            let bytes = loop {
-                let bytes = with_tries(peer, &format!("reading chunk {index}"), || peer.http.get(&url)).await?;
-                if &Digest::of(&bytes) == expected {
-                    break bytes;
+            let hasher = loop {
+                // The chunk's digest and the running whole digest, on two threads at once.
+                let (chunk, whole) = (bytes.clone(), bytes.clone());
+                let mut hasher = self.hasher.clone();
+                let (verified, hashed) = tokio::join!(
+                    tokio::task::spawn_blocking(move || Digest::of(&chunk)),
+                    tokio::task::spawn_blocking(move || {
+                        hasher.update(&whole);
+                        hasher
+                    })
+                );
+                let internal = |e: tokio::task::JoinError| TransferError::Unreachable {
+                    addr: peer.base.clone(),
+                    message: format!("hashing chunk {index}: {e}"),
+                };
+                if verified.map_err(internal)? == expected {
+                    break hashed.map_err(internal)?;
                 }
                 corrupt += 1;
                 self.refetched += bytes.len() as u64;
@@ -549,14 +623,16 @@ impl Fetch {
                         times: corrupt,
                     });
                 }
+                let url = format!("{base}/chunks/{index}");
+                bytes = with_tries(peer, &format!("reading chunk {index}"), || peer.http.get(&url)).await?;
             };
             let len = bytes.len() as u64;
-            self.hasher.update(&bytes);
             into.store_chunk(&self.digest, index, bytes).await?;
+            self.hasher = hasher;
             self.next += 1;
             self.moved += len;
             paced += len;
-            pace.wait(started, paced).await;
+            pace.moved(started, paced, len).await;
         }
         let whole = self.hasher.clone().finish();
         if whole != self.digest {
@@ -593,9 +669,27 @@ pub async fn send(from: &Blobs, digest: &Digest, peer: &Remote, pace: &Pace) -> 
             return Ok(sent);
         }
         let mut conflict = false;
+        let read = |index: usize| {
+            let (from, manifest) = (from.clone(), manifest.clone());
+            Ahead(tokio::spawn(async move { (index, from.chunk(&manifest, index).await) }))
+        };
+        // The next chunk is read from the store while this one is sent.
+        let mut ahead = (state.next < manifest.chunks.len()).then(|| read(state.next));
         while state.next < manifest.chunks.len() {
             let index = state.next;
-            let chunk = from.chunk(&manifest, index).await?;
+            let task = match ahead.take() {
+                Some(task) => task,
+                None => read(index),
+            };
+            let chunk = match task.join().await {
+                Ok((read_index, chunk)) if read_index == index => chunk?,
+                // The server asked for another chunk than the one read ahead.
+                Ok(_) => from.chunk(&manifest, index).await?,
+                Err(e) => return Err(StoreError::Config(format!("reading chunk {index}: {e}")).into()),
+            };
+            if index + 1 < manifest.chunks.len() {
+                ahead = Some(read(index + 1));
+            }
             let url = format!("{base}/chunks/{index}");
             let mut corrupt = 0;
             let answer = loop {
@@ -619,7 +713,7 @@ pub async fn send(from: &Blobs, digest: &Digest, peer: &Remote, pace: &Pace) -> 
                 Err(e) => return Err(e),
             }
             sent += chunk.len() as u64;
-            pace.wait(started, sent).await;
+            pace.moved(started, sent, chunk.len() as u64).await;
         }
         if conflict {
             continue;

@@ -11,11 +11,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 
 use atoll_api::ApiError;
-use atoll_api::Identity;
 use atoll_store::Blobs;
 use atoll_store::CHUNK;
 use atoll_store::Digest;
 use atoll_store::StorageConfig;
+use atoll_store::transfer::Access;
 use atoll_store::transfer::BlobService;
 use atoll_store::transfer::Fetch;
 use atoll_store::transfer::Guard;
@@ -28,13 +28,14 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 use axum::response::Response;
+use futures::future::BoxFuture;
 
 /// Lets everything through (tickets are tested where they are checked).
 struct Open;
 
 impl Guard for Open {
-    fn check(&self, _: bool, _: &Digest, _: Option<&Identity>, _: Option<&str>) -> Result<(), ApiError> {
-        Ok(())
+    fn check<'a>(&'a self, _: Access<'a>) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -42,8 +43,9 @@ impl Guard for Open {
 struct Closed;
 
 impl Guard for Closed {
-    fn check(&self, _: bool, _: &Digest, _: Option<&Identity>, ticket: Option<&str>) -> Result<(), ApiError> {
-        Err(ApiError::forbidden(format!("refused ticket {ticket:?}")))
+    fn check<'a>(&'a self, access: Access<'a>) -> BoxFuture<'a, Result<(), ApiError>> {
+        let ticket = access.ticket.map(str::to_string);
+        Box::pin(async move { Err(ApiError::forbidden(format!("refused ticket {ticket:?}"))) })
     }
 }
 
@@ -244,7 +246,7 @@ async fn a_paced_fetch_keeps_to_its_limit() {
     let base = serve(source, Open, Arc::new(Faults::default())).await;
     let limit = 40 * 1024 * 1024;
     let started = std::time::Instant::now();
-    Fetch::new(digest.clone()).run(&remote(&base), &target, &Pace { limit: Some(limit) }).await.unwrap();
+    Fetch::new(digest.clone()).run(&remote(&base), &target, &Pace::limited(Some(limit))).await.unwrap();
     // A lower bound only (pacing never speeds anything up).
     assert!(started.elapsed().as_secs_f64() >= bytes.len() as f64 / limit as f64 * 0.95);
 }

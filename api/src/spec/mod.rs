@@ -44,6 +44,10 @@ pub const DEFAULT_TIMEOUT_S: u64 = 3600;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PipelineSpec {
     pub version: u64,
+    /// A pushed source (`atoll push DIR`: `sha256:<hex>`) unpacked for every job that names
+    /// none of its own, under `$ATOLL_SOURCE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     pub jobs: Vec<JobSpec>,
 }
 
@@ -72,6 +76,9 @@ pub struct JobSpec {
     /// Further attempts after a `failure` or `error` (0: none).
     #[serde(default)]
     pub retries: u32,
+    /// This job's pushed source (`sha256:<hex>`), in place of the pipeline's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 impl JobSpec {

@@ -118,6 +118,23 @@ fn every_problem_of_a_malformed_file_is_reported_with_its_path() {
 }
 
 #[test]
+fn sources_are_digests_on_the_pipeline_or_a_command_job() {
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let spec = parse(&format!(
+        "version: 1\nsource: {digest}\njobs:\n  - {{name: a, type: command, command: x}}\n  - {{name: b, type: command, command: x, source: {digest}}}\n"
+    ))
+    .unwrap();
+    assert_eq!(spec.source.as_deref(), Some(digest.as_str()));
+    assert_eq!((spec.jobs[0].source.as_deref(), spec.jobs[1].source.as_deref()), (None, Some(digest.as_str())));
+    let found = problems(
+        "version: 1\nsource: latest\njobs:\n  - {name: a, type: command, command: x, source: 'sha256:AB'}\n  - {name: w, type: wait, source: 'sha256:00'}\n",
+    );
+    has(&found, "source", "not a source digest");
+    has(&found, "jobs[0].source", "not a source digest");
+    has(&found, "jobs[1].source", "a wait job runs nothing");
+}
+
+#[test]
 fn every_cycle_is_found_and_named() {
     let found = problems(include_str!("testdata/cycles.yaml"));
     assert_eq!(found.len(), 2, "{found:?}");

@@ -120,7 +120,8 @@ pub fn job_name(name: &str) -> Result<(), &'static str> {
 
 /// The whole document.
 pub(super) fn pipeline(v: &Value, problems: &mut Problems) -> Option<PipelineSpec> {
-    let map = object(v, "", &["version", "jobs"], problems)?;
+    let map = object(v, "", &["version", "source", "jobs"], problems)?;
+    let source = map.get("source").and_then(|v| source(v, "source", problems));
     match map.get("version") {
         None => push(problems, "version", format!("missing (this build reads version {SPEC_VERSION})")),
         Some(v) if v.as_u64() == Some(SPEC_VERSION) => {}
@@ -154,11 +155,37 @@ pub(super) fn pipeline(v: &Value, problems: &mut Problems) -> Option<PipelineSpe
         .collect();
     cross_check(&names, &deps, problems);
     let jobs: Option<Vec<JobSpec>> = parsed.into_iter().collect();
-    Some(PipelineSpec { version: SPEC_VERSION, jobs: jobs? })
+    Some(PipelineSpec { version: SPEC_VERSION, source, jobs: jobs? })
 }
 
-const JOB_KEYS: [&str; 10] =
-    ["name", "type", "command", "image", "environment", "timeout", "resources", "cluster", "depends_on", "retries"];
+/// A pushed source: `sha256:` and 64 lowercase hex digits.
+fn source(v: &Value, path: &str, problems: &mut Problems) -> Option<String> {
+    let s = string(v, path, problems)?;
+    let hex = s.strip_prefix("sha256:").unwrap_or_default();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        push(
+            problems,
+            path,
+            format!("{s:?} is not a source digest (sha256: and 64 lowercase hex digits, as `atoll push` prints)"),
+        );
+        return None;
+    }
+    Some(s.to_string())
+}
+
+const JOB_KEYS: [&str; 11] = [
+    "name",
+    "type",
+    "command",
+    "image",
+    "environment",
+    "timeout",
+    "resources",
+    "cluster",
+    "depends_on",
+    "retries",
+    "source",
+];
 
 fn job(v: &Value, path: &str, problems: &mut Problems) -> Option<JobSpec> {
     let map = object(v, path, &JOB_KEYS, problems)?;
@@ -227,6 +254,10 @@ fn job(v: &Value, path: &str, problems: &mut Problems) -> Option<JobSpec> {
     let cluster = map.get("cluster").map(|v| cluster(v, &at("cluster"), problems)).unwrap_or_default();
     let depends_on = map.get("depends_on").map(|v| depends_on(v, &at("depends_on"), problems)).unwrap_or_default();
     let retries = map.get("retries").and_then(|v| integer(v, &at("retries"), 0, MAX_RETRIES.into(), problems));
+    let source = map.get("source").and_then(|v| source(v, &at("source"), problems));
+    if kind == Some(JobKind::Wait) && map.contains_key("source") {
+        push(problems, &at("source"), "a wait job runs nothing, so it takes no source");
+    }
 
     if problems.len() > before {
         return None;
@@ -242,6 +273,7 @@ fn job(v: &Value, path: &str, problems: &mut Problems) -> Option<JobSpec> {
         cluster,
         depends_on,
         retries: retries.map_or(0, |r| u32::try_from(r).unwrap_or(MAX_RETRIES)),
+        source,
     })
 }
 

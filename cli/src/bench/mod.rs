@@ -5,6 +5,8 @@
 //!   matrix, next to how fast etcd notices a dead leader.
 //! - [`scale`]: one gateway under a thousand simulated clusters, next to etcd's write latency.
 //! - [`jobs`]: jobs per second through a real mesh, and the time to move a dead cluster's jobs.
+//! - [`transfer`]: a large output moved by each route (local, pull, push, relay), next to the
+//!   machine's loopback TLS stream.
 //! - [`peers`]: running the peer baseline's scripts and reading their summaries.
 
 pub mod convergence;
@@ -12,6 +14,7 @@ pub mod failover;
 pub mod jobs;
 pub mod peers;
 pub mod scale;
+pub mod transfer;
 
 use std::time::Duration;
 

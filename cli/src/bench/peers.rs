@@ -41,7 +41,7 @@ async fn run_script(script: &Path, args: &[&str]) -> anyhow::Result<Vec<String>>
     let mut lines = tokio::io::BufReader::new(stdout).lines();
     let mut all = Vec::new();
     while let Some(line) = lines.next_line().await? {
-        println!("etcd| {line}");
+        println!("peer| {line}");
         all.push(line);
     }
     let status = child.wait().await?;
@@ -130,4 +130,33 @@ mod tests {
         assert_eq!(field(line, "p90").unwrap(), 341.0);
         assert!(field(line, "mean").is_err());
     }
+}
+
+/// What `loopback-bandwidth` reports about one stream over loopback.
+#[derive(Debug, Clone, Copy)]
+pub struct Stream {
+    /// Megabytes per second (10^6 bytes), median of the repeats.
+    pub median_mb_s: f64,
+    pub min_mb_s: f64,
+    pub max_mb_s: f64,
+}
+
+/// `loopback-bandwidth` without the fsync part: TLS 1.3 and plain TCP over one loopback
+/// connection between two processes (`seconds` x `repeats` each).
+pub async fn loopback_streams(script: &Path, seconds: u64, repeats: usize) -> anyhow::Result<(Stream, Stream)> {
+    let lines = run_script(script, &["--skip-fsync", "-t", &seconds.to_string(), "-r", &repeats.to_string()]).await?;
+    let stream = |label: &str| -> anyhow::Result<Stream> {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("SUMMARY {label}")))
+            .with_context(|| format!("loopback-bandwidth printed no {label} SUMMARY line"))?;
+        // Gbit/s -> MB/s.
+        let mb = |g: f64| g * 1000.0 / 8.0;
+        Ok(Stream {
+            median_mb_s: mb(field(line, "median")?),
+            min_mb_s: mb(field(line, "min")?),
+            max_mb_s: mb(field(line, "max")?),
+        })
+    };
+    Ok((stream("python tls13 single-connection")?, stream("python tcp single-connection")?))
 }

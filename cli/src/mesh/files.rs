@@ -184,6 +184,9 @@ fn agent_yaml(layout: &Layout, cluster: &ClusterLayout, replica: &ReplicaLayout)
             "  executor: kubernetes\n  kubernetes:\n    api: \"{api}\"\n    namespace: atoll\n    poll_ms: 100\n"
         ));
     }
+    if let Some(fsync) = cluster.store_fsync {
+        out.push_str(&format!("storage:\n  local:\n    fsync: {fsync}\n"));
+    }
     let raft = &layout.raft;
     out.push_str("raft:\n");
     if let Some(t) = raft.timing {
@@ -221,6 +224,9 @@ fn gateway_yaml(layout: &Layout) -> String {
             t.probe_interval_ms, t.probe_timeout_ms, t.row_interval_ms, t.stale_after_ms
         ));
         out.push_str(&format!("certificates:\n  lifetime_s: {}\n", t.cert_lifetime_s));
+    }
+    if let Some(fsync) = gateway.store_fsync {
+        out.push_str(&format!("storage:\n  local:\n    fsync: {fsync}\n"));
     }
     out
 }

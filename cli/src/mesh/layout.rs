@@ -74,6 +74,9 @@ pub struct ClusterLayout {
     /// `jobs.transfer_limit_bytes_per_s` (unlimited when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer_limit: Option<u64>,
+    /// `storage.local.fsync` (the agent's default, on, when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_fsync: Option<bool>,
 }
 
 /// The gateway of a mesh.
@@ -87,6 +90,9 @@ pub struct GatewayLayout {
     /// Timing overrides (tests shorten them).
     #[serde(default)]
     pub timing: Option<GatewayTiming>,
+    /// `storage.local.fsync` of the relay store (on when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_fsync: Option<bool>,
 }
 
 impl GatewayLayout {
@@ -188,6 +194,7 @@ impl Layout {
                 kubernetes_api: None,
                 max_running: None,
                 transfer_limit: None,
+                store_fsync: None,
             })
             .collect();
         Ok(Self { clusters, raft: RaftKnobs::default(), gateway: None })
@@ -204,7 +211,13 @@ impl Layout {
                 .context("--base-port leaves no room for the gateway")?;
             allocate_ports(2, first)?
         };
-        self.gateway = Some(GatewayLayout { port: ports[0], ops_port: ports[1], postgres_url: None, timing: None });
+        self.gateway = Some(GatewayLayout {
+            port: ports[0],
+            ops_port: ports[1],
+            postgres_url: None,
+            timing: None,
+            store_fsync: None,
+        });
         Ok(self)
     }
 

@@ -17,6 +17,7 @@
 pub mod clusters;
 pub mod jobs;
 pub mod matrix;
+pub mod sources;
 pub mod testing;
 pub mod tokens;
 
@@ -40,6 +41,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "jobs", include_str!("../../migrations/0002_jobs.sql")),
     (3, "logs", include_str!("../../migrations/0003_logs.sql")),
     (4, "outputs", include_str!("../../migrations/0004_outputs.sql")),
+    (5, "sources", include_str!("../../migrations/0005_sources.sql")),
 ];
 
 /// A connected, migrated database.

@@ -131,7 +131,7 @@ impl ProcessExecutor {
         let group = Arc::new(AtomicI32::new(0));
         let dir = self.work_dir(&request.job, request.attempt);
         let this = self.clone();
-        let task = if request.inputs.is_empty() {
+        let task = if request.inputs.is_empty() && request.spec.source.is_none() {
             // Nothing to fetch: start at once, in the caller's turn.
             let spawned = prepare(&dir).and_then(|()| self.spawn(&request, &dir));
             if let Ok(s) = &spawned {
@@ -201,6 +201,7 @@ impl ProcessExecutor {
         let timeout = Duration::from_secs(request.spec.timeout_s.max(1));
         let log_path = dir.join("log");
         let outputs = self.outputs.clone();
+        let transfers = self.transfers.clone();
         let work_dir = dir.clone();
         {
             let logs = pump(Some(stdout), Some(stderr), &job, attempt, &events, &log_path);
@@ -244,7 +245,15 @@ impl ProcessExecutor {
             };
             // The output of every ended run counts (a failed job's output matters too).
             if let Some(blobs) = &outputs {
-                match store_output(blobs, &work_dir).await {
+                let mut stored = store_output(blobs, &work_dir).await;
+                // Recorded only once a majority of the cluster's replicas hold it.
+                if let (Ok(Some(output)), Some(transfers)) = (&stored, &transfers) {
+                    let digest = output.digest.parse().map_err(|e: atoll_store::InvalidDigest| e.to_string());
+                    if let Err(e) = async { transfers.replicate(&digest?).await }.await {
+                        stored = Err(format!("copying it to the cluster's other replicas: {e}"));
+                    }
+                }
+                match stored {
                     Ok(Some(output)) => {
                         let _ = events.send(Event::Output { job: job.clone(), attempt, output });
                     }
@@ -267,6 +276,10 @@ impl ProcessExecutor {
     /// brought into this cluster's store ([`crate::transfers`]), then every one is copied out,
     /// verified, and unpacked.
     async fn deliver(&self, request: &RunRequest, into: &Path) -> Result<(), String> {
+        if let Some(source) = &request.spec.source {
+            let dir = into.parent().unwrap_or(into).join("source");
+            self.deliver_source(source, &dir).await.map_err(|e| format!("delivering source {source}: {e}"))?;
+        }
         for input in &request.inputs {
             if input.mode != InputMode::Local {
                 let transfers = self
@@ -279,6 +292,16 @@ impl ProcessExecutor {
                         input.from_job, input.digest, input.cluster
                     )
                 })?;
+            }
+            let started = std::time::Instant::now();
+            if let (InputMode::Local, Some(transfers), Ok(digest)) =
+                (input.mode, &self.transfers, input.digest.parse::<atoll_store::Digest>())
+            {
+                // Stored by another replica of this cluster (an earlier leader): copy it here.
+                transfers
+                    .ensure_local(&digest)
+                    .await
+                    .map_err(|e| format!("delivering the output of {} ({}): {e}", input.from_job, input.digest))?;
             }
             let blobs = self.outputs.as_ref().ok_or("this replica stores no outputs")?;
             let fail = |e: String| format!("delivering the output of {} ({}): {e}", input.from_job, input.digest);
@@ -293,8 +316,32 @@ impl ProcessExecutor {
                 .and_then(|r| r.map_err(|e| fail(e.to_string())));
             let _ = tokio::fs::remove_file(&archive).await;
             unpacked?;
+            tracing::info!(
+                job = %request.job,
+                parent = %input.from_job,
+                bytes = input.size,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "input in place"
+            );
         }
         Ok(())
+    }
+
+    /// Unpack the pushed source `digest` into `dir`, fetched into this cluster's store first.
+    async fn deliver_source(&self, digest: &str, dir: &Path) -> Result<(), String> {
+        let parsed: atoll_store::Digest = digest.parse().map_err(|e: atoll_store::InvalidDigest| e.to_string())?;
+        let transfers = self.transfers.as_ref().ok_or("this replica has no gateway link to fetch it from")?;
+        transfers.fetch_source(&parsed).await?;
+        let blobs = self.outputs.as_ref().ok_or("this replica stores no blobs")?;
+        let archive = dir.with_file_name(".source.tar");
+        blobs.fetch_to_file(&parsed, &archive).await.map_err(|e| e.to_string())?;
+        let (from, to) = (archive.clone(), dir.to_path_buf());
+        let unpacked = tokio::task::spawn_blocking(move || atoll_store::archive::unpack(&from, &to))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let _ = tokio::fs::remove_file(&archive).await;
+        unpacked
     }
 
     fn command(&self, request: &RunRequest, dir: &Path) -> Result<atoll_spawn::Command, String> {
@@ -317,6 +364,7 @@ impl ProcessExecutor {
             (os("ATOLL_PIPELINE"), os(&request.pipeline)),
             (os("ATOLL_OUTPUT"), path(dir.join("output"))),
             (os("ATOLL_INPUTS"), path(dir.join("inputs"))),
+            (os("ATOLL_SOURCE"), path(dir.join("source"))),
         ];
         // The job's own environment last: it may override any of the above.
         for (key, value) in &request.spec.environment {
@@ -378,6 +426,7 @@ fn prepare(dir: &Path) -> Result<(), String> {
     }
     std::fs::create_dir_all(dir.join("output")).map_err(fail)?;
     std::fs::create_dir_all(dir.join("inputs")).map_err(fail)?;
+    std::fs::create_dir_all(dir.join("source")).map_err(fail)?;
     Ok(())
 }
 

@@ -1,0 +1,142 @@
+//! `atoll push DIR`: a source directory archived once and uploaded to the gateway's store.
+//!
+//! The directory is walked honouring its `.gitignore` files (and `.git/info/exclude`), `.git`
+//! itself left out, and packed into one deterministic tar (the same files give the same digest,
+//! so pushing an unchanged tree uploads nothing). The archive is chunked and uploaded through
+//! the gateway's blob routes with the CLI's bearer token (submit scope), resuming where the
+//! gateway's copy stands, then registered; pipelines name it as `source: sha256:...` and every
+//! cluster fetches it from the gateway by digest when a job needs it.
+
+use std::collections::HashSet;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::cli_config::CliConfig;
+
+/// One request (at most a chunk) may take this long.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The paths under `root` to archive, relative to it: what git would not ignore.
+pub fn source_paths(root: &Path) -> anyhow::Result<HashSet<PathBuf>> {
+    let walker = ignore::WalkBuilder::new(root)
+        .hidden(false)
+        .parents(false)
+        .ignore(false)
+        .git_global(false)
+        .git_ignore(true)
+        .git_exclude(true)
+        .require_git(false)
+        .follow_links(false)
+        .filter_entry(|entry| entry.file_name() != ".git")
+        .build();
+    let mut paths = HashSet::new();
+    for entry in walker {
+        let entry = entry.with_context(|| format!("walking {}", root.display()))?;
+        let rel = entry.path().strip_prefix(root).context("a path outside the directory")?;
+        if !rel.as_os_str().is_empty() {
+            paths.insert(rel.to_path_buf());
+        }
+    }
+    Ok(paths)
+}
+
+pub async fn push(config: &CliConfig, dir: &Path, json: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(dir.is_dir(), "{} is not a directory", dir.display());
+    let root = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+    let paths = source_paths(&root)?;
+    let temp = tempfile::tempdir().context("a temporary directory")?;
+    let archive = temp.path().join("source.tar");
+    let (src, dest, keep) = (root.clone(), archive.clone(), paths.clone());
+    let packed = tokio::task::spawn_blocking(move || {
+        atoll_store::archive::pack_dir_filtered(&src, &dest, &|p| keep.contains(p))
+    })
+    .await?
+    .with_context(|| format!("archiving {}", root.display()))?;
+    let blobs =
+        atoll_store::Blobs::open(&atoll_store::StorageConfig::Local { path: temp.path().join("blobs"), fsync: false })?;
+    blobs.put_file(&archive, &packed.digest).await?;
+    let (http, addr) = config.gateway_http(CHUNK_TIMEOUT)?;
+    let progress = Arc::new(AtomicU64::new(0));
+    let pace = atoll_store::transfer::Pace { limit: None, progress: Some(progress.clone()) };
+    let remote = atoll_store::transfer::Remote::https(http, &addr, String::new());
+    let show = (!json && std::io::stderr().is_terminal()).then(|| {
+        let (progress, total) = (progress.clone(), packed.size);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let done = progress.load(Ordering::Relaxed);
+                let pct = (done * 100).checked_div(total).unwrap_or(100);
+                eprint!("\ruploading {} / {} ({pct}%)   ", human(done), human(total));
+            }
+        })
+    });
+    let sent = atoll_store::transfer::send(&blobs, &packed.digest, &remote, &pace).await;
+    if let Some(task) = show {
+        task.abort();
+        eprint!("\r");
+    }
+    let sent = sent.with_context(|| format!("uploading {} to the gateway", packed.digest))?;
+    let gateway = config.gateway_client()?;
+    let info = gateway.register_source(&packed.digest.to_string()).await.context("registering the source")?;
+    if json {
+        let out = serde_json::json!({
+            "digest": info.digest,
+            "size": info.size,
+            "entries": packed.entries,
+            "uploaded": sent,
+        });
+        println!("{out}");
+    } else {
+        println!(
+            "pushed {} ({} entries, {}; {} uploaded)",
+            info.digest,
+            packed.entries,
+            human(info.size),
+            if sent == 0 { "nothing new".to_string() } else { human(sent) }
+        );
+        println!("name it in a pipeline: `source: {}` (unpacked under $ATOLL_SOURCE)", info.digest);
+    }
+    Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gitignored_files_and_the_git_directory_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join(".git/objects")).unwrap();
+        std::fs::write(root.join(".git/HEAD"), "ref").unwrap();
+        std::fs::create_dir_all(root.join("src/target")).unwrap();
+        std::fs::write(root.join(".gitignore"), "secret.txt\ntarget/\n").unwrap();
+        std::fs::write(root.join("src/.gitignore"), "*.log\n").unwrap();
+        std::fs::write(root.join("src/main.rs"), "fn main() {}").unwrap();
+        std::fs::write(root.join("src/run.log"), "noise").unwrap();
+        std::fs::write(root.join("src/target/out"), "built").unwrap();
+        std::fs::write(root.join("secret.txt"), "hush").unwrap();
+        std::fs::write(root.join(".env.example"), "A=1").unwrap();
+        let mut paths: Vec<String> = source_paths(root).unwrap().into_iter().map(|p| p.display().to_string()).collect();
+        paths.sort();
+        assert_eq!(paths, [".env.example", ".gitignore", "src", "src/.gitignore", "src/main.rs"]);
+    }
+}
