@@ -44,10 +44,12 @@ use atoll_store::transfer::Fetch;
 use atoll_store::transfer::Guard;
 use atoll_store::transfer::Pace;
 use atoll_store::transfer::Remote;
+use atoll_store::transfer::TransferError;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-/// Longest a child waits for one input from another cluster before its attempt ends in error.
+/// Longest a child waits for one input from another cluster without any progress before its
+/// attempt ends in error.
 pub const RECEIVE_LIMIT: Duration = Duration::from_secs(600);
 /// A push that makes no progress for this long counts as failed: the edge goes to the relay.
 pub const PUSH_STALL: Duration = Duration::from_secs(15);
@@ -198,16 +200,22 @@ impl Transfers {
             return Ok(());
         }
         let started = Instant::now();
-        let deadline = started + RECEIVE_LIMIT;
+        // Pushed from afar, a large output may take long: the limit counts from the last progress.
+        let mut deadline = started + RECEIVE_LIMIT;
         let mut fetch = Fetch::new(digest.clone());
         let mut failed: Option<String> = None;
         let mut push_progress: Option<(usize, Instant)> = None;
         let mut relayed_from: Option<usize> = None;
         let mut route_seen: Option<Route> = None;
+        let mut reached = 0;
         loop {
+            if fetch.next_chunk() > reached {
+                reached = fetch.next_chunk();
+                deadline = Instant::now() + RECEIVE_LIMIT;
+            }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "the output of {} did not arrive from {} within {} s",
+                    "the output of {} did not arrive from {} ({} s without progress)",
                     input.from_job,
                     input.cluster,
                     RECEIVE_LIMIT.as_secs()
@@ -279,17 +287,30 @@ impl Transfers {
                             continue;
                         }
                         Some((seen, _)) if seen == now => {}
-                        _ => push_progress = Some((now, Instant::now())),
+                        _ => {
+                            push_progress = Some((now, Instant::now()));
+                            deadline = Instant::now() + RECEIVE_LIMIT;
+                        }
                     }
                     tokio::time::sleep(ASK_AGAIN).await;
                 }
-                Route::Relay if !plan.ready => tokio::time::sleep(ASK_AGAIN).await,
                 Route::Relay => {
                     relayed_from.get_or_insert(fetch.next_chunk());
                     let remote =
                         Remote::https(self.client(None)?, &self.gateway_addr, plan.ticket.clone().unwrap_or_default());
-                    match fetch.run(&remote, self.blobs(), &self.pace).await {
+                    // While the parent's cluster still uploads, chunks are fetched as they
+                    // arrive at the gateway.
+                    let fetched = if plan.ready {
+                        fetch.run(&remote, self.blobs(), &self.pace).await
+                    } else {
+                        fetch.run_while_uploading(&remote, self.blobs(), &self.pace).await
+                    };
+                    match fetched {
                         Ok(_) => return self.received(job, input, &fetch, relayed_from, started),
+                        // The upload has not begun: ask again (which also re-queues it).
+                        Err(TransferError::Refused { code: Some(ErrorCode::NotFound), .. }) if !plan.ready => {
+                            tokio::time::sleep(ASK_AGAIN).await;
+                        }
                         Err(e) if e.is_path_failure() => {
                             tracing::warn!(job, parent = %input.from_job, error = %e, chunk = fetch.next_chunk(), "fetching an input from the relay failed; trying again");
                             tokio::time::sleep(ASK_AGAIN).await;

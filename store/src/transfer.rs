@@ -11,6 +11,7 @@
 //! | `PUT /v1/blobs/{digest}` | begin (or resume) an upload: body the manifest, answer `{next, complete}` |
 //! | `PUT /v1/blobs/{digest}/chunks/{n}` | chunk `n`: refused unless it hashes to the manifest's digest for `n`; chunks arrive in order |
 //! | `POST /v1/blobs/{digest}/complete` | every chunk arrived and the whole hashes to the digest: the manifest is written, the blob exists |
+//! | `GET /v1/blobs/{digest}/upload` | an upload still arriving: its manifest and how many chunks are here; those chunks can be read already (the relay streams) |
 //!
 //! Every request is checked by the server's [`Guard`] (an edge ticket for that one blob, the
 //! caller's certificate). The receiving side verifies every chunk against the manifest before it
@@ -56,6 +57,8 @@ use crate::StoreError;
 pub const UPLOAD_SLOTS: usize = 4;
 /// Tries of one request before a transfer counts its peer unreachable.
 pub const TRIES: u32 = 5;
+/// A fetch from a blob still arriving gives up when no new chunk arrived for this long.
+pub const STREAM_STALL: Duration = Duration::from_secs(30);
 /// The header carrying the edge ticket.
 pub const TICKET_HEADER: &str = atoll_api::ticket::HEADER;
 /// Uploads untouched this long are forgotten (their stored chunks stay, unreferenced).
@@ -141,6 +144,7 @@ pub fn routes(service: Arc<BlobService>) -> Router {
         .route("/v1/blobs/{digest}", get(manifest).put(begin))
         .route("/v1/blobs/{digest}/chunks/{index}", get(chunk).put(put_chunk))
         .route("/v1/blobs/{digest}/complete", post(complete))
+        .route("/v1/blobs/{digest}/upload", get(upload_progress))
         .layer(DefaultBodyLimit::max(CHUNK + 64 * 1024))
         .with_state(service)
 }
@@ -190,12 +194,24 @@ async fn chunk(
     Path((digest, index)): Path<(String, usize)>,
 ) -> Result<Response, ApiError> {
     let digest = admit(&service, false, &digest, &extensions, &headers).await?;
-    let manifest = service
-        .blobs
-        .manifest(&digest)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| ApiError::not_found(format!("blob {digest} is not in {}", service.blobs.name())))?;
+    let manifest = match service.blobs.manifest(&digest).await.map_err(store_error)? {
+        Some(manifest) => manifest,
+        // Still arriving: the chunks received so far are stored (and were verified) already.
+        None => match service.upload(&digest) {
+            Some(upload) => {
+                let upload = upload.lock().await;
+                if index >= upload.next {
+                    return Err(ApiError::not_found(format!(
+                        "chunk {index} of {digest} has not arrived yet ({} of {} have)",
+                        upload.next,
+                        upload.manifest.chunks.len()
+                    )));
+                }
+                upload.manifest.clone()
+            }
+            None => return Err(ApiError::not_found(format!("blob {digest} is not in {}", service.blobs.name()))),
+        },
+    };
     if index >= manifest.chunks.len() {
         return Err(ApiError::not_found(format!(
             "blob {digest} has {} chunks; there is no chunk {index}",
@@ -208,6 +224,31 @@ async fn chunk(
         other => store_error(other),
     })?;
     Ok(([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// An upload still arriving: its manifest and how many chunks are here (readers may fetch
+/// those already).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadProgress {
+    pub manifest: Manifest,
+    pub next: usize,
+}
+
+async fn upload_progress(
+    State(service): Shared,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
+    Path(digest): Path<String>,
+) -> Result<Json<UploadProgress>, ApiError> {
+    let digest = admit(&service, false, &digest, &extensions, &headers).await?;
+    if let Some(manifest) = service.blobs.manifest(&digest).await.map_err(store_error)? {
+        let next = manifest.chunks.len();
+        return Ok(Json(UploadProgress { manifest, next }));
+    }
+    let upload =
+        service.upload(&digest).ok_or_else(|| ApiError::not_found(format!("no upload of {digest} in progress")))?;
+    let upload = upload.lock().await;
+    Ok(Json(UploadProgress { manifest: upload.manifest.clone(), next: upload.next }))
 }
 
 async fn begin(
@@ -511,6 +552,9 @@ fn json<T: serde::de::DeserializeOwned>(peer: &Remote, what: &str, bytes: &[u8])
     })
 }
 
+/// A chunk being written: its index, length, the whole digest through it, and the write.
+type Storing = (usize, u64, Hasher, Ahead<Result<(), StoreError>>);
+
 /// A task working ahead, aborted when it is no longer wanted (the transfer failed or ended).
 struct Ahead<T>(tokio::task::JoinHandle<T>);
 
@@ -552,12 +596,40 @@ impl Fetch {
     /// Fetch what is still missing from `peer` into `into`; the blob exists in `into` when this
     /// returns `Ok`. On an error the place is kept: call again (same or another peer) to resume.
     pub async fn run(&mut self, peer: &Remote, into: &Blobs, pace: &Pace) -> Result<Manifest, TransferError> {
+        self.run_from(peer, into, pace, false).await
+    }
+
+    /// [`Fetch::run`] from a server that may still be receiving the blob (the relay while the
+    /// parent's cluster uploads it): chunks are fetched as they arrive there. Fails with
+    /// `Refused(NotFound)` when no upload is in progress, and as unreachable when no new chunk
+    /// arrives for [`STREAM_STALL`].
+    pub async fn run_while_uploading(
+        &mut self,
+        peer: &Remote,
+        into: &Blobs,
+        pace: &Pace,
+    ) -> Result<Manifest, TransferError> {
+        self.run_from(peer, into, pace, true).await
+    }
+
+    async fn run_from(
+        &mut self,
+        peer: &Remote,
+        into: &Blobs,
+        pace: &Pace,
+        streaming: bool,
+    ) -> Result<Manifest, TransferError> {
         if let Some(manifest) = into.manifest(&self.digest).await? {
             return Ok(manifest);
         }
         let base = format!("{}/v1/blobs/{}", peer.base, self.digest);
-        let bytes = with_tries(peer, "reading the manifest", || peer.http.get(&base)).await?;
-        let manifest: Manifest = json(peer, "the manifest", &bytes)?;
+        let manifest: Manifest = if streaming {
+            let bytes = with_tries(peer, "reading the upload", || peer.http.get(format!("{base}/upload"))).await?;
+            json::<UploadProgress>(peer, "the upload", &bytes)?.manifest
+        } else {
+            let bytes = with_tries(peer, "reading the manifest", || peer.http.get(&base)).await?;
+            json(peer, "the manifest", &bytes)?
+        };
         if manifest.digest != self.digest || !manifest.is_consistent() {
             return Err(TransferError::Refused {
                 addr: peer.base.clone(),
@@ -576,28 +648,63 @@ impl Fetch {
         let get = |index: usize| {
             let (peer, url) = (peer.clone(), format!("{base}/chunks/{index}"));
             Ahead(tokio::spawn(async move {
-                with_tries(&peer, &format!("reading chunk {index}"), || peer.http.get(&url)).await
+                let what = format!("reading chunk {index}");
+                let waiting = Instant::now();
+                loop {
+                    match with_tries(&peer, &what, || peer.http.get(&url)).await {
+                        // Not arrived at the server yet: wait for it, as long as the upload moves.
+                        Err(TransferError::Refused { code: Some(ErrorCode::NotFound), .. })
+                            if streaming && waiting.elapsed() < STREAM_STALL =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(TransferError::Refused { code: Some(ErrorCode::NotFound), message, .. }) if streaming => {
+                            return Err(TransferError::Unreachable {
+                                addr: peer.base.clone(),
+                                message: format!("{what}: no new chunk for {} s: {message}", STREAM_STALL.as_secs()),
+                            });
+                        }
+                        other => return other,
+                    }
+                }
             }))
         };
         // One chunk is fetched ahead while the one before is verified and stored: the network,
         // the hashing and the disk overlap (two chunks in memory at most).
-        let mut ahead = (self.next < manifest.chunks.len()).then(|| get(self.next));
-        while self.next < manifest.chunks.len() {
-            let index = self.next;
+        let n = manifest.chunks.len();
+        let mut ahead = (self.next < n).then(|| get(self.next));
+        // The whole digest through the last chunk verified (ahead of `self.hasher`, which
+        // covers only the chunks stored).
+        let mut running = self.hasher.clone();
+        // The chunk being written, in the background while the next one is verified: its
+        // index, length, the whole digest through it, and the write.
+        let mut storing: Option<Storing> = None;
+        let mut index = self.next;
+        while index < n {
             let expected = manifest.chunks[index].clone();
             let task = ahead.take().unwrap_or_else(|| get(index));
-            let mut bytes = task.join().await.map_err(|e| TransferError::Unreachable {
+            let fetched = task.join().await.map_err(|e| TransferError::Unreachable {
                 addr: peer.base.clone(),
                 message: format!("reading chunk {index}: {e}"),
-            })??;
-            if index + 1 < manifest.chunks.len() {
+            });
+            let mut bytes = match fetched.and_then(|r| r) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    // The chunk before is good: keep it, so a resumed fetch starts here.
+                    if let Some((stored, len, hasher, write)) = storing.take() {
+                        self.stored(write, stored, len, hasher).await?;
+                    }
+                    return Err(e);
+                }
+            };
+            if index + 1 < n {
                 ahead = Some(get(index + 1));
             }
             let mut corrupt = 0;
-            let hasher = loop {
+            running = loop {
                 // The chunk's digest and the running whole digest, on two threads at once.
                 let (chunk, whole) = (bytes.clone(), bytes.clone());
-                let mut hasher = self.hasher.clone();
+                let mut hasher = running.clone();
                 let (verified, hashed) = tokio::join!(
                     tokio::task::spawn_blocking(move || Digest::of(&chunk)),
                     tokio::task::spawn_blocking(move || {
@@ -626,11 +733,19 @@ impl Fetch {
                 let url = format!("{base}/chunks/{index}");
                 bytes = with_tries(peer, &format!("reading chunk {index}"), || peer.http.get(&url)).await?;
             };
+            if let Some((stored, len, hasher, write)) = storing.take() {
+                self.stored(write, stored, len, hasher).await?;
+                paced += len;
+                pace.moved(started, paced, len).await;
+            }
             let len = bytes.len() as u64;
-            into.store_chunk(&self.digest, index, bytes).await?;
-            self.hasher = hasher;
-            self.next += 1;
-            self.moved += len;
+            let (blobs, digest) = (into.clone(), self.digest.clone());
+            let write = Ahead(tokio::spawn(async move { blobs.store_chunk(&digest, index, bytes).await }));
+            storing = Some((index, len, running.clone(), write));
+            index += 1;
+        }
+        if let Some((stored, len, hasher, write)) = storing.take() {
+            self.stored(write, stored, len, hasher).await?;
             paced += len;
             pace.moved(started, paced, len).await;
         }
@@ -646,6 +761,23 @@ impl Fetch {
         }
         into.put_manifest(&manifest).await?;
         Ok(manifest)
+    }
+}
+
+impl Fetch {
+    /// Chunk `index` was written (or the write failed): only now does the place move on.
+    async fn stored(
+        &mut self,
+        write: Ahead<Result<(), StoreError>>,
+        index: usize,
+        len: u64,
+        hasher: Hasher,
+    ) -> Result<(), TransferError> {
+        write.join().await.map_err(|e| StoreError::Config(format!("writing chunk {index}: {e}")))??;
+        self.hasher = hasher;
+        self.next = index + 1;
+        self.moved += len;
+        Ok(())
     }
 }
 

@@ -250,3 +250,42 @@ async fn a_paced_fetch_keeps_to_its_limit() {
     // A lower bound only (pacing never speeds anything up).
     assert!(started.elapsed().as_secs_f64() >= bytes.len() as f64 / limit as f64 * 0.95);
 }
+
+#[tokio::test]
+async fn a_fetch_streams_from_an_upload_still_arriving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, relay, target) = (store(dir.path(), "a"), store(dir.path(), "relay"), store(dir.path(), "b"));
+    let (digest, bytes) = blob(dir.path(), &source, 2).await;
+    let base = serve(relay.clone(), Open, Arc::new(Faults::default())).await;
+
+    // Nothing uploaded yet: a clear not-found, for the caller to wait on.
+    let err =
+        Fetch::new(digest.clone()).run_while_uploading(&remote(&base), &target, &Pace::default()).await.unwrap_err();
+    assert!(matches!(err, TransferError::Refused { code: Some(atoll_api::ErrorCode::NotFound), .. }), "{err}");
+
+    // The upload begins with one chunk; the fetch starts; the rest arrives while it waits.
+    let manifest = source.manifest(&digest).await.unwrap().unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("{base}/v1/blobs/{digest}");
+    http.put(&url).json(&manifest).send().await.unwrap().error_for_status().unwrap();
+    let first = source.chunk(&manifest, 0).await.unwrap();
+    http.put(format!("{url}/chunks/0")).body(first).send().await.unwrap().error_for_status().unwrap();
+    let fetching = {
+        let (target, digest, base) = (target.clone(), digest.clone(), base.clone());
+        tokio::spawn(async move {
+            let mut fetch = Fetch::new(digest);
+            fetch.run_while_uploading(&remote(&base), &target, &Pace::default()).await.map(|_| fetch.moved)
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!fetching.is_finished(), "it waits for the chunks still missing");
+    for index in 1..manifest.chunks.len() {
+        let chunk = source.chunk(&manifest, index).await.unwrap();
+        http.put(format!("{url}/chunks/{index}")).body(chunk).send().await.unwrap().error_for_status().unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let moved = fetching.await.unwrap().unwrap();
+    assert_eq!(moved, bytes.len() as u64);
+    assert_eq!(read_all(&target, &digest).await, bytes, "whole and verified before the relay completed");
+    assert!(relay.manifest(&digest).await.unwrap().is_none(), "the relay's own copy is not complete yet");
+}

@@ -20,8 +20,9 @@
 //!
 //! **Fallback** (`--fallback-runs`): a pull (aws -> onprem) is cut when a third of its chunks
 //! arrived (aws drops onprem's requests, as `atoll dev` cuts); the clock runs from the cut to
-//! the gateway showing the edge relayed, and to the child's input complete; the log says which
-//! chunk the relay went on from and whether any byte was fetched twice.
+//! the receiving replica's log saying it falls back to the relay, and to the child's input
+//! complete; the log says which chunk the relay went on from and whether any byte was fetched
+//! twice.
 //!
 //! The machine's disk as a local store writes (8 MiB files, each fsync'd) is measured after the
 //! mesh stopped: every byte a transfer moves is written that way once.
@@ -206,8 +207,9 @@ async fn measure(
     Ok(Measured { mb_s: size as f64 / 1e6 / (ms.max(1) as f64 / 1000.0), peaks })
 }
 
-/// One pull cut mid-transfer: seconds from the cut to the gateway moving the edge to the relay,
-/// and to the child's input complete; the chunk the relay went on from, and bytes fetched twice.
+/// One pull cut mid-transfer: seconds from the cut to the receiving replica falling back to the
+/// relay (its log line), and to the child's input complete; the chunk the relay went on from,
+/// and bytes fetched twice.
 struct Fallback {
     to_relay_s: f64,
     to_done_s: f64,
@@ -253,12 +255,9 @@ async fn fallback(
     let aws = mesh.layout.replica("aws", 1).context("aws")?.addr();
     client.annotate(&aws, CUT, "onprem").await?;
     let cut = Instant::now();
-    let mut to_relay = None;
+    let cut_wall = time::OffsetDateTime::now_utc();
     loop {
         let detail = gateway.job(&child).await?;
-        if to_relay.is_none() && detail.job.inputs.first().and_then(|i| i.route) == Some(Route::Relay) {
-            to_relay = Some(cut.elapsed());
-        }
         if detail.job.state.is_final() {
             anyhow::ensure!(detail.job.state == JobState::Finished, "the child ended {}", detail.job.state);
             break;
@@ -274,12 +273,20 @@ async fn fallback(
     let from_chunk = log_field(line, "relayed_from_chunk")
         .and_then(|v| v.strip_prefix("Some(")?.strip_suffix(')')?.parse().ok())
         .context("the input was not relayed")?;
+    // When the receiver gave up on the direct path, by its own log's clock.
+    let fell_back = log
+        .lines()
+        .find(|l| l.contains("falling back to the relay") && l.contains(&child))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|ts| time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok())
+        .context("no 'falling back to the relay' line")?;
+    let to_relay = (fell_back - cut_wall).as_seconds_f64();
     let moved: u64 = log_field(line, "bytes").and_then(|v| v.parse().ok()).unwrap_or_default();
     let refetched: u64 = log_field(line, "refetched").and_then(|v| v.parse().ok()).unwrap_or_default();
     // Let the matrix see the heal before the next run.
     tokio::time::sleep(Duration::from_secs(4)).await;
     Ok(Fallback {
-        to_relay_s: to_relay.map_or(f64::NAN, |d| d.as_secs_f64()),
+        to_relay_s: to_relay,
         to_done_s: to_done.as_secs_f64(),
         from_chunk,
         chunks,
@@ -366,7 +373,7 @@ pub async fn run(args: TransferArgs) -> anyhow::Result<()> {
         for run in 1..=args.fallback_runs {
             let f = fallback(&mesh, &gateway, &client, run, &args).await?;
             println!(
-                "fallback run {run}: cut at chunk ~{} of {}; edge on the relay after {:.1} s, input complete after {:.1} s; relay went on from chunk {}; bytes fetched twice: {} | load {}",
+                "fallback run {run}: cut at chunk ~{} of {}; fell back to the relay after {:.1} s, input complete after {:.1} s; relay went on from chunk {}; bytes fetched twice: {} | load {}",
                 f.chunks / 3,
                 f.chunks,
                 f.to_relay_s,
