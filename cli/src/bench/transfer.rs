@@ -131,6 +131,23 @@ async fn wait_job(
     }
 }
 
+/// Free the disk for the next run: the work directories and every stored copy of the run's blob.
+async fn forget(mesh: &Mesh, gateway: &GatewayClient, parent: &str, child: &str) -> anyhow::Result<()> {
+    let digest = gateway.job(parent).await?.job.output.map(|o| o.digest).unwrap_or_default();
+    let hex = digest.trim_start_matches("sha256:").to_string();
+    let mut dirs = vec![mesh.dir.gateway_dir().join("blobs/sha256").join(&hex)];
+    for cluster in ["aws", "gcp", "onprem"] {
+        let data = mesh.dir.data_dir(cluster, 1);
+        dirs.push(data.join("blobs/sha256").join(&hex));
+        dirs.push(data.join("work").join(parent));
+        dirs.push(data.join("work").join(child));
+    }
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    Ok(())
+}
+
 /// The `elapsed_ms` of the receiving replica's log line `what` for `job`.
 fn elapsed_ms(log: &std::path::Path, job: &str, what: &str) -> anyhow::Result<u64> {
     let text = std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
@@ -179,7 +196,10 @@ async fn measure(
             }
         }
     };
-    anyhow::ensure!(state == JobState::Finished, "the child ended {state}");
+    if state != JobState::Finished {
+        let reason = gateway.job(&child).await?.job.reason.unwrap_or_default();
+        anyhow::bail!("the child ended {state}: {reason}");
+    }
     let log = mesh.dir.log_file(to, 1);
     let ms = match route {
         Route::Local => elapsed_ms(&log, &child, "input in place")?,
@@ -191,19 +211,7 @@ async fn measure(
         .zip(peaks.iter().zip(&before))
         .map(|((name, _), (peak, before))| (name.clone(), peak.saturating_sub(*before) as f64 / 1048576.0))
         .collect();
-    // Free the disk for the next run: work directories and stored copies of this run's blob.
-    let digest = gateway.job(&parent).await?.job.output.map(|o| o.digest).unwrap_or_default();
-    let hex = digest.trim_start_matches("sha256:").to_string();
-    let mut dirs = vec![mesh.dir.gateway_dir().join("blobs/sha256").join(&hex)];
-    for cluster in ["aws", "gcp", "onprem"] {
-        let data = mesh.dir.data_dir(cluster, 1);
-        dirs.push(data.join("blobs/sha256").join(&hex));
-        dirs.push(data.join("work").join(&parent));
-        dirs.push(data.join("work").join(&child));
-    }
-    for dir in dirs {
-        let _ = std::fs::remove_dir_all(dir);
-    }
+    forget(mesh, gateway, &parent, &child).await?;
     Ok(Measured { mb_s: size as f64 / 1e6 / (ms.max(1) as f64 / 1000.0), peaks })
 }
 
@@ -259,7 +267,12 @@ async fn fallback(
     loop {
         let detail = gateway.job(&child).await?;
         if detail.job.state.is_final() {
-            anyhow::ensure!(detail.job.state == JobState::Finished, "the child ended {}", detail.job.state);
+            anyhow::ensure!(
+                detail.job.state == JobState::Finished,
+                "the child ended {}: {}",
+                detail.job.state,
+                detail.job.reason.unwrap_or_default()
+            );
             break;
         }
         anyhow::ensure!(cut.elapsed() < max, "the child did not finish");
@@ -283,6 +296,7 @@ async fn fallback(
     let to_relay = (fell_back - cut_wall).as_seconds_f64();
     let moved: u64 = log_field(line, "bytes").and_then(|v| v.parse().ok()).unwrap_or_default();
     let refetched: u64 = log_field(line, "refetched").and_then(|v| v.parse().ok()).unwrap_or_default();
+    forget(mesh, gateway, &parent, &child).await?;
     // Let the matrix see the heal before the next run.
     tokio::time::sleep(Duration::from_secs(4)).await;
     Ok(Fallback {
@@ -354,7 +368,7 @@ pub async fn run(args: TransferArgs) -> anyhow::Result<()> {
     let mut results: Vec<(Route, Vec<Measured>)> = Vec::new();
     let mut fallbacks: Vec<Fallback> = Vec::new();
     let outcome = async {
-        for route in &routes {
+        for route in routes.iter().filter(|_| args.runs > 0) {
             let mut runs = Vec::new();
             for run in 1..=args.runs {
                 let m = measure(&mesh, &gateway, *route, run, &args).await?;
