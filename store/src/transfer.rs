@@ -136,6 +136,12 @@ impl BlobService {
     fn upload(&self, digest: &Digest) -> Option<Arc<tokio::sync::Mutex<Upload>>> {
         self.uploads.lock().expect("uploads").get(digest).cloned()
     }
+
+    /// The upload of `digest` in progress, or a not-found answer saying how to begin one.
+    fn upload_in_progress(&self, digest: &Digest) -> Result<Arc<tokio::sync::Mutex<Upload>>, ApiError> {
+        self.upload(digest)
+            .ok_or_else(|| ApiError::not_found(format!("no upload of {digest} in progress; send its manifest first")))
+    }
 }
 
 /// `/v1/blobs/...` for `service`.
@@ -245,8 +251,7 @@ async fn upload_progress(
         let next = manifest.chunks.len();
         return Ok(Json(UploadProgress { manifest, next }));
     }
-    let upload =
-        service.upload(&digest).ok_or_else(|| ApiError::not_found(format!("no upload of {digest} in progress")))?;
+    let upload = service.upload_in_progress(&digest)?;
     let upload = upload.lock().await;
     Ok(Json(UploadProgress { manifest: upload.manifest.clone(), next: upload.next }))
 }
@@ -306,9 +311,7 @@ async fn put_chunk(
 ) -> Result<Json<UploadState>, ApiError> {
     let digest = admit(&service, true, &digest, &extensions, &headers).await?;
     let _slot = service.slots.acquire().await.map_err(|_| ApiError::unavailable("shutting down"))?;
-    let upload = service
-        .upload(&digest)
-        .ok_or_else(|| ApiError::not_found(format!("no upload of {digest} in progress; send its manifest first")))?;
+    let upload = service.upload_in_progress(&digest)?;
     let mut upload = upload.lock().await;
     upload.touched = Instant::now();
     if index < upload.next {
@@ -372,9 +375,7 @@ async fn complete(
     if let Some(manifest) = service.blobs.manifest(&digest).await.map_err(store_error)? {
         return Ok(Json(UploadState { next: manifest.chunks.len(), complete: true }));
     }
-    let upload = service
-        .upload(&digest)
-        .ok_or_else(|| ApiError::not_found(format!("no upload of {digest} in progress; send its manifest first")))?;
+    let upload = service.upload_in_progress(&digest)?;
     let mut upload = upload.lock().await;
     let chunks = upload.manifest.chunks.len();
     if upload.next < chunks {

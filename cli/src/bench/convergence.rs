@@ -26,11 +26,8 @@ use super::loadavg;
 use super::ms;
 use super::peers::etcd_failover;
 use super::spread;
-use crate::cli_config::CliConfig;
 use crate::mesh::GatewayTiming;
 use crate::mesh::Layout;
-use crate::mesh::Mesh;
-use crate::mesh::MeshDir;
 
 /// The annotation that cuts a link at run time.
 const REFUSE: &str = "atoll.io/refuse-inbound-from";
@@ -104,13 +101,7 @@ async fn measure(args: &ConvergenceArgs, probe_ms: u64) -> anyhow::Result<(Vec<f
     if let Some(gateway) = layout.gateway.as_mut() {
         gateway.timing = Some(timing(probe_ms));
     }
-    let exe = std::env::current_exe().context("finding the atoll binary")?;
-    let mut mesh = Mesh::start(MeshDir::new(dir.path()), layout, exe).await?;
-    let client = CliConfig::load(&mesh.dir.cli_config())?.node_client()?;
-    mesh.wait_for_leaders(&client, Duration::from_secs(60)).await?;
-    mesh.wait_for_registration(Duration::from_secs(60)).await?;
-    mesh.wait_for_matrix(Duration::from_secs(60)).await?;
-    let gateway = mesh.gateway_client()?;
+    let (mut mesh, client, gateway) = super::ready_mesh(dir.path(), layout).await?;
     let aws: Vec<String> = mesh.layout.cluster("aws").context("aws")?.replicas.iter().map(|r| r.addr()).collect();
     let max = Duration::from_secs(args.max_s);
     let interval = Duration::from_millis(probe_ms);

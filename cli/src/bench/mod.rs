@@ -18,6 +18,25 @@ pub mod transfer;
 
 use std::time::Duration;
 
+use anyhow::Context;
+
+/// Start a mesh with a gateway in `dir` from this binary and wait until every cluster has a
+/// leader, is registered, and the matrix is full; with an operator client of the replicas and
+/// the gateway's client.
+pub async fn ready_mesh(
+    dir: &std::path::Path,
+    layout: crate::mesh::Layout,
+) -> anyhow::Result<(crate::mesh::Mesh, atoll_api::client::NodeClient, atoll_api::gateway_client::GatewayClient)> {
+    let exe = std::env::current_exe().context("finding the atoll binary")?;
+    let mut mesh = crate::mesh::Mesh::start(crate::mesh::MeshDir::new(dir), layout, exe).await?;
+    let client = crate::cli_config::CliConfig::load(&mesh.dir.cli_config())?.node_client()?;
+    mesh.wait_for_leaders(&client, Duration::from_secs(60)).await?;
+    mesh.wait_for_registration(Duration::from_secs(60)).await?;
+    mesh.wait_for_matrix(Duration::from_secs(60)).await?;
+    let gateway = mesh.gateway_client()?;
+    Ok((mesh, client, gateway))
+}
+
 /// Milliseconds with one decimal.
 pub fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e4).round() / 10.0

@@ -44,10 +44,8 @@ use tokio::time::Instant;
 use super::loadavg;
 use super::median;
 use super::peers::loopback_streams;
-use crate::cli_config::CliConfig;
 use crate::mesh::Layout;
 use crate::mesh::Mesh;
-use crate::mesh::MeshDir;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TransferArgs {
@@ -358,13 +356,7 @@ pub async fn run(args: TransferArgs) -> anyhow::Result<()> {
             gateway.store_fsync = Some(false);
         }
     }
-    let exe = std::env::current_exe().context("finding the atoll binary")?;
-    let mut mesh = Mesh::start(MeshDir::new(dir.path()), layout, exe).await?;
-    let client = CliConfig::load(&mesh.dir.cli_config())?.node_client()?;
-    mesh.wait_for_leaders(&client, Duration::from_secs(60)).await?;
-    mesh.wait_for_registration(Duration::from_secs(60)).await?;
-    mesh.wait_for_matrix(Duration::from_secs(60)).await?;
-    let gateway = mesh.gateway_client()?;
+    let (mut mesh, client, gateway) = super::ready_mesh(dir.path(), layout).await?;
     let mut results: Vec<(Route, Vec<Measured>)> = Vec::new();
     let mut fallbacks: Vec<Fallback> = Vec::new();
     let outcome = async {
