@@ -273,7 +273,7 @@ impl Transfers {
                     if self.blobs().manifest(&digest).await.map_err(|e| e.to_string())?.is_some() {
                         return self.received(job, input, &fetch, relayed_from, started);
                     }
-                    let now = self.service.upload_progress(&digest).unwrap_or(0);
+                    let now = self.service.upload_progress(&digest).await.unwrap_or(0);
                     match push_progress {
                         Some((seen, since)) if seen == now && since.elapsed() >= PUSH_STALL => {
                             tracing::warn!(job, parent = %input.from_job, from = %plan.source, chunks = now, "a push made no progress; falling back to the relay");

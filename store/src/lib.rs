@@ -180,27 +180,7 @@ impl Blobs {
         Ok(Some(manifest))
     }
 
-    /// Store one chunk of a blob whose manifest is not written yet (a transfer in progress).
-    /// Refused when `bytes` do not hash to `expected`.
-    pub async fn put_chunk(
-        &self,
-        blob: &Digest,
-        index: usize,
-        expected: &Digest,
-        bytes: Bytes,
-    ) -> Result<(), StoreError> {
-        let actual = Digest::of(&bytes);
-        if &actual != expected {
-            return Err(StoreError::DigestMismatch {
-                what: format!("chunk {index} of {blob}"),
-                expected: expected.clone(),
-                actual,
-            });
-        }
-        self.store_chunk(blob, index, bytes).await
-    }
-
-    /// Store chunk `index` of `blob`, its bytes already hashed.
+    /// Store chunk `index` of `blob`, its bytes already verified by the caller.
     pub(crate) async fn store_chunk(&self, blob: &Digest, index: usize, bytes: Bytes) -> Result<(), StoreError> {
         self.store
             .put(&self.chunk_key(blob, index), bytes)

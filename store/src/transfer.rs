@@ -128,9 +128,9 @@ impl BlobService {
     }
 
     /// Chunks received so far of an upload in progress here (`None`: none in progress).
-    pub fn upload_progress(&self, digest: &Digest) -> Option<usize> {
-        let upload = self.uploads.lock().expect("uploads").get(digest).cloned()?;
-        upload.try_lock().map(|u| u.next).ok().or(Some(0))
+    pub async fn upload_progress(&self, digest: &Digest) -> Option<usize> {
+        let upload = self.upload(digest)?;
+        Some(upload.lock().await.next)
     }
 
     fn upload(&self, digest: &Digest) -> Option<Arc<tokio::sync::Mutex<Upload>>> {
