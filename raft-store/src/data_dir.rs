@@ -23,8 +23,9 @@ use serde::Serialize;
 use crate::error::OpenError;
 
 /// Data format version written by this build. Bump it (and add a migration) when any on-disk
-/// record changes shape.
-pub const DATA_FORMAT_VERSION: u32 = 1;
+/// record changes shape. Format 2: log ids and votes carry standard Raft leader ids (format 1
+/// had openraft's advanced ones, several leaders per term).
+pub const DATA_FORMAT_VERSION: u32 = 2;
 
 const MARKER: &str = "atoll-replica.json";
 
@@ -249,6 +250,13 @@ mod tests {
         )
         .unwrap();
         let err = DataDir::open(dir.path(), "aws", 1).unwrap_err();
-        assert!(matches!(err, OpenError::UnsupportedFormat { found: 9, supported: 1, .. }), "{err}");
+        assert!(matches!(err, OpenError::UnsupportedFormat { found: 9, supported: 2, .. }), "{err}");
+
+        // A directory written before leader ids became standard Raft's is refused by version.
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(MARKER), br#"{"format": 1, "cluster": "aws", "node_id": 1, "incarnation": "x"}"#)
+            .unwrap();
+        let err = DataDir::open(dir.path(), "aws", 1).unwrap_err();
+        assert!(matches!(err, OpenError::UnsupportedFormat { found: 1, supported: 2, .. }), "{err}");
     }
 }

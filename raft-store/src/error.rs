@@ -12,7 +12,7 @@ pub enum OpenError {
     Foreign { path: PathBuf, found: String, marker: &'static str },
 
     #[error(
-        "{path} has data format version {found}, this build reads version {supported}; upgrade atoll or use the matching data directory"
+        "{path} has data format version {found}, this build reads version {supported}; run the build that wrote it, or start this replica on an empty data directory (it catches up from its peers)"
     )]
     UnsupportedFormat { path: PathBuf, found: u32, supported: u32 },
 

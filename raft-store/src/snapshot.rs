@@ -3,7 +3,7 @@
 //! A snapshot is JSON lines, so it is written and read in bounded memory whatever its size:
 //!
 //! ```text
-//! {"header":{"magic":"atoll-snapshot","format":2,"meta":{...openraft SnapshotMeta...}}}
+//! {"header":{"magic":"atoll-snapshot","format":3,"meta":{...openraft SnapshotMeta...}}}
 //! {"annotation":{"key":"k","value":"v","version":1,"revision":7}}
 //! {"replica":{"node_id":2,"incarnation":"...","revision":3}}
 //! {"mesh":{"view":{"peers":[...],"revoked":[...]}}}
@@ -12,8 +12,9 @@
 //! ```
 //!
 //! The end line carries the record count, so a truncated file is detected; an unknown magic or
-//! format is refused with a clear error. Format 2 added job records; format 1 files (no jobs)
-//! are still read. Files are written to a temp name, fsync'd and renamed.
+//! format is refused with a clear error. Format 2 added job records; format 3 carries standard
+//! Raft leader ids in its log ids (formats 1 and 2 had openraft's advanced ones and are refused,
+//! as data directories of that time are). Files are written to a temp name, fsync'd and renamed.
 
 use std::fs::File;
 use std::io::BufRead;
@@ -34,9 +35,9 @@ use crate::types::ReplicaRecord;
 use crate::types::SnapshotMeta;
 
 pub const SNAPSHOT_MAGIC: &str = "atoll-snapshot";
-pub const SNAPSHOT_FORMAT: u32 = 2;
-/// Older formats this build still reads.
-pub const SNAPSHOT_FORMATS_READ: [u32; 2] = [1, 2];
+pub const SNAPSHOT_FORMAT: u32 = 3;
+/// Formats this build reads.
+pub const SNAPSHOT_FORMATS_READ: [u32; 1] = [3];
 
 /// Name of the snapshot a replica serves and restores from.
 pub const CURRENT_SNAPSHOT: &str = "current.snap";

@@ -7,11 +7,16 @@ use serde::Serialize;
 
 openraft::declare_raft_types!(
     /// Types of one atoll cluster's Raft group.
+    ///
+    /// Leader ids are standard Raft's: at most one leader per term. (openraft's default lets
+    /// two replicas lead the same term, ordered by node id; the gateway fences leaders by term
+    /// alone, so a superseded leader of the same term would pass its fence.)
     pub TypeConfig:
         D = Command,
         R = CommandResponse,
         NodeId = u64,
         Node = Member,
+        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
 );
 
 /// A replica's entry in the Raft membership: where its peers reach it.

@@ -28,7 +28,7 @@ const ROUNDS: usize = 40;
 const CHILD_ENV: &str = "ATOLL_CRASH_CHILD_DIR";
 
 fn log_id(term: u64, index: u64) -> atoll_raft_store::types::LogId {
-    LogId::new(openraft::impls::leader_id_adv::LeaderId::new_committed(term, 1), index)
+    LogId::new(openraft::impls::leader_id_std::LeaderId::new_committed(term, 1), index)
 }
 
 /// The appender. Runs forever when started by the crash test; when run as an ordinary test it

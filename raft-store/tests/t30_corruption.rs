@@ -16,7 +16,7 @@ use openraft::type_config::TypeConfigExt;
 use openraft::vote::RaftLeaderIdExt;
 
 fn log_id(index: u64) -> atoll_raft_store::types::LogId {
-    LogId::new(openraft::impls::leader_id_adv::LeaderId::new_committed(1, 1), index)
+    LogId::new(openraft::impls::leader_id_std::LeaderId::new_committed(1, 1), index)
 }
 
 /// A data directory with a few log entries and a snapshot.

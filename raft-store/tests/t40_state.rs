@@ -15,7 +15,7 @@ use openraft::vote::RaftLeaderIdExt;
 
 fn entry(index: u64, command: Command) -> atoll_raft_store::types::Entry {
     openraft::Entry {
-        log_id: LogId::new(openraft::impls::leader_id_adv::LeaderId::new_committed(1, 1), index),
+        log_id: LogId::new(openraft::impls::leader_id_std::LeaderId::new_committed(1, 1), index),
         payload: EntryPayload::Normal(command),
     }
 }

@@ -233,7 +233,7 @@ mod tests {
     }
 
     fn log(term: u64, index: u64) -> Option<atoll_raft_store::types::LogId> {
-        Some(LogId::new(openraft::impls::leader_id_adv::LeaderId::new_committed(term, 1), index))
+        Some(LogId::new(openraft::impls::leader_id_std::LeaderId::new_committed(term, 1), index))
     }
 
     #[test]
