@@ -32,7 +32,8 @@ const MAX_LEADER_HOPS: usize = 3;
 pub enum ClientError {
     /// The request did not get an answer: connection refused, reset, TLS refused, timed out.
     #[error("{addr}: {message}")]
-    Transport { addr: String, message: String, timed_out: bool },
+    /// `not_sent`: it failed while connecting, so the request surely had no effect.
+    Transport { addr: String, message: String, timed_out: bool, not_sent: bool },
     /// The replica answered with an error.
     #[error("{addr}: {} ({:?})", .error.message, .error.code)]
     Api { addr: String, error: ApiError },
@@ -48,6 +49,16 @@ impl ClientError {
             ClientError::Api { error, .. } => Some(error.code),
             _ => None,
         }
+    }
+
+    /// Whether the request surely had no effect: refused before it was applied (not the leader,
+    /// bad input, credentials) or never sent (the connection failed).
+    pub fn surely_failed(&self) -> bool {
+        matches!(self, ClientError::Transport { not_sent: true, .. })
+            || matches!(
+                self.code(),
+                Some(ErrorCode::NotLeader | ErrorCode::BadRequest | ErrorCode::Unauthenticated | ErrorCode::Forbidden)
+            )
     }
 
     /// Whether the outcome is unknown (the request may or may not have taken effect).
@@ -92,6 +103,7 @@ pub(crate) async fn send_json<B: Serialize, T: DeserializeOwned>(
         addr: addr.to_string(),
         message: error_chain(&e),
         timed_out: e.is_timeout(),
+        not_sent: e.is_connect(),
     };
     let response = request.send().await.map_err(transport)?;
     let status = response.status();

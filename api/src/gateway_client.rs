@@ -69,6 +69,7 @@ impl GatewayClient {
                 addr: addr.to_string(),
                 message: error_chain(&e),
                 timed_out: false,
+                not_sent: true,
             })?;
         Ok(Self { http, addr: addr.to_string(), token })
     }

@@ -36,6 +36,7 @@ pub mod placement;
 pub mod registry;
 pub mod relay;
 mod run;
+pub mod unsafe_switches;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;

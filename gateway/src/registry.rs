@@ -158,8 +158,19 @@ impl Registry {
         let known = self.get(name);
         match decide(known.as_ref(), heartbeat) {
             Decision::Revoked => Err(Refused::Revoked(name.to_string())),
-            Decision::Fenced { term } => {
+            Decision::Fenced { term } if !crate::unsafe_switches::fencing_disabled() => {
                 Err(Refused::Fenced { cluster: name.to_string(), known: term, got: heartbeat.term })
+            }
+            Decision::Fenced { .. } => {
+                // The deliberately broken build: act on the stale leader as if it were current.
+                tracing::info!(cluster = name, leader = heartbeat.leader_id, term = heartbeat.term, endpoint = %heartbeat.endpoint, "leader registered");
+                if let Some(row) = self.rows().get_mut(name) {
+                    row.term = heartbeat.term;
+                    row.leader_id = Some(heartbeat.leader_id);
+                    row.endpoint = Some(heartbeat.endpoint.clone());
+                    row.last_seen_ms = Some(now_ms);
+                }
+                Ok(())
             }
             Decision::Touch => {
                 if let Some(row) = self.rows().get_mut(name) {

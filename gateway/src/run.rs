@@ -100,6 +100,12 @@ impl Gateway {
 /// Run the gateway until `shutdown` resolves, then stop in order.
 pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
     tracing::info!(id = %config.id, version = atoll_api::VERSION, "starting atoll gateway");
+    if crate::unsafe_switches::fencing_disabled() {
+        tracing::warn!(
+            switch = crate::unsafe_switches::DISABLE_FENCING_ENV,
+            "TERM FENCING IS OFF: this gateway acts on stale leaders (a deliberately broken build for the chaos suite)"
+        );
+    }
     let db = Db::connect(&config.database).await?;
     tracing::info!(engine = db.engine(), "database ready (migrated)");
     let (ca, created) = GatewayCa::load_or_create(&config.ca_dir, &config.id, config.cert_lifetime)?;

@@ -46,14 +46,33 @@ pub struct ReplicaLayout {
     pub id: u64,
     pub port: u16,
     pub ops_port: u16,
+    #[serde(flatten)]
+    pub place: Placement,
+}
+
+/// Where a process of the mesh runs: its address and network namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// Address to listen on and advertise (127.0.0.1 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// Network namespace the process runs in (`ip netns exec`); the caller's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+}
+
+impl Placement {
+    pub fn ip(&self) -> &str {
+        self.ip.as_deref().unwrap_or("127.0.0.1")
+    }
 }
 
 impl ReplicaLayout {
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.place.ip(), self.port)
     }
     pub fn ops_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.ops_port)
+        format!("{}:{}", self.place.ip(), self.ops_port)
     }
 }
 
@@ -93,14 +112,19 @@ pub struct GatewayLayout {
     /// `storage.local.fsync` of the relay store (on when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_fsync: Option<bool>,
+    #[serde(flatten)]
+    pub place: Placement,
+    /// Extra environment of the gateway process (the chaos suite's switches).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
 }
 
 impl GatewayLayout {
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.place.ip(), self.port)
     }
     pub fn ops_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.ops_port)
+        format!("{}:{}", self.place.ip(), self.ops_port)
     }
 }
 
@@ -188,7 +212,12 @@ impl Layout {
                 name,
                 labels,
                 replicas: (1..=replicas as u64)
-                    .map(|id| ReplicaLayout { id, port: next.next().unwrap_or(0), ops_port: next.next().unwrap_or(0) })
+                    .map(|id| ReplicaLayout {
+                        id,
+                        port: next.next().unwrap_or(0),
+                        ops_port: next.next().unwrap_or(0),
+                        place: Placement::default(),
+                    })
                     .collect(),
                 refuse_inbound_from: Vec::new(),
                 kubernetes_api: None,
@@ -217,6 +246,8 @@ impl Layout {
             postgres_url: None,
             timing: None,
             store_fsync: None,
+            place: Placement::default(),
+            env: Vec::new(),
         });
         Ok(self)
     }

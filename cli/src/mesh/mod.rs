@@ -21,6 +21,7 @@ pub use layout::EXIT_WITH_PARENT_ENV;
 pub use layout::GatewayLayout;
 pub use layout::GatewayTiming;
 pub use layout::Layout;
+pub use layout::Placement;
 pub use layout::RaftKnobs;
 pub use layout::ReplicaLayout;
 pub use layout::Timing;

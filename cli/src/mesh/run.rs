@@ -97,10 +97,27 @@ impl Mesh {
             .with_context(|| format!("opening {}", path.display()))
     }
 
-    fn command(&self, args: &[&std::ffi::OsStr], log: &Path) -> anyhow::Result<Child> {
+    /// Start `atoll ARGS` with its output appended to `log`, inside `netns` when given (`ip
+    /// netns exec` execs in place, so the pid is the atoll process's own).
+    fn command(
+        &self,
+        netns: Option<&str>,
+        env: &[(String, String)],
+        args: &[&std::ffi::OsStr],
+        log: &Path,
+    ) -> anyhow::Result<Child> {
         let log = Self::open_log(log)?;
-        std::process::Command::new(&self.exe)
+        let mut command = match netns {
+            Some(netns) => {
+                let mut command = std::process::Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(&self.exe);
+                command
+            }
+            None => std::process::Command::new(&self.exe),
+        };
+        command
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env(EXIT_WITH_PARENT_ENV, "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -114,8 +131,14 @@ impl Mesh {
         anyhow::ensure!(self.layout.gateway.is_some(), "this mesh has no gateway");
         self.kill_gateway();
         let config = self.dir.gateway_dir().join("gateway.yaml");
-        let child =
-            self.command(&["gateway".as_ref(), "--config".as_ref(), config.as_os_str()], &self.dir.gateway_log())?;
+        let netns = self.layout.gateway.as_ref().and_then(|g| g.place.netns.clone());
+        let env = self.layout.gateway.as_ref().map(|g| g.env.clone()).unwrap_or_default();
+        let child = self.command(
+            netns.as_deref(),
+            &env,
+            &["gateway".as_ref(), "--config".as_ref(), config.as_os_str()],
+            &self.dir.gateway_log(),
+        )?;
         let pid = child.id();
         self.gateway = Some(child);
         self.write_nodes_json()?;
@@ -212,14 +235,24 @@ impl Mesh {
     /// Start (or restart) one replica; returns its pid. A replica of a gateway mesh that has no
     /// certificate needs [`Mesh::prepare_enrollment`] first.
     pub fn spawn(&mut self, cluster: &str, id: u64) -> anyhow::Result<u32> {
-        anyhow::ensure!(self.layout.replica(cluster, id).is_some(), "no replica {cluster}-{id} in this mesh");
+        let netns = self
+            .layout
+            .replica(cluster, id)
+            .with_context(|| format!("no replica {cluster}-{id} in this mesh"))?
+            .place
+            .netns
+            .clone();
         if let Some(mut old) = self.children.remove(&(cluster.to_string(), id)) {
             let _ = old.kill();
             let _ = old.wait();
         }
         let config = self.dir.agent_config(cluster, id);
-        let child = self
-            .command(&["agent".as_ref(), "--config".as_ref(), config.as_os_str()], &self.dir.log_file(cluster, id))?;
+        let child = self.command(
+            netns.as_deref(),
+            &[],
+            &["agent".as_ref(), "--config".as_ref(), config.as_os_str()],
+            &self.dir.log_file(cluster, id),
+        )?;
         let pid = child.id();
         self.children.insert((cluster.to_string(), id), child);
         self.write_nodes_json()?;

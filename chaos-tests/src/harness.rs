@@ -1,0 +1,266 @@
+//! A mesh of real `atoll` processes inside a [`crate::sandbox::Sandbox`]: the gateway and every replica in a
+//! namespace of its own, the suite's clients in one more. The mesh itself is the one `atoll dev`
+//! and the integration tests run ([`atoll::mesh::Mesh`]), placed on the sandbox's addresses.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use atoll::mesh::GatewayTiming;
+use atoll::mesh::Layout;
+use atoll::mesh::Mesh;
+use atoll::mesh::MeshDir;
+use atoll::mesh::Placement;
+use atoll::mesh::replica_name;
+use atoll_api::client::NodeClient;
+use atoll_api::gateway_client::GatewayClient;
+use atoll_api::node::Role;
+use atoll_api::tls::ServerPolicy;
+use atoll_api::tls::TlsFiles;
+use atoll_api::tls::TlsIdentity;
+use atoll_api::tls::TrustRoots;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::history::History;
+
+/// Ports every process uses on its own address.
+const AGENT_PORT: u16 = 7000;
+const GATEWAY_PORT: u16 = 8443;
+/// How long one client request of the workload may take before its outcome is unknown.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub const CLIENT: &str = "client";
+pub const GATEWAY: &str = "gateway";
+/// The namespace of the delaying proxy.
+pub const DELAY: &str = "delay";
+
+/// Gateway timing of the suite: the integration tests' short bounds.
+pub fn chaos_gateway_timing() -> GatewayTiming {
+    GatewayTiming {
+        heartbeat_interval_ms: 200,
+        suspect_after_ms: 1_000,
+        dead_after_ms: 2_500,
+        probe_interval_ms: 500,
+        probe_timeout_ms: 400,
+        row_interval_ms: 1_000,
+        stale_after_ms: 2_000,
+        cert_lifetime_s: 86_400,
+    }
+}
+
+/// The address of each process: the client .1, the gateway .2, the delaying proxy .3, replica `r` of the `k`-th
+/// cluster 198.18.(k+1).r.
+pub fn addresses(layout: &Layout) -> Vec<(String, Ipv4Addr)> {
+    let mut out = vec![
+        (CLIENT.to_string(), Ipv4Addr::new(198, 18, 0, 1)),
+        (GATEWAY.to_string(), Ipv4Addr::new(198, 18, 0, 2)),
+        (DELAY.to_string(), Ipv4Addr::new(198, 18, 0, 3)),
+    ];
+    for (k, cluster) in layout.clusters.iter().enumerate() {
+        for replica in &cluster.replicas {
+            out.push((replica_name(&cluster.name, replica.id), Ipv4Addr::new(198, 18, k as u8 + 1, replica.id as u8)));
+        }
+    }
+    out
+}
+
+/// The `atoll` binary: `$ATOLL_EXE`, else beside this executable (or one directory up, from
+/// `target/*/deps`).
+pub fn atoll_exe() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("ATOLL_EXE") {
+        return Ok(PathBuf::from(path));
+    }
+    let me = std::env::current_exe()?;
+    let dir = me.parent().context("executable without a directory")?;
+    let found = [dir.join("atoll"), dir.parent().map(|p| p.join("atoll")).unwrap_or_default()]
+        .into_iter()
+        .find(|candidate| candidate.is_file())
+        .with_context(|| {
+            format!("no atoll binary beside {} (run `cargo build --workspace` first, or set ATOLL_EXE)", me.display())
+        })?;
+    // Building this crate does not rebuild the binary: refuse to test an old one.
+    let built = std::fs::metadata(&found)?.modified()?;
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
+    if let Some(newer) = newer_source(workspace, built) {
+        anyhow::bail!(
+            "{} is older than {} (run `cargo build --workspace` first; scripts/test does)",
+            found.display(),
+            newer.display()
+        );
+    }
+    Ok(found)
+}
+
+/// A Rust source or manifest of the binary's crates changed after `than`, if any.
+fn newer_source(workspace: &Path, than: std::time::SystemTime) -> Option<PathBuf> {
+    let mut stack: Vec<PathBuf> = ["api", "cli", "gateway", "node", "raft-store", "spawn", "store"]
+        .iter()
+        .map(|c| workspace.join(c).join("src"))
+        .collect();
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs")
+                && entry.metadata().and_then(|m| m.modified()).is_ok_and(|m| m > than)
+            {
+                return Some(path);
+            }
+        }
+    }
+    None
+}
+
+/// A running mesh in its sandbox, with the clients and the history of the run.
+pub struct Chaos {
+    pub mesh: Mesh,
+    pub node: NodeClient,
+    pub gateway: GatewayClient,
+    pub history: History,
+    pub seed: u64,
+    pub ledger: PathBuf,
+}
+
+impl Chaos {
+    /// The layout for `clusters` clusters of 3 replicas, placed in the sandbox's namespaces.
+    pub fn layout(clusters: usize, sandbox_netns: impl Fn(&str) -> String) -> anyhow::Result<Layout> {
+        let mut layout = Layout::new(clusters, 3, 0)?.with_gateway(0)?;
+        let ips = addresses(&layout);
+        let ip_of = |role: &str| ips.iter().find(|(r, _)| r == role).map(|(_, ip)| ip.to_string());
+        for cluster in &mut layout.clusters {
+            for replica in &mut cluster.replicas {
+                let role = replica_name(&cluster.name, replica.id);
+                replica.port = AGENT_PORT;
+                replica.ops_port = AGENT_PORT + 1;
+                replica.place = Placement { ip: ip_of(&role), netns: Some(sandbox_netns(&role)) };
+            }
+        }
+        if let Some(gateway) = &mut layout.gateway {
+            gateway.port = GATEWAY_PORT;
+            gateway.ops_port = GATEWAY_PORT + 1;
+            gateway.timing = Some(chaos_gateway_timing());
+            gateway.place = Placement { ip: ip_of(GATEWAY), netns: Some(sandbox_netns(GATEWAY)) };
+        }
+        Ok(layout)
+    }
+
+    /// Start the mesh (the caller is in the client namespace) and wait until every cluster has
+    /// a leader registered with the gateway and the matrix is settled.
+    pub async fn start(dir: &Path, layout: Layout, seed: u64) -> anyhow::Result<Self> {
+        let mut mesh = Mesh::start(MeshDir::new(dir), layout, atoll_exe()?).await?;
+        let certs = mesh.dir.certs();
+        let identity = TlsIdentity::load(&TlsFiles {
+            ca: certs.join("ca.pem"),
+            cert: certs.join("admin.pem"),
+            key: certs.join("admin-key.pem"),
+        })?;
+        let node = NodeClient::new(&identity, ServerPolicy::AnyNode, CLIENT_TIMEOUT)?;
+        let wait = Duration::from_secs(60);
+        mesh.wait_for_leaders(&node, wait).await?;
+        mesh.wait_for_registration(wait).await?;
+        mesh.wait_for_matrix(wait).await?;
+        let gateway = gateway_client(&mesh)?;
+        let ledger = dir.join("ledger");
+        std::fs::write(&ledger, "")?;
+        Ok(Self { mesh, node, gateway, history: History::new(), seed, ledger })
+    }
+
+    pub fn clusters(&self) -> Vec<String> {
+        self.mesh.layout.clusters.iter().map(|c| c.name.clone()).collect()
+    }
+
+    pub fn replica_ids(&self, cluster: &str) -> Vec<u64> {
+        self.mesh.layout.cluster(cluster).map(|c| c.replicas.iter().map(|r| r.id).collect()).unwrap_or_default()
+    }
+
+    pub fn addr(&self, cluster: &str, id: u64) -> String {
+        self.mesh.layout.replica(cluster, id).map(|r| r.addr()).unwrap_or_default()
+    }
+
+    /// The replica of `cluster` that says it leads, with its term (asking every running one).
+    pub async fn leader(&self, cluster: &str) -> Option<(u64, u64)> {
+        for id in self.replica_ids(cluster) {
+            if self.mesh.pid(cluster, id).is_none() {
+                continue;
+            }
+            if let Ok(status) = self.node.status(&self.addr(cluster, id)).await
+                && status.role == Role::Leader
+            {
+                return Some((id, status.term));
+            }
+        }
+        None
+    }
+
+    /// Wait (bounded) for a leader of `cluster`.
+    pub async fn wait_leader(&self, cluster: &str, timeout: Duration) -> anyhow::Result<(u64, u64)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(found) = self.leader(cluster).await {
+                return Ok(found);
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "{cluster} has no leader after {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Send a signal to a running process of the mesh (`gateway` or `aws-1`).
+    pub fn signal(&self, role: &str, signal: Signal) -> anyhow::Result<()> {
+        let pid = self.pid(role).with_context(|| format!("{role} is not running"))?;
+        nix::sys::signal::kill(Pid::from_raw(pid as i32), signal).with_context(|| format!("signalling {role}"))
+    }
+
+    pub fn pid(&self, role: &str) -> Option<u32> {
+        if role == GATEWAY {
+            return self.mesh.gateway_pid();
+        }
+        let (cluster, id) = split_role(role)?;
+        self.mesh.pid(cluster, id)
+    }
+
+    /// Start a replica again (it keeps its data and certificate).
+    pub fn restart(&mut self, cluster: &str, id: u64) -> anyhow::Result<()> {
+        self.mesh.spawn(cluster, id).map(|_| ())
+    }
+
+    /// Start the gateway again and wait until it serves.
+    pub async fn restart_gateway(&mut self) -> anyhow::Result<()> {
+        self.mesh.spawn_gateway()?;
+        self.mesh.wait_for_gateway(Duration::from_secs(30)).await?;
+        self.gateway = gateway_client(&self.mesh)?;
+        Ok(())
+    }
+
+    /// Every process's log, by role.
+    pub fn logs(&self) -> Vec<(String, String)> {
+        let mut out =
+            vec![(GATEWAY.to_string(), std::fs::read_to_string(self.mesh.dir.gateway_log()).unwrap_or_default())];
+        for (cluster, replica) in self.mesh.layout.all() {
+            let text = std::fs::read_to_string(self.mesh.dir.log_file(&cluster.name, replica.id)).unwrap_or_default();
+            out.push((replica_name(&cluster.name, replica.id), text));
+        }
+        out
+    }
+}
+
+/// `aws-1` -> (`aws`, 1).
+pub fn split_role(role: &str) -> Option<(&str, u64)> {
+    let (cluster, id) = role.rsplit_once('-')?;
+    Some((cluster, id.parse().ok()?))
+}
+
+fn gateway_client(mesh: &Mesh) -> anyhow::Result<GatewayClient> {
+    let gateway = mesh.layout.gateway.as_ref().context("no gateway")?;
+    let token = std::fs::read_to_string(mesh.dir.admin_token())?.trim().to_string();
+    let trust = TrustRoots::load(&mesh.dir.certs().join("ca.pem"))?;
+    Ok(GatewayClient::new(
+        trust.anonymous_client_config(ServerPolicy::Gateway)?,
+        &gateway.addr(),
+        Some(token),
+        CLIENT_TIMEOUT,
+    )?)
+}

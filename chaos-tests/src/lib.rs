@@ -1,0 +1,23 @@
+//! The chaos suite: the gateway and every replica of several clusters as real `atoll`
+//! processes, each in a network namespace of its own; faults injected by killing, pausing and
+//! restarting them and by cutting, half-cutting and degrading the links between them; a
+//! workload of writes and pipelines recorded as a history; and one checker per invariant over
+//! that history, the processes' logs and the final state.
+//!
+//! - [`sandbox`]: namespaces, the bridge, routes and packet filters.
+//! - [`delay`]: the delaying proxy between sites (this kernel has no netem).
+//! - [`harness`]: the mesh placed in the sandbox, and the suite's clients.
+//! - [`workload`]: annotation writers and the pipeline submitter.
+//! - [`history`]: what the clients did and when the faults began and healed.
+//! - [`checkers`]: the invariants, pure functions of the evidence.
+//! - [`scenario`]: each scenario, its fault, and the run that ties it all together.
+//!
+//! `docs/reliability.md` describes the scenarios and holds the figures of the last runs.
+
+pub mod checkers;
+pub mod delay;
+pub mod harness;
+pub mod history;
+pub mod sandbox;
+pub mod scenario;
+pub mod workload;

@@ -1,0 +1,104 @@
+//! `atoll-chaos`: run the chaos scenarios on demand, for longer (the soak profile) and over many
+//! seeds, and print the figures `docs/reliability.md` reports.
+//!
+//!   atoll-chaos run [--scenario NAME]... [--profile ci|soak] [--seeds N | --seed S] [--keep DIR]
+
+use std::path::PathBuf;
+
+use atoll_chaos_tests::scenario;
+use atoll_chaos_tests::scenario::Profile;
+use atoll_chaos_tests::scenario::Report;
+use atoll_chaos_tests::scenario::Scenario;
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "atoll-chaos", about = "Run atoll's chaos scenarios and print their figures")]
+enum Command {
+    /// Run scenarios (all by default), each over one or more seeds.
+    Run {
+        /// A scenario to run (repeatable); all when absent.
+        #[arg(long = "scenario", value_enum)]
+        scenarios: Vec<Scenario>,
+        #[arg(long, value_enum, default_value = "soak")]
+        profile: Profile,
+        /// How many seeds per scenario (fresh random ones).
+        #[arg(long, default_value_t = 1)]
+        seeds: u32,
+        /// Replay one seed (overrides --seeds).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Keep every run's files under this directory (failed runs are always kept).
+        #[arg(long)]
+        keep: Option<PathBuf>,
+        /// Write every run's report, one JSON object per line, to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let Command::Run { scenarios, profile, seeds, seed, keep, json } = Command::parse();
+    let scenarios = if scenarios.is_empty() { Scenario::ALL.to_vec() } else { scenarios };
+    let seeds: Vec<u64> = match seed {
+        Some(seed) => vec![seed],
+        None => (0..seeds).map(|_| rand::random()).collect(),
+    };
+    let mut reports: Vec<Report> = Vec::new();
+    let mut errors = Vec::new();
+    for scenario in &scenarios {
+        for seed in &seeds {
+            match scenario::run(*scenario, profile, *seed, keep.as_deref()) {
+                Ok(report) => {
+                    if let Some(path) = &json {
+                        use std::io::Write;
+                        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+                        writeln!(file, "{}", serde_json::to_string(&report)?)?;
+                    }
+                    reports.push(report);
+                }
+                Err(e) => {
+                    eprintln!("chaos: {e:#}");
+                    errors.push(format!("{} seed={seed}", scenario.name()));
+                }
+            }
+        }
+    }
+    summarize(&reports);
+    let broken: Vec<String> =
+        reports.iter().filter(|r| !r.holds()).map(|r| format!("{} seed={}", r.scenario, r.seed)).collect();
+    anyhow::ensure!(broken.is_empty() && errors.is_empty(), "broken: {broken:?}; did not finish: {errors:?}");
+    Ok(())
+}
+
+/// Median, p90 and max of the failover figures per fault, and the totals.
+fn summarize(reports: &[Report]) {
+    let mut by_fault: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    let mut missing = 0;
+    for f in reports.iter().flat_map(|r| r.failovers.iter()) {
+        match f.ms {
+            Some(ms) => by_fault.entry(f.fault.clone()).or_default().push(ms),
+            None => missing += 1,
+        }
+    }
+    println!("runs: {} ({} with every invariant holding)", reports.len(), reports.iter().filter(|r| r.holds()).count());
+    for (fault, mut ms) in by_fault {
+        ms.sort_unstable();
+        let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+        println!("failover after {fault}: n={} median={} ms p90={} ms max={} ms", ms.len(), at(0.5), at(0.9), at(1.0));
+    }
+    if missing > 0 {
+        println!("faults after which no new leader was seen: {missing}");
+    }
+    let mut settled: Vec<u64> = reports.iter().filter_map(|r| r.matrix_settled_ms).collect();
+    settled.sort_unstable();
+    if !settled.is_empty() {
+        println!(
+            "matrix settled after the heal: median={} ms max={} ms",
+            settled[settled.len() / 2],
+            settled[settled.len() - 1]
+        );
+    }
+    let (ok, failed, unknown) =
+        reports.iter().fold((0, 0, 0), |(a, b, c), r| (a + r.ops_ok, b + r.ops_failed, c + r.ops_unknown));
+    println!("operations: ok={ok} failed={failed} unknown={unknown}");
+}

@@ -1,0 +1,733 @@
+//! Scenarios: a mesh in its sandbox, the workload running throughout, one fault injected and
+//! healed, then every checker over what happened. Every random choice (which cluster, how long,
+//! which replica a write goes through) comes from the seed the run prints, so a failing run is
+//! replayed with `ATOLL_CHAOS_SEED=<seed>` (or `atoll-chaos run --seed`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use atoll::mesh::replica_name;
+use atoll_api::gateway::LinkState;
+use nix::sys::signal::Signal;
+use rand::Rng;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::checkers;
+use crate::checkers::Applied;
+use crate::checkers::PipelineEnd;
+use crate::checkers::Verdict;
+use crate::delay::DelayProxy;
+use crate::harness::CLIENT;
+use crate::harness::Chaos;
+use crate::harness::DELAY;
+use crate::harness::GATEWAY;
+use crate::harness::addresses;
+use crate::history::OpKind;
+use crate::history::Outcome;
+use crate::sandbox;
+use crate::sandbox::Sandbox;
+use crate::workload;
+
+/// How long and how hard a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Every scenario, short: the test command runs it.
+    Ci,
+    /// Longer faults and more traffic, on demand.
+    Soak,
+}
+
+impl Profile {
+    /// Stretch a CI duration for the profile.
+    fn scale(self, d: Duration) -> Duration {
+        match self {
+            Profile::Ci => d,
+            Profile::Soak => d * 4,
+        }
+    }
+}
+
+/// The scenarios, each named after the fault it injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// SIGKILL a cluster's leader; restart it a moment later.
+    LeaderCrash,
+    /// SIGSTOP a cluster's leader until its peers elect another, then SIGCONT it while it is
+    /// cut from them: the zombie still believes it leads, and the gateway must fence it.
+    LeaderPause,
+    /// Cut a cluster's leader from both its peers (it is the minority); heal.
+    MinorityPartition,
+    /// Cut a cluster's leader from the gateway only; its peers still reach both.
+    LeaderIsolatedFromGateway,
+    /// One cluster stops reaching another (one direction), then the other direction too: edges
+    /// between them go from direct to relayed mid-pipeline; heal.
+    AsymmetricCut,
+    /// SIGKILL every replica of a cluster past the dead-after bound: its work moves; it comes
+    /// back and its late results are refused.
+    ClusterDeath,
+    /// SIGKILL the gateway mid-pipeline; restart it.
+    GatewayCrash,
+    /// Drop 20% of the packets everywhere and delay every connection between sites (replica to
+    /// gateway, replica to another cluster) by 100 ms each way, for a while.
+    LossAndLatency,
+    /// Cut and heal the link between two leaders, again and again.
+    FlappingLink,
+    /// Restart every replica of a cluster in turn, as an upgrade would (SIGTERM, start, wait
+    /// until it has caught up).
+    RollingRestart,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 10] = [
+        Scenario::LeaderCrash,
+        Scenario::LeaderPause,
+        Scenario::MinorityPartition,
+        Scenario::LeaderIsolatedFromGateway,
+        Scenario::AsymmetricCut,
+        Scenario::ClusterDeath,
+        Scenario::GatewayCrash,
+        Scenario::LossAndLatency,
+        Scenario::FlappingLink,
+        Scenario::RollingRestart,
+    ];
+
+    pub fn name(self) -> String {
+        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    }
+
+    fn clusters(self) -> usize {
+        match self {
+            Scenario::ClusterDeath => 3,
+            _ => 2,
+        }
+    }
+}
+
+/// Failover measured in one run: from the fault to the first replica leading a later term.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failover {
+    pub fault: String,
+    pub cluster: String,
+    pub ms: Option<u64>,
+}
+
+/// What a run found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub seed: u64,
+    pub profile: Profile,
+    pub verdicts: Vec<Verdict>,
+    pub failovers: Vec<Failover>,
+    pub matrix_settled_ms: Option<u64>,
+    pub ops_ok: usize,
+    pub ops_failed: usize,
+    pub ops_unknown: usize,
+    pub pipelines: usize,
+    pub seconds: f64,
+    pub dir: PathBuf,
+    /// Whether `dir` was kept (a broken invariant, or asked for).
+    pub kept: bool,
+    /// Whether the gateway said it runs with term fencing off (the broken build).
+    pub gateway_unfenced: bool,
+}
+
+impl Report {
+    pub fn holds(&self) -> bool {
+        self.verdicts.iter().all(|v| v.holds)
+    }
+
+    pub fn print(&self) {
+        eprintln!(
+            "chaos: {} seed={} profile={:?}: {} ({:.0} s, ops ok/failed/unknown {}/{}/{}, {} pipelines)",
+            self.scenario,
+            self.seed,
+            self.profile,
+            if self.holds() { "every invariant holds" } else { "INVARIANT BROKEN" },
+            self.seconds,
+            self.ops_ok,
+            self.ops_failed,
+            self.ops_unknown,
+            self.pipelines
+        );
+        for f in &self.failovers {
+            eprintln!("chaos:   failover after {} in {}: {:?} ms", f.fault, f.cluster, f.ms);
+        }
+        if let Some(ms) = self.matrix_settled_ms {
+            eprintln!("chaos:   matrix settled {ms} ms after the heal");
+        }
+        for v in &self.verdicts {
+            eprintln!("chaos:   [{}] {}: {}", if v.holds { "ok" } else { "BROKEN" }, v.invariant, v.detail);
+        }
+        if self.kept {
+            eprintln!("chaos:   files (history.jsonl, report.json, logs/) kept in {}", self.dir.display());
+        }
+    }
+}
+
+/// The seed for a run: `ATOLL_CHAOS_SEED` when set (a replay), else a fresh one.
+pub fn seed_from_env() -> anyhow::Result<u64> {
+    match std::env::var("ATOLL_CHAOS_SEED") {
+        Ok(text) => text.trim().parse().with_context(|| format!("ATOLL_CHAOS_SEED={text:?} is not a number")),
+        Err(_) => Ok(rand::rng().random()),
+    }
+}
+
+/// Run one scenario on this thread: build the sandbox, move this thread into its client
+/// namespace, run, check, remove everything. Ctrl-C or SIGTERM stops the run and still cleans up.
+pub fn run(scenario: Scenario, profile: Profile, seed: u64, keep: Option<&Path>) -> anyhow::Result<Report> {
+    run_with(scenario, profile, seed, keep, Breakage::None)
+}
+
+/// A deliberately broken mesh, to show the checkers catch what they claim to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Breakage {
+    None,
+    /// The gateway acts on stale leaders (its term fencing off).
+    GatewayUnfenced,
+}
+
+/// [`run`] on a mesh broken as `breakage` says.
+pub fn run_with(
+    scenario: Scenario,
+    profile: Profile,
+    seed: u64,
+    keep: Option<&Path>,
+    breakage: Breakage,
+) -> anyhow::Result<Report> {
+    eprintln!("chaos: {} seed={seed} (replay: ATOLL_CHAOS_SEED={seed}) breakage={breakage:?}", scenario.name());
+    sandbox::preflight()?;
+    let swept = sandbox::sweep_stale()?;
+    if !swept.is_empty() {
+        eprintln!("chaos: removed namespaces of earlier runs that did not clean up: {swept:?}");
+    }
+    let dir = match keep {
+        Some(root) => {
+            let dir = root.join(format!("{}-{seed}", scenario.name()));
+            std::fs::create_dir_all(&dir)?;
+            tempfile::Builder::new().prefix("run-").tempdir_in(dir)?
+        }
+        None => tempfile::Builder::new().prefix("atoll-chaos-").tempdir()?,
+    };
+    let mut layout = Chaos::layout(scenario.clusters(), sandbox::netns_name)?;
+    if breakage == Breakage::GatewayUnfenced
+        && let Some(gateway) = &mut layout.gateway
+    {
+        gateway.env.push((atoll_gateway::unsafe_switches::DISABLE_FENCING_ENV.to_string(), "1".to_string()));
+    }
+    let mut sandbox = Sandbox::create(&addresses(&layout))?;
+    let proxy = match scenario {
+        Scenario::LossAndLatency => Some(delay_between_sites(&sandbox, &layout)?),
+        _ => None,
+    };
+    sandbox.enter(CLIENT)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let started = Instant::now();
+    let outcome = runtime.block_on(async {
+        let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut chaos = Chaos::start(dir.path(), layout, seed).await?;
+        let result = tokio::select! {
+            result = drive(&mut chaos, &sandbox, proxy.as_ref(), scenario, profile, seed) => result,
+            _ = interrupt.recv() => Err(anyhow::anyhow!("interrupted")),
+            _ = terminate.recv() => Err(anyhow::anyhow!("terminated")),
+        };
+        chaos.mesh.stop_all(Duration::from_secs(5)).await;
+        result.map(|evidence| (chaos, evidence))
+    });
+    drop(runtime);
+    drop(proxy);
+    let leftovers = sandbox.remove();
+    let (chaos, evidence) = match outcome {
+        Ok(done) => done,
+        Err(e) => {
+            let kept = dir.keep();
+            anyhow::bail!("{} seed={seed}: {e:#} (files kept in {})", scenario.name(), kept.display());
+        }
+    };
+    let mut verdicts = evidence.verdicts(&chaos);
+    verdicts.push(checkers::nothing_left_running(&leftovers?));
+    let (ops_ok, ops_failed, ops_unknown) = chaos.history.counts();
+    let report = Report {
+        scenario: scenario.name(),
+        seed,
+        profile,
+        failovers: evidence.failovers(&chaos),
+        matrix_settled_ms: evidence.matrix_settled_ms,
+        verdicts,
+        ops_ok,
+        ops_failed,
+        ops_unknown,
+        pipelines: evidence.ends.len(),
+        seconds: started.elapsed().as_secs_f64(),
+        dir: dir.path().to_path_buf(),
+        kept: false,
+        gateway_unfenced: std::fs::read_to_string(chaos.mesh.dir.gateway_log())
+            .is_ok_and(|log| log.contains("TERM FENCING IS OFF")),
+    };
+    std::fs::write(dir.path().join("history.jsonl"), chaos.history.to_jsonl())?;
+    std::fs::write(dir.path().join("report.json"), serde_json::to_vec_pretty(&report)?)?;
+    let report = if report.holds() && keep.is_none() {
+        report
+    } else {
+        let kept = dir.keep();
+        Report { dir: kept, kept: true, ..report }
+    };
+    report.print();
+    Ok(report)
+}
+
+/// What a run leaves for the checkers besides the history and the logs.
+struct Evidence {
+    applied: BTreeMap<String, Applied>,
+    ends: Vec<PipelineEnd>,
+    matrix_settled_ms: Option<u64>,
+    /// The matrix bound a heal must settle within.
+    matrix_bound_ms: u64,
+}
+
+impl Evidence {
+    fn verdicts(&self, chaos: &Chaos) -> Vec<Verdict> {
+        let logs = chaos.logs();
+        let claims: Vec<checkers::LeadClaim> = logs
+            .iter()
+            .filter_map(|(role, log)| crate::harness::split_role(role).map(|(c, id)| checkers::lead_claims(c, id, log)))
+            .flatten()
+            .collect();
+        let gateway_log = logs.iter().find(|(r, _)| r == GATEWAY).map(|(_, l)| l.as_str()).unwrap_or("");
+        let jobs: Vec<_> = self.ends.iter().flat_map(|e| e.jobs.iter().cloned()).collect();
+        let ops = chaos.history.ops();
+        let ledger = checkers::parse_ledger(&std::fs::read_to_string(&chaos.ledger).unwrap_or_default());
+        vec![
+            checkers::one_leader_per_term(&claims),
+            checkers::gateway_follows_terms(&checkers::registrations(gateway_log), &jobs),
+            checkers::annotations_durable(&ops, &self.applied),
+            checkers::exactly_one_result(&ops, &self.ends, &ledger),
+            checkers::outputs_match(&self.ends, &ledger),
+            checkers::matrix_converges(self.matrix_settled_ms, self.matrix_bound_ms),
+        ]
+    }
+
+    fn failovers(&self, chaos: &Chaos) -> Vec<Failover> {
+        let claims: Vec<checkers::LeadClaim> = chaos
+            .logs()
+            .iter()
+            .filter_map(|(role, log)| crate::harness::split_role(role).map(|(c, id)| checkers::lead_claims(c, id, log)))
+            .flatten()
+            .collect();
+        chaos
+            .history
+            .faults()
+            .into_iter()
+            .filter_map(|f| {
+                let (cluster, term) = (f.cluster.clone()?, f.term_before?);
+                let first = claims
+                    .iter()
+                    .filter(|c| c.cluster == cluster && c.term > term && c.at >= f.injected_at)
+                    .map(|c| c.at)
+                    .min();
+                let ms = first.map(|at| (at - f.injected_at).whole_milliseconds().max(0) as u64);
+                Some(Failover { fault: f.fault, cluster, ms })
+            })
+            .collect()
+    }
+}
+
+/// The run itself: workload on, fault in and out, workload off, then gather the evidence.
+async fn drive(
+    chaos: &mut Chaos,
+    sandbox: &Sandbox,
+    proxy: Option<&DelayProxy>,
+    scenario: Scenario,
+    profile: Profile,
+    seed: u64,
+) -> anyhow::Result<Evidence> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let history = Arc::new(std::mem::take(&mut chaos.history));
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for (i, cluster) in chaos.clusters().into_iter().enumerate() {
+        let addrs = chaos.replica_ids(&cluster).iter().map(|id| chaos.addr(&cluster, *id)).collect();
+        tasks.push(tokio::spawn(workload::annotation_writer(
+            chaos.node.clone(),
+            cluster,
+            addrs,
+            history.clone(),
+            seed.wrapping_add(i as u64),
+            stopped.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(workload::submitter(
+        chaos.gateway.clone(),
+        chaos.clusters(),
+        chaos.ledger.clone(),
+        history.clone(),
+        profile.scale(Duration::from_millis(1_500)) / 2,
+        600,
+        seed,
+        stopped.clone(),
+    )));
+    // The tasks share the run's history; it is moved back into `chaos` once they are done.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let healed_at = nemesis(chaos, sandbox, proxy, &history, scenario, profile, &mut rng).await?;
+
+    // Every process runs again and every cluster leads: the workload keeps going meanwhile.
+    for cluster in chaos.clusters() {
+        chaos.wait_leader(&cluster, Duration::from_secs(60)).await?;
+    }
+    let bound = matrix_bound();
+    let matrix_settled_ms = wait_matrix_settled(chaos, bound + Duration::from_secs(10))
+        .await
+        .map(|settled| settled.saturating_duration_since(healed_at).as_millis() as u64);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.send_replace(true);
+    for task in tasks {
+        task.await.context("a workload task panicked")?;
+    }
+    chaos.history = Arc::try_unwrap(history).map_err(|_| anyhow::anyhow!("the history is still shared"))?;
+
+    let ends = pipeline_ends(chaos, Duration::from_secs(120)).await?;
+    let applied = applied_annotations(chaos, Duration::from_secs(30)).await;
+    Ok(Evidence { applied, ends, matrix_settled_ms, matrix_bound_ms: bound.as_millis() as u64 })
+}
+
+/// How long the matrix may take to show a healed link: a probe round (interval + timeout) to
+/// see it, a row report to carry it, with one of each to spare, plus the dead-after bound for a
+/// cluster that has just come back to register again.
+fn matrix_bound() -> Duration {
+    let t = crate::harness::chaos_gateway_timing();
+    Duration::from_millis(2 * (t.probe_interval_ms + t.probe_timeout_ms + t.row_interval_ms) + t.dead_after_ms)
+}
+
+/// When every cell of the matrix was reachable (polled every 100 ms), or `None` in `timeout`.
+async fn wait_matrix_settled(chaos: &Chaos, timeout: Duration) -> Option<Instant> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(matrix) = chaos.gateway.matrix().await {
+            let n = chaos.clusters().len();
+            if matrix.cells.len() == n * (n - 1) && matrix.cells.iter().all(|c| c.state == LinkState::Reachable) {
+                return Some(Instant::now());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// Every acknowledged pipeline's jobs once they all ended (or as they are at the deadline).
+async fn pipeline_ends(chaos: &Chaos, timeout: Duration) -> anyhow::Result<Vec<PipelineEnd>> {
+    let ids: Vec<String> = chaos
+        .history
+        .ops()
+        .into_iter()
+        .filter_map(|op| match op.kind {
+            OpKind::Submit { pipeline: Some(id), .. } if op.outcome == Outcome::Ok => Some(id),
+            _ => None,
+        })
+        .collect();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut ends = Vec::new();
+        let mut pending = 0;
+        for id in &ids {
+            let Ok(submitted) = chaos.gateway.pipeline(id).await else {
+                pending += 1;
+                continue;
+            };
+            pending += submitted.jobs.iter().filter(|j| !j.state.is_final()).count();
+            let mut jobs = Vec::new();
+            for job in &submitted.jobs {
+                if let Ok(detail) = chaos.gateway.job(&job.id).await {
+                    jobs.push(detail);
+                }
+            }
+            ends.push(PipelineEnd { pipeline: id.clone(), jobs });
+        }
+        if pending == 0 || Instant::now() >= deadline {
+            return Ok(ends);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The annotations every replica holds, once each holds every acknowledged one (or at the
+/// deadline, as they are).
+async fn applied_annotations(chaos: &Chaos, timeout: Duration) -> BTreeMap<String, Applied> {
+    let acked: Vec<(String, String)> = chaos
+        .history
+        .ops()
+        .into_iter()
+        .filter_map(|op| match op.kind {
+            OpKind::Annotate { cluster, key, .. } if op.outcome == Outcome::Ok => Some((cluster, key)),
+            _ => None,
+        })
+        .collect();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut all = BTreeMap::new();
+        let mut complete = true;
+        for cluster in chaos.clusters() {
+            let mut replicas = Applied::new();
+            for id in chaos.replica_ids(&cluster) {
+                let applied = chaos.node.annotations(&chaos.addr(&cluster, id)).await.unwrap_or_default();
+                complete &= acked.iter().filter(|(c, _)| *c == cluster).all(|(_, key)| applied.contains_key(key));
+                replicas.insert(replica_name(&cluster, id), applied);
+            }
+            all.insert(cluster, replicas);
+        }
+        if complete || Instant::now() >= deadline {
+            return all;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Inject the scenario's fault and heal it; returns when the last heal happened.
+async fn nemesis(
+    chaos: &mut Chaos,
+    sandbox: &Sandbox,
+    proxy: Option<&DelayProxy>,
+    history: &crate::history::History,
+    scenario: Scenario,
+    profile: Profile,
+    rng: &mut StdRng,
+) -> anyhow::Result<Instant> {
+    let clusters = chaos.clusters();
+    let target = clusters[rng.random_range(0..clusters.len())].clone();
+    let other = clusters.iter().find(|c| **c != target).cloned().unwrap_or_default();
+    let mut hold = |lo_ms: u64, hi_ms: u64| profile.scale(Duration::from_millis(rng.random_range(lo_ms..=hi_ms)));
+    match scenario {
+        Scenario::LeaderCrash => {
+            let (leader, term) = chaos.wait_leader(&target, Duration::from_secs(30)).await?;
+            let fault = history.injected("kill -9 leader", &replica_name(&target, leader), Some(&target), Some(term));
+            chaos.mesh.kill(&target, leader)?;
+            tokio::time::sleep(hold(1_500, 3_000)).await;
+            chaos.restart(&target, leader)?;
+            history.healed(fault);
+        }
+        Scenario::LeaderPause => {
+            // A zombie: paused and cut from its peers until they elect another leader, then
+            // resumed still cut, so nothing tells it its term is over but the gateway.
+            let (leader, term) = chaos.wait_leader(&target, Duration::from_secs(30)).await?;
+            let role = replica_name(&target, leader);
+            let peers: Vec<u64> = chaos.replica_ids(&target).into_iter().filter(|id| *id != leader).collect();
+            let fault = history.injected("pause leader", &role, Some(&target), Some(term));
+            chaos.signal(&role, Signal::SIGSTOP)?;
+            // Cut at once, before the peers' election: nothing of the new term may wait in the
+            // zombie's socket buffers for when it resumes.
+            for peer in &peers {
+                sandbox.cut(&role, &replica_name(&target, *peer))?;
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            'elected: loop {
+                for peer in &peers {
+                    if let Ok(status) = chaos.node.status(&chaos.addr(&target, *peer)).await
+                        && status.role == atoll_api::node::Role::Leader
+                    {
+                        break 'elected;
+                    }
+                }
+                anyhow::ensure!(Instant::now() < deadline, "no new leader in {target} while {role} was paused");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(hold(500, 1_500)).await;
+            chaos.signal(&role, Signal::SIGCONT)?;
+            tokio::time::sleep(hold(1_500, 3_000)).await;
+            for peer in &peers {
+                sandbox.heal(&role, &replica_name(&target, *peer))?;
+            }
+            history.healed(fault);
+        }
+        Scenario::MinorityPartition => {
+            let (leader, term) = chaos.wait_leader(&target, Duration::from_secs(30)).await?;
+            let role = replica_name(&target, leader);
+            let peers: Vec<String> = chaos
+                .replica_ids(&target)
+                .into_iter()
+                .filter(|id| *id != leader)
+                .map(|id| replica_name(&target, id))
+                .collect();
+            let fault = history.injected("partition leader from its peers", &role, Some(&target), Some(term));
+            for peer in &peers {
+                sandbox.cut(&role, peer)?;
+            }
+            tokio::time::sleep(hold(3_000, 5_000)).await;
+            for peer in &peers {
+                sandbox.heal(&role, peer)?;
+            }
+            history.healed(fault);
+        }
+        Scenario::LeaderIsolatedFromGateway => {
+            let (leader, _) = chaos.wait_leader(&target, Duration::from_secs(30)).await?;
+            let role = replica_name(&target, leader);
+            let fault = history.injected("isolate leader from the gateway", &role, None, None);
+            sandbox.cut(&role, GATEWAY)?;
+            tokio::time::sleep(hold(4_000, 6_000)).await;
+            sandbox.heal(&role, GATEWAY)?;
+            history.healed(fault);
+        }
+        Scenario::AsymmetricCut => {
+            let roles = |c: &str| chaos.replica_ids(c).into_iter().map(|id| replica_name(c, id)).collect::<Vec<_>>();
+            let (from, to) = (roles(&target), roles(&other));
+            let one_way = history.injected("cut one direction", &format!("{target}->{other}"), None, None);
+            set_refusal(sandbox, &to, &from, true)?;
+            tokio::time::sleep(hold(2_000, 3_000)).await;
+            let both = history.injected("cut the other direction", &format!("{other}->{target}"), None, None);
+            set_refusal(sandbox, &from, &to, true)?;
+            tokio::time::sleep(hold(3_000, 5_000)).await;
+            set_refusal(sandbox, &to, &from, false)?;
+            set_refusal(sandbox, &from, &to, false)?;
+            history.healed(one_way);
+            history.healed(both);
+        }
+        Scenario::ClusterDeath => {
+            let (_, term) = chaos.wait_leader(&target, Duration::from_secs(30)).await?;
+            let fault = history.injected("kill -9 every replica", &target, None, Some(term));
+            for id in chaos.replica_ids(&target) {
+                chaos.mesh.kill(&target, id)?;
+            }
+            tokio::time::sleep(hold(5_000, 7_000)).await;
+            for id in chaos.replica_ids(&target) {
+                chaos.restart(&target, id)?;
+            }
+            history.healed(fault);
+        }
+        Scenario::GatewayCrash => {
+            let fault = history.injected("kill -9 gateway", GATEWAY, None, None);
+            chaos.mesh.kill_gateway();
+            tokio::time::sleep(hold(2_000, 4_000)).await;
+            chaos.restart_gateway().await?;
+            history.healed(fault);
+        }
+        Scenario::LossAndLatency => {
+            let proxy = proxy.context("the loss-and-latency scenario runs with the delaying proxy")?;
+            let fault = history.injected("drop 20% of packets, delay 100 ms", "every link between sites", None, None);
+            sandbox.set_loss(20, &[CLIENT, DELAY])?;
+            proxy.set_delay(Duration::from_millis(100));
+            let held = hold(6_000, 8_000);
+            tokio::time::sleep(held / 2).await;
+            if let Ok(matrix) = chaos.gateway.matrix().await {
+                let rtts: Vec<String> = matrix
+                    .cells
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{}->{} {} rtt {:?} ms age {:?} ms",
+                            c.from,
+                            c.to,
+                            c.state,
+                            c.rtt_ms.map(|r| r.round()),
+                            c.age_ms
+                        )
+                    })
+                    .collect();
+                eprintln!(
+                    "chaos: {} connections through the delaying proxy so far; matrix round trips under the fault: {}",
+                    proxy.relayed(),
+                    rtts.join(", ")
+                );
+            }
+            tokio::time::sleep(held / 2).await;
+            proxy.set_delay(Duration::ZERO);
+            sandbox.set_loss(0, &[CLIENT, DELAY])?;
+            history.healed(fault);
+        }
+        Scenario::FlappingLink => {
+            let (a, _) = chaos.wait_leader(&target, Duration::from_secs(30)).await?;
+            let (b, _) = chaos.wait_leader(&other, Duration::from_secs(30)).await?;
+            let (a, b) = (replica_name(&target, a), replica_name(&other, b));
+            let flaps = rng.random_range(4..=6);
+            let fault = history.injected("flap the link", &format!("{a}<->{b} x{flaps}"), None, None);
+            for _ in 0..flaps {
+                sandbox.cut(&a, &b)?;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(300..=900))).await;
+                sandbox.heal(&a, &b)?;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(300..=900))).await;
+            }
+            history.healed(fault);
+        }
+        Scenario::RollingRestart => {
+            let fault = history.injected("rolling restart", &target, None, None);
+            for id in chaos.replica_ids(&target) {
+                chaos.signal(&replica_name(&target, id), Signal::SIGTERM)?;
+                wait_exit(chaos, &target, id, Duration::from_secs(20)).await?;
+                chaos.restart(&target, id)?;
+                wait_caught_up(chaos, &target, id, Duration::from_secs(30)).await?;
+            }
+            history.healed(fault);
+        }
+    }
+    Ok(Instant::now())
+}
+
+/// Put the delaying proxy between sites: every connection a replica opens to the gateway or to
+/// a replica of another cluster goes through it (the suite's own client stays direct).
+fn delay_between_sites(sandbox: &Sandbox, layout: &atoll::mesh::Layout) -> anyhow::Result<DelayProxy> {
+    let gateway = layout.gateway.as_ref().context("no gateway")?;
+    let mut destinations = vec![(None, GATEWAY.to_string(), gateway.port)];
+    for (cluster, replica) in layout.all() {
+        destinations.push((Some(cluster.name.clone()), replica_name(&cluster.name, replica.id), replica.port));
+    }
+    let proxy_ip = sandbox.ip(DELAY)?;
+    let mut routes = Vec::new();
+    for (index, (site, role, port)) in destinations.iter().enumerate() {
+        let proxy_port = 20_000 + index as u16;
+        routes.push(((proxy_ip, proxy_port).into(), (sandbox.ip(role)?, *port).into()));
+        for (cluster, replica) in layout.all() {
+            if site.as_deref() != Some(cluster.name.as_str()) {
+                sandbox.redirect(&replica_name(&cluster.name, replica.id), role, *port, DELAY, proxy_port)?;
+            }
+        }
+    }
+    DelayProxy::start(&sandbox.netns_path(DELAY)?, routes)
+}
+
+/// Make every replica in `at` refuse (or accept again) connections from every one in `from`.
+fn set_refusal(sandbox: &Sandbox, at: &[String], from: &[String], refused: bool) -> anyhow::Result<()> {
+    for to in at {
+        for source in from {
+            sandbox.refuse(to, source, refused)?;
+        }
+    }
+    Ok(())
+}
+
+async fn wait_exit(chaos: &mut Chaos, cluster: &str, id: u64, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if chaos.mesh.reap().iter().any(|((c, i), _)| c == cluster && *i == id) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("{} did not stop within {timeout:?} of SIGTERM", replica_name(cluster, id))
+}
+
+/// Wait until a restarted replica knows the leader and has applied what the leader had when
+/// it came back.
+async fn wait_caught_up(chaos: &Chaos, cluster: &str, id: u64, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let addr = chaos.addr(cluster, id);
+    while Instant::now() < deadline {
+        if let (Ok(me), Some((leader, _))) = (chaos.node.status(&addr).await, chaos.leader(cluster).await)
+            && let Ok(lead) = chaos.node.status(&chaos.addr(cluster, leader)).await
+            && me.leader.is_some()
+            && me.last_applied.unwrap_or(0) + 50 >= lead.last_applied.unwrap_or(0)
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("{} did not catch up within {timeout:?}", replica_name(cluster, id))
+}

@@ -1,0 +1,50 @@
+//! The CI profile of the chaos suite: every scenario once, short, with a fresh seed (printed;
+//! replay with `ATOLL_CHAOS_SEED`). Needs root, iproute2 and nftables; without them each test
+//! fails saying so.
+
+use atoll_chaos_tests::scenario;
+use atoll_chaos_tests::scenario::Profile;
+use atoll_chaos_tests::scenario::Scenario;
+
+fn check(scenario: Scenario) {
+    let seed = scenario::seed_from_env().expect("seed");
+    let report = scenario::run(scenario, Profile::Ci, seed, None).unwrap_or_else(|e| panic!("{e:#}"));
+    let broken: Vec<String> =
+        report.verdicts.iter().filter(|v| !v.holds).map(|v| format!("{}: {}", v.invariant, v.detail)).collect();
+    assert!(broken.is_empty(), "{} seed={seed}: {broken:#?} (files in {})", report.scenario, report.dir.display());
+}
+
+macro_rules! scenarios {
+    ($($test:ident => $scenario:ident),* $(,)?) => {
+        $(#[test] fn $test() { check(Scenario::$scenario) })*
+    };
+}
+
+scenarios! {
+    leader_crash => LeaderCrash,
+    leader_pause => LeaderPause,
+    minority_partition => MinorityPartition,
+    leader_isolated_from_gateway => LeaderIsolatedFromGateway,
+    asymmetric_cut => AsymmetricCut,
+    cluster_death => ClusterDeath,
+    gateway_crash => GatewayCrash,
+    loss_and_latency => LossAndLatency,
+    flapping_link => FlappingLink,
+    rolling_restart => RollingRestart,
+}
+
+/// The checkers are shown to catch what they claim to: with the gateway's term fencing turned
+/// off (a test-only switch), the zombie leader of the pause scenario is acted on again, and the
+/// fencing invariant (and only a fencing-related one) breaks.
+#[test]
+fn a_gateway_without_fencing_is_caught() {
+    let seed = scenario::seed_from_env().expect("seed");
+    let report =
+        scenario::run_with(Scenario::LeaderPause, Profile::Ci, seed, None, scenario::Breakage::GatewayUnfenced)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    let fencing =
+        report.verdicts.iter().find(|v| v.invariant == "gateway acts on current terms only").expect("verdict");
+    assert!(!fencing.holds, "the unfenced gateway went unnoticed (seed={seed}): {:#?}", report.verdicts);
+    assert!(fencing.detail.contains("after term"), "{}", fencing.detail);
+    std::fs::remove_dir_all(&report.dir).expect("remove the broken run's files");
+}

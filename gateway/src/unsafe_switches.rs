@@ -1,0 +1,21 @@
+//! Deliberate breakage for the chaos suite, to show that its checkers catch what they claim to.
+//!
+//! Compiled in only with the `chaos-switches` feature, which only the chaos suite's crate turns
+//! on (a build of `atoll` on its own never has it), and even then off unless the gateway's
+//! environment says `ATOLL_CHAOS_DISABLE_FENCING=1`. The gateway warns loudly when it is on.
+
+/// The environment variable that turns term fencing off (with the feature).
+pub const DISABLE_FENCING_ENV: &str = "ATOLL_CHAOS_DISABLE_FENCING";
+
+/// Whether the gateway must act on leaders of stale terms instead of refusing them.
+#[cfg(feature = "chaos-switches")]
+pub fn fencing_disabled() -> bool {
+    static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DISABLED.get_or_init(|| std::env::var(DISABLE_FENCING_ENV).is_ok_and(|v| v == "1"))
+}
+
+/// Whether the gateway must act on leaders of stale terms: never, in this build.
+#[cfg(not(feature = "chaos-switches"))]
+pub fn fencing_disabled() -> bool {
+    false
+}
