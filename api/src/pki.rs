@@ -270,7 +270,12 @@ pub fn validity(cert_pem: &str) -> Result<(OffsetDateTime, OffsetDateTime), Stri
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| e.to_string())?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| e.to_string())?;
+    validity_der(&der)
+}
+
+/// Validity bounds of a DER certificate.
+pub fn validity_der(der: &[u8]) -> Result<(OffsetDateTime, OffsetDateTime), String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
     let validity = cert.validity();
     Ok((validity.not_before.to_datetime(), validity.not_after.to_datetime()))
 }

@@ -545,3 +545,25 @@ impl ServerCertVerifier for AcceptAnyForCaFetch {
 pub fn first_cert_der(pem: &[u8]) -> Option<Vec<u8>> {
     CertificateDer::pem_slice_iter(pem).next().and_then(Result::ok).map(|der| der.to_vec())
 }
+
+/// The certificate a TLS server at `addr` presents, fetched with `config` (which verifies it).
+pub async fn peer_certificate(
+    config: ClientConfig,
+    addr: &str,
+    timeout: std::time::Duration,
+) -> Result<Vec<u8>, String> {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host).trim_matches(['[', ']']);
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| format!("{addr}: {e}"))?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let handshake = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("{addr}: {e}"))?;
+        let tls = connector.connect(name, tcp).await.map_err(|e| format!("{addr}: {e}"))?;
+        let (_, session) = tls.get_ref();
+        session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|cert| cert.to_vec())
+            .ok_or_else(|| format!("{addr}: no certificate presented"))
+    };
+    tokio::time::timeout(timeout, handshake).await.map_err(|_| format!("{addr}: no answer within {timeout:?}"))?
+}

@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::Context;
 use atoll::mesh::replica_name;
 use atoll_api::gateway::LinkState;
+use atoll_api::gateway::TransferMode;
 use nix::sys::signal::Signal;
 use rand::Rng;
 use rand::SeedableRng;
@@ -134,6 +135,8 @@ pub struct Report {
     pub ops_failed: usize,
     pub ops_unknown: usize,
     pub pipelines: usize,
+    /// How the pipelines' edges travelled: local, pull, push, relay.
+    pub routes: BTreeMap<String, usize>,
     pub seconds: f64,
     pub dir: PathBuf,
     /// Whether `dir` was kept (a broken invariant, or asked for).
@@ -163,6 +166,7 @@ impl Report {
         for f in &self.failovers {
             eprintln!("chaos:   failover after {} in {}: {:?} ms", f.fault, f.cluster, f.ms);
         }
+        eprintln!("chaos:   edges by route: {:?}", self.routes);
         if let Some(ms) = self.matrix_settled_ms {
             eprintln!("chaos:   matrix settled {ms} ms after the heal");
         }
@@ -269,6 +273,7 @@ pub fn run_with(
         ops_failed,
         ops_unknown,
         pipelines: evidence.ends.len(),
+        routes: evidence.routes(),
         seconds: started.elapsed().as_secs_f64(),
         dir: dir.path().to_path_buf(),
         kept: false,
@@ -292,7 +297,9 @@ struct Evidence {
     applied: BTreeMap<String, Applied>,
     ends: Vec<PipelineEnd>,
     matrix_settled_ms: Option<u64>,
-    /// The matrix bound a heal must settle within.
+    /// Every matrix state waited for, the final settling included.
+    matrix_waits: Vec<checkers::MatrixWait>,
+    /// The bound a change must show within.
     matrix_bound_ms: u64,
 }
 
@@ -314,8 +321,17 @@ impl Evidence {
             checkers::annotations_durable(&ops, &self.applied),
             checkers::exactly_one_result(&ops, &self.ends, &ledger),
             checkers::outputs_match(&self.ends, &ledger),
-            checkers::matrix_converges(self.matrix_settled_ms, self.matrix_bound_ms),
+            checkers::matrix_follows(&self.matrix_waits, self.matrix_bound_ms),
         ]
+    }
+
+    fn routes(&self) -> BTreeMap<String, usize> {
+        let mut routes = BTreeMap::new();
+        for input in self.ends.iter().flat_map(|e| e.jobs.iter()).flat_map(|d| d.job.inputs.iter()) {
+            let route = input.route.map_or("none", |r| r.as_str()).to_string();
+            *routes.entry(route).or_default() += 1;
+        }
+        routes
     }
 
     fn failovers(&self, chaos: &Chaos) -> Vec<Failover> {
@@ -380,16 +396,19 @@ async fn drive(
     // The tasks share the run's history; it is moved back into `chaos` once they are done.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let healed_at = nemesis(chaos, sandbox, proxy, &history, scenario, profile, &mut rng).await?;
+    let mut matrix_waits = Vec::new();
+    let healed_at =
+        nemesis(chaos, Net { sandbox, proxy }, &history, scenario, profile, &mut rng, &mut matrix_waits).await?;
 
     // Every process runs again and every cluster leads: the workload keeps going meanwhile.
     for cluster in chaos.clusters() {
         chaos.wait_leader(&cluster, Duration::from_secs(60)).await?;
     }
     let bound = matrix_bound();
-    let matrix_settled_ms = wait_matrix_settled(chaos, bound + Duration::from_secs(10))
-        .await
-        .map(|settled| settled.saturating_duration_since(healed_at).as_millis() as u64);
+    let matrix_settled_ms =
+        wait_matrix(chaos, healed_at, bound + Duration::from_secs(10), |_| Some(LinkState::Reachable)).await;
+    matrix_waits
+        .push(checkers::MatrixWait { what: "every pair reachable after the heal".into(), after_ms: matrix_settled_ms });
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.send_replace(true);
     for task in tasks {
@@ -399,7 +418,7 @@ async fn drive(
 
     let ends = pipeline_ends(chaos, Duration::from_secs(120)).await?;
     let applied = applied_annotations(chaos, Duration::from_secs(30)).await;
-    Ok(Evidence { applied, ends, matrix_settled_ms, matrix_bound_ms: bound.as_millis() as u64 })
+    Ok(Evidence { applied, ends, matrix_settled_ms, matrix_waits, matrix_bound_ms: bound.as_millis() as u64 })
 }
 
 /// How long the matrix may take to show a healed link: a probe round (interval + timeout) to
@@ -410,15 +429,28 @@ fn matrix_bound() -> Duration {
     Duration::from_millis(2 * (t.probe_interval_ms + t.probe_timeout_ms + t.row_interval_ms) + t.dead_after_ms)
 }
 
-/// When every cell of the matrix was reachable (polled every 100 ms), or `None` in `timeout`.
-async fn wait_matrix_settled(chaos: &Chaos, timeout: Duration) -> Option<Instant> {
-    let deadline = Instant::now() + timeout;
+/// How long after `since` every cell of the matrix was in the state `want` gives it (`None`:
+/// any state), with the mode that follows (direct when either direction is reachable);
+/// `None` if not within `timeout`. Polled every 100 ms.
+async fn wait_matrix(
+    chaos: &Chaos,
+    since: Instant,
+    timeout: Duration,
+    want: impl Fn(&atoll_api::gateway::MatrixCell) -> Option<LinkState>,
+) -> Option<u64> {
+    let deadline = since + timeout;
+    let n = chaos.clusters().len();
     while Instant::now() < deadline {
-        if let Ok(matrix) = chaos.gateway.matrix().await {
-            let n = chaos.clusters().len();
-            if matrix.cells.len() == n * (n - 1) && matrix.cells.iter().all(|c| c.state == LinkState::Reachable) {
-                return Some(Instant::now());
-            }
+        if let Ok(matrix) = chaos.gateway.matrix().await
+            && matrix.cells.len() == n * (n - 1)
+            && matrix.cells.iter().all(|c| want(c).is_none_or(|state| c.state == state))
+            && matrix.cells.iter().all(|c| {
+                let back = matrix.cells.iter().find(|b| b.from == c.to && b.to == c.from);
+                let either = c.state == LinkState::Reachable || back.is_some_and(|b| b.state == LinkState::Reachable);
+                c.mode == if either { TransferMode::Direct } else { TransferMode::Relay }
+            })
+        {
+            return Some(Instant::now().saturating_duration_since(since).as_millis() as u64);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -494,15 +526,23 @@ async fn applied_annotations(chaos: &Chaos, timeout: Duration) -> BTreeMap<Strin
 }
 
 /// Inject the scenario's fault and heal it; returns when the last heal happened.
+/// The network a nemesis acts on: the sandbox, and the delaying proxy when the run has one.
+#[derive(Clone, Copy)]
+struct Net<'a> {
+    sandbox: &'a Sandbox,
+    proxy: Option<&'a DelayProxy>,
+}
+
 async fn nemesis(
     chaos: &mut Chaos,
-    sandbox: &Sandbox,
-    proxy: Option<&DelayProxy>,
+    net: Net<'_>,
     history: &crate::history::History,
     scenario: Scenario,
     profile: Profile,
     rng: &mut StdRng,
+    waits: &mut Vec<checkers::MatrixWait>,
 ) -> anyhow::Result<Instant> {
+    let Net { sandbox, proxy } = net;
     let clusters = chaos.clusters();
     let target = clusters[rng.random_range(0..clusters.len())].clone();
     let other = clusters.iter().find(|c| **c != target).cloned().unwrap_or_default();
@@ -580,12 +620,33 @@ async fn nemesis(
         Scenario::AsymmetricCut => {
             let roles = |c: &str| chaos.replica_ids(c).into_iter().map(|id| replica_name(c, id)).collect::<Vec<_>>();
             let (from, to) = (roles(&target), roles(&other));
+            let (one, back) = (hold(2_000, 3_000), hold(3_000, 5_000));
+            let bound = matrix_bound();
             let one_way = history.injected("cut one direction", &format!("{target}->{other}"), None, None);
+            let cut_at = Instant::now();
             set_refusal(sandbox, &to, &from, true)?;
-            tokio::time::sleep(hold(2_000, 3_000)).await;
+            let shown = wait_matrix(chaos, cut_at, bound, |c| {
+                (c.from == target && c.to == other).then_some(LinkState::Unreachable)
+            })
+            .await;
+            waits.push(checkers::MatrixWait {
+                what: format!("{target}->{other} unreachable, still direct"),
+                after_ms: shown,
+            });
+            tokio::time::sleep(one.saturating_sub(cut_at.elapsed())).await;
             let both = history.injected("cut the other direction", &format!("{other}->{target}"), None, None);
+            let cut_at = Instant::now();
             set_refusal(sandbox, &from, &to, true)?;
-            tokio::time::sleep(hold(3_000, 5_000)).await;
+            let shown = wait_matrix(chaos, cut_at, bound, |c| {
+                let pair = (c.from == target && c.to == other) || (c.from == other && c.to == target);
+                pair.then_some(LinkState::Unreachable)
+            })
+            .await;
+            waits.push(checkers::MatrixWait {
+                what: format!("{target}<->{other} unreachable, relayed"),
+                after_ms: shown,
+            });
+            tokio::time::sleep(back.saturating_sub(cut_at.elapsed())).await;
             set_refusal(sandbox, &to, &from, false)?;
             set_refusal(sandbox, &from, &to, false)?;
             history.healed(one_way);

@@ -75,6 +75,25 @@ pub enum Command {
     },
     /// The directed reachability matrix between clusters.
     Matrix(JsonArg),
+    /// Check a live deployment without changing it: the gateway and its CA, every cluster's
+    /// leader (as the gateway and its replicas see it), every replica's certificate, every
+    /// directed pair of the matrix and its freshness. Exits non-zero when a check fails.
+    Verify {
+        #[arg(long)]
+        json: bool,
+        /// Also kill one cluster's leader (SIGKILL; its pid from --nodes, or from the
+        /// nodes.json `atoll dev` writes beside the config) and report how long the cluster was
+        /// without one; without a pid, ask the leader to hand over instead and say so.
+        #[arg(long)]
+        disruptive: bool,
+        /// The cluster `--disruptive` acts on (the first alive one with several replicas when
+        /// absent).
+        #[arg(long)]
+        cluster: Option<String>,
+        /// A nodes.json listing the replicas' pids.
+        #[arg(long)]
+        nodes: Option<PathBuf>,
+    },
     /// Check a job spec (JSON or YAML) and list every problem with its path; selectors are
     /// checked against the gateway's clusters when a gateway is configured.
     /// Submit a pipeline (JSON or YAML spec); prints its jobs with their clusters.

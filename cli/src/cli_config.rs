@@ -94,11 +94,15 @@ impl CliConfig {
 
     /// A client for replicas' APIs with the operator credentials (accepts replicas only).
     pub fn node_client(&self) -> anyhow::Result<NodeClient> {
+        Ok(NodeClient::new(&self.operator_identity()?, ServerPolicy::AnyNode, REQUEST_TIMEOUT)?)
+    }
+
+    /// The operator's TLS identity (`tls.ca`, `tls.cert`, `tls.key`).
+    pub fn operator_identity(&self) -> anyhow::Result<TlsIdentity> {
         let missing = "no operator credentials (tls.cert and tls.key): pass --config DIR/atoll.yaml (atoll dev writes one) or set ATOLL_CONFIG";
         let tls = self.tls.as_ref().context(missing)?;
         let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else { anyhow::bail!(missing) };
-        let identity = TlsIdentity::load(&TlsFiles { ca: tls.ca.clone(), cert: cert.clone(), key: key.clone() })?;
-        Ok(NodeClient::new(&identity, ServerPolicy::AnyNode, REQUEST_TIMEOUT)?)
+        Ok(TlsIdentity::load(&TlsFiles { ca: tls.ca.clone(), cert: cert.clone(), key: key.clone() })?)
     }
 
     /// A client for the gateway (the first listed), with the bearer token when configured.

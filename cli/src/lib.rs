@@ -23,6 +23,7 @@ pub mod mesh;
 pub mod mesh_commands;
 pub mod operator;
 pub mod push;
+pub mod verify;
 
 use args::Args;
 use args::BenchCommand;
@@ -35,6 +36,12 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
         Command::Agent => agent::run(args.config.as_deref()).await,
         Command::Gateway => agent::run_gateway(args.config.as_deref()).await,
         Command::Token { command } => mesh_commands::token(&CliConfig::find(args.config.as_deref())?, command).await,
+        Command::Verify { json, disruptive, cluster, nodes } => {
+            let path =
+                args.config.clone().or_else(|| Some(std::path::PathBuf::from("atoll.yaml")).filter(|p| p.exists()));
+            let config = CliConfig::find(path.as_deref())?;
+            verify::run(&config, path.as_deref(), verify::Options { json, disruptive, cluster, nodes }).await
+        }
         Command::Clusters(json) => mesh_commands::clusters(&CliConfig::find(args.config.as_deref())?, json.json).await,
         Command::Cluster { command } => {
             mesh_commands::cluster(&CliConfig::find(args.config.as_deref())?, command).await
