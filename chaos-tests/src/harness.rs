@@ -39,16 +39,7 @@ pub const DELAY: &str = "delay";
 
 /// Gateway timing of the suite: the integration tests' short bounds.
 pub fn chaos_gateway_timing() -> GatewayTiming {
-    GatewayTiming {
-        heartbeat_interval_ms: 200,
-        suspect_after_ms: 1_000,
-        dead_after_ms: 2_500,
-        probe_interval_ms: 500,
-        probe_timeout_ms: 400,
-        row_interval_ms: 1_000,
-        stale_after_ms: 2_000,
-        cert_lifetime_s: 86_400,
-    }
+    GatewayTiming::fast()
 }
 
 /// The address of each process: the client .1, the gateway .2, the delaying proxy .3, replica `r` of the `k`-th
@@ -68,8 +59,14 @@ pub fn addresses(layout: &Layout) -> Vec<(String, Ipv4Addr)> {
 }
 
 /// The `atoll` binary: `$ATOLL_EXE`, else beside this executable (or one directory up, from
-/// `target/*/deps`).
+/// `target/*/deps`). Looked up (and checked against the sources) once per process, so a long
+/// run is not stopped by an edit made while it goes on.
 pub fn atoll_exe() -> anyhow::Result<PathBuf> {
+    static FOUND: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    FOUND.get_or_init(|| find_atoll_exe().map_err(|e| format!("{e:#}"))).clone().map_err(anyhow::Error::msg)
+}
+
+fn find_atoll_exe() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("ATOLL_EXE") {
         return Ok(PathBuf::from(path));
     }

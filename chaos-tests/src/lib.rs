@@ -7,6 +7,7 @@
 //! - [`sandbox`]: namespaces, the bridge, routes and packet filters.
 //! - [`delay`]: the delaying proxy between sites (this kernel has no netem).
 //! - [`harness`]: the mesh placed in the sandbox, and the suite's clients.
+//! - [`postgres`]: the gateway's PostgreSQL in its namespace, for the database restart.
 //! - [`workload`]: annotation writers and the pipeline submitter.
 //! - [`history`]: what the clients did and when the faults began and healed.
 //! - [`checkers`]: the invariants, pure functions of the evidence.
@@ -18,6 +19,7 @@ pub mod checkers;
 pub mod delay;
 pub mod harness;
 pub mod history;
+pub mod postgres;
 pub mod sandbox;
 pub mod scenario;
 pub mod workload;

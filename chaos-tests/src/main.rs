@@ -81,6 +81,16 @@ fn summarize(reports: &[Report]) {
         }
     }
     println!("runs: {} ({} with every invariant holding)", reports.len(), reports.iter().filter(|r| r.holds()).count());
+    let mut by_scenario: std::collections::BTreeMap<&str, (usize, usize, f64)> = Default::default();
+    for r in reports {
+        let entry = by_scenario.entry(r.scenario.as_str()).or_default();
+        entry.0 += 1;
+        entry.1 += usize::from(r.holds());
+        entry.2 += r.seconds;
+    }
+    for (scenario, (runs, held, seconds)) in by_scenario {
+        println!("  {scenario}: {held}/{runs} runs held every invariant ({:.0} s a run)", seconds / runs as f64);
+    }
     for (fault, mut ms) in by_fault {
         ms.sort_unstable();
         let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
@@ -88,6 +98,18 @@ fn summarize(reports: &[Report]) {
     }
     if missing > 0 {
         println!("faults after which no new leader was seen: {missing}");
+    }
+    let mut reroutes: Vec<u64> = reports.iter().flat_map(|r| r.reroutes_ms.iter().copied()).collect();
+    reroutes.sort_unstable();
+    if !reroutes.is_empty() {
+        let at = |q: f64| reroutes[((reroutes.len() - 1) as f64 * q).round() as usize];
+        println!(
+            "moved jobs running elsewhere: n={} median={} ms p90={} ms max={} ms",
+            reroutes.len(),
+            at(0.5),
+            at(0.9),
+            at(1.0)
+        );
     }
     let mut settled: Vec<u64> = reports.iter().filter_map(|r| r.matrix_settled_ms).collect();
     settled.sort_unstable();

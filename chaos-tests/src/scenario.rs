@@ -33,6 +33,7 @@ use crate::harness::GATEWAY;
 use crate::harness::addresses;
 use crate::history::OpKind;
 use crate::history::Outcome;
+use crate::postgres::Postgres;
 use crate::sandbox;
 use crate::sandbox::Sandbox;
 use crate::workload;
@@ -86,10 +87,13 @@ pub enum Scenario {
     /// Restart every replica of a cluster in turn, as an upgrade would (SIGTERM, start, wait
     /// until it has caught up).
     RollingRestart,
+    /// The gateway on PostgreSQL: crash the database (immediate stop) mid-pipeline and start it
+    /// again.
+    DatabaseRestart,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::LeaderCrash,
         Scenario::LeaderPause,
         Scenario::MinorityPartition,
@@ -100,6 +104,7 @@ impl Scenario {
         Scenario::LossAndLatency,
         Scenario::FlappingLink,
         Scenario::RollingRestart,
+        Scenario::DatabaseRestart,
     ];
 
     pub fn name(self) -> String {
@@ -130,6 +135,8 @@ pub struct Report {
     pub profile: Profile,
     pub verdicts: Vec<Verdict>,
     pub failovers: Vec<Failover>,
+    /// For each job moved off a cluster: from the fault to its next attempt running elsewhere.
+    pub reroutes_ms: Vec<u64>,
     pub matrix_settled_ms: Option<u64>,
     pub ops_ok: usize,
     pub ops_failed: usize,
@@ -167,6 +174,9 @@ impl Report {
             eprintln!("chaos:   failover after {} in {}: {:?} ms", f.fault, f.cluster, f.ms);
         }
         eprintln!("chaos:   edges by route: {:?}", self.routes);
+        if !self.reroutes_ms.is_empty() {
+            eprintln!("chaos:   moved jobs running elsewhere after (ms from the fault): {:?}", self.reroutes_ms);
+        }
         if let Some(ms) = self.matrix_settled_ms {
             eprintln!("chaos:   matrix settled {ms} ms after the heal");
         }
@@ -211,6 +221,7 @@ pub fn run_with(
 ) -> anyhow::Result<Report> {
     eprintln!("chaos: {} seed={seed} (replay: ATOLL_CHAOS_SEED={seed}) breakage={breakage:?}", scenario.name());
     sandbox::preflight()?;
+    crate::harness::atoll_exe()?;
     let swept = sandbox::sweep_stale()?;
     if !swept.is_empty() {
         eprintln!("chaos: removed namespaces of earlier runs that did not clean up: {swept:?}");
@@ -234,6 +245,16 @@ pub fn run_with(
         Scenario::LossAndLatency => Some(delay_between_sites(&sandbox, &layout)?),
         _ => None,
     };
+    let postgres = match scenario {
+        Scenario::DatabaseRestart => {
+            let postgres = Postgres::start(&sandbox.endpoint(GATEWAY)?.netns)?;
+            if let Some(gateway) = &mut layout.gateway {
+                gateway.postgres_url = Some(postgres.url());
+            }
+            Some(postgres)
+        }
+        _ => None,
+    };
     sandbox.enter(CLIENT)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let started = Instant::now();
@@ -242,7 +263,7 @@ pub fn run_with(
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut chaos = Chaos::start(dir.path(), layout, seed).await?;
         let result = tokio::select! {
-            result = drive(&mut chaos, &sandbox, proxy.as_ref(), scenario, profile, seed) => result,
+            result = drive(&mut chaos, Net { sandbox: &sandbox, proxy: proxy.as_ref(), postgres: postgres.as_ref() }, scenario, profile, seed) => result,
             _ = interrupt.recv() => Err(anyhow::anyhow!("interrupted")),
             _ = terminate.recv() => Err(anyhow::anyhow!("terminated")),
         };
@@ -251,6 +272,7 @@ pub fn run_with(
     });
     drop(runtime);
     drop(proxy);
+    drop(postgres);
     let leftovers = sandbox.remove();
     let (chaos, evidence) = match outcome {
         Ok(done) => done,
@@ -267,6 +289,7 @@ pub fn run_with(
         seed,
         profile,
         failovers: evidence.failovers(&chaos),
+        reroutes_ms: evidence.reroutes(&chaos),
         matrix_settled_ms: evidence.matrix_settled_ms,
         verdicts,
         ops_ok,
@@ -334,6 +357,22 @@ impl Evidence {
         routes
     }
 
+    fn reroutes(&self, chaos: &Chaos) -> Vec<u64> {
+        let Some(fault) = chaos.history.faults().into_iter().next() else { return Vec::new() };
+        let injected_ms = (fault.injected_at.unix_timestamp_nanos() / 1_000_000) as i64;
+        let mut out = Vec::new();
+        for detail in self.ends.iter().flat_map(|e| e.jobs.iter()) {
+            for moved in detail.attempts.iter().filter(|a| a.state == "moved") {
+                let next = detail.attempts.iter().find(|a| a.attempt == moved.attempt + 1);
+                if let Some(started) = next.and_then(|a| a.started_ms) {
+                    out.push(u64::try_from(started - injected_ms).unwrap_or(0));
+                }
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
     fn failovers(&self, chaos: &Chaos) -> Vec<Failover> {
         let claims: Vec<checkers::LeadClaim> = chaos
             .logs()
@@ -362,8 +401,7 @@ impl Evidence {
 /// The run itself: workload on, fault in and out, workload off, then gather the evidence.
 async fn drive(
     chaos: &mut Chaos,
-    sandbox: &Sandbox,
-    proxy: Option<&DelayProxy>,
+    net: Net<'_>,
     scenario: Scenario,
     profile: Profile,
     seed: u64,
@@ -397,8 +435,7 @@ async fn drive(
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let mut matrix_waits = Vec::new();
-    let healed_at =
-        nemesis(chaos, Net { sandbox, proxy }, &history, scenario, profile, &mut rng, &mut matrix_waits).await?;
+    let healed_at = nemesis(chaos, net, &history, scenario, profile, &mut rng, &mut matrix_waits).await?;
 
     // Every process runs again and every cluster leads: the workload keeps going meanwhile.
     for cluster in chaos.clusters() {
@@ -526,11 +563,13 @@ async fn applied_annotations(chaos: &Chaos, timeout: Duration) -> BTreeMap<Strin
 }
 
 /// Inject the scenario's fault and heal it; returns when the last heal happened.
-/// The network a nemesis acts on: the sandbox, and the delaying proxy when the run has one.
+/// What a nemesis acts on besides the processes: the sandbox, and the delaying proxy and the
+/// database when the run has them.
 #[derive(Clone, Copy)]
 struct Net<'a> {
     sandbox: &'a Sandbox,
     proxy: Option<&'a DelayProxy>,
+    postgres: Option<&'a Postgres>,
 }
 
 async fn nemesis(
@@ -542,7 +581,7 @@ async fn nemesis(
     rng: &mut StdRng,
     waits: &mut Vec<checkers::MatrixWait>,
 ) -> anyhow::Result<Instant> {
-    let Net { sandbox, proxy } = net;
+    let Net { sandbox, proxy, postgres } = net;
     let clusters = chaos.clusters();
     let target = clusters[rng.random_range(0..clusters.len())].clone();
     let other = clusters.iter().find(|c| **c != target).cloned().unwrap_or_default();
@@ -716,6 +755,14 @@ async fn nemesis(
                 sandbox.heal(&a, &b)?;
                 tokio::time::sleep(Duration::from_millis(rng.random_range(300..=900))).await;
             }
+            history.healed(fault);
+        }
+        Scenario::DatabaseRestart => {
+            let postgres = postgres.context("the database-restart scenario runs the gateway on PostgreSQL")?;
+            let fault = history.injected("crash the database", "postgresql", None, None);
+            postgres.crash()?;
+            tokio::time::sleep(hold(2_000, 4_000)).await;
+            postgres.up()?;
             history.healed(fault);
         }
         Scenario::RollingRestart => {

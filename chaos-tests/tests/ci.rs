@@ -31,6 +31,7 @@ scenarios! {
     loss_and_latency => LossAndLatency,
     flapping_link => FlappingLink,
     rolling_restart => RollingRestart,
+    database_restart => DatabaseRestart,
 }
 
 /// The checkers are shown to catch what they claim to: with the gateway's term fencing turned

@@ -141,6 +141,24 @@ pub struct GatewayTiming {
     pub cert_lifetime_s: u64,
 }
 
+impl GatewayTiming {
+    /// Short bounds for tests and the chaos suite (the defaults are 1 s heartbeats, 1 s probes):
+    /// 200 ms heartbeats, suspect after 1 s, dead after 2.5 s; probes every 500 ms (400 ms
+    /// timeout), rows every second, stale after 2 s.
+    pub fn fast() -> Self {
+        Self {
+            heartbeat_interval_ms: 200,
+            suspect_after_ms: 1_000,
+            dead_after_ms: 2_500,
+            probe_interval_ms: 500,
+            probe_timeout_ms: 400,
+            row_interval_ms: 1_000,
+            stale_after_ms: 2_000,
+            cert_lifetime_s: 86_400,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layout {
     pub clusters: Vec<ClusterLayout>,

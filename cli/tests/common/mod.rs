@@ -184,16 +184,7 @@ pub enum Engine {
 
 /// Short gateway timing for tests (the defaults are 1 s heartbeats, 1 s probes).
 pub fn test_gateway_timing() -> GatewayTiming {
-    GatewayTiming {
-        heartbeat_interval_ms: 200,
-        suspect_after_ms: 1_000,
-        dead_after_ms: 2_500,
-        probe_interval_ms: 500,
-        probe_timeout_ms: 400,
-        row_interval_ms: 1_000,
-        stale_after_ms: 2_000,
-        cert_lifetime_s: 86_400,
-    }
+    GatewayTiming::fast()
 }
 
 /// A mesh with a gateway: replicas enroll with join tokens, leaders register.
