@@ -142,7 +142,7 @@ pub struct Report {
     pub ops_failed: usize,
     pub ops_unknown: usize,
     pub pipelines: usize,
-    /// How the pipelines' edges travelled: local, pull, push, relay.
+    /// The pipelines' edges by route as the gateway shows them at the end of the run.
     pub routes: BTreeMap<String, usize>,
     pub seconds: f64,
     pub dir: PathBuf,
@@ -173,7 +173,7 @@ impl Report {
         for f in &self.failovers {
             eprintln!("chaos:   failover after {} in {}: {:?} ms", f.fault, f.cluster, f.ms);
         }
-        eprintln!("chaos:   edges by route: {:?}", self.routes);
+        eprintln!("chaos:   edges by route, as the gateway shows them at the end: {:?}", self.routes);
         if !self.reroutes_ms.is_empty() {
             eprintln!("chaos:   moved jobs running elsewhere after (ms from the fault): {:?}", self.reroutes_ms);
         }
