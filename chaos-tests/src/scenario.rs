@@ -64,6 +64,8 @@ impl Profile {
 pub enum Scenario {
     /// SIGKILL a cluster's leader; restart it a moment later.
     LeaderCrash,
+    /// SIGKILL a follower; restart it a moment later. The leader must stay.
+    FollowerCrash,
     /// SIGSTOP a cluster's leader until its peers elect another, then SIGCONT it while it is
     /// cut from them: the zombie still believes it leads, and the gateway must fence it.
     LeaderPause,
@@ -71,6 +73,9 @@ pub enum Scenario {
     MinorityPartition,
     /// Cut a cluster's leader from the gateway only; its peers still reach both.
     LeaderIsolatedFromGateway,
+    /// Cut every replica of a cluster from the gateway (they still reach each other and the
+    /// other clusters), past the dead-after bound; heal.
+    ClusterIsolatedFromGateway,
     /// One cluster stops reaching another (one direction), then the other direction too: edges
     /// between them go from direct to relayed mid-pipeline; heal.
     AsymmetricCut,
@@ -93,11 +98,13 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 13] = [
         Scenario::LeaderCrash,
+        Scenario::FollowerCrash,
         Scenario::LeaderPause,
         Scenario::MinorityPartition,
         Scenario::LeaderIsolatedFromGateway,
+        Scenario::ClusterIsolatedFromGateway,
         Scenario::AsymmetricCut,
         Scenario::ClusterDeath,
         Scenario::GatewayCrash,
@@ -585,6 +592,7 @@ async fn nemesis(
     let clusters = chaos.clusters();
     let target = clusters[rng.random_range(0..clusters.len())].clone();
     let other = clusters.iter().find(|c| **c != target).cloned().unwrap_or_default();
+    let pick = rng.random::<u32>() as usize;
     let mut hold = |lo_ms: u64, hi_ms: u64| profile.scale(Duration::from_millis(rng.random_range(lo_ms..=hi_ms)));
     match scenario {
         Scenario::LeaderCrash => {
@@ -593,6 +601,29 @@ async fn nemesis(
             chaos.mesh.kill(&target, leader)?;
             tokio::time::sleep(hold(1_500, 3_000)).await;
             chaos.restart(&target, leader)?;
+            history.healed(fault);
+        }
+        Scenario::FollowerCrash => {
+            let (leader, term) = chaos.wait_leader(&target, Duration::from_secs(30)).await?;
+            let followers: Vec<u64> = chaos.replica_ids(&target).into_iter().filter(|id| *id != leader).collect();
+            let victim = followers[pick % followers.len()];
+            let fault = history.injected("kill -9 follower", &replica_name(&target, victim), None, Some(term));
+            chaos.mesh.kill(&target, victim)?;
+            tokio::time::sleep(hold(1_500, 3_000)).await;
+            chaos.restart(&target, victim)?;
+            history.healed(fault);
+        }
+        Scenario::ClusterIsolatedFromGateway => {
+            let roles: Vec<String> =
+                chaos.replica_ids(&target).into_iter().map(|id| replica_name(&target, id)).collect();
+            let fault = history.injected("isolate the cluster from the gateway", &target, None, None);
+            for role in &roles {
+                sandbox.cut(role, GATEWAY)?;
+            }
+            tokio::time::sleep(hold(4_000, 6_000)).await;
+            for role in &roles {
+                sandbox.heal(role, GATEWAY)?;
+            }
             history.healed(fault);
         }
         Scenario::LeaderPause => {

@@ -22,9 +22,11 @@ macro_rules! scenarios {
 
 scenarios! {
     leader_crash => LeaderCrash,
+    follower_crash => FollowerCrash,
     leader_pause => LeaderPause,
     minority_partition => MinorityPartition,
     leader_isolated_from_gateway => LeaderIsolatedFromGateway,
+    cluster_isolated_from_gateway => ClusterIsolatedFromGateway,
     asymmetric_cut => AsymmetricCut,
     cluster_death => ClusterDeath,
     gateway_crash => GatewayCrash,
