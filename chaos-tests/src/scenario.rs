@@ -199,8 +199,22 @@ impl Report {
 /// The seed for a run: `ATOLL_CHAOS_SEED` when set (a replay), else a fresh one.
 pub fn seed_from_env() -> anyhow::Result<u64> {
     match std::env::var("ATOLL_CHAOS_SEED") {
-        Ok(text) => text.trim().parse().with_context(|| format!("ATOLL_CHAOS_SEED={text:?} is not a number")),
+        Ok(text) => parse_seed(&text),
         Err(_) => Ok(rand::rng().random()),
+    }
+}
+
+fn parse_seed(text: &str) -> anyhow::Result<u64> {
+    text.trim().parse().with_context(|| format!("ATOLL_CHAOS_SEED={text:?} is not a number (a seed a run printed)"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_seed_is_a_number_and_anything_else_is_named() {
+        assert_eq!(super::parse_seed(" 42\n").unwrap(), 42);
+        let e = super::parse_seed("abc").unwrap_err().to_string();
+        assert!(e.contains("ATOLL_CHAOS_SEED=\"abc\" is not a number"), "{e}");
     }
 }
 
@@ -288,14 +302,15 @@ pub fn run_with(
             anyhow::bail!("{} seed={seed}: {e:#} (files kept in {})", scenario.name(), kept.display());
         }
     };
-    let mut verdicts = evidence.verdicts(&chaos);
+    let logs = Logs::read(&chaos);
+    let mut verdicts = evidence.verdicts(&chaos, &logs);
     verdicts.push(checkers::nothing_left_running(&leftovers?));
     let (ops_ok, ops_failed, ops_unknown) = chaos.history.counts();
     let report = Report {
         scenario: scenario.name(),
         seed,
         profile,
-        failovers: evidence.failovers(&chaos),
+        failovers: evidence.failovers(&chaos, &logs),
         reroutes_ms: evidence.reroutes(&chaos),
         matrix_settled_ms: evidence.matrix_settled_ms,
         verdicts,
@@ -307,8 +322,7 @@ pub fn run_with(
         seconds: started.elapsed().as_secs_f64(),
         dir: dir.path().to_path_buf(),
         kept: false,
-        gateway_unfenced: std::fs::read_to_string(chaos.mesh.dir.gateway_log())
-            .is_ok_and(|log| log.contains("TERM FENCING IS OFF")),
+        gateway_unfenced: logs.gateway.contains("TERM FENCING IS OFF"),
     };
     std::fs::write(dir.path().join("history.jsonl"), chaos.history.to_jsonl())?;
     std::fs::write(dir.path().join("report.json"), serde_json::to_vec_pretty(&report)?)?;
@@ -333,20 +347,35 @@ struct Evidence {
     matrix_bound_ms: u64,
 }
 
+/// What the checkers and the figures read from the processes' logs, read once.
+struct Logs {
+    claims: Vec<checkers::LeadClaim>,
+    gateway: String,
+}
+
+impl Logs {
+    fn read(chaos: &Chaos) -> Self {
+        let mut claims = Vec::new();
+        let mut gateway = String::new();
+        for (role, log) in chaos.logs() {
+            match crate::harness::split_role(&role) {
+                Some((cluster, id)) => claims.extend(checkers::lead_claims(cluster, id, &log)),
+                None if role == GATEWAY => gateway = log,
+                None => {}
+            }
+        }
+        Self { claims, gateway }
+    }
+}
+
 impl Evidence {
-    fn verdicts(&self, chaos: &Chaos) -> Vec<Verdict> {
-        let logs = chaos.logs();
-        let claims: Vec<checkers::LeadClaim> = logs
-            .iter()
-            .filter_map(|(role, log)| crate::harness::split_role(role).map(|(c, id)| checkers::lead_claims(c, id, log)))
-            .flatten()
-            .collect();
-        let gateway_log = logs.iter().find(|(r, _)| r == GATEWAY).map(|(_, l)| l.as_str()).unwrap_or("");
+    fn verdicts(&self, chaos: &Chaos, logs: &Logs) -> Vec<Verdict> {
+        let (claims, gateway_log) = (&logs.claims, logs.gateway.as_str());
         let jobs: Vec<_> = self.ends.iter().flat_map(|e| e.jobs.iter().cloned()).collect();
         let ops = chaos.history.ops();
         let ledger = checkers::parse_ledger(&std::fs::read_to_string(&chaos.ledger).unwrap_or_default());
         vec![
-            checkers::one_leader_per_term(&claims),
+            checkers::one_leader_per_term(claims),
             checkers::gateway_follows_terms(&checkers::registrations(gateway_log), &jobs),
             checkers::annotations_durable(&ops, &self.applied),
             checkers::exactly_one_result(&ops, &self.ends, &ledger),
@@ -380,13 +409,8 @@ impl Evidence {
         out
     }
 
-    fn failovers(&self, chaos: &Chaos) -> Vec<Failover> {
-        let claims: Vec<checkers::LeadClaim> = chaos
-            .logs()
-            .iter()
-            .filter_map(|(role, log)| crate::harness::split_role(role).map(|(c, id)| checkers::lead_claims(c, id, log)))
-            .flatten()
-            .collect();
+    fn failovers(&self, chaos: &Chaos, logs: &Logs) -> Vec<Failover> {
+        let claims = &logs.claims;
         chaos
             .history
             .faults()

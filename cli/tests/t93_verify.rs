@@ -71,6 +71,19 @@ async fn verify_checks_a_live_mesh_and_measures_a_failover() {
         "the old leader's process is gone"
     );
 
+    phase("--disruptive naming a cluster that does not exist fails saying so, and kills nothing");
+    let pids: Vec<Option<u32>> = mesh.t.ids("gcp").iter().map(|id| mesh.t.mesh.pid("gcp", *id)).collect();
+    let out = mesh.cli(&["verify", "--json", "--disruptive", "--cluster", "nosuch"]);
+    let refused = report(&out);
+    assert!(!out.status.success(), "{refused}");
+    assert_eq!(check(&refused, "failover")["status"], "fail", "{refused}");
+    assert!(
+        check(&refused, "failover")["detail"].as_str().is_some_and(|d| d.contains("no cluster nosuch")),
+        "{refused}"
+    );
+    assert!(mesh.t.mesh.reap().is_empty(), "nothing was killed");
+    assert_eq!(pids, mesh.t.ids("gcp").iter().map(|id| mesh.t.mesh.pid("gcp", *id)).collect::<Vec<_>>());
+
     phase("every replica of gcp dies: its leader check fails, then its rows go stale; exit non-zero");
     for id in mesh.t.ids("gcp") {
         mesh.t.mesh.kill("gcp", id).expect("kill");
