@@ -2,15 +2,18 @@
 //! `on` condition, retries, logs and spec errors (on SQLite and PostgreSQL); cancel and timeout
 //! killing whole process groups; a leader SIGKILLed mid-job (the run is lost, retried as a new
 //! attempt, one result accepted, nothing of the old run left); a cluster lost mid-job (its work
-//! moved elsewhere, its late result refused when it returns); a gateway restarted mid-run (the
-//! result is delivered when it is back, the run is not repeated).
+//! moved elsewhere, its late result refused when it returns); a gateway restarted mid-run after
+//! an outage longer than the dead-after bound (clusters it has not heard from yet are suspect, not
+//! dead: no work moves; the result is delivered when it is back, the run is not repeated).
 
 mod common;
 
 use std::time::Duration;
 use std::time::Instant;
 
+use atoll::mesh::GatewayTiming;
 use atoll_api::ErrorCode;
+use atoll_api::gateway::ClusterState;
 use atoll_api::jobs::Held;
 use atoll_api::jobs::JobState;
 use atoll_api::jobs::LeaseRequest;
@@ -332,7 +335,9 @@ jobs:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_restart_mid_run_loses_nothing_and_repeats_nothing() {
-    let mut mesh = GatewayMesh::start(Engine::Sqlite, 1, 1, test_gateway_timing(), false).await;
+    // Dead after 6 s, so the checks below have seconds of slack on a loaded machine.
+    let timing = GatewayTiming { dead_after_ms: 6_000, ..test_gateway_timing() };
+    let mut mesh = GatewayMesh::start(Engine::Sqlite, 1, 1, timing, false).await;
     let submitted = submit(
         &mesh.gateway,
         r#"
@@ -346,13 +351,23 @@ jobs:
     let id = id_of(&submitted, "work");
     wait_state(&mesh.gateway, &id, Duration::from_secs(30), |s| s == JobState::Running).await;
 
-    phase("SIGKILL the gateway while the job runs; start it again after the job ended");
+    phase("SIGKILL the gateway while the job runs; down longer than the dead-after bound");
     mesh.t.mesh.kill_gateway();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+
+    phase("start it again while the cluster is paused: not heard from yet is suspect, not dead");
+    mesh.t.mesh.signal("aws", 1, Signal::SIGSTOP).expect("stop aws");
     mesh.t.mesh.spawn_gateway().expect("restart gateway");
     mesh.t.mesh.wait_for_gateway(Duration::from_secs(30)).await.expect("gateway back");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let aws = mesh.cluster("aws").await.expect("aws listed");
+    let detail = mesh.gateway.job(&id).await.expect("job");
+    mesh.t.mesh.signal("aws", 1, Signal::SIGCONT).expect("continue aws");
+    assert_eq!(aws.state, ClusterState::Suspect, "{aws:?}");
+    assert!(aws.last_seen_ms.is_some_and(|age| age > 6_000), "silent for longer than dead-after: {aws:?}");
+    assert_eq!((detail.job.attempts, detail.job.cluster.as_deref()), (1, Some("aws")), "no work moved: {detail:?}");
 
-    phase("the result is delivered when the gateway is back; the pipeline goes on");
+    phase("the result is delivered when the cluster reports again; the pipeline goes on");
     let detail = wait_final(&mesh.gateway, &id).await;
     assert_eq!((detail.job.state, detail.attempts.len()), (JobState::Finished, 1), "{detail:?}");
     let child = wait_final(&mesh.gateway, &id_of(&submitted, "child")).await;

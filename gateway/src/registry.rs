@@ -8,7 +8,9 @@
 //!   replicas) is written at once, fenced again in SQL (so several gateway replicas agree);
 //! - a heartbeat that changes nothing but the time is batched: its time is written with the
 //!   others every [`FLUSH_EVERY`];
-//! - a cluster's state is `alive`, `suspect` or `dead` by the age of its last heartbeat.
+//! - a cluster's state is `alive`, `suspect` or `dead` by the age of its last heartbeat, counted
+//!   from no earlier than this gateway's start: a gateway that was down heard nothing, so its
+//!   downtime is nobody's silence (a restart alone never moves work off a cluster).
 //!
 //! The copy is refreshed from the database every [`REFRESH_EVERY`], so other gateway replicas'
 //! writes show within that bound.
@@ -64,13 +66,28 @@ pub fn decide(known: Option<&ClusterRow>, heartbeat: &Heartbeat) -> Decision {
     if same { Decision::Touch } else { Decision::Register }
 }
 
-/// A cluster's observed state (pure): by the age of its last heartbeat; `dead` if never seen.
-pub fn state(now_ms: i64, last_seen_ms: Option<i64>, suspect_after: Duration, dead_after: Duration) -> ClusterState {
+/// When this gateway could start hearing heartbeats, and the bounds it judges silence by.
+#[derive(Clone, Copy, Debug)]
+pub struct Judging {
+    /// This gateway's start (ms since the epoch).
+    pub since_ms: i64,
+    pub suspect_after: Duration,
+    pub dead_after: Duration,
+}
+
+/// A cluster's observed state (pure), by the age of its last heartbeat; `dead` if never seen.
+///
+/// Silence is counted from no earlier than `judging.since_ms`: a cluster last heard from before
+/// this gateway started is `suspect` (nothing known of it yet), and `dead` only once this gateway
+/// has itself waited `dead_after` for it. Clusters that kept running while the gateway was down
+/// heartbeat again within that bound, so a gateway restart moves no work.
+pub fn state(now_ms: i64, last_seen_ms: Option<i64>, judging: Judging) -> ClusterState {
     let Some(seen) = last_seen_ms else { return ClusterState::Dead };
-    let age = u64::try_from(now_ms.saturating_sub(seen)).unwrap_or(0);
-    if age >= dead_after.as_millis() as u64 {
+    let heard_since_start = seen >= judging.since_ms;
+    let age = u64::try_from(now_ms.saturating_sub(seen.max(judging.since_ms))).unwrap_or(0);
+    if age >= judging.dead_after.as_millis() as u64 {
         ClusterState::Dead
-    } else if age >= suspect_after.as_millis() as u64 {
+    } else if age >= judging.suspect_after.as_millis() as u64 || !heard_since_start {
         ClusterState::Suspect
     } else {
         ClusterState::Alive
@@ -90,8 +107,7 @@ pub enum Refused {
 
 pub struct Registry {
     db: Db,
-    suspect_after: Duration,
-    dead_after: Duration,
+    judging: Judging,
     rows: Mutex<BTreeMap<String, ClusterRow>>,
     /// Pending heartbeat times: cluster -> (term, seen).
     touched: Mutex<BTreeMap<String, (u64, i64)>>,
@@ -117,18 +133,12 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    pub async fn load(db: Db, suspect_after: Duration, dead_after: Duration) -> Result<Self, DbError> {
+    /// The registry as the database holds it; clusters are judged from `judging.since_ms` on.
+    pub async fn load(db: Db, judging: Judging) -> Result<Self, DbError> {
         let rows: BTreeMap<String, ClusterRow> =
             db.clusters().await?.into_iter().map(|r| (r.name.clone(), r)).collect();
         let view_revision = std::sync::atomic::AtomicU64::new(view_digest(rows.values()));
-        Ok(Self {
-            db,
-            suspect_after,
-            dead_after,
-            rows: Mutex::new(rows),
-            touched: Mutex::new(BTreeMap::new()),
-            view_revision,
-        })
+        Ok(Self { db, judging, rows: Mutex::new(rows), touched: Mutex::new(BTreeMap::new()), view_revision })
     }
 
     fn rows(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ClusterRow>> {
@@ -257,7 +267,7 @@ impl Registry {
                 name: r.name.clone(),
                 labels: r.labels.clone(),
                 enabled: r.enabled,
-                state: state(now_ms, r.last_seen_ms, self.suspect_after, self.dead_after),
+                state: state(now_ms, r.last_seen_ms, self.judging),
                 leader: r.leader_id,
                 term: r.term,
                 endpoint: r.endpoint.clone(),
@@ -385,13 +395,30 @@ mod tests {
         assert_ne!(view_digest([&revoked]), base);
     }
 
+    fn judging(since_ms: i64) -> Judging {
+        Judging { since_ms, suspect_after: Duration::from_secs(3), dead_after: Duration::from_secs(10) }
+    }
+
     #[test]
     fn states_follow_heartbeat_age() {
-        let (s, d) = (Duration::from_secs(3), Duration::from_secs(10));
-        assert_eq!(state(10_000, Some(9_000), s, d), ClusterState::Alive);
-        assert_eq!(state(10_000, Some(7_000), s, d), ClusterState::Suspect);
-        assert_eq!(state(10_000, Some(0), s, d), ClusterState::Dead);
-        assert_eq!(state(10_000, None, s, d), ClusterState::Dead);
-        assert_eq!(state(10_000, Some(11_000), s, d), ClusterState::Alive, "a clock step back is not a death");
+        let j = judging(0);
+        assert_eq!(state(10_000, Some(9_000), j), ClusterState::Alive);
+        assert_eq!(state(10_000, Some(7_000), j), ClusterState::Suspect);
+        assert_eq!(state(10_000, Some(0), j), ClusterState::Dead);
+        assert_eq!(state(10_000, None, j), ClusterState::Dead);
+        assert_eq!(state(10_000, Some(11_000), j), ClusterState::Alive, "a clock step back is not a death");
+    }
+
+    #[test]
+    fn silence_counts_from_the_gateway_start() {
+        // Last heard at 1 s; the gateway was down and started again at 60 s.
+        let j = judging(60_000);
+        assert_eq!(state(60_001, Some(1_000), j), ClusterState::Suspect, "not heard from yet: suspect, not dead");
+        assert_eq!(state(69_999, Some(1_000), j), ClusterState::Suspect);
+        assert_eq!(state(70_000, Some(1_000), j), ClusterState::Dead, "dead after waiting dead_after itself");
+        assert_eq!(state(60_500, Some(60_100), j), ClusterState::Alive, "heard since the start");
+        assert_eq!(state(64_000, Some(60_100), j), ClusterState::Suspect);
+        assert_eq!(state(70_100, Some(60_100), j), ClusterState::Dead);
+        assert_eq!(state(60_001, None, j), ClusterState::Dead, "never registered");
     }
 }

@@ -113,7 +113,12 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
     if let Some(path) = &config.admin_token_file {
         bootstrap_admin(&db, path).await?;
     }
-    let registry = Registry::load(db.clone(), config.suspect_after, config.dead_after).await?;
+    let judging = crate::registry::Judging {
+        since_ms: crate::now_ms(),
+        suspect_after: config.suspect_after,
+        dead_after: config.dead_after,
+    };
+    let registry = Registry::load(db.clone(), judging).await?;
     let rows = Rows::load(db.clone()).await?;
     let listener =
         TcpListener::bind(config.listen).await.with_context(|| format!("binding listen {}", config.listen))?;
