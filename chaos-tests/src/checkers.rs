@@ -346,6 +346,30 @@ pub fn nothing_left_running(leftovers: &BTreeMap<String, Vec<u32>>) -> Verdict {
     Verdict::new("no process left", problems, "every namespace empty at the end".into())
 }
 
+/// Work moves off a cluster only when the gateway may rightly have lost it: with no fault that
+/// kills a cluster, cuts it from the gateway or degrades the links to it, no attempt may end
+/// `moved` (a moved attempt runs the work again elsewhere; a restarted gateway or a new leader
+/// must not cause that).
+pub fn work_moves_only_off_lost_clusters(jobs: &[JobDetail], a_cluster_may_be_lost: bool) -> Verdict {
+    let moved: Vec<String> = jobs
+        .iter()
+        .flat_map(|d| {
+            d.attempts
+                .iter()
+                .filter(|a| a.state == "moved")
+                .map(move |a| format!("{} attempt {} moved off {}", d.job.id, a.attempt, a.cluster))
+        })
+        .collect();
+    let count = moved.len();
+    let problems = if a_cluster_may_be_lost { Vec::new() } else { moved };
+    let checked = if a_cluster_may_be_lost {
+        format!("{count} attempts moved (a fault here may lose a cluster)")
+    } else {
+        format!("no attempt moved across {} jobs", jobs.len())
+    };
+    Verdict::new("work moves only off lost clusters", problems, checked)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,6 +485,22 @@ mod tests {
 
     fn ledger(lines: &str) -> Vec<LedgerEntry> {
         parse_ledger(lines)
+    }
+
+    #[test]
+    fn work_moved_without_a_lost_cluster_is_caught() {
+        let moved = detail(
+            "j1",
+            "a",
+            JobState::Finished,
+            vec![attempt(1, "moved", "aws", None), attempt(2, "finished", "gcp", Some(1))],
+        );
+        let stayed = detail("j2", "b", JobState::Finished, vec![attempt(1, "finished", "aws", Some(1))]);
+        let jobs = [moved, stayed];
+        let broken = work_moves_only_off_lost_clusters(&jobs, false);
+        assert!(!broken.holds && broken.detail.contains("j1 attempt 1 moved off aws"), "{broken:?}");
+        assert!(work_moves_only_off_lost_clusters(&jobs, true).holds);
+        assert!(work_moves_only_off_lost_clusters(&jobs[1..], false).holds);
     }
 
     #[test]

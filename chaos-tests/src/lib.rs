@@ -7,11 +7,13 @@
 //! - [`sandbox`]: namespaces, the bridge, routes and packet filters.
 //! - [`delay`]: the delaying proxy between sites (this kernel has no netem).
 //! - [`harness`]: the mesh placed in the sandbox, and the suite's clients.
+//! - [`nemesis`]: the named faults, each held for a duration, composed into timed plans.
 //! - [`postgres`]: the gateway's PostgreSQL in its namespace, for the database restart.
 //! - [`workload`]: annotation writers and the pipeline submitter.
 //! - [`history`]: what the clients did and when the faults began and healed.
 //! - [`checkers`]: the invariants, pure functions of the evidence.
-//! - [`scenario`]: each scenario, its fault, and the run that ties it all together.
+//! - [`scenario`]: each scenario as a plan (or a bespoke drill), and the run that ties it all
+//!   together.
 //!
 //! `docs/reliability.md` describes the scenarios and holds the figures of the last runs.
 
@@ -19,6 +21,7 @@ pub mod checkers;
 pub mod delay;
 pub mod harness;
 pub mod history;
+pub mod nemesis;
 pub mod postgres;
 pub mod sandbox;
 pub mod scenario;

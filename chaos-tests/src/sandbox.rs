@@ -115,8 +115,9 @@ fn pids_in(netns: &str) -> Vec<u32> {
 /// The packet filter of one namespace, rewritten whole at every change.
 #[derive(Debug, Default, Clone)]
 struct Filter {
-    /// Addresses whose new (and ongoing) connections into this namespace are dropped.
-    refuse_from: BTreeSet<Ipv4Addr>,
+    /// Addresses whose new (and ongoing) connections into this namespace are dropped, with how
+    /// many faults refuse each (overlapping faults: the refusal ends with the last of them).
+    refuse_from: BTreeMap<Ipv4Addr, usize>,
     /// Percentage of incoming packets dropped on the veth.
     loss_percent: u8,
     /// Connections to (address, port) sent to (address, port) instead: the delaying proxy.
@@ -130,7 +131,7 @@ impl Filter {
             rules.push_str(&format!("    iifname \"eth0\" numgen random mod 100 < {} drop\n", self.loss_percent));
         }
         if !self.refuse_from.is_empty() {
-            let set: Vec<String> = self.refuse_from.iter().map(ToString::to_string).collect();
+            let set: Vec<String> = self.refuse_from.keys().map(ToString::to_string).collect();
             // Packets in the original direction of a connection the other side opened: this
             // side can still open connections to it and get the answers.
             rules.push_str(&format!("    ip saddr {{ {} }} ct direction original drop\n", set.join(", ")));
@@ -161,7 +162,9 @@ pub struct Sandbox {
     hub: String,
     endpoints: BTreeMap<String, Endpoint>,
     filters: Mutex<BTreeMap<String, Filter>>,
-    blackholes: Mutex<BTreeSet<(String, Ipv4Addr)>>,
+    /// Blackhole routes (namespace, address), with how many cuts hold each: overlapping faults
+    /// on one link heal it only when the last of them does.
+    blackholes: Mutex<BTreeMap<(String, Ipv4Addr), usize>>,
     removed: bool,
 }
 
@@ -173,7 +176,7 @@ impl Sandbox {
             hub: hub.clone(),
             endpoints: BTreeMap::new(),
             filters: Mutex::new(BTreeMap::new()),
-            blackholes: Mutex::new(BTreeSet::new()),
+            blackholes: Mutex::new(BTreeMap::new()),
             removed: false,
         };
         run("ip", &["netns", "add", &hub])?;
@@ -209,24 +212,31 @@ impl Sandbox {
         nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).with_context(|| format!("entering {path}"))
     }
 
-    /// Cut `a` and `b` apart both ways (a blackhole route on each side).
+    /// Cut `a` and `b` apart both ways (a blackhole route on each side). Cuts count: the link
+    /// heals when every cut of it has been healed.
     pub fn cut(&self, a: &str, b: &str) -> anyhow::Result<()> {
         let (a, b) = (self.endpoint(a)?.clone(), self.endpoint(b)?.clone());
         let mut holes = self.blackholes.lock().expect("blackholes lock");
         for (from, to) in [(&a, &b), (&b, &a)] {
-            if holes.insert((from.netns.clone(), to.ip)) {
+            let held = holes.entry((from.netns.clone(), to.ip)).or_default();
+            *held += 1;
+            if *held == 1 {
                 run("ip", &["-n", &from.netns, "route", "add", "blackhole", &format!("{}/32", to.ip)])?;
             }
         }
         Ok(())
     }
 
-    /// Undo [`Sandbox::cut`].
+    /// Undo one [`Sandbox::cut`].
     pub fn heal(&self, a: &str, b: &str) -> anyhow::Result<()> {
         let (a, b) = (self.endpoint(a)?.clone(), self.endpoint(b)?.clone());
         let mut holes = self.blackholes.lock().expect("blackholes lock");
         for (from, to) in [(&a, &b), (&b, &a)] {
-            if holes.remove(&(from.netns.clone(), to.ip)) {
+            let key = (from.netns.clone(), to.ip);
+            let Some(held) = holes.get_mut(&key) else { continue };
+            *held -= 1;
+            if *held == 0 {
+                holes.remove(&key);
                 run("ip", &["-n", &from.netns, "route", "del", "blackhole", &format!("{}/32", to.ip)])?;
             }
         }
@@ -234,14 +244,17 @@ impl Sandbox {
     }
 
     /// `from` can no longer open connections to `to` (its open ones stop too); `to` can still
-    /// open connections to `from`.
+    /// open connections to `from`. Refusals count like cuts: `refused: false` undoes one.
     pub fn refuse(&self, to: &str, from: &str, refused: bool) -> anyhow::Result<()> {
         let from_ip = self.ip(from)?;
         self.update_filter(to, |f| {
             if refused {
-                f.refuse_from.insert(from_ip);
-            } else {
-                f.refuse_from.remove(&from_ip);
+                *f.refuse_from.entry(from_ip).or_default() += 1;
+            } else if let Some(held) = f.refuse_from.get_mut(&from_ip) {
+                *held -= 1;
+                if *held == 0 {
+                    f.refuse_from.remove(&from_ip);
+                }
             }
         })
     }
@@ -281,7 +294,7 @@ impl Sandbox {
     /// Undo every cut, refusal and loss rule (redirects to the proxy stay).
     pub fn heal_all(&self) -> anyhow::Result<()> {
         let holes: Vec<(String, Ipv4Addr)> =
-            std::mem::take(&mut *self.blackholes.lock().expect("blackholes lock")).into_iter().collect();
+            std::mem::take(&mut *self.blackholes.lock().expect("blackholes lock")).into_keys().collect();
         for (netns, ip) in holes {
             run("ip", &["-n", &netns, "route", "del", "blackhole", &format!("{ip}/32")])?;
         }
@@ -341,7 +354,7 @@ mod tests {
         let empty = Filter::default().ruleset();
         assert!(!empty.contains("drop"), "{empty}");
         let filter = Filter {
-            refuse_from: [Ipv4Addr::new(198, 18, 1, 1)].into(),
+            refuse_from: [(Ipv4Addr::new(198, 18, 1, 1), 1)].into(),
             loss_percent: 20,
             redirects: [(Ipv4Addr::new(198, 18, 0, 2), 8443, Ipv4Addr::new(198, 18, 0, 3), 20000)].into(),
         };

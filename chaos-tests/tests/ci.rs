@@ -2,13 +2,19 @@
 //! replay with `ATOLL_CHAOS_SEED`). Needs root, iproute2 and nftables; without them each test
 //! fails saying so.
 
+use atoll_chaos_tests::nemesis;
 use atoll_chaos_tests::scenario;
+use atoll_chaos_tests::scenario::Drill;
 use atoll_chaos_tests::scenario::Profile;
 use atoll_chaos_tests::scenario::Scenario;
 
 fn check(scenario: Scenario) {
+    check_drill(Drill::Scenario(scenario));
+}
+
+fn check_drill(drill: Drill) {
     let seed = scenario::seed_from_env().expect("seed");
-    let report = scenario::run(scenario, Profile::Ci, seed, None).unwrap_or_else(|e| panic!("{e:#}"));
+    let report = scenario::run(&drill, Profile::Ci, seed, None).unwrap_or_else(|e| panic!("{e:#}"));
     let broken: Vec<String> =
         report.verdicts.iter().filter(|v| !v.holds).map(|v| format!("{}: {}", v.invariant, v.detail)).collect();
     assert!(broken.is_empty(), "{} seed={seed}: {broken:#?} (files in {})", report.scenario, report.dir.display());
@@ -36,15 +42,35 @@ scenarios! {
     database_restart => DatabaseRestart,
 }
 
+/// Named faults composed and overlapping in time, on three clusters chosen by the seed: one
+/// direction between two clusters cut for 5 s; meanwhile a leader killed, 10 % of packets
+/// dropped, a leader partitioned from its peers, the gateway killed and, while it is down, a
+/// follower killed. Also a fault loss may excuse moved work (`loss`), so every other invariant
+/// carries the test.
+#[test]
+fn composed_faults() {
+    let plan = nemesis::parse(
+        "cut-one-way@0s+5s, kill-leader@1s+2s, loss:10@1.5s+2s, partition-leader@2.5s+2s, \
+         kill-gateway@4s+2s, kill-follower@4.5s+2s",
+    )
+    .expect("the plan parses");
+    check_drill(Drill::Faults { plan, clusters: 3 });
+}
+
 /// The checkers are shown to catch what they claim to: with the gateway's term fencing turned
 /// off (a test-only switch), the zombie leader of the pause scenario is acted on again, and the
 /// fencing invariant (and only a fencing-related one) breaks.
 #[test]
 fn a_gateway_without_fencing_is_caught() {
     let seed = scenario::seed_from_env().expect("seed");
-    let report =
-        scenario::run_with(Scenario::LeaderPause, Profile::Ci, seed, None, scenario::Breakage::GatewayUnfenced)
-            .unwrap_or_else(|e| panic!("{e:#}"));
+    let report = scenario::run_with(
+        &Drill::Scenario(Scenario::LeaderPause),
+        Profile::Ci,
+        seed,
+        None,
+        scenario::Breakage::GatewayUnfenced,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
     let fencing =
         report.verdicts.iter().find(|v| v.invariant == "gateway acts on current terms only").expect("verdict");
     assert!(!fencing.holds, "the unfenced gateway went unnoticed (seed={seed}): {:#?}", report.verdicts);
