@@ -149,6 +149,27 @@ impl Route {
             Route::Relay => "relay",
         }
     }
+
+    /// The route [`Route::as_str`] names.
+    pub fn from_name(name: &str) -> Option<Route> {
+        [Route::Local, Route::Pull, Route::Push, Route::Relay].into_iter().find(|r| r.as_str() == name)
+    }
+}
+
+/// A route the gateway gave one input of one attempt, when the child's cluster asked how to get
+/// it: the first, then each change (a direct edge that failed falls back to the relay).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteTaken {
+    /// The parent's name.
+    pub from_job: String,
+    /// The parent's cluster.
+    pub from_cluster: String,
+    pub route: Route,
+    /// When the gateway gave it (ms since the epoch).
+    pub at_ms: i64,
+    /// Why it changed (the failure the child's cluster reported); `None` for a first route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One parent's output as a job's input.
@@ -431,6 +452,10 @@ pub struct AttemptInfo {
     #[serde(default)]
     pub started_ms: Option<i64>,
     pub ended_ms: Option<i64>,
+    /// How its inputs from other clusters travelled, in the order the gateway decided (inputs
+    /// already in the cluster's store, e.g. fetched for a sibling, need no route).
+    #[serde(default)]
+    pub routes: Vec<RouteTaken>,
 }
 
 /// A job with its attempts (`GET /v1/jobs/{id}`).

@@ -7,12 +7,14 @@ use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 
 use atoll_api::jobs::JobDetail;
+use atoll_api::jobs::Route;
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::history::Op;
 use crate::history::OpKind;
 use crate::history::Outcome;
+use crate::workload::MatrixSnapshot;
 
 /// One invariant's verdict.
 #[derive(Debug, Clone, Serialize)]
@@ -370,6 +372,85 @@ pub fn work_moves_only_off_lost_clusters(jobs: &[JobDetail], a_cluster_may_be_lo
     Verdict::new("work moves only off lost clusters", problems, checked)
 }
 
+/// The route the gateway must give an output made in `from` for a job in `to`, by a matrix
+/// (pure; the rule of the gateway's flow): the child pulls when its cluster reaches the
+/// parent's, else the parent's pushes when it reaches the child's, else the relay.
+pub fn expected_route(from: &str, to: &str, matrix: &MatrixSnapshot) -> Route {
+    let reaches = |a: &str, b: &str| matrix.reachable.contains(&(a.to_string(), b.to_string()));
+    if from == to {
+        Route::Local
+    } else if reaches(to, from) {
+        Route::Pull
+    } else if reaches(from, to) {
+        Route::Push
+    } else {
+        Route::Relay
+    }
+}
+
+/// Widest gap between two matrix answers around a route decision for it to be judged by them.
+const MATRIX_GAP_MS: i64 = 1_500;
+
+/// Forwarding modes follow the matrix: every route the gateway gave an input, judged by the
+/// matrix the suite saw just before and just after (when both agree and are close in time,
+/// the matrix did not change around the decision), is the one that matrix calls for. An edge
+/// that fell back (a route given with the failure that caused it) is relayed from then on,
+/// whatever the matrix.
+pub fn routes_follow_the_matrix(jobs: &[JobDetail], snapshots: &[MatrixSnapshot]) -> Verdict {
+    let mut problems = Vec::new();
+    let (mut judged, mut fallbacks, mut unjudged) = (0, 0, 0);
+    for detail in jobs {
+        for attempt in &detail.attempts {
+            let mut fallen: BTreeSet<&str> = BTreeSet::new();
+            for taken in &attempt.routes {
+                let edge = format!(
+                    "{} attempt {} input from {} ({}->{})",
+                    detail.job.id, attempt.attempt, taken.from_job, taken.from_cluster, attempt.cluster
+                );
+                if taken.reason.is_some() || fallen.contains(taken.from_job.as_str()) {
+                    fallen.insert(&taken.from_job);
+                    fallbacks += 1;
+                    if taken.route != Route::Relay {
+                        problems.push(format!(
+                            "{edge}: {} after falling back (only relay may follow)",
+                            taken.route.as_str()
+                        ));
+                    }
+                    continue;
+                }
+                let before = snapshots.iter().rev().find(|s| s.answered_ms <= taken.at_ms);
+                let after = snapshots.iter().find(|s| s.asked_ms >= taken.at_ms);
+                let (Some(before), Some(after)) = (before, after) else {
+                    unjudged += 1;
+                    continue;
+                };
+                if before.reachable != after.reachable || after.asked_ms - before.answered_ms > MATRIX_GAP_MS {
+                    unjudged += 1;
+                    continue;
+                }
+                judged += 1;
+                let expected = expected_route(&taken.from_cluster, &attempt.cluster, before);
+                if taken.route != expected {
+                    problems.push(format!(
+                        "{edge}: the gateway gave {} at {} while the matrix called for {} (reachable: {:?})",
+                        taken.route.as_str(),
+                        taken.at_ms,
+                        expected.as_str(),
+                        before.reachable
+                    ));
+                }
+            }
+        }
+    }
+    Verdict::new(
+        "forwarding follows the matrix",
+        problems,
+        format!(
+            "{judged} routes judged by a steady matrix, {fallbacks} fallbacks relayed, {unjudged} given while the matrix changed"
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,6 +539,7 @@ mod tests {
             bound_ms: 0,
             started_ms: None,
             ended_ms: None,
+            routes: Vec::new(),
         }
     }
 
@@ -485,6 +567,76 @@ mod tests {
 
     fn ledger(lines: &str) -> Vec<LedgerEntry> {
         parse_ledger(lines)
+    }
+
+    fn snapshot(at: i64, reachable: &[(&str, &str)]) -> MatrixSnapshot {
+        MatrixSnapshot {
+            asked_ms: at,
+            answered_ms: at + 5,
+            reachable: reachable.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+        }
+    }
+
+    fn given(from_job: &str, route: Route, at_ms: i64, reason: Option<&str>) -> atoll_api::jobs::RouteTaken {
+        atoll_api::jobs::RouteTaken {
+            from_job: from_job.into(),
+            from_cluster: "aws".into(),
+            route,
+            at_ms,
+            reason: reason.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_route_against_a_steady_matrix_is_caught_and_changes_are_not_judged() {
+        let whole = [("aws", "gcp"), ("gcp", "aws")];
+        let one_way = [("aws", "gcp")]; // gcp no longer reaches aws: aws pushes
+        let snapshots = [
+            snapshot(1_000, &whole),
+            snapshot(1_200, &whole),
+            snapshot(1_400, &one_way),
+            snapshot(1_600, &one_way),
+            snapshot(1_800, &[]),
+            snapshot(2_000, &[]),
+            snapshot(9_000, &[]),
+        ];
+        let job = |routes: Vec<atoll_api::jobs::RouteTaken>| {
+            let mut d = detail("j1", "check", JobState::Finished, vec![attempt(1, "finished", "gcp", Some(1))]);
+            d.attempts[0].routes = routes;
+            d
+        };
+        let good = job(vec![
+            given("a", Route::Pull, 1_100, None),
+            given("b", Route::Relay, 1_300, None), // the matrix changed around it: not judged
+            given("c", Route::Push, 1_500, None),
+            given("d", Route::Relay, 1_900, None),
+            given("a", Route::Relay, 1_950, Some("pulling from aws: refused")),
+            given("e", Route::Pull, 5_000, None), // a gap in the answers: not judged
+        ]);
+        let verdict = routes_follow_the_matrix(&[good], &snapshots);
+        assert!(verdict.holds, "{verdict:?}");
+        assert!(
+            verdict.detail.starts_with("3 routes judged by a steady matrix, 1 fallbacks relayed, 2 given"),
+            "{verdict:?}"
+        );
+
+        let bad = job(vec![given("a", Route::Relay, 1_100, None), given("c", Route::Pull, 1_500, None)]);
+        let verdict = routes_follow_the_matrix(&[bad], &snapshots);
+        assert!(!verdict.holds, "{verdict:?}");
+        assert!(
+            verdict.detail.contains(
+                "j1 attempt 1 input from a (aws->gcp): the gateway gave relay at 1100 while the matrix called for pull"
+            ),
+            "{verdict:?}"
+        );
+        assert!(verdict.detail.contains("gave pull at 1500 while the matrix called for push"), "{verdict:?}");
+
+        let unfallen = job(vec![
+            given("a", Route::Relay, 1_100, Some("pulling from aws: refused")),
+            given("a", Route::Pull, 1_150, None),
+        ]);
+        let verdict = routes_follow_the_matrix(&[unfallen], &snapshots);
+        assert!(!verdict.holds && verdict.detail.contains("pull after falling back"), "{verdict:?}");
     }
 
     #[test]

@@ -233,7 +233,8 @@ pub struct Report {
     pub ops_failed: usize,
     pub ops_unknown: usize,
     pub pipelines: usize,
-    /// The pipelines' edges by route as the gateway shows them at the end of the run.
+    /// The routes the gateway gave inputs during the run (a fallback counts again), and the
+    /// edges inside one cluster (`local`, never asked for).
     pub routes: BTreeMap<String, usize>,
     pub seconds: f64,
     pub dir: PathBuf,
@@ -267,7 +268,7 @@ impl Report {
         for f in &self.failovers {
             eprintln!("chaos:   failover after {} in {}: {:?} ms", f.fault, f.cluster, f.ms);
         }
-        eprintln!("chaos:   edges by route, as the gateway shows them at the end: {:?}", self.routes);
+        eprintln!("chaos:   routes given: {:?}", self.routes);
         if !self.reroutes_ms.is_empty() {
             eprintln!("chaos:   moved jobs running elsewhere after (ms from the fault): {:?}", self.reroutes_ms);
         }
@@ -446,6 +447,8 @@ struct Evidence {
     matrix_waits: Vec<checkers::MatrixWait>,
     /// The bound a change must show within.
     matrix_bound_ms: u64,
+    /// The gateway's matrix, polled throughout.
+    matrices: Vec<workload::MatrixSnapshot>,
 }
 
 /// What the checkers and the figures read from the processes' logs, read once.
@@ -486,14 +489,20 @@ impl Evidence {
             checkers::exactly_one_result(&ops, &self.ends, &ledger),
             checkers::outputs_match(&self.ends, &ledger),
             checkers::matrix_follows(&self.matrix_waits, self.matrix_bound_ms),
+            checkers::routes_follow_the_matrix(&jobs, &self.matrices),
         ]
     }
 
     fn routes(&self) -> BTreeMap<String, usize> {
         let mut routes = BTreeMap::new();
-        for input in self.ends.iter().flat_map(|e| e.jobs.iter()).flat_map(|d| d.job.inputs.iter()) {
-            let route = input.route.map_or("none", |r| r.as_str()).to_string();
-            *routes.entry(route).or_default() += 1;
+        for detail in self.ends.iter().flat_map(|e| e.jobs.iter()) {
+            for taken in detail.attempts.iter().flat_map(|a| a.routes.iter()) {
+                *routes.entry(taken.route.as_str().to_string()).or_default() += 1;
+            }
+            let local = detail.job.inputs.iter().filter(|i| i.route == Some(atoll_api::jobs::Route::Local)).count();
+            if local > 0 {
+                *routes.entry("local".to_string()).or_default() += local;
+            }
         }
         routes
     }
@@ -567,6 +576,9 @@ async fn drive(
         seed,
         stopped.clone(),
     )));
+    // The matrix as the suite sees it, until every pipeline has ended (routes are given until then).
+    let (stop_watching, watching) = watch::channel(false);
+    let watcher = tokio::spawn(workload::matrix_watcher(chaos.gateway.clone(), Duration::from_millis(200), watching));
     // The tasks share the run's history; it is moved back into `chaos` once they are done.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -590,8 +602,10 @@ async fn drive(
     chaos.history = Arc::try_unwrap(history).map_err(|_| anyhow::anyhow!("the history is still shared"))?;
 
     let ends = pipeline_ends(chaos, Duration::from_secs(120)).await?;
+    stop_watching.send_replace(true);
+    let matrices = watcher.await.context("the matrix watcher panicked")?;
     let applied = applied_annotations(chaos, Duration::from_secs(30)).await;
-    Ok(Evidence { applied, ends, matrix_settled_ms, matrix_waits, matrix_bound_ms: bound.as_millis() as u64 })
+    Ok(Evidence { applied, ends, matrix_settled_ms, matrix_waits, matrix_bound_ms: bound.as_millis() as u64, matrices })
 }
 
 /// How long the matrix may take to show a healed link: a probe round (interval + timeout) to

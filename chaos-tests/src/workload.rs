@@ -123,3 +123,45 @@ pub async fn submitter(
         }
     }
 }
+
+/// The gateway's matrix as the suite saw it: which directed links were reachable (any other
+/// state, or no cell, is not), and when the question was asked and answered (ms since the
+/// epoch).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MatrixSnapshot {
+    pub asked_ms: i64,
+    pub answered_ms: i64,
+    /// (from, to) of every `reachable` cell.
+    pub reachable: std::collections::BTreeSet<(String, String)>,
+}
+
+fn epoch_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Ask the gateway for its matrix every `every` until `stop` turns true (answers only; an
+/// unanswered ask leaves a gap).
+pub async fn matrix_watcher(
+    gateway: GatewayClient,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> Vec<MatrixSnapshot> {
+    let mut snapshots = Vec::new();
+    while !*stop.borrow() {
+        let asked_ms = epoch_ms();
+        if let Ok(matrix) = gateway.matrix().await {
+            let reachable = matrix
+                .cells
+                .iter()
+                .filter(|c| c.state == atoll_api::gateway::LinkState::Reachable)
+                .map(|c| (c.from.clone(), c.to.clone()))
+                .collect();
+            snapshots.push(MatrixSnapshot { asked_ms, answered_ms: epoch_ms(), reachable });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    snapshots
+}

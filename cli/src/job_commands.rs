@@ -186,8 +186,8 @@ pub async fn job(config: &CliConfig, id: &str, json: bool) -> anyhow::Result<()>
     }
     print_jobs(std::slice::from_ref(&detail.job));
     for input in &detail.job.inputs {
-        let mode = input.mode.map_or("-".to_string(), |m| format!("{m:?}").to_lowercase());
-        println!("  input from {} ({mode})", input.from_job);
+        let route = input.route.map_or("-", |r| r.as_str());
+        println!("  input from {} ({route})", input.from_job);
     }
     for a in &detail.attempts {
         println!(
@@ -198,8 +198,31 @@ pub async fn job(config: &CliConfig, id: &str, json: bool) -> anyhow::Result<()>
             a.exit_code.map(|c| format!(", exit {c}")).unwrap_or_default(),
             a.message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
         );
+        for taken in &a.routes {
+            println!(
+                "    input from {} on {}: {} at {}{}",
+                taken.from_job,
+                taken.from_cluster,
+                taken.route.as_str(),
+                utc_time(taken.at_ms),
+                taken.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+            );
+        }
     }
     Ok(())
+}
+
+/// A time in ms since the epoch as `HH:MM:SS.mmm` UTC (the date when it is not today).
+fn utc_time(ms: i64) -> String {
+    let Ok(at) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
+        return format!("{ms} ms");
+    };
+    let clock = format!("{:02}:{:02}:{:02}.{:03}", at.hour(), at.minute(), at.second(), at.millisecond());
+    if at.date() == time::OffsetDateTime::now_utc().date() {
+        format!("{clock} UTC")
+    } else {
+        format!("{} {clock} UTC", at.date())
+    }
 }
 
 /// `atoll logs ID [-f]`: every piece in order; with `-f`, until the job ends.

@@ -79,6 +79,13 @@ async fn route(mesh: &GatewayMesh, child: &str, parent: &str) -> Option<Route> {
     detail.job.inputs.iter().find(|i| i.from_job == parent).and_then(|i| i.route)
 }
 
+/// The routes the gateway recorded for `child`'s input from `parent` (attempt 1), in order.
+async fn routes_taken(mesh: &GatewayMesh, child: &str, parent: &str) -> Vec<atoll_api::jobs::RouteTaken> {
+    let detail = mesh.gateway.job(child).await.expect("job");
+    let attempt = detail.attempts.into_iter().find(|a| a.attempt == 1).expect("attempt 1");
+    attempt.routes.into_iter().filter(|r| r.from_job == parent).collect()
+}
+
 /// The one log line of `cluster`'s replica that says `input received` for `job`.
 fn received_line(mesh: &GatewayMesh, cluster: &str, job: &str) -> String {
     let log = mesh.t.log(cluster, 1);
@@ -127,6 +134,11 @@ async fn every_route_delivers_identical_bytes_and_tickets_guard_every_edge() {
         assert_eq!(route(&mesh, &id, parent).await, Some(expected), "{child}");
         let input = done.job.inputs.iter().find(|i| i.from_job == parent).unwrap();
         assert_eq!(input.mode, Some(expected.mode()));
+        // The route as the gateway gave it when the child's cluster asked, recorded with the
+        // attempt (a local input is never asked for).
+        let taken: Vec<Route> = routes_taken(&mesh, &id, parent).await.iter().map(|r| r.route).collect();
+        let asked = if expected == Route::Local { vec![] } else { vec![expected] };
+        assert_eq!(taken, asked, "{child}");
     }
     let aws_output = mesh.gateway.job(&id_of(&submitted, "on-aws")).await.unwrap().job.output.unwrap();
     let onprem_output = mesh.gateway.job(&id_of(&submitted, "on-onprem")).await.unwrap().job.output.unwrap();
@@ -292,6 +304,8 @@ async fn a_pull_cut_mid_transfer_resumes_when_the_cut_heals_and_falls_back_to_th
     let child = wait_state(&mesh.gateway, &child_id, Duration::from_secs(120), JobState::is_final).await;
     assert_eq!(child.job.state, JobState::Finished, "{:?}", child.job);
     assert_eq!(route(&mesh, &child_id, "first").await, Some(Route::Pull), "no fallback for a short cut");
+    let taken = routes_taken(&mesh, &child_id, "first").await;
+    assert_eq!(taken.iter().map(|r| r.route).collect::<Vec<_>>(), [Route::Pull], "{taken:?}");
     let line = received_line(&mesh, "onprem", &child_id);
     let size = parent.job.output.unwrap().size;
     assert!(line.contains(&format!("bytes={size}")) && line.contains("relayed_from_chunk=None"), "{line}");
@@ -308,6 +322,10 @@ async fn a_pull_cut_mid_transfer_resumes_when_the_cut_heals_and_falls_back_to_th
     let child = wait_state(&mesh.gateway, &child_id, Duration::from_secs(120), JobState::is_final).await;
     assert_eq!(child.job.state, JobState::Finished, "{:?}", child.job);
     assert_eq!(route(&mesh, &child_id, "second").await, Some(Route::Relay), "the edge fell back");
+    let taken = routes_taken(&mesh, &child_id, "second").await;
+    assert_eq!(taken.iter().map(|r| r.route).collect::<Vec<_>>(), [Route::Pull, Route::Relay], "{taken:?}");
+    assert!(taken[0].reason.is_none() && taken[1].reason.as_deref().is_some_and(|r| r.contains("pulling from aws")));
+    assert!(taken[0].at_ms <= taken[1].at_ms && taken.iter().all(|r| r.from_cluster == "aws"), "{taken:?}");
     let line = received_line(&mesh, "onprem", &child_id);
     // Every byte crossed once: what came directly was not fetched again from the relay.
     assert!(line.contains(&format!("bytes={}", output.size)), "{line}");

@@ -128,6 +128,8 @@ pub struct JobsState {
     pub(crate) sends: Mutex<HashMap<String, Vec<atoll_api::jobs::SendTask>>>,
     /// (child job id, parent name) of edges whose direct transfer failed: relayed from then on.
     pub(crate) fallen: Mutex<HashSet<(String, String)>>,
+    /// (child job id, attempt, parent name) -> the route last recorded for it (a cache).
+    pub(crate) routes_given: Mutex<HashMap<(String, u32, String), atoll_api::jobs::Route>>,
 }
 
 impl JobsState {
@@ -342,6 +344,7 @@ impl Gateway {
         let pipeline = self.pipeline(&row.pipeline_id).await?;
         let siblings = self.db.pipeline_jobs(&row.pipeline_id).await.map_err(db_error)?;
         let attempts = self.db.attempts(id).await.map_err(db_error)?;
+        let mut routes = self.db.routes_of(id).await.map_err(db_error)?;
         Ok(JobDetail {
             job: info(&row, &pipeline, &siblings, &self.flow()),
             attempts: attempts
@@ -356,6 +359,10 @@ impl Gateway {
                     bound_ms: a.bound_ms,
                     started_ms: a.started_ms,
                     ended_ms: a.ended_ms,
+                    routes: routes
+                        .extract_if(.., |(attempt, _)| *attempt == a.attempt)
+                        .map(|(_, taken)| taken)
+                        .collect(),
                 })
                 .collect(),
         })

@@ -22,6 +22,7 @@ use atoll_api::ApiError;
 use atoll_api::ErrorCode;
 use atoll_api::gateway::Scope;
 use atoll_api::jobs::Route;
+use atoll_api::jobs::RouteTaken;
 use atoll_api::jobs::SendTask;
 use atoll_api::jobs::TransferPlan;
 use atoll_api::jobs::TransferRequest;
@@ -108,6 +109,9 @@ impl Guard for StoreGuard {
     }
 }
 
+/// How many edges' last routes [`Gateway::note_route`] keeps in memory before starting over.
+const ROUTES_GIVEN_CACHED: usize = 100_000;
+
 impl Gateway {
     fn ticket(&self, op: TicketOp, digest: &str, from: &str, to: &str, job: &str) -> Result<String, ApiError> {
         let ticket = Ticket {
@@ -139,6 +143,35 @@ impl Gateway {
         }
         drop(sends);
         self.jobs.wake_cluster(from);
+    }
+
+    /// Record the route given to an edge when it is not the edge's last recorded one. The cache
+    /// of last routes spares the database the repeated asks of one edge (a push or a relay
+    /// upload being waited for), which change nothing.
+    async fn note_route(
+        &self,
+        edge: crate::db::routes::Edge<'_>,
+        taken: &RouteTaken,
+    ) -> Result<(), crate::db::DbError> {
+        let key = (edge.0.to_string(), edge.1, edge.2.to_string());
+        if self.jobs.routes_given.lock().expect("routes given").get(&key) == Some(&taken.route) {
+            return Ok(());
+        }
+        if self.db.record_route(edge, taken).await? {
+            tracing::debug!(
+                job = edge.0,
+                attempt = edge.1,
+                parent = edge.2,
+                route = taken.route.as_str(),
+                "route recorded"
+            );
+        }
+        let mut given = self.jobs.routes_given.lock().expect("routes given");
+        if given.len() >= ROUTES_GIVEN_CACHED {
+            given.clear();
+        }
+        given.insert(key, taken.route);
+        Ok(())
     }
 
     /// `POST /v1/clusters/{cluster}/transfers`: how one input of a job bound to `cluster` gets
@@ -184,6 +217,14 @@ impl Gateway {
             }
         }
         let route = self.flow().edge(&request.job, &request.from_job, &from, cluster);
+        let taken = RouteTaken {
+            from_job: request.from_job.clone(),
+            from_cluster: from.clone(),
+            route,
+            at_ms: now_ms(),
+            reason: request.failed.clone(),
+        };
+        self.note_route((&request.job, request.attempt, &request.from_job), &taken).await.map_err(db)?;
         let mut plan = TransferPlan {
             route,
             digest: digest.clone(),

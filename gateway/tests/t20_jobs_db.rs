@@ -154,3 +154,50 @@ async fn retries_reruns_reroutes_and_cancels() {
         assert_eq!(db.jobs_in_state(JobState::Queued).await.unwrap().len(), 3);
     }
 }
+
+#[tokio::test]
+async fn routes_are_recorded_once_per_change_in_decision_order() {
+    use atoll_api::jobs::Route;
+    use atoll_api::jobs::RouteTaken;
+    for (engine, test) in TestDatabase::both().await {
+        let db = Db::connect(&test.database).await.unwrap();
+        // A second gateway on the same database (PostgreSQL) or file (SQLite).
+        let other = Db::connect(&test.database).await.unwrap();
+        let taken = |from_job: &str, route, at_ms, reason: Option<&str>| RouteTaken {
+            from_job: from_job.into(),
+            from_cluster: "aws".into(),
+            route,
+            at_ms,
+            reason: reason.map(str::to_string),
+        };
+
+        eprintln!("--- {engine}: the first route, then only changes");
+        assert!(db.record_route(("p1-c", 1, "a"), &taken("a", Route::Pull, 1_000, None)).await.unwrap());
+        assert!(!db.record_route(("p1-c", 1, "a"), &taken("a", Route::Pull, 1_100, None)).await.unwrap(), "same");
+        assert!(
+            !other.record_route(("p1-c", 1, "a"), &taken("a", Route::Pull, 1_150, None)).await.unwrap(),
+            "another gateway sees the same last route"
+        );
+        let fell = taken("a", Route::Relay, 1_200, Some("pulling from aws: connection refused"));
+        assert!(db.record_route(("p1-c", 1, "a"), &fell).await.unwrap(), "the fallback");
+        assert!(db.record_route(("p1-c", 1, "b"), &taken("b", Route::Push, 1_050, None)).await.unwrap());
+        assert!(db.record_route(("p1-c", 2, "a"), &taken("a", Route::Relay, 5_000, None)).await.unwrap());
+        assert!(db.record_route(("p1-d", 1, "a"), &taken("a", Route::Pull, 900, None)).await.unwrap());
+
+        eprintln!("--- {engine}: read back per job, by attempt then time");
+        let routes = db.routes_of("p1-c").await.unwrap();
+        let seen: Vec<(u32, &str, Route, i64)> =
+            routes.iter().map(|(n, t)| (*n, t.from_job.as_str(), t.route, t.at_ms)).collect();
+        assert_eq!(
+            seen,
+            vec![
+                (1, "a", Route::Pull, 1_000),
+                (1, "b", Route::Push, 1_050),
+                (1, "a", Route::Relay, 1_200),
+                (2, "a", Route::Relay, 5_000)
+            ]
+        );
+        assert_eq!(routes[2].1, fell, "the reason is kept");
+        assert!(db.routes_of("p9-x").await.unwrap().is_empty());
+    }
+}

@@ -17,6 +17,7 @@
 pub mod clusters;
 pub mod jobs;
 pub mod matrix;
+pub mod routes;
 pub mod sources;
 pub mod testing;
 pub mod tokens;
@@ -42,6 +43,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "logs", include_str!("../../migrations/0003_logs.sql")),
     (4, "outputs", include_str!("../../migrations/0004_outputs.sql")),
     (5, "sources", include_str!("../../migrations/0005_sources.sql")),
+    (6, "edge routes", include_str!("../../migrations/0006_edge_routes.sql")),
 ];
 
 /// A connected, migrated database.

@@ -1,0 +1,92 @@
+//! The routes the gateway gave each input of each attempt, in the order it decided them.
+
+use atoll_api::jobs::Route;
+use atoll_api::jobs::RouteTaken;
+use sqlx::Row;
+
+use super::Db;
+use super::DbError;
+use super::with_pool;
+
+/// One input of one attempt: (child job id, attempt, parent's name).
+pub type Edge<'a> = (&'a str, u32, &'a str);
+
+impl Db {
+    /// Record `taken` for `edge` unless it is the edge's latest route already; true when a
+    /// row was written. Two gateways recording one change at once write it once.
+    pub async fn record_route(&self, edge: Edge<'_>, taken: &RouteTaken) -> Result<bool, DbError> {
+        let (job, attempt, from_job) = edge;
+        let attempt = i64::from(attempt);
+        with_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            let last = sqlx::query(
+                "SELECT seq, route FROM edge_routes WHERE job_id = $1 AND attempt = $2 AND from_job = $3
+                 ORDER BY seq DESC LIMIT 1",
+            )
+            .bind(job)
+            .bind(attempt)
+            .bind(from_job)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let (seq, same) = match last {
+                Some(row) => {
+                    let seq: i64 = row.try_get("seq")?;
+                    let route: String = row.try_get("route")?;
+                    (seq + 1, route == taken.route.as_str())
+                }
+                None => (1, false),
+            };
+            if same {
+                return Ok::<_, DbError>(false);
+            }
+            let written = sqlx::query(
+                "INSERT INTO edge_routes (job_id, attempt, from_job, seq, route, from_cluster, at_ms, reason)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (job_id, attempt, from_job, seq) DO NOTHING",
+            )
+            .bind(job)
+            .bind(attempt)
+            .bind(from_job)
+            .bind(seq)
+            .bind(taken.route.as_str())
+            .bind(&taken.from_cluster)
+            .bind(taken.at_ms)
+            .bind(&taken.reason)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            Ok(written == 1)
+        })
+    }
+
+    /// Every route given to the inputs of `job`'s attempts: (attempt, route) in decision order.
+    pub async fn routes_of(&self, job: &str) -> Result<Vec<(u32, RouteTaken)>, DbError> {
+        with_pool!(self, read, |pool| {
+            let rows = sqlx::query(
+                "SELECT attempt, from_job, from_cluster, route, at_ms, reason FROM edge_routes
+                 WHERE job_id = $1 ORDER BY attempt, at_ms, from_job, seq",
+            )
+            .bind(job)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    let attempt: i64 = row.try_get("attempt")?;
+                    let route: String = row.try_get("route")?;
+                    Ok::<_, DbError>((
+                        u32::try_from(attempt).map_err(|e| DbError::corrupt("edge_routes.attempt", e))?,
+                        RouteTaken {
+                            from_job: row.try_get("from_job")?,
+                            from_cluster: row.try_get("from_cluster")?,
+                            route: Route::from_name(&route).ok_or_else(|| {
+                                DbError::corrupt("edge_routes.route", format!("{route:?} is not a route"))
+                            })?,
+                            at_ms: row.try_get("at_ms")?,
+                            reason: row.try_get("reason")?,
+                        },
+                    ))
+                })
+                .collect()
+        })
+    }
+}
