@@ -240,8 +240,8 @@ pub struct Report {
     pub dir: PathBuf,
     /// Whether `dir` was kept (a broken invariant, or asked for).
     pub kept: bool,
-    /// Whether the gateway said it runs with term fencing off (the broken build).
-    pub gateway_unfenced: bool,
+    /// The deliberate breakages the gateway said it runs with (its start warnings).
+    pub gateway_broken: Vec<String>,
 }
 
 impl Report {
@@ -318,6 +318,8 @@ pub enum Breakage {
     None,
     /// The gateway acts on stale leaders (its term fencing off).
     GatewayUnfenced,
+    /// The gateway has every edge between clusters pulled, whatever the matrix says.
+    MatrixIgnored,
 }
 
 /// [`run`] on a mesh broken as `breakage` says.
@@ -355,10 +357,13 @@ pub fn run_with(
     if let Some(plan) = &plan {
         eprintln!("chaos: faults {plan}");
     }
-    if breakage == Breakage::GatewayUnfenced
-        && let Some(gateway) = &mut layout.gateway
-    {
-        gateway.env.push((atoll_gateway::unsafe_switches::DISABLE_FENCING_ENV.to_string(), "1".to_string()));
+    let switch = match breakage {
+        Breakage::None => None,
+        Breakage::GatewayUnfenced => Some(atoll_gateway::unsafe_switches::DISABLE_FENCING_ENV),
+        Breakage::MatrixIgnored => Some(atoll_gateway::unsafe_switches::IGNORE_MATRIX_ENV),
+    };
+    if let (Some(switch), Some(gateway)) = (switch, &mut layout.gateway) {
+        gateway.env.push((switch.to_string(), "1".to_string()));
     }
     let mut sandbox = Sandbox::create(&addresses(&layout))?;
     let proxy = match resolved.has(|f| matches!(f, Fault::Latency(_))) {
@@ -424,7 +429,11 @@ pub fn run_with(
         seconds: started.elapsed().as_secs_f64(),
         dir: dir.path().to_path_buf(),
         kept: false,
-        gateway_unfenced: logs.gateway.contains("TERM FENCING IS OFF"),
+        gateway_broken: ["TERM FENCING IS OFF", "FORWARDING IGNORES THE MATRIX"]
+            .into_iter()
+            .filter(|warning| logs.gateway.contains(warning))
+            .map(str::to_string)
+            .collect(),
     };
     std::fs::write(dir.path().join("history.jsonl"), chaos.history.to_jsonl())?;
     std::fs::write(dir.path().join("report.json"), serde_json::to_vec_pretty(&report)?)?;

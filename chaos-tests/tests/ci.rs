@@ -71,9 +71,31 @@ fn a_gateway_without_fencing_is_caught() {
         scenario::Breakage::GatewayUnfenced,
     )
     .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(report.gateway_broken, ["TERM FENCING IS OFF"], "the gateway runs with the switch");
     let fencing =
         report.verdicts.iter().find(|v| v.invariant == "gateway acts on current terms only").expect("verdict");
     assert!(!fencing.holds, "the unfenced gateway went unnoticed (seed={seed}): {:#?}", report.verdicts);
     assert!(fencing.detail.contains("after term"), "{}", fencing.detail);
+    std::fs::remove_dir_all(&report.dir).expect("remove the broken run's files");
+}
+
+/// And with forwarding that ignores the matrix (every edge pulled, a test-only switch), the
+/// asymmetric cut's edges are given pulls the matrix rules out, and the forwarding checker says
+/// which.
+#[test]
+fn a_gateway_ignoring_the_matrix_is_caught() {
+    let seed = scenario::seed_from_env().expect("seed");
+    let report = scenario::run_with(
+        &Drill::Scenario(Scenario::AsymmetricCut),
+        Profile::Ci,
+        seed,
+        None,
+        scenario::Breakage::MatrixIgnored,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(report.gateway_broken, ["FORWARDING IGNORES THE MATRIX"], "the gateway runs with the switch");
+    let forwarding = report.verdicts.iter().find(|v| v.invariant == "forwarding follows the matrix").expect("verdict");
+    assert!(!forwarding.holds, "the matrix was ignored unnoticed (seed={seed}): {:#?}", report.verdicts);
+    assert!(forwarding.detail.contains("the gateway gave pull"), "{}", forwarding.detail);
     std::fs::remove_dir_all(&report.dir).expect("remove the broken run's files");
 }

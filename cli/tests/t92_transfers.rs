@@ -285,9 +285,9 @@ async fn wait_chunks(mesh: &GatewayMesh, cluster: &str, digest: &str, n: usize) 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pull_cut_mid_transfer_resumes_when_the_cut_heals_and_falls_back_to_the_relay_when_it_does_not() {
+async fn a_pull_cut_mid_transfer_resumes_when_the_cut_heals_and_falls_back_to_the_relay_when_it_does_not_for_good() {
     // onprem fetches at 8 MiB/s: a 48 MiB output takes about 6 s, time to cut it.
-    let mesh = start(&[("onprem", 8 * MIB)]).await;
+    let mut mesh = start(&[("onprem", 8 * MIB)]).await;
     mesh.wait_cell("onprem", "aws", atoll_api::gateway::LinkState::Reachable, Duration::from_secs(30)).await;
     let aws = vec![mesh.t.mesh.layout.replica("aws", 1).unwrap().addr()];
 
@@ -326,6 +326,15 @@ async fn a_pull_cut_mid_transfer_resumes_when_the_cut_heals_and_falls_back_to_th
     assert_eq!(taken.iter().map(|r| r.route).collect::<Vec<_>>(), [Route::Pull, Route::Relay], "{taken:?}");
     assert!(taken[0].reason.is_none() && taken[1].reason.as_deref().is_some_and(|r| r.contains("pulling from aws")));
     assert!(taken[0].at_ms <= taken[1].at_ms && taken.iter().all(|r| r.from_cluster == "aws"), "{taken:?}");
+    let shown = String::from_utf8_lossy(&mesh.cli(&["job", &child_id]).stdout).to_string();
+    let lines: Vec<&str> = shown.lines().filter(|l| l.trim_start().starts_with("input from second on aws:")).collect();
+    assert!(
+        lines.len() == 2
+            && lines[0].contains(": pull at ")
+            && lines[1].contains(": relay at ")
+            && lines[1].contains("(pulling from aws"),
+        "atoll job shows the routes in order: {shown}"
+    );
     let line = received_line(&mesh, "onprem", &child_id);
     // Every byte crossed once: what came directly was not fetched again from the relay.
     assert!(line.contains(&format!("bytes={}", output.size)), "{line}");
@@ -340,6 +349,14 @@ async fn a_pull_cut_mid_transfer_resumes_when_the_cut_heals_and_falls_back_to_th
     // The failure fed the matrix (and the cut keeps the probes failing too).
     mesh.wait_cell("onprem", "aws", atoll_api::gateway::LinkState::Unreachable, Duration::from_secs(30)).await;
     mesh.t.client.delete_annotation(&aws[0], CUT).await.expect("heal the cut");
+
+    phase("healed and the gateway restarted: the edge that fell back stays relayed (its fallback is recorded)");
+    mesh.wait_cell("onprem", "aws", atoll_api::gateway::LinkState::Reachable, Duration::from_secs(30)).await;
+    mesh.t.mesh.kill_gateway();
+    mesh.t.mesh.spawn_gateway().expect("restart the gateway");
+    mesh.t.mesh.wait_for_gateway(Duration::from_secs(30)).await.expect("gateway back");
+    mesh.wait_cell("onprem", "aws", atoll_api::gateway::LinkState::Reachable, Duration::from_secs(30)).await;
+    assert_eq!(route(&mesh, &child_id, "second").await, Some(Route::Relay), "the fallback survived the restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -133,6 +133,11 @@ pub struct JobsState {
 }
 
 impl JobsState {
+    /// A fresh state that knows the edges that fell back to the relay (recorded in the database).
+    pub fn with_fallen(fallen: impl IntoIterator<Item = (String, String)>) -> Self {
+        Self { fallen: Mutex::new(fallen.into_iter().collect()), ..Self::default() }
+    }
+
     fn lease_waiter(&self, cluster: &str) -> Arc<Notify> {
         self.leases.lock().expect("lease waiters").entry(cluster.to_string()).or_default().clone()
     }
@@ -200,6 +205,9 @@ impl Flow {
     pub(crate) fn route(&self, from: &str, to: &str) -> Route {
         if from == to {
             Route::Local
+        } else if crate::unsafe_switches::matrix_ignored() {
+            // The deliberately broken build: pull whatever the matrix says.
+            Route::Pull
         } else if self.reaches(to, from) {
             Route::Pull
         } else if self.reaches(from, to) {

@@ -106,6 +106,12 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
             "TERM FENCING IS OFF: this gateway acts on stale leaders (a deliberately broken build for the chaos suite)"
         );
     }
+    if crate::unsafe_switches::matrix_ignored() {
+        tracing::warn!(
+            switch = crate::unsafe_switches::IGNORE_MATRIX_ENV,
+            "FORWARDING IGNORES THE MATRIX: every edge is pulled (a deliberately broken build for the chaos suite)"
+        );
+    }
     let db = Db::connect(&config.database).await?;
     tracing::info!(engine = db.engine(), "database ready (migrated)");
     let (ca, created) = GatewayCa::load_or_create(&config.ca_dir, &config.id, config.cert_lifetime)?;
@@ -119,6 +125,10 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
         dead_after: config.dead_after,
     };
     let registry = Registry::load(db.clone(), judging).await?;
+    let fallen = db.fallen_edges().await?;
+    if !fallen.is_empty() {
+        tracing::info!(edges = fallen.len(), "edges that fell back to the relay stay relayed");
+    }
     let rows = Rows::load(db.clone()).await?;
     let listener =
         TcpListener::bind(config.listen).await.with_context(|| format!("binding listen {}", config.listen))?;
@@ -145,7 +155,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
         registry,
         rows,
         metrics: Metrics::new(),
-        jobs: Default::default(),
+        jobs: crate::jobs::JobsState::with_fallen(fallen),
         relay,
         stopping: Default::default(),
     });

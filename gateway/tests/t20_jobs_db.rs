@@ -199,5 +199,8 @@ async fn routes_are_recorded_once_per_change_in_decision_order() {
         );
         assert_eq!(routes[2].1, fell, "the reason is kept");
         assert!(db.routes_of("p9-x").await.unwrap().is_empty());
+
+        eprintln!("--- {engine}: the fallbacks, for a restarted gateway");
+        assert_eq!(db.fallen_edges().await.unwrap(), vec![("p1-c".to_string(), "a".to_string())]);
     }
 }

@@ -59,6 +59,19 @@ impl Db {
         })
     }
 
+    /// (child job id, parent name) of every edge that fell back to the relay (a route recorded
+    /// with a reason): the gateway's fallbacks, at its start.
+    pub async fn fallen_edges(&self) -> Result<Vec<(String, String)>, DbError> {
+        with_pool!(self, read, |pool| {
+            let rows = sqlx::query(
+                "SELECT DISTINCT job_id, from_job FROM edge_routes WHERE reason IS NOT NULL ORDER BY job_id, from_job",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(|row| Ok::<_, DbError>((row.try_get("job_id")?, row.try_get("from_job")?))).collect()
+        })
+    }
+
     /// Every route given to the inputs of `job`'s attempts: (attempt, route) in decision order.
     pub async fn routes_of(&self, job: &str) -> Result<Vec<(u32, RouteTaken)>, DbError> {
         with_pool!(self, read, |pool| {
