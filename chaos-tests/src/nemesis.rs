@@ -441,6 +441,12 @@ impl Nemesis<'_, '_> {
         self.chaos.replica_ids(cluster).into_iter().map(|id| replica_name(cluster, id)).collect()
     }
 
+    /// Every (replica of `a`, replica of `b`).
+    fn pairs(&self, a: &str, b: &str) -> Vec<(String, String)> {
+        let bs = self.roles(b);
+        self.roles(a).into_iter().flat_map(|x| bs.iter().map(move |y| (x.clone(), y.clone()))).collect()
+    }
+
     async fn leader(&self, cluster: &str) -> anyhow::Result<(u64, u64)> {
         self.chaos
             .wait_leader(cluster, Duration::from_secs(10))
@@ -551,11 +557,7 @@ impl Nemesis<'_, '_> {
             }
             Fault::CutOneWay(Some(from), Some(to)) => {
                 let event = history.injected("cut one direction", &format!("{from}->{to}"), None, None);
-                let refusals: Vec<(String, String)> = self
-                    .roles(to)
-                    .into_iter()
-                    .flat_map(|at| self.roles(from).into_iter().map(move |source| (at.clone(), source)))
-                    .collect();
+                let refusals = self.pairs(to, from);
                 for (at, source) in &refusals {
                     sandbox.refuse(at, source, true)?;
                 }
@@ -563,11 +565,7 @@ impl Nemesis<'_, '_> {
             }
             Fault::Cut(Some(a), Some(b)) => {
                 let event = history.injected("cut both directions", &format!("{a}<->{b}"), None, None);
-                let pairs: Vec<(String, String)> = self
-                    .roles(a)
-                    .into_iter()
-                    .flat_map(|x| self.roles(b).into_iter().map(move |y| (x.clone(), y)))
-                    .collect();
+                let pairs = self.pairs(a, b);
                 cut(sandbox, &pairs)?;
                 (event, Held::Cut(pairs))
             }

@@ -4,6 +4,7 @@
 
 use atoll_chaos_tests::nemesis;
 use atoll_chaos_tests::scenario;
+use atoll_chaos_tests::scenario::Breakage;
 use atoll_chaos_tests::scenario::Drill;
 use atoll_chaos_tests::scenario::Profile;
 use atoll_chaos_tests::scenario::Scenario;
@@ -57,26 +58,31 @@ fn composed_faults() {
     check_drill(Drill::Faults { plan, clusters: 3 });
 }
 
+/// Run `scenario` against a gateway broken by `breakage`: it must announce the switch
+/// (`warning`), and `invariant` must break saying `needle`.
+fn caught(scenario: Scenario, breakage: Breakage, warning: &str, invariant: &str, needle: &str) {
+    let seed = scenario::seed_from_env().expect("seed");
+    let report = scenario::run_with(&Drill::Scenario(scenario), Profile::Ci, seed, None, breakage)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(report.gateway_broken, [warning], "the gateway runs with the switch (a build with the feature)");
+    let verdict = report.verdicts.iter().find(|v| v.invariant == invariant).expect("verdict");
+    assert!(!verdict.holds, "{breakage:?} went unnoticed (seed={seed}): {:#?}", report.verdicts);
+    assert!(verdict.detail.contains(needle), "{}", verdict.detail);
+    std::fs::remove_dir_all(&report.dir).expect("remove the broken run's files");
+}
+
 /// The checkers are shown to catch what they claim to: with the gateway's term fencing turned
 /// off (a test-only switch), the zombie leader of the pause scenario is acted on again, and the
-/// fencing invariant (and only a fencing-related one) breaks.
+/// fencing checker says so.
 #[test]
 fn a_gateway_without_fencing_is_caught() {
-    let seed = scenario::seed_from_env().expect("seed");
-    let report = scenario::run_with(
-        &Drill::Scenario(Scenario::LeaderPause),
-        Profile::Ci,
-        seed,
-        None,
-        scenario::Breakage::GatewayUnfenced,
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(report.gateway_broken, ["TERM FENCING IS OFF"], "the gateway runs with the switch");
-    let fencing =
-        report.verdicts.iter().find(|v| v.invariant == "gateway acts on current terms only").expect("verdict");
-    assert!(!fencing.holds, "the unfenced gateway went unnoticed (seed={seed}): {:#?}", report.verdicts);
-    assert!(fencing.detail.contains("after term"), "{}", fencing.detail);
-    std::fs::remove_dir_all(&report.dir).expect("remove the broken run's files");
+    caught(
+        Scenario::LeaderPause,
+        Breakage::GatewayUnfenced,
+        "TERM FENCING IS OFF",
+        "gateway acts on current terms only",
+        "after term",
+    );
 }
 
 /// And with forwarding that ignores the matrix (every edge pulled, a test-only switch), the
@@ -84,18 +90,11 @@ fn a_gateway_without_fencing_is_caught() {
 /// which.
 #[test]
 fn a_gateway_ignoring_the_matrix_is_caught() {
-    let seed = scenario::seed_from_env().expect("seed");
-    let report = scenario::run_with(
-        &Drill::Scenario(Scenario::AsymmetricCut),
-        Profile::Ci,
-        seed,
-        None,
-        scenario::Breakage::MatrixIgnored,
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(report.gateway_broken, ["FORWARDING IGNORES THE MATRIX"], "the gateway runs with the switch");
-    let forwarding = report.verdicts.iter().find(|v| v.invariant == "forwarding follows the matrix").expect("verdict");
-    assert!(!forwarding.holds, "the matrix was ignored unnoticed (seed={seed}): {:#?}", report.verdicts);
-    assert!(forwarding.detail.contains("the gateway gave pull"), "{}", forwarding.detail);
-    std::fs::remove_dir_all(&report.dir).expect("remove the broken run's files");
+    caught(
+        Scenario::AsymmetricCut,
+        Breakage::MatrixIgnored,
+        "FORWARDING IGNORES THE MATRIX",
+        "forwarding follows the matrix",
+        "the gateway gave pull",
+    );
 }
