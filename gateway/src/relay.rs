@@ -145,6 +145,25 @@ impl Gateway {
         self.jobs.wake_cluster(from);
     }
 
+    /// Before an edge's first route from this gateway: another gateway on the same database may
+    /// have moved it to the relay; if its record says so, this one relays it too.
+    async fn learn_fallback(&self, job: &str, attempt: u32, from_job: &str) -> Result<(), crate::db::DbError> {
+        let edge = (job.to_string(), from_job.to_string());
+        let known = self.jobs.routes_given.lock().expect("routes given").contains_key(&(
+            edge.0.clone(),
+            attempt,
+            edge.1.clone(),
+        ));
+        if known || self.jobs.fallen.lock().expect("fallen edges").contains(&edge) {
+            return Ok(());
+        }
+        if self.db.edge_fell_back(job, from_job).await? {
+            tracing::info!(job, parent = from_job, "the edge fell back to the relay through another gateway");
+            self.jobs.fallen.lock().expect("fallen edges").insert(edge);
+        }
+        Ok(())
+    }
+
     /// Record the route given to an edge when it is not the edge's last recorded one. The cache
     /// of last routes spares the database the repeated asks of one edge (a push or a relay
     /// upload being waited for), which change nothing.
@@ -215,6 +234,8 @@ impl Gateway {
             if fresh {
                 tracing::warn!(job = %request.job, parent = %request.from_job, from = %from, to = cluster, reason = %why, "a direct transfer failed; the edge falls back to the relay");
             }
+        } else {
+            self.learn_fallback(&request.job, request.attempt, &request.from_job).await.map_err(db)?;
         }
         let route = self.flow().edge(&request.job, &request.from_job, &from, cluster);
         let taken = RouteTaken {

@@ -202,5 +202,8 @@ async fn routes_are_recorded_once_per_change_in_decision_order() {
 
         eprintln!("--- {engine}: the fallbacks, for a restarted gateway");
         assert_eq!(db.fallen_edges().await.unwrap(), vec![("p1-c".to_string(), "a".to_string())]);
+        assert!(other.edge_fell_back("p1-c", "a").await.unwrap(), "another gateway sees the fallback");
+        assert!(!other.edge_fell_back("p1-c", "b").await.unwrap());
+        assert!(!other.edge_fell_back("p1-d", "a").await.unwrap());
     }
 }

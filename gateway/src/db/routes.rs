@@ -72,6 +72,20 @@ impl Db {
         })
     }
 
+    /// Whether the edge parent `from_job` -> `job` fell back to the relay (any attempt).
+    pub async fn edge_fell_back(&self, job: &str, from_job: &str) -> Result<bool, DbError> {
+        with_pool!(self, read, |pool| {
+            let row = sqlx::query(
+                "SELECT 1 AS fell FROM edge_routes WHERE job_id = $1 AND from_job = $2 AND reason IS NOT NULL LIMIT 1",
+            )
+            .bind(job)
+            .bind(from_job)
+            .fetch_optional(pool)
+            .await?;
+            Ok::<_, DbError>(row.is_some())
+        })
+    }
+
     /// Every route given to the inputs of `job`'s attempts: (attempt, route) in decision order.
     pub async fn routes_of(&self, job: &str) -> Result<Vec<(u32, RouteTaken)>, DbError> {
         with_pool!(self, read, |pool| {
