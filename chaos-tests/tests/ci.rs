@@ -64,7 +64,12 @@ fn caught(scenario: Scenario, breakage: Breakage, warning: &str, invariant: &str
     let seed = scenario::seed_from_env().expect("seed");
     let report = scenario::run_with(&Drill::Scenario(scenario), Profile::Ci, seed, None, breakage)
         .unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(report.gateway_broken, [warning], "the gateway runs with the switch (a build with the feature)");
+    assert_eq!(
+        report.gateway_broken,
+        [warning],
+        "the gateway must run with the switch: the atoll binary lacks the chaos-switches feature \
+         (`cargo build -p atoll` alone builds it without; run `cargo build --workspace`)"
+    );
     let verdict = report.verdicts.iter().find(|v| v.invariant == invariant).expect("verdict");
     assert!(!verdict.holds, "{breakage:?} went unnoticed (seed={seed}): {:#?}", report.verdicts);
     assert!(verdict.detail.contains(needle), "{}", verdict.detail);
