@@ -204,25 +204,13 @@ pub async fn job(config: &CliConfig, id: &str, json: bool) -> anyhow::Result<()>
                 taken.from_job,
                 taken.from_cluster,
                 taken.route.as_str(),
-                utc_time(taken.at_ms),
+                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(taken.at_ms) * 1_000_000)
+                    .map_or_else(|_| format!("{} ms", taken.at_ms), crate::verify::when),
                 taken.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
             );
         }
     }
     Ok(())
-}
-
-/// A time in ms since the epoch as `HH:MM:SS.mmm` UTC (the date when it is not today).
-fn utc_time(ms: i64) -> String {
-    let Ok(at) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
-        return format!("{ms} ms");
-    };
-    let clock = format!("{:02}:{:02}:{:02}.{:03}", at.hour(), at.minute(), at.second(), at.millisecond());
-    if at.date() == time::OffsetDateTime::now_utc().date() {
-        format!("{clock} UTC")
-    } else {
-        format!("{} {clock} UTC", at.date())
-    }
 }
 
 /// `atoll logs ID [-f]`: every piece in order; with `-f`, until the job ends.

@@ -251,7 +251,8 @@ fn certificate(
     }
 }
 
-fn when(t: OffsetDateTime) -> String {
+/// A time as RFC 3339 (what the CLI prints for a moment).
+pub(crate) fn when(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 

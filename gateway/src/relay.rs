@@ -147,14 +147,9 @@ impl Gateway {
 
     /// Before an edge's first route from this gateway: another gateway on the same database may
     /// have moved it to the relay; if its record says so, this one relays it too.
-    async fn learn_fallback(&self, job: &str, attempt: u32, from_job: &str) -> Result<(), crate::db::DbError> {
+    async fn learn_fallback(&self, job: &str, from_job: &str) -> Result<(), crate::db::DbError> {
         let edge = (job.to_string(), from_job.to_string());
-        let known = self.jobs.routes_given.lock().expect("routes given").contains_key(&(
-            edge.0.clone(),
-            attempt,
-            edge.1.clone(),
-        ));
-        if known || self.jobs.fallen.lock().expect("fallen edges").contains(&edge) {
+        if self.jobs.fallen.lock().expect("fallen edges").contains(&edge) {
             return Ok(());
         }
         if self.db.edge_fell_back(job, from_job).await? {
@@ -164,26 +159,20 @@ impl Gateway {
         Ok(())
     }
 
-    /// Record the route given to an edge when it is not the edge's last recorded one. The cache
-    /// of last routes spares the database the repeated asks of one edge (a push or a relay
-    /// upload being waited for), which change nothing.
+    /// Record the route given to an edge unless it is the one last given (`last`, from the
+    /// cache that spares the database the repeated asks of one edge: a push or a relay upload
+    /// being waited for).
     async fn note_route(
         &self,
-        edge: crate::db::routes::Edge<'_>,
+        key: (String, u32, String),
+        last: Option<Route>,
         taken: &RouteTaken,
     ) -> Result<(), crate::db::DbError> {
-        let key = (edge.0.to_string(), edge.1, edge.2.to_string());
-        if self.jobs.routes_given.lock().expect("routes given").get(&key) == Some(&taken.route) {
+        if last == Some(taken.route) {
             return Ok(());
         }
-        if self.db.record_route(edge, taken).await? {
-            tracing::debug!(
-                job = edge.0,
-                attempt = edge.1,
-                parent = edge.2,
-                route = taken.route.as_str(),
-                "route recorded"
-            );
+        if self.db.record_route((&key.0, key.1, &key.2), taken).await? {
+            tracing::debug!(job = %key.0, attempt = key.1, parent = %key.2, route = taken.route.as_str(), "route recorded");
         }
         let mut given = self.jobs.routes_given.lock().expect("routes given");
         if given.len() >= ROUTES_GIVEN_CACHED {
@@ -228,14 +217,16 @@ impl Gateway {
             .cluster
             .clone()
             .ok_or_else(|| ApiError::not_found(format!("parent {} ran on no cluster", request.from_job)))?;
+        let key = (request.job.clone(), request.attempt, request.from_job.clone());
+        let last = self.jobs.routes_given.lock().expect("routes given").get(&key).copied();
         if let Some(why) = &request.failed {
             let fresh =
                 self.jobs.fallen.lock().expect("fallen edges").insert((request.job.clone(), request.from_job.clone()));
             if fresh {
                 tracing::warn!(job = %request.job, parent = %request.from_job, from = %from, to = cluster, reason = %why, "a direct transfer failed; the edge falls back to the relay");
             }
-        } else {
-            self.learn_fallback(&request.job, request.attempt, &request.from_job).await.map_err(db)?;
+        } else if last.is_none() {
+            self.learn_fallback(&request.job, &request.from_job).await.map_err(db)?;
         }
         let route = self.flow().edge(&request.job, &request.from_job, &from, cluster);
         let taken = RouteTaken {
@@ -245,7 +236,7 @@ impl Gateway {
             at_ms: now_ms(),
             reason: request.failed.clone(),
         };
-        self.note_route((&request.job, request.attempt, &request.from_job), &taken).await.map_err(db)?;
+        self.note_route(key, last, &taken).await.map_err(db)?;
         let mut plan = TransferPlan {
             route,
             digest: digest.clone(),
