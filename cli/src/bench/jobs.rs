@@ -67,6 +67,9 @@ pub struct DispatchArgs {
     /// `jobs.max_running` of every leader (default: the agent's, 32).
     #[arg(long)]
     pub max_running: Option<usize>,
+    /// Runs per engine (interleaved: every engine once, then again), for a median and a spread.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -149,7 +152,9 @@ struct Dispatch {
     start_p99: f64,
 }
 
-async fn dispatch_one(args: &DispatchArgs, engine: Engine) -> anyhow::Result<Dispatch> {
+/// One run on `engine`; the mesh's directory is handed back, to be removed after the last run
+/// (see [`dispatch`]).
+async fn dispatch_one(args: &DispatchArgs, engine: Engine) -> anyhow::Result<(Dispatch, tempfile::TempDir)> {
     let bench = Bench::start(engine, args.postgres_url.as_deref(), args.max_running).await?;
     let pipelines = args.jobs.div_ceil(args.per_pipeline);
     println!(
@@ -214,9 +219,9 @@ async fn dispatch_one(args: &DispatchArgs, engine: Engine) -> anyhow::Result<Dis
         "{engine:?}: {} jobs submit-to-last-result in {seconds:.1} s = {:.0} jobs/s; submit-to-start p50 {:.0} ms p99 {:.0} ms; states: {text}",
         args.jobs, result.jobs_per_s, result.start_p50, result.start_p99
     );
-    let mut mesh = bench.mesh;
+    let Bench { mut mesh, _dir: dir, .. } = bench;
     mesh.stop_all(Duration::from_secs(15)).await;
-    Ok(result)
+    Ok((result, dir))
 }
 
 pub async fn dispatch(args: DispatchArgs) -> anyhow::Result<()> {
@@ -227,28 +232,46 @@ pub async fn dispatch(args: DispatchArgs) -> anyhow::Result<()> {
         "{} not found: pass --peers DIR, or --etcd-seconds 0 to skip the peer",
         etcd_script.display()
     );
+    anyhow::ensure!(args.runs >= 1, "--runs must be 1 or more");
     println!("# atoll bench dispatch: 3 clusters x 3 replicas, process executor, load {}", loadavg());
     let mut results = Vec::new();
-    for &engine in &args.engines {
-        results.push((engine, dispatch_one(&args, engine).await?));
+    // Every run's directory (tens of thousands of work directories) is removed only after the
+    // last run: on a filesystem without a journal, ext4 skips inodes freed in the last minute
+    // or more when it makes new ones, and a run right after a mass removal spends much of the
+    // machine in that scan (docs/performance.md).
+    let mut dirs = Vec::new();
+    for _ in 0..args.runs {
+        for &engine in &args.engines {
+            let (result, dir) = dispatch_one(&args, engine).await?;
+            results.push((engine, result));
+            dirs.push(dir);
+        }
     }
+    drop(dirs);
     if args.etcd_seconds > 0 {
         println!("## peer: etcd puts/s at 64 connections, same invocation");
         let etcd = etcd_throughput(&etcd_script, 64, args.etcd_seconds).await?;
         println!("etcd: {:.0} puts/s (p50 {:.1} ms, p99 {:.1} ms)", etcd.puts_per_s, etcd.p50_ms, etcd.p99_ms);
-        for (engine, r) in &results {
+        for &engine in &args.engines {
+            let ours =
+                median(&results.iter().filter(|(e, _)| *e == engine).map(|(_, r)| r.jobs_per_s).collect::<Vec<_>>());
             println!(
-                "ratio ours/etcd ({engine:?}): jobs/s over etcd puts/s {:.3} ({:.0} / {:.0})",
-                r.jobs_per_s / etcd.puts_per_s,
-                r.jobs_per_s,
+                "ratio ours/etcd ({engine:?}): median jobs/s over etcd puts/s {:.3} ({ours:.0} / {:.0})",
+                ours / etcd.puts_per_s,
                 etcd.puts_per_s
             );
         }
     }
-    for (engine, r) in &results {
+    for &engine in &args.engines {
+        let of = |f: fn(&Dispatch) -> f64| -> Vec<f64> {
+            results.iter().filter(|(e, _)| *e == engine).map(|(_, r)| f(r)).collect()
+        };
         println!(
-            "summary {engine:?}: {:.0} jobs/s end to end, submit-to-start p50 {:.0} ms p99 {:.0} ms",
-            r.jobs_per_s, r.start_p50, r.start_p99
+            "summary {engine:?} ({} runs): jobs/s end to end {}; submit-to-start p50 {} ms; p99 {} ms",
+            args.runs,
+            spread(&of(|r| r.jobs_per_s)),
+            spread(&of(|r| r.start_p50)),
+            spread(&of(|r| r.start_p99)),
         );
     }
     Ok(())

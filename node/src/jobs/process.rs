@@ -133,7 +133,7 @@ impl ProcessExecutor {
         let this = self.clone();
         let task = if request.inputs.is_empty() && request.spec.source.is_none() {
             // Nothing to fetch: start at once, in the caller's turn.
-            let spawned = prepare(&dir).and_then(|()| self.spawn(&request, &dir));
+            let spawned = prepare(&dir, &request).and_then(|()| self.spawn(&request, &dir));
             if let Ok(s) = &spawned {
                 group.store(s.child.id(), Ordering::SeqCst);
             }
@@ -143,7 +143,7 @@ impl ProcessExecutor {
             let started = group.clone();
             let mut stop_rx = stop_rx;
             tokio::spawn(async move {
-                let mut prepared = prepare(&dir);
+                let mut prepared = prepare(&dir, &request);
                 if prepared.is_ok() {
                     // An input may take long to arrive (another cluster, the relay): a stop
                     // does not wait for it.
@@ -364,8 +364,10 @@ impl ProcessExecutor {
             (os("ATOLL_PIPELINE"), os(&request.pipeline)),
             (os("ATOLL_OUTPUT"), path(dir.join("output"))),
             (os("ATOLL_INPUTS"), path(dir.join("inputs"))),
-            (os("ATOLL_SOURCE"), path(dir.join("source"))),
         ];
+        if request.spec.source.is_some() {
+            env.push((os("ATOLL_SOURCE"), path(dir.join("source"))));
+        }
         // The job's own environment last: it may override any of the above.
         for (key, value) in &request.spec.environment {
             env.retain(|(k, _)| k.as_os_str() != key.as_str());
@@ -418,15 +420,18 @@ async fn store_output(
     }))
 }
 
-/// A fresh work directory with `output/` and `inputs/`.
-fn prepare(dir: &Path) -> Result<(), String> {
+/// A fresh work directory with `output/` and `inputs/`, and `source/` for a job with a source.
+/// Nothing more: each inode made here is made once per attempt.
+fn prepare(dir: &Path, request: &RunRequest) -> Result<(), String> {
     let fail = |e: std::io::Error| format!("preparing the work directory {}: {e}", dir.display());
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(fail)?;
     }
     std::fs::create_dir_all(dir.join("output")).map_err(fail)?;
-    std::fs::create_dir_all(dir.join("inputs")).map_err(fail)?;
-    std::fs::create_dir_all(dir.join("source")).map_err(fail)?;
+    std::fs::create_dir(dir.join("inputs")).map_err(fail)?;
+    if request.spec.source.is_some() {
+        std::fs::create_dir(dir.join("source")).map_err(fail)?;
+    }
     Ok(())
 }
 
@@ -434,7 +439,8 @@ fn now_ms() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos().div_euclid(1_000_000) as i64
 }
 
-/// Read both pipes until they close, numbering the pieces, copying them to `log_path`.
+/// Read both pipes until they close, numbering the pieces, copying them to `log_path` (made with
+/// the first byte: a silent run leaves no file).
 async fn pump(
     stdout: Option<tokio::net::unix::pipe::Receiver>,
     stderr: Option<tokio::net::unix::pipe::Receiver>,
@@ -443,7 +449,8 @@ async fn pump(
     events: &mpsc::UnboundedSender<Event>,
     log_path: &Path,
 ) {
-    let mut file = tokio::fs::File::create(log_path).await.ok();
+    let mut file: Option<tokio::fs::File> = None;
+    let mut unwritable = false;
     let (mut out, mut err) = (stdout, stderr);
     let (mut out_buf, mut err_buf) = (vec![0u8; PIECE], vec![0u8; PIECE]);
     let mut seq = 0u32;
@@ -466,6 +473,10 @@ async fn pump(
             LogStream::Stdout => &out_buf[..n],
             LogStream::Stderr => &err_buf[..n],
         };
+        if file.is_none() && !unwritable {
+            file = tokio::fs::File::create(log_path).await.ok();
+            unwritable = file.is_none();
+        }
         if let Some(f) = file.as_mut() {
             use tokio::io::AsyncWriteExt;
             let _ = f.write_all(bytes).await;
