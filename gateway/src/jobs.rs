@@ -460,16 +460,29 @@ impl Gateway {
     }
 
     async fn lease_answer(&self, cluster: &str, held: &[Held]) -> Result<LeaseResponse, ApiError> {
-        let active = self.db.active_jobs(cluster).await.map_err(db_error)?;
+        let active = self.db.bound_attempts(cluster).await.map_err(db_error)?;
         let holds: HashSet<(&str, u32)> = held.iter().map(|h| (h.job.as_str(), h.attempt)).collect();
+        // Whole rows only of the attempts to hand out; one still as read is handed out (a row
+        // that changed in between is left for the next answer).
+        let new: Vec<&str> =
+            active.iter().filter(|b| !holds.contains(&(b.id.as_str(), b.attempt))).map(|b| b.id.as_str()).collect();
+        let rows: HashMap<String, JobRow> =
+            self.db.jobs_by_id(&new).await.map_err(db_error)?.into_iter().map(|r| (r.id.clone(), r)).collect();
         let mut answer = LeaseResponse::default();
         let mut bound: HashSet<(&str, u32)> = HashSet::new();
         // A pipeline's rows, read once per answer, for the inputs of the jobs that have parents.
         let mut siblings: HashMap<String, Vec<JobRow>> = HashMap::new();
         let mut flow: Option<Flow> = None;
-        for row in &active {
-            bound.insert((row.id.as_str(), row.attempt));
-            if !holds.contains(&(row.id.as_str(), row.attempt)) {
+        for b in &active {
+            bound.insert((b.id.as_str(), b.attempt));
+            let unchanged = |r: &&JobRow| {
+                r.attempt == b.attempt
+                    && r.cluster.as_deref() == Some(cluster)
+                    && matches!(r.state, JobState::Assigned | JobState::Running)
+            };
+            if !holds.contains(&(b.id.as_str(), b.attempt))
+                && let Some(row) = rows.get(&b.id).filter(unchanged)
+            {
                 let pipeline = self.pipeline(&row.pipeline_id).await?;
                 let spec = &pipeline.spec.jobs[row.idx];
                 let inputs = if spec.depends_on.is_empty() {
@@ -495,8 +508,8 @@ impl Gateway {
                     inputs,
                 });
             }
-            if row.cancel_requested {
-                answer.cancel.push(Held { job: row.id.clone(), attempt: row.attempt });
+            if b.cancel_requested {
+                answer.cancel.push(Held { job: b.id.clone(), attempt: b.attempt });
             }
         }
         for h in held {
@@ -537,9 +550,12 @@ impl Gateway {
             }
             let mut items = Vec::new();
             let mut owners = Vec::new();
+            let ids: Vec<&str> = pending.iter().map(|&i| reports[i].job.as_str()).collect();
+            let rows: HashMap<String, JobRow> =
+                self.db.jobs_by_id(&ids).await.map_err(db_error)?.into_iter().map(|r| (r.id.clone(), r)).collect();
             for &i in &pending {
                 let report = &reports[i];
-                match self.decide_report(cluster, term, report).await? {
+                match self.decide_report(cluster, term, report, rows.get(&report.job).cloned()).await? {
                     Err(outcome) => outcomes[i] = Some(outcome),
                     Ok((item, pipeline)) => {
                         items.push(item);
@@ -590,15 +606,16 @@ impl Gateway {
         Ok(results)
     }
 
-    /// Decide one report on the job as stored: the fenced update to make (with the job's
-    /// pipeline), or the outcome when there is nothing to apply.
+    /// Decide one report on the job as stored (`row`, read with the batch): the fenced update
+    /// to make (with the job's pipeline), or the outcome when there is nothing to apply.
     async fn decide_report(
         &self,
         cluster: &str,
         term: u64,
         report: &Report,
+        row: Option<JobRow>,
     ) -> Result<Result<(ReportApply, String), (ReportOutcome, Option<String>)>, ApiError> {
-        let Some(row) = self.db.job(&report.job).await.map_err(db_error)? else {
+        let Some(row) = row else {
             return Ok(Err((ReportOutcome::Refused, Some(format!("no job {}", report.job)))));
         };
         let pipeline = self.pipeline(&row.pipeline_id).await?;

@@ -34,6 +34,14 @@ pub struct JobRow {
     pub output: Option<(String, u64)>,
 }
 
+/// An attempt bound to a cluster, as a lease answer first reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BoundAttempt {
+    pub id: String,
+    pub attempt: u32,
+    pub cancel_requested: bool,
+}
+
 /// One attempt's history row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttemptRow {
@@ -267,6 +275,26 @@ impl Db {
         })
     }
 
+    /// The rows of `ids` that exist, in no particular order: one query per hundred ids (a
+    /// report batch is read at once, not a round trip per report).
+    pub async fn jobs_by_id(&self, ids: &[&str]) -> Result<Vec<JobRow>, DbError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(100) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(select_jobs!("WHERE id IN ({})"), placeholders.join(", "));
+            with_pool!(self, read, |pool| {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                for row in query.fetch_all(pool).await? {
+                    out.push(decode_job!(&row)?);
+                }
+            });
+        }
+        Ok(out)
+    }
+
     pub async fn job(&self, id: &str) -> Result<Option<JobRow>, DbError> {
         with_pool!(self, read, |pool| {
             match sqlx::query(select_jobs!("WHERE id = $1")).bind(id).fetch_optional(pool).await? {
@@ -291,13 +319,27 @@ impl Db {
         fetch_jobs!(self, "WHERE state = $1 ORDER BY created_ms, pipeline_id, idx", state.as_str())
     }
 
-    /// The jobs bound to a cluster (assigned or running).
-    pub async fn active_jobs(&self, cluster: &str) -> Result<Vec<JobRow>, DbError> {
-        fetch_jobs!(
-            self,
-            "WHERE cluster = $1 AND state IN ('assigned', 'running') ORDER BY created_ms, pipeline_id, idx",
-            cluster
-        )
+    /// The attempts bound to `cluster` and not ended (assigned or running), oldest first: just
+    /// their keys and cancel flags, read on every lease answer (the rows of the few not yet
+    /// held are read apart, with [`Db::jobs_by_id`]).
+    pub async fn bound_attempts(&self, cluster: &str) -> Result<Vec<BoundAttempt>, DbError> {
+        with_pool!(self, read, |pool| {
+            let rows = sqlx::query(
+                "SELECT id, attempt, cancel_requested FROM jobs WHERE cluster = $1 AND state IN ('assigned', 'running') ORDER BY created_ms, pipeline_id, idx",
+            )
+            .bind(cluster)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(BoundAttempt {
+                        id: row.try_get("id")?,
+                        attempt: count(row.try_get("attempt")?, "jobs.attempt")?,
+                        cancel_requested: row.try_get("cancel_requested")?,
+                    })
+                })
+                .collect()
+        })
     }
 
     /// Unfinished jobs bound to each cluster (placement's load).
