@@ -4,6 +4,7 @@
 use atoll_api::gateway::Heartbeat;
 use atoll_api::jobs::JobState;
 use atoll_gateway::db::Db;
+use atoll_gateway::db::jobs::BoundAttempt;
 use atoll_gateway::db::jobs::Cancelled;
 use atoll_gateway::db::jobs::NewJob;
 use atoll_gateway::db::jobs::Transition;
@@ -46,7 +47,8 @@ async fn exactly_one_result_is_accepted_and_stale_terms_are_fenced() {
         assert!(db.assign("p1-a", 1, "aws", "placed", 2_000).await.unwrap());
         assert!(!db.assign("p1-a", 1, "gcp", "placed", 2_000).await.unwrap(), "no longer queued");
         assert!(!db.assign("p1-b", 1, "aws", "placed", 2_000).await.unwrap(), "waiting jobs are not placed");
-        assert_eq!(db.active_jobs("aws").await.unwrap().len(), 1);
+        let bound = db.bound_attempts("aws").await.unwrap();
+        assert_eq!(bound, vec![BoundAttempt { id: "p1-a".into(), attempt: 1, cancel_requested: false }]);
         assert_eq!(db.cluster_load().await.unwrap(), vec![("aws".to_string(), 1)]);
 
         eprintln!("--- {engine}: reports from another cluster, attempt or an old term change nothing");
@@ -136,6 +138,9 @@ async fn retries_reruns_reroutes_and_cancels() {
         assert_eq!(db.job("p-w").await.unwrap().unwrap().state, JobState::Killed);
         assert_eq!(db.cancel("p-c", 4_000).await.unwrap(), Cancelled::Requested);
         assert!(db.job("p-c").await.unwrap().unwrap().cancel_requested);
+        let flagged: Vec<(String, bool)> =
+            db.bound_attempts("aws").await.unwrap().into_iter().map(|b| (b.id, b.cancel_requested)).collect();
+        assert!(flagged.contains(&("p-c".to_string(), true)) && flagged.contains(&("p-m".to_string(), false)));
         assert_eq!(db.cancel("p-w", 4_000).await.unwrap(), Cancelled::Nothing);
 
         eprintln!("--- {engine}: a dead cluster's work is queued again as new attempts, cancelled work killed");
@@ -146,12 +151,35 @@ async fn retries_reruns_reroutes_and_cancels() {
         assert_eq!(db.job("p-c").await.unwrap().unwrap().state, JobState::Killed);
         let l = db.job("p-l").await.unwrap().unwrap();
         assert_eq!((l.state, l.attempt), (JobState::Queued, 3));
-        assert!(db.active_jobs("aws").await.unwrap().is_empty());
+        assert!(db.bound_attempts("aws").await.unwrap().is_empty());
         eprintln!("--- {engine}: the dead cluster's late result is refused");
         assert!(
             !db.apply_report("p-m", "aws", 1, JobState::Running, 1, &end(JobState::Finished), 6_000).await.unwrap()
         );
         assert_eq!(db.jobs_in_state(JobState::Queued).await.unwrap().len(), 3);
+    }
+}
+
+#[tokio::test]
+async fn jobs_are_read_by_id_in_batches_and_unknown_ids_are_left_out() {
+    for (engine, test) in TestDatabase::both().await {
+        eprintln!("--- {engine}");
+        let db = Db::connect(&test.database).await.unwrap();
+        let names: Vec<String> = (0..250).map(|i| format!("j{i}")).collect();
+        let jobs: Vec<(&str, JobState)> = names.iter().map(|n| (n.as_str(), JobState::Queued)).collect();
+        pipeline(&db, "p", &jobs).await;
+        assert!(db.jobs_by_id(&[]).await.unwrap().is_empty());
+        // 250 known ids and one unknown: three queries of at most a hundred.
+        let mut ids: Vec<String> = names.iter().map(|n| format!("p-{n}")).collect();
+        ids.push("p-nope".into());
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut read: Vec<String> = db.jobs_by_id(&refs).await.unwrap().into_iter().map(|r| r.id).collect();
+        read.sort();
+        let mut want = ids[..250].to_vec();
+        want.sort();
+        assert_eq!(read, want);
+        let one = db.jobs_by_id(&["p-j7"]).await.unwrap();
+        assert_eq!((one.len(), one[0].name.as_str(), one[0].idx, one[0].state), (1, "j7", 7, JobState::Queued));
     }
 }
 

@@ -528,6 +528,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_work_directory_holds_output_and_inputs_and_a_log_only_once_something_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let executor = ProcessExecutor::detect(dir.path().join("work")).await;
+        let work = executor.work_dir("0123456789ab.child", 1);
+        // No source: no source/ and no ATOLL_SOURCE; output/ and inputs/ are there.
+        let check = r#"test -d "$ATOLL_OUTPUT" && test -d "$ATOLL_INPUTS" && test -z "${ATOLL_SOURCE+set}""#;
+        let (state, message) = run(&executor, request(check, Vec::new())).await;
+        assert_eq!(state, EndState::Finished, "{message:?}");
+        assert!(!work.join("source").exists());
+        assert!(!work.join("log").exists(), "a silent run leaves no log file");
+
+        let (state, message) = run(&executor, request("echo hello; echo oops >&2", Vec::new())).await;
+        assert_eq!(state, EndState::Finished, "{message:?}");
+        let log = std::fs::read_to_string(work.join("log")).expect("the log of a run that wrote");
+        assert!(log.contains("hello") && log.contains("oops"), "{log}");
+    }
+
+    #[tokio::test]
     async fn local_inputs_are_in_place_before_the_run_and_a_missing_one_fails_it_clearly() {
         let dir = tempfile::tempdir().unwrap();
         let blobs = atoll_store::Blobs::open(&atoll_store::StorageConfig::local(dir.path().join("blobs"))).unwrap();
