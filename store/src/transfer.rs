@@ -19,7 +19,8 @@
 //! exists under a digest; a chunk that arrives corrupted is fetched (or sent) again. A transfer
 //! that breaks resumes at the first chunk the receiver lacks: [`Fetch`] keeps its place across
 //! tries and across sources (a direct pull that falls back to the relay goes on where it
-//! stopped), and an upload's place is kept by the server. Memory: one chunk per request on either
+//! stopped), and an upload's place is kept by the server: in memory while it runs, and found
+//! again from the chunks it stored (each read back and verified) after it restarted. Memory: one chunk per request on either
 //! side, and at most [`UPLOAD_SLOTS`] chunk uploads buffered by a server at once.
 
 use std::collections::HashMap;
@@ -61,7 +62,8 @@ pub const TRIES: u32 = 5;
 pub const STREAM_STALL: Duration = Duration::from_secs(30);
 /// The header carrying the edge ticket.
 pub const TICKET_HEADER: &str = atoll_api::ticket::HEADER;
-/// Uploads untouched this long are forgotten (their stored chunks stay, unreferenced).
+/// Uploads untouched this long are forgotten in memory (their chunks stay stored; a later begin
+/// goes on after them).
 const UPLOAD_IDLE: Duration = Duration::from_secs(3600);
 
 /// One request to a blob route, as a [`Guard`] sees it.
@@ -278,28 +280,60 @@ async fn begin(
     if service.blobs.manifest(&digest).await.map_err(store_error)?.is_some() {
         return Ok(Json(UploadState { next: manifest.chunks.len(), complete: true }));
     }
-    let upload = {
-        let mut uploads = service.uploads.lock().expect("uploads");
-        uploads.retain(|_, u| u.try_lock().map_or(true, |u| u.touched.elapsed() < UPLOAD_IDLE));
-        uploads
-            .entry(digest.clone())
-            .or_insert_with(|| {
-                Arc::new(tokio::sync::Mutex::new(Upload {
-                    manifest: manifest.clone(),
-                    next: 0,
-                    hasher: Hasher::new(),
-                    touched: Instant::now(),
-                }))
-            })
-            .clone()
+    let upload = match service.upload(&digest) {
+        Some(upload) => upload,
+        None => {
+            // None in memory: this server may have taken part of it before a restart (or
+            // forgotten it while idle); its chunks are stored, so it goes on after them.
+            let (next, hasher) = recover(&service.blobs, &manifest).await;
+            let mut uploads = service.uploads.lock().expect("uploads");
+            uploads.retain(|_, u| u.try_lock().map_or(true, |u| u.touched.elapsed() < UPLOAD_IDLE));
+            uploads
+                .entry(digest.clone())
+                .or_insert_with(|| {
+                    Arc::new(tokio::sync::Mutex::new(Upload {
+                        manifest: manifest.clone(),
+                        next,
+                        hasher,
+                        touched: Instant::now(),
+                    }))
+                })
+                .clone()
+        }
     };
     let mut upload = upload.lock().await;
     if upload.manifest != manifest {
-        // Another layout of the same bytes: start over with this one.
-        *upload = Upload { manifest, next: 0, hasher: Hasher::new(), touched: Instant::now() };
+        // Another layout of the same bytes: go on with this one from what of it is stored.
+        let (next, hasher) = recover(&service.blobs, &manifest).await;
+        *upload = Upload { manifest, next, hasher, touched: Instant::now() };
     }
     upload.touched = Instant::now();
     Ok(Json(UploadState { next: upload.next, complete: false }))
+}
+
+/// The chunks of `manifest` already stored here, from the first on, each read back and verified:
+/// how many, and the whole digest's hasher fed with them. The first missing or unverifiable chunk
+/// ends the run (it and the rest are sent again).
+async fn recover(blobs: &Blobs, manifest: &Manifest) -> (usize, Hasher) {
+    let mut hasher = Hasher::new();
+    for index in 0..manifest.chunks.len() {
+        let Ok(bytes) = blobs.chunk(manifest, index).await else {
+            if index > 0 {
+                tracing::info!(blob = %manifest.digest, chunks = index, "an upload goes on after the chunks stored before");
+            }
+            return (index, hasher);
+        };
+        hasher = match tokio::task::spawn_blocking(move || {
+            hasher.update(&bytes);
+            hasher
+        })
+        .await
+        {
+            Ok(hasher) => hasher,
+            Err(_) => return (0, Hasher::new()),
+        };
+    }
+    (manifest.chunks.len(), hasher)
 }
 
 async fn put_chunk(

@@ -225,6 +225,58 @@ async fn a_send_resumes_after_failures_and_the_receiver_verifies_every_chunk() {
 }
 
 #[tokio::test]
+async fn an_upload_goes_on_after_the_receiver_restarts_from_the_chunks_it_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = (store(dir.path(), "a"), store(dir.path(), "b"));
+    let (digest, bytes) = blob(dir.path(), &source, 3).await;
+    let manifest = source.manifest(&digest).await.unwrap().unwrap();
+    let http = reqwest::Client::new();
+    let before = serve(target.clone(), Open, Arc::new(Faults::default())).await;
+    let url = format!("{before}/v1/blobs/{digest}");
+    http.put(&url).json(&manifest).send().await.unwrap().error_for_status().unwrap();
+    for index in 0..2 {
+        let chunk = source.chunk(&manifest, index).await.unwrap();
+        http.put(format!("{url}/chunks/{index}")).body(chunk).send().await.unwrap().error_for_status().unwrap();
+    }
+
+    // A new server on the same store (the receiver restarted): it goes on after chunk 1.
+    let after = serve(target.clone(), Open, Arc::new(Faults::default())).await;
+    let state: serde_json::Value =
+        http.put(format!("{after}/v1/blobs/{digest}")).json(&manifest).send().await.unwrap().json().await.unwrap();
+    assert_eq!((state["next"].as_u64(), state["complete"].as_bool()), (Some(2), Some(false)));
+    let sent = atoll_store::transfer::send(&source, &digest, &remote(&after), &Pace::default()).await.unwrap();
+    assert_eq!(sent, manifest.size - 2 * CHUNK as u64, "only the chunks it lacked are sent");
+    assert_eq!(read_all(&target, &digest).await, bytes);
+
+    // A stored chunk that no longer verifies is where the next upload starts again.
+    let (other, other_bytes) = {
+        let bytes: Vec<u8> = (0..2 * CHUNK + 5).map(|i| (i % 17) as u8).collect();
+        let path = dir.path().join("other.bin");
+        std::fs::write(&path, &bytes).unwrap();
+        let digest = Digest::of(&bytes);
+        source.put_file(&path, &digest).await.unwrap();
+        (digest, bytes)
+    };
+    let manifest = source.manifest(&other).await.unwrap().unwrap();
+    let url = format!("{before}/v1/blobs/{other}");
+    http.put(&url).json(&manifest).send().await.unwrap().error_for_status().unwrap();
+    for index in 0..2 {
+        let chunk = source.chunk(&manifest, index).await.unwrap();
+        http.put(format!("{url}/chunks/{index}")).body(chunk).send().await.unwrap().error_for_status().unwrap();
+    }
+    let stored = dir.path().join("b/sha256").join(other.hex()).join("00000001");
+    assert!(stored.exists(), "chunks are stored at {}", stored.display());
+    std::fs::write(&stored, b"damaged on disk").unwrap();
+    let restarted = serve(target.clone(), Open, Arc::new(Faults::default())).await;
+    let state: serde_json::Value =
+        http.put(format!("{restarted}/v1/blobs/{other}")).json(&manifest).send().await.unwrap().json().await.unwrap();
+    assert_eq!(state["next"].as_u64(), Some(1), "the damaged chunk and the rest are sent again");
+    let sent = atoll_store::transfer::send(&source, &other, &remote(&restarted), &Pace::default()).await.unwrap();
+    assert_eq!(sent, manifest.size - CHUNK as u64);
+    assert_eq!(read_all(&target, &other).await, other_bytes);
+}
+
+#[tokio::test]
 async fn a_refused_ticket_is_a_clear_refusal_not_a_retry() {
     let dir = tempfile::tempdir().unwrap();
     let (source, target) = (store(dir.path(), "a"), store(dir.path(), "b"));
