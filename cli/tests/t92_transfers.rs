@@ -382,6 +382,48 @@ async fn a_relay_download_resumes_after_the_gateway_was_killed_mid_transfer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_upload_goes_on_after_the_gateway_was_killed_mid_transfer() {
+    // onprem sends at 8 MiB/s: its 48 MiB upload to the relay takes about 6 s.
+    let mut mesh = start(&[("onprem", 8 * MIB)]).await;
+    let yaml = spec(&[producer("parent", "onprem", 48, ""), consumer("child", "gcp", "parent")]);
+    let submitted = submit(&mesh.gateway, &yaml).await;
+    let parent = wait_final(&mesh.gateway, &id_of(&submitted, "parent")).await;
+    let output = parent.job.output.clone().expect("output");
+    let hex = output.digest.strip_prefix("sha256:").expect("digest").to_string();
+    let relay = mesh.t.mesh.dir.gateway_dir().join("blobs").join("sha256").join(&hex);
+    // Whole chunks only (`00000001`), not one still being written (a temporary name).
+    let whole =
+        |name: &std::ffi::OsStr| name.to_str().is_some_and(|n| n.len() == 8 && n.bytes().all(|b| b.is_ascii_digit()));
+    eventually(Duration::from_secs(60), "2 whole chunks of the output in the relay store", || async {
+        let count = std::fs::read_dir(&relay).map(|d| d.flatten().filter(|e| whole(&e.file_name())).count());
+        (count.unwrap_or(0) >= 2).then_some(())
+    })
+    .await;
+
+    phase("SIGKILL the gateway mid-upload, start it again a second later");
+    mesh.t.mesh.kill_gateway();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    mesh.t.mesh.spawn_gateway().expect("restart the gateway");
+    mesh.t.mesh.wait_for_gateway(Duration::from_secs(30)).await.expect("gateway back");
+    let child_id = id_of(&submitted, "child");
+    let child = wait_state(&mesh.gateway, &child_id, Duration::from_secs(120), JobState::is_final).await;
+    assert_eq!(child.job.state, JobState::Finished, "the child checked every byte: {:?}", child.job);
+    // The restarted gateway found the upload's place in the chunks it had stored.
+    let log = std::fs::read_to_string(mesh.t.mesh.dir.gateway_log()).unwrap_or_default();
+    let line = log
+        .lines()
+        .find(|l| l.contains("an upload goes on after the chunks stored before") && l.contains(&hex))
+        .unwrap_or_else(|| panic!("the restarted gateway did not go on with the upload of {hex}"));
+    let chunks: usize = line
+        .split("chunks=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no chunk count in {line}"));
+    assert!(chunks >= 2, "it went on after at least the 2 chunks seen before the kill: {line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_output_survives_the_loss_of_the_leader_that_stored_it() {
     // Two clusters of three replicas, local stores: an output is recorded only once a majority
     // of its cluster's replicas hold it.
