@@ -20,8 +20,9 @@
 //! that breaks resumes at the first chunk the receiver lacks: [`Fetch`] keeps its place across
 //! tries and across sources (a direct pull that falls back to the relay goes on where it
 //! stopped), and an upload's place is kept by the server: in memory while it runs, and found
-//! again from the chunks it stored (each read back and verified) after it restarted. Memory: one chunk per request on either
-//! side, and at most [`UPLOAD_SLOTS`] chunk uploads buffered by a server at once.
+//! again from the chunks it stored (each read back and verified) after it restarted. Memory: one
+//! chunk per request on either side, and at most [`UPLOAD_SLOTS`] chunk uploads buffered by a
+//! server at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
