@@ -10,6 +10,7 @@
 //! - [`bench`]: benchmarks measured side by side with the peer baseline.
 //! - [`cli_config`]: the CLI config file.
 //! - [`push`]: `atoll push DIR`, sources uploaded once to the gateway.
+//! - [`malloc`]: the daemons' malloc setting (they start themselves again with it).
 
 pub mod agent;
 pub mod args;
@@ -19,6 +20,7 @@ pub mod cli_config;
 pub mod dev;
 pub mod job_commands;
 pub mod logging;
+pub mod malloc;
 pub mod mesh;
 pub mod mesh_commands;
 pub mod operator;

@@ -4,6 +4,11 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = atoll::args::Args::parse();
+    if args.command.is_daemon()
+        && let Err(e) = atoll::malloc::restart_tuned()
+    {
+        eprintln!("warning: starting again with {} failed ({e}); running with glibc's default", atoll::malloc::TUNABLE);
+    }
     atoll::logging::init(args.log_level.as_deref(), args.command.is_daemon());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,

@@ -148,6 +148,14 @@ fn atoll_dev_runs_the_mesh_with_gateway_and_cuts_and_stops_every_child() {
     let mut pids: Vec<u32> = records.iter().map(|r| r.pid.expect("pid")).collect();
     pids.push(gateway_pid(&dir));
     assert!(pids.iter().all(|p| alive(*p)));
+    // Every daemon runs with the malloc setting it starts itself again with (this test's
+    // environment sets none of its own).
+    let tuned = format!("GLIBC_TUNABLES={}", atoll::malloc::TUNABLE);
+    for pid in &pids {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("a daemon's environment");
+        let environ = String::from_utf8_lossy(&environ);
+        assert!(environ.split('\0').any(|v| v == tuned), "pid {pid} runs without {tuned}");
+    }
 
     phase("atoll clusters --json: three alive clusters with leaders");
     let clusters = json(&cli(&config, &["clusters", "--json"]));
