@@ -359,36 +359,42 @@ async fn a_pull_cut_mid_transfer_resumes_when_the_cut_heals_and_falls_back_to_th
     assert_eq!(route(&mesh, &child_id, "second").await, Some(Route::Relay), "the fallback survived the restart");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_download_resumes_after_the_gateway_was_killed_mid_transfer() {
-    // gcp fetches at 8 MiB/s; the relay upload from onprem is not slowed.
-    let mut mesh = start(&[("gcp", 8 * MIB)]).await;
+/// A 48 MiB output made on onprem and relayed to a child on gcp, `paced` moving it at 8 MiB/s:
+/// the mesh, the child's id and the output, once the parent finished.
+async fn relayed_output(paced: &str) -> (GatewayMesh, String, atoll_api::jobs::OutputInfo) {
+    let mesh = start(&[(paced, 8 * MIB)]).await;
     let yaml = spec(&[producer("parent", "onprem", 48, ""), consumer("child", "gcp", "parent")]);
     let submitted = submit(&mesh.gateway, &yaml).await;
     let parent = wait_final(&mesh.gateway, &id_of(&submitted, "parent")).await;
-    let output = parent.job.output.clone().expect("output");
-    wait_chunks(&mesh, "gcp", &output.digest, 2).await;
+    (mesh, id_of(&submitted, "child"), parent.job.output.clone().expect("output"))
+}
 
-    phase("SIGKILL the gateway mid-download, start it again a second later");
+/// SIGKILL the gateway in the middle of `what`, start it again a second later, and wait for the
+/// child to finish (it checks every byte it got).
+async fn kill_the_gateway_during(mesh: &mut GatewayMesh, what: &str, child: &str) {
+    phase(&format!("SIGKILL the gateway mid-{what}, start it again a second later"));
     mesh.t.mesh.kill_gateway();
     tokio::time::sleep(Duration::from_secs(1)).await;
     mesh.t.mesh.spawn_gateway().expect("restart the gateway");
     mesh.t.mesh.wait_for_gateway(Duration::from_secs(30)).await.expect("gateway back");
-    let child_id = id_of(&submitted, "child");
-    let child = wait_state(&mesh.gateway, &child_id, Duration::from_secs(120), JobState::is_final).await;
-    assert_eq!(child.job.state, JobState::Finished, "{:?}", child.job);
-    let line = received_line(&mesh, "gcp", &child_id);
+    let done = wait_state(&mesh.gateway, child, Duration::from_secs(120), JobState::is_final).await;
+    assert_eq!(done.job.state, JobState::Finished, "the child checked every byte: {:?}", done.job);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_download_resumes_after_the_gateway_was_killed_mid_transfer() {
+    // gcp fetches at 8 MiB/s; the relay upload from onprem is not slowed.
+    let (mut mesh, child, output) = relayed_output("gcp").await;
+    wait_chunks(&mesh, "gcp", &output.digest, 2).await;
+    kill_the_gateway_during(&mut mesh, "download", &child).await;
+    let line = received_line(&mesh, "gcp", &child);
     assert!(line.contains(&format!("bytes={}", output.size)), "no chunk fetched twice: {line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_upload_goes_on_after_the_gateway_was_killed_mid_transfer() {
-    // onprem sends at 8 MiB/s: its 48 MiB upload to the relay takes about 6 s.
-    let mut mesh = start(&[("onprem", 8 * MIB)]).await;
-    let yaml = spec(&[producer("parent", "onprem", 48, ""), consumer("child", "gcp", "parent")]);
-    let submitted = submit(&mesh.gateway, &yaml).await;
-    let parent = wait_final(&mesh.gateway, &id_of(&submitted, "parent")).await;
-    let output = parent.job.output.clone().expect("output");
+    // onprem sends at 8 MiB/s: its upload to the relay takes about 6 s.
+    let (mut mesh, child, output) = relayed_output("onprem").await;
     let hex = output.digest.strip_prefix("sha256:").expect("digest").to_string();
     let relay = mesh.t.mesh.dir.gateway_dir().join("blobs").join("sha256").join(&hex);
     // Whole chunks only (`00000001`), not one still being written (a temporary name).
@@ -399,15 +405,7 @@ async fn a_relay_upload_goes_on_after_the_gateway_was_killed_mid_transfer() {
         (count.unwrap_or(0) >= 2).then_some(())
     })
     .await;
-
-    phase("SIGKILL the gateway mid-upload, start it again a second later");
-    mesh.t.mesh.kill_gateway();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    mesh.t.mesh.spawn_gateway().expect("restart the gateway");
-    mesh.t.mesh.wait_for_gateway(Duration::from_secs(30)).await.expect("gateway back");
-    let child_id = id_of(&submitted, "child");
-    let child = wait_state(&mesh.gateway, &child_id, Duration::from_secs(120), JobState::is_final).await;
-    assert_eq!(child.job.state, JobState::Finished, "the child checked every byte: {:?}", child.job);
+    kill_the_gateway_during(&mut mesh, "upload", &child).await;
     // The restarted gateway found the upload's place in the chunks it had stored.
     let log = std::fs::read_to_string(mesh.t.mesh.dir.gateway_log()).unwrap_or_default();
     let line = log

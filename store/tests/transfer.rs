@@ -106,12 +106,37 @@ fn store(dir: &Path, name: &str) -> Blobs {
 
 /// A blob of `chunks` full chunks and a short tail, stored in `blobs`.
 async fn blob(dir: &Path, blobs: &Blobs, chunks: usize) -> (Digest, Vec<u8>) {
-    let bytes: Vec<u8> = (0..chunks * CHUNK + 1000).map(|i| (i * 7 % 251) as u8).collect();
-    let path = dir.join("blob.bin");
+    stored(dir, blobs, chunks * CHUNK + 1000, 251).await
+}
+
+/// A blob of `len` bytes (a pattern repeating every `period`), stored in `blobs`.
+async fn stored(dir: &Path, blobs: &Blobs, len: usize, period: usize) -> (Digest, Vec<u8>) {
+    let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % period) as u8).collect();
+    let path = dir.join(format!("blob-{len}-{period}.bin"));
     std::fs::write(&path, &bytes).unwrap();
     let digest = Digest::of(&bytes);
     blobs.put_file(&path, &digest).await.unwrap();
     (digest, bytes)
+}
+
+/// Begin an upload of `digest` at `base` and send its first `n` chunks by hand, as a sender cut
+/// off after them would have.
+async fn upload_first(base: &str, source: &Blobs, digest: &Digest, n: usize) {
+    let manifest = source.manifest(digest).await.unwrap().unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("{base}/v1/blobs/{digest}");
+    http.put(&url).json(&manifest).send().await.unwrap().error_for_status().unwrap();
+    for index in 0..n {
+        let chunk = source.chunk(&manifest, index).await.unwrap();
+        http.put(format!("{url}/chunks/{index}")).body(chunk).send().await.unwrap().error_for_status().unwrap();
+    }
+}
+
+/// What `PUT /v1/blobs/{digest}` at `base` answers: where the upload goes on.
+async fn begin_at(base: &str, source: &Blobs, digest: &Digest) -> serde_json::Value {
+    let manifest = source.manifest(digest).await.unwrap().unwrap();
+    let answer = reqwest::Client::new().put(format!("{base}/v1/blobs/{digest}")).json(&manifest).send().await.unwrap();
+    answer.json().await.unwrap()
 }
 
 async fn read_all(blobs: &Blobs, digest: &Digest) -> Vec<u8> {
@@ -195,14 +220,7 @@ async fn a_send_resumes_after_failures_and_the_receiver_verifies_every_chunk() {
     assert_eq!(atoll_store::transfer::send(&source, &digest, &remote(&base), &Pace::default()).await.unwrap(), 0);
 
     // A sender whose connection broke asks where the upload stands and goes on from there.
-    let (other, other_bytes) = {
-        let bytes: Vec<u8> = (0..CHUNK + 10).map(|i| (i % 13) as u8).collect();
-        let path = dir.path().join("other.bin");
-        std::fs::write(&path, &bytes).unwrap();
-        let digest = Digest::of(&bytes);
-        source.put_file(&path, &digest).await.unwrap();
-        (digest, bytes)
-    };
+    let (other, other_bytes) = stored(dir.path(), &source, CHUNK + 10, 13).await;
     let manifest = source.manifest(&other).await.unwrap().unwrap();
     let http = reqwest::Client::new();
     let url = format!("{base}/v1/blobs/{other}");
@@ -229,50 +247,32 @@ async fn an_upload_goes_on_after_the_receiver_restarts_from_the_chunks_it_verifi
     let dir = tempfile::tempdir().unwrap();
     let (source, target) = (store(dir.path(), "a"), store(dir.path(), "b"));
     let (digest, bytes) = blob(dir.path(), &source, 3).await;
-    let manifest = source.manifest(&digest).await.unwrap().unwrap();
-    let http = reqwest::Client::new();
+    let size = bytes.len() as u64;
     let before = serve(target.clone(), Open, Arc::new(Faults::default())).await;
-    let url = format!("{before}/v1/blobs/{digest}");
-    http.put(&url).json(&manifest).send().await.unwrap().error_for_status().unwrap();
-    for index in 0..2 {
-        let chunk = source.chunk(&manifest, index).await.unwrap();
-        http.put(format!("{url}/chunks/{index}")).body(chunk).send().await.unwrap().error_for_status().unwrap();
-    }
+    upload_first(&before, &source, &digest, 2).await;
 
     // A new server on the same store (the receiver restarted): it goes on after chunk 1.
     let after = serve(target.clone(), Open, Arc::new(Faults::default())).await;
-    let state: serde_json::Value =
-        http.put(format!("{after}/v1/blobs/{digest}")).json(&manifest).send().await.unwrap().json().await.unwrap();
+    let state = begin_at(&after, &source, &digest).await;
     assert_eq!((state["next"].as_u64(), state["complete"].as_bool()), (Some(2), Some(false)));
     let sent = atoll_store::transfer::send(&source, &digest, &remote(&after), &Pace::default()).await.unwrap();
-    assert_eq!(sent, manifest.size - 2 * CHUNK as u64, "only the chunks it lacked are sent");
+    assert_eq!(sent, size - 2 * CHUNK as u64, "only the chunks it lacked are sent");
     assert_eq!(read_all(&target, &digest).await, bytes);
 
     // A stored chunk that no longer verifies is where the next upload starts again.
-    let (other, other_bytes) = {
-        let bytes: Vec<u8> = (0..2 * CHUNK + 5).map(|i| (i % 17) as u8).collect();
-        let path = dir.path().join("other.bin");
-        std::fs::write(&path, &bytes).unwrap();
-        let digest = Digest::of(&bytes);
-        source.put_file(&path, &digest).await.unwrap();
-        (digest, bytes)
-    };
-    let manifest = source.manifest(&other).await.unwrap().unwrap();
-    let url = format!("{before}/v1/blobs/{other}");
-    http.put(&url).json(&manifest).send().await.unwrap().error_for_status().unwrap();
-    for index in 0..2 {
-        let chunk = source.chunk(&manifest, index).await.unwrap();
-        http.put(format!("{url}/chunks/{index}")).body(chunk).send().await.unwrap().error_for_status().unwrap();
-    }
-    let stored = dir.path().join("b/sha256").join(other.hex()).join("00000001");
-    assert!(stored.exists(), "chunks are stored at {}", stored.display());
-    std::fs::write(&stored, b"damaged on disk").unwrap();
+    let (other, other_bytes) = stored(dir.path(), &source, 2 * CHUNK + 5, 17).await;
+    upload_first(&before, &source, &other, 2).await;
+    let damaged = dir.path().join("b/sha256").join(other.hex()).join("00000001");
+    assert!(damaged.exists(), "chunks are stored at {}", damaged.display());
+    std::fs::write(&damaged, b"damaged on disk").unwrap();
     let restarted = serve(target.clone(), Open, Arc::new(Faults::default())).await;
-    let state: serde_json::Value =
-        http.put(format!("{restarted}/v1/blobs/{other}")).json(&manifest).send().await.unwrap().json().await.unwrap();
-    assert_eq!(state["next"].as_u64(), Some(1), "the damaged chunk and the rest are sent again");
+    assert_eq!(
+        begin_at(&restarted, &source, &other).await["next"].as_u64(),
+        Some(1),
+        "the damaged chunk is sent again"
+    );
     let sent = atoll_store::transfer::send(&source, &other, &remote(&restarted), &Pace::default()).await.unwrap();
-    assert_eq!(sent, manifest.size - CHUNK as u64);
+    assert_eq!(sent, other_bytes.len() as u64 - CHUNK as u64);
     assert_eq!(read_all(&target, &other).await, other_bytes);
 }
 
