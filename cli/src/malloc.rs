@@ -4,7 +4,7 @@
 //! buffers in its heaps (its mmap threshold rises to 8 MiB once the first such buffer is freed),
 //! and it makes up to eight heaps per core: the first transfer after start peaked 50-74 MiB above
 //! idle on a receiver, against the 64 MiB goal. Two heaps (`glibc.malloc.arena_max=2`) gave peaks
-//! of 33-45 MiB at the same speed, for transfers and for job dispatch alike; a fixed mmap
+//! of 33-50 MiB at the same speed, for transfers and for job dispatch alike; a fixed mmap
 //! threshold gave lower peaks still but cost a fifth to a quarter of the transfer speed
 //! (docs/performance.md).
 //!

@@ -555,7 +555,7 @@ impl Gateway {
                 self.db.jobs_by_id(&ids).await.map_err(db_error)?.into_iter().map(|r| (r.id.clone(), r)).collect();
             for &i in &pending {
                 let report = &reports[i];
-                match self.decide_report(cluster, term, report, rows.get(&report.job).cloned()).await? {
+                match self.decide_report(cluster, term, report, rows.get(&report.job)).await? {
                     Err(outcome) => outcomes[i] = Some(outcome),
                     Ok((item, pipeline)) => {
                         items.push(item);
@@ -613,7 +613,7 @@ impl Gateway {
         cluster: &str,
         term: u64,
         report: &Report,
-        row: Option<JobRow>,
+        row: Option<&JobRow>,
     ) -> Result<Result<(ReportApply, String), (ReportOutcome, Option<String>)>, ApiError> {
         let Some(row) = row else {
             return Ok(Err((ReportOutcome::Refused, Some(format!("no job {}", report.job)))));
@@ -659,7 +659,7 @@ impl Gateway {
             transition,
             output,
         };
-        Ok(Ok((item, row.pipeline_id)))
+        Ok(Ok((item, row.pipeline_id.clone())))
     }
 
     /// Store log pieces of attempts bound to `cluster`; others are ignored.

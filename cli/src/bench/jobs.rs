@@ -248,13 +248,16 @@ pub async fn dispatch(args: DispatchArgs) -> anyhow::Result<()> {
         }
     }
     drop(dirs);
+    // Each engine's runs, in the order they ran.
+    let runs_of =
+        |engine: Engine| -> Vec<&Dispatch> { results.iter().filter(|(e, _)| *e == engine).map(|(_, r)| r).collect() };
+    let figures = |runs: &[&Dispatch], f: fn(&Dispatch) -> f64| -> Vec<f64> { runs.iter().map(|r| f(r)).collect() };
     if args.etcd_seconds > 0 {
         println!("## peer: etcd puts/s at 64 connections, same invocation");
         let etcd = etcd_throughput(&etcd_script, 64, args.etcd_seconds).await?;
         println!("etcd: {:.0} puts/s (p50 {:.1} ms, p99 {:.1} ms)", etcd.puts_per_s, etcd.p50_ms, etcd.p99_ms);
         for &engine in &args.engines {
-            let ours =
-                median(&results.iter().filter(|(e, _)| *e == engine).map(|(_, r)| r.jobs_per_s).collect::<Vec<_>>());
+            let ours = median(&figures(&runs_of(engine), |r| r.jobs_per_s));
             println!(
                 "ratio ours/etcd ({engine:?}): median jobs/s over etcd puts/s {:.3} ({ours:.0} / {:.0})",
                 ours / etcd.puts_per_s,
@@ -263,15 +266,13 @@ pub async fn dispatch(args: DispatchArgs) -> anyhow::Result<()> {
         }
     }
     for &engine in &args.engines {
-        let of = |f: fn(&Dispatch) -> f64| -> Vec<f64> {
-            results.iter().filter(|(e, _)| *e == engine).map(|(_, r)| f(r)).collect()
-        };
+        let runs = runs_of(engine);
         println!(
             "summary {engine:?} ({} runs): jobs/s end to end {}; submit-to-start p50 {} ms; p99 {} ms",
-            args.runs,
-            spread(&of(|r| r.jobs_per_s)),
-            spread(&of(|r| r.start_p50)),
-            spread(&of(|r| r.start_p99)),
+            runs.len(),
+            spread(&figures(&runs, |r| r.jobs_per_s)),
+            spread(&figures(&runs, |r| r.start_p50)),
+            spread(&figures(&runs, |r| r.start_p99)),
         );
     }
     Ok(())
@@ -337,4 +338,27 @@ pub async fn reroute(args: RerouteArgs) -> anyhow::Result<()> {
     );
     bench.mesh.stop_all(Duration::from_secs(15)).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn zero_runs_is_refused_before_anything_starts() {
+        let args = DispatchArgs {
+            jobs: 10,
+            per_pipeline: 5,
+            submitters: 1,
+            engines: vec![Engine::Sqlite],
+            postgres_url: None,
+            peers: PathBuf::from("/nonexistent"),
+            etcd_seconds: 0,
+            max_s: 1,
+            max_running: None,
+            runs: 0,
+        };
+        let error = dispatch(args).await.expect_err("zero runs");
+        assert!(error.to_string().contains("--runs must be 1 or more"), "{error}");
+    }
 }
