@@ -485,6 +485,12 @@ async fn pump(
         let data = String::from_utf8_lossy(bytes).into_owned();
         let _ = events.send(Event::Log { job: job.to_string(), attempt, seq, stream, data, at_ms: now_ms() });
     }
+    // A write of tokio's file returns once handed to a blocking thread: wait for the last one,
+    // so the log is whole in the work directory when the run is reported ended.
+    if let Some(f) = file.as_mut() {
+        use tokio::io::AsyncWriteExt;
+        let _ = f.flush().await;
+    }
 }
 
 #[cfg(test)]
