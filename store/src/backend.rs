@@ -1,4 +1,5 @@
-//! The three operations blobs need from a store: put an object, get it, delete it.
+//! The operations blobs need from a store: put an object, get it, delete it, and list the
+//! objects under a prefix with their modification times (for retention).
 //!
 //! Local files, S3 and Azure go through `object_store`. Google Cloud Storage goes through its
 //! JSON API (media upload, `alt=media` download, delete) with the credentials `object_store`
@@ -9,8 +10,10 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::SystemTime;
 
 use bytes::Bytes;
+use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::ObjectStoreExt;
 use object_store::PutPayload;
@@ -41,6 +44,19 @@ impl Backend {
         match self {
             Backend::Store(s) => s.delete(key).await,
             Backend::Gcs(g) => g.delete(key).await,
+        }
+    }
+
+    /// Every object under `prefix`, with when it was last written.
+    pub(crate) async fn list(&self, prefix: &Path) -> object_store::Result<Vec<(Path, SystemTime)>> {
+        match self {
+            Backend::Store(s) => {
+                s.list(Some(prefix))
+                    .map_ok(|meta| (meta.location, SystemTime::from(meta.last_modified)))
+                    .try_collect()
+                    .await
+            }
+            Backend::Gcs(g) => g.list(prefix).await,
         }
     }
 }
@@ -142,6 +158,48 @@ impl GcsJson {
         let url = self.object_url(key);
         self.send(key, "deleting", |http| http.delete(&url)).await?;
         Ok(())
+    }
+
+    /// Page through the objects whose names start with `prefix/`.
+    async fn list(&self, prefix: &Path) -> object_store::Result<Vec<(Path, SystemTime)>> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Page {
+            #[serde(default)]
+            items: Vec<Item>,
+            next_page_token: Option<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Item {
+            name: String,
+            updated: String,
+        }
+        let base =
+            format!("{}/storage/v1/b/{}/o?prefix={}%2F", self.base, encode(&self.bucket), encode(prefix.as_ref()));
+        let mut found = Vec::new();
+        let mut token: Option<String> = None;
+        // Bounded: a page holds up to 1,000 objects; a store of a billion objects ends here too.
+        for _ in 0..1_000_000 {
+            let url = match &token {
+                Some(t) => format!("{base}&pageToken={}", encode(t)),
+                None => base.clone(),
+            };
+            let response = self.send(prefix, "listing", |http| http.get(&url)).await?;
+            let page: Page = response.json().await.map_err(|e| generic(format!("listing {prefix}: {e}")))?;
+            for item in page.items {
+                let updated =
+                    time::OffsetDateTime::parse(&item.updated, &time::format_description::well_known::Rfc3339)
+                        .map_err(|e| {
+                            generic(format!("listing {prefix}: {:?} updated {:?}: {e}", item.name, item.updated))
+                        })?;
+                found.push((Path::from(item.name), SystemTime::from(updated)));
+            }
+            match page.next_page_token {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => return Ok(found),
+            }
+        }
+        Err(generic(format!("listing {prefix}: more pages than any store holds")))
     }
 }
 

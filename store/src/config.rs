@@ -310,8 +310,10 @@ impl StorageConfig {
         match self {
             StorageConfig::Local { path, fsync } => {
                 std::fs::create_dir_all(path).map_err(|e| StoreError::io(path, e))?;
-                let store =
-                    object_store::local::LocalFileSystem::new_with_prefix(path).map_err(fail)?.with_fsync(*fsync);
+                let store = object_store::local::LocalFileSystem::new_with_prefix(path)
+                    .map_err(fail)?
+                    .with_fsync(*fsync)
+                    .with_automatic_cleanup(true);
                 Ok((Backend::Store(Arc::new(store)), Path::default(), name))
             }
             StorageConfig::S3 { bucket, region, endpoint, access_key_id, secret_access_key, allow_http, prefix } => {

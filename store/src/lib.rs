@@ -23,9 +23,12 @@ pub mod config;
 mod digest;
 pub mod transfer;
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path as FsPath;
 use std::sync::Arc;
+use std::time::Duration;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -112,12 +115,25 @@ pub struct Stored {
     pub existed: bool,
 }
 
+/// A blob (or the chunks of an unfinished one) found in a store by [`Blobs::inventory`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub digest: Digest,
+    /// Its manifest is there.
+    pub complete: bool,
+    /// When its newest object was written.
+    pub newest: SystemTime,
+}
+
 /// One object store holding blobs by digest.
 #[derive(Clone)]
 pub struct Blobs {
     store: Arc<backend::Backend>,
     prefix: Path,
     name: Arc<str>,
+    /// Writes hold it shared, a removal exclusively: a blob is never removed in the middle of
+    /// a write that relies on it (see [`Blobs::remove_if_older`]).
+    writes: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl std::fmt::Debug for Blobs {
@@ -130,7 +146,7 @@ impl Blobs {
     /// Open the configured store (no request is made; see [`Blobs::check`]).
     pub fn open(config: &StorageConfig) -> Result<Self, StoreError> {
         let (store, prefix, name) = config.build()?;
-        Ok(Self { store: Arc::new(store), prefix, name: name.into() })
+        Ok(Self { store: Arc::new(store), prefix, name: name.into(), writes: Arc::default() })
     }
 
     /// How this store is named in messages (`local /var/lib/atoll/blobs`, `s3 bucket "b"`, ...).
@@ -182,6 +198,11 @@ impl Blobs {
 
     /// Store chunk `index` of `blob`, its bytes already verified by the caller.
     pub(crate) async fn store_chunk(&self, blob: &Digest, index: usize, bytes: Bytes) -> Result<(), StoreError> {
+        let _writing = self.writes.read().await;
+        self.store_chunk_unguarded(blob, index, bytes).await
+    }
+
+    async fn store_chunk_unguarded(&self, blob: &Digest, index: usize, bytes: Bytes) -> Result<(), StoreError> {
         self.store
             .put(&self.chunk_key(blob, index), bytes)
             .await
@@ -191,6 +212,11 @@ impl Blobs {
 
     /// Complete a blob whose chunks are all stored: its manifest is written last.
     pub async fn put_manifest(&self, manifest: &Manifest) -> Result<(), StoreError> {
+        let _writing = self.writes.read().await;
+        self.put_manifest_unguarded(manifest).await
+    }
+
+    async fn put_manifest_unguarded(&self, manifest: &Manifest) -> Result<(), StoreError> {
         let body = serde_json::to_vec(manifest).map_err(|e| StoreError::Config(e.to_string()))?;
         self.store
             .put(&self.manifest_key(&manifest.digest), Bytes::from(body))
@@ -229,7 +255,8 @@ impl Blobs {
     /// (no manifest written) when its bytes do not hash to `digest`. A blob already stored is
     /// not uploaded again.
     pub async fn put_file(&self, file: &FsPath, digest: &Digest) -> Result<Stored, StoreError> {
-        if let Some(manifest) = self.manifest(digest).await? {
+        let _writing = self.writes.read().await;
+        if let Some(manifest) = self.claim_unguarded(digest).await? {
             return Ok(Stored { manifest, existed: true });
         }
         let mut f = tokio::fs::File::open(file).await.map_err(|e| StoreError::io(file, e))?;
@@ -249,7 +276,7 @@ impl Blobs {
             chunks.push(Digest::of(&buf));
             let this = self.clone();
             let blob = digest.clone();
-            in_flight.push_back(async move { this.store_chunk(&blob, index, Bytes::from(buf)).await });
+            in_flight.push_back(async move { this.store_chunk_unguarded(&blob, index, Bytes::from(buf)).await });
             while in_flight.len() >= CHUNKS_IN_FLIGHT {
                 in_flight.next().await.expect("not empty")?;
             }
@@ -266,7 +293,7 @@ impl Blobs {
             });
         }
         let manifest = Manifest { digest: digest.clone(), size, chunk_size: CHUNK as u64, chunks };
-        self.put_manifest(&manifest).await?;
+        self.put_manifest_unguarded(&manifest).await?;
         Ok(Stored { manifest, existed: false })
     }
 
@@ -334,21 +361,68 @@ impl Blobs {
         result
     }
 
-    /// Remove the blob: its manifest first (it stops existing), then its chunks. Removing one
-    /// that is not there is not an error.
-    pub async fn delete(&self, digest: &Digest) -> Result<(), StoreError> {
-        let Some(manifest) = self.manifest(digest).await? else { return Ok(()) };
-        let gone = |r: object_store::Result<()>| match r {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(source) => Err(source),
-        };
-        gone(self.store.delete(&self.manifest_key(digest)).await)
-            .map_err(|e| self.backend(format!("removing {digest}"), e))?;
-        for index in 0..manifest.chunks.len() {
-            gone(self.store.delete(&self.chunk_key(digest, index)).await)
-                .map_err(|e| self.backend(format!("removing chunk {index} of {digest}"), e))?;
+    /// The blob's manifest when it is stored, written again so that its retention counts from
+    /// now: whoever finds a blob already there and relies on it (a second output with the same
+    /// bytes, an upload or fetch of a blob already held) claims it, so a removal deciding on
+    /// an older listing leaves it alone.
+    pub async fn claim(&self, digest: &Digest) -> Result<Option<Manifest>, StoreError> {
+        let _writing = self.writes.read().await;
+        self.claim_unguarded(digest).await
+    }
+
+    async fn claim_unguarded(&self, digest: &Digest) -> Result<Option<Manifest>, StoreError> {
+        let manifest = self.manifest(digest).await?;
+        if let Some(manifest) = &manifest {
+            self.put_manifest_unguarded(manifest).await?;
         }
-        Ok(())
+        Ok(manifest)
+    }
+
+    /// Every blob in the store, finished or not, with when its newest object was written.
+    /// Objects that are not a blob's are left out.
+    pub async fn inventory(&self) -> Result<Vec<Held>, StoreError> {
+        let root = self.prefix.clone().join("sha256");
+        let objects = self.store.list(&root).await.map_err(|e| self.backend("listing the blobs", e))?;
+        let mut blobs: BTreeMap<String, (bool, SystemTime)> = BTreeMap::new();
+        for (key, written) in objects {
+            let mut parts = key.prefix_match(&root).into_iter().flatten();
+            let (Some(dir), Some(name), None) = (parts.next(), parts.next(), parts.next()) else { continue };
+            let entry = blobs.entry(dir.as_ref().to_string()).or_insert((false, SystemTime::UNIX_EPOCH));
+            entry.0 |= name.as_ref() == "manifest";
+            entry.1 = entry.1.max(written);
+        }
+        Ok(blobs
+            .into_iter()
+            .filter_map(|(hex, (complete, newest))| {
+                let digest: Digest = format!("sha256:{hex}").parse().ok()?;
+                Some(Held { digest, complete, newest })
+            })
+            .collect())
+    }
+
+    /// Remove the blob (finished or not) when none of its objects was written after `cutoff`
+    /// (less a second: some stores keep times to the second):
+    /// its manifest first (it stops existing), then its chunks. Writes wait meanwhile, and a
+    /// blob claimed or written since it was listed stays. Whether anybody still needs it is
+    /// the caller's decision. Returns whether it was removed.
+    pub async fn remove_if_older(&self, digest: &Digest, cutoff: SystemTime) -> Result<bool, StoreError> {
+        let _removing = self.writes.write().await;
+        let dir = self.dir(digest);
+        let mut objects =
+            self.store.list(&dir).await.map_err(|e| self.backend(format!("listing the objects of {digest}"), e))?;
+        // A second of slack: some stores keep times to the second.
+        if objects.is_empty() || objects.iter().any(|(_, written)| *written + Duration::from_secs(1) > cutoff) {
+            return Ok(false);
+        }
+        let manifest = self.manifest_key(digest);
+        objects.sort_by_key(|(key, _)| *key != manifest);
+        for (key, _) in objects {
+            match self.store.delete(&key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.backend(format!("removing {key}"), e)),
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -356,4 +430,26 @@ impl Blobs {
 fn temp_beside(dest: &FsPath) -> std::path::PathBuf {
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     dest.with_file_name(format!(".{name}.partial"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unfinished_upload_is_listed_and_removed_whole_and_its_directory_goes_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(&StorageConfig::local(dir.path().join("blobs"))).unwrap();
+        let digest = Digest::of(b"never finished");
+        blobs.store_chunk(&digest, 0, Bytes::from_static(b"part")).await.unwrap();
+        blobs.store_chunk(&digest, 1, Bytes::from_static(b"more")).await.unwrap();
+        let held = blobs.inventory().await.unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!((&held[0].digest, held[0].complete), (&digest, false));
+        assert!(held[0].newest <= SystemTime::now());
+        let later = SystemTime::now() + Duration::from_secs(5);
+        assert!(blobs.remove_if_older(&digest, later).await.unwrap());
+        assert!(blobs.inventory().await.unwrap().is_empty());
+        assert!(!dir.path().join("blobs/sha256").join(digest.hex()).exists(), "its directory is left");
+    }
 }

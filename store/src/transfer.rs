@@ -278,7 +278,7 @@ async fn begin(
             manifest.size
         )));
     }
-    if service.blobs.manifest(&digest).await.map_err(store_error)?.is_some() {
+    if service.blobs.claim(&digest).await.map_err(store_error)?.is_some() {
         return Ok(Json(UploadState { next: manifest.chunks.len(), complete: true }));
     }
     let upload = match service.upload(&digest) {
@@ -655,7 +655,7 @@ impl Fetch {
         pace: &Pace,
         streaming: bool,
     ) -> Result<Manifest, TransferError> {
-        if let Some(manifest) = into.manifest(&self.digest).await? {
+        if let Some(manifest) = into.claim(&self.digest).await? {
             return Ok(manifest);
         }
         let base = format!("{}/v1/blobs/{}", peer.base, self.digest);

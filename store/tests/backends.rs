@@ -4,6 +4,8 @@
 //! fail, naming the variable (they never pass quietly).
 
 use std::path::Path;
+use std::time::Duration;
+use std::time::SystemTime;
 
 use atoll_store::Blobs;
 use atoll_store::CHUNK;
@@ -61,6 +63,7 @@ async fn size(blobs: &Blobs, digest: &Digest) -> Option<u64> {
 
 /// What every backend must do.
 async fn exercise(blobs: Blobs) {
+    let began = SystemTime::now();
     let dir = tempfile::tempdir().unwrap();
     blobs.check().await.unwrap();
 
@@ -113,11 +116,25 @@ async fn exercise(blobs: Blobs) {
     }
     assert!(matches!(blobs.fetch_to_file(&missing, &dir.path().join("m")).await, Err(StoreError::NotFound { .. })));
     assert!(!dir.path().join("m").exists() && !dir.path().join(".m.partial").exists());
-    blobs.delete(&small_digest).await.unwrap();
-    blobs.delete(&small_digest).await.unwrap();
+
+    // Retention: both blobs are listed; a removal keeps what was written or claimed after its
+    // cutoff, and takes the rest whole (a second time finds nothing).
+    let held = blobs.inventory().await.unwrap();
+    for digest in [&small_digest, &big_digest] {
+        assert!(held.iter().any(|h| &h.digest == digest && h.complete), "{digest} not in the inventory: {held:?}");
+    }
+    assert!(!blobs.remove_if_older(&small_digest, began).await.unwrap(), "written after the cutoff: kept");
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let cutoff = SystemTime::now();
+    assert!(blobs.claim(&big_digest).await.unwrap().is_some());
+    assert!(!blobs.remove_if_older(&big_digest, cutoff).await.unwrap(), "claimed after the cutoff: kept");
+    assert!(blobs.remove_if_older(&small_digest, cutoff).await.unwrap());
+    assert!(!blobs.remove_if_older(&small_digest, cutoff).await.unwrap());
     assert_eq!(size(&blobs, &small_digest).await, None);
-    blobs.delete(&big_digest).await.unwrap();
+    assert!(blobs.remove_if_older(&big_digest, SystemTime::now() + Duration::from_secs(5)).await.unwrap());
     assert_eq!(size(&blobs, &big_digest).await, None);
+    let held = blobs.inventory().await.unwrap();
+    assert!(held.iter().all(|h| h.digest != small_digest && h.digest != big_digest), "left behind: {held:?}");
     // An empty file is a blob with no chunks.
     let (empty, empty_digest) = write(dir.path(), "empty", b"");
     assert_eq!(blobs.put_file(&empty, &empty_digest).await.unwrap().manifest.chunks.len(), 0);
