@@ -26,6 +26,8 @@ use crate::jobs::LeaseRequest;
 use crate::jobs::LeaseResponse;
 use crate::jobs::LogBatch;
 use crate::jobs::LogPage;
+use crate::jobs::ReleaseAnswer;
+use crate::jobs::ReleaseRequest;
 use crate::jobs::ReportBatch;
 use crate::jobs::ReportResults;
 use crate::jobs::SourceInfo;
@@ -177,6 +179,11 @@ impl GatewayClient {
     /// `POST /v1/clusters/{name}/transfers`: how one input of a job bound here travels.
     pub async fn transfer(&self, cluster: &str, request: &TransferRequest) -> Result<TransferPlan, ClientError> {
         self.call(Method::POST, &format!("/v1/clusters/{cluster}/transfers"), Some(request)).await
+    }
+
+    /// `POST /v1/clusters/{name}/blobs/released`: which of these blobs nobody needs any more.
+    pub async fn released(&self, cluster: &str, request: &ReleaseRequest) -> Result<ReleaseAnswer, ClientError> {
+        self.call(Method::POST, &format!("/v1/clusters/{cluster}/blobs/released"), Some(request)).await
     }
 
     /// `POST /v1/clusters/{name}/reports`.

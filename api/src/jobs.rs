@@ -286,6 +286,32 @@ pub struct SourceInfo {
     pub created_by: String,
 }
 
+/// `POST /v1/clusters/{name}/blobs/released`: a replica asks which blobs of its store nobody
+/// needs any more.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    /// Digests (`sha256:<hex>`), at most [`ReleaseRequest::MAX`].
+    pub digests: Vec<String>,
+}
+
+impl ReleaseRequest {
+    /// Most digests in one request.
+    pub const MAX: usize = 1_000;
+}
+
+/// Which of the asked blobs may go, and the retention they were judged by.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseAnswer {
+    /// No job that uses them is running or waiting, and the last one that did ended more than
+    /// `keep_ms` ago (or nothing uses them at all).
+    pub released: Vec<String>,
+    /// The retention (`retention.keep_s`): nothing written or claimed more recently may go.
+    pub keep_ms: u64,
+    /// How often a replica should ask (`retention.interval_ms`).
+    pub interval_ms: u64,
+}
+
 /// `POST /v1/clusters/{name}/transfers`: the child's cluster asks how one input reaches it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -45,6 +45,8 @@ use atoll_api::jobs::LeaseRequest;
 use atoll_api::jobs::LeaseResponse;
 use atoll_api::jobs::LogBatch;
 use atoll_api::jobs::LogPage;
+use atoll_api::jobs::ReleaseAnswer;
+use atoll_api::jobs::ReleaseRequest;
 use atoll_api::jobs::ReportBatch;
 use atoll_api::jobs::ReportResults;
 use atoll_api::jobs::SourceInfo;
@@ -110,6 +112,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/clusters/{name}/reports", post(reports))
         .route("/v1/clusters/{name}/logs", post(ship_logs))
         .route("/v1/clusters/{name}/transfers", post(transfer))
+        .route("/v1/clusters/{name}/blobs/released", post(released))
         .route("/v1/sources", post(register_source))
         .route("/v1/sources/{digest}", get(source))
         .route("/v1/openapi.json", get(openapi))
@@ -560,6 +563,18 @@ async fn transfer(
     caller.replica_of(&name)?;
     let request: TransferRequest = parse(&body)?;
     Ok(Json(gateway.transfer(&name, &request).await?))
+}
+
+/// A replica of `name` asks which blobs of its store nobody needs any more.
+async fn released(
+    State(gateway): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<ReleaseAnswer>, ApiError> {
+    caller.replica_of(&name)?;
+    let request: ReleaseRequest = parse(&body)?;
+    Ok(Json(gateway.release(&request).await?))
 }
 
 /// The leader of `name` reports job state changes.

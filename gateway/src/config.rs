@@ -44,6 +44,8 @@ pub struct GatewayFile {
     pub certificates: CertificatesFile,
     #[serde(default)]
     pub tokens: TokensFile,
+    #[serde(default)]
+    pub retention: RetentionFile,
     /// Budget of an orderly shutdown, in milliseconds.
     #[serde(default = "default_grace_ms")]
     pub shutdown_grace_ms: u64,
@@ -166,6 +168,33 @@ impl Default for TokensFile {
     }
 }
 
+/// How long outputs, sources and work directories are kept once nothing needs them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionFile {
+    /// Seconds a blob is kept after the last job that uses it (its producer, every child that
+    /// reads it, every job built from it as a source) ended, and a pushed source after its last
+    /// push; also how long a finished attempt's work directory stays on its replica.
+    #[serde(default = "default_keep_s")]
+    pub keep_s: u64,
+    /// Milliseconds between two passes over a store (the relay store here; each replica's own
+    /// store and work directories there).
+    #[serde(default = "default_gc_interval_ms")]
+    pub interval_ms: u64,
+}
+
+impl Default for RetentionFile {
+    fn default() -> Self {
+        Self { keep_s: default_keep_s(), interval_ms: default_gc_interval_ms() }
+    }
+}
+
+fn default_keep_s() -> u64 {
+    86_400
+}
+fn default_gc_interval_ms() -> u64 {
+    60_000
+}
 fn default_id() -> String {
     "main".to_string()
 }
@@ -231,6 +260,10 @@ pub struct GatewayConfig {
     pub join_ttl: Duration,
     pub shutdown_grace: Duration,
     pub storage: atoll_store::StorageConfig,
+    /// How long what nothing needs any more is kept (`retention.keep_s`).
+    pub keep: Duration,
+    /// Between two retention passes (`retention.interval_ms`).
+    pub gc_interval: Duration,
 }
 
 impl GatewayConfig {
@@ -313,6 +346,12 @@ impl GatewayConfig {
         if file.tokens.join_ttl_s == 0 {
             return Err(invalid("tokens.join_ttl_s", "must be 1 or more".into()));
         }
+        if file.retention.keep_s == 0 {
+            return Err(invalid("retention.keep_s", "must be 1 or more".into()));
+        }
+        if file.retention.interval_ms < 100 {
+            return Err(invalid("retention.interval_ms", "must be at least 100".into()));
+        }
         Ok(Self {
             id: file.id,
             listen,
@@ -332,6 +371,8 @@ impl GatewayConfig {
             join_ttl: Duration::from_secs(file.tokens.join_ttl_s),
             shutdown_grace: ms(file.shutdown_grace_ms),
             storage: file.storage.check(origin, "storage", base, resolve(base, Path::new("blobs")))?,
+            keep: Duration::from_secs(file.retention.keep_s),
+            gc_interval: ms(file.retention.interval_ms),
         })
     }
 }
@@ -351,6 +392,7 @@ mod tests {
         assert!(matches!(config.database, Database::Sqlite { ref path } if path == Path::new("/etc/atoll/gateway.db")));
         assert_eq!(config.ca_dir, Path::new("/etc/atoll/ca"));
         assert_eq!(config.heartbeat_interval, Duration::from_secs(1));
+        assert_eq!((config.keep, config.gc_interval), (Duration::from_secs(86_400), Duration::from_secs(60)));
         let config =
             check("listen: 127.0.0.1:7000\nca_dir: ca\ndatabase: {postgres: {url: \"postgres://a@b/c\"}}\n").unwrap();
         assert!(matches!(config.database, Database::Postgres { .. }));
@@ -368,6 +410,9 @@ mod tests {
             (format!("{base}database: {{oracle: {{}}}}\n"), "database.oracle"),
             (format!("{base}database: {{sqlite: {{path: x}}, postgres: {{url: \"postgres://a\"}}}}\n"), "database"),
             (format!("{base}id: \"Bad Id\"\n"), "id"),
+            (format!("{base}retention: {{keep_s: 0}}\n"), "retention.keep_s"),
+            (format!("{base}retention: {{interval_ms: 5}}\n"), "retention.interval_ms"),
+            (format!("{base}retention: {{keep: 5}}\n"), "retention.keep"),
             ("listen: nowhere\nca_dir: ca\n".to_string(), "listen"),
         ];
         for (text, key) in cases {

@@ -247,7 +247,7 @@ impl Gateway {
     }
 
     /// A stored pipeline's parsed spec (cached).
-    async fn pipeline(&self, id: &str) -> Result<Arc<Pipeline>, ApiError> {
+    pub(crate) async fn pipeline(&self, id: &str) -> Result<Arc<Pipeline>, ApiError> {
         if let Some(p) = self.jobs.pipelines.lock().expect("pipelines").get(id) {
             return Ok(p.clone());
         }
@@ -303,7 +303,14 @@ impl Gateway {
             .jobs
             .iter()
             .enumerate()
-            .map(|(i, j)| NewJob { id: &ids[i], idx: i, name: &j.name, state: states[i], reason: &reasons[i] })
+            .map(|(i, j)| NewJob {
+                id: &ids[i],
+                idx: i,
+                name: &j.name,
+                state: states[i],
+                reason: &reasons[i],
+                source: effective_source(j, &pipeline.spec),
+            })
             .collect();
         let text = serde_json::to_string(&pipeline.spec).map_err(|e| ApiError::internal(e.to_string()))?;
         self.db.insert_pipeline(&id, by, &text, &jobs, now_ms()).await.map_err(db_error)?;
@@ -495,11 +502,8 @@ impl Gateway {
                     let flow = flow.get_or_insert_with(|| self.flow());
                     assigned_inputs(spec, cluster, &siblings[&row.pipeline_id], flow)
                 };
-                // The job's own source, else the pipeline's.
                 let mut spec = spec.clone();
-                if spec.source.is_none() && spec.runs_on_a_cluster() {
-                    spec.source.clone_from(&pipeline.spec.source);
-                }
+                spec.source = effective_source(&spec, &pipeline.spec).map(str::to_string);
                 answer.assign.push(Assignment {
                     job: row.id.clone(),
                     pipeline: row.pipeline_id.clone(),
@@ -904,6 +908,15 @@ impl Gateway {
                 tracing::warn!(error = %e, "scheduling pass failed; retrying");
             }
         }
+    }
+}
+
+/// The source a job runs on: its own, else its pipeline's (for jobs that run on a cluster).
+fn effective_source<'a>(job: &'a atoll_api::spec::JobSpec, pipeline: &'a PipelineSpec) -> Option<&'a str> {
+    match &job.source {
+        Some(own) => Some(own),
+        None if job.runs_on_a_cluster() => pipeline.source.as_deref(),
+        None => None,
     }
 }
 

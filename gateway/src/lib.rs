@@ -10,6 +10,7 @@
 //! - [`placement`]: which cluster runs a job (pure).
 //! - [`lifecycle`]: how pipelines and jobs move on reports (pure).
 //! - [`jobs`]: submission, the scheduling pass, leases, reports and logs.
+//! - [`retention`]: which blobs nobody needs any more; passes over the relay store.
 //! - [`api`]: the `/v1` routes; [`ops`]: health, readiness, metrics.
 //!
 //! Invariants:
@@ -35,6 +36,7 @@ pub mod ops;
 pub mod placement;
 pub mod registry;
 pub mod relay;
+pub mod retention;
 mod run;
 pub mod unsafe_switches;
 

@@ -44,6 +44,8 @@ pub struct Metrics {
     /// Job reports by outcome (accepted, duplicate, refused).
     pub reports: Family<Outcome, Counter>,
     pub jobs_rerouted: Counter,
+    /// Blobs retention removed from the relay store.
+    pub blobs_removed: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -77,6 +79,7 @@ impl Metrics {
             jobs_assigned: Counter::default(),
             reports: Family::default(),
             jobs_rerouted: Counter::default(),
+            blobs_removed: Counter::default(),
         };
         let mut registry = Registry::with_prefix("atoll_gateway");
         registry.register("clusters", "Clusters by observed state (revoked ones apart)", metrics.clusters.clone());
@@ -100,6 +103,11 @@ impl Metrics {
             "jobs_rerouted",
             "Job attempts moved off dead or revoked clusters",
             metrics.jobs_rerouted.clone(),
+        );
+        registry.register(
+            "blobs_removed",
+            "Blobs retention removed from the relay store",
+            metrics.blobs_removed.clone(),
         );
         *metrics.registry.lock().expect("metrics registry") = registry;
         metrics

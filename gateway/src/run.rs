@@ -175,6 +175,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
     let flusher = tokio::spawn(flush_forever(gateway.clone(), stop_rx.clone()));
     let scheduler = tokio::spawn(gateway.clone().schedule_forever(stop_rx.clone()));
     let renewer = tokio::spawn(ca.clone().renew_forever());
+    let collector = tokio::spawn(crate::retention::run(gateway.clone(), stop_rx.clone()));
     tracing::info!(listen = %config.listen, advertise = %config.advertise, ops = ?config.ops_listen, "serving");
 
     shutdown.await;
@@ -188,6 +189,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
         let _ = tokio::time::timeout(Duration::from_secs(1), ops).await;
     }
     renewer.abort();
+    collector.abort();
     let _ = flusher.await;
     let _ = scheduler.await;
     tracing::info!("shutdown: writing batched updates");

@@ -26,7 +26,14 @@ async fn pipeline(db: &Db, id: &str, jobs: &[(&str, JobState)]) {
     let new: Vec<NewJob<'_>> = jobs
         .iter()
         .enumerate()
-        .map(|(idx, (name, state))| NewJob { id: &ids[idx], idx, name, state: *state, reason: "submitted" })
+        .map(|(idx, (name, state))| NewJob {
+            id: &ids[idx],
+            idx,
+            name,
+            state: *state,
+            reason: "submitted",
+            source: None,
+        })
         .collect();
     db.insert_pipeline(id, "tester", "{}", &new, 1_000).await.unwrap();
 }
@@ -233,5 +240,54 @@ async fn routes_are_recorded_once_per_change_in_decision_order() {
         assert!(other.edge_fell_back("p1-c", "a").await.unwrap(), "another gateway sees the fallback");
         assert!(!other.edge_fell_back("p1-c", "b").await.unwrap());
         assert!(!other.edge_fell_back("p1-d", "a").await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn every_use_of_a_blob_is_found_by_its_digest() {
+    use atoll_gateway::db::jobs::ReportApply;
+    use atoll_gateway::db::retention::JobUse;
+    let (out, src, other) = ("sha256:00aa", "sha256:00bb", "sha256:00cc");
+    for (engine, test) in TestDatabase::both().await {
+        eprintln!("--- {engine}");
+        let db = Db::connect(&test.database).await.unwrap();
+        db.register("aws", &heartbeat(1), 1_000).await.unwrap();
+        let new = [
+            NewJob { id: "u-make", idx: 0, name: "make", state: JobState::Queued, reason: "ready", source: Some(src) },
+            NewJob { id: "u-use", idx: 1, name: "use", state: JobState::Waiting, reason: "waiting", source: None },
+        ];
+        db.insert_pipeline("u", "tester", "{}", &new, 1_000).await.unwrap();
+        db.put_source(src, 10, 500, "tester").await.unwrap();
+        assert!(db.assign("u-make", 1, "aws", "placed", 2_000).await.unwrap());
+        let ended = ReportApply {
+            id: "u-make".into(),
+            cluster: "aws".into(),
+            attempt: 1,
+            from: JobState::Assigned,
+            term: 1,
+            transition: end(JobState::Finished),
+            output: Some((out.into(), 42)),
+        };
+        assert_eq!(db.apply_reports(&[ended], 3_000).await.unwrap(), vec![true]);
+
+        let uses = db.blob_uses(&[out, src, other]).await.unwrap();
+        let made = |digest: &str, finished_ms| JobUse {
+            digest: digest.into(),
+            pipeline_id: "u".into(),
+            idx: 0,
+            state: JobState::Finished,
+            finished_ms,
+        };
+        assert_eq!(uses.outputs, vec![made(out, Some(3_000))]);
+        assert_eq!(uses.sources_of, vec![made(src, Some(3_000))]);
+        assert_eq!(uses.attempts, vec![(out.to_string(), Some(3_000))]);
+        assert_eq!(uses.pushed, vec![(src.to_string(), 500)]);
+
+        eprintln!("--- {engine}: a second push moves the source's time on; a forgotten one is gone");
+        assert_eq!(db.put_source(src, 10, 4_000, "tester").await.unwrap().created_ms, 4_000);
+        assert_eq!(db.put_source(src, 10, 3_500, "tester").await.unwrap().created_ms, 4_000, "never back");
+        db.forget_source(src).await.unwrap();
+        assert!(db.source(src).await.unwrap().is_none());
+        assert!(db.blob_uses(&[other]).await.unwrap() == Default::default());
     }
 }

@@ -69,6 +69,8 @@ pub struct NewJob<'a> {
     pub name: &'a str,
     pub state: JobState,
     pub reason: &'a str,
+    /// The source it runs on (its own, else the pipeline's).
+    pub source: Option<&'a str>,
 }
 
 /// A report's effect, decided by `lifecycle::decide`.
@@ -249,8 +251,8 @@ impl Db {
             for job in jobs {
                 let idx = i32::try_from(job.idx).map_err(|e| DbError::corrupt("jobs.idx", e))?;
                 sqlx::query(
-                    "INSERT INTO jobs (id, pipeline_id, idx, name, state, reason, created_ms, updated_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+                    "INSERT INTO jobs (id, pipeline_id, idx, name, state, reason, created_ms, updated_ms, source_digest)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
                 )
                 .bind(job.id)
                 .bind(id)
@@ -259,6 +261,7 @@ impl Db {
                 .bind(job.state.as_str())
                 .bind(job.reason)
                 .bind(now_ms)
+                .bind(job.source)
                 .execute(&mut *tx)
                 .await?;
             }

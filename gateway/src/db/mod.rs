@@ -17,6 +17,7 @@
 pub mod clusters;
 pub mod jobs;
 pub mod matrix;
+pub mod retention;
 pub mod routes;
 pub mod sources;
 pub mod testing;
@@ -44,6 +45,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "outputs", include_str!("../../migrations/0004_outputs.sql")),
     (5, "sources", include_str!("../../migrations/0005_sources.sql")),
     (6, "edge routes", include_str!("../../migrations/0006_edge_routes.sql")),
+    (7, "retention", include_str!("../../migrations/0007_retention.sql")),
 ];
 
 /// A connected, migrated database.

@@ -8,12 +8,13 @@ use super::DbError;
 use super::with_pool;
 
 impl Db {
-    /// Record a source (a second push of the same digest changes nothing); the stored row.
+    /// Record a source; a second push of the same digest only moves its time on (its retention
+    /// counts from the last push). The stored row.
     pub async fn put_source(&self, digest: &str, size: u64, now_ms: i64, by: &str) -> Result<SourceInfo, DbError> {
         let size = i64::try_from(size).map_err(|e| DbError::corrupt("sources.size", e))?;
         with_pool!(self, write, |pool| {
             sqlx::query(
-                "INSERT INTO sources (digest, size, created_ms, created_by) VALUES ($1, $2, $3, $4) ON CONFLICT (digest) DO NOTHING",
+                "INSERT INTO sources (digest, size, created_ms, created_by) VALUES ($1, $2, $3, $4) ON CONFLICT (digest) DO UPDATE SET created_ms = excluded.created_ms WHERE sources.created_ms < excluded.created_ms",
             )
             .bind(digest)
             .bind(size)
@@ -47,6 +48,14 @@ impl Db {
                 }
                 None => Ok(None),
             }
+        })
+    }
+
+    /// Forget a source whose blob retention removes: pipelines may no longer name it.
+    pub async fn forget_source(&self, digest: &str) -> Result<(), DbError> {
+        with_pool!(self, write, |pool| {
+            sqlx::query("DELETE FROM sources WHERE digest = $1").bind(digest).execute(pool).await?;
+            Ok::<_, DbError>(())
         })
     }
 }

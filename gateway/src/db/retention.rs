@@ -1,0 +1,89 @@
+//! What retention needs to know of a blob: every job and attempt that uses it, found by digest.
+
+use atoll_api::jobs::JobState;
+use sqlx::Row;
+
+use super::Db;
+use super::DbError;
+use super::with_pool;
+
+/// A job that uses a blob: its output (accepted) or its source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobUse {
+    pub digest: String,
+    pub pipeline_id: String,
+    pub idx: usize,
+    pub state: JobState,
+    pub finished_ms: Option<i64>,
+}
+
+/// Everything that uses some blobs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlobUses {
+    /// Jobs whose accepted output it is (their children read it).
+    pub outputs: Vec<JobUse>,
+    /// Jobs that run on it as their source.
+    pub sources_of: Vec<JobUse>,
+    /// Attempts that reported it, accepted or not: (digest, when the attempt ended).
+    pub attempts: Vec<(String, Option<i64>)>,
+    /// Pushed sources: (digest, when last pushed).
+    pub pushed: Vec<(String, i64)>,
+}
+
+/// `$1, $2, ...` for `n` values.
+fn placeholders(n: usize) -> String {
+    (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+impl Db {
+    /// Every use of `digests`: four indexed queries per hundred digests.
+    pub async fn blob_uses(&self, digests: &[&str]) -> Result<BlobUses, DbError> {
+        let mut uses = BlobUses::default();
+        for chunk in digests.chunks(100) {
+            let list = placeholders(chunk.len());
+            for (column, into) in [("output_digest", &mut uses.outputs), ("source_digest", &mut uses.sources_of)] {
+                let sql = format!(
+                    "SELECT {column} AS digest, pipeline_id, idx, state, finished_ms FROM jobs WHERE {column} IN ({list})"
+                );
+                with_pool!(self, read, |pool| {
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for digest in chunk {
+                        query = query.bind(*digest);
+                    }
+                    for row in query.fetch_all(pool).await? {
+                        let idx: i32 = row.try_get("idx")?;
+                        let state: String = row.try_get("state")?;
+                        into.push(JobUse {
+                            digest: row.try_get("digest")?,
+                            pipeline_id: row.try_get("pipeline_id")?,
+                            idx: usize::try_from(idx).map_err(|e| DbError::corrupt("jobs.idx", e))?,
+                            state: state.parse().map_err(|e| DbError::corrupt("jobs.state", e))?,
+                            finished_ms: row.try_get("finished_ms")?,
+                        });
+                    }
+                });
+            }
+            let sql = format!("SELECT output_digest, ended_ms FROM attempts WHERE output_digest IN ({list})");
+            with_pool!(self, read, |pool| {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for digest in chunk {
+                    query = query.bind(*digest);
+                }
+                for row in query.fetch_all(pool).await? {
+                    uses.attempts.push((row.try_get("output_digest")?, row.try_get("ended_ms")?));
+                }
+            });
+            let sql = format!("SELECT digest, created_ms FROM sources WHERE digest IN ({list})");
+            with_pool!(self, read, |pool| {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for digest in chunk {
+                    query = query.bind(*digest);
+                }
+                for row in query.fetch_all(pool).await? {
+                    uses.pushed.push((row.try_get("digest")?, row.try_get("created_ms")?));
+                }
+            });
+        }
+        Ok(uses)
+    }
+}
