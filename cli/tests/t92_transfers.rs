@@ -509,3 +509,57 @@ async fn a_pushed_source_is_fetched_by_every_cluster_that_runs_a_job_of_it() {
     let info: serde_json::Value = replica.get(&format!("/v1/sources/{digest}")).await.expect("a replica reads it");
     assert_eq!(info["digest"], digest.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_and_work_directories_are_kept_while_a_child_needs_them_and_go_after_the_retention() {
+    // Retention of 2 s, passes every 500 ms.
+    let mesh = GatewayMesh::start_with(Engine::Sqlite, 3, 1, test_gateway_timing(), true, |layout| {
+        layout.gateway.as_mut().expect("gateway").retention = Some((2, 500));
+    })
+    .await;
+    let yaml = spec(&[
+        producer("parent", "onprem", 1, ""),
+        "  - {name: gate, type: command, command: 'sleep 7', cluster: {selector: [aws]}, timeout: 60}\n".to_string(),
+        gated_consumer("child", "gcp"),
+    ]);
+    let submitted = submit(&mesh.gateway, &yaml).await;
+    let parent = wait_final(&mesh.gateway, &id_of(&submitted, "parent")).await;
+    assert_eq!(parent.job.state, JobState::Finished);
+    let digest = parent.job.output.expect("output").digest;
+    let hex = digest.strip_prefix("sha256:").unwrap().to_string();
+    let parent_store = chunk_dir(&mesh, "onprem", &digest);
+    let child_store = chunk_dir(&mesh, "gcp", &digest);
+    let relay_store = mesh.t.mesh.dir.gateway_dir().join("blobs/sha256").join(&hex);
+    let work = |cluster: &str, job: &str| {
+        mesh.t.mesh.dir.data_dir(cluster, 1).join("work").join(id_of(&submitted, job)).join("1")
+    };
+    assert!(parent_store.join("manifest").exists() && work("onprem", "parent").exists());
+
+    phase("the child waits for its other parent longer than the retention: the output stays");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(mesh.gateway.job(&id_of(&submitted, "child")).await.unwrap().job.state, JobState::Waiting);
+    assert!(parent_store.join("manifest").exists(), "removed while a child still needed it");
+
+    phase("the child read it (relayed) and ended: every copy and the work directories go");
+    let child = wait_final(&mesh.gateway, &id_of(&submitted, "child")).await;
+    assert_eq!(child.job.state, JobState::Finished, "{:?}", child.job.reason);
+    let gone = [
+        ("onprem's store", parent_store),
+        ("gcp's store", child_store),
+        ("the relay store", relay_store),
+        ("the parent's work directory", work("onprem", "parent")),
+        ("the gate's work directory", work("aws", "gate")),
+        ("the child's work directory", work("gcp", "child")),
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: Vec<&str> = gone.iter().filter(|(_, path)| path.exists()).map(|(what, _)| *what).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still there 30 s after the child ended: {left:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let log = std::fs::read_to_string(mesh.t.mesh.dir.gateway_log()).unwrap_or_default();
+    assert!(log.contains("removed from the relay store"), "the gateway logged no removal");
+}

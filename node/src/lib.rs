@@ -5,6 +5,7 @@
 //! - [`raft`]: everything that touches openraft (core, network, RPCs, bootstrap, failover).
 //! - [`link`]: the link to the gateway: enrollment, renewal, the leader's duties.
 //! - [`transfers`]: outputs between clusters: the blob routes, receiving inputs, sending outputs.
+//! - [`retention`]: blobs and work directories nobody needs any more go.
 //! - [`reachability`]: the link-state detector the leader's probes feed.
 //! - [`admission`]: which peers' connections are served (revoked and refused clusters are not).
 //! - [`api`]: the replica API on the mTLS listener.
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod ops;
 pub mod raft;
 pub mod reachability;
+pub mod retention;
 mod run;
 pub mod transfers;
 

@@ -232,8 +232,19 @@ async fn join_mesh(
     .await
     .map_err(|e| format!("jobs.executor: {e:#}"))?;
     tracing::info!(gateway = %link.addr, "joining the mesh");
+    let retention = crate::jobs::AbortOnDrop(tokio::spawn(crate::retention::run(
+        replica.clone(),
+        transfers.clone(),
+        config.data_dir.join("work"),
+        own_store,
+    )));
     let jobs = crate::link::Jobs { executor, max_running: config.jobs.max_running, transfers, failed };
-    Ok(Some(tokio::spawn(crate::link::run(replica.clone(), tls.clone(), config.tls.clone(), link, jobs))))
+    let link = crate::link::run(replica.clone(), tls.clone(), config.tls.clone(), link, jobs);
+    Ok(Some(tokio::spawn(async move {
+        // Retention passes go on as long as the link does.
+        let _retention = retention;
+        link.await
+    })))
 }
 
 type ServerTask = tokio::task::JoinHandle<std::io::Result<()>>;

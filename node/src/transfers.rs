@@ -28,6 +28,8 @@ use atoll_api::Identity;
 use atoll_api::gateway_client::GatewayClient;
 use atoll_api::ids::ClusterName;
 use atoll_api::jobs::AssignedInput;
+use atoll_api::jobs::ReleaseAnswer;
+use atoll_api::jobs::ReleaseRequest;
 use atoll_api::jobs::Route;
 use atoll_api::jobs::SendTask;
 use atoll_api::jobs::TransferRequest;
@@ -191,6 +193,15 @@ impl Transfers {
             .map_err(|e| atoll_api::client::error_chain(&e))?;
         clients.insert(key, client.clone());
         Ok(client)
+    }
+
+    /// Which of `digests` (blobs of this replica's store) nobody needs any more, and the
+    /// retention the gateway judged them by.
+    pub async fn released(&self, digests: Vec<String>) -> Result<ReleaseAnswer, String> {
+        self.gateway
+            .released(&self.cluster, &ReleaseRequest { digests })
+            .await
+            .map_err(|e| format!("asking the gateway which blobs nobody needs: {e}"))
     }
 
     /// Make sure the output of `input`'s parent (in another cluster) is in this cluster's store.

@@ -228,6 +228,9 @@ fn gateway_yaml(layout: &Layout) -> String {
     if let Some(fsync) = gateway.store_fsync {
         out.push_str(&format!("storage:\n  local:\n    fsync: {fsync}\n"));
     }
+    if let Some((keep_s, interval_ms)) = gateway.retention {
+        out.push_str(&format!("retention:\n  keep_s: {keep_s}\n  interval_ms: {interval_ms}\n"));
+    }
     out
 }
 

@@ -112,6 +112,9 @@ pub struct GatewayLayout {
     /// `storage.local.fsync` of the relay store (on when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_fsync: Option<bool>,
+    /// `retention.keep_s` and `retention.interval_ms` (the defaults when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<(u64, u64)>,
     #[serde(flatten)]
     pub place: Placement,
     /// Extra environment of the gateway process (the chaos suite's switches).
@@ -264,6 +267,7 @@ impl Layout {
             postgres_url: None,
             timing: None,
             store_fsync: None,
+            retention: None,
             place: Placement::default(),
             env: Vec::new(),
         });

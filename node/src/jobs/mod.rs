@@ -216,7 +216,7 @@ pub async fn lead(
 }
 
 /// Aborts a task when dropped (the job duties end with their term).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
