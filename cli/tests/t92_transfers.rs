@@ -425,7 +425,11 @@ async fn a_relay_upload_goes_on_after_the_gateway_was_killed_mid_transfer() {
 async fn an_output_survives_the_loss_of_the_leader_that_stored_it() {
     // Two clusters of three replicas, local stores: an output is recorded only once a majority
     // of its cluster's replicas hold it.
-    let mut mesh = GatewayMesh::start(Engine::Sqlite, 2, 3, test_gateway_timing(), false).await;
+    // Retention of 2 s: every surviving replica's copy goes once the children are done.
+    let mut mesh = GatewayMesh::start_with(Engine::Sqlite, 2, 3, test_gateway_timing(), false, |layout| {
+        layout.gateway.as_mut().expect("gateway").retention = Some((2, 500));
+    })
+    .await;
     let leader = mesh.t.leader("aws").await;
     let yaml = spec(&[
         producer("parent", "aws", 12, ""),
@@ -456,6 +460,32 @@ async fn an_output_survives_the_loss_of_the_leader_that_stored_it() {
         assert_eq!(done.job.state, JobState::Finished, "{child} got its input from the new leader: {:?}", done.job);
     }
     assert_eq!(route(&mesh, &id_of(&submitted, "local-child"), "parent").await, Some(Route::Local));
+
+    phase("the children are done: retention removes the copy of every replica still up, followers too");
+    let copies: Vec<PathBuf> = mesh
+        .t
+        .ids("aws")
+        .into_iter()
+        .filter(|id| *id != leader.leader)
+        .map(|id| mesh.t.mesh.dir.data_dir("aws", id).join("blobs/sha256").join(hex))
+        .chain(
+            mesh.t.ids("gcp").into_iter().map(|id| mesh.t.mesh.dir.data_dir("gcp", id).join("blobs/sha256").join(hex)),
+        )
+        .collect();
+    wait_gone(copies.iter().map(|p| (p.display().to_string(), p.clone())).collect()).await;
+}
+
+/// Wait (at most 30 s) until none of `paths` exists; fail naming those left.
+async fn wait_gone(paths: Vec<(String, PathBuf)>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: Vec<&str> = paths.iter().filter(|(_, path)| path.exists()).map(|(what, _)| what.as_str()).collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still there after 30 s: {left:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -517,11 +547,19 @@ async fn outputs_and_work_directories_are_kept_while_a_child_needs_them_and_go_a
         layout.gateway.as_mut().expect("gateway").retention = Some((2, 500));
     })
     .await;
+    let dir = mesh.t.dir.path().join("project");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("app.txt"), "a source\n").unwrap();
+    let out = mesh.cli(&["push", dir.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pushed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("push --json");
+    let source = pushed["digest"].as_str().expect("digest").to_string();
     let yaml = spec(&[
         producer("parent", "onprem", 1, ""),
         "  - {name: gate, type: command, command: 'sleep 7', cluster: {selector: [aws]}, timeout: 60}\n".to_string(),
         gated_consumer("child", "gcp"),
-    ]);
+    ])
+    .replace("version: 1\n", &format!("version: 1\nsource: {source}\n"));
     let submitted = submit(&mesh.gateway, &yaml).await;
     let parent = wait_final(&mesh.gateway, &id_of(&submitted, "parent")).await;
     assert_eq!(parent.job.state, JobState::Finished);
@@ -543,7 +581,12 @@ async fn outputs_and_work_directories_are_kept_while_a_child_needs_them_and_go_a
     phase("the child read it (relayed) and ended: every copy and the work directories go");
     let child = wait_final(&mesh.gateway, &id_of(&submitted, "child")).await;
     assert_eq!(child.job.state, JobState::Finished, "{:?}", child.job.reason);
+    let source_hex = source.strip_prefix("sha256:").unwrap();
     let gone = [
+        ("the source in the gateway's store", mesh.t.mesh.dir.gateway_dir().join("blobs/sha256").join(source_hex)),
+        ("the source in onprem's store", chunk_dir(&mesh, "onprem", &source)),
+        ("the source in aws's store", chunk_dir(&mesh, "aws", &source)),
+        ("the source in gcp's store", chunk_dir(&mesh, "gcp", &source)),
         ("onprem's store", parent_store),
         ("gcp's store", child_store),
         ("the relay store", relay_store),
@@ -551,15 +594,13 @@ async fn outputs_and_work_directories_are_kept_while_a_child_needs_them_and_go_a
         ("the gate's work directory", work("aws", "gate")),
         ("the child's work directory", work("gcp", "child")),
     ];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let left: Vec<&str> = gone.iter().filter(|(_, path)| path.exists()).map(|(what, _)| *what).collect();
-        if left.is_empty() {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "still there 30 s after the child ended: {left:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_gone(gone.into_iter().map(|(what, path)| (what.to_string(), path)).collect()).await;
     let log = std::fs::read_to_string(mesh.t.mesh.dir.gateway_log()).unwrap_or_default();
     assert!(log.contains("removed from the relay store"), "the gateway logged no removal");
+
+    phase("the source went with its blob: pipelines may no longer name it");
+    let yaml = format!("version: 1\nsource: {source}\njobs:\n  - {{name: j, type: command, command: 'true'}}\n");
+    let spec = atoll_api::spec::parse_document(&yaml).expect("spec");
+    let err = mesh.gateway.submit(&atoll_api::jobs::SubmitRequest { spec }).await.unwrap_err();
+    assert!(err.to_string().contains("not a pushed source"), "{err}");
 }
