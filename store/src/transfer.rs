@@ -227,11 +227,9 @@ async fn chunk(
             manifest.chunks.len()
         )));
     }
-    let bytes = service.blobs.chunk(&manifest, index).await.map_err(|e| match e {
-        // A chunk corrupted in this store is this server's fault, not the caller's.
-        StoreError::DigestMismatch { .. } => ApiError::internal(e.to_string()),
-        other => store_error(other),
-    })?;
+    // Verified by the caller, before it uses or stores it (a chunk damaged here is refused
+    // there and fetched again, then from elsewhere).
+    let bytes = service.blobs.stored_chunk(&manifest, index).await.map_err(store_error)?;
     Ok(([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
@@ -759,6 +757,10 @@ impl Fetch {
                 self.refetched += bytes.len() as u64;
                 tracing::warn!(peer = %peer.base, blob = %self.digest, chunk = index, "a chunk arrived corrupted; fetching it again");
                 if corrupt >= TRIES {
+                    // The chunk before is good: keep it, so a fetch from elsewhere starts here.
+                    if let Some((stored, len, hasher, write)) = storing.take() {
+                        self.stored(write, stored, len, hasher).await?;
+                    }
                     return Err(TransferError::Corrupt {
                         addr: peer.base.clone(),
                         digest: self.digest.clone(),
@@ -839,7 +841,7 @@ pub async fn send(from: &Blobs, digest: &Digest, peer: &Remote, pace: &Pace) -> 
         let mut conflict = false;
         let read = |index: usize| {
             let (from, manifest) = (from.clone(), manifest.clone());
-            Ahead(tokio::spawn(async move { (index, from.chunk(&manifest, index).await) }))
+            Ahead(tokio::spawn(async move { (index, from.stored_chunk(&manifest, index).await) }))
         };
         // The next chunk is read from the store while this one is sent.
         let mut ahead = (state.next < manifest.chunks.len()).then(|| read(state.next));
@@ -852,7 +854,7 @@ pub async fn send(from: &Blobs, digest: &Digest, peer: &Remote, pace: &Pace) -> 
             let chunk = match task.join().await {
                 Ok((read_index, chunk)) if read_index == index => chunk?,
                 // The server asked for another chunk than the one read ahead.
-                Ok(_) => from.chunk(&manifest, index).await?,
+                Ok(_) => from.stored_chunk(&manifest, index).await?,
                 Err(e) => return Err(StoreError::Config(format!("reading chunk {index}: {e}")).into()),
             };
             if index + 1 < manifest.chunks.len() {

@@ -341,3 +341,28 @@ async fn a_fetch_streams_from_an_upload_still_arriving() {
     assert_eq!(read_all(&target, &digest).await, bytes, "whole and verified before the relay completed");
     assert!(relay.manifest(&digest).await.unwrap().is_none(), "the relay's own copy is not complete yet");
 }
+
+#[tokio::test]
+async fn a_chunk_damaged_in_the_serving_store_is_caught_by_the_receiver_and_nothing_is_stored() {
+    // Served and sent chunks are hashed once, where they land: the receiver's check is the one
+    // that catches a chunk damaged on the sender's disk, on a fetch and on a send alike.
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = (store(dir.path(), "a"), store(dir.path(), "b"));
+    let (digest, _) = blob(dir.path(), &source, 1).await;
+    let on_disk = dir.path().join("a/sha256").join(digest.hex()).join("00000001");
+    let mut damaged = std::fs::read(&on_disk).unwrap();
+    damaged[7] ^= 0xff;
+    std::fs::write(&on_disk, &damaged).unwrap();
+
+    let base = serve(source.clone(), Open, Arc::new(Faults::default())).await;
+    let mut fetch = Fetch::new(digest.clone());
+    let err = fetch.run(&remote(&base), &target, &Pace::default()).await.unwrap_err();
+    assert!(matches!(err, TransferError::Corrupt { index: 1, .. }), "{err}");
+    assert_eq!(fetch.next_chunk(), 1, "the good chunk before it is kept");
+    assert!(target.manifest(&digest).await.unwrap().is_none());
+
+    let receiver = serve(target.clone(), Open, Arc::new(Faults::default())).await;
+    let err = atoll_store::transfer::send(&source, &digest, &remote(&receiver), &Pace::default()).await.unwrap_err();
+    assert!(err.to_string().contains("chunk 1"), "{err}");
+    assert!(target.manifest(&digest).await.unwrap().is_none());
+}
