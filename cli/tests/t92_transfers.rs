@@ -598,6 +598,17 @@ async fn outputs_and_work_directories_are_kept_while_a_child_needs_them_and_go_a
     let log = std::fs::read_to_string(mesh.t.mesh.dir.gateway_log()).unwrap_or_default();
     assert!(log.contains("removed from the relay store"), "the gateway logged no removal");
 
+    phase("asking about something that is not a digest, about too many, or for another cluster is refused, saying so");
+    let replica = mesh.as_replica("gcp", 1);
+    let bad = atoll_api::jobs::ReleaseRequest { digests: vec![digest.clone(), "sha256:nope".into()] };
+    let err = replica.released("gcp", &bad).await.unwrap_err().to_string();
+    assert!(err.contains("digests[1]"), "{err}");
+    let many = atoll_api::jobs::ReleaseRequest { digests: vec![digest.clone(); 1_001] };
+    let err = replica.released("gcp", &many).await.unwrap_err().to_string();
+    assert!(err.contains("1001 given, at most 1000"), "{err}");
+    let err = replica.released("aws", &atoll_api::jobs::ReleaseRequest { digests: vec![] }).await.unwrap_err();
+    assert!(err.to_string().contains("may not act for cluster aws"), "{err}");
+
     phase("the source went with its blob: pipelines may no longer name it");
     let yaml = format!("version: 1\nsource: {source}\njobs:\n  - {{name: j, type: command, command: 'true'}}\n");
     let spec = atoll_api::spec::parse_document(&yaml).expect("spec");

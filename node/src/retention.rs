@@ -126,8 +126,9 @@ pub async fn pass(
         let cutoff = began.checked_sub(kept_for).unwrap_or(SystemTime::UNIX_EPOCH);
         keep = Some(kept_for);
         interval = Duration::from_millis(answer.interval_ms.max(100));
+        let asked: HashSet<&String> = batch.iter().collect();
         for digest in answer.released {
-            if !batch.contains(&digest) {
+            if !asked.contains(&digest) {
                 continue;
             }
             let parsed = digest.parse().map_err(|e: atoll_store::InvalidDigest| e.to_string())?;
@@ -139,16 +140,15 @@ pub async fn pass(
     }
     if let Some(keep) = keep {
         let cutoff = began.checked_sub(keep).unwrap_or(SystemTime::UNIX_EPOCH);
-        done.work_dirs_removed = remove_work_dirs(work_root, &in_use.attempts, cutoff, WORK_DIRS_PER_PASS).await;
+        done.work_dirs_removed = remove_work_dirs(work_root, in_use.attempts, cutoff, WORK_DIRS_PER_PASS).await;
     }
     Ok((done, interval))
 }
 
 /// Remove up to `limit` work directories (`root/<job>/<attempt>`) of attempts not in `held`
 /// whose last change is older than `cutoff`, and the job directories they leave empty.
-pub async fn remove_work_dirs(root: &Path, held: &HashSet<(String, u32)>, cutoff: SystemTime, limit: usize) -> usize {
+pub async fn remove_work_dirs(root: &Path, held: HashSet<(String, u32)>, cutoff: SystemTime, limit: usize) -> usize {
     let root = root.to_path_buf();
-    let held = held.clone();
     tokio::task::spawn_blocking(move || {
         let mut removed = 0;
         let Ok(jobs) = std::fs::read_dir(&root) else { return 0 };
@@ -197,9 +197,9 @@ mod tests {
         }
         let held: HashSet<(String, u32)> = [("p.a".to_string(), 2)].into();
         let future = SystemTime::now() + Duration::from_secs(60);
-        assert_eq!(remove_work_dirs(root.path(), &held, SystemTime::UNIX_EPOCH, 10).await, 0, "all newer");
-        assert_eq!(remove_work_dirs(root.path(), &held, future, 2).await, 2, "at most the limit");
-        assert_eq!(remove_work_dirs(root.path(), &held, future, 10).await, 2);
+        assert_eq!(remove_work_dirs(root.path(), held.clone(), SystemTime::UNIX_EPOCH, 10).await, 0, "all newer");
+        assert_eq!(remove_work_dirs(root.path(), held.clone(), future, 2).await, 2, "at most the limit");
+        assert_eq!(remove_work_dirs(root.path(), held.clone(), future, 10).await, 2);
         assert!(root.path().join("p.a/2/log").exists(), "a held attempt stays");
         assert!(!root.path().join("p.a/1").exists());
         let left: Vec<String> = std::fs::read_dir(root.path())

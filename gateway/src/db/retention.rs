@@ -41,48 +41,49 @@ impl Db {
         let mut uses = BlobUses::default();
         for chunk in digests.chunks(100) {
             let list = placeholders(chunk.len());
-            for (column, into) in [("output_digest", &mut uses.outputs), ("source_digest", &mut uses.sources_of)] {
-                let sql = format!(
-                    "SELECT {column} AS digest, pipeline_id, idx, state, finished_ms FROM jobs WHERE {column} IN ({list})"
-                );
+            // 0: accepted outputs, 1: sources of jobs, 2: attempts' outputs, 3: pushed sources.
+            let queries = [
+                format!(
+                    "SELECT output_digest AS digest, pipeline_id, idx, state, finished_ms FROM jobs WHERE output_digest IN ({list})"
+                ),
+                format!(
+                    "SELECT source_digest AS digest, pipeline_id, idx, state, finished_ms FROM jobs WHERE source_digest IN ({list})"
+                ),
+                format!(
+                    "SELECT output_digest AS digest, ended_ms AS at_ms FROM attempts WHERE output_digest IN ({list})"
+                ),
+                format!("SELECT digest, created_ms AS at_ms FROM sources WHERE digest IN ({list})"),
+            ];
+            for (kind, sql) in queries.into_iter().enumerate() {
                 with_pool!(self, read, |pool| {
                     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
                     for digest in chunk {
                         query = query.bind(*digest);
                     }
                     for row in query.fetch_all(pool).await? {
+                        let digest: String = row.try_get("digest")?;
+                        if kind >= 2 {
+                            let at_ms: Option<i64> = row.try_get("at_ms")?;
+                            match at_ms {
+                                _ if kind == 2 => uses.attempts.push((digest, at_ms)),
+                                Some(pushed_ms) => uses.pushed.push((digest, pushed_ms)),
+                                None => return Err(DbError::corrupt("sources.created_ms", "missing")),
+                            }
+                            continue;
+                        }
                         let idx: i32 = row.try_get("idx")?;
                         let state: String = row.try_get("state")?;
-                        into.push(JobUse {
-                            digest: row.try_get("digest")?,
+                        let used = JobUse {
+                            digest,
                             pipeline_id: row.try_get("pipeline_id")?,
                             idx: usize::try_from(idx).map_err(|e| DbError::corrupt("jobs.idx", e))?,
                             state: state.parse().map_err(|e| DbError::corrupt("jobs.state", e))?,
                             finished_ms: row.try_get("finished_ms")?,
-                        });
+                        };
+                        if kind == 0 { uses.outputs.push(used) } else { uses.sources_of.push(used) }
                     }
                 });
             }
-            let sql = format!("SELECT output_digest, ended_ms FROM attempts WHERE output_digest IN ({list})");
-            with_pool!(self, read, |pool| {
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for digest in chunk {
-                    query = query.bind(*digest);
-                }
-                for row in query.fetch_all(pool).await? {
-                    uses.attempts.push((row.try_get("output_digest")?, row.try_get("ended_ms")?));
-                }
-            });
-            let sql = format!("SELECT digest, created_ms FROM sources WHERE digest IN ({list})");
-            with_pool!(self, read, |pool| {
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for digest in chunk {
-                    query = query.bind(*digest);
-                }
-                for row in query.fetch_all(pool).await? {
-                    uses.pushed.push((row.try_get("digest")?, row.try_get("created_ms")?));
-                }
-            });
         }
         Ok(uses)
     }
