@@ -149,6 +149,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The helpers in a Kubernetes Job's pod (run by the helper image, not by hand).
+    #[command(hide = true)]
+    Pod {
+        #[command(subcommand)]
+        command: PodCommand,
+    },
     Validate {
         /// The spec file.
         file: PathBuf,
@@ -166,6 +172,16 @@ pub struct JsonArg {
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PodCommand {
+    /// Fetch the attempt's inputs and source from the cluster's replicas, check and unpack them.
+    Inputs,
+    /// Once stopped, archive `$ATOLL_OUTPUT` and store it with the cluster's replicas.
+    Output,
+    /// Whether the output helper is ready to be stopped (its startup probe).
+    Started,
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,6 +10,7 @@
 //! - [`bench`]: benchmarks measured side by side with the peer baseline.
 //! - [`cli_config`]: the CLI config file.
 //! - [`push`]: `atoll push DIR`, sources uploaded once to the gateway.
+//! - [`pod`]: `atoll pod inputs|output`, the helpers in a Kubernetes Job's pod.
 //! - [`malloc`]: the daemons' malloc setting (they start themselves again with it).
 
 pub mod agent;
@@ -24,6 +25,7 @@ pub mod malloc;
 pub mod mesh;
 pub mod mesh_commands;
 pub mod operator;
+pub mod pod;
 pub mod push;
 pub mod verify;
 
@@ -67,6 +69,9 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
             job_commands::validate(&CliConfig::find(args.config.as_deref())?, &file, offline, json).await
         }
         Command::Dev(dev_args) => dev::run(dev_args).await,
+        Command::Pod { command: args::PodCommand::Inputs } => pod::inputs().await,
+        Command::Pod { command: args::PodCommand::Output } => pod::output().await,
+        Command::Pod { command: args::PodCommand::Started } => pod::started(),
         Command::Ca { command } => ca::run(command),
         Command::Status(node) => operator::status(&CliConfig::find(args.config.as_deref())?, node).await,
         Command::Annotate { node, pairs } => {

@@ -4,7 +4,8 @@
 //! the timeout (`activeDeadlineSeconds`) and cancel (the Job deleted) work; and a leader killed
 //! while Jobs run is followed by one that adopts them: no Job is created twice, the attempt is
 //! not repeated, and its result is accepted once. A leader deletes its cluster's Jobs that no
-//! held attempt names.
+//! held attempt names. A Job's pod brings its inputs and source in and its output out through
+//! its helpers (the `atoll` binary under test) and the replicas' pod listeners.
 
 mod common;
 
@@ -25,12 +26,18 @@ use common::test_gateway_timing;
 use common::wait_final;
 use common::wait_state;
 
-async fn kube_mesh(fake: &FakeKube) -> GatewayMesh {
+/// A mesh of `clusters` whose first, aws, runs its jobs on the fake.
+async fn kube_mesh_of(fake: &FakeKube, clusters: usize) -> GatewayMesh {
     let api = fake.url.clone();
-    GatewayMesh::start_with(Engine::Sqlite, 1, 3, test_gateway_timing(), false, move |layout| {
+    GatewayMesh::start_with(Engine::Sqlite, clusters, 3, test_gateway_timing(), false, move |layout| {
         layout.clusters[0].kubernetes_api = Some(api);
+        layout.clusters[0].pod_ports = atoll::mesh::allocate_ports(3, 0).expect("pod ports");
     })
     .await
+}
+
+async fn kube_mesh(fake: &FakeKube) -> GatewayMesh {
+    kube_mesh_of(fake, 1).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,7 +85,8 @@ jobs:
     let out = mesh.cli(&["logs", &hello]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("hello from {hello} attempt 1")), "{text}");
-    assert!(text.contains("output in /atoll/output"), "{text}");
+    // The fake kubelet shows a mount at its volume's directory.
+    assert!(text.contains("output in /") && text.contains("/volumes/output"), "{text}");
     assert!(text.contains("bonjour"), "{text}");
 
     phase("an image job runs its image's command");
@@ -125,7 +133,7 @@ async fn a_new_leader_adopts_running_kubernetes_jobs() {
         r#"
 version: 1
 jobs:
-  - {name: work, type: command, command: "echo started; sleep 4; echo adopted-and-done", timeout: 120}
+  - {name: work, type: command, command: "echo started; sleep 4; echo adopted-and-done; echo made > $ATOLL_OUTPUT/made", timeout: 120}
 "#,
     )
     .await;
@@ -144,6 +152,8 @@ jobs:
     assert_eq!(detail.attempts.len(), 1, "not run again: {:?}", detail.attempts);
     assert_eq!(detail.attempts[0].state, "finished");
     assert_eq!(fake.creates(&name), 1, "adopted, not created again");
+    let output = detail.job.output.clone().expect("the pod stored its output with a replica still up");
+    assert!(output.size > 0, "{output:?}");
     assert_eq!(fake.ever_created(), vec![name.clone()]);
     let out = mesh.cli(&["logs", &id]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -151,4 +161,120 @@ jobs:
     assert_eq!(text.matches("adopted-and-done").count(), 1, "{text}");
     eventually(Duration::from_secs(10), "the finished Job is deleted", || async { fake.deleted(&name).then_some(()) })
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pods_helpers_bring_inputs_and_sources_in_and_the_output_out() {
+    let fake = FakeKube::start().await;
+    let mesh = kube_mesh_of(&fake, 2).await;
+    let gateway = &mesh.gateway;
+    let dir = mesh.t.dir.path().join("project");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("hello.txt"), "hello from the source\n").unwrap();
+    let out = mesh.cli(&["push", dir.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pushed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("push --json");
+    let source = pushed["digest"].as_str().expect("digest").to_string();
+
+    phase(
+        "build (a pod on aws) reads the source, writes an output; test (a process on gcp) reads it; back (a pod on aws) reads both",
+    );
+    let yaml = format!(
+        r#"
+version: 1
+source: {source}
+jobs:
+  - name: build
+    type: command
+    command: cp "$ATOLL_SOURCE/hello.txt" "$ATOLL_OUTPUT/" && mkdir "$ATOLL_OUTPUT/sub" && echo deep > "$ATOLL_OUTPUT/sub/file"
+    cluster: {{selector: [aws]}}
+    timeout: 60
+  - name: test
+    type: command
+    command: test "$(cat "$ATOLL_INPUTS/build/sub/file")" = deep && echo from-gcp > "$ATOLL_OUTPUT/verdict"
+    cluster: {{selector: [gcp]}}
+    depends_on: [build]
+    timeout: 120
+  - name: back
+    type: command
+    command: test "$(cat "$ATOLL_INPUTS/test/verdict")" = from-gcp && test "$(cat "$ATOLL_INPUTS/build/hello.txt")" = "hello from the source" && echo ok
+    cluster: {{selector: [aws]}}
+    depends_on: [build, test]
+    timeout: 120
+  - {{name: quiet, type: command, command: "true", cluster: {{selector: [aws]}}, timeout: 60}}
+  - {{name: broken, type: command, command: "echo partial > $ATOLL_OUTPUT/log.txt; exit 3", cluster: {{selector: [aws]}}, timeout: 60}}
+  - {{name: unarchivable, type: command, command: "python3 -c 'import os, socket; socket.socket(socket.AF_UNIX).bind(os.environ[\"ATOLL_OUTPUT\"] + \"/sock\")'", cluster: {{selector: [aws]}}, timeout: 60}}
+  - {{name: waits, type: command, command: "sleep 60", cluster: {{selector: [aws]}}, depends_on: [build], timeout: 120}}
+"#
+    );
+    let submitted = submit(gateway, &yaml).await;
+    let build = wait_final(gateway, &id_of(&submitted, "build")).await;
+    assert_eq!(build.job.state, JobState::Finished, "{build:?}");
+    let output = build.job.output.clone().expect("build's output, stored by its pod");
+    assert_eq!(build.job.cluster.as_deref(), Some("aws"));
+    for job in ["test", "back"] {
+        let done = wait_final(gateway, &id_of(&submitted, job)).await;
+        assert_eq!(done.job.state, JobState::Finished, "{job}: {done:?}");
+    }
+    let back = id_of(&submitted, "back");
+    let logs = mesh.cli(&["logs", &back]);
+    assert!(String::from_utf8_lossy(&logs.stdout).contains("ok"), "{}", String::from_utf8_lossy(&logs.stdout));
+
+    phase("nothing written: no output; a failed job's output is kept");
+    let quiet = wait_final(gateway, &id_of(&submitted, "quiet")).await;
+    assert_eq!(quiet.job.state, JobState::Finished, "{quiet:?}");
+    assert!(quiet.job.output.is_none(), "{quiet:?}");
+    let broken = wait_final(gateway, &id_of(&submitted, "broken")).await;
+    assert_eq!(broken.job.state, JobState::Failure, "{broken:?}");
+    assert_eq!(broken.attempts[0].exit_code, Some(3));
+    assert!(broken.job.output.is_some(), "the output of a failed job counts: {broken:?}");
+
+    phase("an output the helper cannot store: error, saying why");
+    let unarchivable = wait_final(gateway, &id_of(&submitted, "unarchivable")).await;
+    assert_eq!(unarchivable.job.state, JobState::Error, "{unarchivable:?}");
+    let message = unarchivable.attempts[0].message.clone().unwrap_or_default();
+    assert!(message.starts_with("storing its output failed: ") && message.contains("sock"), "{message}");
+
+    phase("the pod listener refuses a wrong secret, a blob the attempt may not read, and an unknown attempt");
+    let waits = id_of(&submitted, "waits");
+    wait_state(gateway, &waits, Duration::from_secs(60), |s| s == JobState::Running).await;
+    let ca = std::fs::read_to_string(mesh.t.mesh.dir.certs().join("ca.pem")).expect("CA");
+    let ports = mesh.t.mesh.layout.clusters[0].pod_ports.clone();
+    let urls = ports.iter().map(|p| format!("https://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+    let helper = |job: &str, secret: &str, digest: &str| {
+        let blobs =
+            format!("[{{\"digest\": \"{digest}\", \"dir\": \"{}\"}}]", mesh.t.dir.path().join("in/x").display());
+        std::process::Command::new(env!("CARGO_BIN_EXE_atoll"))
+            .args(["pod", "inputs"])
+            .env("ATOLL_CLUSTER", "aws")
+            .env("ATOLL_JOB_ID", job)
+            .env("ATOLL_ATTEMPT", "1")
+            .env("ATOLL_POD_URLS", &urls)
+            .env("ATOLL_POD_SECRET", secret)
+            .env("ATOLL_POD_CA", &ca)
+            .env("ATOLL_POD_BLOBS", blobs)
+            .output()
+            .expect("run atoll pod inputs")
+    };
+    let out = helper(&waits, "not-the-secret", &output.digest);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("403") && stderr.contains("not the secret"), "{stderr}");
+    // Whoever may read the Job sees its helpers' secret.
+    let secret = fake.env_of(&job_name(&waits, 1), "atoll-output", "ATOLL_POD_SECRET").expect("the pod's secret");
+    let out = helper(&waits, &secret, &format!("sha256:{}", "0".repeat(64)));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("neither an input nor the source"), "{stderr}");
+    let out = helper(&waits, &secret, &output.digest);
+    assert!(out.status.success(), "its own input, with its secret: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(mesh.t.dir.path().join("in/x/sub/file")).unwrap(),
+        "deep\n",
+        "verified and unpacked"
+    );
+    gateway.cancel(&waits).await.expect("cancel");
+    let done = wait_final(gateway, &waits).await;
+    assert_eq!(done.job.state, JobState::Killed, "{done:?}");
+    let out = helper(&waits, &secret, &output.digest);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an ended attempt's secret opens nothing: {stderr}");
 }

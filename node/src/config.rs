@@ -108,6 +108,17 @@ pub struct KubernetesFile {
     /// How often a running Job's status is read, in milliseconds.
     #[serde(default = "default_poll_ms")]
     pub poll_ms: u64,
+    /// `ip:port` of the pod listener (TLS, no client certificate): a Job's pod fetches its
+    /// inputs and stores its output there.
+    #[serde(default)]
+    pub pod_listen: Option<String>,
+    /// URLs by which pods reach the pod listeners of the cluster's replicas (a Service in front
+    /// of all of them, or each); default: this replica's `host` with the `pod_listen` port.
+    #[serde(default)]
+    pub pod_urls: Vec<String>,
+    /// Image of the pod's helpers (inputs in, output out); it holds the `atoll` binary.
+    #[serde(default = "default_helper_image")]
+    pub helper_image: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -271,6 +282,9 @@ fn default_command_image() -> String {
 fn default_poll_ms() -> u64 {
     1_000
 }
+fn default_helper_image() -> String {
+    format!("atoll:{}", env!("CARGO_PKG_VERSION"))
+}
 
 /// How a cluster runs its jobs, checked.
 #[derive(Debug, Clone)]
@@ -293,9 +307,18 @@ pub struct KubernetesConfig {
     pub namespace: String,
     pub command_image: String,
     pub poll: Duration,
+    /// Where the pod listener binds.
+    pub pod_listen: SocketAddr,
+    /// How pods reach the replicas' pod listeners, tried in order.
+    pub pod_urls: Vec<String>,
+    pub helper_image: String,
 }
 
-fn check_jobs(file: JobsFile, invalid: &dyn Fn(&str, String) -> ConfigError) -> Result<JobsConfig, ConfigError> {
+fn check_jobs(
+    file: JobsFile,
+    advertise: &str,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<JobsConfig, ConfigError> {
     if file.max_running == 0 {
         return Err(invalid("jobs.max_running", "must be 1 or more".into()));
     }
@@ -308,12 +331,12 @@ fn check_jobs(file: JobsFile, invalid: &dyn Fn(&str, String) -> ConfigError) -> 
             ));
         }
         ("kubernetes", k) => {
-            let k = k.unwrap_or(KubernetesFile {
-                api: None,
-                namespace: default_namespace(),
-                command_image: default_command_image(),
-                poll_ms: default_poll_ms(),
-            });
+            let Some(k) = k else {
+                return Err(invalid(
+                    "jobs.kubernetes",
+                    "required with executor kubernetes (at least pod_listen: where job pods fetch their inputs and store their outputs)".into(),
+                ));
+            };
             if let Some(api) = &k.api {
                 match reqwest::Url::parse(api) {
                     Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
@@ -343,11 +366,43 @@ fn check_jobs(file: JobsFile, invalid: &dyn Fn(&str, String) -> ConfigError) -> 
             if k.poll_ms == 0 {
                 return Err(invalid("jobs.kubernetes.poll_ms", "must be 1 or more".into()));
             }
+            if k.helper_image.trim().is_empty() || k.helper_image.chars().any(char::is_whitespace) {
+                return Err(invalid("jobs.kubernetes.helper_image", format!("{:?} is not an image", k.helper_image)));
+            }
+            let Some(pod_listen) = &k.pod_listen else {
+                return Err(invalid(
+                    "jobs.kubernetes.pod_listen",
+                    "required with executor kubernetes (where job pods fetch their inputs and store their outputs)"
+                        .into(),
+                ));
+            };
+            let pod_listen: SocketAddr = pod_listen.parse().map_err(|e| {
+                invalid("jobs.kubernetes.pod_listen", format!("{pod_listen:?} is not an ip:port address: {e}"))
+            })?;
+            let mut pod_urls = k.pod_urls;
+            for (i, url) in pod_urls.iter().enumerate() {
+                match reqwest::Url::parse(url) {
+                    Ok(u) if u.scheme() == "https" && u.host().is_some() => {}
+                    _ => {
+                        return Err(invalid(
+                            &format!("jobs.kubernetes.pod_urls[{i}]"),
+                            format!("{url:?} is not an https:// URL with a host"),
+                        ));
+                    }
+                }
+            }
+            if pod_urls.is_empty() {
+                let host = advertise.rsplit_once(':').map_or(advertise, |(host, _)| host);
+                pod_urls.push(format!("https://{host}:{}", pod_listen.port()));
+            }
             ExecutorConfig::Kubernetes(KubernetesConfig {
                 api: k.api,
                 namespace: k.namespace,
                 command_image: k.command_image,
                 poll: Duration::from_millis(k.poll_ms),
+                pod_listen,
+                pod_urls,
+                helper_image: k.helper_image,
             })
         }
         (other, _) => {
@@ -585,7 +640,7 @@ impl AgentConfig {
             }
             refuse_inbound_from.push(name);
         }
-        let jobs = check_jobs(file.jobs, &invalid)?;
+        let jobs = check_jobs(file.jobs, &advertise, &invalid)?;
         let data_dir = resolve(base, &file.node.data_dir);
         let storage = file.storage.check(origin, "storage", base, data_dir.join("blobs"))?;
         Ok(Self {
@@ -671,17 +726,52 @@ tls: {ca: certs/ca.pem, cert: certs/n1.pem, key: /abs/n1-key.pem}
             (format!("{GOOD}jobs: {{max_running: 0}}\n"), "jobs.max_running"),
             (format!("{GOOD}jobs: {{executor: docker}}\n"), "jobs.executor"),
             (format!("{GOOD}jobs: {{kubernetes: {{namespace: ci}}}}\n"), "jobs.kubernetes"),
-            (format!("{GOOD}jobs: {{executor: kubernetes, kubernetes: {{api: 'ftp://x'}}}}\n"), "jobs.kubernetes.api"),
             (
-                format!("{GOOD}jobs: {{executor: kubernetes, kubernetes: {{namespace: CI}}}}\n"),
+                format!(
+                    "{GOOD}jobs: {{executor: kubernetes, kubernetes: {{pod_listen: '0.0.0.0:7201', api: 'ftp://x'}}}}\n"
+                ),
+                "jobs.kubernetes.api",
+            ),
+            (
+                format!(
+                    "{GOOD}jobs: {{executor: kubernetes, kubernetes: {{pod_listen: '0.0.0.0:7201', namespace: CI}}}}\n"
+                ),
                 "jobs.kubernetes.namespace",
             ),
             (
-                format!("{GOOD}jobs: {{executor: kubernetes, kubernetes: {{command_image: 'a b'}}}}\n"),
+                format!(
+                    "{GOOD}jobs: {{executor: kubernetes, kubernetes: {{pod_listen: '0.0.0.0:7201', command_image: 'a b'}}}}\n"
+                ),
                 "jobs.kubernetes.command_image",
             ),
-            (format!("{GOOD}jobs: {{executor: kubernetes, kubernetes: {{poll_ms: 0}}}}\n"), "jobs.kubernetes.poll_ms"),
+            (
+                format!(
+                    "{GOOD}jobs: {{executor: kubernetes, kubernetes: {{pod_listen: '0.0.0.0:7201', poll_ms: 0}}}}\n"
+                ),
+                "jobs.kubernetes.poll_ms",
+            ),
             (format!("{GOOD}jobs: {{executor: kubernetes, kubernetes: {{pol_ms: 5}}}}\n"), "jobs.kubernetes.pol_ms"),
+            (format!("{GOOD}jobs: {{executor: kubernetes}}\n"), "jobs.kubernetes"),
+            (
+                format!("{GOOD}jobs: {{executor: kubernetes, kubernetes: {{namespace: ci}}}}\n"),
+                "jobs.kubernetes.pod_listen",
+            ),
+            (
+                format!("{GOOD}jobs: {{executor: kubernetes, kubernetes: {{pod_listen: '7201'}}}}\n"),
+                "jobs.kubernetes.pod_listen",
+            ),
+            (
+                format!(
+                    "{GOOD}jobs: {{executor: kubernetes, kubernetes: {{pod_listen: '0.0.0.0:7201', pod_urls: ['https://a:1', 'http://b:2']}}}}\n"
+                ),
+                "jobs.kubernetes.pod_urls[1]",
+            ),
+            (
+                format!(
+                    "{GOOD}jobs: {{executor: kubernetes, kubernetes: {{pod_listen: '0.0.0.0:7201', helper_image: ''}}}}\n"
+                ),
+                "jobs.kubernetes.helper_image",
+            ),
         ];
         for (text, key) in cases {
             let err = check(&text).unwrap_err().to_string();
@@ -695,7 +785,7 @@ tls: {ca: certs/ca.pem, cert: certs/n1.pem, key: /abs/n1-key.pem}
         assert_eq!(config.jobs.max_running, 32);
         assert!(matches!(config.jobs.executor, ExecutorConfig::Process));
         let text = format!(
-            "{GOOD}jobs:\n  max_running: 4\n  executor: kubernetes\n  kubernetes: {{api: 'http://127.0.0.1:8001', namespace: ci}}\n"
+            "{GOOD}jobs:\n  max_running: 4\n  executor: kubernetes\n  kubernetes: {{api: 'http://127.0.0.1:8001', namespace: ci, pod_listen: '0.0.0.0:7201'}}\n"
         );
         let config = check(&text).unwrap();
         assert_eq!(config.jobs.max_running, 4);
@@ -704,6 +794,9 @@ tls: {ca: certs/ca.pem, cert: certs/n1.pem, key: /abs/n1-key.pem}
         assert_eq!(k.namespace, "ci");
         assert_eq!(k.command_image, "busybox:1.36");
         assert_eq!(k.poll, Duration::from_secs(1));
+        assert_eq!(k.pod_listen, "0.0.0.0:7201".parse().unwrap());
+        assert_eq!(k.pod_urls, ["https://127.0.0.1:7201"], "this replica's host with the pod listener's port");
+        assert_eq!(k.helper_image, format!("atoll:{}", env!("CARGO_PKG_VERSION")));
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! - [`raft`]: everything that touches openraft (core, network, RPCs, bootstrap, failover).
 //! - [`link`]: the link to the gateway: enrollment, renewal, the leader's duties.
 //! - [`transfers`]: outputs between clusters: the blob routes, receiving inputs, sending outputs.
+//! - [`pods`]: the pod listener, where a Kubernetes Job's pod fetches its inputs and stores its
+//!   output.
 //! - [`retention`]: blobs and work directories nobody needs any more go.
 //! - [`reachability`]: the link-state detector the leader's probes feed.
 //! - [`admission`]: which peers' connections are served (revoked and refused clusters are not).
@@ -14,8 +16,9 @@
 //!
 //! Invariants:
 //! - only `raft/` touches openraft; everything else sees [`raft::Replica`] and API types;
-//! - every listener but the ops one requires a client certificate from the mesh CA, and Raft
-//!   RPCs are accepted only from replicas of the same cluster;
+//! - every listener but the ops and pod ones requires a client certificate from the mesh CA, and
+//!   Raft RPCs are accepted only from replicas of the same cluster; the pod listener serves
+//!   only an attempt's own blobs and output, to the holder of that attempt's secret;
 //! - a write is acknowledged only after it is committed by a quorum and applied;
 //! - a replica whose data was wiped never rejoins under its old id.
 
@@ -26,6 +29,7 @@ pub mod jobs;
 pub mod link;
 pub mod metrics;
 pub mod ops;
+pub mod pods;
 pub mod raft;
 pub mod reachability;
 pub mod retention;

@@ -228,6 +228,7 @@ async fn join_mesh(
         outputs,
         &config.cluster,
         transfers.clone(),
+        &config.tls.ca,
     )
     .await
     .map_err(|e| format!("jobs.executor: {e:#}"))?;
@@ -238,11 +239,44 @@ async fn join_mesh(
         config.data_dir.join("work"),
         own_store,
     )));
+    let pods = match &config.jobs.executor {
+        crate::config::ExecutorConfig::Kubernetes(k) => {
+            let listener = TcpListener::bind(k.pod_listen)
+                .await
+                .map_err(|e| format!("binding jobs.kubernetes.pod_listen {}: {e}", k.pod_listen))?;
+            let server_config = tls
+                .server_config_with(atoll_api::tls::ClientCerts::Optional)
+                .map_err(|e| format!("the pod listener's TLS: {e}"))?;
+            let router = crate::pods::router(Arc::new(crate::pods::Pods {
+                replica: replica.clone(),
+                transfers: transfers.clone(),
+                uploads: config.data_dir.join("pod-uploads"),
+            }));
+            tracing::info!(pod_listen = %k.pod_listen, pod_urls = ?k.pod_urls, "serving job pods (inputs in, outputs out)");
+            let hooks = atoll_api::serve::Hooks { allow_anonymous: true, ..Default::default() };
+            Some(crate::jobs::AbortOnDrop(tokio::spawn(async move {
+                let served = atoll_api::serve::serve_mtls(
+                    listener,
+                    server_config,
+                    router,
+                    hooks,
+                    std::future::pending(),
+                    Duration::from_secs(1),
+                )
+                .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the pod listener ended");
+                }
+            })))
+        }
+        crate::config::ExecutorConfig::Process => None,
+    };
     let jobs = crate::link::Jobs { executor, max_running: config.jobs.max_running, transfers, failed };
     let link = crate::link::run(replica.clone(), tls.clone(), config.tls.clone(), link, jobs);
     Ok(Some(tokio::spawn(async move {
-        // Retention passes go on as long as the link does.
+        // Retention passes and the pod listener go on as long as the link does.
         let _retention = retention;
+        let _pods = pods;
         link.await
     })))
 }

@@ -171,6 +171,26 @@ impl Transfers {
         self.service.blobs()
     }
 
+    pub fn replica(&self) -> &Arc<crate::raft::Replica> {
+        &self.replica
+    }
+
+    /// Bring what an attempt needs from outside the cluster into this replica's store: its
+    /// source from the gateway, and each input from another cluster by its route.
+    pub async fn bring_in(&self, request: &crate::jobs::executor::RunRequest) -> Result<(), String> {
+        if let Some(source) = &request.spec.source {
+            let fail = |e: String| format!("delivering source {source}: {e}");
+            let digest: Digest = source.parse().map_err(|e: atoll_store::InvalidDigest| fail(e.to_string()))?;
+            self.fetch_source(&digest).await.map_err(fail)?;
+        }
+        for input in request.inputs.iter().filter(|i| i.mode != atoll_api::jobs::InputMode::Local) {
+            self.receive(&request.job, request.attempt, input).await.map_err(|e| {
+                format!("delivering the output of {} ({}) from {}: {e}", input.from_job, input.digest, input.cluster)
+            })?;
+        }
+        Ok(())
+    }
+
     /// An HTTP client accepting only `cluster`'s replicas (`None`: the gateway).
     fn client(&self, cluster: Option<&str>) -> Result<reqwest::Client, String> {
         let key = cluster.unwrap_or("").to_string();

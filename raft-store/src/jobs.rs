@@ -49,8 +49,15 @@ pub enum RunState {
     /// Recorded, not started.
     Accepted,
     /// Started by `node` while it led in `term`; `handle` names the run in its executor (a
-    /// Kubernetes Job name) when the run can outlive the replica that started it.
-    Started { term: u64, node: u64, handle: Option<String> },
+    /// Kubernetes Job name) when the run can outlive the replica that started it; `secret`
+    /// authorizes the run's helpers (a Kubernetes pod's) to fetch its inputs and store its output.
+    Started {
+        term: u64,
+        node: u64,
+        handle: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret: Option<String>,
+    },
     /// Over; the gateway has still to acknowledge it.
     Ended { state: EndState, exit_code: Option<i32>, message: Option<String> },
 }
@@ -96,7 +103,15 @@ pub enum JobOp {
         inputs: String,
     },
     /// The attempt's run started.
-    Start { job: String, attempt: u32, term: u64, node: u64, handle: Option<String> },
+    Start {
+        job: String,
+        attempt: u32,
+        term: u64,
+        node: u64,
+        handle: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret: Option<String>,
+    },
     /// The attempt's run ended.
     End { job: String, attempt: u32, state: EndState, exit_code: Option<i32>, message: Option<String> },
     /// The attempt's output is stored (before its end is recorded).
@@ -158,10 +173,11 @@ impl JobOp {
                 };
                 (Some(record), true)
             }
-            JobOp::Start { term, node, handle, .. } => match ours {
+            JobOp::Start { term, node, handle, secret, .. } => match ours {
                 Some(r) if !matches!(r.run, RunState::Ended { .. }) => {
                     let mut r = r.clone();
-                    r.run = RunState::Started { term: *term, node: *node, handle: handle.clone() };
+                    r.run =
+                        RunState::Started { term: *term, node: *node, handle: handle.clone(), secret: secret.clone() };
                     (Some(r), true)
                 }
                 _ => keep,
@@ -220,10 +236,10 @@ mod tests {
         assert!(changed);
         let r = r.unwrap();
         assert_eq!((r.run.clone(), r.revision), (RunState::Accepted, 5));
-        let start = JobOp::Start { job: "j".into(), attempt: 1, term: 3, node: 2, handle: None };
+        let start = JobOp::Start { job: "j".into(), attempt: 1, term: 3, node: 2, handle: None, secret: None };
         let (r, _) = start.apply(Some(&r), 6);
         let r = r.unwrap();
-        assert_eq!(r.run, RunState::Started { term: 3, node: 2, handle: None });
+        assert_eq!(r.run, RunState::Started { term: 3, node: 2, handle: None, secret: None });
         let end =
             JobOp::End { job: "j".into(), attempt: 1, state: EndState::Finished, exit_code: Some(0), message: None };
         let (r, _) = end.apply(Some(&r), 7);

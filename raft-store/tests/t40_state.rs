@@ -51,8 +51,15 @@ async fn every_kind_of_state_travels_in_a_snapshot() {
                         spec: "{}".into(),
                         inputs: String::new(),
                     },
-                    JobOp::Start { job: "a".into(), attempt: 1, term: 3, node: 1, handle: Some("k8s-a-1".into()) },
-                    JobOp::Start { job: "b".into(), attempt: 1, term: 3, node: 1, handle: None },
+                    JobOp::Start {
+                        job: "a".into(),
+                        attempt: 1,
+                        term: 3,
+                        node: 1,
+                        handle: Some("k8s-a-1".into()),
+                        secret: None,
+                    },
+                    JobOp::Start { job: "b".into(), attempt: 1, term: 3, node: 1, handle: None, secret: None },
                 ],
             },
         ),
@@ -75,7 +82,7 @@ async fn every_kind_of_state_travels_in_a_snapshot() {
     assert_eq!((team.value.as_str(), team.version, team.revision), ("infra", 2, 4));
     let jobs = source.jobs().unwrap();
     assert_eq!(jobs.len(), 2);
-    assert_eq!(jobs[0].run, RunState::Started { term: 3, node: 1, handle: Some("k8s-a-1".into()) });
+    assert_eq!(jobs[0].run, RunState::Started { term: 3, node: 1, handle: Some("k8s-a-1".into()), secret: None });
     // b's start named attempt 1 while attempt 2 is held: it changed nothing.
     assert_eq!(jobs[1].run, RunState::Ended { state: EndState::Failure, exit_code: Some(3), message: None });
 

@@ -183,6 +183,14 @@ fn agent_yaml(layout: &Layout, cluster: &ClusterLayout, replica: &ReplicaLayout)
         out.push_str(&format!(
             "  executor: kubernetes\n  kubernetes:\n    api: \"{api}\"\n    namespace: atoll\n    poll_ms: 100\n"
         ));
+        // Pods reach every replica's pod listener (as through a Service in front of them).
+        let index = cluster.replicas.iter().position(|r| r.id == replica.id).unwrap_or(0);
+        if let Some(port) = cluster.pod_ports.get(index) {
+            out.push_str(&format!("    pod_listen: \"{}:{port}\"\n    pod_urls:\n", replica.place.ip()));
+            for (peer, port) in cluster.replicas.iter().zip(&cluster.pod_ports) {
+                out.push_str(&format!("      - \"https://{}:{port}\"\n", peer.place.ip()));
+            }
+        }
     }
     if let Some(fsync) = cluster.store_fsync {
         out.push_str(&format!("storage:\n  local:\n    fsync: {fsync}\n"));

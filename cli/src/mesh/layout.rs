@@ -87,6 +87,9 @@ pub struct ClusterLayout {
     /// Run jobs as Kubernetes Jobs through this API server instead of as processes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes_api: Option<String>,
+    /// With `kubernetes_api`: each replica's pod listener port, in replica order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_ports: Vec<u16>,
     /// `jobs.max_running` of the leader (the agent's default when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_running: Option<usize>,
@@ -242,6 +245,7 @@ impl Layout {
                     .collect(),
                 refuse_inbound_from: Vec::new(),
                 kubernetes_api: None,
+                pod_ports: Vec::new(),
                 max_running: None,
                 transfer_limit: None,
                 store_fsync: None,

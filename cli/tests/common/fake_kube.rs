@@ -4,11 +4,20 @@
 //! It serves the part of the API the executor uses, with the answers a real server gives
 //! (objects, lists, `Status` errors with their reasons): batch/v1 Jobs (create, get, list by
 //! label selector, delete) and core/v1 pods (list by label selector, log, followed or not). It
-//! also plays the Job controller and the kubelet: creating a Job creates its one pod, which runs
-//! the container's command as a local process (in its own process group, with the container's
-//! environment), its output as the pod's log; the pod's exit sets the Job's `Complete` or `Failed`
-//! condition; `activeDeadlineSeconds` kills it with reason `DeadlineExceeded`; deleting the Job
-//! kills its pod. Images are not pulled: a container without a command just exits 0.
+//! also plays the Job controller and the kubelet: creating a Job creates its one pod. Its init
+//! containers run first, one after the other (a failed one fails the pod, as with `restartPolicy:
+//! Never`); one with `restartPolicy: Always` is a sidecar: started, and stopped with SIGTERM once
+//! the main container ended (SIGKILL after `terminationGracePeriodSeconds`), before the pod ends.
+//! Each container runs its command as a local process (in its own process group, with its
+//! environment); the main container's output is the pod's log, every container's is its own
+//! (`?container=`), and a failed container whose `terminationMessagePolicy` is
+//! `FallbackToLogsOnError` has its last log line as its termination message. `emptyDir` volumes
+//! are directories of the pod; a container sees its mounts at their host paths: every mount
+//! path in its command and environment is replaced by the volume's directory. The pod's end sets
+//! the Job's `Complete` or `Failed` condition; `activeDeadlineSeconds` kills it with reason
+//! `DeadlineExceeded`; deleting the Job kills its pod. A sidecar's exec `startupProbe` runs every
+//! 50 ms until it passes before the next container starts. Images are not pulled: a container without
+//! a command just exits 0, and `atoll` is the binary under test.
 //!
 //! The test reads what happened: how many times each Job was created, which were deleted.
 
@@ -62,9 +71,15 @@ struct FakeJob {
     pod: String,
     pod_labels: Value,
     phase: &'static str,
-    exit_code: Option<i32>,
+    /// The main container's log (the pod's log).
     log: Arc<PodLog>,
-    pgid: Option<i32>,
+    /// Every container's log, by name.
+    logs: HashMap<String, Arc<PodLog>>,
+    /// Process groups of the containers running now.
+    pgids: Vec<i32>,
+    /// Container statuses as the pod reports them: init containers, then the main one.
+    init_statuses: Vec<Value>,
+    main_status: Value,
 }
 
 #[derive(Default)]
@@ -130,6 +145,16 @@ impl FakeKube {
         self.inner.lock().unwrap().deletes.iter().any(|n| n == name)
     }
 
+    /// The value of `var` in the environment of `container` of the Job `name`.
+    pub fn env_of(&self, name: &str, container: &str, var: &str) -> Option<String> {
+        let guard = self.inner.lock().unwrap();
+        let spec = guard.jobs.get(name)?.object.pointer("/spec/template/spec")?.clone();
+        let all = containers(&spec, "initContainers").into_iter().chain(containers(&spec, "containers"));
+        let c = all.into_iter().find(|c| c["name"] == container)?;
+        let env = c.get("env")?.as_array()?.iter().find(|e| e["name"] == var)?.get("value")?.as_str()?.to_string();
+        Some(env)
+    }
+
     /// Names of the Jobs that exist now.
     pub fn jobs(&self) -> Vec<String> {
         self.inner.lock().unwrap().jobs.keys().cloned().collect()
@@ -147,8 +172,8 @@ impl Drop for FakeKube {
     fn drop(&mut self) {
         self.server.abort();
         for job in self.inner.lock().unwrap().jobs.values() {
-            if let Some(pgid) = job.pgid {
-                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            for pgid in &job.pgids {
+                let _ = killpg(Pid::from_raw(*pgid), Signal::SIGKILL);
             }
         }
     }
@@ -196,38 +221,69 @@ async fn create_job(
     let mut pod_labels = job.pointer("/spec/template/metadata/labels").cloned().unwrap_or(json!({}));
     pod_labels["job-name"] = json!(name);
     pod_labels["batch.kubernetes.io/job-name"] = json!(name);
-    let container = job.pointer("/spec/template/spec/containers/0").cloned().unwrap_or(json!({}));
+    let pod_spec = job.pointer("/spec/template/spec").cloned().unwrap_or(json!({}));
     let deadline = job.pointer("/spec/activeDeadlineSeconds").and_then(Value::as_u64);
-    let log = Arc::new(PodLog::default());
     let dir = root.join(&pod);
     std::fs::create_dir_all(&dir).expect("pod dir");
-    let child = spawn_container(&container, &dir);
-    let pgid = child.as_ref().ok().and_then(|c| c.id()).map(|id| id as i32);
+    let mut logs = HashMap::new();
+    for c in containers(&pod_spec, "initContainers").iter().chain(&containers(&pod_spec, "containers")) {
+        logs.insert(c["name"].as_str().unwrap_or("?").to_string(), Arc::new(PodLog::default()));
+    }
+    let log = containers(&pod_spec, "containers")
+        .first()
+        .and_then(|c| logs.get(c["name"].as_str().unwrap_or("?")).cloned())
+        .unwrap_or_default();
     guard.jobs.insert(
         name.clone(),
         FakeJob {
             object: job.clone(),
             pod: pod.clone(),
             pod_labels,
-            phase: "Running",
-            exit_code: None,
-            log: log.clone(),
-            pgid,
+            phase: "Pending",
+            log,
+            logs,
+            pgids: Vec::new(),
+            init_statuses: Vec::new(),
+            main_status: json!({"waiting": {"reason": "PodInitializing"}}),
         },
     );
     drop(guard);
-    tokio::spawn(kubelet(inner.clone(), name, child, log, deadline));
+    tokio::spawn(kubelet(inner.clone(), name, pod_spec, dir, deadline));
     (StatusCode::CREATED, Json(job)).into_response()
 }
 
+fn containers(pod_spec: &Value, key: &str) -> Vec<Value> {
+    pod_spec.get(key).and_then(Value::as_array).cloned().unwrap_or_default()
+}
+
+/// The container's mount paths and the host directories of their volumes, longest path first.
+fn mounts(container: &Value, dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut mounts: Vec<(String, String)> = container
+        .get("volumeMounts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            let (name, path) = (m.get("name")?.as_str()?, m.get("mountPath")?.as_str()?);
+            let host = dir.join("volumes").join(name);
+            std::fs::create_dir_all(&host).ok()?;
+            Some((path.to_string(), host.to_string_lossy().into_owned()))
+        })
+        .collect();
+    mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+    mounts
+}
+
 fn spawn_container(container: &Value, dir: &std::path::Path) -> std::io::Result<tokio::process::Child> {
+    let mounts = mounts(container, dir);
+    let at_host = |value: &str| mounts.iter().fold(value.to_string(), |v, (path, host)| v.replace(path.as_str(), host));
     let strings = |key: &str| -> Vec<String> {
         container
             .get(key)
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .filter_map(|v| v.as_str().map(str::to_string))
+            .filter_map(|v| v.as_str().map(at_host))
             .collect()
     };
     let mut argv = strings("command");
@@ -236,40 +292,41 @@ fn spawn_container(container: &Value, dir: &std::path::Path) -> std::io::Result<
         let image = container.get("image").and_then(Value::as_str).unwrap_or("?");
         argv = vec!["sh".into(), "-c".into(), format!("echo 'fake kubelet: {image} runs its own entrypoint'")];
     }
+    // `atoll` is the binary under test.
+    let bin =
+        std::path::Path::new(env!("CARGO_BIN_EXE_atoll")).parent().expect("bin dir").to_string_lossy().into_owned();
     let mut command = tokio::process::Command::new(&argv[0]);
-    command.args(&argv[1..]).current_dir(dir).env_clear().env("PATH", "/usr/local/bin:/usr/bin:/bin");
+    command.args(&argv[1..]).current_dir(dir).env_clear().env("PATH", format!("{bin}:/usr/local/bin:/usr/bin:/bin"));
     for var in container.get("env").and_then(Value::as_array).into_iter().flatten() {
         if let (Some(k), Some(v)) = (var.get("name").and_then(Value::as_str), var.get("value").and_then(Value::as_str))
         {
-            command.env(k, v);
+            command.env(k, at_host(v));
         }
     }
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
     command.spawn()
 }
 
-/// Run the pod to its end and set the Job's status as the Job controller would.
-async fn kubelet(
-    inner: Shared,
+/// A container started: its process, and its output going to its log.
+struct Running {
     name: String,
-    child: std::io::Result<tokio::process::Child>,
+    child: tokio::process::Child,
+    pump: tokio::task::JoinHandle<()>,
     log: Arc<PodLog>,
-    deadline: Option<u64>,
-) {
-    let mut child = match child {
-        Ok(child) => child,
-        Err(e) => {
-            log.push(format!("fake kubelet: cannot start the container: {e}\n").as_bytes());
-            log.finish();
-            set_end(&inner, &name, Some(128), "BackoffLimitExceeded");
-            return;
-        }
-    };
-    let pgid = child.id().map(|id| id as i32);
+    fallback_to_logs: bool,
+}
+
+fn start(inner: &Shared, job: &str, container: &Value, dir: &std::path::Path) -> Result<Running, String> {
+    let name = container["name"].as_str().unwrap_or("?").to_string();
+    let log = inner.lock().unwrap().jobs.get(job).and_then(|j| j.logs.get(&name).cloned()).unwrap_or_default();
+    let mut child = spawn_container(container, dir).map_err(|e| format!("cannot start container {name}: {e}"))?;
+    if let (Some(pid), Some(j)) = (child.id(), inner.lock().unwrap().jobs.get_mut(job)) {
+        j.pgids.push(pid as i32);
+    }
     let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
     let pump = {
         let log = log.clone();
-        async move {
+        tokio::spawn(async move {
             let (mut a, mut b) = (vec![0u8; 4096], vec![0u8; 4096]);
             let (mut out_open, mut err_open) = (true, true);
             while out_open || err_open {
@@ -278,29 +335,163 @@ async fn kubelet(
                     n = err.read(&mut b), if err_open => match n { Ok(n) if n > 0 => log.push(&b[..n]), _ => err_open = false },
                 }
             }
-        }
+        })
     };
-    let limit = Duration::from_secs(deadline.unwrap_or(86_400));
-    let (exit, reason) = tokio::select! {
-        status = child.wait() => {
-            let code = status.ok().and_then(|s| s.code()).unwrap_or(137);
-            (Some(code), if code == 0 { "" } else { "BackoffLimitExceeded" })
+    let fallback_to_logs =
+        container.get("terminationMessagePolicy").and_then(Value::as_str) == Some("FallbackToLogsOnError");
+    Ok(Running { name, child, pump, log, fallback_to_logs })
+}
+
+impl Running {
+    /// Kill what is left of its group, let its output drain, and say how it ended.
+    async fn finish(mut self, inner: &Shared, job: &str, code: Option<i32>) -> (i32, Value) {
+        let pid = self.child.id().map(|id| id as i32);
+        if let Some(pgid) = pid {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         }
-        () = tokio::time::sleep(limit) => (None, "DeadlineExceeded"),
-    };
-    if let Some(pgid) = pgid {
-        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        let code = match code {
+            Some(code) => code,
+            None => self.child.wait().await.ok().and_then(|s| s.code()).unwrap_or(137),
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.pump).await;
+        self.log.finish();
+        if let (Some(pgid), Some(j)) = (pid, inner.lock().unwrap().jobs.get_mut(job)) {
+            j.pgids.retain(|g| *g != pgid);
+        }
+        let mut terminated = json!({"exitCode": code});
+        if code != 0 && self.fallback_to_logs {
+            let text = String::from_utf8_lossy(&self.log.data.lock().unwrap()).into_owned();
+            terminated["message"] = json!(text.lines().last().unwrap_or(""));
+        }
+        (code, json!({"name": self.name, "state": {"terminated": terminated}}))
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), pump).await;
-    log.finish();
+}
+
+/// Run the pod to its end and set the Job's status as the Job controller would.
+async fn kubelet(inner: Shared, name: String, pod_spec: Value, dir: std::path::PathBuf, deadline: Option<u64>) {
+    let limit = tokio::time::Instant::now() + Duration::from_secs(deadline.unwrap_or(86_400));
+    let grace = Duration::from_secs(
+        pod_spec.get("terminationGracePeriodSeconds").and_then(Value::as_u64).unwrap_or(30).min(60),
+    );
+    let set_status = |init: Option<Value>, main: Option<Value>, phase: Option<&'static str>| {
+        if let Some(j) = inner.lock().unwrap().jobs.get_mut(&name) {
+            if let Some(status) = init {
+                let key = status["name"].clone();
+                j.init_statuses.retain(|s| s["name"] != key);
+                j.init_statuses.push(status);
+            }
+            if let Some(main) = main {
+                j.main_status = main;
+            }
+            if let Some(phase) = phase {
+                j.phase = phase;
+            }
+        }
+    };
+    // Init containers in order; sidecars keep running.
+    let mut sidecars = Vec::new();
+    let mut failed: Option<(Option<i32>, &'static str)> = None;
+    for container in containers(&pod_spec, "initContainers") {
+        let running = match start(&inner, &name, &container, &dir) {
+            Ok(running) => running,
+            Err(e) => {
+                failed = Some((Some(128), "BackoffLimitExceeded"));
+                eprintln!("fake kubelet: {e}");
+                break;
+            }
+        };
+        if container.get("restartPolicy").and_then(Value::as_str) == Some("Always") {
+            set_status(Some(json!({"name": running.name, "state": {"running": {}}})), None, None);
+            sidecars.push(running);
+            // The next container starts once its startup probe passes (checked every 50 ms here).
+            if let Some(probe) = container.pointer("/startupProbe/exec/command") {
+                let mut probe_container = container.clone();
+                probe_container["command"] = probe.clone();
+                probe_container.as_object_mut().map(|c| c.remove("args"));
+                let mut passed = false;
+                for _ in 0..200 {
+                    let ran = spawn_container(&probe_container, &dir).map(|c| c.wait_with_output());
+                    if let Ok(ran) = ran
+                        && ran.await.is_ok_and(|o| o.status.success())
+                    {
+                        passed = true;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                if !passed {
+                    eprintln!("fake kubelet: the startup probe of {} never passed", container["name"]);
+                    failed = Some((Some(1), "BackoffLimitExceeded"));
+                    break;
+                }
+            }
+            continue;
+        }
+        let mut running = running;
+        let exited = tokio::select! {
+            status = running.child.wait() => Some(status.ok().and_then(|s| s.code()).unwrap_or(137)),
+            () = tokio::time::sleep_until(limit) => None,
+        };
+        let (code, status) = running.finish(&inner, &name, exited).await;
+        set_status(Some(status), None, None);
+        if exited.is_none() {
+            failed = Some((None, "DeadlineExceeded"));
+            break;
+        }
+        if code != 0 {
+            failed = Some((Some(code), "BackoffLimitExceeded"));
+            break;
+        }
+    }
+    let (exit, reason) = match failed {
+        Some(end) => end,
+        None => match containers(&pod_spec, "containers").first() {
+            None => (Some(0), ""),
+            Some(main) => match start(&inner, &name, main, &dir) {
+                Err(e) => {
+                    if let Some(j) = inner.lock().unwrap().jobs.get(&name) {
+                        j.log.push(format!("fake kubelet: {e}\n").as_bytes());
+                    }
+                    (Some(128), "BackoffLimitExceeded")
+                }
+                Ok(mut running) => {
+                    set_status(None, Some(json!({"running": {}})), Some("Running"));
+                    let exited = tokio::select! {
+                        status = running.child.wait() => Some(status.ok().and_then(|s| s.code()).unwrap_or(137)),
+                        () = tokio::time::sleep_until(limit) => None,
+                    };
+                    let (code, status) = running.finish(&inner, &name, exited).await;
+                    set_status(None, Some(status["state"].clone()), None);
+                    match exited {
+                        None => (None, "DeadlineExceeded"),
+                        Some(_) => (Some(code), if code == 0 { "" } else { "BackoffLimitExceeded" }),
+                    }
+                }
+            },
+        },
+    };
+    // The main container ended: sidecars are stopped, last started first, before the pod ends.
+    for mut sidecar in sidecars.into_iter().rev() {
+        if let Some(pid) = sidecar.child.id() {
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+        let exited = tokio::time::timeout(grace, sidecar.child.wait())
+            .await
+            .ok()
+            .and_then(|s| s.ok())
+            .map(|s| s.code().unwrap_or(143));
+        let (_, status) = sidecar.finish(&inner, &name, exited).await;
+        set_status(Some(status), None, None);
+    }
+    if let Some(j) = inner.lock().unwrap().jobs.get(&name) {
+        j.log.finish();
+    }
     set_end(&inner, &name, exit, reason);
 }
 
 fn set_end(inner: &Shared, name: &str, exit: Option<i32>, reason: &str) {
     let mut guard = inner.lock().unwrap();
     let Some(job) = guard.jobs.get_mut(name) else { return };
-    job.exit_code = exit;
-    job.pgid = None;
     let done = exit == Some(0);
     job.phase = if done { "Succeeded" } else { "Failed" };
     let condition = if done {
@@ -343,10 +534,12 @@ async fn delete_job(State((inner, _)): State<AppState>, Path((_ns, name)): Path<
         return status(StatusCode::NOT_FOUND, "NotFound", &format!("jobs.batch \"{name}\" not found"));
     };
     guard.deletes.push(name.clone());
-    if let Some(pgid) = job.pgid {
-        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    for pgid in &job.pgids {
+        let _ = killpg(Pid::from_raw(*pgid), Signal::SIGKILL);
     }
-    job.log.finish();
+    for log in job.logs.values() {
+        log.finish();
+    }
     Json(json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
         "details": {"name": name, "group": "batch", "kind": "jobs"},
@@ -365,17 +558,22 @@ async fn list_pods(
         .values()
         .filter(|j| matches(query.get("labelSelector"), &j.pod_labels))
         .map(|j| {
-            let state = match j.exit_code {
-                Some(code) => json!({"terminated": {"exitCode": code}}),
-                None if j.phase == "Running" => json!({"running": {}}),
-                None => json!({"terminated": {"exitCode": 137, "reason": "DeadlineExceeded"}}),
+            let full = |mut status: Value| {
+                for (key, value) in
+                    [("ready", json!(false)), ("restartCount", json!(0)), ("image", json!("")), ("imageID", json!(""))]
+                {
+                    status[key] = value;
+                }
+                status
             };
+            let main_name = j.object.pointer("/spec/template/spec/containers/0/name").cloned().unwrap_or(json!("job"));
             json!({
                 "metadata": {"name": j.pod, "namespace": ns, "labels": j.pod_labels},
-                "status": {"phase": j.phase, "containerStatuses": [{
-                    "name": "job", "ready": j.phase == "Running", "restartCount": 0, "image": "", "imageID": "",
-                    "state": state,
-                }]},
+                "status": {
+                    "phase": j.phase,
+                    "initContainerStatuses": j.init_statuses.iter().cloned().map(full).collect::<Vec<_>>(),
+                    "containerStatuses": [full(json!({"name": main_name, "state": j.main_status}))],
+                },
             })
         })
         .collect();
@@ -388,7 +586,10 @@ async fn pod_log(
     Path((_ns, pod)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let log = inner.lock().unwrap().jobs.values().find(|j| j.pod == pod).map(|j| j.log.clone());
+    let log = inner.lock().unwrap().jobs.values().find(|j| j.pod == pod).map(|j| match query.get("container") {
+        Some(container) => j.logs.get(container).cloned().unwrap_or_default(),
+        None => j.log.clone(),
+    });
     let Some(log) = log else {
         return status(StatusCode::NOT_FOUND, "NotFound", &format!("pods \"{pod}\" not found"));
     };

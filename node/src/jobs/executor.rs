@@ -80,6 +80,9 @@ pub struct RunRequest {
     pub spec: JobSpec,
     /// Parents' outputs to put under `$ATOLL_INPUTS/<parent>/` before the run starts.
     pub inputs: Vec<atoll_api::jobs::AssignedInput>,
+    /// The attempt's secret (recorded with its start) its helpers show the cluster's replicas:
+    /// a Kubernetes pod fetching its inputs and storing its output ([`crate::pods`]).
+    pub secret: Option<String>,
 }
 
 /// A started run: stops it on request; when dropped, its task is aborted and, for a process run,
@@ -131,20 +134,25 @@ pub enum Executor {
 
 impl Executor {
     /// The executor `config` names; the process executor works under `work_root` and stores
-    /// outputs in `outputs`.
+    /// outputs in `outputs`; a Kubernetes pod's helpers trust the CA certificates in `ca`.
     pub async fn build(
         config: &crate::config::JobsConfig,
         work_root: std::path::PathBuf,
         outputs: atoll_store::Blobs,
         cluster: &atoll_api::ids::ClusterName,
         transfers: Arc<crate::transfers::Transfers>,
+        ca: &std::path::Path,
     ) -> anyhow::Result<Self> {
         Ok(match &config.executor {
             crate::config::ExecutorConfig::Process => Executor::Process(
                 ProcessExecutor::detect(work_root).await.with_outputs(outputs).with_transfers(transfers),
             ),
             crate::config::ExecutorConfig::Kubernetes(k) => {
-                Executor::Kubernetes(Arc::new(KubernetesExecutor::connect(k, cluster.as_str()).await?))
+                let ca_pem = std::fs::read_to_string(ca)
+                    .map_err(|e| anyhow::anyhow!("reading the CA certificate {} for job pods: {e}", ca.display()))?;
+                Executor::Kubernetes(Arc::new(
+                    KubernetesExecutor::connect(k, cluster.as_str(), ca_pem, Some(transfers)).await?,
+                ))
             }
         })
     }
@@ -171,6 +179,20 @@ impl Executor {
         match self {
             Executor::Process(_) => None,
             Executor::Kubernetes(_) => Some(super::kubernetes::job_name(job, attempt)),
+        }
+    }
+
+    /// A new secret for an attempt's helpers, where runs have helpers outside the replica (a
+    /// Kubernetes pod's); recorded with the start, kept when a run is adopted.
+    pub fn new_secret(&self) -> Option<String> {
+        match self {
+            Executor::Process(_) => None,
+            Executor::Kubernetes(_) => {
+                use rand::RngCore;
+                let mut bytes = [0u8; 32];
+                rand::rng().fill_bytes(&mut bytes);
+                Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
+            }
         }
     }
 

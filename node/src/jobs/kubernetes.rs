@@ -39,9 +39,11 @@ use k8s_openapi::api::batch::v1::JobSpec;
 use k8s_openapi::api::core::v1::Container;
 use k8s_openapi::api::core::v1::EmptyDirVolumeSource;
 use k8s_openapi::api::core::v1::EnvVar;
+use k8s_openapi::api::core::v1::ExecAction;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::core::v1::Probe;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::api::core::v1::Volume;
 use k8s_openapi::api::core::v1::VolumeMount;
@@ -72,6 +74,17 @@ pub const ANNOTATION_JOB_ID: &str = "atoll.dev/job-id";
 const POD_JOB_LABEL: &str = "batch.kubernetes.io/job-name";
 const OUTPUT_DIR: &str = "/atoll/output";
 const INPUTS_DIR: &str = "/atoll/inputs";
+const SOURCE_DIR: &str = "/atoll/source";
+/// The output helper's own directory: it marks there that it is ready to be stopped.
+const HELPER_DIR: &str = "/atoll/helper";
+/// The job's own container.
+pub const MAIN_CONTAINER: &str = "job";
+/// The init container that puts the inputs and the source in place before the job starts.
+pub const INPUTS_HELPER: &str = "atoll-inputs";
+/// The sidecar that stores the output once the job's container ended.
+pub const OUTPUT_HELPER: &str = "atoll-output";
+/// How long the output helper has, once the job's container ended, to store the output.
+const OUTPUT_GRACE_S: i64 = 600;
 /// Most a name or label value may be.
 const MAX_NAME: usize = 63;
 /// How often a failed call to the Kubernetes API is tried before an unstarted run is `error`.
@@ -131,9 +144,22 @@ fn fnv1a(value: &str) -> u64 {
     value.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
+/// What a Job's pod needs besides the attempt: images, and how its helpers reach the replicas.
+#[derive(Clone, Debug)]
+pub struct PodSetup {
+    pub command_image: String,
+    pub helper_image: String,
+    /// The replicas' pod listeners, tried in order.
+    pub pod_urls: Vec<String>,
+    /// The mesh CA (PEM) the helpers check a replica's certificate against.
+    pub ca_pem: String,
+}
+
 /// The Kubernetes Job for an attempt (pure).
-pub fn build_job(request: &RunRequest, cluster: &str, command_image: &str) -> Result<Job, String> {
+pub fn build_job(request: &RunRequest, cluster: &str, setup: &PodSetup) -> Result<Job, String> {
+    let command_image = setup.command_image.as_str();
     let spec = &request.spec;
+    let secret = request.secret.as_deref().ok_or("the attempt has no secret recorded for its pod's helpers")?;
     let (image, command) = match (&spec.kind, &spec.command) {
         (JobKind::Wait, _) => return Err("a wait job runs nothing".to_string()),
         (JobKind::Command, Some(JobCommand::Shell(line))) => {
@@ -160,6 +186,9 @@ pub fn build_job(request: &RunRequest, cluster: &str, command_image: &str) -> Re
         env_var("ATOLL_OUTPUT", OUTPUT_DIR),
         env_var("ATOLL_INPUTS", INPUTS_DIR),
     ];
+    if spec.source.is_some() {
+        env.push(env_var("ATOLL_SOURCE", SOURCE_DIR));
+    }
     env.extend(spec.environment.iter().map(|(k, v)| env_var(k, v)));
     let mut limits = BTreeMap::new();
     if let Some(cpu) = spec.resources.cpu_millis {
@@ -186,6 +215,67 @@ pub fn build_job(request: &RunRequest, cluster: &str, command_image: &str) -> Re
         mount_path: path.to_string(),
         ..Default::default()
     };
+    let mut mounts = vec![mount("output", OUTPUT_DIR), mount("inputs", INPUTS_DIR)];
+    let mut volumes = vec![volume("output"), volume("inputs")];
+    if spec.source.is_some() {
+        mounts.push(mount("source", SOURCE_DIR));
+        volumes.push(volume("source"));
+    }
+    // The helpers run the atoll binary of the helper image; what they share with the replicas.
+    let helper_env = [
+        env_var("ATOLL_CLUSTER", cluster),
+        env_var("ATOLL_JOB_ID", &request.job),
+        env_var("ATOLL_ATTEMPT", &request.attempt.to_string()),
+        env_var("ATOLL_POD_URLS", &setup.pod_urls.join(",")),
+        env_var("ATOLL_POD_SECRET", secret),
+        env_var("ATOLL_POD_CA", &setup.ca_pem),
+    ];
+    let helper = |name: &str, command: &str, extra: Vec<EnvVar>, mounts: Vec<VolumeMount>| Container {
+        name: name.to_string(),
+        image: Some(setup.helper_image.clone()),
+        command: Some(vec!["atoll".to_string(), "pod".to_string(), command.to_string()]),
+        env: Some(helper_env.iter().cloned().chain(extra).collect()),
+        volume_mounts: Some(mounts),
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+        ..Default::default()
+    };
+    let mut blobs: Vec<serde_json::Value> = request
+        .inputs
+        .iter()
+        .map(|i| serde_json::json!({"digest": i.digest, "dir": format!("{INPUTS_DIR}/{}", i.from_job)}))
+        .collect();
+    if let Some(source) = &spec.source {
+        blobs.push(serde_json::json!({"digest": source, "dir": SOURCE_DIR}));
+    }
+    let mut init_containers = Vec::new();
+    if !blobs.is_empty() {
+        let blobs = serde_json::Value::Array(blobs).to_string();
+        let mut helper_mounts = vec![mount("inputs", INPUTS_DIR)];
+        if spec.source.is_some() {
+            helper_mounts.push(mount("source", SOURCE_DIR));
+        }
+        init_containers.push(helper(INPUTS_HELPER, "inputs", vec![env_var("ATOLL_POD_BLOBS", &blobs)], helper_mounts));
+    }
+    // A sidecar (an init container that keeps running): Kubernetes stops it once the job's
+    // container ended, and it stores the output then, before the pod, and so the Job, ends.
+    let started = format!("{HELPER_DIR}/started");
+    let mut output_helper = helper(
+        OUTPUT_HELPER,
+        "output",
+        vec![env_var("ATOLL_OUTPUT", OUTPUT_DIR), env_var("ATOLL_POD_STARTED", &started)],
+        vec![mount("output", OUTPUT_DIR), mount("helper", HELPER_DIR)],
+    );
+    output_helper.restart_policy = Some("Always".to_string());
+    // The job's container starts only once the helper waits for its stop: a job that ends at
+    // once must not stop the helper before it can store the output.
+    output_helper.startup_probe = Some(Probe {
+        exec: Some(ExecAction { command: Some(vec!["atoll".into(), "pod".into(), "started".into()]) }),
+        period_seconds: Some(1),
+        failure_threshold: Some(60),
+        ..Default::default()
+    });
+    volumes.push(volume("helper"));
+    init_containers.push(output_helper);
     Ok(Job {
         metadata: ObjectMeta {
             name: Some(job_name(&request.job, request.attempt)),
@@ -204,17 +294,19 @@ pub fn build_job(request: &RunRequest, cluster: &str, command_image: &str) -> Re
                 }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".to_string()),
+                    termination_grace_period_seconds: Some(OUTPUT_GRACE_S),
+                    init_containers: Some(init_containers),
                     containers: vec![Container {
-                        name: "job".to_string(),
+                        name: MAIN_CONTAINER.to_string(),
                         image: Some(image),
                         command,
                         env: Some(env),
                         resources: (!limits.is_empty())
                             .then(|| ResourceRequirements { limits: Some(limits), ..Default::default() }),
-                        volume_mounts: Some(vec![mount("output", OUTPUT_DIR), mount("inputs", INPUTS_DIR)]),
+                        volume_mounts: Some(mounts),
                         ..Default::default()
                     }],
-                    volumes: Some(vec![volume("output"), volume("inputs")]),
+                    volumes: Some(volumes),
                     ..Default::default()
                 }),
             },
@@ -262,21 +354,52 @@ pub fn outcome(job: &Job, exit_code: Option<i32>) -> Option<(EndState, Option<i3
     None
 }
 
+/// What the pod of an ended Job says: the job container's exit code, and why a helper failed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodEnd {
+    pub exit_code: Option<i32>,
+    /// The inputs helper ended without putting every input in place.
+    pub inputs_failed: Option<String>,
+    /// The output helper ended without storing the output.
+    pub output_failed: Option<String>,
+}
+
+/// The end of an attempt from its Job's outcome and its pod's helpers (pure): inputs that never
+/// arrived make it `error` (the job did not run), as does an output that could not be stored.
+pub fn with_helpers(
+    (state, exit_code, message): (EndState, Option<i32>, Option<String>),
+    pod: &PodEnd,
+) -> (EndState, Option<i32>, Option<String>) {
+    if let Some(why) = &pod.inputs_failed {
+        return (EndState::Error, None, Some(format!("delivering its inputs failed: {why}")));
+    }
+    match &pod.output_failed {
+        None => (state, exit_code, message),
+        Some(why) => {
+            let why = format!("storing its output failed: {why}");
+            (EndState::Error, exit_code, Some(message.map_or(why.clone(), |m| format!("{m}; {why}"))))
+        }
+    }
+}
+
 /// Runs attempts as Kubernetes Jobs.
 #[derive(Clone)]
 pub struct KubernetesExecutor {
     client: kube::Client,
     namespace: String,
-    command_image: String,
+    setup: PodSetup,
     cluster: String,
     poll: Duration,
+    /// Brings inputs from other clusters and sources into the cluster's store before a Job is
+    /// created, and reads the output a pod recorded.
+    transfers: Option<Arc<crate::transfers::Transfers>>,
 }
 
 impl std::fmt::Debug for KubernetesExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KubernetesExecutor")
             .field("namespace", &self.namespace)
-            .field("command_image", &self.command_image)
+            .field("setup", &self.setup)
             .field("cluster", &self.cluster)
             .finish_non_exhaustive()
     }
@@ -285,7 +408,12 @@ impl std::fmt::Debug for KubernetesExecutor {
 impl KubernetesExecutor {
     /// A client for `config.api`, or (when absent) the in-cluster service account, else the
     /// local kubeconfig.
-    pub async fn connect(config: &KubernetesConfig, cluster: &str) -> anyhow::Result<Self> {
+    pub async fn connect(
+        config: &KubernetesConfig,
+        cluster: &str,
+        ca_pem: String,
+        transfers: Option<Arc<crate::transfers::Transfers>>,
+    ) -> anyhow::Result<Self> {
         let mut kube_config = match &config.api {
             Some(url) => kube::Config::new(url.parse()?),
             None => kube::Config::infer().await?,
@@ -296,9 +424,15 @@ impl KubernetesExecutor {
         Ok(Self {
             client,
             namespace: config.namespace.clone(),
-            command_image: config.command_image.clone(),
+            setup: PodSetup {
+                command_image: config.command_image.clone(),
+                helper_image: config.helper_image.clone(),
+                pod_urls: config.pod_urls.clone(),
+                ca_pem,
+            },
             cluster: cluster.to_string(),
             poll: config.poll,
+            transfers,
         })
     }
 
@@ -361,6 +495,17 @@ impl KubernetesExecutor {
     ) {
         let (job, attempt) = (request.job.clone(), request.attempt);
         let name = job_name(&job, attempt);
+        if !adopt {
+            // Into this cluster's store first; the pod's inputs helper reads them from there.
+            let delivered = self.bring_in(&request).await;
+            if stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            if let Err(message) = delivered {
+                let _ = events.send(Event::error(&job, attempt, message));
+                return;
+            }
+        }
         let ensured = self.ensure(&request, &name, adopt).await;
         if stopped.load(Ordering::SeqCst) {
             // Stopped while the Job was being created: make sure it goes.
@@ -383,12 +528,19 @@ impl KubernetesExecutor {
             match read {
                 Ok(Some(k8s_job)) => {
                     failures = 0;
-                    let exit_code = if k8s_job.status.as_ref().is_some_and(|s| s.failed.unwrap_or(0) > 0) {
-                        self.exit_code(&name).await
-                    } else {
-                        None
-                    };
-                    if let Some((state, exit_code, message)) = outcome(&k8s_job, exit_code) {
+                    let ended =
+                        k8s_job.status.as_ref().is_some_and(|s| s.succeeded.unwrap_or(0) + s.failed.unwrap_or(0) > 0)
+                            || k8s_job.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
+                                c.iter()
+                                    .any(|c| matches!(c.type_.as_str(), "Complete" | "Failed") && c.status == "True")
+                            });
+                    let pod = if ended { self.pod_end(&name).await } else { PodEnd::default() };
+                    if let Some(end) = outcome(&k8s_job, pod.exit_code) {
+                        let (state, exit_code, message) = with_helpers(end, &pod);
+                        // An output the pod stored is in the replicated record: before the end.
+                        if let Some(output) = self.recorded_output(&job, attempt) {
+                            let _ = events.send(Event::Output { job: job.clone(), attempt, output });
+                        }
                         // The rest of the log first, then the end, then the Job goes.
                         let _ = tokio::time::timeout(LOG_DRAIN, async {
                             while !logs.is_finished() {
@@ -424,7 +576,7 @@ impl KubernetesExecutor {
 
     /// Make sure the Job exists: created (or, adopting, found or created).
     async fn ensure(&self, request: &RunRequest, name: &str, adopt: bool) -> Result<(), String> {
-        let manifest = build_job(request, &self.cluster, &self.command_image)?;
+        let manifest = build_job(request, &self.cluster, &self.setup)?;
         let mut last = String::new();
         for try_no in 0..CREATE_TRIES {
             if try_no > 0 {
@@ -465,13 +617,47 @@ impl KubernetesExecutor {
         }
     }
 
-    /// The exit code of the Job's (last) pod, when it terminated.
-    async fn exit_code(&self, name: &str) -> Option<i32> {
-        let pods = self.pods().list(&ListParams::default().labels(&format!("{POD_JOB_LABEL}={name}"))).await.ok()?;
-        pods.items.iter().rev().find_map(|pod| {
-            let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
-            statuses.iter().find_map(|s| s.state.as_ref()?.terminated.as_ref().map(|t| t.exit_code))
-        })
+    /// Bring the attempt's source and its inputs from other clusters into this cluster's store.
+    async fn bring_in(&self, request: &RunRequest) -> Result<(), String> {
+        if request.inputs.is_empty() && request.spec.source.is_none() {
+            return Ok(());
+        }
+        let transfers =
+            self.transfers.as_ref().ok_or("inputs and sources need a gateway link; this replica has none")?;
+        transfers.bring_in(request).await
+    }
+
+    /// The output recorded for the attempt (by whichever replica its pod stored it with).
+    fn recorded_output(&self, job: &str, attempt: u32) -> Option<atoll_raft_store::jobs::OutputRecord> {
+        let records = self.transfers.as_ref()?.replica().jobs().ok()?;
+        records.into_iter().find(|r| r.job == job && r.attempt == attempt)?.output
+    }
+
+    /// What the Job's (last) pod says of its end.
+    async fn pod_end(&self, name: &str) -> PodEnd {
+        let Ok(pods) = self.pods().list(&ListParams::default().labels(&format!("{POD_JOB_LABEL}={name}"))).await else {
+            return PodEnd::default();
+        };
+        let Some(status) = pods.items.into_iter().rev().find_map(|pod| pod.status) else { return PodEnd::default() };
+        let terminated = |statuses: &Option<Vec<k8s_openapi::api::core::v1::ContainerStatus>>, name: &str| {
+            statuses.iter().flatten().find(|s| s.name == name).and_then(|s| s.state.as_ref()?.terminated.clone())
+        };
+        let failed = |name: &str| {
+            terminated(&status.init_container_statuses, name).filter(|t| t.exit_code != 0).map(|t| {
+                let message = t.message.unwrap_or_default();
+                let message = message.trim();
+                if message.is_empty() {
+                    format!("its {name} container exited with {}", t.exit_code)
+                } else {
+                    message.to_string()
+                }
+            })
+        };
+        PodEnd {
+            exit_code: terminated(&status.container_statuses, MAIN_CONTAINER).map(|t| t.exit_code),
+            inputs_failed: failed(INPUTS_HELPER),
+            output_failed: failed(OUTPUT_HELPER),
+        }
     }
 
     /// Follow the log of the Job's pod once it started, one piece per line.
@@ -494,7 +680,7 @@ impl KubernetesExecutor {
             }
             tokio::time::sleep(self.poll).await;
         };
-        let params = LogParams { follow: true, ..Default::default() };
+        let params = LogParams { follow: true, container: Some(MAIN_CONTAINER.to_string()), ..Default::default() };
         let reader = match self.pods().log_stream(&pod, &params).await {
             Ok(reader) => reader,
             Err(e) => {
@@ -571,6 +757,16 @@ mod tests {
             attempt: 2,
             spec,
             inputs: Vec::new(),
+            secret: Some("s3cret".to_string()),
+        }
+    }
+
+    fn setup(command_image: &str) -> PodSetup {
+        PodSetup {
+            command_image: command_image.to_string(),
+            helper_image: "atoll:test".to_string(),
+            pod_urls: vec!["https://aws-1:7201".to_string(), "https://aws-2:7201".to_string()],
+            ca_pem: "-----BEGIN CERTIFICATE-----".to_string(),
         }
     }
 
@@ -605,7 +801,7 @@ mod tests {
     #[test]
     fn a_command_job_runs_its_shell_line_in_the_command_image() {
         let extra = "    command: echo hi\n    environment: {GREETING: hello}\n    timeout: 90\n    resources: {limits: {cpu: 500m, memory: 256Mi}}\n";
-        let job = build_job(&request("command", extra), "aws", "busybox:1.36").unwrap();
+        let job = build_job(&request("command", extra), "aws", &setup("busybox:1.36")).unwrap();
         let meta = &job.metadata;
         assert_eq!(meta.name.as_deref(), Some(job_name("0123456789ab.build", 2).as_str()));
         let labels = meta.labels.as_ref().unwrap();
@@ -638,16 +834,99 @@ mod tests {
 
     #[test]
     fn an_image_job_runs_its_image_with_or_without_a_command() {
-        let job = build_job(&request("docker-image", "    image: debian:12\n"), "aws", "busybox").unwrap();
+        let job = build_job(&request("docker-image", "    image: debian:12\n"), "aws", &setup("busybox")).unwrap();
         let c = &job.spec.unwrap().template.spec.unwrap().containers[0];
         assert_eq!(c.image.as_deref(), Some("debian:12"));
         assert_eq!(c.command, None, "the image's own entrypoint");
         assert!(c.resources.is_none());
-        let job =
-            build_job(&request("docker-image", "    image: debian:12\n    command: [make, test]\n"), "aws", "busybox")
-                .unwrap();
+        let job = build_job(
+            &request("docker-image", "    image: debian:12\n    command: [make, test]\n"),
+            "aws",
+            &setup("busybox"),
+        )
+        .unwrap();
         let c = &job.spec.unwrap().template.spec.unwrap().containers[0];
         assert_eq!(c.command.as_ref().unwrap(), &vec!["make".to_string(), "test".to_string()]);
+    }
+
+    fn env_of(c: &Container) -> BTreeMap<String, String> {
+        c.env.iter().flatten().map(|e| (e.name.clone(), e.value.clone().unwrap_or_default())).collect()
+    }
+
+    #[test]
+    fn helpers_bring_the_inputs_and_source_in_and_store_the_output_after_the_job() {
+        let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let mut req = request("command", &format!("    command: make\n    source: {}\n", digest('f')));
+        req.inputs = vec![atoll_api::jobs::AssignedInput {
+            from_job: "build".into(),
+            job: "0123456789ab.build".into(),
+            cluster: "gcp".into(),
+            mode: atoll_api::jobs::InputMode::Direct,
+            digest: digest('a'),
+            size: 10,
+        }];
+        let job = build_job(&req, "aws", &setup("busybox")).unwrap();
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.termination_grace_period_seconds, Some(OUTPUT_GRACE_S), "time to store the output");
+        let init = pod.init_containers.unwrap();
+        let names: Vec<&str> = init.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, [INPUTS_HELPER, OUTPUT_HELPER], "inputs first, then the output sidecar");
+        let (inputs, output) = (&init[0], &init[1]);
+        assert_eq!(inputs.restart_policy, None, "runs to its end before the job starts");
+        assert_eq!(output.restart_policy.as_deref(), Some("Always"), "a sidecar, stopped after the job");
+        for helper in [inputs, output] {
+            assert_eq!(helper.image.as_deref(), Some("atoll:test"));
+            assert_eq!(helper.termination_message_policy.as_deref(), Some("FallbackToLogsOnError"));
+            let env = env_of(helper);
+            assert_eq!(env["ATOLL_POD_URLS"], "https://aws-1:7201,https://aws-2:7201");
+            assert_eq!(env["ATOLL_POD_SECRET"], "s3cret");
+            assert_eq!(env["ATOLL_CLUSTER"], "aws");
+            assert_eq!(env["ATOLL_JOB_ID"], "0123456789ab.build");
+            assert_eq!(env["ATOLL_ATTEMPT"], "2");
+            assert!(env["ATOLL_POD_CA"].starts_with("-----BEGIN"));
+        }
+        assert_eq!(inputs.command.as_ref().unwrap(), &["atoll", "pod", "inputs"]);
+        let blobs: serde_json::Value = serde_json::from_str(&env_of(inputs)["ATOLL_POD_BLOBS"]).unwrap();
+        assert_eq!(
+            blobs,
+            serde_json::json!([
+                {"digest": digest('a'), "dir": "/atoll/inputs/build"},
+                {"digest": digest('f'), "dir": "/atoll/source"},
+            ])
+        );
+        assert_eq!(output.command.as_ref().unwrap(), &["atoll", "pod", "output"]);
+        assert_eq!(env_of(output)["ATOLL_OUTPUT"], "/atoll/output");
+        let probe = output.startup_probe.as_ref().and_then(|p| p.exec.as_ref()).and_then(|e| e.command.clone());
+        assert_eq!(probe.unwrap(), ["atoll", "pod", "started"], "the job waits until the helper can be stopped");
+        let main = &pod.containers[0];
+        assert_eq!(main.name, MAIN_CONTAINER);
+        assert_eq!(env_of(main)["ATOLL_SOURCE"], "/atoll/source");
+        assert!(!env_of(main).contains_key("ATOLL_POD_SECRET"), "the job itself never sees the secret");
+        let mounts: Vec<&str> = main.volume_mounts.iter().flatten().map(|m| m.mount_path.as_str()).collect();
+        assert_eq!(mounts, ["/atoll/output", "/atoll/inputs", "/atoll/source"]);
+        // Nothing to bring in: only the output sidecar.
+        let job = build_job(&request("command", "    command: make\n"), "aws", &setup("busybox")).unwrap();
+        let init = job.spec.unwrap().template.spec.unwrap().init_containers.unwrap();
+        assert_eq!(init.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), [OUTPUT_HELPER]);
+        // No secret recorded (an attempt started before secrets were): refused, clearly.
+        let mut req = request("command", "    command: make\n");
+        req.secret = None;
+        assert!(build_job(&req, "aws", &setup("busybox")).unwrap_err().contains("no secret"));
+    }
+
+    #[test]
+    fn a_helper_that_failed_makes_the_end_an_error() {
+        let finished = (EndState::Finished, Some(0), None);
+        assert_eq!(with_helpers(finished.clone(), &PodEnd::default()), finished);
+        let pod = PodEnd { inputs_failed: Some("no replica answered".into()), ..Default::default() };
+        let (state, code, message) =
+            with_helpers((EndState::Failure, None, Some("its Kubernetes Job failed".into())), &pod);
+        assert_eq!((state, code), (EndState::Error, None));
+        assert_eq!(message.unwrap(), "delivering its inputs failed: no replica answered");
+        let pod = PodEnd { output_failed: Some("disk full".into()), ..Default::default() };
+        let (state, code, message) = with_helpers((EndState::Failure, Some(3), Some("exited with 3".into())), &pod);
+        assert_eq!((state, code), (EndState::Error, Some(3)));
+        assert_eq!(message.unwrap(), "exited with 3; storing its output failed: disk full");
     }
 
     fn status(conditions: &[(&str, &str)], succeeded: i32, failed: i32) -> Job {

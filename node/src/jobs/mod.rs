@@ -366,14 +366,22 @@ impl Leader {
         start: Vec<(JobRecord, How)>,
         mut ops: Vec<JobOp>,
     ) {
-        for (r, _) in &start {
+        let mut start = start;
+        for (r, how) in &mut start {
+            // An adopted run keeps its secret: its pod shows the one it was created with.
+            let secret = match (&*how, &r.run) {
+                (How::Adopt, RunState::Started { secret: Some(secret), .. }) => Some(secret.clone()),
+                _ => self.executor.new_secret(),
+            };
             ops.push(JobOp::Start {
                 job: r.job.clone(),
                 attempt: r.attempt,
                 term: self.term,
                 node: self.node,
                 handle: self.executor.handle_name(&r.job, r.attempt),
+                secret: secret.clone(),
             });
+            r.run = RunState::Started { term: self.term, node: self.node, handle: None, secret };
         }
         if !self.commit(records, ops).await {
             return;
@@ -408,8 +416,18 @@ impl Leader {
                     continue;
                 }
             };
-            let request =
-                RunRequest { job: r.job.clone(), pipeline: r.pipeline.clone(), attempt: r.attempt, spec, inputs };
+            let secret = match &r.run {
+                RunState::Started { secret, .. } => secret.clone(),
+                _ => None,
+            };
+            let request = RunRequest {
+                job: r.job.clone(),
+                pipeline: r.pipeline.clone(),
+                attempt: r.attempt,
+                spec,
+                inputs,
+                secret,
+            };
             let mut handle = match how {
                 How::Start => self.executor.start(request, self.events.clone()),
                 How::Adopt => match self.executor.adopt(request, self.events.clone()) {

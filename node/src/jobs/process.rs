@@ -276,23 +276,17 @@ impl ProcessExecutor {
     /// brought into this cluster's store ([`crate::transfers`]), then every one is copied out,
     /// verified, and unpacked.
     async fn deliver(&self, request: &RunRequest, into: &Path) -> Result<(), String> {
+        if request.spec.source.is_some() || request.inputs.iter().any(|i| i.mode != InputMode::Local) {
+            let transfers = self.transfers.as_ref().ok_or(
+                "an input from another cluster or a source cannot be fetched: this replica has no gateway link",
+            )?;
+            transfers.bring_in(request).await?;
+        }
         if let Some(source) = &request.spec.source {
             let dir = into.parent().unwrap_or(into).join("source");
             self.deliver_source(source, &dir).await.map_err(|e| format!("delivering source {source}: {e}"))?;
         }
         for input in &request.inputs {
-            if input.mode != InputMode::Local {
-                let transfers = self
-                    .transfers
-                    .as_ref()
-                    .ok_or("an input from another cluster cannot be fetched: this replica has no gateway link")?;
-                transfers.receive(&request.job, request.attempt, input).await.map_err(|e| {
-                    format!(
-                        "delivering the output of {} ({}) from {}: {e}",
-                        input.from_job, input.digest, input.cluster
-                    )
-                })?;
-            }
             let started = std::time::Instant::now();
             if let (InputMode::Local, Some(transfers), Ok(digest)) =
                 (input.mode, &self.transfers, input.digest.parse::<atoll_store::Digest>())
@@ -327,11 +321,9 @@ impl ProcessExecutor {
         Ok(())
     }
 
-    /// Unpack the pushed source `digest` into `dir`, fetched into this cluster's store first.
+    /// Unpack the pushed source `digest` (in this replica's store) into `dir`.
     async fn deliver_source(&self, digest: &str, dir: &Path) -> Result<(), String> {
         let parsed: atoll_store::Digest = digest.parse().map_err(|e: atoll_store::InvalidDigest| e.to_string())?;
-        let transfers = self.transfers.as_ref().ok_or("this replica has no gateway link to fetch it from")?;
-        transfers.fetch_source(&parsed).await?;
         let blobs = self.outputs.as_ref().ok_or("this replica stores no blobs")?;
         let archive = dir.with_file_name(".source.tar");
         blobs.fetch_to_file(&parsed, &archive).await.map_err(|e| e.to_string())?;
@@ -504,7 +496,14 @@ mod tests {
             "version: 1\njobs:\n  - name: child\n    type: command\n    command: '{command}'\n    timeout: 30\n"
         );
         let spec = atoll_api::spec::parse(&doc).expect("spec").jobs.remove(0);
-        RunRequest { job: "0123456789ab.child".into(), pipeline: "0123456789ab".into(), attempt: 1, spec, inputs }
+        RunRequest {
+            job: "0123456789ab.child".into(),
+            pipeline: "0123456789ab".into(),
+            attempt: 1,
+            spec,
+            inputs,
+            secret: None,
+        }
     }
 
     fn input(from_job: &str, digest: &atoll_store::Digest, mode: InputMode) -> AssignedInput {
