@@ -127,13 +127,14 @@ jobs:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_adopts_running_kubernetes_jobs() {
     let fake = FakeKube::start().await;
-    let mut mesh = kube_mesh(&fake).await;
+    let mut mesh = kube_mesh_of(&fake, 2).await;
     let submitted = submit(
         &mesh.gateway,
         r#"
 version: 1
 jobs:
-  - {name: work, type: command, command: "echo started; sleep 4; echo adopted-and-done; echo made > $ATOLL_OUTPUT/made", timeout: 120}
+  - {name: work, type: command, command: "echo started; sleep 4; echo adopted-and-done; echo made > $ATOLL_OUTPUT/made", cluster: {selector: [aws]}, timeout: 120}
+  - {name: child, type: command, command: 'test "$(cat $ATOLL_INPUTS/work/made)" = made', cluster: {selector: [gcp]}, depends_on: [work], timeout: 120}
 "#,
     )
     .await;
@@ -154,6 +155,9 @@ jobs:
     assert_eq!(fake.creates(&name), 1, "adopted, not created again");
     let output = detail.job.output.clone().expect("the pod stored its output with a replica still up");
     assert!(output.size > 0, "{output:?}");
+    // Whichever replica took it, gcp gets it from aws's new leader.
+    let child = wait_final(&mesh.gateway, &id_of(&submitted, "child")).await;
+    assert_eq!(child.job.state, JobState::Finished, "{child:?}");
     assert_eq!(fake.ever_created(), vec![name.clone()]);
     let out = mesh.cli(&["logs", &id]);
     let text = String::from_utf8_lossy(&out.stdout);

@@ -117,7 +117,8 @@ impl Gateway {
 
     /// One pass over the relay store: remove every blob nobody needs that was neither written
     /// nor claimed within the retention; a removed source is forgotten first (pipelines may no
-    /// longer name it). Returns how many blobs went.
+    /// longer name it); and temporary files a killed writer left (local store), as old. Returns
+    /// how many blobs went.
     pub async fn collect_relay(&self) -> Result<usize, String> {
         let began = SystemTime::now();
         let cutoff = began.checked_sub(self.config.keep).unwrap_or(SystemTime::UNIX_EPOCH);
@@ -135,6 +136,10 @@ impl Gateway {
                     removed += 1;
                 }
             }
+        }
+        let temp_files = blobs.remove_stale_temp_files(cutoff).await.map_err(|e| e.to_string())?;
+        if temp_files > 0 {
+            tracing::info!(temp_files, "removed temporary files a killed writer left in the relay store");
         }
         Ok(removed)
     }

@@ -71,6 +71,8 @@ impl InUse {
 pub struct Pass {
     pub blobs_removed: usize,
     pub work_dirs_removed: usize,
+    /// Temporary files a killed writer left in a local store.
+    pub temp_files_removed: u64,
 }
 
 /// Run passes until the task is dropped.
@@ -86,6 +88,7 @@ pub async fn run(replica: Arc<Replica>, transfers: Arc<Transfers>, work_root: Pa
                     tracing::info!(
                         blobs = done.blobs_removed,
                         work_dirs = done.work_dirs_removed,
+                        temp_files = done.temp_files_removed,
                         "retention removed what nobody needs any more"
                     );
                 }
@@ -141,6 +144,9 @@ pub async fn pass(
     if let Some(keep) = keep {
         let cutoff = began.checked_sub(keep).unwrap_or(SystemTime::UNIX_EPOCH);
         done.work_dirs_removed = remove_work_dirs(work_root, in_use.attempts, cutoff, WORK_DIRS_PER_PASS).await;
+        if clean_store {
+            done.temp_files_removed = blobs.remove_stale_temp_files(cutoff).await.map_err(|e| e.to_string())?;
+        }
     }
     Ok((done, interval))
 }

@@ -134,6 +134,8 @@ pub struct Blobs {
     /// Writes hold it shared, a removal exclusively: a blob is never removed in the middle of
     /// a write that relies on it (see [`Blobs::remove_if_older`]).
     writes: Arc<tokio::sync::RwLock<()>>,
+    /// The directory of a local store (where a killed writer may leave temporary files).
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Blobs {
@@ -146,7 +148,11 @@ impl Blobs {
     /// Open the configured store (no request is made; see [`Blobs::check`]).
     pub fn open(config: &StorageConfig) -> Result<Self, StoreError> {
         let (store, prefix, name) = config.build()?;
-        Ok(Self { store: Arc::new(store), prefix, name: name.into(), writes: Arc::default() })
+        let local_root = match config {
+            StorageConfig::Local { path, .. } => Some(path.clone()),
+            _ => None,
+        };
+        Ok(Self { store: Arc::new(store), prefix, name: name.into(), writes: Arc::default(), local_root })
     }
 
     /// How this store is named in messages (`local /var/lib/atoll/blobs`, `s3 bucket "b"`, ...).
@@ -434,6 +440,58 @@ impl Blobs {
     }
 }
 
+impl Blobs {
+    /// Remove the temporary files a local store's writer leaves beside an object when it is
+    /// killed mid-write (`name#N`; listings never show them) that were not written since
+    /// `cutoff`, and the blob directories that leaves empty. Other stores keep no such files.
+    /// Returns how many files went.
+    pub async fn remove_stale_temp_files(&self, cutoff: SystemTime) -> Result<u64, StoreError> {
+        let Some(root) = self.local_root.clone() else { return Ok(0) };
+        let root = root.join("sha256");
+        tokio::task::spawn_blocking(move || remove_stale_temp_files(&root, cutoff))
+            .await
+            .map_err(|e| StoreError::io(&std::path::PathBuf::from("sha256"), std::io::Error::other(e)))?
+    }
+}
+
+/// `root/<hex>/<name>#<digits>` older than `cutoff`, removed (blocking).
+fn remove_stale_temp_files(root: &FsPath, cutoff: SystemTime) -> Result<u64, StoreError> {
+    let read = |dir: &FsPath| match std::fs::read_dir(dir) {
+        Ok(entries) => Ok(entries.filter_map(Result::ok).collect::<Vec<_>>()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(StoreError::io(dir, e)),
+    };
+    let mut removed = 0;
+    for blob in read(root)? {
+        let dir = blob.path();
+        if !blob.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let mut left = 0;
+        for entry in read(&dir)? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let temp = name.rsplit_once('#').is_some_and(|(object, n)| {
+                !object.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+            });
+            let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|at| at < cutoff);
+            if temp && old {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StoreError::io(&entry.path(), e)),
+                }
+            } else {
+                left += 1;
+            }
+        }
+        if left == 0 {
+            // Only when empty; a writer that just made it may have put something in since.
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+    Ok(removed)
+}
+
 /// `dir/.name.partial` for `dir/name`.
 fn temp_beside(dest: &FsPath) -> std::path::PathBuf {
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -459,5 +517,35 @@ mod tests {
         assert!(blobs.remove_if_older(&digest, later).await.unwrap());
         assert!(blobs.inventory().await.unwrap().is_empty());
         assert!(!dir.path().join("blobs/sha256").join(digest.hex()).exists(), "its directory is left");
+    }
+
+    #[tokio::test]
+    async fn temporary_files_a_killed_writer_left_go_once_old_and_nothing_else_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(&StorageConfig::local(dir.path().join("blobs"))).unwrap();
+        let kept = Digest::of(b"kept");
+        blobs.store_chunk(&kept, 0, Bytes::from_static(b"kept")).await.unwrap();
+        let root = dir.path().join("blobs/sha256");
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        let write = |path: std::path::PathBuf, at: SystemTime| {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            let file = std::fs::File::create(&path).unwrap();
+            file.set_modified(at).unwrap();
+            path
+        };
+        // Beside a stored blob, and alone in a blob directory of its own.
+        let stale = write(root.join(kept.hex()).join("chunk-00000001#3"), hour_ago);
+        let alone = write(root.join(Digest::of(b"killed").hex()).join("manifest#17"), hour_ago);
+        let fresh = write(root.join(kept.hex()).join("chunk-00000002#4"), SystemTime::now());
+        let not_temp = write(root.join(kept.hex()).join("notes#x"), hour_ago);
+        let cutoff = SystemTime::now() - Duration::from_secs(60);
+        assert_eq!(blobs.remove_stale_temp_files(cutoff).await.unwrap(), 2);
+        assert!(!stale.exists() && !alone.exists());
+        assert!(!alone.parent().unwrap().exists(), "the directory it left empty goes");
+        assert!(fresh.exists(), "a write may still be going on");
+        assert!(not_temp.exists(), "not a writer's temporary file");
+        assert_eq!(blobs.inventory().await.unwrap().len(), 1, "the stored blob is untouched");
+        let held = blobs.inventory().await.unwrap();
+        assert_eq!(held[0].digest, kept);
     }
 }

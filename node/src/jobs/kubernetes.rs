@@ -539,6 +539,7 @@ impl KubernetesExecutor {
                         let (state, exit_code, message) = with_helpers(end, &pod);
                         // An output the pod stored is in the replicated record: before the end.
                         if let Some(output) = self.recorded_output(&job, attempt) {
+                            self.hold_here(&output.digest).await;
                             let _ = events.send(Event::Output { job: job.clone(), attempt, output });
                         }
                         // The rest of the log first, then the end, then the Job goes.
@@ -631,6 +632,15 @@ impl KubernetesExecutor {
     fn recorded_output(&self, job: &str, attempt: u32) -> Option<atoll_raft_store::jobs::OutputRecord> {
         let records = self.transfers.as_ref()?.replica().jobs().ok()?;
         records.into_iter().find(|r| r.job == job && r.attempt == attempt)?.output
+    }
+
+    /// Copy a blob into this replica's store when the pod stored it with another replica: the
+    /// leader serves the pulls of other clusters (pushes and relay uploads copy it themselves).
+    async fn hold_here(&self, digest: &str) {
+        let (Some(transfers), Ok(parsed)) = (&self.transfers, digest.parse::<atoll_store::Digest>()) else { return };
+        if let Err(e) = transfers.ensure_local(&parsed).await {
+            tracing::warn!(output = %digest, error = %e, "copying a pod's output to the leader failed; it is on a majority of the replicas");
+        }
     }
 
     /// What the Job's (last) pod says of its end.
