@@ -281,4 +281,15 @@ jobs:
     let out = helper(&waits, &secret, &output.digest);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "an ended attempt's secret opens nothing: {stderr}");
+
+    phase("a pod whose helpers show the wrong secret: its inputs never arrive, error, saying why");
+    fake.tamper("ATOLL_POD_SECRET", "meddled");
+    let yaml = format!(
+        "version: 1\nsource: {source}\njobs:\n  - {{name: late, type: command, command: 'true', cluster: {{selector: [aws]}}, timeout: 60}}\n"
+    );
+    let late = id_of(&submit(gateway, &yaml).await, "late");
+    let done = wait_final(gateway, &late).await;
+    assert_eq!(done.job.state, JobState::Error, "{done:?}");
+    let message = done.attempts[0].message.clone().unwrap_or_default();
+    assert!(message.starts_with("delivering its inputs failed: ") && message.contains("not the secret"), "{message}");
 }

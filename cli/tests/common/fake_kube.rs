@@ -89,6 +89,8 @@ struct Inner {
     creates: HashMap<String, u32>,
     deletes: Vec<String>,
     next_uid: u64,
+    /// Environment values every container of a pod created from now on runs with instead.
+    tampered: Vec<(String, String)>,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -134,6 +136,12 @@ impl FakeKube {
             .await
             .expect("create a stray Job");
         assert_eq!(response.status(), 201, "creating a stray Job");
+    }
+
+    /// From now on, run every container that has `var` with `value` instead (a misconfigured or
+    /// meddled-with pod).
+    pub fn tamper(&self, var: &str, value: &str) {
+        self.inner.lock().unwrap().tampered.push((var.to_string(), value.to_string()));
     }
 
     /// How many times the Job `name` was created.
@@ -221,7 +229,16 @@ async fn create_job(
     let mut pod_labels = job.pointer("/spec/template/metadata/labels").cloned().unwrap_or(json!({}));
     pod_labels["job-name"] = json!(name);
     pod_labels["batch.kubernetes.io/job-name"] = json!(name);
-    let pod_spec = job.pointer("/spec/template/spec").cloned().unwrap_or(json!({}));
+    let mut pod_spec = job.pointer("/spec/template/spec").cloned().unwrap_or(json!({}));
+    for key in ["initContainers", "containers"] {
+        for container in pod_spec.get_mut(key).and_then(Value::as_array_mut).into_iter().flatten() {
+            for var in container.get_mut("env").and_then(Value::as_array_mut).into_iter().flatten() {
+                if let Some((_, value)) = guard.tampered.iter().find(|(name, _)| var["name"] == name.as_str()) {
+                    var["value"] = json!(value);
+                }
+            }
+        }
+    }
     let deadline = job.pointer("/spec/activeDeadlineSeconds").and_then(Value::as_u64);
     let dir = root.join(&pod);
     std::fs::create_dir_all(&dir).expect("pod dir");
