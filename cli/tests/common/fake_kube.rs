@@ -11,7 +11,8 @@
 //! Each container runs its command as a local process (in its own process group, with its
 //! environment); the main container's output is the pod's log, every container's is its own
 //! (`?container=`), and a failed container whose `terminationMessagePolicy` is
-//! `FallbackToLogsOnError` has its last log line as its termination message. `emptyDir` volumes
+//! `FallbackToLogsOnError` has the tail of its log (80 lines, 2,048 bytes) as its termination
+//! message. `emptyDir` volumes
 //! are directories of the pod; a container sees its mounts at their host paths: every mount
 //! path in its command and environment is replaced by the volume's directory. The pod's end sets
 //! the Job's `Complete` or `Failed` condition; `activeDeadlineSeconds` kills it with reason
@@ -377,8 +378,18 @@ impl Running {
         }
         let mut terminated = json!({"exitCode": code});
         if code != 0 && self.fallback_to_logs {
+            // As a kubelet does: the tail of the log, at most 80 lines and 2,048 bytes.
             let text = String::from_utf8_lossy(&self.log.data.lock().unwrap()).into_owned();
-            terminated["message"] = json!(text.lines().last().unwrap_or(""));
+            let lines: Vec<&str> = text.lines().collect();
+            let mut tail = lines[lines.len().saturating_sub(80)..].join("\n");
+            if tail.len() > 2048 {
+                let mut cut = tail.len() - 2048;
+                while !tail.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                tail = tail[cut..].to_string();
+            }
+            terminated["message"] = json!(tail);
         }
         (code, json!({"name": self.name, "state": {"terminated": terminated}}))
     }

@@ -37,6 +37,7 @@ use futures::TryStreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::batch::v1::JobSpec;
 use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::api::core::v1::ContainerStateTerminated;
 use k8s_openapi::api::core::v1::EmptyDirVolumeSource;
 use k8s_openapi::api::core::v1::EnvVar;
 use k8s_openapi::api::core::v1::ExecAction;
@@ -382,6 +383,20 @@ pub fn with_helpers(
     }
 }
 
+/// Why a helper container failed, from how it terminated (pure); `None` when it did not fail.
+/// Its termination message is the tail of its log (`FallbackToLogsOnError`): the helper's last
+/// line says why.
+pub fn helper_failure(name: &str, terminated: &ContainerStateTerminated) -> Option<String> {
+    if terminated.exit_code == 0 {
+        return None;
+    }
+    let message = terminated.message.as_deref().unwrap_or_default();
+    Some(match message.lines().map(str::trim).rfind(|line| !line.is_empty()) {
+        Some(line) => line.to_string(),
+        None => format!("its {name} container exited with {}", terminated.exit_code),
+    })
+}
+
 /// Runs attempts as Kubernetes Jobs.
 #[derive(Clone)]
 pub struct KubernetesExecutor {
@@ -652,17 +667,8 @@ impl KubernetesExecutor {
         let terminated = |statuses: &Option<Vec<k8s_openapi::api::core::v1::ContainerStatus>>, name: &str| {
             statuses.iter().flatten().find(|s| s.name == name).and_then(|s| s.state.as_ref()?.terminated.clone())
         };
-        let failed = |name: &str| {
-            terminated(&status.init_container_statuses, name).filter(|t| t.exit_code != 0).map(|t| {
-                let message = t.message.unwrap_or_default();
-                let message = message.trim();
-                if message.is_empty() {
-                    format!("its {name} container exited with {}", t.exit_code)
-                } else {
-                    message.to_string()
-                }
-            })
-        };
+        let failed =
+            |name: &str| terminated(&status.init_container_statuses, name).and_then(|t| helper_failure(name, &t));
         PodEnd {
             exit_code: terminated(&status.container_statuses, MAIN_CONTAINER).map(|t| t.exit_code),
             inputs_failed: failed(INPUTS_HELPER),
@@ -922,6 +928,25 @@ mod tests {
         let mut req = request("command", "    command: make\n");
         req.secret = None;
         assert!(build_job(&req, "aws", &setup("busybox")).unwrap_err().contains("no secret"));
+    }
+
+    #[test]
+    fn a_helpers_failure_is_the_last_line_of_its_log() {
+        let ended = |exit_code: i32, message: Option<&str>| ContainerStateTerminated {
+            exit_code,
+            message: message.map(str::to_string),
+            ..Default::default()
+        };
+        assert_eq!(helper_failure(OUTPUT_HELPER, &ended(0, Some("fine"))), None);
+        let log = "fetching sha256:aa: trying again (a: 503)\nerror: fetching sha256:aa: every replica refused\n\n";
+        assert_eq!(
+            helper_failure(INPUTS_HELPER, &ended(1, Some(log))).as_deref(),
+            Some("error: fetching sha256:aa: every replica refused")
+        );
+        assert_eq!(
+            helper_failure(OUTPUT_HELPER, &ended(137, None)).as_deref(),
+            Some("its atoll-output container exited with 137")
+        );
     }
 
     #[test]
