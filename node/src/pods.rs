@@ -50,7 +50,7 @@ use crate::transfers::Transfers;
 pub struct Pods {
     pub replica: Arc<Replica>,
     pub transfers: Arc<Transfers>,
-    /// Where an upload is written before it is stored.
+    /// Where an upload is written before it is stored (emptied when the listener starts).
     pub uploads: std::path::PathBuf,
 }
 

@@ -247,10 +247,17 @@ async fn join_mesh(
             let server_config = tls
                 .server_config_with(atoll_api::tls::ClientCerts::Optional)
                 .map_err(|e| format!("the pod listener's TLS: {e}"))?;
+            // What an upload cut short by a crash left: nothing is in flight before we serve.
+            let uploads = config.data_dir.join("pod-uploads");
+            if let Err(e) = std::fs::remove_dir_all(&uploads)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(format!("clearing {}: {e}", uploads.display()));
+            }
             let router = crate::pods::router(Arc::new(crate::pods::Pods {
                 replica: replica.clone(),
                 transfers: transfers.clone(),
-                uploads: config.data_dir.join("pod-uploads"),
+                uploads,
             }));
             tracing::info!(pod_listen = %k.pod_listen, pod_urls = ?k.pod_urls, "serving job pods (inputs in, outputs out)");
             let hooks = atoll_api::serve::Hooks { allow_anonymous: true, ..Default::default() };
