@@ -79,6 +79,8 @@ pub const MAX_WAIT: Duration = Duration::from_secs(30);
 const LOG_PAGE: u32 = 1000;
 /// Largest number of reports or log pieces in one batch.
 const MAX_BATCH: usize = 10_000;
+/// Most parsed pipeline specs kept in memory.
+pub const PIPELINES_CACHED: usize = 10_000;
 
 /// A stored pipeline's spec, parsed once, with what the lifecycle needs.
 #[derive(Debug)]
@@ -246,7 +248,7 @@ impl Gateway {
         Flow { index, reach, fallen }
     }
 
-    /// A stored pipeline's parsed spec (cached).
+    /// A stored pipeline's parsed spec (cached, at most [`PIPELINES_CACHED`]).
     pub(crate) async fn pipeline(&self, id: &str) -> Result<Arc<Pipeline>, ApiError> {
         if let Some(p) = self.jobs.pipelines.lock().expect("pipelines").get(id) {
             return Ok(p.clone());
@@ -260,8 +262,18 @@ impl Gateway {
         let spec: PipelineSpec = serde_json::from_str(&text)
             .map_err(|e| ApiError::internal(format!("the stored spec of pipeline {id} is unreadable: {e}")))?;
         let pipeline = Arc::new(Pipeline::new(spec));
-        self.jobs.pipelines.lock().expect("pipelines").insert(id.to_string(), pipeline.clone());
+        self.remember_pipeline(id, pipeline.clone());
         Ok(pipeline)
+    }
+
+    fn remember_pipeline(&self, id: &str, pipeline: Arc<Pipeline>) {
+        let mut cached = self.jobs.pipelines.lock().expect("pipelines");
+        if cached.len() >= PIPELINES_CACHED {
+            // Bounded: a long-lived gateway sees any number of pipelines; reading one again is
+            // one query.
+            cached.clear();
+        }
+        cached.insert(id.to_string(), pipeline);
     }
 
     /// Check and store a pipeline; everything is recorded before this returns.
@@ -317,7 +329,7 @@ impl Gateway {
         self.metrics.pipelines.inc();
         self.metrics.jobs_submitted.inc_by(jobs.len() as u64);
         tracing::info!(pipeline = %id, jobs = jobs.len(), by, "pipeline submitted");
-        self.jobs.pipelines.lock().expect("pipelines").insert(id.clone(), Arc::new(pipeline));
+        self.remember_pipeline(&id, Arc::new(pipeline));
         // Stored: the submission stands. Let the scheduler place it, and answer with the
         // clusters if that is quick; a busy gateway answers sooner, with jobs still queued.
         self.next_pass(SUBMIT_PLACEMENT_WAIT).await;

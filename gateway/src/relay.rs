@@ -50,29 +50,22 @@ pub const TICKET_TTL: Duration = Duration::from_secs(600);
 pub struct StoreGuard {
     ca_der: Vec<Vec<u8>>,
     db: crate::db::Db,
-    /// Digests known to be registered sources (a cache: sources are never unregistered).
-    sources: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl StoreGuard {
     pub fn new(ca_der: Vec<u8>, db: crate::db::Db) -> Self {
-        Self { ca_der: vec![ca_der], db, sources: Default::default() }
+        Self { ca_der: vec![ca_der], db }
     }
 
+    /// Asked of the database every time (one indexed read per chunk of 8 MiB): retention may
+    /// forget a source, and a gateway replica must not go on serving it from a memory of it.
     async fn is_source(&self, digest: &str) -> Result<bool, ApiError> {
-        if self.sources.lock().expect("sources").contains(digest) {
-            return Ok(true);
-        }
-        let found = self
+        Ok(self
             .db
             .source(digest)
             .await
             .map_err(|e| ApiError::unavailable(format!("the gateway's database is unavailable: {e}")))?
-            .is_some();
-        if found {
-            self.sources.lock().expect("sources").insert(digest.to_string());
-        }
-        Ok(found)
+            .is_some())
     }
 
     async fn decide(&self, access: Access<'_>) -> Result<(), ApiError> {
