@@ -198,9 +198,14 @@ pub async fn output() -> anyhow::Result<()> {
     }
     let archive = std::env::temp_dir().join(format!("atoll-output-{}.tar", std::process::id()));
     let (src, dest) = (dir.clone(), archive.clone());
-    let packed = tokio::task::spawn_blocking(move || atoll_store::archive::pack_dir(&src, &dest))
-        .await?
-        .with_context(|| format!("archiving {}", dir.display()))?;
+    let packed = match tokio::task::spawn_blocking(move || atoll_store::archive::pack_dir(&src, &dest)).await? {
+        Ok(packed) => packed,
+        Err(e) => {
+            // What it wrote before it failed is no archive.
+            let _ = std::fs::remove_file(&archive);
+            return Err(anyhow!(e).context(format!("archiving {}", dir.display())));
+        }
+    };
     let path = attempt.path("output");
     let sent = attempt
         .call("storing the output", |http, url| {

@@ -238,6 +238,10 @@ jobs:
     assert_eq!(unarchivable.job.state, JobState::Error, "{unarchivable:?}");
     let message = unarchivable.attempts[0].message.clone().unwrap_or_default();
     assert!(message.starts_with("storing its output failed: ") && message.contains("sock"), "{message}");
+    let left = fake.tmp_files(&job_name(&id_of(&submitted, "unarchivable"), 1));
+    assert!(left.is_empty(), "the half-written archive is removed: {left:?}");
+    let left = fake.tmp_files(&job_name(&id_of(&submitted, "build"), 1));
+    assert!(left.is_empty(), "the sent archive is removed: {left:?}");
 
     phase("the pod listener refuses a wrong secret, a blob the attempt may not read, and an unknown attempt");
     let waits = id_of(&submitted, "waits");

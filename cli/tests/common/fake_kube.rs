@@ -13,7 +13,7 @@
 //! (`?container=`), and a failed container whose `terminationMessagePolicy` is
 //! `FallbackToLogsOnError` has the tail of its log (80 lines, 2,048 bytes) as its termination
 //! message. `emptyDir` volumes
-//! are directories of the pod; a container sees its mounts at their host paths: every mount
+//! are directories of the pod, as is each container's `TMPDIR`; a container sees its mounts at their host paths: every mount
 //! path in its command and environment is replaced by the volume's directory. The pod's end sets
 //! the Job's `Complete` or `Failed` condition; `activeDeadlineSeconds` kills it with reason
 //! `DeadlineExceeded`; deleting the Job kills its pod. A sidecar's exec `startupProbe` runs every
@@ -143,6 +143,20 @@ impl FakeKube {
     /// meddled-with pod).
     pub fn tamper(&self, var: &str, value: &str) {
         self.inner.lock().unwrap().tampered.push((var.to_string(), value.to_string()));
+    }
+
+    /// The files left in the `/tmp` (`TMPDIR`) of every container of the Job `name`'s pods.
+    pub fn tmp_files(&self, name: &str) -> Vec<std::path::PathBuf> {
+        let mut left = Vec::new();
+        for pod in std::fs::read_dir(self._root.path()).into_iter().flatten().flatten() {
+            if !pod.file_name().to_string_lossy().starts_with(&format!("{name}-")) {
+                continue;
+            }
+            for container in std::fs::read_dir(pod.path().join("tmp")).into_iter().flatten().flatten() {
+                left.extend(std::fs::read_dir(container.path()).into_iter().flatten().flatten().map(|f| f.path()));
+            }
+        }
+        left
     }
 
     /// How many times the Job `name` was created.
@@ -314,7 +328,15 @@ fn spawn_container(container: &Value, dir: &std::path::Path) -> std::io::Result<
     let bin =
         std::path::Path::new(env!("CARGO_BIN_EXE_atoll")).parent().expect("bin dir").to_string_lossy().into_owned();
     let mut command = tokio::process::Command::new(&argv[0]);
-    command.args(&argv[1..]).current_dir(dir).env_clear().env("PATH", format!("{bin}:/usr/local/bin:/usr/bin:/bin"));
+    // Each container has a /tmp of its own.
+    let tmp = dir.join("tmp").join(container.get("name").and_then(Value::as_str).unwrap_or("?"));
+    std::fs::create_dir_all(&tmp)?;
+    command
+        .args(&argv[1..])
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", format!("{bin}:/usr/local/bin:/usr/bin:/bin"))
+        .env("TMPDIR", &tmp);
     for var in container.get("env").and_then(Value::as_array).into_iter().flatten() {
         if let (Some(k), Some(v)) = (var.get("name").and_then(Value::as_str), var.get("value").and_then(Value::as_str))
         {
