@@ -82,7 +82,9 @@ impl Attempt {
     {
         let started = Instant::now();
         let mut last = String::new();
-        for round in 0u32.. {
+        let mut rounds = 0u32;
+        loop {
+            rounds += 1;
             let mut refused = 0;
             for url in &self.urls {
                 let request = make(&self.http, url)?.bearer_auth(&self.secret);
@@ -106,12 +108,11 @@ impl Attempt {
                 bail!("{what}: every replica refused; {last}");
             }
             if started.elapsed() >= PATIENCE {
-                bail!("{what}: no replica took it in {} s ({} rounds); last: {last}", PATIENCE.as_secs(), round + 1);
+                bail!("{what}: no replica took it in {} s ({rounds} rounds); last: {last}", PATIENCE.as_secs());
             }
             eprintln!("{what}: trying again ({last})");
             tokio::time::sleep(PAUSE).await;
         }
-        unreachable!("the rounds are bounded by PATIENCE")
     }
 
     fn path(&self, rest: &str) -> String {

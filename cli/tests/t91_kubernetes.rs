@@ -175,10 +175,7 @@ async fn a_pods_helpers_bring_inputs_and_sources_in_and_the_output_out() {
     let dir = mesh.t.dir.path().join("project");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("hello.txt"), "hello from the source\n").unwrap();
-    let out = mesh.cli(&["push", dir.to_str().unwrap(), "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let pushed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("push --json");
-    let source = pushed["digest"].as_str().expect("digest").to_string();
+    let source = mesh.push(&dir)["digest"].as_str().expect("digest").to_string();
 
     phase(
         "build (a pod on aws) reads the source, writes an output; test (a process on gcp) reads it; back (a pod on aws) reads both",

@@ -500,14 +500,11 @@ async fn a_pushed_source_is_fetched_by_every_cluster_that_runs_a_job_of_it() {
     std::fs::write(dir.join("target/big.bin"), vec![0u8; 1 << 20]).unwrap();
 
     phase("atoll push DIR: archived without what .gitignore excludes, uploaded once, registered");
-    let out = mesh.cli(&["push", dir.to_str().unwrap(), "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let pushed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("push --json");
+    let pushed = mesh.push(&dir);
     let digest = pushed["digest"].as_str().expect("digest").to_string();
     assert!(pushed["uploaded"].as_u64() > Some(0), "{pushed}");
     assert!(pushed["size"].as_u64() < Some(1 << 20), "target/ was left out: {pushed}");
-    let again = mesh.cli(&["push", dir.to_str().unwrap(), "--json"]);
-    let again: serde_json::Value = serde_json::from_slice(&again.stdout).expect("push --json");
+    let again = mesh.push(&dir);
     assert_eq!((again["digest"].as_str(), again["uploaded"].as_u64()), (Some(digest.as_str()), Some(0)), "nothing new");
 
     phase("a pipeline naming the source: jobs on aws and onprem (which reaches no one but aws) find its files");
@@ -550,10 +547,7 @@ async fn outputs_and_work_directories_are_kept_while_a_child_needs_them_and_go_a
     let dir = mesh.t.dir.path().join("project");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("app.txt"), "a source\n").unwrap();
-    let out = mesh.cli(&["push", dir.to_str().unwrap(), "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let pushed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("push --json");
-    let source = pushed["digest"].as_str().expect("digest").to_string();
+    let source = mesh.push(&dir)["digest"].as_str().expect("digest").to_string();
     let yaml = spec(&[
         producer("parent", "onprem", 1, ""),
         "  - {name: gate, type: command, command: 'sleep 7', cluster: {selector: [aws]}, timeout: 60}\n".to_string(),

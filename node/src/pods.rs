@@ -56,6 +56,45 @@ pub struct Pods {
 
 type Shared = State<Arc<Pods>>;
 
+/// Bind `config.pod_listen` and serve the pod routes until the returned guard is dropped.
+pub(crate) async fn serve(
+    config: &crate::config::KubernetesConfig,
+    tls: &atoll_api::tls::TlsIdentity,
+    replica: Arc<Replica>,
+    transfers: Arc<Transfers>,
+    uploads: std::path::PathBuf,
+) -> Result<crate::jobs::AbortOnDrop, String> {
+    let listener = tokio::net::TcpListener::bind(config.pod_listen)
+        .await
+        .map_err(|e| format!("binding jobs.kubernetes.pod_listen {}: {e}", config.pod_listen))?;
+    let server_config = tls
+        .server_config_with(atoll_api::tls::ClientCerts::Optional)
+        .map_err(|e| format!("the pod listener's TLS: {e}"))?;
+    // What an upload cut short by a crash left: nothing is in flight before we serve.
+    if let Err(e) = std::fs::remove_dir_all(&uploads)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(format!("clearing {}: {e}", uploads.display()));
+    }
+    let router = router(Arc::new(Pods { replica, transfers, uploads }));
+    tracing::info!(pod_listen = %config.pod_listen, pod_urls = ?config.pod_urls, "serving job pods (inputs in, outputs out)");
+    let hooks = atoll_api::serve::Hooks { allow_anonymous: true, ..Default::default() };
+    Ok(crate::jobs::AbortOnDrop(tokio::spawn(async move {
+        let served = atoll_api::serve::serve_mtls(
+            listener,
+            server_config,
+            router,
+            hooks,
+            std::future::pending(),
+            std::time::Duration::from_secs(1),
+        )
+        .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the pod listener ended");
+        }
+    })))
+}
+
 pub fn router(pods: Arc<Pods>) -> Router {
     Router::new()
         .route("/v1/pods/{job}/{attempt}/blobs/{digest}", get(blob))

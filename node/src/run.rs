@@ -241,40 +241,8 @@ async fn join_mesh(
     )));
     let pods = match &config.jobs.executor {
         crate::config::ExecutorConfig::Kubernetes(k) => {
-            let listener = TcpListener::bind(k.pod_listen)
-                .await
-                .map_err(|e| format!("binding jobs.kubernetes.pod_listen {}: {e}", k.pod_listen))?;
-            let server_config = tls
-                .server_config_with(atoll_api::tls::ClientCerts::Optional)
-                .map_err(|e| format!("the pod listener's TLS: {e}"))?;
-            // What an upload cut short by a crash left: nothing is in flight before we serve.
             let uploads = config.data_dir.join("pod-uploads");
-            if let Err(e) = std::fs::remove_dir_all(&uploads)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                return Err(format!("clearing {}: {e}", uploads.display()));
-            }
-            let router = crate::pods::router(Arc::new(crate::pods::Pods {
-                replica: replica.clone(),
-                transfers: transfers.clone(),
-                uploads,
-            }));
-            tracing::info!(pod_listen = %k.pod_listen, pod_urls = ?k.pod_urls, "serving job pods (inputs in, outputs out)");
-            let hooks = atoll_api::serve::Hooks { allow_anonymous: true, ..Default::default() };
-            Some(crate::jobs::AbortOnDrop(tokio::spawn(async move {
-                let served = atoll_api::serve::serve_mtls(
-                    listener,
-                    server_config,
-                    router,
-                    hooks,
-                    std::future::pending(),
-                    Duration::from_secs(1),
-                )
-                .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "the pod listener ended");
-                }
-            })))
+            Some(crate::pods::serve(k, tls, replica.clone(), transfers.clone(), uploads).await?)
         }
         crate::config::ExecutorConfig::Process => None,
     };

@@ -448,9 +448,10 @@ impl Blobs {
     pub async fn remove_stale_temp_files(&self, cutoff: SystemTime) -> Result<u64, StoreError> {
         let Some(root) = self.local_root.clone() else { return Ok(0) };
         let root = root.join("sha256");
-        tokio::task::spawn_blocking(move || remove_stale_temp_files(&root, cutoff))
+        let walked = root.clone();
+        tokio::task::spawn_blocking(move || remove_stale_temp_files(&walked, cutoff))
             .await
-            .map_err(|e| StoreError::io(&std::path::PathBuf::from("sha256"), std::io::Error::other(e)))?
+            .map_err(|e| StoreError::io(&root, std::io::Error::other(e)))?
     }
 }
 

@@ -272,6 +272,13 @@ impl GatewayMesh {
             .expect("run atoll")
     }
 
+    /// `atoll push DIR --json`, which must succeed: what it printed.
+    pub fn push(&self, dir: &std::path::Path) -> serde_json::Value {
+        let out = self.cli(&["push", dir.to_str().expect("a UTF-8 path"), "--json"]);
+        assert!(out.status.success(), "atoll push: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("push --json")
+    }
+
     /// The cluster as the gateway lists it.
     pub async fn cluster(&self, name: &str) -> Option<ClusterInfo> {
         self.gateway.clusters().await.ok()?.into_iter().find(|c| c.name == name)

@@ -251,10 +251,8 @@ pub fn build_job(request: &RunRequest, cluster: &str, setup: &PodSetup) -> Resul
     let mut init_containers = Vec::new();
     if !blobs.is_empty() {
         let blobs = serde_json::Value::Array(blobs).to_string();
-        let mut helper_mounts = vec![mount("inputs", INPUTS_DIR)];
-        if spec.source.is_some() {
-            helper_mounts.push(mount("source", SOURCE_DIR));
-        }
+        // The job's mounts but its output.
+        let helper_mounts = mounts.iter().filter(|m| m.name != "output").cloned().collect();
         init_containers.push(helper(INPUTS_HELPER, "inputs", vec![env_var("ATOLL_POD_BLOBS", &blobs)], helper_mounts));
     }
     // A sidecar (an init container that keeps running): Kubernetes stops it once the job's
@@ -407,7 +405,7 @@ pub struct KubernetesExecutor {
     poll: Duration,
     /// Brings inputs from other clusters and sources into the cluster's store before a Job is
     /// created, and reads the output a pod recorded.
-    transfers: Option<Arc<crate::transfers::Transfers>>,
+    transfers: Arc<crate::transfers::Transfers>,
 }
 
 impl std::fmt::Debug for KubernetesExecutor {
@@ -427,7 +425,7 @@ impl KubernetesExecutor {
         config: &KubernetesConfig,
         cluster: &str,
         ca_pem: String,
-        transfers: Option<Arc<crate::transfers::Transfers>>,
+        transfers: Arc<crate::transfers::Transfers>,
     ) -> anyhow::Result<Self> {
         let mut kube_config = match &config.api {
             Some(url) => kube::Config::new(url.parse()?),
@@ -512,7 +510,7 @@ impl KubernetesExecutor {
         let name = job_name(&job, attempt);
         if !adopt {
             // Into this cluster's store first; the pod's inputs helper reads them from there.
-            let delivered = self.bring_in(&request).await;
+            let delivered = self.transfers.bring_in(&request).await;
             if stopped.load(Ordering::SeqCst) {
                 return;
             }
@@ -543,13 +541,10 @@ impl KubernetesExecutor {
             match read {
                 Ok(Some(k8s_job)) => {
                     failures = 0;
-                    let ended =
-                        k8s_job.status.as_ref().is_some_and(|s| s.succeeded.unwrap_or(0) + s.failed.unwrap_or(0) > 0)
-                            || k8s_job.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
-                                c.iter()
-                                    .any(|c| matches!(c.type_.as_str(), "Complete" | "Failed") && c.status == "True")
-                            });
-                    let pod = if ended { self.pod_end(&name).await } else { PodEnd::default() };
+                    if outcome(&k8s_job, None).is_none() {
+                        continue; // still running: no need to read its pod
+                    }
+                    let pod = self.pod_end(&name).await;
                     if let Some(end) = outcome(&k8s_job, pod.exit_code) {
                         let (state, exit_code, message) = with_helpers(end, &pod);
                         // An output the pod stored is in the replicated record: before the end.
@@ -633,27 +628,17 @@ impl KubernetesExecutor {
         }
     }
 
-    /// Bring the attempt's source and its inputs from other clusters into this cluster's store.
-    async fn bring_in(&self, request: &RunRequest) -> Result<(), String> {
-        if request.inputs.is_empty() && request.spec.source.is_none() {
-            return Ok(());
-        }
-        let transfers =
-            self.transfers.as_ref().ok_or("inputs and sources need a gateway link; this replica has none")?;
-        transfers.bring_in(request).await
-    }
-
     /// The output recorded for the attempt (by whichever replica its pod stored it with).
     fn recorded_output(&self, job: &str, attempt: u32) -> Option<atoll_raft_store::jobs::OutputRecord> {
-        let records = self.transfers.as_ref()?.replica().jobs().ok()?;
+        let records = self.transfers.replica().jobs().ok()?;
         records.into_iter().find(|r| r.job == job && r.attempt == attempt)?.output
     }
 
     /// Copy a blob into this replica's store when the pod stored it with another replica: the
     /// leader serves the pulls of other clusters (pushes and relay uploads copy it themselves).
     async fn hold_here(&self, digest: &str) {
-        let (Some(transfers), Ok(parsed)) = (&self.transfers, digest.parse::<atoll_store::Digest>()) else { return };
-        if let Err(e) = transfers.ensure_local(&parsed).await {
+        let Ok(parsed) = digest.parse::<atoll_store::Digest>() else { return };
+        if let Err(e) = self.transfers.ensure_local(&parsed).await {
             tracing::warn!(output = %digest, error = %e, "copying a pod's output to the leader failed; it is on a majority of the replicas");
         }
     }
