@@ -10,6 +10,7 @@ use std::io;
 use std::io::BufWriter;
 use std::io::Write;
 use std::path::Path;
+use std::path::PathBuf;
 
 use crate::Digest;
 use crate::Hasher;
@@ -49,19 +50,62 @@ pub fn pack_dir(src: &Path, dest: &Path) -> io::Result<Packed> {
     pack_dir_filtered(src, dest, &|_| true)
 }
 
-/// [`pack_dir`] of the entries `keep` accepts (paths relative to `src`); a directory it refuses
-/// is left out with everything in it.
-pub fn pack_dir_filtered(src: &Path, dest: &Path, keep: &dyn Fn(&Path) -> bool) -> io::Result<Packed> {
-    let file = File::create(dest)?;
-    let writer = HashingWriter { inner: BufWriter::with_capacity(256 * 1024, file), hasher: Hasher::new(), written: 0 };
-    let mut builder = tar::Builder::new(writer);
-    builder.mode(tar::HeaderMode::Deterministic);
-    builder.follow_symlinks(false);
-    let mut entries = 0u64;
-    let mut stack = vec![std::path::PathBuf::new()];
+/// What an archive may hold, and why anything else is refused (named by its path).
+fn refused(name: &Path, what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "{}: {what} cannot be archived (only regular files, directories and symbolic links)",
+            name.display().to_string().escape_debug()
+        ),
+    )
+}
+
+fn kind_name(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else {
+        "a file of unknown kind"
+    }
+}
+
+/// The permission bits an entry keeps: the file's own (read, write, execute for owner, group and
+/// others), never widened; set-id and sticky bits are dropped.
+fn kept_mode(meta: &std::fs::Metadata) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode() & 0o777
+}
+
+/// A header for `meta` with fixed owners and time, and the entry's own permission bits.
+fn header_for(meta: &std::fs::Metadata, kind: tar::EntryType) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(meta, tar::HeaderMode::Deterministic);
+    header.set_entry_type(kind);
+    header.set_mode(kept_mode(meta));
+    header.set_size(0);
+    header
+}
+
+/// How many names each multiply linked file (device, inode) has in the tree.
+type NamesPerInode = std::collections::HashMap<(u64, u64), u64>;
+
+/// Every entry below `src` (relative paths), depth first in name order, directories before
+/// what they hold; with each regular file's (device, inode) counted, to tell hard links inside
+/// the tree from links to files elsewhere.
+fn walk(src: &Path, keep: &dyn Fn(&Path) -> bool) -> io::Result<(Vec<PathBuf>, NamesPerInode)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut order = Vec::new();
+    let mut inodes = std::collections::HashMap::new();
+    let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
-        let dir = src.join(&rel);
-        let mut names: Vec<_> = std::fs::read_dir(&dir)?.collect::<Result<Vec<_>, _>>()?;
+        let mut names: Vec<_> = std::fs::read_dir(src.join(&rel))?.collect::<Result<Vec<_>, _>>()?;
         names.sort_by_key(|e| e.file_name());
         // Depth first, in name order: push in reverse so the smallest name is next.
         let mut subdirs = Vec::new();
@@ -70,14 +114,86 @@ pub fn pack_dir_filtered(src: &Path, dest: &Path, keep: &dyn Fn(&Path) -> bool) 
             if !keep(&name) {
                 continue;
             }
-            let kind = entry.file_type()?;
-            builder.append_path_with_name(entry.path(), &name)?;
-            entries += 1;
-            if kind.is_dir() {
-                subdirs.push(name);
+            let meta = std::fs::symlink_metadata(entry.path())?;
+            if meta.is_dir() {
+                subdirs.push(name.clone());
+            } else if meta.is_file() && meta.nlink() > 1 {
+                *inodes.entry((meta.dev(), meta.ino())).or_insert(0) += 1;
             }
+            order.push(name);
         }
         stack.extend(subdirs.into_iter().rev());
+    }
+    Ok((order, inodes))
+}
+
+/// [`pack_dir`] of the entries `keep` accepts (paths relative to `src`); a directory it refuses
+/// is left out with everything in it.
+///
+/// Only what is inside `src` is archived: symbolic links as links (never followed), a hard link
+/// as a link to the first name of its file in the tree, and only when every name of that file is
+/// in the tree (a link to a file elsewhere would carry that file's content out); FIFOs, sockets
+/// and devices are refused, named. Each entry keeps its permission bits (never widened). A
+/// regular file is opened without following links and checked to be the file that was walked,
+/// so swapping it for a link meanwhile is refused, not followed.
+pub fn pack_dir_filtered(src: &Path, dest: &Path, keep: &dyn Fn(&Path) -> bool) -> io::Result<Packed> {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (order, inodes) = walk(src, keep)?;
+    let file = File::create(dest)?;
+    let writer = HashingWriter { inner: BufWriter::with_capacity(256 * 1024, file), hasher: Hasher::new(), written: 0 };
+    let mut builder = tar::Builder::new(writer);
+    let mut first_names: std::collections::HashMap<(u64, u64), PathBuf> = std::collections::HashMap::new();
+    let mut entries = 0u64;
+    for name in order {
+        let path = src.join(&name);
+        let meta = std::fs::symlink_metadata(&path)?;
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            builder.append_data(&mut header_for(&meta, tar::EntryType::Directory), &name, io::empty())?;
+        } else if kind.is_symlink() {
+            let target = std::fs::read_link(&path)?;
+            builder.append_link(&mut header_for(&meta, tar::EntryType::Symlink), &name, &target)?;
+        } else if kind.is_file() {
+            let inode = (meta.dev(), meta.ino());
+            if meta.nlink() > 1 {
+                let inside = inodes.get(&inode).copied().unwrap_or(0);
+                if inside < meta.nlink() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "{}: a hard link to a file outside the directory ({} links, {inside} inside) cannot be \
+                             archived; copy the file instead",
+                            name.display().to_string().escape_debug(),
+                            meta.nlink()
+                        ),
+                    ));
+                }
+                if let Some(first) = first_names.get(&inode) {
+                    builder.append_link(&mut header_for(&meta, tar::EntryType::Link), &name, first)?;
+                    entries += 1;
+                    continue;
+                }
+                first_names.insert(inode, name.clone());
+            }
+            let opened =
+                File::options().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&path).map_err(
+                    |e| io::Error::new(e.kind(), format!("{}: {e}", name.display().to_string().escape_debug())),
+                )?;
+            let now = opened.metadata()?;
+            if !now.is_file() || (now.dev(), now.ino()) != inode {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{}: changed while it was archived", name.display().to_string().escape_debug()),
+                ));
+            }
+            let mut header = header_for(&now, tar::EntryType::Regular);
+            header.set_size(now.len());
+            builder.append_data(&mut header, &name, io::Read::take(&opened, now.len()))?;
+        } else {
+            return Err(refused(&name, kind_name(&kind)));
+        }
+        entries += 1;
     }
     let mut writer = builder.into_inner()?;
     writer.flush()?;
@@ -161,6 +277,73 @@ mod tests {
         assert_eq!(packed.entries, 0);
         unpack(&dir.path().join("e.tar"), &dir.path().join("dest")).unwrap();
         assert_eq!(std::fs::read_dir(dir.path().join("dest")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn modes_are_kept_never_widened_and_links_are_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("secret"), b"mine").unwrap();
+        std::fs::set_permissions(src.join("secret"), std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::fs::write(src.join("tool"), b"#!/bin/sh").unwrap();
+        std::fs::set_permissions(src.join("tool"), std::fs::Permissions::from_mode(0o750)).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", src.join("passwd")).unwrap();
+        let archive = dir.path().join("out.tar");
+        pack_dir(&src, &archive).unwrap();
+        let dest = dir.path().join("dest");
+        unpack(&archive, &dest).unwrap();
+        let mode = |p: &str| std::fs::metadata(dest.join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("secret"), 0o640);
+        assert_eq!(mode("tool"), 0o750);
+        // The link is stored as a link: the archive holds no byte of the file it names.
+        assert_eq!(std::fs::read_link(dest.join("passwd")).unwrap(), Path::new("/etc/passwd"));
+        let passwd = std::fs::read("/etc/passwd").unwrap();
+        let bytes = std::fs::read(&archive).unwrap();
+        assert!(!bytes.windows(passwd.len().min(32)).any(|w| w == &passwd[..passwd.len().min(32)]));
+    }
+
+    #[test]
+    fn a_hard_link_inside_the_tree_is_a_link_and_one_to_a_file_elsewhere_is_refused() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("a"), b"shared content").unwrap();
+        std::fs::hard_link(src.join("a"), src.join("sub/b")).unwrap();
+        let archive = dir.path().join("in.tar");
+        let packed = pack_dir(&src, &archive).unwrap();
+        assert_eq!(packed.entries, 3);
+        let dest = dir.path().join("dest");
+        unpack(&archive, &dest).unwrap();
+        assert_eq!(std::fs::read(dest.join("sub/b")).unwrap(), b"shared content");
+        let (a, b) = (std::fs::metadata(dest.join("a")).unwrap(), std::fs::metadata(dest.join("sub/b")).unwrap());
+        assert_eq!(a.ino(), b.ino(), "unpacked as one file with two names");
+
+        // A link to a file outside the directory would carry that file out: refused, named.
+        let outside = dir.path().join("outside-secret");
+        std::fs::write(&outside, b"not yours").unwrap();
+        std::fs::hard_link(&outside, src.join("sub/x")).unwrap();
+        let err = pack_dir(&src, &dir.path().join("out.tar")).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("sub/x") && message.contains("hard link to a file outside"), "{message}");
+    }
+
+    #[test]
+    fn fifos_sockets_and_devices_are_refused_with_their_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("deep")).unwrap();
+        let made = std::process::Command::new("mkfifo").arg(src.join("deep/pipe")).status().expect("mkfifo runs");
+        assert!(made.success());
+        let err = pack_dir(&src, &dir.path().join("f.tar")).unwrap_err();
+        assert!(err.to_string().contains("deep/pipe: a FIFO cannot be archived"), "{err}");
+        std::fs::remove_file(src.join("deep/pipe")).unwrap();
+
+        let _socket = std::os::unix::net::UnixListener::bind(src.join("deep/sock")).unwrap();
+        let err = pack_dir(&src, &dir.path().join("s.tar")).unwrap_err();
+        assert!(err.to_string().contains("deep/sock: a socket cannot be archived"), "{err}");
     }
 
     #[test]
