@@ -4,6 +4,11 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = atoll::args::Args::parse();
+    if args.command.is_daemon() {
+        // Whatever a daemon writes (keys, tokens, stored blobs, Raft state, logs) is its own:
+        // never readable by other users of the machine, jobs included.
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    }
     if args.command.is_daemon()
         && let Err(e) = atoll::malloc::restart_tuned()
     {

@@ -79,6 +79,68 @@ pub struct JobsFile {
     /// (0: as fast as the path allows).
     #[serde(default)]
     pub transfer_limit_bytes_per_s: u64,
+    /// How the `process` executor fences a job off from its replica.
+    #[serde(default)]
+    pub sandbox: SandboxFile,
+    /// Most bytes of a run's output (stdout and stderr together) kept in its log; past it the
+    /// first half and the last half are kept, with a marker saying how many bytes were dropped
+    /// between them.
+    #[serde(default = "default_log_limit_bytes")]
+    pub log_limit_bytes: u64,
+}
+
+/// `jobs.sandbox`: what a `process` job can see and who it runs as.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxFile {
+    /// `auto` (a sandbox where the machine allows one, a warning where it does not), `required`
+    /// (the replica refuses to start without one) or `off` (jobs run as the replica's user and
+    /// see its whole file system; for trusted jobs only).
+    #[serde(default = "default_sandbox_mode")]
+    pub mode: String,
+    /// The user jobs run as when the replica runs as root: a name or `uid:gid`. Never root.
+    #[serde(default = "default_sandbox_user")]
+    pub user: String,
+    /// System paths a job sees, read-only (set-id bits off); missing ones are left out.
+    #[serde(default = "default_system_paths")]
+    pub system_paths: Vec<PathBuf>,
+    /// Niceness of jobs (0 to 19): they run at lower CPU priority than the replica.
+    #[serde(default = "default_nice")]
+    pub nice: i32,
+}
+
+impl Default for SandboxFile {
+    fn default() -> Self {
+        Self {
+            mode: default_sandbox_mode(),
+            user: default_sandbox_user(),
+            system_paths: default_system_paths(),
+            nice: default_nice(),
+        }
+    }
+}
+
+fn default_sandbox_mode() -> String {
+    "auto".into()
+}
+
+fn default_sandbox_user() -> String {
+    "nobody".into()
+}
+
+fn default_system_paths() -> Vec<PathBuf> {
+    ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt"]
+        .into_iter()
+        .map(PathBuf::from)
+        .collect()
+}
+
+fn default_nice() -> i32 {
+    10
+}
+
+fn default_log_limit_bytes() -> u64 {
+    16 * 1024 * 1024
 }
 
 impl Default for JobsFile {
@@ -88,6 +150,8 @@ impl Default for JobsFile {
             executor: default_executor(),
             kubernetes: None,
             transfer_limit_bytes_per_s: 0,
+            sandbox: SandboxFile::default(),
+            log_limit_bytes: default_log_limit_bytes(),
         }
     }
 }
@@ -293,6 +357,79 @@ pub struct JobsConfig {
     pub executor: ExecutorConfig,
     /// Bytes per second per transfer; `None`: unlimited.
     pub transfer_limit: Option<u64>,
+    pub sandbox: SandboxConfig,
+    /// Most bytes of a run's log kept (head and tail halves, a marker between).
+    pub log_limit: u64,
+}
+
+/// `jobs.sandbox`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxConfig {
+    pub mode: SandboxMode,
+    /// The user jobs run as when the replica is root: `(uid, gid)`.
+    pub user: (u32, u32),
+    pub system_paths: Vec<PathBuf>,
+    pub nice: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxMode {
+    Auto,
+    Required,
+    Off,
+}
+
+fn check_sandbox(
+    file: SandboxFile,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<SandboxConfig, ConfigError> {
+    let mode = match file.mode.as_str() {
+        "auto" => SandboxMode::Auto,
+        "required" => SandboxMode::Required,
+        "off" => SandboxMode::Off,
+        other => {
+            return Err(invalid(
+                "jobs.sandbox.mode",
+                format!("unknown mode {:?} (one of: auto, required, off)", other.escape_debug().to_string()),
+            ));
+        }
+    };
+    let user = resolve_user(&file.user).map_err(|e| invalid("jobs.sandbox.user", e))?;
+    if user.0 == 0 {
+        return Err(invalid("jobs.sandbox.user", format!("{:?} is root; jobs never run as root", file.user)));
+    }
+    for (i, path) in file.system_paths.iter().enumerate() {
+        if !path.is_absolute() || path == Path::new("/") {
+            return Err(invalid(
+                &format!("jobs.sandbox.system_paths[{i}]"),
+                format!("{} is not an absolute path below /", path.display()),
+            ));
+        }
+    }
+    if !(0..=19).contains(&file.nice) {
+        return Err(invalid("jobs.sandbox.nice", format!("{} is not a niceness from 0 to 19", file.nice)));
+    }
+    Ok(SandboxConfig { mode, user, system_paths: file.system_paths, nice: file.nice })
+}
+
+/// The sandbox of the defaults (tests, and the process executor built without a config file).
+pub fn default_sandbox() -> Result<SandboxConfig, ConfigError> {
+    check_sandbox(SandboxFile::default(), &|key, message| ConfigError::invalid("(defaults)", key, message))
+}
+
+/// `name` or `uid:gid` as ids.
+fn resolve_user(user: &str) -> Result<(u32, u32), String> {
+    if let Some((uid, gid)) = user.split_once(':') {
+        let parse = |s: &str| s.parse::<u32>().map_err(|_| format!("{user:?} is not uid:gid (two numbers)"));
+        return Ok((parse(uid)?, parse(gid)?));
+    }
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(found)) => Ok((found.uid.as_raw(), found.gid.as_raw())),
+        Ok(None) => {
+            Err(format!("no user {:?} on this machine (give a name or uid:gid)", user.escape_debug().to_string()))
+        }
+        Err(e) => Err(format!("looking up the user {:?}: {e}", user.escape_debug().to_string())),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -322,6 +459,13 @@ fn check_jobs(
     if file.max_running == 0 {
         return Err(invalid("jobs.max_running", "must be 1 or more".into()));
     }
+    if file.log_limit_bytes < 4096 {
+        return Err(invalid(
+            "jobs.log_limit_bytes",
+            format!("{} is below the least limit, 4096", file.log_limit_bytes),
+        ));
+    }
+    let sandbox = check_sandbox(file.sandbox, invalid)?;
     let executor = match (file.executor.as_str(), file.kubernetes) {
         ("process", None) => ExecutorConfig::Process,
         ("process", Some(_)) => {
@@ -413,6 +557,8 @@ fn check_jobs(
         max_running: file.max_running,
         executor,
         transfer_limit: (file.transfer_limit_bytes_per_s > 0).then_some(file.transfer_limit_bytes_per_s),
+        sandbox,
+        log_limit: file.log_limit_bytes,
     })
 }
 

@@ -229,6 +229,7 @@ async fn join_mesh(
         &config.cluster,
         transfers.clone(),
         &config.tls.ca,
+        hidden_from_jobs(config),
     )
     .await
     .map_err(|e| format!("jobs.executor: {e:#}"))?;
@@ -323,4 +324,17 @@ async fn stop_in_order(
     if let Err(e) = state.sync().await {
         tracing::warn!(error = %e, "making the state machine durable failed; it catches up from the log at the next start");
     }
+}
+
+/// What no job may see, should a system path hold it: the data directory (Raft state, stores,
+/// other runs' work directories), the TLS files and the join token file.
+fn hidden_from_jobs(config: &crate::config::AgentConfig) -> Vec<std::path::PathBuf> {
+    let mut hidden =
+        vec![config.data_dir.clone(), config.tls.ca.clone(), config.tls.cert.clone(), config.tls.key.clone()];
+    if let Some(crate::config::GatewayLink { join_token: crate::config::JoinTokenSource::File(path), .. }) =
+        &config.gateway
+    {
+        hidden.push(path.clone());
+    }
+    hidden.iter().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())).collect()
 }

@@ -40,6 +40,9 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 
+mod sandbox;
+pub use sandbox::Sandbox;
+
 /// Which namespaces the child gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Namespaces {
@@ -64,6 +67,9 @@ pub struct Command {
     /// The working directory.
     pub cwd: PathBuf,
     pub namespaces: Namespaces,
+    /// What the run may see and who it runs as ([`Sandbox`]); `None`: the caller's file system
+    /// and user.
+    pub sandbox: Option<Sandbox>,
 }
 
 /// A started process: its own process group, stdin from `/dev/null`, stdout and stderr piped.
@@ -75,7 +81,7 @@ pub struct Spawned {
 }
 
 /// Where a step of the child failed, for the error message.
-const STEPS: [&str; 9] = [
+const STEPS: [&str; 10] = [
     "",
     "denying setgroups in the new user namespace",
     "writing the uid map",
@@ -85,7 +91,9 @@ const STEPS: [&str; 9] = [
     "redirecting stdin, stdout and stderr",
     "entering the working directory",
     "executing the program",
+    "preparing the sandbox",
 ];
+const SANDBOX_STEP: libc::c_int = 9;
 
 /// `program`'s path: as given when it names a path, else the first executable file of that name
 /// in `path` (a `PATH` value).
@@ -218,6 +226,7 @@ struct Prepared {
     namespaces: Namespaces,
     uid_map: CString,
     gid_map: CString,
+    sandbox: Option<sandbox::Plan>,
 }
 
 // SAFETY: the raw pointers point into the CStrings owned by the same value, which moves whole to
@@ -261,6 +270,7 @@ impl Prepared {
             namespaces: command.namespaces,
             uid_map: c_string(format!("0 {uid} 1\n").as_bytes(), "the uid map")?,
             gid_map: c_string(format!("0 {gid} 1\n").as_bytes(), "the gid map")?,
+            sandbox: command.sandbox.as_ref().map(sandbox::Plan::new).transpose()?,
         })
     }
 }
@@ -339,8 +349,12 @@ struct ChildArgs {
     stdin: libc::c_int,
     stdout: libc::c_int,
     stderr: libc::c_int,
+    /// The sandbox to build, or null.
+    sandbox: *const sandbox::Plan,
     /// Set by the child when a step fails: which (index into `STEPS`) and the errno.
     failed_step: libc::c_int,
+    /// Which step of the sandbox failed (see [`sandbox::apply`]).
+    failed_sandbox_step: usize,
     errno: libc::c_int,
 }
 
@@ -379,14 +393,16 @@ fn start(prepared: &Prepared, stack: &mut [u8]) -> io::Result<Started> {
         stdin: null.as_raw_fd(),
         stdout: stdout_w.as_raw_fd(),
         stderr: stderr_w.as_raw_fd(),
+        sandbox: prepared.sandbox.as_ref().map_or(std::ptr::null(), |plan| plan as *const sandbox::Plan),
         failed_step: 0,
+        failed_sandbox_step: 0,
         errno: 0,
     };
     let namespaces = match prepared.namespaces {
         Namespaces::Shared => 0,
         Namespaces::Pid => libc::CLONE_NEWPID,
         Namespaces::UserAndPid => libc::CLONE_NEWUSER | libc::CLONE_NEWPID,
-    };
+    } | if prepared.sandbox.is_some() { libc::CLONE_NEWNS } else { 0 };
     let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | namespaces | libc::SIGCHLD;
     let mut pidfd: libc::c_int = -1;
     // The stack grows down: hand over its 16-byte aligned top.
@@ -404,14 +420,21 @@ fn start(prepared: &Prepared, stack: &mut [u8]) -> io::Result<Started> {
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     drop((stdout_w, stderr_w, null));
     // SAFETY: the child has exec'd or exited (CLONE_VFORK); its writes to `args` are complete.
-    let (failed_step, errno) = unsafe {
-        (std::ptr::read_volatile(&raw const args.failed_step), std::ptr::read_volatile(&raw const args.errno))
+    let (failed_step, failed_sandbox_step, errno) = unsafe {
+        (
+            std::ptr::read_volatile(&raw const args.failed_step),
+            std::ptr::read_volatile(&raw const args.failed_sandbox_step),
+            std::ptr::read_volatile(&raw const args.errno),
+        )
     };
     if failed_step != 0 {
         let mut status = 0;
         // SAFETY: reaping our own child, which has exited; the status goes to a local.
         unsafe { libc::waitpid(pid, &mut status, 0) };
-        let step = STEPS.get(failed_step as usize).copied().unwrap_or("starting");
+        let step = match (&prepared.sandbox, failed_step) {
+            (Some(plan), SANDBOX_STEP) => plan.describe(failed_sandbox_step),
+            _ => STEPS.get(failed_step as usize).copied().unwrap_or("starting").to_string(),
+        };
         let cause = io::Error::from_raw_os_error(errno);
         return Err(io::Error::new(cause.kind(), format!("{step} failed: {cause}")));
     }
@@ -432,6 +455,9 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: system calls on the prepared NUL-terminated strings and descriptors; the signal
     // structures are locals.
     unsafe {
+        // Directories the sandbox makes get exactly their modes (the replica may keep a strict
+        // mask for its own files); the command gets the usual mask before it execs.
+        libc::umask(0);
         if args.user_namespace {
             if !write_proc(c"/proc/self/setgroups", c"deny") {
                 fail(args, 1);
@@ -452,9 +478,21 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         if libc::dup2(args.stdin, 0) < 0 || libc::dup2(args.stdout, 1) < 0 || libc::dup2(args.stderr, 2) < 0 {
             fail(args, 6);
         }
+        if !args.sandbox.is_null() {
+            if let Err(step) = sandbox::apply(&*args.sandbox) {
+                args.failed_sandbox_step = step;
+                fail(args, SANDBOX_STEP);
+            }
+            // A change of user clears the parent-death signal: set it again.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                fail(args, 5);
+            }
+        }
         if libc::chdir(args.cwd) != 0 {
             fail(args, 7);
         }
+        // The usual mask for the command, whatever the replica keeps for its own files.
+        libc::umask(0o022);
         // Default dispositions (the replica ignores SIGPIPE and handles others), then unblock.
         let mut default: libc::sigaction = std::mem::zeroed();
         default.sa_sigaction = libc::SIG_DFL;

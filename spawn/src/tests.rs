@@ -13,6 +13,7 @@ fn shell(line: &str, cwd: &Path, namespaces: Namespaces) -> Command {
         env: vec![("PATH".into(), PATH.into()), ("GREETING".into(), "hello there".into())],
         cwd: cwd.to_path_buf(),
         namespaces,
+        sandbox: None,
     }
 }
 
@@ -177,4 +178,92 @@ async fn futures_join<T: Send + 'static>(handles: impl Iterator<Item = tokio::ta
         out.push(handle.await.unwrap());
     }
     out
+}
+
+/// A sandbox over `work` (read-write, its `tmp/` at /tmp) with the system's paths read-only.
+fn sandbox_over(root: &Path, work: &Path, hidden: Vec<PathBuf>) -> Sandbox {
+    Sandbox {
+        root: root.to_path_buf(),
+        read_only: ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc"].into_iter().map(PathBuf::from).collect(),
+        hidden,
+        read_write: vec![work.to_path_buf()],
+        tmp: Some(work.join("tmp")),
+        user: Some((65534, 65534)),
+        cgroups: Vec::new(),
+        nice: 10,
+        low_io_priority: true,
+    }
+}
+
+#[tokio::test]
+async fn a_sandboxed_run_sees_only_its_work_directory_and_the_systems_paths_as_another_user() {
+    assert!(
+        unsafe_free_is_root(),
+        "the sandbox test needs root (the test command runs as root); it cannot be checked here"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (root, work, other) = (dir.path().join("root"), dir.path().join("work"), dir.path().join("other"));
+    for d in [&root, &work.join("tmp"), &other] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(other.join("secret"), "the replica's key").unwrap();
+    std::os::unix::fs::chown(&work, Some(65534), Some(65534)).unwrap();
+    std::os::unix::fs::chown(work.join("tmp"), Some(65534), Some(65534)).unwrap();
+    // A directory under a system path the run must not see (as a data directory under /etc).
+    let etc_secret = tempfile::Builder::new().prefix("atoll-hidden-").tempdir_in("/etc").unwrap();
+    std::fs::write(etc_secret.path().join("token"), "admin token").unwrap();
+    let ns = if available().await.contains(&Namespaces::Pid) { Namespaces::Pid } else { Namespaces::UserAndPid };
+    let line = format!(
+        "id -u; id -g; cat {secret} 2>&1 || echo no-secret; ls {hidden} | wc -l; test -e {hidden}/token || echo no-token; \
+         echo out > $PWD/made && echo wrote-work; echo t > /tmp/t && ls {work}/tmp; touch /usr/x 2>/dev/null || echo ro-usr; \
+         touch /newfile 2>/dev/null || echo ro-root; ls /proc | grep -c '^[0-9]'; grep NoNewPrivs /proc/self/status; \
+         cut -d' ' -f19 /proc/self/stat",
+        secret = other.join("secret").display(),
+        hidden = etc_secret.path().display(),
+        work = work.display(),
+    );
+    let mut command = shell(&line, &work, ns);
+    command.sandbox = Some(sandbox_over(&root, &work, vec![etc_secret.path().to_path_buf()]));
+    let (status, out, err) = run(&command).await;
+    assert!(status.success(), "{status:?}: {out} {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "65534", "runs as the sandbox's user: {out}");
+    assert_eq!(lines[1], "65534", "{out}");
+    assert!(lines[2].contains("No such file"), "a file outside the system paths is not there: {out}");
+    assert_eq!(lines[3], "no-secret", "{out}");
+    assert_eq!(lines[4], "0", "a hidden directory is empty: {out}");
+    assert_eq!(lines[5], "no-token", "{out}");
+    assert_eq!(lines[6], "wrote-work", "{out}");
+    assert_eq!(lines[7], "t", "/tmp is the work directory's tmp/: {out}");
+    assert_eq!(lines[8], "ro-usr", "{out}");
+    assert_eq!(lines[9], "ro-root", "{out}");
+    assert!(lines[10].parse::<u32>().unwrap() <= 6, "only its own processes in /proc: {out}");
+    assert_eq!(lines[11], "NoNewPrivs:\t1", "{out}");
+    assert_eq!(lines[12], "10", "a lower CPU priority (nice 10): {out}");
+    assert_eq!(std::fs::read_to_string(work.join("made")).unwrap(), "out\n");
+}
+
+#[tokio::test]
+async fn a_sandbox_step_that_fails_is_named() {
+    assert!(unsafe_free_is_root(), "the sandbox test needs root (the test command runs as root)");
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(work.join("tmp")).unwrap();
+    let mut command = shell("true", &work, Namespaces::Pid);
+    let mut sandbox = sandbox_over(&dir.path().join("no-such-root"), &work, Vec::new());
+    sandbox.cgroups = Vec::new();
+    command.sandbox = Some(sandbox);
+    let err = spawn(&command).expect_err("the root is missing");
+    let message = err.to_string();
+    assert!(
+        message.contains("setting up the sandbox: mounting tmpfs on") && message.contains("no-such-root"),
+        "{message}"
+    );
+}
+
+fn unsafe_free_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
 }

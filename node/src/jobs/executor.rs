@@ -142,11 +142,23 @@ impl Executor {
         cluster: &atoll_api::ids::ClusterName,
         transfers: Arc<crate::transfers::Transfers>,
         ca: &std::path::Path,
+        hidden: Vec<std::path::PathBuf>,
     ) -> anyhow::Result<Self> {
         Ok(match &config.executor {
-            crate::config::ExecutorConfig::Process => Executor::Process(
-                ProcessExecutor::detect(work_root).await.with_outputs(outputs).with_transfers(transfers),
-            ),
+            crate::config::ExecutorConfig::Process => {
+                let settings = super::process::ProcessSettings {
+                    sandbox: config.sandbox.clone(),
+                    hidden,
+                    log_limit: config.log_limit,
+                };
+                Executor::Process(
+                    ProcessExecutor::detect(work_root, &settings)
+                        .await
+                        .map_err(anyhow::Error::msg)?
+                        .with_outputs(outputs)
+                        .with_transfers(transfers),
+                )
+            }
             crate::config::ExecutorConfig::Kubernetes(k) => {
                 let ca_pem = std::fs::read_to_string(ca)
                     .map_err(|e| anyhow::anyhow!("reading the CA certificate {} for job pods: {e}", ca.display()))?;

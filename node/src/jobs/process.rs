@@ -47,27 +47,66 @@ pub enum Isolation {
     GroupOnly,
 }
 
+/// How runs are fenced off from the replica ([`atoll_spawn::Sandbox`] per run), found at start.
+#[derive(Clone, Debug)]
+pub struct SandboxTemplate {
+    /// The empty directory each run's new root is mounted on.
+    pub root: PathBuf,
+    pub system_paths: Vec<PathBuf>,
+    /// Covered should a system path hold them: the replica's data directory, keys, tokens.
+    pub hidden: Vec<PathBuf>,
+    /// Who runs execute as; `None`: the replica's user (a replica without privileges).
+    pub user: Option<(u32, u32)>,
+    pub nice: i32,
+}
+
+/// What the process executor is configured with.
+#[derive(Clone, Debug)]
+pub struct ProcessSettings {
+    pub sandbox: crate::config::SandboxConfig,
+    /// Paths of the replica no job may see (data directory, keys, tokens, config).
+    pub hidden: Vec<PathBuf>,
+    pub log_limit: u64,
+}
+
+impl ProcessSettings {
+    /// Defaults for tests: a sandbox where the machine allows it, the default log limit.
+    pub fn for_tests(hidden: Vec<PathBuf>) -> Self {
+        let sandbox = crate::config::default_sandbox().expect("the default sandbox user exists here");
+        Self { sandbox, hidden, log_limit: 16 * 1024 * 1024 }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ProcessExecutor {
     work_root: PathBuf,
     isolation: Isolation,
+    sandbox: Option<Arc<SandboxTemplate>>,
+    cgroups: Arc<super::cgroups::Cgroups>,
+    log_limit: u64,
     /// Where outputs are stored; `None`: outputs stay in the work directory.
     outputs: Option<atoll_store::Blobs>,
     /// How inputs from other clusters arrive; `None`: only same-cluster inputs are delivered.
     transfers: Option<Arc<crate::transfers::Transfers>>,
 }
 
-/// Whether a run of `true` starts and succeeds with `isolation`.
-async fn works(isolation: &Isolation) -> bool {
+/// Whether a run of `true` starts and succeeds with `isolation` (and `sandbox`); why not.
+async fn works(isolation: &Isolation, sandbox: Option<atoll_spawn::Sandbox>) -> Result<(), String> {
     let probe = atoll_spawn::Command {
         program: "true".into(),
         args: Vec::new(),
         env: vec![("PATH".into(), DEFAULT_PATH.into())],
         cwd: PathBuf::from("/"),
         namespaces: isolation.namespaces(),
+        sandbox,
     };
-    let Ok(mut spawned) = atoll_spawn::spawn(&probe) else { return false };
-    matches!(tokio::time::timeout(Duration::from_secs(5), spawned.child.wait()).await, Ok(Ok(status)) if status.success())
+    let mut spawned = atoll_spawn::spawn(&probe).map_err(|e| e.to_string())?;
+    match tokio::time::timeout(Duration::from_secs(5), spawned.child.wait()).await {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(format!("the probe ended with {status}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the probe did not end within 5 s".into()),
+    }
 }
 
 impl Isolation {
@@ -81,14 +120,65 @@ impl Isolation {
 }
 
 impl ProcessExecutor {
-    /// Find the strongest isolation this machine allows.
-    pub async fn detect(work_root: PathBuf) -> Self {
+    /// Find the strongest isolation this machine allows; with `jobs.sandbox.mode: required`,
+    /// an error when it allows no sandbox.
+    pub async fn detect(work_root: PathBuf, settings: &ProcessSettings) -> Result<Self, String> {
         // Probe with the very start a run gets, strongest first.
         let mut isolation = Isolation::GroupOnly;
         for candidate in [Isolation::PidNamespace { user: false }, Isolation::PidNamespace { user: true }] {
-            if works(&candidate).await {
+            if works(&candidate, None).await.is_ok() {
                 isolation = candidate;
                 break;
+            }
+        }
+        let sandbox = match settings.sandbox.mode {
+            crate::config::SandboxMode::Off => {
+                tracing::warn!(
+                    "process executor: jobs.sandbox.mode is off: jobs run as this replica's user and see its files"
+                );
+                None
+            }
+            mode => {
+                let root = work_root.parent().unwrap_or(&work_root).join("sandbox-root");
+                std::fs::create_dir_all(&root)
+                    .map_err(|e| format!("making the sandbox root {}: {e}", root.display()))?;
+                let template = SandboxTemplate {
+                    root,
+                    system_paths: settings.sandbox.system_paths.clone(),
+                    hidden: settings.hidden.clone(),
+                    // A replica without privileges cannot change user: its jobs keep its own.
+                    user: nix::unistd::geteuid().is_root().then_some(settings.sandbox.user),
+                    nice: settings.sandbox.nice,
+                };
+                let probe_dir = template.root.with_file_name("sandbox-probe");
+                let _ = std::fs::create_dir_all(&probe_dir);
+                let probe = template.for_run(&probe_dir, Vec::new());
+                match (works(&isolation, Some(probe)).await, mode) {
+                    (Ok(()), _) => {
+                        tracing::info!(user = ?template.user, "process executor: each run in its own sandbox");
+                        Some(Arc::new(template))
+                    }
+                    (Err(e), crate::config::SandboxMode::Required) => {
+                        return Err(format!("jobs.sandbox.mode is required but this machine allows no sandbox: {e}"));
+                    }
+                    (Err(e), _) => {
+                        tracing::warn!(
+                            error = %e,
+                            "process executor: NO SANDBOX: this machine allows none, so jobs run as this replica's user \
+                             and can read its files (set jobs.sandbox.mode: required to refuse to start instead)"
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        let cgroups = super::cgroups::Cgroups::detect(Path::new("/sys/fs/cgroup"));
+        if sandbox.is_some() {
+            match &cgroups {
+                super::cgroups::Cgroups::None => tracing::warn!(
+                    "process executor: no cgroups this replica may manage: resources.limits are not enforced"
+                ),
+                found => tracing::info!(cgroups = %found.describe(), "process executor: resources.limits enforced"),
             }
         }
         match &isolation {
@@ -100,7 +190,22 @@ impl ProcessExecutor {
                  but processes it detaches may outlive a replica killed with SIGKILL"
             ),
         }
-        Self { work_root, isolation, outputs: None, transfers: None }
+        // Runs join their cgroups in the sandbox's steps.
+        let cgroups = if sandbox.is_some() { cgroups } else { super::cgroups::Cgroups::None };
+        Ok(Self {
+            work_root,
+            isolation,
+            sandbox,
+            cgroups: Arc::new(cgroups),
+            log_limit: settings.log_limit,
+            outputs: None,
+            transfers: None,
+        })
+    }
+
+    /// Whether runs are sandboxed.
+    pub fn sandboxed(&self) -> bool {
+        self.sandbox.is_some()
     }
 
     /// Store each run's output (`$ATOLL_OUTPUT`, archived) in `blobs` when the run ends.
@@ -135,7 +240,7 @@ impl ProcessExecutor {
             // Nothing to fetch: start at once, in the caller's turn.
             let spawned = prepare(&dir, &request).and_then(|()| self.spawn(&request, &dir));
             if let Ok(s) = &spawned {
-                group.store(s.child.id(), Ordering::SeqCst);
+                group.store(s.spawned.child.id(), Ordering::SeqCst);
             }
             tokio::spawn(async move { this.follow(request, dir, spawned, events, stop_rx).await })
         } else {
@@ -168,7 +273,7 @@ impl ProcessExecutor {
                 let spawned = prepared.and_then(|()| this.spawn(&request, &dir));
                 // No await between the spawn and this: a dropped handle kills the group.
                 if let Ok(s) = &spawned {
-                    started.store(s.child.id(), Ordering::SeqCst);
+                    started.store(s.spawned.child.id(), Ordering::SeqCst);
                 }
                 this.follow(request, dir, spawned, events, stop_rx).await
             })
@@ -176,9 +281,26 @@ impl ProcessExecutor {
         RunHandle::new(stop_tx, Some(group), task)
     }
 
-    fn spawn(&self, request: &RunRequest, dir: &Path) -> Result<atoll_spawn::Spawned, String> {
-        let command = self.command(request, dir)?;
-        atoll_spawn::spawn(&command).map_err(|e| format!("starting the command failed: {e}"))
+    fn spawn(&self, request: &RunRequest, dir: &Path) -> Result<Started, String> {
+        let mut command = self.command(request, dir)?;
+        let mut cgroup = None;
+        if let Some(template) = &self.sandbox {
+            let limits = super::cgroups::Limits {
+                cpu_millis: request.spec.resources.cpu_millis,
+                memory_mib: request.spec.resources.memory_mib,
+            };
+            cgroup = self
+                .cgroups
+                .create(&format!("{}.{}.{}", request.job, request.attempt, std::process::id()), limits)
+                .map_err(|e| format!("enforcing resources.limits: {e}"))?;
+            let procs = cgroup.as_ref().map(super::cgroups::RunCgroup::procs).unwrap_or_default();
+            if let Some(user) = template.user {
+                give_to(dir, user).map_err(|e| format!("handing the work directory to the job's user: {e}"))?;
+            }
+            command.sandbox = Some(template.for_run(dir, procs));
+        }
+        let spawned = atoll_spawn::spawn(&command).map_err(|e| format!("starting the command failed: {e}"))?;
+        Ok(Started { spawned, _cgroup: cgroup })
     }
 
     /// Follow a started run to its end (or report why it did not start).
@@ -186,25 +308,26 @@ impl ProcessExecutor {
         self,
         request: RunRequest,
         dir: PathBuf,
-        spawned: Result<atoll_spawn::Spawned, String>,
+        spawned: Result<Started, String>,
         events: mpsc::UnboundedSender<Event>,
         stop_rx: oneshot::Receiver<Stop>,
     ) {
         let (job, attempt) = (request.job.clone(), request.attempt);
-        let atoll_spawn::Spawned { mut child, stdout, stderr } = match spawned {
-            Ok(spawned) => spawned,
+        // The cgroup goes (removed) when this function returns, after the run was reaped.
+        let Started { spawned: atoll_spawn::Spawned { mut child, stdout, stderr }, _cgroup } = match spawned {
+            Ok(started) => started,
             Err(message) => {
                 let _ = events.send(Event::error(&job, attempt, message));
                 return;
             }
         };
         let timeout = Duration::from_secs(request.spec.timeout_s.max(1));
-        let log_path = dir.join("log");
         let outputs = self.outputs.clone();
         let transfers = self.transfers.clone();
         let work_dir = dir.clone();
         {
-            let logs = pump(Some(stdout), Some(stderr), &job, attempt, &events, &log_path);
+            let keeper = LogKeeper::new(&job, attempt, &events, &dir, self.log_limit);
+            let logs = pump(Some(stdout), Some(stderr), keeper);
             tokio::pin!(logs);
             let mut stop_rx = stop_rx;
             let mut logs_done = false;
@@ -371,8 +494,47 @@ impl ProcessExecutor {
             env,
             cwd: dir.to_path_buf(),
             namespaces: self.isolation.namespaces(),
+            sandbox: None,
         })
     }
+}
+
+/// A started run and the cgroup it lives in (removed when dropped).
+struct Started {
+    spawned: atoll_spawn::Spawned,
+    _cgroup: Option<super::cgroups::RunCgroup>,
+}
+
+impl SandboxTemplate {
+    /// The sandbox of the run working in `dir`, joining the cgroups `procs`.
+    fn for_run(&self, dir: &Path, procs: Vec<PathBuf>) -> atoll_spawn::Sandbox {
+        atoll_spawn::Sandbox {
+            root: self.root.clone(),
+            read_only: self.system_paths.clone(),
+            hidden: self.hidden.clone(),
+            read_write: vec![dir.to_path_buf()],
+            tmp: Some(dir.join("tmp")).filter(|tmp| tmp.is_dir()),
+            user: self.user,
+            cgroups: procs,
+            nice: self.nice,
+            low_io_priority: true,
+        }
+    }
+}
+
+/// Hand the work directory `dir` and everything in it to `user` (links themselves, never what
+/// they point to), so the job may write its output and read its inputs and source.
+fn give_to(dir: &Path, (uid, gid): (u32, u32)) -> std::io::Result<()> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
+        if std::fs::symlink_metadata(&path)?.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                stack.push(entry?.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 enum Ended {
@@ -387,6 +549,13 @@ async fn store_output(
     dir: &Path,
 ) -> Result<Option<atoll_raft_store::jobs::OutputRecord>, String> {
     let output = dir.join("output");
+    // The job may have put a link in its place: never followed.
+    match std::fs::symlink_metadata(&output) {
+        Ok(meta) if !meta.is_dir() => {
+            return Err(format!("{} is not a directory (a link there is not followed)", output.display()));
+        }
+        _ => {}
+    }
     let empty = match std::fs::read_dir(&output) {
         Ok(mut entries) => entries.next().is_none(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
@@ -396,6 +565,8 @@ async fn store_output(
         return Ok(None);
     }
     let archive = dir.join("output.tar");
+    // Whatever the job left under this name goes; the archive is a new file of the replica's.
+    let _ = std::fs::remove_file(&archive);
     let (src, dest) = (output.clone(), archive.clone());
     let packed = tokio::task::spawn_blocking(move || atoll_store::archive::pack_dir(&src, &dest))
         .await
@@ -421,6 +592,7 @@ fn prepare(dir: &Path, request: &RunRequest) -> Result<(), String> {
     }
     std::fs::create_dir_all(dir.join("output")).map_err(fail)?;
     std::fs::create_dir(dir.join("inputs")).map_err(fail)?;
+    std::fs::create_dir(dir.join("tmp")).map_err(fail)?;
     if request.spec.source.is_some() {
         std::fs::create_dir(dir.join("source")).map_err(fail)?;
     }
@@ -431,21 +603,200 @@ fn now_ms() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos().div_euclid(1_000_000) as i64
 }
 
-/// Read both pipes until they close, numbering the pieces, copying them to `log_path` (made with
-/// the first byte: a silent run leaves no file).
+/// Open `path` for writing as a new file of this replica: whatever the job left at that name
+/// (a file, a link to somewhere else) is removed first, and a link is never followed.
+async fn create_own(path: &Path) -> std::io::Result<tokio::fs::File> {
+    let _ = tokio::fs::remove_file(path).await;
+    tokio::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .await
+}
+
+/// The marker between the kept head and tail of a log cut at its limit.
+pub fn dropped_marker(dropped: u64, limit: u64) -> String {
+    format!(
+        "\n[atoll: {dropped} bytes of output dropped here: the log is over its limit of {limit} bytes \
+         (jobs.log_limit_bytes); its first and last {} bytes are kept]\n",
+        limit / 2
+    )
+}
+
+/// A run's log within its limit: the first half of the limit as written (to the work directory's
+/// `log` and to the gateway, piece by piece), the last half in a ring file (`log.tail`) until
+/// the run ends, then the marker saying how many bytes were dropped between them and the tail,
+/// added to `log` and shipped. Nothing is cut without the marker.
+struct LogKeeper<'a> {
+    job: &'a str,
+    attempt: u32,
+    events: &'a mpsc::UnboundedSender<Event>,
+    dir: &'a Path,
+    limit: u64,
+    head: u64,
+    tail_cap: u64,
+    /// Bytes of output seen.
+    seen: u64,
+    seq: u32,
+    file: Option<tokio::fs::File>,
+    ring: Option<tokio::fs::File>,
+    /// The work directory refused a file: pieces still go to the gateway.
+    unwritable: bool,
+}
+
+impl<'a> LogKeeper<'a> {
+    fn new(job: &'a str, attempt: u32, events: &'a mpsc::UnboundedSender<Event>, dir: &'a Path, limit: u64) -> Self {
+        let head = limit / 2;
+        Self {
+            job,
+            attempt,
+            events,
+            dir,
+            limit,
+            head,
+            tail_cap: limit - head,
+            seen: 0,
+            seq: 0,
+            file: None,
+            ring: None,
+            unwritable: false,
+        }
+    }
+
+    fn ship(&mut self, stream: LogStream, bytes: &[u8]) {
+        for piece in bytes.chunks(PIECE) {
+            self.seq += 1;
+            let data = String::from_utf8_lossy(piece).into_owned();
+            let _ = self.events.send(Event::Log {
+                job: self.job.to_string(),
+                attempt: self.attempt,
+                seq: self.seq,
+                stream,
+                data,
+                at_ms: now_ms(),
+            });
+        }
+    }
+
+    async fn write_log(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        if self.file.is_none() && !self.unwritable {
+            match create_own(&self.dir.join("log")).await {
+                Ok(file) => self.file = Some(file),
+                Err(e) => {
+                    self.unwritable = true;
+                    tracing::warn!(job = %self.job, attempt = self.attempt, error = %e, "the run's log cannot be kept in its work directory");
+                }
+            }
+        }
+        if let Some(file) = self.file.as_mut() {
+            let _ = file.write_all(bytes).await;
+        }
+    }
+
+    async fn take(&mut self, stream: LogStream, mut bytes: &[u8]) {
+        if self.seen < self.head {
+            let n = bytes.len().min((self.head - self.seen) as usize);
+            self.write_log(&bytes[..n]).await;
+            self.ship(stream, &bytes[..n]);
+            self.seen += n as u64;
+            bytes = &bytes[n..];
+        }
+        if bytes.is_empty() {
+            return;
+        }
+        // Past the head: into the ring, overwriting its oldest bytes.
+        use tokio::io::AsyncSeekExt;
+        use tokio::io::AsyncWriteExt;
+        if self.ring.is_none() && !self.unwritable {
+            match create_own(&self.dir.join("log.tail")).await {
+                Ok(file) => self.ring = Some(file),
+                Err(e) => {
+                    self.unwritable = true;
+                    tracing::warn!(job = %self.job, attempt = self.attempt, error = %e, "the run's log tail cannot be kept");
+                }
+            }
+        }
+        // Only the last `tail_cap` bytes of this read can survive.
+        let skip = bytes.len().saturating_sub(self.tail_cap as usize);
+        let mut at = (self.seen - self.head + skip as u64) % self.tail_cap;
+        self.seen += skip as u64;
+        bytes = &bytes[skip..];
+        while !bytes.is_empty() {
+            let n = bytes.len().min((self.tail_cap - at) as usize);
+            if let Some(ring) = self.ring.as_mut() {
+                let _ = ring.seek(std::io::SeekFrom::Start(at)).await;
+                let _ = ring.write_all(&bytes[..n]).await;
+            }
+            self.seen += n as u64;
+            at = (at + n as u64) % self.tail_cap;
+            bytes = &bytes[n..];
+        }
+    }
+
+    /// The run ended: the marker and the tail, in the log and to the gateway; the log made whole
+    /// on disk before the end is reported.
+    async fn finish(mut self) {
+        use tokio::io::AsyncReadExt;
+        use tokio::io::AsyncSeekExt;
+        use tokio::io::AsyncWriteExt;
+        if self.seen > self.head {
+            let past = self.seen - self.head;
+            let kept = past.min(self.tail_cap);
+            let dropped = past - kept;
+            if dropped > 0 {
+                let marker = dropped_marker(dropped, self.limit);
+                self.write_log(marker.as_bytes()).await;
+                self.seq += 1;
+                let _ = self.events.send(Event::Log {
+                    job: self.job.to_string(),
+                    attempt: self.attempt,
+                    seq: self.seq,
+                    stream: LogStream::Marker,
+                    data: marker,
+                    at_ms: now_ms(),
+                });
+            }
+            // The ring in order: from the oldest byte kept.
+            let start = if past > self.tail_cap { past % self.tail_cap } else { 0 };
+            let mut tail = Vec::with_capacity(kept as usize);
+            if let Some(mut ring) = self.ring.take() {
+                let mut first = vec![0u8; (kept - start.min(kept)) as usize];
+                let _ = ring.flush().await;
+                if ring.seek(std::io::SeekFrom::Start(start)).await.is_ok() && ring.read_exact(&mut first).await.is_ok()
+                {
+                    tail.extend_from_slice(&first);
+                    let mut wrapped = vec![0u8; (kept as usize).saturating_sub(first.len())];
+                    if ring.seek(std::io::SeekFrom::Start(0)).await.is_ok()
+                        && ring.read_exact(&mut wrapped).await.is_ok()
+                    {
+                        tail.extend_from_slice(&wrapped);
+                    }
+                }
+                let _ = tokio::fs::remove_file(self.dir.join("log.tail")).await;
+            }
+            self.write_log(&tail).await;
+            // The tail's stream is not kept per byte: it is shipped as stdout.
+            self.ship(LogStream::Stdout, &tail);
+        }
+        // A write of tokio's file returns once handed to a blocking thread: wait for the last
+        // one, so the log is whole in the work directory when the run is reported ended.
+        if let Some(f) = self.file.as_mut() {
+            let _ = f.flush().await;
+        }
+    }
+}
+
+/// Read both pipes until they close into the run's [`LogKeeper`].
 async fn pump(
     stdout: Option<tokio::net::unix::pipe::Receiver>,
     stderr: Option<tokio::net::unix::pipe::Receiver>,
-    job: &str,
-    attempt: u32,
-    events: &mpsc::UnboundedSender<Event>,
-    log_path: &Path,
+    mut keeper: LogKeeper<'_>,
 ) {
-    let mut file: Option<tokio::fs::File> = None;
-    let mut unwritable = false;
     let (mut out, mut err) = (stdout, stderr);
     let (mut out_buf, mut err_buf) = (vec![0u8; PIECE], vec![0u8; PIECE]);
-    let mut seq = 0u32;
     while out.is_some() || err.is_some() {
         let (stream, read) = tokio::select! {
             n = async { out.as_mut().expect("guarded").read(&mut out_buf).await }, if out.is_some() => (LogStream::Stdout, n),
@@ -454,35 +805,20 @@ async fn pump(
         let n = match read {
             Ok(0) | Err(_) => {
                 match stream {
-                    LogStream::Stdout => out = None,
                     LogStream::Stderr => err = None,
+                    _ => out = None,
                 }
                 continue;
             }
             Ok(n) => n,
         };
         let bytes = match stream {
-            LogStream::Stdout => &out_buf[..n],
             LogStream::Stderr => &err_buf[..n],
+            _ => &out_buf[..n],
         };
-        if file.is_none() && !unwritable {
-            file = tokio::fs::File::create(log_path).await.ok();
-            unwritable = file.is_none();
-        }
-        if let Some(f) = file.as_mut() {
-            use tokio::io::AsyncWriteExt;
-            let _ = f.write_all(bytes).await;
-        }
-        seq += 1;
-        let data = String::from_utf8_lossy(bytes).into_owned();
-        let _ = events.send(Event::Log { job: job.to_string(), attempt, seq, stream, data, at_ms: now_ms() });
+        keeper.take(stream, bytes).await;
     }
-    // A write of tokio's file returns once handed to a blocking thread: wait for the last one,
-    // so the log is whole in the work directory when the run is reported ended.
-    if let Some(f) = file.as_mut() {
-        use tokio::io::AsyncWriteExt;
-        let _ = f.flush().await;
-    }
+    keeper.finish().await;
 }
 
 #[cfg(test)]
@@ -535,7 +871,8 @@ mod tests {
     #[tokio::test]
     async fn a_work_directory_holds_output_and_inputs_and_a_log_only_once_something_was_written() {
         let dir = tempfile::tempdir().unwrap();
-        let executor = ProcessExecutor::detect(dir.path().join("work")).await;
+        let executor =
+            ProcessExecutor::detect(dir.path().join("work"), &ProcessSettings::for_tests(Vec::new())).await.unwrap();
         let work = executor.work_dir("0123456789ab.child", 1);
         // No source: no source/ and no ATOLL_SOURCE; output/ and inputs/ are there.
         let check = r#"test -d "$ATOLL_OUTPUT" && test -d "$ATOLL_INPUTS" && test -z "${ATOLL_SOURCE+set}""#;
@@ -559,7 +896,10 @@ mod tests {
         std::fs::write(out.join("bin/app"), "artifact").unwrap();
         let packed = atoll_store::archive::pack_dir(&out, &dir.path().join("p.tar")).unwrap();
         blobs.put_file(&dir.path().join("p.tar"), &packed.digest).await.unwrap();
-        let executor = ProcessExecutor::detect(dir.path().join("work")).await.with_outputs(blobs);
+        let executor = ProcessExecutor::detect(dir.path().join("work"), &ProcessSettings::for_tests(Vec::new()))
+            .await
+            .unwrap()
+            .with_outputs(blobs);
 
         let check = r#"test "$(cat $ATOLL_INPUTS/build/bin/app)" = artifact"#;
         let inputs = vec![input("build", &packed.digest, InputMode::Local)];
