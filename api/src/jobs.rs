@@ -489,6 +489,10 @@ pub struct AttemptInfo {
 pub struct JobDetail {
     pub job: JobInfo,
     pub attempts: Vec<AttemptInfo>,
+    /// An attempt's log went over its limit (`jobs.log_limit_bytes`): `atoll logs` shows where
+    /// and how many bytes were dropped.
+    #[serde(default)]
+    pub log_truncated: bool,
 }
 
 /// Which stream a log piece came from.
@@ -497,6 +501,8 @@ pub struct JobDetail {
 pub enum LogStream {
     Stdout,
     Stderr,
+    /// Not the job's output: atoll's note where bytes of a log over its limit were dropped.
+    Marker,
 }
 
 impl LogStream {
@@ -504,6 +510,7 @@ impl LogStream {
         match self {
             LogStream::Stdout => "stdout",
             LogStream::Stderr => "stderr",
+            LogStream::Marker => "marker",
         }
     }
 }
@@ -536,4 +543,7 @@ pub struct LogPage {
     pub next_seq: u32,
     /// The job is final and every piece up to here was read: following can stop.
     pub done: bool,
+    /// An attempt's log went over its limit: bytes were dropped where a `marker` piece says.
+    #[serde(default)]
+    pub truncated: bool,
 }

@@ -546,6 +546,7 @@ mod tests {
     fn detail(id: &str, name: &str, state: JobState, attempts: Vec<AttemptInfo>) -> JobDetail {
         let cluster = attempts.iter().rev().find(|a| is_result(&a.state)).map(|a| a.cluster.clone());
         JobDetail {
+            log_truncated: false,
             job: JobInfo {
                 name: name.into(),
                 id: id.into(),

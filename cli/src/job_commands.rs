@@ -189,6 +189,9 @@ pub async fn job(config: &CliConfig, id: &str, json: bool) -> anyhow::Result<()>
         let route = input.route.map_or("-", |r| r.as_str());
         println!("  input from {} ({route})", input.from_job);
     }
+    if detail.log_truncated {
+        println!("  log truncated: over its limit, the middle was dropped (atoll logs shows where and how much)");
+    }
     for a in &detail.attempts {
         println!(
             "  attempt {} on {}: {}{}{}",
@@ -231,7 +234,8 @@ pub async fn logs(config: &CliConfig, id: &str, follow: bool) -> anyhow::Result<
             }
             match piece.stream {
                 LogStream::Stdout => out.write_all(piece.data.as_bytes())?,
-                LogStream::Stderr => {
+                // The marker of a cut log goes where a person sees it, not into piped output.
+                LogStream::Stderr | LogStream::Marker => {
                     out.flush()?;
                     std::io::stderr().write_all(piece.data.as_bytes())?;
                 }

@@ -372,7 +372,9 @@ impl Gateway {
         let siblings = self.db.pipeline_jobs(&row.pipeline_id).await.map_err(db_error)?;
         let attempts = self.db.attempts(id).await.map_err(db_error)?;
         let mut routes = self.db.routes_of(id).await.map_err(db_error)?;
+        let log_truncated = self.db.log_truncated(id).await.map_err(db_error)?;
         Ok(JobDetail {
+            log_truncated,
             job: info(&row, &pipeline, &siblings, &self.flow()),
             attempts: attempts
                 .into_iter()
@@ -736,12 +738,17 @@ impl Gateway {
                         job: id.to_string(),
                         attempt: c.attempt,
                         seq: c.seq,
-                        stream: if c.stream == "stderr" { LogStream::Stderr } else { LogStream::Stdout },
+                        stream: match c.stream.as_str() {
+                            "stderr" => LogStream::Stderr,
+                            "marker" => LogStream::Marker,
+                            _ => LogStream::Stdout,
+                        },
                         data: c.data,
                         at_ms: c.at_ms,
                     })
                     .collect();
-                return Ok(LogPage { pieces, next_attempt: next.0, next_seq: next.1, done: ended && !full });
+                let truncated = self.db.log_truncated(id).await.map_err(db_error)?;
+                return Ok(LogPage { pieces, next_attempt: next.0, next_seq: next.1, done: ended && !full, truncated });
             }
             tokio::select! {
                 () = notified => {}

@@ -794,6 +794,17 @@ impl Db {
                 .collect()
         })
     }
+
+    /// Whether a job's log was cut at its limit (a marker piece holds how much was dropped).
+    pub async fn log_truncated(&self, job_id: &str) -> Result<bool, DbError> {
+        with_pool!(self, read, |pool| {
+            let row = sqlx::query("SELECT 1 AS one FROM log_chunks WHERE job_id = $1 AND stream = 'marker' LIMIT 1")
+                .bind(job_id)
+                .fetch_optional(pool)
+                .await?;
+            Ok::<_, DbError>(row.is_some())
+        })
+    }
 }
 
 /// Close an attempt's history row (`term` -1: ended by the gateway, not by a report).

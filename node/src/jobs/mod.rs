@@ -20,6 +20,7 @@
 //! an older term and reports them lost; Kubernetes Jobs keep running and the next leader adopts
 //! them.
 
+pub mod cgroups;
 pub mod executor;
 pub mod kubernetes;
 pub mod process;
@@ -67,9 +68,12 @@ use crate::raft::Replica;
 pub const LEASE_WAIT: Duration = Duration::from_secs(20);
 /// Pause after a failed call to the gateway.
 const BACKOFF: Duration = Duration::from_millis(500);
-/// Most log pieces kept while the gateway is away (the oldest go first; the work directory keeps
-/// the whole log).
-const MAX_BUFFERED_PIECES: usize = 20_000;
+/// Most run events taken in one turn of the leader's loop: a run printing at full speed must not
+/// keep the loop (and the runtime thread under it) from everything else.
+const EVENTS_PER_TURN: usize = 64;
+/// Most bytes of log data in one request to the gateway (well under its body limit), so no
+/// single request, nor its encoding, grows with a noisy run.
+const LOG_BATCH_BYTES: usize = 1024 * 1024;
 
 /// An answer from the gateway, and a way to say it was handled.
 struct Leased {
@@ -152,12 +156,13 @@ pub async fn lead(
             Some(event) = events_rx.recv() => {
                 let mut ends = Vec::new();
                 let mut next = Some(event);
+                let mut taken = 0;
                 while let Some(event) = next {
+                    taken += 1;
                     match event {
+                        // Kept until shipped: a run ships at most its log limit, so this is
+                        // bounded by the attempts held.
                         Event::Log { job, attempt, seq, stream, data, at_ms } => {
-                            if pieces.len() >= MAX_BUFFERED_PIECES {
-                                pieces.remove(0);
-                            }
                             pieces.push(LogPiece { job, attempt, seq, stream, data, at_ms });
                         }
                         Event::Output { job, attempt, output } => ends.push(JobOp::Output { job, attempt, output }),
@@ -166,7 +171,7 @@ pub async fn lead(
                             ends.push(JobOp::End { job, attempt, state, exit_code, message });
                         }
                     }
-                    next = events_rx.try_recv().ok();
+                    next = if taken < EVENTS_PER_TURN { events_rx.try_recv().ok() } else { None };
                 }
                 if !ends.is_empty() {
                     // The ends and the starts of the attempts taking their slots: one entry.
@@ -642,19 +647,28 @@ async fn outbox_forever(
     mut batches: mpsc::Receiver<(Vec<LogPiece>, Vec<Report>)>,
     sent: mpsc::Sender<Sent>,
 ) {
-    let mut unshipped: Vec<LogPiece> = Vec::new();
+    let mut unshipped: std::collections::VecDeque<LogPiece> = std::collections::VecDeque::new();
     while let Some((pieces, reports)) = batches.recv().await {
         unshipped.extend(pieces);
-        if unshipped.len() > MAX_BUFFERED_PIECES {
-            let excess = unshipped.len() - MAX_BUFFERED_PIECES;
-            unshipped.drain(..excess);
-        }
         let mut result = Ok(Vec::new());
-        if !unshipped.is_empty() {
-            let batch = LogBatch { term, pieces: std::mem::take(&mut unshipped) };
+        // In requests of at most LOG_BATCH_BYTES, oldest first; what fails stays, in order.
+        while !unshipped.is_empty() {
+            let mut size = 0;
+            let mut count = 0;
+            for piece in &unshipped {
+                if count > 0 && size + piece.data.len() > LOG_BATCH_BYTES {
+                    break;
+                }
+                size += piece.data.len();
+                count += 1;
+            }
+            let batch = LogBatch { term, pieces: unshipped.drain(..count).collect() };
             if let Err(e) = gateway.ship_logs(&cluster, &batch).await {
-                unshipped = batch.pieces;
+                for piece in batch.pieces.into_iter().rev() {
+                    unshipped.push_front(piece);
+                }
                 result = Err(e);
+                break;
             }
         }
         if result.is_ok() && !reports.is_empty() {
