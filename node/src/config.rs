@@ -107,6 +107,10 @@ pub struct SandboxFile {
     /// Niceness of jobs (0 to 19): they run at lower CPU priority than the replica.
     #[serde(default = "default_nice")]
     pub nice: i32,
+    /// Paths every job may write, bound at the same place (a cache shared by jobs, say);
+    /// none by default. Each must exist when a job starts.
+    #[serde(default)]
+    pub writable_paths: Vec<PathBuf>,
 }
 
 impl Default for SandboxFile {
@@ -116,6 +120,7 @@ impl Default for SandboxFile {
             user: default_sandbox_user(),
             system_paths: default_system_paths(),
             nice: default_nice(),
+            writable_paths: Vec::new(),
         }
     }
 }
@@ -183,6 +188,10 @@ pub struct KubernetesFile {
     /// Image of the pod's helpers (inputs in, output out); it holds the `atoll` binary.
     #[serde(default = "default_helper_image")]
     pub helper_image: String,
+    /// Let job containers run as root (images that need it); by default every container runs
+    /// as an unprivileged user under the restricted security context.
+    #[serde(default)]
+    pub allow_root: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -370,6 +379,7 @@ pub struct SandboxConfig {
     pub user: (u32, u32),
     pub system_paths: Vec<PathBuf>,
     pub nice: i32,
+    pub writable_paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -406,10 +416,24 @@ fn check_sandbox(
             ));
         }
     }
+    for (i, path) in file.writable_paths.iter().enumerate() {
+        if !path.is_absolute() || path == Path::new("/") {
+            return Err(invalid(
+                &format!("jobs.sandbox.writable_paths[{i}]"),
+                format!("{} is not an absolute path below /", path.display()),
+            ));
+        }
+    }
     if !(0..=19).contains(&file.nice) {
         return Err(invalid("jobs.sandbox.nice", format!("{} is not a niceness from 0 to 19", file.nice)));
     }
-    Ok(SandboxConfig { mode, user, system_paths: file.system_paths, nice: file.nice })
+    Ok(SandboxConfig {
+        mode,
+        user,
+        system_paths: file.system_paths,
+        nice: file.nice,
+        writable_paths: file.writable_paths,
+    })
 }
 
 /// The sandbox of the defaults (tests, and the process executor built without a config file).
@@ -449,6 +473,7 @@ pub struct KubernetesConfig {
     /// How pods reach the replicas' pod listeners, tried in order.
     pub pod_urls: Vec<String>,
     pub helper_image: String,
+    pub allow_root: bool,
 }
 
 fn check_jobs(
@@ -547,6 +572,7 @@ fn check_jobs(
                 pod_listen,
                 pod_urls,
                 helper_image: k.helper_image,
+                allow_root: k.allow_root,
             })
         }
         (other, _) => {

@@ -163,7 +163,7 @@ impl Executor {
                 let ca_pem = std::fs::read_to_string(ca)
                     .map_err(|e| anyhow::anyhow!("reading the CA certificate {} for job pods: {e}", ca.display()))?;
                 Executor::Kubernetes(Arc::new(
-                    KubernetesExecutor::connect(k, cluster.as_str(), ca_pem, transfers).await?,
+                    KubernetesExecutor::connect(k, cluster.as_str(), ca_pem, transfers, config.log_limit).await?,
                 ))
             }
         })

@@ -36,16 +36,20 @@ use futures::AsyncBufReadExt;
 use futures::TryStreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::batch::v1::JobSpec;
+use k8s_openapi::api::core::v1::Capabilities;
 use k8s_openapi::api::core::v1::Container;
 use k8s_openapi::api::core::v1::ContainerStateTerminated;
 use k8s_openapi::api::core::v1::EmptyDirVolumeSource;
 use k8s_openapi::api::core::v1::EnvVar;
 use k8s_openapi::api::core::v1::ExecAction;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::PodSecurityContext;
 use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::api::core::v1::Probe;
 use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::SeccompProfile;
+use k8s_openapi::api::core::v1::SecurityContext;
 use k8s_openapi::api::core::v1::Volume;
 use k8s_openapi::api::core::v1::VolumeMount;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -154,6 +158,35 @@ pub struct PodSetup {
     pub pod_urls: Vec<String>,
     /// The mesh CA (PEM) the helpers check a replica's certificate against.
     pub ca_pem: String,
+    /// Whether job containers may run as root (`jobs.kubernetes.allow_root`); otherwise every
+    /// container runs as an unprivileged user under the restricted security context.
+    pub allow_root: bool,
+}
+
+/// The uid and gid job pods run as unless root is allowed (the conventional `nobody`).
+const POD_USER: i64 = 65534;
+
+/// The pod's security context: no service-account token, non-root, the runtime's default
+/// seccomp profile (the restricted Pod Security Standard), unless root is allowed.
+fn pod_security(allow_root: bool) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: (!allow_root).then_some(true),
+        run_as_user: (!allow_root).then_some(POD_USER),
+        run_as_group: (!allow_root).then_some(POD_USER),
+        fs_group: (!allow_root).then_some(POD_USER),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// Every container's own context: no privilege escalation, no capabilities.
+fn container_security(allow_root: bool) -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        capabilities: (!allow_root).then(|| Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+        ..Default::default()
+    }
 }
 
 /// The Kubernetes Job for an attempt (pure).
@@ -238,6 +271,7 @@ pub fn build_job(request: &RunRequest, cluster: &str, setup: &PodSetup) -> Resul
         env: Some(helper_env.iter().cloned().chain(extra).collect()),
         volume_mounts: Some(mounts),
         termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+        security_context: Some(container_security(setup.allow_root)),
         ..Default::default()
     };
     let mut blobs: Vec<serde_json::Value> = request
@@ -293,6 +327,9 @@ pub fn build_job(request: &RunRequest, cluster: &str, setup: &PodSetup) -> Resul
                 }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".to_string()),
+                    // A job has no business with the cluster's API: no token in its pod.
+                    automount_service_account_token: Some(false),
+                    security_context: Some(pod_security(setup.allow_root)),
                     termination_grace_period_seconds: Some(OUTPUT_GRACE_S),
                     init_containers: Some(init_containers),
                     containers: vec![Container {
@@ -303,6 +340,7 @@ pub fn build_job(request: &RunRequest, cluster: &str, setup: &PodSetup) -> Resul
                         resources: (!limits.is_empty())
                             .then(|| ResourceRequirements { limits: Some(limits), ..Default::default() }),
                         volume_mounts: Some(mounts),
+                        security_context: Some(container_security(setup.allow_root)),
                         ..Default::default()
                     }],
                     volumes: Some(volumes),
@@ -406,6 +444,8 @@ pub struct KubernetesExecutor {
     /// Brings inputs from other clusters and sources into the cluster's store before a Job is
     /// created, and reads the output a pod recorded.
     transfers: Arc<crate::transfers::Transfers>,
+    /// Most bytes of a Job's log kept ([`LineKeeper`]).
+    log_limit: u64,
 }
 
 impl std::fmt::Debug for KubernetesExecutor {
@@ -426,6 +466,7 @@ impl KubernetesExecutor {
         cluster: &str,
         ca_pem: String,
         transfers: Arc<crate::transfers::Transfers>,
+        log_limit: u64,
     ) -> anyhow::Result<Self> {
         let mut kube_config = match &config.api {
             Some(url) => kube::Config::new(url.parse()?),
@@ -442,10 +483,12 @@ impl KubernetesExecutor {
                 helper_image: config.helper_image.clone(),
                 pod_urls: config.pod_urls.clone(),
                 ca_pem,
+                allow_root: config.allow_root,
             },
             cluster: cluster.to_string(),
             poll: config.poll,
             transfers,
+            log_limit,
         })
     }
 
@@ -690,15 +733,20 @@ impl KubernetesExecutor {
             }
         };
         let mut lines = reader.lines();
-        let mut seq = 0u32;
-        while let Ok(Some(line)) = lines.try_next().await {
-            seq += 1;
+        let mut keeper = LineKeeper::new(self.log_limit);
+        let send = |seq: u32, stream: LogStream, data: String| {
             let at_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos().div_euclid(1_000_000) as i64;
-            let data = format!("{line}\n");
-            if events
-                .send(Event::Log { job: job.clone(), attempt, seq, stream: LogStream::Stdout, data, at_ms })
-                .is_err()
+            events.send(Event::Log { job: job.clone(), attempt, seq, stream, data, at_ms }).is_ok()
+        };
+        while let Ok(Some(line)) = lines.try_next().await {
+            if let Some((seq, data)) = keeper.line(format!("{line}\n"))
+                && !send(seq, LogStream::Stdout, data)
             {
+                return;
+            }
+        }
+        for (seq, stream, data) in keeper.finish() {
+            if !send(seq, stream, data) {
                 return;
             }
         }
@@ -730,6 +778,79 @@ impl KubernetesExecutor {
                 self.delete(&name).await;
             }
         }
+    }
+}
+
+/// A pod's log within the limit, line by line: the lines of the first half shipped as they
+/// come, numbered by line; past it, the last half kept in memory and, once the log ended, the
+/// marker and those lines. A new leader following the log again from its start numbers every
+/// piece alike, so the gateway keeps each once.
+struct LineKeeper {
+    limit: u64,
+    head: u64,
+    tail_cap: u64,
+    seen: u64,
+    seq: u32,
+    tail: std::collections::VecDeque<String>,
+    tail_bytes: u64,
+    dropped: u64,
+}
+
+impl LineKeeper {
+    fn new(limit: u64) -> Self {
+        let head = limit / 2;
+        Self {
+            limit,
+            head,
+            tail_cap: limit - head,
+            seen: 0,
+            seq: 0,
+            tail: Default::default(),
+            tail_bytes: 0,
+            dropped: 0,
+        }
+    }
+
+    /// A line of the log: what to ship now (its number and text), if anything.
+    fn line(&mut self, mut line: String) -> Option<(u32, String)> {
+        let size = line.len() as u64;
+        if self.seen + size <= self.head {
+            self.seen += size;
+            self.seq += 1;
+            return Some((self.seq, line));
+        }
+        self.seen += size;
+        if size > self.tail_cap {
+            // One line longer than the whole tail: its end is kept.
+            let mut cut = line.len() - self.tail_cap as usize;
+            while !line.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.dropped += cut as u64;
+            line = line.split_off(cut);
+        }
+        self.tail_bytes += line.len() as u64;
+        self.tail.push_back(line);
+        while self.tail_bytes > self.tail_cap {
+            let Some(oldest) = self.tail.pop_front() else { break };
+            self.tail_bytes -= oldest.len() as u64;
+            self.dropped += oldest.len() as u64;
+        }
+        None
+    }
+
+    /// The log ended: the marker (when bytes were dropped) and the kept tail, numbered on.
+    fn finish(mut self) -> Vec<(u32, LogStream, String)> {
+        let mut pieces = Vec::new();
+        if self.dropped > 0 {
+            self.seq += 1;
+            pieces.push((self.seq, LogStream::Marker, super::process::dropped_marker(self.dropped, self.limit)));
+        }
+        for line in std::mem::take(&mut self.tail) {
+            self.seq += 1;
+            pieces.push((self.seq, LogStream::Stdout, line));
+        }
+        pieces
     }
 }
 
@@ -768,7 +889,53 @@ mod tests {
             helper_image: "atoll:test".to_string(),
             pod_urls: vec!["https://aws-1:7201".to_string(), "https://aws-2:7201".to_string()],
             ca_pem: "-----BEGIN CERTIFICATE-----".to_string(),
+            allow_root: false,
         }
+    }
+
+    #[test]
+    fn a_pods_log_over_its_limit_keeps_its_first_and_last_lines_with_a_marker_between() {
+        let mut keeper = LineKeeper::new(100);
+        let mut shipped = Vec::new();
+        for i in 0..100 {
+            if let Some(piece) = keeper.line(format!("line {i:03}\n")) {
+                shipped.push(piece);
+            }
+        }
+        // 9 bytes a line: 5 lines fit the 50-byte head, 5 the 50-byte tail.
+        assert_eq!(shipped.len(), 5);
+        assert_eq!(shipped[0], (1, "line 000\n".to_string()));
+        let rest = keeper.finish();
+        assert_eq!(rest.len(), 6, "{rest:?}");
+        assert_eq!(rest[0].1, LogStream::Marker);
+        assert!(rest[0].2.contains("810 bytes of output dropped"), "{}", rest[0].2);
+        assert_eq!(rest[0].0, 6, "numbered on from the head");
+        assert_eq!(rest[5], (11, LogStream::Stdout, "line 099\n".to_string()));
+        // Under the limit: everything as it came, no marker.
+        let mut small = LineKeeper::new(100);
+        assert!(small.line("short\n".into()).is_some());
+        assert!(small.finish().is_empty());
+    }
+
+    #[test]
+    fn job_pods_get_no_token_and_run_restricted_unless_root_is_allowed() {
+        let job = build_job(&request("command", "    command: \"true\"\n"), "aws", &setup("busybox")).unwrap();
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let context = pod.security_context.unwrap();
+        assert_eq!((context.run_as_non_root, context.run_as_user), (Some(true), Some(POD_USER)));
+        assert_eq!(context.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        for container in pod.containers.iter().chain(pod.init_containers.iter().flatten()) {
+            let own = container.security_context.clone().expect("every container has a context");
+            assert_eq!(own.allow_privilege_escalation, Some(false), "{}", container.name);
+            assert_eq!(own.capabilities.and_then(|c| c.drop), Some(vec!["ALL".to_string()]), "{}", container.name);
+        }
+        let mut root = setup("busybox");
+        root.allow_root = true;
+        let job = build_job(&request("command", "    command: \"true\"\n"), "aws", &root).unwrap();
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.automount_service_account_token, Some(false), "no token even then");
+        assert_eq!(pod.security_context.unwrap().run_as_non_root, None);
     }
 
     #[test]
