@@ -66,6 +66,25 @@ pub fn lead_claims(cluster: &str, node: u64, log: &str) -> Vec<LeadClaim> {
         .collect()
 }
 
+/// A span of wall-clock time of the run.
+#[derive(Clone, Debug)]
+pub struct Window {
+    pub from: OffsetDateTime,
+    pub to: OffsetDateTime,
+}
+
+/// `leaders_kept`: no replica claimed leadership while `window` lasted (jobs printing at full
+/// speed must not cost a cluster its leader).
+pub fn leaders_kept(claims: &[LeadClaim], window: &Window) -> Verdict {
+    let problems = claims
+        .iter()
+        .filter(|c| c.at > window.from && c.at <= window.to)
+        .map(|c| format!("{} replica {} took term {} at {} while jobs printed", c.cluster, c.node, c.term, c.at))
+        .collect();
+    let seconds = (window.to - window.from).as_seconds_f64();
+    Verdict::new("leaders kept under noisy jobs", problems, format!("no leader change in {seconds:.1} s of noise"))
+}
+
 /// The value of `key=value` (quotes removed) in a log line.
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let start = line.find(&format!(" {key}="))? + key.len() + 2;

@@ -31,6 +31,8 @@ const AGENT_PORT: u16 = 7000;
 const GATEWAY_PORT: u16 = 8443;
 /// How long one client request of the workload may take before its outcome is unknown.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The directory of a run that its jobs may write (the ledger is in it).
+pub const SHARED: &str = "shared";
 
 pub const CLIENT: &str = "client";
 pub const GATEWAY: &str = "gateway";
@@ -148,6 +150,14 @@ impl Chaos {
     /// Start the mesh (the caller is in the client namespace) and wait until every cluster has
     /// a leader registered with the gateway and the matrix is settled.
     pub async fn start(dir: &Path, layout: Layout, seed: u64) -> anyhow::Result<Self> {
+        // The workload's jobs append to the ledger: the one path outside their work directory
+        // they may write (`jobs.sandbox.writable_paths`, set by [`Chaos::layout`]'s caller).
+        let ledger = dir.join(SHARED).join("ledger");
+        std::fs::create_dir_all(dir.join(SHARED))?;
+        std::fs::write(&ledger, "")?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join(SHARED), std::fs::Permissions::from_mode(0o777))?;
+        std::fs::set_permissions(&ledger, std::fs::Permissions::from_mode(0o666))?;
         let mut mesh = Mesh::start(MeshDir::new(dir), layout, atoll_exe()?).await?;
         let certs = mesh.dir.certs();
         let identity = TlsIdentity::load(&TlsFiles {
@@ -161,8 +171,6 @@ impl Chaos {
         mesh.wait_for_registration(wait).await?;
         mesh.wait_for_matrix(wait).await?;
         let gateway = gateway_client(&mesh)?;
-        let ledger = dir.join("ledger");
-        std::fs::write(&ledger, "")?;
         Ok(Self { mesh, node, gateway, history: History::new(), seed, ledger })
     }
 

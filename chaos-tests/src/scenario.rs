@@ -99,10 +99,13 @@ pub enum Scenario {
     /// The gateway on PostgreSQL: crash the database (immediate stop) mid-pipeline and start it
     /// again.
     DatabaseRestart,
+    /// A job on every cluster printing at full speed (100 MB each) beside the workload: no
+    /// cluster may change leader meanwhile.
+    NoisyJobs,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 13] = [
+    pub const ALL: [Scenario; 14] = [
         Scenario::LeaderCrash,
         Scenario::FollowerCrash,
         Scenario::LeaderPause,
@@ -116,6 +119,7 @@ impl Scenario {
         Scenario::FlappingLink,
         Scenario::RollingRestart,
         Scenario::DatabaseRestart,
+        Scenario::NoisyJobs,
     ];
 
     pub fn name(self) -> String {
@@ -152,7 +156,7 @@ impl Scenario {
                     Planned { fault: Fault::Latency(100), at: Duration::ZERO, hold: held },
                 ])
             }
-            Scenario::LeaderPause | Scenario::AsymmetricCut => None,
+            Scenario::LeaderPause | Scenario::AsymmetricCut | Scenario::NoisyJobs => None,
         }
     }
 }
@@ -347,6 +351,9 @@ pub fn run_with(
         None => tempfile::Builder::new().prefix("atoll-chaos-").tempdir()?,
     };
     let mut layout = Chaos::layout(drill.clusters(), sandbox::netns_name)?;
+    for cluster in &mut layout.clusters {
+        cluster.job_writable_paths = vec![dir.path().join(crate::harness::SHARED)];
+    }
     let cluster_names: Vec<String> = layout.clusters.iter().map(|c| c.name.clone()).collect();
     let mut rng = StdRng::seed_from_u64(seed);
     let resolved = drill.resolve(&cluster_names, profile, &mut rng)?;
@@ -447,6 +454,15 @@ pub fn run_with(
     Ok(report)
 }
 
+/// What a bespoke drill saw while it injected.
+#[derive(Default)]
+struct Observed {
+    /// Every matrix state waited for.
+    matrix_waits: Vec<checkers::MatrixWait>,
+    /// When jobs printed at full speed (`noisy-jobs`).
+    noisy: Option<checkers::Window>,
+}
+
 /// What a run leaves for the checkers besides the history and the logs.
 struct Evidence {
     applied: BTreeMap<String, Applied>,
@@ -458,6 +474,8 @@ struct Evidence {
     matrix_bound_ms: u64,
     /// The gateway's matrix, polled throughout.
     matrices: Vec<workload::MatrixSnapshot>,
+    /// When jobs printed at full speed (`noisy-jobs`): no leader may change then.
+    noisy: Option<checkers::Window>,
 }
 
 /// What the checkers and the figures read from the processes' logs, read once.
@@ -491,7 +509,7 @@ impl Evidence {
         let jobs = self.jobs();
         let ops = chaos.history.ops();
         let ledger = checkers::parse_ledger(&std::fs::read_to_string(&chaos.ledger).unwrap_or_default());
-        vec![
+        let mut verdicts = vec![
             checkers::one_leader_per_term(claims),
             checkers::gateway_follows_terms(&checkers::registrations(gateway_log), &jobs),
             checkers::annotations_durable(&ops, &self.applied),
@@ -499,7 +517,11 @@ impl Evidence {
             checkers::outputs_match(&self.ends, &ledger),
             checkers::matrix_follows(&self.matrix_waits, self.matrix_bound_ms),
             checkers::routes_follow_the_matrix(&jobs, &self.matrices),
-        ]
+        ];
+        if let Some(window) = &self.noisy {
+            verdicts.push(checkers::leaders_kept(claims, window));
+        }
+        verdicts
     }
 
     fn routes(&self) -> BTreeMap<String, usize> {
@@ -591,8 +613,9 @@ async fn drive(
     // The tasks share the run's history; it is moved back into `chaos` once they are done.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let mut matrix_waits = Vec::new();
-    let healed_at = inject(chaos, net, &history, drill, profile, rng, &mut matrix_waits).await?;
+    let mut observed = Observed::default();
+    let healed_at = inject(chaos, net, &history, drill, profile, rng, &mut observed).await?;
+    let Observed { mut matrix_waits, noisy } = observed;
 
     // Every process runs again and every cluster leads: the workload keeps going meanwhile.
     for cluster in chaos.clusters() {
@@ -614,7 +637,15 @@ async fn drive(
     stop_watching.send_replace(true);
     let matrices = watcher.await.context("the matrix watcher panicked")?;
     let applied = applied_annotations(chaos, Duration::from_secs(30)).await;
-    Ok(Evidence { applied, ends, matrix_settled_ms, matrix_waits, matrix_bound_ms: bound.as_millis() as u64, matrices })
+    Ok(Evidence {
+        applied,
+        ends,
+        matrix_settled_ms,
+        matrix_waits,
+        matrix_bound_ms: bound.as_millis() as u64,
+        matrices,
+        noisy,
+    })
 }
 
 /// How long the matrix may take to show a healed link: a probe round (interval + timeout) to
@@ -732,8 +763,9 @@ async fn inject(
     drill: &Resolved,
     profile: Profile,
     rng: &mut StdRng,
-    waits: &mut Vec<checkers::MatrixWait>,
+    observed: &mut Observed,
 ) -> anyhow::Result<Instant> {
+    let waits = &mut observed.matrix_waits;
     let Net { sandbox, .. } = net;
     let scenario = match drill {
         Resolved::Plan(plan) => {
@@ -814,6 +846,38 @@ async fn inject(
             set_refusal(sandbox, &from, &to, false)?;
             history.healed(one_way);
             history.healed(both);
+        }
+        Scenario::NoisyJobs => {
+            let jobs: Vec<String> = clusters
+                .iter()
+                .map(|c| {
+                    format!(
+                        "  - name: noisy-{c}\n    type: command\n    command: yes \"$(printf '%099d' 0)\" | head -c 100000000\n    cluster: {{selector: [{c}]}}\n    timeout: 300\n"
+                    )
+                })
+                .collect();
+            let spec = atoll_api::spec::parse_document(&format!("version: 1\njobs:\n{}", jobs.join("")))
+                .map_err(|e| anyhow::anyhow!("the noisy pipeline: {e}"))?;
+            let fault = history.injected("jobs printing at full speed", "every cluster", None, None);
+            let from = time::OffsetDateTime::now_utc();
+            let submitted = chaos
+                .gateway
+                .submit(&atoll_api::jobs::SubmitRequest { spec })
+                .await
+                .context("submitting the noisy pipeline")?;
+            let deadline = Instant::now() + Duration::from_secs(240);
+            for job in &submitted.jobs {
+                loop {
+                    let state = chaos.gateway.job(&job.id).await.map(|d| d.job.state);
+                    if matches!(state, Ok(s) if s.is_final()) {
+                        break;
+                    }
+                    anyhow::ensure!(Instant::now() < deadline, "the noisy job {} did not end in 240 s", job.name);
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+            observed.noisy = Some(checkers::Window { from, to: time::OffsetDateTime::now_utc() });
+            history.healed(fault);
         }
         other => anyhow::bail!("{} is a plan of named faults, not a bespoke drill", other.name()),
     }

@@ -41,6 +41,7 @@ scenarios! {
     flapping_link => FlappingLink,
     rolling_restart => RollingRestart,
     database_restart => DatabaseRestart,
+    noisy_jobs => NoisyJobs,
 }
 
 /// Named faults composed and overlapping in time, on three clusters chosen by the seed: one

@@ -111,6 +111,27 @@ async fn a_job_reaches_none_of_its_replicas_secrets_nor_another_runs_files() {
     let why = linked.attempts.last().and_then(|a| a.message.clone()).unwrap_or_default();
     assert!(why.contains("x: a hard link to a file outside"), "{why}");
     gateway.cancel(&holder_id).await.expect("cancel the holder");
+
+    phase("what the daemons wrote is their own: no stored blob, key, token or database readable by others");
+    use std::os::unix::fs::PermissionsExt;
+    let mut checked = 0;
+    let mut roots: Vec<PathBuf> = (1..=3).map(|id| dir.replica_dir("aws", id)).collect();
+    roots.push(dir.gateway_dir());
+    for root in roots {
+        for file in files_ending(&root, "") {
+            // Work directories belong to jobs (their outputs keep the modes the job gave them);
+            // configs and join tokens were written by this test's launcher, not by a daemon
+            // (`atoll dev` writes them with the daemons' mask).
+            let name = file.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            if file.components().any(|c| c.as_os_str() == "work") || name.ends_with(".yaml") || name == "join.token" {
+                continue;
+            }
+            let mode = std::fs::symlink_metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{} has mode {:o}", file.display(), mode & 0o777);
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "only {checked} files checked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

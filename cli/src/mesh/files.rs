@@ -170,8 +170,17 @@ fn agent_yaml(layout: &Layout, cluster: &ClusterLayout, replica: &ReplicaLayout)
     if !cluster.refuse_inbound_from.is_empty() {
         out.push_str(&format!("network:\n  refuse_inbound_from: [{}]\n", cluster.refuse_inbound_from.join(", ")));
     }
-    if cluster.kubernetes_api.is_some() || cluster.max_running.is_some() || cluster.transfer_limit.is_some() {
+    if cluster.kubernetes_api.is_some()
+        || cluster.max_running.is_some()
+        || cluster.transfer_limit.is_some()
+        || !cluster.job_writable_paths.is_empty()
+    {
         out.push_str("jobs:\n");
+    }
+    if !cluster.job_writable_paths.is_empty() {
+        let paths: Vec<String> =
+            cluster.job_writable_paths.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
+        out.push_str(&format!("  sandbox:\n    writable_paths: [{}]\n", paths.join(", ")));
     }
     if let Some(n) = cluster.max_running {
         out.push_str(&format!("  max_running: {n}\n"));

@@ -99,6 +99,9 @@ pub struct ClusterLayout {
     /// `storage.local.fsync` (the agent's default, on, when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_fsync: Option<bool>,
+    /// `jobs.sandbox.writable_paths`: paths every job may write (none when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub job_writable_paths: Vec<std::path::PathBuf>,
 }
 
 /// The gateway of a mesh.
@@ -249,6 +252,7 @@ impl Layout {
                 max_running: None,
                 transfer_limit: None,
                 store_fsync: None,
+                job_writable_paths: Vec::new(),
             })
             .collect();
         Ok(Self { clusters, raft: RaftKnobs::default(), gateway: None })

@@ -58,6 +58,8 @@ pub struct SandboxTemplate {
     /// Who runs execute as; `None`: the replica's user (a replica without privileges).
     pub user: Option<(u32, u32)>,
     pub nice: i32,
+    /// Bound read-write into every run (`jobs.sandbox.writable_paths`).
+    pub writable_paths: Vec<PathBuf>,
 }
 
 /// What the process executor is configured with.
@@ -149,6 +151,7 @@ impl ProcessExecutor {
                     // A replica without privileges cannot change user: its jobs keep its own.
                     user: nix::unistd::geteuid().is_root().then_some(settings.sandbox.user),
                     nice: settings.sandbox.nice,
+                    writable_paths: settings.sandbox.writable_paths.clone(),
                 };
                 let probe_dir = template.root.with_file_name("sandbox-probe");
                 let _ = std::fs::create_dir_all(&probe_dir);
@@ -512,7 +515,7 @@ impl SandboxTemplate {
             root: self.root.clone(),
             read_only: self.system_paths.clone(),
             hidden: self.hidden.clone(),
-            read_write: vec![dir.to_path_buf()],
+            read_write: self.writable_paths.iter().cloned().chain([dir.to_path_buf()]).collect(),
             tmp: Some(dir.join("tmp")).filter(|tmp| tmp.is_dir()),
             user: self.user,
             cgroups: procs,
