@@ -143,6 +143,88 @@ fn every_cycle_is_found_and_named() {
 }
 
 #[test]
+fn duplicate_keys_are_refused_with_their_path_in_yaml() {
+    let found = problems(
+        "version: 1
+jobs:
+  - name: a
+    type: command
+    name: b
+    command: x
+    environment:
+      X: '1'
+      X: '2'
+    resources: {limits: {cpu: 1, cpu: 2}}
+    depends_on: [{job: c, on: [finished], job: d}]
+  - {name: c, type: wait, timeout: 5}
+version: 1
+",
+    );
+    has(&found, "version", "duplicate key \"version\"");
+    has(&found, "jobs[0].name", "duplicate key \"name\"");
+    has(&found, "jobs[0].environment.X", "duplicate key \"X\"");
+    has(&found, "jobs[0].resources.limits.cpu", "duplicate key \"cpu\"");
+    has(&found, "jobs[0].depends_on[0].job", "duplicate key \"job\"");
+    // every other problem in the same run
+    has(&found, "jobs[1].timeout", "a wait job runs nothing");
+    assert_eq!(found.len(), 6, "{found:?}");
+    assert!(parse_document("version: 1\nversion: 1\njobs: []").is_err());
+}
+
+#[test]
+fn duplicate_keys_are_refused_with_their_path_in_json() {
+    let found = problems(
+        r#"{"version": 1, "jobs": [
+            {"name": "a", "name": "b", "type": "command", "command": "x",
+             "environment": {"X": "1", "X": "2"},
+             "cluster": {"selector": ["aws"], "prefer": "aws", "selector": ["gcp"]}},
+            {"name": "c", "type": "command", "command": "x", "retries": -1}
+        ], "jobs": []}"#,
+    );
+    has(&found, "jobs", "duplicate key \"jobs\"");
+    has(&found, "jobs[0].name", "duplicate key \"name\"");
+    has(&found, "jobs[0].environment.X", "duplicate key \"X\"");
+    has(&found, "jobs[0].cluster.selector", "duplicate key \"selector\"");
+    has(&found, "jobs[1].retries", "must be a whole number");
+    assert_eq!(found.len(), 5, "{found:?}");
+
+    // the gateway reads a submission's spec as a `Document`: duplicates sent over HTTP are
+    // found there too, with paths inside the spec
+    #[derive(serde::Deserialize)]
+    struct Body {
+        spec: Document,
+    }
+    let body: Body =
+        serde_json::from_str(r#"{"spec": {"version": 1, "jobs": [{"name": "a", "type": "wait", "type": "command"}]}}"#)
+            .unwrap();
+    let found: Vec<String> = from_document(&body.spec).unwrap_err().0.iter().map(ToString::to_string).collect();
+    assert_eq!(found, ["jobs[0].type: duplicate key \"type\""]);
+}
+
+#[test]
+fn number_problems_name_the_format_that_was_read() {
+    let found = problems(
+        "version: 1
+jobs:
+  - {name: a, type: command, command: x, retries: 99999999999999999999, timeout: .inf, environment: {X: .nan}}
+",
+    );
+    has(&found, "jobs[0].retries", "99999999999999999999 is out of range");
+    has(&found, "jobs[0].timeout", ".inf is not a finite number");
+    has(&found, "jobs[0].environment.X", ".nan is not a finite number");
+    // no second problem about the `null` each refused value stands as
+    assert_eq!(found.len(), 3, "{found:?}");
+    assert!(!found.concat().contains("JSON"), "{found:?}");
+
+    let found = problems("version: 1\njobs: !tagged [1]");
+    assert!(found[0].starts_with("not valid YAML: ") && found[0].contains("a YAML value"), "{found:?}");
+    assert!(!found[0].contains("JSON"), "{found:?}");
+    let found =
+        problems(r#"{"version": 1, "jobs": [{"name": "a", "type": "command", "command": "x", "retries": 1e400}]}"#);
+    assert!(found[0].starts_with("not valid JSON: ") && !found[0].contains("YAML"), "{found:?}");
+}
+
+#[test]
 fn a_long_chain_is_ordered_and_a_long_cycle_found_without_deep_recursion() {
     let chain = |cycle: bool| {
         let mut jobs = vec![serde_json::json!({"name": "j0", "type": "wait"})];

@@ -46,7 +46,8 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
-fn join(path: &str, key: &str) -> String {
+/// The path of `key` inside the map at `path`.
+pub(super) fn join(path: &str, key: &str) -> String {
     if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
 }
 
