@@ -6,7 +6,7 @@
 //! document by hand rather than through serde derive, which would stop at the first error.
 //! The reader ([`document`]) refuses duplicate keys and numbers no value holds; the walk checks
 //! each value ([`walk`]), then names and dependencies across jobs, then the dependency graph for
-//! cycles ([`graph`]).
+//! cycles ([`graph`]) as far as it can be built, also when some jobs have problems of their own.
 //! [`check_clusters`] adds the checks that need the registered clusters (selectors no enabled
 //! cluster satisfies, `prefer` naming a cluster that cannot run the job); the gateway runs both
 //! before storing anything.
@@ -304,9 +304,6 @@ fn check(
 ) -> Result<PipelineSpec, SpecErrors> {
     let mut walked = Vec::new();
     let spec = walk::pipeline(value, &mut walked);
-    if let Some(spec) = &spec {
-        graph::check(spec, &mut walked);
-    }
     problems.extend(walked.into_iter().filter(|p| !replaced.contains(&p.path)));
     // document order: the pipeline's own keys, then job by job (stable, so each job's problems
     // keep the order in which its keys were checked)

@@ -143,6 +143,27 @@ fn every_cycle_is_found_and_named() {
 }
 
 #[test]
+fn a_cycle_is_reported_alongside_problems_of_its_jobs() {
+    let found = problems(
+        "version: 1
+jobs:
+  - {name: a, type: command, command: x, depends_on: [b], environment: {1X: y}}
+  - {name: b, type: command, command: x, depends_on: [free, a], timeout: never}
+  - {name: free, type: wait}
+  - {name: 'Not A Name', type: wait, depends_on: [a]}
+",
+    );
+    has(&found, "jobs[0].environment.1X", "variable name");
+    has(&found, "jobs[1].timeout", "must be seconds");
+    has(&found, "jobs[0].depends_on[0]", "dependency cycle: a -> b -> a");
+    has(&found, "jobs[3].name", "lowercase letters");
+    assert_eq!(found.len(), 4, "{found:?}");
+    // a job depending on itself is told so once, not also as a cycle
+    let found = problems("version: 1\njobs: [{name: a, type: wait, depends_on: [a]}]");
+    assert_eq!(found, ["jobs[0].depends_on[0]: job \"a\" depends on itself"]);
+}
+
+#[test]
 fn duplicate_keys_are_refused_with_their_path_in_yaml() {
     let found = problems(
         "version: 1
@@ -365,17 +386,24 @@ proptest! {
     }
 
     #[test]
-    fn random_graphs_are_accepted_exactly_when_acyclic(edges in prop::collection::vec((0usize..8, 0usize..8), 0..16)) {
+    fn random_graphs_are_accepted_exactly_when_acyclic(
+        edges in prop::collection::vec((0usize..8, 0usize..8), 0..16),
+        broken in prop::option::of(0usize..8),
+    ) {
         let mut deps = vec![std::collections::BTreeSet::new(); 8];
         for (child, parent) in &edges {
             if child != parent {
                 deps[*child].insert(*parent);
             }
         }
-        let jobs: Vec<serde_json::Value> = (0..8)
+        let mut jobs: Vec<serde_json::Value> = (0..8)
             .map(|i| serde_json::json!({"name": format!("j{i}"), "type": "wait",
                 "depends_on": deps[i].iter().map(|p| format!("j{p}")).collect::<Vec<_>>()}))
             .collect();
+        // a problem of one job's own must not hide a cycle
+        if let Some(b) = broken {
+            jobs[b]["timeout"] = serde_json::json!(5);
+        }
         let result = from_value(&serde_json::json!({"version": 1, "jobs": jobs}));
         // a brute-force check: repeatedly remove jobs without remaining parents
         let mut left: std::collections::BTreeSet<usize> = (0..8).collect();
@@ -384,7 +412,9 @@ proptest! {
             if free.is_empty() { break; }
             for i in free { left.remove(&i); }
         }
-        prop_assert_eq!(result.is_ok(), left.is_empty(), "{:?}", result.err());
+        let cycle_found = result.as_ref().err().is_some_and(|e| e.0.iter().any(|p| p.message.starts_with("dependency cycle")));
+        prop_assert_eq!(cycle_found, !left.is_empty(), "{:?}", result.as_ref().err());
+        prop_assert_eq!(result.is_ok(), left.is_empty() && broken.is_none(), "{:?}", result.as_ref().err());
         if let Ok(spec) = result {
             let order = topological_order(&spec);
             prop_assert_eq!(order.len(), 8);

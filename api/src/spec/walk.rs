@@ -26,6 +26,8 @@ use super::PipelineSpec;
 use super::Resources;
 use super::SPEC_VERSION;
 use super::SpecProblem;
+use super::graph;
+use super::graph::Graph;
 use crate::ClusterName;
 use crate::ids::Label;
 
@@ -155,6 +157,10 @@ pub(super) fn pipeline(v: &Value, problems: &mut Problems) -> Option<PipelineSpe
         .map(|item| item.get("depends_on").map(|v| indexed_depends_on(v, "", &mut Vec::new())).unwrap_or_default())
         .collect();
     cross_check(&names, &deps, problems);
+    // the graph as far as it is known: also when some jobs have problems of their own, a
+    // cycle is reported in the same run
+    let graph = Graph::new(&names, deps.iter().map(|d| d.iter().map(|(at, dep)| (*at, dep.job.as_str()))));
+    graph::check(&graph, &names, problems);
     let jobs: Option<Vec<JobSpec>> = parsed.into_iter().collect();
     Some(PipelineSpec { version: SPEC_VERSION, source, jobs: jobs? })
 }
