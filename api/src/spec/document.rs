@@ -85,9 +85,10 @@ pub fn read(text: &str) -> Result<Document, SpecErrors> {
     };
     match value {
         Ok(value) => Ok(Document { value, problems: found.problems, replaced: found.replaced }),
-        Err(e) => {
-            Err(SpecErrors(vec![SpecProblem { path: String::new(), message: format!("not valid {format}: {e}") }]))
-        }
+        Err(e) => Err(SpecErrors(vec![SpecProblem {
+            path: String::new(),
+            message: format!("not valid {format}: {}", printable(&e)),
+        }])),
     }
 }
 
@@ -97,6 +98,12 @@ impl<'de> Deserialize<'de> for Document {
         let value = Node { path: String::new(), format: Format::Json, found: &mut found }.deserialize(d)?;
         Ok(Document { value, problems: found.problems, replaced: found.replaced })
     }
+}
+
+/// `text` with control characters escaped (`\0`, `\u{1b}`), the rest as it is: for messages
+/// that quote what a parser said about the input.
+pub(super) fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect()
 }
 
 #[derive(Default)]

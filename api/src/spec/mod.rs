@@ -11,6 +11,9 @@
 //! cluster satisfies, `prefer` naming a cluster that cannot run the job); the gateway runs both
 //! before storing anything.
 //!
+//! Messages quote what came from the document with control characters escaped (`"A\0B"`), and
+//! a key that is not a plain word is quoted in a path (`environment."A\0B"`).
+//!
 //! Parsing never panics, whatever the input (a property test feeds it arbitrary documents).
 
 mod document;

@@ -246,6 +246,43 @@ jobs:
 }
 
 #[test]
+fn control_characters_from_the_document_are_escaped_in_every_problem() {
+    let yaml = r#"version: 1
+jobs:
+  - name: "a\0b"
+    type: "c\eommand"
+    command: x
+    timeout: "\x7f"
+    environment: {"A\0B\eC": y, "D.E": z}
+    "col\tour": red
+    depends_on: ["p\nq", {job: x, on: ["\e"]}]
+    cluster: {selector: ["l\u0085x"], prefer: "\0"}
+    "\0": 1
+    "\0": 2
+"#;
+    let found = problems(yaml);
+    for p in &found {
+        assert!(!p.chars().any(char::is_control), "a raw control character in {p:?}");
+    }
+    has(&found, r#"jobs[0].environment."A\0B\u{1b}C""#, r#""A\0B\u{1b}C": a variable name"#);
+    has(&found, r#"jobs[0].environment."D.E""#, "a variable name");
+    has(&found, r#"jobs[0]."col\tour""#, "unknown key");
+    has(&found, "jobs[0].name", r#""a\0b": a job name"#);
+    has(&found, "jobs[0].type", r#"unknown job type "c\u{1b}ommand""#);
+    has(&found, "jobs[0].timeout", r#"found "\u{7f}""#);
+    has(&found, "jobs[0].depends_on[0]", r#"unknown job "p\nq""#);
+    has(&found, "jobs[0].depends_on[1].on[0]", r#"unknown state "\u{1b}""#);
+    has(&found, "jobs[0].cluster.selector[0]", r#"label "l\u{85}x" is invalid"#);
+    has(&found, "jobs[0].cluster.prefer", r#"cluster name "\0" is invalid"#);
+    has(&found, r#"jobs[0]."\0""#, r#"duplicate key "\0""#);
+
+    let found =
+        problems(r#"{"version": 1, "jobs": [{"name": "a", "type": "wait", "environment": {"\u0000": "\u001b"}}]}"#);
+    has(&found, r#"jobs[0].environment."\0""#, "a variable name");
+    assert!(found.iter().all(|p| !p.chars().any(char::is_control)), "{found:?}");
+}
+
+#[test]
 fn a_long_chain_is_ordered_and_a_long_cycle_found_without_deep_recursion() {
     let chain = |cycle: bool| {
         let mut jobs = vec![serde_json::json!({"name": "j0", "type": "wait"})];
@@ -350,6 +387,7 @@ fn arbitrary_value() -> impl Strategy<Value = serde_json::Value> {
         Just("selector".to_string()),
         Just("environment".to_string()),
         "[a-z*]{0,6}",
+        "[a-z\\x00-\\x1f\\x7f\\u{80}-\\u{9f}]{0,4}",
     ];
     let leaf = prop_oneof![
         Just(serde_json::Value::Null),
@@ -381,6 +419,10 @@ proptest! {
         let doc = serde_json::json!({"version": 1, "jobs": jobs});
         if let Err(errors) = from_value(&doc) {
             prop_assert!(!errors.0.is_empty());
+            for p in &errors.0 {
+                let shown = p.to_string();
+                prop_assert!(!shown.chars().any(char::is_control), "a raw control character in {:?}", shown);
+            }
         }
         let _ = parse(&doc.to_string());
     }

@@ -48,9 +48,17 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
-/// The path of `key` inside the map at `path`.
+/// The path of `key` inside the map at `path`. A key that is not a plain word (letters, digits,
+/// `_`, `-`) is quoted with its control characters escaped, so a path is one printable,
+/// unambiguous line: `jobs[0].environment."A\0B"`, `jobs[0]."a.b"`.
 pub(super) fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+    let plain = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    match (path.is_empty(), plain) {
+        (true, true) => key.to_string(),
+        (true, false) => format!("{key:?}"),
+        (false, true) => format!("{path}.{key}"),
+        (false, false) => format!("{path}.{key:?}"),
+    }
 }
 
 /// The object at `path`, with its unknown keys reported.
@@ -101,9 +109,13 @@ fn integer(v: &Value, path: &str, min: u64, max: u64, problems: &mut Problems) -
     }
 }
 
-/// A value as it appears in an error message (short).
+/// A value as it appears in an error message (short; a string quoted with its control
+/// characters escaped, as every message quotes what came from the document).
 fn shown(v: &Value) -> String {
-    let s = v.to_string();
+    let s = match v {
+        Value::String(s) => format!("{s:?}"),
+        other => super::document::printable(&other.to_string()),
+    };
     if s.chars().count() > 40 { format!("{}...", s.chars().take(40).collect::<String>()) } else { s }
 }
 
