@@ -9,6 +9,8 @@
 //! - [`mesh_commands`]: `token create`, `clusters`, `cluster ...`, `matrix` (through the gateway).
 //! - [`bench`]: benchmarks measured side by side with the peer baseline.
 //! - [`cli_config`]: the CLI config file.
+//! - [`job_commands`]: `validate`, `submit`, `jobs`, `job`, `logs`, `cancel`.
+//! - [`verify`]: `atoll verify`, checks of a live deployment.
 //! - [`push`]: `atoll push DIR`, sources uploaded once to the gateway.
 //! - [`pod`]: `atoll pod inputs|output`, the helpers in a Kubernetes Job's pod.
 //! - [`malloc`]: the daemons' malloc setting (they start themselves again with it).
