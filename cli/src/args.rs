@@ -180,6 +180,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (bash, zsh or fish).
+    ///
+    /// For example `atoll completion bash > ~/.local/share/bash-completion/completions/atoll`,
+    /// `atoll completion zsh > "${fpath[1]}/_atoll"`, or
+    /// `atoll completion fish > ~/.config/fish/completions/atoll.fish`.
+    Completion {
+        /// The shell.
+        shell: Shell,
+    },
+}
+
+/// The shells `atoll completion` writes a script for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Clone, clap::Args)]
