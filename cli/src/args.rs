@@ -12,8 +12,9 @@ use clap::Subcommand;
     about = "Run jobs across many clusters, through crashed leaders, dead clusters and cut networks"
 )]
 pub struct Args {
-    /// Config file: for `agent` the agent config; for other commands the CLI config (replica
-    /// addresses and operator credentials; `atoll dev` writes one to DIR/atoll.yaml).
+    /// Config file: for `agent` and `gateway` the daemon's config; for other commands the CLI
+    /// config (gateway and replica addresses, bearer token, operator certificate; `atoll dev`
+    /// writes one to DIR/atoll.yaml).
     #[arg(long, global = true, env = "ATOLL_CONFIG")]
     pub config: Option<PathBuf>,
 
@@ -75,10 +76,13 @@ pub enum Command {
     },
     /// The directed reachability matrix between clusters.
     Matrix(JsonArg),
-    /// Check a live deployment without changing it: the gateway and its CA, every cluster's
-    /// leader (as the gateway and its replicas see it), every replica's certificate, every
-    /// directed pair of the matrix and its freshness. Exits non-zero when a check fails.
+    /// Check a live deployment without changing it; exits non-zero when a check fails.
+    ///
+    /// Checks the gateway and its CA, every cluster's leader (as the gateway and its replicas
+    /// see it), every replica's certificate, every directed pair of the matrix and its
+    /// freshness.
     Verify {
+        /// Print one JSON document.
         #[arg(long)]
         json: bool,
         /// Also kill one cluster's leader (SIGKILL; its pid from --nodes, or from the
@@ -94,9 +98,10 @@ pub enum Command {
         #[arg(long)]
         nodes: Option<PathBuf>,
     },
-    /// Check a job spec (JSON or YAML) and list every problem with its path; selectors are
-    /// checked against the gateway's clusters when a gateway is configured.
     /// Submit a pipeline (JSON or YAML spec); prints its jobs with their clusters.
+    ///
+    /// The document is checked here first (as by `atoll validate --offline`), so every problem
+    /// is listed before anything is sent; the gateway checks selectors against its clusters.
     Submit {
         /// The spec file.
         file: PathBuf,
@@ -107,8 +112,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Archive a directory (honouring .gitignore) and upload it once to the gateway as a source
-    /// that pipelines name with `source: sha256:...`.
+    /// Upload a directory once to the gateway as a source for pipelines (`source: sha256:...`).
+    ///
+    /// The directory is archived honouring its .gitignore files (`.git` left out); the same
+    /// files give the same digest, so pushing an unchanged tree uploads nothing. FIFOs, sockets
+    /// and devices are refused by name.
     Push {
         /// The directory.
         dir: PathBuf,
@@ -130,13 +138,15 @@ pub enum Command {
     },
     /// One job with its attempts.
     Job {
+        /// The job's id (the JOB column of `atoll jobs`).
         id: String,
         /// Print one JSON document.
         #[arg(long)]
         json: bool,
     },
-    /// A job's output (stdout and stderr of every attempt).
+    /// A job's log: stdout and stderr of every attempt.
     Logs {
+        /// The job's id (the JOB column of `atoll jobs`).
         id: String,
         /// Keep printing as the job writes, until it ends.
         #[arg(short, long)]
@@ -144,6 +154,7 @@ pub enum Command {
     },
     /// Cancel a job: killed at once if it has not started, else by its cluster.
     Cancel {
+        /// The job's id (the JOB column of `atoll jobs`).
         id: String,
         /// Print one JSON document.
         #[arg(long)]
@@ -155,6 +166,10 @@ pub enum Command {
         #[command(subcommand)]
         command: PodCommand,
     },
+    /// Check a job spec (JSON or YAML) and list every problem with its path; exits 1 if any.
+    ///
+    /// Selectors and `prefer` are also checked against the gateway's clusters when a gateway is
+    /// configured (`--config`, or ./atoll.yaml) and `--offline` is not given.
     Validate {
         /// The spec file.
         file: PathBuf,
@@ -165,6 +180,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (bash, zsh or fish).
+    ///
+    /// For example `atoll completion bash > ~/.local/share/bash-completion/completions/atoll`,
+    /// `atoll completion zsh > "${fpath[1]}/_atoll"`, or
+    /// `atoll completion fish > ~/.config/fish/completions/atoll.fish`.
+    Completion {
+        /// The shell.
+        shell: Shell,
+    },
+}
+
+/// The shells `atoll completion` writes a script for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -186,8 +218,10 @@ pub enum PodCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Create a one-time join token for a replica of CLUSTER (--cluster), or a user token
-    /// (--user with --scopes).
+    /// Create a one-time join token (--cluster) or a user token (--user with --scopes).
+    ///
+    /// A join token enrolls one replica of CLUSTER, once; a user token is a bearer token for a
+    /// person or tool.
     Create {
         /// Cluster the join token enrolls one replica of.
         #[arg(long, conflicts_with_all = ["user", "scopes"])]
@@ -213,12 +247,22 @@ pub enum TokenCommand {
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Let the cluster receive work again.
-    Enable { name: String },
+    Enable {
+        /// The cluster's name.
+        name: String,
+    },
     /// Keep the cluster registered but give it no new work.
-    Disable { name: String },
-    /// Refuse the cluster for good: no enrollment, renewal or registration, and its peers
-    /// refuse its replicas.
-    Revoke { name: String },
+    Disable {
+        /// The cluster's name.
+        name: String,
+    },
+    /// Refuse the cluster for good: its peers refuse its replicas too.
+    ///
+    /// No enrollment, renewal or registration is accepted from it again.
+    Revoke {
+        /// The cluster's name.
+        name: String,
+    },
 }
 
 impl Command {
@@ -267,6 +311,7 @@ pub struct DevArgs {
 pub enum CaCommand {
     /// Create a new mesh CA in DIR (ca.pem, ca-key.pem).
     Init {
+        /// Directory to write the CA to.
         #[arg(long)]
         dir: PathBuf,
         /// Common name of the CA certificate.
@@ -278,6 +323,7 @@ pub enum CaCommand {
     },
     /// Issue a certificate signed by the CA in DIR.
     Issue {
+        /// Directory holding the CA (ca.pem, ca-key.pem).
         #[arg(long)]
         dir: PathBuf,
         /// Cluster of the replica (with --node).
@@ -327,12 +373,14 @@ pub enum RaftCommand {
     Promote {
         #[command(flatten)]
         node: NodeArgs,
+        /// Node id of the learner.
         id: u64,
     },
     /// Remove a replica from the group.
     Remove {
         #[command(flatten)]
         node: NodeArgs,
+        /// Node id of the replica.
         id: u64,
     },
     /// Hand leadership to another voter.
@@ -359,4 +407,52 @@ pub enum BenchCommand {
     Reroute(crate::bench::jobs::RerouteArgs),
     /// A large output moved by each route (local, pull, push, relay): throughput and memory.
     Transfer(crate::bench::transfer::TransferArgs),
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    /// Calls `check` with every command under `command` (hidden ones too) and its full name.
+    fn each_command(command: &clap::Command, name: &str, check: &mut dyn FnMut(&str, &clap::Command)) {
+        check(name, command);
+        for sub in command.get_subcommands() {
+            each_command(sub, &format!("{name} {}", sub.get_name()), check);
+        }
+    }
+
+    #[test]
+    fn every_command_and_argument_says_what_it_is() {
+        let mut wrong = Vec::new();
+        each_command(&Args::command(), "atoll", &mut |name, command| {
+            let about = command.get_about().map(ToString::to_string).unwrap_or_default();
+            if about.trim().is_empty() {
+                wrong.push(format!("{name}: no about text"));
+            }
+            // the about is the command's line in its parent's list: one sentence (details go
+            // into the long help, after a blank line of the doc comment)
+            if about.contains(". ") {
+                wrong.push(format!("{name}: the about text runs on past one sentence: {about:?}"));
+            }
+            for arg in command.get_arguments().filter(|a| !a.is_hide_set()) {
+                if arg.get_help().is_none_or(|h| h.to_string().trim().is_empty()) {
+                    wrong.push(format!("{name} {}: no help text", arg.get_id()));
+                }
+            }
+        });
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        let about = |name: &str| {
+            let command = Args::command();
+            command.find_subcommand(name).and_then(|c| c.get_about()).map(ToString::to_string).unwrap_or_default()
+        };
+        assert!(about("submit").starts_with("Submit a pipeline"), "{}", about("submit"));
+        assert!(about("validate").starts_with("Check a job spec"), "{}", about("validate"));
+    }
 }

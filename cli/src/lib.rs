@@ -9,7 +9,10 @@
 //! - [`mesh_commands`]: `token create`, `clusters`, `cluster ...`, `matrix` (through the gateway).
 //! - [`bench`]: benchmarks measured side by side with the peer baseline.
 //! - [`cli_config`]: the CLI config file.
+//! - [`job_commands`]: `validate`, `submit`, `jobs`, `job`, `logs`, `cancel`.
+//! - [`verify`]: `atoll verify`, checks of a live deployment.
 //! - [`push`]: `atoll push DIR`, sources uploaded once to the gateway.
+//! - [`completion`]: `atoll completion bash|zsh|fish`, shell completion scripts.
 //! - [`pod`]: `atoll pod inputs|output`, the helpers in a Kubernetes Job's pod.
 //! - [`malloc`]: the daemons' malloc setting (they start themselves again with it).
 
@@ -18,6 +21,7 @@ pub mod args;
 pub mod bench;
 pub mod ca;
 pub mod cli_config;
+pub mod completion;
 pub mod dev;
 pub mod job_commands;
 pub mod logging;
@@ -69,6 +73,7 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
             job_commands::validate(&CliConfig::find(args.config.as_deref())?, &file, offline, json).await
         }
         Command::Dev(dev_args) => dev::run(dev_args).await,
+        Command::Completion { shell } => completion::print(shell),
         Command::Pod { command: args::PodCommand::Inputs } => pod::inputs().await,
         Command::Pod { command: args::PodCommand::Output } => pod::output().await,
         Command::Pod { command: args::PodCommand::Started } => pod::started(),

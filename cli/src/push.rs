@@ -23,7 +23,9 @@ use crate::cli_config::CliConfig;
 /// One request (at most a chunk) may take this long.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The paths under `root` to archive, relative to it: what git would not ignore.
+/// The paths under `root` to archive, relative to it: what git would not ignore. Files an
+/// archive cannot hold (FIFOs, sockets, devices) are refused, every one named by its path
+/// relative to `root` and what it is; ignored ones are no concern.
 pub fn source_paths(root: &Path) -> anyhow::Result<HashSet<PathBuf>> {
     let walker = ignore::WalkBuilder::new(root)
         .hidden(false)
@@ -37,14 +39,43 @@ pub fn source_paths(root: &Path) -> anyhow::Result<HashSet<PathBuf>> {
         .filter_entry(|entry| entry.file_name() != ".git")
         .build();
     let mut paths = HashSet::new();
+    let mut refused = Vec::new();
     for entry in walker {
         let entry = entry.with_context(|| format!("walking {}", root.display()))?;
         let rel = entry.path().strip_prefix(root).context("a path outside the directory")?;
-        if !rel.as_os_str().is_empty() {
-            paths.insert(rel.to_path_buf());
+        if rel.as_os_str().is_empty() {
+            continue;
         }
+        if let Some(what) = entry.file_type().and_then(special_kind) {
+            refused.push(format!("{rel:?} is {what}"));
+        }
+        paths.insert(rel.to_path_buf());
+    }
+    if !refused.is_empty() {
+        refused.sort();
+        anyhow::bail!(
+            "{} holds {} file(s) a source archive cannot hold (only files, directories and symbolic links; \
+             list them in .gitignore to leave them out):\n  {}",
+            root.display(),
+            refused.len(),
+            refused.join("\n  ")
+        );
     }
     Ok(paths)
+}
+
+/// What a file an archive cannot hold is (`None` for files, directories and links).
+fn special_kind(kind: std::fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        Some("a FIFO")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else if kind.is_char_device() || kind.is_block_device() {
+        Some("a device")
+    } else {
+        None
+    }
 }
 
 pub async fn push(config: &CliConfig, dir: &Path, json: bool) -> anyhow::Result<()> {
@@ -138,5 +169,30 @@ mod tests {
         let mut paths: Vec<String> = source_paths(root).unwrap().into_iter().map(|p| p.display().to_string()).collect();
         paths.sort();
         assert_eq!(paths, [".env.example", ".gitignore", "src", "src/.gitignore", "src/main.rs"]);
+    }
+
+    #[test]
+    fn fifos_and_sockets_are_refused_by_name_unless_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("run")).unwrap();
+        std::fs::write(root.join("main.rs"), "fn main() {}").unwrap();
+        let mkfifo = |path: &Path| {
+            let status = std::process::Command::new("mkfifo").arg(path).status().unwrap();
+            assert!(status.success(), "mkfifo {}", path.display());
+        };
+        mkfifo(&root.join("run/pipe"));
+        mkfifo(&root.join("ignored.fifo"));
+        std::fs::write(root.join(".gitignore"), "*.fifo\n").unwrap();
+        let _socket = std::os::unix::net::UnixListener::bind(root.join("run/agent.sock")).unwrap();
+        let err = format!("{:#}", source_paths(root).unwrap_err());
+        assert!(err.contains("2 file(s) a source archive cannot hold"), "{err}");
+        assert!(err.contains("\"run/pipe\" is a FIFO"), "{err}");
+        assert!(err.contains("\"run/agent.sock\" is a socket"), "{err}");
+        assert!(!err.contains("ignored.fifo"), "{err}");
+
+        std::fs::remove_file(root.join("run/pipe")).unwrap();
+        std::fs::remove_file(root.join("run/agent.sock")).unwrap();
+        assert!(source_paths(root).is_ok());
     }
 }

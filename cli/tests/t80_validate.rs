@@ -48,6 +48,36 @@ fn a_good_spec_passes_and_a_bad_one_lists_every_problem() {
     assert_eq!(report["problems"].as_array().unwrap().len(), 2);
 }
 
+#[test]
+fn duplicate_keys_a_cycle_and_control_characters_are_reported_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &spec,
+        "version: 1
+jobs:
+  - name: a
+    type: command
+    name: b
+    command: x
+    depends_on: [c]
+    environment: {\"A\\0B\": y}
+  - {name: c, type: command, command: x, depends_on: [a]}
+",
+    )
+    .unwrap();
+    let (code, out) = validate(&["--offline", spec.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    for line in [
+        "jobs[0].name: duplicate key \"name\"",
+        "jobs[0].environment.\"A\\0B\": \"A\\0B\": a variable name",
+        "jobs[0].depends_on[0]: dependency cycle: a -> c -> a",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    assert!(!out.contains('\0'), "a raw NUL in:\n{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn selectors_are_checked_against_the_gateways_clusters() {
     let mesh = GatewayMesh::start(common::Engine::Sqlite, 3, 1, test_gateway_timing(), false).await;

@@ -51,10 +51,10 @@ use atoll_api::jobs::ReportBatch;
 use atoll_api::jobs::ReportResults;
 use atoll_api::jobs::SourceInfo;
 use atoll_api::jobs::SourceRequest;
-use atoll_api::jobs::SubmitRequest;
 use atoll_api::jobs::Submitted;
 use atoll_api::jobs::TransferPlan;
 use atoll_api::jobs::TransferRequest;
+use atoll_api::spec::Document;
 use atoll_api::token::JoinToken;
 use axum::Extension;
 use axum::Json;
@@ -445,8 +445,16 @@ async fn submit(
     body: Bytes,
 ) -> Result<Json<Submitted>, ApiError> {
     caller.require(Scope::Submit)?;
-    let request: SubmitRequest = parse(&body)?;
+    let request: Submission = parse(&body)?;
     Ok(Json(gateway.submit(&request.spec, &caller.describe()).await?))
+}
+
+/// An [`atoll_api::jobs::SubmitRequest`] as the gateway reads it: the spec read as a
+/// [`Document`], which keeps the duplicate keys it found (a plain JSON value keeps the last of
+/// them without a word).
+#[derive(serde::Deserialize)]
+struct Submission {
+    spec: Document,
 }
 
 async fn pipeline(

@@ -277,8 +277,8 @@ impl Gateway {
     }
 
     /// Check and store a pipeline; everything is recorded before this returns.
-    pub async fn submit(&self, document: &serde_json::Value, by: &str) -> Result<Submitted, ApiError> {
-        let spec = atoll_api::spec::from_value(document).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    pub async fn submit(&self, document: &atoll_api::spec::Document, by: &str) -> Result<Submitted, ApiError> {
+        let spec = atoll_api::spec::from_document(document).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let clusters = self.registry.list(now_ms());
         let parsed: Vec<(ClusterName, Vec<Label>, bool)> = clusters
             .iter()

@@ -8,33 +8,73 @@ use std::collections::HashMap;
 use super::PipelineSpec;
 use super::SpecProblem;
 
-/// Edges as indices: `parents[i]` are the jobs job `i` depends on (unknown names left out; they
-/// are reported elsewhere).
-fn parents(spec: &PipelineSpec) -> Vec<Vec<usize>> {
-    let index: HashMap<&str, usize> = spec.jobs.iter().enumerate().map(|(i, j)| (j.name.as_str(), i)).collect();
-    spec.jobs.iter().map(|j| j.depends_on.iter().filter_map(|d| index.get(d.job.as_str()).copied()).collect()).collect()
+/// The dependency graph as far as a document gives it: `parents[i]` are the jobs job `i`
+/// depends on, each as (parent's index, position of the dependency in `jobs[i].depends_on`).
+/// A name stands for the first job that has it; unknown names and a job naming itself are left
+/// out (both are reported by the checks across jobs).
+pub(super) struct Graph {
+    parents: Vec<Vec<(usize, usize)>>,
+}
+
+impl Graph {
+    /// `names[i]` is job `i`'s name when it is well formed; `deps[i]` its dependencies that
+    /// parse, as (position in its `depends_on`, parent's name).
+    pub(super) fn new<'a, D>(names: &[Option<&str>], deps: impl IntoIterator<Item = D>) -> Graph
+    where
+        D: IntoIterator<Item = (usize, &'a str)>,
+    {
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for (i, name) in names.iter().enumerate() {
+            if let Some(name) = name {
+                index.entry(name).or_insert(i);
+            }
+        }
+        let parents = deps
+            .into_iter()
+            .enumerate()
+            .map(|(child, deps)| {
+                deps.into_iter()
+                    .filter_map(|(at, parent)| index.get(parent).map(|&p| (p, at)))
+                    .filter(|&(p, _)| p != child)
+                    .collect()
+            })
+            .collect();
+        Graph { parents }
+    }
+
+    fn of(spec: &PipelineSpec) -> Graph {
+        let names: Vec<Option<&str>> = spec.jobs.iter().map(|j| Some(j.name.as_str())).collect();
+        Graph::new(
+            &names,
+            spec.jobs.iter().map(|j| j.depends_on.iter().enumerate().map(|(at, d)| (at, d.job.as_str()))),
+        )
+    }
+
+    /// Parent indices only.
+    fn edges(&self) -> Vec<Vec<usize>> {
+        self.parents.iter().map(|ps| ps.iter().map(|&(p, _)| p).collect()).collect()
+    }
 }
 
 /// Report every cycle: one problem per strongly connected component that holds one, naming a
-/// concrete cycle through it (`a -> b -> c -> a`, read "a depends on b ...").
-pub(super) fn check(spec: &PipelineSpec, problems: &mut Vec<SpecProblem>) {
-    let graph = parents(spec);
-    for component in components(&graph) {
-        let cyclic = component.len() > 1 || graph[component[0]].contains(&component[0]);
-        if !cyclic {
+/// concrete cycle through it (`a -> b -> c -> a`, read "a depends on b ..."), at the dependency
+/// of its first job that the cycle goes through. `names` are the jobs' names as given to
+/// [`Graph::new`] (every job on a cycle has one: it is depended on).
+pub(super) fn check(graph: &Graph, names: &[Option<&str>], problems: &mut Vec<SpecProblem>) {
+    let edges = graph.edges();
+    for component in components(&edges) {
+        if component.len() < 2 {
+            // a job naming itself is no edge here (reported on its own)
             continue;
         }
         let start = *component.iter().min().expect("components are never empty");
-        let path = cycle_through(&graph, &component, start);
-        let names: Vec<&str> = path.iter().map(|&i| spec.jobs[i].name.as_str()).collect();
-        let dep = spec.jobs[start]
-            .depends_on
-            .iter()
-            .position(|d| spec.jobs[path.get(1).copied().unwrap_or(start)].name == d.job)
-            .unwrap_or(0);
+        let path = cycle_through(&edges, &component, start);
+        let shown: Vec<&str> = path.iter().map(|&i| names.get(i).copied().flatten().unwrap_or_default()).collect();
+        let next = path.get(1).copied().unwrap_or(start);
+        let dep = graph.parents[start].iter().find(|&&(p, _)| p == next).map_or(0, |&(_, at)| at);
         problems.push(SpecProblem {
             path: format!("jobs[{start}].depends_on[{dep}]"),
-            message: format!("dependency cycle: {}", names.join(" -> ")),
+            message: format!("dependency cycle: {}", shown.join(" -> ")),
         });
     }
 }
@@ -128,7 +168,7 @@ fn cycle_through(graph: &[Vec<usize>], component: &[usize], start: usize) -> Vec
 /// Jobs in an order where every parent comes before its children (the spec is acyclic once
 /// [`super::parse`] accepted it).
 pub fn topological_order(spec: &PipelineSpec) -> Vec<usize> {
-    let graph = parents(spec);
+    let graph = Graph::of(spec).edges();
     let n = graph.len();
     let mut children = vec![Vec::new(); n];
     let mut waiting: Vec<usize> = graph.iter().map(Vec::len).collect();

@@ -4,16 +4,23 @@
 //! [`parse`] turns text into a checked [`PipelineSpec`] or into *every* problem found, each with
 //! the path of the value at fault (`jobs[2].depends_on[0]: unknown job "x"`): it walks the
 //! document by hand rather than through serde derive, which would stop at the first error.
-//! The walk checks each value ([`walk`]), then names and dependencies across jobs, then the
-//! dependency graph for cycles ([`graph`]). [`check_clusters`] adds the checks that need the
-//! registered clusters (selectors no enabled cluster satisfies, `prefer` naming a cluster that
-//! cannot run the job); the gateway runs both before storing anything.
+//! The reader ([`document`]) refuses duplicate keys and numbers no value holds; the walk checks
+//! each value ([`walk`]), then names and dependencies across jobs, then the dependency graph for
+//! cycles ([`graph`]) as far as it can be built, also when some jobs have problems of their own.
+//! [`check_clusters`] adds the checks that need the registered clusters (selectors no enabled
+//! cluster satisfies, `prefer` naming a cluster that cannot run the job); the gateway runs both
+//! before storing anything.
+//!
+//! Messages quote what came from the document with control characters escaped (`"A\0B"`), and
+//! a key that is not a plain word is quoted in a path (`environment."A\0B"`).
 //!
 //! Parsing never panics, whatever the input (a property test feeds it arbitrary documents).
 
+mod document;
 mod graph;
 mod walk;
 
+pub use document::Document;
 pub use graph::topological_order;
 pub use walk::job_name;
 
@@ -277,17 +284,30 @@ impl fmt::Display for SpecErrors {
 
 /// Parse and check a spec (JSON when it starts with `{`, YAML otherwise).
 pub fn parse(text: &str) -> Result<PipelineSpec, SpecErrors> {
-    let value = parse_document(text)?;
-    from_value(&value)
+    from_document(&document::read(text)?)
 }
 
-/// Check a spec already parsed into a JSON value (the HTTP API receives it that way).
+/// Check a spec already parsed into a JSON value.
 pub fn from_value(value: &serde_json::Value) -> Result<PipelineSpec, SpecErrors> {
-    let mut problems = Vec::new();
-    let spec = walk::pipeline(value, &mut problems);
-    if let Some(spec) = &spec {
-        graph::check(spec, &mut problems);
-    }
+    check(value, Vec::new(), &BTreeSet::new())
+}
+
+/// Check a spec read as a [`Document`] (the gateway reads a submission's `spec` as one, so
+/// duplicate keys sent over HTTP are refused too).
+pub fn from_document(document: &Document) -> Result<PipelineSpec, SpecErrors> {
+    check(&document.value, document.problems.clone(), &document.replaced)
+}
+
+/// The walk over `value`, after the reader's `problems`; the walk's problems at `replaced`
+/// paths (values the reader refused) would repeat the reader's and are left out.
+fn check(
+    value: &serde_json::Value,
+    mut problems: Vec<SpecProblem>,
+    replaced: &BTreeSet<String>,
+) -> Result<PipelineSpec, SpecErrors> {
+    let mut walked = Vec::new();
+    let spec = walk::pipeline(value, &mut walked);
+    problems.extend(walked.into_iter().filter(|p| !replaced.contains(&p.path)));
     // document order: the pipeline's own keys, then job by job (stable, so each job's problems
     // keep the order in which its keys were checked)
     problems.sort_by_key(|p| job_index(&p.path));
@@ -306,14 +326,11 @@ fn job_index(path: &str) -> Option<usize> {
     rest[..rest.find(']')?].parse().ok()
 }
 
-/// Read a spec file's text (JSON or YAML) as a JSON document, unchecked.
+/// Read a spec file's text (JSON or YAML) as a JSON document, unchecked but for what only the
+/// text shows: duplicate keys and numbers no JSON value holds are refused here.
 pub fn parse_document(text: &str) -> Result<serde_json::Value, SpecErrors> {
-    let one = |message: String| SpecErrors(vec![SpecProblem { path: String::new(), message }]);
-    if text.trim_start().starts_with('{') {
-        serde_json::from_str(text).map_err(|e| one(format!("not valid JSON: {e}")))
-    } else {
-        serde_yaml_ng::from_str(text).map_err(|e| one(format!("not valid YAML: {e}")))
-    }
+    let document = document::read(text)?;
+    if document.problems.is_empty() { Ok(document.value) } else { Err(SpecErrors(document.problems)) }
 }
 
 /// What [`check_clusters`] needs to know of a registered cluster.

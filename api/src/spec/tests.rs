@@ -143,6 +143,146 @@ fn every_cycle_is_found_and_named() {
 }
 
 #[test]
+fn a_cycle_is_reported_alongside_problems_of_its_jobs() {
+    let found = problems(
+        "version: 1
+jobs:
+  - {name: a, type: command, command: x, depends_on: [b], environment: {1X: y}}
+  - {name: b, type: command, command: x, depends_on: [free, a], timeout: never}
+  - {name: free, type: wait}
+  - {name: 'Not A Name', type: wait, depends_on: [a]}
+",
+    );
+    has(&found, "jobs[0].environment.1X", "variable name");
+    has(&found, "jobs[1].timeout", "must be seconds");
+    has(&found, "jobs[0].depends_on[0]", "dependency cycle: a -> b -> a");
+    has(&found, "jobs[3].name", "lowercase letters");
+    assert_eq!(found.len(), 4, "{found:?}");
+    // a job depending on itself is told so once, not also as a cycle
+    let found = problems("version: 1\njobs: [{name: a, type: wait, depends_on: [a]}]");
+    assert_eq!(found, ["jobs[0].depends_on[0]: job \"a\" depends on itself"]);
+}
+
+#[test]
+fn duplicate_keys_are_refused_with_their_path_in_yaml() {
+    let found = problems(
+        "version: 1
+jobs:
+  - name: a
+    type: command
+    name: b
+    command: x
+    environment:
+      X: '1'
+      X: '2'
+    resources: {limits: {cpu: 1, cpu: 2}}
+    depends_on: [{job: c, on: [finished], job: d}]
+  - {name: c, type: wait, timeout: 5}
+version: 1
+",
+    );
+    has(&found, "version", "duplicate key \"version\"");
+    has(&found, "jobs[0].name", "duplicate key \"name\"");
+    has(&found, "jobs[0].environment.X", "duplicate key \"X\"");
+    has(&found, "jobs[0].resources.limits.cpu", "duplicate key \"cpu\"");
+    has(&found, "jobs[0].depends_on[0].job", "duplicate key \"job\"");
+    // every other problem in the same run
+    has(&found, "jobs[1].timeout", "a wait job runs nothing");
+    assert_eq!(found.len(), 6, "{found:?}");
+    assert!(parse_document("version: 1\nversion: 1\njobs: []").is_err());
+}
+
+#[test]
+fn duplicate_keys_are_refused_with_their_path_in_json() {
+    let found = problems(
+        r#"{"version": 1, "jobs": [
+            {"name": "a", "name": "b", "type": "command", "command": "x",
+             "environment": {"X": "1", "X": "2"},
+             "cluster": {"selector": ["aws"], "prefer": "aws", "selector": ["gcp"]}},
+            {"name": "c", "type": "command", "command": "x", "retries": -1}
+        ], "jobs": []}"#,
+    );
+    has(&found, "jobs", "duplicate key \"jobs\"");
+    has(&found, "jobs[0].name", "duplicate key \"name\"");
+    has(&found, "jobs[0].environment.X", "duplicate key \"X\"");
+    has(&found, "jobs[0].cluster.selector", "duplicate key \"selector\"");
+    has(&found, "jobs[1].retries", "must be a whole number");
+    assert_eq!(found.len(), 5, "{found:?}");
+
+    // the gateway reads a submission's spec as a `Document`: duplicates sent over HTTP are
+    // found there too, with paths inside the spec
+    #[derive(serde::Deserialize)]
+    struct Body {
+        spec: Document,
+    }
+    let body: Body =
+        serde_json::from_str(r#"{"spec": {"version": 1, "jobs": [{"name": "a", "type": "wait", "type": "command"}]}}"#)
+            .unwrap();
+    let found: Vec<String> = from_document(&body.spec).unwrap_err().0.iter().map(ToString::to_string).collect();
+    assert_eq!(found, ["jobs[0].type: duplicate key \"type\""]);
+}
+
+#[test]
+fn number_problems_name_the_format_that_was_read() {
+    let found = problems(
+        "version: 1
+jobs:
+  - {name: a, type: command, command: x, retries: 99999999999999999999, timeout: .inf, environment: {X: .nan}}
+",
+    );
+    has(&found, "jobs[0].retries", "99999999999999999999 is out of range");
+    has(&found, "jobs[0].timeout", ".inf is not a finite number");
+    has(&found, "jobs[0].environment.X", ".nan is not a finite number");
+    // no second problem about the `null` each refused value stands as
+    assert_eq!(found.len(), 3, "{found:?}");
+    assert!(!found.concat().contains("JSON"), "{found:?}");
+
+    let found = problems("version: 1\njobs: !tagged [1]");
+    assert!(found[0].starts_with("not valid YAML: ") && found[0].contains("a YAML value"), "{found:?}");
+    assert!(!found[0].contains("JSON"), "{found:?}");
+    let found =
+        problems(r#"{"version": 1, "jobs": [{"name": "a", "type": "command", "command": "x", "retries": 1e400}]}"#);
+    assert!(found[0].starts_with("not valid JSON: ") && !found[0].contains("YAML"), "{found:?}");
+}
+
+#[test]
+fn control_characters_from_the_document_are_escaped_in_every_problem() {
+    let yaml = r#"version: 1
+jobs:
+  - name: "a\0b"
+    type: "c\eommand"
+    command: x
+    timeout: "\x7f"
+    environment: {"A\0B\eC": y, "D.E": z}
+    "col\tour": red
+    depends_on: ["p\nq", {job: x, on: ["\e"]}]
+    cluster: {selector: ["l\u0085x"], prefer: "\0"}
+    "\0": 1
+    "\0": 2
+"#;
+    let found = problems(yaml);
+    for p in &found {
+        assert!(!p.chars().any(char::is_control), "a raw control character in {p:?}");
+    }
+    has(&found, r#"jobs[0].environment."A\0B\u{1b}C""#, r#""A\0B\u{1b}C": a variable name"#);
+    has(&found, r#"jobs[0].environment."D.E""#, "a variable name");
+    has(&found, r#"jobs[0]."col\tour""#, "unknown key");
+    has(&found, "jobs[0].name", r#""a\0b": a job name"#);
+    has(&found, "jobs[0].type", r#"unknown job type "c\u{1b}ommand""#);
+    has(&found, "jobs[0].timeout", r#"found "\u{7f}""#);
+    has(&found, "jobs[0].depends_on[0]", r#"unknown job "p\nq""#);
+    has(&found, "jobs[0].depends_on[1].on[0]", r#"unknown state "\u{1b}""#);
+    has(&found, "jobs[0].cluster.selector[0]", r#"label "l\u{85}x" is invalid"#);
+    has(&found, "jobs[0].cluster.prefer", r#"cluster name "\0" is invalid"#);
+    has(&found, r#"jobs[0]."\0""#, r#"duplicate key "\0""#);
+
+    let found =
+        problems(r#"{"version": 1, "jobs": [{"name": "a", "type": "wait", "environment": {"\u0000": "\u001b"}}]}"#);
+    has(&found, r#"jobs[0].environment."\0""#, "a variable name");
+    assert!(found.iter().all(|p| !p.chars().any(char::is_control)), "{found:?}");
+}
+
+#[test]
 fn a_long_chain_is_ordered_and_a_long_cycle_found_without_deep_recursion() {
     let chain = |cycle: bool| {
         let mut jobs = vec![serde_json::json!({"name": "j0", "type": "wait"})];
@@ -247,6 +387,7 @@ fn arbitrary_value() -> impl Strategy<Value = serde_json::Value> {
         Just("selector".to_string()),
         Just("environment".to_string()),
         "[a-z*]{0,6}",
+        "[a-z\\x00-\\x1f\\x7f\\u{80}-\\u{9f}]{0,4}",
     ];
     let leaf = prop_oneof![
         Just(serde_json::Value::Null),
@@ -278,22 +419,33 @@ proptest! {
         let doc = serde_json::json!({"version": 1, "jobs": jobs});
         if let Err(errors) = from_value(&doc) {
             prop_assert!(!errors.0.is_empty());
+            for p in &errors.0 {
+                let shown = p.to_string();
+                prop_assert!(!shown.chars().any(char::is_control), "a raw control character in {:?}", shown);
+            }
         }
         let _ = parse(&doc.to_string());
     }
 
     #[test]
-    fn random_graphs_are_accepted_exactly_when_acyclic(edges in prop::collection::vec((0usize..8, 0usize..8), 0..16)) {
+    fn random_graphs_are_accepted_exactly_when_acyclic(
+        edges in prop::collection::vec((0usize..8, 0usize..8), 0..16),
+        broken in prop::option::of(0usize..8),
+    ) {
         let mut deps = vec![std::collections::BTreeSet::new(); 8];
         for (child, parent) in &edges {
             if child != parent {
                 deps[*child].insert(*parent);
             }
         }
-        let jobs: Vec<serde_json::Value> = (0..8)
+        let mut jobs: Vec<serde_json::Value> = (0..8)
             .map(|i| serde_json::json!({"name": format!("j{i}"), "type": "wait",
                 "depends_on": deps[i].iter().map(|p| format!("j{p}")).collect::<Vec<_>>()}))
             .collect();
+        // a problem of one job's own must not hide a cycle
+        if let Some(b) = broken {
+            jobs[b]["timeout"] = serde_json::json!(5);
+        }
         let result = from_value(&serde_json::json!({"version": 1, "jobs": jobs}));
         // a brute-force check: repeatedly remove jobs without remaining parents
         let mut left: std::collections::BTreeSet<usize> = (0..8).collect();
@@ -302,7 +454,9 @@ proptest! {
             if free.is_empty() { break; }
             for i in free { left.remove(&i); }
         }
-        prop_assert_eq!(result.is_ok(), left.is_empty(), "{:?}", result.err());
+        let cycle_found = result.as_ref().err().is_some_and(|e| e.0.iter().any(|p| p.message.starts_with("dependency cycle")));
+        prop_assert_eq!(cycle_found, !left.is_empty(), "{:?}", result.as_ref().err());
+        prop_assert_eq!(result.is_ok(), left.is_empty() && broken.is_none(), "{:?}", result.as_ref().err());
         if let Ok(spec) = result {
             let order = topological_order(&spec);
             prop_assert_eq!(order.len(), 8);

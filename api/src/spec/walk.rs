@@ -26,6 +26,8 @@ use super::PipelineSpec;
 use super::Resources;
 use super::SPEC_VERSION;
 use super::SpecProblem;
+use super::graph;
+use super::graph::Graph;
 use crate::ClusterName;
 use crate::ids::Label;
 
@@ -46,8 +48,17 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+/// The path of `key` inside the map at `path`. A key that is not a plain word (letters, digits,
+/// `_`, `-`) is quoted with its control characters escaped, so a path is one printable,
+/// unambiguous line: `jobs[0].environment."A\0B"`, `jobs[0]."a.b"`.
+pub(super) fn join(path: &str, key: &str) -> String {
+    let plain = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    match (path.is_empty(), plain) {
+        (true, true) => key.to_string(),
+        (true, false) => format!("{key:?}"),
+        (false, true) => format!("{path}.{key}"),
+        (false, false) => format!("{path}.{key:?}"),
+    }
 }
 
 /// The object at `path`, with its unknown keys reported.
@@ -98,9 +109,13 @@ fn integer(v: &Value, path: &str, min: u64, max: u64, problems: &mut Problems) -
     }
 }
 
-/// A value as it appears in an error message (short).
+/// A value as it appears in an error message (short; a string quoted with its control
+/// characters escaped, as every message quotes what came from the document).
 fn shown(v: &Value) -> String {
-    let s = v.to_string();
+    let s = match v {
+        Value::String(s) => format!("{s:?}"),
+        other => super::document::printable(&other.to_string()),
+    };
     if s.chars().count() > 40 { format!("{}...", s.chars().take(40).collect::<String>()) } else { s }
 }
 
@@ -154,6 +169,10 @@ pub(super) fn pipeline(v: &Value, problems: &mut Problems) -> Option<PipelineSpe
         .map(|item| item.get("depends_on").map(|v| indexed_depends_on(v, "", &mut Vec::new())).unwrap_or_default())
         .collect();
     cross_check(&names, &deps, problems);
+    // the graph as far as it is known: also when some jobs have problems of their own, a
+    // cycle is reported in the same run
+    let graph = Graph::new(&names, deps.iter().map(|d| d.iter().map(|(at, dep)| (*at, dep.job.as_str()))));
+    graph::check(&graph, &names, problems);
     let jobs: Option<Vec<JobSpec>> = parsed.into_iter().collect();
     Some(PipelineSpec { version: SPEC_VERSION, source, jobs: jobs? })
 }
