@@ -112,6 +112,17 @@ async fn a_job_reaches_none_of_its_replicas_secrets_nor_another_runs_files() {
     assert!(why.contains("x: a hard link to a file outside"), "{why}");
     gateway.cancel(&holder_id).await.expect("cancel the holder");
 
+    phase("resources.limits are enforced: a run holding more memory than its limit is killed");
+    let limited = submit(
+        gateway,
+        "version: 1\njobs:\n  - name: greedy\n    type: command\n    command: head -c 200000000 /dev/zero | tail -c 150000000 > /dev/null\n    resources: {limits: {memory: 32, cpu: 0.5}}\n    timeout: 60\n  - name: modest\n    type: command\n    command: head -c 2000000 /dev/zero | tail -c 1000000 > /dev/null\n    resources: {limits: {memory: 32, cpu: 0.5}}\n    timeout: 60\n",
+    )
+    .await;
+    let greedy = wait_final(gateway, &id_of(&limited, "greedy")).await;
+    assert_eq!(greedy.job.state, JobState::Failure, "killed at its memory limit: {:?}", greedy.attempts);
+    let modest = wait_final(gateway, &id_of(&limited, "modest")).await;
+    assert_eq!(modest.job.state, JobState::Finished, "within its limits: {:?}", modest.attempts);
+
     phase("what the daemons wrote is their own: no stored blob, key, token or database readable by others");
     use std::os::unix::fs::PermissionsExt;
     let mut checked = 0;
