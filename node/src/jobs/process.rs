@@ -683,16 +683,26 @@ impl<'a> LogKeeper<'a> {
         }
     }
 
+    /// A new file of the replica's in the work directory; `None` (said once) when it cannot be
+    /// made: the pieces still go to the gateway, and the marker counts what was not kept.
+    async fn open(&mut self, name: &str) -> Option<tokio::fs::File> {
+        if self.unwritable {
+            return None;
+        }
+        match create_own(&self.dir.join(name)).await {
+            Ok(file) => Some(file),
+            Err(e) => {
+                self.unwritable = true;
+                tracing::warn!(job = %self.job, attempt = self.attempt, file = name, error = %e, "the run's log cannot be kept in its work directory");
+                None
+            }
+        }
+    }
+
     async fn write_log(&mut self, bytes: &[u8]) {
         use tokio::io::AsyncWriteExt;
-        if self.file.is_none() && !self.unwritable {
-            match create_own(&self.dir.join("log")).await {
-                Ok(file) => self.file = Some(file),
-                Err(e) => {
-                    self.unwritable = true;
-                    tracing::warn!(job = %self.job, attempt = self.attempt, error = %e, "the run's log cannot be kept in its work directory");
-                }
-            }
+        if self.file.is_none() {
+            self.file = self.open("log").await;
         }
         if let Some(file) = self.file.as_mut() {
             let _ = file.write_all(bytes).await;
@@ -713,14 +723,8 @@ impl<'a> LogKeeper<'a> {
         // Past the head: into the ring, overwriting its oldest bytes.
         use tokio::io::AsyncSeekExt;
         use tokio::io::AsyncWriteExt;
-        if self.ring.is_none() && !self.unwritable {
-            match create_own(&self.dir.join("log.tail")).await {
-                Ok(file) => self.ring = Some(file),
-                Err(e) => {
-                    self.unwritable = true;
-                    tracing::warn!(job = %self.job, attempt = self.attempt, error = %e, "the run's log tail cannot be kept");
-                }
-            }
+        if self.ring.is_none() {
+            self.ring = self.open("log.tail").await;
         }
         // Only the last `tail_cap` bytes of this read can survive.
         let skip = bytes.len().saturating_sub(self.tail_cap as usize);
@@ -747,7 +751,8 @@ impl<'a> LogKeeper<'a> {
         use tokio::io::AsyncWriteExt;
         if self.seen > self.head {
             let past = self.seen - self.head;
-            let kept = past.min(self.tail_cap);
+            // Without a ring file nothing of the tail was kept: all of it counts as dropped.
+            let kept = if self.ring.is_some() { past.min(self.tail_cap) } else { 0 };
             let dropped = past - kept;
             if dropped > 0 {
                 let marker = dropped_marker(dropped, self.limit);
@@ -888,6 +893,40 @@ mod tests {
         assert_eq!(state, EndState::Finished, "{message:?}");
         let log = std::fs::read_to_string(work.join("log")).expect("the log of a run that wrote");
         assert!(log.contains("hello") && log.contains("oops"), "{log}");
+    }
+
+    #[tokio::test]
+    async fn a_log_over_its_limit_keeps_head_and_tail_with_a_marker_in_the_work_directory_and_the_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = ProcessSettings::for_tests(Vec::new());
+        settings.log_limit = 8192;
+        let executor = ProcessExecutor::detect(dir.path().join("work"), &settings).await.unwrap();
+        // 20,000 numbered lines (108,894 bytes): far over the limit.
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _handle = executor.start(request("seq 1 20000", Vec::new()), tx);
+        let mut shipped = String::new();
+        let mut markers = Vec::new();
+        let state = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match rx.recv().await.expect("events") {
+                    Event::Log { stream: LogStream::Marker, data, .. } => markers.push(data),
+                    Event::Log { data, .. } => shipped.push_str(&data),
+                    Event::Done { state, .. } => return state,
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("the run ends");
+        assert_eq!(state, EndState::Finished);
+        assert_eq!(markers.len(), 1, "one marker: {markers:?}");
+        let total: usize = (1..=20000).map(|n: u32| n.to_string().len() + 1).sum();
+        assert!(markers[0].contains(&format!("{} bytes of output dropped", total - 8192)), "{}", markers[0]);
+        assert_eq!(shipped.len(), 8192, "head and tail shipped whole");
+        assert!(shipped.starts_with("1\n2\n3\n") && shipped.ends_with("19999\n20000\n"));
+        let log = std::fs::read_to_string(executor.work_dir("0123456789ab.child", 1).join("log")).unwrap();
+        assert_eq!(log, format!("{}{}{}", &shipped[..4096], markers[0], &shipped[4096..]), "the same cut on disk");
+        assert!(!executor.work_dir("0123456789ab.child", 1).join("log.tail").exists());
     }
 
     #[tokio::test]
