@@ -195,6 +195,18 @@ jobs:
         String::from_utf8_lossy(&shown.stdout)
     );
 
+    phase("the leader's metrics count the run and its cut log");
+    let mut scraped = String::new();
+    for n in mesh.t.ids("aws") {
+        let url = format!("http://{}/metrics", mesh.t.ops_addr("aws", n));
+        let text = reqwest::get(&url).await.expect("metrics").text().await.expect("metrics text");
+        if text.contains("atoll_job_logs_truncated_total 1") {
+            scraped = text;
+        }
+    }
+    assert!(scraped.contains("atoll_job_runs_ended_total{state=\"finished\"} 1"), "{scraped}");
+    assert!(scraped.contains("atoll_job_runs_running 0"), "{scraped}");
+
     phase("the work directory's log is under the same limit");
     let logs: Vec<PathBuf> = (1..=3)
         .map(|n| mesh.t.mesh.dir.data_dir("aws", n).join("work").join(&id).join("1").join("log"))

@@ -29,6 +29,12 @@ pub struct RoleLabels {
     pub role: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndLabels {
+    /// finished, failure, error, unstable, killed, lost
+    pub state: &'static str,
+}
+
 /// Every metric of a replica.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -45,6 +51,11 @@ pub struct Metrics {
     pub rpc_errors: Family<RpcErrorLabels, Counter>,
     pub fast_failovers: Counter,
     pub client_writes: Counter,
+    pub job_runs_running: Gauge,
+    pub job_runs_queued: Gauge,
+    pub job_runs_ended: Family<EndLabels, Counter>,
+    pub job_run_duration: Histogram,
+    pub job_logs_truncated: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -82,6 +93,12 @@ impl Metrics {
             rpc_errors: Family::default(),
             fast_failovers: Counter::default(),
             client_writes: Counter::default(),
+            job_runs_running: Gauge::default(),
+            job_runs_queued: Gauge::default(),
+            job_runs_ended: Family::default(),
+            // 100 ms .. ~27 h
+            job_run_duration: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.1, 3.0, 15)),
+            job_logs_truncated: Counter::default(),
         };
         registry.register("raft_term", "Current Raft term", metrics.term.clone());
         registry.register("raft_role", "1 for the role this replica has now", metrics.role.clone());
@@ -120,6 +137,28 @@ impl Metrics {
             "client_writes",
             "Writes committed through this replica as leader",
             metrics.client_writes.clone(),
+        );
+        registry.register(
+            "job_runs_running",
+            "Runs this replica's leader has going now",
+            metrics.job_runs_running.clone(),
+        );
+        registry.register(
+            "job_runs_queued",
+            "Attempts this replica's leader holds that wait for a free slot (jobs.max_running)",
+            metrics.job_runs_queued.clone(),
+        );
+        registry.register("job_runs_ended", "Runs ended here, by how they ended", metrics.job_runs_ended.clone());
+        registry.register_with_unit(
+            "job_run_duration",
+            "Time from a run's start to its end on this replica",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.job_run_duration.clone(),
+        );
+        registry.register(
+            "job_logs_truncated",
+            "Runs whose log went over jobs.log_limit_bytes (cut with a marker)",
+            metrics.job_logs_truncated.clone(),
         );
         *metrics.registry.lock().expect("metrics registry") = registry;
         metrics

@@ -115,6 +115,7 @@ pub async fn lead(
     let (sent_tx, mut sent_rx) = mpsc::channel::<Sent>(1);
     let outbox = tokio::spawn(outbox_forever(gateway, cluster.clone(), term, out_rx, sent_tx));
     let _outbox_guard = AbortOnDrop(outbox);
+    let _counts_guard = RunCountsOnDrop(replica.clone());
 
     let mut leader = Leader {
         replica: replica.clone(),
@@ -123,6 +124,7 @@ pub async fn lead(
         term,
         node,
         runs: HashMap::new(),
+        started: HashMap::new(),
         events: events_tx,
         needs_resume: false,
         unrecorded_ends: Vec::new(),
@@ -163,11 +165,19 @@ pub async fn lead(
                         // Kept until shipped: a run ships at most its log limit, so this is
                         // bounded by the attempts held.
                         Event::Log { job, attempt, seq, stream, data, at_ms } => {
+                            if stream == atoll_api::jobs::LogStream::Marker {
+                                leader.replica.metrics.job_logs_truncated.inc();
+                            }
                             pieces.push(LogPiece { job, attempt, seq, stream, data, at_ms });
                         }
                         Event::Output { job, attempt, output } => ends.push(JobOp::Output { job, attempt, output }),
                         Event::Done { job, attempt, state, exit_code, message } => {
                             leader.runs.remove(&(job.clone(), attempt));
+                            if let Some(at) = leader.started.remove(&(job.clone(), attempt)) {
+                                leader.replica.metrics.job_run_duration.observe(at.elapsed().as_secs_f64());
+                            }
+                            let label = crate::metrics::EndLabels { state: end_label(state) };
+                            leader.replica.metrics.job_runs_ended.get_or_create(&label).inc();
                             ends.push(JobOp::End { job, attempt, state, exit_code, message });
                         }
                     }
@@ -206,6 +216,7 @@ pub async fn lead(
                 }
             }
         }
+        leader.count_runs(&records);
         if !outstanding && tokio::time::Instant::now() >= retry_at {
             let reports = pending_reports(&records);
             if !reports.is_empty() || !pieces.is_empty() {
@@ -217,6 +228,16 @@ pub async fn lead(
                 }
             }
         }
+    }
+}
+
+/// Sets the run gauges to zero when the duties end: a replica that no longer leads runs nothing.
+struct RunCountsOnDrop(Arc<Replica>);
+
+impl Drop for RunCountsOnDrop {
+    fn drop(&mut self) {
+        self.0.metrics.job_runs_running.set(0);
+        self.0.metrics.job_runs_queued.set(0);
     }
 }
 
@@ -254,6 +275,18 @@ fn pending_reports(records: &BTreeMap<String, JobRecord>) -> Vec<Report> {
         .collect()
 }
 
+/// How a run ended, as the `state` label of `atoll_job_runs_ended`.
+fn end_label(state: EndState) -> &'static str {
+    match state {
+        EndState::Finished => "finished",
+        EndState::Failure => "failure",
+        EndState::Error => "error",
+        EndState::Unstable => "unstable",
+        EndState::Killed => "killed",
+        EndState::Lost => "lost",
+    }
+}
+
 fn reported(state: EndState) -> ReportedState {
     match state {
         EndState::Finished => ReportedState::Finished,
@@ -281,6 +314,8 @@ struct Leader {
     term: u64,
     node: u64,
     runs: HashMap<(String, u32), RunHandle>,
+    /// When each run of `runs` started here (its duration, for the metrics).
+    started: HashMap<(String, u32), tokio::time::Instant>,
     events: mpsc::UnboundedSender<Event>,
     /// A Raft write failed; reconcile the runs with the applied state at the next tick.
     needs_resume: bool,
@@ -443,8 +478,20 @@ impl Leader {
             if r.cancel {
                 handle.stop(Stop::Cancel);
             }
+            self.started.insert((r.job.clone(), r.attempt), tokio::time::Instant::now());
             self.runs.insert((r.job, r.attempt), handle);
         }
+    }
+
+    /// The runs going and the attempts waiting for a slot, for the metrics.
+    fn count_runs(&self, records: &BTreeMap<String, JobRecord>) {
+        let metrics = &self.replica.metrics;
+        metrics.job_runs_running.set(self.runs.len() as i64);
+        let queued = records
+            .values()
+            .filter(|r| matches!(r.run, RunState::Accepted) && !self.runs.contains_key(&(r.job.clone(), r.attempt)))
+            .count();
+        metrics.job_runs_queued.set(queued as i64);
     }
 
     /// Record `ops` together with the starts of accepted attempts, oldest first, while slots
