@@ -134,7 +134,8 @@ fn default_sandbox_user() -> String {
 }
 
 fn default_system_paths() -> Vec<PathBuf> {
-    ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt"]
+    // /run/systemd/resolve: where /etc/resolv.conf points on hosts that resolve names locally.
+    ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt", "/run/systemd/resolve"]
         .into_iter()
         .map(PathBuf::from)
         .collect()

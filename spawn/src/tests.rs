@@ -267,3 +267,27 @@ fn unsafe_free_is_root() -> bool {
         .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
         .unwrap_or(false)
 }
+
+#[tokio::test]
+async fn a_work_directory_inside_a_hidden_directory_under_a_system_path_is_still_reachable() {
+    assert!(unsafe_free_is_root(), "the sandbox test needs root (the test command runs as root)");
+    // A data directory under /etc (a system path): covered, yet the run's work directory in it
+    // is bound on top, and nothing else of the data directory shows.
+    let data = tempfile::Builder::new().prefix("atoll-data-").tempdir_in("/etc").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let work = data.path().join("work/job/1");
+    std::fs::create_dir_all(work.join("tmp")).unwrap();
+    std::fs::write(data.path().join("node-key.pem"), "key").unwrap();
+    for d in [&work, &work.join("tmp")] {
+        std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
+    }
+    let line = format!("ls -A {} | tr '\\n' ' '; echo; echo hi > $PWD/f && cat f", data.path().display());
+    let mut command = shell(&line, &work, Namespaces::Pid);
+    command.sandbox = Some(sandbox_over(&dir.path().join("root"), &work, vec![data.path().to_path_buf()]));
+    std::fs::create_dir_all(dir.path().join("root")).unwrap();
+    let (status, out, err) = run(&command).await;
+    assert!(status.success(), "{status:?}: {out} {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0].trim(), "work", "only the way to the work directory: {out}");
+    assert_eq!(lines[1], "hi", "{out}");
+}
