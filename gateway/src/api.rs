@@ -185,9 +185,12 @@ async fn enroll(State(gateway): Shared, body: Bytes) -> Result<Json<IssuedCertif
     let (_, cert, not_after) = gateway
         .ca
         .authority()
-        .sign_csr(&request.csr, gateway.config.cert_lifetime, |asked| {
-            if asked == &identity { Ok(()) } else { Err(identity.uri()) }
-        })
+        .sign_csr(
+            &request.csr,
+            gateway.config.cert_lifetime,
+            |asked| if asked == &identity { Ok(()) } else { Err(identity.uri()) },
+            |name| gateway.ca.replica_may_carry(name),
+        )
         .map_err(|e| refuse(e.to_string()))?;
     gateway.registry.ensure(cluster.as_str(), &grant.labels).await.map_err(db_error)?;
     gateway.metrics.enrollments.get_or_create(&crate::metrics::Outcome { outcome: "enrolled" }).inc();
@@ -216,9 +219,12 @@ async fn renew(
     let (_, cert, not_after) = gateway
         .ca
         .authority()
-        .sign_csr(&request.csr, gateway.config.cert_lifetime, |asked| {
-            if asked == &identity { Ok(()) } else { Err(identity.uri()) }
-        })
+        .sign_csr(
+            &request.csr,
+            gateway.config.cert_lifetime,
+            |asked| if asked == &identity { Ok(()) } else { Err(identity.uri()) },
+            |name| gateway.ca.replica_may_carry(name),
+        )
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     gateway.metrics.renewals.inc();
     tracing::info!(%identity, "certificate renewed");

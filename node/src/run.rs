@@ -247,7 +247,7 @@ async fn join_mesh(
         crate::config::ExecutorConfig::Process => None,
     };
     let jobs = crate::link::Jobs { executor, max_running: config.jobs.max_running, transfers, failed };
-    let link = crate::link::run(replica.clone(), tls.clone(), config.tls.clone(), link, jobs);
+    let link = crate::link::run(replica.clone(), tls.clone(), config.tls.clone(), config.tls_names.clone(), link, jobs);
     Ok(Some(tokio::spawn(async move {
         // Retention passes and the pod listener go on as long as the link does.
         let _retention = retention;
