@@ -1,5 +1,7 @@
 //! Standard HTTP clients against real daemons: curl verifies the gateway and a replica by the
-//! address it dialled with nothing but the mesh CA.
+//! address it dialled with nothing but the mesh CA; every refusal of either API, the framework's
+//! own included (a query or path that does not parse, a body over the limit or not JSON, a
+//! method a route lacks), is the JSON envelope with its status.
 //!
 //! These run on SQLite only: nothing here depends on the database engine.
 
@@ -9,10 +11,20 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::process::Output;
 
+use atoll_api::ErrorCode;
+use atoll_api::error::ErrorBody;
+use atoll_api::tls::ServerPolicy;
+use atoll_api::tls::TlsFiles;
+use atoll_api::tls::TlsIdentity;
+use atoll_api::tls::TrustRoots;
 use common::Engine;
 use common::GatewayMesh;
+use common::https_client;
 use common::phase;
 use common::test_gateway_timing;
+
+/// A body over the 2 MiB limit of the JSON routes.
+const OVER_LIMIT: usize = 3 * 1024 * 1024;
 
 /// Run `curl ARGS`; a missing curl fails the test, it is never skipped.
 async fn curl(args: &[&str]) -> Output {
@@ -81,4 +93,149 @@ async fn curl_verifies_the_gateway_and_a_replica_by_the_address_it_dialled() {
     let resolve = format!("localhost.invalid:{}:127.0.0.1", mesh.addr().rsplit_once(':').expect("port").1);
     let out = curl(&["--silent", "--cacert", s(&p.ca), "--resolve", &resolve, &url]).await;
     assert_eq!(out.status.code(), Some(60), "curl accepted a name the certificate lacks: {}", text(&out.stderr));
+}
+
+/// A client of `mesh`'s gateway with the admin token, or of its replica with the operator
+/// certificate.
+struct Clients {
+    gateway: reqwest::Client,
+    token: String,
+    replica: reqwest::Client,
+}
+
+fn clients(mesh: &GatewayMesh) -> Clients {
+    let p = paths(mesh);
+    let trust = TrustRoots::load(&p.ca).expect("CA");
+    let gateway = https_client(trust.anonymous_client_config(ServerPolicy::Gateway).expect("client config"));
+    let operator = TlsIdentity::load(&TlsFiles { ca: p.ca.clone(), cert: p.cert.clone(), key: p.key.clone() })
+        .expect("operator certificate");
+    let replica = https_client(operator.client_config(ServerPolicy::AnyAtoll).expect("client config"));
+    let token = std::fs::read_to_string(mesh.t.mesh.dir.admin_token()).expect("admin token").trim().to_string();
+    Clients { gateway, token, replica }
+}
+
+/// Send `request`; the answer must be the envelope with `code` and its status.
+async fn expect_envelope(what: &str, request: reqwest::RequestBuilder, code: ErrorCode) -> String {
+    let response = request.send().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+    let status = response.status();
+    let content_type =
+        response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let body = response.bytes().await.unwrap_or_else(|e| panic!("{what}: reading the answer: {e}"));
+    let envelope: ErrorBody = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("{what}: {status} {content_type} is not the error envelope ({e}): {}", text(&body)));
+    assert!(content_type.starts_with("application/json"), "{what}: content type {content_type:?}");
+    assert_eq!(envelope.error.code, code, "{what}: {}", envelope.error.message);
+    assert_eq!(status.as_u16(), code.status().as_u16(), "{what}: {}", envelope.error.message);
+    eprintln!("{what}: {status} {}", envelope.error.message);
+    envelope.error.message
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_of_either_api_is_the_json_envelope() {
+    let mesh = start().await;
+    let c = clients(&mesh);
+    let gateway = format!("https://{}", mesh.addr());
+    let replica = format!("https://{}", mesh.t.addr("aws", 1));
+    let digest = format!("sha256:{}", "0".repeat(64));
+    let big = format!("{{\"spec\": \"{}\"}}", "x".repeat(OVER_LIMIT));
+    let auth = |r: reqwest::RequestBuilder| r.bearer_auth(&c.token);
+
+    phase("the gateway: queries, paths, bodies and methods the framework refuses");
+    let g = &c.gateway;
+    let message =
+        expect_envelope("limit=null", auth(g.get(format!("{gateway}/v1/jobs?limit=null"))), ErrorCode::BadRequest)
+            .await;
+    assert!(message.contains("limit"), "{message}");
+    expect_envelope("limit=-1", auth(g.get(format!("{gateway}/v1/jobs?limit=-1"))), ErrorCode::BadRequest).await;
+    let message = expect_envelope(
+        "a negative chunk index",
+        auth(g.get(format!("{gateway}/v1/blobs/{digest}/chunks/-1"))),
+        ErrorCode::BadRequest,
+    )
+    .await;
+    assert!(message.contains("-1"), "{message}");
+    let submit = || auth(g.post(format!("{gateway}/v1/pipelines")));
+    expect_envelope(
+        "a body over the limit",
+        submit().header("content-type", "application/json").body(big.clone()),
+        ErrorCode::TooLarge,
+    )
+    .await;
+    expect_envelope(
+        "a body that is not JSON by its type",
+        submit().header("content-type", "text/plain").body("{}"),
+        ErrorCode::UnsupportedMediaType,
+    )
+    .await;
+    let message = expect_envelope(
+        "bad JSON",
+        submit().header("content-type", "application/json").body("{\"spec\": "),
+        ErrorCode::BadRequest,
+    )
+    .await;
+    assert!(message.starts_with("request body"), "{message}");
+    expect_envelope(
+        "a field of the wrong type",
+        submit().header("content-type", "application/json").body("{\"spec\": {\"version\": 1, \"jobs\": 5}}"),
+        ErrorCode::BadRequest,
+    )
+    .await;
+    expect_envelope(
+        "a method the route lacks",
+        auth(g.delete(format!("{gateway}/v1/jobs"))),
+        ErrorCode::MethodNotAllowed,
+    )
+    .await;
+    expect_envelope("no such route", auth(g.get(format!("{gateway}/v1/nowhere"))), ErrorCode::NotFound).await;
+    expect_envelope(
+        "no token, a body over the limit",
+        g.post(format!("{gateway}/v1/pipelines")).body(big.clone()),
+        ErrorCode::TooLarge,
+    )
+    .await;
+    expect_envelope(
+        "a bad token",
+        g.post(format!("{gateway}/v1/pipelines")).bearer_auth("atoll-user.nope").body("{}"),
+        ErrorCode::Unauthenticated,
+    )
+    .await;
+
+    phase("a replica: the same for its API");
+    let r = &c.replica;
+    expect_envelope("detail=maybe", r.get(format!("{replica}/v1/annotations?detail=maybe")), ErrorCode::BadRequest)
+        .await;
+    expect_envelope("a negative node id", r.post(format!("{replica}/v1/raft/voters/-1")), ErrorCode::BadRequest).await;
+    expect_envelope(
+        "a negative chunk index",
+        r.get(format!("{replica}/v1/blobs/{digest}/chunks/-1")),
+        ErrorCode::BadRequest,
+    )
+    .await;
+    let annotate = || r.put(format!("{replica}/v1/annotations/team"));
+    expect_envelope(
+        "a body over the limit",
+        annotate().header("content-type", "application/json").body(big.clone()),
+        ErrorCode::TooLarge,
+    )
+    .await;
+    expect_envelope(
+        "a body that is not JSON by its type",
+        annotate().header("content-type", "application/x-www-form-urlencoded").body("value=a"),
+        ErrorCode::UnsupportedMediaType,
+    )
+    .await;
+    let message = expect_envelope(
+        "a field of the wrong type",
+        annotate().header("content-type", "application/json").body("{\"value\": 1}"),
+        ErrorCode::BadRequest,
+    )
+    .await;
+    assert!(message.contains("value"), "{message}");
+    expect_envelope("a method the route lacks", r.delete(format!("{replica}/v1/status")), ErrorCode::MethodNotAllowed)
+        .await;
+    expect_envelope("no such route", r.get(format!("{replica}/v1/nowhere")), ErrorCode::NotFound).await;
+
+    phase("what worked before still works: a JSON body without a content type is read as JSON");
+    let ack = annotate().body("{\"value\": \"a\"}").send().await.expect("annotate");
+    assert!(ack.status().is_success(), "{}", ack.status());
 }
