@@ -1,7 +1,8 @@
 //! Standard HTTP clients against real daemons: curl verifies the gateway and a replica by the
 //! address it dialled with nothing but the mesh CA; every refusal of either API, the framework's
 //! own included (a query or path that does not parse, a body over the limit or not JSON, a
-//! method a route lacks), is the JSON envelope with its status.
+//! method a route lacks), is the JSON envelope with its status; an HTTP/2 request refused before
+//! its body was read still gets its answer, every time.
 //!
 //! These run on SQLite only: nothing here depends on the database engine.
 
@@ -238,4 +239,57 @@ async fn every_refusal_of_either_api_is_the_json_envelope() {
     phase("what worked before still works: a JSON body without a content type is read as JSON");
     let ack = annotate().body("{\"value\": \"a\"}").send().await.expect("annotate");
     assert!(ack.status().is_success(), "{}", ack.status());
+}
+
+/// POST `body_file` over HTTP/2 with curl `tries` times; every try must get `status`.
+async fn posts_get_their_answer(what: &str, url: &str, extra: &[&str], body_file: &Path, status: u16, tries: usize) {
+    let data = format!("@{}", s(body_file));
+    let mut failures = Vec::new();
+    for _ in 0..tries {
+        let mut args = vec![
+            "--silent",
+            "--show-error",
+            "--http2",
+            "--output",
+            "/dev/null",
+            "--write-out",
+            "%{http_version} %{http_code}",
+            "--header",
+            "content-type: application/json",
+            "--data-binary",
+            &data,
+        ];
+        args.extend_from_slice(extra);
+        args.push(url);
+        let out = curl(&args).await;
+        let written = text(&out.stdout);
+        if !out.status.success() || written != format!("2 {status}") {
+            failures.push(format!("{} {written:?} {}", out.status, text(&out.stderr).trim()));
+        }
+    }
+    assert!(failures.is_empty(), "{what}: {} of {tries} answers were lost or wrong: {failures:?}", failures.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_refused_before_their_body_was_read_get_their_answer_over_http2() {
+    let mesh = start().await;
+    let p = paths(&mesh);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let body_file = dir.path().join("body.json");
+    std::fs::write(&body_file, format!("{{\"spec\": \"{}\"}}", "x".repeat(OVER_LIMIT))).expect("write the body");
+    let pipelines = format!("https://{}/v1/pipelines", mesh.addr());
+    const TRIES: usize = 25;
+
+    phase("a bad token: the gateway refuses (401) before it reads the body");
+    let ca = ["--cacert", s(&p.ca)];
+    let bad_token = [&ca[..], &["--header", "authorization: Bearer atoll-user.nope"]].concat();
+    posts_get_their_answer("401 at the gateway", &pipelines, &bad_token, &body_file, 401, TRIES).await;
+
+    phase("a body over the limit: refused (413) after 2 MiB of it");
+    posts_get_their_answer("413 at the gateway", &pipelines, &ca, &body_file, 413, TRIES).await;
+
+    phase("the same at a replica (413), with an operator certificate");
+    let operator = [&ca[..], &["--cert", s(&p.cert), "--key", s(&p.key), "--request", "PUT"]].concat();
+    let annotate = format!("https://{}/v1/annotations/team", mesh.t.addr("aws", 1));
+    posts_get_their_answer("413 at a replica", &annotate, &operator, &body_file, 413, TRIES).await;
 }
