@@ -31,12 +31,12 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
+async fn metrics(State(gateway): State<Arc<Gateway>>, headers: axum::http::HeaderMap) -> impl IntoResponse {
     let listed = gateway.registry.list(crate::now_ms());
     for state in ["alive", "suspect", "dead", "revoked"] {
         let count =
             listed.iter().filter(|c| if c.revoked { state == "revoked" } else { c.state.to_string() == state }).count();
         gateway.metrics.clusters.get_or_create(&crate::metrics::StateLabel { state }).set(count as i64);
     }
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], gateway.metrics.render())
+    atoll_api::exposition::respond(headers.get(header::ACCEPT), gateway.metrics.render())
 }
