@@ -118,9 +118,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .with_state(gateway.clone())
         .merge(atoll_store::transfer::routes(gateway.relay.clone()))
         .fallback(|| async { ApiError::not_found("no such route") })
-        .layer(axum::middleware::from_fn_with_state(gateway, crate::auth::identify))
+        .layer(axum::middleware::from_fn_with_state(gateway.clone(), crate::auth::identify))
         .layer(axum::extract::DefaultBodyLimit::max(atoll_api::error::BODY_LIMIT))
         .layer(axum::middleware::map_response(atoll_api::error::envelope))
+        .layer(axum::middleware::from_fn_with_state(gateway, crate::metrics::observe_http))
 }
 
 fn db_error(e: impl std::fmt::Display) -> ApiError {
@@ -306,6 +307,11 @@ async fn row(
         }
     }
     gateway.metrics.rows.inc();
+    for cell in report.cells.iter().filter(|cell| cell.state == atoll_api::gateway::LinkState::Reachable) {
+        if let Some(rtt_ms) = cell.rtt_ms {
+            gateway.metrics.matrix_rtt.observe(rtt_ms / 1000.0);
+        }
+    }
     gateway.rows.put(StoredRow { reporter: name, term: report.term, cells: report.cells, reported_ms: now_ms() });
     Ok(Json(serde_json::json!({"accepted": true})).into_response())
 }
