@@ -263,6 +263,12 @@ pub async fn observe_http(
 ) -> axum::response::Response {
     let started = tokio::time::Instant::now();
     let method = request.method().clone();
+    // Labels come from a bounded set: routes as routed, methods HTTP defines (any other is
+    // `other`), so a client cannot make new series at will.
+    let method_label = match method.as_str() {
+        known @ ("GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS") => known,
+        _ => "other",
+    };
     let route = matched.as_ref().map_or("unmatched", |m| m.as_str()).to_string();
     let sent_len = content_length(request.headers());
     let response = next.run(request).await;
@@ -270,7 +276,7 @@ pub async fn observe_http(
     let status = response.status();
     metrics
         .http_duration
-        .get_or_create(&HttpRoute { method: method.to_string(), route: route.clone() })
+        .get_or_create(&HttpRoute { method: method_label.to_string(), route: route.clone() })
         .observe(started.elapsed().as_secs_f64());
     if route == CHUNK_ROUTE && status.is_success() {
         if method == axum::http::Method::PUT {
