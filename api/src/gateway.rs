@@ -103,14 +103,20 @@ pub enum LinkState {
     Unknown,
 }
 
-impl std::fmt::Display for LinkState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl LinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
             LinkState::Reachable => "reachable",
             LinkState::Suspect => "suspect",
             LinkState::Unreachable => "unreachable",
             LinkState::Unknown => "unknown",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for LinkState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -5,7 +5,9 @@
 //! - [`pki`]: the mesh CA: create, load, issue.
 //! - [`tls`]: rustls configs (aws-lc-rs, TLS 1.3, mutual), identity-checking verification.
 //! - [`serve`]: the mTLS HTTP server (peer identity per request) and the plain ops listener.
-//! - [`error`]: the `{"error": {"code", "message"}}` envelope and its status table.
+//! - [`error`]: the `{"error": {"code", "message"}}` envelope and its status table, and the
+//!   middleware that puts the framework's own refusals in it.
+//! - [`exposition`]: `/metrics` in the format a scraper asks for (OpenMetrics, or 0.0.4 text).
 //! - [`node`]: wire types of a replica's API.
 //! - [`client`]: the HTTP client of that API; [`gateway_client`]: of the gateway's.
 //! - [`config_file`]: YAML config loading with env overrides and path-naming errors.
@@ -22,6 +24,7 @@
 pub mod client;
 pub mod config_file;
 pub mod error;
+pub mod exposition;
 pub mod gateway;
 pub mod gateway_client;
 pub mod identity;

@@ -5,14 +5,30 @@
 //! and otherwise serves HTTP/1.1 or HTTP/2 with the peer's [`Identity`] attached to every
 //! request as a [`Peer`] extension. A hook hears when a peer's connection closes: a replica uses
 //! it to notice at once that its leader's process died.
+//!
+//! An HTTP/2 request answered without reading all of its body (refused early: 401, 403, 413) has
+//! the rest of its body read and dropped before the answer is sent ([`Unread`]), within bounds,
+//! so that the client finishes sending and the stream closes without a reset. Answering at once
+//! instead ends in a reset either way: the server's (`RST_STREAM`, `NO_ERROR`, which HTTP/2
+//! allows after an early answer) or, when the client stops sending on seeing the answer and ends
+//! its body short of its `content-length`, the one HTTP/2 demands for that (`PROTOCOL_ERROR`).
+//! Clients that are still sending when the reset arrives may drop the answer they already
+//! received (curl 7.88 fails with "(92) Stream error" about half the time).
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Context;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::Router;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Frame;
 use hyper::body::Incoming;
+use hyper::body::SizeHint;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
@@ -139,7 +155,15 @@ pub async fn serve_mtls(
                         tracing::info!(%remote, %reason, "dropped a request of a refused peer");
                         return Err(Refused(reason));
                     }
-                    router.oneshot(request.map(axum::body::Body::new)).await.map_err(|never| match never {})
+                    if request.version() != hyper::Version::HTTP_2 {
+                        let request = request.map(axum::body::Body::new);
+                        return router.oneshot(request).await.map_err(|never| match never {});
+                    }
+                    let unread = Unread::default();
+                    let request = request.map(|body| axum::body::Body::new(unread.watch(body)));
+                    let response = router.oneshot(request).await.map_err(|never| match never {})?;
+                    unread.drain().await;
+                    Ok(response)
                 }
             });
             let builder = auto::Builder::new(TokioExecutor::new());
@@ -157,6 +181,77 @@ pub async fn serve_mtls(
         tracing::warn!(?grace, "open connections did not finish within the grace period");
     }
     Ok(())
+}
+
+/// Most bytes of an HTTP/2 request body read and dropped before its answer is sent.
+pub const DRAIN_BYTES: usize = 16 * 1024 * 1024;
+/// Longest time an HTTP/2 request body is read and dropped before its answer is sent.
+pub const DRAIN_TIME: Duration = Duration::from_secs(10);
+
+/// The part of an HTTP/2 request body its handler left unread: [`Unread::watch`] wraps the body,
+/// which hands what is left of itself over here when it is dropped before its end, and
+/// [`Unread::drain`], called once the answer is ready and before it is sent, reads and drops it
+/// to its end, for at most [`DRAIN_BYTES`] and [`DRAIN_TIME`]. Past the bounds the answer goes
+/// out anyway and the server resets the stream.
+#[derive(Clone, Debug, Default)]
+struct Unread(Arc<std::sync::Mutex<Option<Incoming>>>);
+
+impl Unread {
+    fn watch(&self, body: Incoming) -> Watched {
+        Watched { body: Some(body), unread: self.clone() }
+    }
+
+    async fn drain(&self) {
+        let Some(mut body) = self.0.lock().expect("unread body").take() else { return };
+        let read = async {
+            let mut left = DRAIN_BYTES;
+            while let Some(Ok(frame)) = body.frame().await {
+                left = left.saturating_sub(frame.data_ref().map_or(0, Bytes::len));
+                if left == 0 {
+                    tracing::debug!(bytes = DRAIN_BYTES, "stopped reading the rest of an answered request's body");
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(DRAIN_TIME, read).await.is_err() {
+            tracing::debug!(after = ?DRAIN_TIME, "stopped waiting for the rest of an answered request's body");
+        }
+    }
+}
+
+/// A request body that hands itself to its [`Unread`] when dropped before its end.
+#[derive(Debug)]
+struct Watched {
+    body: Option<Incoming>,
+    unread: Unread,
+}
+
+impl hyper::body::Body for Watched {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.body.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.as_ref().is_none_or(hyper::body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.as_ref().map(hyper::body::Body::size_hint).unwrap_or_else(|| SizeHint::with_exact(0))
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if let Some(body) = self.body.take().filter(|body| !hyper::body::Body::is_end_stream(body)) {
+            *self.unread.0.lock().expect("unread body") = Some(body);
+        }
+    }
 }
 
 /// A request of a peer that admission refuses: the connection (HTTP/1) or the stream (HTTP/2)

@@ -344,6 +344,10 @@ pub enum CaCommand {
         /// File name stem (default: derived from the identity).
         #[arg(long)]
         name: Option<String>,
+        /// A DNS name or IP address the certificate also names, for standard HTTPS clients
+        /// (repeat for several; a server's: the host it is reached at).
+        #[arg(long = "san", value_name = "NAME")]
+        sans: Vec<String>,
         /// Validity, e.g. 24h, 30d.
         #[arg(long, default_value = "24h")]
         validity: String,

@@ -5,7 +5,9 @@ use std::path::Path;
 use anyhow::Context;
 use atoll_api::Identity;
 use atoll_api::pki::CertificateAuthority;
+use atoll_api::pki::HostName;
 use atoll_api::pki::KeyAlgorithm;
+use atoll_api::pki::MAX_HOST_NAMES;
 
 use crate::args::CaCommand;
 use crate::cli_config::parse_duration;
@@ -18,7 +20,7 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
             println!("created CA {name:?} in {} (ca.pem, ca-key.pem)", dir.display());
             Ok(())
         }
-        CaCommand::Issue { dir, cluster, node, operator, gateway, out, name, validity, key } => {
+        CaCommand::Issue { dir, cluster, node, operator, gateway, out, name, sans, validity, key } => {
             let identity = match (cluster, node, operator, gateway) {
                 (Some(cluster), Some(node), None, None) => {
                     anyhow::ensure!(node >= 1, "--node must be 1 or more");
@@ -31,9 +33,14 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
             // Check the identity is well formed (names, characters) before signing it.
             identity.uri().parse::<Identity>().map_err(|e| anyhow::anyhow!("{e}"))?;
             let key: KeyAlgorithm = key.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let names = sans
+                .iter()
+                .map(|name| name.parse::<HostName>().map_err(|e| anyhow::anyhow!("--san {e}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            anyhow::ensure!(names.len() <= MAX_HOST_NAMES, "at most {MAX_HOST_NAMES} --san names");
             let ca =
                 CertificateAuthority::load(&dir).with_context(|| format!("loading the CA from {}", dir.display()))?;
-            let issued = ca.issue(&identity, parse_duration(&validity)?, key)?;
+            let issued = ca.issue_named(&identity, &names, parse_duration(&validity)?, key)?;
             let stem = name.unwrap_or_else(|| default_name(&identity));
             let out = out.as_deref().unwrap_or(Path::new(&dir)).to_path_buf();
             issued.save(&out, &stem)?;

@@ -37,7 +37,7 @@ fn refusal<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (ErrorCode, St
 }
 
 fn csr_for(identity: &Identity) -> String {
-    atoll_api::pki::new_csr(identity, KeyAlgorithm::EcdsaP256).expect("csr").0
+    atoll_api::pki::new_csr(identity, &[], KeyAlgorithm::EcdsaP256).expect("csr").0
 }
 
 fn node(cluster: &str, id: u64) -> Identity {

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use atoll_api::ApiError;
 use atoll_api::ErrorCode;
 use atoll_api::Identity;
+use atoll_api::error::JsonBody;
 use atoll_api::gateway::EnrollRequest;
 use atoll_api::gateway::Heartbeat;
 use atoll_api::gateway::HeartbeatAck;
@@ -59,7 +60,6 @@ use atoll_api::token::JoinToken;
 use axum::Extension;
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::Path;
 use axum::extract::Query;
 use axum::extract::State;
@@ -68,7 +68,6 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::routing::post;
 use axum::routing::put;
-use serde::de::DeserializeOwned;
 
 use crate::Gateway;
 use crate::auth::Caller;
@@ -119,11 +118,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .with_state(gateway.clone())
         .merge(atoll_store::transfer::routes(gateway.relay.clone()))
         .fallback(|| async { ApiError::not_found("no such route") })
-        .layer(axum::middleware::from_fn_with_state(gateway, crate::auth::identify))
-}
-
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
+        .layer(axum::middleware::from_fn_with_state(gateway.clone(), crate::auth::identify))
+        .layer(axum::extract::DefaultBodyLimit::max(atoll_api::error::BODY_LIMIT))
+        .layer(axum::middleware::map_response(atoll_api::error::envelope))
+        .layer(axum::middleware::from_fn_with_state(gateway, crate::metrics::observe_http))
 }
 
 fn db_error(e: impl std::fmt::Display) -> ApiError {
@@ -139,8 +137,8 @@ async fn ca(State(gateway): Shared) -> impl IntoResponse {
 }
 
 /// A replica without a certificate: join token + CSR in, certificate out.
-async fn enroll(State(gateway): Shared, body: Bytes) -> Result<Json<IssuedCertificate>, ApiError> {
-    let request: EnrollRequest = parse(&body)?;
+async fn enroll(State(gateway): Shared, body: JsonBody) -> Result<Json<IssuedCertificate>, ApiError> {
+    let request: EnrollRequest = body.parse()?;
     let refuse = |message: String| {
         gateway.metrics.enrollments.get_or_create(&crate::metrics::Outcome { outcome: "refused" }).inc();
         tracing::warn!(reason = %message, "enrollment refused");
@@ -185,9 +183,12 @@ async fn enroll(State(gateway): Shared, body: Bytes) -> Result<Json<IssuedCertif
     let (_, cert, not_after) = gateway
         .ca
         .authority()
-        .sign_csr(&request.csr, gateway.config.cert_lifetime, |asked| {
-            if asked == &identity { Ok(()) } else { Err(identity.uri()) }
-        })
+        .sign_csr(
+            &request.csr,
+            gateway.config.cert_lifetime,
+            |asked| if asked == &identity { Ok(()) } else { Err(identity.uri()) },
+            |name| gateway.ca.replica_may_carry(name),
+        )
         .map_err(|e| refuse(e.to_string()))?;
     gateway.registry.ensure(cluster.as_str(), &grant.labels).await.map_err(db_error)?;
     gateway.metrics.enrollments.get_or_create(&crate::metrics::Outcome { outcome: "enrolled" }).inc();
@@ -206,19 +207,22 @@ async fn enroll(State(gateway): Shared, body: Bytes) -> Result<Json<IssuedCertif
 async fn renew(
     State(gateway): Shared,
     Extension(caller): Extension<Caller>,
-    body: Bytes,
+    body: JsonBody,
 ) -> Result<Json<IssuedCertificate>, ApiError> {
     let Caller::Node { cluster, node } = &caller else {
         return Err(ApiError::forbidden(format!("{} has no replica certificate to renew", caller.describe())));
     };
-    let request: RenewRequest = parse(&body)?;
+    let request: RenewRequest = body.parse()?;
     let identity = Identity::node(cluster.clone(), *node);
     let (_, cert, not_after) = gateway
         .ca
         .authority()
-        .sign_csr(&request.csr, gateway.config.cert_lifetime, |asked| {
-            if asked == &identity { Ok(()) } else { Err(identity.uri()) }
-        })
+        .sign_csr(
+            &request.csr,
+            gateway.config.cert_lifetime,
+            |asked| if asked == &identity { Ok(()) } else { Err(identity.uri()) },
+            |name| gateway.ca.replica_may_carry(name),
+        )
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     gateway.metrics.renewals.inc();
     tracing::info!(%identity, "certificate renewed");
@@ -245,10 +249,10 @@ async fn heartbeat(
     State(gateway): Shared,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    body: Bytes,
+    body: JsonBody,
 ) -> Result<Json<HeartbeatAck>, ApiError> {
     let node = caller.replica_of(&name)?;
-    let heartbeat: Heartbeat = parse(&body)?;
+    let heartbeat: Heartbeat = body.parse()?;
     if heartbeat.leader_id != node {
         return Err(ApiError::bad_request(format!(
             "node {node} sent a heartbeat naming node {} as leader",
@@ -284,10 +288,10 @@ async fn row(
     State(gateway): Shared,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    body: Bytes,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
     caller.replica_of(&name)?;
-    let report: RowReport = parse(&body)?;
+    let report: RowReport = body.parse()?;
     gateway.fence(&name, report.term)?;
     if report.cells.len() > MAX_ROW_CELLS {
         return Err(ApiError::bad_request(format!("a row may hold at most {MAX_ROW_CELLS} cells")));
@@ -303,6 +307,11 @@ async fn row(
         }
     }
     gateway.metrics.rows.inc();
+    for cell in report.cells.iter().filter(|cell| cell.state == atoll_api::gateway::LinkState::Reachable) {
+        if let Some(rtt_ms) = cell.rtt_ms {
+            gateway.metrics.matrix_rtt.observe(rtt_ms / 1000.0);
+        }
+    }
     gateway.rows.put(StoredRow { reporter: name, term: report.term, cells: report.cells, reported_ms: now_ms() });
     Ok(Json(serde_json::json!({"accepted": true})).into_response())
 }
@@ -369,10 +378,10 @@ async fn matrix(State(gateway): Shared, Extension(caller): Extension<Caller>) ->
 async fn join_token(
     State(gateway): Shared,
     Extension(caller): Extension<Caller>,
-    body: Bytes,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::Admin)?;
-    let request: JoinTokenRequest = parse(&body)?;
+    let request: JoinTokenRequest = body.parse()?;
     let cluster: ClusterName = request
         .cluster
         .parse()
@@ -407,10 +416,10 @@ async fn join_token(
 async fn user_token(
     State(gateway): Shared,
     Extension(caller): Extension<Caller>,
-    body: Bytes,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::Admin)?;
-    let request: UserTokenRequest = parse(&body)?;
+    let request: UserTokenRequest = body.parse()?;
     if request.name.is_empty()
         || request.name.len() > 63
         || !request.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
@@ -442,10 +451,10 @@ async fn user_token(
 async fn submit(
     State(gateway): Shared,
     Extension(caller): Extension<Caller>,
-    body: Bytes,
+    body: JsonBody,
 ) -> Result<Json<Submitted>, ApiError> {
     caller.require(Scope::Submit)?;
-    let request: Submission = parse(&body)?;
+    let request: Submission = body.parse()?;
     Ok(Json(gateway.submit(&request.spec, &caller.describe()).await?))
 }
 
@@ -530,10 +539,10 @@ async fn lease(
     State(gateway): Shared,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    body: Bytes,
+    body: JsonBody,
 ) -> Result<Json<LeaseResponse>, ApiError> {
     caller.replica_of(&name)?;
-    let request: LeaseRequest = parse(&body)?;
+    let request: LeaseRequest = body.parse()?;
     let wait = std::time::Duration::from_millis(request.wait_ms);
     Ok(Json(gateway.lease(&name, request.term, &request.held, wait).await?))
 }
@@ -542,10 +551,10 @@ async fn lease(
 async fn register_source(
     State(gateway): Shared,
     Extension(caller): Extension<Caller>,
-    body: Bytes,
+    body: JsonBody,
 ) -> Result<Json<SourceInfo>, ApiError> {
     caller.require(Scope::Submit)?;
-    let request: SourceRequest = parse(&body)?;
+    let request: SourceRequest = body.parse()?;
     Ok(Json(gateway.register_source(&request.digest, &caller.describe()).await?))
 }
 
@@ -566,10 +575,10 @@ async fn transfer(
     State(gateway): Shared,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    body: Bytes,
+    body: JsonBody,
 ) -> Result<Json<TransferPlan>, ApiError> {
     caller.replica_of(&name)?;
-    let request: TransferRequest = parse(&body)?;
+    let request: TransferRequest = body.parse()?;
     Ok(Json(gateway.transfer(&name, &request).await?))
 }
 
@@ -578,10 +587,10 @@ async fn released(
     State(gateway): Shared,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    body: Bytes,
+    body: JsonBody,
 ) -> Result<Json<ReleaseAnswer>, ApiError> {
     caller.replica_of(&name)?;
-    let request: ReleaseRequest = parse(&body)?;
+    let request: ReleaseRequest = body.parse()?;
     Ok(Json(gateway.release(&request).await?))
 }
 
@@ -590,10 +599,10 @@ async fn reports(
     State(gateway): Shared,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    body: Bytes,
+    body: JsonBody,
 ) -> Result<Json<ReportResults>, ApiError> {
     caller.replica_of(&name)?;
-    let batch: ReportBatch = parse(&body)?;
+    let batch: ReportBatch = body.parse()?;
     Ok(Json(ReportResults { results: gateway.report(&name, batch.term, &batch.reports).await? }))
 }
 
@@ -602,10 +611,10 @@ async fn ship_logs(
     State(gateway): Shared,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    body: Bytes,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
     caller.replica_of(&name)?;
-    let batch: LogBatch = parse(&body)?;
+    let batch: LogBatch = body.parse()?;
     let stored = gateway.store_logs(&name, &batch).await?;
     Ok(Json(serde_json::json!({"stored": stored})).into_response())
 }

@@ -24,6 +24,11 @@ pub struct GatewayFile {
     /// `host:port` clients use to reach this gateway; defaults to `listen`.
     #[serde(default)]
     pub host: Option<String>,
+    /// DNS names and IP addresses the gateway's own certificate carries besides the host of
+    /// `host` and the IP address of `listen` (other names clients reach it at: a load
+    /// balancer, a Service), so that standard HTTPS clients accept it.
+    #[serde(default)]
+    pub tls_names: Vec<String>,
     /// `ip:port` of the plain-HTTP ops listener (`/healthz`, `/readyz`, `/metrics`).
     #[serde(default)]
     pub ops_listen: Option<String>,
@@ -245,6 +250,9 @@ pub struct GatewayConfig {
     pub id: String,
     pub listen: SocketAddr,
     pub advertise: String,
+    /// The DNS names and IP addresses of the own certificate: the host of `host`, the IP of
+    /// `listen` (unless unspecified), then `tls_names`.
+    pub tls_names: Vec<atoll_api::pki::HostName>,
     pub ops_listen: Option<SocketAddr>,
     pub database: Database,
     pub ca_dir: PathBuf,
@@ -285,6 +293,16 @@ impl GatewayConfig {
         if listen.ip().is_unspecified() && file.host.is_none() {
             return Err(invalid("host", format!("required when listen is {listen}")));
         }
+        let extra_names = file
+            .tls_names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| name.parse().map_err(|e: String| invalid(&format!("tls_names[{i}]"), e)))
+            .collect::<Result<Vec<atoll_api::pki::HostName>, _>>()?;
+        let tls_names = atoll_api::pki::server_names(&advertise, listen, &extra_names).map_err(|e| {
+            let key = if e.contains("at most") { "tls_names" } else { "host" };
+            invalid(key, e)
+        })?;
         let ops_listen = match &file.ops_listen {
             Some(addr) => Some(
                 addr.parse().map_err(|e| invalid("ops_listen", format!("{addr:?} is not an ip:port address: {e}")))?,
@@ -356,6 +374,7 @@ impl GatewayConfig {
             id: file.id,
             listen,
             advertise,
+            tls_names,
             ops_listen,
             database,
             ca_dir: resolve(base, &file.ca_dir),
@@ -393,9 +412,29 @@ mod tests {
         assert_eq!(config.ca_dir, Path::new("/etc/atoll/ca"));
         assert_eq!(config.heartbeat_interval, Duration::from_secs(1));
         assert_eq!((config.keep, config.gc_interval), (Duration::from_secs(86_400), Duration::from_secs(60)));
+        assert_eq!(config.tls_names, vec![atoll_api::pki::HostName::Ip([127, 0, 0, 1].into())]);
         let config =
             check("listen: 127.0.0.1:7000\nca_dir: ca\ndatabase: {postgres: {url: \"postgres://a@b/c\"}}\n").unwrap();
         assert!(matches!(config.database, Database::Postgres { .. }));
+    }
+
+    #[test]
+    fn the_certificate_names_the_advertised_host_the_listen_address_and_the_extra_names() {
+        use atoll_api::pki::HostName;
+        let config = check(
+            "listen: 0.0.0.0:7000\nhost: Gateway.Example:7000\nca_dir: ca\ntls_names: [10.0.0.5, gw.internal, gateway.example]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.tls_names,
+            vec![
+                HostName::Dns("gateway.example".into()),
+                HostName::Ip([10, 0, 0, 5].into()),
+                HostName::Dns("gw.internal".into())
+            ]
+        );
+        let config = check("listen: 10.1.2.3:7000\nhost: \"[::1]:7000\"\nca_dir: ca\n").unwrap();
+        assert_eq!(config.tls_names, vec![HostName::Ip("::1".parse().unwrap()), HostName::Ip([10, 1, 2, 3].into())]);
     }
 
     #[test]
@@ -410,6 +449,8 @@ mod tests {
             (format!("{base}database: {{oracle: {{}}}}\n"), "database.oracle"),
             (format!("{base}database: {{sqlite: {{path: x}}, postgres: {{url: \"postgres://a\"}}}}\n"), "database"),
             (format!("{base}id: \"Bad Id\"\n"), "id"),
+            (format!("{base}tls_names: [gateway.example, \"*.example\"]\n"), "tls_names[1]"),
+            (format!("{base}host: \"bad name:7000\"\n"), "host"),
             (format!("{base}retention: {{keep_s: 0}}\n"), "retention.keep_s"),
             (format!("{base}retention: {{interval_ms: 5}}\n"), "retention.interval_ms"),
             (format!("{base}retention: {{keep: 5}}\n"), "retention.keep"),

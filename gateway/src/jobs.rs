@@ -402,6 +402,7 @@ impl Gateway {
         let row = self.job_row(id).await?;
         match self.db.cancel(id, now_ms()).await.map_err(db_error)? {
             Cancelled::Killed => {
+                self.metrics.job_ended(JobState::Killed, row.created_ms);
                 tracing::info!(job = id, by, "job cancelled before it started");
                 self.jobs.logs.notify_waiters();
                 self.jobs.mark_dirty(&row.pipeline_id);
@@ -592,7 +593,12 @@ impl Gateway {
                 outcomes[i] = Some((ReportOutcome::Accepted, None));
                 match item.transition {
                     Transition::Start => {}
-                    Transition::End { .. } => {
+                    Transition::End { state, .. } => {
+                        if let Some(row) = rows.get(&item.id)
+                            && state.is_final()
+                        {
+                            self.metrics.job_ended(state, row.created_ms);
+                        }
                         self.jobs.logs.notify_waiters();
                         self.jobs.mark_dirty(&pipeline);
                     }
@@ -805,17 +811,20 @@ impl Gateway {
                 tracing::error!(pipeline = %id, "stored jobs do not match the stored spec; not settling it");
                 continue;
             }
+            let settled = lifecycle::settle(&pipeline.spec, &pipeline.order, &mut states);
+            let ended: Vec<(JobState, i64)> =
+                settled.iter().filter(|c| c.state.is_final()).map(|c| (c.state, rows[c.job].created_ms)).collect();
             let changes: Vec<(String, JobState, String)> =
-                lifecycle::settle(&pipeline.spec, &pipeline.order, &mut states)
-                    .into_iter()
-                    .map(|c| (rows[c.job].id.clone(), c.state, c.reason))
-                    .collect();
-            if changes.iter().any(|(_, state, _)| state.is_final()) {
+                settled.into_iter().map(|c| (rows[c.job].id.clone(), c.state, c.reason)).collect();
+            if !ended.is_empty() {
                 self.jobs.logs.notify_waiters();
                 // A job ending at settle (skipped, wait) may unblock its children: settle again.
                 self.jobs.dirty.lock().expect("dirty pipelines").insert(id.clone());
             }
             self.db.settle_jobs(&changes, now).await?;
+            for (state, created_ms) in ended {
+                self.metrics.job_ended(state, created_ms);
+            }
         }
 
         // 3. Place queued jobs.

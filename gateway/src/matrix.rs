@@ -107,6 +107,22 @@ impl<'a> Grid<'a> {
         }
     }
 
+    /// How many directed cells are in each link state (every state listed, zero or not).
+    pub fn count_by_state(&self) -> [(LinkState, usize); 4] {
+        let mut counts =
+            [(LinkState::Reachable, 0), (LinkState::Suspect, 0), (LinkState::Unreachable, 0), (LinkState::Unknown, 0)];
+        let n = self.names.len();
+        for from in 0..n {
+            for to in (0..n).filter(|to| *to != from) {
+                let state = self.measured[from * n + to].map_or(LinkState::Unknown, |c| c.state);
+                if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == state) {
+                    slot.1 += 1;
+                }
+            }
+        }
+        counts
+    }
+
     /// Every directed cell, row by row.
     pub fn cells(&self) -> impl Iterator<Item = CellRef<'a>> + '_ {
         let n = self.names.len();
@@ -318,6 +334,9 @@ mod tests {
         assert_eq!(cell(&m, "onprem", "aws").age_ms, None);
         // Unknown both ways means no direct path is known: relay.
         assert_eq!(cell(&m, "gcp", "onprem").mode, TransferMode::Relay);
+        // The metrics count the same states, every state listed.
+        let counts = Grid::new(&clusters, &rows, 20_000, Duration::from_secs(5)).count_by_state();
+        assert_eq!(counts, [(Reachable, 0), (Suspect, 0), (Unreachable, 1), (Unknown, 5)]);
     }
 
     #[test]

@@ -9,7 +9,13 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use atoll_api::jobs::JobState;
+
 use crate::Gateway;
+use crate::metrics::StateLabel;
+
+/// How long a scrape waits for the database to count unfinished jobs.
+const COUNT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
@@ -31,12 +37,30 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
-    let listed = gateway.registry.list(crate::now_ms());
+async fn metrics(State(gateway): State<Arc<Gateway>>, headers: axum::http::HeaderMap) -> impl IntoResponse {
+    let now = crate::now_ms();
+    let metrics = &gateway.metrics;
+    let listed = gateway.registry.list(now);
     for state in ["alive", "suspect", "dead", "revoked"] {
         let count =
             listed.iter().filter(|c| if c.revoked { state == "revoked" } else { c.state.to_string() == state }).count();
-        gateway.metrics.clusters.get_or_create(&crate::metrics::StateLabel { state }).set(count as i64);
+        metrics.clusters.get_or_create(&StateLabel { state }).set(count as i64);
     }
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], gateway.metrics.render())
+    let (clusters, rows) = (gateway.registry.registered(), gateway.rows.snapshot());
+    let cells = crate::matrix::Grid::new(&clusters, &rows, now, gateway.config.stale_after).count_by_state();
+    for (state, count) in cells {
+        metrics.matrix_cells.get_or_create(&StateLabel { state: state.as_str() }).set(count as i64);
+    }
+    match tokio::time::timeout(COUNT_TIMEOUT, gateway.db.count_unfinished()).await {
+        Ok(Ok(counted)) => {
+            for state in [JobState::Waiting, JobState::Queued, JobState::Assigned, JobState::Running] {
+                let count = counted.iter().find(|(name, _)| name == state.as_str()).map_or(0, |(_, n)| *n);
+                metrics.jobs.get_or_create(&StateLabel { state: state.as_str() }).set(count);
+            }
+        }
+        // The gauges keep their last values; readiness says whether the database answers.
+        Ok(Err(e)) => tracing::debug!(error = %e, "counting jobs for the metrics failed"),
+        Err(_) => tracing::debug!(after = ?COUNT_TIMEOUT, "counting jobs for the metrics timed out"),
+    }
+    atoll_api::exposition::respond(headers.get(header::ACCEPT), metrics.render())
 }

@@ -36,6 +36,7 @@ use futures::future::BoxFuture;
 use crate::Gateway;
 use crate::auth::Caller;
 use crate::jobs::job_id;
+use crate::metrics::TransferRoute;
 use crate::now_ms;
 
 /// Lifetime of the tickets the gateway signs.
@@ -216,6 +217,7 @@ impl Gateway {
             let fresh =
                 self.jobs.fallen.lock().expect("fallen edges").insert((request.job.clone(), request.from_job.clone()));
             if fresh {
+                self.metrics.transfer_fallbacks.inc();
                 tracing::warn!(job = %request.job, parent = %request.from_job, from = %from, to = cluster, reason = %why, "a direct transfer failed; the edge falls back to the relay");
             }
         } else if last.is_none() {
@@ -230,6 +232,9 @@ impl Gateway {
             reason: request.failed.clone(),
         };
         self.note_route(key, last, &taken).await.map_err(db)?;
+        if last != Some(route) {
+            self.metrics.transfer_routes.get_or_create(&TransferRoute { route: route.as_str() }).inc();
+        }
         let mut plan = TransferPlan {
             route,
             digest: digest.clone(),

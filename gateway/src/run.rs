@@ -114,8 +114,10 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
     }
     let db = Db::connect(&config.database).await?;
     tracing::info!(engine = db.engine(), "database ready (migrated)");
-    let (ca, created) = GatewayCa::load_or_create(&config.ca_dir, &config.id, config.cert_lifetime)?;
+    let (ca, created) = GatewayCa::load_or_create(&config.ca_dir, &config.id, &config.tls_names, config.cert_lifetime)?;
     tracing::info!(dir = %config.ca_dir.display(), fingerprint = ca.fingerprint(), created, "certificate authority ready");
+    let names: Vec<String> = config.tls_names.iter().map(|name| name.to_string()).collect();
+    tracing::info!(identity = %ca.tls().identity(), ?names, "gateway certificate issued");
     if let Some(path) = &config.admin_token_file {
         bootstrap_admin(&db, path).await?;
     }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use atoll_api::ApiError;
 use atoll_api::Identity;
+use atoll_api::error::JsonBody;
 use atoll_api::node::AddLearner;
 use atoll_api::node::AnnotationWrite;
 use atoll_api::node::MAX_ANNOTATION_VALUE;
@@ -29,7 +30,6 @@ use atoll_raft_store::CommandResponse;
 use axum::Extension;
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::Path;
 use axum::extract::Query;
 use axum::extract::State;
@@ -38,7 +38,6 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::routing::post;
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 
 use crate::raft::Replica;
 
@@ -60,8 +59,13 @@ pub fn router(replica: Arc<Replica>) -> Router {
         .with_state(replica)
 }
 
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
+/// The answers of every API a replica serves on its mTLS listener (this one, Raft RPCs, blobs):
+/// JSON bodies up to [`atoll_api::error::BODY_LIMIT`] (blob chunks and snapshots have their own
+/// limits), and every error in the envelope, the framework's own refusals included.
+pub fn with_envelope(router: Router) -> Router {
+    router
+        .layer(axum::extract::DefaultBodyLimit::max(atoll_api::error::BODY_LIMIT))
+        .layer(axum::middleware::map_response(atoll_api::error::envelope))
 }
 
 fn may_write(replica: &Replica, identity: &Identity) -> Result<(), ApiError> {
@@ -108,11 +112,11 @@ async fn annotate(
     State(replica): Shared,
     Extension(Peer(identity)): Extension<Peer>,
     Path(key): Path<String>,
-    body: Bytes,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
     may_write(&replica, &identity)?;
     check_annotation_key(&key).map_err(ApiError::bad_request)?;
-    let write: AnnotationWrite = parse(&body)?;
+    let write: AnnotationWrite = body.parse()?;
     if write.value.len() > MAX_ANNOTATION_VALUE {
         return Err(ApiError::bad_request(format!(
             "value of {key:?} is {} bytes; at most {MAX_ANNOTATION_VALUE} are allowed",
@@ -144,10 +148,10 @@ async fn members(State(replica): Shared) -> impl IntoResponse {
 async fn add_learner(
     State(replica): Shared,
     Extension(Peer(identity)): Extension<Peer>,
-    body: Bytes,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
     operator_only(&identity)?;
-    let request: AddLearner = parse(&body)?;
+    let request: AddLearner = body.parse()?;
     if request.addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
         return Err(ApiError::bad_request(format!("addr {:?} is not host:port", request.addr)));
     }
@@ -175,10 +179,10 @@ async fn remove_member(
 async fn transfer_leader(
     State(replica): Shared,
     Extension(Peer(identity)): Extension<Peer>,
-    body: Bytes,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
     operator_only(&identity)?;
-    let request: TransferLeader = if body.is_empty() { TransferLeader { to: None } } else { parse(&body)? };
+    let request: TransferLeader = if body.is_empty() { TransferLeader { to: None } } else { body.parse()? };
     Ok(Json(replica.transfer_leadership(request.to).await?).into_response())
 }
 

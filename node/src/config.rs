@@ -309,6 +309,11 @@ pub struct TlsFile {
     pub cert: PathBuf,
     /// Its private key.
     pub key: PathBuf,
+    /// DNS names and IP addresses the certificate asks for besides the host of `host` and the
+    /// IP address of `listen` (other names clients reach this replica at), so that standard
+    /// HTTPS clients accept it. Used when enrolling and renewing.
+    #[serde(default)]
+    pub names: Vec<String>,
 }
 
 fn default_heartbeat_ms() -> u64 {
@@ -627,6 +632,9 @@ pub struct AgentConfig {
     pub write_timeout: Duration,
     pub fast_failover: bool,
     pub tls: TlsFiles,
+    /// The DNS names and IP addresses its certificate asks for: the host of `host`, the IP of
+    /// `listen` (unless unspecified), then `tls.names`.
+    pub tls_names: Vec<atoll_api::pki::HostName>,
     pub shutdown_grace: Duration,
     pub gateway: Option<GatewayLink>,
     pub refuse_inbound_from: Vec<ClusterName>,
@@ -710,6 +718,17 @@ impl AgentConfig {
                 format!("required when listen is {listen} (peers cannot dial an unspecified address)"),
             ));
         }
+        let extra_names = file
+            .tls
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| name.parse().map_err(|e: String| invalid(&format!("tls.names[{i}]"), e)))
+            .collect::<Result<Vec<atoll_api::pki::HostName>, _>>()?;
+        let tls_names = atoll_api::pki::server_names(&advertise, listen, &extra_names).map_err(|e| {
+            let key = if e.contains("at most") { "tls.names" } else { "host" };
+            invalid(key, e)
+        })?;
         let ops_listen = match &file.ops_listen {
             Some(addr) => Some(
                 addr.parse().map_err(|e| invalid("ops_listen", format!("{addr:?} is not an ip:port address: {e}")))?,
@@ -841,6 +860,7 @@ impl AgentConfig {
                 cert: resolve(base, &file.tls.cert),
                 key: resolve(base, &file.tls.key),
             },
+            tls_names,
             shutdown_grace: Duration::from_millis(file.shutdown_grace_ms),
         })
     }
@@ -872,6 +892,7 @@ tls: {ca: certs/ca.pem, cert: certs/n1.pem, key: /abs/n1-key.pem}
         let config = check(GOOD).unwrap();
         assert_eq!(config.cluster.as_str(), "aws");
         assert_eq!(config.advertise, "127.0.0.1:7101");
+        assert_eq!(config.tls_names, vec![atoll_api::pki::HostName::Ip([127, 0, 0, 1].into())]);
         assert_eq!(config.data_dir, Path::new("/etc/atoll/data"));
         assert_eq!(config.tls.ca, Path::new("/etc/atoll/certs/ca.pem"));
         assert_eq!(config.tls.key, Path::new("/abs/n1-key.pem"));
@@ -896,6 +917,10 @@ tls: {ca: certs/ca.pem, cert: certs/n1.pem, key: /abs/n1-key.pem}
             (format!("{GOOD}raft: {{election_timeout_max_ms: 10}}\n"), "raft.election_timeout_max_ms"),
             (format!("{GOOD}raft: {{heartbeat: 5}}\n"), "raft.heartbeat"),
             (format!("{GOOD}colour: blue\n"), "colour"),
+            (
+                GOOD.replace("key: /abs/n1-key.pem}", "key: /abs/n1-key.pem, names: [aws-1.example, 'no such']}"),
+                "tls.names[1]",
+            ),
             (format!("{GOOD}jobs: {{max_running: 0}}\n"), "jobs.max_running"),
             (format!("{GOOD}jobs: {{log_limit_bytes: 100}}\n"), "jobs.log_limit_bytes"),
             (format!("{GOOD}jobs: {{sandbox: {{mode: sometimes}}}}\n"), "jobs.sandbox.mode"),

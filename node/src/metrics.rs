@@ -1,4 +1,5 @@
-//! Prometheus metrics of a replica, served on the ops listener.
+//! Prometheus metrics of a replica, served on the ops listener. `docs/operations.md` lists every
+//! metric with its meaning.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -20,7 +21,7 @@ pub struct RpcLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcErrorLabels {
     pub rpc: &'static str,
-    /// unreachable, timeout, network, remote
+    /// unreachable, timeout, network
     pub kind: &'static str,
 }
 
@@ -172,7 +173,7 @@ impl Metrics {
         self.rpc_errors.get_or_create(&RpcErrorLabels { rpc, kind }).inc();
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text of every metric (`atoll_api::exposition` serves it as a scraper asks).
     pub fn render(&self) -> String {
         let mut out = String::new();
         let registry = self.registry.lock().expect("metrics registry");

@@ -2,7 +2,8 @@
 //!
 //! - `/healthz`: 200 while the Raft core runs (503 after a fatal storage error).
 //! - `/readyz`: 200 when this replica knows a leader and is not shutting down.
-//! - `/metrics`: Prometheus text.
+//! - `/metrics`: Prometheus text 0.0.4, or OpenMetrics when the scraper asks for it
+//!   ([`atoll_api::exposition`]).
 
 use std::sync::Arc;
 
@@ -44,6 +45,9 @@ async fn readyz(axum::extract::State(replica): axum::extract::State<Arc<Replica>
     }
 }
 
-async fn metrics(axum::extract::State(replica): axum::extract::State<Arc<Replica>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], replica.metrics.render())
+async fn metrics(
+    axum::extract::State(replica): axum::extract::State<Arc<Replica>>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    atoll_api::exposition::respond(headers.get(header::ACCEPT), replica.metrics.render())
 }

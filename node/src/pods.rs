@@ -100,6 +100,7 @@ pub fn router(pods: Arc<Pods>) -> Router {
         .route("/v1/pods/{job}/{attempt}/blobs/{digest}", get(blob))
         .route("/v1/pods/{job}/{attempt}/output", put(output).layer(DefaultBodyLimit::disable()))
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::middleware::map_response(atoll_api::error::envelope))
         .with_state(pods)
 }
 

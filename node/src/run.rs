@@ -123,14 +123,16 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
     let blobs = atoll_store::Blobs::open(&config.storage).map_err(|e| anyhow::anyhow!("storage: {e}"))?;
     let blob_service =
         atoll_store::transfer::BlobService::new(blobs, crate::transfers::NodeGuard::new(config.cluster.clone(), &tls));
-    let router = crate::api::router(replica.clone())
-        .merge(raft::rpc::router(raft::rpc::RpcState {
-            raft: replica.raft.clone(),
-            state: state.clone(),
-            cluster: config.cluster.clone(),
-            replica: replica.clone(),
-        }))
-        .merge(atoll_store::transfer::routes(blob_service.clone()));
+    let router = crate::api::with_envelope(
+        crate::api::router(replica.clone())
+            .merge(raft::rpc::router(raft::rpc::RpcState {
+                raft: replica.raft.clone(),
+                state: state.clone(),
+                cluster: config.cluster.clone(),
+                replica: replica.clone(),
+            }))
+            .merge(atoll_store::transfer::routes(blob_service.clone())),
+    );
     let drain = config.shutdown_grace / 2;
     let mut server = tokio::spawn(atoll_api::serve::serve_mtls(
         listener,
@@ -248,7 +250,7 @@ async fn join_mesh(
         crate::config::ExecutorConfig::Process => None,
     };
     let jobs = crate::link::Jobs { executor, max_running: config.jobs.max_running, transfers, failed };
-    let link = crate::link::run(replica.clone(), tls.clone(), config.tls.clone(), link, jobs);
+    let link = crate::link::run(replica.clone(), tls.clone(), config.tls.clone(), config.tls_names.clone(), link, jobs);
     Ok(Some(tokio::spawn(async move {
         // Retention passes and the pod listener go on as long as the link does.
         let _retention = retention;

@@ -265,6 +265,7 @@ async fn begin(
     body: Bytes,
 ) -> Result<Json<UploadState>, ApiError> {
     let digest = admit(&service, true, &digest, &extensions, &headers).await?;
+    atoll_api::error::check_json_content_type(headers.get(axum::http::header::CONTENT_TYPE))?;
     let manifest: Manifest =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the manifest: {e}")))?;
     if manifest.digest != digest || !manifest.is_consistent() {
@@ -833,7 +834,10 @@ pub async fn send(from: &Blobs, digest: &Digest, peer: &Remote, pace: &Pace) -> 
     // A conflict (the server lost its place, or another sender got ahead) restarts from what
     // the server says; bounded so two senders cannot loop forever.
     for _round in 0..TRIES {
-        let bytes = with_tries(peer, "beginning the upload", || peer.http.put(&base).body(body.clone())).await?;
+        let bytes = with_tries(peer, "beginning the upload", || {
+            peer.http.put(&base).header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone())
+        })
+        .await?;
         let mut state: UploadState = json(peer, "the upload state", &bytes)?;
         if state.complete {
             return Ok(sent);

@@ -135,7 +135,8 @@ impl MeshDir {
             let name = replica_name(&cluster.name, replica.id);
             if layout.gateway.is_none() && !certs.join(format!("{name}.pem")).exists() {
                 let identity = Identity::node(cluster.name.parse()?, replica.id);
-                ca.issue(&identity, year, KeyAlgorithm::EcdsaP256)?.save(&certs, &name)?;
+                let names = [replica.place.ip().parse::<atoll_api::pki::HostName>().map_err(anyhow::Error::msg)?];
+                ca.issue_named(&identity, &names, year, KeyAlgorithm::EcdsaP256)?.save(&certs, &name)?;
             }
             let dir = self.replica_dir(&cluster.name, replica.id);
             fs::create_dir_all(&dir)?;

@@ -704,6 +704,19 @@ impl Db {
         })
     }
 
+    /// Unfinished jobs (waiting, queued, assigned, running) by state, read through the state
+    /// index (metrics, at every scrape).
+    pub async fn count_unfinished(&self) -> Result<Vec<(String, i64)>, DbError> {
+        with_pool!(self, read, |pool| {
+            let rows = sqlx::query(
+                "SELECT state, COUNT(*) AS n FROM jobs WHERE state IN ('waiting', 'queued', 'assigned', 'running') GROUP BY state",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(|row| Ok::<_, DbError>((row.try_get("state")?, row.try_get("n")?))).collect()
+        })
+    }
+
     /// Say why a queued job waits for a cluster.
     pub async fn set_queued_reason(&self, id: &str, attempt: u32, reason: &str) -> Result<(), DbError> {
         let attempt = int(attempt, "jobs.attempt")?;

@@ -89,7 +89,7 @@ pub async fn enroll(config: &AgentConfig, link: &GatewayLink) -> anyhow::Result<
         Duration::from_secs(30),
     )?;
     let identity = Identity::node(config.cluster.clone(), config.node_id);
-    let (csr, key) = atoll_api::pki::new_csr(&identity, KeyAlgorithm::EcdsaP256)?;
+    let (csr, key) = atoll_api::pki::new_csr(&identity, &config.tls_names, KeyAlgorithm::EcdsaP256)?;
     let request = EnrollRequest { token: token_text, csr };
     let issued = retrying("enrolling", || client.enroll(&request))
         .await

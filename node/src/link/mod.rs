@@ -71,8 +71,16 @@ pub struct Jobs {
     pub failed: Arc<crate::transfers::FailedPeers>,
 }
 
-/// Run renewal and, while leading, the duties; returns only if the cluster is revoked.
-pub async fn run(replica: Arc<Replica>, tls: TlsIdentity, files: TlsFiles, link: GatewayLink, jobs: Jobs) {
+/// Run renewal (certificates naming `names` besides the identity) and, while leading, the
+/// duties; returns only if the cluster is revoked.
+pub async fn run(
+    replica: Arc<Replica>,
+    tls: TlsIdentity,
+    files: TlsFiles,
+    names: Vec<atoll_api::pki::HostName>,
+    link: GatewayLink,
+    jobs: Jobs,
+) {
     let clients = gateway_client(&tls, &link.addr).and_then(|gateway| {
         let wait = crate::jobs::LEASE_WAIT + Duration::from_secs(10);
         let leases = GatewayClient::new(tls.client_config(ServerPolicy::Gateway)?, &link.addr, None, wait)?;
@@ -85,7 +93,8 @@ pub async fn run(replica: Arc<Replica>, tls: TlsIdentity, files: TlsFiles, link:
             return;
         }
     };
-    let renewal = tokio::spawn(renew::renew_forever(tls.clone(), files, duties::identity(&replica), gateway.clone()));
+    let renewal =
+        tokio::spawn(renew::renew_forever(tls.clone(), files, duties::identity(&replica), names, gateway.clone()));
     let prober = Arc::new(Prober::new(tls, jobs.failed.clone()));
     let mut leadership = replica.leadership();
     let mut running: Option<(u64, AbortOnDrop)> = None;

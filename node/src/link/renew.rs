@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use atoll_api::Identity;
 use atoll_api::gateway_client::GatewayClient;
+use atoll_api::pki::HostName;
 use atoll_api::pki::KeyAlgorithm;
 use atoll_api::tls::TlsFiles;
 use atoll_api::tls::TlsIdentity;
@@ -21,8 +22,15 @@ fn until(at: time::OffsetDateTime) -> Duration {
     left.try_into().unwrap_or(Duration::ZERO)
 }
 
-/// Renew this replica's certificate for as long as the task runs.
-pub async fn renew_forever(tls: TlsIdentity, files: TlsFiles, identity: Identity, gateway: GatewayClient) {
+/// Renew this replica's certificate, asking for `names` besides its identity, for as long as
+/// the task runs.
+pub async fn renew_forever(
+    tls: TlsIdentity,
+    files: TlsFiles,
+    identity: Identity,
+    names: Vec<HostName>,
+    gateway: GatewayClient,
+) {
     loop {
         let current = match std::fs::read_to_string(&files.cert)
             .map_err(|e| e.to_string())
@@ -39,7 +47,7 @@ pub async fn renew_forever(tls: TlsIdentity, files: TlsFiles, identity: Identity
         tokio::time::sleep(until(at)).await;
         let mut delay = Duration::from_secs(5);
         loop {
-            match renew_once(&tls, &files, &identity, &gateway).await {
+            match renew_once(&tls, &files, &identity, &names, &gateway).await {
                 Ok(not_after) => {
                     tracing::info!(%not_after, "certificate renewed and swapped in");
                     break;
@@ -59,9 +67,10 @@ async fn renew_once(
     tls: &TlsIdentity,
     files: &TlsFiles,
     identity: &Identity,
+    names: &[HostName],
     gateway: &GatewayClient,
 ) -> anyhow::Result<time::OffsetDateTime> {
-    let (csr, key) = atoll_api::pki::new_csr(identity, KeyAlgorithm::EcdsaP256)?;
+    let (csr, key) = atoll_api::pki::new_csr(identity, names, KeyAlgorithm::EcdsaP256)?;
     let issued = gateway.renew(&csr).await?;
     let (got, certified) = tls.trust().certified_key(
         &files.ca,
