@@ -117,6 +117,19 @@ async fn metrics_are_clean_and_counted(engine: Engine) {
     assert_eq!(cells.iter().sum::<f64>(), 2.0, "{text}");
     assert!(text.contains("# TYPE atoll_gateway_relay_bytes_total counter"), "{text}");
     assert!(text.contains("# TYPE atoll_gateway_transfer_routes_total counter"), "{text}");
+
+    phase("a replica counts the input it pulled from another cluster and the run that used it");
+    let edge = "version: 1\njobs:\n  - name: make\n    type: command\n    command: echo made > \"$ATOLL_OUTPUT/f\"\n    cluster: {selector: [aws]}\n    timeout: 60\n  - name: use\n    type: command\n    command: cat \"$ATOLL_INPUTS/make/f\"\n    cluster: {selector: [gcp]}\n    depends_on: [make]\n    timeout: 60\n";
+    let submitted = submit(&mesh.gateway, edge).await;
+    let used = wait_final(&mesh.gateway, &id_of(&submitted, "use")).await;
+    assert_eq!(used.job.state, atoll_api::jobs::JobState::Finished, "{used:?}");
+    let (_, text) = scrape(&mesh.t.ops_addr("gcp", 1), None).await;
+    promtool_check("a replica that received an input", &text).await;
+    assert_eq!(sample(&text, "atoll_transfer_inputs_total{route=\"pull\"}"), Some(1.0), "{text}");
+    assert!(sample(&text, "atoll_transfer_received_bytes_total{route=\"pull\"}").is_some_and(|n| n > 0.0), "{text}");
+    assert_eq!(sample(&text, "atoll_transfer_duration_seconds_count{route=\"pull\"}"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "atoll_job_runs_ended_total{state=\"finished\"}"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "atoll_job_runs_running"), Some(0.0), "{text}");
 }
 
 on_both_engines!(

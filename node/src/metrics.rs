@@ -31,6 +31,12 @@ pub struct RoleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// pull, push, relay
+    pub route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndLabels {
     /// finished, failure, error, unstable, killed, lost
     pub state: &'static str,
@@ -57,6 +63,11 @@ pub struct Metrics {
     pub job_runs_ended: Family<EndLabels, Counter>,
     pub job_run_duration: Histogram,
     pub job_logs_truncated: Counter,
+    pub transfer_inputs: Family<RouteLabels, Counter>,
+    pub transfer_received_bytes: Family<RouteLabels, Counter>,
+    pub transfer_duration: Family<RouteLabels, Histogram>,
+    pub transfer_fallbacks: Counter,
+    pub transfer_sent_bytes: Family<RouteLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -100,6 +111,14 @@ impl Metrics {
             // 100 ms .. ~27 h
             job_run_duration: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.1, 3.0, 15)),
             job_logs_truncated: Counter::default(),
+            transfer_inputs: Family::default(),
+            transfer_received_bytes: Family::default(),
+            // 10 ms .. ~11 h
+            transfer_duration: Family::new_with_constructor(|| {
+                Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.01, 3.0, 15))
+            }),
+            transfer_fallbacks: Counter::default(),
+            transfer_sent_bytes: Family::default(),
         };
         registry.register("raft_term", "Current Raft term", metrics.term.clone());
         registry.register("raft_role", "1 for the role this replica has now", metrics.role.clone());
@@ -160,6 +179,32 @@ impl Metrics {
             "job_logs_truncated",
             "Runs whose log went over jobs.log_limit_bytes (cut with a marker)",
             metrics.job_logs_truncated.clone(),
+        );
+        registry.register(
+            "transfer_inputs",
+            "Inputs from other clusters received into this cluster's store, by the route that brought them",
+            metrics.transfer_inputs.clone(),
+        );
+        registry.register(
+            "transfer_received_bytes",
+            "Bytes of inputs from other clusters received here, by route",
+            metrics.transfer_received_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "transfer_duration",
+            "Time to bring an input from another cluster into this cluster's store, by route",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.transfer_duration.clone(),
+        );
+        registry.register(
+            "transfer_fallbacks",
+            "Direct transfers (pull or push) that failed and fell back to the relay",
+            metrics.transfer_fallbacks.clone(),
+        );
+        registry.register(
+            "transfer_sent_bytes",
+            "Bytes of outputs this replica pushed to another cluster or uploaded to the relay, by route",
+            metrics.transfer_sent_bytes.clone(),
         );
         *metrics.registry.lock().expect("metrics registry") = registry;
         metrics

@@ -291,9 +291,10 @@ impl Transfers {
                         plan.ticket.clone().unwrap_or_default(),
                     );
                     match fetch.run(&remote, self.blobs(), &self.pace).await {
-                        Ok(_) => return self.received(job, input, &fetch, relayed_from, started),
+                        Ok(_) => return self.received(job, input, &fetch, relayed_from, started, Route::Pull),
                         Err(e) if e.is_path_failure() => {
                             tracing::warn!(job, parent = %input.from_job, from = %plan.source, error = %e, chunk = fetch.next_chunk(), "pulling an input failed; falling back to the relay");
+                            self.replica.metrics.transfer_fallbacks.inc();
                             self.failed.push(&plan.source);
                             failed = Some(format!("pulling from {}: {e}", plan.source));
                         }
@@ -302,12 +303,13 @@ impl Transfers {
                 }
                 Route::Push => {
                     if self.blobs().manifest(&digest).await.map_err(|e| e.to_string())?.is_some() {
-                        return self.received(job, input, &fetch, relayed_from, started);
+                        return self.received(job, input, &fetch, relayed_from, started, Route::Push);
                     }
                     let now = self.service.upload_progress(&digest).await.unwrap_or(0);
                     match push_progress {
                         Some((seen, since)) if seen == now && since.elapsed() >= PUSH_STALL => {
                             tracing::warn!(job, parent = %input.from_job, from = %plan.source, chunks = now, "a push made no progress; falling back to the relay");
+                            self.replica.metrics.transfer_fallbacks.inc();
                             self.failed.push(&plan.source);
                             failed = Some(format!(
                                 "no push from {} arrived for {} s (at chunk {now})",
@@ -337,7 +339,7 @@ impl Transfers {
                         fetch.run_while_uploading(&remote, self.blobs(), &self.pace).await
                     };
                     match fetched {
-                        Ok(_) => return self.received(job, input, &fetch, relayed_from, started),
+                        Ok(_) => return self.received(job, input, &fetch, relayed_from, started, Route::Relay),
                         // The upload has not begun: ask again (which also re-queues it).
                         Err(TransferError::Refused { code: Some(ErrorCode::NotFound), .. }) if !plan.ready => {
                             tokio::time::sleep(ASK_AGAIN).await;
@@ -360,7 +362,15 @@ impl Transfers {
         fetch: &Fetch,
         relayed_from: Option<usize>,
         started: Instant,
+        route: Route,
     ) -> Result<(), String> {
+        // A pull or push that fell back ends on the relay: counted by the route that brought it.
+        let route = if relayed_from.is_some() { Route::Relay } else { route };
+        let labels = crate::metrics::RouteLabels { route: route.as_str() };
+        let metrics = &self.replica.metrics;
+        metrics.transfer_inputs.get_or_create(&labels).inc();
+        metrics.transfer_received_bytes.get_or_create(&labels).inc_by(fetch.moved);
+        metrics.transfer_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
         tracing::info!(
             job,
             parent = %input.from_job,
@@ -486,6 +496,8 @@ impl Transfers {
             this.sending.lock().expect("sending").remove(&key);
             match result {
                 Ok(bytes) => {
+                    let labels = crate::metrics::RouteLabels { route: task.route.as_str() };
+                    this.replica.metrics.transfer_sent_bytes.get_or_create(&labels).inc_by(bytes);
                     tracing::info!(route = task.route.as_str(), digest = %task.digest, to = %task.to, job = %task.job, bytes, "output sent")
                 }
                 Err(e) => {
