@@ -1,6 +1,6 @@
 //! A mesh of real `atoll` processes inside a [`crate::sandbox::Sandbox`]: the gateway and every replica in a
 //! namespace of its own, the suite's clients in one more. The mesh itself is the one `atoll dev`
-//! and the integration tests run ([`atoll::mesh::Mesh`]), placed on the sandbox's addresses.
+//! and the integration tests run ([`atoll_mesh::Mesh`]), placed on the sandbox's addresses.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -8,12 +8,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use atoll::mesh::GatewayTiming;
-use atoll::mesh::Layout;
-use atoll::mesh::Mesh;
-use atoll::mesh::MeshDir;
-use atoll::mesh::Placement;
-use atoll::mesh::replica_name;
 use atoll_api::client::NodeClient;
 use atoll_api::gateway_client::GatewayClient;
 use atoll_api::node::Role;
@@ -21,6 +15,12 @@ use atoll_api::tls::ServerPolicy;
 use atoll_api::tls::TlsFiles;
 use atoll_api::tls::TlsIdentity;
 use atoll_api::tls::TrustRoots;
+use atoll_mesh::GatewayTiming;
+use atoll_mesh::Layout;
+use atoll_mesh::Mesh;
+use atoll_mesh::MeshDir;
+use atoll_mesh::Placement;
+use atoll_mesh::replica_name;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 

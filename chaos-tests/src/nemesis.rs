@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
-use atoll::mesh::replica_name;
+use atoll_mesh::replica_name;
 use nix::sys::signal::Signal;
 use rand::Rng;
 use rand::rngs::StdRng;

@@ -11,9 +11,9 @@ use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::Context;
-use atoll::mesh::replica_name;
 use atoll_api::gateway::LinkState;
 use atoll_api::gateway::TransferMode;
+use atoll_mesh::replica_name;
 use nix::sys::signal::Signal;
 use rand::Rng;
 use rand::SeedableRng;
@@ -886,7 +886,7 @@ async fn inject(
 
 /// Put the delaying proxy between sites: every connection a replica opens to the gateway or to
 /// a replica of another cluster goes through it (the suite's own client stays direct).
-fn delay_between_sites(sandbox: &Sandbox, layout: &atoll::mesh::Layout) -> anyhow::Result<DelayProxy> {
+fn delay_between_sites(sandbox: &Sandbox, layout: &atoll_mesh::Layout) -> anyhow::Result<DelayProxy> {
     let gateway = layout.gateway.as_ref().context("no gateway")?;
     let mut destinations = vec![(None, GATEWAY.to_string(), gateway.port)];
     for (cluster, replica) in layout.all() {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use atoll_node::AgentConfig;
 
-use crate::mesh::EXIT_WITH_PARENT_ENV;
+use atoll_mesh::EXIT_WITH_PARENT_ENV;
 
 /// Listen for Ctrl-C (SIGINT) and SIGTERM from now on; the returned future resolves on either.
 ///

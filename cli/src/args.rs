@@ -57,11 +57,6 @@ pub enum Command {
         #[command(subcommand)]
         command: RaftCommand,
     },
-    /// Benchmarks (release build recommended).
-    Bench {
-        #[command(subcommand)]
-        command: BenchCommand,
-    },
     /// Make join tokens (for replicas) and user tokens (bearer tokens with scopes).
     Token {
         #[command(subcommand)]
@@ -395,22 +390,6 @@ pub enum RaftCommand {
         #[arg(long)]
         to: Option<u64>,
     },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Write-unavailability after killing (or pausing) the leader, side by side with etcd.
-    Failover(crate::bench::failover::FailoverArgs),
-    /// Time for a cut (and a heal) between clusters to show in the gateway's matrix.
-    Convergence(crate::bench::convergence::ConvergenceArgs),
-    /// One gateway under a thousand simulated clusters, on SQLite and PostgreSQL.
-    Scale(crate::bench::scale::ScaleArgs),
-    /// Jobs per second through a real mesh, submit to recorded result, on SQLite and PostgreSQL.
-    Dispatch(crate::bench::jobs::DispatchArgs),
-    /// Time from killing every replica of a cluster to its jobs running elsewhere.
-    Reroute(crate::bench::jobs::RerouteArgs),
-    /// A large output moved by each route (local, pull, push, relay): throughput and memory.
-    Transfer(crate::bench::transfer::TransferArgs),
 }
 
 #[cfg(test)]

@@ -17,10 +17,10 @@ use anyhow::Context;
 use crate::agent::shutdown_signal;
 use crate::args::DevArgs;
 use crate::cli_config::CliConfig;
-use crate::mesh::Layout;
-use crate::mesh::Mesh;
-use crate::mesh::MeshDir;
-use crate::mesh::replica_name;
+use atoll_mesh::Layout;
+use atoll_mesh::Mesh;
+use atoll_mesh::MeshDir;
+use atoll_mesh::replica_name;
 
 /// Restarts of one replica allowed within [`RESTART_WINDOW`] before dev gives up on it.
 const MAX_RESTARTS: usize = 5;
@@ -28,7 +28,7 @@ const RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 fn choose_layout(args: &DevArgs, dir: &MeshDir) -> anyhow::Result<Layout> {
     if args.fresh {
-        crate::mesh::wipe(&dir.root)?;
+        atoll_mesh::wipe(&dir.root)?;
     }
     if let Some(stored) = dir.stored_layout()? {
         let replicas = stored.clusters.first().map_or(0, |c| c.replicas.len());

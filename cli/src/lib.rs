@@ -2,12 +2,11 @@
 //!
 //! - [`args`]: the command line.
 //! - [`agent`]: `atoll agent`.
-//! - [`dev`]: `atoll dev`, a whole local mesh.
-//! - [`mesh`]: the local mesh launcher shared by `dev`, benchmarks and tests.
+//! - [`dev`]: `atoll dev`, a whole local mesh (launched by the `atoll-mesh` crate, which the
+//!   multi-process tests, the benchmarks and the chaos suite use too).
 //! - [`ca`]: `atoll ca init|issue`.
 //! - [`operator`]: `status`, `annotate`, `annotations`, `raft ...`.
 //! - [`mesh_commands`]: `token create`, `clusters`, `cluster ...`, `matrix` (through the gateway).
-//! - [`bench`]: benchmarks measured side by side with the peer baseline.
 //! - [`cli_config`]: the CLI config file.
 //! - [`job_commands`]: `validate`, `submit`, `jobs`, `job`, `logs`, `cancel`.
 //! - [`verify`]: `atoll verify`, checks of a live deployment.
@@ -18,7 +17,6 @@
 
 pub mod agent;
 pub mod args;
-pub mod bench;
 pub mod ca;
 pub mod cli_config;
 pub mod completion;
@@ -26,7 +24,6 @@ pub mod dev;
 pub mod job_commands;
 pub mod logging;
 pub mod malloc;
-pub mod mesh;
 pub mod mesh_commands;
 pub mod operator;
 pub mod pod;
@@ -34,7 +31,6 @@ pub mod push;
 pub mod verify;
 
 use args::Args;
-use args::BenchCommand;
 use args::Command;
 use cli_config::CliConfig;
 
@@ -84,13 +80,5 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
         }
         Command::Annotations(node) => operator::annotations(&CliConfig::find(args.config.as_deref())?, node).await,
         Command::Raft { command } => operator::raft(&CliConfig::find(args.config.as_deref())?, command).await,
-        Command::Bench { command: BenchCommand::Failover(failover) } => bench::failover::run(failover).await,
-        Command::Bench { command: BenchCommand::Convergence(convergence) } => {
-            bench::convergence::run(convergence).await
-        }
-        Command::Bench { command: BenchCommand::Scale(scale) } => bench::scale::run(scale).await,
-        Command::Bench { command: BenchCommand::Dispatch(args) } => bench::jobs::dispatch(args).await,
-        Command::Bench { command: BenchCommand::Reroute(args) } => bench::jobs::reroute(args).await,
-        Command::Bench { command: BenchCommand::Transfer(args) } => bench::transfer::run(args).await,
     }
 }

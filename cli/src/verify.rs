@@ -19,7 +19,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::cli_config::CliConfig;
-use crate::mesh::NodeRecord;
+use atoll_mesh::NodeRecord;
 
 /// How long one probe of a replica may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -18,7 +18,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 use std::time::Instant;
 
-use atoll::mesh::NodeRecord;
+use atoll_mesh::NodeRecord;
 use common::atoll_exe;
 use common::phase;
 use nix::sys::signal::Signal;

@@ -7,9 +7,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use atoll::mesh::RaftKnobs;
 use atoll_api::client::ClientError;
 use atoll_api::node::Role;
+use atoll_mesh::RaftKnobs;
 use common::TestMesh;
 use common::annotate_retrying;
 use common::eventually;

@@ -7,7 +7,6 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use atoll::mesh::RaftKnobs;
 use atoll_api::Identity;
 use atoll_api::client::NodeClient;
 use atoll_api::client::error_chain;
@@ -15,6 +14,7 @@ use atoll_api::pki::CertificateAuthority;
 use atoll_api::pki::IssuedCert;
 use atoll_api::pki::KeyAlgorithm;
 use atoll_api::tls::ServerPolicy;
+use atoll_mesh::RaftKnobs;
 use common::TestMesh;
 use common::eventually;
 use common::https_client;

@@ -9,13 +9,13 @@ use std::process::Command;
 use std::process::Stdio;
 use std::time::Duration;
 
-use atoll::mesh::EXIT_WITH_PARENT_ENV;
-use atoll::mesh::RaftKnobs;
-use atoll::mesh::allocate_ports;
 use atoll_api::ErrorCode;
 use atoll_api::Identity;
 use atoll_api::pki::CertificateAuthority;
 use atoll_api::pki::KeyAlgorithm;
+use atoll_mesh::EXIT_WITH_PARENT_ENV;
+use atoll_mesh::RaftKnobs;
+use atoll_mesh::allocate_ports;
 use common::TestMesh;
 use common::annotate_retrying;
 use common::atoll_exe;

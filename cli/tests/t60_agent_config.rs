@@ -9,11 +9,11 @@ use std::process::Command;
 use std::process::Output;
 use std::time::Duration;
 
-use atoll::mesh::EXIT_WITH_PARENT_ENV;
-use atoll::mesh::allocate_ports;
 use atoll_api::Identity;
 use atoll_api::pki::CertificateAuthority;
 use atoll_api::pki::KeyAlgorithm;
+use atoll_mesh::EXIT_WITH_PARENT_ENV;
+use atoll_mesh::allocate_ports;
 use common::atoll_exe;
 use common::phase;
 

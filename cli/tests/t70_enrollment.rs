@@ -137,7 +137,7 @@ async fn enrollment(engine: Engine) {
     let rogue = mesh.t.dir.path().join("rogue");
     std::fs::create_dir_all(&rogue).expect("dir");
     let foreign = JoinToken { secret: atoll_api::token::new_secret(), ca_fingerprint: "cd".repeat(32) }.encode();
-    let port = atoll::mesh::allocate_ports(1, 0).expect("port")[0];
+    let port = atoll_mesh::allocate_ports(1, 0).expect("port")[0];
     std::fs::write(
         rogue.join("agent.yaml"),
         format!(

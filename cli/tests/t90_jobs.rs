@@ -11,7 +11,6 @@ mod common;
 use std::time::Duration;
 use std::time::Instant;
 
-use atoll::mesh::GatewayTiming;
 use atoll_api::ErrorCode;
 use atoll_api::gateway::ClusterState;
 use atoll_api::jobs::Held;
@@ -23,6 +22,7 @@ use atoll_api::jobs::ReportOutcome;
 use atoll_api::jobs::ReportedState;
 use atoll_api::jobs::SubmitRequest;
 use atoll_api::jobs::Submitted;
+use atoll_mesh::GatewayTiming;
 use common::Engine;
 use common::GatewayMesh;
 use common::eventually;

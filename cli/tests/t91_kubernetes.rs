@@ -31,7 +31,7 @@ async fn kube_mesh_of(fake: &FakeKube, clusters: usize) -> GatewayMesh {
     let api = fake.url.clone();
     GatewayMesh::start_with(Engine::Sqlite, clusters, 3, test_gateway_timing(), false, move |layout| {
         layout.clusters[0].kubernetes_api = Some(api);
-        layout.clusters[0].pod_ports = atoll::mesh::allocate_ports(3, 0).expect("pod ports");
+        layout.clusters[0].pod_ports = atoll_mesh::allocate_ports(3, 0).expect("pod ports");
     })
     .await
 }

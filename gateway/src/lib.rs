@@ -44,6 +44,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 
 pub use config::GatewayConfig;
+#[cfg(any(test, feature = "testsuite"))]
 pub use db::testing;
 pub use run::run;
 

@@ -9,12 +9,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use atoll::cli_config::CliConfig;
-use atoll::mesh::ClusterLeader;
-use atoll::mesh::GatewayTiming;
-use atoll::mesh::Layout;
-use atoll::mesh::Mesh;
-use atoll::mesh::MeshDir;
-use atoll::mesh::RaftKnobs;
 use atoll_api::client::NodeClient;
 use atoll_api::gateway::ClusterInfo;
 use atoll_api::gateway::LinkState;
@@ -33,6 +27,12 @@ use atoll_api::tls::TlsIdentity;
 use atoll_api::tls::TrustRoots;
 use atoll_gateway::config::Database;
 use atoll_gateway::db::testing::TestDatabase;
+use atoll_mesh::ClusterLeader;
+use atoll_mesh::GatewayTiming;
+use atoll_mesh::Layout;
+use atoll_mesh::Mesh;
+use atoll_mesh::MeshDir;
+use atoll_mesh::RaftKnobs;
 
 /// A TLS identity from a certificate the test issued itself.
 pub fn issued_identity(ca: &CertificateAuthority, cert: &IssuedCert) -> TlsIdentity {

@@ -20,6 +20,7 @@ pub mod matrix;
 pub mod retention;
 pub mod routes;
 pub mod sources;
+#[cfg(any(test, feature = "testsuite"))]
 pub mod testing;
 pub mod tokens;
 

@@ -1,4 +1,4 @@
-//! `atoll bench transfer`: a large output moved by each route through a real mesh.
+//! `atoll-bench transfer`: a large output moved by each route through a real mesh.
 //!
 //! Three clusters x one replica and a gateway, with the dev cuts (onprem refuses aws and gcp,
 //! gcp refuses onprem), so each route is the one the matrix demands:
@@ -44,8 +44,8 @@ use tokio::time::Instant;
 use super::loadavg;
 use super::median;
 use super::peers::loopback_streams;
-use crate::mesh::Layout;
-use crate::mesh::Mesh;
+use atoll_mesh::Layout;
+use atoll_mesh::Mesh;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TransferArgs {
@@ -339,7 +339,7 @@ pub async fn run(args: TransferArgs) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
     println!(
-        "# atoll bench transfer: {} MiB, {} run(s) per route, routes {:?}, local stores {} | load {}",
+        "# atoll-bench transfer: {} MiB, {} run(s) per route, routes {:?}, local stores {} | load {}",
         args.size_mib,
         args.runs,
         args.routes,

@@ -1,4 +1,4 @@
-//! `atoll bench scale`: one gateway under a thousand simulated clusters.
+//! `atoll-bench scale`: one gateway under a thousand simulated clusters.
 //!
 //! Per database engine: start an `atoll gateway` process on a fresh database, issue every
 //! simulated cluster a real certificate from the gateway's CA (each cluster's "leader" speaks
@@ -42,8 +42,8 @@ use super::median;
 use super::ms;
 use super::peers::etcd_throughput;
 use super::percentile;
-use crate::mesh::EXIT_WITH_PARENT_ENV;
-use crate::mesh::allocate_ports;
+use atoll_mesh::EXIT_WITH_PARENT_ENV;
+use atoll_mesh::allocate_ports;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Engine {
@@ -189,7 +189,7 @@ impl Gateway {
         );
         std::fs::write(dir.path().join("gateway.yaml"), config)?;
         let log = std::fs::File::create(dir.path().join("gateway.log"))?;
-        let child = std::process::Command::new(std::env::current_exe()?)
+        let child = std::process::Command::new(crate::atoll_exe()?)
             .args(["gateway", "--config"])
             .arg(dir.path().join("gateway.yaml"))
             .env(EXIT_WITH_PARENT_ENV, "1")
@@ -456,7 +456,7 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
         "{} not found: pass --peers DIR, or --etcd-seconds 0 to skip the peer",
         etcd_script.display()
     );
-    println!("# atoll bench scale: load {}", loadavg());
+    println!("# atoll-bench scale: load {}", loadavg());
     let mut ours = Vec::new();
     for &engine in &args.engines {
         ours.push((engine, one_engine(&args, engine).await?));

@@ -8,7 +8,12 @@
 //! - [`transfer`]: a large output moved by each route (local, pull, push, relay), next to the
 //!   machine's loopback TLS stream.
 //! - [`peers`]: running the peer baseline's scripts and reading their summaries.
+//! - [`args`]: the command line of the `atoll-bench` binary.
+//!
+//! The meshes they start run the `atoll` binary built beside `atoll-bench` (`target/release/`
+//! after `scripts/bench`), exactly what an operator runs.
 
+pub mod args;
 pub mod convergence;
 pub mod failover;
 pub mod jobs;
@@ -20,16 +25,29 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-/// Start a mesh with a gateway in `dir` from this binary and wait until every cluster has a
+/// The `atoll` binary beside this one (`cargo build -p atoll -p atoll-bench` puts both in one
+/// directory).
+pub fn atoll_exe() -> anyhow::Result<std::path::PathBuf> {
+    let own = std::env::current_exe().context("finding the atoll-bench binary")?;
+    let exe = own.with_file_name("atoll");
+    anyhow::ensure!(
+        exe.is_file(),
+        "{} is missing: build it beside atoll-bench (cargo build --release -p atoll -p atoll-bench; scripts/bench does)",
+        exe.display()
+    );
+    Ok(exe)
+}
+
+/// Start a mesh with a gateway in `dir` from the `atoll` binary and wait until every cluster has a
 /// leader, is registered, and the matrix is full; with an operator client of the replicas and
 /// the gateway's client.
 pub async fn ready_mesh(
     dir: &std::path::Path,
-    layout: crate::mesh::Layout,
-) -> anyhow::Result<(crate::mesh::Mesh, atoll_api::client::NodeClient, atoll_api::gateway_client::GatewayClient)> {
-    let exe = std::env::current_exe().context("finding the atoll binary")?;
-    let mut mesh = crate::mesh::Mesh::start(crate::mesh::MeshDir::new(dir), layout, exe).await?;
-    let client = crate::cli_config::CliConfig::load(&mesh.dir.cli_config())?.node_client()?;
+    layout: atoll_mesh::Layout,
+) -> anyhow::Result<(atoll_mesh::Mesh, atoll_api::client::NodeClient, atoll_api::gateway_client::GatewayClient)> {
+    let exe = crate::atoll_exe()?;
+    let mut mesh = atoll_mesh::Mesh::start(atoll_mesh::MeshDir::new(dir), layout, exe).await?;
+    let client = atoll::cli_config::CliConfig::load(&mesh.dir.cli_config())?.node_client()?;
     mesh.wait_for_leaders(&client, Duration::from_secs(60)).await?;
     mesh.wait_for_registration(Duration::from_secs(60)).await?;
     mesh.wait_for_matrix(Duration::from_secs(60)).await?;

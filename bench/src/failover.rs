@@ -1,4 +1,4 @@
-//! `atoll bench failover`: the write-unavailability window after the leader is killed or paused,
+//! `atoll-bench failover`: the write-unavailability window after the leader is killed or paused,
 //! measured exactly as the peer baseline measures etcd, and compared in the same run.
 //!
 //! Per run: wait for a stable leader, settle, then a probe writes every `interval` to the two
@@ -30,11 +30,11 @@ use super::median;
 use super::ms;
 use super::peers::etcd_failover;
 use super::percentile;
-use crate::mesh::Layout;
-use crate::mesh::Mesh;
-use crate::mesh::MeshDir;
-use crate::mesh::RaftKnobs;
-use crate::mesh::Timing;
+use atoll_mesh::Layout;
+use atoll_mesh::Mesh;
+use atoll_mesh::MeshDir;
+use atoll_mesh::RaftKnobs;
+use atoll_mesh::Timing;
 
 const CLUSTER: &str = "aws";
 
@@ -192,14 +192,14 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
             etcd_script.display()
         );
     }
-    let exe = std::env::current_exe()?;
+    let exe = crate::atoll_exe()?;
     if cfg!(debug_assertions) {
         println!("# warning: this is a debug build; figures are only meaningful from a release build");
     }
     let temp = tempfile::tempdir()?;
     let base = args.dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
     println!(
-        "# atoll bench failover: runs={} faults={:?} probe: a write every {} ms, per-write timeout {} ms; cpus={}",
+        "# atoll-bench failover: runs={} faults={:?} probe: a write every {} ms, per-write timeout {} ms; cpus={}",
         args.runs,
         args.faults,
         args.interval_ms,
@@ -219,7 +219,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     let mut results: Vec<RunResult> = Vec::new();
     for config in &configs {
         let dir = base.join(&config.name);
-        let _ = crate::mesh::wipe(&dir);
+        let _ = atoll_mesh::wipe(&dir);
         let mut layout = Layout::new(1, 3, 0)?;
         layout.raft = RaftKnobs { timing: config.timing, fast_failover: config.fast_failover, ..RaftKnobs::default() };
         let timing_text = config.timing.map_or("agent defaults".to_string(), |t| t.to_string());

@@ -1,4 +1,4 @@
-//! `atoll bench dispatch` and `atoll bench reroute`: jobs through a real mesh.
+//! `atoll-bench dispatch` and `atoll-bench reroute`: jobs through a real mesh.
 //!
 //! **dispatch**: three clusters x three replicas (process executor) and a gateway on SQLite or
 //! PostgreSQL. `--jobs` trivial jobs (`true`, no selector: spread by load) are submitted as
@@ -33,10 +33,10 @@ use super::peers::etcd_throughput;
 use super::percentile;
 use super::scale::Engine;
 use super::spread;
-use crate::cli_config::CliConfig;
-use crate::mesh::Layout;
-use crate::mesh::Mesh;
-use crate::mesh::MeshDir;
+use atoll::cli_config::CliConfig;
+use atoll_mesh::Layout;
+use atoll_mesh::Mesh;
+use atoll_mesh::MeshDir;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DispatchArgs {
@@ -115,7 +115,7 @@ impl Bench {
         {
             gateway.postgres_url = Some(url.clone());
         }
-        let exe = std::env::current_exe().context("finding the atoll binary")?;
+        let exe = crate::atoll_exe()?;
         let mut mesh = Mesh::start(MeshDir::new(dir.path()), layout, exe).await?;
         let client = CliConfig::load(&mesh.dir.cli_config())?.node_client()?;
         mesh.wait_for_leaders(&client, Duration::from_secs(60)).await?;
@@ -233,7 +233,7 @@ pub async fn dispatch(args: DispatchArgs) -> anyhow::Result<()> {
         etcd_script.display()
     );
     anyhow::ensure!(args.runs >= 1, "--runs must be 1 or more");
-    println!("# atoll bench dispatch: 3 clusters x 3 replicas, process executor, load {}", loadavg());
+    println!("# atoll-bench dispatch: 3 clusters x 3 replicas, process executor, load {}", loadavg());
     let mut results = Vec::new();
     // Every run's directory (tens of thousands of work directories) is removed only after the
     // last run: on a filesystem without a journal, ext4 skips inodes freed in the last minute
@@ -280,7 +280,7 @@ pub async fn dispatch(args: DispatchArgs) -> anyhow::Result<()> {
 
 pub async fn reroute(args: RerouteArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.runs >= 1 && args.jobs_per_run >= 1, "--runs and --jobs-per-run must be 1 or more");
-    println!("# atoll bench reroute: 3 clusters x 3 replicas, default bounds, load {}", loadavg());
+    println!("# atoll-bench reroute: 3 clusters x 3 replicas, default bounds, load {}", loadavg());
     let mut bench = Bench::start(Engine::Sqlite, None, None).await?;
     let replicas: Vec<u64> = bench.mesh.layout.cluster("aws").context("aws")?.replicas.iter().map(|r| r.id).collect();
     let mut samples = Vec::new();

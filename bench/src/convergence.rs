@@ -1,4 +1,4 @@
-//! `atoll bench convergence`: how long a cut between two clusters takes to show in the gateway's
+//! `atoll-bench convergence`: how long a cut between two clusters takes to show in the gateway's
 //! matrix, and a heal to clear, in a running mesh.
 //!
 //! A mesh of three clusters (three replicas each, the gateway on SQLite, no cuts) runs with the
@@ -26,8 +26,8 @@ use super::loadavg;
 use super::ms;
 use super::peers::etcd_failover;
 use super::spread;
-use crate::mesh::GatewayTiming;
-use crate::mesh::Layout;
+use atoll_mesh::GatewayTiming;
+use atoll_mesh::Layout;
 
 /// The annotation that cuts a link at run time.
 const REFUSE: &str = "atoll.io/refuse-inbound-from";
@@ -141,7 +141,7 @@ pub async fn run(args: ConvergenceArgs) -> anyhow::Result<()> {
         etcd_script.display()
     );
     println!(
-        "# atoll bench convergence: 3 clusters x {} replicas, gateway on SQLite, load {}",
+        "# atoll-bench convergence: 3 clusters x {} replicas, gateway on SQLite, load {}",
         args.replicas,
         loadavg()
     );
