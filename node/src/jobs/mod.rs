@@ -176,7 +176,7 @@ pub async fn lead(
                             if let Some(at) = leader.started.remove(&(job.clone(), attempt)) {
                                 leader.replica.metrics.job_run_duration.observe(at.elapsed().as_secs_f64());
                             }
-                            let label = crate::metrics::EndLabels { state: end_label(state) };
+                            let label = crate::metrics::EndLabels { state: state.as_str() };
                             leader.replica.metrics.job_runs_ended.get_or_create(&label).inc();
                             ends.push(JobOp::End { job, attempt, state, exit_code, message });
                         }
@@ -273,18 +273,6 @@ fn pending_reports(records: &BTreeMap<String, JobRecord>) -> Vec<Report> {
             Some(Report { job: r.job.clone(), attempt: r.attempt, state, exit_code, message, output })
         })
         .collect()
-}
-
-/// How a run ended, as the `state` label of `atoll_job_runs_ended`.
-fn end_label(state: EndState) -> &'static str {
-    match state {
-        EndState::Finished => "finished",
-        EndState::Failure => "failure",
-        EndState::Error => "error",
-        EndState::Unstable => "unstable",
-        EndState::Killed => "killed",
-        EndState::Lost => "lost",
-    }
 }
 
 fn reported(state: EndState) -> ReportedState {
