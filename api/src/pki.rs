@@ -108,6 +108,23 @@ pub fn server_names(
     Ok(names)
 }
 
+/// [`server_names`] from a config: `extra` as written under the key `extra_key`. An error names
+/// the key it is about (`host`, `extra_key[i]` or `extra_key`) and what is wrong.
+pub fn configured_server_names(
+    advertised: &str,
+    listen: std::net::SocketAddr,
+    extra: &[String],
+    extra_key: &str,
+) -> Result<Vec<HostName>, (String, String)> {
+    let extra = extra
+        .iter()
+        .enumerate()
+        .map(|(i, name)| name.parse::<HostName>().map_err(|e| (format!("{extra_key}[{i}]"), e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    HostName::of_address(advertised).map_err(|e| ("host".to_string(), e))?;
+    server_names(advertised, listen, &extra).map_err(|e| (extra_key.to_string(), e))
+}
+
 fn sans(identity: &Identity, names: &[HostName]) -> Result<Vec<SanType>, PkiError> {
     let uri = identity.uri().try_into().map_err(PkiError::Generate)?;
     let mut sans = vec![SanType::URI(uri)];

@@ -293,16 +293,8 @@ impl GatewayConfig {
         if listen.ip().is_unspecified() && file.host.is_none() {
             return Err(invalid("host", format!("required when listen is {listen}")));
         }
-        let extra_names = file
-            .tls_names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| name.parse().map_err(|e: String| invalid(&format!("tls_names[{i}]"), e)))
-            .collect::<Result<Vec<atoll_api::pki::HostName>, _>>()?;
-        let tls_names = atoll_api::pki::server_names(&advertise, listen, &extra_names).map_err(|e| {
-            let key = if e.contains("at most") { "tls_names" } else { "host" };
-            invalid(key, e)
-        })?;
+        let tls_names = atoll_api::pki::configured_server_names(&advertise, listen, &file.tls_names, "tls_names")
+            .map_err(|(key, message)| invalid(&key, message))?;
         let ops_listen = match &file.ops_listen {
             Some(addr) => Some(
                 addr.parse().map_err(|e| invalid("ops_listen", format!("{addr:?} is not an ip:port address: {e}")))?,

@@ -73,6 +73,7 @@ pub struct ProcessSettings {
 
 impl ProcessSettings {
     /// Defaults for tests: a sandbox where the machine allows it, the default log limit.
+    #[cfg(test)]
     pub fn for_tests(hidden: Vec<PathBuf>) -> Self {
         let sandbox = crate::config::default_sandbox().expect("the default sandbox user exists here");
         Self { sandbox, hidden, log_limit: 16 * 1024 * 1024 }
@@ -175,7 +176,11 @@ impl ProcessExecutor {
                 }
             }
         };
-        let cgroups = super::cgroups::Cgroups::detect(Path::new("/sys/fs/cgroup"));
+        // Runs join their cgroups in the sandbox's steps: without a sandbox none are made.
+        let cgroups = match &sandbox {
+            Some(_) => super::cgroups::Cgroups::detect(Path::new("/sys/fs/cgroup")),
+            None => super::cgroups::Cgroups::None,
+        };
         if sandbox.is_some() {
             match &cgroups {
                 super::cgroups::Cgroups::None => tracing::warn!(
@@ -193,8 +198,6 @@ impl ProcessExecutor {
                  but processes it detaches may outlive a replica killed with SIGKILL"
             ),
         }
-        // Runs join their cgroups in the sandbox's steps.
-        let cgroups = if sandbox.is_some() { cgroups } else { super::cgroups::Cgroups::None };
         Ok(Self {
             work_root,
             isolation,
