@@ -41,8 +41,6 @@ pub fn env_overrides() -> Vec<(String, String)> {
     std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect()
 }
 
-/// The directory relative paths in the config file at `path` are resolved against: its own,
-/// made absolute (a process may run with another working directory, as a job does).
 /// `path` as written in a config file whose directory is `base` (relative paths are against it).
 pub fn resolve(base: &Path, path: &Path) -> std::path::PathBuf {
     if path.is_absolute() { path.to_path_buf() } else { base.join(path) }
@@ -53,6 +51,8 @@ pub fn read_secret(path: &Path) -> std::io::Result<String> {
     Ok(std::fs::read_to_string(path)?.trim().to_string())
 }
 
+/// The directory relative paths in the config file at `path` are resolved against: its own,
+/// made absolute (a process may run with another working directory, as a job does).
 pub fn base_dir(path: &Path) -> std::path::PathBuf {
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf())

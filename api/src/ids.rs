@@ -1,4 +1,5 @@
-//! Newtypes for the names that must never be swapped: cluster names, labels, node ids, terms.
+//! Newtypes for the names that must never be swapped: cluster names, labels, node ids, terms,
+//! job ids.
 
 use std::fmt;
 use std::str::FromStr;
@@ -141,6 +142,54 @@ impl fmt::Display for Term {
     }
 }
 
+/// A job's id: its pipeline's id and its name, `<pipeline>.<name>` (unique across pipelines).
+/// Opaque on the wire: any string is read as an id, and one the gateway never made is simply
+/// not found.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(String);
+
+impl JobId {
+    /// The id of the job `name` of pipeline `pipeline`.
+    pub fn new(pipeline: &str, name: &str) -> Self {
+        Self(format!("{pipeline}.{name}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for JobId {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl From<&str> for JobId {
+    fn from(s: &str) -> Self {
+        Self(s.to_string())
+    }
+}
+
+impl std::borrow::Borrow<str> for JobId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for JobId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +209,15 @@ mod tests {
     fn labels_allow_dots_and_underscores() {
         assert!("gpu.nvidia_a100".parse::<Label>().is_ok());
         assert!("Has Space".parse::<Label>().is_err());
+    }
+
+    #[test]
+    fn job_ids_join_pipeline_and_name_and_stay_plain_strings_on_the_wire() {
+        let id = JobId::new("0123456789ab", "build");
+        assert_eq!(id.as_str(), "0123456789ab.build");
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"0123456789ab.build\"");
+        assert_eq!(serde_json::from_str::<JobId>("\"anything\"").unwrap(), JobId::from("anything"));
+        assert_eq!(serde_json::to_string(&Term(7)).unwrap(), "7");
     }
 
     #[test]

@@ -22,7 +22,8 @@ use serde_json::Value;
 
 use super::SpecErrors;
 use super::SpecProblem;
-use super::walk::join;
+use super::path::join;
+use super::path::printable;
 
 /// The two formats a spec is written in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,12 +99,6 @@ impl<'de> Deserialize<'de> for Document {
         let value = Node { path: String::new(), format: Format::Json, found: &mut found }.deserialize(d)?;
         Ok(Document { value, problems: found.problems, replaced: found.replaced })
     }
-}
-
-/// `text` with control characters escaped (`\0`, `\u{1b}`), the rest as it is: for messages
-/// that quote what a parser said about the input.
-pub(super) fn printable(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect()
 }
 
 #[derive(Default)]

@@ -12,12 +12,14 @@
 //! before storing anything.
 //!
 //! Messages quote what came from the document with control characters escaped (`"A\0B"`), and
-//! a key that is not a plain word is quoted in a path (`environment."A\0B"`).
+//! a key that is not a plain word is quoted in a path (`environment."A\0B"`); both are written
+//! by [`path`], the one module the reader and the walk share.
 //!
 //! Parsing never panics, whatever the input (a property test feeds it arbitrary documents).
 
 mod document;
 mod graph;
+mod path;
 mod walk;
 
 pub use document::Document;

@@ -28,6 +28,8 @@ use super::SPEC_VERSION;
 use super::SpecProblem;
 use super::graph;
 use super::graph::Graph;
+use super::path::join;
+use super::path::printable;
 use crate::ClusterName;
 use crate::ids::Label;
 
@@ -45,19 +47,6 @@ fn kind_of(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "a list",
         Value::Object(_) => "a map",
-    }
-}
-
-/// The path of `key` inside the map at `path`. A key that is not a plain word (letters, digits,
-/// `_`, `-`) is quoted with its control characters escaped, so a path is one printable,
-/// unambiguous line: `jobs[0].environment."A\0B"`, `jobs[0]."a.b"`.
-pub(super) fn join(path: &str, key: &str) -> String {
-    let plain = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    match (path.is_empty(), plain) {
-        (true, true) => key.to_string(),
-        (true, false) => format!("{key:?}"),
-        (false, true) => format!("{path}.{key}"),
-        (false, false) => format!("{path}.{key:?}"),
     }
 }
 
@@ -114,7 +103,7 @@ fn integer(v: &Value, path: &str, min: u64, max: u64, problems: &mut Problems) -
 fn shown(v: &Value) -> String {
     let s = match v {
         Value::String(s) => format!("{s:?}"),
-        other => super::document::printable(&other.to_string()),
+        other => printable(&other.to_string()),
     };
     if s.chars().count() > 40 { format!("{}...", s.chars().take(40).collect::<String>()) } else { s }
 }
