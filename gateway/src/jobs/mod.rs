@@ -143,6 +143,8 @@ pub fn job_id(pipeline: &str, name: &str) -> String {
 }
 
 impl Gateway {
+    /// How outputs flow between clusters now: the joined matrix, the edges that fell back to the
+    /// relay, and (in the chaos suite's broken gateway) the matrix ignored.
     pub(crate) fn flow(&self) -> Flow {
         let clusters = self.registry.registered();
         let rows = self.rows.snapshot();
