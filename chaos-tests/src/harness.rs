@@ -93,6 +93,33 @@ fn find_atoll_exe() -> anyhow::Result<PathBuf> {
     Ok(found)
 }
 
+/// The suite's deliberately broken gateway ([`crate::broken`]): beside the `atoll` binary, or
+/// beside this executable (or one directory up, from `target/*/deps`).
+pub fn broken_gateway_exe() -> anyhow::Result<PathBuf> {
+    let atoll = atoll_exe()?;
+    let me = std::env::current_exe()?;
+    let mut dirs: Vec<PathBuf> = atoll.parent().map(Path::to_path_buf).into_iter().collect();
+    if let Some(dir) = me.parent() {
+        dirs.push(dir.to_path_buf());
+        dirs.extend(dir.parent().map(Path::to_path_buf));
+    }
+    let found = dirs.iter().map(|dir| dir.join(crate::broken::GATEWAY_EXE)).find(|candidate| candidate.is_file());
+    let found = found.with_context(|| {
+        format!("no {} beside {} (run `cargo build --workspace` first)", crate::broken::GATEWAY_EXE, atoll.display())
+    })?;
+    // Built with the suite: refuse one older than the gateway's sources, as for `atoll`.
+    let built = std::fs::metadata(&found)?.modified()?;
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
+    if let Some(newer) = newer_source(workspace, built) {
+        anyhow::bail!(
+            "{} is older than {} (run `cargo build --workspace` first; scripts/test does)",
+            found.display(),
+            newer.display()
+        );
+    }
+    Ok(found)
+}
+
 /// A Rust source or manifest of the binary's crates changed after `than`, if any.
 fn newer_source(workspace: &Path, than: std::time::SystemTime) -> Option<PathBuf> {
     let mut stack: Vec<PathBuf> = ["api", "cli", "gateway", "node", "raft-store", "spawn", "store"]

@@ -4,6 +4,7 @@
 //! workload of writes and pipelines recorded as a history; and one checker per invariant over
 //! that history, the processes' logs and the final state.
 //!
+//! - [`broken`]: the deliberately broken gateway (the `atoll-chaos-gateway` binary).
 //! - [`sandbox`]: namespaces, the bridge, routes and packet filters.
 //! - [`delay`]: the delaying proxy between sites (this kernel has no netem).
 //! - [`harness`]: the mesh placed in the sandbox, and the suite's clients.
@@ -17,6 +18,7 @@
 //!
 //! `docs/reliability.md` describes the scenarios and holds the figures of the last runs.
 
+pub mod broken;
 pub mod checkers;
 pub mod delay;
 pub mod harness;

@@ -366,10 +366,12 @@ pub fn run_with(
     }
     let switch = match breakage {
         Breakage::None => None,
-        Breakage::GatewayUnfenced => Some(atoll_gateway::unsafe_switches::DISABLE_FENCING_ENV),
-        Breakage::MatrixIgnored => Some(atoll_gateway::unsafe_switches::IGNORE_MATRIX_ENV),
+        Breakage::GatewayUnfenced => Some(crate::broken::DISABLE_FENCING_ENV),
+        Breakage::MatrixIgnored => Some(crate::broken::IGNORE_MATRIX_ENV),
     };
     if let (Some(switch), Some(gateway)) = (switch, &mut layout.gateway) {
+        // The product gateway cannot be broken: the suite's own gateway binary runs instead.
+        gateway.exe = Some(crate::harness::broken_gateway_exe()?);
         gateway.env.push((switch.to_string(), "1".to_string()));
     }
     let mut sandbox = Sandbox::create(&addresses(&layout))?;

@@ -68,8 +68,8 @@ fn caught(scenario: Scenario, breakage: Breakage, warning: &str, invariant: &str
     assert_eq!(
         report.gateway_broken,
         [warning],
-        "the gateway must run with the switch: the atoll binary lacks the chaos-switches feature \
-         (`cargo build -p atoll` alone builds it without; run `cargo build --workspace`)"
+        "the gateway must run with the switch (the suite's atoll-chaos-gateway binary, built by \
+         `cargo build --workspace`)"
     );
     let verdict = report.verdicts.iter().find(|v| v.invariant == invariant).expect("verdict");
     assert!(!verdict.holds, "{breakage:?} went unnoticed (seed={seed}): {:#?}", report.verdicts);

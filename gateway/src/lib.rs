@@ -5,13 +5,19 @@
 //! - [`db`]: all SQL (SQLite or PostgreSQL), migrations.
 //! - [`ca`]: the mesh CA, and the gateway's own renewing certificate.
 //! - [`auth`]: who is calling (certificate, bearer token, nobody) and what they may do.
+//! - [`fence`]: the term fence every leader's request passes (pure).
 //! - [`registry`]: clusters, their leaders and terms (fencing), their observed state.
 //! - [`matrix`]: reported rows joined into the directed reachability matrix.
+//! - [`route`]: the route of each edge between clusters, and the edges that fell back (pure).
 //! - [`placement`]: which cluster runs a job (pure).
 //! - [`lifecycle`]: how pipelines and jobs move on reports (pure).
-//! - [`jobs`]: submission, the scheduling pass, leases, reports and logs.
+//! - [`jobs`]: submission, the scheduling pass, leases, reports and logs (one file each).
+//! - [`relay`]: transfers between clusters (routes, tickets, sends) and the relay store's guard.
 //! - [`retention`]: which blobs nobody needs any more; passes over the relay store.
-//! - [`api`]: the `/v1` routes; [`ops`]: health, readiness, metrics.
+//! - [`metrics`]: what the gateway counts.
+//! - [`http`]: the `/v1` routes (one router, a file per resource) and the ops listener.
+//! - [`breakage`]: the chaos suite's deliberate breakage, handed to the gateway when it is built
+//!   (nothing broken in the product).
 //!
 //! Invariants:
 //! - only `db/` holds SQL; the registry and matrix decisions are pure functions;
@@ -23,22 +29,23 @@
 //! - a job report, lease or log batch is fenced by term like a heartbeat, and a report applies
 //!   only while the job is bound to the reporter's (cluster, attempt): one accepted result.
 
-pub mod api;
 pub mod auth;
+pub mod breakage;
 pub mod ca;
 pub mod config;
 pub mod db;
+pub mod fence;
+pub mod http;
 pub mod jobs;
 pub mod lifecycle;
 pub mod matrix;
 pub mod metrics;
-pub mod ops;
 pub mod placement;
 pub mod registry;
 pub mod relay;
 pub mod retention;
+pub mod route;
 mod run;
-pub mod unsafe_switches;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
@@ -47,18 +54,25 @@ pub use config::GatewayConfig;
 #[cfg(any(test, feature = "testsuite"))]
 pub use db::testing;
 pub use run::run;
+#[cfg(any(test, feature = "testsuite"))]
+pub use run::run_broken;
 
-/// The gateway's shared state.
+/// The gateway's shared state: the services every module uses (the database, the CA, the
+/// registry, matrix rows, metrics, the relay store), and the in-memory state of the job service
+/// ([`jobs::JobsState`]) and of transfers ([`relay::Transfers`]), each private to its module.
 pub struct Gateway {
-    pub config: GatewayConfig,
-    pub db: db::Db,
-    pub ca: std::sync::Arc<ca::GatewayCa>,
-    pub registry: registry::Registry,
-    pub rows: matrix::Rows,
-    pub metrics: metrics::Metrics,
-    pub jobs: jobs::JobsState,
+    config: GatewayConfig,
+    db: db::Db,
+    ca: std::sync::Arc<ca::GatewayCa>,
+    registry: registry::Registry,
+    rows: matrix::Rows,
+    metrics: metrics::Metrics,
+    jobs: jobs::JobsState,
+    transfers: relay::Transfers,
     /// The relay store and its routes (`/v1/blobs/...`).
-    pub relay: std::sync::Arc<atoll_store::transfer::BlobService>,
+    relay: std::sync::Arc<atoll_store::transfer::BlobService>,
+    /// What the chaos suite's deliberately broken gateway gets wrong (nothing, in the product).
+    breakage: breakage::Breakage,
     stopping: AtomicBool,
 }
 

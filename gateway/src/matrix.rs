@@ -19,6 +19,7 @@ use atoll_api::gateway::Matrix;
 use atoll_api::gateway::MatrixCell;
 use atoll_api::gateway::RowCell;
 use atoll_api::gateway::TransferMode;
+use atoll_api::ids::Term;
 
 use crate::db::Db;
 use crate::db::DbError;
@@ -235,7 +236,7 @@ impl Rows {
             versions
                 .into_iter()
                 .filter(|(reporter, term, reported_ms)| {
-                    latest.get(reporter).is_none_or(|held| (*term, *reported_ms) > (held.term, held.reported_ms))
+                    latest.get(reporter).is_none_or(|held| (Term(*term), *reported_ms) > (held.term, held.reported_ms))
                 })
                 .map(|(reporter, _, _)| reporter)
                 .collect()
@@ -278,7 +279,7 @@ mod tests {
             reporter.to_string(),
             Arc::new(StoredRow {
                 reporter: reporter.into(),
-                term: 1,
+                term: Term(1),
                 cells: cells
                     .iter()
                     .map(|(to, s)| RowCell { to: to.to_string(), state: *s, rtt_ms: Some(2.0), loss: 0.0 })

@@ -24,11 +24,15 @@ use atoll_api::gateway::ClusterState;
 use atoll_api::gateway::Heartbeat;
 use atoll_api::gateway::MeshView;
 use atoll_api::gateway::PeerCluster;
+use atoll_api::ids::Term;
 
+use crate::breakage::Breakage;
 use crate::db::Db;
 use crate::db::DbError;
 use crate::db::clusters::ClusterRow;
 use crate::db::clusters::Registered;
+use crate::fence::Fence;
+use crate::fence::fence;
 
 /// How often batched heartbeat times are written.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
@@ -54,7 +58,7 @@ pub fn decide(known: Option<&ClusterRow>, heartbeat: &Heartbeat) -> Decision {
     if row.revoked_ms.is_some() {
         return Decision::Revoked;
     }
-    if heartbeat.term < row.term {
+    if fence(Term(row.term), Term(heartbeat.term)) == Fence::Stale {
         return Decision::Fenced { term: row.term };
     }
     let same = heartbeat.term == row.term
@@ -100,7 +104,7 @@ pub enum Refused {
     #[error("cluster {0} is revoked")]
     Revoked(String),
     #[error("stale leader: cluster {cluster} has a leader at term {known}, this heartbeat is from term {got}")]
-    Fenced { cluster: String, known: u64, got: u64 },
+    Fenced { cluster: String, known: Term, got: Term },
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -108,9 +112,11 @@ pub enum Refused {
 pub struct Registry {
     db: Db,
     judging: Judging,
+    /// The chaos suite's deliberately broken gateway acts on stale leaders.
+    breakage: Breakage,
     rows: Mutex<BTreeMap<String, ClusterRow>>,
     /// Pending heartbeat times: cluster -> (term, seen).
-    touched: Mutex<BTreeMap<String, (u64, i64)>>,
+    touched: Mutex<BTreeMap<String, (Term, i64)>>,
     /// Digest of what mesh views are made of, kept current with `rows`.
     view_revision: std::sync::atomic::AtomicU64,
 }
@@ -134,11 +140,11 @@ impl std::fmt::Debug for Registry {
 
 impl Registry {
     /// The registry as the database holds it; clusters are judged from `judging.since_ms` on.
-    pub async fn load(db: Db, judging: Judging) -> Result<Self, DbError> {
+    pub async fn load(db: Db, judging: Judging, breakage: Breakage) -> Result<Self, DbError> {
         let rows: BTreeMap<String, ClusterRow> =
             db.clusters().await?.into_iter().map(|r| (r.name.clone(), r)).collect();
         let view_revision = std::sync::atomic::AtomicU64::new(view_digest(rows.values()));
-        Ok(Self { db, judging, rows: Mutex::new(rows), touched: Mutex::new(BTreeMap::new()), view_revision })
+        Ok(Self { db, judging, breakage, rows: Mutex::new(rows), touched: Mutex::new(BTreeMap::new()), view_revision })
     }
 
     fn rows(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ClusterRow>> {
@@ -168,11 +174,11 @@ impl Registry {
         let known = self.get(name);
         match decide(known.as_ref(), heartbeat) {
             Decision::Revoked => Err(Refused::Revoked(name.to_string())),
-            Decision::Fenced { term } if !crate::unsafe_switches::fencing_disabled() => {
-                Err(Refused::Fenced { cluster: name.to_string(), known: term, got: heartbeat.term })
+            Decision::Fenced { term } if !self.breakage.fencing_disabled() => {
+                Err(Refused::Fenced { cluster: name.to_string(), known: Term(term), got: Term(heartbeat.term) })
             }
             Decision::Fenced { .. } => {
-                // The deliberately broken build: act on the stale leader as if it were current.
+                // The deliberately broken gateway: act on the stale leader as if it were current.
                 tracing::info!(cluster = name, leader = heartbeat.leader_id, term = heartbeat.term, endpoint = %heartbeat.endpoint, "leader registered");
                 if let Some(row) = self.rows().get_mut(name) {
                     row.term = heartbeat.term;
@@ -186,7 +192,7 @@ impl Registry {
                 if let Some(row) = self.rows().get_mut(name) {
                     row.last_seen_ms = Some(row.last_seen_ms.unwrap_or(0).max(now_ms));
                 }
-                self.touched.lock().expect("touched lock").insert(name.to_string(), (heartbeat.term, now_ms));
+                self.touched.lock().expect("touched lock").insert(name.to_string(), (Term(heartbeat.term), now_ms));
                 Ok(())
             }
             Decision::Register => match self.db.register(name, heartbeat, now_ms).await? {
@@ -220,7 +226,7 @@ impl Registry {
                 }
                 Registered::Fenced { term } => {
                     self.reload(name).await?;
-                    Err(Refused::Fenced { cluster: name.to_string(), known: term, got: heartbeat.term })
+                    Err(Refused::Fenced { cluster: name.to_string(), known: Term(term), got: Term(heartbeat.term) })
                 }
                 Registered::Revoked => {
                     self.reload(name).await?;
@@ -306,7 +312,7 @@ impl Registry {
     pub async fn flush(&self) -> Result<(), DbError> {
         let batch: Vec<(String, u64, i64)> = {
             let mut touched = self.touched.lock().expect("touched lock");
-            std::mem::take(&mut *touched).into_iter().map(|(name, (term, at))| (name, term, at)).collect()
+            std::mem::take(&mut *touched).into_iter().map(|(name, (term, at))| (name, term.0, at)).collect()
         };
         self.db.touch(&batch).await
     }

@@ -8,14 +8,17 @@
 //! dialing out. Each answer carries a ticket the CA key signs for exactly that edge and blob
 //! ([`atoll_api::ticket`]); push and relay uploads are handed to the parent's cluster with its
 //! next lease. A child's cluster that finds a direct route failing says so in its next ask: the
-//! edge moves to the relay for good (kept in memory; a restarted gateway routes by the matrix
-//! again, which by then shows the failure).
+//! edge moves to the relay for good: recorded in the database (a restarted gateway reloads the
+//! fallen edges at start, and another gateway on the same database learns of one before it first
+//! routes that edge).
 //!
 //! The same store keeps **sources** (`atoll push`): uploaded by users with the submit scope,
 //! registered with `POST /v1/sources`, fetched by any replica by digest.
 //!
-//! [`Flow::route`]: crate::jobs::Flow::route
+//! [`Flow::route`]: crate::route::Flow::route
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use atoll_api::ApiError;
@@ -38,6 +41,7 @@ use crate::auth::Caller;
 use crate::jobs::job_id;
 use crate::metrics::TransferRoute;
 use crate::now_ms;
+use crate::route::Fallen;
 
 /// Lifetime of the tickets the gateway signs.
 pub const TICKET_TTL: Duration = Duration::from_secs(600);
@@ -106,6 +110,34 @@ impl Guard for StoreGuard {
 /// How many edges' last routes [`Gateway::note_route`] keeps in memory before starting over.
 const ROUTES_GIVEN_CACHED: usize = 100_000;
 
+/// What the gateway keeps in memory of transfers between clusters.
+#[derive(Debug, Default)]
+pub struct Transfers {
+    /// Per parent cluster: outputs to send (push, relay upload), handed out with its next lease.
+    sends: Mutex<HashMap<String, Vec<SendTask>>>,
+    /// The edges whose direct transfer failed: relayed from then on.
+    fallen: Mutex<Fallen>,
+    /// (child job id, attempt, parent name) -> the route last recorded for it (a cache).
+    routes_given: Mutex<HashMap<(String, u32, String), Route>>,
+}
+
+impl Transfers {
+    /// A fresh state that knows the edges that fell back to the relay (recorded in the database).
+    pub fn with_fallen(fallen: impl IntoIterator<Item = (String, String)>) -> Self {
+        Self { fallen: Mutex::new(fallen.into_iter().collect()), ..Self::default() }
+    }
+
+    /// The edges that fell back to the relay, as now.
+    pub fn fallen(&self) -> Fallen {
+        self.fallen.lock().expect("fallen edges").clone()
+    }
+
+    /// The sends queued for `cluster`'s leader, handed over (with its lease answer).
+    pub fn take_sends(&self, cluster: &str) -> Option<Vec<SendTask>> {
+        self.sends.lock().expect("sends").remove(cluster)
+    }
+}
+
 impl Gateway {
     fn ticket(&self, op: TicketOp, digest: &str, from: &str, to: &str, job: &str) -> Result<String, ApiError> {
         let ticket = Ticket {
@@ -127,7 +159,7 @@ impl Gateway {
 
     /// Queue a send for the parent's cluster (once per edge until its lease takes it).
     fn queue_send(&self, from: &str, task: SendTask) {
-        let mut sends = self.jobs.sends.lock().expect("sends");
+        let mut sends = self.transfers.sends.lock().expect("sends");
         let queue = sends.entry(from.to_string()).or_default();
         let same = |t: &SendTask| t.route == task.route && t.digest == task.digest && t.to == task.to;
         if let Some(queued) = queue.iter_mut().find(|t| same(t)) {
@@ -142,13 +174,12 @@ impl Gateway {
     /// Before an edge's first route from this gateway: another gateway on the same database may
     /// have moved it to the relay; if its record says so, this one relays it too.
     async fn learn_fallback(&self, job: &str, from_job: &str) -> Result<(), crate::db::DbError> {
-        let edge = (job.to_string(), from_job.to_string());
-        if self.jobs.fallen.lock().expect("fallen edges").contains(&edge) {
+        if self.transfers.fallen.lock().expect("fallen edges").contains(job, from_job) {
             return Ok(());
         }
         if self.db.edge_fell_back(job, from_job).await? {
             tracing::info!(job, parent = from_job, "the edge fell back to the relay through another gateway");
-            self.jobs.fallen.lock().expect("fallen edges").insert(edge);
+            self.transfers.fallen.lock().expect("fallen edges").insert(job, from_job);
         }
         Ok(())
     }
@@ -168,7 +199,7 @@ impl Gateway {
         if self.db.record_route((&key.0, key.1, &key.2), taken).await? {
             tracing::debug!(job = %key.0, attempt = key.1, parent = %key.2, route = taken.route.as_str(), "route recorded");
         }
-        let mut given = self.jobs.routes_given.lock().expect("routes given");
+        let mut given = self.transfers.routes_given.lock().expect("routes given");
         if given.len() >= ROUTES_GIVEN_CACHED {
             given.clear();
         }
@@ -212,10 +243,9 @@ impl Gateway {
             .clone()
             .ok_or_else(|| ApiError::not_found(format!("parent {} ran on no cluster", request.from_job)))?;
         let key = (request.job.clone(), request.attempt, request.from_job.clone());
-        let last = self.jobs.routes_given.lock().expect("routes given").get(&key).copied();
+        let last = self.transfers.routes_given.lock().expect("routes given").get(&key).copied();
         if let Some(why) = &request.failed {
-            let fresh =
-                self.jobs.fallen.lock().expect("fallen edges").insert((request.job.clone(), request.from_job.clone()));
+            let fresh = self.transfers.fallen.lock().expect("fallen edges").insert(&request.job, &request.from_job);
             if fresh {
                 self.metrics.transfer_fallbacks.inc();
                 tracing::warn!(job = %request.job, parent = %request.from_job, from = %from, to = cluster, reason = %why, "a direct transfer failed; the edge falls back to the relay");

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::Gateway;
+use crate::breakage::Breakage;
 use crate::ca::GatewayCa;
 use crate::config::GatewayConfig;
 use crate::db::Db;
@@ -99,18 +100,28 @@ impl Gateway {
 
 /// Run the gateway until `shutdown` resolves, then stop in order.
 pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    serve(config, Breakage::default(), shutdown).await
+}
+
+/// [`run`], broken as `breakage` says: the chaos suite's gateway, to show its checkers catch
+/// what they claim to. Test builds only.
+#[cfg(any(test, feature = "testsuite"))]
+pub async fn run_broken(
+    config: GatewayConfig,
+    breakage: Breakage,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    serve(config, breakage, shutdown).await
+}
+
+async fn serve(
+    config: GatewayConfig,
+    breakage: Breakage,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     tracing::info!(id = %config.id, version = atoll_api::VERSION, "starting atoll gateway");
-    if crate::unsafe_switches::fencing_disabled() {
-        tracing::warn!(
-            switch = crate::unsafe_switches::DISABLE_FENCING_ENV,
-            "TERM FENCING IS OFF: this gateway acts on stale leaders (a deliberately broken build for the chaos suite)"
-        );
-    }
-    if crate::unsafe_switches::matrix_ignored() {
-        tracing::warn!(
-            switch = crate::unsafe_switches::IGNORE_MATRIX_ENV,
-            "FORWARDING IGNORES THE MATRIX: every edge is pulled (a deliberately broken build for the chaos suite)"
-        );
+    for warning in breakage.warnings() {
+        tracing::warn!("{warning}");
     }
     let db = Db::connect(&config.database).await?;
     tracing::info!(engine = db.engine(), "database ready (migrated)");
@@ -126,7 +137,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
         suspect_after: config.suspect_after,
         dead_after: config.dead_after,
     };
-    let registry = Registry::load(db.clone(), judging).await?;
+    let registry = Registry::load(db.clone(), judging, breakage).await?;
     let fallen = db.fallen_edges().await?;
     if !fallen.is_empty() {
         tracing::info!(edges = fallen.len(), "edges that fell back to the relay stay relayed");
@@ -157,8 +168,10 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
         registry,
         rows,
         metrics: Metrics::new(),
-        jobs: crate::jobs::JobsState::with_fallen(fallen),
+        jobs: crate::jobs::JobsState::default(),
+        transfers: crate::relay::Transfers::with_fallen(fallen),
         relay,
+        breakage,
         stopping: Default::default(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -166,13 +179,17 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
     let server = tokio::spawn(atoll_api::serve::serve_mtls(
         listener,
         server_config,
-        crate::api::router(gateway.clone()),
+        crate::http::router(gateway.clone()),
         atoll_api::serve::Hooks { allow_anonymous: true, ..Default::default() },
         stopped(stop_rx.clone()),
         grace / 2,
     ));
     let ops = ops_listener.map(|l| {
-        tokio::spawn(atoll_api::serve::serve_ops(l, crate::ops::router(gateway.clone()), stopped(stop_rx.clone())))
+        tokio::spawn(atoll_api::serve::serve_ops(
+            l,
+            crate::http::ops::router(gateway.clone()),
+            stopped(stop_rx.clone()),
+        ))
     });
     let flusher = tokio::spawn(flush_forever(gateway.clone(), stop_rx.clone()));
     let scheduler = tokio::spawn(gateway.clone().schedule_forever(stop_rx.clone()));

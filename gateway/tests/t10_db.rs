@@ -5,6 +5,7 @@ use atoll_api::gateway::LinkState;
 use atoll_api::gateway::ReplicaInfo;
 use atoll_api::gateway::RowCell;
 use atoll_api::gateway::Scope;
+use atoll_api::ids::Term;
 use atoll_gateway::db::Db;
 use atoll_gateway::db::clusters::Registered;
 use atoll_gateway::db::matrix::StoredRow;
@@ -105,7 +106,7 @@ async fn user_tokens_and_matrix_rows() {
         let cell = |to: &str, state| RowCell { to: to.into(), state, rtt_ms: Some(1.5), loss: 0.0 };
         let row = |term, state, at| StoredRow {
             reporter: "aws".into(),
-            term,
+            term: Term(term),
             cells: vec![cell("gcp", state)],
             reported_ms: at,
         };

@@ -2,6 +2,7 @@
 //! binding, state and term, so exactly one result gets in.
 
 use atoll_api::gateway::Heartbeat;
+use atoll_api::ids::Term;
 use atoll_api::jobs::JobState;
 use atoll_gateway::db::Db;
 use atoll_gateway::db::jobs::BoundAttempt;
@@ -137,7 +138,7 @@ async fn retries_reruns_reroutes_and_cancels() {
         );
         let job = db.job("p-l").await.unwrap().unwrap();
         assert_eq!((job.state, job.cluster.as_deref(), job.attempt), (JobState::Assigned, Some("aws"), 2));
-        let states: Vec<String> = db.attempts("p-l").await.unwrap().into_iter().map(|a| a.state).collect();
+        let states: Vec<String> = db.attempts("p-l").await.unwrap().into_iter().map(|a| a.state.to_string()).collect();
         assert_eq!(states, ["lost", "bound"]);
 
         eprintln!("--- {engine}: cancel kills what has not started and asks for the rest");
@@ -264,7 +265,7 @@ async fn every_use_of_a_blob_is_found_by_its_digest() {
             cluster: "aws".into(),
             attempt: 1,
             from: JobState::Assigned,
-            term: 1,
+            term: Term(1),
             transition: end(JobState::Finished),
             output: Some((out.into(), 42)),
         };

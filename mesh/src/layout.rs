@@ -126,6 +126,10 @@ pub struct GatewayLayout {
     /// Extra environment of the gateway process (the chaos suite's switches).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<(String, String)>,
+    /// The program run as the gateway (`PROGRAM gateway --config FILE`) instead of the mesh's
+    /// `atoll`: the chaos suite's deliberately broken gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<std::path::PathBuf>,
 }
 
 impl GatewayLayout {
@@ -278,6 +282,7 @@ impl Layout {
             retention: None,
             place: Placement::default(),
             env: Vec::new(),
+            exe: None,
         });
         Ok(self)
     }

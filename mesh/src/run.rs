@@ -97,23 +97,25 @@ impl Mesh {
             .with_context(|| format!("opening {}", path.display()))
     }
 
-    /// Start `atoll ARGS` with its output appended to `log`, inside `netns` when given (`ip
-    /// netns exec` execs in place, so the pid is the atoll process's own).
+    /// Start `atoll ARGS` (or `exe ARGS`) with its output appended to `log`, inside `netns` when
+    /// given (`ip netns exec` execs in place, so the pid is the atoll process's own).
     fn command(
         &self,
+        exe: Option<&Path>,
         netns: Option<&str>,
         env: &[(String, String)],
         args: &[&std::ffi::OsStr],
         log: &Path,
     ) -> anyhow::Result<Child> {
         let log = Self::open_log(log)?;
+        let exe = exe.unwrap_or(&self.exe);
         let mut command = match netns {
             Some(netns) => {
                 let mut command = std::process::Command::new("ip");
-                command.args(["netns", "exec", netns]).arg(&self.exe);
+                command.args(["netns", "exec", netns]).arg(exe);
                 command
             }
-            None => std::process::Command::new(&self.exe),
+            None => std::process::Command::new(exe),
         };
         command
             .args(args)
@@ -123,7 +125,7 @@ impl Mesh {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {}", self.exe.display()))
+            .with_context(|| format!("starting {}", exe.display()))
     }
 
     /// Start (or restart) the gateway; returns its pid.
@@ -133,7 +135,9 @@ impl Mesh {
         let config = self.dir.gateway_dir().join("gateway.yaml");
         let netns = self.layout.gateway.as_ref().and_then(|g| g.place.netns.clone());
         let env = self.layout.gateway.as_ref().map(|g| g.env.clone()).unwrap_or_default();
+        let exe = self.layout.gateway.as_ref().and_then(|g| g.exe.clone());
         let child = self.command(
+            exe.as_deref(),
             netns.as_deref(),
             &env,
             &["gateway".as_ref(), "--config".as_ref(), config.as_os_str()],
@@ -248,6 +252,7 @@ impl Mesh {
         }
         let config = self.dir.agent_config(cluster, id);
         let child = self.command(
+            None,
             netns.as_deref(),
             &[],
             &["agent".as_ref(), "--config".as_ref(), config.as_os_str()],

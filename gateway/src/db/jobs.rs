@@ -5,6 +5,7 @@
 //! between, nothing applies and the caller re-reads. This is what keeps "exactly one accepted
 //! result" true with concurrent requests, and with several gateways over one PostgreSQL.
 
+use atoll_api::ids::Term;
 use atoll_api::jobs::JobState;
 use sqlx::Row;
 
@@ -42,14 +43,59 @@ pub struct BoundAttempt {
     pub cancel_requested: bool,
 }
 
+/// What became of an attempt, as its history row keeps it (the same words in the database).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptState {
+    /// Bound to its cluster, not ended yet.
+    Bound,
+    /// Ended the job in this state (or, for a failed attempt that is retried, ended in it).
+    Ended(JobState),
+    /// Moved off a lost cluster by the gateway.
+    Moved,
+    /// Lost on its cluster (run again there as the next attempt).
+    Lost,
+    /// Retried (a name older rows may hold).
+    Retried,
+}
+
+impl AttemptState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptState::Bound => "bound",
+            AttemptState::Ended(state) => state.as_str(),
+            AttemptState::Moved => "moved",
+            AttemptState::Lost => "lost",
+            AttemptState::Retried => "retried",
+        }
+    }
+}
+
+impl std::fmt::Display for AttemptState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for AttemptState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "bound" => Ok(AttemptState::Bound),
+            "moved" => Ok(AttemptState::Moved),
+            "lost" => Ok(AttemptState::Lost),
+            "retried" => Ok(AttemptState::Retried),
+            other => other.parse().map(AttemptState::Ended).map_err(|_| format!("unknown attempt state {other:?}")),
+        }
+    }
+}
+
 /// One attempt's history row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttemptRow {
     pub job_id: String,
     pub attempt: u32,
     pub cluster: String,
-    /// The job state the attempt ended the job in, `moved`, `lost`, `retried`, or `bound`.
-    pub state: String,
+    pub state: AttemptState,
     pub term: Option<u64>,
     pub exit_code: Option<i32>,
     pub message: Option<String>,
@@ -90,7 +136,7 @@ pub struct ReportApply {
     pub attempt: u32,
     /// The state the decision was made on.
     pub from: JobState,
-    pub term: u64,
+    pub term: Term,
     pub transition: Transition,
     /// The output the report carries (digest, size), kept with a final result.
     pub output: Option<(String, u64)>,
@@ -165,7 +211,10 @@ macro_rules! decode_attempt {
             job_id: row.try_get("job_id")?,
             attempt: count(row.try_get("attempt")?, "attempts.attempt")?,
             cluster: row.try_get("cluster")?,
-            state: row.try_get("state")?,
+            state: {
+                let state: String = row.try_get("state")?;
+                state.parse().map_err(|e| DbError::corrupt("attempts.state", e))?
+            },
             term: term.map(|t| u64::try_from(t).map_err(|e| DbError::corrupt("attempts.term", e))).transpose()?,
             exit_code: row.try_get("exit_code")?,
             message: row.try_get("message")?,
@@ -434,7 +483,7 @@ impl Db {
             cluster: cluster.to_string(),
             attempt,
             from,
-            term,
+            term: Term(term),
             transition: transition.clone(),
             output: None,
         };
@@ -451,7 +500,7 @@ impl Db {
                 let (id, cluster, attempt, from, transition) =
                     (item.id.as_str(), item.cluster.as_str(), item.attempt, item.from, &item.transition);
                 let a = int(attempt, "jobs.attempt")?;
-                let t = i64::try_from(item.term).map_err(|e| DbError::corrupt("clusters.term", e))?;
+                let t = i64::try_from(item.term.0).map_err(|e| DbError::corrupt("clusters.term", e))?;
                 let fence = (id, cluster, a, from.as_str(), t);
                 let done = match transition {
                     Transition::Start => {
@@ -477,8 +526,17 @@ impl Db {
                             now_ms
                         );
                         if done == 1 {
-                            end_attempt(&mut tx, id, a, state.as_str(), t, *exit_code, message.as_deref(), now_ms)
-                                .await?;
+                            end_attempt(
+                                &mut tx,
+                                id,
+                                a,
+                                AttemptState::Ended(*state),
+                                t,
+                                *exit_code,
+                                message.as_deref(),
+                                now_ms,
+                            )
+                            .await?;
                             if let Some((digest, size)) = &item.output {
                                 let size = i64::try_from(*size).map_err(|e| DbError::corrupt("jobs.output_size", e))?;
                                 for sql in [
@@ -503,8 +561,17 @@ impl Db {
                             now_ms
                         );
                         if done == 1 {
-                            end_attempt(&mut tx, id, a, state.as_str(), t, *exit_code, message.as_deref(), now_ms)
-                                .await?;
+                            end_attempt(
+                                &mut tx,
+                                id,
+                                a,
+                                AttemptState::Ended(*state),
+                                t,
+                                *exit_code,
+                                message.as_deref(),
+                                now_ms,
+                            )
+                            .await?;
                         }
                         done
                     }
@@ -517,7 +584,8 @@ impl Db {
                             now_ms
                         );
                         if done == 1 {
-                            end_attempt(&mut tx, id, a, "lost", t, None, message.as_deref(), now_ms).await?;
+                            end_attempt(&mut tx, id, a, AttemptState::Lost, t, None, message.as_deref(), now_ms)
+                                .await?;
                             sqlx::query(BIND_ATTEMPT)
                                 .bind(id)
                                 .bind(a + 1)
@@ -609,7 +677,7 @@ impl Db {
                     .await?
                     .rows_affected();
                 if done == 1 {
-                    end_attempt(&mut tx, &id, attempt, "moved", -1, None, Some(&reason), now_ms).await?;
+                    end_attempt(&mut tx, &id, attempt, AttemptState::Moved, -1, None, Some(&reason), now_ms).await?;
                     pipelines.push(row.try_get("pipeline_id")?);
                 }
             }
@@ -826,7 +894,7 @@ async fn end_attempt<'c, DB>(
     tx: &mut sqlx::Transaction<'c, DB>,
     id: &str,
     attempt: i32,
-    state: &str,
+    state: AttemptState,
     term: i64,
     exit_code: Option<i32>,
     message: Option<&str>,
@@ -845,7 +913,7 @@ where
 {
     let term = (term >= 0).then_some(term);
     sqlx::query(END_ATTEMPT)
-        .bind(state)
+        .bind(state.as_str())
         .bind(term)
         .bind(exit_code)
         .bind(message)
@@ -855,4 +923,29 @@ where
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempt_states_keep_their_words_in_the_database() {
+        for (state, word) in [
+            (AttemptState::Bound, "bound"),
+            (AttemptState::Moved, "moved"),
+            (AttemptState::Lost, "lost"),
+            (AttemptState::Retried, "retried"),
+            (AttemptState::Ended(JobState::Finished), "finished"),
+            (AttemptState::Ended(JobState::Failure), "failure"),
+        ] {
+            assert_eq!(state.as_str(), word);
+            assert_eq!(word.parse::<AttemptState>(), Ok(state));
+        }
+        for state in JobState::ALL {
+            assert_eq!(state.as_str().parse::<AttemptState>(), Ok(AttemptState::Ended(state)));
+        }
+        assert!(BIND_ATTEMPT.contains(&format!("'{}'", AttemptState::Bound)), "a new attempt is bound");
+        assert!("nonsense".parse::<AttemptState>().is_err());
+    }
 }

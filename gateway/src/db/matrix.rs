@@ -1,6 +1,7 @@
 //! Matrix rows: one per reporting cluster, holding its whole row.
 
 use atoll_api::gateway::RowCell;
+use atoll_api::ids::Term;
 use sqlx::Row;
 
 use super::Db;
@@ -12,7 +13,7 @@ use super::with_pool;
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredRow {
     pub reporter: String,
-    pub term: u64,
+    pub term: Term,
     pub cells: Vec<RowCell>,
     pub reported_ms: i64,
 }
@@ -27,7 +28,7 @@ impl Db {
         let mut encoded = Vec::with_capacity(rows.len());
         for row in rows {
             let cells = serde_json::to_string(&row.cells).map_err(|e| DbError::corrupt("matrix_rows.cells", e))?;
-            let term = i64::try_from(row.term).map_err(|e| DbError::corrupt("matrix_rows.term", e))?;
+            let term = i64::try_from(row.term.0).map_err(|e| DbError::corrupt("matrix_rows.term", e))?;
             encoded.push((&row.reporter, term, cells, row.reported_ms));
         }
         with_pool!(self, write, |pool| {
@@ -98,7 +99,7 @@ where
     let term: i64 = row.try_get("term")?;
     Ok(StoredRow {
         reporter: row.try_get("reporter")?,
-        term: u64::try_from(term).map_err(|e| DbError::corrupt("matrix_rows.term", e))?,
+        term: Term(u64::try_from(term).map_err(|e| DbError::corrupt("matrix_rows.term", e))?),
         cells: json_column("matrix_rows.cells", &cells)?,
         reported_ms: row.try_get("reported_ms")?,
     })

@@ -1,0 +1,118 @@
+//! Submission: the spec checked whole and stored with its jobs in one transaction, and a
+//! user's cancel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use atoll_api::ApiError;
+use atoll_api::ids::ClusterName;
+use atoll_api::ids::Label;
+use atoll_api::jobs::JobInfo;
+use atoll_api::jobs::JobState;
+use atoll_api::jobs::Submitted;
+use atoll_api::spec::ClusterFacts;
+
+use super::Pipeline;
+use super::db_error;
+use super::effective_source;
+use super::info;
+use super::job_id;
+use crate::Gateway;
+use crate::db::jobs::Cancelled;
+use crate::db::jobs::NewJob;
+use crate::lifecycle;
+use crate::now_ms;
+
+/// How long a submission waits for the scheduling pass that places it before answering.
+const SUBMIT_PLACEMENT_WAIT: Duration = Duration::from_secs(1);
+
+/// A new random id: 12 lowercase hex digits.
+fn new_pipeline_id() -> String {
+    format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+}
+
+impl Gateway {
+    /// Check and store a pipeline; everything is recorded before this returns.
+    pub async fn submit(&self, document: &atoll_api::spec::Document, by: &str) -> Result<Submitted, ApiError> {
+        let spec = atoll_api::spec::from_document(document).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let clusters = self.registry.list(now_ms());
+        let parsed: Vec<(ClusterName, Vec<Label>, bool)> = clusters
+            .iter()
+            .filter_map(|c| {
+                let name = c.name.parse().ok()?;
+                let labels = c.labels.iter().filter_map(|l| l.parse().ok()).collect();
+                Some((name, labels, c.enabled && !c.revoked))
+            })
+            .collect();
+        let facts: Vec<ClusterFacts<'_>> =
+            parsed.iter().map(|(name, labels, enabled)| ClusterFacts { name, labels, enabled: *enabled }).collect();
+        atoll_api::spec::check_clusters(&spec, &facts).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        // Every source named must have been pushed.
+        if let Some(source) = &spec.source {
+            self.known_source(source, "source").await?;
+        }
+        for (i, job) in spec.jobs.iter().enumerate() {
+            if let Some(source) = &job.source {
+                self.known_source(source, &format!("jobs[{i}].source")).await?;
+            }
+        }
+
+        let pipeline = Pipeline::new(spec);
+        let mut states = vec![JobState::Waiting; pipeline.spec.jobs.len()];
+        let settled = lifecycle::settle(&pipeline.spec, &pipeline.order, &mut states);
+        let mut reasons: Vec<String> = vec!["waiting for its parents".to_string(); states.len()];
+        for change in settled {
+            reasons[change.job] = change.reason;
+        }
+        let id = new_pipeline_id();
+        let ids: Vec<String> = pipeline.spec.jobs.iter().map(|j| job_id(&id, &j.name)).collect();
+        let jobs: Vec<NewJob<'_>> = pipeline
+            .spec
+            .jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| NewJob {
+                id: &ids[i],
+                idx: i,
+                name: &j.name,
+                state: states[i],
+                reason: &reasons[i],
+                source: effective_source(j, &pipeline.spec),
+            })
+            .collect();
+        let text = serde_json::to_string(&pipeline.spec).map_err(|e| ApiError::internal(e.to_string()))?;
+        self.db.insert_pipeline(&id, by, &text, &jobs, now_ms()).await.map_err(db_error)?;
+        self.metrics.pipelines.inc();
+        self.metrics.jobs_submitted.inc_by(jobs.len() as u64);
+        tracing::info!(pipeline = %id, jobs = jobs.len(), by, "pipeline submitted");
+        self.remember_pipeline(&id, Arc::new(pipeline));
+        // Stored: the submission stands. Let the scheduler place it, and answer with the
+        // clusters if that is quick; a busy gateway answers sooner, with jobs still queued.
+        self.next_pass(SUBMIT_PLACEMENT_WAIT).await;
+        self.pipeline_info(&id).await
+    }
+
+    /// Cancel a job: at once when it has not started, else through its cluster.
+    pub async fn cancel(&self, id: &str, by: &str) -> Result<JobInfo, ApiError> {
+        let row = self.job_row(id).await?;
+        match self.db.cancel(id, now_ms()).await.map_err(db_error)? {
+            Cancelled::Killed => {
+                self.metrics.job_ended(JobState::Killed, row.created_ms);
+                tracing::info!(job = id, by, "job cancelled before it started");
+                self.jobs.logs.notify_waiters();
+                self.jobs.mark_dirty(&row.pipeline_id);
+            }
+            Cancelled::Requested => {
+                tracing::info!(job = id, by, cluster = ?row.cluster, "cancel asked of the job's cluster");
+                if let Some(cluster) = &row.cluster {
+                    self.jobs.wake_cluster(cluster);
+                }
+            }
+            Cancelled::Nothing => {}
+        }
+        let row = self.job_row(id).await?;
+        let pipeline = self.pipeline(&row.pipeline_id).await?;
+        let siblings = self.db.pipeline_jobs(&row.pipeline_id).await.map_err(db_error)?;
+        Ok(info(&row, &pipeline, &siblings, &self.flow()))
+    }
+}
