@@ -122,7 +122,7 @@ pub fn broken_gateway_exe() -> anyhow::Result<PathBuf> {
 
 /// A Rust source or manifest of the binary's crates changed after `than`, if any.
 fn newer_source(workspace: &Path, than: std::time::SystemTime) -> Option<PathBuf> {
-    let mut stack: Vec<PathBuf> = ["api", "cli", "gateway", "node", "raft-store", "spawn", "store"]
+    let mut stack: Vec<PathBuf> = ["api", "cli", "gateway", "mesh", "node", "raft-store", "spawn", "store"]
         .iter()
         .map(|c| workspace.join(c).join("src"))
         .collect();
