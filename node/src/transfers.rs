@@ -177,7 +177,7 @@ impl Transfers {
 
     /// Bring what an attempt needs from outside the cluster into this replica's store: its
     /// source from the gateway, and each input from another cluster by its route.
-    pub async fn bring_in(&self, request: &crate::jobs::executor::RunRequest) -> Result<(), String> {
+    pub async fn bring_in(&self, request: &crate::jobs::run::RunRequest) -> Result<(), String> {
         if let Some(source) = &request.spec.source {
             let fail = |e: String| format!("delivering source {source}: {e}");
             let digest: Digest = source.parse().map_err(|e: atoll_store::InvalidDigest| fail(e.to_string()))?;

@@ -62,10 +62,10 @@ use kube::api::PostParams;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 
-use super::executor::Event;
-use super::executor::RunHandle;
-use super::executor::RunRequest;
-use super::executor::Stop;
+use super::run::Event;
+use super::run::RunHandle;
+use super::run::RunRequest;
+use super::run::Stop;
 use crate::config::KubernetesConfig;
 use crate::raft::Replica;
 
@@ -844,7 +844,7 @@ impl LineKeeper {
         let mut pieces = Vec::new();
         if self.dropped > 0 {
             self.seq += 1;
-            pieces.push((self.seq, LogStream::Marker, super::process::dropped_marker(self.dropped, self.limit)));
+            pieces.push((self.seq, LogStream::Marker, super::run::dropped_marker(self.dropped, self.limit)));
         }
         for line in std::mem::take(&mut self.tail) {
             self.seq += 1;

@@ -24,6 +24,7 @@ pub mod cgroups;
 pub mod executor;
 pub mod kubernetes;
 pub mod process;
+pub mod run;
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -52,11 +53,11 @@ use atoll_raft_store::jobs::EndState;
 use atoll_raft_store::jobs::JobOp;
 use atoll_raft_store::jobs::JobRecord;
 use atoll_raft_store::jobs::RunState;
-use executor::Event;
 use executor::Executor;
-use executor::RunHandle;
-use executor::RunRequest;
-use executor::Stop;
+use run::Event;
+use run::RunHandle;
+use run::RunRequest;
+use run::Stop;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio::sync::watch;
@@ -351,7 +352,7 @@ impl Leader {
 
     /// Take over the records of earlier terms.
     async fn resume(&mut self, records: &mut BTreeMap<String, JobRecord>) {
-        let adopts = matches!(self.executor, Executor::Kubernetes(_));
+        let adopts = self.executor.capabilities().adopts_running;
         // First the ends this leader saw but could not record (applying one twice changes nothing).
         let mut ops = std::mem::take(&mut self.unrecorded_ends);
         let ended: std::collections::HashSet<(String, u32)> =
@@ -365,7 +366,7 @@ impl Leader {
             match &r.run {
                 RunState::Accepted if r.cancel => ops.push(end(r, EndState::Killed, "cancelled before it started")),
                 RunState::Accepted => start.push((r.clone(), How::Start)),
-                // A Kubernetes Job outlives its leader (a cancelled one is deleted on adoption).
+                // A run that outlives its leader (a cancelled one is deleted on adoption).
                 RunState::Started { .. } if adopts && !ours => start.push((r.clone(), How::Adopt)),
                 RunState::Started { term, node, .. } if *term != self.term || *node != self.node => ops.push(end(
                     r,

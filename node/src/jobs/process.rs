@@ -29,10 +29,11 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 
-use super::executor::Event;
-use super::executor::RunHandle;
-use super::executor::RunRequest;
-use super::executor::Stop;
+use super::run::Event;
+use super::run::RunHandle;
+use super::run::RunRequest;
+use super::run::Stop;
+use super::run::dropped_marker;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Largest log piece.
@@ -620,15 +621,6 @@ async fn create_own(path: &Path) -> std::io::Result<tokio::fs::File> {
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)
         .await
-}
-
-/// The marker between the kept head and tail of a log cut at its limit.
-pub fn dropped_marker(dropped: u64, limit: u64) -> String {
-    format!(
-        "\n[atoll: {dropped} bytes of output dropped here: the log is over its limit of {limit} bytes \
-         (jobs.log_limit_bytes); its first and last {} bytes are kept]\n",
-        limit / 2
-    )
 }
 
 /// A run's log within its limit: the first half of the limit as written (to the work directory's
