@@ -553,12 +553,12 @@ impl KubernetesExecutor {
         let name = job_name(&job, attempt);
         if !adopt {
             // Into this cluster's store first; the pod's inputs helper reads them from there.
-            let delivered = self.transfers.bring_in(&request).await;
+            let delivered = self.transfers.bring_in(request.needs()).await;
             if stopped.load(Ordering::SeqCst) {
                 return;
             }
-            if let Err(message) = delivered {
-                let _ = events.send(Event::error(&job, attempt, message));
+            if let Err(e) = delivered {
+                let _ = events.send(Event::error(&job, attempt, e.to_string()));
                 return;
             }
         }

@@ -379,7 +379,11 @@ impl ProcessExecutor {
                 // Recorded only once a majority of the cluster's replicas hold it.
                 if let (Ok(Some(output)), Some(transfers)) = (&stored, &transfers) {
                     let digest = output.digest.parse().map_err(|e: atoll_store::InvalidDigest| e.to_string());
-                    if let Err(e) = async { transfers.replicate(&digest?).await }.await {
+                    let replicated = match digest {
+                        Ok(digest) => transfers.replicate(&digest).await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = replicated {
                         stored = Err(format!("copying it to the cluster's other replicas: {e}"));
                     }
                 }
@@ -410,7 +414,7 @@ impl ProcessExecutor {
             let transfers = self.transfers.as_ref().ok_or(
                 "an input from another cluster or a source cannot be fetched: this replica has no gateway link",
             )?;
-            transfers.bring_in(request).await?;
+            transfers.bring_in(request.needs()).await.map_err(|e| e.to_string())?;
         }
         if let Some(source) = &request.spec.source {
             let dir = into.parent().unwrap_or(into).join("source");

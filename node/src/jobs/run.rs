@@ -120,6 +120,18 @@ impl Drop for RunHandle {
     }
 }
 
+impl RunRequest {
+    /// What the run needs brought into the cluster's store before it starts.
+    pub fn needs(&self) -> crate::transfers::Needs<'_> {
+        crate::transfers::Needs {
+            job: &self.job,
+            attempt: self.attempt,
+            source: self.spec.source.as_deref(),
+            inputs: &self.inputs,
+        }
+    }
+}
+
 /// What an executor can do, which the leader asks instead of which executor it is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Capabilities {
