@@ -34,6 +34,7 @@ use std::time::Duration;
 use atoll_api::ErrorCode;
 use atoll_api::client::ClientError;
 use atoll_api::gateway_client::GatewayClient;
+use atoll_api::ids::Term;
 use atoll_api::jobs::AssignedInput;
 use atoll_api::jobs::Held;
 use atoll_api::jobs::LeaseRequest;
@@ -62,7 +63,8 @@ use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio::sync::watch;
 
-use crate::link::duties::DutyEnd;
+use crate::duty::DutyEnd;
+use crate::duty::ended_by;
 use crate::raft::Replica;
 
 /// How long a lease may wait at the gateway.
@@ -96,7 +98,7 @@ pub async fn lead(
     executor: Executor,
     transfers: Arc<crate::transfers::Transfers>,
     max_running: usize,
-    term: u64,
+    term: Term,
 ) -> DutyEnd {
     let cluster = replica.info().cluster.to_string();
     let node = replica.info().node_id;
@@ -134,7 +136,7 @@ pub async fn lead(
     leader.resume(&mut records).await;
     let _ = held_tx.send(held(&records));
     executor.sweep(replica);
-    tracing::info!(term, held = records.len(), "job duties started");
+    tracing::info!(term = term.0, held = records.len(), "job duties started");
 
     let mut pieces: Vec<LogPiece> = Vec::new();
     let mut outstanding = false;
@@ -199,7 +201,7 @@ pub async fn lead(
                         leader.fill(&mut records, ops).await;
                         let _ = held_tx.send(held(&records));
                     }
-                    Err(e) => match classify(&e, term) {
+                    Err(e) => match ended_by(&e, term) {
                         Some(end) => return end,
                         None => {
                             tracing::debug!(error = %e, "reporting to the gateway failed; kept for the next try");
@@ -287,20 +289,12 @@ fn reported(state: EndState) -> ReportedState {
     }
 }
 
-fn classify(error: &ClientError, term: u64) -> Option<DutyEnd> {
-    match error.code() {
-        Some(ErrorCode::StaleLeader) => Some(DutyEnd::Fenced { term, message: error.to_string() }),
-        Some(ErrorCode::Revoked) => Some(DutyEnd::Revoked(error.to_string())),
-        _ => None,
-    }
-}
-
 struct Leader {
     replica: Arc<Replica>,
     executor: Executor,
     /// Most runs going at once (`jobs.max_running`).
     max_running: usize,
-    term: u64,
+    term: Term,
     node: u64,
     runs: HashMap<(String, u32), RunHandle>,
     /// When each run of `runs` started here (its duration, for the metrics).
@@ -368,7 +362,7 @@ impl Leader {
                 RunState::Accepted => start.push((r.clone(), How::Start)),
                 // A run that outlives its leader (a cancelled one is deleted on adoption).
                 RunState::Started { .. } if adopts && !ours => start.push((r.clone(), How::Adopt)),
-                RunState::Started { term, node, .. } if *term != self.term || *node != self.node => ops.push(end(
+                RunState::Started { term, node, .. } if *term != self.term.0 || *node != self.node => ops.push(end(
                     r,
                     EndState::Lost,
                     &format!("its run was started by node {node} in term {term}, which no longer leads"),
@@ -405,12 +399,12 @@ impl Leader {
             ops.push(JobOp::Start {
                 job: r.job.clone(),
                 attempt: r.attempt,
-                term: self.term,
+                term: self.term.0,
                 node: self.node,
                 handle: self.executor.handle_name(&r.job, r.attempt),
                 secret: secret.clone(),
             });
-            r.run = RunState::Started { term: self.term, node: self.node, handle: None, secret };
+            r.run = RunState::Started { term: self.term.0, node: self.node, handle: None, secret };
         }
         if !self.commit(records, ops).await {
             return;
@@ -641,13 +635,14 @@ fn end(r: &JobRecord, state: EndState, message: &str) -> JobOp {
 async fn lease_forever(
     gateway: GatewayClient,
     cluster: String,
-    term: u64,
+    term: Term,
     held: watch::Receiver<Vec<Held>>,
     answers: mpsc::Sender<Result<Leased, DutyEnd>>,
 ) {
     let mut quiet = None::<tokio::time::Instant>;
     loop {
-        let request = LeaseRequest { term, held: held.borrow().clone(), wait_ms: LEASE_WAIT.as_millis() as u64 };
+        let request =
+            LeaseRequest { term: term.0, held: held.borrow().clone(), wait_ms: LEASE_WAIT.as_millis() as u64 };
         match gateway.lease(&cluster, &request).await {
             Ok(answer) if answer.is_empty() => {}
             Ok(answer) => {
@@ -658,7 +653,7 @@ async fn lease_forever(
                 let _ = done.await;
             }
             Err(e) => {
-                if let Some(end) = classify(&e, term) {
+                if let Some(end) = ended_by(&e, term) {
                     let _ = answers.send(Err(end)).await;
                     return;
                 }
@@ -679,7 +674,7 @@ async fn lease_forever(
 async fn outbox_forever(
     gateway: GatewayClient,
     cluster: String,
-    term: u64,
+    term: Term,
     mut batches: mpsc::Receiver<(Vec<LogPiece>, Vec<Report>)>,
     sent: mpsc::Sender<Sent>,
 ) {
@@ -698,7 +693,7 @@ async fn outbox_forever(
                 size += piece.data.len();
                 count += 1;
             }
-            let batch = LogBatch { term, pieces: unshipped.drain(..count).collect() };
+            let batch = LogBatch { term: term.0, pieces: unshipped.drain(..count).collect() };
             if let Err(e) = gateway.ship_logs(&cluster, &batch).await {
                 for piece in batch.pieces.into_iter().rev() {
                     unshipped.push_front(piece);
@@ -708,7 +703,10 @@ async fn outbox_forever(
             }
         }
         if result.is_ok() && !reports.is_empty() {
-            result = gateway.report(&cluster, &ReportBatch { term, reports: reports.clone() }).await.map(|r| r.results);
+            result = gateway
+                .report(&cluster, &ReportBatch { term: term.0, reports: reports.clone() })
+                .await
+                .map(|r| r.results);
         }
         if sent.send(Sent { reports, result }).await.is_err() {
             return;

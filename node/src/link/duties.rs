@@ -30,24 +30,18 @@ use atoll_api::gateway::ReplicaInfo;
 use atoll_api::gateway::RowCell;
 use atoll_api::gateway::RowReport;
 use atoll_api::gateway_client::GatewayClient;
+use atoll_api::ids::Term;
 use atoll_api::tls::ServerPolicy;
 use atoll_api::tls::TlsIdentity;
 use atoll_raft_store::MeshPeer;
 use atoll_raft_store::MeshView;
 use tokio::time::Instant;
 
+pub use crate::duty::DutyEnd;
+use crate::duty::ended_by;
 use crate::raft::Replica;
 use crate::reachability::Link;
 use crate::reachability::Thresholds;
-
-/// Why the duties of a term ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DutyEnd {
-    /// The gateway knows a newer leader.
-    Fenced { term: u64, message: String },
-    /// The cluster was revoked.
-    Revoked(String),
-}
 
 /// The intervals the gateway asked for.
 #[derive(Clone, Copy, Debug)]
@@ -165,14 +159,6 @@ fn view_from(view: &atoll_api::gateway::MeshView) -> MeshView {
     MeshView { peers, revoked }
 }
 
-fn classify(error: &ClientError, term: u64) -> Option<DutyEnd> {
-    match error.code() {
-        Some(ErrorCode::StaleLeader) => Some(DutyEnd::Fenced { term, message: error.to_string() }),
-        Some(ErrorCode::Revoked) => Some(DutyEnd::Revoked(error.to_string())),
-        _ => None,
-    }
-}
-
 /// Log a failure to reach the gateway at most every 10 s.
 struct Quiet(Option<Instant>);
 
@@ -186,7 +172,7 @@ impl Quiet {
 }
 
 /// Lead toward the gateway for `term`, until fenced, revoked, or cancelled.
-pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Prober>, term: u64) -> DutyEnd {
+pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Prober>, term: Term) -> DutyEnd {
     let info = replica.info().clone();
     let cluster = info.cluster.to_string();
     let thresholds = Thresholds::default();
@@ -199,7 +185,7 @@ pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Pro
     let mut quiet = Quiet(None);
     let now = Instant::now();
     let (mut next_heartbeat, mut next_probe, mut next_row) = (now, now, now + settings.row);
-    tracing::info!(term, gateway = %gateway.addr(), "leading toward the gateway");
+    tracing::info!(term = term.0, gateway = %gateway.addr(), "leading toward the gateway");
     loop {
         let wake = next_heartbeat.min(if registered { next_probe.min(next_row) } else { next_heartbeat });
         tokio::time::sleep_until(wake).await;
@@ -207,7 +193,7 @@ pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Pro
         if now >= next_heartbeat {
             next_heartbeat = now + settings.heartbeat;
             let heartbeat = Heartbeat {
-                term,
+                term: term.0,
                 leader_id: info.node_id,
                 endpoint: info.addr.clone(),
                 labels: info.labels.clone(),
@@ -221,7 +207,7 @@ pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Pro
             match gateway.heartbeat(&cluster, &heartbeat).await {
                 Ok(ack) => {
                     if !registered {
-                        tracing::info!(term, "registered with the gateway");
+                        tracing::info!(term = term.0, "registered with the gateway");
                     }
                     registered = true;
                     settings = Settings::from_ack(&ack);
@@ -240,7 +226,7 @@ pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Pro
                     }
                     links.retain(|name, _| view.peers.iter().any(|p| &p.name == name));
                 }
-                Err(e) => match classify(&e, term) {
+                Err(e) => match ended_by(&e, term) {
                     Some(end) => return end,
                     None => quiet.warn("heartbeat to the gateway", &e),
                 },
@@ -280,8 +266,8 @@ pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Pro
                     )
                 })
                 .collect();
-            if let Err(e) = gateway.report_row(&cluster, &RowReport { term, cells }).await {
-                match classify(&e, term) {
+            if let Err(e) = gateway.report_row(&cluster, &RowReport { term: term.0, cells }).await {
+                match ended_by(&e, term) {
                     Some(end) => return end,
                     // The gateway does not know this term (its database was replaced, say):
                     // register again at once.
