@@ -159,6 +159,20 @@ fn view_from(view: &atoll_api::gateway::MeshView) -> MeshView {
     MeshView { peers, revoked }
 }
 
+/// This cluster's row of the matrix: a cell for every peer of the view, `unknown` until probed.
+fn row(view: &MeshView, links: &BTreeMap<String, Link>) -> Vec<RowCell> {
+    view.peers
+        .iter()
+        .map(|p| {
+            links
+                .get(&p.name)
+                .map_or(RowCell { to: p.name.clone(), state: LinkState::Unknown, rtt_ms: None, loss: 0.0 }, |l| {
+                    l.cell(&p.name)
+                })
+        })
+        .collect()
+}
+
 /// Log a failure to reach the gateway at most every 10 s.
 struct Quiet(Option<Instant>);
 
@@ -256,16 +270,7 @@ pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Pro
         }
         if changed || now >= next_row {
             next_row = now + settings.row;
-            let cells: Vec<RowCell> = view
-                .peers
-                .iter()
-                .map(|p| {
-                    links.get(&p.name).map_or(
-                        RowCell { to: p.name.clone(), state: LinkState::Unknown, rtt_ms: None, loss: 0.0 },
-                        |l| l.cell(&p.name),
-                    )
-                })
-                .collect();
+            let cells = row(&view, &links);
             if let Err(e) = gateway.report_row(&cluster, &RowReport { term: term.0, cells }).await {
                 match ended_by(&e, term) {
                     Some(end) => return end,
@@ -285,4 +290,44 @@ pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Pro
 /// The identity of this replica (for renewal).
 pub fn identity(replica: &Replica) -> Identity {
     Identity::node(replica.info().cluster.clone(), replica.info().node_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateways_intervals_apply_and_zero_keeps_the_default() {
+        let ack: HeartbeatAck = serde_json::from_value(serde_json::json!({
+            "heartbeat_interval_ms": 250,
+            "probe_interval_ms": 0,
+            "probe_timeout_ms": 100,
+            "row_interval_ms": 0,
+            "view_revision": 0,
+        }))
+        .expect("an ack");
+        let s = Settings::from_ack(&ack);
+        let d = Settings::default();
+        assert_eq!((s.heartbeat, s.probe_timeout), (Duration::from_millis(250), Duration::from_millis(100)));
+        assert_eq!((s.probe, s.row), (d.probe, d.row), "zero: the default");
+    }
+
+    #[test]
+    fn the_view_is_kept_sorted_and_the_row_has_a_cell_per_peer() {
+        let sent: atoll_api::gateway::MeshView = serde_json::from_value(serde_json::json!({
+            "peers": [
+                {"name": "gcp", "endpoint": "gcp:7100", "labels": []},
+                {"name": "aws", "endpoint": "aws:7100", "labels": []},
+            ],
+            "revoked": ["z", "b"],
+        }))
+        .expect("a view");
+        let view = view_from(&sent);
+        assert_eq!(view.peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["aws", "gcp"]);
+        assert_eq!(view.revoked, ["b", "z"]);
+        let cells = row(&view, &BTreeMap::new());
+        assert_eq!(cells.len(), 2);
+        assert!(cells.iter().all(|c| c.state == LinkState::Unknown && c.rtt_ms.is_none()), "not probed yet");
+        assert_eq!(cells[0].to, "aws");
+    }
 }
