@@ -3,6 +3,8 @@
 //! - [`config`]: the agent config file and its checked form.
 //! - [`run()`]: boot and orderly shutdown of a replica.
 //! - [`raft`]: everything that touches openraft (core, network, RPCs, bootstrap, failover).
+//! - [`jobs`]: the leader's job duties: a pure plan of what to record, stop and start, the
+//!   loop that carries it out, and the executors (process, Kubernetes).
 //! - [`link`]: the link to the gateway: enrollment, renewal, the leader's duties.
 //! - [`duty`]: how a leader's duties for a term end (fenced, revoked), shared by the link and
 //!   the jobs.
