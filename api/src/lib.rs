@@ -33,6 +33,7 @@ pub mod jobs;
 pub mod node;
 pub mod openapi;
 pub mod pki;
+pub mod pod;
 pub mod serve;
 pub mod spec;
 pub mod ticket;

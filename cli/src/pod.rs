@@ -1,4 +1,6 @@
 //! `atoll pod inputs|output`: the helpers in a Kubernetes Job's pod (the helper image runs them).
+//! What they read from their environment, and in which format, is the contract in
+//! [`atoll_api::pod`], which the replica that sets up the pod uses too.
 //!
 //! - `inputs` (an init container, before the job's container starts): fetches each of the
 //!   attempt's blobs (`ATOLL_POD_BLOBS`, `[{digest, dir}]`: parents' outputs and the source) from
@@ -24,6 +26,7 @@ use anyhow::Context;
 use anyhow::anyhow;
 use anyhow::bail;
 use atoll_api::ids::ClusterName;
+use atoll_api::pod;
 use atoll_api::tls::ServerPolicy;
 use atoll_api::tls::TrustRoots;
 use atoll_store::Digest;
@@ -51,9 +54,9 @@ fn var(name: &str) -> anyhow::Result<String> {
 
 impl Attempt {
     fn from_env() -> anyhow::Result<Self> {
-        let cluster: ClusterName = var("ATOLL_CLUSTER")?.parse().map_err(|e| anyhow!("ATOLL_CLUSTER: {e}"))?;
-        let ca = var("ATOLL_POD_CA")?;
-        let trust = TrustRoots::from_pem(Path::new("ATOLL_POD_CA"), ca.as_bytes())?;
+        let cluster: ClusterName = var(pod::CLUSTER)?.parse().map_err(|e| anyhow!("{}: {e}", pod::CLUSTER))?;
+        let ca = var(pod::CA)?;
+        let trust = TrustRoots::from_pem(Path::new(pod::CA), ca.as_bytes())?;
         let config = trust.anonymous_client_config(ServerPolicy::NodeOf(cluster))?;
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(config)
@@ -61,16 +64,12 @@ impl Attempt {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .context("the HTTP client")?;
-        let urls: Vec<String> = var("ATOLL_POD_URLS")?
-            .split(',')
-            .map(|u| u.trim().trim_end_matches('/').to_string())
-            .filter(|u| !u.is_empty())
-            .collect();
+        let urls = pod::decode_urls(&var(pod::URLS)?);
         if urls.is_empty() {
-            bail!("ATOLL_POD_URLS names no replica");
+            bail!("{} names no replica", pod::URLS);
         }
-        let attempt = var("ATOLL_ATTEMPT")?.parse().map_err(|e| anyhow!("ATOLL_ATTEMPT: {e}"))?;
-        Ok(Self { urls, secret: var("ATOLL_POD_SECRET")?, job: var("ATOLL_JOB_ID")?, attempt, http })
+        let attempt = var(pod::ATTEMPT)?.parse().map_err(|e| anyhow!("{}: {e}", pod::ATTEMPT))?;
+        Ok(Self { urls, secret: var(pod::SECRET)?, job: var(pod::JOB_ID)?, attempt, http })
     }
 
     /// Send the request `make` builds for each replica URL in turn until one answers with
@@ -120,21 +119,15 @@ impl Attempt {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct Blob {
-    digest: String,
-    dir: PathBuf,
-}
-
 /// `atoll pod inputs`.
 pub async fn inputs() -> anyhow::Result<()> {
     let attempt = Attempt::from_env()?;
-    let blobs: Vec<Blob> =
-        serde_json::from_str(&var("ATOLL_POD_BLOBS")?).map_err(|e| anyhow!("ATOLL_POD_BLOBS: {e}"))?;
+    let blobs = pod::decode_blobs(&var(pod::BLOBS)?).map_err(|e| anyhow!("{}: {e}", pod::BLOBS))?;
     for blob in blobs {
-        let digest: Digest = blob.digest.parse().map_err(|e| anyhow!("ATOLL_POD_BLOBS: {e}"))?;
+        let digest: Digest = blob.digest.parse().map_err(|e| anyhow!("{}: {e}", pod::BLOBS))?;
+        let dir = PathBuf::from(&blob.dir);
         let started = Instant::now();
-        let parent = blob.dir.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let parent = dir.parent().unwrap_or(Path::new("/")).to_path_buf();
         std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
         let archive = parent.join(format!(".atoll-{}.tar", digest.hex()));
         // A corrupted copy (the digest does not match) is fetched again, at most three times.
@@ -150,11 +143,11 @@ pub async fn inputs() -> anyhow::Result<()> {
                 Err(e) => return Err(e.context(format!("fetching {digest} ({tries} tries)"))),
             }
         };
-        let (from, to) = (archive.clone(), blob.dir.clone());
+        let (from, to) = (archive.clone(), dir.clone());
         let unpacked = tokio::task::spawn_blocking(move || atoll_store::archive::unpack(&from, &to)).await?;
         let _ = tokio::fs::remove_file(&archive).await;
-        unpacked.with_context(|| format!("unpacking {digest} into {}", blob.dir.display()))?;
-        println!("{digest}: {size} bytes in {} ({} ms)", blob.dir.display(), started.elapsed().as_millis());
+        unpacked.with_context(|| format!("unpacking {digest} into {}", dir.display()))?;
+        println!("{digest}: {size} bytes in {} ({} ms)", dir.display(), started.elapsed().as_millis());
     }
     Ok(())
 }
@@ -182,10 +175,10 @@ async fn save(response: reqwest::Response, dest: &Path, digest: &Digest) -> anyh
 /// `atoll pod output`.
 pub async fn output() -> anyhow::Result<()> {
     let attempt = Attempt::from_env()?;
-    let dir = PathBuf::from(var("ATOLL_OUTPUT")?);
+    let dir = PathBuf::from(var(pod::OUTPUT)?);
     let stop = stop_signals()?;
     // Ready to be stopped: the startup probe (`atoll pod started`) lets the job's container start.
-    let started = PathBuf::from(var("ATOLL_POD_STARTED")?);
+    let started = PathBuf::from(var(pod::STARTED)?);
     std::fs::write(&started, b"").with_context(|| format!("marking {}", started.display()))?;
     stop.await;
     let empty = match std::fs::read_dir(&dir) {
@@ -252,6 +245,6 @@ fn stop_signals() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 
 /// `atoll pod started`: the output helper's startup probe.
 pub fn started() -> anyhow::Result<()> {
-    let marker = PathBuf::from(var("ATOLL_POD_STARTED")?);
+    let marker = PathBuf::from(var(pod::STARTED)?);
     if marker.exists() { Ok(()) } else { bail!("the output helper has not started yet ({} missing)", marker.display()) }
 }

@@ -3,7 +3,11 @@
 //! - [`config`]: the agent config file and its checked form.
 //! - [`run()`]: boot and orderly shutdown of a replica.
 //! - [`raft`]: everything that touches openraft (core, network, RPCs, bootstrap, failover).
+//! - [`jobs`]: the leader's job duties: a pure plan of what to record, stop and start, the
+//!   loop that carries it out, and the executors (process, Kubernetes).
 //! - [`link`]: the link to the gateway: enrollment, renewal, the leader's duties.
+//! - [`duty`]: how a leader's duties for a term end (fenced, revoked), shared by the link and
+//!   the jobs.
 //! - [`transfers`]: outputs between clusters: the blob routes, receiving inputs, sending outputs.
 //! - [`pods`]: the pod listener, where a Kubernetes Job's pod fetches its inputs and stores its
 //!   output.
@@ -25,6 +29,7 @@
 pub mod admission;
 pub mod api;
 pub mod config;
+pub mod duty;
 pub mod jobs;
 pub mod link;
 pub mod metrics;

@@ -167,7 +167,7 @@ async fn blob(
     }
     let parsed: Digest =
         digest.parse().map_err(|e: atoll_store::InvalidDigest| ApiError::bad_request(e.to_string()))?;
-    pods.transfers.ensure_local(&parsed).await.map_err(ApiError::unavailable)?;
+    pods.transfers.ensure_local(&parsed).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
     let blobs = pods.transfers.blobs();
     let manifest = blobs
         .manifest(&parsed)

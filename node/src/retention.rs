@@ -124,7 +124,7 @@ pub async fn pass(
     let batches: Vec<&[String]> =
         if candidates.is_empty() { vec![&[]] } else { candidates.chunks(ReleaseRequest::MAX).collect() };
     for batch in batches {
-        let answer = transfers.released(batch.to_vec()).await?;
+        let answer = transfers.released(batch.to_vec()).await.map_err(|e| e.to_string())?;
         let kept_for = Duration::from_millis(answer.keep_ms);
         let cutoff = began.checked_sub(kept_for).unwrap_or(SystemTime::UNIX_EPOCH);
         keep = Some(kept_for);

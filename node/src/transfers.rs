@@ -25,6 +25,7 @@ use std::time::Duration;
 use atoll_api::ApiError;
 use atoll_api::ErrorCode;
 use atoll_api::Identity;
+use atoll_api::client::ClientError;
 use atoll_api::gateway_client::GatewayClient;
 use atoll_api::ids::ClusterName;
 use atoll_api::jobs::AssignedInput;
@@ -40,13 +41,15 @@ use atoll_api::tls::ServerPolicy;
 use atoll_api::tls::TlsIdentity;
 use atoll_store::Blobs;
 use atoll_store::Digest;
+use atoll_store::InvalidDigest;
+use atoll_store::StoreError;
 use atoll_store::transfer::Access;
 use atoll_store::transfer::BlobService;
 use atoll_store::transfer::Fetch;
 use atoll_store::transfer::Guard;
 use atoll_store::transfer::Pace;
 use atoll_store::transfer::Remote;
-use atoll_store::transfer::TransferError;
+use atoll_store::transfer::TransferError as MoveError;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
@@ -62,6 +65,80 @@ const ASK_AGAIN: Duration = Duration::from_millis(500);
 const SENDS_AT_ONCE: usize = 4;
 /// Per request (one chunk at most).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why a transfer failed. Each message is what the attempt's end, or the log, says.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// A digest that does not parse.
+    #[error("{0}")]
+    Digest(#[from] InvalidDigest),
+    /// This replica's store failed.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// Moving a blob between stores failed.
+    #[error("{0}")]
+    Move(Box<MoveError>),
+    /// A peer cluster's name that is no cluster name.
+    #[error("cluster {name:?}: {reason}")]
+    ClusterName { name: String, reason: String },
+    /// The TLS or HTTP client for a peer could not be built.
+    #[error("{0}")]
+    Client(String),
+    /// The gateway refused to say how an input travels.
+    #[error("the gateway: {0}")]
+    Gateway(Box<ClientError>),
+    /// The gateway could not say which blobs nobody needs.
+    #[error("asking the gateway which blobs nobody needs: {0}")]
+    Released(Box<ClientError>),
+    /// An attempt's source could not be brought in.
+    #[error("delivering source {digest}: {error}")]
+    Source { digest: String, error: Box<TransferError> },
+    /// An input from another cluster could not be brought in.
+    #[error("delivering the output of {from_job} ({digest}) from {cluster}: {error}")]
+    Input { from_job: String, digest: String, cluster: String, error: Box<TransferError> },
+    /// An input made no progress for [`RECEIVE_LIMIT`].
+    #[error("the output of {from_job} did not arrive from {cluster} ({seconds} s without progress)")]
+    Stalled { from_job: String, cluster: String, seconds: u64 },
+    /// The gateway said the input is here, and it is not.
+    #[error("{digest} is not in {store}")]
+    NotHere { digest: Digest, store: String },
+    /// The gateway's store did not give a source.
+    #[error("fetching source {digest} from the gateway: {error}")]
+    SourceFromGateway { digest: Digest, error: Box<MoveError> },
+    /// Too few of the cluster's replicas took a copy of an output.
+    #[error(
+        "only {copied} of the {others} other replicas took a copy ({failed} failed); a majority of the cluster must hold it"
+    )]
+    TooFewCopies { copied: usize, others: usize, failed: usize },
+    /// No replica of the cluster holds a blob.
+    #[error("{digest} is in no replica's store of this cluster ({errors})")]
+    NowhereInCluster { digest: Digest, errors: String },
+    /// A push task named no endpoint.
+    #[error("a push without an endpoint")]
+    NoEndpoint,
+    /// A send task on a route that sends nothing.
+    #[error("nothing to send for a {0} edge")]
+    NothingToSend(&'static str),
+    /// The replica is shutting down.
+    #[error("{0}")]
+    Closed(#[from] tokio::sync::AcquireError),
+}
+
+impl From<MoveError> for TransferError {
+    fn from(e: MoveError) -> Self {
+        TransferError::Move(Box::new(e))
+    }
+}
+
+/// What an attempt needs brought into the cluster's store before it starts: its source (from
+/// the gateway) and its inputs (those from other clusters travel by their route).
+#[derive(Clone, Copy, Debug)]
+pub struct Needs<'a> {
+    pub job: &'a str,
+    pub attempt: u32,
+    pub source: Option<&'a str>,
+    pub inputs: &'a [AssignedInput],
+}
 
 fn now_ms() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos().div_euclid(1_000_000) as i64
@@ -177,32 +254,38 @@ impl Transfers {
 
     /// Bring what an attempt needs from outside the cluster into this replica's store: its
     /// source from the gateway, and each input from another cluster by its route.
-    pub async fn bring_in(&self, request: &crate::jobs::executor::RunRequest) -> Result<(), String> {
-        if let Some(source) = &request.spec.source {
-            let fail = |e: String| format!("delivering source {source}: {e}");
-            let digest: Digest = source.parse().map_err(|e: atoll_store::InvalidDigest| fail(e.to_string()))?;
+    pub async fn bring_in(&self, needs: Needs<'_>) -> Result<(), TransferError> {
+        if let Some(source) = needs.source {
+            let fail = |e: TransferError| TransferError::Source { digest: source.to_string(), error: Box::new(e) };
+            let digest: Digest = source.parse().map_err(|e: InvalidDigest| fail(e.into()))?;
             self.fetch_source(&digest).await.map_err(fail)?;
         }
-        for input in request.inputs.iter().filter(|i| i.mode != atoll_api::jobs::InputMode::Local) {
-            self.receive(&request.job, request.attempt, input).await.map_err(|e| {
-                format!("delivering the output of {} ({}) from {}: {e}", input.from_job, input.digest, input.cluster)
+        for input in needs.inputs.iter().filter(|i| i.mode != atoll_api::jobs::InputMode::Local) {
+            self.receive(needs.job, needs.attempt, input).await.map_err(|e| TransferError::Input {
+                from_job: input.from_job.clone(),
+                digest: input.digest.clone(),
+                cluster: input.cluster.clone(),
+                error: Box::new(e),
             })?;
         }
         Ok(())
     }
 
     /// An HTTP client accepting only `cluster`'s replicas (`None`: the gateway).
-    fn client(&self, cluster: Option<&str>) -> Result<reqwest::Client, String> {
+    fn client(&self, cluster: Option<&str>) -> Result<reqwest::Client, TransferError> {
         let key = cluster.unwrap_or("").to_string();
         let mut clients = self.clients.lock().expect("transfer clients");
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }
         let policy = match cluster {
-            Some(name) => ServerPolicy::NodeOf(name.parse().map_err(|e| format!("cluster {name:?}: {e}"))?),
+            Some(name) => ServerPolicy::NodeOf(
+                name.parse::<ClusterName>()
+                    .map_err(|e| TransferError::ClusterName { name: name.to_string(), reason: e.to_string() })?,
+            ),
             None => ServerPolicy::Gateway,
         };
-        let config = self.tls.client_config(policy).map_err(|e| e.to_string())?;
+        let config = self.tls.client_config(policy).map_err(|e| TransferError::Client(e.to_string()))?;
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(config)
             .no_proxy()
@@ -210,24 +293,24 @@ impl Transfers {
             .connect_timeout(Duration::from_secs(5))
             .timeout(REQUEST_TIMEOUT)
             .build()
-            .map_err(|e| atoll_api::client::error_chain(&e))?;
+            .map_err(|e| TransferError::Client(atoll_api::client::error_chain(&e)))?;
         clients.insert(key, client.clone());
         Ok(client)
     }
 
     /// Which of `digests` (blobs of this replica's store) nobody needs any more, and the
     /// retention the gateway judged them by.
-    pub async fn released(&self, digests: Vec<String>) -> Result<ReleaseAnswer, String> {
+    pub async fn released(&self, digests: Vec<String>) -> Result<ReleaseAnswer, TransferError> {
         self.gateway
             .released(&self.cluster, &ReleaseRequest { digests })
             .await
-            .map_err(|e| format!("asking the gateway which blobs nobody needs: {e}"))
+            .map_err(|e| TransferError::Released(Box::new(e)))
     }
 
     /// Make sure the output of `input`'s parent (in another cluster) is in this cluster's store.
-    pub async fn receive(&self, job: &str, attempt: u32, input: &AssignedInput) -> Result<(), String> {
-        let digest: Digest = input.digest.parse().map_err(|e: atoll_store::InvalidDigest| e.to_string())?;
-        if self.blobs().manifest(&digest).await.map_err(|e| e.to_string())?.is_some() {
+    pub async fn receive(&self, job: &str, attempt: u32, input: &AssignedInput) -> Result<(), TransferError> {
+        let digest: Digest = input.digest.parse()?;
+        if self.blobs().manifest(&digest).await?.is_some() {
             return Ok(());
         }
         let started = Instant::now();
@@ -245,12 +328,11 @@ impl Transfers {
                 deadline = Instant::now() + RECEIVE_LIMIT;
             }
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "the output of {} did not arrive from {} ({} s without progress)",
-                    input.from_job,
-                    input.cluster,
-                    RECEIVE_LIMIT.as_secs()
-                ));
+                return Err(TransferError::Stalled {
+                    from_job: input.from_job.clone(),
+                    cluster: input.cluster.clone(),
+                    seconds: RECEIVE_LIMIT.as_secs(),
+                });
             }
             let request = TransferRequest {
                 job: job.to_string(),
@@ -263,7 +345,7 @@ impl Transfers {
                 Err(e)
                     if matches!(e.code(), Some(ErrorCode::Conflict | ErrorCode::NotFound | ErrorCode::BadRequest)) =>
                 {
-                    return Err(format!("the gateway: {e}"));
+                    return Err(TransferError::Gateway(Box::new(e)));
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "asking the gateway how an input travels failed; asking again");
@@ -280,8 +362,11 @@ impl Transfers {
                 Route::Local => {
                     return match self.blobs().manifest(&digest).await {
                         Ok(Some(_)) => Ok(()),
-                        Ok(None) => Err(format!("{digest} is not in {}", self.blobs().name())),
-                        Err(e) => Err(e.to_string()),
+                        Ok(None) => Err(TransferError::NotHere {
+                            digest: digest.clone(),
+                            store: self.blobs().name().to_string(),
+                        }),
+                        Err(e) => Err(e.into()),
                     };
                 }
                 Route::Pull => {
@@ -291,19 +376,23 @@ impl Transfers {
                         plan.ticket.clone().unwrap_or_default(),
                     );
                     match fetch.run(&remote, self.blobs(), &self.pace).await {
-                        Ok(_) => return self.received(job, input, &fetch, relayed_from, started, Route::Pull),
+                        Ok(_) => {
+                            self.received(job, input, &fetch, relayed_from, started, Route::Pull);
+                            return Ok(());
+                        }
                         Err(e) if e.is_path_failure() => {
                             tracing::warn!(job, parent = %input.from_job, from = %plan.source, error = %e, chunk = fetch.next_chunk(), "pulling an input failed; falling back to the relay");
                             self.replica.metrics.transfer_fallbacks.inc();
                             self.failed.push(&plan.source);
                             failed = Some(format!("pulling from {}: {e}", plan.source));
                         }
-                        Err(e) => return Err(e.to_string()),
+                        Err(e) => return Err(e.into()),
                     }
                 }
                 Route::Push => {
-                    if self.blobs().manifest(&digest).await.map_err(|e| e.to_string())?.is_some() {
-                        return self.received(job, input, &fetch, relayed_from, started, Route::Push);
+                    if self.blobs().manifest(&digest).await?.is_some() {
+                        self.received(job, input, &fetch, relayed_from, started, Route::Push);
+                        return Ok(());
                     }
                     let now = self.service.upload_progress(&digest).await.unwrap_or(0);
                     match push_progress {
@@ -339,16 +428,19 @@ impl Transfers {
                         fetch.run_while_uploading(&remote, self.blobs(), &self.pace).await
                     };
                     match fetched {
-                        Ok(_) => return self.received(job, input, &fetch, relayed_from, started, Route::Relay),
+                        Ok(_) => {
+                            self.received(job, input, &fetch, relayed_from, started, Route::Relay);
+                            return Ok(());
+                        }
                         // The upload has not begun: ask again (which also re-queues it).
-                        Err(TransferError::Refused { code: Some(ErrorCode::NotFound), .. }) if !plan.ready => {
+                        Err(MoveError::Refused { code: Some(ErrorCode::NotFound), .. }) if !plan.ready => {
                             tokio::time::sleep(ASK_AGAIN).await;
                         }
                         Err(e) if e.is_path_failure() => {
                             tracing::warn!(job, parent = %input.from_job, error = %e, chunk = fetch.next_chunk(), "fetching an input from the relay failed; trying again");
                             tokio::time::sleep(ASK_AGAIN).await;
                         }
-                        Err(e) => return Err(e.to_string()),
+                        Err(e) => return Err(e.into()),
                     }
                 }
             }
@@ -363,7 +455,7 @@ impl Transfers {
         relayed_from: Option<usize>,
         started: Instant,
         route: Route,
-    ) -> Result<(), String> {
+    ) {
         // A pull or push that fell back ends on the relay: counted by the route that brought it.
         let route = if relayed_from.is_some() { Route::Relay } else { route };
         let labels = crate::metrics::RouteLabels { route: route.as_str() };
@@ -381,13 +473,12 @@ impl Transfers {
             relayed_from_chunk = ?relayed_from,
             "input received"
         );
-        Ok(())
     }
 
     /// Make sure this replica's store holds the pushed source `digest`, fetching it from the
     /// gateway's store when it does not (then every later job here reads it locally).
-    pub async fn fetch_source(&self, digest: &Digest) -> Result<(), String> {
-        if self.blobs().manifest(digest).await.map_err(|e| e.to_string())?.is_some() {
+    pub async fn fetch_source(&self, digest: &Digest) -> Result<(), TransferError> {
+        if self.blobs().manifest(digest).await?.is_some() {
             return Ok(());
         }
         let started = Instant::now();
@@ -403,7 +494,7 @@ impl Transfers {
                     tracing::warn!(source = %digest, error = %e, "fetching a source from the gateway failed; trying again");
                     tokio::time::sleep(ASK_AGAIN).await;
                 }
-                Err(e) => return Err(format!("fetching source {digest} from the gateway: {e}")),
+                Err(e) => return Err(TransferError::SourceFromGateway { digest: digest.clone(), error: Box::new(e) }),
             }
         }
     }
@@ -421,7 +512,7 @@ impl Transfers {
     /// majority of the voters (this one included) hold it, so a recorded output survives the
     /// loss of this replica. The copies to the others go on in the background. Nothing to do
     /// when the store is shared (S3, GCS, Azure) or the cluster has one replica.
-    pub async fn replicate(&self, digest: &Digest) -> Result<(), String> {
+    pub async fn replicate(&self, digest: &Digest) -> Result<(), TransferError> {
         if !self.own_store {
             return Ok(());
         }
@@ -456,16 +547,13 @@ impl Transfers {
                 failed += 1;
             }
         }
-        Err(format!(
-            "only {copied} of the {} other replicas took a copy ({failed} failed); a majority of the cluster must hold it",
-            copied + failed
-        ))
+        Err(TransferError::TooFewCopies { copied, others: copied + failed, failed })
     }
 
     /// Make sure this replica's store holds `digest`, copying it from another replica of the
     /// cluster when it does not (a new leader that was behind, or down, when it was stored).
-    pub async fn ensure_local(&self, digest: &Digest) -> Result<(), String> {
-        if self.blobs().manifest(digest).await.map_err(|e| e.to_string())?.is_some() || !self.own_store {
+    pub async fn ensure_local(&self, digest: &Digest) -> Result<(), TransferError> {
+        if self.blobs().manifest(digest).await?.is_some() || !self.own_store {
             return Ok(());
         }
         let client = self.client(Some(&self.cluster))?;
@@ -481,7 +569,7 @@ impl Transfers {
                 Err(e) => errors.push(format!("replica {id}: {e}")),
             }
         }
-        Err(format!("{digest} is in no replica's store of this cluster ({})", errors.join("; ")))
+        Err(TransferError::NowhereInCluster { digest: digest.clone(), errors: errors.join("; ") })
     }
 
     /// Send one output as a lease answer asked (in the background, once per task at a time).
@@ -507,18 +595,18 @@ impl Transfers {
         });
     }
 
-    async fn send_now(&self, task: &SendTask) -> Result<u64, String> {
-        let _slot = self.send_slots.acquire().await.map_err(|e| e.to_string())?;
-        let digest: Digest = task.digest.parse().map_err(|e: atoll_store::InvalidDigest| e.to_string())?;
+    async fn send_now(&self, task: &SendTask) -> Result<u64, TransferError> {
+        let _slot = self.send_slots.acquire().await?;
+        let digest: Digest = task.digest.parse()?;
         self.ensure_local(&digest).await?;
         let remote = match task.route {
             Route::Push => Remote::https(
                 self.client(Some(&task.to))?,
-                task.endpoint.as_deref().ok_or("a push without an endpoint")?,
+                task.endpoint.as_deref().ok_or(TransferError::NoEndpoint)?,
                 task.ticket.clone(),
             ),
             Route::Relay => Remote::https(self.client(None)?, &self.gateway_addr, task.ticket.clone()),
-            other => return Err(format!("nothing to send for a {} edge", other.as_str())),
+            other => return Err(TransferError::NothingToSend(other.as_str())),
         };
         match atoll_store::transfer::send(self.blobs(), &digest, &remote, &self.pace).await {
             Ok(bytes) => Ok(bytes),
@@ -526,8 +614,48 @@ impl Transfers {
                 if task.route == Route::Push && e.is_path_failure() {
                     self.failed.push(&task.to);
                 }
-                Err(e.to_string())
+                Err(e.into())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transfer_errors_say_what_they_said_as_strings() {
+        let digest: Digest = format!("sha256:{}", "a".repeat(64)).parse().expect("a digest");
+        let not_here = TransferError::NotHere { digest: digest.clone(), store: "local".into() };
+        assert_eq!(not_here.to_string(), format!("{digest} is not in local"));
+        let input = TransferError::Input {
+            from_job: "build".into(),
+            digest: digest.to_string(),
+            cluster: "gcp".into(),
+            error: Box::new(not_here),
+        };
+        assert_eq!(
+            input.to_string(),
+            format!("delivering the output of build ({digest}) from gcp: {digest} is not in local")
+        );
+        let bad = || "nope".parse::<Digest>().expect_err("no digest");
+        let source = TransferError::Source { digest: "nope".into(), error: Box::new(bad().into()) };
+        assert_eq!(source.to_string(), format!("delivering source nope: {}", bad()));
+        let stalled = TransferError::Stalled { from_job: "build".into(), cluster: "gcp".into(), seconds: 600 };
+        assert_eq!(stalled.to_string(), "the output of build did not arrive from gcp (600 s without progress)");
+        assert_eq!(
+            TransferError::TooFewCopies { copied: 1, others: 3, failed: 2 }.to_string(),
+            "only 1 of the 3 other replicas took a copy (2 failed); a majority of the cluster must hold it"
+        );
+        assert_eq!(
+            TransferError::NowhereInCluster { digest: digest.clone(), errors: "replica 2: x; replica 3: y".into() }
+                .to_string(),
+            format!("{digest} is in no replica's store of this cluster (replica 2: x; replica 3: y)")
+        );
+        assert_eq!(TransferError::NoEndpoint.to_string(), "a push without an endpoint");
+        assert_eq!(TransferError::NothingToSend(Route::Local.as_str()).to_string(), "nothing to send for a local edge");
+        let name = TransferError::ClusterName { name: "Bad".into(), reason: "invalid".into() };
+        assert_eq!(name.to_string(), "cluster \"Bad\": invalid");
     }
 }

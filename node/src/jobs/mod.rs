@@ -14,6 +14,11 @@
 //!    commit; an acknowledged final report (or a refused one) lets the record go. Output pieces
 //!    are shipped before the reports that follow them.
 //!
+//! What to record, stop and start at each step is decided by [`plan`], pure; this module
+//! gathers its inputs (the records, the runs, the lease answer, the capacity, the executor's
+//! [`run::Capabilities`]) and carries each plan out: stops, then one Raft entry, then the starts.
+//! The executors share only [`run`]; [`executor`] alone names them.
+//!
 //! Nothing is lost when the gateway is away: the records stay in Raft and are reported when it
 //! answers again; runs go on. When the replica stops leading, the task is dropped: every process
 //! run it started is killed with its process group, and the next leader finds them `started` in
@@ -23,45 +28,48 @@
 pub mod cgroups;
 pub mod executor;
 pub mod kubernetes;
+pub mod plan;
 pub mod process;
+pub mod run;
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use atoll_api::ErrorCode;
 use atoll_api::client::ClientError;
 use atoll_api::gateway_client::GatewayClient;
-use atoll_api::jobs::AssignedInput;
+use atoll_api::ids::Term;
 use atoll_api::jobs::Held;
 use atoll_api::jobs::LeaseRequest;
 use atoll_api::jobs::LeaseResponse;
 use atoll_api::jobs::LogBatch;
 use atoll_api::jobs::LogPiece;
-use atoll_api::jobs::OutputInfo;
 use atoll_api::jobs::Report;
 use atoll_api::jobs::ReportBatch;
-use atoll_api::jobs::ReportOutcome;
 use atoll_api::jobs::ReportResult;
-use atoll_api::jobs::ReportedState;
-use atoll_api::spec::JobSpec;
 use atoll_raft_store::Command;
 use atoll_raft_store::CommandResponse;
-use atoll_raft_store::jobs::EndState;
 use atoll_raft_store::jobs::JobOp;
 use atoll_raft_store::jobs::JobRecord;
-use atoll_raft_store::jobs::RunState;
-use executor::Event;
 use executor::Executor;
-use executor::RunHandle;
-use executor::RunRequest;
-use executor::Stop;
+use plan::How;
+use plan::Launch;
+use plan::Plan;
+use plan::RunKey;
+use plan::View;
+use plan::held;
+use run::Event;
+use run::RunHandle;
+use run::Stop;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio::sync::watch;
 
-use crate::link::duties::DutyEnd;
+use crate::duty::DutyEnd;
+use crate::duty::ended_by;
 use crate::raft::Replica;
 
 /// How long a lease may wait at the gateway.
@@ -95,7 +103,7 @@ pub async fn lead(
     executor: Executor,
     transfers: Arc<crate::transfers::Transfers>,
     max_running: usize,
-    term: u64,
+    term: Term,
 ) -> DutyEnd {
     let cluster = replica.info().cluster.to_string();
     let node = replica.info().node_id;
@@ -133,7 +141,7 @@ pub async fn lead(
     leader.resume(&mut records).await;
     let _ = held_tx.send(held(&records));
     executor.sweep(replica);
-    tracing::info!(term, held = records.len(), "job duties started");
+    tracing::info!(term = term.0, held = records.len(), "job duties started");
 
     let mut pieces: Vec<LogPiece> = Vec::new();
     let mut outstanding = false;
@@ -147,7 +155,9 @@ pub async fn lead(
                     for task in std::mem::take(&mut answer.send) {
                         transfers.send(task);
                     }
-                    leader.apply_lease(&mut records, answer).await;
+                    let running = leader.running();
+                    let plan = plan::lease(&leader.view(&records, &running), &answer);
+                    leader.carry_out(&mut records, plan).await;
                     leader.fill(&mut records, Vec::new()).await;
                     let _ = held_tx.send(held(&records));
                     let _ = handled.send(());
@@ -194,11 +204,12 @@ pub async fn lead(
                 let Some(Sent { reports, result }) = sent else { return std::future::pending().await };
                 match result {
                     Ok(results) => {
-                        let ops = leader.acknowledged(&reports, &results);
-                        leader.fill(&mut records, ops).await;
+                        let running = leader.running();
+                        let plan = plan::acknowledged(&leader.view(&records, &running), &reports, &results);
+                        leader.carry_out(&mut records, plan).await;
                         let _ = held_tx.send(held(&records));
                     }
-                    Err(e) => match classify(&e, term) {
+                    Err(e) => match ended_by(&e, term) {
                         Some(end) => return end,
                         None => {
                             tracing::debug!(error = %e, "reporting to the gateway failed; kept for the next try");
@@ -218,7 +229,7 @@ pub async fn lead(
         }
         leader.count_runs(&records);
         if !outstanding && tokio::time::Instant::now() >= retry_at {
-            let reports = pending_reports(&records);
+            let reports = plan::reports(&records);
             if !reports.is_empty() || !pieces.is_empty() {
                 match out_tx.try_send((std::mem::take(&mut pieces), reports)) {
                     Ok(()) => outstanding = true,
@@ -250,60 +261,16 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn held(records: &BTreeMap<String, JobRecord>) -> Vec<Held> {
-    records.values().map(|r| Held { job: r.job.clone(), attempt: r.attempt }).collect()
-}
-
-/// What the gateway has still to hear, in record order.
-fn pending_reports(records: &BTreeMap<String, JobRecord>) -> Vec<Report> {
-    records
-        .values()
-        .filter_map(|r| {
-            let (state, exit_code, message, output) = match &r.run {
-                RunState::Accepted => return None,
-                RunState::Started { .. } if r.running_acked => return None,
-                RunState::Started { .. } => (ReportedState::Running, None, None, None),
-                RunState::Ended { state, exit_code, message } => (
-                    reported(*state),
-                    *exit_code,
-                    message.clone(),
-                    r.output.as_ref().map(|o| OutputInfo { digest: o.digest.clone(), size: o.size }),
-                ),
-            };
-            Some(Report { job: r.job.clone(), attempt: r.attempt, state, exit_code, message, output })
-        })
-        .collect()
-}
-
-fn reported(state: EndState) -> ReportedState {
-    match state {
-        EndState::Finished => ReportedState::Finished,
-        EndState::Failure => ReportedState::Failure,
-        EndState::Error => ReportedState::Error,
-        EndState::Unstable => ReportedState::Unstable,
-        EndState::Killed => ReportedState::Killed,
-        EndState::Lost => ReportedState::Lost,
-    }
-}
-
-fn classify(error: &ClientError, term: u64) -> Option<DutyEnd> {
-    match error.code() {
-        Some(ErrorCode::StaleLeader) => Some(DutyEnd::Fenced { term, message: error.to_string() }),
-        Some(ErrorCode::Revoked) => Some(DutyEnd::Revoked(error.to_string())),
-        _ => None,
-    }
-}
-
 struct Leader {
     replica: Arc<Replica>,
     executor: Executor,
     /// Most runs going at once (`jobs.max_running`).
     max_running: usize,
-    term: u64,
+    term: Term,
     node: u64,
-    runs: HashMap<(String, u32), RunHandle>,
+    runs: HashMap<RunKey, RunHandle>,
     /// When each run of `runs` started here (its duration, for the metrics).
-    started: HashMap<(String, u32), tokio::time::Instant>,
+    started: HashMap<RunKey, tokio::time::Instant>,
     events: mpsc::UnboundedSender<Event>,
     /// A Raft write failed; reconcile the runs with the applied state at the next tick.
     needs_resume: bool,
@@ -349,112 +316,83 @@ impl Leader {
         }
     }
 
+    /// What the plan is decided on.
+    fn view<'a>(&self, records: &'a BTreeMap<String, JobRecord>, running: &'a HashSet<RunKey>) -> View<'a> {
+        View {
+            term: self.term,
+            node: self.node,
+            records,
+            running,
+            max_running: self.max_running,
+            capabilities: self.executor.capabilities(),
+        }
+    }
+
     /// Take over the records of earlier terms.
     async fn resume(&mut self, records: &mut BTreeMap<String, JobRecord>) {
-        let adopts = matches!(self.executor, Executor::Kubernetes(_));
-        // First the ends this leader saw but could not record (applying one twice changes nothing).
-        let mut ops = std::mem::take(&mut self.unrecorded_ends);
-        let ended: std::collections::HashSet<(String, u32)> =
-            ops.iter().map(|op| (op.job().to_string(), op.attempt())).collect();
-        let mut start = Vec::new();
-        for r in records.values() {
-            if ended.contains(&(r.job.clone(), r.attempt)) {
-                continue;
-            }
-            let ours = self.runs.contains_key(&(r.job.clone(), r.attempt));
-            match &r.run {
-                RunState::Accepted if r.cancel => ops.push(end(r, EndState::Killed, "cancelled before it started")),
-                RunState::Accepted => start.push((r.clone(), How::Start)),
-                // A Kubernetes Job outlives its leader (a cancelled one is deleted on adoption).
-                RunState::Started { .. } if adopts && !ours => start.push((r.clone(), How::Adopt)),
-                RunState::Started { term, node, .. } if *term != self.term || *node != self.node => ops.push(end(
-                    r,
-                    EndState::Lost,
-                    &format!("its run was started by node {node} in term {term}, which no longer leads"),
-                )),
-                RunState::Started { .. } if !ours => ops.push(end(r, EndState::Lost, "its run is gone")),
-                _ => {}
-            }
+        let running = self.running();
+        let plan = plan::resume(&self.view(records, &running), std::mem::take(&mut self.unrecorded_ends));
+        if !plan.ops.is_empty() {
+            tracing::info!(lost = plan.ops.len(), "runs of an earlier leader are lost; reporting them");
         }
-        if !ops.is_empty() {
-            tracing::info!(lost = ops.len(), "runs of an earlier leader are lost; reporting them");
-        }
-        let adopted = start.iter().filter(|(_, how)| *how == How::Adopt).count();
+        let adopted = plan.start.iter().filter(|launch| launch.how == How::Adopt).count();
         if adopted > 0 {
             tracing::info!(adopted, "adopting the runs of an earlier leader");
         }
-        self.start_all(records, start, ops).await;
+        self.carry_out(records, plan).await;
     }
 
-    /// Record `ops`, plus a start (this term, this node) for each of `start`, then start or
-    /// adopt those runs.
-    async fn start_all(
-        &mut self,
-        records: &mut BTreeMap<String, JobRecord>,
-        start: Vec<(JobRecord, How)>,
-        mut ops: Vec<JobOp>,
-    ) {
-        let mut start = start;
-        for (r, how) in &mut start {
-            // An adopted run keeps its secret: its pod shows the one it was created with.
-            let secret = match (&*how, &r.run) {
-                (How::Adopt, RunState::Started { secret: Some(secret), .. }) => Some(secret.clone()),
-                _ => self.executor.new_secret(),
-            };
-            ops.push(JobOp::Start {
-                job: r.job.clone(),
-                attempt: r.attempt,
-                term: self.term,
-                node: self.node,
-                handle: self.executor.handle_name(&r.job, r.attempt),
-                secret: secret.clone(),
-            });
-            r.run = RunState::Started { term: self.term, node: self.node, handle: None, secret };
+    /// Record `ops` together with the starts of accepted attempts, oldest first, while slots
+    /// are free; then start those.
+    async fn fill(&mut self, records: &mut BTreeMap<String, JobRecord>, ops: Vec<JobOp>) {
+        let running = self.running();
+        let plan = plan::fill(&self.view(records, &running), ops);
+        self.carry_out(records, plan).await;
+    }
+
+    /// The runs going here.
+    fn running(&self) -> HashSet<RunKey> {
+        self.runs.keys().cloned().collect()
+    }
+
+    /// Stop what the plan stops; record its ops plus a start (this term, this node) for each
+    /// run it starts, in one entry; then start or adopt those runs.
+    async fn carry_out(&mut self, records: &mut BTreeMap<String, JobRecord>, plan: Plan) {
+        let Plan { stop, mut ops, mut start } = plan;
+        for (key, why) in stop {
+            match why {
+                // Forgotten: dropping the handle ends the run.
+                Stop::Drop => {
+                    if let Some(mut run) = self.runs.remove(&key) {
+                        run.stop(Stop::Drop);
+                    }
+                }
+                // Kept until its end arrives.
+                Stop::Cancel => {
+                    if let Some(run) = self.runs.get_mut(&key) {
+                        run.stop(Stop::Cancel);
+                    }
+                }
+            }
+        }
+        for launch in &mut start {
+            let executor = &self.executor;
+            let handle = executor.handle_name(&launch.record.job, launch.record.attempt);
+            ops.push(launch.start_op(self.term, self.node, handle, || executor.new_secret()));
         }
         if !self.commit(records, ops).await {
             return;
         }
-        for (r, how) in start {
+        for Launch { record: r, how } in start {
             if self.runs.contains_key(&(r.job.clone(), r.attempt)) {
                 continue;
             }
-            let spec: JobSpec = match serde_json::from_str(&r.spec) {
-                Ok(spec) => spec,
-                Err(e) => {
-                    let _ = self.events.send(Event::Done {
-                        job: r.job.clone(),
-                        attempt: r.attempt,
-                        state: EndState::Error,
-                        exit_code: None,
-                        message: Some(format!("the recorded spec is unreadable: {e}")),
-                    });
-                    continue;
-                }
-            };
-            let inputs = if r.inputs.is_empty() {
-                Ok(Vec::new())
-            } else {
-                serde_json::from_str::<Vec<AssignedInput>>(&r.inputs)
-            };
-            let inputs = match inputs {
-                Ok(inputs) => inputs,
-                Err(e) => {
-                    let message = format!("the recorded inputs are unreadable: {e}");
+            let request = match plan::request(&r) {
+                Ok(request) => request,
+                Err(message) => {
                     let _ = self.events.send(Event::error(&r.job, r.attempt, message));
                     continue;
                 }
-            };
-            let secret = match &r.run {
-                RunState::Started { secret, .. } => secret.clone(),
-                _ => None,
-            };
-            let request = RunRequest {
-                job: r.job.clone(),
-                pipeline: r.pipeline.clone(),
-                attempt: r.attempt,
-                spec,
-                inputs,
-                secret,
             };
             let mut handle = match how {
                 How::Start => self.executor.start(request, self.events.clone()),
@@ -475,164 +413,8 @@ impl Leader {
     fn count_runs(&self, records: &BTreeMap<String, JobRecord>) {
         let metrics = &self.replica.metrics;
         metrics.job_runs_running.set(self.runs.len() as i64);
-        let queued = records
-            .values()
-            .filter(|r| matches!(r.run, RunState::Accepted) && !self.runs.contains_key(&(r.job.clone(), r.attempt)))
-            .count();
-        metrics.job_runs_queued.set(queued as i64);
+        metrics.job_runs_queued.set(plan::queued(records, &self.running()) as i64);
     }
-
-    /// Record `ops` together with the starts of accepted attempts, oldest first, while slots
-    /// are free; then start those.
-    async fn fill(&mut self, records: &mut BTreeMap<String, JobRecord>, ops: Vec<JobOp>) {
-        let free = self.max_running.saturating_sub(self.runs.len());
-        if free == 0 {
-            self.commit(records, ops).await;
-            return;
-        }
-        let mut waiting: Vec<&JobRecord> = records
-            .values()
-            .filter(|r| {
-                matches!(r.run, RunState::Accepted) && !r.cancel && !self.runs.contains_key(&(r.job.clone(), r.attempt))
-            })
-            .collect();
-        if waiting.is_empty() {
-            self.commit(records, ops).await;
-            return;
-        }
-        waiting.sort_by_key(|r| r.revision);
-        let start: Vec<(JobRecord, How)> = waiting.into_iter().take(free).map(|r| (r.clone(), How::Start)).collect();
-        self.start_all(records, start, ops).await;
-    }
-
-    async fn apply_lease(&mut self, records: &mut BTreeMap<String, JobRecord>, answer: LeaseResponse) {
-        // Drops first: the attempt moved away or ended; stop it, forget it, report nothing.
-        let mut ops = Vec::new();
-        for drop in &answer.drop {
-            if let Some(mut run) = self.runs.remove(&(drop.job.clone(), drop.attempt)) {
-                tracing::info!(job = %drop.job, attempt = drop.attempt, reason = %drop.reason, "stopping a run the gateway moved away");
-                run.stop(Stop::Drop);
-            }
-            ops.push(JobOp::Forget { job: drop.job.clone(), attempt: drop.attempt });
-        }
-        let cancels: std::collections::HashSet<(String, u32)> =
-            answer.cancel.iter().map(|h| (h.job.clone(), h.attempt)).collect();
-        let mut start = Vec::new();
-        for a in answer.assign {
-            let spec = match serde_json::to_string(&a.spec) {
-                Ok(spec) => spec,
-                Err(e) => {
-                    tracing::error!(job = %a.job, error = %e, "cannot record an assignment");
-                    continue;
-                }
-            };
-            if records.get(&a.job).is_some_and(|r| r.attempt >= a.attempt) {
-                continue;
-            }
-            let inputs = if a.inputs.is_empty() {
-                String::new()
-            } else {
-                match serde_json::to_string(&a.inputs) {
-                    Ok(inputs) => inputs,
-                    Err(e) => {
-                        tracing::error!(job = %a.job, error = %e, "cannot record an assignment's inputs");
-                        continue;
-                    }
-                }
-            };
-            ops.push(JobOp::Accept {
-                job: a.job.clone(),
-                pipeline: a.pipeline.clone(),
-                attempt: a.attempt,
-                spec: spec.clone(),
-                inputs: inputs.clone(),
-            });
-            if cancels.contains(&(a.job.clone(), a.attempt)) {
-                ops.push(JobOp::Cancel { job: a.job.clone(), attempt: a.attempt });
-                ops.push(JobOp::End {
-                    job: a.job,
-                    attempt: a.attempt,
-                    state: EndState::Killed,
-                    exit_code: None,
-                    message: Some("cancelled before it started".to_string()),
-                });
-                continue;
-            }
-            // Started in the same entry while slots are free; the rest wait, accepted, for
-            // `fill` to start them as runs end.
-            if self.runs.len() + start.len() < self.max_running {
-                let record = JobRecord {
-                    job: a.job,
-                    pipeline: a.pipeline,
-                    attempt: a.attempt,
-                    spec,
-                    inputs,
-                    run: RunState::Accepted,
-                    cancel: false,
-                    running_acked: false,
-                    revision: 0,
-                    output: None,
-                };
-                start.push((record, How::Start));
-            }
-        }
-        for h in &answer.cancel {
-            let Some(r) = records.get(&h.job).filter(|r| r.attempt == h.attempt) else { continue };
-            if r.cancel {
-                continue;
-            }
-            ops.push(JobOp::Cancel { job: h.job.clone(), attempt: h.attempt });
-            match self.runs.get_mut(&(h.job.clone(), h.attempt)) {
-                Some(run) => run.stop(Stop::Cancel),
-                None if !matches!(r.run, RunState::Ended { .. }) => ops.push(JobOp::End {
-                    job: h.job.clone(),
-                    attempt: h.attempt,
-                    state: EndState::Killed,
-                    exit_code: None,
-                    message: Some("cancelled".to_string()),
-                }),
-                None => {}
-            }
-        }
-        if !start.is_empty() {
-            tracing::debug!(jobs = start.len(), "starting leased jobs");
-        }
-        self.start_all(records, start, ops).await;
-    }
-
-    /// The gateway answered a report batch: what to record.
-    fn acknowledged(&mut self, reports: &[Report], results: &[ReportResult]) -> Vec<JobOp> {
-        let mut ops = Vec::new();
-        for (report, result) in reports.iter().zip(results) {
-            match (result.outcome, report.state) {
-                (ReportOutcome::Accepted | ReportOutcome::Duplicate, ReportedState::Running) => {
-                    ops.push(JobOp::RunningAcked { job: report.job.clone(), attempt: report.attempt })
-                }
-                (ReportOutcome::Accepted | ReportOutcome::Duplicate, _) => {
-                    ops.push(JobOp::Forget { job: report.job.clone(), attempt: report.attempt })
-                }
-                (ReportOutcome::Refused, _) => {
-                    tracing::warn!(job = %report.job, attempt = report.attempt, reason = ?result.reason, "the gateway refused a report; stopping the attempt");
-                    if let Some(mut run) = self.runs.remove(&(report.job.clone(), report.attempt)) {
-                        run.stop(Stop::Drop);
-                    }
-                    ops.push(JobOp::Forget { job: report.job.clone(), attempt: report.attempt });
-                }
-            }
-        }
-        ops
-    }
-}
-
-/// Whether a run is new or an earlier leader's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum How {
-    Start,
-    Adopt,
-}
-
-fn end(r: &JobRecord, state: EndState, message: &str) -> JobOp {
-    JobOp::End { job: r.job.clone(), attempt: r.attempt, state, exit_code: None, message: Some(message.to_string()) }
 }
 
 /// Long-poll the gateway with what the cluster holds; hand each non-empty answer over and wait
@@ -640,13 +422,14 @@ fn end(r: &JobRecord, state: EndState, message: &str) -> JobOp {
 async fn lease_forever(
     gateway: GatewayClient,
     cluster: String,
-    term: u64,
+    term: Term,
     held: watch::Receiver<Vec<Held>>,
     answers: mpsc::Sender<Result<Leased, DutyEnd>>,
 ) {
     let mut quiet = None::<tokio::time::Instant>;
     loop {
-        let request = LeaseRequest { term, held: held.borrow().clone(), wait_ms: LEASE_WAIT.as_millis() as u64 };
+        let request =
+            LeaseRequest { term: term.0, held: held.borrow().clone(), wait_ms: LEASE_WAIT.as_millis() as u64 };
         match gateway.lease(&cluster, &request).await {
             Ok(answer) if answer.is_empty() => {}
             Ok(answer) => {
@@ -657,7 +440,7 @@ async fn lease_forever(
                 let _ = done.await;
             }
             Err(e) => {
-                if let Some(end) = classify(&e, term) {
+                if let Some(end) = ended_by(&e, term) {
                     let _ = answers.send(Err(end)).await;
                     return;
                 }
@@ -678,7 +461,7 @@ async fn lease_forever(
 async fn outbox_forever(
     gateway: GatewayClient,
     cluster: String,
-    term: u64,
+    term: Term,
     mut batches: mpsc::Receiver<(Vec<LogPiece>, Vec<Report>)>,
     sent: mpsc::Sender<Sent>,
 ) {
@@ -697,7 +480,7 @@ async fn outbox_forever(
                 size += piece.data.len();
                 count += 1;
             }
-            let batch = LogBatch { term, pieces: unshipped.drain(..count).collect() };
+            let batch = LogBatch { term: term.0, pieces: unshipped.drain(..count).collect() };
             if let Err(e) = gateway.ship_logs(&cluster, &batch).await {
                 for piece in batch.pieces.into_iter().rev() {
                     unshipped.push_front(piece);
@@ -707,7 +490,10 @@ async fn outbox_forever(
             }
         }
         if result.is_ok() && !reports.is_empty() {
-            result = gateway.report(&cluster, &ReportBatch { term, reports: reports.clone() }).await.map(|r| r.results);
+            result = gateway
+                .report(&cluster, &ReportBatch { term: term.0, reports: reports.clone() })
+                .await
+                .map(|r| r.results);
         }
         if sent.send(Sent { reports, result }).await.is_err() {
             return;

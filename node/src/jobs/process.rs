@@ -29,10 +29,11 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 
-use super::executor::Event;
-use super::executor::RunHandle;
-use super::executor::RunRequest;
-use super::executor::Stop;
+use super::run::Event;
+use super::run::RunHandle;
+use super::run::RunRequest;
+use super::run::Stop;
+use super::run::dropped_marker;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Largest log piece.
@@ -378,7 +379,11 @@ impl ProcessExecutor {
                 // Recorded only once a majority of the cluster's replicas hold it.
                 if let (Ok(Some(output)), Some(transfers)) = (&stored, &transfers) {
                     let digest = output.digest.parse().map_err(|e: atoll_store::InvalidDigest| e.to_string());
-                    if let Err(e) = async { transfers.replicate(&digest?).await }.await {
+                    let replicated = match digest {
+                        Ok(digest) => transfers.replicate(&digest).await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = replicated {
                         stored = Err(format!("copying it to the cluster's other replicas: {e}"));
                     }
                 }
@@ -409,7 +414,7 @@ impl ProcessExecutor {
             let transfers = self.transfers.as_ref().ok_or(
                 "an input from another cluster or a source cannot be fetched: this replica has no gateway link",
             )?;
-            transfers.bring_in(request).await?;
+            transfers.bring_in(request.needs()).await.map_err(|e| e.to_string())?;
         }
         if let Some(source) = &request.spec.source {
             let dir = into.parent().unwrap_or(into).join("source");
@@ -620,15 +625,6 @@ async fn create_own(path: &Path) -> std::io::Result<tokio::fs::File> {
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)
         .await
-}
-
-/// The marker between the kept head and tail of a log cut at its limit.
-pub fn dropped_marker(dropped: u64, limit: u64) -> String {
-    format!(
-        "\n[atoll: {dropped} bytes of output dropped here: the log is over its limit of {limit} bytes \
-         (jobs.log_limit_bytes); its first and last {} bytes are kept]\n",
-        limit / 2
-    )
 }
 
 /// A run's log within its limit: the first half of the limit as written (to the work directory's

@@ -30,24 +30,18 @@ use atoll_api::gateway::ReplicaInfo;
 use atoll_api::gateway::RowCell;
 use atoll_api::gateway::RowReport;
 use atoll_api::gateway_client::GatewayClient;
+use atoll_api::ids::Term;
 use atoll_api::tls::ServerPolicy;
 use atoll_api::tls::TlsIdentity;
 use atoll_raft_store::MeshPeer;
 use atoll_raft_store::MeshView;
 use tokio::time::Instant;
 
+pub use crate::duty::DutyEnd;
+use crate::duty::ended_by;
 use crate::raft::Replica;
 use crate::reachability::Link;
 use crate::reachability::Thresholds;
-
-/// Why the duties of a term ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DutyEnd {
-    /// The gateway knows a newer leader.
-    Fenced { term: u64, message: String },
-    /// The cluster was revoked.
-    Revoked(String),
-}
 
 /// The intervals the gateway asked for.
 #[derive(Clone, Copy, Debug)]
@@ -165,12 +159,18 @@ fn view_from(view: &atoll_api::gateway::MeshView) -> MeshView {
     MeshView { peers, revoked }
 }
 
-fn classify(error: &ClientError, term: u64) -> Option<DutyEnd> {
-    match error.code() {
-        Some(ErrorCode::StaleLeader) => Some(DutyEnd::Fenced { term, message: error.to_string() }),
-        Some(ErrorCode::Revoked) => Some(DutyEnd::Revoked(error.to_string())),
-        _ => None,
-    }
+/// This cluster's row of the matrix: a cell for every peer of the view, `unknown` until probed.
+fn row(view: &MeshView, links: &BTreeMap<String, Link>) -> Vec<RowCell> {
+    view.peers
+        .iter()
+        .map(|p| {
+            links
+                .get(&p.name)
+                .map_or(RowCell { to: p.name.clone(), state: LinkState::Unknown, rtt_ms: None, loss: 0.0 }, |l| {
+                    l.cell(&p.name)
+                })
+        })
+        .collect()
 }
 
 /// Log a failure to reach the gateway at most every 10 s.
@@ -186,7 +186,7 @@ impl Quiet {
 }
 
 /// Lead toward the gateway for `term`, until fenced, revoked, or cancelled.
-pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Prober>, term: u64) -> DutyEnd {
+pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Prober>, term: Term) -> DutyEnd {
     let info = replica.info().clone();
     let cluster = info.cluster.to_string();
     let thresholds = Thresholds::default();
@@ -199,7 +199,7 @@ pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Pro
     let mut quiet = Quiet(None);
     let now = Instant::now();
     let (mut next_heartbeat, mut next_probe, mut next_row) = (now, now, now + settings.row);
-    tracing::info!(term, gateway = %gateway.addr(), "leading toward the gateway");
+    tracing::info!(term = term.0, gateway = %gateway.addr(), "leading toward the gateway");
     loop {
         let wake = next_heartbeat.min(if registered { next_probe.min(next_row) } else { next_heartbeat });
         tokio::time::sleep_until(wake).await;
@@ -207,7 +207,7 @@ pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Pro
         if now >= next_heartbeat {
             next_heartbeat = now + settings.heartbeat;
             let heartbeat = Heartbeat {
-                term,
+                term: term.0,
                 leader_id: info.node_id,
                 endpoint: info.addr.clone(),
                 labels: info.labels.clone(),
@@ -221,7 +221,7 @@ pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Pro
             match gateway.heartbeat(&cluster, &heartbeat).await {
                 Ok(ack) => {
                     if !registered {
-                        tracing::info!(term, "registered with the gateway");
+                        tracing::info!(term = term.0, "registered with the gateway");
                     }
                     registered = true;
                     settings = Settings::from_ack(&ack);
@@ -240,7 +240,7 @@ pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Pro
                     }
                     links.retain(|name, _| view.peers.iter().any(|p| &p.name == name));
                 }
-                Err(e) => match classify(&e, term) {
+                Err(e) => match ended_by(&e, term) {
                     Some(end) => return end,
                     None => quiet.warn("heartbeat to the gateway", &e),
                 },
@@ -270,18 +270,9 @@ pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Pro
         }
         if changed || now >= next_row {
             next_row = now + settings.row;
-            let cells: Vec<RowCell> = view
-                .peers
-                .iter()
-                .map(|p| {
-                    links.get(&p.name).map_or(
-                        RowCell { to: p.name.clone(), state: LinkState::Unknown, rtt_ms: None, loss: 0.0 },
-                        |l| l.cell(&p.name),
-                    )
-                })
-                .collect();
-            if let Err(e) = gateway.report_row(&cluster, &RowReport { term, cells }).await {
-                match classify(&e, term) {
+            let cells = row(&view, &links);
+            if let Err(e) = gateway.report_row(&cluster, &RowReport { term: term.0, cells }).await {
+                match ended_by(&e, term) {
                     Some(end) => return end,
                     // The gateway does not know this term (its database was replaced, say):
                     // register again at once.
@@ -299,4 +290,44 @@ pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Pro
 /// The identity of this replica (for renewal).
 pub fn identity(replica: &Replica) -> Identity {
     Identity::node(replica.info().cluster.clone(), replica.info().node_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateways_intervals_apply_and_zero_keeps_the_default() {
+        let ack: HeartbeatAck = serde_json::from_value(serde_json::json!({
+            "heartbeat_interval_ms": 250,
+            "probe_interval_ms": 0,
+            "probe_timeout_ms": 100,
+            "row_interval_ms": 0,
+            "view_revision": 0,
+        }))
+        .expect("an ack");
+        let s = Settings::from_ack(&ack);
+        let d = Settings::default();
+        assert_eq!((s.heartbeat, s.probe_timeout), (Duration::from_millis(250), Duration::from_millis(100)));
+        assert_eq!((s.probe, s.row), (d.probe, d.row), "zero: the default");
+    }
+
+    #[test]
+    fn the_view_is_kept_sorted_and_the_row_has_a_cell_per_peer() {
+        let sent: atoll_api::gateway::MeshView = serde_json::from_value(serde_json::json!({
+            "peers": [
+                {"name": "gcp", "endpoint": "gcp:7100", "labels": []},
+                {"name": "aws", "endpoint": "aws:7100", "labels": []},
+            ],
+            "revoked": ["z", "b"],
+        }))
+        .expect("a view");
+        let view = view_from(&sent);
+        assert_eq!(view.peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["aws", "gcp"]);
+        assert_eq!(view.revoked, ["b", "z"]);
+        let cells = row(&view, &BTreeMap::new());
+        assert_eq!(cells.len(), 2);
+        assert!(cells.iter().all(|c| c.state == LinkState::Unknown && c.rtt_ms.is_none()), "not probed yet");
+        assert_eq!(cells[0].to, "aws");
+    }
 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use atoll_api::gateway_client::GatewayClient;
+use atoll_api::ids::Term;
 use atoll_api::tls::ServerPolicy;
 use atoll_api::tls::TlsFiles;
 use atoll_api::tls::TlsIdentity;
@@ -39,7 +40,7 @@ async fn lead_term(
     leases: GatewayClient,
     prober: Arc<Prober>,
     jobs: Jobs,
-    term: u64,
+    term: Term,
 ) -> DutyEnd {
     // Two tasks, so a burst of job work never delays the heartbeat that keeps the cluster alive
     // at the gateway; dropping this future aborts both.
@@ -97,15 +98,15 @@ pub async fn run(
         tokio::spawn(renew::renew_forever(tls.clone(), files, duties::identity(&replica), names, gateway.clone()));
     let prober = Arc::new(Prober::new(tls, jobs.failed.clone()));
     let mut leadership = replica.leadership();
-    let mut running: Option<(u64, AbortOnDrop)> = None;
-    let mut fenced_at: Option<u64> = None;
+    let mut running: Option<(Term, AbortOnDrop)> = None;
+    let mut fenced_at: Option<Term> = None;
     loop {
         let leading = leadership.current();
         if let Some((term, handle)) = &running
             && leading != Some(*term)
         {
             handle.0.abort();
-            tracing::info!(term, "no longer leading; gateway and job duties stopped");
+            tracing::info!(term = term.0, "no longer leading; gateway and job duties stopped");
             running = None;
         }
         if running.is_none()
@@ -128,7 +129,7 @@ pub async fn run(
                 running = None;
                 match end {
                     Ok(DutyEnd::Fenced { term, message }) => {
-                        tracing::warn!(term, reason = %message, "the gateway knows a newer leader; stepping back from gateway duties for this term");
+                        tracing::warn!(term = term.0, reason = %message, "the gateway knows a newer leader; stepping back from gateway duties for this term");
                         fenced_at = Some(term);
                     }
                     Ok(DutyEnd::Revoked(message)) => {

@@ -557,10 +557,11 @@ pub struct Leadership {
 }
 
 impl Leadership {
-    /// `Some(term)` while this replica leads.
-    pub fn current(&self) -> Option<u64> {
+    /// `Some(term)` while this replica leads (openraft's term, typed here for the rest of the
+    /// node).
+    pub fn current(&self) -> Option<atoll_api::ids::Term> {
         let m = self.rx.borrow_watched();
-        (m.state == ServerState::Leader).then_some(m.current_term)
+        (m.state == ServerState::Leader).then_some(atoll_api::ids::Term(m.current_term))
     }
 
     /// Resolves when leadership (or the term) may have changed; never if the core stopped.
