@@ -3,6 +3,8 @@
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::ids::Term;
+
 /// `POST /v1/enroll`: a replica without a certificate presents a join token and a CSR.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,7 +51,7 @@ pub struct ReplicaInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
-    pub term: u64,
+    pub term: Term,
     pub leader_id: u64,
     /// Where other clusters reach this one (the leader's advertised address).
     pub endpoint: String,
@@ -137,7 +139,7 @@ pub struct RowCell {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RowReport {
-    pub term: u64,
+    pub term: Term,
     pub cells: Vec<RowCell>,
 }
 
@@ -198,7 +200,7 @@ pub struct ClusterInfo {
     /// Observed from heartbeat age; `dead` also when it never registered.
     pub state: ClusterState,
     pub leader: Option<u64>,
-    pub term: u64,
+    pub term: Term,
     pub endpoint: Option<String>,
     /// Milliseconds since the last heartbeat; `None` when it never registered.
     pub last_seen_ms: Option<u64>,

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::ids::Term;
 use crate::spec::FinalState;
 use crate::spec::JobSpec;
 
@@ -234,7 +235,7 @@ pub struct Held {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LeaseRequest {
     /// The leader's Raft term (fenced like heartbeats).
-    pub term: u64,
+    pub term: Term,
     /// Every unfinished attempt the cluster holds.
     pub held: Vec<Held>,
     /// How long the gateway may hold the request when there is nothing to say (capped).
@@ -430,7 +431,7 @@ pub struct OutputInfo {
 /// `POST /v1/clusters/{name}/reports`: state changes, in the order they happened.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReportBatch {
-    pub term: u64,
+    pub term: Term,
     pub reports: Vec<Report>,
 }
 
@@ -461,16 +462,87 @@ pub struct ReportResults {
     pub results: Vec<ReportResult>,
 }
 
+/// What became of an attempt (`GET /v1/jobs/{id}`, and the gateway's history rows keep the same
+/// words): `bound` while it runs; then the job state it ended the job in, or `moved`, `lost`,
+/// `retried`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttemptState {
+    /// Bound to its cluster, not ended yet.
+    Bound,
+    /// Ended the job in this state (or, for a failed attempt that is retried, ended in it).
+    Ended(JobState),
+    /// Moved off a lost cluster by the gateway.
+    Moved,
+    /// Lost on its cluster (run again there as the next attempt).
+    Lost,
+    /// Retried (a name older rows may hold).
+    Retried,
+}
+
+impl AttemptState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptState::Bound => "bound",
+            AttemptState::Ended(state) => state.as_str(),
+            AttemptState::Moved => "moved",
+            AttemptState::Lost => "lost",
+            AttemptState::Retried => "retried",
+        }
+    }
+}
+
+impl fmt::Display for AttemptState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AttemptState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "bound" => Ok(AttemptState::Bound),
+            "moved" => Ok(AttemptState::Moved),
+            "lost" => Ok(AttemptState::Lost),
+            "retried" => Ok(AttemptState::Retried),
+            other => other.parse().map(AttemptState::Ended).map_err(|_| format!("unknown attempt state {other:?}")),
+        }
+    }
+}
+
+/// Its word, as on the wire: `state == "moved"`.
+impl PartialEq<str> for AttemptState {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for AttemptState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl Serialize for AttemptState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for AttemptState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// One attempt in a job's history (`GET /v1/jobs/{id}`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptInfo {
     pub attempt: u32,
     pub cluster: String,
-    /// `bound` while it runs; then the job state it ended the job in, or `moved`, `lost`,
-    /// `retried`.
-    pub state: String,
+    pub state: AttemptState,
     /// The reporting leader's term (`None` when the gateway ended it: moved away).
-    pub term: Option<u64>,
+    pub term: Option<Term>,
     pub exit_code: Option<i32>,
     pub message: Option<String>,
     pub bound_ms: i64,
@@ -530,7 +602,7 @@ pub struct LogPiece {
 /// `POST /v1/clusters/{name}/logs`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LogBatch {
-    pub term: u64,
+    pub term: Term,
     pub pieces: Vec<LogPiece>,
 }
 

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::ids::Term;
+
 /// A replica's role in its Raft group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -48,7 +50,7 @@ pub struct NodeStatus {
     pub cluster: String,
     pub node_id: u64,
     pub role: Role,
-    pub term: u64,
+    pub term: Term,
     pub leader: Option<LeaderRef>,
     /// Log index of the last entry applied to this replica's state machine.
     pub last_applied: Option<u64>,
@@ -157,7 +159,7 @@ mod tests {
             cluster: "aws".into(),
             node_id: 1,
             role: Role::Leader,
-            term: 3,
+            term: Term(3),
             leader: Some(LeaderRef { id: 1, addr: "127.0.0.1:1".into() }),
             last_applied: Some(9),
             members: vec![MemberInfo { id: 1, addr: "127.0.0.1:1".into(), voter: true }],

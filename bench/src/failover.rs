@@ -399,7 +399,7 @@ async fn one_run(
     let mut term_before = 0;
     for addr in &survivors {
         if let Ok(s) = admin.status(addr).await {
-            term_before = term_before.max(s.term);
+            term_before = term_before.max(s.term.0);
         }
     }
 
@@ -534,7 +534,7 @@ async fn one_run(
             loop {
                 if let Ok(s) = admin.status(&addr).await
                     && s.role != atoll_api::node::Role::Leader
-                    && s.term > term_before
+                    && s.term.0 > term_before
                 {
                     stepped_down_ms = Some(ms(resumed.elapsed()));
                     break;
@@ -555,7 +555,7 @@ async fn one_run(
     let mut term_after = 0;
     for addr in &survivors {
         if let Ok(s) = admin.status(addr).await {
-            term_after = term_after.max(s.term);
+            term_after = term_after.max(s.term.0);
         }
     }
     let first_ok = writes.iter().filter(|w| w.sent >= kill && w.outcome == "ok").map(|w| w.ended).min();

@@ -29,6 +29,7 @@ use atoll_api::gateway::ReplicaInfo;
 use atoll_api::gateway::RowCell;
 use atoll_api::gateway::RowReport;
 use atoll_api::gateway_client::GatewayClient;
+use atoll_api::ids::Term;
 use atoll_api::pki::CertificateAuthority;
 use atoll_api::pki::KeyAlgorithm;
 use atoll_api::tls::ServerPolicy;
@@ -244,7 +245,7 @@ fn cluster_name(i: usize) -> String {
 fn heartbeat(i: usize, view_revision: Option<u64>) -> Heartbeat {
     let endpoint = format!("10.{}.{}.1:7101", i / 250, i % 250);
     Heartbeat {
-        term: 1,
+        term: Term(1),
         leader_id: 1,
         endpoint: endpoint.clone(),
         labels: vec!["sim".to_string()],
@@ -302,7 +303,7 @@ async fn simulate(
         } else {
             next_row += row;
             let (client, name, results) = (client.clone(), name.clone(), results.clone());
-            let report = RowReport { term: 1, cells: cells.iter().filter(|c| c.to != name).cloned().collect() };
+            let report = RowReport { term: Term(1), cells: cells.iter().filter(|c| c.to != name).cloned().collect() };
             inflight.spawn(async move {
                 let outcome = client.report_row(&name, &report).await;
                 let latency = ms(Instant::now() - due);

@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 
+use atoll_api::jobs::AttemptState;
 use atoll_api::jobs::JobDetail;
+use atoll_api::jobs::JobState;
 use atoll_api::jobs::Route;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -158,7 +160,7 @@ pub fn gateway_follows_terms(registrations: &[Registration], jobs: &[JobDetail])
         for attempt in detail.attempts.iter().filter(|a| is_result(&a.state)) {
             accepted += 1;
             if let Some(term) = attempt.term
-                && !known.get(attempt.cluster.as_str()).is_some_and(|terms| terms.contains(&term))
+                && !known.get(attempt.cluster.as_str()).is_some_and(|terms| terms.contains(&term.0))
             {
                 problems.push(format!(
                     "job {} attempt {} accepted from {} at term {term}, a term the gateway never registered",
@@ -175,8 +177,9 @@ pub fn gateway_follows_terms(registrations: &[Registration], jobs: &[JobDetail])
 }
 
 /// An attempt state that is an accepted result (a final job state).
-fn is_result(state: &str) -> bool {
-    matches!(state, "finished" | "failure" | "error" | "unstable" | "killed")
+fn is_result(state: &AttemptState) -> bool {
+    use JobState::*;
+    matches!(state, AttemptState::Ended(Finished | Failure | Error | Unstable | Killed))
 }
 
 /// Annotations as each replica of a cluster holds them at the end.
@@ -472,6 +475,8 @@ pub fn routes_follow_the_matrix(jobs: &[JobDetail], snapshots: &[MatrixSnapshot]
 
 #[cfg(test)]
 mod tests {
+    use atoll_api::ids::Term;
+
     use super::*;
     use atoll_api::jobs::AttemptInfo;
     use atoll_api::jobs::InputInfo;
@@ -551,8 +556,8 @@ mod tests {
         AttemptInfo {
             attempt: n,
             cluster: cluster.into(),
-            state: state.into(),
-            term,
+            state: state.parse().expect("an attempt state"),
+            term: term.map(Term),
             exit_code: None,
             message: None,
             bound_ms: 0,

@@ -222,7 +222,7 @@ impl Chaos {
             if let Ok(status) = self.node.status(&self.addr(cluster, id)).await
                 && status.role == Role::Leader
             {
-                return Some((id, status.term));
+                return Some((id, status.term.0));
             }
         }
         None

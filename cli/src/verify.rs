@@ -12,6 +12,7 @@ use anyhow::Context;
 use atoll_api::gateway::ClusterInfo;
 use atoll_api::gateway::ClusterState;
 use atoll_api::gateway::LinkState;
+use atoll_api::ids::Term;
 use atoll_api::node::NodeStatus;
 use atoll_api::node::Role;
 use atoll_api::tls::ServerPolicy;
@@ -47,9 +48,9 @@ pub struct Failover {
     /// process cannot be reached from here).
     pub how: String,
     pub old_leader: u64,
-    pub old_term: u64,
+    pub old_term: Term,
     pub new_leader: Option<u64>,
-    pub new_term: Option<u64>,
+    pub new_term: Option<Term>,
     /// From the fault to the first replica answering as leader of a later term.
     pub ms: Option<u64>,
 }
@@ -304,7 +305,7 @@ async fn leader_check(checks: &mut Checks, node: &atoll_api::client::NodeClient,
         checks.add(
             name,
             Status::Fail,
-            format!("the gateway registered term {}, the leader is at {term:?}", cluster.term),
+            format!("the gateway registered term {}, the leader is at {:?}", cluster.term, term.map(|t| t.0)),
         );
     } else {
         checks.add(name, Status::Ok, detail);

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use atoll_api::client::ClientError;
+use atoll_api::ids::Term;
 use atoll_api::node::Role;
 use atoll_mesh::RaftKnobs;
 use common::TestMesh;
@@ -36,7 +37,7 @@ async fn new_leader(t: &TestMesh, survivors: &[u64], old_term: u64) -> u64 {
         for id in survivors {
             if let Some(s) = t.status("aws", *id).await
                 && s.role == Role::Leader
-                && s.term > old_term
+                && s.term > Term(old_term)
             {
                 return Some(*id);
             }

@@ -17,6 +17,7 @@ use atoll_api::gateway::LinkState;
 use atoll_api::gateway::RowCell;
 use atoll_api::gateway::RowReport;
 use atoll_api::gateway::TransferMode;
+use atoll_api::ids::Term;
 use common::Engine;
 use common::GatewayMesh;
 use common::eventually;
@@ -35,7 +36,7 @@ async fn failover_fencing(engine: Engine) {
     let mut mesh = GatewayMesh::start(engine, 1, 3, test_gateway_timing(), false).await;
     let before = mesh.cluster("aws").await.expect("aws registered");
     let (old_leader, old_term) = (before.leader.expect("leader"), before.term);
-    assert!(old_term >= 1);
+    assert!(old_term >= Term(1));
     assert_eq!(before.replicas.len(), 3, "the registration lists every replica: {:?}", before.replicas);
 
     phase("SIGKILL the leader: the new leader registers at a higher term");
@@ -78,7 +79,8 @@ async fn failover_fencing(engine: Engine) {
     phase("a row for a term that never registered is a conflict, not a fence");
     let new_leader = after.leader.expect("leader");
     let ahead = mesh.as_replica("aws", new_leader);
-    let (code_seen, message) = code(ahead.report_row("aws", &RowReport { term: after.term + 5, cells: vec![] }).await);
+    let (code_seen, message) =
+        code(ahead.report_row("aws", &RowReport { term: Term(after.term.0 + 5), cells: vec![] }).await);
     assert_eq!(code_seen, ErrorCode::Conflict, "{message}");
 
     phase("bad rows name the cell");

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use atoll_api::ErrorCode;
 use atoll_api::gateway::ClusterState;
+use atoll_api::ids::Term;
 use atoll_api::jobs::Held;
 use atoll_api::jobs::JobState;
 use atoll_api::jobs::LeaseRequest;
@@ -171,11 +172,11 @@ async fn pipeline_across_clusters(engine: Engine) {
     assert_eq!(results.results[0].outcome, ReportOutcome::Refused);
     assert_eq!(gateway.job(&build.job.id).await.unwrap().job.state, JobState::Finished, "the one result stands");
     let stale = LeaseRequest {
-        term: term.saturating_sub(1),
+        term: Term(term.0.saturating_sub(1)),
         held: vec![Held { job: build.job.id.clone(), attempt: 1 }],
         wait_ms: 0,
     };
-    if term > 0 {
+    if term > Term(0) {
         let err = gcp.lease("gcp", &stale).await.unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::StaleLeader), "{err}");
     }

@@ -265,7 +265,7 @@ mod tests {
             labels: vec![],
             enabled: true,
             revoked_ms: None,
-            term: 1,
+            term: Term(1),
             leader_id: Some(1),
             endpoint: Some(format!("{name}:1")),
             replicas: vec![],

@@ -44,7 +44,7 @@ pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
 pub enum Decision {
     Revoked,
     Fenced {
-        term: u64,
+        term: Term,
     },
     /// The registration changed: write it now.
     Register,
@@ -58,7 +58,7 @@ pub fn decide(known: Option<&ClusterRow>, heartbeat: &Heartbeat) -> Decision {
     if row.revoked_ms.is_some() {
         return Decision::Revoked;
     }
-    if fence(Term(row.term), Term(heartbeat.term)) == Fence::Stale {
+    if fence(row.term, heartbeat.term) == Fence::Stale {
         return Decision::Fenced { term: row.term };
     }
     let same = heartbeat.term == row.term
@@ -175,11 +175,11 @@ impl Registry {
         match decide(known.as_ref(), heartbeat) {
             Decision::Revoked => Err(Refused::Revoked(name.to_string())),
             Decision::Fenced { term } if !self.breakage.fencing_disabled() => {
-                Err(Refused::Fenced { cluster: name.to_string(), known: Term(term), got: Term(heartbeat.term) })
+                Err(Refused::Fenced { cluster: name.to_string(), known: term, got: heartbeat.term })
             }
             Decision::Fenced { .. } => {
                 // The deliberately broken gateway: act on the stale leader as if it were current.
-                tracing::info!(cluster = name, leader = heartbeat.leader_id, term = heartbeat.term, endpoint = %heartbeat.endpoint, "leader registered");
+                tracing::info!(cluster = name, leader = heartbeat.leader_id, term = heartbeat.term.0, endpoint = %heartbeat.endpoint, "leader registered");
                 if let Some(row) = self.rows().get_mut(name) {
                     row.term = heartbeat.term;
                     row.leader_id = Some(heartbeat.leader_id);
@@ -192,14 +192,14 @@ impl Registry {
                 if let Some(row) = self.rows().get_mut(name) {
                     row.last_seen_ms = Some(row.last_seen_ms.unwrap_or(0).max(now_ms));
                 }
-                self.touched.lock().expect("touched lock").insert(name.to_string(), (Term(heartbeat.term), now_ms));
+                self.touched.lock().expect("touched lock").insert(name.to_string(), (heartbeat.term, now_ms));
                 Ok(())
             }
             Decision::Register => match self.db.register(name, heartbeat, now_ms).await? {
                 Registered::Accepted => {
                     let previous = known.as_ref().map(|r| (r.term, r.leader_id));
                     if previous != Some((heartbeat.term, Some(heartbeat.leader_id))) {
-                        tracing::info!(cluster = name, leader = heartbeat.leader_id, term = heartbeat.term, endpoint = %heartbeat.endpoint, "leader registered");
+                        tracing::info!(cluster = name, leader = heartbeat.leader_id, term = heartbeat.term.0, endpoint = %heartbeat.endpoint, "leader registered");
                     }
                     let mut rows = self.rows();
                     let row = rows.entry(name.to_string()).or_insert_with(|| ClusterRow {
@@ -207,7 +207,7 @@ impl Registry {
                         labels: Vec::new(),
                         enabled: true,
                         revoked_ms: None,
-                        term: 0,
+                        term: Term(0),
                         leader_id: None,
                         endpoint: None,
                         replicas: Vec::new(),
@@ -226,7 +226,7 @@ impl Registry {
                 }
                 Registered::Fenced { term } => {
                     self.reload(name).await?;
-                    Err(Refused::Fenced { cluster: name.to_string(), known: Term(term), got: Term(heartbeat.term) })
+                    Err(Refused::Fenced { cluster: name.to_string(), known: term, got: heartbeat.term })
                 }
                 Registered::Revoked => {
                     self.reload(name).await?;
@@ -310,9 +310,9 @@ impl Registry {
 
     /// Write batched heartbeat times.
     pub async fn flush(&self) -> Result<(), DbError> {
-        let batch: Vec<(String, u64, i64)> = {
+        let batch: Vec<(String, Term, i64)> = {
             let mut touched = self.touched.lock().expect("touched lock");
-            std::mem::take(&mut *touched).into_iter().map(|(name, (term, at))| (name, term.0, at)).collect()
+            std::mem::take(&mut *touched).into_iter().map(|(name, (term, at))| (name, term, at)).collect()
         };
         self.db.touch(&batch).await
     }
@@ -342,7 +342,7 @@ mod tests {
 
     fn heartbeat(term: u64) -> Heartbeat {
         Heartbeat {
-            term,
+            term: Term(term),
             leader_id: 1,
             endpoint: "a:1".into(),
             labels: vec!["x".into()],
@@ -357,7 +357,7 @@ mod tests {
             labels: vec!["x".into()],
             enabled: true,
             revoked_ms: None,
-            term,
+            term: Term(term),
             leader_id: Some(1),
             endpoint: Some("a:1".into()),
             replicas: vec![ReplicaInfo { id: 1, addr: "a:1".into(), voter: true }],
@@ -370,7 +370,7 @@ mod tests {
     fn heartbeats_are_fenced_written_or_batched() {
         assert_eq!(decide(None, &heartbeat(1)), Decision::Register);
         assert_eq!(decide(Some(&row(3)), &heartbeat(3)), Decision::Touch);
-        assert_eq!(decide(Some(&row(3)), &heartbeat(2)), Decision::Fenced { term: 3 });
+        assert_eq!(decide(Some(&row(3)), &heartbeat(2)), Decision::Fenced { term: Term(3) });
         assert_eq!(decide(Some(&row(3)), &heartbeat(4)), Decision::Register);
         let mut moved = heartbeat(3);
         moved.endpoint = "b:1".into();
@@ -391,7 +391,7 @@ mod tests {
     fn the_view_digest_follows_what_views_are_made_of() {
         let base = view_digest([&row(3)]);
         let mut later = row(3);
-        later.term = 9;
+        later.term = Term(9);
         later.last_seen_ms = Some(99);
         assert_eq!(view_digest([&later]), base, "terms and times do not change views");
         later.endpoint = Some("b:1".into());

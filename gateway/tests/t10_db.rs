@@ -14,7 +14,7 @@ use atoll_gateway::testing::TestDatabase;
 
 fn heartbeat(term: u64, leader: u64) -> Heartbeat {
     Heartbeat {
-        term,
+        term: Term(term),
         leader_id: leader,
         endpoint: format!("10.0.0.{leader}:7101"),
         labels: vec!["aws".into(), "default".into()],
@@ -31,17 +31,17 @@ async fn registry_fencing_and_revocation() {
         assert_eq!(db.engine(), engine);
         assert_eq!(db.register("aws", &heartbeat(3, 1), 1_000).await.unwrap(), Registered::Accepted);
         assert_eq!(db.register("aws", &heartbeat(3, 1), 2_000).await.unwrap(), Registered::Accepted, "same term again");
-        assert_eq!(db.register("aws", &heartbeat(2, 2), 3_000).await.unwrap(), Registered::Fenced { term: 3 });
+        assert_eq!(db.register("aws", &heartbeat(2, 2), 3_000).await.unwrap(), Registered::Fenced { term: Term(3) });
         assert_eq!(db.register("aws", &heartbeat(4, 2), 4_000).await.unwrap(), Registered::Accepted);
         let row = db.cluster("aws").await.unwrap().unwrap();
-        assert_eq!((row.term, row.leader_id, row.last_seen_ms), (4, Some(2), Some(4_000)));
+        assert_eq!((row.term, row.leader_id, row.last_seen_ms), (Term(4), Some(2), Some(4_000)));
         assert_eq!(row.labels, vec!["aws", "default"]);
         assert_eq!(row.endpoint.as_deref(), Some("10.0.0.2:7101"));
 
         eprintln!("--- {engine}: heartbeats touch only the current term, never backwards");
-        db.touch(&[("aws".into(), 4, 5_000), ("aws".into(), 3, 9_000)]).await.unwrap();
+        db.touch(&[("aws".into(), Term(4), 5_000), ("aws".into(), Term(3), 9_000)]).await.unwrap();
         assert_eq!(db.cluster("aws").await.unwrap().unwrap().last_seen_ms, Some(5_000));
-        db.touch(&[("aws".into(), 4, 4_500)]).await.unwrap();
+        db.touch(&[("aws".into(), Term(4), 4_500)]).await.unwrap();
         assert_eq!(db.cluster("aws").await.unwrap().unwrap().last_seen_ms, Some(5_000));
 
         eprintln!("--- {engine}: enable, disable, revoke");
@@ -56,7 +56,7 @@ async fn registry_fencing_and_revocation() {
         db.ensure_cluster("gcp", &["gcp".to_string()]).await.unwrap();
         db.ensure_cluster("gcp", &["other".to_string()]).await.unwrap();
         let gcp = db.cluster("gcp").await.unwrap().unwrap();
-        assert_eq!((gcp.labels, gcp.term, gcp.last_seen_ms), (vec!["gcp".to_string()], 0, None));
+        assert_eq!((gcp.labels, gcp.term, gcp.last_seen_ms), (vec!["gcp".to_string()], Term(0), None));
         assert_eq!(
             db.clusters().await.unwrap().iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
             vec!["aws", "gcp"]

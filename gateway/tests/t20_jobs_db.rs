@@ -13,7 +13,7 @@ use atoll_gateway::testing::TestDatabase;
 
 fn heartbeat(term: u64) -> Heartbeat {
     Heartbeat {
-        term,
+        term: Term(term),
         leader_id: 1,
         endpoint: "10.0.0.1:7101".into(),
         labels: vec!["default".into()],
@@ -86,7 +86,7 @@ async fn exactly_one_result_is_accepted_and_stale_terms_are_fenced() {
         assert_eq!(attempts.len(), 1);
         assert_eq!(
             (attempts[0].cluster.as_str(), attempts[0].term, attempts[0].state.as_str()),
-            ("aws", Some(2), job.state.as_str())
+            ("aws", Some(Term(2)), job.state.as_str())
         );
 
         eprintln!("--- {engine}: settle moves only waiting jobs");

@@ -470,7 +470,7 @@ impl Mesh {
             let status = client.status(&replica.addr()).await.ok()?;
             let leader = status.leader.as_ref()?.id;
             match seen {
-                None => seen = Some((leader, status.term)),
+                None => seen = Some((leader, status.term.0)),
                 Some((l, _)) if l != leader => return None,
                 Some(_) => {}
             }

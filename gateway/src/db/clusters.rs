@@ -2,6 +2,7 @@
 
 use atoll_api::gateway::Heartbeat;
 use atoll_api::gateway::ReplicaInfo;
+use atoll_api::ids::Term;
 use sqlx::Row;
 
 use super::Db;
@@ -16,7 +17,7 @@ pub struct ClusterRow {
     pub labels: Vec<String>,
     pub enabled: bool,
     pub revoked_ms: Option<i64>,
-    pub term: u64,
+    pub term: Term,
     pub leader_id: Option<u64>,
     pub endpoint: Option<String>,
     pub replicas: Vec<ReplicaInfo>,
@@ -30,7 +31,7 @@ pub enum Registered {
     Accepted,
     /// A leader of a higher term registered already.
     Fenced {
-        term: u64,
+        term: Term,
     },
     Revoked,
 }
@@ -53,7 +54,7 @@ macro_rules! decode_cluster {
             labels: json_column("clusters.labels", &labels)?,
             enabled: row.try_get("enabled")?,
             revoked_ms: row.try_get("revoked_ms")?,
-            term: u64::try_from(term).map_err(|e| DbError::corrupt("clusters.term", e))?,
+            term: Term(u64::try_from(term).map_err(|e| DbError::corrupt("clusters.term", e))?),
             leader_id: leader
                 .map(|l| u64::try_from(l).map_err(|e| DbError::corrupt("clusters.leader_id", e)))
                 .transpose()?,
@@ -109,7 +110,7 @@ impl Db {
         let labels = serde_json::to_string(&heartbeat.labels).map_err(|e| DbError::corrupt("clusters.labels", e))?;
         let replicas =
             serde_json::to_string(&heartbeat.replicas).map_err(|e| DbError::corrupt("clusters.replicas", e))?;
-        let term = to_i64(heartbeat.term, "clusters.term")?;
+        let term = to_i64(heartbeat.term.0, "clusters.term")?;
         let leader = to_i64(heartbeat.leader_id, "clusters.leader_id")?;
         let result = with_pool!(self, write, |pool| {
             sqlx::query(
@@ -144,7 +145,7 @@ impl Db {
 
     /// Record heartbeats that changed nothing but their time: `(cluster, term, seen_ms)`.
     /// A row whose term moved on meanwhile is left alone. One transaction for the batch.
-    pub async fn touch(&self, seen: &[(String, u64, i64)]) -> Result<(), DbError> {
+    pub async fn touch(&self, seen: &[(String, Term, i64)]) -> Result<(), DbError> {
         if seen.is_empty() {
             return Ok(());
         }
@@ -154,7 +155,7 @@ impl Db {
                 sqlx::query("UPDATE clusters SET last_seen_ms = $1 WHERE name = $2 AND term = $3 AND (last_seen_ms IS NULL OR last_seen_ms < $1)")
                     .bind(*at)
                     .bind(name)
-                    .bind(to_i64(*term, "clusters.term")?)
+                    .bind(to_i64(term.0, "clusters.term")?)
                     .execute(&mut *tx)
                     .await?;
             }

@@ -6,6 +6,7 @@
 //! result" true with concurrent requests, and with several gateways over one PostgreSQL.
 
 use atoll_api::ids::Term;
+use atoll_api::jobs::AttemptState;
 use atoll_api::jobs::JobState;
 use sqlx::Row;
 
@@ -43,52 +44,6 @@ pub struct BoundAttempt {
     pub cancel_requested: bool,
 }
 
-/// What became of an attempt, as its history row keeps it (the same words in the database).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttemptState {
-    /// Bound to its cluster, not ended yet.
-    Bound,
-    /// Ended the job in this state (or, for a failed attempt that is retried, ended in it).
-    Ended(JobState),
-    /// Moved off a lost cluster by the gateway.
-    Moved,
-    /// Lost on its cluster (run again there as the next attempt).
-    Lost,
-    /// Retried (a name older rows may hold).
-    Retried,
-}
-
-impl AttemptState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttemptState::Bound => "bound",
-            AttemptState::Ended(state) => state.as_str(),
-            AttemptState::Moved => "moved",
-            AttemptState::Lost => "lost",
-            AttemptState::Retried => "retried",
-        }
-    }
-}
-
-impl std::fmt::Display for AttemptState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for AttemptState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "bound" => Ok(AttemptState::Bound),
-            "moved" => Ok(AttemptState::Moved),
-            "lost" => Ok(AttemptState::Lost),
-            "retried" => Ok(AttemptState::Retried),
-            other => other.parse().map(AttemptState::Ended).map_err(|_| format!("unknown attempt state {other:?}")),
-        }
-    }
-}
-
 /// One attempt's history row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttemptRow {
@@ -96,7 +51,7 @@ pub struct AttemptRow {
     pub attempt: u32,
     pub cluster: String,
     pub state: AttemptState,
-    pub term: Option<u64>,
+    pub term: Option<Term>,
     pub exit_code: Option<i32>,
     pub message: Option<String>,
     pub bound_ms: i64,
@@ -215,7 +170,9 @@ macro_rules! decode_attempt {
                 let state: String = row.try_get("state")?;
                 state.parse().map_err(|e| DbError::corrupt("attempts.state", e))?
             },
-            term: term.map(|t| u64::try_from(t).map_err(|e| DbError::corrupt("attempts.term", e))).transpose()?,
+            term: term
+                .map(|t| u64::try_from(t).map(Term).map_err(|e| DbError::corrupt("attempts.term", e)))
+                .transpose()?,
             exit_code: row.try_get("exit_code")?,
             message: row.try_get("message")?,
             bound_ms: row.try_get("bound_ms")?,

@@ -52,7 +52,7 @@ pub(super) async fn heartbeat(
     if let Err(e) = gateway.registry.heartbeat(&name, &heartbeat, now_ms()).await {
         if matches!(e, Refused::Fenced { .. }) {
             gateway.metrics.fenced.inc();
-            tracing::warn!(cluster = %name, term = heartbeat.term, error = %e, "stale leader fenced");
+            tracing::warn!(cluster = %name, term = heartbeat.term.0, error = %e, "stale leader fenced");
         }
         return Err(refused(e));
     }

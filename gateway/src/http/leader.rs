@@ -3,7 +3,6 @@
 
 use atoll_api::ApiError;
 use atoll_api::error::JsonBody;
-use atoll_api::ids::Term;
 use atoll_api::jobs::LeaseRequest;
 use atoll_api::jobs::LeaseResponse;
 use atoll_api::jobs::LogBatch;
@@ -29,7 +28,7 @@ pub(super) async fn lease(
     caller.replica_of(&name)?;
     let request: LeaseRequest = body.parse()?;
     let wait = std::time::Duration::from_millis(request.wait_ms);
-    Ok(Json(gateway.lease(&name, Term(request.term), &request.held, wait).await?))
+    Ok(Json(gateway.lease(&name, request.term, &request.held, wait).await?))
 }
 
 /// The leader of `name` reports job state changes.
@@ -41,7 +40,7 @@ pub(super) async fn reports(
 ) -> Result<Json<ReportResults>, ApiError> {
     caller.replica_of(&name)?;
     let batch: ReportBatch = body.parse()?;
-    Ok(Json(ReportResults { results: gateway.report(&name, Term(batch.term), &batch.reports).await? }))
+    Ok(Json(ReportResults { results: gateway.report(&name, batch.term, &batch.reports).await? }))
 }
 
 /// The leader of `name` ships job output.

@@ -4,7 +4,6 @@ use atoll_api::ApiError;
 use atoll_api::error::JsonBody;
 use atoll_api::gateway::RowReport;
 use atoll_api::gateway::Scope;
-use atoll_api::ids::Term;
 use axum::Extension;
 use axum::Json;
 use axum::extract::Path;
@@ -31,7 +30,7 @@ pub(super) async fn row(
 ) -> Result<Response, ApiError> {
     caller.replica_of(&name)?;
     let report: RowReport = body.parse()?;
-    gateway.fence(&name, Term(report.term))?;
+    gateway.fence(&name, report.term)?;
     if report.cells.len() > MAX_ROW_CELLS {
         return Err(ApiError::bad_request(format!("a row may hold at most {MAX_ROW_CELLS} cells")));
     }
@@ -51,7 +50,7 @@ pub(super) async fn row(
             gateway.metrics.matrix_rtt.observe(rtt_ms / 1000.0);
         }
     }
-    gateway.rows.put(StoredRow { reporter: name, term: Term(report.term), cells: report.cells, reported_ms: now_ms() });
+    gateway.rows.put(StoredRow { reporter: name, term: report.term, cells: report.cells, reported_ms: now_ms() });
     Ok(Json(serde_json::json!({"accepted": true})).into_response())
 }
 

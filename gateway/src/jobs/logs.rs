@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use atoll_api::ApiError;
-use atoll_api::ids::Term;
 use atoll_api::jobs::LogBatch;
 use atoll_api::jobs::LogPage;
 use atoll_api::jobs::LogPiece;
@@ -25,7 +24,7 @@ impl Gateway {
         if batch.pieces.len() > MAX_BATCH {
             return Err(ApiError::bad_request(format!("a batch may hold at most {MAX_BATCH} pieces")));
         }
-        self.fence(cluster, Term(batch.term))?;
+        self.fence(cluster, batch.term)?;
         let mut owner: BTreeMap<(&str, u32), bool> = BTreeMap::new();
         let mut chunks = Vec::with_capacity(batch.pieces.len());
         for piece in &batch.pieces {

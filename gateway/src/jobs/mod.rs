@@ -197,7 +197,7 @@ impl Gateway {
         if known.revoked_ms.is_some() {
             return Err(ApiError::new(ErrorCode::Revoked, format!("cluster {cluster} is revoked")));
         }
-        let stands = fence(Term(known.term), term);
+        let stands = fence(known.term, term);
         if stands == Fence::Stale && !self.breakage.fencing_disabled() {
             self.metrics.fenced.inc();
             return Err(ApiError::new(

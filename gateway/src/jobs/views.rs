@@ -55,7 +55,7 @@ impl Gateway {
                 .map(|a| AttemptInfo {
                     attempt: a.attempt,
                     cluster: a.cluster,
-                    state: a.state.to_string(),
+                    state: a.state,
                     term: a.term,
                     exit_code: a.exit_code,
                     message: a.message,

@@ -428,8 +428,7 @@ async fn lease_forever(
 ) {
     let mut quiet = None::<tokio::time::Instant>;
     loop {
-        let request =
-            LeaseRequest { term: term.0, held: held.borrow().clone(), wait_ms: LEASE_WAIT.as_millis() as u64 };
+        let request = LeaseRequest { term, held: held.borrow().clone(), wait_ms: LEASE_WAIT.as_millis() as u64 };
         match gateway.lease(&cluster, &request).await {
             Ok(answer) if answer.is_empty() => {}
             Ok(answer) => {
@@ -480,7 +479,7 @@ async fn outbox_forever(
                 size += piece.data.len();
                 count += 1;
             }
-            let batch = LogBatch { term: term.0, pieces: unshipped.drain(..count).collect() };
+            let batch = LogBatch { term, pieces: unshipped.drain(..count).collect() };
             if let Err(e) = gateway.ship_logs(&cluster, &batch).await {
                 for piece in batch.pieces.into_iter().rev() {
                     unshipped.push_front(piece);
@@ -490,10 +489,7 @@ async fn outbox_forever(
             }
         }
         if result.is_ok() && !reports.is_empty() {
-            result = gateway
-                .report(&cluster, &ReportBatch { term: term.0, reports: reports.clone() })
-                .await
-                .map(|r| r.results);
+            result = gateway.report(&cluster, &ReportBatch { term, reports: reports.clone() }).await.map(|r| r.results);
         }
         if sent.send(Sent { reports, result }).await.is_err() {
             return;

@@ -207,7 +207,7 @@ pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Pro
         if now >= next_heartbeat {
             next_heartbeat = now + settings.heartbeat;
             let heartbeat = Heartbeat {
-                term: term.0,
+                term,
                 leader_id: info.node_id,
                 endpoint: info.addr.clone(),
                 labels: info.labels.clone(),
@@ -271,7 +271,7 @@ pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Pro
         if changed || now >= next_row {
             next_row = now + settings.row;
             let cells = row(&view, &links);
-            if let Err(e) = gateway.report_row(&cluster, &RowReport { term: term.0, cells }).await {
+            if let Err(e) = gateway.report_row(&cluster, &RowReport { term, cells }).await {
                 match ended_by(&e, term) {
                     Some(end) => return end,
                     // The gateway does not know this term (its database was replaced, say):

@@ -13,6 +13,7 @@ use atoll_api::ErrorCode;
 use atoll_api::client::error_chain;
 use atoll_api::error::ErrorBody;
 use atoll_api::ids::ClusterName;
+use atoll_api::ids::Term;
 use atoll_api::node::AnnotationAck;
 use atoll_api::node::AnnotationDetail;
 use atoll_api::node::LeaderRef;
@@ -155,7 +156,7 @@ impl Replica {
             cluster: self.info.cluster.to_string(),
             node_id: self.info.node_id,
             role: role(m.state),
-            term: m.current_term,
+            term: Term(m.current_term),
             leader: leader_ref(&m),
             last_applied: m.last_applied.map(|id| id.index),
             members: members(&m),
@@ -559,9 +560,9 @@ pub struct Leadership {
 impl Leadership {
     /// `Some(term)` while this replica leads (openraft's term, typed here for the rest of the
     /// node).
-    pub fn current(&self) -> Option<atoll_api::ids::Term> {
+    pub fn current(&self) -> Option<Term> {
         let m = self.rx.borrow_watched();
-        (m.state == ServerState::Leader).then_some(atoll_api::ids::Term(m.current_term))
+        (m.state == ServerState::Leader).then_some(Term(m.current_term))
     }
 
     /// Resolves when leadership (or the term) may have changed; never if the core stopped.
