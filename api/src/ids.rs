@@ -178,6 +178,39 @@ impl std::borrow::Borrow<str> for JobId {
     }
 }
 
+/// Read as the string it is (a `&JobId` goes where a `&str` is asked); making one takes
+/// [`JobId::new`] or an explicit conversion.
+impl std::ops::Deref for JobId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for JobId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for JobId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for JobId {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
+    }
+}
+
+impl PartialEq<JobId> for String {
+    fn eq(&self, other: &JobId) -> bool {
+        self == &other.0
+    }
+}
+
 impl AsRef<str> for JobId {
     fn as_ref(&self) -> &str {
         &self.0

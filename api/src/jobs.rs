@@ -7,6 +7,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::ids::JobId;
 use crate::ids::Term;
 use crate::spec::FinalState;
 use crate::spec::JobSpec;
@@ -191,7 +192,7 @@ pub struct InputInfo {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobInfo {
     pub name: String,
-    pub id: String,
+    pub id: JobId,
     pub pipeline: String,
     /// The cluster of the current attempt; `None` while waiting or queued.
     pub cluster: Option<String>,
@@ -227,7 +228,7 @@ pub struct Submitted {
 /// One job attempt a cluster holds in its replicated state.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Held {
-    pub job: String,
+    pub job: JobId,
     pub attempt: u32,
 }
 
@@ -245,7 +246,7 @@ pub struct LeaseRequest {
 /// Work for a cluster: a job attempt to record in Raft, then run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Assignment {
-    pub job: String,
+    pub job: JobId,
     pub pipeline: String,
     pub attempt: u32,
     pub spec: JobSpec,
@@ -261,7 +262,7 @@ pub struct AssignedInput {
     /// The parent's name: the directory under `$ATOLL_INPUTS`.
     pub from_job: String,
     /// The parent's job id.
-    pub job: String,
+    pub job: JobId,
     /// The cluster whose store holds the output.
     pub cluster: String,
     pub mode: InputMode,
@@ -318,7 +319,7 @@ pub struct ReleaseAnswer {
 #[serde(deny_unknown_fields)]
 pub struct TransferRequest {
     /// The child job (bound to the asking cluster).
-    pub job: String,
+    pub job: JobId,
     pub attempt: u32,
     /// The parent's name.
     pub from_job: String,
@@ -356,7 +357,7 @@ pub struct SendTask {
     /// The child's cluster.
     pub to: String,
     /// The child job it is for (for logs).
-    pub job: String,
+    pub job: JobId,
     /// `push`: the child cluster's endpoint.
     #[serde(default)]
     pub endpoint: Option<String>,
@@ -366,7 +367,7 @@ pub struct SendTask {
 /// An attempt the cluster holds that it must stop, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revoked {
-    pub job: String,
+    pub job: JobId,
     pub attempt: u32,
     pub reason: String,
 }
@@ -407,7 +408,7 @@ pub enum ReportedState {
 /// One state change of one attempt.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
-    pub job: String,
+    pub job: JobId,
     pub attempt: u32,
     pub state: ReportedState,
     #[serde(default)]
@@ -450,7 +451,7 @@ pub enum ReportOutcome {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportResult {
-    pub job: String,
+    pub job: JobId,
     pub attempt: u32,
     pub outcome: ReportOutcome,
     pub reason: Option<String>,
@@ -590,7 +591,7 @@ impl LogStream {
 /// A numbered piece of an attempt's output.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogPiece {
-    pub job: String,
+    pub job: JobId,
     pub attempt: u32,
     /// Numbered from 1 within the attempt; a resent piece is stored once.
     pub seq: u32,

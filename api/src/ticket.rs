@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use crate::Identity;
+use crate::ids::JobId;
 
 /// The header a ticket travels in.
 pub const HEADER: &str = "x-atoll-ticket";
@@ -71,7 +72,7 @@ pub struct Ticket {
     /// The child's cluster (needs it).
     pub to: String,
     /// The child job the transfer is for.
-    pub job: String,
+    pub job: JobId,
     /// Unix milliseconds after which the ticket is refused.
     pub expires_ms: i64,
 }

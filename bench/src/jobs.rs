@@ -290,7 +290,7 @@ pub async fn reroute(args: RerouteArgs) -> anyhow::Result<()> {
             .collect();
         let submitted =
             bench.gateway.submit(&SubmitRequest { spec: serde_json::json!({"version": 1, "jobs": jobs}) }).await?;
-        let ids: Vec<String> = submitted.jobs.iter().map(|j| j.id.clone()).collect();
+        let ids: Vec<String> = submitted.jobs.iter().map(|j| j.id.to_string()).collect();
         let deadline = Instant::now() + Duration::from_secs(args.max_s);
         loop {
             let now = bench.gateway.pipeline(&submitted.pipeline).await?;

@@ -279,15 +279,17 @@ async fn fallback(
     let to_done = cut.elapsed();
     client.delete_annotation(&aws, CUT).await?;
     let log = std::fs::read_to_string(mesh.dir.log_file("onprem", 1))?;
-    let line =
-        log.lines().find(|l| l.contains("input received") && l.contains(&child)).context("no 'input received' line")?;
+    let line = log
+        .lines()
+        .find(|l| l.contains("input received") && l.contains(child.as_str()))
+        .context("no 'input received' line")?;
     let from_chunk = log_field(line, "relayed_from_chunk")
         .and_then(|v| v.strip_prefix("Some(")?.strip_suffix(')')?.parse().ok())
         .context("the input was not relayed")?;
     // When the receiver gave up on the direct path, by its own log's clock.
     let fell_back = log
         .lines()
-        .find(|l| l.contains("falling back to the relay") && l.contains(&child))
+        .find(|l| l.contains("falling back to the relay") && l.contains(child.as_str()))
         .and_then(|l| l.split_whitespace().next())
         .and_then(|ts| time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok())
         .context("no 'falling back to the relay' line")?;

@@ -83,7 +83,7 @@ fn find_atoll_exe() -> anyhow::Result<PathBuf> {
     // Building this crate does not rebuild the binary: refuse to test an old one.
     let built = std::fs::metadata(&found)?.modified()?;
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
-    if let Some(newer) = newer_source(workspace, built) {
+    if let Some(newer) = newer_source(workspace, ATOLL_CRATES, built) {
         anyhow::bail!(
             "{} is older than {} (run `cargo build --workspace` first; scripts/test does)",
             found.display(),
@@ -110,7 +110,7 @@ pub fn broken_gateway_exe() -> anyhow::Result<PathBuf> {
     // Built with the suite: refuse one older than the gateway's sources, as for `atoll`.
     let built = std::fs::metadata(&found)?.modified()?;
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
-    if let Some(newer) = newer_source(workspace, built) {
+    if let Some(newer) = newer_source(workspace, BROKEN_GATEWAY_CRATES, built) {
         anyhow::bail!(
             "{} is older than {} (run `cargo build --workspace` first; scripts/test does)",
             found.display(),
@@ -120,12 +120,16 @@ pub fn broken_gateway_exe() -> anyhow::Result<PathBuf> {
     Ok(found)
 }
 
-/// A Rust source or manifest of the binary's crates changed after `than`, if any.
-fn newer_source(workspace: &Path, than: std::time::SystemTime) -> Option<PathBuf> {
-    let mut stack: Vec<PathBuf> = ["api", "cli", "gateway", "mesh", "node", "raft-store", "spawn", "store"]
-        .iter()
-        .map(|c| workspace.join(c).join("src"))
-        .collect();
+/// The crates `atoll` is built from.
+const ATOLL_CRATES: &[&str] = &["api", "cli", "gateway", "mesh", "node", "raft-store", "spawn", "store"];
+
+/// The crates the suite's broken gateway is built from: the gateway's and the suite's own.
+const BROKEN_GATEWAY_CRATES: &[&str] =
+    &["api", "chaos-tests", "gateway", "mesh", "node", "raft-store", "spawn", "store"];
+
+/// A Rust source of `crates` changed after `than`, if any.
+fn newer_source(workspace: &Path, crates: &[&str], than: std::time::SystemTime) -> Option<PathBuf> {
+    let mut stack: Vec<PathBuf> = crates.iter().map(|c| workspace.join(c).join("src")).collect();
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).ok()?.flatten() {
             let path = entry.path();

@@ -246,7 +246,7 @@ async fn every_route_delivers_identical_bytes_and_tickets_guard_every_edge() {
     let forged = atoll_api::jobs::ReportBatch {
         term,
         reports: vec![atoll_api::jobs::Report {
-            job: slow.clone(),
+            job: slow.clone().into(),
             attempt: 1,
             state: atoll_api::jobs::ReportedState::Finished,
             exit_code: Some(0),

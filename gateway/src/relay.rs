@@ -24,6 +24,7 @@ use std::time::Duration;
 use atoll_api::ApiError;
 use atoll_api::ErrorCode;
 use atoll_api::gateway::Scope;
+use atoll_api::ids::JobId;
 use atoll_api::jobs::Route;
 use atoll_api::jobs::RouteTaken;
 use atoll_api::jobs::SendTask;
@@ -118,7 +119,7 @@ pub struct Transfers {
     /// The edges whose direct transfer failed: relayed from then on.
     fallen: Mutex<Fallen>,
     /// (child job id, attempt, parent name) -> the route last recorded for it (a cache).
-    routes_given: Mutex<HashMap<(String, u32, String), Route>>,
+    routes_given: Mutex<HashMap<(JobId, u32, String), Route>>,
 }
 
 impl Transfers {
@@ -145,7 +146,7 @@ impl Gateway {
             digest: digest.to_string(),
             from: from.to_string(),
             to: to.to_string(),
-            job: job.to_string(),
+            job: JobId::from(job),
             expires_ms: now_ms() + TICKET_TTL.as_millis() as i64,
         };
         self.ca.authority().sign_ticket(&ticket).map_err(|e| ApiError::internal(format!("signing a ticket: {e}")))
@@ -189,7 +190,7 @@ impl Gateway {
     /// being waited for).
     async fn note_route(
         &self,
-        key: (String, u32, String),
+        key: (JobId, u32, String),
         last: Option<Route>,
         taken: &RouteTaken,
     ) -> Result<(), crate::db::DbError> {

@@ -146,8 +146,13 @@ async fn retries_reruns_reroutes_and_cancels() {
         assert_eq!(db.job("p-w").await.unwrap().unwrap().state, JobState::Killed);
         assert_eq!(db.cancel("p-c", 4_000).await.unwrap(), Cancelled::Requested);
         assert!(db.job("p-c").await.unwrap().unwrap().cancel_requested);
-        let flagged: Vec<(String, bool)> =
-            db.bound_attempts("aws").await.unwrap().into_iter().map(|b| (b.id, b.cancel_requested)).collect();
+        let flagged: Vec<(String, bool)> = db
+            .bound_attempts("aws")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|b| (b.id.to_string(), b.cancel_requested))
+            .collect();
         assert!(flagged.contains(&("p-c".to_string(), true)) && flagged.contains(&("p-m".to_string(), false)));
         assert_eq!(db.cancel("p-w", 4_000).await.unwrap(), Cancelled::Nothing);
 
@@ -181,7 +186,7 @@ async fn jobs_are_read_by_id_in_batches_and_unknown_ids_are_left_out() {
         let mut ids: Vec<String> = names.iter().map(|n| format!("p-{n}")).collect();
         ids.push("p-nope".into());
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let mut read: Vec<String> = db.jobs_by_id(&refs).await.unwrap().into_iter().map(|r| r.id).collect();
+        let mut read: Vec<String> = db.jobs_by_id(&refs).await.unwrap().into_iter().map(|r| r.id.to_string()).collect();
         read.sort();
         let mut want = ids[..250].to_vec();
         want.sort();

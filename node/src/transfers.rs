@@ -28,6 +28,7 @@ use atoll_api::Identity;
 use atoll_api::client::ClientError;
 use atoll_api::gateway_client::GatewayClient;
 use atoll_api::ids::ClusterName;
+use atoll_api::ids::JobId;
 use atoll_api::jobs::AssignedInput;
 use atoll_api::jobs::ReleaseAnswer;
 use atoll_api::jobs::ReleaseRequest;
@@ -335,7 +336,7 @@ impl Transfers {
                 });
             }
             let request = TransferRequest {
-                job: job.to_string(),
+                job: JobId::from(job),
                 attempt,
                 from_job: input.from_job.clone(),
                 failed: failed.take(),

@@ -321,7 +321,7 @@ pub async fn submit(gateway: &GatewayClient, yaml: &str) -> Submitted {
 }
 
 pub fn id_of(submitted: &Submitted, name: &str) -> String {
-    submitted.jobs.iter().find(|j| j.name == name).unwrap_or_else(|| panic!("no job {name}")).id.clone()
+    submitted.jobs.iter().find(|j| j.name == name).unwrap_or_else(|| panic!("no job {name}")).id.to_string()
 }
 
 pub async fn wait_state(

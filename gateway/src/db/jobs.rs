@@ -5,6 +5,7 @@
 //! between, nothing applies and the caller re-reads. This is what keeps "exactly one accepted
 //! result" true with concurrent requests, and with several gateways over one PostgreSQL.
 
+use atoll_api::ids::JobId;
 use atoll_api::ids::Term;
 use atoll_api::jobs::AttemptState;
 use atoll_api::jobs::JobState;
@@ -17,7 +18,7 @@ use super::with_pool;
 /// A job as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobRow {
-    pub id: String,
+    pub id: JobId,
     pub pipeline_id: String,
     /// Its index in the pipeline's spec.
     pub idx: usize,
@@ -39,7 +40,7 @@ pub struct JobRow {
 /// An attempt bound to a cluster, as a lease answer first reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BoundAttempt {
-    pub id: String,
+    pub id: JobId,
     pub attempt: u32,
     pub cancel_requested: bool,
 }
@@ -47,7 +48,7 @@ pub struct BoundAttempt {
 /// One attempt's history row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttemptRow {
-    pub job_id: String,
+    pub job_id: JobId,
     pub attempt: u32,
     pub cluster: String,
     pub state: AttemptState,
@@ -86,7 +87,7 @@ pub enum Transition {
 /// One report to apply, as decided.
 #[derive(Clone, Debug)]
 pub struct ReportApply {
-    pub id: String,
+    pub id: JobId,
     pub cluster: String,
     pub attempt: u32,
     /// The state the decision was made on.
@@ -128,7 +129,7 @@ macro_rules! decode_job {
         let idx: i32 = row.try_get("idx")?;
         let state: String = row.try_get("state")?;
         Ok::<_, DbError>(JobRow {
-            id: row.try_get("id")?,
+            id: JobId::from(row.try_get::<String, _>("id")?),
             pipeline_id: row.try_get("pipeline_id")?,
             idx: usize::try_from(idx).map_err(|e| DbError::corrupt("jobs.idx", e))?,
             name: row.try_get("name")?,
@@ -163,7 +164,7 @@ macro_rules! decode_attempt {
         let row = $row;
         let term: Option<i64> = row.try_get("term")?;
         Ok::<_, DbError>(AttemptRow {
-            job_id: row.try_get("job_id")?,
+            job_id: JobId::from(row.try_get::<String, _>("job_id")?),
             attempt: count(row.try_get("attempt")?, "attempts.attempt")?,
             cluster: row.try_get("cluster")?,
             state: {
@@ -342,7 +343,7 @@ impl Db {
             rows.iter()
                 .map(|row| {
                     Ok(BoundAttempt {
-                        id: row.try_get("id")?,
+                        id: JobId::from(row.try_get::<String, _>("id")?),
                         attempt: count(row.try_get("attempt")?, "jobs.attempt")?,
                         cancel_requested: row.try_get("cancel_requested")?,
                     })
@@ -383,7 +384,7 @@ impl Db {
 
     /// Move `waiting` jobs on (settled by `lifecycle::settle`): `(job id, new state, reason)`.
     /// Jobs no longer waiting are left alone. One transaction.
-    pub async fn settle_jobs(&self, changes: &[(String, JobState, String)], now_ms: i64) -> Result<(), DbError> {
+    pub async fn settle_jobs(&self, changes: &[(JobId, JobState, String)], now_ms: i64) -> Result<(), DbError> {
         if changes.is_empty() {
             return Ok(());
         }
@@ -398,7 +399,7 @@ impl Db {
                 .bind(reason)
                 .bind(now_ms)
                 .bind(finished)
-                .bind(id)
+                .bind(id.as_str())
                 .execute(&mut *tx)
                 .await?;
             }
@@ -417,7 +418,7 @@ impl Db {
         reason: &str,
         now_ms: i64,
     ) -> Result<bool, DbError> {
-        let binding = (id.to_string(), attempt, cluster.to_string(), reason.to_string());
+        let binding = (JobId::from(id), attempt, cluster.to_string(), reason.to_string());
         Ok(self.assign_many(std::slice::from_ref(&binding), now_ms).await?[0])
     }
 
@@ -436,7 +437,7 @@ impl Db {
         now_ms: i64,
     ) -> Result<bool, DbError> {
         let item = ReportApply {
-            id: id.to_string(),
+            id: JobId::from(id),
             cluster: cluster.to_string(),
             attempt,
             from,
@@ -661,7 +662,7 @@ impl Db {
     /// Returns the ones bound (a job no longer queued at that attempt is skipped).
     pub async fn assign_many(
         &self,
-        bindings: &[(String, u32, String, String)],
+        bindings: &[(JobId, u32, String, String)],
         now_ms: i64,
     ) -> Result<Vec<bool>, DbError> {
         if bindings.is_empty() {
@@ -679,14 +680,14 @@ impl Db {
                 .bind(cluster)
                 .bind(reason)
                 .bind(now_ms)
-                .bind(id)
+                .bind(id.as_str())
                 .bind(attempt)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
                 if done == 1 {
                     sqlx::query(BIND_ATTEMPT)
-                        .bind(id)
+                        .bind(id.as_str())
                         .bind(attempt)
                         .bind(cluster)
                         .bind(now_ms)
@@ -779,7 +780,7 @@ impl Db {
     }
 
     /// Store log pieces: `(job id, chunk)`; a piece stored before is kept as it was.
-    pub async fn append_logs(&self, chunks: &[(String, LogChunk)]) -> Result<(), DbError> {
+    pub async fn append_logs(&self, chunks: &[(JobId, LogChunk)]) -> Result<(), DbError> {
         if chunks.is_empty() {
             return Ok(());
         }
@@ -790,7 +791,7 @@ impl Db {
                     "INSERT INTO log_chunks (job_id, attempt, seq, stream, data, at_ms) VALUES ($1, $2, $3, $4, $5, $6)
                      ON CONFLICT (job_id, attempt, seq) DO NOTHING",
                 )
-                .bind(job)
+                .bind(job.as_str())
                 .bind(int(c.attempt, "log_chunks.attempt")?)
                 .bind(int(c.seq, "log_chunks.seq")?)
                 .bind(&c.stream)

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use atoll_api::ApiError;
+use atoll_api::ids::JobId;
 use atoll_api::ids::Term;
 use atoll_api::jobs::AssignedInput;
 use atoll_api::jobs::Assignment;
@@ -61,7 +62,7 @@ impl Gateway {
         // that changed in between is left for the next answer).
         let new: Vec<&str> =
             active.iter().filter(|b| !holds.contains(&(b.id.as_str(), b.attempt))).map(|b| b.id.as_str()).collect();
-        let rows: HashMap<String, JobRow> =
+        let rows: HashMap<JobId, JobRow> =
             self.db.jobs_by_id(&new).await.map_err(db_error)?.into_iter().map(|r| (r.id.clone(), r)).collect();
         let mut answer = LeaseResponse::default();
         let mut bound: HashSet<(&str, u32)> = HashSet::new();

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use atoll_api::ApiError;
+use atoll_api::ids::JobId;
 use atoll_api::jobs::LogBatch;
 use atoll_api::jobs::LogPage;
 use atoll_api::jobs::LogPiece;
@@ -74,7 +75,7 @@ impl Gateway {
                 let pieces = chunks
                     .into_iter()
                     .map(|c| LogPiece {
-                        job: id.to_string(),
+                        job: JobId::from(id),
                         attempt: c.attempt,
                         seq: c.seq,
                         stream: match c.stream.as_str() {

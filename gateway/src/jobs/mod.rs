@@ -41,6 +41,7 @@ use std::sync::Mutex;
 
 use atoll_api::ApiError;
 use atoll_api::ErrorCode;
+use atoll_api::ids::JobId;
 use atoll_api::ids::Term;
 use atoll_api::jobs::InputInfo;
 use atoll_api::jobs::JobInfo;
@@ -138,8 +139,8 @@ fn db_error(e: DbError) -> ApiError {
 }
 
 /// A job's id: its pipeline's id and its name.
-pub fn job_id(pipeline: &str, name: &str) -> String {
-    format!("{pipeline}.{name}")
+pub fn job_id(pipeline: &str, name: &str) -> JobId {
+    JobId::new(pipeline, name)
 }
 
 impl Gateway {

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use atoll_api::ApiError;
+use atoll_api::ids::JobId;
 use atoll_api::ids::Term;
 use atoll_api::jobs::JobState;
 use atoll_api::jobs::Report;
@@ -37,7 +38,7 @@ impl Gateway {
             let mut items = Vec::new();
             let mut owners = Vec::new();
             let ids: Vec<&str> = pending.iter().map(|&i| reports[i].job.as_str()).collect();
-            let rows: HashMap<String, JobRow> =
+            let rows: HashMap<JobId, JobRow> =
                 self.db.jobs_by_id(&ids).await.map_err(db_error)?.into_iter().map(|r| (r.id.clone(), r)).collect();
             for &i in &pending {
                 let report = &reports[i];

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use atoll_api::gateway::ClusterState;
+use atoll_api::ids::JobId;
 use atoll_api::ids::Label;
 use atoll_api::jobs::JobState;
 
@@ -72,7 +73,7 @@ impl Gateway {
             let settled = lifecycle::settle(&pipeline.spec, &pipeline.order, &mut states);
             let ended: Vec<(JobState, i64)> =
                 settled.iter().filter(|c| c.state.is_final()).map(|c| (c.state, rows[c.job].created_ms)).collect();
-            let changes: Vec<(String, JobState, String)> =
+            let changes: Vec<(JobId, JobState, String)> =
                 settled.into_iter().map(|c| (rows[c.job].id.clone(), c.state, c.reason)).collect();
             if !ended.is_empty() {
                 self.jobs.logs.notify_waiters();

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use atoll_api::ApiError;
 use atoll_api::ids::ClusterName;
+use atoll_api::ids::JobId;
 use atoll_api::ids::Label;
 use atoll_api::jobs::JobInfo;
 use atoll_api::jobs::JobState;
@@ -65,7 +66,7 @@ impl Gateway {
             reasons[change.job] = change.reason;
         }
         let id = new_pipeline_id();
-        let ids: Vec<String> = pipeline.spec.jobs.iter().map(|j| job_id(&id, &j.name)).collect();
+        let ids: Vec<JobId> = pipeline.spec.jobs.iter().map(|j| job_id(&id, &j.name)).collect();
         let jobs: Vec<NewJob<'_>> = pipeline
             .spec
             .jobs

@@ -41,6 +41,7 @@ use std::time::Duration;
 use atoll_api::ErrorCode;
 use atoll_api::client::ClientError;
 use atoll_api::gateway_client::GatewayClient;
+use atoll_api::ids::JobId;
 use atoll_api::ids::Term;
 use atoll_api::jobs::Held;
 use atoll_api::jobs::LeaseRequest;
@@ -178,7 +179,7 @@ pub async fn lead(
                             if stream == atoll_api::jobs::LogStream::Marker {
                                 leader.replica.metrics.job_logs_truncated.inc();
                             }
-                            pieces.push(LogPiece { job, attempt, seq, stream, data, at_ms });
+                            pieces.push(LogPiece { job: JobId::from(job), attempt, seq, stream, data, at_ms });
                         }
                         Event::Output { job, attempt, output } => ends.push(JobOp::Output { job, attempt, output }),
                         Event::Done { job, attempt, state, exit_code, message } => {

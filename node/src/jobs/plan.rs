@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::collections::HashSet;
 
+use atoll_api::ids::JobId;
 use atoll_api::ids::Term;
 use atoll_api::jobs::AssignedInput;
 use atoll_api::jobs::Held;
@@ -158,14 +159,14 @@ pub fn lease(view: &View<'_>, answer: &LeaseResponse) -> Plan {
     let mut stop = Vec::new();
     let mut ops = Vec::new();
     for drop in &answer.drop {
-        let key = (drop.job.clone(), drop.attempt);
+        let key = (drop.job.to_string(), drop.attempt);
         if running.remove(&key) {
             tracing::info!(job = %drop.job, attempt = drop.attempt, reason = %drop.reason, "stopping a run the gateway moved away");
             stop.push((key, Stop::Drop));
         }
-        ops.push(JobOp::Forget { job: drop.job.clone(), attempt: drop.attempt });
+        ops.push(JobOp::Forget { job: drop.job.to_string(), attempt: drop.attempt });
     }
-    let cancels: HashSet<RunKey> = answer.cancel.iter().map(|h| (h.job.clone(), h.attempt)).collect();
+    let cancels: HashSet<RunKey> = answer.cancel.iter().map(|h| (h.job.to_string(), h.attempt)).collect();
     let mut start = Vec::new();
     for a in &answer.assign {
         let spec = match serde_json::to_string(&a.spec) {
@@ -175,7 +176,7 @@ pub fn lease(view: &View<'_>, answer: &LeaseResponse) -> Plan {
                 continue;
             }
         };
-        if view.records.get(&a.job).is_some_and(|r| r.attempt >= a.attempt) {
+        if view.records.get(a.job.as_str()).is_some_and(|r| r.attempt >= a.attempt) {
             continue;
         }
         let inputs = if a.inputs.is_empty() {
@@ -190,16 +191,16 @@ pub fn lease(view: &View<'_>, answer: &LeaseResponse) -> Plan {
             }
         };
         ops.push(JobOp::Accept {
-            job: a.job.clone(),
+            job: a.job.to_string(),
             pipeline: a.pipeline.clone(),
             attempt: a.attempt,
             spec: spec.clone(),
             inputs: inputs.clone(),
         });
-        if cancels.contains(&(a.job.clone(), a.attempt)) {
-            ops.push(JobOp::Cancel { job: a.job.clone(), attempt: a.attempt });
+        if cancels.contains(&(a.job.to_string(), a.attempt)) {
+            ops.push(JobOp::Cancel { job: a.job.to_string(), attempt: a.attempt });
             ops.push(JobOp::End {
-                job: a.job.clone(),
+                job: a.job.to_string(),
                 attempt: a.attempt,
                 state: EndState::Killed,
                 exit_code: None,
@@ -209,7 +210,7 @@ pub fn lease(view: &View<'_>, answer: &LeaseResponse) -> Plan {
         }
         if running.len() + start.len() < view.max_running {
             let record = JobRecord {
-                job: a.job.clone(),
+                job: a.job.to_string(),
                 pipeline: a.pipeline.clone(),
                 attempt: a.attempt,
                 spec,
@@ -224,17 +225,17 @@ pub fn lease(view: &View<'_>, answer: &LeaseResponse) -> Plan {
         }
     }
     for h in &answer.cancel {
-        let Some(r) = view.records.get(&h.job).filter(|r| r.attempt == h.attempt) else { continue };
+        let Some(r) = view.records.get(h.job.as_str()).filter(|r| r.attempt == h.attempt) else { continue };
         if r.cancel {
             continue;
         }
-        ops.push(JobOp::Cancel { job: h.job.clone(), attempt: h.attempt });
-        let key = (h.job.clone(), h.attempt);
+        ops.push(JobOp::Cancel { job: h.job.to_string(), attempt: h.attempt });
+        let key = (h.job.to_string(), h.attempt);
         if running.contains(&key) {
             stop.push((key, Stop::Cancel));
         } else if !matches!(r.run, RunState::Ended { .. }) {
             ops.push(JobOp::End {
-                job: h.job.clone(),
+                job: h.job.to_string(),
                 attempt: h.attempt,
                 state: EndState::Killed,
                 exit_code: None,
@@ -258,18 +259,18 @@ pub fn acknowledged(view: &View<'_>, reports: &[Report], results: &[ReportResult
     for (report, result) in reports.iter().zip(results) {
         match (result.outcome, report.state) {
             (ReportOutcome::Accepted | ReportOutcome::Duplicate, ReportedState::Running) => {
-                ops.push(JobOp::RunningAcked { job: report.job.clone(), attempt: report.attempt })
+                ops.push(JobOp::RunningAcked { job: report.job.to_string(), attempt: report.attempt })
             }
             (ReportOutcome::Accepted | ReportOutcome::Duplicate, _) => {
-                ops.push(JobOp::Forget { job: report.job.clone(), attempt: report.attempt })
+                ops.push(JobOp::Forget { job: report.job.to_string(), attempt: report.attempt })
             }
             (ReportOutcome::Refused, _) => {
                 tracing::warn!(job = %report.job, attempt = report.attempt, reason = ?result.reason, "the gateway refused a report; stopping the attempt");
-                let key = (report.job.clone(), report.attempt);
+                let key = (report.job.to_string(), report.attempt);
                 if running.remove(&key) {
                     stop.push((key, Stop::Drop));
                 }
-                ops.push(JobOp::Forget { job: report.job.clone(), attempt: report.attempt });
+                ops.push(JobOp::Forget { job: report.job.to_string(), attempt: report.attempt });
             }
         }
     }
@@ -279,7 +280,7 @@ pub fn acknowledged(view: &View<'_>, reports: &[Report], results: &[ReportResult
 
 /// What a lease says the cluster holds.
 pub fn held(records: &BTreeMap<String, JobRecord>) -> Vec<Held> {
-    records.values().map(|r| Held { job: r.job.clone(), attempt: r.attempt }).collect()
+    records.values().map(|r| Held { job: JobId::from(r.job.clone()), attempt: r.attempt }).collect()
 }
 
 /// What the gateway has still to hear, in record order: a start not yet acknowledged, and
@@ -299,7 +300,7 @@ pub fn reports(records: &BTreeMap<String, JobRecord>) -> Vec<Report> {
                     r.output.as_ref().map(|o| OutputInfo { digest: o.digest.clone(), size: o.size }),
                 ),
             };
-            Some(Report { job: r.job.clone(), attempt: r.attempt, state, exit_code, message, output })
+            Some(Report { job: JobId::from(r.job.clone()), attempt: r.attempt, state, exit_code, message, output })
         })
         .collect()
 }
@@ -571,17 +572,17 @@ mod tests {
             .expect("spec")
             .jobs
             .remove(0);
-        Assignment { job, pipeline: "p".into(), attempt, spec, inputs: Vec::new() }
+        Assignment { job: job.into(), pipeline: "p".into(), attempt, spec, inputs: Vec::new() }
     }
 
     fn held_of(key: &str) -> Held {
         let (job, attempt) = split(key);
-        Held { job, attempt }
+        Held { job: job.into(), attempt }
     }
 
     fn revoked(key: &str) -> Revoked {
         let (job, attempt) = split(key);
-        Revoked { job, attempt, reason: "moved".into() }
+        Revoked { job: job.into(), attempt, reason: "moved".into() }
     }
 
     fn answer(assign: &[&str], cancel: &[&str], drop: &[&str]) -> Decide {
@@ -680,12 +681,12 @@ mod tests {
 
     fn reported_as(key: &str, state: ReportedState) -> Report {
         let (job, attempt) = split(key);
-        Report { job, attempt, state, exit_code: None, message: None, output: None }
+        Report { job: job.into(), attempt, state, exit_code: None, message: None, output: None }
     }
 
     fn result(key: &str, outcome: ReportOutcome) -> ReportResult {
         let (job, attempt) = split(key);
-        ReportResult { job, attempt, outcome, reason: None }
+        ReportResult { job: job.into(), attempt, outcome, reason: None }
     }
 
     fn answered(reports: Vec<Report>, results: Vec<ReportResult>) -> Decide {
@@ -739,7 +740,7 @@ mod tests {
                 .map(|r| (r.job.clone(), r))
                 .collect();
         let got: Vec<(String, ReportedState, bool)> =
-            reports(&records).into_iter().map(|r| (r.job, r.state, r.output.is_some())).collect();
+            reports(&records).into_iter().map(|r| (r.job.to_string(), r.state, r.output.is_some())).collect();
         assert_eq!(
             got,
             [

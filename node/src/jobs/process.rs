@@ -852,7 +852,7 @@ mod tests {
     fn input(from_job: &str, digest: &atoll_store::Digest, mode: InputMode) -> AssignedInput {
         AssignedInput {
             from_job: from_job.into(),
-            job: format!("0123456789ab.{from_job}"),
+            job: atoll_api::ids::JobId::new("0123456789ab", from_job),
             cluster: "aws".into(),
             mode,
             digest: digest.to_string(),
