@@ -3,6 +3,7 @@
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::ids::ClusterName;
 use crate::ids::Term;
 
 /// `POST /v1/enroll`: a replica without a certificate presents a join token and a CSR.
@@ -22,7 +23,7 @@ pub struct IssuedCertificate {
     pub cert: String,
     /// The CA certificate (PEM) to trust.
     pub ca: String,
-    pub cluster: String,
+    pub cluster: ClusterName,
     pub node_id: u64,
     /// Labels the join token assigned to the cluster (empty on renewal).
     pub labels: Vec<String>,
@@ -66,7 +67,7 @@ pub struct Heartbeat {
 /// Another cluster, as a leader needs to know it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PeerCluster {
-    pub name: String,
+    pub name: ClusterName,
     pub endpoint: String,
     pub labels: Vec<String>,
 }
@@ -154,8 +155,8 @@ pub enum TransferMode {
 /// One cell of the matrix (`GET /v1/matrix`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MatrixCell {
-    pub from: String,
-    pub to: String,
+    pub from: ClusterName,
+    pub to: ClusterName,
     pub state: LinkState,
     pub rtt_ms: Option<f64>,
     pub loss: Option<f64>,
@@ -167,7 +168,7 @@ pub struct MatrixCell {
 /// `GET /v1/matrix` and `atoll matrix --json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Matrix {
-    pub clusters: Vec<String>,
+    pub clusters: Vec<ClusterName>,
     pub cells: Vec<MatrixCell>,
 }
 
@@ -193,7 +194,7 @@ impl std::fmt::Display for ClusterState {
 /// `GET /v1/clusters` and `atoll clusters --json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterInfo {
-    pub name: String,
+    pub name: ClusterName,
     pub labels: Vec<String>,
     /// Admin intent: a disabled cluster receives no new work.
     pub enabled: bool,

@@ -66,6 +66,62 @@ impl<'de> Deserialize<'de> for ClusterName {
     }
 }
 
+/// Read as the string it is (a `&ClusterName` goes where a `&str` is asked); making one checks it.
+impl std::ops::Deref for ClusterName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for ClusterName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for ClusterName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for ClusterName {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for ClusterName {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for ClusterName {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
+    }
+}
+
+impl PartialEq<ClusterName> for String {
+    fn eq(&self, other: &ClusterName) -> bool {
+        self == &other.0
+    }
+}
+
+impl PartialEq<ClusterName> for &str {
+    fn eq(&self, other: &ClusterName) -> bool {
+        *self == other.0
+    }
+}
+
+impl From<ClusterName> for String {
+    fn from(name: ClusterName) -> String {
+        name.0
+    }
+}
+
 impl fmt::Display for ClusterName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::ids::ClusterName;
 use crate::ids::JobId;
 use crate::ids::Term;
 use crate::spec::FinalState;
@@ -165,7 +166,7 @@ pub struct RouteTaken {
     /// The parent's name.
     pub from_job: String,
     /// The parent's cluster.
-    pub from_cluster: String,
+    pub from_cluster: ClusterName,
     pub route: Route,
     /// When the gateway gave it (ms since the epoch).
     pub at_ms: i64,
@@ -195,7 +196,7 @@ pub struct JobInfo {
     pub id: JobId,
     pub pipeline: String,
     /// The cluster of the current attempt; `None` while waiting or queued.
-    pub cluster: Option<String>,
+    pub cluster: Option<ClusterName>,
     pub state: JobState,
     /// Attempts started so far (the current one included).
     pub attempts: u32,
@@ -264,7 +265,7 @@ pub struct AssignedInput {
     /// The parent's job id.
     pub job: JobId,
     /// The cluster whose store holds the output.
-    pub cluster: String,
+    pub cluster: ClusterName,
     pub mode: InputMode,
     pub digest: String,
     pub size: u64,
@@ -336,7 +337,7 @@ pub struct TransferPlan {
     pub digest: String,
     pub size: u64,
     /// The parent's cluster.
-    pub source: String,
+    pub source: ClusterName,
     /// `pull`: the parent cluster's endpoint to fetch from.
     #[serde(default)]
     pub endpoint: Option<String>,
@@ -355,7 +356,7 @@ pub struct SendTask {
     pub route: Route,
     pub digest: String,
     /// The child's cluster.
-    pub to: String,
+    pub to: ClusterName,
     /// The child job it is for (for logs).
     pub job: JobId,
     /// `push`: the child cluster's endpoint.
@@ -540,7 +541,7 @@ impl<'de> Deserialize<'de> for AttemptState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptInfo {
     pub attempt: u32,
-    pub cluster: String,
+    pub cluster: ClusterName,
     pub state: AttemptState,
     /// The reporting leader's term (`None` when the gateway ended it: moved away).
     pub term: Option<Term>,

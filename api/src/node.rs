@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::ids::ClusterName;
 use crate::ids::Term;
 
 /// A replica's role in its Raft group.
@@ -47,7 +48,7 @@ pub struct MemberInfo {
 /// `GET /v1/status`: one replica's view (`atoll status --json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
-    pub cluster: String,
+    pub cluster: ClusterName,
     pub node_id: u64,
     pub role: Role,
     pub term: Term,
@@ -156,7 +157,7 @@ mod tests {
     #[test]
     fn status_json_has_the_contract_fields() {
         let status = NodeStatus {
-            cluster: "aws".into(),
+            cluster: "aws".parse().unwrap(),
             node_id: 1,
             role: Role::Leader,
             term: Term(3),

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use crate::Identity;
+use crate::ids::ClusterName;
 use crate::ids::JobId;
 
 /// The header a ticket travels in.
@@ -68,9 +69,9 @@ pub struct Ticket {
     /// `sha256:<hex>` of the blob.
     pub digest: String,
     /// The parent's cluster (holds the output).
-    pub from: String,
+    pub from: ClusterName,
     /// The child's cluster (needs it).
-    pub to: String,
+    pub to: ClusterName,
     /// The child job the transfer is for.
     pub job: JobId,
     /// Unix milliseconds after which the ticket is refused.
@@ -189,8 +190,8 @@ mod tests {
         Ticket {
             op,
             digest: format!("sha256:{}", "ab".repeat(32)),
-            from: "aws".into(),
-            to: "onprem".into(),
+            from: "aws".parse().unwrap(),
+            to: "onprem".parse().unwrap(),
             job: "0123456789ab.test".into(),
             expires_ms,
         }
@@ -250,7 +251,7 @@ mod tests {
         // Claims changed after signing (another destination), signature kept.
         let genuine = ca.sign_ticket(&t).unwrap();
         let (_, signature) = genuine.split_once('.').unwrap();
-        let changed = Ticket { to: "gcp".into(), ..t.clone() };
+        let changed = Ticket { to: "gcp".parse().unwrap(), ..t.clone() };
         let tampered = format!("{}.{signature}", hex(&serde_json::to_vec(&changed).unwrap()));
         assert_eq!(Ticket::verify(&tampered, &der, 0), Err(TicketError::BadSignature));
         for garbage in ["", ".", "zz.zz", "abc", "00.00"] {

@@ -555,7 +555,7 @@ mod tests {
     fn attempt(n: u32, state: &str, cluster: &str, term: Option<u64>) -> AttemptInfo {
         AttemptInfo {
             attempt: n,
-            cluster: cluster.into(),
+            cluster: cluster.parse().unwrap(),
             state: state.parse().expect("an attempt state"),
             term: term.map(Term),
             exit_code: None,
@@ -605,7 +605,7 @@ mod tests {
     fn given(from_job: &str, route: Route, at_ms: i64, reason: Option<&str>) -> atoll_api::jobs::RouteTaken {
         atoll_api::jobs::RouteTaken {
             from_job: from_job.into(),
-            from_cluster: "aws".into(),
+            from_cluster: "aws".parse().unwrap(),
             route,
             at_ms,
             reason: reason.map(str::to_string),

@@ -154,7 +154,7 @@ pub async fn matrix_watcher(
                 .cells
                 .iter()
                 .filter(|c| c.state == atoll_api::gateway::LinkState::Reachable)
-                .map(|c| (c.from.clone(), c.to.clone()))
+                .map(|c| (c.from.to_string(), c.to.to_string()))
                 .collect();
             snapshots.push(MatrixSnapshot { asked_ms, answered_ms: epoch_ms(), reachable });
         }

@@ -117,7 +117,7 @@ pub fn render(matrix: &Matrix) -> String {
         .unwrap_or(1)
         .max(10)
         + 2;
-    let first = matrix.clusters.iter().map(String::len).max().unwrap_or(4).max("from \\ to".len()) + 2;
+    let first = matrix.clusters.iter().map(|c| c.len()).max().unwrap_or(4).max("from \\ to".len()) + 2;
     let mut out = format!("{:<first$}", "from \\ to");
     for to in &matrix.clusters {
         out.push_str(&format!("{to:<width$}"));

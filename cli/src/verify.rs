@@ -12,6 +12,7 @@ use anyhow::Context;
 use atoll_api::gateway::ClusterInfo;
 use atoll_api::gateway::ClusterState;
 use atoll_api::gateway::LinkState;
+use atoll_api::ids::ClusterName;
 use atoll_api::ids::Term;
 use atoll_api::node::NodeStatus;
 use atoll_api::node::Role;
@@ -43,7 +44,7 @@ pub struct Check {
 /// The failover `--disruptive` measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Failover {
-    pub cluster: String,
+    pub cluster: ClusterName,
     /// `kill` (SIGKILL of the leader's process) or `handover` (a leadership transfer, when the
     /// process cannot be reached from here).
     pub how: String,

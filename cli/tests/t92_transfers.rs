@@ -166,8 +166,8 @@ async fn every_route_delivers_identical_bytes_and_tickets_guard_every_edge() {
             .sign_ticket(&Ticket {
                 op,
                 digest: aws_output.digest.clone(),
-                from: "aws".into(),
-                to: to.into(),
+                from: "aws".parse().unwrap(),
+                to: to.parse().unwrap(),
                 job: "x.y".into(),
                 expires_ms,
             })
@@ -220,8 +220,8 @@ async fn every_route_delivers_identical_bytes_and_tickets_guard_every_edge() {
             .sign_ticket(&Ticket {
                 op,
                 digest: onprem_output.digest.clone(),
-                from: "onprem".into(),
-                to: "gcp".into(),
+                from: "onprem".parse().unwrap(),
+                to: "gcp".parse().unwrap(),
                 job: "x.y".into(),
                 expires_ms: later,
             })

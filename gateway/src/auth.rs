@@ -79,6 +79,15 @@ impl Caller {
             other => Err(ApiError::forbidden(format!("{} may not act for cluster {cluster}", other.describe()))),
         }
     }
+
+    /// As [`Caller::replica_of`], answering with the cluster's name as its certificate names it.
+    pub fn replica_cluster(&self, cluster: &str) -> Result<&ClusterName, ApiError> {
+        self.replica_of(cluster)?;
+        match self {
+            Caller::Node { cluster, .. } => Ok(cluster),
+            other => Err(ApiError::forbidden(format!("{} may not act for cluster {cluster}", other.describe()))),
+        }
+    }
 }
 
 /// Middleware: attach the [`Caller`] to the request, or refuse a bad token or a replica of a

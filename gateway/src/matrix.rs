@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use atoll_api::ClusterName;
 use atoll_api::gateway::LinkState;
 use atoll_api::gateway::Matrix;
 use atoll_api::gateway::MatrixCell;
@@ -32,8 +33,8 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// One cell of the matrix, borrowing from the rows (serialized exactly as [`MatrixCell`]).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct CellRef<'a> {
-    pub from: &'a str,
-    pub to: &'a str,
+    pub from: &'a ClusterName,
+    pub to: &'a ClusterName,
     pub state: LinkState,
     pub rtt_ms: Option<f64>,
     pub loss: Option<f64>,
@@ -44,7 +45,7 @@ pub struct CellRef<'a> {
 /// The joined matrix as a dense grid over the sorted cluster names (pure): cell `from -> to` is
 /// at `from * n + to`, holding what a fresh `from` reported about `to`.
 pub struct Grid<'a> {
-    names: Vec<&'a str>,
+    names: Vec<&'a ClusterName>,
     measured: Vec<Option<&'a RowCell>>,
     age_ms: Vec<Option<u64>>,
 }
@@ -58,15 +59,15 @@ impl<'a> Grid<'a> {
     ) -> Self {
         let mut order: Vec<&ClusterRow> = clusters.iter().collect();
         order.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        let names: Vec<&str> = order.iter().map(|c| c.name.as_str()).collect();
+        let names: Vec<&ClusterName> = order.iter().map(|c| &c.name).collect();
         let index: std::collections::HashMap<&str, usize> =
-            names.iter().enumerate().map(|(i, name)| (*name, i)).collect();
+            names.iter().enumerate().map(|(i, name)| (name.as_str(), i)).collect();
         let n = names.len();
         let stale_ms = stale_after.as_millis() as i64;
         let mut measured = vec![None; n * n];
         let mut age_ms = vec![None; n];
         for (from, cluster) in order.iter().enumerate() {
-            let row = rows.get(&cluster.name);
+            let row = rows.get(cluster.name.as_str());
             age_ms[from] = row.map(|r| u64::try_from(now_ms.saturating_sub(r.reported_ms)).unwrap_or(0));
             // A reporter is fresh while it reports or heartbeats within the staleness bound.
             let activity = row.map(|r| r.reported_ms).max(cluster.last_seen_ms);
@@ -84,7 +85,7 @@ impl<'a> Grid<'a> {
         Self { names, measured, age_ms }
     }
 
-    pub fn names(&self) -> &[&'a str] {
+    pub fn names(&self) -> &[&'a ClusterName] {
         &self.names
     }
 
@@ -162,12 +163,12 @@ pub fn join(
 ) -> Matrix {
     let grid = Grid::new(clusters, rows, now_ms, stale_after);
     Matrix {
-        clusters: grid.names().iter().map(|s| s.to_string()).collect(),
+        clusters: grid.names().iter().map(|name| (*name).clone()).collect(),
         cells: grid
             .cells()
             .map(|c| MatrixCell {
-                from: c.from.to_string(),
-                to: c.to.to_string(),
+                from: c.from.clone(),
+                to: c.to.clone(),
                 state: c.state,
                 rtt_ms: c.rtt_ms,
                 loss: c.loss,
@@ -261,7 +262,7 @@ mod tests {
 
     fn cluster(name: &str, last_seen: Option<i64>) -> ClusterRow {
         ClusterRow {
-            name: name.into(),
+            name: name.parse().unwrap(),
             labels: vec![],
             enabled: true,
             revoked_ms: None,

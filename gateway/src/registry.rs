@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use atoll_api::ClusterName;
 use atoll_api::gateway::ClusterInfo;
 use atoll_api::gateway::ClusterState;
 use atoll_api::gateway::Heartbeat;
@@ -142,7 +143,7 @@ impl Registry {
     /// The registry as the database holds it; clusters are judged from `judging.since_ms` on.
     pub async fn load(db: Db, judging: Judging, breakage: Breakage) -> Result<Self, DbError> {
         let rows: BTreeMap<String, ClusterRow> =
-            db.clusters().await?.into_iter().map(|r| (r.name.clone(), r)).collect();
+            db.clusters().await?.into_iter().map(|r| (r.name.to_string(), r)).collect();
         let view_revision = std::sync::atomic::AtomicU64::new(view_digest(rows.values()));
         Ok(Self { db, judging, breakage, rows: Mutex::new(rows), touched: Mutex::new(BTreeMap::new()), view_revision })
     }
@@ -170,7 +171,7 @@ impl Registry {
     }
 
     /// Accept a leader's heartbeat (and registration), or say why not.
-    pub async fn heartbeat(&self, name: &str, heartbeat: &Heartbeat, now_ms: i64) -> Result<(), Refused> {
+    pub async fn heartbeat(&self, name: &ClusterName, heartbeat: &Heartbeat, now_ms: i64) -> Result<(), Refused> {
         let known = self.get(name);
         match decide(known.as_ref(), heartbeat) {
             Decision::Revoked => Err(Refused::Revoked(name.to_string())),
@@ -179,8 +180,8 @@ impl Registry {
             }
             Decision::Fenced { .. } => {
                 // The deliberately broken gateway: act on the stale leader as if it were current.
-                tracing::info!(cluster = name, leader = heartbeat.leader_id, term = heartbeat.term.0, endpoint = %heartbeat.endpoint, "leader registered");
-                if let Some(row) = self.rows().get_mut(name) {
+                tracing::info!(cluster = name.as_str(), leader = heartbeat.leader_id, term = heartbeat.term.0, endpoint = %heartbeat.endpoint, "leader registered");
+                if let Some(row) = self.rows().get_mut(name.as_str()) {
                     row.term = heartbeat.term;
                     row.leader_id = Some(heartbeat.leader_id);
                     row.endpoint = Some(heartbeat.endpoint.clone());
@@ -189,7 +190,7 @@ impl Registry {
                 Ok(())
             }
             Decision::Touch => {
-                if let Some(row) = self.rows().get_mut(name) {
+                if let Some(row) = self.rows().get_mut(name.as_str()) {
                     row.last_seen_ms = Some(row.last_seen_ms.unwrap_or(0).max(now_ms));
                 }
                 self.touched.lock().expect("touched lock").insert(name.to_string(), (heartbeat.term, now_ms));
@@ -199,11 +200,11 @@ impl Registry {
                 Registered::Accepted => {
                     let previous = known.as_ref().map(|r| (r.term, r.leader_id));
                     if previous != Some((heartbeat.term, Some(heartbeat.leader_id))) {
-                        tracing::info!(cluster = name, leader = heartbeat.leader_id, term = heartbeat.term.0, endpoint = %heartbeat.endpoint, "leader registered");
+                        tracing::info!(cluster = name.as_str(), leader = heartbeat.leader_id, term = heartbeat.term.0, endpoint = %heartbeat.endpoint, "leader registered");
                     }
                     let mut rows = self.rows();
                     let row = rows.entry(name.to_string()).or_insert_with(|| ClusterRow {
-                        name: name.to_string(),
+                        name: name.clone(),
                         labels: Vec::new(),
                         enabled: true,
                         revoked_ms: None,
@@ -261,7 +262,7 @@ impl Registry {
                 })
             })
             .collect();
-        let revoked = rows.values().filter(|r| r.revoked_ms.is_some()).map(|r| r.name.clone()).collect();
+        let revoked = rows.values().filter(|r| r.revoked_ms.is_some()).map(|r| r.name.to_string()).collect();
         MeshView { peers, revoked }
     }
 
@@ -322,12 +323,12 @@ impl Registry {
         let fresh = self.db.clusters().await?;
         let mut rows = self.rows();
         for mut row in fresh {
-            if let Some(mine) = rows.get(&row.name)
+            if let Some(mine) = rows.get(row.name.as_str())
                 && mine.term == row.term
             {
                 row.last_seen_ms = row.last_seen_ms.max(mine.last_seen_ms);
             }
-            rows.insert(row.name.clone(), row);
+            rows.insert(row.name.to_string(), row);
         }
         self.rows_changed(&rows);
         Ok(())
@@ -353,7 +354,7 @@ mod tests {
 
     fn row(term: u64) -> ClusterRow {
         ClusterRow {
-            name: "aws".into(),
+            name: "aws".parse().unwrap(),
             labels: vec!["x".into()],
             enabled: true,
             revoked_ms: None,

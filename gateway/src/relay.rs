@@ -24,6 +24,7 @@ use std::time::Duration;
 use atoll_api::ApiError;
 use atoll_api::ErrorCode;
 use atoll_api::gateway::Scope;
+use atoll_api::ids::ClusterName;
 use atoll_api::ids::JobId;
 use atoll_api::jobs::Route;
 use atoll_api::jobs::RouteTaken;
@@ -140,12 +141,19 @@ impl Transfers {
 }
 
 impl Gateway {
-    fn ticket(&self, op: TicketOp, digest: &str, from: &str, to: &str, job: &str) -> Result<String, ApiError> {
+    fn ticket(
+        &self,
+        op: TicketOp,
+        digest: &str,
+        from: &ClusterName,
+        to: &ClusterName,
+        job: &str,
+    ) -> Result<String, ApiError> {
         let ticket = Ticket {
             op,
             digest: digest.to_string(),
-            from: from.to_string(),
-            to: to.to_string(),
+            from: from.clone(),
+            to: to.clone(),
             job: JobId::from(job),
             expires_ms: now_ms() + TICKET_TTL.as_millis() as i64,
         };
@@ -210,7 +218,7 @@ impl Gateway {
 
     /// `POST /v1/clusters/{cluster}/transfers`: how one input of a job bound to `cluster` gets
     /// there.
-    pub async fn transfer(&self, cluster: &str, request: &TransferRequest) -> Result<TransferPlan, ApiError> {
+    pub async fn transfer(&self, cluster: &ClusterName, request: &TransferRequest) -> Result<TransferPlan, ApiError> {
         let db = |e: crate::db::DbError| ApiError::unavailable(format!("the gateway's database is unavailable: {e}"));
         let row = self
             .db
@@ -249,7 +257,7 @@ impl Gateway {
             let fresh = self.transfers.fallen.lock().expect("fallen edges").insert(&request.job, &request.from_job);
             if fresh {
                 self.metrics.transfer_fallbacks.inc();
-                tracing::warn!(job = %request.job, parent = %request.from_job, from = %from, to = cluster, reason = %why, "a direct transfer failed; the edge falls back to the relay");
+                tracing::warn!(job = %request.job, parent = %request.from_job, from = %from, to = cluster.as_str(), reason = %why, "a direct transfer failed; the edge falls back to the relay");
             }
         } else if last.is_none() {
             self.learn_fallback(&request.job, &request.from_job).await.map_err(db)?;
@@ -285,7 +293,7 @@ impl Gateway {
                 let task = SendTask {
                     route,
                     digest: digest.clone(),
-                    to: cluster.to_string(),
+                    to: cluster.clone(),
                     job: request.job.clone(),
                     endpoint: Some(self.endpoint(cluster)?),
                     ticket: self.ticket(TicketOp::Push, &digest, &from, cluster, &request.job)?,
@@ -306,7 +314,7 @@ impl Gateway {
                     let task = SendTask {
                         route,
                         digest: digest.clone(),
-                        to: cluster.to_string(),
+                        to: cluster.clone(),
                         job: request.job.clone(),
                         endpoint: None,
                         ticket: self.ticket(TicketOp::RelayPut, &digest, &from, cluster, &request.job)?,

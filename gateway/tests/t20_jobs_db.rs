@@ -206,7 +206,7 @@ async fn routes_are_recorded_once_per_change_in_decision_order() {
         let other = Db::connect(&test.database).await.unwrap();
         let taken = |from_job: &str, route, at_ms, reason: Option<&str>| RouteTaken {
             from_job: from_job.into(),
-            from_cluster: "aws".into(),
+            from_cluster: "aws".parse().unwrap(),
             route,
             at_ms,
             reason: reason.map(str::to_string),

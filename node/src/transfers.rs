@@ -265,7 +265,7 @@ impl Transfers {
             self.receive(needs.job, needs.attempt, input).await.map_err(|e| TransferError::Input {
                 from_job: input.from_job.clone(),
                 digest: input.digest.clone(),
-                cluster: input.cluster.clone(),
+                cluster: input.cluster.to_string(),
                 error: Box::new(e),
             })?;
         }
@@ -331,7 +331,7 @@ impl Transfers {
             if Instant::now() >= deadline {
                 return Err(TransferError::Stalled {
                     from_job: input.from_job.clone(),
-                    cluster: input.cluster.clone(),
+                    cluster: input.cluster.to_string(),
                     seconds: RECEIVE_LIMIT.as_secs(),
                 });
             }
@@ -575,7 +575,7 @@ impl Transfers {
 
     /// Send one output as a lease answer asked (in the background, once per task at a time).
     pub fn send(self: &Arc<Self>, task: SendTask) {
-        let key = (task.route, task.digest.clone(), task.to.clone());
+        let key = (task.route, task.digest.clone(), task.to.to_string());
         if !self.sending.lock().expect("sending").insert(key.clone()) {
             return;
         }

@@ -1,5 +1,6 @@
 //! The registry rows: one per cluster.
 
+use atoll_api::ClusterName;
 use atoll_api::gateway::Heartbeat;
 use atoll_api::gateway::ReplicaInfo;
 use atoll_api::ids::Term;
@@ -7,13 +8,14 @@ use sqlx::Row;
 
 use super::Db;
 use super::DbError;
+use super::cluster_column;
 use super::json_column;
 use super::with_pool;
 
 /// A cluster as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterRow {
-    pub name: String,
+    pub name: ClusterName,
     pub labels: Vec<String>,
     pub enabled: bool,
     pub revoked_ms: Option<i64>,
@@ -50,7 +52,7 @@ macro_rules! decode_cluster {
         let term: i64 = row.try_get("term")?;
         let leader: Option<i64> = row.try_get("leader_id")?;
         Ok::<_, DbError>(ClusterRow {
-            name: row.try_get("name")?,
+            name: cluster_column("clusters.name", row.try_get("name")?)?,
             labels: json_column("clusters.labels", &labels)?,
             enabled: row.try_get("enabled")?,
             revoked_ms: row.try_get("revoked_ms")?,

@@ -5,6 +5,7 @@
 //! between, nothing applies and the caller re-reads. This is what keeps "exactly one accepted
 //! result" true with concurrent requests, and with several gateways over one PostgreSQL.
 
+use atoll_api::ClusterName;
 use atoll_api::ids::JobId;
 use atoll_api::ids::Term;
 use atoll_api::jobs::AttemptState;
@@ -13,6 +14,7 @@ use sqlx::Row;
 
 use super::Db;
 use super::DbError;
+use super::cluster_column;
 use super::with_pool;
 
 /// A job as stored.
@@ -24,7 +26,7 @@ pub struct JobRow {
     pub idx: usize,
     pub name: String,
     pub state: JobState,
-    pub cluster: Option<String>,
+    pub cluster: Option<ClusterName>,
     pub attempt: u32,
     pub failed_attempts: u32,
     pub cancel_requested: bool,
@@ -50,7 +52,7 @@ pub struct BoundAttempt {
 pub struct AttemptRow {
     pub job_id: JobId,
     pub attempt: u32,
-    pub cluster: String,
+    pub cluster: ClusterName,
     pub state: AttemptState,
     pub term: Option<Term>,
     pub exit_code: Option<i32>,
@@ -134,7 +136,10 @@ macro_rules! decode_job {
             idx: usize::try_from(idx).map_err(|e| DbError::corrupt("jobs.idx", e))?,
             name: row.try_get("name")?,
             state: state.parse().map_err(|e| DbError::corrupt("jobs.state", e))?,
-            cluster: row.try_get("cluster")?,
+            cluster: row
+                .try_get::<Option<String>, _>("cluster")?
+                .map(|c| cluster_column("jobs.cluster", c))
+                .transpose()?,
             attempt: count(row.try_get("attempt")?, "jobs.attempt")?,
             failed_attempts: count(row.try_get("failed_attempts")?, "jobs.failed_attempts")?,
             cancel_requested: row.try_get("cancel_requested")?,
@@ -166,7 +171,7 @@ macro_rules! decode_attempt {
         Ok::<_, DbError>(AttemptRow {
             job_id: JobId::from(row.try_get::<String, _>("job_id")?),
             attempt: count(row.try_get("attempt")?, "attempts.attempt")?,
-            cluster: row.try_get("cluster")?,
+            cluster: cluster_column("attempts.cluster", row.try_get("cluster")?)?,
             state: {
                 let state: String = row.try_get("state")?;
                 state.parse().map_err(|e| DbError::corrupt("attempts.state", e))?

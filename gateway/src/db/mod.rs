@@ -193,6 +193,12 @@ impl Db {
     }
 }
 
+/// Decode a column holding a cluster's name (checked when it was written; a row that holds
+/// another is corrupt).
+pub(crate) fn cluster_column(column: &'static str, text: String) -> Result<atoll_api::ClusterName, DbError> {
+    text.parse().map_err(|e| DbError::corrupt(column, e))
+}
+
 /// Decode a JSON text column.
 pub(crate) fn json_column<T: serde::de::DeserializeOwned>(column: &'static str, text: &str) -> Result<T, DbError> {
     serde_json::from_str(text).map_err(|e| DbError::corrupt(column, e))

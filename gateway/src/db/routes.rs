@@ -6,6 +6,7 @@ use sqlx::Row;
 
 use super::Db;
 use super::DbError;
+use super::cluster_column;
 use super::with_pool;
 
 /// One input of one attempt: (child job id, attempt, parent's name).
@@ -48,7 +49,7 @@ impl Db {
             .bind(from_job)
             .bind(seq)
             .bind(taken.route.as_str())
-            .bind(&taken.from_cluster)
+            .bind(taken.from_cluster.as_str())
             .bind(taken.at_ms)
             .bind(&taken.reason)
             .execute(&mut *tx)
@@ -104,7 +105,7 @@ impl Db {
                         u32::try_from(attempt).map_err(|e| DbError::corrupt("edge_routes.attempt", e))?,
                         RouteTaken {
                             from_job: row.try_get("from_job")?,
-                            from_cluster: row.try_get("from_cluster")?,
+                            from_cluster: cluster_column("edge_routes.from_cluster", row.try_get("from_cluster")?)?,
                             route: Route::from_name(&route).ok_or_else(|| {
                                 DbError::corrupt("edge_routes.route", format!("{route:?} is not a route"))
                             })?,

@@ -38,6 +38,7 @@ pub(super) async fn heartbeat(
     body: JsonBody,
 ) -> Result<Json<HeartbeatAck>, ApiError> {
     let node = caller.replica_of(&name)?;
+    let cluster = caller.replica_cluster(&name)?;
     let heartbeat: Heartbeat = body.parse()?;
     if heartbeat.leader_id != node {
         return Err(ApiError::bad_request(format!(
@@ -49,7 +50,7 @@ pub(super) async fn heartbeat(
         label.parse::<Label>().map_err(|e| ApiError::bad_request(format!("labels[{i}]: {e}")))?;
     }
     gateway.metrics.heartbeats.inc();
-    if let Err(e) = gateway.registry.heartbeat(&name, &heartbeat, now_ms()).await {
+    if let Err(e) = gateway.registry.heartbeat(cluster, &heartbeat, now_ms()).await {
         if matches!(e, Refused::Fenced { .. }) {
             gateway.metrics.fenced.inc();
             tracing::warn!(cluster = %name, term = heartbeat.term.0, error = %e, "stale leader fenced");

@@ -86,7 +86,7 @@ pub(super) async fn enroll(State(gateway): Shared, body: JsonBody) -> Result<Jso
     Ok(Json(IssuedCertificate {
         cert,
         ca: gateway.ca.authority().cert_pem().to_string(),
-        cluster: cluster.to_string(),
+        cluster: cluster.clone(),
         node_id: node.0,
         labels: grant.labels,
         not_after_ms: not_after.unix_timestamp() * 1000,
@@ -119,7 +119,7 @@ pub(super) async fn renew(
     Ok(Json(IssuedCertificate {
         cert,
         ca: gateway.ca.authority().cert_pem().to_string(),
-        cluster: cluster.to_string(),
+        cluster: cluster.clone(),
         node_id: *node,
         labels: Vec::new(),
         not_after_ms: not_after.unix_timestamp() * 1000,

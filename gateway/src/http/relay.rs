@@ -26,9 +26,9 @@ pub(super) async fn transfer(
     Path(name): Path<String>,
     body: JsonBody,
 ) -> Result<Json<TransferPlan>, ApiError> {
-    caller.replica_of(&name)?;
+    let cluster = caller.replica_cluster(&name)?;
     let request: TransferRequest = body.parse()?;
-    Ok(Json(gateway.transfer(&name, &request).await?))
+    Ok(Json(gateway.transfer(cluster, &request).await?))
 }
 
 /// A replica of `name` asks which blobs of its store nobody needs any more.

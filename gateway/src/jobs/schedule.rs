@@ -48,7 +48,7 @@ impl Gateway {
 
         // 1. Work bound to a dead or revoked cluster goes back to the queue (new attempts).
         for c in &clusters {
-            let held = load.get(&c.name).copied().unwrap_or(0);
+            let held = load.get(c.name.as_str()).copied().unwrap_or(0);
             if held > 0 && (c.state == ClusterState::Dead || c.revoked) {
                 let touched = self.db.reroute(&c.name, now).await?;
                 self.metrics.jobs_rerouted.inc_by(held);
@@ -110,7 +110,7 @@ impl Gateway {
                 labels,
                 enabled: c.enabled && !c.revoked,
                 state: c.state,
-                load: load.get(&c.name).copied().unwrap_or(0),
+                load: load.get(c.name.as_str()).copied().unwrap_or(0),
             })
             .collect();
         let requests: Vec<placement::Request<'_>> = queued

@@ -167,33 +167,7 @@ pub async fn lead(
                 None => return std::future::pending().await,
             },
             Some(event) = events_rx.recv() => {
-                let mut ends = Vec::new();
-                let mut next = Some(event);
-                let mut taken = 0;
-                while let Some(event) = next {
-                    taken += 1;
-                    match event {
-                        // Kept until shipped: a run ships at most its log limit, so this is
-                        // bounded by the attempts held.
-                        Event::Log { job, attempt, seq, stream, data, at_ms } => {
-                            if stream == atoll_api::jobs::LogStream::Marker {
-                                leader.replica.metrics.job_logs_truncated.inc();
-                            }
-                            pieces.push(LogPiece { job: JobId::from(job), attempt, seq, stream, data, at_ms });
-                        }
-                        Event::Output { job, attempt, output } => ends.push(JobOp::Output { job, attempt, output }),
-                        Event::Done { job, attempt, state, exit_code, message } => {
-                            leader.runs.remove(&(job.clone(), attempt));
-                            if let Some(at) = leader.started.remove(&(job.clone(), attempt)) {
-                                leader.replica.metrics.job_run_duration.observe(at.elapsed().as_secs_f64());
-                            }
-                            let label = crate::metrics::EndLabels { state: state.as_str() };
-                            leader.replica.metrics.job_runs_ended.get_or_create(&label).inc();
-                            ends.push(JobOp::End { job, attempt, state, exit_code, message });
-                        }
-                    }
-                    next = if taken < EVENTS_PER_TURN { events_rx.try_recv().ok() } else { None };
-                }
+                let ends = leader.take_events(event, &mut events_rx, &mut pieces);
                 if !ends.is_empty() {
                     // The ends and the starts of the attempts taking their slots: one entry.
                     leader.fill(&mut records, ends).await;
@@ -230,15 +204,27 @@ pub async fn lead(
         }
         leader.count_runs(&records);
         if !outstanding && tokio::time::Instant::now() >= retry_at {
-            let reports = plan::reports(&records);
-            if !reports.is_empty() || !pieces.is_empty() {
-                match out_tx.try_send((std::mem::take(&mut pieces), reports)) {
-                    Ok(()) => outstanding = true,
-                    Err(mpsc::error::TrySendError::Full((back, _)) | mpsc::error::TrySendError::Closed((back, _))) => {
-                        pieces = back
-                    }
-                }
-            }
+            outstanding = offer(&out_tx, &records, &mut pieces);
+        }
+    }
+}
+
+/// Hands the outbox what the gateway has still to hear (the reports the records call for) and
+/// the log pieces kept; true when it took them (pieces it refused are kept for the next offer).
+fn offer(
+    out: &mpsc::Sender<(Vec<LogPiece>, Vec<Report>)>,
+    records: &BTreeMap<String, JobRecord>,
+    pieces: &mut Vec<LogPiece>,
+) -> bool {
+    let reports = plan::reports(records);
+    if reports.is_empty() && pieces.is_empty() {
+        return false;
+    }
+    match out.try_send((std::mem::take(pieces), reports)) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full((back, _)) | mpsc::error::TrySendError::Closed((back, _))) => {
+            *pieces = back;
+            false
         }
     }
 }
@@ -282,6 +268,45 @@ struct Leader {
 }
 
 impl Leader {
+    /// Takes `first` and the events waiting after it, at most [`EVENTS_PER_TURN`] in one turn:
+    /// log pieces go to `pieces` (kept until shipped), outputs and ends come back as the Raft
+    /// ops to record.
+    fn take_events(
+        &mut self,
+        first: Event,
+        events: &mut mpsc::UnboundedReceiver<Event>,
+        pieces: &mut Vec<LogPiece>,
+    ) -> Vec<JobOp> {
+        let mut ends = Vec::new();
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(event) = next {
+            taken += 1;
+            match event {
+                // Kept until shipped: a run ships at most its log limit, so this is
+                // bounded by the attempts held.
+                Event::Log { job, attempt, seq, stream, data, at_ms } => {
+                    if stream == atoll_api::jobs::LogStream::Marker {
+                        self.replica.metrics.job_logs_truncated.inc();
+                    }
+                    pieces.push(LogPiece { job: JobId::from(job), attempt, seq, stream, data, at_ms });
+                }
+                Event::Output { job, attempt, output } => ends.push(JobOp::Output { job, attempt, output }),
+                Event::Done { job, attempt, state, exit_code, message } => {
+                    self.runs.remove(&(job.clone(), attempt));
+                    if let Some(at) = self.started.remove(&(job.clone(), attempt)) {
+                        self.replica.metrics.job_run_duration.observe(at.elapsed().as_secs_f64());
+                    }
+                    let label = crate::metrics::EndLabels { state: state.as_str() };
+                    self.replica.metrics.job_runs_ended.get_or_create(&label).inc();
+                    ends.push(JobOp::End { job, attempt, state, exit_code, message });
+                }
+            }
+            next = if taken < EVENTS_PER_TURN { events.try_recv().ok() } else { None };
+        }
+        ends
+    }
+
     /// Commit `ops` in one Raft entry and mirror them; on failure the mirror is reloaded from
     /// the applied state (the entry may still commit) and the runs reconciled with it.
     async fn commit(&mut self, records: &mut BTreeMap<String, JobRecord>, ops: Vec<JobOp>) -> bool {

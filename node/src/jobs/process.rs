@@ -853,7 +853,7 @@ mod tests {
         AssignedInput {
             from_job: from_job.into(),
             job: atoll_api::ids::JobId::new("0123456789ab", from_job),
-            cluster: "aws".into(),
+            cluster: "aws".parse().unwrap(),
             mode,
             digest: digest.to_string(),
             size: 0,

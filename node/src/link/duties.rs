@@ -151,7 +151,7 @@ fn view_from(view: &atoll_api::gateway::MeshView) -> MeshView {
     let mut peers: Vec<MeshPeer> = view
         .peers
         .iter()
-        .map(|p| MeshPeer { name: p.name.clone(), endpoint: p.endpoint.clone(), labels: p.labels.clone() })
+        .map(|p| MeshPeer { name: p.name.to_string(), endpoint: p.endpoint.clone(), labels: p.labels.clone() })
         .collect();
     peers.sort();
     let mut revoked = view.revoked.clone();

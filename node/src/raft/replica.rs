@@ -153,7 +153,7 @@ impl Replica {
     pub fn status(&self) -> NodeStatus {
         let m = self.metrics_snapshot();
         NodeStatus {
-            cluster: self.info.cluster.to_string(),
+            cluster: self.info.cluster.clone(),
             node_id: self.info.node_id,
             role: role(m.state),
             term: Term(m.current_term),

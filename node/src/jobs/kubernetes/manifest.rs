@@ -531,7 +531,7 @@ mod tests {
         req.inputs = vec![atoll_api::jobs::AssignedInput {
             from_job: "build".into(),
             job: "0123456789ab.build".into(),
-            cluster: "gcp".into(),
+            cluster: "gcp".parse().unwrap(),
             mode: atoll_api::jobs::InputMode::Direct,
             digest: digest('a'),
             size: 10,
