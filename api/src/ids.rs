@@ -124,7 +124,7 @@ impl From<ClusterName> for String {
 
 impl fmt::Display for ClusterName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -164,7 +164,7 @@ impl<'de> Deserialize<'de> for Label {
 
 impl fmt::Display for Label {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -176,7 +176,7 @@ pub struct NodeId(pub u64);
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        fmt::Display::fmt(&self.0, f)
     }
 }
 
@@ -194,7 +194,7 @@ pub struct Term(pub u64);
 
 impl fmt::Display for Term {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        fmt::Display::fmt(&self.0, f)
     }
 }
 
@@ -275,7 +275,7 @@ impl AsRef<str> for JobId {
 
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -307,6 +307,15 @@ mod tests {
         assert_eq!(serde_json::to_string(&id).unwrap(), "\"0123456789ab.build\"");
         assert_eq!(serde_json::from_str::<JobId>("\"anything\"").unwrap(), JobId::from("anything"));
         assert_eq!(serde_json::to_string(&Term(7)).unwrap(), "7");
+    }
+
+    #[test]
+    fn names_and_numbers_print_padded_as_their_strings_and_numbers_do() {
+        let aws: ClusterName = "aws".parse().unwrap();
+        assert_eq!(format!("[{aws:<6}|{aws:>6}]"), "[aws   |   aws]");
+        assert_eq!(format!("[{:<6}]", JobId::from("p.a")), "[p.a   ]");
+        assert_eq!(format!("[{:<6}]", "x.y".parse::<Label>().unwrap()), "[x.y   ]");
+        assert_eq!(format!("[{:>4}|{:>4}]", Term(7), NodeId(3)), "[   7|   3]");
     }
 
     #[test]

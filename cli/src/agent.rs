@@ -1,7 +1,6 @@
 //! `atoll agent --config FILE` and `atoll gateway --config FILE`: the daemons, until SIGTERM or Ctrl-C.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::Context;
 use atoll_node::AgentConfig;
@@ -25,17 +24,6 @@ pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>
     })
 }
 
-/// Resolves when the process that started this one has exited (this one was re-parented).
-async fn parent_gone() {
-    let parent = std::os::unix::process::parent_id();
-    loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        if std::os::unix::process::parent_id() != parent {
-            return;
-        }
-    }
-}
-
 pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
     let signalled = shutdown_signal()?;
     let path = config_path.context("atoll agent needs --config FILE")?;
@@ -45,7 +33,7 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
     let shutdown = async move {
         tokio::select! {
             () = signalled => tracing::info!("signal received"),
-            () = parent_gone(), if exit_with_parent => tracing::warn!("the parent process exited; stopping"),
+            () = atoll_mesh::parent_gone(), if exit_with_parent => tracing::warn!("the parent process exited; stopping"),
         }
     };
     atoll_node::run(config, shutdown).await
@@ -60,7 +48,7 @@ pub async fn run_gateway(config_path: Option<&Path>) -> anyhow::Result<()> {
     let shutdown = async move {
         tokio::select! {
             () = signalled => tracing::info!("signal received"),
-            () = parent_gone(), if exit_with_parent => tracing::warn!("the parent process exited; stopping"),
+            () = atoll_mesh::parent_gone(), if exit_with_parent => tracing::warn!("the parent process exited; stopping"),
         }
     };
     atoll_gateway::run(config, shutdown).await

@@ -142,3 +142,37 @@ pub async fn matrix(config: &CliConfig, json: bool) -> anyhow::Result<()> {
     print!("{}", render(&matrix));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use atoll_api::gateway::MatrixCell;
+
+    use super::*;
+
+    #[test]
+    fn the_matrix_table_keeps_its_columns_aligned() {
+        let aws: atoll_api::ClusterName = "aws".parse().unwrap();
+        let onprem: atoll_api::ClusterName = "onprem".parse().unwrap();
+        let cell = |from: &atoll_api::ClusterName, to: &atoll_api::ClusterName, state, mode| MatrixCell {
+            from: from.clone(),
+            to: to.clone(),
+            state,
+            rtt_ms: Some(0.5),
+            loss: Some(0.0),
+            age_ms: Some(1),
+            mode,
+        };
+        let matrix = Matrix {
+            clusters: vec![aws.clone(), onprem.clone()],
+            cells: vec![
+                cell(&aws, &onprem, LinkState::Reachable, TransferMode::Direct),
+                cell(&onprem, &aws, LinkState::Unreachable, TransferMode::Relay),
+            ],
+        };
+        let table = render(&matrix);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[0], r"from \ to  aws                  onprem               ");
+        assert_eq!(lines[1], "aws        -                    reachable 0.5ms      ");
+        assert_eq!(lines[2], "onprem     unreachable [relay]  -                    ");
+    }
+}

@@ -7,6 +7,18 @@ use serde::Serialize;
 /// Environment variable telling an agent to exit when the process that started it dies.
 pub const EXIT_WITH_PARENT_ENV: &str = "ATOLL_EXIT_WITH_PARENT";
 
+/// A child's side of [`EXIT_WITH_PARENT_ENV`]: resolves when the process that started this one
+/// has exited (this one was re-parented).
+pub async fn parent_gone() {
+    let parent = std::os::unix::process::parent_id();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        if std::os::unix::process::parent_id() != parent {
+            return;
+        }
+    }
+}
+
 /// Raft timing for every replica of a mesh (the agents' defaults when absent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timing {

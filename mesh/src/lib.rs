@@ -27,6 +27,7 @@ pub use layout::ReplicaLayout;
 pub use layout::Timing;
 pub use layout::allocate_ports;
 pub use layout::default_clusters;
+pub use layout::parent_gone;
 pub use layout::replica_name;
 pub use run::ClusterLeader;
 pub use run::GatewayRecord;

@@ -5,7 +5,6 @@
 //! does (its log lines, SIGTERM and Ctrl-C, exiting with its parent under the mesh).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use atoll_chaos_tests::broken;
@@ -56,19 +55,8 @@ async fn run() -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => tracing::info!("signal received"),
             _ = interrupt.recv() => tracing::info!("signal received"),
-            () = parent_gone(), if exit_with_parent => tracing::warn!("the parent process exited; stopping"),
+            () = atoll_mesh::parent_gone(), if exit_with_parent => tracing::warn!("the parent process exited; stopping"),
         }
     };
     atoll_gateway::run_broken(config, breakage, shutdown).await
-}
-
-/// Resolves when the process that started this one has exited (this one was re-parented).
-async fn parent_gone() {
-    let parent = std::os::unix::process::parent_id();
-    loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        if std::os::unix::process::parent_id() != parent {
-            return;
-        }
-    }
 }
