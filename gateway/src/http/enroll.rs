@@ -15,6 +15,7 @@ use axum::response::IntoResponse;
 
 use super::Shared;
 use super::db_error;
+use crate::Gateway;
 use crate::auth::Caller;
 use crate::db::tokens::JoinRefused;
 use crate::now_ms;
@@ -70,27 +71,11 @@ pub(super) async fn enroll(State(gateway): Shared, body: JsonBody) -> Result<Jso
         }
         Err(refused) => return Err(refuse(refused.to_string())),
     };
-    let (_, cert, not_after) = gateway
-        .ca
-        .authority()
-        .sign_csr(
-            &request.csr,
-            gateway.config.cert_lifetime,
-            |asked| if asked == &identity { Ok(()) } else { Err(identity.uri()) },
-            |name| gateway.ca.replica_may_carry(name),
-        )
-        .map_err(|e| refuse(e.to_string()))?;
-    gateway.registry.ensure(cluster.as_str(), &grant.labels).await.map_err(db_error)?;
+    let issued = issue(&gateway, &request.csr, &identity, grant.labels).map_err(refuse)?;
+    gateway.registry.ensure(cluster.as_str(), &issued.labels).await.map_err(db_error)?;
     gateway.metrics.enrollments.get_or_create(&crate::metrics::Outcome { outcome: "enrolled" }).inc();
     tracing::info!(%identity, "replica enrolled");
-    Ok(Json(IssuedCertificate {
-        cert,
-        ca: gateway.ca.authority().cert_pem().to_string(),
-        cluster: cluster.clone(),
-        node_id: node.0,
-        labels: grant.labels,
-        not_after_ms: not_after.unix_timestamp() * 1000,
-    }))
+    Ok(Json(issued))
 }
 
 /// A replica renews its certificate, for its own identity only.
@@ -104,24 +89,34 @@ pub(super) async fn renew(
     };
     let request: RenewRequest = body.parse()?;
     let identity = Identity::node(cluster.clone(), *node);
+    let issued = issue(&gateway, &request.csr, &identity, Vec::new()).map_err(ApiError::bad_request)?;
+    gateway.metrics.renewals.inc();
+    tracing::info!(%identity, "certificate renewed");
+    Ok(Json(issued))
+}
+
+/// Sign `csr` as the certificate of the replica `identity` and nothing else (only names a
+/// replica may carry), for the configured lifetime; why not when it cannot be.
+fn issue(gateway: &Gateway, csr: &str, identity: &Identity, labels: Vec<String>) -> Result<IssuedCertificate, String> {
+    let Identity::Node { cluster, node } = identity else {
+        return Err(format!("{identity} is not a replica"));
+    };
     let (_, cert, not_after) = gateway
         .ca
         .authority()
         .sign_csr(
-            &request.csr,
+            csr,
             gateway.config.cert_lifetime,
-            |asked| if asked == &identity { Ok(()) } else { Err(identity.uri()) },
+            |asked| if asked == identity { Ok(()) } else { Err(identity.uri()) },
             |name| gateway.ca.replica_may_carry(name),
         )
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    gateway.metrics.renewals.inc();
-    tracing::info!(%identity, "certificate renewed");
-    Ok(Json(IssuedCertificate {
+        .map_err(|e| e.to_string())?;
+    Ok(IssuedCertificate {
         cert,
         ca: gateway.ca.authority().cert_pem().to_string(),
         cluster: cluster.clone(),
-        node_id: *node,
-        labels: Vec::new(),
+        node_id: node.0,
+        labels,
         not_after_ms: not_after.unix_timestamp() * 1000,
-    }))
+    })
 }
