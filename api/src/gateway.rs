@@ -93,6 +93,10 @@ pub struct HeartbeatAck {
     pub probe_interval_ms: u64,
     pub probe_timeout_ms: u64,
     pub row_interval_ms: u64,
+    /// `host:port` of every gateway replica alive now (from the database): the leader moves
+    /// to the next of these when the one it uses fails. Empty from a gateway that does not know.
+    #[serde(default)]
+    pub gateways: Vec<String>,
 }
 
 /// The state of one directed link, as the prober sees it.
@@ -207,6 +211,21 @@ pub struct ClusterInfo {
     pub last_seen_ms: Option<u64>,
     pub revoked: bool,
     pub replicas: Vec<ReplicaInfo>,
+}
+
+/// `GET /v1/gateways` and `atoll gateways --json`: one gateway replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayReplica {
+    /// The replica's id (its certificate names `spiffe://atoll/gateway/<id>`).
+    pub id: String,
+    /// `host:port` agents and users reach it at.
+    pub addr: String,
+    /// Whether it holds the duties lease (runs the scheduling pass, rerouting, retention).
+    pub holds_lease: bool,
+    /// The lease generation it holds (when `holds_lease`), else the one it last held (0: never).
+    pub generation: u64,
+    /// Milliseconds since it last wrote its presence to the database.
+    pub last_seen_ms: u64,
 }
 
 /// What a user token may do.

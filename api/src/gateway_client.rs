@@ -11,6 +11,7 @@ use crate::client::error_chain;
 use crate::client::send_json;
 use crate::gateway::ClusterInfo;
 use crate::gateway::EnrollRequest;
+use crate::gateway::GatewayReplica;
 use crate::gateway::Heartbeat;
 use crate::gateway::HeartbeatAck;
 use crate::gateway::IssuedCertificate;
@@ -122,6 +123,11 @@ impl GatewayClient {
     /// `enable`, `disable` or `revoke` a cluster.
     pub async fn cluster_action(&self, cluster: &str, action: &str) -> Result<serde_json::Value, ClientError> {
         self.call::<(), _>(Method::POST, &format!("/v1/clusters/{cluster}/{action}"), None).await
+    }
+
+    /// `GET /v1/gateways`: the gateway replicas, which one holds the lease.
+    pub async fn gateways(&self) -> Result<Vec<GatewayReplica>, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/gateways", None).await
     }
 
     pub async fn matrix(&self) -> Result<Matrix, ClientError> {

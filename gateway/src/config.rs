@@ -58,6 +58,44 @@ pub struct GatewayFile {
     /// (one of `local|s3|gcs|azure`; `local` at `blobs/` beside this file by default).
     #[serde(default)]
     pub storage: atoll_store::StorageFile,
+    /// Several gateway replicas over one PostgreSQL database (`docs/ha.md`).
+    #[serde(default)]
+    pub ha: HaFile,
+}
+
+/// Gateway replicas: every replica serves the whole API; the duties that must run once (the
+/// scheduling pass, rerouting a dead cluster's work, retention) belong to the holder of a lease
+/// in the database, whose generation grows with each new holder.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaFile {
+    /// This gateway is one of several replicas. Needs `database.postgres` and a relay store
+    /// every replica reads (`s3`, `gcs`, `azure`, or `local` with `shared: true`). Off: the
+    /// only gateway, which takes the lease at once at start.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The lease lasts this long after its last renewal, in milliseconds (by the database's
+    /// clock); another replica takes it once it has run out.
+    #[serde(default = "default_lease_ttl_ms")]
+    pub lease_ttl_ms: u64,
+    /// The holder renews this often; it stops acting as holder once its last renewal is older
+    /// than `lease_ttl_ms` less one renew interval (by its own monotonic clock).
+    #[serde(default = "default_lease_renew_ms")]
+    pub renew_interval_ms: u64,
+    /// The other replicas try to take the lease this often.
+    #[serde(default = "default_lease_retry_ms")]
+    pub retry_interval_ms: u64,
+}
+
+impl Default for HaFile {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            lease_ttl_ms: default_lease_ttl_ms(),
+            renew_interval_ms: default_lease_renew_ms(),
+            retry_interval_ms: default_lease_retry_ms(),
+        }
+    }
 }
 
 /// Exactly one of `sqlite` and `postgres`; SQLite at `gateway.db` when the section is absent.
@@ -194,6 +232,15 @@ impl Default for RetentionFile {
     }
 }
 
+fn default_lease_ttl_ms() -> u64 {
+    5_000
+}
+fn default_lease_renew_ms() -> u64 {
+    1_000
+}
+fn default_lease_retry_ms() -> u64 {
+    500
+}
 fn default_keep_s() -> u64 {
     86_400
 }
@@ -272,6 +319,26 @@ pub struct GatewayConfig {
     pub keep: Duration,
     /// Between two retention passes (`retention.interval_ms`).
     pub gc_interval: Duration,
+    /// The duties lease (`ha`).
+    pub ha: Ha,
+}
+
+/// The duties lease, checked (`ha`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ha {
+    /// One of several replicas (`ha.enabled`).
+    pub enabled: bool,
+    pub lease_ttl: Duration,
+    pub renew_interval: Duration,
+    pub retry_interval: Duration,
+}
+
+impl Ha {
+    /// How long after a renewal was sent the holder still acts on it: the lease's TTL less one
+    /// renew interval, so that it stops before anyone else can take the lease.
+    pub fn acts_for(&self) -> Duration {
+        self.lease_ttl.saturating_sub(self.renew_interval)
+    }
 }
 
 impl GatewayConfig {
@@ -301,7 +368,7 @@ impl GatewayConfig {
             ),
             None => None,
         };
-        let database = match (file.database.sqlite, file.database.postgres) {
+        let database = match (file.database.sqlite.clone(), file.database.postgres.clone()) {
             (Some(_), Some(_)) => {
                 return Err(invalid("database", "give one of database.sqlite and database.postgres".into()));
             }
@@ -362,6 +429,7 @@ impl GatewayConfig {
         if file.retention.interval_ms < 100 {
             return Err(invalid("retention.interval_ms", "must be at least 100".into()));
         }
+        let ha = check_ha(&file, &database, &invalid)?;
         Ok(Self {
             id: file.id,
             listen,
@@ -384,8 +452,53 @@ impl GatewayConfig {
             storage: file.storage.check(origin, "storage", base, resolve(base, Path::new("blobs")))?,
             keep: Duration::from_secs(file.retention.keep_s),
             gc_interval: ms(file.retention.interval_ms),
+            ha,
         })
     }
+}
+
+/// The `ha` section, against the database and relay store it would run on.
+fn check_ha(
+    file: &GatewayFile,
+    database: &Database,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Ha, ConfigError> {
+    let h = &file.ha;
+    if h.renew_interval_ms == 0 || h.retry_interval_ms == 0 {
+        return Err(invalid("ha.renew_interval_ms", "renew and retry intervals must be 1 or more".into()));
+    }
+    if h.lease_ttl_ms < 2 * h.renew_interval_ms {
+        return Err(invalid(
+            "ha.lease_ttl_ms",
+            format!(
+                "{} must be at least twice ha.renew_interval_ms ({}): the holder needs a renewal to spare",
+                h.lease_ttl_ms, h.renew_interval_ms
+            ),
+        ));
+    }
+    if h.enabled {
+        if let Database::Sqlite { .. } = database {
+            return Err(invalid(
+                "ha.enabled",
+                "several gateway replicas need database.postgres: a SQLite file belongs to one gateway".into(),
+            ));
+        }
+        let local = &file.storage.local;
+        let other = file.storage.s3.is_some() || file.storage.gcs.is_some() || file.storage.azure.is_some();
+        if !other && !local.as_ref().is_some_and(|l| l.shared) {
+            return Err(invalid(
+                "storage.local.shared",
+                "several gateway replicas need a relay store every replica reads: s3, gcs, azure, or a local directory they all mount, marked shared: true".into(),
+            ));
+        }
+    }
+    let ms = Duration::from_millis;
+    Ok(Ha {
+        enabled: h.enabled,
+        lease_ttl: ms(h.lease_ttl_ms),
+        renew_interval: ms(h.renew_interval_ms),
+        retry_interval: ms(h.retry_interval_ms),
+    })
 }
 
 #[cfg(test)]
@@ -408,6 +521,15 @@ mod tests {
         let config =
             check("listen: 127.0.0.1:7000\nca_dir: ca\ndatabase: {postgres: {url: \"postgres://a@b/c\"}}\n").unwrap();
         assert!(matches!(config.database, Database::Postgres { .. }));
+        assert!(!config.ha.enabled);
+        let pg = "database: {postgres: {url: \"postgres://a@b/c\"}}\n";
+        for storage in ["storage: {local: {path: /shared, shared: true}}\n", "storage: {s3: {bucket: b, region: r}}\n"]
+        {
+            let config =
+                check(&format!("listen: 127.0.0.1:7000\nca_dir: ca\nha: {{enabled: true}}\n{pg}{storage}")).unwrap();
+            assert!(config.ha.enabled);
+            assert_eq!(config.ha.acts_for(), Duration::from_secs(4));
+        }
     }
 
     #[test]
@@ -446,6 +568,14 @@ mod tests {
             (format!("{base}retention: {{keep_s: 0}}\n"), "retention.keep_s"),
             (format!("{base}retention: {{interval_ms: 5}}\n"), "retention.interval_ms"),
             (format!("{base}retention: {{keep: 5}}\n"), "retention.keep"),
+            (format!("{base}ha: {{enabled: true}}\n"), "ha.enabled"),
+            (
+                format!("{base}ha: {{enabled: true}}\ndatabase: {{postgres: {{url: \"postgres://a\"}}}}\n"),
+                "storage.local.shared",
+            ),
+            (format!("{base}ha: {{lease_ttl_ms: 1000, renew_interval_ms: 800}}\n"), "ha.lease_ttl_ms"),
+            (format!("{base}ha: {{renew_interval_ms: 0}}\n"), "ha.renew_interval_ms"),
+            (format!("{base}ha: {{replicas: 3}}\n"), "ha.replicas"),
             ("listen: nowhere\nca_dir: ca\n".to_string(), "listen"),
         ];
         for (text, key) in cases {

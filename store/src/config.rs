@@ -51,6 +51,11 @@ pub struct LocalFile {
     /// fsync every written blob and its directory before the write counts as done.
     #[serde(default = "yes")]
     pub fsync: bool,
+    /// The directory is the same for every gateway replica (one machine, or a volume every
+    /// replica mounts read-write). Several gateway replicas refuse a local relay store without
+    /// it: an output one replica stored must be readable through every other. Agents ignore it.
+    #[serde(default)]
+    pub shared: bool,
 }
 
 /// Amazon S3 or an S3-compatible server.
@@ -258,7 +263,7 @@ impl StorageFile {
                 prefix: prefix("azure", az.prefix)?,
             });
         }
-        let local = self.local.unwrap_or(LocalFile { path: None, fsync: true });
+        let local = self.local.unwrap_or(LocalFile { path: None, fsync: true, shared: false });
         Ok(StorageConfig::Local {
             path: local.path.map(|p| resolve(base, &p)).unwrap_or(default_local),
             fsync: local.fsync,

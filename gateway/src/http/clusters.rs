@@ -67,6 +67,7 @@ pub(super) async fn heartbeat(
         probe_interval_ms: config.probe_interval.as_millis() as u64,
         probe_timeout_ms: config.probe_timeout.as_millis() as u64,
         row_interval_ms: config.row_interval.as_millis() as u64,
+        gateways: Vec::new(),
     }))
 }
 
