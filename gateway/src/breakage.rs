@@ -11,6 +11,7 @@
 pub struct Breakage {
     fencing_disabled: bool,
     matrix_ignored: bool,
+    lease_unfenced: bool,
 }
 
 impl Breakage {
@@ -19,7 +20,20 @@ impl Breakage {
     /// (`matrix_ignored`). Test builds only.
     #[cfg(any(test, feature = "testsuite"))]
     pub fn new(fencing_disabled: bool, matrix_ignored: bool) -> Self {
-        Self { fencing_disabled, matrix_ignored }
+        Self { fencing_disabled, matrix_ignored, lease_unfenced: false }
+    }
+
+    /// Also (`lease_unfenced`) a duties lease holder that goes on acting as holder once its
+    /// lease ran out or was taken, its writes no longer fenced on the generation. Test builds
+    /// only.
+    #[cfg(any(test, feature = "testsuite"))]
+    pub fn with_lease_unfenced(self, lease_unfenced: bool) -> Self {
+        Self { lease_unfenced, ..self }
+    }
+
+    /// Whether a lease holder goes on acting once its lease is gone, its writes unfenced.
+    pub fn lease_unfenced(self) -> bool {
+        self.lease_unfenced
     }
 
     /// Whether the gateway must act on leaders of stale terms instead of refusing them.
@@ -45,6 +59,11 @@ impl Breakage {
                 "FORWARDING IGNORES THE MATRIX: every edge is pulled (a deliberately broken build for the chaos suite)",
             );
         }
+        if self.lease_unfenced {
+            warnings.push(
+                "THE DUTIES LEASE IS UNFENCED: this gateway schedules on after losing its lease (a deliberately broken build for the chaos suite)",
+            );
+        }
         warnings
     }
 }
@@ -64,5 +83,8 @@ mod tests {
         let matrix = Breakage::new(false, true);
         assert!(matrix.matrix_ignored() && !matrix.fencing_disabled());
         assert!(matrix.warnings()[0].starts_with("FORWARDING IGNORES THE MATRIX"));
+        let lease = Breakage::default().with_lease_unfenced(true);
+        assert!(lease.lease_unfenced() && !lease.fencing_disabled());
+        assert!(lease.warnings()[0].starts_with("THE DUTIES LEASE IS UNFENCED"));
     }
 }

@@ -287,8 +287,15 @@ fn default_join_ttl_s() -> u64 {
 /// Where the gateway's data lives, checked.
 #[derive(Debug, Clone)]
 pub enum Database {
-    Sqlite { path: PathBuf },
-    Postgres { url: String, max_connections: u32 },
+    Sqlite {
+        path: PathBuf,
+    },
+    /// `idle_in_transaction`: the server ends a transaction left idle this long (the lease TTL).
+    Postgres {
+        url: String,
+        max_connections: u32,
+        idle_in_transaction: Duration,
+    },
 }
 
 /// The checked runtime configuration.
@@ -390,7 +397,11 @@ impl GatewayConfig {
                 if max_connections == 0 {
                     return Err(invalid("database.postgres.max_connections", "must be 1 or more".into()));
                 }
-                Database::Postgres { url, max_connections }
+                Database::Postgres {
+                    url,
+                    max_connections,
+                    idle_in_transaction: Duration::from_millis(file.ha.lease_ttl_ms),
+                }
             }
         };
         let ms = Duration::from_millis;

@@ -11,6 +11,8 @@
 //! - [`route`]: the route of each edge between clusters, and the edges that fell back (pure).
 //! - [`placement`]: which cluster runs a job (pure).
 //! - [`lifecycle`]: how pipelines and jobs move on reports (pure).
+//! - [`duties`]: the duties lease: which replica runs the scheduling pass and retention.
+//! - [`bus`]: what one replica tells the others (PostgreSQL `LISTEN`/`NOTIFY`).
 //! - [`jobs`]: submission, the scheduling pass, leases, reports and logs (one file each).
 //! - [`relay`]: transfers between clusters (routes, tickets, sends) and the relay store's guard.
 //! - [`retention`]: which blobs nobody needs any more; passes over the relay store.
@@ -27,13 +29,17 @@
 //!   and only until it expires; a revoked cluster gets nothing (no enrollment, renewal,
 //!   heartbeat or row) and is told to every other cluster at its next heartbeat;
 //! - a job report, lease or log batch is fenced by term like a heartbeat, and a report applies
-//!   only while the job is bound to the reporter's (cluster, attempt): one accepted result.
+//!   only while the job is bound to the reporter's (cluster, attempt): one accepted result;
+//! - the duties (scheduling, rerouting, retention) run only on the holder of the duties lease,
+//!   and each of their writes is fenced on its generation in the database.
 
 pub mod auth;
 pub mod breakage;
+pub mod bus;
 pub mod ca;
 pub mod config;
 pub mod db;
+pub mod duties;
 pub mod fence;
 pub mod http;
 pub mod jobs;
@@ -73,6 +79,10 @@ pub struct Gateway {
     relay: std::sync::Arc<atoll_store::transfer::BlobService>,
     /// What the chaos suite's deliberately broken gateway gets wrong (nothing, in the product).
     breakage: breakage::Breakage,
+    /// The duties lease: whether this replica schedules.
+    lease: duties::Lease,
+    /// Announcements to the other replicas (none with one gateway).
+    bus: bus::Bus,
     stopping: AtomicBool,
 }
 

@@ -113,6 +113,9 @@ pub enum Refused {
 pub struct Registry {
     db: Db,
     judging: Judging,
+    /// Silence is counted from no earlier than this either (ms since the epoch): when this
+    /// replica took the duties lease ([`Registry::judge_from`]).
+    judged_from_ms: std::sync::atomic::AtomicI64,
     /// The chaos suite's deliberately broken gateway acts on stale leaders.
     breakage: Breakage,
     rows: Mutex<BTreeMap<String, ClusterRow>>,
@@ -145,7 +148,37 @@ impl Registry {
         let rows: BTreeMap<String, ClusterRow> =
             db.clusters().await?.into_iter().map(|r| (r.name.to_string(), r)).collect();
         let view_revision = std::sync::atomic::AtomicU64::new(view_digest(rows.values()));
-        Ok(Self { db, judging, breakage, rows: Mutex::new(rows), touched: Mutex::new(BTreeMap::new()), view_revision })
+        Ok(Self {
+            db,
+            judging,
+            judged_from_ms: std::sync::atomic::AtomicI64::new(judging.since_ms),
+            breakage,
+            rows: Mutex::new(rows),
+            touched: Mutex::new(BTreeMap::new()),
+            view_revision,
+        })
+    }
+
+    /// Count silence from no earlier than `since_ms` (a replica that just took the duties
+    /// lease: what it did not hear while it was not the holder, or while the database was away
+    /// from it, is nobody's silence; clusters alive meanwhile are seen again within the bound).
+    pub fn judge_from(&self, since_ms: i64) {
+        self.judged_from_ms.fetch_max(since_ms, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A cluster's state by its silence; `dead` only if also silent for the dead-after bound
+    /// since [`Registry::judge_from`]'s time (suspect until then).
+    fn state_of(&self, now_ms: i64, last_seen_ms: Option<i64>) -> ClusterState {
+        let judged = state(now_ms, last_seen_ms, self.judging);
+        let since_ms = self.judged_from_ms.load(std::sync::atomic::Ordering::SeqCst);
+        if judged == ClusterState::Dead
+            && last_seen_ms.is_some()
+            && state(now_ms, last_seen_ms, Judging { since_ms, ..self.judging }) != ClusterState::Dead
+        {
+            ClusterState::Suspect
+        } else {
+            judged
+        }
     }
 
     fn rows(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ClusterRow>> {
@@ -274,7 +307,7 @@ impl Registry {
                 name: r.name.clone(),
                 labels: r.labels.clone(),
                 enabled: r.enabled,
-                state: state(now_ms, r.last_seen_ms, self.judging),
+                state: self.state_of(now_ms, r.last_seen_ms),
                 leader: r.leader_id,
                 term: r.term,
                 endpoint: r.endpoint.clone(),

@@ -116,7 +116,7 @@ const ROUTES_GIVEN_CACHED: usize = 100_000;
 #[derive(Debug, Default)]
 pub struct Transfers {
     /// Per parent cluster: outputs to send (push, relay upload), handed out with its next lease.
-    sends: Mutex<HashMap<String, Vec<SendTask>>>,
+    sends: Mutex<HashMap<String, Vec<(std::time::Instant, SendTask)>>>,
     /// The edges whose direct transfer failed: relayed from then on.
     fallen: Mutex<Fallen>,
     /// (child job id, attempt, parent name) -> the route last recorded for it (a cache).
@@ -135,10 +135,32 @@ impl Transfers {
     }
 
     /// The sends queued for `cluster`'s leader, handed over (with its lease answer).
+    /// Sends queued longer than [`SEND_KEPT`] are dropped: their tickets are near their end, and
+    /// the child's cluster asks again for what it still waits for.
     pub fn take_sends(&self, cluster: &str) -> Option<Vec<SendTask>> {
-        self.sends.lock().expect("sends").remove(cluster)
+        let queued = self.sends.lock().expect("sends").remove(cluster)?;
+        let fresh: Vec<SendTask> =
+            queued.into_iter().filter(|(at, _)| at.elapsed() < SEND_KEPT).map(|(_, task)| task).collect();
+        (!fresh.is_empty()).then_some(fresh)
+    }
+
+    /// Queue a send for `from`'s leader (once per edge until its lease takes it).
+    fn queue(&self, from: &str, task: SendTask) {
+        let mut sends = self.sends.lock().expect("sends");
+        let queue = sends.entry(from.to_string()).or_default();
+        let same = |t: &SendTask| t.route == task.route && t.digest == task.digest && t.to == task.to;
+        if let Some(queued) = queue.iter_mut().find(|(_, t)| same(t)) {
+            *queued = (std::time::Instant::now(), task);
+        } else {
+            queue.retain(|(at, _)| at.elapsed() < SEND_KEPT);
+            queue.push((std::time::Instant::now(), task));
+        }
     }
 }
+
+/// How long a queued send waits for its cluster's lease poll (on a replica its leader does not
+/// use, for ever otherwise).
+const SEND_KEPT: Duration = Duration::from_secs(TICKET_TTL.as_secs() / 2);
 
 impl Gateway {
     fn ticket(
@@ -168,16 +190,23 @@ impl Gateway {
 
     /// Queue a send for the parent's cluster (once per edge until its lease takes it).
     fn queue_send(&self, from: &str, task: SendTask) {
-        let mut sends = self.transfers.sends.lock().expect("sends");
-        let queue = sends.entry(from.to_string()).or_default();
-        let same = |t: &SendTask| t.route == task.route && t.digest == task.digest && t.to == task.to;
-        if let Some(queued) = queue.iter_mut().find(|t| same(t)) {
-            *queued = task;
-        } else {
-            queue.push(task);
-        }
-        drop(sends);
-        self.jobs.wake_cluster(from);
+        self.transfers.queue(from, task.clone());
+        // The leader of `from` may poll another replica: that one queues it too. A leader
+        // that later moves to a third replica may be handed it again; a send is idempotent
+        // (content-addressed, verified), so that costs a transfer, never a wrong result.
+        self.bus.publish(crate::bus::Event::Send { from: from.to_string(), task });
+        self.wake_cluster(from);
+    }
+
+    /// A send another replica queued.
+    pub(crate) fn heard_send(&self, from: &str, task: SendTask) {
+        self.transfers.queue(from, task);
+        self.wake_cluster_here(from);
+    }
+
+    /// An edge another replica moved to the relay.
+    pub(crate) fn heard_fallen(&self, job: &str, from_job: &str) {
+        self.transfers.fallen.lock().expect("fallen edges").insert(job, from_job);
     }
 
     /// Before an edge's first route from this gateway: another gateway on the same database may
@@ -256,6 +285,10 @@ impl Gateway {
         if let Some(why) = &request.failed {
             let fresh = self.transfers.fallen.lock().expect("fallen edges").insert(&request.job, &request.from_job);
             if fresh {
+                self.bus.publish(crate::bus::Event::Fallen {
+                    job: request.job.to_string(),
+                    from_job: request.from_job.clone(),
+                });
                 self.metrics.transfer_fallbacks.inc();
                 tracing::warn!(job = %request.job, parent = %request.from_job, from = %from, to = cluster.as_str(), reason = %why, "a direct transfer failed; the edge falls back to the relay");
             }

@@ -119,7 +119,8 @@ impl Gateway {
     /// nor claimed within the retention; a removed source is forgotten first (pipelines may no
     /// longer name it); and temporary files a killed writer left (local store), as old. Returns
     /// how many blobs went.
-    pub async fn collect_relay(&self) -> Result<usize, String> {
+    /// Only under `duty` (the duties lease): it stops when the lease moves on.
+    pub async fn collect_relay(&self, duty: crate::db::lease::Duty) -> Result<usize, String> {
         let began = SystemTime::now();
         let cutoff = began.checked_sub(self.config.keep).unwrap_or(SystemTime::UNIX_EPOCH);
         let blobs = self.relay.blobs();
@@ -130,7 +131,10 @@ impl Gateway {
             let released = self.released(batch, now_ms()).await.map_err(|e| e.to_string())?;
             for digest in released {
                 let parsed: Digest = digest.parse().map_err(|e: atoll_store::InvalidDigest| e.to_string())?;
-                self.db.forget_source(&digest).await.map_err(|e| e.to_string())?;
+                if duty.fenced && self.lease.duty() != Some(duty) {
+                    return Err(format!("the duties lease moved on (generation {}); stopping", duty.generation));
+                }
+                self.db.forget_source(duty, &digest).await.map_err(|e| e.to_string())?;
                 if blobs.remove_if_older(&parsed, cutoff).await.map_err(|e| e.to_string())? {
                     tracing::info!(blob = %digest, "removed from the relay store: nobody needs it any more");
                     removed += 1;
@@ -153,7 +157,8 @@ pub async fn run(gateway: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<b
             _ = stop.changed() => return,
             () = tokio::time::sleep(every) => {}
         }
-        match gateway.collect_relay().await {
+        let Some(duty) = gateway.lease.duty() else { continue };
+        match gateway.collect_relay(duty).await {
             Ok(0) => {}
             Ok(removed) => {
                 gateway.metrics.blobs_removed.inc_by(removed as u64);

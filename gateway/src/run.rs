@@ -161,6 +161,14 @@ async fn serve(
         relay,
         crate::relay::StoreGuard::new(ca.authority().cert_der()?, db.clone()),
     );
+    let (bus, announcements) = match (&db, config.ha.enabled) {
+        (Db::Postgres(_), true) => {
+            let (bus, rx) = crate::bus::channel();
+            (bus, Some(rx))
+        }
+        _ => (crate::bus::Bus::default(), None),
+    };
+    let lease = crate::duties::Lease::new(config.ha, breakage);
     let gateway = Arc::new(Gateway {
         config: config.clone(),
         db: db.clone(),
@@ -172,6 +180,8 @@ async fn serve(
         transfers: crate::relay::Transfers::with_fallen(fallen),
         relay,
         breakage,
+        lease,
+        bus,
         stopping: Default::default(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -195,6 +205,14 @@ async fn serve(
     let scheduler = tokio::spawn(gateway.clone().schedule_forever(stop_rx.clone()));
     let renewer = tokio::spawn(ca.clone().renew_forever());
     let collector = tokio::spawn(crate::retention::run(gateway.clone(), stop_rx.clone()));
+    let duties = tokio::spawn(crate::duties::run(gateway.clone(), stop_rx.clone()));
+    let mut bus_tasks = Vec::new();
+    if let (Db::Postgres(pool), Some(rx)) = (&db, announcements) {
+        let me = gateway.lease.incarnation().to_string();
+        bus_tasks.push(tokio::spawn(crate::bus::send_forever(pool.clone(), me.clone(), rx, stop_rx.clone())));
+        bus_tasks.push(tokio::spawn(crate::bus::listen_forever(gateway.clone(), pool.clone(), me, stop_rx.clone())));
+        tracing::info!(channel = crate::bus::CHANNEL, "one of several gateway replicas: listening to the others");
+    }
     tracing::info!(listen = %config.listen, advertise = %config.advertise, ops = ?config.ops_listen, "serving");
 
     shutdown.await;
@@ -211,6 +229,10 @@ async fn serve(
     collector.abort();
     let _ = flusher.await;
     let _ = scheduler.await;
+    let _ = duties.await;
+    for task in bus_tasks {
+        task.abort();
+    }
     tracing::info!("shutdown: writing batched updates");
     gateway.flush().await;
     db.close().await;

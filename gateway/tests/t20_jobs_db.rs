@@ -11,6 +11,9 @@ use atoll_gateway::db::jobs::NewJob;
 use atoll_gateway::db::jobs::Transition;
 use atoll_gateway::testing::TestDatabase;
 
+/// A fresh database's lease generation: the duties of these tests are fenced on it.
+const G0: atoll_gateway::db::lease::Duty = atoll_gateway::db::lease::Duty { generation: 0, fenced: true };
+
 fn heartbeat(term: u64) -> Heartbeat {
     Heartbeat {
         term: Term(term),
@@ -52,9 +55,9 @@ async fn exactly_one_result_is_accepted_and_stale_terms_are_fenced() {
         pipeline(&db, "p1", &[("a", JobState::Queued), ("b", JobState::Waiting)]).await;
 
         eprintln!("--- {engine}: a queued job binds once");
-        assert!(db.assign("p1-a", 1, "aws", "placed", 2_000).await.unwrap());
-        assert!(!db.assign("p1-a", 1, "gcp", "placed", 2_000).await.unwrap(), "no longer queued");
-        assert!(!db.assign("p1-b", 1, "aws", "placed", 2_000).await.unwrap(), "waiting jobs are not placed");
+        assert!(db.assign(G0, "p1-a", 1, "aws", "placed", 2_000).await.unwrap());
+        assert!(!db.assign(G0, "p1-a", 1, "gcp", "placed", 2_000).await.unwrap(), "no longer queued");
+        assert!(!db.assign(G0, "p1-b", 1, "aws", "placed", 2_000).await.unwrap(), "waiting jobs are not placed");
         let bound = db.bound_attempts("aws").await.unwrap();
         assert_eq!(bound, vec![BoundAttempt { id: "p1-a".into(), attempt: 1, cancel_requested: false }]);
         assert_eq!(db.cluster_load().await.unwrap(), vec![("aws".to_string(), 1)]);
@@ -91,6 +94,7 @@ async fn exactly_one_result_is_accepted_and_stale_terms_are_fenced() {
 
         eprintln!("--- {engine}: settle moves only waiting jobs");
         db.settle_jobs(
+            G0,
             &[("p1-b".into(), JobState::Queued, "parents done".into()), ("p1-a".into(), JobState::Skipped, "x".into())],
             5_000,
         )
@@ -119,7 +123,7 @@ async fn retries_reruns_reroutes_and_cancels() {
         )
         .await;
         for job in ["p-r", "p-l", "p-m", "p-c"] {
-            assert!(db.assign(job, 1, "aws", "placed", 2_000).await.unwrap());
+            assert!(db.assign(G0, job, 1, "aws", "placed", 2_000).await.unwrap());
         }
 
         eprintln!("--- {engine}: a retry queues attempt 2 for placement");
@@ -157,7 +161,7 @@ async fn retries_reruns_reroutes_and_cancels() {
         assert_eq!(db.cancel("p-w", 4_000).await.unwrap(), Cancelled::Nothing);
 
         eprintln!("--- {engine}: a dead cluster's work is queued again as new attempts, cancelled work killed");
-        let touched = db.reroute("aws", 5_000).await.unwrap();
+        let touched = db.reroute(G0, "aws", 5_000).await.unwrap();
         assert_eq!(touched, vec!["p".to_string()]);
         let m = db.job("p-m").await.unwrap().unwrap();
         assert_eq!((m.state, m.cluster, m.attempt), (JobState::Queued, None, 2));
@@ -264,7 +268,7 @@ async fn every_use_of_a_blob_is_found_by_its_digest() {
         ];
         db.insert_pipeline("u", "tester", "{}", &new, 1_000).await.unwrap();
         db.put_source(src, 10, 500, "tester").await.unwrap();
-        assert!(db.assign("u-make", 1, "aws", "placed", 2_000).await.unwrap());
+        assert!(db.assign(G0, "u-make", 1, "aws", "placed", 2_000).await.unwrap());
         let ended = ReportApply {
             id: "u-make".into(),
             cluster: "aws".into(),
@@ -292,7 +296,7 @@ async fn every_use_of_a_blob_is_found_by_its_digest() {
         eprintln!("--- {engine}: a second push moves the source's time on; a forgotten one is gone");
         assert_eq!(db.put_source(src, 10, 4_000, "tester").await.unwrap().created_ms, 4_000);
         assert_eq!(db.put_source(src, 10, 3_500, "tester").await.unwrap().created_ms, 4_000, "never back");
-        db.forget_source(src).await.unwrap();
+        db.forget_source(G0, src).await.unwrap();
         assert!(db.source(src).await.unwrap().is_none());
         assert!(db.blob_uses(&[other]).await.unwrap() == Default::default());
     }

@@ -15,6 +15,8 @@ use sqlx::Row;
 use super::Db;
 use super::DbError;
 use super::cluster_column;
+use super::lease::Duty;
+use super::lease::fence;
 use super::with_pool;
 
 /// A job as stored.
@@ -240,6 +242,10 @@ const END_ATTEMPT: &str = "UPDATE attempts SET state = $1, term = $2, exit_code 
 const BIND_ATTEMPT: &str =
     "INSERT INTO attempts (job_id, attempt, cluster, state, bound_ms) VALUES ($1, $2, $3, 'bound', $4)
      ON CONFLICT (job_id, attempt) DO NOTHING";
+/// [`BIND_ATTEMPT`] by a scheduling pass: with the lease generation it ran under.
+const BIND_ATTEMPT_AT: &str =
+    "INSERT INTO attempts (job_id, attempt, cluster, state, bound_ms, generation) VALUES ($1, $2, $3, 'bound', $4, $5)
+     ON CONFLICT (job_id, attempt) DO NOTHING";
 
 impl Db {
     /// Store a pipeline and its jobs in one transaction (all or nothing).
@@ -389,12 +395,18 @@ impl Db {
 
     /// Move `waiting` jobs on (settled by `lifecycle::settle`): `(job id, new state, reason)`.
     /// Jobs no longer waiting are left alone. One transaction.
-    pub async fn settle_jobs(&self, changes: &[(JobId, JobState, String)], now_ms: i64) -> Result<(), DbError> {
+    pub async fn settle_jobs(
+        &self,
+        duty: Duty,
+        changes: &[(JobId, JobState, String)],
+        now_ms: i64,
+    ) -> Result<(), DbError> {
         if changes.is_empty() {
             return Ok(());
         }
         with_pool!(self, write, |pool| {
             let mut tx = pool.begin().await?;
+            fence!(self, tx, duty);
             for (id, state, reason) in changes {
                 let finished = state.is_final().then_some(now_ms);
                 sqlx::query(
@@ -417,6 +429,7 @@ impl Db {
     /// that attempt.
     pub async fn assign(
         &self,
+        duty: Duty,
         id: &str,
         attempt: u32,
         cluster: &str,
@@ -424,7 +437,7 @@ impl Db {
         now_ms: i64,
     ) -> Result<bool, DbError> {
         let binding = (JobId::from(id), attempt, cluster.to_string(), reason.to_string());
-        Ok(self.assign_many(std::slice::from_ref(&binding), now_ms).await?[0])
+        Ok(self.assign_many(duty, std::slice::from_ref(&binding), now_ms).await?[0])
     }
 
     /// Apply a cluster's report, fenced: only if the job is still `from` and bound to
@@ -604,9 +617,10 @@ impl Db {
     /// Take a dead cluster's work away: every job bound to it gets a new attempt, queued for
     /// placement elsewhere (a job whose cancel was asked is `killed` instead). Returns the
     /// pipelines touched.
-    pub async fn reroute(&self, cluster: &str, now_ms: i64) -> Result<Vec<String>, DbError> {
+    pub async fn reroute(&self, duty: Duty, cluster: &str, now_ms: i64) -> Result<Vec<String>, DbError> {
         with_pool!(self, write, |pool| {
             let mut tx = pool.begin().await?;
+            fence!(self, tx, duty);
             let rows = sqlx::query(
                 "SELECT id, pipeline_id, attempt, cancel_requested FROM jobs WHERE cluster = $1 AND state IN ('assigned', 'running')",
             )
@@ -641,6 +655,12 @@ impl Db {
                     .rows_affected();
                 if done == 1 {
                     end_attempt(&mut tx, &id, attempt, AttemptState::Moved, -1, None, Some(&reason), now_ms).await?;
+                    sqlx::query("UPDATE attempts SET generation = $1 WHERE job_id = $2 AND attempt = $3")
+                        .bind(duty.column())
+                        .bind(&id)
+                        .bind(attempt)
+                        .execute(&mut *tx)
+                        .await?;
                     pipelines.push(row.try_get("pipeline_id")?);
                 }
             }
@@ -667,6 +687,7 @@ impl Db {
     /// Returns the ones bound (a job no longer queued at that attempt is skipped).
     pub async fn assign_many(
         &self,
+        duty: Duty,
         bindings: &[(JobId, u32, String, String)],
         now_ms: i64,
     ) -> Result<Vec<bool>, DbError> {
@@ -675,6 +696,7 @@ impl Db {
         }
         with_pool!(self, write, |pool| {
             let mut tx = pool.begin().await?;
+            fence!(self, tx, duty);
             let mut bound = Vec::with_capacity(bindings.len());
             for (id, attempt, cluster, reason) in bindings {
                 let attempt = int(*attempt, "jobs.attempt")?;
@@ -691,11 +713,12 @@ impl Db {
                 .await?
                 .rows_affected();
                 if done == 1 {
-                    sqlx::query(BIND_ATTEMPT)
+                    sqlx::query(BIND_ATTEMPT_AT)
                         .bind(id.as_str())
                         .bind(attempt)
                         .bind(cluster)
                         .bind(now_ms)
+                        .bind(duty.column())
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -749,15 +772,18 @@ impl Db {
     }
 
     /// Say why a queued job waits for a cluster.
-    pub async fn set_queued_reason(&self, id: &str, attempt: u32, reason: &str) -> Result<(), DbError> {
+    pub async fn set_queued_reason(&self, duty: Duty, id: &str, attempt: u32, reason: &str) -> Result<(), DbError> {
         let attempt = int(attempt, "jobs.attempt")?;
         with_pool!(self, write, |pool| {
+            let mut tx = pool.begin().await?;
+            fence!(self, tx, duty);
             sqlx::query("UPDATE jobs SET reason = $1 WHERE id = $2 AND attempt = $3 AND state = 'queued'")
                 .bind(reason)
                 .bind(id)
                 .bind(attempt)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?;
+            tx.commit().await?;
             Ok::<_, DbError>(())
         })
     }

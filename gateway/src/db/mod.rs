@@ -12,10 +12,12 @@
 //! - [`tokens`]: join tokens and user tokens (hashed).
 //! - [`matrix`]: one matrix row per reporting cluster.
 //! - [`jobs`]: pipelines, jobs and attempts; every transition a conditional update.
+//! - [`lease`]: the duties lease of gateway replicas, its fence, and the replicas' presence.
 //! - [`testing`]: throwaway databases for tests (SQLite files, PostgreSQL databases).
 
 pub mod clusters;
 pub mod jobs;
+pub mod lease;
 pub mod matrix;
 pub mod retention;
 pub mod routes;
@@ -47,6 +49,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "sources", include_str!("../../migrations/0005_sources.sql")),
     (6, "edge routes", include_str!("../../migrations/0006_edge_routes.sql")),
     (7, "retention", include_str!("../../migrations/0007_retention.sql")),
+    (8, "replicas", include_str!("../../migrations/0008_replicas.sql")),
 ];
 
 /// A connected, migrated database.
@@ -90,6 +93,10 @@ pub enum DbError {
     NewerSchema { found: i64, known: i64 },
     #[error("database error: {0}")]
     Query(#[from] sqlx::Error),
+    #[error(
+        "this gateway no longer holds the duties lease at generation {generation}: another replica took it; nothing was written"
+    )]
+    Deposed { generation: u64 },
     #[error("corrupt value in column {column}: {detail}")]
     Corrupt { column: &'static str, detail: String },
 }
@@ -147,9 +154,15 @@ impl Db {
                 let read = connect(4).await.map_err(|source| DbError::Connect { target, source })?;
                 Db::Sqlite { write, read }
             }
-            Database::Postgres { url, max_connections } => {
+            Database::Postgres { url, max_connections, idle_in_transaction } => {
                 let options = sqlx::postgres::PgConnectOptions::from_str(url)
-                    .map_err(|source| DbError::Connect { target: redact(url), source })?;
+                    .map_err(|source| DbError::Connect { target: redact(url), source })?
+                    // A paused replica's open transaction (a lease fence holds a share lock)
+                    // is ended by the server, so it cannot hold up the next lease holder.
+                    .options([(
+                        "idle_in_transaction_session_timeout",
+                        format!("{}ms", idle_in_transaction.as_millis().max(1)),
+                    )]);
                 let pool = PgPoolOptions::new()
                     .max_connections(*max_connections)
                     .acquire_timeout(Duration::from_secs(10))

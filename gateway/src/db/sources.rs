@@ -52,9 +52,12 @@ impl Db {
     }
 
     /// Forget a source whose blob retention removes: pipelines may no longer name it.
-    pub async fn forget_source(&self, digest: &str) -> Result<(), DbError> {
+    pub async fn forget_source(&self, duty: super::lease::Duty, digest: &str) -> Result<(), DbError> {
         with_pool!(self, write, |pool| {
-            sqlx::query("DELETE FROM sources WHERE digest = $1").bind(digest).execute(pool).await?;
+            let mut tx = pool.begin().await?;
+            super::lease::fence!(self, tx, duty);
+            sqlx::query("DELETE FROM sources WHERE digest = $1").bind(digest).execute(&mut *tx).await?;
+            tx.commit().await?;
             Ok::<_, DbError>(())
         })
     }

@@ -48,7 +48,15 @@ impl TestDatabase {
             Some((base, _)) => format!("{base}/{name}"),
             None => panic!("{POSTGRES_ENV} has no database part: {admin_url}"),
         };
-        Self { database: Database::Postgres { url, max_connections: 8 }, drop: Some((admin_url, name)), _dir: None }
+        Self {
+            database: Database::Postgres {
+                url,
+                max_connections: 8,
+                idle_in_transaction: std::time::Duration::from_secs(5),
+            },
+            drop: Some((admin_url, name)),
+            _dir: None,
+        }
     }
 
     /// Both engines, for tests that must run against each.

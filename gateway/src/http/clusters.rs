@@ -49,6 +49,13 @@ pub(super) async fn heartbeat(
     for (i, label) in heartbeat.labels.iter().enumerate() {
         label.parse::<Label>().map_err(|e| ApiError::bad_request(format!("labels[{i}]: {e}")))?;
     }
+    if gateway.lease.replicated() && !gateway.lease.database_fresh() {
+        // Heard here, the heartbeat would reach nobody else: the leader moves to another replica.
+        return Err(ApiError::unavailable(format!(
+            "gateway replica {} cannot write to the database; use another replica",
+            gateway.config.id
+        )));
+    }
     gateway.metrics.heartbeats.inc();
     if let Err(e) = gateway.registry.heartbeat(cluster, &heartbeat, now_ms()).await {
         if matches!(e, Refused::Fenced { .. }) {
@@ -67,7 +74,7 @@ pub(super) async fn heartbeat(
         probe_interval_ms: config.probe_interval.as_millis() as u64,
         probe_timeout_ms: config.probe_timeout.as_millis() as u64,
         row_interval_ms: config.row_interval.as_millis() as u64,
-        gateways: Vec::new(),
+        gateways: gateway.lease.listed(),
     }))
 }
 

@@ -7,7 +7,7 @@
 //! | `POST /v1/renew` | a replica, for its own identity |
 //! | `PUT /v1/clusters/{name}/heartbeat` | the leader of `name` (registration + heartbeat, fenced by term) |
 //! | `PUT /v1/clusters/{name}/row` | the leader of `name` (its matrix row, fenced by term) |
-//! | `GET /v1/clusters`, `GET /v1/matrix` | read scope, or any replica |
+//! | `GET /v1/clusters`, `GET /v1/matrix`, `GET /v1/gateways` | read scope, or any replica |
 //! | `POST /v1/clusters/{name}/enable\|disable\|revoke` | admin |
 //! | `POST /v1/tokens/join`, `POST /v1/tokens/user` | admin |
 //! | `POST /v1/pipelines` | submit scope (the spec is checked whole; every problem listed) |
@@ -27,6 +27,7 @@
 
 mod clusters;
 mod enroll;
+mod gateways;
 mod jobs;
 mod leader;
 mod matrix;
@@ -63,6 +64,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/clusters/{name}/disable", post(clusters::disable))
         .route("/v1/clusters/{name}/revoke", post(clusters::revoke))
         .route("/v1/matrix", get(matrix::matrix))
+        .route("/v1/gateways", get(gateways::gateways))
         .route("/v1/tokens/join", post(tokens::join_token))
         .route("/v1/tokens/user", post(tokens::user_token))
         .route("/v1/pipelines", post(pipelines::submit))

@@ -51,6 +51,7 @@ impl Gateway {
                 () = notified => {}
                 () = closing => {}
                 () = tokio::time::sleep_until(deadline) => {}
+                () = tokio::time::sleep(self.recheck_every()) => {}
             }
         }
     }

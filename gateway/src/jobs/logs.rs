@@ -54,7 +54,7 @@ impl Gateway {
         }
         self.db.append_logs(&chunks).await.map_err(db_error)?;
         if !chunks.is_empty() {
-            self.jobs.logs.notify_waiters();
+            self.logs_changed();
         }
         Ok(chunks.len())
     }
@@ -93,6 +93,7 @@ impl Gateway {
             tokio::select! {
                 () = notified => {}
                 () = tokio::time::sleep_until(deadline) => {}
+                () = tokio::time::sleep(self.recheck_every()) => {}
             }
         }
     }

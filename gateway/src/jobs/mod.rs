@@ -51,6 +51,7 @@ use atoll_api::spec::PipelineSpec;
 use tokio::sync::Notify;
 
 use crate::Gateway;
+use crate::bus::Event;
 use crate::db::DbError;
 use crate::db::jobs::JobRow;
 use crate::fence::Fence;
@@ -101,6 +102,8 @@ pub struct JobsState {
     passes_started: std::sync::atomic::AtomicU64,
     /// The number of the last pass that finished.
     passes_done: tokio::sync::watch::Sender<u64>,
+    /// Passes other replicas announced finished (the lease holder's, with several replicas).
+    passes_heard: tokio::sync::watch::Sender<u64>,
     /// Per cluster: wakes its leader's lease.
     leases: Mutex<HashMap<String, Arc<Notify>>>,
     /// Wakes log readers (new pieces, or a job ended).
@@ -114,13 +117,21 @@ impl JobsState {
         self.leases.lock().expect("lease waiters").entry(cluster.to_string()).or_default().clone()
     }
 
-    pub(crate) fn wake_cluster(&self, cluster: &str) {
+    fn wake_cluster(&self, cluster: &str) {
         self.lease_waiter(cluster).notify_one();
     }
 
     fn mark_dirty(&self, pipeline: &str) {
         self.dirty.lock().expect("dirty pipelines").insert(pipeline.to_string());
         self.kick.notify_one();
+    }
+
+    /// Wake every lease poll and log reader (announcements may have been missed).
+    fn wake_all(&self) {
+        self.logs.notify_waiters();
+        for waiter in self.leases.lock().expect("lease waiters").values() {
+            waiter.notify_one();
+        }
     }
 
     /// Wake every long poll (the gateway is stopping).
@@ -144,6 +155,67 @@ pub fn job_id(pipeline: &str, name: &str) -> JobId {
 }
 
 impl Gateway {
+    /// Work for `cluster` changed: wake its leader's lease poll, here and on other replicas.
+    pub(crate) fn wake_cluster(&self, cluster: &str) {
+        self.jobs.wake_cluster(cluster);
+        self.bus.publish(Event::Wake { cluster: cluster.to_string() });
+    }
+
+    /// Wake `cluster`'s lease poll on this replica only (another replica announced the change).
+    pub(crate) fn wake_cluster_here(&self, cluster: &str) {
+        self.jobs.wake_cluster(cluster);
+    }
+
+    /// A pipeline's jobs moved: the lease holder settles it.
+    pub(crate) fn mark_dirty(&self, pipeline: &str) {
+        self.jobs.mark_dirty(pipeline);
+        self.bus.publish(Event::Dirty { pipeline: pipeline.to_string() });
+    }
+
+    /// Something to place: the lease holder runs a pass.
+    pub(crate) fn kick_scheduler(&self) {
+        self.jobs.kick.notify_one();
+        self.bus.publish(Event::Kick);
+    }
+
+    /// New log pieces, or a job ended: log readers look again.
+    pub(crate) fn logs_changed(&self) {
+        self.jobs.logs.notify_waiters();
+        self.bus.publish(Event::Logs);
+    }
+
+    /// Apply what another replica announced to this one's memory.
+    pub(crate) fn heard(&self, event: Event) {
+        match event {
+            Event::Wake { cluster } => self.wake_cluster_here(&cluster),
+            Event::Dirty { pipeline } => self.jobs.mark_dirty(&pipeline),
+            Event::Kick => self.jobs.kick.notify_one(),
+            Event::Pass => {
+                self.jobs.passes_heard.send_modify(|n| *n += 1);
+            }
+            Event::Logs => self.jobs.logs.notify_waiters(),
+            Event::Send { from, task } => self.heard_send(&from, task),
+            Event::Fallen { job, from_job } => self.heard_fallen(&job, &from_job),
+        }
+    }
+
+    /// Announcements may have been missed: wake every waiter, and settle every waiting
+    /// pipeline if this replica schedules.
+    pub(crate) async fn missed_announcements(&self) {
+        self.jobs.wake_all();
+        if self.lease.duty().is_some() {
+            if let Err(e) = self.resume_scheduling().await {
+                tracing::warn!(error = %e, "reading pipelines to settle failed; the next pass retries");
+            }
+            self.jobs.kick.notify_one();
+        }
+    }
+
+    /// How long a long poll may sleep before reading the database again on its own.
+    pub(crate) fn recheck_every(&self) -> std::time::Duration {
+        if self.bus.is_on() { crate::bus::RECHECK_EVERY } else { MAX_WAIT }
+    }
+
     /// How outputs flow between clusters now: the joined matrix, the edges that fell back to the
     /// relay, and (in the chaos suite's broken gateway) the matrix ignored.
     pub(crate) fn flow(&self) -> Flow {

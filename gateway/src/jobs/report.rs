@@ -67,11 +67,11 @@ impl Gateway {
                         {
                             self.metrics.job_ended(state, row.created_ms);
                         }
-                        self.jobs.logs.notify_waiters();
-                        self.jobs.mark_dirty(&pipeline);
+                        self.logs_changed();
+                        self.mark_dirty(&pipeline);
                     }
-                    Transition::Retry { .. } => self.jobs.kick.notify_one(),
-                    Transition::Rerun { .. } => self.jobs.wake_cluster(cluster),
+                    Transition::Retry { .. } => self.kick_scheduler(),
+                    Transition::Rerun { .. } => self.wake_cluster(cluster),
                 }
             }
         }

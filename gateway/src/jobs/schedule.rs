@@ -14,6 +14,7 @@ use super::Pipeline;
 use crate::Gateway;
 use crate::db::DbError;
 use crate::db::jobs::JobRow;
+use crate::db::lease::Duty;
 use crate::lifecycle;
 use crate::now_ms;
 use crate::placement;
@@ -23,16 +24,37 @@ pub const PASS_EVERY: Duration = Duration::from_millis(500);
 
 impl Gateway {
     /// One scheduling pass: move work off dead clusters, settle, place.
+    /// Nothing happens on a replica that does not hold the duties lease.
     pub async fn schedule(&self) -> Result<(), DbError> {
         let _one = self.jobs.pass.lock().await;
+        let Some(duty) = self.lease.duty() else { return Ok(()) };
         let number = self.jobs.passes_started.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        let result = self.schedule_pass().await;
+        let result = self.schedule_pass(duty).await;
         self.jobs.passes_done.send_replace(number);
-        result
+        self.bus.publish(crate::bus::Event::Pass);
+        match result {
+            Err(DbError::Deposed { generation }) => {
+                tracing::warn!(
+                    generation,
+                    "the duties lease moved on during a scheduling pass; the pass wrote nothing more"
+                );
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Wait (at most `wait`) for a scheduling pass that starts after this call.
+    /// On a replica that does not schedule: wait for the second pass the holder announces after
+    /// this call (the first may have started before it).
     pub(super) async fn next_pass(&self, wait: Duration) {
+        if self.bus.is_on() && self.lease.duty().is_none() {
+            let mut heard = self.jobs.passes_heard.subscribe();
+            let after = *heard.borrow_and_update() + 2;
+            self.kick_scheduler();
+            let _ = tokio::time::timeout(wait, heard.wait_for(|n| *n >= after)).await;
+            return;
+        }
         let mut done = self.jobs.passes_done.subscribe();
         // A pass numbered after every pass started so far reads the database after this call;
         // one running now may predate the caller.
@@ -41,7 +63,7 @@ impl Gateway {
         let _ = tokio::time::timeout(wait, done.wait_for(|n| *n >= after)).await;
     }
 
-    async fn schedule_pass(&self) -> Result<(), DbError> {
+    async fn schedule_pass(&self, duty: Duty) -> Result<(), DbError> {
         let now = now_ms();
         let clusters = self.registry.list(now);
         let load: HashMap<String, u64> = self.db.cluster_load().await?.into_iter().collect();
@@ -50,7 +72,7 @@ impl Gateway {
         for c in &clusters {
             let held = load.get(c.name.as_str()).copied().unwrap_or(0);
             if held > 0 && (c.state == ClusterState::Dead || c.revoked) {
-                let touched = self.db.reroute(&c.name, now).await?;
+                let touched = self.db.reroute(duty, &c.name, now).await?;
                 self.metrics.jobs_rerouted.inc_by(held);
                 tracing::warn!(cluster = %c.name, jobs = held, state = ?c.state, revoked = c.revoked, "moving work off a lost cluster");
                 for pipeline in touched {
@@ -76,11 +98,11 @@ impl Gateway {
             let changes: Vec<(JobId, JobState, String)> =
                 settled.into_iter().map(|c| (rows[c.job].id.clone(), c.state, c.reason)).collect();
             if !ended.is_empty() {
-                self.jobs.logs.notify_waiters();
+                self.logs_changed();
                 // A job ending at settle (skipped, wait) may unblock its children: settle again.
                 self.jobs.dirty.lock().expect("dirty pipelines").insert(id.clone());
             }
-            self.db.settle_jobs(&changes, now).await?;
+            self.db.settle_jobs(duty, &changes, now).await?;
             for (state, created_ms) in ended {
                 self.metrics.job_ended(state, created_ms);
             }
@@ -153,12 +175,12 @@ impl Gateway {
                 }
                 placement::Placement::Waiting(why) => {
                     if row.reason.as_deref() != Some(why.as_str()) {
-                        self.db.set_queued_reason(&row.id, row.attempt, &why).await?;
+                        self.db.set_queued_reason(duty, &row.id, row.attempt, &why).await?;
                     }
                 }
             }
         }
-        let bound = self.db.assign_many(&bindings, now_ms()).await?;
+        let bound = self.db.assign_many(duty, &bindings, now_ms()).await?;
         let mut woken = BTreeSet::new();
         for ((_, _, cluster, _), ok) in bindings.iter().zip(bound) {
             if ok {
@@ -167,7 +189,7 @@ impl Gateway {
             }
         }
         for cluster in woken {
-            self.jobs.wake_cluster(&cluster);
+            self.wake_cluster(&cluster);
         }
         Ok(())
     }

@@ -100,13 +100,13 @@ impl Gateway {
             Cancelled::Killed => {
                 self.metrics.job_ended(JobState::Killed, row.created_ms);
                 tracing::info!(job = id, by, "job cancelled before it started");
-                self.jobs.logs.notify_waiters();
-                self.jobs.mark_dirty(&row.pipeline_id);
+                self.logs_changed();
+                self.mark_dirty(&row.pipeline_id);
             }
             Cancelled::Requested => {
                 tracing::info!(job = id, by, cluster = ?row.cluster, "cancel asked of the job's cluster");
                 if let Some(cluster) = &row.cluster {
-                    self.jobs.wake_cluster(cluster);
+                    self.wake_cluster(cluster);
                 }
             }
             Cancelled::Nothing => {}
