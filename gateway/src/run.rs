@@ -125,6 +125,13 @@ async fn serve(
     }
     let db = Db::connect(&config.database).await?;
     tracing::info!(engine = db.engine(), "database ready (migrated)");
+    if config.ha.enabled && !config.ca_dir.join("ca-key.pem").exists() {
+        // Two replicas starting at once would each make a CA of their own.
+        anyhow::bail!(
+            "ca_dir: {} holds no CA (ca.pem, ca-key.pem), and several gateway replicas (ha.enabled) must share one: create it once with `atoll ca init --dir DIR`, or mount the secret holding it",
+            config.ca_dir.display()
+        );
+    }
     let (ca, created) = GatewayCa::load_or_create(&config.ca_dir, &config.id, &config.tls_names, config.cert_lifetime)?;
     tracing::info!(dir = %config.ca_dir.display(), fingerprint = ca.fingerprint(), created, "certificate authority ready");
     let names: Vec<String> = config.tls_names.iter().map(|name| name.to_string()).collect();

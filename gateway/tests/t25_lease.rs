@@ -33,8 +33,10 @@ async fn one_holder_at_a_time_and_a_deposed_holder_writes_nothing() {
 
         // The holder's duties write under generation 1.
         let job = queued_job(&db, "p1").await;
-        let bound =
-            db.assign_many(Duty::at(1), &[(job.as_str().into(), 1, "aws".into(), "placed".into())], 2_000).await.unwrap();
+        let bound = db
+            .assign_many(Duty::at(1), &[(job.as_str().into(), 1, "aws".into(), "placed".into())], 2_000)
+            .await
+            .unwrap();
         assert_eq!(bound, vec![true]);
 
         // The lease runs out (a TTL of 0 ms) and b takes it: generation 2.
@@ -44,17 +46,28 @@ async fn one_holder_at_a_time_and_a_deposed_holder_writes_nothing() {
 
         // a, woken with a pass half done, writes under generation 1: refused, nothing written.
         let other = queued_job(&db, "p2").await;
-        let late = db.assign_many(Duty::at(1), &[(other.as_str().into(), 1, "gcp".into(), "placed".into())], 3_000).await;
+        let late =
+            db.assign_many(Duty::at(1), &[(other.as_str().into(), 1, "gcp".into(), "placed".into())], 3_000).await;
         assert!(matches!(late, Err(DbError::Deposed { generation: 1 })), "{engine}: {late:?}");
         assert!(matches!(db.reroute(Duty::at(1), "aws", 3_000).await, Err(DbError::Deposed { .. })));
         assert!(matches!(db.set_queued_reason(Duty::at(1), &other, 1, "x").await, Err(DbError::Deposed { .. })));
         assert!(matches!(db.forget_source(Duty::at(1), "sha256:00").await, Err(DbError::Deposed { .. })));
         let row = db.job(&other).await.unwrap().unwrap();
-        assert_eq!((row.state, row.cluster.as_deref()), (JobState::Queued, None), "{engine}: the late write left no trace");
-        assert_eq!(db.job(&job).await.unwrap().unwrap().cluster.as_deref(), Some("aws"), "{engine}: nor was aws' work moved");
+        assert_eq!(
+            (row.state, row.cluster.as_deref()),
+            (JobState::Queued, None),
+            "{engine}: the late write left no trace"
+        );
+        assert_eq!(
+            db.job(&job).await.unwrap().unwrap().cluster.as_deref(),
+            Some("aws"),
+            "{engine}: nor was aws' work moved"
+        );
         // The new holder's writes go through, recorded with its generation.
-        let bound =
-            db.assign_many(Duty::at(2), &[(other.as_str().into(), 1, "gcp".into(), "placed".into())], 3_000).await.unwrap();
+        let bound = db
+            .assign_many(Duty::at(2), &[(other.as_str().into(), 1, "gcp".into(), "placed".into())], 3_000)
+            .await
+            .unwrap();
         assert_eq!(bound, vec![true]);
         let attempts = db.attempts(&other).await.unwrap();
         assert_eq!(attempts.len(), 1);
@@ -65,7 +78,8 @@ async fn one_holder_at_a_time_and_a_deposed_holder_writes_nothing() {
         assert_eq!(db.take_lease("c", "inc-c", 60_000, false).await.unwrap(), Some(3));
         // The only gateway (by its config) takes it at once, whoever held it.
         assert_eq!(db.take_lease("solo", "inc-solo", 60_000, true).await.unwrap(), Some(4));
-        let history: Vec<(u64, String)> = db.lease_history().await.unwrap().into_iter().map(|(g, h, _)| (g, h)).collect();
+        let history: Vec<(u64, String)> =
+            db.lease_history().await.unwrap().into_iter().map(|(g, h, _)| (g, h)).collect();
         assert_eq!(
             history,
             vec![(1, "a".into()), (2, "b".into()), (3, "c".into()), (4, "solo".into())],
@@ -97,7 +111,10 @@ async fn replicas_are_listed_while_present_and_gone_when_they_leave() {
         db.replica_gone("g1", "i1b").await.unwrap();
         assert_eq!(db.replicas(60_000).await.unwrap().len(), 1, "{engine}");
         tokio::time::sleep(std::time::Duration::from_millis(30)).await;
-        assert!(db.replicas(10).await.unwrap().is_empty(), "{engine}: a replica not seen within the bound is not listed");
+        assert!(
+            db.replicas(10).await.unwrap().is_empty(),
+            "{engine}: a replica not seen within the bound is not listed"
+        );
         db.close().await;
     }
 }
