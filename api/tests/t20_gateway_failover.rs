@@ -1,6 +1,7 @@
 //! A gateway client over several replicas, against real listeners on 127.0.0.1: a call moves
 //! past a replica with nothing listening, one answering server errors, and one that dies under
-//! a long poll; a submission is not sent twice; the error of a call that found no replica names
+//! a long poll; a submission is not sent twice; a replica learned from a heartbeat answer is
+//! used by every client over the same list; the error of a call that found no replica names
 //! every address it tried.
 
 use std::path::Path;
@@ -247,4 +248,27 @@ async fn when_no_replica_answers_the_error_names_every_address_tried() {
     }
     assert!(error.surely_failed(), "no try was sent: {text}");
     assert_eq!(addrs.current(), a, "each tried once: round to the first again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_learned_after_the_start_is_used_when_the_one_in_use_dies() {
+    let ca = CertificateAuthority::generate("test CA", DAY).unwrap();
+    let mut first = Replica::start(&ca, "a", Behaviour::Healthy);
+    let added = Replica::start(&ca, "b", Behaviour::Healthy);
+    let addrs = GatewayAddrs::new(std::slice::from_ref(&first.addr));
+    let heartbeats = client(&ca, &addrs, Duration::from_secs(5));
+    let leases = client(&ca, &addrs, Duration::from_secs(60));
+    heartbeats.gateways().await.expect("the configured replica answers");
+
+    tracing::info!("phase: a heartbeat answer lists a replica started later");
+    heartbeats.learn(&[first.addr.clone(), added.addr.clone()]);
+    assert_eq!(leases.addr(), first.addr, "the replica in use stays in use");
+
+    tracing::info!("phase: the configured replica dies; every client goes on to the learned one");
+    first.kill();
+    let request = LeaseRequest { term: Term(1), held: Vec::new(), wait_ms: 20_000 };
+    leases.lease("aws", &request).await.expect("answered by the learned replica");
+    assert_eq!(heartbeats.addr(), added.addr, "clients over one list move together");
+    heartbeats.gateways().await.expect("answered by the learned replica");
+    assert_eq!(added.requests(), 2);
 }
