@@ -441,7 +441,7 @@ impl Transfers {
                         }
                         Err(e) if e.is_path_failure() => {
                             tracing::warn!(job, parent = %input.from_job, error = %e, chunk = fetch.next_chunk(), "fetching an input from the relay failed; trying again");
-                            self.gateway.addrs().failed(&gateway);
+                            gateway_failed(&self.gateway, &gateway, &e);
                             tokio::time::sleep(ASK_AGAIN).await;
                         }
                         Err(e) => return Err(e.into()),
@@ -498,7 +498,7 @@ impl Transfers {
                 }
                 Err(e) if e.is_path_failure() && started.elapsed() < RECEIVE_LIMIT => {
                     tracing::warn!(source = %digest, error = %e, "fetching a source from the gateway failed; trying again");
-                    self.gateway.addrs().failed(&gateway);
+                    gateway_failed(&self.gateway, &gateway, &e);
                     tokio::time::sleep(ASK_AGAIN).await;
                 }
                 Err(e) => return Err(TransferError::SourceFromGateway { digest: digest.clone(), error: Box::new(e) }),
@@ -623,12 +623,21 @@ impl Transfers {
                     self.failed.push(&task.to);
                 }
                 // The next send (the child's cluster asks again) goes to the next replica.
-                if task.route == Route::Relay && e.is_path_failure() {
-                    self.gateway.addrs().failed(&gateway);
+                if task.route == Route::Relay {
+                    gateway_failed(&self.gateway, &gateway, &e);
                 }
                 Err(e.into())
             }
         }
+    }
+}
+
+/// A blob route of the gateway replica at `addr` could not be reached (or kept failing): the
+/// calls and blob routes that would start there start at the next replica. A refusal (a ticket,
+/// a blob not there yet) is an answer, and moves nothing.
+fn gateway_failed(gateway: &GatewayClient, addr: &str, error: &MoveError) {
+    if matches!(error, MoveError::Unreachable { .. }) {
+        gateway.addrs().failed(addr);
     }
 }
 
