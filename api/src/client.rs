@@ -37,9 +37,10 @@ pub enum ClientError {
     /// The replica answered with an error.
     #[error("{addr}: {} ({:?})", .error.message, .error.code)]
     Api { addr: String, error: ApiError },
-    /// The replica answered something this client does not understand.
+    /// The replica answered something this client does not understand; `status` is the HTTP
+    /// status of an error answer without the envelope (a proxy's 502, say).
     #[error("{addr}: unexpected response: {detail}")]
-    Decode { addr: String, detail: String },
+    Decode { addr: String, detail: String, status: Option<u16> },
 }
 
 impl ClientError {
@@ -109,14 +110,18 @@ pub(crate) async fn send_json<B: Serialize, T: DeserializeOwned>(
     let status = response.status();
     let bytes = response.bytes().await.map_err(transport)?;
     if status.is_success() {
-        return serde_json::from_slice(&bytes)
-            .map_err(|e| ClientError::Decode { addr: addr.to_string(), detail: e.to_string() });
+        return serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            addr: addr.to_string(),
+            detail: e.to_string(),
+            status: None,
+        });
     }
     match serde_json::from_slice::<ErrorBody>(&bytes) {
         Ok(body) => Err(ClientError::Api { addr: addr.to_string(), error: body.error.into() }),
         Err(_) => Err(ClientError::Decode {
             addr: addr.to_string(),
             detail: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes).chars().take(200).collect::<String>()),
+            status: Some(status.as_u16()),
         }),
     }
 }

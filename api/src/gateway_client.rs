@@ -1,5 +1,8 @@
 //! The HTTP client of the gateway API, used by replicas (with their certificate) and by the CLI
-//! (with a bearer token, or none).
+//! (with a bearer token, or none). It knows every gateway replica: a call goes to the one in use
+//! and, when that one fails (no connection, reset, timed out, a 5xx), to the next, each at most
+//! once, with a short jittered pause between two; a request that must not be applied twice
+//! (a submission, a token, an enrollment) moves on only when it surely was not sent.
 
 use std::time::Duration;
 
@@ -21,6 +24,10 @@ use crate::gateway::RenewRequest;
 use crate::gateway::RowReport;
 use crate::gateway::TokenCreated;
 use crate::gateway::UserTokenRequest;
+use crate::gateway_addrs;
+use crate::gateway_addrs::AfterFailure;
+use crate::gateway_addrs::GatewayAddrs;
+use crate::gateway_addrs::Resend;
 use crate::jobs::JobDetail;
 use crate::jobs::JobInfo;
 use crate::jobs::LeaseRequest;
@@ -45,12 +52,21 @@ pub struct CaInfo {
     pub fingerprint: String,
 }
 
+/// A client of the gateway's replicas: each call goes to the replica in use and moves to the
+/// next on failure ([`crate::gateway_addrs`]); clients built over one [`GatewayAddrs`] move
+/// together.
 #[derive(Clone, Debug)]
 pub struct GatewayClient {
     http: reqwest::Client,
-    addr: String,
+    addrs: GatewayAddrs,
     token: Option<String>,
 }
+
+/// Between two HTTP/2 pings on a connection with a request open, and how long a ping may go
+/// unanswered: a replica whose path went silent under a long poll is left after about ten
+/// seconds, not at the poll's own timeout. A replica that died is left at once (its
+/// connections are reset).
+const PING_INTERVAL: Duration = Duration::from_secs(5);
 
 impl GatewayClient {
     /// A client for the gateway at `addr` (`host:port`), over `tls`, sending `token` as a bearer
@@ -61,33 +77,108 @@ impl GatewayClient {
         token: Option<String>,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
+        Self::with_addrs(tls, GatewayAddrs::new(&[addr.to_string()]), token, timeout)
+    }
+
+    /// A client for the gateway replicas of `addrs`, sharing the address in use with every
+    /// other client built over it.
+    pub fn with_addrs(
+        tls: rustls::ClientConfig,
+        addrs: GatewayAddrs,
+        token: Option<String>,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .no_proxy()
             .tcp_nodelay(true)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .timeout(timeout)
+            .http2_keep_alive_interval(PING_INTERVAL)
+            .http2_keep_alive_timeout(PING_INTERVAL)
             .build()
             .map_err(|e| ClientError::Transport {
-                addr: addr.to_string(),
+                addr: addrs.candidates().join(", "),
                 message: error_chain(&e),
                 timed_out: false,
                 not_sent: true,
             })?;
-        Ok(Self { http, addr: addr.to_string(), token })
+        Ok(Self { http, addrs, token })
     }
 
-    pub fn addr(&self) -> &str {
-        &self.addr
+    /// The replica in use.
+    pub fn addr(&self) -> String {
+        self.addrs.current()
     }
 
+    /// The replicas this client knows and the one in use (shared with the clients built over
+    /// it).
+    pub fn addrs(&self) -> &GatewayAddrs {
+        &self.addrs
+    }
+
+    /// Take the replicas a heartbeat answer listed ([`GatewayAddrs::learn`]).
+    pub fn learn(&self, listed: &[String]) {
+        self.addrs.learn(listed);
+    }
+
+    /// A request any replica may get again: moves on whenever a replica fails.
     async fn call<B: serde::Serialize, T: serde::de::DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
-        send_json(&self.http, method, &self.addr, path, body, self.token.as_deref()).await
+        self.call_as(Resend::Safe, method, path, body).await
+    }
+
+    /// Try the replicas in turn, from the one in use, each at most once, pausing
+    /// [`gateway_addrs::backoff`] before each move; as far as `resend` allows.
+    async fn call_as<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        resend: Resend,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let plan = self.addrs.plan();
+        let mut earlier: Vec<ClientError> = Vec::new();
+        for (n, addr) in plan.iter().enumerate() {
+            if n > 0 {
+                tokio::time::sleep(gateway_addrs::backoff(n as u32, rand::random::<f64>())).await;
+            }
+            let error = match send_json(&self.http, method.clone(), addr, path, body, self.token.as_deref()).await {
+                Ok(answer) => {
+                    self.addrs.answered(addr);
+                    return Ok(answer);
+                }
+                Err(error) => error,
+            };
+            match gateway_addrs::after_failure(&error, resend) {
+                AfterFailure::Answered => {
+                    self.addrs.answered(addr);
+                    return Err(gateway_addrs::with_earlier(error, &earlier));
+                }
+                AfterFailure::GiveUp => {
+                    self.addrs.failed(addr);
+                    return Err(gateway_addrs::with_earlier(error, &earlier));
+                }
+                AfterFailure::TryNext => {
+                    self.addrs.failed(addr);
+                    tracing::debug!(%error, path, "a gateway replica failed; trying the next");
+                    earlier.push(error);
+                }
+            }
+        }
+        match earlier.pop() {
+            Some(last) => Err(gateway_addrs::with_earlier(last, &earlier)),
+            None => Err(ClientError::Transport {
+                addr: String::new(),
+                message: "no gateway address is configured".into(),
+                timed_out: false,
+                not_sent: true,
+            }),
+        }
     }
 
     /// `GET path`, read as `T` (`serde::de::IgnoredAny` checks the JSON without keeping it).
@@ -99,8 +190,9 @@ impl GatewayClient {
         self.call::<(), _>(Method::GET, "/v1/ca", None).await
     }
 
+    /// `POST /v1/enroll`: sent again only when not sent at all (a join token is used once).
     pub async fn enroll(&self, request: &EnrollRequest) -> Result<IssuedCertificate, ClientError> {
-        self.call(Method::POST, "/v1/enroll", Some(request)).await
+        self.call_as(Resend::OnlyUnsent, Method::POST, "/v1/enroll", Some(request)).await
     }
 
     pub async fn renew(&self, csr: &str) -> Result<IssuedCertificate, ClientError> {
@@ -134,17 +226,21 @@ impl GatewayClient {
         self.call::<(), _>(Method::GET, "/v1/matrix", None).await
     }
 
+    /// `POST /v1/tokens/join`: sent again only when not sent at all (each try makes a token).
     pub async fn join_token(&self, request: &JoinTokenRequest) -> Result<TokenCreated, ClientError> {
-        self.call(Method::POST, "/v1/tokens/join", Some(request)).await
+        self.call_as(Resend::OnlyUnsent, Method::POST, "/v1/tokens/join", Some(request)).await
     }
 
+    /// `POST /v1/tokens/user`: sent again only when not sent at all (each try makes a token).
     pub async fn user_token(&self, request: &UserTokenRequest) -> Result<TokenCreated, ClientError> {
-        self.call(Method::POST, "/v1/tokens/user", Some(request)).await
+        self.call_as(Resend::OnlyUnsent, Method::POST, "/v1/tokens/user", Some(request)).await
     }
 
-    /// `POST /v1/pipelines`: submit a pipeline (the spec as JSON).
+    /// `POST /v1/pipelines`: submit a pipeline (the spec as JSON). Sent again only when not sent
+    /// at all: a submission whose answer timed out may have been stored, and a second one would
+    /// be a second pipeline.
     pub async fn submit(&self, request: &SubmitRequest) -> Result<Submitted, ClientError> {
-        self.call(Method::POST, "/v1/pipelines", Some(request)).await
+        self.call_as(Resend::OnlyUnsent, Method::POST, "/v1/pipelines", Some(request)).await
     }
 
     /// `GET /v1/pipelines/{id}`: a pipeline's jobs in spec order.

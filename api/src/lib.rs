@@ -9,7 +9,8 @@
 //!   middleware that puts the framework's own refusals in it.
 //! - [`exposition`]: `/metrics` in the format a scraper asks for (OpenMetrics, or 0.0.4 text).
 //! - [`node`]: wire types of a replica's API.
-//! - [`client`]: the HTTP client of that API; [`gateway_client`]: of the gateway's.
+//! - [`client`]: the HTTP client of that API; [`gateway_client`]: of the gateway's, over the
+//!   replicas [`gateway_addrs`] says to try (the one in use first, the next on failure).
 //! - [`config_file`]: YAML config loading with env overrides and path-naming errors.
 //! - [`gateway`]: wire types of the gateway API (enrollment, heartbeats, matrix, tokens).
 //! - [`token`]: join and user tokens (format, hashing, the CA fingerprint a join token pins).
@@ -26,6 +27,7 @@ pub mod config_file;
 pub mod error;
 pub mod exposition;
 pub mod gateway;
+pub mod gateway_addrs;
 pub mod gateway_client;
 pub mod identity;
 pub mod ids;

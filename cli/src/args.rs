@@ -64,6 +64,9 @@ pub enum Command {
     },
     /// Clusters as the gateway sees them: state, leader, term, endpoint.
     Clusters(JsonArg),
+    /// Gateway replicas: which one holds the duties lease, its generation, when each was last
+    /// seen.
+    Gateways(JsonArg),
     /// Change a cluster's standing at the gateway.
     Cluster {
         #[command(subcommand)]

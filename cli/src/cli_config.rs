@@ -1,7 +1,9 @@
 //! The CLI config file (`atoll.yaml`): which replicas to talk to and the operator credentials.
 //!
 //! ```yaml
-//! gateway: ["127.0.0.1:7000"]  # gateway replicas (host:port), tried in order
+//! gateway:                     # every gateway replica (host:port): a command uses the
+//!   - "127.0.0.1:7000"         #   first and moves to the next when one fails
+//!   - "127.0.0.1:7010"
 //! token_file: admin.token      # bearer token for the gateway (or `token: atoll-user....`)
 //! nodes:                       # replicas commands use when --node is not given
 //!   - {cluster: aws, id: 1, addr: "127.0.0.1:7101"}
@@ -18,6 +20,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use atoll_api::client::NodeClient;
+use atoll_api::gateway_addrs::GatewayAddrs;
+use atoll_api::gateway_client::GatewayClient;
 use atoll_api::tls::ServerPolicy;
 use atoll_api::tls::TlsFiles;
 use atoll_api::tls::TlsIdentity;
@@ -27,7 +31,9 @@ use serde::Serialize;
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CliConfig {
-    /// Gateway replicas (`host:port`), tried in order.
+    /// Gateway replicas (`host:port`): a command uses the first and moves to the next when one
+    /// fails (no connection, reset, timed out, a 5xx); a submission or a token only when the
+    /// request surely was not sent.
     #[serde(default)]
     pub gateway: Vec<String>,
     /// Bearer token for the gateway.
@@ -105,7 +111,6 @@ impl CliConfig {
         Ok(TlsIdentity::load(&TlsFiles { ca: tls.ca.clone(), cert: cert.clone(), key: key.clone() })?)
     }
 
-    /// A client for the gateway (the first listed), with the bearer token when configured.
     /// The bearer token, from `token` or `token_file`.
     fn token(&self) -> anyhow::Result<Option<String>> {
         Ok(match (&self.token, &self.token_file) {
@@ -120,22 +125,38 @@ impl CliConfig {
         })
     }
 
-    fn gateway_tls(&self) -> anyhow::Result<(String, rustls::ClientConfig)> {
-        let addr = self.gateway.first().context("no gateway in the CLI config (gateway: [host:port])")?;
-        let tls = self.tls.as_ref().context("no CA in the CLI config (tls.ca) to verify the gateway with")?;
-        let trust = atoll_api::tls::TrustRoots::load(&tls.ca)?;
-        Ok((addr.clone(), trust.anonymous_client_config(ServerPolicy::Gateway)?))
+    /// The gateway replicas listed (`gateway`), tried in that order.
+    pub fn gateway_addrs(&self) -> anyhow::Result<GatewayAddrs> {
+        anyhow::ensure!(
+            self.gateway.iter().any(|a| !a.trim().is_empty()),
+            "no gateway in the CLI config (gateway: [host:port, ...])"
+        );
+        Ok(GatewayAddrs::new(&self.gateway))
     }
 
-    pub fn gateway_client(&self) -> anyhow::Result<atoll_api::gateway_client::GatewayClient> {
-        let (addr, tls) = self.gateway_tls()?;
-        Ok(atoll_api::gateway_client::GatewayClient::new(tls, &addr, self.token()?, REQUEST_TIMEOUT)?)
+    fn gateway_tls(&self) -> anyhow::Result<rustls::ClientConfig> {
+        let tls = self.tls.as_ref().context("no CA in the CLI config (tls.ca) to verify the gateway with")?;
+        let trust = atoll_api::tls::TrustRoots::load(&tls.ca)?;
+        Ok(trust.anonymous_client_config(ServerPolicy::Gateway)?)
+    }
+
+    /// A client of every gateway replica listed, with the bearer token when configured: each
+    /// command goes to the first and moves to the next when one fails.
+    pub fn gateway_client(&self) -> anyhow::Result<GatewayClient> {
+        self.gateway_client_over(self.gateway_addrs()?)
+    }
+
+    /// A client of the gateway replicas of `addrs` (shared with the caller, who may have learned
+    /// which one answers).
+    pub fn gateway_client_over(&self, addrs: GatewayAddrs) -> anyhow::Result<GatewayClient> {
+        Ok(GatewayClient::with_addrs(self.gateway_tls()?, addrs, self.token()?, REQUEST_TIMEOUT)?)
     }
 
     /// A plain HTTP client of the gateway sending the bearer token (for its blob routes), and
-    /// the gateway's address.
-    pub fn gateway_http(&self, timeout: Duration) -> anyhow::Result<(reqwest::Client, String)> {
-        let (addr, tls) = self.gateway_tls()?;
+    /// the gateway replicas to try it on, in order.
+    pub fn gateway_http(&self, timeout: Duration) -> anyhow::Result<(reqwest::Client, GatewayAddrs)> {
+        let addrs = self.gateway_addrs()?;
+        let tls = self.gateway_tls()?;
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = self.token()? {
             let mut value: reqwest::header::HeaderValue =
@@ -150,7 +171,7 @@ impl CliConfig {
             .connect_timeout(Duration::from_secs(5))
             .timeout(timeout)
             .build()?;
-        Ok((http, addr))
+        Ok((http, addrs))
     }
 
     /// `--node`, else the first replica listed here.
@@ -186,6 +207,24 @@ pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_gateway_replica_listed_is_tried_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("atoll.yaml");
+        let text =
+            "gateway:\n  - \"10.0.0.1:7000\"\n  - \"10.0.0.2:7000\"\n  - \"gw-3.example:7000\"\ntls: {ca: ca.pem}\n";
+        std::fs::write(&path, text).unwrap();
+        let config = CliConfig::load(&path).unwrap();
+        assert_eq!(config.gateway, ["10.0.0.1:7000", "10.0.0.2:7000", "gw-3.example:7000"]);
+        let addrs = config.gateway_addrs().unwrap();
+        assert_eq!(addrs.plan(), config.gateway, "the first listed first, then the others in order");
+        assert_eq!(addrs.current(), "10.0.0.1:7000");
+
+        let none = CliConfig { gateway: Vec::new(), ..CliConfig::default() };
+        let err = none.gateway_addrs().unwrap_err().to_string();
+        assert!(err.contains("no gateway in the CLI config"), "{err}");
+    }
 
     #[test]
     fn durations() {

@@ -7,6 +7,7 @@
 //! - [`ca`]: `atoll ca init|issue`.
 //! - [`operator`]: `status`, `annotate`, `annotations`, `raft ...`.
 //! - [`mesh_commands`]: `token create`, `clusters`, `cluster ...`, `matrix` (through the gateway).
+//! - [`gateways`]: `atoll gateways`, the gateway replicas and the lease.
 //! - [`cli_config`]: the CLI config file.
 //! - [`job_commands`]: `validate`, `submit`, `jobs`, `job`, `logs`, `cancel`.
 //! - [`verify`]: `atoll verify`, checks of a live deployment.
@@ -21,6 +22,7 @@ pub mod ca;
 pub mod cli_config;
 pub mod completion;
 pub mod dev;
+pub mod gateways;
 pub mod job_commands;
 pub mod logging;
 pub mod malloc;
@@ -51,6 +53,7 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
             mesh_commands::cluster(&CliConfig::find(args.config.as_deref())?, command).await
         }
         Command::Matrix(json) => mesh_commands::matrix(&CliConfig::find(args.config.as_deref())?, json.json).await,
+        Command::Gateways(json) => gateways::gateways(&CliConfig::find(args.config.as_deref())?, json.json).await,
         Command::Submit { file, wait, json } => {
             job_commands::submit(&CliConfig::find(args.config.as_deref())?, &file, wait, json).await
         }

@@ -4,7 +4,8 @@
 //! itself left out, and packed into one deterministic tar (the same files give the same digest,
 //! so pushing an unchanged tree uploads nothing). The archive is chunked and uploaded through
 //! the gateway's blob routes with the CLI's bearer token (submit scope), resuming where the
-//! gateway's copy stands, then registered; pipelines name it as `source: sha256:...` and every
+//! gateway's copy stands (at the next gateway replica when one cannot be reached), then
+//! registered; pipelines name it as `source: sha256:...` and every
 //! cluster fetches it from the gateway by digest when a job needs it.
 
 use std::collections::HashSet;
@@ -17,6 +18,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
+use atoll_api::gateway_addrs::GatewayAddrs;
+use atoll_store::transfer::TransferError;
 
 use crate::cli_config::CliConfig;
 
@@ -93,10 +96,9 @@ pub async fn push(config: &CliConfig, dir: &Path, json: bool) -> anyhow::Result<
     let blobs =
         atoll_store::Blobs::open(&atoll_store::StorageConfig::Local { path: temp.path().join("blobs"), fsync: false })?;
     blobs.put_file(&archive, &packed.digest).await?;
-    let (http, addr) = config.gateway_http(CHUNK_TIMEOUT)?;
+    let (http, gateways) = config.gateway_http(CHUNK_TIMEOUT)?;
     let progress = Arc::new(AtomicU64::new(0));
     let pace = atoll_store::transfer::Pace { limit: None, progress: Some(progress.clone()) };
-    let remote = atoll_store::transfer::Remote::https(http, &addr, String::new());
     let show = (!json && std::io::stderr().is_terminal()).then(|| {
         let (progress, total) = (progress.clone(), packed.size);
         tokio::spawn(async move {
@@ -108,13 +110,14 @@ pub async fn push(config: &CliConfig, dir: &Path, json: bool) -> anyhow::Result<
             }
         })
     });
-    let sent = atoll_store::transfer::send(&blobs, &packed.digest, &remote, &pace).await;
+    let sent = upload(&blobs, &packed.digest, &http, &gateways, &pace).await;
     if let Some(task) = show {
         task.abort();
         eprint!("\r");
     }
     let sent = sent.with_context(|| format!("uploading {} to the gateway", packed.digest))?;
-    let gateway = config.gateway_client()?;
+    // Registered at the replica that took the upload (any replica would do: they share the store).
+    let gateway = config.gateway_client_over(gateways)?;
     let info = gateway.register_source(&packed.digest.to_string()).await.context("registering the source")?;
     if json {
         let out = serde_json::json!({
@@ -135,6 +138,35 @@ pub async fn push(config: &CliConfig, dir: &Path, json: bool) -> anyhow::Result<
         println!("name it in a pipeline: `source: {}` (unpacked under $ATOLL_SOURCE)", info.digest);
     }
     Ok(())
+}
+
+/// Upload `digest` to the gateway replicas of `gateways` in turn: the next one when a replica
+/// cannot be reached (the upload resumes there from the chunks the gateway's store already
+/// holds); any other failure is the answer. The error names every replica tried.
+async fn upload(
+    blobs: &atoll_store::Blobs,
+    digest: &atoll_store::Digest,
+    http: &reqwest::Client,
+    gateways: &GatewayAddrs,
+    pace: &atoll_store::transfer::Pace,
+) -> anyhow::Result<u64> {
+    let mut unreachable: Vec<String> = Vec::new();
+    for addr in gateways.plan() {
+        let remote = atoll_store::transfer::Remote::https(http.clone(), &addr, String::new());
+        match atoll_store::transfer::send(blobs, digest, &remote, pace).await {
+            Ok(sent) => {
+                gateways.answered(&addr);
+                return Ok(sent);
+            }
+            Err(e @ TransferError::Unreachable { .. }) => {
+                gateways.failed(&addr);
+                unreachable.push(e.to_string());
+            }
+            Err(e) if unreachable.is_empty() => return Err(e.into()),
+            Err(e) => anyhow::bail!("{e} (tried before: {})", unreachable.join("; ")),
+        }
+    }
+    anyhow::bail!("no gateway replica could be reached: {}", unreachable.join("; "))
 }
 
 fn human(bytes: u64) -> String {

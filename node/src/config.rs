@@ -198,8 +198,14 @@ pub struct KubernetesFile {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayFile {
-    /// `host:port` of the gateway.
-    pub addr: String,
+    /// `host:port` of the gateway: one replica (the same as `addrs` with one entry).
+    #[serde(default)]
+    pub addr: Option<String>,
+    /// `host:port` of every gateway replica, tried in this order: the replica uses one and moves
+    /// to the next when it fails. Each heartbeat answer then lists the replicas alive now, which
+    /// replace these (these stay as a last resort). Give `addr` or `addrs`, not both.
+    #[serde(default)]
+    pub addrs: Option<Vec<String>>,
     /// A join token (`atoll token create --cluster ...`), used once, when `tls.cert` does not
     /// exist yet: the replica then makes its key, sends a CSR, and writes the `tls` files.
     #[serde(default)]
@@ -645,7 +651,8 @@ pub struct AgentConfig {
 /// How this replica reaches the gateway.
 #[derive(Debug, Clone)]
 pub struct GatewayLink {
-    pub addr: String,
+    /// The gateway replicas (`host:port`), in the order they are tried; never empty.
+    pub addrs: Vec<String>,
     /// Where the join token comes from, when the replica must enroll.
     pub join_token: JoinTokenSource,
 }
@@ -794,7 +801,33 @@ impl AgentConfig {
         let gateway = match file.gateway {
             None => None,
             Some(g) => {
-                check_host_port(&g.addr).map_err(|e| invalid("gateway.addr", e))?;
+                let addrs = match (g.addr, g.addrs) {
+                    (Some(_), Some(_)) => {
+                        return Err(invalid("gateway", "give one of addr and addrs".into()));
+                    }
+                    (None, None) => {
+                        return Err(invalid("gateway", "give addr (one gateway) or addrs (its replicas)".into()));
+                    }
+                    (Some(addr), None) => {
+                        check_host_port(&addr).map_err(|e| invalid("gateway.addr", e))?;
+                        vec![addr]
+                    }
+                    (None, Some(addrs)) => {
+                        if addrs.is_empty() {
+                            return Err(invalid("gateway.addrs", "must list at least one host:port".into()));
+                        }
+                        for (i, addr) in addrs.iter().enumerate() {
+                            check_host_port(addr).map_err(|e| invalid(&format!("gateway.addrs[{i}]"), e))?;
+                            if addrs[..i].contains(addr) {
+                                return Err(invalid(
+                                    &format!("gateway.addrs[{i}]"),
+                                    format!("{addr:?} is listed twice"),
+                                ));
+                            }
+                        }
+                        addrs
+                    }
+                };
                 let join_token = match (g.join_token, g.join_token_file) {
                     (Some(_), Some(_)) => {
                         return Err(invalid("gateway", "give one of join_token and join_token_file".into()));
@@ -807,7 +840,7 @@ impl AgentConfig {
                     (None, Some(path)) => JoinTokenSource::File(resolve(base, &path)),
                     (None, None) => JoinTokenSource::None,
                 };
-                Some(GatewayLink { addr: g.addr, join_token })
+                Some(GatewayLink { addrs, join_token })
             }
         };
         let mut refuse_inbound_from = Vec::new();
@@ -971,6 +1004,31 @@ tls: {ca: certs/ca.pem, cert: certs/n1.pem, key: /abs/n1-key.pem}
                 ),
                 "jobs.kubernetes.helper_image",
             ),
+        ];
+        for (text, key) in cases {
+            let err = check(&text).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("agent.yaml: {key}:")), "expected {key}, got {err}");
+        }
+    }
+
+    #[test]
+    fn the_gateway_is_one_address_or_a_list_of_replicas() {
+        let with = |gateway: &str| format!("{GOOD}gateway: {{{gateway}, join_token_file: join.token}}\n");
+        let link = |text: &str| check(text).unwrap().gateway.expect("a gateway");
+        assert_eq!(link(&with("addr: 'gw:7000'")).addrs, ["gw:7000"], "addr alone: a list of one");
+        let several = link(&with("addrs: ['gw-1:7000', 'gw-2:7000', '10.0.0.3:7000']"));
+        assert_eq!(several.addrs, ["gw-1:7000", "gw-2:7000", "10.0.0.3:7000"], "in the order given");
+        assert!(matches!(several.join_token, JoinTokenSource::File(_)));
+
+        let cases = [
+            (with("addr: 'gw:7000', addrs: ['gw:7000']"), "gateway"),
+            (format!("{GOOD}gateway: {{join_token_file: join.token}}\n"), "gateway"),
+            (with("addrs: []"), "gateway.addrs"),
+            (with("addrs: ['gw-1:7000', 'gw-2']"), "gateway.addrs[1]"),
+            (with("addrs: ['gw-1:7000', ':7000']"), "gateway.addrs[1]"),
+            (with("addrs: ['gw-1:7000', 'gw-1:7000']"), "gateway.addrs[1]"),
+            (with("addr: 'gw'"), "gateway.addr"),
+            (with("addrs: 'gw:7000'"), "gateway.addrs"),
         ];
         for (text, key) in cases {
             let err = check(&text).unwrap_err().to_string();

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use atoll_api::Identity;
+use atoll_api::gateway_addrs::GatewayAddrs;
 use atoll_api::serve::OnClose;
 use atoll_api::tls::TlsIdentity;
 use tokio::net::TcpListener;
@@ -42,11 +43,14 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
 
     tokio::pin!(shutdown);
     crate::link::files::recover(&config.tls).context("finishing an interrupted certificate write")?;
-    if let Some(link) = &config.gateway
+    // The gateway replicas, shared by every client of the gateway this replica builds: they
+    // move to another replica together and learn the list from heartbeat answers together.
+    let gateways = config.gateway.as_ref().map(|link| GatewayAddrs::new(&link.addrs));
+    if let (Some(link), Some(gateways)) = (&config.gateway, &gateways)
         && !config.tls.cert.exists()
     {
         tokio::select! {
-            enrolled = crate::link::enroll::enroll(&config, link) => enrolled?,
+            enrolled = crate::link::enroll::enroll(&config, link, gateways) => enrolled?,
             () = &mut shutdown => {
                 tracing::info!("shutdown requested while enrolling");
                 return Ok(());
@@ -174,7 +178,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
     let failure = match bootstrapped {
         Err(e) => Some(format!("{e:#}")),
         Ok(false) => None,
-        Ok(true) => match join_mesh(&config, &replica, &tls, blob_service).await {
+        Ok(true) => match join_mesh(&config, gateways, &replica, &tls, blob_service).await {
             Err(why) => Some(why),
             Ok(link) => {
                 let failure = duties(&config, &replica, closed_rx, shutdown, &mut server).await;
@@ -198,21 +202,24 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
     }
 }
 
-/// With a gateway configured: set up the job executor and start the gateway link.
+/// With a gateway configured (its replicas in `gateways`): set up the job executor and start
+/// the gateway link.
 async fn join_mesh(
     config: &AgentConfig,
+    gateways: Option<GatewayAddrs>,
     replica: &Arc<crate::raft::Replica>,
     tls: &TlsIdentity,
     blobs: Arc<atoll_store::transfer::BlobService>,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
-    let Some(link) = config.gateway.clone() else { return Ok(None) };
+    let Some(gateways) = gateways else { return Ok(None) };
     let outputs = blobs.blobs().clone();
     match outputs.check().await {
         Ok(()) => tracing::info!(store = outputs.name(), "outputs are stored in {}", outputs.name()),
         // Not fatal: the store may come back; runs that end meanwhile end in error, saying why.
         Err(e) => tracing::warn!(error = %e, "the output store does not answer yet"),
     }
-    let gateway = crate::link::gateway_client(tls, &link.addr).map_err(|e| format!("the gateway client: {e:#}"))?;
+    let gateway = crate::link::gateway_client(tls, &gateways, crate::link::REQUEST_TIMEOUT)
+        .map_err(|e| format!("the gateway client: {e:#}"))?;
     let failed = Arc::new(crate::transfers::FailedPeers::default());
     let own_store = matches!(config.storage, atoll_store::StorageConfig::Local { .. });
     let transfers = Arc::new(crate::transfers::Transfers::new(
@@ -235,7 +242,7 @@ async fn join_mesh(
     )
     .await
     .map_err(|e| format!("jobs.executor: {e:#}"))?;
-    tracing::info!(gateway = %link.addr, "joining the mesh");
+    tracing::info!(gateways = ?gateways.candidates(), "joining the mesh");
     let retention = crate::jobs::AbortOnDrop(tokio::spawn(crate::retention::run(
         replica.clone(),
         transfers.clone(),
@@ -250,7 +257,8 @@ async fn join_mesh(
         crate::config::ExecutorConfig::Process => None,
     };
     let jobs = crate::link::Jobs { executor, max_running: config.jobs.max_running, transfers, failed };
-    let link = crate::link::run(replica.clone(), tls.clone(), config.tls.clone(), config.tls_names.clone(), link, jobs);
+    let link =
+        crate::link::run(replica.clone(), tls.clone(), config.tls.clone(), config.tls_names.clone(), gateways, jobs);
     Ok(Some(tokio::spawn(async move {
         // Retention passes and the pod listener go on as long as the link does.
         let _retention = retention;

@@ -15,6 +15,9 @@
 //! - **Send** ([`Transfers::send`], from a lease answer): push an output to a child's cluster,
 //!   or upload it to the relay. Best effort: the parent has finished whatever happens; the
 //!   child's cluster asks again when nothing arrives.
+//!
+//! The relay and sources are reached at the gateway replica the API calls use; a blob route that
+//! keeps failing there moves the calls and the blob routes alike to the next replica.
 
 use std::collections::BTreeMap;
 use std::collections::HashSet;
@@ -204,8 +207,8 @@ pub struct Transfers {
     own_store: bool,
     service: Arc<BlobService>,
     tls: TlsIdentity,
+    /// Also the blob routes' address: the gateway replica in use, which moves when either fails.
     gateway: GatewayClient,
-    gateway_addr: String,
     pace: Pace,
     failed: Arc<FailedPeers>,
     clients: Mutex<BTreeMap<String, reqwest::Client>>,
@@ -235,7 +238,6 @@ impl Transfers {
             own_store,
             service,
             tls,
-            gateway_addr: gateway.addr().to_string(),
             gateway,
             pace: Pace::limited(limit),
             failed,
@@ -419,8 +421,8 @@ impl Transfers {
                 }
                 Route::Relay => {
                     relayed_from.get_or_insert(fetch.next_chunk());
-                    let remote =
-                        Remote::https(self.client(None)?, &self.gateway_addr, plan.ticket.clone().unwrap_or_default());
+                    let gateway = self.gateway.addr();
+                    let remote = Remote::https(self.client(None)?, &gateway, plan.ticket.clone().unwrap_or_default());
                     // While the parent's cluster still uploads, chunks are fetched as they
                     // arrive at the gateway.
                     let fetched = if plan.ready {
@@ -439,6 +441,7 @@ impl Transfers {
                         }
                         Err(e) if e.is_path_failure() => {
                             tracing::warn!(job, parent = %input.from_job, error = %e, chunk = fetch.next_chunk(), "fetching an input from the relay failed; trying again");
+                            gateway_failed(&self.gateway, &gateway, &e);
                             tokio::time::sleep(ASK_AGAIN).await;
                         }
                         Err(e) => return Err(e.into()),
@@ -483,9 +486,11 @@ impl Transfers {
             return Ok(());
         }
         let started = Instant::now();
-        let remote = Remote::https(self.client(None)?, &self.gateway_addr, String::new());
         let mut fetch = Fetch::new(digest.clone());
         loop {
+            // The replica in use at each try: one that failed is left for the next.
+            let gateway = self.gateway.addr();
+            let remote = Remote::https(self.client(None)?, &gateway, String::new());
             match fetch.run(&remote, self.blobs(), &self.pace).await {
                 Ok(_) => {
                     tracing::info!(source = %digest, bytes = fetch.moved, elapsed_ms = started.elapsed().as_millis() as u64, "source fetched from the gateway");
@@ -493,6 +498,7 @@ impl Transfers {
                 }
                 Err(e) if e.is_path_failure() && started.elapsed() < RECEIVE_LIMIT => {
                     tracing::warn!(source = %digest, error = %e, "fetching a source from the gateway failed; trying again");
+                    gateway_failed(&self.gateway, &gateway, &e);
                     tokio::time::sleep(ASK_AGAIN).await;
                 }
                 Err(e) => return Err(TransferError::SourceFromGateway { digest: digest.clone(), error: Box::new(e) }),
@@ -600,13 +606,14 @@ impl Transfers {
         let _slot = self.send_slots.acquire().await?;
         let digest: Digest = task.digest.parse()?;
         self.ensure_local(&digest).await?;
+        let gateway = self.gateway.addr();
         let remote = match task.route {
             Route::Push => Remote::https(
                 self.client(Some(&task.to))?,
                 task.endpoint.as_deref().ok_or(TransferError::NoEndpoint)?,
                 task.ticket.clone(),
             ),
-            Route::Relay => Remote::https(self.client(None)?, &self.gateway_addr, task.ticket.clone()),
+            Route::Relay => Remote::https(self.client(None)?, &gateway, task.ticket.clone()),
             other => return Err(TransferError::NothingToSend(other.as_str())),
         };
         match atoll_store::transfer::send(self.blobs(), &digest, &remote, &self.pace).await {
@@ -615,9 +622,22 @@ impl Transfers {
                 if task.route == Route::Push && e.is_path_failure() {
                     self.failed.push(&task.to);
                 }
+                // The next send (the child's cluster asks again) goes to the next replica.
+                if task.route == Route::Relay {
+                    gateway_failed(&self.gateway, &gateway, &e);
+                }
                 Err(e.into())
             }
         }
+    }
+}
+
+/// A blob route of the gateway replica at `addr` could not be reached (or kept failing): the
+/// calls and blob routes that would start there start at the next replica. A refusal (a ticket,
+/// a blob not there yet) is an answer, and moves nothing.
+fn gateway_failed(gateway: &GatewayClient, addr: &str, error: &MoveError) {
+    if matches!(error, MoveError::Unreachable { .. }) {
+        gateway.addrs().failed(addr);
     }
 }
 

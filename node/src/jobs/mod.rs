@@ -444,7 +444,9 @@ impl Leader {
 }
 
 /// Long-poll the gateway with what the cluster holds; hand each non-empty answer over and wait
-/// until it is handled (so the next poll says what is held now).
+/// until it is handled (so the next poll says what is held now). A poll may go to any gateway
+/// replica: the client moves to the next when the one in use fails, at once when it dies under
+/// the poll (its connection is reset), so an error here means no replica answered.
 async fn lease_forever(
     gateway: GatewayClient,
     cluster: String,

@@ -2,7 +2,9 @@
 //!
 //! - **heartbeat** every heartbeat interval: the registration (term, leader, endpoint, labels,
 //!   replicas) in one idempotent request; the answer is the mesh view (other clusters, revoked
-//!   ones) when it changed since the revision the leader holds, and the intervals to use. A
+//!   ones) when it changed since the revision the leader holds, the intervals to use, and the
+//!   gateway replicas alive now, which every client of the gateway on this replica then tries
+//!   (a replica added after the agent started is used when the one in use fails). A
 //!   changed view is replicated through Raft, so followers
 //!   (and the next leader) know it.
 //! - **probe** every other cluster's endpoint every probe interval, over a fresh mTLS connection
@@ -225,6 +227,8 @@ pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Pro
                     }
                     registered = true;
                     settings = Settings::from_ack(&ack);
+                    // The replicas alive now: every client of the gateway here tries these.
+                    gateway.learn(&ack.gateways);
                     // The view comes only when it changed since the revision sent.
                     if let Some(sent) = &ack.view {
                         let fresh = view_from(sent);

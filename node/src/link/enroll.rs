@@ -6,10 +6,12 @@
 //!    and a CSR for `spiffe://atoll/cluster/<name>/node/<id>`; the key never leaves the replica.
 //! 3. Write key, certificate and CA as configured (`tls.key`, `tls.cert`, `tls.ca`).
 //!
-//! A gateway that cannot be reached or is unavailable is retried with backoff (the replica
-//! cannot do anything without a certificate, and its gateway may simply start later); a
-//! refusal (bad, used or expired token, wrong identity, revoked cluster, another CA) ends the
-//! attempt with the gateway's reason.
+//! Both steps go to the gateway replica in use and move to the next as every call to the
+//! gateway does (the enrollment itself only when it surely was not sent: the token is used
+//! once). A gateway that cannot be reached or is unavailable is retried with backoff, from the
+//! next replica (the replica cannot do anything without a certificate, and its gateway may
+//! simply start later); a refusal (bad, used or expired token, wrong identity, revoked
+//! cluster, another CA) ends the attempt with the gateway's reason.
 
 use std::path::Path;
 use std::time::Duration;
@@ -19,6 +21,7 @@ use atoll_api::ErrorCode;
 use atoll_api::Identity;
 use atoll_api::client::ClientError;
 use atoll_api::gateway::EnrollRequest;
+use atoll_api::gateway_addrs::GatewayAddrs;
 use atoll_api::gateway_client::GatewayClient;
 use atoll_api::pki::KeyAlgorithm;
 use atoll_api::tls::ServerPolicy;
@@ -56,7 +59,8 @@ where
     }
 }
 
-pub async fn enroll(config: &AgentConfig, link: &GatewayLink) -> anyhow::Result<()> {
+/// Enroll through the gateway replicas of `gateways` (shared with the clients built later).
+pub async fn enroll(config: &AgentConfig, link: &GatewayLink, gateways: &GatewayAddrs) -> anyhow::Result<()> {
     let token_text = link.join_token.read().map_err(anyhow::Error::msg)?.with_context(|| {
         format!(
             "{} does not exist and no join token is configured (gateway.join_token or gateway.join_token_file): this replica cannot enroll",
@@ -64,27 +68,32 @@ pub async fn enroll(config: &AgentConfig, link: &GatewayLink) -> anyhow::Result<
         )
     })?;
     let token = JoinToken::parse(&token_text)?;
-    tracing::info!(gateway = %link.addr, "enrolling with the gateway");
+    let named = gateways.candidates().join(", ");
+    tracing::info!(gateways = %named, "enrolling with the gateway");
 
-    let fetch =
-        GatewayClient::new(atoll_api::tls::ca_bootstrap_client_config()?, &link.addr, None, Duration::from_secs(10))?;
+    let fetch = GatewayClient::with_addrs(
+        atoll_api::tls::ca_bootstrap_client_config()?,
+        gateways.clone(),
+        None,
+        Duration::from_secs(10),
+    )?;
     let ca = retrying("fetching the gateway's CA certificate", || fetch.ca())
         .await
-        .with_context(|| format!("fetching the CA certificate from the gateway at {}", link.addr))?;
+        .with_context(|| format!("fetching the CA certificate from the gateway ({named})"))?;
     let der = atoll_api::tls::first_cert_der(ca.ca.as_bytes()).context("the gateway sent no CA certificate")?;
     let fingerprint = atoll_api::token::fingerprint(&der);
     if fingerprint != token.ca_fingerprint {
         anyhow::bail!(
             "the gateway at {} presents a CA with fingerprint {fingerprint}, but the join token pins {}: refusing to enroll (wrong gateway, or a token of another mesh)",
-            link.addr,
+            fetch.addr(),
             token.ca_fingerprint
         );
     }
 
     let trust = TrustRoots::from_pem(Path::new("the gateway's CA"), ca.ca.as_bytes())?;
-    let client = GatewayClient::new(
+    let client = GatewayClient::with_addrs(
         trust.anonymous_client_config(ServerPolicy::Gateway)?,
-        &link.addr,
+        gateways.clone(),
         None,
         Duration::from_secs(30),
     )?;
@@ -93,7 +102,7 @@ pub async fn enroll(config: &AgentConfig, link: &GatewayLink) -> anyhow::Result<
     let request = EnrollRequest { token: token_text, csr };
     let issued = retrying("enrolling", || client.enroll(&request))
         .await
-        .with_context(|| format!("enrolling {identity} with the gateway at {}", link.addr))?;
+        .with_context(|| format!("enrolling {identity} with the gateway ({named})"))?;
     super::files::write_pair(&config.tls, &key, &issued.cert, Some(&issued.ca))
         .context("writing the issued certificate")?;
     tracing::info!(%identity, cert = %config.tls.cert.display(), "enrolled");

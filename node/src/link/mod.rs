@@ -16,21 +16,26 @@ pub mod renew;
 use std::sync::Arc;
 use std::time::Duration;
 
+use atoll_api::gateway_addrs::GatewayAddrs;
 use atoll_api::gateway_client::GatewayClient;
 use atoll_api::ids::Term;
 use atoll_api::tls::ServerPolicy;
 use atoll_api::tls::TlsFiles;
 use atoll_api::tls::TlsIdentity;
 
-use crate::config::GatewayLink;
 use crate::raft::Replica;
 use duties::DutyEnd;
 use duties::Prober;
 
-/// A client of the gateway presenting this replica's (current, renewable) certificate.
-pub fn gateway_client(tls: &TlsIdentity, addr: &str) -> anyhow::Result<GatewayClient> {
-    Ok(GatewayClient::new(tls.client_config(ServerPolicy::Gateway)?, addr, None, Duration::from_secs(5))?)
+/// A client of the gateway replicas of `addrs` (moving and learning with every other client
+/// built over them), presenting this replica's (current, renewable) certificate, each request
+/// given `timeout`.
+pub fn gateway_client(tls: &TlsIdentity, addrs: &GatewayAddrs, timeout: Duration) -> anyhow::Result<GatewayClient> {
+    Ok(GatewayClient::with_addrs(tls.client_config(ServerPolicy::Gateway)?, addrs.clone(), None, timeout)?)
 }
+
+/// Each request to the gateway but the lease's long poll.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The leader's duties for one term: toward the gateway, and the jobs; the first to end (fenced,
 /// revoked) ends both.
@@ -73,18 +78,22 @@ pub struct Jobs {
 }
 
 /// Run renewal (certificates naming `names` besides the identity) and, while leading, the
-/// duties; returns only if the cluster is revoked.
+/// duties, toward the gateway replicas of `addrs`; returns only if the cluster is revoked.
 pub async fn run(
     replica: Arc<Replica>,
     tls: TlsIdentity,
     files: TlsFiles,
     names: Vec<atoll_api::pki::HostName>,
-    link: GatewayLink,
+    addrs: GatewayAddrs,
     jobs: Jobs,
 ) {
-    let clients = gateway_client(&tls, &link.addr).and_then(|gateway| {
-        let wait = crate::jobs::LEASE_WAIT + Duration::from_secs(10);
-        let leases = GatewayClient::new(tls.client_config(ServerPolicy::Gateway)?, &link.addr, None, wait)?;
+    // One address list for both: a replica that fails under the lease's long poll is left by
+    // the heartbeats too, and the replicas a heartbeat answer lists are the lease's as well.
+    // The long poll's own timeout only bounds a replica that stops answering without closing
+    // its connections (the client's HTTP/2 pings notice that sooner); a replica that dies
+    // resets them, and the poll moves on at once.
+    let clients = gateway_client(&tls, &addrs, REQUEST_TIMEOUT).and_then(|gateway| {
+        let leases = gateway_client(&tls, &addrs, crate::jobs::LEASE_WAIT + Duration::from_secs(10))?;
         Ok((gateway, leases))
     });
     let (gateway, leases) = match clients {
