@@ -9,10 +9,13 @@
 //! - [`layout`]: what the mesh is made of, stored as `layout.json`.
 //! - [`files`]: the directory and the files written from the layout.
 //! - [`run`]: starting, watching and stopping the processes.
+//! - [`postgres`]: a PostgreSQL server of the mesh's own (also the chaos suite's), installed
+//!   when missing, initialised once, reused across runs of the same directory.
 
 mod files;
 mod layout;
 mod ports;
+pub mod postgres;
 mod run;
 
 pub use files::MeshDir;
