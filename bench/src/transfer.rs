@@ -177,7 +177,7 @@ async fn measure(
         watched.push((format!("{to} (receives)"), mesh.pid(to, 1).context("receiver pid")?));
     }
     if route == Route::Relay {
-        watched.push(("gateway (relays)".to_string(), mesh.gateway_pid().context("gateway pid")?));
+        watched.push(("gateway (relays)".to_string(), mesh.gateway_pid(0).context("gateway pid")?));
     }
     let before: Vec<u64> = watched.iter().map(|(_, pid)| rss(*pid).unwrap_or(0)).collect();
     let mut peaks = before.clone();

@@ -170,10 +170,11 @@ impl Chaos {
             }
         }
         if let Some(gateway) = &mut layout.gateway {
-            gateway.port = GATEWAY_PORT;
-            gateway.ops_port = GATEWAY_PORT + 1;
             gateway.timing = Some(chaos_gateway_timing());
-            gateway.place = Placement { ip: ip_of(GATEWAY), netns: Some(sandbox_netns(GATEWAY)) };
+            let replica = gateway.first_mut();
+            replica.port = GATEWAY_PORT;
+            replica.ops_port = GATEWAY_PORT + 1;
+            replica.place = Placement { ip: ip_of(GATEWAY), netns: Some(sandbox_netns(GATEWAY)) };
         }
         Ok(layout)
     }
@@ -252,7 +253,7 @@ impl Chaos {
 
     pub fn pid(&self, role: &str) -> Option<u32> {
         if role == GATEWAY {
-            return self.mesh.gateway_pid();
+            return self.mesh.gateway_pid(0);
         }
         let (cluster, id) = split_role(role)?;
         self.mesh.pid(cluster, id)
@@ -265,16 +266,16 @@ impl Chaos {
 
     /// Start the gateway again and wait until it serves.
     pub async fn restart_gateway(&mut self) -> anyhow::Result<()> {
-        self.mesh.spawn_gateway()?;
-        self.mesh.wait_for_gateway(Duration::from_secs(30)).await?;
+        self.mesh.spawn_gateway(0)?;
+        self.mesh.wait_for_gateway(0, Duration::from_secs(30)).await?;
         self.gateway = gateway_client(&self.mesh)?;
         Ok(())
     }
 
     /// Every process's log, by role.
     pub fn logs(&self) -> Vec<(String, String)> {
-        let mut out =
-            vec![(GATEWAY.to_string(), std::fs::read_to_string(self.mesh.dir.gateway_log()).unwrap_or_default())];
+        let gateway_log = self.mesh.gateway_log(0).ok().and_then(|log| std::fs::read_to_string(log).ok());
+        let mut out = vec![(GATEWAY.to_string(), gateway_log.unwrap_or_default())];
         for (cluster, replica) in self.mesh.layout.all() {
             let text = std::fs::read_to_string(self.mesh.dir.log_file(&cluster.name, replica.id)).unwrap_or_default();
             out.push((replica_name(&cluster.name, replica.id), text));

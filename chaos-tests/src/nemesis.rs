@@ -463,7 +463,7 @@ impl Nemesis<'_, '_> {
                 continue;
             }
             if role == GATEWAY {
-                self.chaos.mesh.kill_gateway();
+                self.chaos.mesh.kill_gateway(0);
             } else {
                 let (cluster, id) = crate::harness::split_role(role).context("a replica's name")?;
                 self.chaos.mesh.kill(cluster, id)?;

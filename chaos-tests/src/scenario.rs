@@ -890,7 +890,7 @@ async fn inject(
 /// a replica of another cluster goes through it (the suite's own client stays direct).
 fn delay_between_sites(sandbox: &Sandbox, layout: &atoll_mesh::Layout) -> anyhow::Result<DelayProxy> {
     let gateway = layout.gateway.as_ref().context("no gateway")?;
-    let mut destinations = vec![(None, GATEWAY.to_string(), gateway.port)];
+    let mut destinations = vec![(None, GATEWAY.to_string(), gateway.first().port)];
     for (cluster, replica) in layout.all() {
         destinations.push((Some(cluster.name.clone()), replica_name(&cluster.name, replica.id), replica.port));
     }

@@ -183,17 +183,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             () = &mut shutdown => break,
             () = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
-        if let Some(status) = mesh.reap_gateway() {
+        for (index, status) in mesh.reap_gateways() {
             // Replicas keep running without it; their leaders re-register when it is back.
+            let log = mesh.gateway_log(index).map(|l| l.display().to_string()).unwrap_or_default();
             if args.no_restart {
                 println!("atoll dev: the gateway exited ({status}); not restarting (--no-restart)");
-            } else if !may_restart(&mut restarts, ("gateway".to_string(), 0)) {
+            } else if !may_restart(&mut restarts, ("gateway".to_string(), index as u64)) {
                 println!(
-                    "atoll dev: the gateway exited ({status}) {MAX_RESTARTS} times within {RESTART_WINDOW:?}; leaving it stopped (see {})",
-                    mesh.dir.gateway_log().display()
+                    "atoll dev: the gateway exited ({status}) {MAX_RESTARTS} times within {RESTART_WINDOW:?}; leaving it stopped (see {log})"
                 );
             } else {
-                match mesh.spawn_gateway() {
+                match mesh.spawn_gateway(index) {
                     Ok(pid) => println!("atoll dev: the gateway exited ({status}); restarted as pid {pid}"),
                     Err(e) => println!("atoll dev: the gateway exited ({status}); restarting failed: {e:#}"),
                 }

@@ -93,9 +93,9 @@ async fn failover_fencing(engine: Engine) {
     assert!(message.contains("cells[0]"), "{message}");
 
     phase("SIGKILL the gateway and start it again: the highest term survives, the fence holds");
-    mesh.t.mesh.kill_gateway();
-    mesh.t.mesh.spawn_gateway().expect("restart gateway");
-    mesh.t.mesh.wait_for_gateway(Duration::from_secs(30)).await.expect("gateway back");
+    mesh.t.mesh.kill_gateway(0);
+    mesh.t.mesh.spawn_gateway(0).expect("restart gateway");
+    mesh.t.mesh.wait_for_gateway(0, Duration::from_secs(30)).await.expect("gateway back");
     assert_eq!(code(stale.heartbeat("aws", &heartbeat).await).0, ErrorCode::StaleLeader);
     let back = eventually(Duration::from_secs(30), "the leader heartbeats the restarted gateway", || async {
         mesh.cluster("aws")

@@ -353,13 +353,13 @@ jobs:
     wait_state(&mesh.gateway, &id, Duration::from_secs(30), |s| s == JobState::Running).await;
 
     phase("SIGKILL the gateway while the job runs; down longer than the dead-after bound");
-    mesh.t.mesh.kill_gateway();
+    mesh.t.mesh.kill_gateway(0);
     tokio::time::sleep(Duration::from_secs(7)).await;
 
     phase("start it again while the cluster is paused: not heard from yet is suspect, not dead");
     mesh.t.mesh.signal("aws", 1, Signal::SIGSTOP).expect("stop aws");
-    mesh.t.mesh.spawn_gateway().expect("restart gateway");
-    mesh.t.mesh.wait_for_gateway(Duration::from_secs(30)).await.expect("gateway back");
+    mesh.t.mesh.spawn_gateway(0).expect("restart gateway");
+    mesh.t.mesh.wait_for_gateway(0, Duration::from_secs(30)).await.expect("gateway back");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let aws = mesh.cluster("aws").await.expect("aws listed");
     let detail = mesh.gateway.job(&id).await.expect("job");

@@ -352,9 +352,9 @@ async fn a_pull_cut_mid_transfer_resumes_when_the_cut_heals_and_falls_back_to_th
 
     phase("healed and the gateway restarted: the edge that fell back stays relayed (its fallback is recorded)");
     mesh.wait_cell("onprem", "aws", atoll_api::gateway::LinkState::Reachable, Duration::from_secs(30)).await;
-    mesh.t.mesh.kill_gateway();
-    mesh.t.mesh.spawn_gateway().expect("restart the gateway");
-    mesh.t.mesh.wait_for_gateway(Duration::from_secs(30)).await.expect("gateway back");
+    mesh.t.mesh.kill_gateway(0);
+    mesh.t.mesh.spawn_gateway(0).expect("restart the gateway");
+    mesh.t.mesh.wait_for_gateway(0, Duration::from_secs(30)).await.expect("gateway back");
     mesh.wait_cell("onprem", "aws", atoll_api::gateway::LinkState::Reachable, Duration::from_secs(30)).await;
     assert_eq!(route(&mesh, &child_id, "second").await, Some(Route::Relay), "the fallback survived the restart");
 }
@@ -373,10 +373,10 @@ async fn relayed_output(paced: &str) -> (GatewayMesh, String, atoll_api::jobs::O
 /// child to finish (it checks every byte it got).
 async fn kill_the_gateway_during(mesh: &mut GatewayMesh, what: &str, child: &str) {
     phase(&format!("SIGKILL the gateway mid-{what}, start it again a second later"));
-    mesh.t.mesh.kill_gateway();
+    mesh.t.mesh.kill_gateway(0);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    mesh.t.mesh.spawn_gateway().expect("restart the gateway");
-    mesh.t.mesh.wait_for_gateway(Duration::from_secs(30)).await.expect("gateway back");
+    mesh.t.mesh.spawn_gateway(0).expect("restart the gateway");
+    mesh.t.mesh.wait_for_gateway(0, Duration::from_secs(30)).await.expect("gateway back");
     let done = wait_state(&mesh.gateway, child, Duration::from_secs(120), JobState::is_final).await;
     assert_eq!(done.job.state, JobState::Finished, "the child checked every byte: {:?}", done.job);
 }
@@ -407,7 +407,7 @@ async fn a_relay_upload_goes_on_after_the_gateway_was_killed_mid_transfer() {
     .await;
     kill_the_gateway_during(&mut mesh, "upload", &child).await;
     // The restarted gateway found the upload's place in the chunks it had stored.
-    let log = std::fs::read_to_string(mesh.t.mesh.dir.gateway_log()).unwrap_or_default();
+    let log = std::fs::read_to_string(mesh.t.mesh.gateway_log(0).expect("gateway log")).unwrap_or_default();
     let line = log
         .lines()
         .find(|l| l.contains("an upload goes on after the chunks stored before") && l.contains(&hex))
@@ -589,7 +589,7 @@ async fn outputs_and_work_directories_are_kept_while_a_child_needs_them_and_go_a
         ("the child's work directory", work("gcp", "child")),
     ];
     wait_gone(gone.into_iter().map(|(what, path)| (what.to_string(), path)).collect()).await;
-    let log = std::fs::read_to_string(mesh.t.mesh.dir.gateway_log()).unwrap_or_default();
+    let log = std::fs::read_to_string(mesh.t.mesh.gateway_log(0).expect("gateway log")).unwrap_or_default();
     assert!(log.contains("removed from the relay store"), "the gateway logged no removal");
 
     phase("asking about something that is not a digest, about too many, or for another cluster is refused, saying so");

@@ -5,11 +5,17 @@
 //! DIR/atoll.yaml             CLI config: gateway, admin token, replica addresses, credentials
 //! DIR/nodes.json             [{cluster, node_id, addr, ops_addr, pid}], kept current
 //! DIR/gateway.json           {addr, ops_addr, pid} of the gateway, kept current
-//! DIR/certs/                 the mesh CA (the gateway's CA directory), the operator certificate,
-//!                            and, for standalone clusters, the replicas' certificates
+//! DIR/gateways.json          instead, with gateway replicas: [{id, addr, ops_addr, pid}]
+//! DIR/certs/                 the mesh CA (the gateway's CA directory, created here before any
+//!                            gateway starts), the operator certificate, and, for standalone
+//!                            clusters, the replicas' certificates
 //! DIR/gateway/               gateway.yaml, gateway.db, admin.token
+//! DIR/gateway/<id>/          with gateway replicas: each one's gateway.yaml (the admin token
+//!                            stays in DIR/gateway/admin.token)
+//! DIR/relay/                 with gateway replicas: the relay store they share
+//! DIR/postgres/              the mesh's own PostgreSQL server, when it has one (see postgres.rs)
 //! DIR/<cluster>-<id>/        agent.yaml, data/, and with a gateway: join.token, tls/
-//! DIR/logs/                  one log per process
+//! DIR/logs/                  one log per process (gateway.log, or gateway-<id>.log per replica)
 //! ```
 
 use std::fs;
@@ -22,8 +28,11 @@ use atoll_api::pki::CertificateAuthority;
 use atoll_api::pki::KeyAlgorithm;
 
 use super::layout::ClusterLayout;
+use super::layout::GatewayLayout;
+use super::layout::GatewayReplicaLayout;
 use super::layout::Layout;
 use super::layout::ReplicaLayout;
+use super::layout::SINGLE_GATEWAY_ID;
 use super::layout::replica_name;
 
 /// Paths inside a mesh directory.
@@ -46,8 +55,25 @@ impl MeshDir {
     pub fn certs(&self) -> PathBuf {
         self.root.join("certs")
     }
+    /// The gateway's directory: the single gateway's config and database, the admin token.
     pub fn gateway_dir(&self) -> PathBuf {
         self.root.join("gateway")
+    }
+    /// Where gateway replica `id` keeps its config: [`MeshDir::gateway_dir`] for the single
+    /// gateway (`main`), a directory of its own in it for each replica.
+    pub fn gateway_home(&self, id: &str) -> PathBuf {
+        if id == SINGLE_GATEWAY_ID { self.gateway_dir() } else { self.gateway_dir().join(id) }
+    }
+    pub fn gateway_config(&self, id: &str) -> PathBuf {
+        self.gateway_home(id).join("gateway.yaml")
+    }
+    /// The relay store gateway replicas share.
+    pub fn relay_store(&self) -> PathBuf {
+        self.root.join("relay")
+    }
+    /// The mesh's own PostgreSQL server (data, log, password, URL).
+    pub fn postgres_dir(&self) -> PathBuf {
+        self.root.join("postgres")
     }
     pub fn admin_token(&self) -> PathBuf {
         self.gateway_dir().join("admin.token")
@@ -71,8 +97,10 @@ impl MeshDir {
     pub fn log_file(&self, cluster: &str, id: u64) -> PathBuf {
         self.root.join("logs").join(format!("{}.log", replica_name(cluster, id)))
     }
-    pub fn gateway_log(&self) -> PathBuf {
-        self.root.join("logs").join("gateway.log")
+    /// The log of gateway replica `id`: `gateway.log` for the single gateway (`main`).
+    pub fn gateway_log(&self, id: &str) -> PathBuf {
+        let name = if id == SINGLE_GATEWAY_ID { "gateway.log".to_string() } else { format!("gateway-{id}.log") };
+        self.root.join("logs").join(name)
     }
     pub fn cli_config(&self) -> PathBuf {
         self.root.join("atoll.yaml")
@@ -82,6 +110,9 @@ impl MeshDir {
     }
     pub fn gateway_json(&self) -> PathBuf {
         self.root.join("gateway.json")
+    }
+    pub fn gateways_json(&self) -> PathBuf {
+        self.root.join("gateways.json")
     }
 
     /// The layout stored here by an earlier run, if any.
@@ -127,9 +158,20 @@ impl MeshDir {
             ca.issue(&Identity::Operator { name: "admin".into() }, year, KeyAlgorithm::EcdsaP256)?
                 .save(&certs, "admin")?;
         }
-        if layout.gateway.is_some() {
+        if let Some(gateway) = &layout.gateway {
+            anyhow::ensure!(!gateway.replicas.is_empty(), "the layout's gateway has no replicas");
+            anyhow::ensure!(
+                !gateway.ha || gateway.postgres_url.is_some() || layout.postgres.is_some(),
+                "gateway replicas need PostgreSQL: a postgres_url or the mesh's own server"
+            );
             fs::create_dir_all(self.gateway_dir())?;
-            fs::write(self.gateway_dir().join("gateway.yaml"), gateway_yaml(layout))?;
+            if gateway.ha {
+                fs::create_dir_all(self.relay_store())?;
+            }
+            for replica in &gateway.replicas {
+                fs::create_dir_all(self.gateway_home(&replica.id))?;
+                fs::write(self.gateway_config(&replica.id), gateway_yaml(layout, gateway, replica))?;
+            }
         }
         for (cluster, replica) in layout.all() {
             let name = replica_name(&cluster.name, replica.id);
@@ -162,7 +204,16 @@ fn agent_yaml(layout: &Layout, cluster: &ClusterLayout, replica: &ReplicaLayout)
     match &layout.gateway {
         Some(gateway) => {
             out.push_str("tls:\n  ca: tls/ca.pem\n  cert: tls/node.pem\n  key: tls/node-key.pem\n");
-            out.push_str(&format!("gateway:\n  addr: \"{}\"\n  join_token_file: join.token\n", gateway.addr()));
+            match gateway.replicas.as_slice() {
+                [one] => out.push_str(&format!("gateway:\n  addr: \"{}\"\n", one.addr())),
+                replicas => {
+                    out.push_str("gateway:\n  addrs:\n");
+                    for replica in replicas {
+                        out.push_str(&format!("    - \"{}\"\n", replica.addr()));
+                    }
+                }
+            }
+            out.push_str("  join_token_file: join.token\n");
         }
         None => out.push_str(&format!(
             "tls:\n  ca: ../certs/ca.pem\n  cert: ../certs/{name}.pem\n  key: ../certs/{name}-key.pem\n"
@@ -223,14 +274,26 @@ fn agent_yaml(layout: &Layout, cluster: &ClusterLayout, replica: &ReplicaLayout)
     out
 }
 
-fn gateway_yaml(layout: &Layout) -> String {
-    let Some(gateway) = &layout.gateway else { return String::new() };
+/// One gateway replica's config. Paths are relative to its directory: `DIR/gateway/` for the
+/// single gateway, `DIR/gateway/<id>/` for a replica.
+fn gateway_yaml(layout: &Layout, gateway: &GatewayLayout, replica: &GatewayReplicaLayout) -> String {
+    let up = if replica.id == SINGLE_GATEWAY_ID { ".." } else { "../.." };
     let mut out = String::from("# Written by atoll from layout.json; regenerated at every start.\n");
-    out.push_str(&format!("listen: \"{}\"\nops_listen: \"{}\"\n", gateway.addr(), gateway.ops_addr()));
-    out.push_str("ca_dir: ../certs\nadmin_token_file: admin.token\n");
-    match &gateway.postgres_url {
-        Some(url) => out.push_str(&format!("database:\n  postgres:\n    url: \"{url}\"\n")),
-        None => out.push_str("database:\n  sqlite:\n    path: gateway.db\n"),
+    if replica.id != SINGLE_GATEWAY_ID {
+        out.push_str(&format!("id: {}\n", replica.id));
+    }
+    out.push_str(&format!("listen: \"{}\"\nops_listen: \"{}\"\n", replica.addr(), replica.ops_addr()));
+    out.push_str(&format!("ca_dir: {up}/certs\n"));
+    let admin_token = if replica.id == SINGLE_GATEWAY_ID { "admin.token" } else { "../admin.token" };
+    out.push_str(&format!("admin_token_file: {admin_token}\n"));
+    match (&gateway.postgres_url, &layout.postgres) {
+        (Some(url), _) => out.push_str(&format!("database:\n  postgres:\n    url: \"{url}\"\n")),
+        // The password stays out of the config, in the server's 0600 file.
+        (None, Some(_)) => out.push_str(&format!("database:\n  postgres:\n    url_file: {up}/postgres/url\n")),
+        (None, None) => out.push_str("database:\n  sqlite:\n    path: gateway.db\n"),
+    }
+    if gateway.ha {
+        out.push_str("ha:\n  enabled: true\n");
     }
     if let Some(t) = gateway.timing {
         out.push_str(&format!(
@@ -243,8 +306,14 @@ fn gateway_yaml(layout: &Layout) -> String {
         ));
         out.push_str(&format!("certificates:\n  lifetime_s: {}\n", t.cert_lifetime_s));
     }
-    if let Some(fsync) = gateway.store_fsync {
-        out.push_str(&format!("storage:\n  local:\n    fsync: {fsync}\n"));
+    if gateway.ha || gateway.store_fsync.is_some() {
+        out.push_str("storage:\n  local:\n");
+        if gateway.ha {
+            out.push_str(&format!("    path: {up}/relay\n    shared: true\n"));
+        }
+        if let Some(fsync) = gateway.store_fsync {
+            out.push_str(&format!("    fsync: {fsync}\n"));
+        }
     }
     if let Some((keep_s, interval_ms)) = gateway.retention {
         out.push_str(&format!("retention:\n  keep_s: {keep_s}\n  interval_ms: {interval_ms}\n"));
@@ -256,7 +325,10 @@ fn cli_yaml(layout: &Layout) -> String {
     let mut out =
         String::from("# atoll CLI config written by atoll: gateway, admin token, replica addresses, credentials.\n");
     match &layout.gateway {
-        Some(gateway) => out.push_str(&format!("gateway: [\"{}\"]\ntoken_file: gateway/admin.token\n", gateway.addr())),
+        Some(gateway) => {
+            let addrs: Vec<String> = gateway.addrs().iter().map(|a| format!("\"{a}\"")).collect();
+            out.push_str(&format!("gateway: [{}]\ntoken_file: gateway/admin.token\n", addrs.join(", ")));
+        }
         None => out.push_str("gateway: []\n"),
     }
     out.push_str("nodes:\n");
@@ -265,4 +337,100 @@ fn cli_yaml(layout: &Layout) -> String {
     }
     out.push_str("tls:\n  ca: certs/ca.pem\n  cert: certs/admin.pem\n  key: certs/admin-key.pem\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    fn yaml(path: &std::path::Path) -> Value {
+        let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        atoll_api::config_file::parse(&text, &path.display().to_string(), &[]).expect("YAML")
+    }
+
+    fn written(layout: &Layout) -> (tempfile::TempDir, MeshDir) {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = MeshDir::new(temp.path().join("mesh"));
+        dir.materialize(layout).unwrap();
+        (temp, dir)
+    }
+
+    #[test]
+    fn gateway_replicas_each_get_a_config_over_the_meshs_postgres_sharing_ca_token_and_relay() {
+        let layout = Layout::new(2, 3, 0).unwrap().with_gateway_replicas(3, 0).unwrap().with_postgres(0).unwrap();
+        let (_temp, dir) = written(&layout);
+        let gateway = layout.gateway.as_ref().unwrap();
+        for replica in &gateway.replicas {
+            let config = dir.gateway_config(&replica.id);
+            assert_eq!(config, dir.root.join("gateway").join(&replica.id).join("gateway.yaml"));
+            let doc = yaml(&config);
+            assert_eq!(doc["id"], replica.id.as_str());
+            assert_eq!(doc["listen"], replica.addr().as_str());
+            assert_eq!(doc["ops_listen"], replica.ops_addr().as_str());
+            // Relative to DIR/gateway/<id>/: one CA, one admin token, one database, one store.
+            assert_eq!(doc["ca_dir"], "../../certs");
+            assert_eq!(doc["admin_token_file"], "../admin.token");
+            assert_eq!(doc["database"]["postgres"]["url_file"], "../../postgres/url");
+            assert!(doc["database"].get("sqlite").is_none());
+            assert_eq!(doc["ha"]["enabled"], true);
+            assert_eq!(doc["storage"]["local"]["path"], "../../relay");
+            assert_eq!(doc["storage"]["local"]["shared"], true);
+            assert_eq!(dir.gateway_log(&replica.id), dir.root.join("logs").join(format!("gateway-{}.log", replica.id)));
+        }
+        assert!(dir.relay_store().is_dir());
+        assert!(
+            dir.certs().join("ca.pem").exists() && dir.certs().join("ca-key.pem").exists(),
+            "the CA exists before any replica starts"
+        );
+        for (cluster, replica) in layout.all() {
+            let doc = yaml(&dir.agent_config(&cluster.name, replica.id));
+            assert!(doc["gateway"].get("addr").is_none(), "{doc}");
+            assert_eq!(doc["gateway"]["addrs"], serde_json::json!(gateway.addrs()));
+            assert_eq!(doc["gateway"]["join_token_file"], "join.token");
+        }
+        let cli = yaml(&dir.cli_config());
+        assert_eq!(cli["gateway"], serde_json::json!(gateway.addrs()));
+        assert_eq!(cli["token_file"], "gateway/admin.token");
+    }
+
+    #[test]
+    fn gateway_replicas_on_a_given_url_name_it_and_one_replica_is_reached_at_one_addr() {
+        let mut layout = Layout::new(1, 1, 0).unwrap().with_gateway_replicas(1, 0).unwrap();
+        layout.gateway.as_mut().unwrap().postgres_url = Some("postgres://a@127.0.0.1:5432/b".into());
+        let (_temp, dir) = written(&layout);
+        let doc = yaml(&dir.gateway_config("g1"));
+        assert_eq!(doc["database"]["postgres"]["url"], "postgres://a@127.0.0.1:5432/b");
+        assert_eq!(doc["ha"]["enabled"], true);
+        let agent = yaml(&dir.agent_config("aws", 1));
+        assert_eq!(agent["gateway"]["addr"], layout.gateway.as_ref().unwrap().addr().as_str());
+        assert!(agent["gateway"].get("addrs").is_none());
+    }
+
+    #[test]
+    fn gateway_replicas_without_postgres_are_refused() {
+        let layout = Layout::new(1, 1, 0).unwrap().with_gateway_replicas(2, 0).unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        let error = MeshDir::new(temp.path()).materialize(&layout).unwrap_err();
+        assert!(format!("{error:#}").contains("need PostgreSQL"), "{error:#}");
+    }
+
+    #[test]
+    fn the_single_gateway_is_written_as_before() {
+        let layout = Layout::new(1, 1, 0).unwrap().with_gateway(0).unwrap();
+        let (_temp, dir) = written(&layout);
+        let gateway = layout.gateway.as_ref().unwrap();
+        assert_eq!(dir.gateway_config(SINGLE_GATEWAY_ID), dir.gateway_dir().join("gateway.yaml"));
+        assert_eq!(dir.gateway_log(SINGLE_GATEWAY_ID), dir.root.join("logs").join("gateway.log"));
+        let doc = yaml(&dir.gateway_config(SINGLE_GATEWAY_ID));
+        assert!(doc.get("id").is_none() && doc.get("ha").is_none() && doc.get("storage").is_none(), "{doc}");
+        assert_eq!(doc["ca_dir"], "../certs");
+        assert_eq!(doc["admin_token_file"], "admin.token");
+        assert_eq!(doc["database"]["sqlite"]["path"], "gateway.db");
+        assert!(!dir.relay_store().exists() && !dir.postgres_dir().exists());
+        let agent = yaml(&dir.agent_config("aws", 1));
+        assert_eq!(agent["gateway"]["addr"], gateway.addr().as_str());
+        assert_eq!(yaml(&dir.cli_config())["gateway"], serde_json::json!([gateway.addr()]));
+    }
 }

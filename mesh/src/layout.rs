@@ -116,11 +116,18 @@ pub struct ClusterLayout {
     pub job_writable_paths: Vec<std::path::PathBuf>,
 }
 
-/// The gateway of a mesh.
+/// The gateway of a mesh: one replica (`main`, on SQLite unless `postgres_url`), or several
+/// over one PostgreSQL database (`ha`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredGatewayLayout")]
 pub struct GatewayLayout {
-    pub port: u16,
-    pub ops_port: u16,
+    /// The replicas, in start order (the first starts alone and creates the database's tables
+    /// and the admin token; the others start once it serves).
+    pub replicas: Vec<GatewayReplicaLayout>,
+    /// `ha.enabled` with a relay store the replicas share (`DIR/relay`); needs PostgreSQL
+    /// (`postgres_url`, or the mesh's own server: [`Layout::postgres`]).
+    #[serde(default)]
+    pub ha: bool,
     /// PostgreSQL instead of the SQLite default.
     #[serde(default)]
     pub postgres_url: Option<String>,
@@ -133,9 +140,7 @@ pub struct GatewayLayout {
     /// `retention.keep_s` and `retention.interval_ms` (the defaults when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<(u64, u64)>,
-    #[serde(flatten)]
-    pub place: Placement,
-    /// Extra environment of the gateway process (the chaos suite's switches).
+    /// Extra environment of the gateway processes (the chaos suite's switches).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<(String, String)>,
     /// The program run as the gateway (`PROGRAM gateway --config FILE`) instead of the mesh's
@@ -144,13 +149,109 @@ pub struct GatewayLayout {
     pub exe: Option<std::path::PathBuf>,
 }
 
-impl GatewayLayout {
+/// The id of the only gateway of a mesh without replicas (the gateway's own default).
+pub const SINGLE_GATEWAY_ID: &str = "main";
+
+/// One gateway replica: its id (`spiffe://atoll/gateway/<id>`), ports and place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayReplicaLayout {
+    pub id: String,
+    pub port: u16,
+    pub ops_port: u16,
+    #[serde(flatten)]
+    pub place: Placement,
+}
+
+impl GatewayReplicaLayout {
     pub fn addr(&self) -> String {
         format!("{}:{}", self.place.ip(), self.port)
     }
     pub fn ops_addr(&self) -> String {
         format!("{}:{}", self.place.ip(), self.ops_port)
     }
+}
+
+/// `layout.json`'s gateway as written before replicas: one gateway's `port`, `ops_port` and
+/// place beside the rest; read as the replica `main`.
+#[derive(Deserialize)]
+struct StoredGatewayLayout {
+    #[serde(default)]
+    replicas: Vec<GatewayReplicaLayout>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    ops_port: Option<u16>,
+    #[serde(flatten)]
+    place: Placement,
+    #[serde(default)]
+    ha: bool,
+    #[serde(default)]
+    postgres_url: Option<String>,
+    #[serde(default)]
+    timing: Option<GatewayTiming>,
+    #[serde(default)]
+    store_fsync: Option<bool>,
+    #[serde(default)]
+    retention: Option<(u64, u64)>,
+    #[serde(default)]
+    env: Vec<(String, String)>,
+    #[serde(default)]
+    exe: Option<std::path::PathBuf>,
+}
+
+impl From<StoredGatewayLayout> for GatewayLayout {
+    fn from(stored: StoredGatewayLayout) -> Self {
+        let mut replicas = stored.replicas;
+        if let (true, Some(port), Some(ops_port)) = (replicas.is_empty(), stored.port, stored.ops_port) {
+            replicas.push(GatewayReplicaLayout {
+                id: SINGLE_GATEWAY_ID.to_string(),
+                port,
+                ops_port,
+                place: stored.place,
+            });
+        }
+        Self {
+            replicas,
+            ha: stored.ha,
+            postgres_url: stored.postgres_url,
+            timing: stored.timing,
+            store_fsync: stored.store_fsync,
+            retention: stored.retention,
+            env: stored.env,
+            exe: stored.exe,
+        }
+    }
+}
+
+impl GatewayLayout {
+    /// The first replica (the only one without `ha`).
+    ///
+    /// # Panics
+    /// On a layout without replicas, which [`Layout`]'s constructors never make.
+    pub fn first(&self) -> &GatewayReplicaLayout {
+        &self.replicas[0]
+    }
+    pub fn first_mut(&mut self) -> &mut GatewayReplicaLayout {
+        &mut self.replicas[0]
+    }
+    /// The first replica's address (the only one's without `ha`).
+    pub fn addr(&self) -> String {
+        self.first().addr()
+    }
+    /// The first replica's ops address.
+    pub fn ops_addr(&self) -> String {
+        self.first().ops_addr()
+    }
+    /// Every replica's address, in order.
+    pub fn addrs(&self) -> Vec<String> {
+        self.replicas.iter().map(GatewayReplicaLayout::addr).collect()
+    }
+}
+
+/// A PostgreSQL server the mesh runs itself, under `DIR/postgres` (see [`crate::postgres`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostgresLayout {
+    pub port: u16,
 }
 
 /// Gateway timing, in milliseconds (certificate lifetime in seconds).
@@ -192,6 +293,10 @@ pub struct Layout {
     /// A gateway the clusters enroll with and report to; standalone clusters without.
     #[serde(default)]
     pub gateway: Option<GatewayLayout>,
+    /// A PostgreSQL server the mesh starts before its gateway replicas and stops after them;
+    /// the gateways' database when they name no other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresLayout>,
 }
 
 /// Raft settings written into every replica's config; the agents' defaults where absent.
@@ -271,32 +376,66 @@ impl Layout {
                 job_writable_paths: Vec::new(),
             })
             .collect();
-        Ok(Self { clusters, raft: RaftKnobs::default(), gateway: None })
+        Ok(Self { clusters, raft: RaftKnobs::default(), gateway: None, postgres: None })
     }
 
-    /// Add a gateway, on the two ports after the replicas' when `base_port` is set, else on free
-    /// ones.
-    pub fn with_gateway(mut self, base_port: u16) -> anyhow::Result<Self> {
-        let replicas: usize = self.clusters.iter().map(|c| c.replicas.len()).sum();
-        let ports = if base_port == 0 {
-            allocate_ports(2, 0)?
-        } else {
-            let first = u16::try_from(usize::from(base_port) + 2 * replicas)
-                .context("--base-port leaves no room for the gateway")?;
-            allocate_ports(2, first)?
-        };
+    /// Add a gateway (`main`, on SQLite), on the two ports after the replicas' when `base_port`
+    /// is set, else on free ones.
+    pub fn with_gateway(self, base_port: u16) -> anyhow::Result<Self> {
+        self.with_gateway_replicas_named(vec![SINGLE_GATEWAY_ID.to_string()], false, base_port)
+    }
+
+    /// Add `count` gateway replicas `g1`, `g2`, ... over one PostgreSQL database (`ha`), each on
+    /// two ports (after the replicas' when `base_port` is set, else free ones). The database is
+    /// the caller's to give: `postgres_url`, or [`Layout::with_postgres`].
+    pub fn with_gateway_replicas(self, count: usize, base_port: u16) -> anyhow::Result<Self> {
+        anyhow::ensure!(count >= 1, "--gateways must be 1 or more");
+        self.with_gateway_replicas_named((1..=count).map(|i| format!("g{i}")).collect(), true, base_port)
+    }
+
+    fn with_gateway_replicas_named(mut self, ids: Vec<String>, ha: bool, base_port: u16) -> anyhow::Result<Self> {
+        let ports = allocate_ports(2 * ids.len(), self.base_after_replicas(base_port, 0)?)?;
+        let mut next = ports.into_iter();
+        let replicas = ids
+            .into_iter()
+            .map(|id| GatewayReplicaLayout {
+                id,
+                port: next.next().unwrap_or(0),
+                ops_port: next.next().unwrap_or(0),
+                place: Placement::default(),
+            })
+            .collect();
         self.gateway = Some(GatewayLayout {
-            port: ports[0],
-            ops_port: ports[1],
+            replicas,
+            ha,
             postgres_url: None,
             timing: None,
             store_fsync: None,
             retention: None,
-            place: Placement::default(),
             env: Vec::new(),
             exe: None,
         });
         Ok(self)
+    }
+
+    /// Add a PostgreSQL server of the mesh's own (the gateways' database), on the port after the
+    /// gateway replicas' when `base_port` is set, else on a free one.
+    pub fn with_postgres(mut self, base_port: u16) -> anyhow::Result<Self> {
+        let gateway_ports = self.gateway.as_ref().map_or(0, |g| 2 * g.replicas.len());
+        let port = allocate_ports(1, self.base_after_replicas(base_port, gateway_ports)?)?[0];
+        self.postgres = Some(PostgresLayout { port });
+        Ok(self)
+    }
+
+    /// The first port after the replicas' and `more` others, from `base_port`; 0 (free ports)
+    /// when `base_port` is 0.
+    fn base_after_replicas(&self, base_port: u16, more: usize) -> anyhow::Result<u16> {
+        if base_port == 0 {
+            return Ok(0);
+        }
+        let replicas: usize = self.clusters.iter().map(|c| c.replicas.len()).sum();
+        u16::try_from(usize::from(base_port) + 2 * replicas + more)
+            .context("--base-port leaves no room for the gateway and its database")
     }
 
     /// The cuts `atoll dev` shows: `onprem` refuses `aws` and `gcp`, `gcp` refuses `onprem`, so
@@ -332,4 +471,69 @@ impl Layout {
 /// Name of a replica in files and messages: `aws-1`.
 pub fn replica_name(cluster: &str, id: u64) -> String {
     format!("{cluster}-{id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_replicas_take_ids_and_the_ports_after_the_replicas_then_postgres_one_more() {
+        let layout =
+            Layout::new(2, 3, 20_000).unwrap().with_gateway_replicas(3, 20_000).unwrap().with_postgres(20_000).unwrap();
+        let gateway = layout.gateway.as_ref().unwrap();
+        assert!(gateway.ha);
+        let ids: Vec<&str> = gateway.replicas.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["g1", "g2", "g3"]);
+        // 2 clusters x 3 replicas x 2 ports = 12 ports from 20000; then 2 per gateway replica.
+        let ports: Vec<(u16, u16)> = gateway.replicas.iter().map(|r| (r.port, r.ops_port)).collect();
+        assert_eq!(ports, [(20_012, 20_013), (20_014, 20_015), (20_016, 20_017)]);
+        assert_eq!(gateway.addrs(), ["127.0.0.1:20012", "127.0.0.1:20014", "127.0.0.1:20016"]);
+        assert_eq!(layout.postgres, Some(PostgresLayout { port: 20_018 }));
+    }
+
+    #[test]
+    fn free_ports_for_gateway_replicas_and_postgres_are_all_distinct() {
+        let layout = Layout::new(1, 1, 0).unwrap().with_gateway_replicas(3, 0).unwrap().with_postgres(0).unwrap();
+        let mut ports: Vec<u16> = layout.all().flat_map(|(_, r)| [r.port, r.ops_port]).collect();
+        let gateway = layout.gateway.as_ref().unwrap();
+        ports.extend(gateway.replicas.iter().flat_map(|r| [r.port, r.ops_port]));
+        ports.push(layout.postgres.as_ref().unwrap().port);
+        let count = ports.len();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), count, "a port was handed out twice");
+    }
+
+    #[test]
+    fn one_gateway_stays_main_without_ha_and_without_postgres() {
+        let layout = Layout::new(1, 1, 20_000).unwrap().with_gateway(20_000).unwrap();
+        let gateway = layout.gateway.as_ref().unwrap();
+        assert!(!gateway.ha);
+        assert_eq!(gateway.replicas.len(), 1);
+        assert_eq!(gateway.first().id, SINGLE_GATEWAY_ID);
+        assert_eq!(gateway.addr(), "127.0.0.1:20002");
+        assert_eq!(layout.postgres, None);
+        assert!(Layout::new(1, 1, 0).unwrap().with_gateway_replicas(0, 0).is_err());
+    }
+
+    #[test]
+    fn a_layout_json_written_before_replicas_reads_as_the_single_gateway() {
+        let old = r#"{"clusters": [], "gateway": {"port": 7000, "ops_port": 7001, "ip": "10.0.0.1",
+            "postgres_url": null, "timing": null, "store_fsync": false}}"#;
+        let layout: Layout = serde_json::from_str(old).unwrap();
+        let gateway = layout.gateway.as_ref().unwrap();
+        assert_eq!(gateway.replicas.len(), 1);
+        assert_eq!(gateway.first().id, SINGLE_GATEWAY_ID);
+        assert_eq!(gateway.addr(), "10.0.0.1:7000");
+        assert_eq!(gateway.ops_addr(), "10.0.0.1:7001");
+        assert_eq!(gateway.store_fsync, Some(false));
+        assert!(!gateway.ha);
+        // And the new form reads back as written.
+        let again: Layout = serde_json::from_slice(&serde_json::to_vec(&layout).unwrap()).unwrap();
+        assert_eq!(again, layout);
+        let replicas = Layout::new(1, 1, 0).unwrap().with_gateway_replicas(2, 0).unwrap().with_postgres(0).unwrap();
+        let again: Layout = serde_json::from_slice(&serde_json::to_vec(&replicas).unwrap()).unwrap();
+        assert_eq!(again, replicas);
+    }
 }

@@ -1,4 +1,5 @@
-//! The running children of a mesh: the gateway (when the layout has one) and every replica.
+//! The running children of a mesh: its PostgreSQL server and gateway replicas (when the layout
+//! has them) and every replica.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -27,8 +28,11 @@ use serde::Serialize;
 use super::files::MeshDir;
 use super::layout::ClusterLayout;
 use super::layout::EXIT_WITH_PARENT_ENV;
+use super::layout::GatewayReplicaLayout;
 use super::layout::Layout;
 use super::layout::replica_name;
+use super::postgres::Postgres;
+use super::postgres::PostgresSettings;
 
 /// Join tokens written for a mesh's replicas live this long: enough for a slow first start.
 const JOIN_TOKEN_TTL: Duration = Duration::from_secs(600);
@@ -51,6 +55,19 @@ pub struct GatewayRecord {
     pub pid: Option<u32>,
 }
 
+/// One entry of `gateways.json` (a mesh of gateway replicas): a replica, where it listens and
+/// its pid while it runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GatewayReplicaRecord {
+    pub id: String,
+    pub addr: String,
+    pub ops_addr: String,
+    pub pid: Option<u32>,
+}
+
+/// How long a starting gateway replica may take to serve.
+const GATEWAY_START_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A cluster's leader as seen when the mesh became ready.
 #[derive(Debug, Clone)]
 pub struct ClusterLeader {
@@ -60,24 +77,51 @@ pub struct ClusterLeader {
     pub term: u64,
 }
 
-/// The running children of a mesh. Dropping it SIGKILLs any child still running.
+/// The running children of a mesh. Dropping it SIGKILLs any child still running, then stops
+/// its PostgreSQL server.
 pub struct Mesh {
     pub dir: MeshDir,
     pub layout: Layout,
     exe: PathBuf,
-    gateway: Option<Child>,
+    /// Gateway replicas by their index in the layout.
+    gateways: BTreeMap<usize, Child>,
     children: BTreeMap<(String, u64), Child>,
+    postgres: Option<Postgres>,
 }
 
 impl Mesh {
-    /// Write the mesh's files, start the gateway (when there is one) and wait until it serves,
-    /// hand every replica without a certificate a join token, and start every replica.
+    /// Write the mesh's files; start its PostgreSQL server (when it has one); start the first
+    /// gateway replica and wait until it serves (it creates the tables and the admin token), then
+    /// the others; hand every replica without a certificate a join token, and start every
+    /// replica.
     pub async fn start(dir: MeshDir, layout: Layout, exe: PathBuf) -> anyhow::Result<Self> {
         dir.materialize(&layout)?;
-        let mut mesh = Self { dir, layout, exe, gateway: None, children: BTreeMap::new() };
-        if mesh.layout.gateway.is_some() {
-            mesh.spawn_gateway()?;
-            mesh.wait_for_gateway(Duration::from_secs(30)).await?;
+        let mut mesh = Self { dir, layout, exe, gateways: BTreeMap::new(), children: BTreeMap::new(), postgres: None };
+        if let Some(postgres) = &mesh.layout.postgres {
+            let gateways = mesh.layout.gateway.as_ref().map_or(1, |g| g.replicas.len()) as u32;
+            let settings = PostgresSettings {
+                dir: mesh.dir.postgres_dir(),
+                ip: "127.0.0.1".to_string(),
+                port: postgres.port,
+                fsync: true,
+                // Each gateway's pool (16 by default) and its listener, with room to spare.
+                max_connections: (32 * gateways + 20).max(100),
+                netns: None,
+                bin: None,
+            };
+            let started = tokio::task::spawn_blocking(move || Postgres::start(settings)).await?;
+            mesh.postgres = Some(started.context("starting the mesh's PostgreSQL server")?);
+        }
+        let gateways = mesh.layout.gateway.as_ref().map_or(0, |g| g.replicas.len());
+        if gateways > 0 {
+            mesh.spawn_gateway(0)?;
+            mesh.wait_for_gateway(0, GATEWAY_START_TIMEOUT).await?;
+            for index in 1..gateways {
+                mesh.spawn_gateway(index)?;
+            }
+            for index in 1..gateways {
+                mesh.wait_for_gateway(index, GATEWAY_START_TIMEOUT).await?;
+            }
         }
         let all: Vec<(String, u64)> = mesh.layout.all().map(|(c, r)| (c.name.clone(), r.id)).collect();
         for (cluster, id) in &all {
@@ -128,56 +172,107 @@ impl Mesh {
             .with_context(|| format!("starting {}", exe.display()))
     }
 
-    /// Start (or restart) the gateway; returns its pid.
-    pub fn spawn_gateway(&mut self) -> anyhow::Result<u32> {
-        anyhow::ensure!(self.layout.gateway.is_some(), "this mesh has no gateway");
-        self.kill_gateway();
-        let config = self.dir.gateway_dir().join("gateway.yaml");
-        let netns = self.layout.gateway.as_ref().and_then(|g| g.place.netns.clone());
-        let env = self.layout.gateway.as_ref().map(|g| g.env.clone()).unwrap_or_default();
-        let exe = self.layout.gateway.as_ref().and_then(|g| g.exe.clone());
+    /// Gateway replica `index` of the layout.
+    fn gateway_replica(&self, index: usize) -> anyhow::Result<&GatewayReplicaLayout> {
+        let gateway = self.layout.gateway.as_ref().context("this mesh has no gateway")?;
+        gateway.replicas.get(index).with_context(|| format!("this mesh has no gateway replica {index}"))
+    }
+
+    /// How gateway replica `index` is named in messages: `the gateway`, or `gateway g2`.
+    fn gateway_name(&self, index: usize) -> String {
+        match self.layout.gateway.as_ref() {
+            Some(g) if g.ha => format!("gateway {}", g.replicas.get(index).map_or("?", |r| r.id.as_str())),
+            _ => "the gateway".to_string(),
+        }
+    }
+
+    /// The log of gateway replica `index`.
+    pub fn gateway_log(&self, index: usize) -> anyhow::Result<PathBuf> {
+        Ok(self.dir.gateway_log(&self.gateway_replica(index)?.id))
+    }
+
+    /// Start (or restart) gateway replica `index` (0: the only one without replicas); returns
+    /// its pid.
+    pub fn spawn_gateway(&mut self, index: usize) -> anyhow::Result<u32> {
+        let replica = self.gateway_replica(index)?.clone();
+        self.kill_gateway(index);
+        let gateway = self.layout.gateway.as_ref().context("this mesh has no gateway")?;
+        let (env, exe) = (gateway.env.clone(), gateway.exe.clone());
+        let config = self.dir.gateway_config(&replica.id);
         let child = self.command(
             exe.as_deref(),
-            netns.as_deref(),
+            replica.place.netns.as_deref(),
             &env,
             &["gateway".as_ref(), "--config".as_ref(), config.as_os_str()],
-            &self.dir.gateway_log(),
+            &self.dir.gateway_log(&replica.id),
         )?;
         let pid = child.id();
-        self.gateway = Some(child);
+        self.gateways.insert(index, child);
         self.write_nodes_json()?;
         Ok(pid)
     }
 
-    /// SIGKILL the gateway, if running, and reap it.
-    pub fn kill_gateway(&mut self) {
-        if let Some(mut old) = self.gateway.take() {
+    /// SIGKILL gateway replica `index`, if running, and reap it.
+    pub fn kill_gateway(&mut self, index: usize) {
+        if let Some(mut old) = self.gateways.remove(&index) {
             let _ = old.kill();
             let _ = old.wait();
             let _ = self.write_nodes_json();
         }
     }
 
-    pub fn gateway_pid(&self) -> Option<u32> {
-        self.gateway.as_ref().map(Child::id)
+    pub fn gateway_pid(&self, index: usize) -> Option<u32> {
+        self.gateways.get(&index).map(Child::id)
     }
 
-    /// The gateway's exit status if it exited since the last call (it is then forgotten).
-    pub fn reap_gateway(&mut self) -> Option<ExitStatus> {
-        let status = self.gateway.as_mut().and_then(|c| c.try_wait().ok().flatten())?;
-        self.gateway = None;
-        let _ = self.write_nodes_json();
-        Some(status)
+    /// Send `signal` to running gateway replica `index`.
+    pub fn signal_gateway(&self, index: usize, signal: Signal) -> anyhow::Result<()> {
+        let name = self.gateway_name(index);
+        let pid = self.gateway_pid(index).with_context(|| format!("{name} is not running"))?;
+        nix::sys::signal::kill(Pid::from_raw(pid as i32), signal).with_context(|| format!("signalling {name}"))
     }
 
-    fn gateway_exited_error(&self, status: ExitStatus) -> anyhow::Error {
-        let log = self.dir.gateway_log();
-        anyhow::anyhow!("the gateway exited ({status}); end of {}:\n{}", log.display(), tail(&log, 15))
+    /// Gateway replicas that exited since the last call, by index, with their status; they are
+    /// forgotten.
+    pub fn reap_gateways(&mut self) -> Vec<(usize, ExitStatus)> {
+        let mut exited = Vec::new();
+        for (index, child) in &mut self.gateways {
+            if let Ok(Some(status)) = child.try_wait() {
+                exited.push((*index, status));
+            }
+        }
+        for (index, _) in &exited {
+            self.gateways.remove(index);
+        }
+        if !exited.is_empty() {
+            let _ = self.write_nodes_json();
+        }
+        exited
     }
 
-    /// A client of the mesh's gateway holding the admin token the gateway wrote at first start.
+    fn gateway_exited_error(&self, index: usize, status: ExitStatus) -> anyhow::Error {
+        let name = self.gateway_name(index);
+        match self.gateway_log(index) {
+            Ok(log) => anyhow::anyhow!("{name} exited ({status}); end of {}:\n{}", log.display(), tail(&log, 15)),
+            Err(e) => anyhow::anyhow!("{name} exited ({status}) ({e:#})"),
+        }
+    }
+
+    /// The mesh's own PostgreSQL server, when it has one.
+    pub fn postgres(&self) -> Option<&Postgres> {
+        self.postgres.as_ref()
+    }
+
+    /// A client of the mesh's gateway holding the admin token the gateway wrote at first start:
+    /// of the first gateway replica that runs (the first of all when none does).
     pub fn gateway_client(&self) -> anyhow::Result<GatewayClient> {
-        let gateway = self.layout.gateway.as_ref().context("this mesh has no gateway")?;
+        let index = self.gateways.keys().next().copied().unwrap_or(0);
+        self.gateway_client_at(index)
+    }
+
+    /// A client of gateway replica `index` holding the admin token.
+    pub fn gateway_client_at(&self, index: usize) -> anyhow::Result<GatewayClient> {
+        let replica = self.gateway_replica(index)?;
         let token_file = self.dir.admin_token();
         let token = fs::read_to_string(&token_file)
             .with_context(|| format!("reading the admin token {}", token_file.display()))?
@@ -186,20 +281,20 @@ impl Mesh {
         let trust = TrustRoots::load(&self.dir.certs().join("ca.pem"))?;
         Ok(GatewayClient::new(
             trust.anonymous_client_config(ServerPolicy::Gateway)?,
-            &gateway.addr(),
+            &replica.addr(),
             Some(token),
             Duration::from_secs(5),
         )?)
     }
 
-    /// Wait until the gateway answers `GET /v1/ca` over TLS.
-    pub async fn wait_for_gateway(&mut self, timeout: Duration) -> anyhow::Result<()> {
+    /// Wait until gateway replica `index` answers `GET /v1/ca` over TLS.
+    pub async fn wait_for_gateway(&mut self, index: usize, timeout: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(status) = self.reap_gateway() {
-                return Err(self.gateway_exited_error(status));
+            if let Some((exited, status)) = self.reap_gateways().into_iter().next() {
+                return Err(self.gateway_exited_error(exited, status));
             }
-            let last_error = match self.gateway_client() {
+            let last_error = match self.gateway_client_at(index) {
                 Ok(client) => match client.ca().await {
                     Ok(_) => return Ok(()),
                     Err(e) => e.to_string(),
@@ -208,8 +303,9 @@ impl Mesh {
             };
             if tokio::time::Instant::now() >= deadline {
                 anyhow::bail!(
-                    "the gateway did not serve within {timeout:?} ({last_error}); see {}",
-                    self.dir.gateway_log().display()
+                    "{} did not serve within {timeout:?} ({last_error}); see {}",
+                    self.gateway_name(index),
+                    self.gateway_log(index)?.display()
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -303,8 +399,9 @@ impl Mesh {
         exited
     }
 
-    /// SIGTERM every child, wait up to `grace`, then SIGKILL what is left. Replicas stop
-    /// before the gateway, so their last reports are not refused.
+    /// SIGTERM every child, wait up to `grace`, then SIGKILL what is left; then stop the
+    /// PostgreSQL server. Replicas stop before the gateway replicas, so their last reports are
+    /// not refused, and those before their database.
     pub async fn stop_all(&mut self, grace: Duration) {
         let mut replicas: Vec<(String, Child)> = std::mem::take(&mut self.children)
             .into_iter()
@@ -312,17 +409,46 @@ impl Mesh {
             .collect();
         stop_children(&mut replicas, grace).await;
         let _ = self.write_nodes_json();
-        if let Some(gateway) = self.gateway.take() {
-            stop_children(&mut [("gateway".to_string(), gateway)], grace).await;
+        let mut gateways: Vec<(String, Child)> = std::mem::take(&mut self.gateways)
+            .into_iter()
+            .map(|(index, child)| (self.gateway_name(index), child))
+            .collect();
+        if !gateways.is_empty() {
+            stop_children(&mut gateways, grace).await;
             let _ = self.write_nodes_json();
+        }
+        if let Some(postgres) = self.postgres.take() {
+            let stopped = tokio::task::spawn_blocking(move || postgres.stop()).await;
+            if let Ok(Err(e)) = stopped {
+                tracing::warn!(error = %format!("{e:#}"), "stopping PostgreSQL");
+            }
         }
     }
 
-    /// Write `nodes.json` (the replicas) and, with a gateway, `gateway.json`, atomically.
+    /// Write `nodes.json` (the replicas) and, with a gateway, `gateway.json` (the single gateway)
+    /// or `gateways.json` (gateway replicas), atomically.
     pub fn write_nodes_json(&self) -> anyhow::Result<()> {
-        if let Some(gateway) = &self.layout.gateway {
-            let record = GatewayRecord { addr: gateway.addr(), ops_addr: gateway.ops_addr(), pid: self.gateway_pid() };
-            write_atomic(&self.dir.gateway_json(), &serde_json::to_vec_pretty(&record)?)?;
+        match &self.layout.gateway {
+            Some(gateway) if gateway.ha => {
+                let records: Vec<GatewayReplicaRecord> = gateway
+                    .replicas
+                    .iter()
+                    .enumerate()
+                    .map(|(index, r)| GatewayReplicaRecord {
+                        id: r.id.clone(),
+                        addr: r.addr(),
+                        ops_addr: r.ops_addr(),
+                        pid: self.gateway_pid(index),
+                    })
+                    .collect();
+                write_atomic(&self.dir.gateways_json(), &serde_json::to_vec_pretty(&records)?)?;
+            }
+            Some(gateway) => {
+                let record =
+                    GatewayRecord { addr: gateway.addr(), ops_addr: gateway.ops_addr(), pid: self.gateway_pid(0) };
+                write_atomic(&self.dir.gateway_json(), &serde_json::to_vec_pretty(&record)?)?;
+            }
+            None => {}
         }
         let records: Vec<NodeRecord> = self
             .layout
@@ -353,8 +479,8 @@ impl Mesh {
 
     /// Fail, with the end of its log, if a child exited.
     fn check_children(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.reap_gateway() {
-            return Err(self.gateway_exited_error(status));
+        if let Some((index, status)) = self.reap_gateways().into_iter().next() {
+            return Err(self.gateway_exited_error(index, status));
         }
         if let Some(((cluster, id), status)) = self.reap().into_iter().next() {
             let log = self.dir.log_file(&cluster, id);
@@ -527,7 +653,7 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 
 impl Drop for Mesh {
     fn drop(&mut self) {
-        for child in self.children.values_mut().chain(self.gateway.as_mut()) {
+        for child in self.children.values_mut().chain(self.gateways.values_mut()) {
             let _ = child.kill();
             let _ = child.wait();
         }
