@@ -303,6 +303,11 @@ pub struct DevArgs {
     /// Clusters only: no gateway, no enrollment, no cuts (certificates issued from the local CA).
     #[arg(long)]
     pub standalone: bool,
+    /// Run N gateway replicas (g1, g2, ...) over a PostgreSQL server of the mesh's own in
+    /// DIR/postgres (installed when missing, as root), and write DIR/gateways.json. Without
+    /// it: one gateway on SQLite.
+    #[arg(long, value_name = "N", conflicts_with = "standalone", value_parser = clap::value_parser!(u16).range(1..))]
+    pub gateways: Option<u16>,
 }
 
 #[derive(Debug, Subcommand)]

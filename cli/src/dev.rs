@@ -3,11 +3,15 @@
 //! A gateway and, per cluster, replicas as child `atoll agent` processes on 127.0.0.1. Replicas
 //! enroll with the gateway with a join token, elect a leader, and the leaders register and report
 //! their measured links; two cuts are configured so the matrix shows a one-way cut
-//! (aws->onprem) and a relayed pair (gcp<->onprem). `--standalone` runs the clusters alone.
+//! (aws->onprem) and a relayed pair (gcp<->onprem). `--standalone` runs the clusters alone;
+//! `--gateways N` runs N gateway replicas over a PostgreSQL server of the mesh's own (started
+//! before them, stopped after them) and prints which replica holds the duties lease whenever
+//! that changes.
 //!
 //! The directory is reused by the next run when it holds the same layout (same ports, same data),
 //! so annotations and enrollments survive a restart of `atoll dev`. Children that exit are
-//! restarted (unless `--no-restart`), and `nodes.json` always lists the current pids.
+//! restarted (unless `--no-restart`), and `nodes.json` (and `gateway.json` or `gateways.json`)
+//! always lists the current pids.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,6 +21,8 @@ use anyhow::Context;
 use crate::agent::shutdown_signal;
 use crate::args::DevArgs;
 use crate::cli_config::CliConfig;
+use atoll_api::gateway::GatewayReplica;
+use atoll_api::gateway_client::GatewayClient;
 use atoll_mesh::Layout;
 use atoll_mesh::Mesh;
 use atoll_mesh::MeshDir;
@@ -25,6 +31,19 @@ use atoll_mesh::replica_name;
 /// Restarts of one replica allowed within [`RESTART_WINDOW`] before dev gives up on it.
 const MAX_RESTARTS: usize = 5;
 const RESTART_WINDOW: Duration = Duration::from_secs(60);
+
+/// How often dev asks the gateway replicas who holds the lease, and how long one question may
+/// take.
+const LEASE_POLL: Duration = Duration::from_millis(1_500);
+const LEASE_ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// After this long without an answer, dev says it cannot tell who holds the lease (once).
+const LEASE_UNKNOWN_AFTER: Duration = Duration::from_secs(15);
+
+/// The gateway replica count of a layout as `--gateways` gives it: `None` for the single gateway
+/// (or none at all).
+fn gateway_replicas(layout: &Layout) -> Option<usize> {
+    layout.gateway.as_ref().filter(|g| g.ha).map(|g| g.replicas.len())
+}
 
 fn choose_layout(args: &DevArgs, dir: &MeshDir) -> anyhow::Result<Layout> {
     if args.fresh {
@@ -50,13 +69,32 @@ fn choose_layout(args: &DevArgs, dir: &MeshDir) -> anyhow::Result<Layout> {
             dir.root.display(),
             if stored.gateway.is_some() { "with" } else { "without" }
         );
+        let wanted = args.gateways.map(usize::from);
+        match (gateway_replicas(&stored), wanted) {
+            (stored, wanted) if stored == wanted || args.standalone => {}
+            (Some(n), _) => anyhow::bail!(
+                "{} holds a mesh of {n} gateway replica(s) on PostgreSQL; pass --gateways {n}, or --fresh to replace it, or another --dir",
+                dir.root.display()
+            ),
+            (None, _) => anyhow::bail!(
+                "{} holds a mesh with one gateway on SQLite (made without --gateways); pass --fresh to replace it, or another --dir",
+                dir.root.display()
+            ),
+        }
         return Ok(stored);
     }
     if dir.root.exists() && std::fs::read_dir(&dir.root)?.next().is_some() {
         anyhow::bail!("{} is not empty and holds no atoll mesh; choose another --dir", dir.root.display());
     }
     let layout = Layout::new(args.clusters, args.replicas, args.base_port)?;
-    if args.standalone { Ok(layout) } else { Ok(layout.with_gateway(args.base_port)?.with_default_cuts()) }
+    Ok(match (args.standalone, args.gateways) {
+        (true, _) => layout,
+        (false, None) => layout.with_gateway(args.base_port)?.with_default_cuts(),
+        (false, Some(n)) => layout
+            .with_gateway_replicas(usize::from(n), args.base_port)?
+            .with_postgres(args.base_port)?
+            .with_default_cuts(),
+    })
 }
 
 /// Wait for leaders, then (with a gateway) for every cluster to register and the matrix to fill,
@@ -69,7 +107,10 @@ async fn become_ready(mesh: &mut Mesh, client: &atoll_api::client::NodeClient) -
     let config = mesh.dir.cli_config();
     if let Some(gateway) = mesh.layout.gateway.clone() {
         mesh.wait_for_registration(Duration::from_secs(60)).await?;
-        println!("gateway at {}: every cluster registered", gateway.addr());
+        match gateway.ha {
+            false => println!("gateway at {}: every cluster registered", gateway.addr()),
+            true => println!("gateways at {}: every cluster registered", gateway.addrs().join(", ")),
+        }
         let matrix = mesh.wait_for_matrix(Duration::from_secs(60)).await?;
         println!("reachability matrix (row: from, column: to):");
         print!("{}", crate::mesh_commands::render(&matrix));
@@ -131,6 +172,59 @@ async fn run_example(config: std::path::PathBuf) {
     }
 }
 
+/// The line to print when the replicas' list says `replicas` and the holder last printed was
+/// `shown`, and the holder to remember; `None` when nothing changed. Of two replicas that both
+/// say they hold the lease (one has not noticed it lost it), the higher generation holds it.
+fn lease_change(shown: Option<&(String, u64)>, replicas: &[GatewayReplica]) -> Option<(String, Option<(String, u64)>)> {
+    let holder =
+        replicas.iter().filter(|r| r.holds_lease).max_by_key(|r| r.generation).map(|r| (r.id.clone(), r.generation));
+    match (&holder, shown) {
+        (Some(now), Some(before)) if now == before => None,
+        (Some((id, generation)), _) => {
+            Some((format!("atoll dev: gateway {id} holds the lease (generation {generation})"), holder.clone()))
+        }
+        (None, Some(_)) => Some(("atoll dev: no gateway replica holds the lease".to_string(), None)),
+        (None, None) => None,
+    }
+}
+
+/// Print which gateway replica holds the lease once it is known and again whenever it changes,
+/// asking the replicas in turn (the first that answers) every [`LEASE_POLL`].
+async fn watch_lease(clients: Vec<(String, GatewayClient)>) {
+    let mut shown: Option<(String, u64)> = None;
+    let started = tokio::time::Instant::now();
+    let mut answered = false;
+    loop {
+        let mut answer = None;
+        let mut last_error = String::new();
+        for (id, client) in &clients {
+            match tokio::time::timeout(LEASE_ASK_TIMEOUT, client.gateways()).await {
+                Ok(Ok(replicas)) => {
+                    answer = Some(replicas);
+                    break;
+                }
+                Ok(Err(e)) => last_error = format!("gateway {id}: {e}"),
+                Err(_) => last_error = format!("gateway {id}: no answer within {LEASE_ASK_TIMEOUT:?}"),
+            }
+        }
+        match answer {
+            Some(replicas) => {
+                answered = true;
+                if let Some((line, holder)) = lease_change(shown.as_ref(), &replicas) {
+                    println!("{line}");
+                    shown = holder;
+                }
+            }
+            None if !answered && started.elapsed() >= LEASE_UNKNOWN_AFTER => {
+                println!("atoll dev: cannot tell which gateway replica holds the lease ({last_error})");
+                answered = true;
+            }
+            None => {}
+        }
+        tokio::time::sleep(LEASE_POLL).await;
+    }
+}
+
 /// Record a restart of `key` unless it already restarted [`MAX_RESTARTS`] times within
 /// [`RESTART_WINDOW`].
 fn may_restart(restarts: &mut BTreeMap<(String, u64), Vec<tokio::time::Instant>>, key: (String, u64)) -> bool {
@@ -155,22 +249,51 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         layout.clusters.first().map_or(0, |c| c.replicas.len()),
         dir.root.display()
     );
-    if let Some(gateway) = &layout.gateway {
-        println!("atoll dev: gateway at {} (ops {})", gateway.addr(), gateway.ops_addr());
+    if let Some(postgres) = &layout.postgres {
+        println!(
+            "atoll dev: PostgreSQL at 127.0.0.1:{} in {} (installed first when missing)",
+            postgres.port,
+            dir.postgres_dir().display()
+        );
+    }
+    match &layout.gateway {
+        Some(gateway) if gateway.ha => println!("atoll dev: {} gateway replica(s)", gateway.replicas.len()),
+        Some(gateway) => println!("atoll dev: gateway at {} (ops {})", gateway.addr(), gateway.ops_addr()),
+        None => {}
     }
     let mut mesh = Mesh::start(dir, layout, exe).await?;
     let client = CliConfig::load(&mesh.dir.cli_config())?.node_client()?;
+    let lease = match mesh.layout.gateway.as_ref().filter(|g| g.ha) {
+        Some(gateway) => {
+            let mut clients = Vec::new();
+            for (index, replica) in gateway.replicas.iter().enumerate() {
+                println!(
+                    "atoll dev: gateway {} at {} (ops {}) serves, pid {}",
+                    replica.id,
+                    replica.addr(),
+                    replica.ops_addr(),
+                    mesh.gateway_pid(index).map_or("-".to_string(), |p| p.to_string())
+                );
+                clients.push((replica.id.clone(), mesh.gateway_client_at(index)?));
+            }
+            println!("atoll dev: {} lists them with their pids", mesh.dir.gateways_json().display());
+            Some(tokio::spawn(watch_lease(clients)))
+        }
+        None => None,
+    };
 
     tokio::pin!(shutdown);
     let ready = tokio::select! {
         ready = become_ready(&mut mesh, &client) => ready,
         () = &mut shutdown => {
             println!("atoll dev: stopping before the mesh was ready");
+            lease.iter().for_each(tokio::task::JoinHandle::abort);
             mesh.stop_all(Duration::from_secs(15)).await;
             return Ok(());
         }
     };
     if let Err(e) = ready {
+        lease.iter().for_each(tokio::task::JoinHandle::abort);
         mesh.stop_all(Duration::from_secs(15)).await;
         return Err(e);
     }
@@ -184,18 +307,23 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             () = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
         for (index, status) in mesh.reap_gateways() {
-            // Replicas keep running without it; their leaders re-register when it is back.
+            // Replicas keep running without it; their leaders re-register when it is back (with
+            // replicas, at another one meanwhile). gateways.json follows the restart.
+            let name = match mesh.layout.gateway.as_ref().filter(|g| g.ha) {
+                Some(g) => format!("gateway {}", g.replicas.get(index).map_or("?", |r| r.id.as_str())),
+                None => "the gateway".to_string(),
+            };
             let log = mesh.gateway_log(index).map(|l| l.display().to_string()).unwrap_or_default();
             if args.no_restart {
-                println!("atoll dev: the gateway exited ({status}); not restarting (--no-restart)");
+                println!("atoll dev: {name} exited ({status}); not restarting (--no-restart)");
             } else if !may_restart(&mut restarts, ("gateway".to_string(), index as u64)) {
                 println!(
-                    "atoll dev: the gateway exited ({status}) {MAX_RESTARTS} times within {RESTART_WINDOW:?}; leaving it stopped (see {log})"
+                    "atoll dev: {name} exited ({status}) {MAX_RESTARTS} times within {RESTART_WINDOW:?}; leaving it stopped (see {log})"
                 );
             } else {
                 match mesh.spawn_gateway(index) {
-                    Ok(pid) => println!("atoll dev: the gateway exited ({status}); restarted as pid {pid}"),
-                    Err(e) => println!("atoll dev: the gateway exited ({status}); restarting failed: {e:#}"),
+                    Ok(pid) => println!("atoll dev: {name} exited ({status}); restarted as pid {pid}"),
+                    Err(e) => println!("atoll dev: {name} exited ({status}); restarting failed: {e:#}"),
                 }
             }
         }
@@ -225,8 +353,107 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if let Some(example) = example {
         example.abort();
     }
+    lease.iter().for_each(tokio::task::JoinHandle::abort);
     println!("atoll dev: stopping");
     mesh.stop_all(Duration::from_secs(15)).await;
     println!("atoll dev: stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn args(dir: &Path, gateways: Option<u16>) -> DevArgs {
+        DevArgs {
+            dir: dir.to_path_buf(),
+            clusters: 3,
+            replicas: 3,
+            base_port: 0,
+            fresh: false,
+            no_restart: false,
+            standalone: false,
+            gateways,
+        }
+    }
+
+    fn replica(id: &str, holds_lease: bool, generation: u64) -> GatewayReplica {
+        GatewayReplica { id: id.into(), addr: String::new(), holds_lease, generation, last_seen_ms: 0 }
+    }
+
+    #[test]
+    fn the_lease_holder_is_printed_once_known_and_again_when_it_changes() {
+        let g2 = Some(("g2".to_string(), 3));
+        // Nobody holds it yet: nothing to say.
+        assert_eq!(lease_change(None, &[replica("g1", false, 0), replica("g2", false, 0)]), None);
+        let (line, holder) = lease_change(None, &[replica("g1", false, 0), replica("g2", true, 3)]).unwrap();
+        assert_eq!(line, "atoll dev: gateway g2 holds the lease (generation 3)");
+        assert_eq!(holder, g2);
+        // The same holder: nothing new.
+        assert_eq!(lease_change(g2.as_ref(), &[replica("g1", false, 2), replica("g2", true, 3)]), None);
+        // A former holder that has not noticed yet loses to the higher generation.
+        let (line, holder) = lease_change(g2.as_ref(), &[replica("g1", true, 4), replica("g2", true, 3)]).unwrap();
+        assert_eq!(line, "atoll dev: gateway g1 holds the lease (generation 4)");
+        assert_eq!(holder, Some(("g1".to_string(), 4)));
+        // The same replica under a new generation (it lost the lease and took it again) is news.
+        assert!(lease_change(g2.as_ref(), &[replica("g2", true, 5)]).is_some());
+        let (line, holder) = lease_change(g2.as_ref(), &[replica("g1", false, 2), replica("g2", false, 3)]).unwrap();
+        assert_eq!(line, "atoll dev: no gateway replica holds the lease");
+        assert_eq!(holder, None);
+    }
+
+    #[test]
+    fn a_directory_made_with_another_gateway_count_is_refused_unless_fresh() {
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path().join("mesh");
+        let dir = MeshDir::new(&root);
+        let layout = choose_layout(&args(&root, Some(3)), &dir).unwrap();
+        assert_eq!(gateway_replicas(&layout), Some(3));
+        assert!(layout.postgres.is_some());
+        dir.materialize(&layout).unwrap();
+        assert_eq!(choose_layout(&args(&root, Some(3)), &dir).unwrap(), layout);
+        for (gateways, expected) in
+            [(None, "3 gateway replica(s) on PostgreSQL; pass --gateways 3"), (Some(1), "pass --gateways 3")]
+        {
+            let error = choose_layout(&args(&root, gateways), &dir).unwrap_err();
+            assert!(format!("{error:#}").contains(expected), "{error:#}");
+        }
+        let fresh = DevArgs { fresh: true, ..args(&root, None) };
+        let single = choose_layout(&fresh, &dir).unwrap();
+        assert_eq!(gateway_replicas(&single), None);
+        assert!(single.gateway.is_some() && single.postgres.is_none());
+        dir.materialize(&single).unwrap();
+        let error = choose_layout(&args(&root, Some(1)), &dir).unwrap_err();
+        assert!(format!("{error:#}").contains("one gateway on SQLite (made without --gateways)"), "{error:#}");
+    }
+
+    /// The daemons and the CLI accept what the mesh writes for gateway replicas.
+    #[test]
+    fn the_configs_written_for_gateway_replicas_are_accepted_by_gateway_agent_and_cli() {
+        for gateways in [1u16, 3] {
+            let temp = tempfile::tempdir().unwrap();
+            let dir = MeshDir::new(temp.path().join("mesh"));
+            let layout = choose_layout(&args(&dir.root, Some(gateways)), &dir).unwrap();
+            dir.materialize(&layout).unwrap();
+            // What the mesh's PostgreSQL writes at its start.
+            std::fs::create_dir_all(dir.postgres_dir()).unwrap();
+            std::fs::write(dir.postgres_dir().join("url"), "postgres://atoll:pw@127.0.0.1:5432/postgres\n").unwrap();
+            let gateway = layout.gateway.as_ref().unwrap();
+            for replica in &gateway.replicas {
+                let config = atoll_gateway::config::GatewayConfig::load(&dir.gateway_config(&replica.id))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(config.id, replica.id);
+                assert!(config.ha.enabled);
+                assert_eq!(config.ca_dir.canonicalize().unwrap(), dir.certs().canonicalize().unwrap());
+            }
+            for (cluster, replica) in layout.all() {
+                atoll_node::config::AgentConfig::load(&dir.agent_config(&cluster.name, replica.id))
+                    .unwrap_or_else(|e| panic!("{gateways} gateway replica(s): {e}"));
+            }
+            let cli = CliConfig::load(&dir.cli_config()).unwrap();
+            assert_eq!(cli.gateway, gateway.addrs());
+        }
+    }
 }
