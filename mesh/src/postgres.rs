@@ -142,7 +142,7 @@ impl Postgres {
         let text = fs::read_to_string(self.settings.dir.join("data").join("postmaster.pid")).ok()?;
         let pid: u32 = text.lines().next()?.trim().parse().ok()?;
         let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        (comm.trim() == "postgres").then_some(pid)
+        (comm.trim() == "postgres" && !exited(pid)).then_some(pid)
     }
 
     /// `DIR` as the server's commands see it.
@@ -266,14 +266,13 @@ impl Postgres {
     fn stop_with(&self, signal: Signal) -> anyhow::Result<()> {
         self.running.store(false, Ordering::SeqCst);
         let Some(pid) = self.pid() else { return Ok(()) };
-        let pid = Pid::from_raw(pid as i32);
-        match nix::sys::signal::kill(pid, signal) {
+        match nix::sys::signal::kill(Pid::from_raw(pid as i32), signal) {
             Ok(()) => {}
             Err(nix::errno::Errno::ESRCH) => return Ok(()),
             Err(e) => return Err(e).context("signalling PostgreSQL"),
         }
         let deadline = std::time::Instant::now() + WAIT;
-        while nix::sys::signal::kill(pid, None).is_ok() {
+        while !exited(pid) {
             anyhow::ensure!(
                 std::time::Instant::now() < deadline,
                 "PostgreSQL (pid {pid}) did not stop within {WAIT:?}; see {}",
@@ -292,6 +291,16 @@ impl Drop for Postgres {
         {
             tracing::warn!(error = %format!("{e:#}"), "stopping PostgreSQL");
         }
+    }
+}
+
+/// Whether process `pid` is gone or a zombie (the server is not this process's child: whoever
+/// reaps it may take a while).
+fn exited(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) state ...`; comm may hold spaces and parentheses, state follows the last.
+        Ok(stat) => stat.rsplit_once(')').is_none_or(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
     }
 }
 
