@@ -1,7 +1,9 @@
 //! `atoll dev` end to end, as the README runs it: a gateway and three clusters of three replicas
 //! come up, enroll and register; the matrix shows the one-way cut aws->onprem and the relayed
 //! pair gcp<->onprem; the CLI works against it through the written config; SIGTERM stops every
-//! child; a second run on the same directory finds its data and certificates again.
+//! child; a second run on the same directory finds its data and certificates again. With
+//! `--gateways 3`: three gateway replicas over dev's own PostgreSQL, `gateways.json` kept current,
+//! the lease holder printed, and SIGINT stopping every child and the database.
 
 // A synchronous test driving processes: no async runtime here, so plain sleeps are right.
 #![allow(clippy::disallowed_methods)]
@@ -18,6 +20,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 use std::time::Instant;
 
+use atoll_mesh::GatewayReplicaRecord;
 use atoll_mesh::NodeRecord;
 use common::atoll_exe;
 use common::phase;
@@ -29,6 +32,8 @@ struct Dev {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
+    /// Its standard error (the log lines), shown when a wait fails.
+    stderr: tempfile::NamedTempFile,
 }
 
 impl Dev {
@@ -38,6 +43,7 @@ impl Dev {
 
     /// Start in the working directory `cwd` (`dir` may then be relative to it).
     fn start_in(cwd: &Path, dir: &Path, extra: &[&str]) -> Self {
+        let stderr = tempfile::NamedTempFile::new().expect("a file for atoll dev's stderr");
         let mut child = Command::new(atoll_exe())
             .current_dir(cwd)
             .arg("dev")
@@ -45,7 +51,7 @@ impl Dev {
             .arg("--dir")
             .arg(dir)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr.reopen().expect("reopen the stderr file"))
             .spawn()
             .expect("start atoll dev");
         let stdout = child.stdout.take().unwrap();
@@ -57,28 +63,43 @@ impl Dev {
                 }
             }
         });
-        Self { child, lines, seen: Vec::new() }
+        Self { child, lines, seen: Vec::new(), stderr }
     }
 
     /// Wait for a line containing `text` (bounded).
     fn wait_for(&mut self, text: &str, timeout: Duration) {
+        self.wait_for_line(text, timeout, |line| line.contains(text));
+    }
+
+    /// Wait for a new line that `wanted` accepts (bounded), described as `what`; returns it.
+    fn wait_for_line(&mut self, what: &str, timeout: Duration, wanted: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
                 eprintln!("dev| {line}");
-                let found = line.contains(text);
-                self.seen.push(line);
-                if found {
-                    return;
+                self.seen.push(line.clone());
+                if wanted(&line) {
+                    return line;
                 }
             }
         }
-        panic!("atoll dev did not print {text:?} within {timeout:?}; printed: {:?}", self.seen);
+        let stderr = std::fs::read_to_string(self.stderr.path()).unwrap_or_default();
+        let stderr: Vec<&str> = stderr.lines().collect();
+        panic!(
+            "atoll dev did not print {what:?} within {timeout:?}; printed: {:?}\nend of its stderr:\n{}",
+            self.seen,
+            stderr[stderr.len().saturating_sub(30)..].join("\n")
+        );
     }
 
     /// SIGTERM and wait for a clean exit (bounded).
     fn stop(&mut self) {
-        nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
+        self.stop_with(Signal::SIGTERM);
+    }
+
+    /// Send `signal` and wait for a clean exit (bounded).
+    fn stop_with(&mut self, signal: Signal) {
+        nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
         self.wait_for("atoll dev: stopped", Duration::from_secs(30));
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -318,4 +339,133 @@ fn atoll_dev_refuses_a_directory_that_is_not_a_mesh() {
         .unwrap();
     assert!(!out.status.success());
     assert!(temp.path().join("precious.txt").exists(), "--fresh deleted a directory that was not a mesh");
+}
+
+fn gateway_replicas(dir: &Path) -> Vec<GatewayReplicaRecord> {
+    serde_json::from_slice(&std::fs::read(dir.join("gateways.json")).expect("gateways.json"))
+        .expect("parse gateways.json")
+}
+
+/// The pid of the PostgreSQL server running in `DIR/postgres`, from its `postmaster.pid`.
+fn postgres_pid(dir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(dir.join("postgres").join("data").join("postmaster.pid")).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+/// Whether `pid` runs: alive and not a zombie (dev's PostgreSQL is not its child, so whoever
+/// reaps it may take a while).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+}
+
+/// `atoll dev: gateway g2 holds the lease (generation 3)` -> (`g2`, 3).
+fn lease_line(line: &str) -> (String, u64) {
+    let rest = line.strip_prefix("atoll dev: gateway ").unwrap_or_else(|| panic!("not a lease line: {line}"));
+    let (id, rest) = rest.split_once(' ').unwrap_or_else(|| panic!("not a lease line: {line}"));
+    let generation = rest
+        .strip_prefix("holds the lease (generation ")
+        .and_then(|g| g.strip_suffix(')'))
+        .and_then(|g| g.parse().ok())
+        .unwrap_or_else(|| panic!("not a lease line: {line}"));
+    (id.to_string(), generation)
+}
+
+/// Wait until `check` holds (bounded), polling.
+fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what} not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Needs PostgreSQL installed, or root to install it (dev installs it then); fails otherwise.
+#[test]
+fn atoll_dev_with_three_gateway_replicas_runs_them_over_its_own_postgres_and_stops_everything() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("mesh");
+    let config = dir.join("atoll.yaml");
+
+    phase("start atoll dev with three gateway replicas and wait until it is ready");
+    let mut dev = Dev::start(&dir, &["--gateways", "3"]);
+    dev.wait_for("atoll dev: ready", Duration::from_secs(240));
+    assert!(dev.seen.iter().any(|l| l.contains("every cluster registered")), "{:?}", dev.seen);
+    assert!(!dir.join("gateway.json").exists(), "gateways.json replaces gateway.json");
+
+    phase("gateways.json lists three running replicas, g1 to g3, on distinct addresses");
+    let replicas = gateway_replicas(&dir);
+    let ids: Vec<&str> = replicas.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["g1", "g2", "g3"]);
+    let mut addrs: Vec<&str> = replicas.iter().flat_map(|r| [r.addr.as_str(), r.ops_addr.as_str()]).collect();
+    addrs.sort_unstable();
+    addrs.dedup();
+    assert_eq!(addrs.len(), 6, "{replicas:?}");
+    let gateway_pids: Vec<u32> = replicas.iter().map(|r| r.pid.expect("a replica's pid")).collect();
+    assert!(gateway_pids.iter().all(|p| alive(*p)), "{replicas:?}");
+    for replica in &replicas {
+        assert!(
+            dev.seen.iter().any(|l| l.contains(&format!("gateway {} at {}", replica.id, replica.addr))),
+            "{} not printed: {:?}",
+            replica.id,
+            dev.seen
+        );
+    }
+    let postgres = postgres_pid(&dir).expect("dev's PostgreSQL runs");
+    assert!(running(postgres));
+    let cli_config = std::fs::read_to_string(&config).unwrap();
+    for replica in &replicas {
+        assert!(cli_config.contains(&replica.addr), "the CLI config lists {}: {cli_config}", replica.addr);
+    }
+
+    phase("the example pipeline runs to its end through the replicas");
+    dev.wait_for(" jobs; atoll --config", Duration::from_secs(180));
+    for name in ["build", "package", "test-gcp", "test-onprem", "collect", "mirror", "cleanup"] {
+        let line = dev
+            .seen
+            .iter()
+            .find(|l| l.trim_start().starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no line for job {name}: {:?}", dev.seen));
+        assert!(line.contains("finished"), "{line}");
+    }
+
+    phase("dev says which replica holds the duties lease (GET /v1/gateways)");
+    let is_lease_line =
+        |line: &str| line.starts_with("atoll dev: gateway ") && line.contains(" holds the lease (generation ");
+    let line = match dev.seen.iter().find(|l| is_lease_line(l)).cloned() {
+        Some(line) => line,
+        None => dev.wait_for_line("the lease holder", Duration::from_secs(30), is_lease_line),
+    };
+    let (holder, generation) = lease_line(&line);
+    let index = replicas.iter().position(|r| r.id == holder).unwrap_or_else(|| panic!("no replica {holder}"));
+
+    phase("SIGKILL the holder: dev restarts it, gateways.json follows, and the new holder is printed");
+    nix::sys::signal::kill(Pid::from_raw(gateway_pids[index] as i32), Signal::SIGKILL).unwrap();
+    dev.wait_for(&format!("atoll dev: gateway {holder} exited"), Duration::from_secs(10));
+    eventually(&format!("{holder} restarted under a new pid in gateways.json"), Duration::from_secs(10), || {
+        gateway_replicas(&dir)[index].pid.is_some_and(|p| p != gateway_pids[index] && alive(p))
+    });
+    let line = dev.wait_for_line("a lease holder of a newer generation", Duration::from_secs(30), |line| {
+        is_lease_line(line) && lease_line(line).1 > generation
+    });
+    eprintln!("--- {line}");
+    let mut all_pids: Vec<u32> = gateway_replicas(&dir).iter().map(|r| r.pid.expect("pid")).collect();
+    all_pids.extend(nodes(&dir).iter().map(|r| r.pid.expect("pid")));
+
+    phase("SIGINT stops atoll dev, every process it started and its PostgreSQL");
+    dev.stop_with(Signal::SIGINT);
+    for pid in &all_pids {
+        assert!(!alive(*pid), "pid {pid} still running after atoll dev stopped");
+    }
+    assert!(!running(postgres), "PostgreSQL (pid {postgres}) still running after atoll dev stopped");
+    assert_eq!(postgres_pid(&dir), None, "postmaster.pid left behind: PostgreSQL did not shut down in order");
+
+    phase("the directory holds three replicas: a run without --gateways is refused");
+    let out = Command::new(atoll_exe()).args(["dev", "--dir"]).arg(&dir).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pass --gateways 3"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
