@@ -33,9 +33,9 @@ const MAX_RESTARTS: usize = 5;
 const RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 /// How often dev asks the gateway replicas who holds the lease, and how long one question may
-/// take.
+/// take (the client moves on from a replica that fails to the next within it).
 const LEASE_POLL: Duration = Duration::from_millis(1_500);
-const LEASE_ASK_TIMEOUT: Duration = Duration::from_secs(2);
+const LEASE_ASK_TIMEOUT: Duration = Duration::from_secs(3);
 /// After this long without an answer, dev says it cannot tell who holds the lease (once).
 const LEASE_UNKNOWN_AFTER: Duration = Duration::from_secs(15);
 
@@ -189,37 +189,30 @@ fn lease_change(shown: Option<&(String, u64)>, replicas: &[GatewayReplica]) -> O
 }
 
 /// Print which gateway replica holds the lease once it is known and again whenever it changes,
-/// asking the replicas in turn (the first that answers) every [`LEASE_POLL`].
-async fn watch_lease(clients: Vec<(String, GatewayClient)>) {
+/// asking (any replica: `client` is over all of them) every [`LEASE_POLL`].
+async fn watch_lease(client: GatewayClient) {
     let mut shown: Option<(String, u64)> = None;
     let started = tokio::time::Instant::now();
     let mut answered = false;
     loop {
-        let mut answer = None;
-        let mut last_error = String::new();
-        for (id, client) in &clients {
-            match tokio::time::timeout(LEASE_ASK_TIMEOUT, client.gateways()).await {
-                Ok(Ok(replicas)) => {
-                    answer = Some(replicas);
-                    break;
-                }
-                Ok(Err(e)) => last_error = format!("gateway {id}: {e}"),
-                Err(_) => last_error = format!("gateway {id}: no answer within {LEASE_ASK_TIMEOUT:?}"),
-            }
-        }
+        let answer = match tokio::time::timeout(LEASE_ASK_TIMEOUT, client.gateways()).await {
+            Ok(Ok(replicas)) => Ok(replicas),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {LEASE_ASK_TIMEOUT:?}")),
+        };
         match answer {
-            Some(replicas) => {
+            Ok(replicas) => {
                 answered = true;
                 if let Some((line, holder)) = lease_change(shown.as_ref(), &replicas) {
                     println!("{line}");
                     shown = holder;
                 }
             }
-            None if !answered && started.elapsed() >= LEASE_UNKNOWN_AFTER => {
-                println!("atoll dev: cannot tell which gateway replica holds the lease ({last_error})");
+            Err(e) if !answered && started.elapsed() >= LEASE_UNKNOWN_AFTER => {
+                println!("atoll dev: cannot tell which gateway replica holds the lease ({e})");
                 answered = true;
             }
-            None => {}
+            Err(_) => {}
         }
         tokio::time::sleep(LEASE_POLL).await;
     }
@@ -265,7 +258,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let client = CliConfig::load(&mesh.dir.cli_config())?.node_client()?;
     let lease = match mesh.layout.gateway.as_ref().filter(|g| g.ha) {
         Some(gateway) => {
-            let mut clients = Vec::new();
             for (index, replica) in gateway.replicas.iter().enumerate() {
                 println!(
                     "atoll dev: gateway {} at {} (ops {}) serves, pid {}",
@@ -274,10 +266,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                     replica.ops_addr(),
                     mesh.gateway_pid(index).map_or("-".to_string(), |p| p.to_string())
                 );
-                clients.push((replica.id.clone(), mesh.gateway_client_at(index)?));
             }
             println!("atoll dev: {} lists them with their pids", mesh.dir.gateways_json().display());
-            Some(tokio::spawn(watch_lease(clients)))
+            Some(tokio::spawn(watch_lease(mesh.gateway_client()?)))
         }
         None => None,
     };

@@ -16,6 +16,7 @@ use atoll_api::gateway::ClusterState;
 use atoll_api::gateway::JoinTokenRequest;
 use atoll_api::gateway::LinkState;
 use atoll_api::gateway::Matrix;
+use atoll_api::gateway_addrs::GatewayAddrs;
 use atoll_api::gateway_client::GatewayClient;
 use atoll_api::node::Role;
 use atoll_api::tls::ServerPolicy;
@@ -263,25 +264,32 @@ impl Mesh {
         self.postgres.as_ref()
     }
 
-    /// A client of the mesh's gateway holding the admin token the gateway wrote at first start:
-    /// of the first gateway replica that runs (the first of all when none does).
+    /// A client of the mesh's gateway holding the admin token the gateway wrote at first start,
+    /// over every replica (those running first), moving to the next when one fails.
     pub fn gateway_client(&self) -> anyhow::Result<GatewayClient> {
-        let index = self.gateways.keys().next().copied().unwrap_or(0);
-        self.gateway_client_at(index)
+        let gateway = self.layout.gateway.as_ref().context("this mesh has no gateway")?;
+        let (running, stopped): (Vec<_>, Vec<_>) =
+            gateway.replicas.iter().enumerate().partition(|(index, _)| self.gateways.contains_key(index));
+        let addrs: Vec<String> = running.into_iter().chain(stopped).map(|(_, r)| r.addr()).collect();
+        self.client_over(GatewayAddrs::new(&addrs))
     }
 
-    /// A client of gateway replica `index` holding the admin token.
+    /// A client of gateway replica `index` alone, holding the admin token.
     pub fn gateway_client_at(&self, index: usize) -> anyhow::Result<GatewayClient> {
-        let replica = self.gateway_replica(index)?;
+        let addr = self.gateway_replica(index)?.addr();
+        self.client_over(GatewayAddrs::new(&[addr]))
+    }
+
+    fn client_over(&self, addrs: GatewayAddrs) -> anyhow::Result<GatewayClient> {
         let token_file = self.dir.admin_token();
         let token = fs::read_to_string(&token_file)
             .with_context(|| format!("reading the admin token {}", token_file.display()))?
             .trim()
             .to_string();
         let trust = TrustRoots::load(&self.dir.certs().join("ca.pem"))?;
-        Ok(GatewayClient::new(
+        Ok(GatewayClient::with_addrs(
             trust.anonymous_client_config(ServerPolicy::Gateway)?,
-            &replica.addr(),
+            addrs,
             Some(token),
             Duration::from_secs(5),
         )?)
