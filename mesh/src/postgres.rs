@@ -137,12 +137,9 @@ impl Postgres {
         self.settings.dir.join("server.log")
     }
 
-    /// The server's pid while it runs: the first line of `postmaster.pid`, a live `postgres`.
+    /// The server's pid while it runs.
     pub fn pid(&self) -> Option<u32> {
-        let text = fs::read_to_string(self.settings.dir.join("data").join("postmaster.pid")).ok()?;
-        let pid: u32 = text.lines().next()?.trim().parse().ok()?;
-        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        (comm.trim() == "postgres" && !exited(pid)).then_some(pid)
+        server_pid(&self.settings.dir)
     }
 
     /// `DIR` as the server's commands see it.
@@ -260,28 +257,49 @@ impl Postgres {
         self.stop_with(Signal::SIGQUIT)
     }
 
-    // Blocking, like the pg_ctl runs beside it: callers are Drop, spawn_blocking, and the chaos
-    // suite's nemesis, which waits for the database to be down before it goes on.
-    #[allow(clippy::disallowed_methods)]
     fn stop_with(&self, signal: Signal) -> anyhow::Result<()> {
         self.running.store(false, Ordering::SeqCst);
-        let Some(pid) = self.pid() else { return Ok(()) };
-        match nix::sys::signal::kill(Pid::from_raw(pid as i32), signal) {
-            Ok(()) => {}
-            Err(nix::errno::Errno::ESRCH) => return Ok(()),
-            Err(e) => return Err(e).context("signalling PostgreSQL"),
-        }
-        let deadline = std::time::Instant::now() + WAIT;
-        while !exited(pid) {
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "PostgreSQL (pid {pid}) did not stop within {WAIT:?}; see {}",
-                self.log_file().display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
+        stop_server(&self.settings.dir, signal)
     }
+}
+
+/// Stop the server a run left running in `dir` (`Postgres::stop`'s way), if any: before the
+/// directory is removed, which would leave it running on deleted files and holding its port.
+pub fn stop_left_running(dir: &Path) -> anyhow::Result<()> {
+    stop_server(dir, Signal::SIGINT)
+}
+
+/// The pid of the server running in `dir`: the first line of `postmaster.pid`, a live
+/// `postgres`.
+fn server_pid(dir: &Path) -> Option<u32> {
+    let text = fs::read_to_string(dir.join("data").join("postmaster.pid")).ok()?;
+    let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    (comm.trim() == "postgres" && !exited(pid)).then_some(pid)
+}
+
+/// Send `signal` to the server running in `dir`, if any, and wait until it has exited.
+// Blocking, like the pg_ctl runs beside it: callers are Drop, spawn_blocking, `atoll dev
+// --fresh` before anything runs, and the chaos suite's nemesis, which waits for the database to
+// be down before it goes on.
+#[allow(clippy::disallowed_methods)]
+fn stop_server(dir: &Path, signal: Signal) -> anyhow::Result<()> {
+    let Some(pid) = server_pid(dir) else { return Ok(()) };
+    match nix::sys::signal::kill(Pid::from_raw(pid as i32), signal) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::ESRCH) => return Ok(()),
+        Err(e) => return Err(e).context("signalling PostgreSQL"),
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while !exited(pid) {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "PostgreSQL (pid {pid}) did not stop within {WAIT:?}; see {}",
+            dir.join("server.log").display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 impl Drop for Postgres {
@@ -464,6 +482,13 @@ mod tests {
         assert!(first.pid().is_none(), "dropping a server stops it");
         assert!(!listening(port));
         drop(first);
+
+        // A server left running (as by a SIGKILLed run) is stopped before its directory goes.
+        let left = Postgres::start(settings.clone()).expect("start again");
+        let left_pid = left.pid().expect("a running server");
+        std::mem::forget(left);
+        stop_left_running(&dir).unwrap();
+        assert!(exited(left_pid) && !listening(port));
 
         // Started again on the same directory: the same cluster and password, no new initdb.
         let again = Postgres::start(settings).expect("start again");

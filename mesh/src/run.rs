@@ -668,7 +668,8 @@ impl Drop for Mesh {
     }
 }
 
-/// Remove a directory's contents after checking it is a mesh directory (or empty).
+/// Remove a directory's contents after checking it is a mesh directory (or empty); a PostgreSQL
+/// server of the mesh that a killed run left running is stopped first.
 pub fn wipe(dir: &Path) -> anyhow::Result<()> {
     if !dir.exists() {
         return Ok(());
@@ -679,6 +680,7 @@ pub fn wipe(dir: &Path) -> anyhow::Result<()> {
         "{} does not look like an atoll mesh directory (no layout.json); not deleting it",
         dir.display()
     );
+    super::postgres::stop_left_running(&MeshDir::new(dir).postgres_dir())?;
     fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
 }
 
