@@ -300,10 +300,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         for (index, status) in mesh.reap_gateways() {
             // Replicas keep running without it; their leaders re-register when it is back (with
             // replicas, at another one meanwhile). gateways.json follows the restart.
-            let name = match mesh.layout.gateway.as_ref().filter(|g| g.ha) {
-                Some(g) => format!("gateway {}", g.replicas.get(index).map_or("?", |r| r.id.as_str())),
-                None => "the gateway".to_string(),
-            };
+            let name = mesh.gateway_name(index);
             let log = mesh.gateway_log(index).map(|l| l.display().to_string()).unwrap_or_default();
             if args.no_restart {
                 println!("atoll dev: {name} exited ({status}); not restarting (--no-restart)");

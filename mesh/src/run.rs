@@ -180,7 +180,7 @@ impl Mesh {
     }
 
     /// How gateway replica `index` is named in messages: `the gateway`, or `gateway g2`.
-    fn gateway_name(&self, index: usize) -> String {
+    pub fn gateway_name(&self, index: usize) -> String {
         match self.layout.gateway.as_ref() {
             Some(g) if g.ha => format!("gateway {}", g.replicas.get(index).map_or("?", |r| r.id.as_str())),
             _ => "the gateway".to_string(),
