@@ -19,6 +19,9 @@ pub struct Args {
 pub enum BenchCommand {
     /// Write-unavailability after killing (or pausing) the leader, side by side with etcd.
     Failover(crate::failover::FailoverArgs),
+    /// SIGKILL gateway replicas (the one the leaders use, the lease holder) under a stream of
+    /// submissions: clusters heard again, scheduling again, jobs lost or doubled.
+    GatewayFailover(crate::gateway_failover::GatewayFailoverArgs),
     /// Time for a cut (and a heal) between clusters to show in the gateway's matrix.
     Convergence(crate::convergence::ConvergenceArgs),
     /// One gateway under a thousand simulated clusters, on SQLite and PostgreSQL.

@@ -1,6 +1,8 @@
 //! Benchmarks: each prints its own figures and the peer baseline's from the same run.
 //!
 //! - [`failover`]: write-unavailability after killing or pausing a leader, next to etcd's.
+//! - [`gateway_failover`]: gateway replicas under SIGKILL: clusters heard again, scheduling
+//!   again, jobs lost or doubled, next to etcd's leader election.
 //! - [`convergence`]: how fast a cut (and a heal) between two clusters shows in the gateway's
 //!   matrix, next to how fast etcd notices a dead leader.
 //! - [`scale`]: one gateway under a thousand simulated clusters, next to etcd's write latency.
@@ -16,6 +18,7 @@
 pub mod args;
 pub mod convergence;
 pub mod failover;
+pub mod gateway_failover;
 pub mod jobs;
 pub mod peers;
 pub mod scale;

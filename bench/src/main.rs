@@ -17,6 +17,7 @@ fn main() -> std::process::ExitCode {
     let outcome = runtime.block_on(async {
         match args.command {
             BenchCommand::Failover(args) => atoll_bench::failover::run(args).await,
+            BenchCommand::GatewayFailover(args) => atoll_bench::gateway_failover::run(args).await,
             BenchCommand::Convergence(args) => atoll_bench::convergence::run(args).await,
             BenchCommand::Scale(args) => atoll_bench::scale::run(args).await,
             BenchCommand::Dispatch(args) => atoll_bench::jobs::dispatch(args).await,

@@ -123,8 +123,6 @@ async fn serve(
     for warning in breakage.warnings() {
         tracing::warn!("{warning}");
     }
-    let db = Db::connect(&config.database).await?;
-    tracing::info!(engine = db.engine(), "database ready (migrated)");
     if config.ha.enabled && !config.ca_dir.join("ca-key.pem").exists() {
         // Two replicas starting at once would each make a CA of their own.
         anyhow::bail!(
@@ -132,6 +130,8 @@ async fn serve(
             config.ca_dir.display()
         );
     }
+    let db = Db::connect(&config.database).await?;
+    tracing::info!(engine = db.engine(), "database ready (migrated)");
     let (ca, created) = GatewayCa::load_or_create(&config.ca_dir, &config.id, &config.tls_names, config.cert_lifetime)?;
     tracing::info!(dir = %config.ca_dir.display(), fingerprint = ca.fingerprint(), created, "certificate authority ready");
     let names: Vec<String> = config.tls_names.iter().map(|name| name.to_string()).collect();

@@ -55,6 +55,28 @@ impl LeaseRow {
     }
 }
 
+/// An attempt a duty bound or moved, under `generation`, at `at_ms` (the writer's clock).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DutyWrite {
+    pub job: String,
+    pub attempt: u32,
+    pub generation: u64,
+    pub at_ms: i64,
+}
+
+/// The duty writes applied after a newer generation was taken (pure): each with the time that
+/// newer generation was acquired. `history` is `(generation, holder, acquired_ms)`; empty in a
+/// correctly fenced gateway.
+pub fn stale_writes(writes: &[DutyWrite], history: &[(u64, String, i64)]) -> Vec<(DutyWrite, i64)> {
+    writes
+        .iter()
+        .filter_map(|w| {
+            let superseded = history.iter().filter(|(g, _, _)| *g > w.generation).map(|(_, _, at)| *at).min()?;
+            (w.at_ms >= superseded).then(|| (w.clone(), superseded))
+        })
+        .collect()
+}
+
 /// A replica's presence row, with its age by the database's clock.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaRow {
@@ -62,6 +84,22 @@ pub struct ReplicaRow {
     pub addr: String,
     pub generation: u64,
     pub age_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_is_stale_once_a_newer_generation_was_taken_before_it() {
+        let w = |generation, at_ms| DutyWrite { job: "p-a".into(), attempt: 1, generation, at_ms };
+        let history = vec![(1, "g1".to_string(), 1_000), (2, "g2".to_string(), 5_000), (3, "g1".to_string(), 9_000)];
+        let writes = [w(1, 4_999), w(2, 8_000), w(1, 5_000), w(2, 9_500), w(3, 20_000)];
+        let stale: Vec<(u64, i64, i64)> =
+            stale_writes(&writes, &history).into_iter().map(|(w, at)| (w.generation, w.at_ms, at)).collect();
+        assert_eq!(stale, vec![(1, 5_000, 5_000), (2, 9_500, 9_000)]);
+        assert!(stale_writes(&writes[..2], &history).is_empty());
+    }
 }
 
 /// The database's clock in unix milliseconds, as SQL.
@@ -208,6 +246,32 @@ impl Db {
             rows.iter()
                 .map(|row| {
                     Ok((generation(row.try_get("generation")?)?, row.try_get("holder")?, row.try_get("acquired_ms")?))
+                })
+                .collect()
+        })
+    }
+
+    /// Every write of a duty the attempts record, oldest first: each attempt with the
+    /// generation of the scheduling pass that bound it or (an attempt moved off a lost cluster)
+    /// moved it, and when (the checkers of tests and the chaos suite compare them with
+    /// [`Db::lease_history`]).
+    pub async fn duty_writes(&self) -> Result<Vec<DutyWrite>, DbError> {
+        with_pool!(self, read, |pool| {
+            let rows = sqlx::query(
+                "SELECT job_id, attempt, generation, CASE WHEN state = 'moved' THEN ended_ms ELSE bound_ms END AS at_ms
+                 FROM attempts WHERE generation IS NOT NULL ORDER BY at_ms",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    let attempt: i32 = row.try_get("attempt")?;
+                    Ok(DutyWrite {
+                        job: row.try_get("job_id")?,
+                        attempt: u32::try_from(attempt).map_err(|e| DbError::corrupt("attempts.attempt", e))?,
+                        generation: generation(row.try_get("generation")?)?,
+                        at_ms: row.try_get::<Option<i64>, _>("at_ms")?.unwrap_or_default(),
+                    })
                 })
                 .collect()
         })

@@ -33,9 +33,8 @@ fn new_pipeline_id() -> String {
 }
 
 impl Gateway {
-    /// Check and store a pipeline; everything is recorded before this returns.
-    pub async fn submit(&self, document: &atoll_api::spec::Document, by: &str) -> Result<Submitted, ApiError> {
-        let spec = atoll_api::spec::from_document(document).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    /// Every job's selector against the clusters this replica knows now.
+    fn check_selectors(&self, spec: &atoll_api::spec::PipelineSpec) -> Result<(), ApiError> {
         let clusters = self.registry.list(now_ms());
         let parsed: Vec<(ClusterName, Vec<Label>, bool)> = clusters
             .iter()
@@ -47,7 +46,18 @@ impl Gateway {
             .collect();
         let facts: Vec<ClusterFacts<'_>> =
             parsed.iter().map(|(name, labels, enabled)| ClusterFacts { name, labels, enabled: *enabled }).collect();
-        atoll_api::spec::check_clusters(&spec, &facts).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        atoll_api::spec::check_clusters(spec, &facts).map_err(|e| ApiError::bad_request(e.to_string()))
+    }
+
+    /// Check and store a pipeline; everything is recorded before this returns.
+    pub async fn submit(&self, document: &atoll_api::spec::Document, by: &str) -> Result<Submitted, ApiError> {
+        let spec = atoll_api::spec::from_document(document).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if let Err(e) = self.check_selectors(&spec) {
+            // Another replica may have registered a cluster this one has not reloaded yet:
+            // judge again on the database's record before refusing.
+            self.registry.refresh().await.map_err(db_error)?;
+            self.check_selectors(&spec).map_err(|_| e)?;
+        }
         // Every source named must have been pushed.
         if let Some(source) = &spec.source {
             self.known_source(source, "source").await?;
