@@ -99,6 +99,10 @@ pub struct Metrics {
     pub job_ends: Family<StateLabel, Counter>,
     /// From a job's submission to its end, by final state.
     pub job_duration: Family<StateLabel, Histogram>,
+    /// 1 while this replica holds the duties lease, else 0 (set at each scrape).
+    pub lease_held: Gauge,
+    /// The lease generation this replica holds or last held (0: never), at each scrape.
+    pub lease_generation: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -143,6 +147,8 @@ impl Metrics {
             jobs: Family::default(),
             job_ends: Family::default(),
             // 0.1 s .. 3.6 h
+            lease_held: Gauge::default(),
+            lease_generation: Gauge::default(),
             job_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.1, 2.0, 18))),
         };
         let mut registry = Registry::with_prefix("atoll_gateway");
@@ -218,6 +224,16 @@ impl Metrics {
             "Time from a job's submission to its end, by final state",
             Unit::Seconds,
             metrics.job_duration.clone(),
+        );
+        registry.register(
+            "lease_held",
+            "1 while this replica holds the duties lease (runs scheduling, rerouting, retention), else 0",
+            metrics.lease_held.clone(),
+        );
+        registry.register(
+            "lease_generation",
+            "The duties lease generation this replica holds or last held (0: never)",
+            metrics.lease_generation.clone(),
         );
         *metrics.registry.lock().expect("metrics registry") = registry;
         // Counters with a small known set of labels start at zero, so every series exists from

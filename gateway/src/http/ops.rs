@@ -46,6 +46,8 @@ async fn metrics(State(gateway): State<Arc<Gateway>>, headers: axum::http::Heade
             listed.iter().filter(|c| if c.revoked { state == "revoked" } else { c.state.to_string() == state }).count();
         metrics.clusters.get_or_create(&StateLabel { state }).set(count as i64);
     }
+    metrics.lease_held.set(i64::from(gateway.lease.duty().is_some()));
+    metrics.lease_generation.set(i64::try_from(gateway.lease.generation()).unwrap_or(i64::MAX));
     let (clusters, rows) = (gateway.registry.registered(), gateway.rows.snapshot());
     let cells = crate::matrix::Grid::new(&clusters, &rows, now, gateway.config.stale_after).count_by_state();
     for (state, count) in cells {
