@@ -16,6 +16,16 @@
 //! stops by itself, and every duty write is also fenced on the generation in the database, for
 //! the pass that was half done when it stopped ([`crate::db::lease::Duty`]).
 //!
+//! **A holder that died is replaced at once.** With several replicas on PostgreSQL, the holder
+//! also holds a session-level advisory lock ([`LIVENESS_KEY`]) on a connection of its own. The
+//! server releases it when that session ends, which it does at once when the holder's process
+//! dies (its sockets close). A replica that finds the lease held but the advisory lock free knows
+//! the holder's process is gone and takes the lease without waiting for it to run out (a new
+//! generation, as always). A holder that is alive but paused, or cut off from the database, keeps
+//! its session and its lock: the others wait for the lease to run out, as the TTL says. Should a
+//! live holder's lock connection drop, another replica takes the lease from it: a needless
+//! change of holder, made safe by the generation fence like any other.
+//!
 //! A replica that took the lease counts clusters' silence from no earlier than that moment
 //! ([`crate::registry::Registry::judge_from`]), settles every pipeline that waits (what the
 //! previous holder was told may not have reached this one), and runs a pass at once.
@@ -34,6 +44,67 @@ use crate::config::Ha;
 use crate::db::Db;
 use crate::db::lease::Duty;
 use crate::now_ms;
+
+/// The advisory lock a lease holder holds on a session of its own while it holds the lease
+/// ("atoll" in ASCII).
+pub const LIVENESS_KEY: i64 = 0x61_74_6f_6c_6c;
+
+/// The holder's liveness lock: a connection of this replica's own, and whether it holds
+/// [`LIVENESS_KEY`] on it.
+#[derive(Default)]
+struct Liveness {
+    conn: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
+    holding: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Liveness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Liveness").field("holding", &self.holding).finish_non_exhaustive()
+    }
+}
+
+impl Liveness {
+    /// Take the lock if it is free (true), or say it is held by a live session (false).
+    async fn try_take(&self, pool: &sqlx::PgPool) -> Result<bool, sqlx::Error> {
+        use sqlx::Connection;
+        if self.holding.load(Ordering::SeqCst) {
+            return Ok(true);
+        }
+        let mut conn = self.conn.lock().await;
+        if conn.is_none() {
+            *conn = Some(sqlx::PgConnection::connect_with(&pool.connect_options()).await?);
+        }
+        let Some(c) = conn.as_mut() else { return Ok(false) };
+        match sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)").bind(LIVENESS_KEY).fetch_one(c).await {
+            Ok(taken) => {
+                self.holding.store(taken, Ordering::SeqCst);
+                Ok(taken)
+            }
+            Err(e) => {
+                // A broken session: the server released whatever it held.
+                *conn = None;
+                self.holding.store(false, Ordering::SeqCst);
+                Err(e)
+            }
+        }
+    }
+
+    /// Let the lock go (stepping down, or it was taken without the lease).
+    async fn release(&self) {
+        if !self.holding.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let mut conn = self.conn.lock().await;
+        let released = match conn.as_mut() {
+            Some(c) => sqlx::query("SELECT pg_advisory_unlock($1)").bind(LIVENESS_KEY).execute(c).await.is_ok(),
+            None => true,
+        };
+        if !released {
+            // Ending the session releases it.
+            *conn = None;
+        }
+    }
+}
 
 /// How long after its last write of presence a replica is still listed to agents.
 pub fn listed_for(ha: &Ha) -> Duration {
@@ -61,6 +132,8 @@ pub struct Lease {
     database_ok: Mutex<Option<Instant>>,
     /// The replicas listed to agents, as last read.
     listed: Mutex<Vec<String>>,
+    /// The holder's advisory lock (several replicas on PostgreSQL only).
+    liveness: Liveness,
     started_ms: i64,
 }
 
@@ -87,6 +160,7 @@ impl Lease {
             last_generation: AtomicU64::new(0),
             database_ok: Mutex::new(None),
             listed: Mutex::new(Vec::new()),
+            liveness: Liveness::default(),
             started_ms: now_ms(),
         }
     }
@@ -151,10 +225,12 @@ impl Lease {
         match held {
             Some(h) => match db.renew_lease(&self.incarnation, h.generation, ttl_ms).await {
                 Ok(true) => {
-                    let mut held = self.held.lock().expect("lease");
-                    if let Some(held) = held.as_mut() {
+                    if let Some(held) = self.held.lock().expect("lease").as_mut() {
                         held.until = sent + self.ha.acts_for();
                     }
+                    // Taken when the lease ran out while a paused holder kept the lock: hold it
+                    // as soon as that one lets it go.
+                    let _ = self.liveness_free(db).await;
                     false
                 }
                 Ok(false) if self.breakage.lease_unfenced() => false,
@@ -169,32 +245,70 @@ impl Lease {
                 Err(e) => {
                     if Instant::now() >= h.until && !self.breakage.lease_unfenced() {
                         tracing::warn!(generation = h.generation, error = %e, "renewing the duties lease failed past its term; stepping down");
-                        *self.held.lock().expect("lease") = None;
+                        self.step_down().await;
                     } else {
                         tracing::warn!(generation = h.generation, error = %e, "renewing the duties lease failed; retrying");
                     }
                     false
                 }
             },
-            None => match db.take_lease(id, &self.incarnation, ttl_ms, !self.ha.enabled).await {
-                Ok(Some(generation)) => {
-                    *self.held.lock().expect("lease") = Some(Held { generation, until: sent + self.ha.acts_for() });
-                    self.last_generation.store(generation, Ordering::SeqCst);
-                    tracing::info!(generation, replica = id, "took the duties lease: this replica schedules");
-                    true
+            None => {
+                // The holder's process is gone when its liveness lock is free: take the lease
+                // now instead of waiting for it to run out.
+                let holder_gone = self.liveness_free(db).await;
+                let force = !self.ha.enabled || holder_gone;
+                match db.take_lease(id, &self.incarnation, ttl_ms, force).await {
+                    Ok(Some(generation)) => {
+                        *self.held.lock().expect("lease") = Some(Held { generation, until: sent + self.ha.acts_for() });
+                        self.last_generation.store(generation, Ordering::SeqCst);
+                        tracing::info!(
+                            generation,
+                            replica = id,
+                            at_once = holder_gone,
+                            "took the duties lease: this replica schedules"
+                        );
+                        true
+                    }
+                    Ok(None) => {
+                        self.liveness.release().await;
+                        false
+                    }
+                    Err(e) => {
+                        self.liveness.release().await;
+                        tracing::warn!(error = %e, "trying to take the duties lease failed");
+                        false
+                    }
                 }
-                Ok(None) => false,
-                Err(e) => {
-                    tracing::warn!(error = %e, "trying to take the duties lease failed");
-                    false
-                }
-            },
+            }
         }
+    }
+
+    /// Whether no live session holds the liveness lock (it is then this replica's). False with
+    /// one gateway, on SQLite, or when the database does not answer.
+    async fn liveness_free(&self, db: &Db) -> bool {
+        let Db::Postgres(pool) = db else { return false };
+        if !self.ha.enabled {
+            return false;
+        }
+        match self.liveness.try_take(pool).await {
+            Ok(free) => free,
+            Err(e) => {
+                tracing::debug!(error = %e, "the liveness lock did not answer");
+                false
+            }
+        }
+    }
+
+    /// Stop holding: the lease is gone.
+    async fn step_down(&self) {
+        *self.held.lock().expect("lease") = None;
+        self.liveness.release().await;
     }
 
     /// An orderly stop: give the lease up and remove the presence.
     async fn leave(&self, db: &Db, id: &str) {
         let held = self.held.lock().expect("lease").take();
+        self.liveness.release().await;
         if let Some(h) = held {
             match db.release_lease(&self.incarnation, h.generation).await {
                 Ok(()) => tracing::info!(generation = h.generation, "duties lease released"),
