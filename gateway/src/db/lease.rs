@@ -86,22 +86,6 @@ pub struct ReplicaRow {
     pub age_ms: u64,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_write_is_stale_once_a_newer_generation_was_taken_before_it() {
-        let w = |generation, at_ms| DutyWrite { job: "p-a".into(), attempt: 1, generation, at_ms };
-        let history = vec![(1, "g1".to_string(), 1_000), (2, "g2".to_string(), 5_000), (3, "g1".to_string(), 9_000)];
-        let writes = [w(1, 4_999), w(2, 8_000), w(1, 5_000), w(2, 9_500), w(3, 20_000)];
-        let stale: Vec<(u64, i64, i64)> =
-            stale_writes(&writes, &history).into_iter().map(|(w, at)| (w.generation, w.at_ms, at)).collect();
-        assert_eq!(stale, vec![(1, 5_000, 5_000), (2, 9_500, 9_000)]);
-        assert!(stale_writes(&writes[..2], &history).is_empty());
-    }
-}
-
 /// The database's clock in unix milliseconds, as SQL.
 fn clock(db: &Db) -> &'static str {
     match db {
@@ -339,5 +323,21 @@ impl Db {
             }
             Ok::<_, DbError>(out)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_is_stale_once_a_newer_generation_was_taken_before_it() {
+        let w = |generation, at_ms| DutyWrite { job: "p-a".into(), attempt: 1, generation, at_ms };
+        let history = vec![(1, "g1".to_string(), 1_000), (2, "g2".to_string(), 5_000), (3, "g1".to_string(), 9_000)];
+        let writes = [w(1, 4_999), w(2, 8_000), w(1, 5_000), w(2, 9_500), w(3, 20_000)];
+        let stale: Vec<(u64, i64, i64)> =
+            stale_writes(&writes, &history).into_iter().map(|(w, at)| (w.generation, w.at_ms, at)).collect();
+        assert_eq!(stale, vec![(1, 5_000, 5_000), (2, 9_500, 9_000)]);
+        assert!(stale_writes(&writes[..2], &history).is_empty());
     }
 }
