@@ -376,7 +376,7 @@ fn run(mut command: Command) -> anyhow::Result<()> {
 }
 
 /// Write a secret readable only by its owner.
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = fs::OpenOptions::new()

@@ -337,7 +337,7 @@ impl Mesh {
             .await
             .with_context(|| format!("creating a join token for {}", replica_name(cluster, id)))?;
         let path = self.dir.join_token(cluster, id);
-        write_private(&path, &format!("{}\n", created.token))
+        crate::postgres::write_private(&path, &format!("{}\n", created.token))
     }
 
     /// Start (or restart) one replica; returns its pid. A replica of a gateway mesh that has no
@@ -643,20 +643,6 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let temp = path.with_extension("json.tmp");
     fs::write(&temp, bytes).with_context(|| format!("writing {}", temp.display()))?;
     fs::rename(&temp, path).with_context(|| format!("renaming {}", temp.display()))
-}
-
-/// Write a secret readable only by its owner.
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.write_all(contents.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
 impl Drop for Mesh {
