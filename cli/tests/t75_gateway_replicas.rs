@@ -2,8 +2,9 @@
 //! mid-pipeline (the pipeline finishes, one accepted result per job, every cluster alive
 //! throughout); the holder paused past its lease and resumed (it changes nothing: no duty
 //! write of its old generation lands after the new one was taken); an agent learning a replica
-//! added after it started and moving to it; the configurations replicas cannot share, refused
-//! at start naming the key.
+//! added after it started and moving to it; what one replica stored read through another (one
+//! relay store, one database); the configurations replicas cannot share, refused at start naming
+//! the key.
 
 mod common;
 
@@ -246,6 +247,59 @@ async fn an_agent_learns_a_replica_added_after_it_started() {
     db.close().await;
     let _ = g3_process.kill();
     let _ = g3_process.wait();
+}
+
+/// A CLI config like the mesh's, naming only the replica at `addr`.
+fn cli_config_for(t: &TestMesh, addr: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(t.mesh.dir.cli_config()).expect("CLI config");
+    let only: String = text
+        .lines()
+        .map(|line| if line.starts_with("gateway:") { format!("gateway: [\"{addr}\"]") } else { line.to_string() })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = t.mesh.dir.root.join(format!("atoll-{}.yaml", addr.replace([':', '.'], "-")));
+    std::fs::write(&path, only).expect("CLI config");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_one_replica_stored_is_read_through_another() {
+    let (t, _database) = replicas_mesh(2, 1).await;
+    let addrs = t.mesh.layout.gateway.as_ref().expect("gateway").addrs();
+    phase("atoll push through g1 alone");
+    let source = tempfile::tempdir().expect("source dir");
+    std::fs::write(source.path().join("data.txt"), "stored through one replica\n").expect("source file");
+    let out = std::process::Command::new(common::atoll_exe())
+        .arg("--config")
+        .arg(cli_config_for(&t, &addrs[0]))
+        .args(["push", source.path().to_str().expect("utf-8"), "--json"])
+        .output()
+        .expect("atoll push");
+    assert!(out.status.success(), "atoll push: {}", String::from_utf8_lossy(&out.stderr));
+    let pushed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("push --json");
+    let digest = pushed["digest"].as_str().expect("digest").to_string();
+
+    phase("g2 knows the source and serves its bytes from the shared store");
+    let trust = atoll_api::tls::TrustRoots::load(&t.mesh.dir.certs().join("ca.pem")).expect("CA");
+    let http = common::https_client(trust.anonymous_client_config(atoll_api::tls::ServerPolicy::Gateway).expect("tls"));
+    let token = std::fs::read_to_string(t.mesh.dir.admin_token()).expect("admin token").trim().to_string();
+    let get = |path: String| {
+        let http = http.clone();
+        let (addr, token) = (addrs[1].clone(), token.clone());
+        async move {
+            let response = http.get(format!("https://{addr}{path}")).bearer_auth(token).send().await.expect("GET");
+            assert!(response.status().is_success(), "GET {path} through g2: {}", response.status());
+            response.bytes().await.expect("body")
+        }
+    };
+    let info: serde_json::Value = serde_json::from_slice(&get(format!("/v1/sources/{digest}")).await).expect("source");
+    assert_eq!(info["digest"], digest.as_str(), "{info}");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&get(format!("/v1/blobs/{digest}")).await).expect("manifest");
+    let size = manifest["size"].as_u64().expect("size");
+    let chunk = get(format!("/v1/blobs/{digest}/chunks/0")).await;
+    assert_eq!(chunk.len() as u64, size.min(chunk.len() as u64));
+    assert!(!chunk.is_empty(), "the bytes g1 stored come back through g2");
 }
 
 #[test]
