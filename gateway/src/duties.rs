@@ -173,6 +173,13 @@ impl Lease {
     /// The duty to act under now, if this replica holds the lease.
     pub fn duty(&self) -> Option<Duty> {
         let held = (*self.held.lock().expect("lease"))?;
+        if !self.ha.enabled {
+            // The only gateway by its config: nobody else may take the lease when it runs out,
+            // so a slow renewal (a busy SQLite writer) does not stop scheduling. Its writes stay
+            // fenced: a second gateway wrongly started on the same database takes the lease by
+            // force and this one's writes are refused.
+            return Some(Duty::at(held.generation));
+        }
         if self.breakage.lease_unfenced() {
             // The deliberately broken gateway: acts on a lease it no longer holds, unfenced.
             return Some(Duty { generation: held.generation, fenced: false });
@@ -243,7 +250,7 @@ impl Lease {
                     false
                 }
                 Err(e) => {
-                    if Instant::now() >= h.until && !self.breakage.lease_unfenced() {
+                    if self.ha.enabled && Instant::now() >= h.until && !self.breakage.lease_unfenced() {
                         tracing::warn!(generation = h.generation, error = %e, "renewing the duties lease failed past its term; stepping down");
                         self.step_down().await;
                     } else {
