@@ -208,6 +208,12 @@ impl Lease {
         self.database_ok.lock().expect("database ok").is_some_and(|at| at.elapsed() < database_fresh_for(&self.ha))
     }
 
+    /// A write to the database failed or hung: heartbeats are refused until a presence write
+    /// succeeds again.
+    pub fn database_trouble(&self) {
+        *self.database_ok.lock().expect("database ok") = None;
+    }
+
     /// One round: write presence, then renew or try to take the lease. True when this round
     /// took the lease (a new generation).
     async fn round(&self, db: &Db, id: &str, addr: &str) -> bool {

@@ -342,15 +342,51 @@ impl Registry {
         Ok(found)
     }
 
+    /// How many clusters' heartbeat times wait for the next flush.
+    pub fn pending_times(&self) -> usize {
+        self.touched.lock().expect("touched lock").len()
+    }
+
     /// Write batched heartbeat times.
+    ///
+    /// A batch that could not be written (an error, or the caller gave up waiting) is put back,
+    /// so the times are written with the next one: a heartbeat accepted here is never lost to the
+    /// other replicas.
     pub async fn flush(&self) -> Result<(), DbError> {
         let batch: Vec<(String, Term, i64)> = {
             let mut touched = self.touched.lock().expect("touched lock");
             std::mem::take(&mut *touched).into_iter().map(|(name, (term, at))| (name, term, at)).collect()
         };
-        self.db.touch(&batch).await
+        let mut pending = PutBack { registry: self, batch: Some(batch) };
+        let result = self.db.touch(pending.batch.as_deref().unwrap_or_default()).await;
+        if result.is_ok() {
+            pending.batch = None;
+        }
+        result
     }
+}
 
+/// Puts an unwritten batch of heartbeat times back when dropped (also when the flush is
+/// abandoned mid-way).
+struct PutBack<'a> {
+    registry: &'a Registry,
+    batch: Option<Vec<(String, Term, i64)>>,
+}
+
+impl Drop for PutBack<'_> {
+    fn drop(&mut self) {
+        let Some(batch) = self.batch.take() else { return };
+        let mut touched = self.registry.touched.lock().expect("touched lock");
+        for (name, term, at) in batch {
+            let entry = touched.entry(name).or_insert((term, at));
+            if (term, at) > *entry {
+                *entry = (term, at);
+            }
+        }
+    }
+}
+
+impl Registry {
     /// Reload every row from the database, keeping the later heartbeat time of the two.
     pub async fn refresh(&self) -> Result<(), DbError> {
         let fresh = self.db.clusters().await?;

@@ -57,6 +57,9 @@ async fn bootstrap_admin(db: &Db, path: &std::path::Path) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// How long a batched write may take before it is given up (and retried with the next batch).
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Flush batched writes every `every` until `stop`.
 async fn flush_forever(gateway: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(crate::registry::FLUSH_EVERY);
@@ -90,9 +93,27 @@ impl Gateway {
         }
     }
 
-    async fn timed_flush(&self, what: &'static str) -> Result<(), crate::db::DbError> {
+    /// One batched write (heartbeat times are given up after [`FLUSH_TIMEOUT`] and kept for the
+    /// next). With several
+    /// replicas, a write that failed or hung marks the database unreachable from this replica:
+    /// it refuses heartbeats until a write succeeds again, so leaders move to a replica whose
+    /// writes the others see.
+    async fn timed_flush(&self, what: &'static str) -> Result<(), String> {
         let started = tokio::time::Instant::now();
-        let result = if what == "heartbeats" { self.registry.flush().await } else { self.rows.flush().await };
+        let result = if what == "heartbeats" {
+            // Abandoning it puts the batch back (the registry's flush is safe to drop).
+            match tokio::time::timeout(FLUSH_TIMEOUT, self.registry.flush()).await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {FLUSH_TIMEOUT:?}")),
+            }
+        } else {
+            // A hung write of rows holds the loop; this replica's presence writes hang with it
+            // and it stops accepting heartbeats all the same.
+            self.rows.flush().await.map_err(|e| e.to_string())
+        };
+        if result.is_err() {
+            self.lease.database_trouble();
+        }
         self.metrics.flush_duration.get_or_create(&Flush { what }).observe(started.elapsed().as_secs_f64());
         result
     }

@@ -118,3 +118,39 @@ async fn replicas_are_listed_while_present_and_gone_when_they_leave() {
         db.close().await;
     }
 }
+
+#[tokio::test]
+async fn heartbeat_times_a_replica_could_not_write_are_kept_for_the_next_flush() {
+    use atoll_api::gateway::Heartbeat;
+    use atoll_api::ids::Term;
+    use atoll_gateway::breakage::Breakage;
+    use atoll_gateway::registry::Judging;
+    use atoll_gateway::registry::Registry;
+    let test = TestDatabase::sqlite();
+    let db = Db::connect(&test.database).await.unwrap();
+    let judging = Judging {
+        since_ms: 0,
+        suspect_after: std::time::Duration::from_secs(3),
+        dead_after: std::time::Duration::from_secs(10),
+    };
+    let registry = Registry::load(db.clone(), judging, Breakage::default()).await.unwrap();
+    let heartbeat = Heartbeat {
+        term: Term(2),
+        leader_id: 1,
+        endpoint: "10.0.0.1:7101".into(),
+        labels: vec!["default".into()],
+        replicas: vec![],
+        view_revision: None,
+    };
+    let aws: atoll_api::ClusterName = "aws".parse().unwrap();
+    registry.heartbeat(&aws, &heartbeat, 1_000).await.unwrap();
+    registry.heartbeat(&aws, &heartbeat, 2_000).await.unwrap();
+    assert_eq!(registry.pending_times(), 1, "the second heartbeat only moved the time: batched");
+    db.close().await;
+    assert!(registry.flush().await.is_err(), "the database is gone");
+    assert_eq!(registry.pending_times(), 1, "the time that could not be written waits for the next flush");
+    // A flush abandoned mid-way (its caller timed out) puts the batch back too.
+    let abandoned = registry.flush();
+    drop(abandoned);
+    assert_eq!(registry.pending_times(), 1);
+}
