@@ -25,6 +25,7 @@ impl Postgres {
             fsync: false,
             max_connections: 100,
             netns: Some(netns.to_string()),
+            allow_from: Vec::new(),
             bin: std::env::var_os("PG_TEST_BIN").map(Into::into),
         })
         .context("starting the gateway's PostgreSQL")?;
