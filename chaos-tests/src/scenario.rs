@@ -513,7 +513,7 @@ impl Evidence {
         let ledger = checkers::parse_ledger(&std::fs::read_to_string(&chaos.ledger).unwrap_or_default());
         let mut verdicts = vec![
             checkers::one_leader_per_term(claims),
-            checkers::gateway_follows_terms(&checkers::registrations(gateway_log), &jobs),
+            checkers::gateway_follows_terms(&[checkers::registrations(gateway_log)], &jobs),
             checkers::annotations_durable(&ops, &self.applied),
             checkers::exactly_one_result(&ops, &self.ends, &ledger),
             checkers::outputs_match(&self.ends, &ledger),
