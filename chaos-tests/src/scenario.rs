@@ -506,7 +506,14 @@ pub fn run_with(
             _ = terminate.recv() => Err(anyhow::anyhow!("terminated")),
         };
         chaos.mesh.stop_all(Duration::from_secs(5)).await;
-        result.map(|evidence| (chaos, evidence))
+        let mut evidence = result?;
+        // What the replicas wrote is read once they all stopped (one stopping takes the lease
+        // another released, for a moment): the evidence is then as complete as their logs.
+        if let (Some(replicated), Some(database)) = (&mut evidence.replicated, &chaos.database) {
+            replicated.history = database.lease_history().await?;
+            replicated.attempts = database.attempts().await?;
+        }
+        anyhow::Ok((chaos, evidence))
     });
     drop(runtime);
     drop(proxy);
@@ -603,7 +610,7 @@ struct Evidence {
 }
 
 /// What the gateway replicas' database showed: the clusters' heartbeat times sampled during the
-/// run and, at its end, the lease's history and every attempt.
+/// run and, once every process stopped, the lease's history and every attempt.
 struct Replicated {
     samples: Vec<checkers::HeardSample>,
     history: Vec<checkers::Generation>,
@@ -815,12 +822,8 @@ async fn drive(
     stop_watching.send_replace(true);
     let matrices = watcher.await.context("the matrix watcher panicked")?;
     let applied = applied_annotations(chaos, Duration::from_secs(30)).await;
-    let replicated = match (samples, &chaos.database) {
-        (Some(samples), Some(database)) => {
-            Some(Replicated { samples, history: database.lease_history().await?, attempts: database.attempts().await? })
-        }
-        _ => None,
-    };
+    // The lease's history and the attempts are read once the mesh stopped (`run_with`).
+    let replicated = samples.map(|samples| Replicated { samples, history: Vec::new(), attempts: Vec::new() });
     Ok(Evidence {
         applied,
         ends,
