@@ -311,6 +311,12 @@ impl Chaos {
         self.gateway_roles().iter().position(|r| r == role)
     }
 
+    /// The address of the gateway replica whose role is `role`.
+    pub fn gateway_addr(&self, role: &str) -> Option<String> {
+        let index = self.gateway_index(role)?;
+        Some(self.mesh.layout.gateway.as_ref()?.replicas.get(index)?.addr())
+    }
+
     /// The role of the gateway replica listening at `addr`.
     pub fn gateway_at(&self, addr: &str) -> Option<String> {
         let gateway = self.mesh.layout.gateway.as_ref()?;

@@ -420,6 +420,15 @@ enum Held {
     },
     /// Links (both ways) it cut.
     Cut(Vec<(String, String)>),
+    /// A leader cut from the gateway replica it used: the cut, and where its log stood then
+    /// (the heal checks the leader moved to another replica meanwhile).
+    CutFromItsGateway {
+        pairs: Vec<(String, String)>,
+        leader: String,
+        gateway: String,
+        log: std::path::PathBuf,
+        seen: u64,
+    },
     /// Refusals (at, from) it set.
     Refused(Vec<(String, String)>),
     /// A flapping link and whether it is cut now.
@@ -744,9 +753,11 @@ impl Nemesis<'_, '_> {
                     None,
                     None,
                 );
-                let pairs = vec![(role, gateway)];
+                let log = self.chaos.mesh.dir.log_file(&target, leader);
+                let seen = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+                let pairs = vec![(role.clone(), gateway.clone())];
                 cut(sandbox, &pairs)?;
-                (event, Held::Cut(pairs))
+                (event, Held::CutFromItsGateway { pairs, leader: role, gateway, log, seen })
             }
             Fault::CutOneWay(..) | Fault::Cut(..) | Fault::Flap(..) => {
                 anyhow::bail!("{} has a cluster left to choose: resolve the plan first", fault.describe())
@@ -826,6 +837,21 @@ impl Nemesis<'_, '_> {
                 for (a, b) in pairs {
                     sandbox.heal(&a, &b)?;
                 }
+            }
+            Held::CutFromItsGateway { pairs, leader, gateway, log, seen } => {
+                for (a, b) in pairs {
+                    sandbox.heal(&a, &b)?;
+                }
+                // A cut the leader never noticed proves nothing: it must have moved on.
+                let text = std::fs::read(&log).with_context(|| format!("reading {}", log.display()))?;
+                let since = String::from_utf8_lossy(text.get(seen as usize..).unwrap_or_default());
+                let addr = self.chaos.gateway_addr(&gateway).context("the cut replica's address")?;
+                anyhow::ensure!(
+                    since.lines().any(|line| line.contains("now using another gateway replica")
+                        && line.contains(&format!("from={addr} "))),
+                    "{leader} did not move off {gateway} ({addr}) while cut from it (see {})",
+                    log.display()
+                );
             }
             Held::Refused(refusals) => {
                 for (at, from) in refusals {
