@@ -659,7 +659,11 @@ impl Evidence {
             checkers::exactly_one_result(&ops, &self.ends, &ledger),
             checkers::outputs_match(&self.ends, &ledger),
             checkers::matrix_follows(&self.matrix_waits, self.matrix_bound_ms),
-            checkers::routes_follow_the_matrix(&jobs, &self.matrices),
+            checkers::routes_follow_the_matrix(
+                &jobs,
+                &self.matrices,
+                if self.replicated.is_some() { REPLICATION_LAG.as_millis() as i64 } else { 0 },
+            ),
         ];
         if let Some(window) = &self.noisy {
             verdicts.push(checkers::leaders_kept(claims, window));
@@ -835,6 +839,10 @@ async fn drive(
         replicated,
     })
 }
+
+/// How far one gateway replica's matrix may lag another's: rows are written every 250 ms and
+/// read by the other replicas every second, with the read's own time to spare.
+const REPLICATION_LAG: Duration = Duration::from_millis(1_500);
 
 /// How often the clusters' heartbeat times are read from the gateway replicas' database.
 const HEARD_SAMPLE_EVERY: Duration = Duration::from_millis(100);
