@@ -11,3 +11,7 @@ pub const DISABLE_FENCING_ENV: &str = "ATOLL_CHAOS_DISABLE_FENCING";
 
 /// With `1`: the gateway has every edge between clusters pulled, whatever the matrix says.
 pub const IGNORE_MATRIX_ENV: &str = "ATOLL_CHAOS_IGNORE_MATRIX";
+
+/// With `1`: a gateway replica that held the duties lease goes on scheduling after losing it,
+/// its writes no longer fenced on the generation (a zombie scheduler).
+pub const LEASE_UNFENCED_ENV: &str = "ATOLL_CHAOS_LEASE_UNFENCED";

@@ -131,29 +131,38 @@ pub fn registrations(gateway_log: &str) -> Vec<Registration> {
         .collect()
 }
 
-/// The gateway never acts on a stale term: the leaders it registers for a cluster go forward
-/// in term, one leader per term, and every job result it accepted came from a term it had
-/// registered for that cluster.
-pub fn gateway_follows_terms(registrations: &[Registration], jobs: &[JobDetail]) -> Verdict {
+/// The gateway never acts on a stale term: the leaders each gateway replica registers for a
+/// cluster go forward in term (each replica's log in its own order: replicas log at their own
+/// pace), one leader per term across them all, and every job result the gateway accepted came
+/// from a term some replica had registered for that cluster. `registrations` holds one list
+/// per replica (one for the only gateway).
+pub fn gateway_follows_terms(registrations: &[Vec<Registration>], jobs: &[JobDetail]) -> Verdict {
     let mut problems = Vec::new();
-    let mut last: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     let mut known: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
-    for r in registrations {
-        known.entry(&r.cluster).or_default().insert(r.term);
-        match last.get(r.cluster.as_str()) {
-            Some(&(term, leader)) if r.term < term => {
-                problems.push(format!(
-                    "{} registered term {} (leader {}) after term {term} (leader {leader})",
-                    r.cluster, r.term, r.leader
-                ));
-                continue;
+    let mut leaders: BTreeMap<(&str, u64), BTreeSet<u64>> = BTreeMap::new();
+    for replica in registrations {
+        let mut last: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for r in replica {
+            known.entry(&r.cluster).or_default().insert(r.term);
+            leaders.entry((&r.cluster, r.term)).or_default().insert(r.leader);
+            match last.get(r.cluster.as_str()) {
+                Some(&(term, leader)) if r.term < term => {
+                    problems.push(format!(
+                        "{} registered term {} (leader {}) after term {term} (leader {leader})",
+                        r.cluster, r.term, r.leader
+                    ));
+                    continue;
+                }
+                _ => {}
             }
-            Some(&(term, leader)) if r.term == term && r.leader != leader => {
-                problems.push(format!("{} term {term} registered for leaders {leader} and {}", r.cluster, r.leader));
-            }
-            _ => {}
+            last.insert(&r.cluster, (r.term, r.leader));
         }
-        last.insert(&r.cluster, (r.term, r.leader));
+    }
+    for ((cluster, term), nodes) in &leaders {
+        if nodes.len() > 1 {
+            let nodes: Vec<String> = nodes.iter().map(ToString::to_string).collect();
+            problems.push(format!("{cluster} term {term} registered for leaders {}", nodes.join(" and ")));
+        }
     }
     let mut accepted = 0;
     for detail in jobs {
@@ -172,7 +181,7 @@ pub fn gateway_follows_terms(registrations: &[Registration], jobs: &[JobDetail])
     Verdict::new(
         "gateway acts on current terms only",
         problems,
-        format!("{} registrations, {accepted} accepted results", registrations.len()),
+        format!("{} registrations, {accepted} accepted results", registrations.iter().map(Vec::len).sum::<usize>()),
     )
 }
 
@@ -418,7 +427,12 @@ const MATRIX_GAP_MS: i64 = 1_500;
 /// the matrix did not change around the decision), is the one that matrix calls for. An edge
 /// that fell back (a route given with the failure that caused it) is relayed from then on,
 /// whatever the matrix.
-pub fn routes_follow_the_matrix(jobs: &[JobDetail], snapshots: &[MatrixSnapshot]) -> Verdict {
+///
+/// `lag_ms`: how far one gateway replica's matrix may lag another's (the suite asks one, the
+/// route may come from another): a route is judged only if every answer from `lag_ms` before
+/// it to `lag_ms` after it agrees, with no gap wider than the usual between two of them (0
+/// with one gateway).
+pub fn routes_follow_the_matrix(jobs: &[JobDetail], snapshots: &[MatrixSnapshot], lag_ms: i64) -> Verdict {
     let mut problems = Vec::new();
     let (mut judged, mut fallbacks, mut unjudged) = (0, 0, 0);
     for detail in jobs {
@@ -440,13 +454,17 @@ pub fn routes_follow_the_matrix(jobs: &[JobDetail], snapshots: &[MatrixSnapshot]
                     }
                     continue;
                 }
-                let before = snapshots.iter().rev().find(|s| s.answered_ms <= taken.at_ms);
-                let after = snapshots.iter().find(|s| s.asked_ms >= taken.at_ms);
-                let (Some(before), Some(after)) = (before, after) else {
+                let before = snapshots.iter().rposition(|s| s.answered_ms <= taken.at_ms - lag_ms);
+                let after = snapshots.iter().position(|s| s.asked_ms >= taken.at_ms + lag_ms);
+                let (Some(first), Some(last)) = (before, after) else {
                     unjudged += 1;
                     continue;
                 };
-                if before.reachable != after.reachable || after.asked_ms - before.answered_ms > MATRIX_GAP_MS {
+                let around = &snapshots[first..=last];
+                let before = &around[0];
+                let steady = around.iter().all(|s| s.reachable == before.reachable)
+                    && around.windows(2).all(|w| w[1].asked_ms - w[0].answered_ms <= MATRIX_GAP_MS);
+                if !steady {
                     unjudged += 1;
                     continue;
                 }
@@ -469,6 +487,268 @@ pub fn routes_follow_the_matrix(jobs: &[JobDetail], snapshots: &[MatrixSnapshot]
         problems,
         format!(
             "{judged} routes judged by a steady matrix, {fallbacks} fallbacks relayed, {unjudged} given while the matrix changed"
+        ),
+    )
+}
+
+/// A gateway replica saying it took the duties lease, from its log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseTake {
+    pub replica: String,
+    pub generation: u64,
+    pub at: OffsetDateTime,
+}
+
+/// `<rfc3339> INFO took the duties lease: ... generation=N replica="g1"` lines of the log of
+/// gateway replica `role` (the line's own `replica` when it names one).
+pub fn lease_takes(role: &str, log: &str) -> Vec<LeaseTake> {
+    log.lines()
+        .filter(|line| line.contains("took the duties lease"))
+        .filter_map(|line| {
+            let at =
+                OffsetDateTime::parse(line.split_whitespace().next()?, &time::format_description::well_known::Rfc3339)
+                    .ok()?;
+            Some(LeaseTake {
+                replica: field(line, "replica").unwrap_or(role).to_string(),
+                generation: field(line, "generation")?.parse().ok()?,
+                at,
+            })
+        })
+        .collect()
+}
+
+/// One generation of the duties lease as the database recorded it (`gateway_lease_history`):
+/// who took it and when (the taker's clock, read once its take committed; every process of a
+/// run shares this machine's clock).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Generation {
+    pub generation: u64,
+    pub holder: String,
+    pub incarnation: String,
+    pub acquired_ms: i64,
+}
+
+/// At most one holder per generation of the duties lease: no two replicas (nor one replica
+/// twice) say they took the same generation, and each one that says so is the holder the
+/// database's history records for it.
+pub fn one_holder_per_generation(takes: &[LeaseTake], history: &[Generation]) -> Verdict {
+    let mut problems = Vec::new();
+    let mut by_generation: BTreeMap<u64, Vec<&LeaseTake>> = BTreeMap::new();
+    for take in takes {
+        by_generation.entry(take.generation).or_default().push(take);
+    }
+    for (generation, claims) in &by_generation {
+        if claims.len() > 1 {
+            let who: Vec<String> = claims.iter().map(|t| format!("{} at {}", t.replica, t.at)).collect();
+            problems.push(format!("generation {generation} taken {} times: {}", claims.len(), who.join(", ")));
+        }
+        match history.iter().find(|g| g.generation == *generation) {
+            None => problems.push(format!(
+                "{} says it took generation {generation}, which the database's history does not hold",
+                claims[0].replica
+            )),
+            Some(recorded) => {
+                for claim in claims.iter().filter(|c| c.replica != recorded.holder) {
+                    problems.push(format!(
+                        "{} says it took generation {generation}, the database's history names {}",
+                        claim.replica, recorded.holder
+                    ));
+                }
+            }
+        }
+    }
+    let holders: BTreeSet<&str> = history.iter().map(|g| g.holder.as_str()).collect();
+    Verdict::new(
+        "at most one lease holder per generation",
+        problems,
+        format!(
+            "{} generations recorded ({} taken in the logs), held by {}",
+            history.len(),
+            takes.len(),
+            holders.into_iter().collect::<Vec<_>>().join(", ")
+        ),
+    )
+}
+
+/// An attempt as the gateway's database holds it at the end of a run (`attempts`): when it was
+/// bound and ended (the binding replica's clock), and the lease generation of the scheduling
+/// pass that bound it or, for an attempt moved off a lost cluster, moved it (none for an
+/// attempt a report bound: a lost run started again in its cluster).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttemptRecord {
+    pub job: String,
+    pub attempt: u32,
+    pub cluster: String,
+    pub state: String,
+    pub bound_ms: i64,
+    pub ended_ms: Option<i64>,
+    pub generation: Option<u64>,
+}
+
+/// No job placed twice: no attempt of a job was bound while another attempt of the same job
+/// was still bound (bound no later, and not yet ended).
+pub fn no_job_placed_twice(attempts: &[AttemptRecord]) -> Verdict {
+    let mut problems = Vec::new();
+    let mut by_job: BTreeMap<&str, Vec<&AttemptRecord>> = BTreeMap::new();
+    for a in attempts {
+        by_job.entry(&a.job).or_default().push(a);
+    }
+    let jobs = by_job.len();
+    for (job, list) in &mut by_job {
+        list.sort_by_key(|a| a.attempt);
+        for (i, earlier) in list.iter().enumerate() {
+            for later in &list[i + 1..] {
+                let (first, second) =
+                    if earlier.bound_ms <= later.bound_ms { (earlier, later) } else { (later, earlier) };
+                if first.ended_ms.is_none_or(|ended| ended > second.bound_ms) {
+                    let until = match first.ended_ms {
+                        Some(ended) => format!("until {ended}"),
+                        None => "to the end".to_string(),
+                    };
+                    problems.push(format!(
+                        "{job}: attempt {} bound on {} at {} while attempt {} (bound on {} at {}) was still bound ({until})",
+                        second.attempt, second.cluster, second.bound_ms, first.attempt, first.cluster, first.bound_ms
+                    ));
+                }
+            }
+        }
+    }
+    Verdict::new(
+        "no job placed twice",
+        problems,
+        format!("{} attempts of {jobs} jobs, never two bound at once", attempts.len()),
+    )
+}
+
+/// No write of an old generation applied: every attempt a scheduling pass bound (or moved off a
+/// lost cluster) under generation `g` was written (bound, or moved: its end) before any later
+/// generation was taken, by the database's history, and under a generation the history holds.
+pub fn no_old_generation_writes(attempts: &[AttemptRecord], history: &[Generation]) -> Verdict {
+    let mut problems = Vec::new();
+    let (mut judged, mut by_reports) = (0, 0);
+    let mut generations: BTreeSet<u64> = BTreeSet::new();
+    for a in attempts {
+        let Some(g) = a.generation else {
+            by_reports += 1;
+            continue;
+        };
+        judged += 1;
+        generations.insert(g);
+        let (what, at) = match (a.state.as_str(), a.ended_ms) {
+            ("moved", Some(ended)) => ("moved off", ended),
+            _ => ("bound on", a.bound_ms),
+        };
+        if !history.iter().any(|h| h.generation == g) {
+            problems.push(format!(
+                "{} attempt {} {what} {} at {at} under generation {g}, which the database's history does not hold",
+                a.job, a.attempt, a.cluster
+            ));
+            continue;
+        }
+        let next = history.iter().filter(|h| h.generation > g).min_by_key(|h| h.generation);
+        if let Some(next) = next
+            && at > next.acquired_ms
+        {
+            problems.push(format!(
+                "{} attempt {} {what} {} at {at} under generation {g}, {} ms after generation {} was taken by {} at {}",
+                a.job,
+                a.attempt,
+                a.cluster,
+                at - next.acquired_ms,
+                next.generation,
+                next.holder,
+                next.acquired_ms
+            ));
+        }
+    }
+    Verdict::new(
+        "no write of an old generation applied",
+        problems,
+        format!(
+            "{judged} attempts written by scheduling passes of {} generations, each before the next generation was taken ({by_reports} bound by reports)",
+            generations.len()
+        ),
+    )
+}
+
+/// A gateway replica's `moving work off a lost cluster` line: `role: cluster (state) at time`.
+pub fn work_moved_lines(role: &str, log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|line| line.contains("moving work off a lost cluster"))
+        .map(|line| {
+            let at = line.split_whitespace().next().unwrap_or("?");
+            let cluster = field(line, "cluster").unwrap_or("?");
+            let state = field(line, "state").unwrap_or("?");
+            format!("{role} moved work off {cluster} ({state}) at {at}")
+        })
+        .collect()
+}
+
+/// A cluster's last heartbeat time as the gateway's database held it when the suite looked
+/// (`clusters.last_seen_ms`, written by whichever replica heard it; times in ms since the epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeardSample {
+    pub at_ms: i64,
+    pub cluster: String,
+    pub last_seen_ms: Option<i64>,
+}
+
+/// Every cluster reaches a live gateway replica within the bound: no gateway replica judged a
+/// cluster lost and moved its work (`moved`: the replicas' `moving work off a lost cluster`
+/// lines), no attempt ended `moved`, and at no sample had a cluster gone unheard (by the
+/// database) longer than `bound_ms`, nor longer than `dead_after_ms` counted from when the
+/// generation holding the lease then was taken (a new holder judges silence from its take:
+/// past that, the holder would have judged the cluster dead).
+pub fn clusters_heard_throughout(
+    clusters: &[String],
+    moved: &[String],
+    attempts: &[AttemptRecord],
+    samples: &[HeardSample],
+    history: &[Generation],
+    bound_ms: u64,
+    dead_after_ms: u64,
+) -> Verdict {
+    let mut problems: Vec<String> = moved.to_vec();
+    for a in attempts.iter().filter(|a| a.state == "moved") {
+        problems.push(format!("{} attempt {} moved off {}", a.job, a.attempt, a.cluster));
+    }
+    let mut longest = Vec::new();
+    for cluster in clusters {
+        let heard: Vec<(i64, i64)> = samples
+            .iter()
+            .filter(|s| &s.cluster == cluster)
+            .filter_map(|s| s.last_seen_ms.map(|seen| (s.at_ms, seen)))
+            .collect();
+        let Some((ms, at)) = heard.iter().map(|&(at, seen)| (at - seen, at)).max() else {
+            problems.push(format!("no heartbeat time of {cluster} was sampled"));
+            continue;
+        };
+        if ms > bound_ms as i64 {
+            problems.push(format!("{cluster} unheard for {ms} ms (sampled at {at}), past the {bound_ms} ms bound"));
+        }
+        longest.push(format!("{cluster} {ms} ms"));
+        let judged = heard
+            .iter()
+            .map(|&(at, seen)| {
+                let taken = history.iter().filter(|g| g.acquired_ms <= at).map(|g| g.acquired_ms).max();
+                (at - seen.max(taken.unwrap_or(seen)), at)
+            })
+            .max();
+        if let Some((ms, at)) = judged
+            && ms > dead_after_ms as i64
+        {
+            problems.push(format!(
+                "{cluster} unheard for {ms} ms since the lease holder of the time took it (sampled at {at}), past the {dead_after_ms} ms dead-after bound"
+            ));
+        }
+    }
+    Verdict::new(
+        "every cluster reaches a live gateway replica",
+        problems,
+        format!(
+            "no work moved; longest silence {} (bound {bound_ms} ms, dead after {dead_after_ms} ms; {} samples)",
+            longest.join(", "),
+            samples.len()
         ),
     )
 }
@@ -512,12 +792,19 @@ mod tests {
                    t INFO leader registered cluster=\"aws\" leader=2 term=3 endpoint=x\n";
         let regs = registrations(log);
         assert_eq!(regs[1], Registration { cluster: "aws".into(), leader: 2, term: 3 });
-        assert!(gateway_follows_terms(&regs, &[]).holds);
+        assert!(gateway_follows_terms(std::slice::from_ref(&regs), &[]).holds);
         let stale = [regs.clone(), vec![Registration { cluster: "aws".into(), leader: 1, term: 1 }]].concat();
-        assert!(!gateway_follows_terms(&stale, &[]).holds);
+        assert!(!gateway_follows_terms(&[stale], &[]).holds);
         let job = detail("j1", "make", JobState::Finished, vec![attempt(1, "finished", "aws", Some(2))]);
-        let v = gateway_follows_terms(&regs, &[job]);
+        let v = gateway_follows_terms(std::slice::from_ref(&regs), &[job]);
         assert!(!v.holds && v.detail.contains("never registered"), "{v:?}");
+        // Replicas log at their own pace: one still logging term 1 while another logged term 3
+        // is no step back; two leaders of one term across replicas is.
+        let old = vec![Registration { cluster: "aws".into(), leader: 1, term: 1 }];
+        assert!(gateway_follows_terms(&[regs.clone(), old], &[]).holds);
+        let other = vec![Registration { cluster: "aws".into(), leader: 3, term: 3 }];
+        let v = gateway_follows_terms(&[regs, other], &[]);
+        assert!(!v.holds && v.detail.contains("aws term 3 registered for leaders 2 and 3"), "{v:?}");
     }
 
     fn op(kind: OpKind, outcome: Outcome) -> Op {
@@ -638,7 +925,7 @@ mod tests {
             given("a", Route::Relay, 1_950, Some("pulling from aws: refused")),
             given("e", Route::Pull, 5_000, None), // a gap in the answers: not judged
         ]);
-        let verdict = routes_follow_the_matrix(&[good], &snapshots);
+        let verdict = routes_follow_the_matrix(&[good], &snapshots, 0);
         assert!(verdict.holds, "{verdict:?}");
         assert!(
             verdict.detail.starts_with("3 routes judged by a steady matrix, 1 fallbacks relayed, 2 given"),
@@ -646,7 +933,7 @@ mod tests {
         );
 
         let bad = job(vec![given("a", Route::Relay, 1_100, None), given("c", Route::Pull, 1_500, None)]);
-        let verdict = routes_follow_the_matrix(&[bad], &snapshots);
+        let verdict = routes_follow_the_matrix(&[bad], &snapshots, 0);
         assert!(!verdict.holds, "{verdict:?}");
         assert!(
             verdict.detail.contains(
@@ -660,8 +947,14 @@ mod tests {
             given("a", Route::Relay, 1_100, Some("pulling from aws: refused")),
             given("a", Route::Pull, 1_150, None),
         ]);
-        let verdict = routes_follow_the_matrix(&[unfallen], &snapshots);
+        let verdict = routes_follow_the_matrix(&[unfallen], &snapshots, 0);
         assert!(!verdict.holds && verdict.detail.contains("pull after falling back"), "{verdict:?}");
+        // With replicas the route may come from one whose matrix lags the one the suite asked:
+        // the pull given at 1500 is not judged when the answers 150 ms around it disagree.
+        let lagging = job(vec![given("c", Route::Pull, 1_500, None)]);
+        assert!(!routes_follow_the_matrix(std::slice::from_ref(&lagging), &snapshots, 0).holds);
+        let verdict = routes_follow_the_matrix(&[lagging], &snapshots, 150);
+        assert!(verdict.holds && verdict.detail.starts_with("0 routes judged"), "{verdict:?}");
     }
 
     #[test]
@@ -728,5 +1021,169 @@ mod tests {
         assert!(!matrix_follows(&wait(None), 1_000).holds);
         assert!(nothing_left_running(&BTreeMap::new()).holds);
         assert!(!nothing_left_running(&BTreeMap::from([("aws-1".to_string(), vec![42])])).holds);
+    }
+
+    #[test]
+    fn lease_takes_are_read_from_log_lines() {
+        let log = "2026-11-23T21:35:07.233155Z  INFO took the duties lease: this replica schedules generation=3 replica=\"g2\"\n\
+                   2026-11-23T21:35:07.300000Z  INFO gateway replicas replicas=[\"a\"]\n\
+                   2026-11-23T21:36:00.000001Z  INFO took the duties lease: this replica schedules generation=7\n";
+        let takes = lease_takes("g2", log);
+        assert_eq!(takes.len(), 2);
+        assert_eq!(takes[0], LeaseTake { replica: "g2".into(), generation: 3, at: at("2026-11-23T21:35:07.233155Z") });
+        assert_eq!(
+            (takes[1].replica.as_str(), takes[1].generation),
+            ("g2", 7),
+            "the log's replica when the line names none"
+        );
+    }
+
+    fn generation(generation: u64, holder: &str, acquired_ms: i64) -> Generation {
+        Generation { generation, holder: holder.into(), incarnation: format!("{holder}-i"), acquired_ms }
+    }
+
+    fn take(replica: &str, generation: u64) -> LeaseTake {
+        LeaseTake { replica: replica.into(), generation, at: at("2026-01-01T00:00:00Z") }
+    }
+
+    #[test]
+    fn two_holders_of_one_generation_are_caught() {
+        let history = [generation(1, "g1", 100), generation(2, "g2", 2_000), generation(3, "g1", 5_000)];
+        let good = one_holder_per_generation(&[take("g1", 1), take("g2", 2), take("g1", 3)], &history);
+        assert!(good.holds, "{good:?}");
+        assert!(good.detail.contains("3 generations recorded (3 taken in the logs), held by g1, g2"), "{good:?}");
+        let twice = one_holder_per_generation(&[take("g1", 1), take("g2", 2), take("g3", 2)], &history);
+        assert!(!twice.holds && twice.detail.contains("generation 2 taken 2 times: g2 at"), "{twice:?}");
+        assert!(twice.detail.contains("g3 says it took generation 2, the database's history names g2"), "{twice:?}");
+        let unknown = one_holder_per_generation(&[take("g3", 4)], &history);
+        assert!(!unknown.holds && unknown.detail.contains("g3 says it took generation 4, which"), "{unknown:?}");
+    }
+
+    fn placed(
+        job: &str,
+        attempt: u32,
+        state: &str,
+        bound_ms: i64,
+        ended_ms: Option<i64>,
+        generation: Option<u64>,
+    ) -> AttemptRecord {
+        AttemptRecord {
+            job: job.into(),
+            attempt,
+            cluster: if attempt % 2 == 1 { "aws".into() } else { "gcp".into() },
+            state: state.into(),
+            bound_ms,
+            ended_ms,
+            generation,
+        }
+    }
+
+    #[test]
+    fn a_job_bound_twice_at_once_is_caught() {
+        let good = [
+            placed("j1", 1, "moved", 100, Some(500), Some(1)),
+            placed("j1", 2, "finished", 500, Some(900), Some(2)),
+            placed("j2", 1, "lost", 100, Some(300), Some(1)),
+            placed("j2", 2, "finished", 300, Some(700), None),
+        ];
+        let v = no_job_placed_twice(&good);
+        assert!(v.holds, "{v:?}");
+        assert_eq!(v.detail, "4 attempts of 2 jobs, never two bound at once");
+        let overlapping = [
+            placed("j1", 1, "finished", 100, Some(900), Some(1)),
+            placed("j1", 2, "finished", 500, Some(950), Some(2)),
+        ];
+        let v = no_job_placed_twice(&overlapping);
+        assert!(!v.holds, "{v:?}");
+        assert!(
+            v.detail.contains(
+                "j1: attempt 2 bound on gcp at 500 while attempt 1 (bound on aws at 100) was still bound (until 900)"
+            ),
+            "{v:?}"
+        );
+        let never_ended = [placed("j1", 1, "bound", 100, None, Some(1)), placed("j1", 2, "bound", 500, None, Some(2))];
+        assert!(no_job_placed_twice(&never_ended).detail.contains("(to the end)"));
+    }
+
+    #[test]
+    fn a_write_of_an_old_generation_is_caught() {
+        let history = [generation(1, "g1", 100), generation(2, "g2", 2_000), generation(4, "g3", 5_000)];
+        let good = [
+            placed("j1", 1, "finished", 1_500, Some(3_000), Some(1)),
+            placed("j2", 1, "moved", 150, Some(1_999), Some(1)),
+            placed("j2", 2, "finished", 2_500, Some(2_600), Some(2)),
+            placed("j3", 1, "finished", 9_000, Some(9_500), Some(4)),
+            placed("j3", 2, "finished", 9_600, Some(9_700), None),
+        ];
+        let v = no_old_generation_writes(&good, &history);
+        assert!(v.holds, "{v:?}");
+        assert!(v.detail.starts_with("4 attempts written by scheduling passes of 3 generations"), "{v:?}");
+        // The zombie: generation 1 binding after generation 2 was taken; generation 2 moving
+        // work after generation 4 was (the next one recorded, 3 never was).
+        let zombie = [
+            placed("j4", 1, "finished", 2_100, Some(2_900), Some(1)),
+            placed("j5", 1, "moved", 1_000, Some(5_050), Some(2)),
+        ];
+        let v = no_old_generation_writes(&zombie, &history);
+        assert!(!v.holds, "{v:?}");
+        assert!(v.detail.contains("j4 attempt 1 bound on aws at 2100 under generation 1, 100 ms after generation 2 was taken by g2 at 2000"), "{v:?}");
+        assert!(
+            v.detail.contains("j5 attempt 1 moved off aws at 5050 under generation 2, 50 ms after generation 4"),
+            "{v:?}"
+        );
+        let unrecorded = no_old_generation_writes(&[placed("j6", 1, "bound", 100, None, Some(3))], &history);
+        assert!(
+            !unrecorded.holds
+                && unrecorded.detail.contains("under generation 3, which the database's history does not hold")
+        );
+    }
+
+    #[test]
+    fn a_cluster_lost_or_unheard_too_long_is_caught() {
+        let clusters = ["aws".to_string(), "gcp".to_string()];
+        let sample = |at_ms, cluster: &str, seen| HeardSample { at_ms, cluster: cluster.into(), last_seen_ms: seen };
+        let samples = [
+            sample(1_000, "aws", Some(900)),
+            sample(1_000, "gcp", Some(800)),
+            sample(3_000, "aws", Some(1_100)),
+            sample(3_000, "gcp", Some(2_900)),
+        ];
+        let history = [generation(1, "g1", 0), generation(2, "g2", 2_000)];
+        let check = |samples: &[HeardSample], bound, dead_after| {
+            clusters_heard_throughout(&clusters, &[], &[], samples, &history, bound, dead_after)
+        };
+        let v = check(&samples, 2_000, 1_500);
+        assert!(v.holds, "{v:?}");
+        assert_eq!(
+            v.detail,
+            "no work moved; longest silence aws 1900 ms, gcp 200 ms (bound 2000 ms, dead after 1500 ms; 4 samples)"
+        );
+        let v = check(&samples, 1_500, 1_500);
+        assert!(
+            !v.holds && v.detail.contains("aws unheard for 1900 ms (sampled at 3000), past the 1500 ms bound"),
+            "{v:?}"
+        );
+        // Silence counts from the take of the generation holding the lease: aws was silent 1900
+        // ms, 1000 of them since generation 2 was taken.
+        let v = check(&samples, 2_000, 900);
+        assert!(
+            !v.holds
+                && v.detail.contains(
+                    "aws unheard for 1000 ms since the lease holder of the time took it (sampled at 3000), past the 900 ms dead-after bound"
+                ),
+            "{v:?}"
+        );
+        let log =
+            "2026-01-01T00:00:01Z  WARN moving work off a lost cluster cluster=aws jobs=2 state=Dead revoked=false\n";
+        let moved = work_moved_lines("g2", log);
+        assert_eq!(moved, ["g2 moved work off aws (Dead) at 2026-01-01T00:00:01Z"]);
+        let attempts = [placed("j1", 1, "moved", 1, Some(2), Some(1))];
+        let v = clusters_heard_throughout(&clusters, &moved, &attempts, &samples, &history, 2_000, 1_500);
+        assert!(
+            !v.holds && v.detail.contains("g2 moved work off aws") && v.detail.contains("j1 attempt 1 moved off aws"),
+            "{v:?}"
+        );
+        let v = check(&samples[..1], 2_000, 1_500);
+        assert!(!v.holds && v.detail.contains("no heartbeat time of gcp was sampled"), "{v:?}");
     }
 }

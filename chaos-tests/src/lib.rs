@@ -9,7 +9,10 @@
 //! - [`delay`]: the delaying proxy between sites (this kernel has no netem).
 //! - [`harness`]: the mesh placed in the sandbox, and the suite's clients.
 //! - [`nemesis`]: the named faults, each held for a duration, composed into timed plans.
-//! - [`postgres`]: the gateway's PostgreSQL in its namespace, for the database restart.
+//! - [`postgres`]: the gateway's PostgreSQL in its namespace, for the database restart, or the
+//!   gateway replicas' in a namespace of its own.
+//! - [`database`]: what the suite reads from the gateway replicas' database (the lease's holder
+//!   and history, the attempts, the clusters' heartbeat times).
 //! - [`workload`]: annotation writers and the pipeline submitter.
 //! - [`history`]: what the clients did and when the faults began and healed.
 //! - [`checkers`]: the invariants, pure functions of the evidence.
@@ -20,6 +23,7 @@
 
 pub mod broken;
 pub mod checkers;
+pub mod database;
 pub mod delay;
 pub mod harness;
 pub mod history;

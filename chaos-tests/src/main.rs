@@ -2,7 +2,7 @@
 //! seeds, and print the figures `docs/reliability.md` reports.
 //!
 //!   atoll-chaos run [--scenario NAME]... [--profile ci|soak] [--seeds N | --seed S] [--keep DIR]
-//!   atoll-chaos run --faults SPEC [--clusters N] [--seeds N | --seed S]
+//!   atoll-chaos run --faults SPEC [--clusters N] [--gateways N] [--seeds N | --seed S]
 //!
 //! SPEC composes named faults in time, e.g. `kill-leader:aws@1s+2s,cut-one-way:aws>gcp@0s+6s`
 //! (see the `nemesis` module).
@@ -28,13 +28,19 @@ enum Command {
         /// Run these faults instead of a scenario: FAULT[:ARG][@START]+HOLD, comma-separated
         /// (faults: kill-leader, kill-follower, kill-cluster, kill-gateway, pause-leader,
         /// partition-leader, isolate-leader, isolate-cluster, cut-one-way:A>B, cut:A<>B,
-        /// flap:A<>B, loss:PERCENT, latency:MS, restart-database, rolling-restart). A cluster
-        /// left out is chosen by the seed. Holds are taken as written, whatever the profile.
+        /// flap:A<>B, loss:PERCENT, latency:MS, restart-database, rolling-restart; with
+        /// --gateways 3: kill-gateway-holder, pause-gateway-holder, cut-gateway-from-database,
+        /// cut-leader-from-its-gateway). A cluster left out is chosen by the seed. Holds are
+        /// taken as written, whatever the profile.
         #[arg(long, value_parser = parse_faults)]
         faults: Option<Plan>,
         /// How many clusters a --faults run has (aws, gcp, onprem, c4, ...).
         #[arg(long, default_value_t = 3, requires = "faults", value_parser = clap::value_parser!(u8).range(2..=6))]
         clusters: u8,
+        /// How many gateway replicas a --faults run has: 1, the only gateway (on SQLite), or
+        /// more, over a PostgreSQL server in a namespace of its own.
+        #[arg(long, default_value_t = 1, requires = "faults", value_parser = clap::value_parser!(u8).range(1..=5))]
+        gateways: u8,
         #[arg(long, value_enum, default_value = "soak")]
         profile: Profile,
         /// How many seeds per scenario (fresh random ones).
@@ -53,9 +59,11 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let Command::Run { scenarios, faults, clusters, profile, seeds, seed, keep, json } = Command::parse();
+    let Command::Run { scenarios, faults, clusters, gateways, profile, seeds, seed, keep, json } = Command::parse();
     let drills: Vec<Drill> = match faults {
-        Some(Plan(plan)) => vec![Drill::Faults { plan, clusters: usize::from(clusters) }],
+        Some(Plan(plan)) => {
+            vec![Drill::Faults { plan, clusters: usize::from(clusters), gateways: usize::from(gateways) }]
+        }
         None if scenarios.is_empty() => Scenario::ALL.into_iter().map(Drill::Scenario).collect(),
         None => scenarios.into_iter().map(Drill::Scenario).collect(),
     };

@@ -28,7 +28,10 @@ use crate::harness::CLIENT;
 use crate::harness::Chaos;
 use crate::harness::DELAY;
 use crate::harness::GATEWAY;
+use crate::harness::POSTGRES;
 use crate::history::History;
+use crate::history::OpKind;
+use crate::history::Outcome;
 use crate::postgres::Postgres;
 use crate::sandbox::Sandbox;
 
@@ -50,9 +53,9 @@ pub enum Fault {
     PauseLeader(Target),
     /// Cut the cluster's leader from its peers, both ways.
     PartitionLeader(Target),
-    /// Cut the cluster's leader from the gateway, both ways.
+    /// Cut the cluster's leader from the gateway (every gateway replica), both ways.
     IsolateLeader(Target),
-    /// Cut every replica of the cluster from the gateway, both ways.
+    /// Cut every replica of the cluster from the gateway (every gateway replica), both ways.
     IsolateCluster(Target),
     /// The first cluster can no longer open connections to the second; the other way still works.
     CutOneWay(Target, Target),
@@ -70,10 +73,28 @@ pub enum Fault {
     /// Restart every replica of the cluster in turn (SIGTERM, start, wait until caught up); it
     /// lasts as long as that takes and has no hold.
     RollingRestart(Target),
+    /// SIGKILL the gateway replica holding the duties lease; start it again at the heal.
+    KillGatewayHolder,
+    /// SIGSTOP the gateway replica holding the duties lease. At the heal, once another replica
+    /// has taken the lease (waited for), SIGCONT it and submit pipelines through it: a holder
+    /// that still believed it held the lease would place them under its old generation.
+    PauseGatewayHolder,
+    /// Cut the gateway replica holding the duties lease from the database, both ways (agents,
+    /// the suite and the other replicas still reach it).
+    CutGatewayFromDatabase,
+    /// Cut the cluster's leader from the gateway replica it uses, both ways (the other replicas
+    /// stay reachable).
+    CutLeaderFromItsGateway(Target),
 }
 
+/// How the history names a [`Fault::PauseGatewayHolder`] (followed by the generation).
+pub const PAUSE_HOLDER_EVENT: &str = "pause the lease holder";
+
+/// How many pipelines [`Fault::PauseGatewayHolder`] submits through the replica it resumes.
+pub const SUBMITTED_THROUGH_THE_RESUMED: usize = 3;
+
 /// The names in a spec, in the order `--help` lists them.
-pub const NAMES: [&str; 15] = [
+pub const NAMES: [&str; 19] = [
     "kill-leader",
     "kill-follower",
     "kill-cluster",
@@ -89,6 +110,10 @@ pub const NAMES: [&str; 15] = [
     "latency",
     "restart-database",
     "rolling-restart",
+    "kill-gateway-holder",
+    "pause-gateway-holder",
+    "cut-gateway-from-database",
+    "cut-leader-from-its-gateway",
 ];
 
 impl Fault {
@@ -109,7 +134,22 @@ impl Fault {
             Fault::Latency(_) => "latency",
             Fault::RestartDatabase => "restart-database",
             Fault::RollingRestart(_) => "rolling-restart",
+            Fault::KillGatewayHolder => "kill-gateway-holder",
+            Fault::PauseGatewayHolder => "pause-gateway-holder",
+            Fault::CutGatewayFromDatabase => "cut-gateway-from-database",
+            Fault::CutLeaderFromItsGateway(_) => "cut-leader-from-its-gateway",
         }
+    }
+
+    /// Whether the fault is aimed at gateway replicas (a mesh of them only).
+    pub fn needs_gateway_replicas(&self) -> bool {
+        matches!(
+            self,
+            Fault::KillGatewayHolder
+                | Fault::PauseGatewayHolder
+                | Fault::CutGatewayFromDatabase
+                | Fault::CutLeaderFromItsGateway(_)
+        )
     }
 
     /// Whether the gateway may rightly lose a cluster during this fault (and move its work):
@@ -134,9 +174,16 @@ impl Fault {
             | Fault::PartitionLeader(t)
             | Fault::IsolateLeader(t)
             | Fault::IsolateCluster(t)
-            | Fault::RollingRestart(t) => vec![t],
+            | Fault::RollingRestart(t)
+            | Fault::CutLeaderFromItsGateway(t) => vec![t],
             Fault::CutOneWay(a, b) | Fault::Cut(a, b) | Fault::Flap(a, b) => vec![a, b],
-            Fault::KillGateway | Fault::Loss(_) | Fault::Latency(_) | Fault::RestartDatabase => Vec::new(),
+            Fault::KillGateway
+            | Fault::Loss(_)
+            | Fault::Latency(_)
+            | Fault::RestartDatabase
+            | Fault::KillGatewayHolder
+            | Fault::PauseGatewayHolder
+            | Fault::CutGatewayFromDatabase => Vec::new(),
         }
     }
 
@@ -150,12 +197,17 @@ impl Fault {
             | Fault::PartitionLeader(c)
             | Fault::IsolateLeader(c)
             | Fault::IsolateCluster(c)
-            | Fault::RollingRestart(c) => format!("{}:{}", self.name(), t(c)),
+            | Fault::RollingRestart(c)
+            | Fault::CutLeaderFromItsGateway(c) => format!("{}:{}", self.name(), t(c)),
             Fault::CutOneWay(a, b) => format!("cut-one-way:{}>{}", t(a), t(b)),
             Fault::Cut(a, b) | Fault::Flap(a, b) => format!("{}:{}<>{}", self.name(), t(a), t(b)),
             Fault::Loss(p) => format!("loss:{p}"),
             Fault::Latency(ms) => format!("latency:{ms}"),
-            Fault::KillGateway | Fault::RestartDatabase => self.name().to_string(),
+            Fault::KillGateway
+            | Fault::RestartDatabase
+            | Fault::KillGatewayHolder
+            | Fault::PauseGatewayHolder
+            | Fault::CutGatewayFromDatabase => self.name().to_string(),
         }
     }
 }
@@ -248,6 +300,10 @@ fn parse_item(item: &str) -> anyhow::Result<Planned> {
         "latency" => Fault::Latency(number(arg, "milliseconds each way", 1..=10_000)?),
         "restart-database" => none(arg).map(|_| Fault::RestartDatabase)?,
         "rolling-restart" => Fault::RollingRestart(cluster(arg)?),
+        "kill-gateway-holder" => none(arg).map(|_| Fault::KillGatewayHolder)?,
+        "pause-gateway-holder" => none(arg).map(|_| Fault::PauseGatewayHolder)?,
+        "cut-gateway-from-database" => none(arg).map(|_| Fault::CutGatewayFromDatabase)?,
+        "cut-leader-from-its-gateway" => Fault::CutLeaderFromItsGateway(cluster(arg)?),
         other => anyhow::bail!("{other:?} is not a fault; the faults are {}", NAMES.join(", ")),
     };
     let hold = match (&fault, hold) {
@@ -282,12 +338,28 @@ fn parse_duration(text: &str) -> anyhow::Result<Duration> {
 }
 
 /// Fill in the clusters the plan left to the seed and check every named one exists; refuse
-/// overlapping loss or latency faults (one packet filter setting, one proxy delay).
-pub fn resolve(mut plan: Vec<Planned>, clusters: &[String], rng: &mut StdRng) -> anyhow::Result<Vec<Planned>> {
+/// overlapping loss or latency faults (one packet filter setting, one proxy delay), and faults
+/// the mesh's gateway (`gateways` replicas, 1: the only gateway) has no target for.
+pub fn resolve(
+    mut plan: Vec<Planned>,
+    clusters: &[String],
+    gateways: usize,
+    rng: &mut StdRng,
+) -> anyhow::Result<Vec<Planned>> {
     anyhow::ensure!(!clusters.is_empty(), "no clusters");
     for (index, planned) in plan.iter_mut().enumerate() {
         let mut chosen: Vec<String> = Vec::new();
         let fault = planned.fault.name();
+        anyhow::ensure!(
+            !planned.fault.needs_gateway_replicas() || gateways > 1,
+            "fault {} ({fault}) needs gateway replicas (--gateways 3); this run has one gateway",
+            index + 1
+        );
+        anyhow::ensure!(
+            planned.fault != Fault::KillGateway || gateways == 1,
+            "fault {} (kill-gateway) kills the only gateway; this run has {gateways} replicas (kill-gateway-holder)",
+            index + 1
+        );
         let targets = planned.fault.targets();
         let named: Vec<String> = targets.iter().filter_map(|t| (**t).clone()).collect();
         for name in &named {
@@ -341,8 +413,22 @@ enum Held {
     /// Processes (roles) it took down.
     Down(Vec<String>),
     Paused(String),
+    /// The lease holder paused (its role), with the generation it held.
+    PausedHolder {
+        role: String,
+        generation: u64,
+    },
     /// Links (both ways) it cut.
     Cut(Vec<(String, String)>),
+    /// A leader cut from the gateway replica it used: the cut, and where its log stood then
+    /// (the heal checks the leader moved to another replica meanwhile).
+    CutFromItsGateway {
+        pairs: Vec<(String, String)>,
+        leader: String,
+        gateway: String,
+        log: std::path::PathBuf,
+        seen: u64,
+    },
     /// Refusals (at, from) it set.
     Refused(Vec<(String, String)>),
     /// A flapping link and whether it is cut now.
@@ -419,8 +505,11 @@ pub async fn perform(
             }
             Step::Heal => {
                 let (event, what) = held.remove(&index).context("healing a fault that was not injected")?;
-                nemesis.heal(what).await.with_context(|| format!("healing {}", plan[index]))?;
+                let resumed = nemesis.heal(what).await.with_context(|| format!("healing {}", plan[index]))?;
                 history.healed(event);
+                if let Some(role) = resumed {
+                    nemesis.submit_through(&role).await?;
+                }
             }
         }
     }
@@ -462,8 +551,8 @@ impl Nemesis<'_, '_> {
             if self.chaos.pid(role).is_none() {
                 continue;
             }
-            if role == GATEWAY {
-                self.chaos.mesh.kill_gateway(0);
+            if let Some(index) = self.chaos.gateway_index(role) {
+                self.chaos.mesh.kill_gateway(index);
             } else {
                 let (cluster, id) = crate::harness::split_role(role).context("a replica's name")?;
                 self.chaos.mesh.kill(cluster, id)?;
@@ -483,7 +572,8 @@ impl Nemesis<'_, '_> {
             | Fault::PartitionLeader(Some(c))
             | Fault::IsolateLeader(Some(c))
             | Fault::IsolateCluster(Some(c))
-            | Fault::RollingRestart(Some(c)) => c.clone(),
+            | Fault::RollingRestart(Some(c))
+            | Fault::CutLeaderFromItsGateway(Some(c)) => c.clone(),
             _ => String::new(),
         };
         Ok(match fault {
@@ -544,14 +634,19 @@ impl Nemesis<'_, '_> {
                 let (leader, _) = self.leader(&target).await?;
                 let role = replica_name(&target, leader);
                 let event = history.injected("isolate leader from the gateway", &role, None, None);
-                let pairs = vec![(role, GATEWAY.to_string())];
+                let pairs: Vec<(String, String)> =
+                    self.chaos.gateway_roles().into_iter().map(|g| (role.clone(), g)).collect();
                 cut(sandbox, &pairs)?;
                 (event, Held::Cut(pairs))
             }
             Fault::IsolateCluster(_) => {
                 let event = history.injected("isolate the cluster from the gateway", &target, None, None);
-                let pairs: Vec<(String, String)> =
-                    self.roles(&target).into_iter().map(|r| (r, GATEWAY.to_string())).collect();
+                let gateways = self.chaos.gateway_roles();
+                let pairs: Vec<(String, String)> = self
+                    .roles(&target)
+                    .into_iter()
+                    .flat_map(|r| gateways.iter().map(move |g| (r.clone(), g.clone())))
+                    .collect();
                 cut(sandbox, &pairs)?;
                 (event, Held::Cut(pairs))
             }
@@ -614,13 +709,85 @@ impl Nemesis<'_, '_> {
                 }
                 (event, Held::Nothing)
             }
+            Fault::KillGatewayHolder => {
+                let (holder, generation) = self.chaos.lease_holder(Duration::from_secs(10)).await?;
+                let event = history.injected(
+                    &format!("kill -9 the lease holder (generation {generation})"),
+                    &holder,
+                    None,
+                    None,
+                );
+                self.take_down(std::slice::from_ref(&holder))?;
+                (event, Held::Down(vec![holder]))
+            }
+            Fault::PauseGatewayHolder => {
+                let (holder, generation) = self.chaos.lease_holder(Duration::from_secs(10)).await?;
+                let event =
+                    history.injected(&format!("{PAUSE_HOLDER_EVENT} (generation {generation})"), &holder, None, None);
+                let paused = self.paused.entry(holder.clone()).or_default();
+                *paused += 1;
+                if *paused == 1 {
+                    self.chaos.signal(&holder, Signal::SIGSTOP)?;
+                }
+                (event, Held::PausedHolder { role: holder, generation })
+            }
+            Fault::CutGatewayFromDatabase => {
+                let (holder, generation) = self.chaos.lease_holder(Duration::from_secs(10)).await?;
+                let event = history.injected(
+                    &format!("cut the lease holder (generation {generation}) from the database"),
+                    &holder,
+                    None,
+                    None,
+                );
+                let pairs = vec![(holder, POSTGRES.to_string())];
+                cut(sandbox, &pairs)?;
+                (event, Held::Cut(pairs))
+            }
+            Fault::CutLeaderFromItsGateway(_) => {
+                let (leader, _) = self.leader(&target).await?;
+                let role = replica_name(&target, leader);
+                let gateway = self.chaos.gateway_in_use(&target, leader)?;
+                let event = history.injected(
+                    "cut the leader from the gateway replica it uses",
+                    &format!("{role}<->{gateway}"),
+                    None,
+                    None,
+                );
+                let log = self.chaos.mesh.dir.log_file(&target, leader);
+                let seen = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+                let pairs = vec![(role.clone(), gateway.clone())];
+                cut(sandbox, &pairs)?;
+                (event, Held::CutFromItsGateway { pairs, leader: role, gateway, log, seen })
+            }
             Fault::CutOneWay(..) | Fault::Cut(..) | Fault::Flap(..) => {
                 anyhow::bail!("{} has a cluster left to choose: resolve the plan first", fault.describe())
             }
         })
     }
 
-    async fn heal(&mut self, held: Held) -> anyhow::Result<()> {
+    /// Submit [`SUBMITTED_THROUGH_THE_RESUMED`] pipelines through gateway replica `role` alone,
+    /// recorded in the history like the workload's.
+    async fn submit_through(&self, role: &str) -> anyhow::Result<()> {
+        let index = self.chaos.gateway_index(role).with_context(|| format!("{role} is no gateway replica"))?;
+        let client = self.chaos.gateway_client_at(index)?;
+        let clusters = self.chaos.clusters();
+        for n in 0..SUBMITTED_THROUGH_THE_RESUMED {
+            let (make_on, check_on) = (&clusters[n % clusters.len()], &clusters[(n + 1) % clusters.len()]);
+            let spec = crate::workload::pipeline_spec(&self.chaos.ledger, make_on, check_on, 600);
+            let invoked = self.history.now_ms();
+            let (pipeline, outcome) = match client.submit(&atoll_api::jobs::SubmitRequest { spec }).await {
+                Ok(submitted) => (Some(submitted.pipeline), Outcome::Ok),
+                Err(e) => (None, crate::workload::classify(&e)),
+            };
+            let name = format!("through {role} {} {make_on}->{check_on}", n + 1);
+            self.history.record(OpKind::Submit { name, pipeline }, invoked, outcome);
+        }
+        Ok(())
+    }
+
+    /// Undo what a fault holds; returns the gateway replica it resumed from a pause as the lease
+    /// holder (pipelines are then submitted through it, once the heal is recorded).
+    async fn heal(&mut self, held: Held) -> anyhow::Result<Option<String>> {
         let sandbox = self.net.sandbox;
         match held {
             Held::Down(roles) => {
@@ -630,8 +797,8 @@ impl Nemesis<'_, '_> {
                     if *count > 0 || self.chaos.pid(&role).is_some() {
                         continue;
                     }
-                    if role == GATEWAY {
-                        self.chaos.restart_gateway().await?;
+                    if let Some(index) = self.chaos.gateway_index(&role) {
+                        self.chaos.restart_gateway(index).await?;
                     } else {
                         let (cluster, id) = crate::harness::split_role(&role).context("a replica's name")?;
                         self.chaos.restart(cluster, id)?;
@@ -645,10 +812,46 @@ impl Nemesis<'_, '_> {
                     self.chaos.signal(&role, Signal::SIGCONT)?;
                 }
             }
+            Held::PausedHolder { role, generation } => {
+                // Resumed only once another replica holds the lease: a zombie, were it not fenced.
+                let deadline = Instant::now() + Duration::from_secs(20);
+                loop {
+                    match self.chaos.lease_holder(Duration::from_secs(5)).await {
+                        Ok((holder, now)) if now > generation && holder != role => break,
+                        _ => {}
+                    }
+                    anyhow::ensure!(
+                        Instant::now() < deadline,
+                        "no other gateway replica took the lease while {role} (generation {generation}) was paused"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let count = self.paused.entry(role.clone()).or_default();
+                *count = count.saturating_sub(1);
+                if *count == 0 && self.chaos.pid(&role).is_some() {
+                    self.chaos.signal(&role, Signal::SIGCONT)?;
+                    return Ok(Some(role));
+                }
+            }
             Held::Cut(pairs) => {
                 for (a, b) in pairs {
                     sandbox.heal(&a, &b)?;
                 }
+            }
+            Held::CutFromItsGateway { pairs, leader, gateway, log, seen } => {
+                for (a, b) in pairs {
+                    sandbox.heal(&a, &b)?;
+                }
+                // A cut the leader never noticed proves nothing: it must have moved on.
+                let text = std::fs::read(&log).with_context(|| format!("reading {}", log.display()))?;
+                let since = String::from_utf8_lossy(text.get(seen as usize..).unwrap_or_default());
+                let addr = self.chaos.gateway_addr(&gateway).context("the cut replica's address")?;
+                anyhow::ensure!(
+                    since.lines().any(|line| line.contains("now using another gateway replica")
+                        && line.contains(&format!("from={addr} "))),
+                    "{leader} did not move off {gateway} ({addr}) while cut from it (see {})",
+                    log.display()
+                );
             }
             Held::Refused(refusals) => {
                 for (at, from) in refusals {
@@ -669,7 +872,7 @@ impl Nemesis<'_, '_> {
             Held::Database => self.net.postgres.context("the database")?.up()?,
             Held::Nothing => {}
         }
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -740,7 +943,7 @@ mod tests {
                 Planned { fault: Fault::RollingRestart(None), at: Duration::from_secs(3), hold: Duration::ZERO },
             ]
         );
-        let round = parse(&describe(&resolve(plan, &clusters(), &mut StdRng::seed_from_u64(1)).unwrap())).unwrap();
+        let round = parse(&describe(&resolve(plan, &clusters(), 1, &mut StdRng::seed_from_u64(1)).unwrap())).unwrap();
         assert!(round.iter().all(|p| p.fault.clone().targets().iter().all(|t| t.is_some())), "{round:?}");
     }
 
@@ -753,7 +956,11 @@ mod tests {
                 "rolling-restart" => "rolling-restart:aws".to_string(),
                 "cut-one-way" => "cut-one-way:aws>gcp+1s".to_string(),
                 "cut" | "flap" => format!("{name}:aws<>gcp+1s"),
-                "kill-gateway" | "restart-database" => format!("{name}+1s"),
+                "kill-gateway"
+                | "restart-database"
+                | "kill-gateway-holder"
+                | "pause-gateway-holder"
+                | "cut-gateway-from-database" => format!("{name}+1s"),
                 _ => format!("{name}:gcp+1s"),
             };
             let plan = parse(&spec).unwrap_or_else(|e| panic!("{spec}: {e:#}"));
@@ -791,24 +998,32 @@ mod tests {
     #[test]
     fn resolving_checks_clusters_and_overlaps() {
         let mut rng = StdRng::seed_from_u64(7);
-        let e = resolve(parse("kill-leader:mars+1s").unwrap(), &clusters(), &mut rng).unwrap_err().to_string();
+        let e = resolve(parse("kill-leader:mars+1s").unwrap(), &clusters(), 1, &mut rng).unwrap_err().to_string();
         assert!(e.contains("names cluster \"mars\"; this run has aws, gcp, onprem"), "{e}");
-        let e = resolve(parse("loss:10@0s+3s,loss:20@2s+1s").unwrap(), &clusters(), &mut rng).unwrap_err().to_string();
+        let e =
+            resolve(parse("loss:10@0s+3s,loss:20@2s+1s").unwrap(), &clusters(), 1, &mut rng).unwrap_err().to_string();
         assert!(e.contains("overlap: one loss fault at a time"), "{e}");
-        resolve(parse("loss:10@0s+2s,loss:20@2s+1s").unwrap(), &clusters(), &mut rng).expect("back to back is fine");
+        resolve(parse("loss:10@0s+2s,loss:20@2s+1s").unwrap(), &clusters(), 1, &mut rng).expect("back to back is fine");
         let two = ["aws", "gcp"].map(String::from);
-        let e = resolve(parse("cut:aws<>gcp+1s").unwrap(), &two[..1], &mut rng).unwrap_err().to_string();
+        let e = resolve(parse("cut:aws<>gcp+1s").unwrap(), &two[..1], 1, &mut rng).unwrap_err().to_string();
         assert!(e.contains("names cluster \"gcp\""), "{e}");
-        let plan = resolve(parse("cut-one-way+1s").unwrap(), &two, &mut rng).unwrap();
+        let plan = resolve(parse("cut-one-way+1s").unwrap(), &two, 1, &mut rng).unwrap();
         let Fault::CutOneWay(Some(a), Some(b)) = &plan[0].fault else { panic!("{plan:?}") };
         assert_ne!(a, b, "the seed picks two different clusters");
+        let replicas = parse("kill-gateway-holder+1s,cut-leader-from-its-gateway+1s").unwrap();
+        let e = resolve(replicas.clone(), &two, 1, &mut rng).unwrap_err().to_string();
+        assert!(e.contains("fault 1 (kill-gateway-holder) needs gateway replicas (--gateways 3)"), "{e}");
+        let plan = resolve(replicas, &two, 3, &mut rng).unwrap();
+        assert!(matches!(&plan[1].fault, Fault::CutLeaderFromItsGateway(Some(_))), "{plan:?}");
+        let e = resolve(parse("kill-gateway+1s").unwrap(), &two, 3, &mut rng).unwrap_err().to_string();
+        assert!(e.contains("kills the only gateway; this run has 3 replicas"), "{e}");
     }
 
     #[test]
     fn the_seed_chooses_the_same_clusters_again() {
         let spec = parse("kill-leader+1s,cut+1s,flap+1s").unwrap();
-        let a = resolve(spec.clone(), &clusters(), &mut StdRng::seed_from_u64(42)).unwrap();
-        let b = resolve(spec, &clusters(), &mut StdRng::seed_from_u64(42)).unwrap();
+        let a = resolve(spec.clone(), &clusters(), 1, &mut StdRng::seed_from_u64(42)).unwrap();
+        let b = resolve(spec, &clusters(), 1, &mut StdRng::seed_from_u64(42)).unwrap();
         assert_eq!(a, b);
     }
 }

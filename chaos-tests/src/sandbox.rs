@@ -21,6 +21,8 @@ use anyhow::Context;
 const PREFIX: &str = "atoll-chaos-";
 /// The prefix length of the whole benchmarking range: every endpoint is on one segment.
 const PREFIX_LEN: u8 = 15;
+/// The sandbox's network: every endpoint's address is in it.
+pub const NETWORK: &str = "198.18.0.0/15";
 
 /// The namespace this process gives `role`.
 pub fn netns_name(role: &str) -> String {

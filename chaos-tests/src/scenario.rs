@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::Context;
 use atoll_api::gateway::LinkState;
 use atoll_api::gateway::TransferMode;
+use atoll_mesh::GatewayTiming;
 use atoll_mesh::replica_name;
 use nix::sys::signal::Signal;
 use rand::Rng;
@@ -30,7 +31,9 @@ use crate::harness::CLIENT;
 use crate::harness::Chaos;
 use crate::harness::DELAY;
 use crate::harness::GATEWAY;
+use crate::harness::POSTGRES;
 use crate::harness::addresses;
+use crate::harness::chaos_gateway_timing;
 use crate::history::OpKind;
 use crate::history::Outcome;
 use crate::nemesis;
@@ -102,10 +105,25 @@ pub enum Scenario {
     /// A job on every cluster printing at full speed (100 MB each) beside the workload: no
     /// cluster may change leader meanwhile.
     NoisyJobs,
+    /// Three gateway replicas: SIGKILL the one holding the duties lease mid-pipeline; restart it
+    /// after a hold. Another replica takes the lease and schedules; agents move on at once.
+    GatewayHolderCrash,
+    /// Three gateway replicas: SIGSTOP the lease holder past its lease (until another replica
+    /// took it), the workload submitting meanwhile; then SIGCONT it and submit through it. A
+    /// zombie scheduler: nothing it writes under its old generation may apply.
+    GatewayHolderPause,
+    /// Three gateway replicas: cut the lease holder from the database alone (agents and the
+    /// other replicas still reach it); heal. It steps down and refuses heartbeats it cannot
+    /// record; another replica takes the lease.
+    GatewayCutFromDatabase,
+    /// Three gateway replicas: cut a cluster's leader from the gateway replica it uses while
+    /// the other replicas stay reachable; heal. The leader moves to another replica before the
+    /// cluster could be judged dead.
+    LeaderCutFromItsGateway,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 14] = [
+    pub const ALL: [Scenario; 18] = [
         Scenario::LeaderCrash,
         Scenario::FollowerCrash,
         Scenario::LeaderPause,
@@ -120,6 +138,10 @@ impl Scenario {
         Scenario::RollingRestart,
         Scenario::DatabaseRestart,
         Scenario::NoisyJobs,
+        Scenario::GatewayHolderCrash,
+        Scenario::GatewayHolderPause,
+        Scenario::GatewayCutFromDatabase,
+        Scenario::LeaderCutFromItsGateway,
     ];
 
     pub fn name(self) -> String {
@@ -130,6 +152,27 @@ impl Scenario {
         match self {
             Scenario::ClusterDeath => 3,
             _ => 2,
+        }
+    }
+
+    /// The gateway's timing: the suite's short bounds, but for a leader cut from its gateway
+    /// replica, whose cluster must not be judged dead while its agent waits on that
+    /// replica (its request timeout, 5 s): dead after 8 s there (the default is 10 s).
+    fn gateway_timing(self) -> GatewayTiming {
+        match self {
+            Scenario::LeaderCutFromItsGateway => GatewayTiming { dead_after_ms: 8_000, ..chaos_gateway_timing() },
+            _ => chaos_gateway_timing(),
+        }
+    }
+
+    /// How many gateway replicas the scenario's mesh has (1: the only gateway, on SQLite).
+    fn gateways(self) -> usize {
+        match self {
+            Scenario::GatewayHolderCrash
+            | Scenario::GatewayHolderPause
+            | Scenario::GatewayCutFromDatabase
+            | Scenario::LeaderCutFromItsGateway => 3,
+            _ => 1,
         }
     }
 
@@ -149,6 +192,12 @@ impl Scenario {
             Scenario::FlappingLink => one(Fault::Flap(None, None), hold(3_000, 5_000)),
             Scenario::RollingRestart => one(Fault::RollingRestart(None), Duration::ZERO),
             Scenario::DatabaseRestart => one(Fault::RestartDatabase, hold(2_000, 4_000)),
+            Scenario::GatewayHolderCrash => one(Fault::KillGatewayHolder, hold(2_000, 4_000)),
+            // Past the lease (1.5 s) and a retry; the heal also waits for the new holder.
+            Scenario::GatewayHolderPause => one(Fault::PauseGatewayHolder, hold(2_000, 2_800)),
+            Scenario::GatewayCutFromDatabase => one(Fault::CutGatewayFromDatabase, hold(3_000, 5_000)),
+            // Past the agent's request timeout (5 s), so the leader moves while cut.
+            Scenario::LeaderCutFromItsGateway => one(Fault::CutLeaderFromItsGateway(None), hold(6_000, 8_000)),
             Scenario::LossAndLatency => {
                 let held = hold(6_000, 8_000);
                 Some(vec![
@@ -166,7 +215,12 @@ impl Scenario {
 #[derive(Debug, Clone)]
 pub enum Drill {
     Scenario(Scenario),
-    Faults { plan: Vec<Planned>, clusters: usize },
+    /// `gateways`: 1 for the only gateway (on SQLite), more for replicas over PostgreSQL.
+    Faults {
+        plan: Vec<Planned>,
+        clusters: usize,
+        gateways: usize,
+    },
 }
 
 impl Drill {
@@ -184,6 +238,20 @@ impl Drill {
         }
     }
 
+    fn gateways(&self) -> usize {
+        match self {
+            Drill::Scenario(scenario) => scenario.gateways(),
+            Drill::Faults { gateways, .. } => *gateways,
+        }
+    }
+
+    fn gateway_timing(&self) -> GatewayTiming {
+        match self {
+            Drill::Scenario(scenario) => scenario.gateway_timing(),
+            Drill::Faults { .. } => chaos_gateway_timing(),
+        }
+    }
+
     /// The plan with every cluster chosen, or the bespoke scenario.
     fn resolve(&self, clusters: &[String], profile: Profile, rng: &mut StdRng) -> anyhow::Result<Resolved> {
         let plan = match self {
@@ -193,7 +261,7 @@ impl Drill {
             },
             Drill::Faults { plan, .. } => plan.clone(),
         };
-        Ok(Resolved::Plan(nemesis::resolve(plan, clusters, rng)?))
+        Ok(Resolved::Plan(nemesis::resolve(plan, clusters, self.gateways(), rng)?))
     }
 }
 
@@ -246,6 +314,20 @@ pub struct Report {
     pub kept: bool,
     /// The deliberate breakages the gateway said it runs with (its start warnings).
     pub gateway_broken: Vec<String>,
+    /// With gateway replicas: the lease's figures.
+    pub lease: Option<LeaseFigures>,
+}
+
+/// The duties lease in a run with gateway replicas.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaseFigures {
+    /// Generations taken during the run (the first one included).
+    pub generations: usize,
+    /// For each fault, from its injection to the next generation taken (none: no replica took
+    /// the lease after it).
+    pub taken_after_ms: Vec<Option<u64>>,
+    /// Each cluster's longest silence as the database showed it (ms).
+    pub longest_silence_ms: BTreeMap<String, u64>,
 }
 
 impl Report {
@@ -278,6 +360,12 @@ impl Report {
         }
         if let Some(ms) = self.matrix_settled_ms {
             eprintln!("chaos:   matrix settled {ms} ms after the heal");
+        }
+        if let Some(lease) = &self.lease {
+            eprintln!(
+                "chaos:   lease: {} generations; taken after each fault (ms): {:?}; longest silence (ms): {:?}",
+                lease.generations, lease.taken_after_ms, lease.longest_silence_ms
+            );
         }
         for v in &self.verdicts {
             eprintln!("chaos:   [{}] {}: {}", if v.holds { "ok" } else { "BROKEN" }, v.invariant, v.detail);
@@ -324,7 +412,14 @@ pub enum Breakage {
     GatewayUnfenced,
     /// The gateway has every edge between clusters pulled, whatever the matrix says.
     MatrixIgnored,
+    /// A gateway replica that held the duties lease goes on scheduling after losing it, its
+    /// writes unfenced (a mesh with gateway replicas).
+    LeaseUnfenced,
 }
+
+/// What a gateway broken so warns at start (`Breakage::warnings` of the gateway).
+const BROKEN_WARNINGS: [&str; 3] =
+    ["TERM FENCING IS OFF", "FORWARDING IGNORES THE MATRIX", "THE DUTIES LEASE IS UNFENCED"];
 
 /// [`run`] on a mesh broken as `breakage` says.
 pub fn run_with(
@@ -350,7 +445,11 @@ pub fn run_with(
         }
         None => tempfile::Builder::new().prefix("atoll-chaos-").tempdir()?,
     };
-    let mut layout = Chaos::layout(drill.clusters(), sandbox::netns_name)?;
+    let mut layout = Chaos::layout(drill.clusters(), drill.gateways(), sandbox::netns_name)?;
+    let timing = drill.gateway_timing();
+    if let Some(gateway) = &mut layout.gateway {
+        gateway.timing = Some(timing);
+    }
     for cluster in &mut layout.clusters {
         cluster.job_writable_paths = vec![dir.path().join(crate::harness::SHARED)];
     }
@@ -368,6 +467,7 @@ pub fn run_with(
         Breakage::None => None,
         Breakage::GatewayUnfenced => Some(crate::broken::DISABLE_FENCING_ENV),
         Breakage::MatrixIgnored => Some(crate::broken::IGNORE_MATRIX_ENV),
+        Breakage::LeaseUnfenced => Some(crate::broken::LEASE_UNFENCED_ENV),
     };
     if let (Some(switch), Some(gateway)) = (switch, &mut layout.gateway) {
         // The product gateway cannot be broken: the suite's own gateway binary runs instead.
@@ -379,16 +479,19 @@ pub fn run_with(
         true => Some(delay_between_sites(&sandbox, &layout)?),
         false => None,
     };
-    let postgres = match resolved.has(|f| *f == Fault::RestartDatabase) {
-        true => {
-            let postgres = Postgres::start(&sandbox.endpoint(GATEWAY)?.netns)?;
-            if let Some(gateway) = &mut layout.gateway {
-                gateway.postgres_url = Some(postgres.url());
-            }
-            Some(postgres)
-        }
-        false => None,
+    let replicated = layout.gateway.as_ref().is_some_and(|g| g.ha);
+    let postgres = if replicated {
+        // The replicas' database, in a namespace of its own: a replica can be cut from it alone.
+        Some(Postgres::start(&sandbox.endpoint(POSTGRES)?.netns, &sandbox.ip(POSTGRES)?.to_string())?)
+    } else if resolved.has(|f| *f == Fault::RestartDatabase) {
+        Some(Postgres::start(&sandbox.endpoint(GATEWAY)?.netns, "127.0.0.1")?)
+    } else {
+        None
     };
+    if let (Some(postgres), Some(gateway)) = (&postgres, &mut layout.gateway) {
+        gateway.postgres_url = Some(postgres.url());
+    }
+    let database_url = postgres.as_ref().filter(|_| replicated).map(Postgres::url);
     sandbox.enter(CLIENT)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let started = Instant::now();
@@ -396,13 +499,21 @@ pub fn run_with(
         let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut chaos = Chaos::start(dir.path(), layout, seed).await?;
+        chaos.database = database_url.as_deref().map(crate::database::Database::connect).transpose()?;
         let result = tokio::select! {
             result = drive(&mut chaos, Net { sandbox: &sandbox, proxy: proxy.as_ref(), postgres: postgres.as_ref() }, &resolved, profile, &mut rng) => result,
             _ = interrupt.recv() => Err(anyhow::anyhow!("interrupted")),
             _ = terminate.recv() => Err(anyhow::anyhow!("terminated")),
         };
         chaos.mesh.stop_all(Duration::from_secs(5)).await;
-        result.map(|evidence| (chaos, evidence))
+        let mut evidence = result?;
+        // What the replicas wrote is read once they all stopped (one stopping takes the lease
+        // another released, for a moment): the evidence is then as complete as their logs.
+        if let (Some(replicated), Some(database)) = (&mut evidence.replicated, &chaos.database) {
+            replicated.history = database.lease_history().await?;
+            replicated.attempts = database.attempts().await?;
+        }
+        anyhow::Ok((chaos, evidence))
     });
     drop(runtime);
     drop(proxy);
@@ -417,6 +528,21 @@ pub fn run_with(
     };
     let logs = Logs::read(&chaos);
     let mut verdicts = evidence.verdicts(&chaos, &logs);
+    if let Some(replicated) = &evidence.replicated
+        && !resolved.has(Fault::may_lose_a_cluster)
+    {
+        let moved: Vec<String> =
+            logs.gateways.iter().flat_map(|(role, log)| checkers::work_moved_lines(role, log)).collect();
+        verdicts.push(checkers::clusters_heard_throughout(
+            &chaos.clusters(),
+            &moved,
+            &replicated.attempts,
+            &replicated.samples,
+            &replicated.history,
+            heard_bound(&resolved, &chaos.history.faults(), &timing).as_millis() as u64,
+            timing.dead_after_ms,
+        ));
+    }
     verdicts
         .push(checkers::work_moves_only_off_lost_clusters(&evidence.jobs(), resolved.has(Fault::may_lose_a_cluster)));
     verdicts.push(checkers::nothing_left_running(&leftovers?));
@@ -438,11 +564,12 @@ pub fn run_with(
         seconds: started.elapsed().as_secs_f64(),
         dir: dir.path().to_path_buf(),
         kept: false,
-        gateway_broken: ["TERM FENCING IS OFF", "FORWARDING IGNORES THE MATRIX"]
+        gateway_broken: BROKEN_WARNINGS
             .into_iter()
-            .filter(|warning| logs.gateway.contains(warning))
+            .filter(|warning| logs.gateways.iter().any(|(_, log)| log.contains(warning)))
             .map(str::to_string)
             .collect(),
+        lease: evidence.lease_figures(&chaos),
     };
     std::fs::write(dir.path().join("history.jsonl"), chaos.history.to_jsonl())?;
     std::fs::write(dir.path().join("report.json"), serde_json::to_vec_pretty(&report)?)?;
@@ -478,26 +605,38 @@ struct Evidence {
     matrices: Vec<workload::MatrixSnapshot>,
     /// When jobs printed at full speed (`noisy-jobs`): no leader may change then.
     noisy: Option<checkers::Window>,
+    /// With gateway replicas: what their database showed.
+    replicated: Option<Replicated>,
+}
+
+/// What the gateway replicas' database showed: the clusters' heartbeat times sampled during the
+/// run and, once every process stopped, the lease's history and every attempt.
+struct Replicated {
+    samples: Vec<checkers::HeardSample>,
+    history: Vec<checkers::Generation>,
+    attempts: Vec<checkers::AttemptRecord>,
 }
 
 /// What the checkers and the figures read from the processes' logs, read once.
 struct Logs {
     claims: Vec<checkers::LeadClaim>,
-    gateway: String,
+    /// The gateway's log, or each gateway replica's, by role.
+    gateways: Vec<(String, String)>,
 }
 
 impl Logs {
     fn read(chaos: &Chaos) -> Self {
         let mut claims = Vec::new();
-        let mut gateway = String::new();
+        let mut gateways = Vec::new();
+        let gateway_roles = chaos.gateway_roles();
         for (role, log) in chaos.logs() {
-            match crate::harness::split_role(&role) {
-                Some((cluster, id)) => claims.extend(checkers::lead_claims(cluster, id, &log)),
-                None if role == GATEWAY => gateway = log,
-                None => {}
+            if gateway_roles.contains(&role) {
+                gateways.push((role, log));
+            } else if let Some((cluster, id)) = crate::harness::split_role(&role) {
+                claims.extend(checkers::lead_claims(cluster, id, &log));
             }
         }
-        Self { claims, gateway }
+        Self { claims, gateways }
     }
 }
 
@@ -507,23 +646,62 @@ impl Evidence {
     }
 
     fn verdicts(&self, chaos: &Chaos, logs: &Logs) -> Vec<Verdict> {
-        let (claims, gateway_log) = (&logs.claims, logs.gateway.as_str());
+        let claims = &logs.claims;
+        let registrations: Vec<Vec<checkers::Registration>> =
+            logs.gateways.iter().map(|(_, log)| checkers::registrations(log)).collect();
         let jobs = self.jobs();
         let ops = chaos.history.ops();
         let ledger = checkers::parse_ledger(&std::fs::read_to_string(&chaos.ledger).unwrap_or_default());
         let mut verdicts = vec![
             checkers::one_leader_per_term(claims),
-            checkers::gateway_follows_terms(&checkers::registrations(gateway_log), &jobs),
+            checkers::gateway_follows_terms(&registrations, &jobs),
             checkers::annotations_durable(&ops, &self.applied),
             checkers::exactly_one_result(&ops, &self.ends, &ledger),
             checkers::outputs_match(&self.ends, &ledger),
             checkers::matrix_follows(&self.matrix_waits, self.matrix_bound_ms),
-            checkers::routes_follow_the_matrix(&jobs, &self.matrices),
+            checkers::routes_follow_the_matrix(
+                &jobs,
+                &self.matrices,
+                if self.replicated.is_some() { REPLICATION_LAG.as_millis() as i64 } else { 0 },
+            ),
         ];
         if let Some(window) = &self.noisy {
             verdicts.push(checkers::leaders_kept(claims, window));
         }
+        if let Some(replicated) = &self.replicated {
+            let takes: Vec<checkers::LeaseTake> =
+                logs.gateways.iter().flat_map(|(role, log)| checkers::lease_takes(role, log)).collect();
+            verdicts.extend([
+                checkers::one_holder_per_generation(&takes, &replicated.history),
+                checkers::no_job_placed_twice(&replicated.attempts),
+                checkers::no_old_generation_writes(&replicated.attempts, &replicated.history),
+            ]);
+        }
         verdicts
+    }
+
+    /// The lease's figures (a run with gateway replicas).
+    fn lease_figures(&self, chaos: &Chaos) -> Option<LeaseFigures> {
+        let replicated = self.replicated.as_ref()?;
+        let taken_after_ms = chaos
+            .history
+            .faults()
+            .iter()
+            .map(|f| {
+                let injected = (f.injected_at.unix_timestamp_nanos() / 1_000_000) as i64;
+                let next = replicated.history.iter().filter(|g| g.acquired_ms >= injected).map(|g| g.acquired_ms).min();
+                next.map(|at| (at - injected) as u64)
+            })
+            .collect();
+        let mut longest_silence_ms: BTreeMap<String, u64> = BTreeMap::new();
+        for sample in &replicated.samples {
+            if let Some(seen) = sample.last_seen_ms {
+                let ms = u64::try_from(sample.at_ms - seen).unwrap_or(0);
+                let longest = longest_silence_ms.entry(sample.cluster.clone()).or_default();
+                *longest = (*longest).max(ms);
+            }
+        }
+        Some(LeaseFigures { generations: replicated.history.len(), taken_after_ms, longest_silence_ms })
     }
 
     fn routes(&self) -> BTreeMap<String, usize> {
@@ -612,6 +790,11 @@ async fn drive(
     // The matrix as the suite sees it, until every pipeline has ended (routes are given until then).
     let (stop_watching, watching) = watch::channel(false);
     let watcher = tokio::spawn(workload::matrix_watcher(chaos.gateway.clone(), Duration::from_millis(200), watching));
+    // With gateway replicas: the clusters' heartbeat times in their database, sampled likewise.
+    let sampler = chaos
+        .database
+        .clone()
+        .map(|database| tokio::spawn(crate::database::heard_sampler(database, HEARD_SAMPLE_EVERY, stopped.clone())));
     // The tasks share the run's history; it is moved back into `chaos` once they are done.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -623,7 +806,7 @@ async fn drive(
     for cluster in chaos.clusters() {
         chaos.wait_leader(&cluster, Duration::from_secs(60)).await?;
     }
-    let bound = matrix_bound();
+    let bound = matrix_bound(&chaos.timing());
     let matrix_settled_ms =
         wait_matrix(chaos, healed_at, bound + Duration::from_secs(10), |_| Some(LinkState::Reachable)).await;
     matrix_waits
@@ -635,10 +818,16 @@ async fn drive(
     }
     chaos.history = Arc::try_unwrap(history).map_err(|_| anyhow::anyhow!("the history is still shared"))?;
 
+    let samples = match sampler {
+        Some(sampler) => Some(sampler.await.context("the heartbeat sampler panicked")?),
+        None => None,
+    };
     let ends = pipeline_ends(chaos, Duration::from_secs(120)).await?;
     stop_watching.send_replace(true);
     let matrices = watcher.await.context("the matrix watcher panicked")?;
     let applied = applied_annotations(chaos, Duration::from_secs(30)).await;
+    // The lease's history and the attempts are read once the mesh stopped (`run_with`).
+    let replicated = samples.map(|samples| Replicated { samples, history: Vec::new(), attempts: Vec::new() });
     Ok(Evidence {
         applied,
         ends,
@@ -647,14 +836,71 @@ async fn drive(
         matrix_bound_ms: bound.as_millis() as u64,
         matrices,
         noisy,
+        replicated,
     })
+}
+
+/// How far one gateway replica's matrix may lag another's: rows are written every 250 ms and
+/// read by the other replicas every second, with the read's own time to spare.
+const REPLICATION_LAG: Duration = Duration::from_millis(1_500);
+
+/// How often the clusters' heartbeat times are read from the gateway replicas' database.
+const HEARD_SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// The agent's timeout for a request to a gateway replica (`REQUEST_TIMEOUT` of the agent's
+/// link): how long a replica that went silent (paused, cut off) holds a leader's heartbeat.
+const AGENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a cluster may go unheard, by the gateway replicas' database, across the faults of a
+/// run: the longest an agent waits on a failing replica ([`agent_wait`]), then what moving on
+/// and being recorded takes: the heartbeats the failing replica heard but had not written yet
+/// (it writes every 250 ms), a heartbeat interval, a pause of at most 400 ms before each of the
+/// two other replicas, the next replica's write (250 ms) and the suite's sampling.
+fn heard_bound(plan: &Resolved, faults: &[crate::history::FaultEvent], timing: &GatewayTiming) -> Duration {
+    let Resolved::Plan(plan) = plan else { return AGENT_REQUEST_TIMEOUT };
+    let paused = faults
+        .iter()
+        .filter(|f| f.fault.starts_with(nemesis::PAUSE_HOLDER_EVENT))
+        .filter_map(|f| Some(Duration::from_millis(f.healed_ms? - f.injected_ms)))
+        .max();
+    let lease = crate::harness::chaos_lease_timing();
+    let wait = plan
+        .iter()
+        .map(|p| match &p.fault {
+            Fault::PauseGatewayHolder => agent_wait(&p.fault, paused.unwrap_or(p.hold), &lease),
+            fault => agent_wait(fault, p.hold, &lease),
+        })
+        .max()
+        .unwrap_or_default();
+    let written = Duration::from_millis(250);
+    wait + written
+        + Duration::from_millis(timing.heartbeat_interval_ms)
+        + 2 * Duration::from_millis(400)
+        + written
+        + HEARD_SAMPLE_EVERY
+}
+
+/// How long an agent may wait on a gateway replica `fault` makes fail before it moves on to
+/// another (`held`: how long the fault lasted).
+fn agent_wait(fault: &Fault, held: Duration, lease: &atoll_mesh::LeaseTiming) -> Duration {
+    match fault {
+        // Its connections are reset: the agent moves on at once.
+        Fault::KillGatewayHolder => Duration::ZERO,
+        // Its requests wait until it wakes (the agent's timeout at most).
+        Fault::PauseGatewayHolder => held.min(AGENT_REQUEST_TIMEOUT),
+        // It refuses heartbeats once its database writes have failed for three renew intervals.
+        Fault::CutGatewayFromDatabase => 3 * Duration::from_millis(lease.renew_interval_ms),
+        // The agent's request to it times out.
+        Fault::CutLeaderFromItsGateway(_) => AGENT_REQUEST_TIMEOUT,
+        // Any other fault: as long as it lasts.
+        _ => held,
+    }
 }
 
 /// How long the matrix may take to show a healed link: a probe round (interval + timeout) to
 /// see it, a row report to carry it, with one of each to spare, plus the dead-after bound for a
 /// cluster that has just come back to register again.
-fn matrix_bound() -> Duration {
-    let t = crate::harness::chaos_gateway_timing();
+fn matrix_bound(t: &GatewayTiming) -> Duration {
     Duration::from_millis(2 * (t.probe_interval_ms + t.probe_timeout_ms + t.row_interval_ms) + t.dead_after_ms)
 }
 
@@ -818,7 +1064,7 @@ async fn inject(
             let roles = |c: &str| chaos.replica_ids(c).into_iter().map(|id| replica_name(c, id)).collect::<Vec<_>>();
             let (from, to) = (roles(&target), roles(&other));
             let (one, back) = (hold(2_000, 3_000), hold(3_000, 5_000));
-            let bound = matrix_bound();
+            let bound = matrix_bound(&chaos.timing());
             let one_way = history.injected("cut one direction", &format!("{target}->{other}"), None, None);
             let cut_at = Instant::now();
             set_refusal(sandbox, &to, &from, true)?;
@@ -890,7 +1136,9 @@ async fn inject(
 /// a replica of another cluster goes through it (the suite's own client stays direct).
 fn delay_between_sites(sandbox: &Sandbox, layout: &atoll_mesh::Layout) -> anyhow::Result<DelayProxy> {
     let gateway = layout.gateway.as_ref().context("no gateway")?;
-    let mut destinations = vec![(None, GATEWAY.to_string(), gateway.first().port)];
+    let mut destinations: Vec<(Option<String>, String, u16)> = (0..gateway.replicas.len())
+        .filter_map(|i| Some((None, crate::harness::gateway_role(layout, i)?, gateway.replicas[i].port)))
+        .collect();
     for (cluster, replica) in layout.all() {
         destinations.push((Some(cluster.name.clone()), replica_name(&cluster.name, replica.id), replica.port));
     }

@@ -42,6 +42,10 @@ scenarios! {
     rolling_restart => RollingRestart,
     database_restart => DatabaseRestart,
     noisy_jobs => NoisyJobs,
+    gateway_holder_crash => GatewayHolderCrash,
+    gateway_holder_pause => GatewayHolderPause,
+    gateway_cut_from_database => GatewayCutFromDatabase,
+    leader_cut_from_its_gateway => LeaderCutFromItsGateway,
 }
 
 /// Named faults composed and overlapping in time, on three clusters chosen by the seed: one
@@ -56,7 +60,7 @@ fn composed_faults() {
          kill-gateway@4s+2s, kill-follower@4.5s+2s",
     )
     .expect("the plan parses");
-    check_drill(Drill::Faults { plan, clusters: 3 });
+    check_drill(Drill::Faults { plan, clusters: 3, gateways: 1 });
 }
 
 /// Run `scenario` against a gateway broken by `breakage`: it must announce the switch
@@ -102,5 +106,20 @@ fn a_gateway_ignoring_the_matrix_is_caught() {
         "FORWARDING IGNORES THE MATRIX",
         "forwarding follows the matrix",
         "the gateway gave pull",
+    );
+}
+
+/// And with gateway replicas whose duties lease is unfenced (a holder that lost its lease goes
+/// on scheduling, its writes unchecked; a test-only switch), the paused holder of the
+/// holder-pause scenario places work under its old generation once resumed, and the
+/// old-generation checker says so.
+#[test]
+fn a_zombie_scheduler_is_caught() {
+    caught(
+        Scenario::GatewayHolderPause,
+        Breakage::LeaseUnfenced,
+        "THE DUTIES LEASE IS UNFENCED",
+        "no write of an old generation applied",
+        "was taken by",
     );
 }

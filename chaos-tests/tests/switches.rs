@@ -17,7 +17,7 @@ fn lines_holding(path: &Path, needle: &str) -> usize {
 fn only_the_chaos_gateway_reads_the_switches() {
     let atoll = harness::atoll_exe().unwrap_or_else(|e| panic!("{e:#}"));
     let broken_gateway = harness::broken_gateway_exe().unwrap_or_else(|e| panic!("{e:#}"));
-    for switch in [broken::DISABLE_FENCING_ENV, broken::IGNORE_MATRIX_ENV] {
+    for switch in [broken::DISABLE_FENCING_ENV, broken::IGNORE_MATRIX_ENV, broken::LEASE_UNFENCED_ENV] {
         assert_eq!(lines_holding(&atoll, switch), 0, "{} names {switch}", atoll.display());
         assert!(lines_holding(&broken_gateway, switch) > 0, "{} does not name {switch}", broken_gateway.display());
     }

@@ -184,6 +184,8 @@ pub struct Rows {
     db: Db,
     latest: Mutex<BTreeMap<String, Arc<StoredRow>>>,
     dirty: Mutex<BTreeMap<String, Arc<StoredRow>>>,
+    /// When the last load or refresh that succeeded began.
+    read_at: Mutex<tokio::time::Instant>,
 }
 
 impl std::fmt::Debug for Rows {
@@ -194,8 +196,9 @@ impl std::fmt::Debug for Rows {
 
 impl Rows {
     pub async fn load(db: Db) -> Result<Self, DbError> {
+        let began = tokio::time::Instant::now();
         let latest = db.rows().await?.into_iter().map(|r| (r.reporter.clone(), Arc::new(r))).collect();
-        Ok(Self { db, latest: Mutex::new(latest), dirty: Mutex::new(BTreeMap::new()) })
+        Ok(Self { db, latest: Mutex::new(latest), dirty: Mutex::new(BTreeMap::new()), read_at: Mutex::new(began) })
     }
 
     /// Keep `row` as its reporter's latest (unless a newer term's row is held).
@@ -231,6 +234,7 @@ impl Rows {
     /// Load rows that other gateway replicas wrote: only the versions are read, and the cells
     /// only of rows newer than the ones held (with one gateway: none).
     pub async fn refresh(&self) -> Result<(), DbError> {
+        let began = tokio::time::Instant::now();
         let versions = self.db.row_versions().await?;
         let stale: Vec<String> = {
             let latest = self.latest.lock().expect("rows lock");
@@ -252,7 +256,19 @@ impl Rows {
                 latest.insert(row.reporter.clone(), Arc::new(row));
             }
         }
+        let mut read_at = self.read_at.lock().expect("rows read lock");
+        *read_at = (*read_at).max(began);
         Ok(())
+    }
+
+    /// [`Rows::refresh`], unless a refresh that began within `age` succeeded: rows this replica
+    /// could not refresh for a while (it was cut from the database, or paused) are read again
+    /// before anything is decided from them.
+    pub async fn refresh_within(&self, age: std::time::Duration) -> Result<(), DbError> {
+        if self.read_at.lock().expect("rows read lock").elapsed() < age {
+            return Ok(());
+        }
+        self.refresh().await
     }
 }
 
@@ -292,6 +308,23 @@ mod tests {
 
     fn cell<'a>(m: &'a Matrix, from: &str, to: &str) -> &'a MatrixCell {
         m.cells.iter().find(|c| c.from == from && c.to == to).unwrap()
+    }
+
+    /// Rows a replica could not refresh for longer than asked are read again before use; fresh
+    /// ones are not.
+    #[tokio::test]
+    async fn rows_not_refreshed_lately_are_read_again() {
+        let test = crate::db::testing::TestDatabase::sqlite();
+        let db = Db::connect(&test.database).await.unwrap();
+        let here = Rows::load(db.clone()).await.unwrap();
+        let other = Rows::load(db).await.unwrap();
+        let (_, row) = row("aws", 1_000, &[("gcp", LinkState::Reachable)]);
+        other.put(StoredRow::clone(&row));
+        other.flush().await.unwrap();
+        here.refresh_within(std::time::Duration::from_secs(3_600)).await.unwrap();
+        assert!(here.snapshot().is_empty(), "refreshed within the hour: not read again");
+        here.refresh_within(std::time::Duration::ZERO).await.unwrap();
+        assert_eq!(here.snapshot().get("aws").map(|r| r.reported_ms), Some(1_000));
     }
 
     /// The default dev mesh: onprem refuses aws and gcp; gcp refuses onprem.

@@ -295,7 +295,7 @@ impl Gateway {
         } else if last.is_none() {
             self.learn_fallback(&request.job, &request.from_job).await.map_err(db)?;
         }
-        let route = self.flow().edge(&request.job, &request.from_job, &from, cluster);
+        let route = self.current_flow().await.map_err(db)?.edge(&request.job, &request.from_job, &from, cluster);
         let taken = RouteTaken {
             from_job: request.from_job.clone(),
             from_cluster: from.clone(),

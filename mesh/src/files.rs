@@ -292,8 +292,14 @@ fn gateway_yaml(layout: &Layout, gateway: &GatewayLayout, replica: &GatewayRepli
         (None, Some(_)) => out.push_str(&format!("database:\n  postgres:\n    url_file: {up}/postgres/url\n")),
         (None, None) => out.push_str("database:\n  sqlite:\n    path: gateway.db\n"),
     }
-    if gateway.ha {
-        out.push_str("ha:\n  enabled: true\n");
+    if gateway.ha || gateway.lease.is_some() {
+        out.push_str(&format!("ha:\n  enabled: {}\n", gateway.ha));
+    }
+    if let Some(l) = gateway.lease {
+        out.push_str(&format!(
+            "  lease_ttl_ms: {}\n  renew_interval_ms: {}\n  retry_interval_ms: {}\n",
+            l.lease_ttl_ms, l.renew_interval_ms, l.retry_interval_ms
+        ));
     }
     if let Some(t) = gateway.timing {
         out.push_str(&format!(
@@ -406,6 +412,24 @@ mod tests {
         let agent = yaml(&dir.agent_config("aws", 1));
         assert_eq!(agent["gateway"]["addr"], layout.gateway.as_ref().unwrap().addr().as_str());
         assert!(agent["gateway"].get("addrs").is_none());
+    }
+
+    #[test]
+    fn the_lease_timing_goes_into_every_replicas_ha_section() {
+        let mut layout = Layout::new(1, 1, 0).unwrap().with_gateway_replicas(2, 0).unwrap();
+        let gateway = layout.gateway.as_mut().unwrap();
+        gateway.postgres_url = Some("postgres://a@127.0.0.1:5432/b".into());
+        gateway.lease = Some(crate::LeaseTiming::fast());
+        let (_temp, dir) = written(&layout);
+        for id in ["g1", "g2"] {
+            let doc = yaml(&dir.gateway_config(id));
+            assert_eq!(
+                doc["ha"],
+                serde_json::json!({"enabled": true, "lease_ttl_ms": 1500, "renew_interval_ms": 300, "retry_interval_ms": 200})
+            );
+        }
+        let again: Layout = serde_json::from_slice(&serde_json::to_vec(&layout).unwrap()).unwrap();
+        assert_eq!(again, layout, "the lease timing is kept in layout.json");
     }
 
     #[test]

@@ -134,6 +134,10 @@ pub struct GatewayLayout {
     /// Timing overrides (tests shorten them).
     #[serde(default)]
     pub timing: Option<GatewayTiming>,
+    /// The duties lease's timing (`ha.lease_ttl_ms`, ...; the gateway's defaults when absent):
+    /// tests shorten it with the other timings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseTiming>,
     /// `storage.local.fsync` of the relay store (on when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_fsync: Option<bool>,
@@ -190,6 +194,8 @@ struct StoredGatewayLayout {
     #[serde(default)]
     timing: Option<GatewayTiming>,
     #[serde(default)]
+    lease: Option<LeaseTiming>,
+    #[serde(default)]
     store_fsync: Option<bool>,
     #[serde(default)]
     retention: Option<(u64, u64)>,
@@ -215,6 +221,7 @@ impl From<StoredGatewayLayout> for GatewayLayout {
             ha: stored.ha,
             postgres_url: stored.postgres_url,
             timing: stored.timing,
+            lease: stored.lease,
             store_fsync: stored.store_fsync,
             retention: stored.retention,
             env: stored.env,
@@ -282,6 +289,24 @@ impl GatewayTiming {
             stale_after_ms: 2_000,
             cert_lifetime_s: 86_400,
         }
+    }
+}
+
+/// The duties lease's timing of gateway replicas (`ha.*`), in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseTiming {
+    pub lease_ttl_ms: u64,
+    pub renew_interval_ms: u64,
+    pub retry_interval_ms: u64,
+}
+
+impl LeaseTiming {
+    /// Short bounds beside [`GatewayTiming::fast`] (the defaults are a 5 s lease renewed every
+    /// second, retried every 500 ms): a 1.5 s lease renewed every 300 ms, retried every 200 ms,
+    /// so a holder that dies without a word is replaced within 1.7 s, well before its clusters'
+    /// 2.5 s dead-after bound.
+    pub fn fast() -> Self {
+        Self { lease_ttl_ms: 1_500, renew_interval_ms: 300, retry_interval_ms: 200 }
     }
 }
 
@@ -410,6 +435,7 @@ impl Layout {
             ha,
             postgres_url: None,
             timing: None,
+            lease: None,
             store_fsync: None,
             retention: None,
             env: Vec::new(),

@@ -65,6 +65,9 @@ pub struct PostgresSettings {
     pub max_connections: u32,
     /// Network namespace the server runs in (`ip netns exec`); the caller's when absent.
     pub netns: Option<String>,
+    /// Networks (`198.18.0.0/15`) whose hosts may log in (with the password) besides this
+    /// host's loopback: a server on an address other processes reach it at.
+    pub allow_from: Vec<String>,
     /// Directory of `initdb`, `pg_ctl` and `postgres`; found (or installed) when absent.
     pub bin: Option<PathBuf>,
 }
@@ -218,8 +221,32 @@ impl Postgres {
         Ok(password)
     }
 
+    /// Let the hosts of `allow_from` log in: a line each in `pg_hba.conf`, once.
+    fn allow_hosts(&self) -> anyhow::Result<()> {
+        if self.settings.allow_from.is_empty() {
+            return Ok(());
+        }
+        let hba = self.settings.dir.join("data").join("pg_hba.conf");
+        let text = fs::read_to_string(&hba).with_context(|| format!("reading {}", hba.display()))?;
+        let missing: Vec<String> = self
+            .settings
+            .allow_from
+            .iter()
+            .map(|network| format!("host all {ROLE} {network} scram-sha-256"))
+            .filter(|line| !text.lines().any(|l| l.trim() == line))
+            .collect();
+        if !missing.is_empty() {
+            use std::io::Write;
+            let mut file =
+                fs::OpenOptions::new().append(true).open(&hba).with_context(|| format!("opening {}", hba.display()))?;
+            writeln!(file, "{}", missing.join("\n")).with_context(|| format!("writing {}", hba.display()))?;
+        }
+        Ok(())
+    }
+
     /// Start the server (again) and wait until it takes connections.
     pub fn up(&self) -> anyhow::Result<()> {
+        self.allow_hosts()?;
         let s = &self.settings;
         let options = format!(
             "-p {} -c listen_addresses={} -c unix_socket_directories='' -c fsync={} -c max_connections={}",
@@ -442,6 +469,7 @@ mod tests {
             fsync: false,
             max_connections: 20,
             netns: None,
+            allow_from: Vec::new(),
             bin: None,
         }
     }

@@ -108,6 +108,7 @@ impl Mesh {
                 // Each gateway's pool (16 by default) and its listener, with room to spare.
                 max_connections: (32 * gateways + 20).max(100),
                 netns: None,
+                allow_from: Vec::new(),
                 bin: None,
             };
             let started = tokio::task::spawn_blocking(move || Postgres::start(settings)).await?;

@@ -1,6 +1,7 @@
 //! `atoll-chaos-gateway gateway --config FILE`: the gateway the chaos suite breaks on purpose,
 //! to show its checkers catch what they claim to. The one place that reads the switches
-//! ([`broken::DISABLE_FENCING_ENV`], [`broken::IGNORE_MATRIX_ENV`], each on with `1`): the
+//! ([`broken::DISABLE_FENCING_ENV`], [`broken::IGNORE_MATRIX_ENV`],
+//! [`broken::LEASE_UNFENCED_ENV`], each on with `1`): the
 //! product `atoll` binary holds no code that reads them. Otherwise it runs as `atoll gateway`
 //! does (its log lines, SIGTERM and Ctrl-C, exiting with its parent under the mesh).
 
@@ -44,7 +45,8 @@ async fn run() -> anyhow::Result<()> {
         _ => anyhow::bail!("usage: atoll-chaos-gateway gateway --config FILE"),
     };
     let switched_on = |env: &str| std::env::var(env).is_ok_and(|v| v == "1");
-    let breakage = Breakage::new(switched_on(broken::DISABLE_FENCING_ENV), switched_on(broken::IGNORE_MATRIX_ENV));
+    let breakage = Breakage::new(switched_on(broken::DISABLE_FENCING_ENV), switched_on(broken::IGNORE_MATRIX_ENV))
+        .with_lease_unfenced(switched_on(broken::LEASE_UNFENCED_ENV));
     use tokio::signal::unix::SignalKind;
     use tokio::signal::unix::signal;
     let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;

@@ -89,7 +89,10 @@ impl Gateway {
                         let rows = self.db.pipeline_jobs(&row.pipeline_id).await.map_err(db_error)?;
                         siblings.insert(row.pipeline_id.clone(), rows);
                     }
-                    let flow = flow.get_or_insert_with(|| self.flow());
+                    if flow.is_none() {
+                        flow = Some(self.current_flow().await.map_err(db_error)?);
+                    }
+                    let flow = flow.as_ref().expect("set above");
                     assigned_inputs(spec, cluster, &siblings[&row.pipeline_id], flow)
                 };
                 let mut spec = spec.clone();

@@ -216,6 +216,17 @@ impl Gateway {
         if self.bus.is_on() { crate::bus::RECHECK_EVERY } else { MAX_WAIT }
     }
 
+    /// [`Gateway::flow`] for a route an agent acts on. With replicas, from matrix rows read
+    /// from the database within two refresh intervals: a replica that could not refresh them
+    /// (cut from the database, paused) reads them again first, instead of routing by rows the
+    /// others replaced long ago (older than the staleness bound, they call for the relay).
+    pub(crate) async fn current_flow(&self) -> Result<Flow, crate::db::DbError> {
+        if self.lease.replicated() {
+            self.rows.refresh_within(2 * crate::registry::REFRESH_EVERY).await?;
+        }
+        Ok(self.flow())
+    }
+
     /// How outputs flow between clusters now: the joined matrix, the edges that fell back to the
     /// relay, and (in the chaos suite's broken gateway) the matrix ignored.
     pub(crate) fn flow(&self) -> Flow {
