@@ -17,14 +17,17 @@
 //! the pass that was half done when it stopped ([`crate::db::lease::Duty`]).
 //!
 //! **A holder that died is replaced at once.** With several replicas on PostgreSQL, the holder
-//! also holds a session-level advisory lock ([`LIVENESS_KEY`]) on a connection of its own. The
-//! server releases it when that session ends, which it does at once when the holder's process
-//! dies (its sockets close). A replica that finds the lease held but the advisory lock free knows
-//! the holder's process is gone and takes the lease without waiting for it to run out (a new
-//! generation, as always). A holder that is alive but paused, or cut off from the database, keeps
-//! its session and its lock: the others wait for the lease to run out, as the TTL says. Should a
-//! live holder's lock connection drop, another replica takes the lease from it: a needless
-//! change of holder, made safe by the generation fence like any other.
+//! of generation `g` holds a session-level advisory lock on (`LIVENESS_KEY`, `g`) on a
+//! connection of its own, taken *before* it takes the lease (for the generation the take will
+//! make), so the holder of every generation holds its lock from its first moment. The server
+//! releases the lock when that session ends, which it does at once when the holder's process dies
+//! (its sockets close). A replica that finds the lease of generation `g` held but the lock of `g`
+//! free knows its holder is gone and takes the lease without waiting for it to run out. A holder
+//! that is alive but paused, or cut off from the database, keeps its session and its lock: the
+//! others wait for the lease to run out, as the TTL says; the new holder's lock is of the new
+//! generation, so the old one letting its own go when it wakes changes nothing. Should a live
+//! holder's lock connection drop, another replica takes the lease from it: a needless change of
+//! holder, made safe by the generation fence like any other.
 //!
 //! A replica that took the lease counts clusters' silence from no earlier than that moment
 //! ([`crate::registry::Registry::judge_from`]), settles every pipeline that waits (what the
@@ -45,63 +48,102 @@ use crate::db::Db;
 use crate::db::lease::Duty;
 use crate::now_ms;
 
-/// The advisory lock a lease holder holds on a session of its own while it holds the lease
-/// ("atoll" in ASCII).
-pub const LIVENESS_KEY: i64 = 0x61_74_6f_6c_6c;
+/// The first key of the advisory lock a lease holder holds on a session of its own while it
+/// holds the lease ("atol" in ASCII); the second is the generation.
+pub const LIVENESS_KEY: i32 = 0x61_74_6f_6c;
+
+/// The second key of a generation's liveness lock.
+fn generation_key(generation: u64) -> i32 {
+    (generation & 0x7fff_ffff) as i32
+}
 
 /// The holder's liveness lock: a connection of this replica's own, and whether it holds
 /// [`LIVENESS_KEY`] on it.
 #[derive(Default)]
 struct Liveness {
     conn: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
-    holding: std::sync::atomic::AtomicBool,
+    /// The generation whose lock is held here (0: none).
+    held: AtomicU64,
 }
 
 impl std::fmt::Debug for Liveness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Liveness").field("holding", &self.holding).finish_non_exhaustive()
+        f.debug_struct("Liveness").field("held", &self.held).finish_non_exhaustive()
     }
 }
 
 impl Liveness {
-    /// Take the lock if it is free (true), or say it is held by a live session (false).
-    async fn try_take(&self, pool: &sqlx::PgPool) -> Result<bool, sqlx::Error> {
+    /// This replica's own connection for the lock.
+    async fn conn<'a>(
+        conn: &'a mut Option<sqlx::PgConnection>,
+        pool: &sqlx::PgPool,
+    ) -> Result<&'a mut sqlx::PgConnection, sqlx::Error> {
         use sqlx::Connection;
-        if self.holding.load(Ordering::SeqCst) {
-            return Ok(true);
-        }
-        let mut conn = self.conn.lock().await;
         if conn.is_none() {
             *conn = Some(sqlx::PgConnection::connect_with(&pool.connect_options()).await?);
         }
-        let Some(c) = conn.as_mut() else { return Ok(false) };
-        match sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)").bind(LIVENESS_KEY).fetch_one(c).await {
-            Ok(taken) => {
-                self.holding.store(taken, Ordering::SeqCst);
-                Ok(taken)
+        conn.as_mut().ok_or(sqlx::Error::PoolClosed)
+    }
+
+    /// Try the lock of `generation`: true when it was free (it is then held here).
+    async fn try_lock(&self, pool: &sqlx::PgPool, generation: u64) -> Result<bool, sqlx::Error> {
+        let mut guard = self.conn.lock().await;
+        let taken = match Self::conn(&mut guard, pool).await {
+            Ok(c) => {
+                sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1, $2)")
+                    .bind(LIVENESS_KEY)
+                    .bind(generation_key(generation))
+                    .fetch_one(c)
+                    .await
             }
-            Err(e) => {
-                // A broken session: the server released whatever it held.
-                *conn = None;
-                self.holding.store(false, Ordering::SeqCst);
-                Err(e)
-            }
+            Err(e) => Err(e),
+        };
+        if taken.is_err() {
+            // A broken session: the server released whatever it held.
+            *guard = None;
+            self.held.store(0, Ordering::SeqCst);
+        }
+        taken
+    }
+
+    /// Whether the holder of `generation` is gone: nobody holds its lock.
+    async fn holder_gone(&self, pool: &sqlx::PgPool, generation: u64) -> Result<bool, sqlx::Error> {
+        if !self.try_lock(pool, generation).await? {
+            return Ok(false);
+        }
+        self.unlock(generation).await;
+        Ok(true)
+    }
+
+    /// Hold the lock of the generation about to be taken; false when someone else does.
+    async fn hold(&self, pool: &sqlx::PgPool, generation: u64) -> Result<bool, sqlx::Error> {
+        let taken = self.try_lock(pool, generation).await?;
+        if taken {
+            self.held.store(generation, Ordering::SeqCst);
+        }
+        Ok(taken)
+    }
+
+    async fn unlock(&self, generation: u64) {
+        let mut guard = self.conn.lock().await;
+        let Some(c) = guard.as_mut() else { return };
+        let released = sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+            .bind(LIVENESS_KEY)
+            .bind(generation_key(generation))
+            .execute(c)
+            .await
+            .is_ok();
+        if !released {
+            // Ending the session releases it.
+            *guard = None;
         }
     }
 
-    /// Let the lock go (stepping down, or it was taken without the lease).
+    /// Let the held lock go (stepping down, or the take failed).
     async fn release(&self) {
-        if !self.holding.swap(false, Ordering::SeqCst) {
-            return;
-        }
-        let mut conn = self.conn.lock().await;
-        let released = match conn.as_mut() {
-            Some(c) => sqlx::query("SELECT pg_advisory_unlock($1)").bind(LIVENESS_KEY).execute(c).await.is_ok(),
-            None => true,
-        };
-        if !released {
-            // Ending the session releases it.
-            *conn = None;
+        let generation = self.held.swap(0, Ordering::SeqCst);
+        if generation != 0 {
+            self.unlock(generation).await;
         }
     }
 }
@@ -241,9 +283,6 @@ impl Lease {
                     if let Some(held) = self.held.lock().expect("lease").as_mut() {
                         held.until = sent + self.ha.acts_for();
                     }
-                    // Taken when the lease ran out while a paused holder kept the lock: hold it
-                    // as soon as that one lets it go.
-                    let _ = self.liveness_free(db).await;
                     false
                 }
                 Ok(false) if self.breakage.lease_unfenced() => false,
@@ -266,18 +305,15 @@ impl Lease {
                 }
             },
             None => {
-                // The holder's process is gone when its liveness lock is free: take the lease
-                // now instead of waiting for it to run out.
-                let holder_gone = self.liveness_free(db).await;
-                let force = !self.ha.enabled || holder_gone;
-                match db.take_lease(id, &self.incarnation, ttl_ms, force).await {
+                let Some((force, after)) = self.may_take(db).await else { return false };
+                match db.take_lease_after(id, &self.incarnation, ttl_ms, force, after).await {
                     Ok(Some(generation)) => {
                         *self.held.lock().expect("lease") = Some(Held { generation, until: sent + self.ha.acts_for() });
                         self.last_generation.store(generation, Ordering::SeqCst);
                         tracing::info!(
                             generation,
                             replica = id,
-                            at_once = holder_gone,
+                            at_once = force && self.ha.enabled,
                             "took the duties lease: this replica schedules"
                         );
                         true
@@ -296,18 +332,39 @@ impl Lease {
         }
     }
 
-    /// Whether no live session holds the liveness lock (it is then this replica's). False with
-    /// one gateway, on SQLite, or when the database does not answer.
-    async fn liveness_free(&self, db: &Db) -> bool {
-        let Db::Postgres(pool) = db else { return false };
+    /// Whether to try taking the lease now, and how: `(force, at generation)`. With one gateway:
+    /// always, by force. With several on PostgreSQL: when it ran out, or when its holder's
+    /// liveness lock is free (its process is gone: by force); and only once this replica holds
+    /// the lock of the generation it would take.
+    async fn may_take(&self, db: &Db) -> Option<(bool, Option<u64>)> {
         if !self.ha.enabled {
-            return false;
+            return Some((true, None));
         }
-        match self.liveness.try_take(pool).await {
-            Ok(free) => free,
+        let Db::Postgres(pool) = db else { return Some((false, None)) };
+        let lease = match db.lease().await {
+            Ok(lease) => lease,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the duties lease failed");
+                return None;
+            }
+        };
+        let force = match lease.holder_now() {
+            None => false,
+            Some(_) => match self.liveness.holder_gone(pool, lease.generation).await {
+                Ok(true) => true,
+                Ok(false) => return None,
+                Err(e) => {
+                    tracing::debug!(error = %e, "the liveness lock did not answer");
+                    return None;
+                }
+            },
+        };
+        match self.liveness.hold(pool, lease.generation + 1).await {
+            Ok(true) => Some((force, Some(lease.generation))),
+            Ok(false) => None,
             Err(e) => {
                 tracing::debug!(error = %e, "the liveness lock did not answer");
-                false
+                None
             }
         }
     }

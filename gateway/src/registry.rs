@@ -123,6 +123,8 @@ pub struct Registry {
     touched: Mutex<BTreeMap<String, (Term, i64)>>,
     /// Digest of what mesh views are made of, kept current with `rows`.
     view_revision: std::sync::atomic::AtomicU64,
+    /// When the last load or refresh that succeeded began.
+    read_at: Mutex<tokio::time::Instant>,
 }
 
 /// A digest of everything a mesh view is made of (pure): equal digests, equal views.
@@ -145,6 +147,7 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     /// The registry as the database holds it; clusters are judged from `judging.since_ms` on.
     pub async fn load(db: Db, judging: Judging, breakage: Breakage) -> Result<Self, DbError> {
+        let began = tokio::time::Instant::now();
         let rows: BTreeMap<String, ClusterRow> =
             db.clusters().await?.into_iter().map(|r| (r.name.to_string(), r)).collect();
         let view_revision = std::sync::atomic::AtomicU64::new(view_digest(rows.values()));
@@ -156,6 +159,7 @@ impl Registry {
             rows: Mutex::new(rows),
             touched: Mutex::new(BTreeMap::new()),
             view_revision,
+            read_at: Mutex::new(began),
         })
     }
 
@@ -389,6 +393,7 @@ impl Drop for PutBack<'_> {
 impl Registry {
     /// Reload every row from the database, keeping the later heartbeat time of the two.
     pub async fn refresh(&self) -> Result<(), DbError> {
+        let began = tokio::time::Instant::now();
         let fresh = self.db.clusters().await?;
         let mut rows = self.rows();
         for mut row in fresh {
@@ -400,7 +405,20 @@ impl Registry {
             rows.insert(row.name.to_string(), row);
         }
         self.rows_changed(&rows);
+        drop(rows);
+        let mut read_at = self.read_at.lock().expect("registry read lock");
+        *read_at = (*read_at).max(began);
         Ok(())
+    }
+
+    /// [`Registry::refresh`], unless a refresh that began within `age` succeeded: a replica that
+    /// could not refresh for a while (cut from the database, paused) reads what the others heard
+    /// before it judges anyone's silence.
+    pub async fn refresh_within(&self, age: Duration) -> Result<(), DbError> {
+        if self.read_at.lock().expect("registry read lock").elapsed() < age {
+            return Ok(());
+        }
+        self.refresh().await
     }
 }
 

@@ -149,11 +149,25 @@ impl Db {
         ttl_ms: u64,
         force: bool,
     ) -> Result<Option<u64>, DbError> {
+        self.take_lease_after(holder, incarnation, ttl_ms, force, None).await
+    }
+
+    /// [`Db::take_lease`], only while the lease is still at generation `after` when given (the
+    /// one the caller looked at).
+    pub async fn take_lease_after(
+        &self,
+        holder: &str,
+        incarnation: &str,
+        ttl_ms: u64,
+        force: bool,
+        after: Option<u64>,
+    ) -> Result<Option<u64>, DbError> {
         let now = clock(self);
         let sql = format!(
             "UPDATE gateway_lease SET holder = $1, incarnation = $2, generation = generation + 1, expires_ms = {now} + $3
-             WHERE name = 'duties' AND ($4 OR expires_ms <= {now}) RETURNING generation"
+             WHERE name = 'duties' AND ($4 OR expires_ms <= {now}) AND ($5 < 0 OR generation = $5) RETURNING generation"
         );
+        let after = after.map_or(-1, |g| i64::try_from(g).unwrap_or(i64::MAX));
         let ttl = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
         let taken = with_pool!(self, write, |pool| {
             let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
@@ -161,6 +175,7 @@ impl Db {
                 .bind(incarnation)
                 .bind(ttl)
                 .bind(force)
+                .bind(after)
                 .fetch_optional(pool)
                 .await?;
             match row {
