@@ -193,8 +193,12 @@ impl Scenario {
             Scenario::RollingRestart => one(Fault::RollingRestart(None), Duration::ZERO),
             Scenario::DatabaseRestart => one(Fault::RestartDatabase, hold(2_000, 4_000)),
             Scenario::GatewayHolderCrash => one(Fault::KillGatewayHolder, hold(2_000, 4_000)),
-            // Past the lease (1.5 s) and a retry; the heal also waits for the new holder.
-            Scenario::GatewayHolderPause => one(Fault::PauseGatewayHolder, hold(2_000, 2_800)),
+            // Past the lease (1.5 s) and a retry (the heal also waits for the new holder), but
+            // not past what agents wait on the paused replica before the new holder could judge
+            // their clusters dead (its 2.5 s from its take): not stretched by the profile.
+            Scenario::GatewayHolderPause => {
+                one(Fault::PauseGatewayHolder, Duration::from_millis(rng.random_range(2_000..=2_800)))
+            }
             Scenario::GatewayCutFromDatabase => one(Fault::CutGatewayFromDatabase, hold(3_000, 5_000)),
             // Past the agent's request timeout (5 s), so the leader moves while cut.
             Scenario::LeaderCutFromItsGateway => one(Fault::CutLeaderFromItsGateway(None), hold(6_000, 8_000)),
@@ -572,6 +576,9 @@ pub fn run_with(
         lease: evidence.lease_figures(&chaos),
     };
     std::fs::write(dir.path().join("history.jsonl"), chaos.history.to_jsonl())?;
+    if let Some(replicated) = &evidence.replicated {
+        std::fs::write(dir.path().join("database.json"), serde_json::to_vec_pretty(replicated)?)?;
+    }
     std::fs::write(dir.path().join("report.json"), serde_json::to_vec_pretty(&report)?)?;
     let report = if report.holds() && keep.is_none() {
         report
@@ -610,7 +617,9 @@ struct Evidence {
 }
 
 /// What the gateway replicas' database showed: the clusters' heartbeat times sampled during the
-/// run and, once every process stopped, the lease's history and every attempt.
+/// run and, once every process stopped, the lease's history and every attempt (a run's
+/// `database.json`).
+#[derive(Serialize)]
 struct Replicated {
     samples: Vec<checkers::HeardSample>,
     history: Vec<checkers::Generation>,

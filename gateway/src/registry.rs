@@ -121,6 +121,8 @@ pub struct Registry {
     rows: Mutex<BTreeMap<String, ClusterRow>>,
     /// Pending heartbeat times: cluster -> (term, seen).
     touched: Mutex<BTreeMap<String, (Term, i64)>>,
+    /// When the last write of pending heartbeat times that succeeded began.
+    written_at: Mutex<tokio::time::Instant>,
     /// Digest of what mesh views are made of, kept current with `rows`.
     view_revision: std::sync::atomic::AtomicU64,
     /// When the last load or refresh that succeeded began.
@@ -158,6 +160,7 @@ impl Registry {
             breakage,
             rows: Mutex::new(rows),
             touched: Mutex::new(BTreeMap::new()),
+            written_at: Mutex::new(tokio::time::Instant::now()),
             view_revision,
             read_at: Mutex::new(began),
         })
@@ -357,16 +360,25 @@ impl Registry {
     /// so the times are written with the next one: a heartbeat accepted here is never lost to the
     /// other replicas.
     pub async fn flush(&self) -> Result<(), DbError> {
+        let began = tokio::time::Instant::now();
         let batch: Vec<(String, Term, i64)> = {
             let mut touched = self.touched.lock().expect("touched lock");
             std::mem::take(&mut *touched).into_iter().map(|(name, (term, at))| (name, term, at)).collect()
         };
         let mut pending = PutBack { registry: self, batch: Some(batch) };
-        let result = self.db.touch(pending.batch.as_deref().unwrap_or_default()).await;
-        if result.is_ok() {
-            pending.batch = None;
-        }
-        result
+        self.db.touch(pending.batch.as_deref().unwrap_or_default()).await?;
+        pending.batch = None;
+        let mut written_at = self.written_at.lock().expect("written lock");
+        *written_at = (*written_at).max(began);
+        Ok(())
+    }
+
+    /// Whether the heartbeat times heard here reach the database: a write of them that began
+    /// within `age` succeeded (one with nothing to write counts). A replica whose writes hang
+    /// (its connections to the database stuck, its database back for other writes) must not
+    /// go on hearing clusters nobody else hears.
+    pub fn written_within(&self, age: std::time::Duration) -> bool {
+        self.written_at.lock().expect("written lock").elapsed() < age
     }
 }
 
@@ -452,6 +464,21 @@ mod tests {
             registered_ms: Some(0),
             last_seen_ms: Some(0),
         }
+    }
+
+    /// Heartbeat times count as written once a write of them succeeded; a replica whose writes
+    /// stopped (its flush hanging) is told so by age.
+    #[tokio::test]
+    async fn heartbeat_writes_are_timed() {
+        let test = crate::db::testing::TestDatabase::sqlite();
+        let db = Db::connect(&test.database).await.unwrap();
+        let judging =
+            Judging { since_ms: 0, suspect_after: Duration::from_secs(1), dead_after: Duration::from_secs(2) };
+        let registry = Registry::load(db, judging, Breakage::default()).await.unwrap();
+        assert!(registry.written_within(Duration::from_secs(3_600)));
+        assert!(!registry.written_within(Duration::ZERO), "no write since began within no time");
+        registry.flush().await.unwrap();
+        assert!(registry.written_within(Duration::from_secs(3_600)));
     }
 
     #[test]

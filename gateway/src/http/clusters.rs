@@ -49,7 +49,8 @@ pub(super) async fn heartbeat(
     for (i, label) in heartbeat.labels.iter().enumerate() {
         label.parse::<Label>().map_err(|e| ApiError::bad_request(format!("labels[{i}]: {e}")))?;
     }
-    if gateway.lease.replicated() && !gateway.lease.database_fresh() {
+    let written = gateway.registry.written_within(crate::duties::database_fresh_for(&gateway.config.ha));
+    if gateway.lease.replicated() && !(gateway.lease.database_fresh() && written) {
         // Heard here, the heartbeat would reach nobody else: the leader moves to another replica.
         return Err(ApiError::unavailable(format!(
             "gateway replica {} cannot write to the database; use another replica",
