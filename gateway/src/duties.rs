@@ -258,7 +258,7 @@ impl Lease {
 
     /// One round: write presence, then renew or try to take the lease. True when this round
     /// took the lease (a new generation).
-    async fn round(&self, db: &Db, id: &str, addr: &str) -> bool {
+    async fn round(&self, db: &Db, registry: &crate::registry::Registry, id: &str, addr: &str) -> bool {
         let held = *self.held.lock().expect("lease");
         let sent = Instant::now();
         match db.replica_seen(id, addr, &self.incarnation, self.started_ms, self.generation()).await {
@@ -308,6 +308,8 @@ impl Lease {
                 let Some((force, after)) = self.may_take(db).await else { return false };
                 match db.take_lease_after(id, &self.incarnation, ttl_ms, force, after).await {
                     Ok(Some(generation)) => {
+                        // Before anything acts on the lease: silence is counted from now.
+                        registry.judge_from(now_ms());
                         *self.held.lock().expect("lease") = Some(Held { generation, until: sent + self.ha.acts_for() });
                         self.last_generation.store(generation, Ordering::SeqCst);
                         tracing::info!(
@@ -395,9 +397,8 @@ impl Lease {
 pub async fn run(gateway: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let (id, addr) = (gateway.config.id.clone(), gateway.config.advertise.clone());
     loop {
-        let took = gateway.lease.round(&gateway.db, &id, &addr).await;
+        let took = gateway.lease.round(&gateway.db, &gateway.registry, &id, &addr).await;
         if took {
-            gateway.registry.judge_from(now_ms());
             if let Err(e) = gateway.resume_scheduling().await {
                 tracing::warn!(error = %e, "reading pipelines to settle failed; the next pass retries");
             }

@@ -67,7 +67,7 @@ impl Gateway {
         // Silence is judged on heartbeat times every replica wrote: a holder that could not read
         // them lately (it was cut from the database, or paused) reads them first, and judges
         // nobody on an old copy.
-        self.registry.refresh_within(crate::registry::REFRESH_EVERY * 2).await?;
+        self.registry.refresh_within(crate::registry::REFRESH_EVERY).await?;
         let now = now_ms();
         let clusters = self.registry.list(now);
         let load: HashMap<String, u64> = self.db.cluster_load().await?.into_iter().collect();
