@@ -306,6 +306,19 @@ impl Registry {
         MeshView { peers, revoked }
     }
 
+    /// Whether some cluster is known here only by name (a join token made for it) and has not
+    /// registered here yet: with several replicas it may have registered through another one.
+    pub fn has_unregistered(&self) -> bool {
+        self.rows().values().any(|r| r.registered_ms.is_none() && r.revoked_ms.is_none())
+    }
+
+    /// [`Registry::refresh`] when [`Registry::has_unregistered`]: a cluster that registered
+    /// through another replica is not shown (nor judged) as never seen while this one's copy
+    /// lags.
+    pub async fn refresh_if_unregistered(&self) -> Result<(), DbError> {
+        if self.has_unregistered() { self.refresh().await } else { Ok(()) }
+    }
+
     /// Every cluster with its observed state.
     pub fn list(&self, now_ms: i64) -> Vec<ClusterInfo> {
         self.rows()

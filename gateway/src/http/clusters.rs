@@ -84,6 +84,9 @@ pub(super) async fn clusters(
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::Read)?;
+    if gateway.lease.replicated() {
+        gateway.registry.refresh_if_unregistered().await.map_err(db_error)?;
+    }
     Ok(Json(gateway.registry.list(now_ms())).into_response())
 }
 

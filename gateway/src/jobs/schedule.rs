@@ -68,6 +68,9 @@ impl Gateway {
         // them lately (it was cut from the database, or paused) reads them first, and judges
         // nobody on an old copy.
         self.registry.refresh_within(crate::registry::REFRESH_EVERY).await?;
+        if self.lease.replicated() {
+            self.registry.refresh_if_unregistered().await?;
+        }
         let now = now_ms();
         let clusters = self.registry.list(now);
         let load: HashMap<String, u64> = self.db.cluster_load().await?.into_iter().collect();
