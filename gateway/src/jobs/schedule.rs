@@ -89,29 +89,15 @@ impl Gateway {
         }
         let load: HashMap<String, u64> = self.db.cluster_load().await?.into_iter().collect();
 
-        // 2. Settle pipelines whose jobs ended.
-        let dirty = std::mem::take(&mut *self.jobs.dirty.lock().expect("dirty pipelines"));
-        for id in dirty {
-            let Ok(pipeline) = self.pipeline(&id).await else { continue };
-            let rows = self.db.pipeline_jobs(&id).await?;
-            let mut states: Vec<JobState> = rows.iter().map(|r| r.state).collect();
-            if states.len() != pipeline.spec.jobs.len() {
-                tracing::error!(pipeline = %id, "stored jobs do not match the stored spec; not settling it");
-                continue;
-            }
-            let settled = lifecycle::settle(&pipeline.spec, &pipeline.order, &mut states);
-            let ended: Vec<(JobState, i64)> =
-                settled.iter().filter(|c| c.state.is_final()).map(|c| (c.state, rows[c.job].created_ms)).collect();
-            let changes: Vec<(JobId, JobState, String)> =
-                settled.into_iter().map(|c| (rows[c.job].id.clone(), c.state, c.reason)).collect();
-            if !ended.is_empty() {
-                self.logs_changed();
-                // A job ending at settle (skipped, wait) may unblock its children: settle again.
-                self.jobs.dirty.lock().expect("dirty pipelines").insert(id.clone());
-            }
-            self.db.settle_jobs(duty, &changes, now).await?;
-            for (state, created_ms) in ended {
-                self.metrics.job_ended(state, created_ms);
+        // 2. Settle pipelines whose jobs ended. A pipeline leaves the dirty set only once it is
+        // settled: when the database fails half-way (it restarted, say), it and every one not
+        // reached yet stay for the next pass, or their waiting jobs would wait for ever.
+        let dirty: Vec<String> =
+            std::mem::take(&mut *self.jobs.dirty.lock().expect("dirty pipelines")).into_iter().collect();
+        for (at, id) in dirty.iter().enumerate() {
+            if let Err(e) = self.settle_pipeline(duty, id, now).await {
+                self.jobs.dirty.lock().expect("dirty pipelines").extend(dirty[at..].iter().cloned());
+                return Err(e);
             }
         }
 
@@ -197,6 +183,41 @@ impl Gateway {
         }
         for cluster in woken {
             self.wake_cluster(&cluster);
+        }
+        Ok(())
+    }
+
+    /// Settle one pipeline: its waiting jobs whose parents ended are queued, skipped or ended.
+    async fn settle_pipeline(&self, duty: Duty, id: &str, now: i64) -> Result<(), DbError> {
+        let pipeline = match self.pipeline(id).await {
+            Ok(pipeline) => pipeline,
+            Err(e) if e.code == atoll_api::ErrorCode::NotFound => return Ok(()),
+            Err(e) => {
+                // The spec could not be read now: try again at the next pass.
+                tracing::warn!(pipeline = %id, error = %e.message, "reading a pipeline to settle it failed");
+                self.jobs.dirty.lock().expect("dirty pipelines").insert(id.to_string());
+                return Ok(());
+            }
+        };
+        let rows = self.db.pipeline_jobs(id).await?;
+        let mut states: Vec<JobState> = rows.iter().map(|r| r.state).collect();
+        if states.len() != pipeline.spec.jobs.len() {
+            tracing::error!(pipeline = %id, "stored jobs do not match the stored spec; not settling it");
+            return Ok(());
+        }
+        let settled = lifecycle::settle(&pipeline.spec, &pipeline.order, &mut states);
+        let ended: Vec<(JobState, i64)> =
+            settled.iter().filter(|c| c.state.is_final()).map(|c| (c.state, rows[c.job].created_ms)).collect();
+        let changes: Vec<(JobId, JobState, String)> =
+            settled.into_iter().map(|c| (rows[c.job].id.clone(), c.state, c.reason)).collect();
+        self.db.settle_jobs(duty, &changes, now).await?;
+        if !ended.is_empty() {
+            self.logs_changed();
+            // A job ending at settle (skipped, wait) may unblock its children: settle again.
+            self.jobs.dirty.lock().expect("dirty pipelines").insert(id.to_string());
+        }
+        for (state, created_ms) in ended {
+            self.metrics.job_ended(state, created_ms);
         }
         Ok(())
     }
