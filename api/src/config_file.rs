@@ -12,6 +12,9 @@ use serde::de::DeserializeOwned;
 use serde_yaml_ng::Mapping;
 use serde_yaml_ng::Value;
 
+/// A YAML value, for [`effective_yaml`]'s derived values.
+pub use serde_yaml_ng::Value as YamlValue;
+
 /// Prefix of override variables.
 pub const ENV_PREFIX: &str = "ATOLL__";
 
@@ -58,6 +61,68 @@ pub fn base_dir(path: &Path) -> std::path::PathBuf {
     std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf())
 }
 
+/// Keys whose values are secrets: shown as `<redacted>` in an effective config. A key ending in
+/// `_file` names a file and is shown as it is.
+const SECRET_KEYS: &[&str] = &["join_token", "secret_access_key", "access_key", "token", "password"];
+
+/// The effective config as YAML, for `--check-config`: `file` as parsed (overrides applied,
+/// defaults filled in), with `set` (`a.b` paths and values the check derived, such as a node id
+/// from the host name) written in, secrets redacted, and a PostgreSQL URL's password hidden.
+pub fn effective_yaml<T: serde::Serialize>(file: &T, set: &[(&str, Value)]) -> Result<String, String> {
+    let mut doc = serde_yaml_ng::to_value(file).map_err(|e| e.to_string())?;
+    for (path, value) in set {
+        let mut at = &mut doc;
+        let segments: Vec<&str> = path.split('.').collect();
+        for (i, segment) in segments.iter().enumerate() {
+            let Value::Mapping(map) = at else { return Err(format!("{path}: not a mapping at {segment}")) };
+            let key = Value::String(segment.to_string());
+            if i + 1 == segments.len() {
+                map.insert(key, value.clone());
+                break;
+            }
+            at = map.entry(key).or_insert_with(|| Value::Mapping(Mapping::new()));
+        }
+    }
+    redact(&mut doc);
+    serde_yaml_ng::to_string(&doc).map_err(|e| e.to_string())
+}
+
+/// Hide secrets in place: values of [`SECRET_KEYS`], and the password of any `url` holding one.
+fn redact(value: &mut Value) {
+    match value {
+        Value::Mapping(map) => {
+            for (key, child) in map.iter_mut() {
+                let key = key.as_str().unwrap_or_default();
+                if SECRET_KEYS.contains(&key) && !child.is_null() {
+                    *child = Value::String("<redacted>".into());
+                } else if key == "url" {
+                    if let Some(url) = child.as_str() {
+                        *child = Value::String(hide_password(url));
+                    }
+                } else {
+                    redact(child);
+                }
+            }
+        }
+        Value::Sequence(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+/// `scheme://user:password@host/...` with the password replaced; other text as it is.
+fn hide_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
 /// Read and parse `path`, applying `overrides` (see [`env_overrides`]).
 pub fn load<T: DeserializeOwned>(path: &Path, overrides: &[(String, String)]) -> Result<T, ConfigError> {
     let origin = path.display().to_string();
@@ -81,12 +146,23 @@ pub fn parse<T: DeserializeOwned>(text: &str, origin: &str, overrides: &[(String
     }
     serde_path_to_error::deserialize(doc).map_err(|e| {
         let key = e.path().to_string();
+        let mut message = e.into_inner().to_string();
+        if let Some(var) = overrides.iter().map(|(var, _)| var).find(|var| override_sets(var, &key)) {
+            message.push_str(&format!(" (set by the environment variable {var})"));
+        }
         ConfigError::Invalid {
             origin: origin.to_string(),
             key: if key == "." { "(top level)".to_string() } else { key },
-            message: e.into_inner().to_string(),
+            message,
         }
     })
+}
+
+/// Whether the override `var` set the key `key` (a dotted path) or a key inside it or around it.
+fn override_sets(var: &str, key: &str) -> bool {
+    let Some(path) = var.strip_prefix(ENV_PREFIX) else { return false };
+    let path = path.split("__").map(str::to_ascii_lowercase).collect::<Vec<_>>().join(".");
+    path == key || path.starts_with(&format!("{key}.")) || key.starts_with(&format!("{path}."))
 }
 
 fn apply_override(doc: &mut Value, var: &str, raw: &str) -> Result<(), String> {
@@ -163,5 +239,35 @@ mod tests {
         let bad = vec![("ATOLL__CLUSTR__NAME".to_string(), "x".to_string())];
         let err = parse::<Doc>("cluster: {name: aws}\n", "f", &bad).unwrap_err();
         assert!(err.to_string().contains("unknown field `clustr`"), "{err}");
+    }
+
+    #[test]
+    fn the_effective_config_shows_derived_values_and_hides_secrets() {
+        #[derive(serde::Serialize)]
+        struct Db {
+            url: String,
+        }
+        #[derive(serde::Serialize)]
+        struct File {
+            node: std::collections::BTreeMap<String, u64>,
+            join_token: Option<String>,
+            join_token_file: Option<String>,
+            database: Db,
+            secret_access_key: Option<String>,
+        }
+        let file = File {
+            node: Default::default(),
+            join_token: Some("atoll-join.s3cret".into()),
+            join_token_file: Some("/run/secrets/token".into()),
+            database: Db { url: "postgres://atoll:pw@db:5432/atoll?sslmode=require".into() },
+            secret_access_key: None,
+        };
+        let text = effective_yaml(&file, &[("node.id", Value::from(3))]).unwrap();
+        assert!(text.contains("id: 3"), "{text}");
+        assert!(!text.contains("s3cret") && !text.contains(":pw@"), "{text}");
+        assert!(text.contains("join_token: <redacted>"), "{text}");
+        assert!(text.contains("join_token_file: /run/secrets/token"), "{text}");
+        assert!(text.contains("postgres://atoll:<redacted>@db:5432/atoll?sslmode=require"), "{text}");
+        assert!(text.contains("secret_access_key: null"), "an absent secret stays visibly absent: {text}");
     }
 }

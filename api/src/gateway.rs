@@ -259,6 +259,10 @@ pub struct JoinTokenRequest {
     /// Lifetime in seconds (default: the gateway's `join_token_ttl`).
     #[serde(default)]
     pub ttl_s: Option<u64>,
+    /// How many replicas of the cluster the token enrolls, each once (default 1; at most 64): one
+    /// token for every pod of a StatefulSet, from one Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
 }
 
 /// `POST /v1/tokens/user` (admin).

@@ -87,6 +87,11 @@ impl JoinToken {
     }
 }
 
+/// Whether `name` may name a user token: 1 to 63 of letters, digits, `.`, `_`, `-`, `@`.
+pub fn valid_user_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 63 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+}
+
 /// A user bearer token.
 pub fn new_user_token() -> (String, String) {
     let secret = new_secret();

@@ -30,9 +30,9 @@ pub struct Args {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run one agent replica (`atoll agent --config agent.yaml`).
-    Agent,
+    Agent(DaemonArgs),
     /// Run the gateway (`atoll gateway --config gateway.yaml`).
-    Gateway,
+    Gateway(DaemonArgs),
     /// Run a whole local mesh: clusters of replicas as child processes, until Ctrl-C.
     Dev(DevArgs),
     /// Manage the mesh certificate authority.
@@ -216,14 +216,18 @@ pub enum PodCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Create a one-time join token (--cluster) or a user token (--user with --scopes).
+    /// Create a join token (--cluster) or a user token (--user with --scopes).
     ///
-    /// A join token enrolls one replica of CLUSTER, once; a user token is a bearer token for a
-    /// person or tool.
+    /// A join token enrolls one replica of CLUSTER (or --replicas of them), each once; a user
+    /// token is a bearer token for a person or tool.
     Create {
-        /// Cluster the join token enrolls one replica of.
+        /// Cluster the join token enrolls replicas of.
         #[arg(long, conflicts_with_all = ["user", "scopes"])]
         cluster: Option<String>,
+        /// How many replicas the join token enrolls, each once (1 to 64): one token for all the
+        /// pods of a StatefulSet.
+        #[arg(long, requires = "cluster")]
+        replicas: Option<u32>,
         /// Labels recorded for the cluster until it registers its own (comma-separated).
         #[arg(long, value_delimiter = ',', requires = "cluster")]
         labels: Vec<String>,
@@ -266,8 +270,23 @@ pub enum ClusterCommand {
 impl Command {
     /// Whether this command is a long-running daemon (logs at info by default).
     pub fn is_daemon(&self) -> bool {
-        matches!(self, Command::Agent | Command::Gateway | Command::Dev(_))
+        matches!(self, Command::Agent(_) | Command::Gateway(_) | Command::Dev(_))
     }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DaemonArgs {
+    /// Check the config (the file with `ATOLL__...` overrides from the environment), print the
+    /// effective one (defaults filled in, secrets redacted) and exit: 0 when it is valid, else 1
+    /// with the key named. Starts nothing and binds nothing; reads the secrets its `*_file` keys
+    /// name, as a start does.
+    #[arg(long)]
+    pub check_config: bool,
+    /// (gateway) Make a new admin token named NAME in the database the config names, print it,
+    /// and exit: for a gateway whose first admin token is lost or was never written to a file
+    /// (in a pod: `kubectl exec deploy/atoll-gateway -- atoll gateway --config ... --new-admin-token ops`).
+    #[arg(long, value_name = "NAME", conflicts_with = "check_config")]
+    pub new_admin_token: Option<String>,
 }
 
 #[derive(Debug, Clone, clap::Args)]

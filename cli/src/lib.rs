@@ -39,8 +39,16 @@ use cli_config::CliConfig;
 /// Run the parsed command.
 pub async fn dispatch(args: Args) -> anyhow::Result<()> {
     match args.command {
-        Command::Agent => agent::run(args.config.as_deref()).await,
-        Command::Gateway => agent::run_gateway(args.config.as_deref()).await,
+        Command::Agent(daemon) if daemon.new_admin_token.is_some() => {
+            anyhow::bail!("--new-admin-token is for atoll gateway: admin tokens live in the gateway's database")
+        }
+        Command::Gateway(daemon) if daemon.new_admin_token.is_some() => {
+            agent::new_admin_token(args.config.as_deref(), daemon.new_admin_token.as_deref().unwrap_or_default()).await
+        }
+        Command::Agent(daemon) if daemon.check_config => agent::check_agent(args.config.as_deref()),
+        Command::Gateway(daemon) if daemon.check_config => agent::check_gateway(args.config.as_deref()),
+        Command::Agent(_) => agent::run(args.config.as_deref()).await,
+        Command::Gateway(_) => agent::run_gateway(args.config.as_deref()).await,
         Command::Token { command } => mesh_commands::token(&CliConfig::find(args.config.as_deref())?, command).await,
         Command::Verify { json, disruptive, cluster, nodes } => {
             let path =

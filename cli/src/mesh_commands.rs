@@ -21,11 +21,11 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 }
 
 pub async fn token(config: &CliConfig, command: TokenCommand) -> anyhow::Result<()> {
-    let TokenCommand::Create { cluster, labels, user, scopes, ttl, json } = command;
+    let TokenCommand::Create { cluster, replicas, labels, user, scopes, ttl, json } = command;
     let ttl_s = ttl.as_deref().map(parse_duration).transpose()?.map(|d| d.as_secs());
     let client = config.gateway_client()?;
     let created = match (cluster, user) {
-        (Some(cluster), None) => client.join_token(&JoinTokenRequest { cluster, labels, ttl_s }).await?,
+        (Some(cluster), None) => client.join_token(&JoinTokenRequest { cluster, labels, ttl_s, replicas }).await?,
         (None, Some(name)) => {
             let scopes =
                 scopes.iter().map(|s| s.parse::<Scope>()).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;

@@ -46,7 +46,7 @@ fn node(cluster: &str, id: u64) -> Identity {
 
 async fn join_token(mesh: &GatewayMesh, cluster: &str, ttl_s: Option<u64>) -> String {
     mesh.gateway
-        .join_token(&JoinTokenRequest { cluster: cluster.to_string(), labels: vec![], ttl_s })
+        .join_token(&JoinTokenRequest { cluster: cluster.to_string(), labels: vec![], ttl_s, replicas: None })
         .await
         .expect("join token")
         .token
@@ -171,8 +171,11 @@ async fn enrollment(engine: Engine) {
         .to_string();
     let reader = mesh.anonymous(Some(read_token));
     assert_eq!(reader.matrix().await.expect("read scope reads the matrix").clusters, vec!["aws", "gcp"]);
-    let (code, message) =
-        refusal(reader.join_token(&JoinTokenRequest { cluster: "aws".into(), labels: vec![], ttl_s: None }).await);
+    let (code, message) = refusal(
+        reader
+            .join_token(&JoinTokenRequest { cluster: "aws".into(), labels: vec![], ttl_s: None, replicas: None })
+            .await,
+    );
     assert_eq!(code, ErrorCode::Forbidden);
     assert!(message.contains("user viewer lacks the admin scope"), "{message}");
     let (code, _) = refusal(reader.cluster_action("aws", "disable").await);
@@ -188,7 +191,9 @@ async fn enrollment(engine: Engine) {
 
     phase("bad requests name what is wrong");
     let (code, message) = refusal(
-        mesh.gateway.join_token(&JoinTokenRequest { cluster: "Not A Name".into(), labels: vec![], ttl_s: None }).await,
+        mesh.gateway
+            .join_token(&JoinTokenRequest { cluster: "Not A Name".into(), labels: vec![], ttl_s: None, replicas: None })
+            .await,
     );
     assert_eq!(code, ErrorCode::BadRequest);
     assert!(message.contains("cluster:"), "{message}");
@@ -198,12 +203,15 @@ async fn enrollment(engine: Engine) {
                 cluster: "aws".into(),
                 labels: vec!["ok".into(), "BAD LABEL".into()],
                 ttl_s: None,
+                replicas: None,
             })
             .await,
     );
     assert!(message.contains("labels[1]"), "{message}");
     let (_, message) = refusal(
-        mesh.gateway.join_token(&JoinTokenRequest { cluster: "aws".into(), labels: vec![], ttl_s: Some(0) }).await,
+        mesh.gateway
+            .join_token(&JoinTokenRequest { cluster: "aws".into(), labels: vec![], ttl_s: Some(0), replicas: None })
+            .await,
     );
     assert!(message.contains("ttl_s"), "{message}");
     let replica = mesh.as_replica("aws", 1);
@@ -278,7 +286,9 @@ async fn revocation(engine: Engine) {
 
     phase("no new token for gcp, and a token made before cannot enroll");
     let (code, message) = refusal(
-        mesh.gateway.join_token(&JoinTokenRequest { cluster: "gcp".into(), labels: vec![], ttl_s: None }).await,
+        mesh.gateway
+            .join_token(&JoinTokenRequest { cluster: "gcp".into(), labels: vec![], ttl_s: None, replicas: None })
+            .await,
     );
     assert_eq!(code, ErrorCode::Conflict);
     assert!(message.contains("revoked"), "{message}");

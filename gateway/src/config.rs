@@ -11,8 +11,9 @@ use std::time::Duration;
 use atoll_api::config_file::ConfigError;
 use atoll_api::config_file::resolve;
 use serde::Deserialize;
+use serde::Serialize;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayFile {
     /// This gateway replica's id; its certificate names `spiffe://atoll/gateway/<id>`.
@@ -66,7 +67,7 @@ pub struct GatewayFile {
 /// Gateway replicas: every replica serves the whole API; the duties that must run once (the
 /// scheduling pass, rerouting a dead cluster's work, retention) belong to the holder of a lease
 /// in the database, whose generation grows with each new holder.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HaFile {
     /// This gateway is one of several replicas. Needs `database.postgres` and a relay store
@@ -99,7 +100,7 @@ impl Default for HaFile {
 }
 
 /// Exactly one of `sqlite` and `postgres`; SQLite at `gateway.db` when the section is absent.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseFile {
     /// The embedded default: one SQLite file (WAL, busy timeout, one writer).
@@ -110,14 +111,14 @@ pub struct DatabaseFile {
     pub postgres: Option<PostgresFile>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqliteFile {
     /// The database file; created when absent.
     pub path: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresFile {
     /// `postgres://user:password@host:port/database`.
@@ -131,7 +132,7 @@ pub struct PostgresFile {
     pub max_connections: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClustersFile {
     /// How often cluster leaders heartbeat (told to them at each heartbeat), in milliseconds.
@@ -155,7 +156,7 @@ impl Default for ClustersFile {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatrixFile {
     /// How often each leader probes every other cluster, in milliseconds.
@@ -183,7 +184,7 @@ impl Default for MatrixFile {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificatesFile {
     /// Lifetime of certificates issued to replicas, in seconds (they renew at two thirds).
@@ -197,7 +198,7 @@ impl Default for CertificatesFile {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokensFile {
     /// Default lifetime of a join token, in seconds.
@@ -212,7 +213,7 @@ impl Default for TokensFile {
 }
 
 /// How long outputs, sources and work directories are kept once nothing needs them.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionFile {
     /// Seconds a blob is kept after the last job that uses it (its producer, every child that
@@ -352,6 +353,17 @@ impl GatewayConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file: GatewayFile = atoll_api::config_file::load(path, &atoll_api::config_file::env_overrides())?;
         Self::check(file, &path.display().to_string(), &atoll_api::config_file::base_dir(path))
+    }
+
+    /// [`Self::load`], and the effective config as YAML (`--check-config`): the file with
+    /// overrides and defaults, secrets redacted.
+    pub fn load_effective(path: &Path) -> Result<(Self, String), ConfigError> {
+        let file: GatewayFile = atoll_api::config_file::load(path, &atoll_api::config_file::env_overrides())?;
+        let origin = path.display().to_string();
+        let config = Self::check(file.clone(), &origin, &atoll_api::config_file::base_dir(path))?;
+        let effective = atoll_api::config_file::effective_yaml(&file, &[])
+            .map_err(|e| ConfigError::invalid(&origin, "(effective config)", e))?;
+        Ok((config, effective))
     }
 
     pub fn check(file: GatewayFile, origin: &str, base: &Path) -> Result<Self, ConfigError> {

@@ -66,12 +66,13 @@ async fn registry_fencing_and_revocation() {
 }
 
 #[tokio::test]
-async fn join_tokens_are_one_time_and_expire() {
+async fn join_tokens_enroll_as_many_replicas_as_made_for_and_expire() {
     for (engine, test) in TestDatabase::both().await {
         eprintln!("--- {engine}");
         let db = Db::connect(&test.database).await.unwrap();
-        db.insert_join_token("h1", "aws", &["aws".to_string()], 0, 10_000).await.unwrap();
-        db.insert_join_token("h2", "aws", &[], 0, 1_000).await.unwrap();
+        db.insert_join_token("h1", "aws", &["aws".to_string()], 0, 10_000, 1).await.unwrap();
+        db.insert_join_token("h2", "aws", &[], 0, 1_000, 1).await.unwrap();
+        db.insert_join_token("h3", "aws", &[], 0, 10_000, 3).await.unwrap();
         let wrong = db.consume_join_token("h1", "gcp", 400, "spiffe://atoll/cluster/gcp/node/1").await.unwrap();
         assert_eq!(
             wrong,
@@ -82,7 +83,17 @@ async fn join_tokens_are_one_time_and_expire() {
             db.consume_join_token("h1", "aws", 500, "spiffe://atoll/cluster/aws/node/1").await.unwrap().unwrap();
         assert_eq!((grant.cluster.as_str(), grant.labels), ("aws", vec!["aws".to_string()]));
         let again = db.consume_join_token("h1", "aws", 600, "spiffe://atoll/cluster/aws/node/2").await.unwrap();
-        assert_eq!(again, Err(JoinRefused::Used { by: "spiffe://atoll/cluster/aws/node/1".into() }));
+        assert_eq!(again, Err(JoinRefused::Used { by: "spiffe://atoll/cluster/aws/node/1".into(), max_uses: 1 }));
+        for node in 1..=3 {
+            let uri = format!("spiffe://atoll/cluster/aws/node/{node}");
+            assert!(
+                db.consume_join_token("h3", "aws", 700, &uri).await.unwrap().is_ok(),
+                "a token for 3 enrolls {node}"
+            );
+        }
+        let fourth = db.consume_join_token("h3", "aws", 800, "spiffe://atoll/cluster/aws/node/4").await.unwrap();
+        let used_by = (1..=3).map(|n| format!("spiffe://atoll/cluster/aws/node/{n}")).collect::<Vec<_>>().join(", ");
+        assert_eq!(fourth, Err(JoinRefused::Used { by: used_by, max_uses: 3 }), "the fourth replica is refused");
         assert_eq!(db.consume_join_token("h2", "aws", 2_000, "x").await.unwrap(), Err(JoinRefused::Expired));
         assert_eq!(db.consume_join_token("nope", "aws", 0, "x").await.unwrap(), Err(JoinRefused::Unknown));
         db.close().await;
@@ -135,7 +146,7 @@ async fn migrations_are_idempotent_and_a_newer_schema_is_refused() {
         db.close().await;
         let err = Db::connect(&test.database).await.unwrap_err().to_string();
         assert!(
-            err.contains("migrated by a newer atoll (schema version 99; this build knows up to 8)"),
+            err.contains("migrated by a newer atoll (schema version 99; this build knows up to 9)"),
             "{engine}: {err}"
         );
     }

@@ -334,6 +334,7 @@ impl Mesh {
                 cluster: cluster.to_string(),
                 labels,
                 ttl_s: Some(JOIN_TOKEN_TTL.as_secs()),
+                replicas: None,
             })
             .await
             .with_context(|| format!("creating a join token for {}", replica_name(cluster, id)))?;

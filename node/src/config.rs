@@ -15,9 +15,10 @@ use atoll_api::ids::ClusterName;
 use atoll_api::ids::Label;
 use atoll_api::tls::TlsFiles;
 use serde::Deserialize;
+use serde::Serialize;
 
 /// The agent config file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentFile {
     /// The cluster this replica belongs to.
@@ -61,7 +62,7 @@ pub struct AgentFile {
     pub storage: atoll_store::StorageFile,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobsFile {
     /// Most runs the leader has going at once; further attempts are recorded and start, oldest
@@ -90,7 +91,7 @@ pub struct JobsFile {
 }
 
 /// `jobs.sandbox`: what a `process` job can see and who it runs as.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxFile {
     /// `auto` (a sandbox where the machine allows one, a warning where it does not), `required`
@@ -162,7 +163,7 @@ impl Default for JobsFile {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesFile {
     /// URL of the Kubernetes API server; when absent, the in-cluster service account (a replica
@@ -195,7 +196,7 @@ pub struct KubernetesFile {
     pub allow_root: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayFile {
     /// `host:port` of the gateway: one replica (the same as `addrs` with one entry).
@@ -215,7 +216,7 @@ pub struct GatewayFile {
     pub join_token_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkFile {
     /// Drop every connection from replicas of these clusters, as a firewall would: for
@@ -225,7 +226,7 @@ pub struct NetworkFile {
     pub refuse_inbound_from: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterFile {
     /// Cluster name (`[a-z0-9-]`, up to 63 characters); part of every replica's identity.
@@ -235,17 +236,26 @@ pub struct ClusterFile {
     pub labels: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeFile {
     /// This replica's id in its cluster (1 or more). Kept for life: the data directory remembers
-    /// it, and a wiped replica rejoins under a new id.
-    pub id: u64,
+    /// it, and a wiped replica rejoins under a new id. Give `id` or `id_from_hostname`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// Take the id from the machine's host name: one more than the number after its last `-`
+    /// (`atoll-agent-0` is 1, `atoll-agent-2` is 3), as a StatefulSet names its pods.
+    #[serde(default)]
+    pub id_from_hostname: bool,
+    /// With `id_from_hostname`: ids for host names that no longer take their ordinal's (a pod
+    /// whose volume was lost rejoins under a new id: `{atoll-agent-1: 4}`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hostname_ids: BTreeMap<String, u64>,
     /// Where the replica keeps its Raft log, state and snapshots.
     pub data_dir: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerFile {
     /// The peer's node id.
@@ -254,7 +264,7 @@ pub struct PeerFile {
     pub addr: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RaftFile {
     /// How often the leader sends heartbeats, in milliseconds.
@@ -306,7 +316,7 @@ impl Default for RaftFile {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFile {
     /// The mesh CA certificate(s) this replica trusts.
@@ -677,6 +687,23 @@ impl JoinTokenSource {
     }
 }
 
+/// The node id a StatefulSet pod's host name gives: one more than its ordinal, the number after
+/// the last `-` (`atoll-agent-2` is 3).
+pub fn id_from_hostname(host: &str) -> Result<u64, String> {
+    let ordinal = host
+        .rsplit_once('-')
+        .map(|(_, ordinal)| ordinal)
+        .filter(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| {
+            format!("the host name {host:?} does not end in -<ordinal> (as a StatefulSet's pods do: atoll-agent-0)")
+        })?;
+    ordinal
+        .parse::<u64>()
+        .ok()
+        .and_then(|o| o.checked_add(1))
+        .ok_or_else(|| format!("the ordinal of the host name {host:?} is too large"))
+}
+
 /// Whether `addr` is `host:port` with a non-empty host and a valid port.
 fn check_host_port(addr: &str) -> Result<(), String> {
     let Some((host, port)) = addr.rsplit_once(':') else {
@@ -698,6 +725,20 @@ impl AgentConfig {
         Self::check(file, &path.display().to_string(), &atoll_api::config_file::base_dir(path))
     }
 
+    /// [`Self::load`], and the effective config as YAML (`--check-config`): the file with
+    /// overrides and defaults, the node id it resolved to, secrets redacted.
+    pub fn load_effective(path: &Path) -> Result<(Self, String), ConfigError> {
+        let file: AgentFile = atoll_api::config_file::load(path, &atoll_api::config_file::env_overrides())?;
+        let origin = path.display().to_string();
+        let config = Self::check(file.clone(), &origin, &atoll_api::config_file::base_dir(path))?;
+        let effective = atoll_api::config_file::effective_yaml(
+            &file,
+            &[("node.id", atoll_api::config_file::YamlValue::from(config.node_id))],
+        )
+        .map_err(|e| ConfigError::invalid(&origin, "(effective config)", e))?;
+        Ok((config, effective))
+    }
+
     /// Check a parsed file; `origin` names it in errors, `base` resolves relative paths.
     pub fn check(file: AgentFile, origin: &str, base: &Path) -> Result<Self, ConfigError> {
         let invalid = |key: &str, message: String| ConfigError::invalid(origin, key, message);
@@ -710,8 +751,26 @@ impl AgentConfig {
         for (i, label) in file.cluster.labels.iter().enumerate() {
             labels.push(label.parse::<Label>().map_err(|e| invalid(&format!("cluster.labels[{i}]"), e.to_string()))?);
         }
-        if file.node.id == 0 {
-            return Err(invalid("node.id", "must be 1 or more".into()));
+        let node_id = match (file.node.id, file.node.id_from_hostname) {
+            (Some(_), true) => {
+                return Err(invalid("node.id", "give node.id or node.id_from_hostname, not both".into()));
+            }
+            (None, false) => return Err(invalid("node.id", "missing (or set node.id_from_hostname: true)".into())),
+            (Some(0), false) => return Err(invalid("node.id", "must be 1 or more".into())),
+            (Some(id), false) => id,
+            (None, true) => {
+                let host = nix::unistd::gethostname()
+                    .map_err(|e| invalid("node.id_from_hostname", format!("reading the host name: {e}")))?;
+                let host = host.to_string_lossy();
+                match file.node.hostname_ids.get(host.as_ref()) {
+                    Some(0) => return Err(invalid(&format!("node.hostname_ids.{host}"), "must be 1 or more".into())),
+                    Some(id) => *id,
+                    None => id_from_hostname(&host).map_err(|e| invalid("node.id_from_hostname", e))?,
+                }
+            }
+        };
+        if !file.node.hostname_ids.is_empty() && !file.node.id_from_hostname {
+            return Err(invalid("node.hostname_ids", "only with node.id_from_hostname: true".into()));
         }
         let listen: SocketAddr = file
             .listen
@@ -750,15 +809,15 @@ impl AgentConfig {
                 ));
             }
         }
-        if let Some((id, _)) = peers.iter().find(|(id, addr)| **id != file.node.id && **addr == advertise) {
+        if let Some((id, _)) = peers.iter().find(|(id, addr)| **id != node_id && **addr == advertise) {
             return Err(invalid("peers", format!("peer {id} has this replica's address {advertise}")));
         }
-        if let Some(addr) = peers.get(&file.node.id)
+        if let Some(addr) = peers.get(&node_id)
             && *addr != advertise
         {
             return Err(invalid(
                 "peers",
-                format!("lists this replica (node {}) at {addr}, but it advertises {advertise} (host)", file.node.id),
+                format!("lists this replica (node {}) at {addr}, but it advertises {advertise} (host)", node_id),
             ));
         }
         let raft = &file.raft;
@@ -866,7 +925,7 @@ impl AgentConfig {
             refuse_inbound_from,
             cluster,
             labels,
-            node_id: file.node.id,
+            node_id,
             data_dir,
             listen,
             advertise,
@@ -922,6 +981,21 @@ tls: {ca: certs/ca.pem, cert: certs/n1.pem, key: /abs/n1-key.pem}
         assert_eq!(config.tls.key, Path::new("/abs/n1-key.pem"));
         assert_eq!(config.timing, RaftTiming::DEFAULT);
         assert_eq!(config.peers.len(), 3);
+    }
+
+    #[test]
+    fn a_statefulset_pod_takes_its_id_from_its_ordinal() {
+        assert_eq!(id_from_hostname("atoll-agent-0"), Ok(1));
+        assert_eq!(id_from_hostname("atoll-agent-2"), Ok(3));
+        assert_eq!(id_from_hostname("aws-10"), Ok(11));
+        for bad in ["atoll-agent", "atoll-agent-", "agent-x1", "host", "a-99999999999999999999"] {
+            let err = id_from_hostname(bad).unwrap_err();
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+        let both = GOOD.replace("id: 1, data_dir", "id: 1, id_from_hostname: true, data_dir");
+        assert!(check(&both).unwrap_err().to_string().contains("node.id: give node.id or node.id_from_hostname"));
+        let neither = GOOD.replace("id: 1, data_dir", "data_dir");
+        assert!(check(&neither).unwrap_err().to_string().contains("node.id: missing"));
     }
 
     #[test]

@@ -21,13 +21,14 @@ use atoll_api::config_file::read_secret;
 use atoll_api::config_file::resolve;
 use object_store::path::Path;
 use serde::Deserialize;
+use serde::Serialize;
 
 use crate::StoreError;
 use crate::backend::Backend;
 use crate::backend::GcsJson;
 
 /// The section as written.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageFile {
     #[serde(default)]
@@ -41,7 +42,7 @@ pub struct StorageFile {
 }
 
 /// Files under a directory on this machine.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalFile {
     /// The directory (relative paths are against the config file's directory); default
@@ -59,7 +60,7 @@ pub struct LocalFile {
 }
 
 /// Amazon S3 or an S3-compatible server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3File {
     pub bucket: String,
@@ -82,7 +83,7 @@ pub struct S3File {
 }
 
 /// Google Cloud Storage or a compatible server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GcsFile {
     pub bucket: String,
@@ -100,7 +101,7 @@ pub struct GcsFile {
 }
 
 /// Azure Blob Storage or a compatible server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AzureFile {
     pub account: String,

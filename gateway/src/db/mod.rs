@@ -50,6 +50,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "edge routes", include_str!("../../migrations/0006_edge_routes.sql")),
     (7, "retention", include_str!("../../migrations/0007_retention.sql")),
     (8, "replicas", include_str!("../../migrations/0008_replicas.sql")),
+    (9, "join token uses", include_str!("../../migrations/0009_join_token_uses.sql")),
 ];
 
 /// A connected, migrated database.

@@ -20,8 +20,8 @@ pub struct JoinGrant {
 pub enum JoinRefused {
     #[error("unknown join token")]
     Unknown,
-    #[error("this join token was already used (by {by}); a join token enrolls one replica")]
-    Used { by: String },
+    #[error("this join token was already used (by {by}): it enrolls {max_uses} replica(s), each once")]
+    Used { by: String, max_uses: i64 },
     #[error("this join token expired")]
     Expired,
     #[error("this join token enrolls replicas of cluster {0}, not of the cluster the CSR names")]
@@ -44,17 +44,20 @@ impl Db {
         labels: &[String],
         created_ms: i64,
         expires_ms: i64,
+        max_uses: u32,
     ) -> Result<(), DbError> {
         let labels = serde_json::to_string(labels).map_err(|e| DbError::corrupt("join_tokens.labels", e))?;
         with_pool!(self, write, |pool| {
             sqlx::query(
-                "INSERT INTO join_tokens (hash, cluster, labels, created_ms, expires_ms) VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO join_tokens (hash, cluster, labels, created_ms, expires_ms, max_uses)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(hash)
             .bind(cluster)
             .bind(labels)
             .bind(created_ms)
             .bind(expires_ms)
+            .bind(i64::from(max_uses))
             .execute(pool)
             .await
             .map(|r| r.rows_affected())
@@ -62,8 +65,9 @@ impl Db {
         Ok(())
     }
 
-    /// Use a join token once, for a replica of `cluster`: atomically marks it used if it is
-    /// unused, unexpired and made for that cluster; otherwise says why not (and leaves it).
+    /// Use a join token once, for a replica of `cluster`: atomically counts one use if it has
+    /// uses left, is unexpired and made for that cluster; otherwise says why not (and leaves it).
+    /// `used_by` lists every replica it enrolled.
     pub async fn consume_join_token(
         &self,
         hash: &str,
@@ -73,8 +77,9 @@ impl Db {
     ) -> Result<Result<JoinGrant, JoinRefused>, DbError> {
         let claimed = with_pool!(self, write, |pool| {
             sqlx::query(
-                "UPDATE join_tokens SET used_ms = $1, used_by = $2
-                 WHERE hash = $3 AND used_ms IS NULL AND expires_ms > $1 AND cluster = $4
+                "UPDATE join_tokens SET used_ms = $1, uses = uses + 1,
+                        used_by = CASE WHEN used_by IS NULL THEN $2 ELSE used_by || ', ' || $2 END
+                 WHERE hash = $3 AND uses < max_uses AND expires_ms > $1 AND cluster = $4
                  RETURNING cluster, labels",
             )
             .bind(now_ms)
@@ -90,7 +95,7 @@ impl Db {
             return Ok(Ok(JoinGrant { cluster, labels: json_column("join_tokens.labels", &labels)? }));
         }
         let known = with_pool!(self, read, |pool| {
-            sqlx::query("SELECT cluster, used_by, expires_ms FROM join_tokens WHERE hash = $1")
+            sqlx::query("SELECT cluster, used_by, expires_ms, uses, max_uses FROM join_tokens WHERE hash = $1")
                 .bind(hash)
                 .fetch_optional(pool)
                 .await?
@@ -99,15 +104,17 @@ impl Db {
                         row.try_get::<String, _>("cluster")?,
                         row.try_get::<Option<String>, _>("used_by")?,
                         row.try_get::<i64, _>("expires_ms")?,
+                        row.try_get::<i64, _>("uses")? >= row.try_get::<i64, _>("max_uses")?,
+                        row.try_get::<i64, _>("max_uses")?,
                     ))
                 })
                 .transpose()
         })?;
         Ok(Err(match known {
             None => JoinRefused::Unknown,
-            Some((_, Some(by), _)) => JoinRefused::Used { by },
-            Some((_, None, expires)) if expires <= now_ms => JoinRefused::Expired,
-            Some((other, None, _)) => JoinRefused::OtherCluster(other),
+            Some((_, by, _, true, max_uses)) => JoinRefused::Used { by: by.unwrap_or_default(), max_uses },
+            Some((_, _, expires, false, _)) if expires <= now_ms => JoinRefused::Expired,
+            Some((other, _, _, false, _)) => JoinRefused::OtherCluster(other),
         }))
     }
 

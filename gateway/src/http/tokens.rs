@@ -1,4 +1,4 @@
-//! Tokens an admin makes: join tokens (enroll one replica of a cluster) and user tokens.
+//! Tokens an admin makes: join tokens (enroll replicas of a cluster, each once) and user tokens.
 
 use atoll_api::ApiError;
 use atoll_api::ErrorCode;
@@ -23,6 +23,8 @@ use crate::now_ms;
 
 /// Longest join token lifetime.
 const MAX_JOIN_TTL_S: u64 = 30 * 86_400;
+/// Most replicas one join token enrolls.
+const MAX_JOIN_REPLICAS: u32 = 64;
 /// Longest user token lifetime, when one is given.
 const MAX_USER_TTL_S: u64 = 10 * 365 * 86_400;
 
@@ -44,6 +46,10 @@ pub(super) async fn join_token(
     if ttl_s == 0 || ttl_s > MAX_JOIN_TTL_S {
         return Err(ApiError::bad_request(format!("ttl_s must be within 1..={MAX_JOIN_TTL_S}")));
     }
+    let replicas = request.replicas.unwrap_or(1);
+    if replicas == 0 || replicas > MAX_JOIN_REPLICAS {
+        return Err(ApiError::bad_request(format!("replicas must be within 1..={MAX_JOIN_REPLICAS}")));
+    }
     if gateway.registry.is_revoked(cluster.as_str()) {
         return Err(ApiError::new(
             ErrorCode::Conflict,
@@ -55,11 +61,18 @@ pub(super) async fn join_token(
     let expires = now + (ttl_s as i64) * 1000;
     gateway
         .db
-        .insert_join_token(&atoll_api::token::hash_secret(&secret), cluster.as_str(), &request.labels, now, expires)
+        .insert_join_token(
+            &atoll_api::token::hash_secret(&secret),
+            cluster.as_str(),
+            &request.labels,
+            now,
+            expires,
+            replicas,
+        )
         .await
         .map_err(db_error)?;
     gateway.registry.ensure(cluster.as_str(), &request.labels).await.map_err(db_error)?;
-    tracing::info!(%cluster, ttl_s, by = %caller.describe(), "join token created");
+    tracing::info!(%cluster, ttl_s, replicas, by = %caller.describe(), "join token created");
     let token = JoinToken { secret, ca_fingerprint: gateway.ca.fingerprint().to_string() }.encode();
     Ok(Json(TokenCreated { token, expires_at_ms: Some(expires) }).into_response())
 }
@@ -71,10 +84,7 @@ pub(super) async fn user_token(
 ) -> Result<Response, ApiError> {
     caller.require(Scope::Admin)?;
     let request: UserTokenRequest = body.parse()?;
-    if request.name.is_empty()
-        || request.name.len() > 63
-        || !request.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
-    {
+    if !atoll_api::token::valid_user_name(&request.name) {
         return Err(ApiError::bad_request("name must be 1 to 63 of letters, digits, '.', '_', '-', '@'"));
     }
     if request.scopes.is_empty() {
