@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fake_kube;
+pub mod pods;
 
 use std::future::Future;
 use std::path::Path;
