@@ -224,8 +224,8 @@ pub enum TokenCommand {
         /// Cluster the join token enrolls replicas of.
         #[arg(long, conflicts_with_all = ["user", "scopes"])]
         cluster: Option<String>,
-        /// How many replicas the join token enrolls, each once (1 to 64): one token for all the
-        /// pods of a StatefulSet.
+        /// How many replicas the join token enrolls, each once (1 to 64): one token for every
+        /// replica a StatefulSet starts.
         #[arg(long, requires = "cluster")]
         replicas: Option<u32>,
         /// Labels recorded for the cluster until it registers its own (comma-separated).
@@ -284,7 +284,7 @@ pub struct DaemonArgs {
     pub check_config: bool,
     /// (gateway) Make a new admin token named NAME in the database the config names, print it,
     /// and exit: for a gateway whose first admin token is lost or was never written to a file
-    /// (in a pod: `kubectl exec deploy/atoll-gateway -- atoll gateway --config ... --new-admin-token ops`).
+    /// (on Kubernetes: `kubectl exec deploy/atoll-gateway -- atoll gateway --config ... --new-admin-token ops`).
     #[arg(long, value_name = "NAME", conflicts_with = "check_config")]
     pub new_admin_token: Option<String>,
 }
