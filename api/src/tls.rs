@@ -84,6 +84,9 @@ pub enum ClientCerts {
     /// Clients without a certificate are served too (their requests carry no identity); a
     /// certificate that is presented must still be valid.
     Optional,
+    /// No certificate is asked for (a browser's listener: a request for one makes some
+    /// browsers ask their user to pick one).
+    None,
 }
 
 /// Which servers a client accepts.
@@ -315,16 +318,21 @@ impl TlsIdentity {
     /// [`ClientCerts::Optional`], also serves clients that present none.
     pub fn server_config_with(&self, client_certs: ClientCerts) -> Result<Arc<ServerConfig>, TlsError> {
         let trust = &self.trust;
-        let builder = WebPkiClientVerifier::builder_with_provider(trust.roots.clone(), trust.provider.clone());
+        let builder = ServerConfig::builder_with_provider(trust.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?;
         let builder = match client_certs {
-            ClientCerts::Required => builder,
-            ClientCerts::Optional => builder.allow_unauthenticated(),
+            ClientCerts::None => builder.with_no_client_auth(),
+            ClientCerts::Required | ClientCerts::Optional => {
+                let verifier = WebPkiClientVerifier::builder_with_provider(trust.roots.clone(), trust.provider.clone());
+                let verifier = match client_certs {
+                    ClientCerts::Optional => verifier.allow_unauthenticated(),
+                    _ => verifier,
+                };
+                let verifier = verifier.build().map_err(|e| rustls::Error::General(e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
         };
-        let verifier = builder.build().map_err(|e| rustls::Error::General(e.to_string()))?;
-        let mut config = ServerConfig::builder_with_provider(trust.provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(verifier)
-            .with_cert_resolver(self.slot.clone());
+        let mut config = builder.with_cert_resolver(self.slot.clone());
         config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
     }

@@ -81,20 +81,59 @@ fn choose_layout(args: &DevArgs, dir: &MeshDir) -> anyhow::Result<Layout> {
                 dir.root.display()
             ),
         }
-        return Ok(stored);
+        return stored.with_dashboard();
     }
     if dir.root.exists() && std::fs::read_dir(&dir.root)?.next().is_some() {
         anyhow::bail!("{} is not empty and holds no atoll mesh; choose another --dir", dir.root.display());
     }
     let layout = Layout::new(args.clusters, args.replicas, args.base_port)?;
-    Ok(match (args.standalone, args.gateways) {
-        (true, _) => layout,
-        (false, None) => layout.with_gateway(args.base_port)?.with_default_cuts(),
+    match (args.standalone, args.gateways) {
+        (true, _) => Ok(layout),
+        (false, None) => layout.with_gateway(args.base_port)?.with_default_cuts().with_dashboard(),
         (false, Some(n)) => layout
             .with_gateway_replicas(usize::from(n), args.base_port)?
             .with_postgres(args.base_port)?
-            .with_default_cuts(),
-    })
+            .with_default_cuts()
+            .with_dashboard(),
+    }
+}
+
+/// Write a read-scope token for the dashboard to `DIR/dashboard-token` and say where it is.
+async fn open_dashboard(mesh: &Mesh) -> anyhow::Result<()> {
+    let Some(gateway) = &mesh.layout.gateway else { return Ok(()) };
+    let created = mesh
+        .gateway_client()?
+        .user_token(&atoll_api::gateway::UserTokenRequest {
+            name: "dashboard".into(),
+            scopes: vec![atoll_api::gateway::Scope::Read],
+            ttl_s: None,
+        })
+        .await
+        .context("making a read-scope token")?;
+    let path = mesh.dir.dashboard_token();
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        file.write_all(format!("{}\n", created.token).as_bytes())?;
+    }
+    for replica in &gateway.replicas {
+        if let Some(addr) = replica.dashboard_addr() {
+            println!("dashboard at https://{addr}/");
+        }
+    }
+    println!(
+        "atoll dev: sign in to the dashboard with the read-scope token in {} (its certificate is the dev CA's, {}: trust it, or accept the certificate)",
+        path.display(),
+        mesh.dir.certs().join("ca.pem").display()
+    );
+    Ok(())
 }
 
 /// Wait for leaders, then (with a gateway) for every cluster to register and the matrix to fill,
@@ -287,6 +326,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         lease.iter().for_each(tokio::task::JoinHandle::abort);
         mesh.stop_all(Duration::from_secs(15)).await;
         return Err(e);
+    }
+    if mesh.layout.gateway.is_some()
+        && let Err(e) = open_dashboard(&mesh).await
+    {
+        println!("atoll dev: the dashboard token could not be made: {e:#}");
     }
     println!("atoll dev: ready");
     let example = mesh.layout.gateway.is_some().then(|| tokio::spawn(run_example(mesh.dir.cli_config())));

@@ -62,6 +62,24 @@ pub struct GatewayFile {
     /// Several gateway replicas over one PostgreSQL database (`docs/ha.md`).
     #[serde(default)]
     pub ha: HaFile,
+    /// The dashboard: web pages on an HTTPS listener of their own (`docs/dashboard.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard: Option<DashboardFile>,
+}
+
+/// The dashboard's listener and sessions.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardFile {
+    /// `ip:port` of its HTTPS listener (the gateway's certificate; no client certificate).
+    pub listen: String,
+    /// How long a sign-in lasts, in seconds.
+    #[serde(default = "default_session_ttl_s")]
+    pub session_ttl_s: u64,
+}
+
+fn default_session_ttl_s() -> u64 {
+    12 * 3_600
 }
 
 /// Gateway replicas: every replica serves the whole API; the duties that must run once (the
@@ -329,6 +347,15 @@ pub struct GatewayConfig {
     pub gc_interval: Duration,
     /// The duties lease (`ha`).
     pub ha: Ha,
+    /// The dashboard, when it is on (`dashboard`).
+    pub dashboard: Option<Dashboard>,
+}
+
+/// The dashboard, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dashboard {
+    pub listen: SocketAddr,
+    pub session_ttl: Duration,
 }
 
 /// The duties lease, checked (`ha`).
@@ -381,6 +408,21 @@ impl GatewayConfig {
         }
         let tls_names = atoll_api::pki::configured_server_names(&advertise, listen, &file.tls_names, "tls_names")
             .map_err(|(key, message)| invalid(&key, message))?;
+        let dashboard = match &file.dashboard {
+            None => None,
+            Some(d) => {
+                let listen: SocketAddr = d.listen.parse().map_err(|e| {
+                    invalid("dashboard.listen", format!("{:?} is not an ip:port address: {e}", d.listen))
+                })?;
+                if listen == file.listen.parse().unwrap_or(listen) && listen.port() != 0 {
+                    return Err(invalid("dashboard.listen", "must differ from listen".into()));
+                }
+                if d.session_ttl_s < 60 || d.session_ttl_s > 30 * 86_400 {
+                    return Err(invalid("dashboard.session_ttl_s", "must be within 60..=2592000 (30 days)".into()));
+                }
+                Some(Dashboard { listen, session_ttl: Duration::from_secs(d.session_ttl_s) })
+            }
+        };
         let ops_listen = match &file.ops_listen {
             Some(addr) => Some(
                 addr.parse().map_err(|e| invalid("ops_listen", format!("{addr:?} is not an ip:port address: {e}")))?,
@@ -459,6 +501,7 @@ impl GatewayConfig {
             advertise,
             tls_names,
             ops_listen,
+            dashboard,
             database,
             ca_dir: resolve(base, &file.ca_dir),
             admin_token_file: file.admin_token_file.map(|p| resolve(base, &p)),
@@ -600,6 +643,10 @@ mod tests {
             (format!("{base}ha: {{renew_interval_ms: 0}}\n"), "ha.renew_interval_ms"),
             (format!("{base}ha: {{replicas: 3}}\n"), "ha.replicas"),
             ("listen: nowhere\nca_dir: ca\n".to_string(), "listen"),
+            (format!("{base}dashboard: {{listen: nowhere}}\n"), "dashboard.listen"),
+            (format!("{base}dashboard: {{listen: \"127.0.0.1:7000\"}}\n"), "dashboard.listen"),
+            (format!("{base}dashboard: {{listen: \"127.0.0.1:7443\", session_ttl_s: 5}}\n"), "dashboard.session_ttl_s"),
+            (format!("{base}dashboard: {{port: 7443}}\n"), "dashboard.port"),
         ];
         for (text, key) in cases {
             let err = check(&text).unwrap_err().to_string();

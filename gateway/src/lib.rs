@@ -38,6 +38,7 @@ pub mod breakage;
 pub mod bus;
 pub mod ca;
 pub mod config;
+pub mod dashboard;
 pub mod db;
 pub mod duties;
 pub mod fence;

@@ -222,6 +222,23 @@ async fn serve(
         stopped(stop_rx.clone()),
         grace / 2,
     ));
+    let dashboard = match config.dashboard {
+        Some(d) => {
+            let listener =
+                TcpListener::bind(d.listen).await.with_context(|| format!("binding dashboard.listen {}", d.listen))?;
+            let tls = ca.tls().server_config_with(ClientCerts::None)?;
+            tracing::info!(listen = %d.listen, "dashboard at https://{}/", d.listen);
+            Some(tokio::spawn(atoll_api::serve::serve_mtls(
+                listener,
+                tls,
+                crate::dashboard::router(gateway.clone()),
+                atoll_api::serve::Hooks { allow_anonymous: true, ..Default::default() },
+                stopped(stop_rx.clone()),
+                grace / 2,
+            )))
+        }
+        None => None,
+    };
     let ops = ops_listener.map(|l| {
         tokio::spawn(atoll_api::serve::serve_ops(
             l,
@@ -250,6 +267,9 @@ async fn serve(
     gateway.jobs.close();
     tracing::info!("shutdown: draining requests");
     let _ = tokio::time::timeout(grace, server).await;
+    if let Some(dashboard) = dashboard {
+        let _ = tokio::time::timeout(grace / 2, dashboard).await;
+    }
     if let Some(ops) = ops {
         let _ = tokio::time::timeout(Duration::from_secs(1), ops).await;
     }

@@ -55,6 +55,11 @@ impl MeshDir {
     pub fn certs(&self) -> PathBuf {
         self.root.join("certs")
     }
+    /// The read-scope token `atoll dev` writes for signing in to the dashboard.
+    pub fn dashboard_token(&self) -> PathBuf {
+        self.root.join("dashboard-token")
+    }
+
     /// The gateway's directory: the single gateway's config and database, the admin token.
     pub fn gateway_dir(&self) -> PathBuf {
         self.root.join("gateway")
@@ -284,6 +289,9 @@ fn gateway_yaml(layout: &Layout, gateway: &GatewayLayout, replica: &GatewayRepli
     }
     out.push_str(&format!("listen: \"{}\"\nops_listen: \"{}\"\n", replica.addr(), replica.ops_addr()));
     out.push_str(&format!("ca_dir: {up}/certs\n"));
+    if let Some(addr) = replica.dashboard_addr() {
+        out.push_str(&format!("dashboard:\n  listen: \"{addr}\"\n"));
+    }
     let admin_token = if replica.id == SINGLE_GATEWAY_ID { "admin.token" } else { "../admin.token" };
     out.push_str(&format!("admin_token_file: {admin_token}\n"));
     match (&gateway.postgres_url, &layout.postgres) {

@@ -162,6 +162,9 @@ pub struct GatewayReplicaLayout {
     pub id: String,
     pub port: u16,
     pub ops_port: u16,
+    /// The dashboard's HTTPS listener, when it is on (`atoll dev` turns it on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard_port: Option<u16>,
     #[serde(flatten)]
     pub place: Placement,
 }
@@ -172,6 +175,11 @@ impl GatewayReplicaLayout {
     }
     pub fn ops_addr(&self) -> String {
         format!("{}:{}", self.place.ip(), self.ops_port)
+    }
+
+    /// `ip:port` of the dashboard, when it is on.
+    pub fn dashboard_addr(&self) -> Option<String> {
+        self.dashboard_port.map(|port| format!("{}:{port}", self.place.ip()))
     }
 }
 
@@ -213,6 +221,7 @@ impl From<StoredGatewayLayout> for GatewayLayout {
                 id: SINGLE_GATEWAY_ID.to_string(),
                 port,
                 ops_port,
+                dashboard_port: None,
                 place: stored.place,
             });
         }
@@ -427,6 +436,7 @@ impl Layout {
                 id,
                 port: next.next().unwrap_or(0),
                 ops_port: next.next().unwrap_or(0),
+                dashboard_port: None,
                 place: Placement::default(),
             })
             .collect();
@@ -441,6 +451,16 @@ impl Layout {
             env: Vec::new(),
             exe: None,
         });
+        Ok(self)
+    }
+
+    /// Turn the dashboard on for every gateway replica that has none yet, each on a free port.
+    pub fn with_dashboard(mut self) -> anyhow::Result<Self> {
+        if let Some(gateway) = self.gateway.as_mut() {
+            for replica in gateway.replicas.iter_mut().filter(|r| r.dashboard_port.is_none()) {
+                replica.dashboard_port = Some(allocate_ports(1, 0)?[0]);
+            }
+        }
         Ok(self)
     }
 

@@ -363,6 +363,28 @@ impl Db {
         })
     }
 
+    /// Per cluster: attempts placed there but not started (`assigned`), and running.
+    pub async fn cluster_job_counts(&self) -> Result<std::collections::HashMap<String, (u64, u64)>, DbError> {
+        with_pool!(self, read, |pool| {
+            let rows = sqlx::query(
+                "SELECT cluster, state, COUNT(*) AS n FROM jobs WHERE state IN ('assigned', 'running') AND cluster IS NOT NULL GROUP BY cluster, state",
+            )
+            .fetch_all(pool)
+            .await?;
+            let mut out: std::collections::HashMap<String, (u64, u64)> = std::collections::HashMap::new();
+            for row in &rows {
+                let n = u64::try_from(row.try_get::<i64, _>("n")?).map_err(|e| DbError::corrupt("jobs count", e))?;
+                let entry = out.entry(row.try_get("cluster")?).or_default();
+                if row.try_get::<String, _>("state")? == "assigned" {
+                    entry.0 = n;
+                } else {
+                    entry.1 = n;
+                }
+            }
+            Ok::<_, DbError>(out)
+        })
+    }
+
     /// Unfinished jobs bound to each cluster (placement's load).
     pub async fn cluster_load(&self) -> Result<Vec<(String, u64)>, DbError> {
         with_pool!(self, read, |pool| {

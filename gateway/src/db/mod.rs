@@ -21,6 +21,7 @@ pub mod lease;
 pub mod matrix;
 pub mod retention;
 pub mod routes;
+pub mod sessions;
 pub mod sources;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testing;
@@ -51,6 +52,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "retention", include_str!("../../migrations/0007_retention.sql")),
     (8, "replicas", include_str!("../../migrations/0008_replicas.sql")),
     (9, "join token uses", include_str!("../../migrations/0009_join_token_uses.sql")),
+    (10, "dashboard sessions", include_str!("../../migrations/0010_dashboard_sessions.sql")),
 ];
 
 /// A connected, migrated database.

@@ -27,7 +27,7 @@
 
 mod clusters;
 mod enroll;
-mod gateways;
+pub(crate) mod gateways;
 mod jobs;
 mod leader;
 mod matrix;
