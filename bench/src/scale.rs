@@ -9,7 +9,9 @@
 //!
 //! Reported: registration rate; heartbeat and row latency (p50, p99, max) measured from the
 //! scheduled send, so a gateway that falls behind shows as latency, not as fewer requests;
-//! `GET /v1/matrix` latency and size; the gateway's CPU (from /proc, over the measured period)
+//! `GET /v1/matrix` latency and size; the dashboard's matrix page and its data (server time, p50 /
+//! p99) and, in headless chromium, the time from navigation to the heatmap drawn
+//! (`e2e/matrix-render.mjs`); the gateway's CPU (from /proc, over the measured period)
 //! and memory; the clusters' states at the end (a gateway that keeps up sees all alive). The
 //! peer figure is etcd's write latency at 64 concurrent connections in the same invocation
 //! (what heartbeats cost when, as in Kubernetes node leases, each is an etcd write).
@@ -72,6 +74,14 @@ pub struct ScaleArgs {
     /// Full-matrix reads during the measured period.
     #[arg(long, default_value_t = 6)]
     pub matrix_reads: usize,
+    /// Reads of the dashboard's matrix page and of its data (`/matrix.json`) each, during the
+    /// measured period.
+    #[arg(long, default_value_t = 10)]
+    pub dashboard_reads: usize,
+    /// Loads of the matrix page in headless chromium (first render of the heatmap), during the
+    /// measured period; 0 skips the browser (it needs chromium and `npm ci` in e2e/).
+    #[arg(long, default_value_t = 3)]
+    pub browser_renders: usize,
     /// PostgreSQL server to create the database on (default: $ATOLL_TEST_POSTGRES_URL, which
     /// scripts/bench sets after starting one).
     #[arg(long)]
@@ -140,6 +150,7 @@ fn memory_mib(pid: u32) -> (f64, f64) {
 struct Gateway {
     child: std::process::Child,
     addr: String,
+    dashboard_addr: String,
     dir: tempfile::TempDir,
     ca: CertificateAuthority,
     _database: Option<atoll_gateway::testing::TestDatabase>,
@@ -157,8 +168,9 @@ impl Gateway {
         let dir = tempfile::tempdir().context("temp dir")?;
         let ca = CertificateAuthority::generate("atoll bench CA", Duration::from_secs(86_400))?;
         ca.save(&dir.path().join("ca"))?;
-        let ports = allocate_ports(2, 0)?;
+        let ports = allocate_ports(3, 0)?;
         let addr = format!("127.0.0.1:{}", ports[0]);
+        let dashboard_addr = format!("127.0.0.1:{}", ports[2]);
         let (database_yaml, database) = match engine {
             Engine::Sqlite => ("database:\n  sqlite:\n    path: gateway.db\n".to_string(), None),
             Engine::Postgres => {
@@ -180,7 +192,7 @@ impl Gateway {
             }
         };
         let config = format!(
-            "listen: \"{addr}\"\nops_listen: \"127.0.0.1:{}\"\nca_dir: ca\n{database_yaml}clusters:\n  heartbeat_interval_ms: {}\n  suspect_after_ms: {}\n  dead_after_ms: {}\nmatrix:\n  row_interval_ms: {}\n  stale_after_ms: {}\n",
+            "listen: \"{addr}\"\nops_listen: \"127.0.0.1:{}\"\nca_dir: ca\nadmin_token_file: admin.token\ndashboard:\n  listen: \"{dashboard_addr}\"\n{database_yaml}clusters:\n  heartbeat_interval_ms: {}\n  suspect_after_ms: {}\n  dead_after_ms: {}\nmatrix:\n  row_interval_ms: {}\n  stale_after_ms: {}\n",
             ports[1],
             args.heartbeat_ms,
             args.heartbeat_ms * 3,
@@ -199,7 +211,7 @@ impl Gateway {
             .stderr(log)
             .spawn()
             .context("starting the gateway")?;
-        let gateway = Self { child, addr, dir, ca, _database: database };
+        let gateway = Self { child, addr, dashboard_addr, dir, ca, _database: database };
         gateway.wait_ready().await?;
         Ok(gateway)
     }
@@ -417,6 +429,7 @@ async fn one_engine(args: &ScaleArgs, engine: Engine) -> anyhow::Result<EngineRe
             }
         }
     }
+    let dashboard = measure_dashboard(args, &gateway).await;
     tokio::time::sleep_until(end).await;
     let cpu = (cpu_seconds(pid)? - cpu_before) / args.duration_s as f64 * 100.0;
     let own = (cpu_seconds(std::process::id())? - own_before) / args.duration_s as f64 * 100.0;
@@ -430,6 +443,10 @@ async fn one_engine(args: &ScaleArgs, engine: Engine) -> anyhow::Result<EngineRe
     println!("rows:       {}", rows.line());
     println!("matrix GET, JSON checked, not kept: {}", matrix.line());
     println!("matrix GET, parsed into {matrix_cells} cells: {}", parsed.line());
+    match dashboard {
+        Ok(lines) => lines.iter().for_each(|line| println!("{line}")),
+        Err(e) => println!("dashboard: not measured: {e:#}"),
+    }
     println!(
         "gateway: CPU {cpu:.0}% of one core over the measured period; memory {rss:.0} MiB resident, {peak:.0} MiB peak"
     );
@@ -442,6 +459,95 @@ async fn one_engine(args: &ScaleArgs, engine: Engine) -> anyhow::Result<EngineRe
     );
     let requests_per_s = (heartbeats.latency_ms.len() + rows.latency_ms.len()) as f64 / args.duration_s as f64;
     Ok(EngineResult { heartbeats, cpu_pct: cpu, requests_per_s })
+}
+
+/// The dashboard under the load: server time of the matrix page and of its data, and the
+/// browser's first render of the heatmap (headless chromium through `e2e/matrix-render.mjs`).
+async fn measure_dashboard(args: &ScaleArgs, gateway: &Gateway) -> anyhow::Result<Vec<String>> {
+    let token_file = gateway.dir.path().join("admin.token");
+    let token = std::fs::read_to_string(&token_file).context("the gateway's admin token")?.trim().to_string();
+    let trust = TrustRoots::from_pem(Path::new("bench CA"), gateway.ca.cert_pem().as_bytes())?;
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(trust.anonymous_client_config(ServerPolicy::Gateway)?)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let base = format!("https://{}", gateway.dashboard_addr);
+    let signed = http
+        .post(format!("{base}/login"))
+        .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(format!("token={token}"))
+        .send()
+        .await
+        .context("signing in to the dashboard")?;
+    let cookie = signed
+        .headers()
+        .get(reqwest::header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .context("no session cookie from the dashboard")?
+        .to_string();
+    let mut lines = Vec::new();
+    for path in ["/matrix", "/matrix.json"] {
+        let mut samples = Samples::default();
+        let mut bytes = 0;
+        for _ in 0..args.dashboard_reads {
+            let began = Instant::now();
+            match http.get(format!("{base}{path}")).header(reqwest::header::COOKIE, &cookie).send().await {
+                Ok(response) if response.status().is_success() => match response.bytes().await {
+                    Ok(body) => {
+                        samples.latency_ms.push(ms(began.elapsed()));
+                        bytes = body.len();
+                    }
+                    Err(e) => {
+                        samples.errors += 1;
+                        samples.last_error = Some(e.to_string());
+                    }
+                },
+                Ok(response) => {
+                    samples.errors += 1;
+                    samples.last_error = Some(format!("status {}", response.status()));
+                }
+                Err(e) => {
+                    samples.errors += 1;
+                    samples.last_error = Some(e.to_string());
+                }
+            }
+        }
+        lines.push(format!("dashboard GET {path} ({bytes} bytes): {}", samples.line()));
+    }
+    if args.browser_renders == 0 {
+        lines.push("dashboard in the browser: skipped (--browser-renders 0)".to_string());
+        return Ok(lines);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let output = tokio::process::Command::new("node")
+        .arg(root.join("e2e/matrix-render.mjs"))
+        .env("ATOLL_DASHBOARD", &base)
+        .env("ATOLL_TOKEN_FILE", &token_file)
+        .env("ATOLL_RUNS", args.browser_renders.to_string())
+        .output()
+        .await
+        .context("node (the browser measurement needs Node.js, chromium and `npm ci` in e2e/)")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "the browser measurement failed: {}",
+        String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or_default()
+    );
+    let renders: Vec<f64> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("render_ms ")?.split_whitespace().next()?.parse().ok())
+        .collect();
+    anyhow::ensure!(!renders.is_empty(), "the browser measurement printed no render time");
+    let max = renders.iter().copied().fold(0.0, f64::max);
+    lines.push(format!(
+        "dashboard in headless chromium, navigation to heatmap drawn: n={} median {:.0} ms, max {:.0} ms",
+        renders.len(),
+        median(&renders),
+        max
+    ));
+    Ok(lines)
 }
 
 pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
