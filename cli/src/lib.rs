@@ -36,6 +36,24 @@ use args::Args;
 use args::Command;
 use cli_config::CliConfig;
 
+/// An error and its causes on one line, as `{:#}` prints them, but without a cause that its
+/// error's own message already ends with (many errors say `path: cause` and also keep the cause
+/// as their source, which printed the cause twice: `ca: Read-only file system (os error 30):
+/// Read-only file system (os error 30)`).
+pub fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.is_empty() {
+            text = part;
+        } else if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+    }
+    text
+}
+
 /// Run the parsed command.
 pub async fn dispatch(args: Args) -> anyhow::Result<()> {
     match args.command {
@@ -91,5 +109,37 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
         }
         Command::Annotations(node) => operator::annotations(&CliConfig::find(args.config.as_deref())?, node).await,
         Command::Raft { command } => operator::raft(&CliConfig::find(args.config.as_deref())?, command).await,
+    }
+}
+
+#[cfg(test)]
+mod error_text_tests {
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::ReadOnlyFilesystem, "Read-only file system (os error 30)");
+        #[derive(Debug)]
+        struct WithPath {
+            path: String,
+            source: std::io::Error,
+        }
+        impl std::fmt::Display for WithPath {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}: {}", self.path, self.source)
+            }
+        }
+        impl std::error::Error for WithPath {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.source)
+            }
+        }
+        let error = anyhow::Error::new(WithPath { path: "/etc/atoll/ca".into(), source: io });
+        assert_eq!(super::error_text(&error), "/etc/atoll/ca: Read-only file system (os error 30)");
+        let error = error.context("initializing the CA");
+        assert_eq!(
+            super::error_text(&error),
+            "initializing the CA: /etc/atoll/ca: Read-only file system (os error 30)"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(super::error_text(&plain), "outer: inner", "causes not in the message are kept");
     }
 }

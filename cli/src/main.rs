@@ -25,7 +25,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(atoll::dispatch(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", atoll::error_text(&e));
             std::process::ExitCode::FAILURE
         }
     }
