@@ -151,3 +151,24 @@ async fn migrations_are_idempotent_and_a_newer_schema_is_refused() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_dashboard_session_lasts_while_it_and_its_token_do() {
+    for (engine, test) in TestDatabase::both().await {
+        eprintln!("--- {engine}");
+        let db = Db::connect(&test.database).await.unwrap();
+        db.insert_user_token("t1", "ci", &[Scope::Read], 0, Some(10_000)).await.unwrap();
+        db.insert_session("s1", "t1", "csrf1", 0, 5_000).await.unwrap();
+        db.insert_session("s2", "t1", "csrf2", 0, 50_000).await.unwrap();
+        db.insert_session("s3", "unknown-token", "csrf3", 0, 50_000).await.unwrap();
+        let (session, user) = db.session_user("s1", 1_000).await.unwrap().expect("a live session");
+        assert_eq!((session.csrf.as_str(), user.name.as_str(), user.scopes), ("csrf1", "ci", vec![Scope::Read]));
+        assert!(db.session_user("s1", 6_000).await.unwrap().is_none(), "the session timed out");
+        assert!(db.session_user("s2", 6_000).await.unwrap().is_some());
+        assert!(db.session_user("s2", 11_000).await.unwrap().is_none(), "its token expired");
+        assert!(db.session_user("s3", 1_000).await.unwrap().is_none(), "its token is gone");
+        db.delete_session("s2").await.unwrap();
+        assert!(db.session_user("s2", 6_000).await.unwrap().is_none(), "signed out");
+        db.close().await;
+    }
+}

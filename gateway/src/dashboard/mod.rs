@@ -126,12 +126,9 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 async fn signed(gateway: &Gateway, headers: &HeaderMap) -> Result<Signed, NoSession> {
     let Some(id) = cookie_value(headers, COOKIE) else { return Err(NoSession::Absent) };
     let id_hash = atoll_api::token::hash_secret(id);
-    let now = now_ms();
-    let session = gateway.db.session(&id_hash, now).await.map_err(|e| NoSession::Unavailable(e.to_string()))?;
-    let Some(session) = session else { return Err(NoSession::Ended) };
-    let user =
-        gateway.db.user_token(&session.token_hash, now).await.map_err(|e| NoSession::Unavailable(e.to_string()))?;
-    let Some(user) = user else {
+    let found = gateway.db.session_user(&id_hash, now_ms()).await.map_err(|e| NoSession::Unavailable(e.to_string()))?;
+    let Some((session, user)) = found else {
+        // Its token may be gone while the session row is not: the row goes too.
         let _ = gateway.db.delete_session(&id_hash).await;
         return Err(NoSession::Ended);
     };
@@ -594,9 +591,8 @@ async fn events(State(gateway): Shared, headers: HeaderMap) -> Response {
             }
             tokio::time::sleep_until(w.checked + EVENTS_EVERY).await;
             w.checked = tokio::time::Instant::now();
-            // A session that ended (signed out, token revoked) ends its stream.
-            let session = w.gateway.db.session(&w.signed.id_hash, now_ms()).await;
-            if matches!(session, Ok(None)) {
+            // A session that ended (signed out, timed out, its token revoked) ends its stream.
+            if matches!(w.gateway.db.session_user(&w.signed.id_hash, now_ms()).await, Ok(None)) {
                 return None;
             }
             let now = now_ms();

@@ -5,6 +5,8 @@ use sqlx::Row;
 
 use super::Db;
 use super::DbError;
+use super::json_column;
+use super::tokens::UserRow;
 use super::with_pool;
 
 /// A session as stored.
@@ -41,24 +43,33 @@ impl Db {
         })
     }
 
-    /// The unexpired session `id_hash`.
-    pub async fn session(&self, id_hash: &str, now_ms: i64) -> Result<Option<SessionRow>, DbError> {
+    /// The unexpired session `id_hash` with the user token it stands for, in one query: none when
+    /// either is gone (signed out, timed out, the token revoked or expired).
+    pub async fn session_user(&self, id_hash: &str, now_ms: i64) -> Result<Option<(SessionRow, UserRow)>, DbError> {
         with_pool!(self, read, |pool| {
             let row = sqlx::query(
-                "SELECT token_hash, csrf, expires_ms FROM dashboard_sessions WHERE id_hash = $1 AND expires_ms > $2",
+                "SELECT s.token_hash, s.csrf, s.expires_ms AS session_expires_ms, u.name, u.scopes, u.expires_ms
+                 FROM dashboard_sessions s JOIN user_tokens u ON u.hash = s.token_hash
+                 WHERE s.id_hash = $1 AND s.expires_ms > $2 AND (u.expires_ms IS NULL OR u.expires_ms > $2)",
             )
             .bind(id_hash)
             .bind(now_ms)
             .fetch_optional(pool)
             .await?;
-            match row {
-                Some(row) => Ok(Some(SessionRow {
+            let Some(row) = row else { return Ok::<_, DbError>(None) };
+            let scopes: String = row.try_get("scopes")?;
+            Ok(Some((
+                SessionRow {
                     token_hash: row.try_get("token_hash")?,
                     csrf: row.try_get("csrf")?,
+                    expires_ms: row.try_get("session_expires_ms")?,
+                },
+                UserRow {
+                    name: row.try_get("name")?,
+                    scopes: json_column("user_tokens.scopes", &scopes)?,
                     expires_ms: row.try_get("expires_ms")?,
-                })),
-                None => Ok::<_, DbError>(None),
-            }
+                },
+            )))
         })
     }
 
