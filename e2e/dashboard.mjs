@@ -3,7 +3,11 @@
 // reach onprem, onprem reaches aws):
 //
 //   ATOLL_DASHBOARD=https://127.0.0.1:PORT ATOLL_TOKEN_FILE=DIR/dashboard-token \
-//   ATOLL_SCREENSHOTS=DIR node e2e/dashboard.mjs
+//   ATOLL_ADMIN_TOKEN_FILE=DIR/admin-token ATOLL_SCREENSHOTS=DIR node e2e/dashboard.mjs
+//
+// It asks the test to change the mesh with `ACTION what` lines on stdout and waits for
+// `DONE what` (plus an answer, for a submission) on stdin; `SHOWN ...` lines say when the page
+// showed something, for the test's figures.
 //
 // The dashboard's certificate is the dev mesh's CA's, which the browser does not know: the
 // context ignores certificate errors (the test is about the pages, not about trust stores).
@@ -17,6 +21,7 @@ import assert from "node:assert/strict";
 
 const base = process.env.ATOLL_DASHBOARD;
 const token = readFileSync(process.env.ATOLL_TOKEN_FILE, "utf8").trim();
+const adminToken = readFileSync(process.env.ATOLL_ADMIN_TOKEN_FILE, "utf8").trim();
 const shots = process.env.ATOLL_SCREENSHOTS;
 const executablePath = process.env.ATOLL_CHROMIUM || "/usr/bin/chromium";
 assert.ok(base && token && shots, "ATOLL_DASHBOARD, ATOLL_TOKEN_FILE and ATOLL_SCREENSHOTS are required");
@@ -28,7 +33,8 @@ const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 async function act(what) {
   console.log("ACTION " + what);
   const answer = await lines.next();
-  assert.equal(answer.value, "DONE " + what, "the test's answer to " + what);
+  assert.ok(answer.value && answer.value.startsWith("DONE " + what), "the test's answer to " + what + ": " + answer.value);
+  return answer.value.slice(("DONE " + what).length).trim();
 }
 const browser = await chromium.launch({
   executablePath,
@@ -38,6 +44,12 @@ const browser = await chromium.launch({
          "--disable-component-update", "--disable-sync"],
 });
 let page;
+async function signIn(secret) {
+  await page.goto(base + "/login");
+  await page.getByLabel("User token").fill(secret);
+  await page.keyboard.press("Enter");
+  await page.waitForURL(/\/clusters$/);
+}
 try {
   const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1200, height: 900 } });
   page = await context.newPage();
@@ -122,15 +134,132 @@ try {
   await page.waitForFunction(() => /aws -> onprem: unreachable, /.test(document.getElementById("cell").textContent));
   console.log("    " + (await page.locator("#cell").innerText()));
 
+  step("grouped by label set: one group per set, each boundary drawn and listed");
+  await page.getByLabel("Order and group by").selectOption("*");
+  assert.equal(await page.locator("#matrix").getAttribute("data-groups"), "aws, default:1;gcp:1;onprem:1");
+  assert.deepEqual(await page.locator("#groups li").allInnerTexts(), [
+    "aws, default: 1 cluster (rows and columns 1–1)",
+    "gcp: 1 cluster (rows and columns 2–2)",
+    "onprem: 1 cluster (rows and columns 3–3)",
+  ]);
+  await page.getByLabel("Order and group by").selectOption("default");
+  assert.equal(await page.locator("#matrix").getAttribute("data-groups"), "label default:1;without default:2");
+  await page.screenshot({ path: join(shots, "matrix-grouped.png"), fullPage: true });
+
   step("the gateways page names the replica holding the lease");
   await page.getByRole("link", { name: "Gateways" }).click();
   assert.equal(await page.locator("strong", { hasText: "holds it" }).count(), 1);
   await page.screenshot({ path: join(shots, "gateways.png") });
 
+  step("a read-scope user is offered no actions");
+  await page.getByRole("link", { name: "Clusters" }).click();
+  assert.equal(await page.getByRole("button", { name: /^(Enable|Disable) / }).count(), 0);
+
   step("signing out ends the session: pages lead to the sign-in form again");
   await page.getByRole("button", { name: "Sign out" }).click();
   await page.waitForURL(/\/login$/);
   await page.goto(base + "/clusters");
+  assert.match(page.url(), /\/login/);
+
+  step("an admin enables gcp from the clusters page");
+  await signIn(adminToken);
+  await page.getByRole("button", { name: "Enable gcp" }).click();
+  await page.waitForURL(/\/clusters$/);
+  await page.waitForFunction(() => {
+    const row = [...document.querySelectorAll("tbody tr")].find((r) => r.querySelector("th").textContent === "gcp");
+    return row && row.querySelectorAll("td")[2].textContent === "yes";
+  }, null, { timeout: 15000 });
+
+  step("the example pipeline's DAG turns finished live, each job's state recorded as it shows");
+  const pipeline = await act("submit example");
+  await page.goto(base + "/pipelines/" + pipeline);
+  await page.evaluate(() => {
+    window.notReloaded = true;
+    window.seen = {};
+    const look = () => {
+      for (const node of document.querySelectorAll("svg.dag a.node")) {
+        const key = node.dataset.job + " " + node.dataset.state;
+        if (!(key in window.seen)) window.seen[key] = Date.now();
+      }
+    };
+    window.watching = Date.now();
+    look();
+    window.looking = setInterval(look, 20);
+  });
+  await page.waitForFunction(() => {
+    const nodes = [...document.querySelectorAll("svg.dag a.node")];
+    return nodes.length === 9 && nodes.every((n) => n.dataset.state === "finished");
+  }, null, { timeout: 90000, polling: 50 });
+  const [watching, seen] = await page.evaluate(() => { clearInterval(window.looking); return [window.watching, window.seen]; });
+  console.log("SHOWN watching " + watching);
+  for (const [key, at] of Object.entries(seen)) console.log("SHOWN job " + key + " " + at);
+  assert.equal(await page.evaluate(() => window.notReloaded), true, "the page was not reloaded");
+  assert.equal(await page.locator("#pipeline-status").innerText(), "finished");
+
+  step("its edges: the relayed one marked relay, the others local, pull and push");
+  const route = (from, to) => page.locator(`svg.dag g.edge[data-from="${from}"][data-to="${to}"]`).getAttribute("data-route");
+  assert.equal(await route("test-onprem", "mirror"), "relay");
+  assert.equal(await route("build", "test-onprem"), "pull");
+  assert.equal(await route("test-onprem", "collect"), "push");
+  assert.equal(await route("build", "package"), "local");
+  const relayRow = page.locator('table.edges tr[data-from="test-onprem"][data-to="mirror"]');
+  assert.match(await relayRow.innerText(), /relay[\s\S]*attempt 1: relay from onprem at /);
+  await page.screenshot({ path: join(shots, "pipeline.png"), fullPage: true });
+
+  step("a job's page: its attempt and its log");
+  await page.locator('svg.dag a.node[data-job="build"]').click();
+  await page.waitForURL(new RegExp("/jobs/" + pipeline + "\\.build$"));
+  await page.waitForFunction(() => document.getElementById("log").dataset.done === "true", null, { timeout: 15000 });
+  assert.match(await page.locator("#log").innerText(), /building on .* as /);
+  assert.match(await page.locator("table.attempts tbody").innerText(), /aws\s+finished/);
+  assert.match(await page.locator(".facts").innerText(), /Output\s+sha256:[0-9a-f]{64}, \d+ bytes/);
+  await page.screenshot({ path: join(shots, "job.png"), fullPage: true });
+
+  step("a new pipeline appears on the open pipelines page, without a reload");
+  await page.getByRole("navigation", { name: "Pages" }).getByRole("link", { name: "Pipelines" }).click();
+  await page.evaluate(() => { window.notReloaded = true; });
+  const ticker = await act("submit ticker");
+  const tickerPipeline = ticker.split(".")[0];
+  const link = page.getByRole("link", { name: tickerPipeline, exact: true });
+  await link.waitFor({ timeout: 15000 });
+  assert.equal(await page.evaluate(() => window.notReloaded), true, "the page was not reloaded");
+  assert.ok(await page.getByRole("link", { name: pipeline, exact: true }).isVisible(), "the example is listed too");
+
+  step("a running job's log is followed live, and cancelling it from its page kills it");
+  await link.click();
+  await page.locator('svg.dag a.node[data-job="ticker"]').click();
+  await page.waitForURL(new RegExp("/jobs/" + ticker.replace(".", "\\.") + "$"));
+  await page.evaluate(() => { window.notReloaded = true; });
+  await page.waitForFunction(() => /tick 3\b/.test(document.getElementById("log").textContent), null, { timeout: 30000 });
+  console.log("SHOWN follow " + Date.now());
+  await page.getByRole("button", { name: "Cancel job" }).click();
+  await page.waitForURL(new RegExp("/jobs/" + ticker.replace(".", "\\.") + "$"));
+  await page.waitForFunction(() => document.getElementById("job-state").textContent === "killed", null, { timeout: 30000 });
+  await page.waitForFunction(() => document.getElementById("log").dataset.done === "true", null, { timeout: 30000 });
+  await page.screenshot({ path: join(shots, "job-cancelled.png"), fullPage: true });
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.waitForURL(/\/login$/);
+
+  step("a read-scope user's cancel is refused with a message, and so is a form without its CSRF value");
+  await signIn(token);
+  await page.goto(base + "/jobs/" + ticker);
+  assert.equal(await page.getByRole("button", { name: "Cancel job" }).count(), 0);
+  const post = (path, body) => page.evaluate(([path, body]) =>
+    fetch(path, { method: "POST", headers: { "content-type": "application/x-www-form-urlencoded" }, body })
+      .then(async (r) => [r.status, await r.text()]), [path, body]);
+  const csrf = await page.locator('form.signout input[name="csrf"]').getAttribute("value");
+  const [scopeStatus, scopeText] = await post("/jobs/" + ticker + "/cancel", "csrf=" + csrf);
+  assert.equal(scopeStatus, 403);
+  assert.match(scopeText, /user browser lacks the submit scope/);
+  const [csrfStatus, csrfText] = await post("/clusters/gcp/disable", "csrf=wrong");
+  assert.equal(csrfStatus, 403);
+  assert.match(csrfText, /CSRF value did not match/);
+  assert.doesNotMatch(csrfText, /^\s*\{/, "a page, not JSON");
+
+  step("signing out ends the session again");
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.waitForURL(/\/login$/);
+  await page.goto(base + "/pipelines");
   assert.match(page.url(), /\/login/);
   console.log("dashboard in the browser: every check held");
 } catch (e) {

@@ -78,7 +78,7 @@ pub struct DashboardFile {
     pub session_ttl_s: u64,
 }
 
-fn default_session_ttl_s() -> u64 {
+pub fn default_session_ttl_s() -> u64 {
     12 * 3_600
 }
 

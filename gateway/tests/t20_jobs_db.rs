@@ -245,11 +245,63 @@ async fn routes_are_recorded_once_per_change_in_decision_order() {
         assert_eq!(routes[2].1, fell, "the reason is kept");
         assert!(db.routes_of("p9-x").await.unwrap().is_empty());
 
+        eprintln!("--- {engine}: a whole pipeline's routes in one read (the dashboard's edges)");
+        pipeline(&db, "p1", &[("c", JobState::Waiting), ("d", JobState::Waiting)]).await;
+        pipeline(&db, "p2", &[("c", JobState::Waiting)]).await;
+        let all = other.pipeline_routes("p1").await.unwrap();
+        let seen: Vec<(&str, u32, &str, Route)> =
+            all.iter().map(|(job, n, t)| (job.as_str(), *n, t.from_job.as_str(), t.route)).collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("p1-c", 1, "a", Route::Pull),
+                ("p1-c", 1, "b", Route::Push),
+                ("p1-c", 1, "a", Route::Relay),
+                ("p1-c", 2, "a", Route::Relay),
+                ("p1-d", 1, "a", Route::Pull),
+            ]
+        );
+        assert!(db.pipeline_routes("p2").await.unwrap().is_empty(), "no routes of another pipeline's jobs");
+
         eprintln!("--- {engine}: the fallbacks, for a restarted gateway");
         assert_eq!(db.fallen_edges().await.unwrap(), vec![("p1-c".to_string(), "a".to_string())]);
         assert!(other.edge_fell_back("p1-c", "a").await.unwrap(), "another gateway sees the fallback");
         assert!(!other.edge_fell_back("p1-c", "b").await.unwrap());
         assert!(!other.edge_fell_back("p1-d", "a").await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn recent_pipelines_come_newest_first_with_their_jobs_by_state() {
+    for (engine, test) in TestDatabase::both().await {
+        eprintln!("--- {engine}");
+        let db = Db::connect(&test.database).await.unwrap();
+        assert!(db.recent_pipelines(10).await.unwrap().is_empty());
+        for (i, id) in ["p1", "p2", "p3"].into_iter().enumerate() {
+            let ids = [format!("{id}-a"), format!("{id}-b"), format!("{id}-c")];
+            let states = [JobState::Queued, JobState::Waiting, JobState::Waiting];
+            let new: Vec<NewJob<'_>> = ids
+                .iter()
+                .enumerate()
+                .map(|(idx, job)| NewJob {
+                    id: job,
+                    idx,
+                    name: &job[3..],
+                    state: states[idx],
+                    reason: "submitted",
+                    source: None,
+                })
+                .collect();
+            db.insert_pipeline(id, "user ci", "{}", &new, 1_000 * (i as i64 + 1)).await.unwrap();
+        }
+        let listed = db.recent_pipelines(2).await.unwrap();
+        assert_eq!(listed.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["p3", "p2"], "the newest two");
+        let mut jobs = listed[0].jobs.clone();
+        jobs.sort_by_key(|(s, _)| s.as_str());
+        assert_eq!(jobs, vec![(JobState::Queued, 1), (JobState::Waiting, 2)]);
+        assert_eq!((listed[1].submitted_by.as_str(), listed[1].created_ms), ("user ci", 2_000));
+        assert_eq!(db.recent_pipelines(10).await.unwrap().len(), 3);
+        db.close().await;
     }
 }
 

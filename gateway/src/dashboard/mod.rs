@@ -5,8 +5,11 @@
 //! id in a cookie (`HttpOnly`, `Secure`, `SameSite=Strict`, with the session's lifetime), stored
 //! hashed in the database with the token's hash, so any replica serves it and a revoked or expired
 //! token ends it at the next request. Every form that changes something carries the session's
-//! CSRF value. Pages: clusters (filtered by label and state), the matrix (a canvas heatmap over
-//! `/matrix.json`, cell details from `/matrix/cell`), gateways.
+//! CSRF value. Pages: clusters (filtered by label and state; enable and disable for the admin
+//! scope), the matrix (a canvas heatmap over `/matrix.json`, cell details from `/matrix/cell`),
+//! pipelines, a pipeline (its DAG, see [`dag`]), a job (attempts, routes, its log followed live;
+//! cancel for the submit scope), gateways. `/events` tells open pages when what they show
+//! changed (server-sent events), and `static/live.js` reads the changed part again.
 
 // A handler's early answer (the sign-in page, a refusal) is a whole `Response`, returned once per
 // request: boxing it would buy nothing.
@@ -35,6 +38,9 @@ use axum::routing::get;
 use crate::Gateway;
 use crate::now_ms;
 
+pub mod dag;
+pub mod jobs;
+
 /// The session cookie's name.
 pub const COOKIE: &str = "atoll_session";
 
@@ -50,11 +56,19 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/matrix", get(matrix))
         .route("/matrix.json", get(matrix_json))
         .route("/matrix/cell", get(matrix_cell))
+        .route("/clusters/{name}/enable", axum::routing::post(jobs::enable))
+        .route("/clusters/{name}/disable", axum::routing::post(jobs::disable))
+        .route("/pipelines", get(jobs::pipelines))
+        .route("/pipelines/{id}", get(jobs::pipeline))
+        .route("/jobs/{id}", get(jobs::job))
+        .route("/jobs/{id}/logs.json", get(jobs::job_logs))
+        .route("/jobs/{id}/cancel", axum::routing::post(jobs::cancel))
         .route("/gateways", get(gateways))
         .route("/events", get(events))
         .route("/static/style.css", get(|| async { asset("text/css", include_str!("static/style.css")) }))
         .route("/static/matrix.js", get(|| async { asset("text/javascript", include_str!("static/matrix.js")) }))
         .route("/static/live.js", get(|| async { asset("text/javascript", include_str!("static/live.js")) }))
+        .route("/static/log.js", get(|| async { asset("text/javascript", include_str!("static/log.js")) }))
         .fallback(|| async {
             (StatusCode::NOT_FOUND, Html("<!doctype html><title>Not found</title><p>No such page.</p>"))
         })
@@ -135,6 +149,31 @@ async fn signed(gateway: &Gateway, headers: &HeaderMap) -> Result<Signed, NoSess
     Ok(Signed { user: user.name, scopes: user.scopes, csrf: session.csrf, id_hash })
 }
 
+/// A time as people read it: UTC to the millisecond.
+pub fn utc(ms: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:03} UTC",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.millisecond()
+        ),
+        Err(_) => format!("{ms} ms"),
+    }
+}
+
+/// The answer to a data request (not a page) without a session.
+fn no_session_status(no: &NoSession) -> StatusCode {
+    match no {
+        NoSession::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        NoSession::Absent | NoSession::Ended => StatusCode::UNAUTHORIZED,
+    }
+}
+
 /// The session of a page request, or the answer to give instead (the sign-in page).
 async fn require(gateway: &Gateway, headers: &HeaderMap) -> Result<Signed, Response> {
     match signed(gateway, headers).await {
@@ -207,9 +246,11 @@ async fn login(State(gateway): Shared, Form(form): Form<LoginForm>) -> Response 
         tracing::warn!("dashboard sign-in refused: unknown, revoked or expired token");
         return refuse(StatusCode::UNAUTHORIZED, "This token is unknown, revoked or expired.");
     };
-    let Some(ttl) = gateway.config.dashboard.map(|d| d.session_ttl) else {
-        return refuse(StatusCode::NOT_FOUND, "The dashboard is off.");
-    };
+    // The dashboard's routes are served only when it is configured; the default is a fallback.
+    let ttl = gateway
+        .config
+        .dashboard
+        .map_or_else(|| std::time::Duration::from_secs(crate::config::default_session_ttl_s()), |d| d.session_ttl);
     let id = atoll_api::token::new_secret();
     let csrf = atoll_api::token::new_secret();
     let expires = now + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
@@ -266,14 +307,18 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The session of a form that changes something, its CSRF value checked; or the answer to give.
+async fn act(gateway: &Gateway, headers: &HeaderMap, form: &CsrfForm) -> Result<Signed, Response> {
+    let signed = require(gateway, headers).await?;
+    check_csrf(&signed, form)?;
+    Ok(signed)
+}
+
 async fn logout(State(gateway): Shared, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
-    let signed = match require(&gateway, &headers).await {
+    let signed = match act(&gateway, &headers, &form).await {
         Ok(signed) => signed,
         Err(response) => return response,
     };
-    if let Err(response) = check_csrf(&signed, &form) {
-        return response;
-    }
     if let Err(e) = gateway.db.delete_session(&signed.id_hash).await {
         tracing::warn!(error = %e, "ending a dashboard session failed");
     }
@@ -314,6 +359,8 @@ pub struct ClustersPage {
     /// [`clusters_digest`] of what the page shows: the live script asks for the page again only
     /// when an event says otherwise.
     pub digest: String,
+    /// The user holds the admin scope: each row has its enable or disable button.
+    pub can_admin: bool,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -382,6 +429,7 @@ async fn clusters(State(gateway): Shared, headers: HeaderMap, Query(filter): Que
             total,
             rows,
             digest,
+            can_admin: crate::auth::Caller::User { name: String::new(), scopes: signed.scopes }.allows(Scope::Admin),
         },
     )
 }
@@ -480,8 +528,16 @@ async fn matrix_cell(State(gateway): Shared, headers: HeaderMap, Query(query): Q
     if signed(&gateway, &headers).await.is_err() {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let (clusters, rows) = (gateway.registry.registered(), gateway.rows.snapshot());
-    let grid = crate::matrix::Grid::new(&clusters, &rows, now_ms(), gateway.config.stale_after);
+    // A grid of just the pair: its cells are the whole matrix's for these two (the direction
+    // back decides the mode), without joining every row for one cell.
+    let pair: Vec<_> = gateway
+        .registry
+        .registered()
+        .into_iter()
+        .filter(|c| c.name.as_str() == query.from || c.name.as_str() == query.to)
+        .collect();
+    let rows = gateway.rows.snapshot();
+    let grid = crate::matrix::Grid::new(&pair, &rows, now_ms(), gateway.config.stale_after);
     let index = |name: &str| grid.names().iter().position(|n| n.as_str() == name);
     match (index(&query.from), index(&query.to)) {
         (Some(from), Some(to)) => axum::Json(grid.cell(from, to)).into_response(),
@@ -562,25 +618,99 @@ pub fn matrix_digest(
     h.finish()
 }
 
-/// `GET /events`: server-sent events, `clusters` and `matrix`, each sent when what its page shows
-/// changed (and once at the start); the pages fetch their data again on them. Ends when the
-/// session does (the browser's `EventSource` then reconnects, and a page finds the sign-in form)
-/// or the gateway stops.
-async fn events(State(gateway): Shared, headers: HeaderMap) -> Response {
+/// What an event stream watches (`/events?watch=...`): the clusters and the matrix (no
+/// `watch`), the pipelines list, one pipeline, or one job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Watch {
+    ClustersAndMatrix,
+    Pipelines,
+    Pipeline(String),
+    Job(String),
+}
+
+impl Watch {
+    /// `watch`'s value, or why it is not one.
+    pub fn parse(value: Option<&str>) -> Result<Watch, String> {
+        match value {
+            None | Some("") => Ok(Watch::ClustersAndMatrix),
+            Some("pipelines") => Ok(Watch::Pipelines),
+            Some(other) => match other.split_once(':') {
+                Some(("pipeline", id)) if !id.is_empty() => Ok(Watch::Pipeline(id.to_string())),
+                Some(("job", id)) if !id.is_empty() => Ok(Watch::Job(id.to_string())),
+                _ => Err(format!(
+                    "watch={other:?} is not something to watch: leave it out (clusters and matrix), or give pipelines, pipeline:ID or job:ID"
+                )),
+            },
+        }
+    }
+
+    /// The events to send now: (event name, digest) of what is watched. A pipeline or job that
+    /// cannot be read sends nothing this time.
+    async fn digests(&self, gateway: &Gateway) -> Vec<(&'static str, String)> {
+        match self {
+            Watch::ClustersAndMatrix => {
+                let now = now_ms();
+                let clusters = clusters_digest(&gateway.registry.list(now));
+                let matrix = matrix_digest(
+                    &gateway.registry.registered(),
+                    &gateway.rows.snapshot(),
+                    now,
+                    gateway.config.stale_after,
+                );
+                vec![("clusters", format!("{clusters:x}")), ("matrix", format!("{matrix:x}"))]
+            }
+            Watch::Pipelines => match gateway.db.recent_pipelines(jobs::PIPELINES_LISTED).await {
+                Ok(summaries) => vec![("pipelines", jobs::digest_of(&summaries))],
+                Err(_) => Vec::new(),
+            },
+            Watch::Pipeline(id) => match jobs::pipeline_view(gateway, id).await {
+                Ok((_, _, digest)) => vec![("pipeline", digest)],
+                Err(_) => Vec::new(),
+            },
+            Watch::Job(id) => match gateway.job_detail(id).await {
+                Ok(detail) => vec![("job", jobs::digest_of(&detail))],
+                Err(_) => Vec::new(),
+            },
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    #[serde(default)]
+    watch: Option<String>,
+}
+
+/// `GET /events`: server-sent events, each named for what it watches (`clusters`, `matrix`,
+/// `pipelines`, `pipeline`, `job`) with a digest of it, sent at the start and when it changes;
+/// a page reads its changed part again on them. Ends when the session does (the browser's
+/// `EventSource` then reconnects, and a page finds the sign-in form) or the gateway stops.
+async fn events(State(gateway): Shared, headers: HeaderMap, Query(query): Query<EventsQuery>) -> Response {
     let signed = match signed(&gateway, &headers).await {
         Ok(signed) => signed,
-        Err(NoSession::Unavailable(_)) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
-        Err(_) => return StatusCode::UNAUTHORIZED.into_response(),
+        Err(no) => return no_session_status(&no).into_response(),
     };
-    struct Watch {
+    let watch = match Watch::parse(query.watch.as_deref()) {
+        Ok(watch) => watch,
+        Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
+    };
+    struct Stream {
         gateway: Arc<Gateway>,
         signed: Signed,
-        last: (Option<u64>, Option<u64>),
+        watch: Watch,
+        last: std::collections::HashMap<&'static str, String>,
         pending: Vec<axum::response::sse::Event>,
         checked: tokio::time::Instant,
     }
-    let start =
-        Watch { gateway, signed, last: (None, None), pending: Vec::new(), checked: tokio::time::Instant::now() };
+    let start = Stream {
+        gateway,
+        signed,
+        watch,
+        last: std::collections::HashMap::new(),
+        pending: Vec::new(),
+        checked: tokio::time::Instant::now(),
+    };
     let stream = futures::stream::unfold(start, |mut w| async move {
         loop {
             if let Some(event) = w.pending.pop() {
@@ -595,21 +725,12 @@ async fn events(State(gateway): Shared, headers: HeaderMap) -> Response {
             if matches!(w.gateway.db.session_user(&w.signed.id_hash, now_ms()).await, Ok(None)) {
                 return None;
             }
-            let now = now_ms();
-            let clusters = clusters_digest(&w.gateway.registry.list(now));
-            let matrix = matrix_digest(
-                &w.gateway.registry.registered(),
-                &w.gateway.rows.snapshot(),
-                now,
-                w.gateway.config.stale_after,
-            );
-            if w.last.1 != Some(matrix) {
-                w.pending.push(axum::response::sse::Event::default().event("matrix").data(format!("{matrix:x}")));
+            for (name, digest) in w.watch.digests(&w.gateway).await {
+                if w.last.get(name) != Some(&digest) {
+                    w.pending.push(axum::response::sse::Event::default().event(name).data(digest.clone()));
+                    w.last.insert(name, digest);
+                }
             }
-            if w.last.0 != Some(clusters) {
-                w.pending.push(axum::response::sse::Event::default().event("clusters").data(format!("{clusters:x}")));
-            }
-            w.last = (Some(clusters), Some(matrix));
         }
     });
     axum::response::sse::Sse::new(stream)

@@ -67,6 +67,16 @@ pub struct AttemptRow {
     pub output: Option<(String, u64)>,
 }
 
+/// A pipeline as the dashboard lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PipelineSummary {
+    pub id: String,
+    pub submitted_by: String,
+    pub created_ms: i64,
+    /// How many of its jobs are in each state (states with none left out).
+    pub jobs: Vec<(JobState, u64)>,
+}
+
 /// A job of a new pipeline.
 #[derive(Clone, Debug)]
 pub struct NewJob<'a> {
@@ -333,6 +343,40 @@ impl Db {
     /// The newest jobs first (by pipeline submission, then spec order), at most `limit`.
     pub async fn recent_jobs(&self, limit: u32) -> Result<Vec<JobRow>, DbError> {
         fetch_jobs!(self, "ORDER BY created_ms DESC, pipeline_id DESC, idx LIMIT $1", i64::from(limit))
+    }
+
+    /// The newest pipelines first, at most `limit`, each with how many of its jobs are in each
+    /// state: the dashboard's pipelines page.
+    pub async fn recent_pipelines(&self, limit: u32) -> Result<Vec<PipelineSummary>, DbError> {
+        with_pool!(self, read, |pool| {
+            let rows = sqlx::query(
+                "SELECT p.id, p.submitted_by, p.created_ms, j.state, COUNT(*) AS n FROM pipelines p
+                 JOIN jobs j ON j.pipeline_id = p.id
+                 WHERE p.id IN (SELECT id FROM pipelines ORDER BY created_ms DESC, id DESC LIMIT $1)
+                 GROUP BY p.id, p.submitted_by, p.created_ms, j.state
+                 ORDER BY p.created_ms DESC, p.id DESC",
+            )
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
+            let mut out: Vec<PipelineSummary> = Vec::new();
+            for row in &rows {
+                let id: String = row.try_get("id")?;
+                let state: String = row.try_get("state")?;
+                let state = state.parse().map_err(|e| DbError::corrupt("jobs.state", e))?;
+                let n: i64 = row.try_get("n")?;
+                if out.last().is_none_or(|p| p.id != id) {
+                    out.push(PipelineSummary {
+                        id,
+                        submitted_by: row.try_get("submitted_by")?,
+                        created_ms: row.try_get("created_ms")?,
+                        jobs: Vec::new(),
+                    });
+                }
+                out.last_mut().expect("pushed above").jobs.push((state, u64::try_from(n).unwrap_or(0)));
+            }
+            Ok::<_, DbError>(out)
+        })
     }
 
     /// Jobs in `state`, oldest first.

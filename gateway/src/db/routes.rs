@@ -89,19 +89,29 @@ impl Db {
 
     /// Every route given to the inputs of `job`'s attempts: (attempt, route) in decision order.
     pub async fn routes_of(&self, job: &str) -> Result<Vec<(u32, RouteTaken)>, DbError> {
+        let rows = self.routes_where("WHERE r.job_id = $1", job).await?;
+        Ok(rows.into_iter().map(|(_, attempt, taken)| (attempt, taken)).collect())
+    }
+
+    /// Every route given to the inputs of the jobs of `pipeline`: (child job id, attempt,
+    /// route) in decision order, in one query (the dashboard draws a pipeline's edges from it).
+    pub async fn pipeline_routes(&self, pipeline: &str) -> Result<Vec<(String, u32, RouteTaken)>, DbError> {
+        self.routes_where("JOIN jobs j ON j.id = r.job_id WHERE j.pipeline_id = $1", pipeline).await
+    }
+
+    async fn routes_where(&self, filter: &'static str, arg: &str) -> Result<Vec<(String, u32, RouteTaken)>, DbError> {
+        let sql = format!(
+            "SELECT r.job_id, r.attempt, r.from_job, r.from_cluster, r.route, r.at_ms, r.reason FROM edge_routes r
+             {filter} ORDER BY r.job_id, r.attempt, r.at_ms, r.from_job, r.seq"
+        );
         with_pool!(self, read, |pool| {
-            let rows = sqlx::query(
-                "SELECT attempt, from_job, from_cluster, route, at_ms, reason FROM edge_routes
-                 WHERE job_id = $1 ORDER BY attempt, at_ms, from_job, seq",
-            )
-            .bind(job)
-            .fetch_all(pool)
-            .await?;
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(arg).fetch_all(pool).await?;
             rows.iter()
                 .map(|row| {
                     let attempt: i64 = row.try_get("attempt")?;
                     let route: String = row.try_get("route")?;
                     Ok::<_, DbError>((
+                        row.try_get("job_id")?,
                         u32::try_from(attempt).map_err(|e| DbError::corrupt("edge_routes.attempt", e))?,
                         RouteTaken {
                             from_job: row.try_get("from_job")?,

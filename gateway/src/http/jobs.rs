@@ -51,15 +51,16 @@ pub(super) async fn cancel(
     Ok(Json(gateway.cancel(&id, &caller.describe()).await?))
 }
 
+/// Where to read a log from, and how long to wait for more (the API's and the dashboard's).
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct LogQuery {
+pub(crate) struct LogQuery {
     #[serde(default)]
-    after_attempt: u32,
+    pub after_attempt: u32,
     #[serde(default)]
-    after_seq: u32,
+    pub after_seq: u32,
     #[serde(default)]
-    wait_ms: u64,
+    pub wait_ms: u64,
 }
 
 pub(super) async fn logs(

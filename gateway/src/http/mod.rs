@@ -28,7 +28,7 @@
 mod clusters;
 mod enroll;
 pub(crate) mod gateways;
-mod jobs;
+pub(crate) mod jobs;
 mod leader;
 mod matrix;
 mod pipelines;

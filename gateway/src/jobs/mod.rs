@@ -144,7 +144,7 @@ impl JobsState {
     }
 }
 
-fn db_error(e: DbError) -> ApiError {
+pub(crate) fn db_error(e: DbError) -> ApiError {
     tracing::error!(error = %e, "database error");
     ApiError::unavailable(format!("the gateway's database is unavailable: {e}"))
 }

@@ -9,7 +9,8 @@
   const group = document.getElementById("group");
   const colour = { r: "#1b7f3b", s: "#b36b00", u: "#b3261e", "?": "#6b6b6b" };
   const word = { r: "reachable", s: "suspect", u: "unreachable", "?": "unknown" };
-  let data = null, order = [], size = 1, gutter = 0, at = { from: 0, to: 0 }, asked = 0;
+  const groupList = document.getElementById("groups");
+  let data = null, order = [], groups = [], size = 1, gutter = 0, at = { from: 0, to: 0 }, asked = 0;
 
   function layout() {
     const n = order.length;
@@ -54,6 +55,16 @@
         ctx.restore();
       }
     }
+    // Group boundaries: a dark line across the whole matrix where a group starts.
+    if (groups.length > 1) {
+      ctx.fillStyle = "#1a1a1a";
+      const w = Math.max(1, Math.min(3, Math.floor(size / 4) || 1));
+      for (const g of groups.slice(1)) {
+        const p = gutter + g.start * size;
+        ctx.fillRect(gutter, p - Math.floor(w / 2), n * size, w);
+        ctx.fillRect(p - Math.floor(w / 2), gutter, w, n * size);
+      }
+    }
     if (n) {
       ctx.strokeStyle = "#0b5cad";
       ctx.lineWidth = 2;
@@ -66,6 +77,7 @@
     const from = order[at.from], to = order[at.to];
     const a = data.names[from], b = data.names[to];
     if (from === to) { detail.textContent = a + " (itself)"; return; }
+    const where = group.value ? " [" + groupOf(from) + " -> " + groupOf(to) + "]" : "";
     detail.textContent = a + " -> " + b + ": " + word[data.states[from * data.names.length + to]] + "; loading…";
     // Only the answer about the cell selected last is shown: an earlier one may come later.
     const ask = ++asked;
@@ -76,20 +88,44 @@
         const rtt = c.rtt_ms == null ? "no rtt" : "rtt " + c.rtt_ms.toFixed(1) + " ms";
         const loss = c.loss == null ? "loss unknown" : "loss " + (100 * c.loss).toFixed(0) + "%";
         const age = c.age_ms == null ? "never reported" : "reported " + c.age_ms + " ms ago";
-        detail.textContent = a + " -> " + b + ": " + c.state + ", " + rtt + ", " + loss + ", " + age + "; outputs go " + c.mode;
+        detail.textContent = a + " -> " + b + ": " + c.state + ", " + rtt + ", " + loss + ", " + age + "; outputs go " + c.mode + where;
       })
       .catch(() => { if (ask === asked) detail.textContent = a + " -> " + b + ": details could not be read"; });
   }
 
+  // The group a cluster is in: none (by name), its whole label set, or whether it has one label.
+  function groupOf(i) {
+    const how = group.value;
+    if (!how) return "";
+    if (how === "*") return data.labels[i].length ? [...data.labels[i]].sort().join(", ") : "(no labels)";
+    return data.labels[i].includes(how) ? "label " + how : "without " + how;
+  }
+
   function reorder() {
-    const key = group.value, idx = data.names.map((_, i) => i);
-    if (key) {
-      idx.sort((x, y) => {
-        const hx = data.labels[x].includes(key) ? 0 : 1, hy = data.labels[y].includes(key) ? 0 : 1;
-        return hx - hy || (data.names[x] < data.names[y] ? -1 : 1);
-      });
-    }
+    const idx = data.names.map((_, i) => i), key = idx.map(groupOf);
+    const with1 = group.value && group.value !== "*";
+    idx.sort((x, y) => {
+      // A chosen label's group first; label sets in their order; then names.
+      const kx = with1 ? (key[x].startsWith("label ") ? 0 : 1) : key[x];
+      const ky = with1 ? (key[y].startsWith("label ") ? 0 : 1) : key[y];
+      if (kx !== ky) return kx < ky ? -1 : 1;
+      return data.names[x] < data.names[y] ? -1 : data.names[x] > data.names[y] ? 1 : 0;
+    });
     order = idx;
+    groups = [];
+    order.forEach((c, i) => {
+      if (!groups.length || groups[groups.length - 1].name !== key[c]) groups.push({ name: key[c], start: i, len: 0 });
+      groups[groups.length - 1].len++;
+    });
+    if (!group.value) groups = [];
+    canvas.dataset.groups = groups.map((g) => g.name + ":" + g.len).join(";");
+    groupList.textContent = "";
+    for (const g of groups) {
+      const li = document.createElement("li");
+      li.textContent = g.name + ": " + g.len + (g.len === 1 ? " cluster" : " clusters") +
+        " (rows and columns " + (g.start + 1) + "–" + (g.start + g.len) + ")";
+      groupList.appendChild(li);
+    }
     layout();
     draw();
   }
