@@ -31,7 +31,7 @@ fn a_good_spec_passes_and_a_bad_one_lists_every_problem() {
     assert_eq!(code, 1, "{out}");
     for line in [
         "version: unsupported version 2",
-        "jobs[1].type: unknown job type \"docker\"",
+        "jobs[1].type: unknown job type \"dockerfile\"",
         "jobs[4].depends_on[0]: unknown job \"nope\"",
         "jobs[5].name: duplicate job name \"c\" (first at jobs[3])",
     ] {
@@ -78,6 +78,28 @@ jobs:
     assert!(!out.contains('\0'), "a raw NUL in:\n{out}");
 }
 
+#[test]
+fn every_pipeline_of_infrabox_s_examples_validates_offline() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../api/src/spec/testdata/infrabox");
+    let mut files = Vec::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.file_name().is_some_and(|n| n == "infrabox.json" || n == "infrabox.yaml") {
+                files.push(path);
+            }
+        }
+    }
+    assert_eq!(files.len(), 32);
+    for file in files {
+        let (code, out) = validate(&["--offline", file.to_str().unwrap()]);
+        assert_eq!(code, 0, "{}: {out}", file.display());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn selectors_are_checked_against_the_gateways_clusters() {
     let mesh = GatewayMesh::start(common::Engine::Sqlite, 3, 1, test_gateway_timing(), false).await;
@@ -104,6 +126,23 @@ jobs:
         stdout.contains("jobs[2].cluster.prefer: prefers cluster \"azure\", but no such cluster is registered"),
         "{stdout}"
     );
+
+    // An InfraBox docker job reads offline, and is refused by name where it would run.
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../api/src/spec/testdata/infrabox/examples");
+    let deploy = examples.join("deploy/infrabox.json");
+    let (code, out) = validate(&["--offline", deploy.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let out = mesh.cli(&["validate", deploy.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("jobs[0].type: job \"test\": no executor builds a Dockerfile yet"), "{stdout}");
+    assert!(
+        stdout.contains("jobs[0].deployments: job \"test\": pushing images to a registry is not supported yet"),
+        "{stdout}"
+    );
+    let submitted = mesh.cli(&["submit", deploy.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&submitted.stderr);
+    assert!(!submitted.status.success() && stderr.contains("no executor builds a Dockerfile yet"), "{stderr}");
 
     let out = mesh.cli(&["cluster", "disable", "aws"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

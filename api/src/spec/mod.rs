@@ -17,11 +17,13 @@
 //!
 //! Parsing never panics, whatever the input (a property test feeds it arbitrary documents).
 
+mod container;
 mod document;
 mod graph;
 mod path;
 mod walk;
 
+pub use container::secret_name;
 pub use document::Document;
 pub use graph::topological_order;
 pub use walk::job_name;
@@ -88,13 +90,207 @@ pub struct JobSpec {
     /// This job's pushed source (`sha256:<hex>`), in place of the pipeline's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Environment variables whose values are secrets (`{"$secret": NAME}` or a vault
+    /// reference): filled in only in the job's environment when it runs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, SecretRef>,
+    /// Building, running and publishing images: `docker`, `docker-image` and `docker-compose`
+    /// jobs (InfraBox's keys).
+    #[serde(default, skip_serializing_if = "ContainerSpec::is_empty")]
+    pub container: ContainerSpec,
+    /// A `workflow` or `git` include: another pipeline file whose jobs take this job's place,
+    /// expanded when the pipeline is submitted (a stored pipeline has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include: Option<Include>,
 }
 
 impl JobSpec {
-    /// Whether a cluster runs this job (a `wait` job runs nowhere: the gateway settles it).
+    /// Whether a cluster runs this job (a `wait` job runs nowhere: the gateway settles it; an
+    /// include is replaced by its jobs before anything runs).
     pub fn runs_on_a_cluster(&self) -> bool {
-        self.kind != JobKind::Wait
+        !matches!(self.kind, JobKind::Wait | JobKind::Workflow | JobKind::Git)
     }
+}
+
+/// A secret an environment variable (or a registry's credential) names.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretRef {
+    /// `{"$secret": NAME}`: one of the gateway's secrets (`atoll secret set`).
+    Secret(String),
+    /// `{"$vault": NAME, "$vault_secret_path": PATH, "$vault_secret_key": KEY}`: a key of a
+    /// secret in a vault.
+    Vault { vault: String, path: String, key: String },
+}
+
+/// What `docker`, `docker-image` and `docker-compose` jobs add (InfraBox's keys, under their
+/// own names). Paths are as the job's file wrote them, resolved when it runs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ContainerSpec {
+    /// `docker_file`: the Dockerfile, relative to the build context.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker_file: Option<String>,
+    /// `build_context`: relative to the directory of the file that defines the job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_context: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub build_arguments: BTreeMap<String, String>,
+    /// `build_only` (a `docker` job): build the image and do not run it; InfraBox's default is
+    /// `true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_only: Option<bool>,
+    /// `target`: the Dockerfile stage to build.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// `enable_docker_build_kit`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub build_kit: bool,
+    /// `run` (a `docker-image` job): `false` only pulls (and publishes) the image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<bool>,
+    /// `docker_compose_file`: relative to the directory of the file that defines the job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compose_file: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub compose_profiles: Vec<String>,
+    /// `stop_timeout`: seconds the services get to stop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_timeout_s: Option<u64>,
+    /// `parallel_build`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub parallel_build: bool,
+    #[serde(skip_serializing_if = "Cache::is_default")]
+    pub cache: Cache,
+    /// `security_context.privileged`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
+    #[serde(skip_serializing_if = "Repository::is_default")]
+    pub repository: Repository,
+    /// `services`: custom resources made for the job (each `apiVersion`, `kind`, `metadata`
+    /// with a unique `name`, `spec`), kept as written.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<serde_json::Value>,
+    /// `deployments`: where the built (or run) image is pushed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deployments: Vec<Registry>,
+    /// `registries`: where images are pulled from, with their credentials.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub registries: Vec<Registry>,
+    /// `resources.kubernetes.limits`: a Kubernetes namespace for the job, with these limits
+    /// (older InfraBox files).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes_limits: Option<Resources>,
+}
+
+impl ContainerSpec {
+    pub fn is_empty(&self) -> bool {
+        *self == ContainerSpec::default()
+    }
+}
+
+/// `cache`: `data` keeps `/infrabox/cache` between runs of the job (default on); `image` reuses
+/// the last built image as a build cache (default off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Cache {
+    pub data: bool,
+    pub image: bool,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache { data: true, image: false }
+    }
+}
+
+impl Cache {
+    pub fn is_default(&self) -> bool {
+        *self == Cache::default()
+    }
+}
+
+/// `repository`: how the job gets the pipeline's source. `clone: false` gives it none;
+/// `submodules` and `full_history` are InfraBox's clone options (an atoll source is what `atoll
+/// push` packed, so they change nothing there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Repository {
+    pub clone: bool,
+    pub submodules: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub full_history: Option<bool>,
+}
+
+impl Default for Repository {
+    fn default() -> Self {
+        Repository { clone: true, submodules: true, full_history: None }
+    }
+}
+
+impl Repository {
+    pub fn is_default(&self) -> bool {
+        *self == Repository::default()
+    }
+}
+
+/// A registry an image is pushed to (`deployments`) or pulled from (`registries`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registry {
+    #[serde(rename = "type")]
+    pub kind: RegistryKind,
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<SecretRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub always_push: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<SecretRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<SecretRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<SecretRef>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RegistryKind {
+    DockerRegistry,
+    Ecr,
+    Gcr,
+}
+
+impl RegistryKind {
+    pub const ALL: [(&'static str, RegistryKind); 3] =
+        [("docker-registry", RegistryKind::DockerRegistry), ("ecr", RegistryKind::Ecr), ("gcr", RegistryKind::Gcr)];
+}
+
+/// Another pipeline file whose jobs take an include job's place.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "from")]
+pub enum Include {
+    /// `workflow`: a file of the same source, relative to the directory of the file naming it.
+    Workflow { infrabox_file: String },
+    /// `git`: a file of another repository at a commit (default `infrabox.json`, then
+    /// `infrabox.yaml`, at its root); `environment` overrides the included jobs' variables.
+    Git {
+        clone_url: String,
+        commit: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        branch: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        infrabox_file: Option<String>,
+    },
 }
 
 /// The job types.
@@ -107,17 +303,36 @@ pub enum JobKind {
     Wait,
     /// A container image, run by the Kubernetes executor.
     DockerImage,
+    /// Builds the job's Dockerfile, then (unless `build_only`) runs the image.
+    Docker,
+    /// Runs a docker-compose file's services.
+    DockerCompose,
+    /// Includes another pipeline file of the same source.
+    Workflow,
+    /// Includes a pipeline file of another git repository.
+    Git,
 }
 
 impl JobKind {
-    pub const ALL: [(&'static str, JobKind); 3] =
-        [("command", JobKind::Command), ("wait", JobKind::Wait), ("docker-image", JobKind::DockerImage)];
+    pub const ALL: [(&'static str, JobKind); 7] = [
+        ("command", JobKind::Command),
+        ("wait", JobKind::Wait),
+        ("docker-image", JobKind::DockerImage),
+        ("docker", JobKind::Docker),
+        ("docker-compose", JobKind::DockerCompose),
+        ("workflow", JobKind::Workflow),
+        ("git", JobKind::Git),
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Command => "command",
             JobKind::Wait => "wait",
             JobKind::DockerImage => "docker-image",
+            JobKind::Docker => "docker",
+            JobKind::DockerCompose => "docker-compose",
+            JobKind::Workflow => "workflow",
+            JobKind::Git => "git",
         }
     }
 }
@@ -343,10 +558,62 @@ pub struct ClusterFacts<'a> {
     pub enabled: bool,
 }
 
-/// The checks that need the registered clusters: every job that runs on a cluster has an
-/// enabled cluster satisfying its selector, and its `prefer` names such a cluster.
-pub fn check_clusters(spec: &PipelineSpec, clusters: &[ClusterFacts<'_>]) -> Result<(), SpecErrors> {
+/// What no executor of this build runs yet (and a pipeline of no jobs), each with the path of
+/// the key that asks for it:
+/// such a pipeline reads (`atoll validate --offline` accepts every InfraBox key) but is refused
+/// where it would run, by name, rather than run with the key silently ignored.
+pub fn unsupported(spec: &PipelineSpec) -> Vec<SpecProblem> {
     let mut problems = Vec::new();
+    if spec.jobs.is_empty() {
+        problems
+            .push(SpecProblem { path: "jobs".into(), message: "empty: a pipeline with no jobs runs nothing".into() });
+    }
+    for (i, job) in spec.jobs.iter().enumerate() {
+        let mut say = |key: &str, what: &str| {
+            problems
+                .push(SpecProblem { path: format!("jobs[{i}].{key}"), message: format!("job {:?}: {what}", job.name) })
+        };
+        match job.kind {
+            JobKind::Docker => say("type", "no executor builds a Dockerfile yet (a docker job)"),
+            JobKind::DockerCompose => say("type", "no executor runs docker-compose yet (a docker-compose job)"),
+            JobKind::Workflow | JobKind::Git => say(
+                "type",
+                &format!("{} includes are not expanded yet: list the included jobs in this file", job.kind.as_str()),
+            ),
+            JobKind::Command | JobKind::Wait | JobKind::DockerImage => {}
+        }
+        for name in job.secret_env.keys() {
+            say(&format!("environment.{name}"), "the gateway keeps no secrets yet (a $secret or vault value)");
+        }
+        let c = &job.container;
+        let keys: [(bool, &str, &str); 8] = [
+            (!c.deployments.is_empty(), "deployments", "pushing images to a registry is not supported yet"),
+            (!c.registries.is_empty(), "registries", "pulling from registries with credentials is not supported yet"),
+            (!c.services.is_empty(), "services", "services (custom resources made for a job) are not supported yet"),
+            (c.privileged, "security_context.privileged", "privileged containers are not supported"),
+            (c.kubernetes_limits.is_some(), "resources.kubernetes", "a Kubernetes namespace per job is not provided"),
+            (c.run == Some(false), "run", "pulling an image without running it is not supported yet"),
+            (c.cache.image, "cache.image", "an image build cache needs a Dockerfile build, which is not supported yet"),
+            (
+                c.build_context.is_some() && job.kind == JobKind::DockerImage,
+                "build_context",
+                "mounting a build context into a docker-image job is not supported yet",
+            ),
+        ];
+        for (asked, key, what) in keys {
+            if asked {
+                say(key, what);
+            }
+        }
+    }
+    problems
+}
+
+/// The checks that need the registered clusters: every job that runs on a cluster has an
+/// enabled cluster satisfying its selector, and its `prefer` names such a cluster; and nothing
+/// [`unsupported`] is asked for.
+pub fn check_clusters(spec: &PipelineSpec, clusters: &[ClusterFacts<'_>]) -> Result<(), SpecErrors> {
+    let mut problems = unsupported(spec);
     for (i, job) in spec.jobs.iter().enumerate() {
         if !job.runs_on_a_cluster() {
             continue;

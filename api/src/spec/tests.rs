@@ -85,7 +85,7 @@ fn every_problem_of_a_malformed_file_is_reported_with_its_path() {
     has(&found, "version", "unsupported version 2");
     has(&found, "extra", "unknown key");
     has(&found, "jobs[0].name", "lowercase letters");
-    has(&found, "jobs[1].type", "unknown job type \"docker\"");
+    has(&found, "jobs[1].type", "unknown job type \"dockerfile\"");
     has(&found, "jobs[2].command", "missing");
     has(&found, "jobs[3].timeout", "must be seconds");
     has(&found, "jobs[3].resources.limits.cpu", "out of range");
@@ -95,6 +95,7 @@ fn every_problem_of_a_malformed_file_is_reported_with_its_path() {
     has(&found, "jobs[3].environment.OK", "must be a string");
     has(&found, "jobs[3].retries", "out of range");
     has(&found, "jobs[3].colour", "unknown key");
+    has(&found, "jobs[3].colour", "docs/job-spec.md");
     has(&found, "jobs[4].depends_on[0]", "unknown job \"nope\"");
     has(&found, "jobs[4].depends_on[1]", "depends on itself");
     has(&found, "jobs[4].depends_on[3]", "depends on \"c\" twice");
@@ -312,8 +313,8 @@ fn documents_that_are_not_pipelines_are_refused_plainly() {
     assert!(problems("[1, 2]")[0].contains("must be a map, found a list"));
     let found = problems("version: 1");
     has(&found, "jobs", "missing");
-    let found = problems("version: 1\njobs: []");
-    has(&found, "jobs", "at least one job");
+    let empty = parse("version: 1\njobs: []").expect("an empty pipeline reads, as in InfraBox");
+    assert_eq!(unsupported(&empty)[0].to_string(), "jobs: empty: a pipeline with no jobs runs nothing");
     let found = problems("jobs: [{name: a, type: wait}]");
     has(&found, "version", "missing");
 }
@@ -466,4 +467,268 @@ proptest! {
             }
         }
     }
+}
+
+/// Every `infrabox.json` / `infrabox.yaml` under `testdata/infrabox/DIR`, with its path there.
+fn infrabox_files(dir: &str) -> Vec<(String, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/spec/testdata/infrabox").join(dir);
+    let mut out = Vec::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if matches!(path.file_name().and_then(|n| n.to_str()), Some("infrabox.json" | "infrabox.yaml")) {
+                let shown = path.strip_prefix(&root).unwrap().display().to_string();
+                out.push((shown, std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn every_pipeline_of_infrabox_s_examples_reads_unchanged() {
+    let examples = infrabox_files("examples");
+    let included = infrabox_files("git");
+    assert_eq!((examples.len(), included.len()), (26, 6), "the files under testdata/infrabox");
+    let mut kinds = BTreeSet::new();
+    for (file, text) in examples.iter().chain(&included) {
+        let spec = parse(text).unwrap_or_else(|e| panic!("{file}: {e}"));
+        kinds.extend(spec.jobs.iter().map(|j| j.kind.as_str()));
+    }
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        ["docker", "docker-compose", "docker-image", "git", "workflow"],
+        "every InfraBox job type the examples use"
+    );
+}
+
+#[test]
+fn infrabox_keys_are_read_into_the_spec() {
+    let read = |name: &str| {
+        let (_, text) = infrabox_files("examples").into_iter().find(|(f, _)| f == name).unwrap();
+        parse(&text).unwrap()
+    };
+    let deploy = &read("deploy/infrabox.json").jobs[0];
+    assert_eq!(deploy.kind, JobKind::Docker);
+    assert_eq!(deploy.container.docker_file.as_deref(), Some("infrabox/test/Dockerfile"));
+    assert_eq!(deploy.container.build_only, Some(true));
+    assert_eq!(deploy.resources, Resources { cpu_millis: Some(1000), memory_mib: Some(1024) });
+    let registry = &deploy.container.deployments[0];
+    assert_eq!(
+        (registry.kind, registry.host.as_str(), registry.repository.as_deref(), registry.username.as_deref()),
+        (RegistryKind::DockerRegistry, "quay.io/infrabox", Some("test"), Some("my_username"))
+    );
+    assert_eq!(registry.password, Some(SecretRef::Secret("QUAY_PASSWORD".into())));
+    let (_, slack) = infrabox_files("git").into_iter().find(|(f, _)| f == "slack/infrabox.json").unwrap();
+    let notify = &parse(&slack).unwrap().jobs[0];
+    assert_eq!(notify.secret_env.get("SLACK_WEBHOOK_URL"), Some(&SecretRef::Secret("SLACK_WEBHOOK_URL".into())));
+    assert!(notify.environment.is_empty(), "a secret is not a plain value");
+    let plain = &read("secrets/infrabox.json").jobs[0];
+    assert_eq!(plain.environment.get("MY_ENV_VAR").map(String::as_str), Some("hello world"));
+    let args = &read("build_arguments/infrabox.json").jobs[0];
+    assert_eq!(args.container.build_arguments.get("MY_ARG").map(String::as_str), Some("Some Value"));
+    let compose = &read("docker_compose/infrabox.json").jobs[0];
+    assert_eq!(compose.container.compose_file.as_deref(), Some("infrabox/test/docker-compose.yml"));
+    let flow = &read("workflows/infrabox.json").jobs[0];
+    assert_eq!(flow.include, Some(Include::Workflow { infrabox_file: "flow/infrabox.json".into() }));
+    assert!(!flow.runs_on_a_cluster());
+    let git = read("slack/infrabox.json");
+    let external = git.jobs.iter().find(|j| j.kind == JobKind::Git).unwrap();
+    assert_eq!(
+        external.include,
+        Some(Include::Git {
+            clone_url: "https://github.com/InfraBox/slack.git".into(),
+            commit: "master".into(),
+            branch: None,
+            infrabox_file: None
+        })
+    );
+    let gke = &read("service_gke/infrabox.json").jobs[0];
+    assert_eq!(gke.container.services[0]["kind"], "GKECluster");
+    // What no executor runs yet is refused by name, with the job and the key.
+    let refused: Vec<String> = unsupported(&read("deploy/infrabox.json")).iter().map(ToString::to_string).collect();
+    assert_eq!(
+        refused,
+        [
+            "jobs[0].type: job \"test\": no executor builds a Dockerfile yet (a docker job)",
+            "jobs[0].deployments: job \"test\": pushing images to a registry is not supported yet"
+        ]
+    );
+    // The stored form keeps only what was said: a plain command job has none of it.
+    let plain = parse("version: 1\njobs: [{name: a, type: command, command: 'true'}]").unwrap();
+    let json = serde_json::to_value(&plain.jobs[0]).unwrap();
+    for key in ["container", "secret_env", "include"] {
+        assert!(json.get(key).is_none(), "{key} in {json}");
+    }
+    let round: PipelineSpec =
+        serde_json::from_value(serde_json::to_value(read("deploy/infrabox.json")).unwrap()).unwrap();
+    assert_eq!(round, read("deploy/infrabox.json"), "the stored form reads back the same");
+}
+
+#[test]
+fn each_infrabox_key_is_checked_where_it_stands() {
+    let cases: &[(&str, &str, &str)] = &[
+        (r#"{"name":"a","type":"docker"}"#, "jobs[0].docker_file", "missing: a docker job needs a docker_file"),
+        (r#"{"name":"a","type":"docker-compose"}"#, "jobs[0].docker_compose_file", "missing"),
+        (r#"{"name":"a","type":"workflow"}"#, "jobs[0].infrabox_file", "names the pipeline file it includes"),
+        (r#"{"name":"a","type":"git","commit":"main"}"#, "jobs[0].clone_url", "missing"),
+        (r#"{"name":"a","type":"git","clone_url":"u","commit":"--upload-pack=x"}"#, "jobs[0].commit", "not a commit"),
+        (r#"{"name":"a","type":"docker","docker_file":"/etc/Dockerfile"}"#, "jobs[0].docker_file", "is absolute"),
+        (r#"{"name":"a","type":"docker","docker_file":""}"#, "jobs[0].docker_file", "cannot be empty"),
+        (r#"{"name":"a","type":"docker","docker_file":"D","build_only":"yes"}"#, "jobs[0].build_only", "true or false"),
+        (
+            r#"{"name":"a","type":"docker","docker_file":"D","build_arguments":{"A":""}}"#,
+            "jobs[0].build_arguments.A",
+            "cannot be empty",
+        ),
+        (
+            r#"{"name":"a","type":"docker","docker_file":"D","build_arguments":[]}"#,
+            "jobs[0].build_arguments",
+            "must be a map",
+        ),
+        (
+            r#"{"name":"a","type":"docker","docker_file":"D","cache":{"after_image":true}}"#,
+            "jobs[0].cache.after_image",
+            "unknown key",
+        ),
+        (
+            r#"{"name":"a","type":"docker","docker_file":"D","security_context":{"capabilities":{}}}"#,
+            "jobs[0].security_context.capabilities",
+            "unknown key",
+        ),
+        (
+            r#"{"name":"a","type":"docker","docker_file":"D","repository":{"github_api_token":"x"}}"#,
+            "jobs[0].repository.github_api_token",
+            "unknown key",
+        ),
+        (
+            r#"{"name":"a","type":"docker","docker_file":"D","services":[{"apiVersion":"v1","kind":"K","metadata":{"name":"s"}},{"apiVersion":"v1","kind":"K","metadata":{"name":"s"}}]}"#,
+            "jobs[0].services[1].metadata.name",
+            "duplicate service name \"s\"",
+        ),
+        (
+            r#"{"name":"a","type":"docker","docker_file":"D","services":[{"kind":"K","metadata":{}}]}"#,
+            "jobs[0].services[0].apiVersion",
+            "missing",
+        ),
+        (r#"{"name":"a","type":"docker","docker_file":"D","deployments":[]}"#, "jobs[0].deployments", "empty"),
+        (
+            r#"{"name":"a","type":"docker","docker_file":"D","deployments":[{"type":"quay"}]}"#,
+            "jobs[0].deployments[0].type",
+            "unknown registry type \"quay\"",
+        ),
+        (
+            r#"{"name":"a","type":"docker","docker_file":"D","deployments":[{"type":"docker-registry","host":"h"}]}"#,
+            "jobs[0].deployments[0].repository",
+            "missing",
+        ),
+        (
+            r#"{"name":"a","type":"docker","docker_file":"D","deployments":[{"type":"docker-registry","host":"h","repository":"r","password":"plain"}]}"#,
+            "jobs[0].deployments[0].password",
+            "must be a secret",
+        ),
+        (
+            r#"{"name":"a","type":"docker","docker_file":"D","deployments":[{"type":"ecr","host":"h","repository":"r","region":"x","access_key_id":{"$secret":"A"},"secret_access_key":{"$vault":"v"}}]}"#,
+            r#"jobs[0].deployments[0].secret_access_key."$vault_secret_path""#,
+            "missing",
+        ),
+        (
+            r#"{"name":"a","type":"docker-image","image":"i","registries":[{"type":"docker-registry","host":"h","repository":"r"}]}"#,
+            "jobs[0].registries[0].username",
+            "missing",
+        ),
+        (
+            r#"{"name":"a","type":"docker-image","image":"i","environment":{"X":{"$secret":""}}}"#,
+            r#"jobs[0].environment.X."$secret""#,
+            "cannot be empty",
+        ),
+        (
+            r#"{"name":"a","type":"docker-image","image":"i","environment":{"X":{}}}"#,
+            "jobs[0].environment.X",
+            "missing $secret",
+        ),
+        (
+            r#"{"name":"a","type":"docker-image","image":"i","environment":{"X":{"$secret":"has space"}}}"#,
+            r#"jobs[0].environment.X."$secret""#,
+            "a secret's name",
+        ),
+        (
+            r#"{"name":"a","type":"docker-image","image":"i","docker_file":"D"}"#,
+            "jobs[0].docker_file",
+            "a docker-image job takes no docker_file (only: docker)",
+        ),
+        (
+            r#"{"name":"a","type":"docker-compose","docker_compose_file":"c.yml","command":["x"]}"#,
+            "jobs[0].command",
+            "a docker-compose job takes no command",
+        ),
+        (
+            r#"{"name":"a","type":"workflow","infrabox_file":"f","environment":{}}"#,
+            "jobs[0].environment",
+            "a workflow job includes other jobs and runs nothing itself",
+        ),
+        (
+            r#"{"name":"a","type":"git","clone_url":"u","commit":"c","resources":{}}"#,
+            "jobs[0].resources",
+            "a git job includes other jobs",
+        ),
+        (
+            r#"{"name":"a","type":"docker","docker_file":"D","resources":{"kubernetes":{"limits":{"cpu":"lots"}}}}"#,
+            "jobs[0].resources.kubernetes.limits.cpu",
+            "must be cores",
+        ),
+        (
+            r#"{"name":"a","type":"docker","docker_file":"D","dockerfile":"x"}"#,
+            "jobs[0].dockerfile",
+            "did you mean \"docker_file\"?",
+        ),
+        (
+            r#"{"name":"a","type":"docker-compose","docker_compose_file":"c.yml","compose_profiles":["p","p"]}"#,
+            "jobs[0].compose_profiles[1]",
+            "listed twice",
+        ),
+    ];
+    for (job, path, words) in cases {
+        let found = problems(&format!(r#"{{"version": 1, "jobs": [{job}]}}"#));
+        has(&found, path, words);
+    }
+}
+
+#[test]
+fn keys_that_no_executor_runs_yet_are_refused_by_name() {
+    let spec = parse(
+        r#"{"version": 1, "jobs": [
+            {"name": "img", "type": "docker-image", "image": "i", "run": false, "environment": {"T": {"$secret": "TOKEN"}},
+             "security_context": {"privileged": true}, "services": [{"apiVersion": "v1", "kind": "K", "metadata": {"name": "s"}}],
+             "registries": [{"type": "gcr", "host": "h", "repository": "r", "service_account": {"$secret": "SA"}}],
+             "resources": {"kubernetes": {"limits": {"cpu": 1, "memory": 1024}}}, "build_context": "ctx", "cache": {"image": true}},
+            {"name": "inc", "type": "workflow", "infrabox_file": "sub/infrabox.json"},
+            {"name": "up", "type": "docker-compose", "docker_compose_file": "c.yml"}
+        ]}"#,
+    )
+    .unwrap();
+    let refused: Vec<String> = unsupported(&spec).iter().map(|p| p.path.clone()).collect();
+    assert_eq!(
+        refused,
+        [
+            "jobs[0].environment.T",
+            "jobs[0].registries",
+            "jobs[0].services",
+            "jobs[0].security_context.privileged",
+            "jobs[0].resources.kubernetes",
+            "jobs[0].run",
+            "jobs[0].cache.image",
+            "jobs[0].build_context",
+            "jobs[1].type",
+            "jobs[2].type",
+        ]
+    );
+    // check_clusters refuses them too, with clusters known.
+    let clusters = [("aws".parse().unwrap(), vec!["aws".parse().unwrap()], true)];
+    let err = check_clusters(&spec, &facts(&clusters)).unwrap_err();
+    assert_eq!(err.0.len(), 10, "{err}");
 }

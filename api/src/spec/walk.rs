@@ -25,6 +25,7 @@ use super::OnState;
 use super::PipelineSpec;
 use super::Resources;
 use super::SPEC_VERSION;
+use super::SecretRef;
 use super::SpecProblem;
 use super::graph;
 use super::graph::Graph;
@@ -33,13 +34,13 @@ use super::path::printable;
 use crate::ClusterName;
 use crate::ids::Label;
 
-type Problems = Vec<SpecProblem>;
+pub(super) type Problems = Vec<SpecProblem>;
 
-fn push(problems: &mut Problems, path: &str, message: impl Into<String>) {
+pub(super) fn push(problems: &mut Problems, path: &str, message: impl Into<String>) {
     problems.push(SpecProblem { path: path.to_string(), message: message.into() });
 }
 
-fn kind_of(v: &Value) -> &'static str {
+pub(super) fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -51,20 +52,52 @@ fn kind_of(v: &Value) -> &'static str {
 }
 
 /// The object at `path`, with its unknown keys reported.
-fn object<'v>(v: &'v Value, path: &str, known: &[&str], problems: &mut Problems) -> Option<&'v Map<String, Value>> {
+pub(super) fn object<'v>(
+    v: &'v Value,
+    path: &str,
+    known: &[&str],
+    problems: &mut Problems,
+) -> Option<&'v Map<String, Value>> {
     let Value::Object(map) = v else {
         push(problems, path, format!("must be a map, found {}", kind_of(v)));
         return None;
     };
     for key in map.keys() {
-        if !known.contains(&key.as_str()) {
-            push(problems, &join(path, key), format!("unknown key (known here: {})", known.join(", ")));
+        if known.contains(&key.as_str()) {
+            continue;
         }
+        let near = known.iter().filter(|k| edits(k, key) <= 2).min_by_key(|k| edits(k, key));
+        let message = match near {
+            Some(near) => format!("unknown key (did you mean {near:?}?)"),
+            // A job has too many keys to list well: the spec's reference lists them by type.
+            None if known.len() > 12 => "unknown key (docs/job-spec.md lists the keys of each job type)".to_string(),
+            None => format!("unknown key (known here: {})", known.join(", ")),
+        };
+        push(problems, &join(path, key), message);
     }
     Some(map)
 }
 
-fn string<'v>(v: &'v Value, path: &str, problems: &mut Problems) -> Option<&'v str> {
+/// The edit distance between two short words (for "did you mean"), capped at 3.
+fn edits(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    if a.len().abs_diff(b.len()) > 2 || a.len() > 64 || b.len() > 64 {
+        return 3;
+    }
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let here = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(here + 1);
+            prev = here;
+        }
+    }
+    row[b.len()].min(3)
+}
+
+pub(super) fn string<'v>(v: &'v Value, path: &str, problems: &mut Problems) -> Option<&'v str> {
     match v {
         Value::String(s) => Some(s),
         other => {
@@ -74,7 +107,7 @@ fn string<'v>(v: &'v Value, path: &str, problems: &mut Problems) -> Option<&'v s
     }
 }
 
-fn list<'v>(v: &'v Value, path: &str, problems: &mut Problems) -> Option<&'v [Value]> {
+pub(super) fn list<'v>(v: &'v Value, path: &str, problems: &mut Problems) -> Option<&'v [Value]> {
     match v {
         Value::Array(items) => Some(items),
         other => {
@@ -138,9 +171,8 @@ pub(super) fn pipeline(v: &Value, problems: &mut Problems) -> Option<PipelineSpe
         return None;
     };
     let items = list(jobs, "jobs", problems)?;
-    if items.is_empty() {
-        push(problems, "jobs", "empty: a pipeline needs at least one job");
-    }
+    // An empty list reads (InfraBox's own examples have one); it is refused where it would run
+    // (`super::unsupported`): a pipeline of no jobs runs nothing.
     if items.len() > MAX_JOBS {
         push(problems, "jobs", format!("{} jobs; a pipeline has at most {MAX_JOBS}", items.len()));
         return None;
@@ -181,22 +213,69 @@ fn source(v: &Value, path: &str, problems: &mut Problems) -> Option<String> {
     Some(s.to_string())
 }
 
-const JOB_KEYS: [&str; 11] = [
-    "name",
-    "type",
-    "command",
-    "image",
-    "environment",
-    "timeout",
-    "resources",
-    "cluster",
-    "depends_on",
-    "retries",
-    "source",
-];
+/// Every key a job may have, with the job types that take it (`None`: every type).
+const JOB_KEYS: &[(&str, Option<&[JobKind]>)] = {
+    use JobKind::*;
+    const RUNS: &[JobKind] = &[Command, DockerImage, Docker, DockerCompose];
+    &[
+        ("name", None),
+        ("type", None),
+        ("depends_on", None),
+        ("command", Some(&[Command, DockerImage, Docker])),
+        ("image", Some(&[DockerImage])),
+        ("environment", Some(&[Command, DockerImage, Docker, DockerCompose, Git])),
+        ("timeout", Some(RUNS)),
+        ("resources", Some(RUNS)),
+        ("cluster", Some(RUNS)),
+        ("retries", Some(RUNS)),
+        ("source", Some(&[Command, DockerImage, Docker, DockerCompose, Workflow])),
+        ("repository", Some(&[Command, DockerImage, Docker, DockerCompose, Workflow])),
+        ("docker_file", Some(&[Docker])),
+        ("build_context", Some(&[DockerImage, Docker])),
+        ("build_arguments", Some(&[Docker])),
+        ("build_only", Some(&[Docker])),
+        ("target", Some(&[Docker])),
+        ("enable_docker_build_kit", Some(&[Docker, DockerCompose])),
+        ("run", Some(&[DockerImage])),
+        ("docker_compose_file", Some(&[DockerCompose])),
+        ("compose_profiles", Some(&[DockerCompose])),
+        ("stop_timeout", Some(&[DockerCompose])),
+        ("parallel_build", Some(&[DockerCompose])),
+        ("cache", Some(&[DockerImage, Docker, DockerCompose])),
+        ("security_context", Some(&[DockerImage, Docker])),
+        ("services", Some(&[DockerImage, Docker])),
+        ("deployments", Some(&[DockerImage, Docker])),
+        ("registries", Some(&[DockerImage, Docker, DockerCompose])),
+        ("infrabox_file", Some(&[Workflow, Git])),
+        ("clone_url", Some(&[Git])),
+        ("commit", Some(&[Git])),
+        ("branch", Some(&[Git])),
+    ]
+};
+
+/// The key each job type cannot do without (beyond `name` and `type`), and why.
+fn required(kind: JobKind) -> &'static [(&'static str, &'static str)] {
+    match kind {
+        JobKind::Command => &[("command", "a command job needs a command")],
+        JobKind::DockerImage => &[("image", "a docker-image job needs an image")],
+        JobKind::Docker => &[("docker_file", "a docker job needs a docker_file to build")],
+        JobKind::DockerCompose => &[("docker_compose_file", "a docker-compose job needs a docker_compose_file")],
+        JobKind::Workflow => &[("infrabox_file", "a workflow job names the pipeline file it includes")],
+        JobKind::Git => &[
+            ("clone_url", "a git job names the repository it includes"),
+            ("commit", "a git job names the commit (or branch) to include"),
+        ],
+        JobKind::Wait => &[],
+    }
+}
+
+fn kind_names() -> String {
+    JobKind::ALL.iter().map(|(word, _)| *word).collect::<Vec<_>>().join(", ")
+}
 
 fn job(v: &Value, path: &str, problems: &mut Problems) -> Option<JobSpec> {
-    let map = object(v, path, &JOB_KEYS, problems)?;
+    let keys: Vec<&str> = JOB_KEYS.iter().map(|(k, _)| *k).collect();
+    let map = object(v, path, &keys, problems)?;
     let at = |key: &str| format!("{path}.{key}");
     let before = problems.len();
 
@@ -215,57 +294,61 @@ fn job(v: &Value, path: &str, problems: &mut Problems) -> Option<JobSpec> {
     };
     let kind = match map.get("type") {
         None => {
-            push(problems, &at("type"), "missing (one of: command, wait, docker-image)");
+            push(problems, &at("type"), format!("missing (one of: {})", kind_names()));
             None
         }
         Some(v) => string(v, &at("type"), problems).and_then(|t| {
             let kind = JobKind::ALL.iter().find(|(word, _)| *word == t).map(|(_, k)| *k);
             if kind.is_none() {
-                push(problems, &at("type"), format!("unknown job type {t:?} (one of: command, wait, docker-image)"));
+                push(problems, &at("type"), format!("unknown job type {t:?} (one of: {})", kind_names()));
             }
             kind
         }),
     };
+    if let Some(kind) = kind {
+        for (key, why) in required(kind) {
+            if !map.contains_key(*key) {
+                push(problems, &at(key), format!("missing: {why}"));
+            }
+        }
+        for (key, kinds) in JOB_KEYS {
+            let Some(kinds) = kinds else { continue };
+            if !map.contains_key(*key) || kinds.contains(&kind) {
+                continue;
+            }
+            let message = match kind {
+                JobKind::Wait if *key == "cluster" => {
+                    "a wait job runs on no cluster, so it takes no cluster".to_string()
+                }
+                JobKind::Wait => "a wait job runs nothing, so it takes no such key".to_string(),
+                JobKind::Workflow | JobKind::Git if kinds.contains(&JobKind::Command) => {
+                    format!("a {} job includes other jobs and runs nothing itself, so it takes no {key}", kind.as_str())
+                }
+                _ => {
+                    let takers: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+                    format!("a {} job takes no {key} (only: {})", kind.as_str(), takers.join(", "))
+                }
+            };
+            push(problems, &at(key), message);
+        }
+    }
     let command = map.get("command").and_then(|v| command(v, &at("command"), problems));
     let image = map.get("image").and_then(|v| string(v, &at("image"), problems)).map(str::to_string);
-    match kind {
-        Some(JobKind::Command) => {
-            if map.get("command").is_none() {
-                push(problems, &at("command"), "missing: a command job needs a command");
-            }
-            if map.contains_key("image") {
-                push(problems, &at("image"), "only a docker-image job has an image");
-            }
-        }
-        Some(JobKind::DockerImage) => {
-            if map.get("image").is_none() {
-                push(problems, &at("image"), "missing: a docker-image job needs an image");
-            } else if image.as_deref().is_some_and(|i| i.trim().is_empty() || i.chars().any(char::is_whitespace)) {
-                push(problems, &at("image"), "an image reference cannot be empty or contain whitespace");
-            }
-        }
-        Some(JobKind::Wait) => {
-            for key in ["command", "image", "resources", "timeout", "retries", "environment"] {
-                if map.contains_key(key) {
-                    push(problems, &at(key), "a wait job runs nothing, so it takes no such key");
-                }
-            }
-            if map.get("cluster").is_some() {
-                push(problems, &at("cluster"), "a wait job runs on no cluster, so it takes no cluster");
-            }
-        }
-        None => {}
+    if image.as_deref().is_some_and(|i| i.trim().is_empty() || i.chars().any(char::is_whitespace)) {
+        push(problems, &at("image"), "an image reference cannot be empty or contain whitespace");
     }
-    let environment = map.get("environment").map(|v| environment(v, &at("environment"), problems)).unwrap_or_default();
+    let (environment, secret_env) =
+        map.get("environment").map(|v| environment(v, &at("environment"), problems)).unwrap_or_default();
     let timeout_s = map.get("timeout").map_or(Some(DEFAULT_TIMEOUT_S), |v| duration(v, &at("timeout"), problems));
-    let resources = map.get("resources").map(|v| resources(v, &at("resources"), problems)).unwrap_or_default();
+    let (resources, kubernetes_limits) =
+        map.get("resources").map(|v| resources(v, &at("resources"), problems)).unwrap_or_default();
     let cluster = map.get("cluster").map(|v| cluster(v, &at("cluster"), problems)).unwrap_or_default();
     let depends_on = map.get("depends_on").map(|v| depends_on(v, &at("depends_on"), problems)).unwrap_or_default();
     let retries = map.get("retries").and_then(|v| integer(v, &at("retries"), 0, MAX_RETRIES.into(), problems));
     let source = map.get("source").and_then(|v| source(v, &at("source"), problems));
-    if kind == Some(JobKind::Wait) && map.contains_key("source") {
-        push(problems, &at("source"), "a wait job runs nothing, so it takes no source");
-    }
+    let mut container = super::container::container(map, path, problems);
+    container.kubernetes_limits = kubernetes_limits;
+    let include = kind.and_then(|kind| super::container::include(kind, map, path, problems));
 
     if problems.len() > before {
         return None;
@@ -282,6 +365,9 @@ fn job(v: &Value, path: &str, problems: &mut Problems) -> Option<JobSpec> {
         depends_on,
         retries: retries.map_or(0, |r| u32::try_from(r).unwrap_or(MAX_RETRIES)),
         source,
+        secret_env,
+        container,
+        include,
     })
 }
 
@@ -328,12 +414,18 @@ fn env_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn environment(v: &Value, path: &str, problems: &mut Problems) -> BTreeMap<String, String> {
+/// A job's `environment`: plain values, and the variables whose values are secrets.
+pub(super) fn environment(
+    v: &Value,
+    path: &str,
+    problems: &mut Problems,
+) -> (BTreeMap<String, String>, BTreeMap<String, SecretRef>) {
     let Value::Object(map) = v else {
         push(problems, path, format!("must be a map of names to values, found {}", kind_of(v)));
-        return BTreeMap::new();
+        return Default::default();
     };
     let mut out = BTreeMap::new();
+    let mut secrets = BTreeMap::new();
     for (name, value) in map {
         let at = join(path, name);
         if let Err(why) = env_name(name) {
@@ -344,8 +436,21 @@ fn environment(v: &Value, path: &str, problems: &mut Problems) -> BTreeMap<Strin
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
             Value::Bool(b) => b.to_string(),
+            Value::Object(_) => {
+                if let Some(secret) = super::container::secret_ref(value, &at, true, problems) {
+                    secrets.insert(name.clone(), secret);
+                }
+                continue;
+            }
             other => {
-                push(problems, &at, format!("must be a string, number or boolean, found {}", kind_of(other)));
+                push(
+                    problems,
+                    &at,
+                    format!(
+                        "must be a string, number, boolean or a secret ({{\"$secret\": NAME}}), found {}",
+                        kind_of(other)
+                    ),
+                );
                 continue;
             }
         };
@@ -355,7 +460,7 @@ fn environment(v: &Value, path: &str, problems: &mut Problems) -> BTreeMap<Strin
         }
         out.insert(name.clone(), text);
     }
-    out
+    (out, secrets)
 }
 
 /// `"<digits><unit>"` scaled by the unit's factor (`units` maps suffixes, `""` included, to
@@ -368,7 +473,7 @@ fn with_unit(text: &str, units: &[(&str, u64)]) -> Option<u64> {
 }
 
 /// Seconds, as a number (InfraBox) or a string with a unit: `90`, `"90s"`, `"30m"`, `"2h"`.
-fn duration(v: &Value, path: &str, problems: &mut Problems) -> Option<u64> {
+pub(super) fn duration(v: &Value, path: &str, problems: &mut Problems) -> Option<u64> {
     let seconds = match v {
         Value::Number(_) => v.as_u64(),
         Value::String(s) => with_unit(s, &[("", 1), ("s", 1), ("m", 60), ("h", 3600), ("d", 86_400)]),
@@ -387,20 +492,30 @@ fn duration(v: &Value, path: &str, problems: &mut Problems) -> Option<u64> {
     }
 }
 
-fn resources(v: &Value, path: &str, problems: &mut Problems) -> Resources {
-    let Some(map) = object(v, path, &["limits"], problems) else {
-        return Resources::default();
+/// `resources`: `limits` and, as older InfraBox files have it, `kubernetes.limits` (a
+/// namespace for the job with those limits).
+fn resources(v: &Value, path: &str, problems: &mut Problems) -> (Resources, Option<Resources>) {
+    let Some(map) = object(v, path, &["limits", "kubernetes"], problems) else {
+        return Default::default();
     };
-    let Some(limits) = map.get("limits") else {
-        return Resources::default();
-    };
-    let at = join(path, "limits");
-    let Some(limits) = object(limits, &at, &["cpu", "memory"], problems) else {
+    let own = map.get("limits").map(|v| limits(v, &join(path, "limits"), problems)).unwrap_or_default();
+    let kubernetes = map.get("kubernetes").map(|v| {
+        let at = join(path, "kubernetes");
+        object(v, &at, &["limits"], problems)
+            .and_then(|k| k.get("limits"))
+            .map(|l| limits(l, &join(&at, "limits"), problems))
+            .unwrap_or_default()
+    });
+    (own, kubernetes)
+}
+
+fn limits(v: &Value, at: &str, problems: &mut Problems) -> Resources {
+    let Some(limits) = object(v, at, &["cpu", "memory"], problems) else {
         return Resources::default();
     };
     Resources {
-        cpu_millis: limits.get("cpu").and_then(|v| cpu(v, &join(&at, "cpu"), problems)),
-        memory_mib: limits.get("memory").and_then(|v| memory(v, &join(&at, "memory"), problems)),
+        cpu_millis: limits.get("cpu").and_then(|v| cpu(v, &join(at, "cpu"), problems)),
+        memory_mib: limits.get("memory").and_then(|v| memory(v, &join(at, "memory"), problems)),
     }
 }
 

@@ -475,6 +475,9 @@ impl ProcessExecutor {
             (JobKind::DockerImage, _) => {
                 return Err("a docker-image job needs the kubernetes executor; this cluster runs processes".to_string());
             }
+            (kind, _) if *kind != JobKind::Command => {
+                return Err(format!("the process executor does not run {} jobs", kind.as_str()));
+            }
             (_, Some(JobCommand::Shell(line))) => vec!["sh".to_string(), "-c".to_string(), line.clone()],
             (_, Some(JobCommand::Argv(argv))) if !argv.is_empty() => argv.clone(),
             _ => return Err("the job has no command".to_string()),

@@ -153,6 +153,14 @@ pub fn build_job(request: &RunRequest, cluster: &str, setup: &PodSetup) -> Resul
     let secret = request.secret.as_deref().ok_or("the attempt has no secret recorded for its pod's helpers")?;
     let (image, command) = match (&spec.kind, &spec.command) {
         (JobKind::Wait, _) => return Err("a wait job runs nothing".to_string()),
+        (JobKind::Workflow | JobKind::Git, _) => {
+            return Err(
+                "an include job runs nothing: its jobs take its place when the pipeline is submitted".to_string()
+            );
+        }
+        (JobKind::Docker | JobKind::DockerCompose, _) => {
+            return Err(format!("the kubernetes executor does not run {} jobs yet", spec.kind.as_str()));
+        }
         (JobKind::Command, Some(JobCommand::Shell(line))) => {
             (command_image.to_string(), Some(vec!["sh".to_string(), "-c".to_string(), line.clone()]))
         }
