@@ -206,9 +206,11 @@ impl fmt::Display for Term {
 pub struct JobId(String);
 
 impl JobId {
-    /// The id of the job `name` of pipeline `pipeline`.
+    /// The id of the job `name` of pipeline `pipeline`. An included job's name has `/` in it
+    /// (`flow/test`); its id has `.` there (`<pipeline>.flow.test`), so an id is one path
+    /// segment in URLs and file names. No name has a `.`, so two names never share an id.
     pub fn new(pipeline: &str, name: &str) -> Self {
-        Self(format!("{pipeline}.{name}"))
+        Self(format!("{pipeline}.{}", name.replace('/', ".")))
     }
 
     pub fn as_str(&self) -> &str {

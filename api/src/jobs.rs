@@ -217,6 +217,11 @@ pub struct JobInfo {
 pub struct SubmitRequest {
     /// The job spec as a JSON document (the CLI reads YAML and sends it as JSON).
     pub spec: serde_json::Value,
+    /// The pipeline files its `workflow` includes name, by path relative to the spec's own
+    /// directory (`atoll submit FILE` sends those it read); the gateway expands the includes
+    /// from them, and clones `git` includes itself.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub files: std::collections::BTreeMap<String, String>,
 }
 
 /// The answer to a submission: everything is recorded before this is sent.

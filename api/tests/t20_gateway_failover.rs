@@ -193,7 +193,7 @@ async fn a_server_error_moves_a_read_on_but_a_submission_is_not_sent_again() {
     tracing::info!("phase: a submission answered 503 is that answer (it may have been stored)");
     let addrs = GatewayAddrs::new(&[sick.addr.clone(), live.addr.clone()]);
     let gateway = client(&ca, &addrs, Duration::from_secs(5));
-    let request = SubmitRequest { spec: serde_json::json!({"version": 1, "jobs": []}) };
+    let request = SubmitRequest { spec: serde_json::json!({"version": 1, "jobs": []}), files: Default::default() };
     let error = gateway.submit(&request).await.expect_err("not sent to the second replica");
     assert_eq!(error.code(), Some(ErrorCode::Unavailable));
     assert_eq!((sick.requests(), live.requests()), (2, 1));

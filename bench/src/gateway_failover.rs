@@ -206,7 +206,7 @@ async fn submit_forever(
             _ = stop.changed() => return,
         }
         let at = now_ms();
-        match client.submit(&SubmitRequest { spec: spec.clone() }).await {
+        match client.submit(&SubmitRequest { spec: spec.clone(), files: Default::default() }).await {
             Ok(done) => {
                 if let Some(job) = done.jobs.first() {
                     out.lock().expect("submitted").acked.push((at, job.id.to_string()));

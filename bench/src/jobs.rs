@@ -176,7 +176,10 @@ async fn dispatch_one(args: &DispatchArgs, engine: Engine) -> anyhow::Result<(Di
                     return anyhow::Ok(());
                 }
                 let n = per.min(total - i * per);
-                gateway.submit(&SubmitRequest { spec: pipeline(n) }).await.context("submitting")?;
+                gateway
+                    .submit(&SubmitRequest { spec: pipeline(n), files: Default::default() })
+                    .await
+                    .context("submitting")?;
             }
         }));
     }
@@ -288,8 +291,10 @@ pub async fn reroute(args: RerouteArgs) -> anyhow::Result<()> {
         let jobs: Vec<serde_json::Value> = (0..args.jobs_per_run)
             .map(|i| serde_json::json!({"name": format!("r{i}"), "type": "command", "command": "sleep 600", "timeout": 900, "cluster": {"prefer": "aws"}}))
             .collect();
-        let submitted =
-            bench.gateway.submit(&SubmitRequest { spec: serde_json::json!({"version": 1, "jobs": jobs}) }).await?;
+        let submitted = bench
+            .gateway
+            .submit(&SubmitRequest { spec: serde_json::json!({"version": 1, "jobs": jobs}), files: Default::default() })
+            .await?;
         let ids: Vec<String> = submitted.jobs.iter().map(|j| j.id.to_string()).collect();
         let deadline = Instant::now() + Duration::from_secs(args.max_s);
         loop {

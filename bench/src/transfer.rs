@@ -165,7 +165,8 @@ async fn measure(
     args: &TransferArgs,
 ) -> anyhow::Result<Measured> {
     let (from, to) = plan(route);
-    let submitted = gateway.submit(&SubmitRequest { spec: spec(route, run, args.size_mib) }).await?;
+    let submitted =
+        gateway.submit(&SubmitRequest { spec: spec(route, run, args.size_mib), files: Default::default() }).await?;
     let id = |name: &str| submitted.jobs.iter().find(|j| j.name == name).map(|j| j.id.clone()).expect("job");
     let (parent, child) = (id("parent"), id("child"));
     let max = Duration::from_secs(args.max_s);
@@ -239,7 +240,9 @@ async fn fallback(
 ) -> anyhow::Result<Fallback> {
     const CUT: &str = "atoll.io/refuse-inbound-from";
     let max = Duration::from_secs(args.max_s);
-    let submitted = gateway.submit(&SubmitRequest { spec: spec(Route::Pull, 100 + run, args.size_mib) }).await?;
+    let submitted = gateway
+        .submit(&SubmitRequest { spec: spec(Route::Pull, 100 + run, args.size_mib), files: Default::default() })
+        .await?;
     let id = |name: &str| submitted.jobs.iter().find(|j| j.name == name).map(|j| j.id.clone()).expect("job");
     let (parent, child) = (id("parent"), id("child"));
     let state = wait_job(gateway, &parent, JobState::is_final, max).await?;

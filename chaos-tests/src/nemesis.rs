@@ -775,10 +775,11 @@ impl Nemesis<'_, '_> {
             let (make_on, check_on) = (&clusters[n % clusters.len()], &clusters[(n + 1) % clusters.len()]);
             let spec = crate::workload::pipeline_spec(&self.chaos.ledger, make_on, check_on, 600);
             let invoked = self.history.now_ms();
-            let (pipeline, outcome) = match client.submit(&atoll_api::jobs::SubmitRequest { spec }).await {
-                Ok(submitted) => (Some(submitted.pipeline), Outcome::Ok),
-                Err(e) => (None, crate::workload::classify(&e)),
-            };
+            let (pipeline, outcome) =
+                match client.submit(&atoll_api::jobs::SubmitRequest { spec, files: Default::default() }).await {
+                    Ok(submitted) => (Some(submitted.pipeline), Outcome::Ok),
+                    Err(e) => (None, crate::workload::classify(&e)),
+                };
             let name = format!("through {role} {} {make_on}->{check_on}", n + 1);
             self.history.record(OpKind::Submit { name, pipeline }, invoked, outcome);
         }

@@ -1119,7 +1119,7 @@ async fn inject(
             let from = time::OffsetDateTime::now_utc();
             let submitted = chaos
                 .gateway
-                .submit(&atoll_api::jobs::SubmitRequest { spec })
+                .submit(&atoll_api::jobs::SubmitRequest { spec, files: Default::default() })
                 .await
                 .context("submitting the noisy pipeline")?;
             let deadline = Instant::now() + Duration::from_secs(240);

@@ -112,7 +112,7 @@ pub async fn submitter(
         let spec = pipeline_spec(&ledger, make_on, check_on, run_ms);
         let name = format!("p{n} {make_on}->{check_on}");
         let invoked = history.now_ms();
-        let (pipeline, outcome) = match gateway.submit(&SubmitRequest { spec }).await {
+        let (pipeline, outcome) = match gateway.submit(&SubmitRequest { spec, files: Default::default() }).await {
             Ok(submitted) => (Some(submitted.pipeline), Outcome::Ok),
             Err(e) => (None, classify(&e)),
         };

@@ -169,7 +169,7 @@ async fn run_example(config: std::path::PathBuf) {
     let outcome = async {
         let gateway = CliConfig::load(&config)?.gateway_client()?;
         let spec = atoll_api::spec::parse_document(EXAMPLE_PIPELINE).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let submitted = gateway.submit(&atoll_api::jobs::SubmitRequest { spec }).await?;
+        let submitted = gateway.submit(&atoll_api::jobs::SubmitRequest { spec, files: Default::default() }).await?;
         println!("example pipeline {} submitted (examples/pipeline.yaml):", submitted.pipeline);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         let mut now = submitted;

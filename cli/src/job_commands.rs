@@ -1,5 +1,6 @@
 //! Commands about pipelines and jobs: `validate`, `submit`, `jobs`, `job`, `logs`, `cancel`.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use atoll_api::jobs::SubmitRequest;
 use atoll_api::spec;
 use atoll_api::spec::ClusterFacts;
 use atoll_api::spec::SpecProblem;
+use atoll_api::spec::include;
 
 use crate::cli_config::CliConfig;
 
@@ -31,8 +33,8 @@ struct Validation {
 /// locally; the selector checks need the gateway's clusters, so they run when a gateway is
 /// configured and `--offline` is not given. Fails (exit 1) when there is any problem.
 pub async fn validate(config: &CliConfig, file: &Path, offline: bool, json: bool) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let (jobs, problems, checked) = match spec::parse(&text) {
+    let (_, parsed, _) = load(file, !offline)?;
+    let (jobs, problems, checked) = match parsed {
         Err(errors) => (0, errors.0, false),
         Ok(pipeline) if offline || config.gateway.is_empty() => (pipeline.jobs.len(), Vec::new(), false),
         Ok(pipeline) => {
@@ -81,12 +83,44 @@ pub async fn validate(config: &CliConfig, file: &Path, offline: bool, json: bool
     Ok(())
 }
 
-/// Read a spec file (JSON or YAML) as a JSON document, checking it locally first so every
-/// problem is listed before anything is sent.
-fn read_spec(file: &Path) -> anyhow::Result<serde_json::Value> {
+/// A spec file as written, checked and expanded (or every problem), and the included files read.
+type Loaded = (serde_json::Value, Result<spec::PipelineSpec, spec::SpecErrors>, BTreeMap<String, String>);
+
+/// How long one git command of a `git` include may take.
+const GIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Read a spec file (JSON or YAML) and check it, its includes expanded: `workflow` files read
+/// relative to the directory of the file that names them (never outside the spec's directory),
+/// `git` repositories cloned (unless `clone` is false: `--offline` leaves git includes as they
+/// are). Gives the document as written, the expanded spec or every
+/// problem, and the included files read (what `submit` sends along).
+fn load(file: &Path, clone: bool) -> anyhow::Result<Loaded> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    spec::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    spec::parse_document(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
+    let parsed = match spec::parse(&text) {
+        Ok(parsed) => parsed,
+        Err(e) => return Ok((serde_json::Value::Null, Err(e), BTreeMap::new())),
+    };
+    let document = spec::parse_document(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    if !include::has_includes(&parsed) {
+        return Ok((document, Ok(parsed), BTreeMap::new()));
+    }
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = file.file_name().map_or_else(|| "infrabox.json".to_string(), |n| n.to_string_lossy().to_string());
+    let git = clone.then(|| include::GitTrees::new(GIT_TIMEOUT));
+    let mut loader = include::Files::new(include::RootFiles::Dir(dir), git);
+    let expanded = include::expand(parsed, &name, &mut loader);
+    Ok((document, expanded, loader.read))
+}
+
+/// A spec file as a document to send, with the included files it read, checked locally first
+/// so every problem is listed before anything is sent.
+fn read_spec(file: &Path) -> anyhow::Result<(serde_json::Value, BTreeMap<String, String>)> {
+    let (document, parsed, files) = load(file, true)?;
+    parsed.map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    Ok((document, files))
 }
 
 fn print_jobs(jobs: &[JobInfo]) {
@@ -105,9 +139,10 @@ fn print_jobs(jobs: &[JobInfo]) {
 
 /// `atoll submit FILE [--wait] [--json]`.
 pub async fn submit(config: &CliConfig, file: &Path, wait: bool, json: bool) -> anyhow::Result<()> {
-    let document = read_spec(file)?;
+    let (document, files) = read_spec(file)?;
     let gateway = config.gateway_client()?;
-    let mut submitted = gateway.submit(&SubmitRequest { spec: document }).await.context("submitting the pipeline")?;
+    let mut submitted =
+        gateway.submit(&SubmitRequest { spec: document, files }).await.context("submitting the pipeline")?;
     if !json {
         println!("pipeline {} submitted: {} job(s)", submitted.pipeline, submitted.jobs.len());
         print_jobs(&submitted.jobs);

@@ -128,14 +128,22 @@ async fn the_dashboard_works_in_a_real_browser() {
             match action {
                 "submit example" => {
                     let spec = atoll_api::spec::parse_document(atoll::dev::EXAMPLE_PIPELINE).expect("the example");
-                    let submitted = m.gateway.submit(&SubmitRequest { spec }).await.expect("submitting the example");
+                    let submitted = m
+                        .gateway
+                        .submit(&SubmitRequest { spec, files: Default::default() })
+                        .await
+                        .expect("submitting the example");
                     answer = submitted.pipeline.clone();
                     knew = Some(tokio::spawn(watch_states(m.gateway.clone(), submitted.pipeline, epoch_ms)));
                 }
                 "submit ticker" => {
                     let yaml = "version: 1\njobs:\n  - name: ticker\n    type: command\n    command: for i in $(seq 1 240); do echo tick $i; sleep 0.25; done\n    cluster:\n      selector: [aws]\n    timeout: 300\n";
                     let spec = atoll_api::spec::parse_document(yaml).expect("the ticker");
-                    let submitted = m.gateway.submit(&SubmitRequest { spec }).await.expect("submitting the ticker");
+                    let submitted = m
+                        .gateway
+                        .submit(&SubmitRequest { spec, files: Default::default() })
+                        .await
+                        .expect("submitting the ticker");
                     answer = submitted.jobs[0].id.to_string();
                 }
                 _ => {}

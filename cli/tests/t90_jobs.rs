@@ -89,11 +89,17 @@ async fn pipeline_across_clusters(engine: Engine) {
     let bad = r#"{"version": 1, "jobs": [
         {"name": "a", "type": "command", "command": "true", "depends_on": ["nope"]},
         {"name": "b", "type": "command", "command": "true", "cluster": {"selector": ["mars"]}}]}"#;
-    let err = gateway.submit(&SubmitRequest { spec: serde_json::from_str(bad).unwrap() }).await.unwrap_err();
+    let err = gateway
+        .submit(&SubmitRequest { spec: serde_json::from_str(bad).unwrap(), files: Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
     assert!(err.to_string().contains("jobs[0].depends_on[0]"), "{err}");
     let unsatisfiable = r#"{"version": 1, "jobs": [{"name": "b", "type": "command", "command": "true", "cluster": {"selector": ["mars"]}}]}"#;
-    let err = gateway.submit(&SubmitRequest { spec: serde_json::from_str(unsatisfiable).unwrap() }).await.unwrap_err();
+    let err = gateway
+        .submit(&SubmitRequest { spec: serde_json::from_str(unsatisfiable).unwrap(), files: Default::default() })
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("jobs[0].cluster.selector"), "{err}");
     assert!(gateway.jobs(100).await.unwrap().is_empty(), "nothing invalid is stored");
 

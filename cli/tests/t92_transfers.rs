@@ -526,7 +526,8 @@ async fn a_pushed_source_is_fetched_by_every_cluster_that_runs_a_job_of_it() {
     let unknown = format!("sha256:{}", "0".repeat(64));
     let yaml = format!("version: 1\njobs:\n  - {{name: j, type: command, command: 'true', source: {unknown}}}\n");
     let spec = atoll_api::spec::parse_document(&yaml).expect("spec");
-    let err = mesh.gateway.submit(&atoll_api::jobs::SubmitRequest { spec }).await.unwrap_err();
+    let err =
+        mesh.gateway.submit(&atoll_api::jobs::SubmitRequest { spec, files: Default::default() }).await.unwrap_err();
     assert!(err.to_string().contains("jobs[0].source") && err.to_string().contains("not a pushed source"), "{err}");
 
     phase("the store serves a source only to replicas and readers, and nothing else without a ticket");
@@ -606,6 +607,7 @@ async fn outputs_and_work_directories_are_kept_while_a_child_needs_them_and_go_a
     phase("the source went with its blob: pipelines may no longer name it");
     let yaml = format!("version: 1\nsource: {source}\njobs:\n  - {{name: j, type: command, command: 'true'}}\n");
     let spec = atoll_api::spec::parse_document(&yaml).expect("spec");
-    let err = mesh.gateway.submit(&atoll_api::jobs::SubmitRequest { spec }).await.unwrap_err();
+    let err =
+        mesh.gateway.submit(&atoll_api::jobs::SubmitRequest { spec, files: Default::default() }).await.unwrap_err();
     assert!(err.to_string().contains("not a pushed source"), "{err}");
 }

@@ -20,6 +20,7 @@
 mod container;
 mod document;
 mod graph;
+pub mod include;
 mod path;
 mod walk;
 
@@ -102,6 +103,27 @@ pub struct JobSpec {
     /// expanded when the pipeline is submitted (a stored pipeline has none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub include: Option<Include>,
+    /// Where an included job's file is: its relative paths (`docker_file`, ...) start there.
+    /// `None` for a job of the pipeline's own file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defined_in: Option<DefinedIn>,
+}
+
+/// The file an included job comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DefinedIn {
+    /// Its directory, relative to the root of its tree (`""`: the root).
+    pub dir: String,
+    /// The repository it was read from, for a `git` include (else the pipeline's source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitAt>,
+}
+
+/// A git repository at a commit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitAt {
+    pub clone_url: String,
+    pub commit: String,
 }
 
 impl JobSpec {
@@ -578,7 +600,10 @@ pub fn unsupported(spec: &PipelineSpec) -> Vec<SpecProblem> {
             JobKind::DockerCompose => say("type", "no executor runs docker-compose yet (a docker-compose job)"),
             JobKind::Workflow | JobKind::Git => say(
                 "type",
-                &format!("{} includes are not expanded yet: list the included jobs in this file", job.kind.as_str()),
+                &format!(
+                    "a {} include must be expanded first (atoll validate/submit FILE expands it)",
+                    job.kind.as_str()
+                ),
             ),
             JobKind::Command | JobKind::Wait | JobKind::DockerImage => {}
         }
@@ -655,5 +680,7 @@ pub fn check_clusters(spec: &PipelineSpec, clusters: &[ClusterFacts<'_>]) -> Res
     if problems.is_empty() { Ok(()) } else { Err(SpecErrors(problems)) }
 }
 
+#[cfg(test)]
+mod include_tests;
 #[cfg(test)]
 mod tests;

@@ -368,6 +368,7 @@ fn job(v: &Value, path: &str, problems: &mut Problems) -> Option<JobSpec> {
         secret_env,
         container,
         include,
+        defined_in: None,
     })
 }
 

@@ -318,7 +318,7 @@ macro_rules! on_both_engines {
 
 pub async fn submit(gateway: &GatewayClient, yaml: &str) -> Submitted {
     let spec = atoll_api::spec::parse_document(yaml).expect("test spec");
-    gateway.submit(&SubmitRequest { spec }).await.expect("submit")
+    gateway.submit(&SubmitRequest { spec, files: Default::default() }).await.expect("submit")
 }
 
 pub fn id_of(submitted: &Submitted, name: &str) -> String {

@@ -20,7 +20,7 @@ pub(super) async fn submit(
 ) -> Result<Json<Submitted>, ApiError> {
     caller.require(Scope::Submit)?;
     let request: Submission = body.parse()?;
-    Ok(Json(gateway.submit(&request.spec, &caller.describe()).await?))
+    Ok(Json(gateway.submit(&request.spec, request.files, &caller.describe()).await?))
 }
 
 /// An [`atoll_api::jobs::SubmitRequest`] as the gateway reads it: the spec read as a
@@ -29,6 +29,9 @@ pub(super) async fn submit(
 #[derive(serde::Deserialize)]
 struct Submission {
     spec: Document,
+    /// The pipeline files its `workflow` includes name.
+    #[serde(default)]
+    files: std::collections::BTreeMap<String, String>,
 }
 
 pub(super) async fn pipeline(

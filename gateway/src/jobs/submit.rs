@@ -12,6 +12,7 @@ use atoll_api::jobs::JobInfo;
 use atoll_api::jobs::JobState;
 use atoll_api::jobs::Submitted;
 use atoll_api::spec::ClusterFacts;
+use atoll_api::spec::include;
 
 use super::Pipeline;
 use super::db_error;
@@ -28,6 +29,12 @@ use crate::now_ms;
 const SUBMIT_PLACEMENT_WAIT: Duration = Duration::from_secs(1);
 
 /// A new random id: 12 lowercase hex digits.
+/// How long one git command of a `git` include may take (a clone, a checkout).
+const GIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The name a submitted spec has among its files (an include of it is a cycle).
+const ROOT_SPEC: &str = "(the submitted spec)";
+
 fn new_pipeline_id() -> String {
     format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
 }
@@ -50,8 +57,40 @@ impl Gateway {
     }
 
     /// Check and store a pipeline; everything is recorded before this returns.
-    pub async fn submit(&self, document: &atoll_api::spec::Document, by: &str) -> Result<Submitted, ApiError> {
+    pub async fn submit(
+        &self,
+        document: &atoll_api::spec::Document,
+        files: std::collections::BTreeMap<String, String>,
+        by: &str,
+    ) -> Result<Submitted, ApiError> {
         let spec = atoll_api::spec::from_document(document).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let spec = if include::has_includes(&spec) {
+            // Workflow files: those the submission carried, else the pipeline's pushed source
+            // (its root is the spec's directory). Git repositories are cloned here.
+            let mut unpacked = None;
+            let root = match &spec.source {
+                Some(source) if files.is_empty() => {
+                    self.known_source(source, "source").await?;
+                    let dir = self.unpack_source(source).await?;
+                    let root = include::RootFiles::Dir(dir.path().join("tree"));
+                    unpacked = Some(dir);
+                    root
+                }
+                _ => include::RootFiles::Given(files),
+            };
+            let timeout = GIT_TIMEOUT;
+            let expanded = tokio::task::spawn_blocking(move || {
+                let mut loader = include::Files::new(root, Some(include::GitTrees::new(timeout)));
+                include::expand(spec, ROOT_SPEC, &mut loader)
+            });
+            let expanded = expanded.await;
+            drop(unpacked);
+            expanded
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .map_err(|e| ApiError::bad_request(e.to_string()))?
+        } else {
+            spec
+        };
         if let Err(e) = self.check_selectors(&spec) {
             // Another replica may have registered a cluster this one has not reloaded yet:
             // judge again on the database's record before refusing.
@@ -101,6 +140,26 @@ impl Gateway {
         // clusters if that is quick; a busy gateway answers sooner, with jobs still queued.
         self.next_pass(SUBMIT_PLACEMENT_WAIT).await;
         self.pipeline_info(&id).await
+    }
+
+    /// A pushed source unpacked into `tree/` of a temporary directory (removed when dropped).
+    async fn unpack_source(&self, source: &str) -> Result<tempfile::TempDir, ApiError> {
+        let digest: atoll_store::Digest =
+            source.parse().map_err(|e: atoll_store::InvalidDigest| ApiError::bad_request(format!("source: {e}")))?;
+        let dir = tempfile::tempdir().map_err(|e| ApiError::internal(format!("a directory for the source: {e}")))?;
+        let archive = dir.path().join(".source.tar");
+        self.relay
+            .blobs()
+            .fetch_to_file(&digest, &archive)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("reading the pipeline's source {source}: {e}")))?;
+        let (from, to) = (archive.clone(), dir.path().join("tree"));
+        tokio::task::spawn_blocking(move || atoll_store::archive::unpack(&from, &to))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::internal(format!("unpacking the pipeline's source {source}: {e}")))?;
+        let _ = std::fs::remove_file(&archive);
+        Ok(dir)
     }
 
     /// Cancel a job: at once when it has not started, else through its cluster.

@@ -435,7 +435,7 @@ impl ProcessExecutor {
             let fail = |e: String| format!("delivering the output of {} ({}): {e}", input.from_job, input.digest);
             let digest: atoll_store::Digest =
                 input.digest.parse().map_err(|e: atoll_store::InvalidDigest| fail(e.to_string()))?;
-            let archive = into.join(format!(".{}.tar", input.from_job));
+            let archive = into.join(format!(".{}.tar", input.from_job.replace('/', "_")));
             blobs.fetch_to_file(&digest, &archive).await.map_err(|e| fail(e.to_string()))?;
             let (from, to) = (archive.clone(), into.join(&input.from_job));
             let unpacked = tokio::task::spawn_blocking(move || atoll_store::archive::unpack(&from, &to))

@@ -1,0 +1,472 @@
+//! Expanding `workflow` and `git` includes, as InfraBox does, into one pipeline of runnable jobs.
+//!
+//! - An included job is named `<include>/<name>` (nested: `a/b/c`), and its `depends_on` names
+//!   are prefixed the same way (an included file only names its own jobs).
+//! - An included job with no parents inherits the include job's `depends_on`.
+//! - The include job itself becomes a `wait` job of the same name that depends, with
+//!   `on: [finished]`, on the included jobs no other included job depends on (the leaves): a
+//!   job that depends on the include waits for all of it, and is skipped if any of it did not
+//!   finish.
+//! - A `git` include's `environment` overrides the included jobs' variables.
+//! - A `workflow` file is read relative to the directory of the file that names it, from the
+//!   same tree (the pipeline's source, or the git repository the naming file came from); a
+//!   path that leaves the tree is refused. A `git` file is read from the root of the
+//!   repository at the commit (`infrabox.json`, then `infrabox.yaml`, when none is named).
+//! - A file that includes itself, directly or through others, is an include cycle, reported
+//!   with the chain of files. The same file included twice from different places is not.
+//!
+//! Reading the files is the caller's ([`Loader`]): the CLI reads a directory on disk and clones
+//! with git; the gateway reads a pushed source. Every problem is kept, each with the file it is
+//! in (`flow/infrabox.json: jobs[0].name: ...`).
+
+use std::collections::BTreeSet;
+
+use super::DefinedIn;
+use super::Dependency;
+use super::FinalState;
+use super::GitAt;
+use super::Include;
+use super::JobKind;
+use super::JobSpec;
+use super::MAX_JOBS;
+use super::OnState;
+use super::PipelineSpec;
+use super::SpecErrors;
+use super::SpecProblem;
+
+/// Deepest nesting of includes.
+pub const MAX_DEPTH: usize = 16;
+/// Longest name of an included job (`a/b/c`).
+pub const MAX_NESTED_NAME_LEN: usize = 253;
+
+/// The tree a pipeline file is read from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tree {
+    /// The pipeline's own files (a directory on disk, or the pushed source).
+    Root,
+    /// A git repository at a commit.
+    Git { clone_url: String, commit: String },
+}
+
+impl Tree {
+    fn describe(&self, path: &str) -> String {
+        match self {
+            Tree::Root => path.to_string(),
+            Tree::Git { clone_url, commit } => format!("{clone_url}@{commit}:{path}"),
+        }
+    }
+}
+
+/// Reads pipeline files for [`expand`].
+pub trait Loader {
+    /// The text of the file at `path` (relative, normalized, inside the tree) of `tree`; `None`
+    /// when there is no such file. `Err` says why the tree or file could not be read.
+    fn read(&mut self, tree: &Tree, path: &str) -> Result<Option<String>, String>;
+
+    /// Whether includes from `tree` are left as they are (`atoll validate --offline` clones
+    /// nothing): the include job stays in the pipeline, unexpanded.
+    fn skips(&self, _tree: &Tree) -> bool {
+        false
+    }
+}
+
+/// A loader for pipelines without includes: any include is refused, saying where to expand it.
+pub struct NoFiles;
+
+impl Loader for NoFiles {
+    fn read(&mut self, _tree: &Tree, path: &str) -> Result<Option<String>, String> {
+        Err(format!("cannot read {path:?}: includes are expanded from files (atoll validate/submit FILE)"))
+    }
+}
+
+/// Normalize `dir/path` (both relative), refusing a path that leaves the tree.
+pub fn join_inside(dir: &str, path: &str) -> Result<String, String> {
+    let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(format!("{path:?} leads outside the pipeline's files"));
+                }
+            }
+            other => parts.push(other),
+        }
+    }
+    if parts.is_empty() {
+        return Err(format!("{path:?} names a directory, not a file"));
+    }
+    Ok(parts.join("/"))
+}
+
+fn dir_of(path: &str) -> &str {
+    path.rfind('/').map_or("", |i| &path[..i])
+}
+
+/// Whether `spec` has an include left to expand.
+pub fn has_includes(spec: &PipelineSpec) -> bool {
+    spec.jobs.iter().any(|j| j.include.is_some())
+}
+
+/// Expand every include of `spec`, read from `path` of the root tree.
+pub fn expand(spec: PipelineSpec, path: &str, loader: &mut dyn Loader) -> Result<PipelineSpec, SpecErrors> {
+    if !has_includes(&spec) {
+        return Ok(spec);
+    }
+    let mut problems = Vec::new();
+    let mut stack = vec![(Tree::Root, path.to_string())];
+    let mut count = 0usize;
+    let jobs = expand_file(spec.jobs, &Tree::Root, path, "", &mut stack, loader, &mut count, &mut problems);
+    if count > MAX_JOBS {
+        problems.push(SpecProblem {
+            path: "jobs".into(),
+            message: format!("the includes make {count} jobs; a pipeline has at most {MAX_JOBS}"),
+        });
+    }
+    if !problems.is_empty() {
+        return Err(SpecErrors(problems));
+    }
+    let expanded = PipelineSpec { version: spec.version, source: spec.source, jobs };
+    debug_assert_eq!(super::topological_order(&expanded).len(), expanded.jobs.len(), "includes make no cycle");
+    Ok(expanded)
+}
+
+/// The jobs of one file, with its includes expanded; `prefix` is `""` at the root and
+/// `"<include>/"` below.
+#[allow(clippy::too_many_arguments)]
+fn expand_file(
+    jobs: Vec<JobSpec>,
+    tree: &Tree,
+    file: &str,
+    prefix: &str,
+    stack: &mut Vec<(Tree, String)>,
+    loader: &mut dyn Loader,
+    count: &mut usize,
+    problems: &mut Vec<SpecProblem>,
+) -> Vec<JobSpec> {
+    let mut out = Vec::new();
+    let at_root = stack.len() == 1;
+    let here = |i: usize, key: &str| {
+        let inner = format!("jobs[{i}].{key}");
+        if at_root { inner } else { format!("{}: {inner}", tree.describe(file)) }
+    };
+    for (i, mut job) in jobs.into_iter().enumerate() {
+        let name = format!("{prefix}{}", job.name);
+        if name.len() > MAX_NESTED_NAME_LEN {
+            problems.push(SpecProblem {
+                path: here(i, "name"),
+                message: format!("the included job's name {name:?} is longer than {MAX_NESTED_NAME_LEN} characters"),
+            });
+            continue;
+        }
+        for dep in &mut job.depends_on {
+            dep.job = format!("{prefix}{}", dep.job);
+        }
+        job.name = name;
+        if !prefix.is_empty() || *tree != Tree::Root {
+            job.defined_in = Some(DefinedIn {
+                dir: dir_of(file).to_string(),
+                git: match tree {
+                    Tree::Root => None,
+                    Tree::Git { clone_url, commit } => {
+                        Some(GitAt { clone_url: clone_url.clone(), commit: commit.clone() })
+                    }
+                },
+            });
+        }
+        let Some(include) = job.include.take() else {
+            *count += 1;
+            out.push(job);
+            continue;
+        };
+        if stack.len() > MAX_DEPTH {
+            problems.push(SpecProblem {
+                path: here(i, "type"),
+                message: format!("includes nest deeper than {MAX_DEPTH} files"),
+            });
+            continue;
+        }
+        // Where the included file is.
+        let (sub_tree, candidates): (Tree, Vec<String>) = match &include {
+            Include::Workflow { infrabox_file } => match join_inside(dir_of(file), infrabox_file) {
+                Ok(p) => (tree.clone(), vec![p]),
+                Err(why) => {
+                    problems.push(SpecProblem { path: here(i, "infrabox_file"), message: why });
+                    continue;
+                }
+            },
+            Include::Git { clone_url, commit, infrabox_file, .. } => {
+                let sub = Tree::Git { clone_url: clone_url.clone(), commit: commit.clone() };
+                match infrabox_file {
+                    Some(f) => match join_inside("", f) {
+                        Ok(p) => (sub, vec![p]),
+                        Err(why) => {
+                            problems.push(SpecProblem { path: here(i, "infrabox_file"), message: why });
+                            continue;
+                        }
+                    },
+                    None => (sub, vec!["infrabox.json".to_string(), "infrabox.yaml".to_string()]),
+                }
+            }
+        };
+        if loader.skips(&sub_tree) {
+            job.include = Some(include);
+            *count += 1;
+            out.push(job);
+            continue;
+        }
+        let key = if matches!(include, Include::Git { .. }) { "clone_url" } else { "infrabox_file" };
+        let mut found = None;
+        for candidate in &candidates {
+            match loader.read(&sub_tree, candidate) {
+                Ok(Some(text)) => {
+                    found = Some((candidate.clone(), text));
+                    break;
+                }
+                Ok(None) => {}
+                Err(why) => {
+                    problems.push(SpecProblem { path: here(i, key), message: why });
+                    found = None;
+                    break;
+                }
+            }
+        }
+        let Some((sub_file, text)) = found else {
+            if !problems.iter().any(|p| p.path == here(i, key)) {
+                let names: Vec<String> = candidates.iter().map(|c| sub_tree.describe(c)).collect();
+                let message = match names.as_slice() {
+                    [one] => format!("no pipeline file: {one} does not exist"),
+                    many => format!("no pipeline file: neither {} exists", many.join(" nor ")),
+                };
+                problems.push(SpecProblem { path: here(i, key), message });
+            }
+            continue;
+        };
+        if let Some(at) = stack.iter().position(|(t, f)| *t == sub_tree && *f == sub_file) {
+            let mut chain: Vec<String> = stack[at..].iter().map(|(t, f)| t.describe(f)).collect();
+            chain.push(sub_tree.describe(&sub_file));
+            problems
+                .push(SpecProblem { path: here(i, key), message: format!("include cycle: {}", chain.join(" -> ")) });
+            continue;
+        }
+        let sub_spec = match super::parse(&text) {
+            Ok(sub) => sub,
+            Err(errors) => {
+                for p in errors.0 {
+                    let inner = if p.path.is_empty() { String::new() } else { p.path };
+                    problems.push(SpecProblem {
+                        path: format!("{}: {inner}", sub_tree.describe(&sub_file)).trim_end_matches(": ").to_string(),
+                        message: p.message,
+                    });
+                }
+                continue;
+            }
+        };
+        stack.push((sub_tree.clone(), sub_file.clone()));
+        let mut sub =
+            expand_file(sub_spec.jobs, &sub_tree, &sub_file, &format!("{}/", job.name), stack, loader, count, problems);
+        stack.pop();
+        // Inherit the include's parents, and (git) its environment.
+        let leaves: Vec<String> = {
+            let named: BTreeSet<&str> = sub.iter().flat_map(|j| j.depends_on.iter().map(|d| d.job.as_str())).collect();
+            sub.iter().filter(|j| !named.contains(j.name.as_str())).map(|j| j.name.clone()).collect()
+        };
+        for s in &mut sub {
+            if s.depends_on.is_empty() {
+                s.depends_on = job.depends_on.clone();
+            }
+            if s.runs_on_a_cluster() {
+                for (k, v) in &job.environment {
+                    s.secret_env.remove(k);
+                    s.environment.insert(k.clone(), v.clone());
+                }
+                for (k, v) in &job.secret_env {
+                    s.environment.remove(k);
+                    s.secret_env.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        out.extend(sub);
+        // The include's own place: a wait job on every leaf.
+        *count += 1;
+        out.push(JobSpec {
+            name: job.name,
+            kind: JobKind::Wait,
+            command: None,
+            image: None,
+            environment: Default::default(),
+            timeout_s: super::DEFAULT_TIMEOUT_S,
+            resources: Default::default(),
+            cluster: Default::default(),
+            depends_on: leaves
+                .into_iter()
+                .map(|job| Dependency { job, on: BTreeSet::from([OnState::State(FinalState::Finished)]) })
+                .collect(),
+            retries: 0,
+            source: None,
+            secret_env: Default::default(),
+            container: Default::default(),
+            include: None,
+            defined_in: job.defined_in,
+        });
+    }
+    out
+}
+
+/// The largest pipeline file read for an include.
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The pipeline's own files: a directory on disk (`atoll validate FILE`, `atoll submit FILE`), or
+/// the files a submission carried (the gateway). Every root file read is remembered, so the CLI
+/// sends exactly those.
+pub enum RootFiles {
+    Dir(std::path::PathBuf),
+    Given(std::collections::BTreeMap<String, String>),
+}
+
+/// A [`Loader`] over the pipeline's own files and git repositories cloned on demand.
+pub struct Files {
+    pub root: RootFiles,
+    /// `None`: git includes are left unexpanded (nothing is cloned).
+    pub git: Option<GitTrees>,
+    /// Every root file read, by path: what `atoll submit` sends with the spec.
+    pub read: std::collections::BTreeMap<String, String>,
+}
+
+impl Files {
+    pub fn new(root: RootFiles, git: Option<GitTrees>) -> Files {
+        Files { root, git, read: Default::default() }
+    }
+}
+
+impl Loader for Files {
+    fn read(&mut self, tree: &Tree, path: &str) -> Result<Option<String>, String> {
+        let text = match (tree, &self.root) {
+            (Tree::Root, RootFiles::Dir(dir)) => read_inside(dir, path)?,
+            (Tree::Root, RootFiles::Given(files)) => files.get(path).cloned(),
+            (Tree::Git { clone_url, commit }, _) => {
+                let git = self.git.as_mut().ok_or("git includes are not cloned here")?;
+                let dir = git.checkout(clone_url, commit)?;
+                read_inside(&dir, path)?
+            }
+        };
+        if let (Tree::Root, Some(text)) = (tree, &text) {
+            self.read.insert(path.to_string(), text.clone());
+        }
+        Ok(text)
+    }
+
+    fn skips(&self, tree: &Tree) -> bool {
+        self.git.is_none() && matches!(tree, Tree::Git { .. })
+    }
+}
+
+/// The text of `path` under `dir`, refusing a symbolic link that leads outside it.
+fn read_inside(dir: &std::path::Path, path: &str) -> Result<Option<String>, String> {
+    let file = dir.join(path);
+    let meta = match std::fs::metadata(&file) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("reading {path:?}: {e}")),
+    };
+    let (real, base) = (
+        file.canonicalize().map_err(|e| format!("reading {path:?}: {e}"))?,
+        dir.canonicalize().map_err(|e| format!("reading {}: {e}", dir.display()))?,
+    );
+    if !real.starts_with(&base) {
+        return Err(format!("{path:?} leads outside the pipeline's files (a link to {})", real.display()));
+    }
+    if !meta.is_file() {
+        return Err(format!("{path:?} is not a file"));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!("{path:?} has {} bytes; a pipeline file has at most {MAX_FILE_BYTES}", meta.len()));
+    }
+    std::fs::read_to_string(&file).map(Some).map_err(|e| format!("reading {path:?}: {e}"))
+}
+
+/// Git repositories cloned for `git` includes, each once per (URL, commit), in a temporary
+/// directory removed with this. Runs the `git` program with a time limit per command.
+pub struct GitTrees {
+    dir: Option<tempfile::TempDir>,
+    checked_out: std::collections::BTreeMap<(String, String), std::path::PathBuf>,
+    timeout: std::time::Duration,
+}
+
+impl GitTrees {
+    pub fn new(timeout: std::time::Duration) -> GitTrees {
+        GitTrees { dir: None, checked_out: Default::default(), timeout }
+    }
+
+    /// A working tree of `clone_url` at `commit` (a commit id, branch or tag).
+    pub fn checkout(&mut self, clone_url: &str, commit: &str) -> Result<std::path::PathBuf, String> {
+        let key = (clone_url.to_string(), commit.to_string());
+        if let Some(dir) = self.checked_out.get(&key) {
+            return Ok(dir.clone());
+        }
+        if clone_url.starts_with('-') || commit.starts_with('-') {
+            return Err(format!("{clone_url:?} at {commit:?} is not a repository and commit"));
+        }
+        if self.dir.is_none() {
+            self.dir = Some(tempfile::tempdir().map_err(|e| format!("a directory for git includes: {e}"))?);
+        }
+        let into = self.dir.as_ref().expect("made above").path().join(self.checked_out.len().to_string());
+        let into_text = into.to_string_lossy().to_string();
+        self.git(None, &["clone", "--quiet", "--no-checkout", "--", clone_url, &into_text])
+            .map_err(|e| format!("cloning {clone_url}: {e}"))?;
+        self.git(Some(&into), &["checkout", "--quiet", "--detach", commit, "--"])
+            .map_err(|e| format!("checking out {commit:?} of {clone_url}: {e}"))?;
+        self.checked_out.insert(key, into.clone());
+        Ok(into)
+    }
+
+    // Blocking by design: the gateway runs expansion in `spawn_blocking`, the CLI before it sends.
+    #[allow(clippy::disallowed_methods)]
+    fn git(&self, cwd: Option<&std::path::Path>, args: &[&str]) -> Result<(), String> {
+        let mut command = std::process::Command::new("git");
+        command
+            .args(args)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_ASKPASS", "true")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = command.spawn().map_err(|e| format!("running git: {e} (git includes need the git program)"))?;
+        let deadline = std::time::Instant::now() + self.timeout;
+        // Bounded: polls until the deadline, then kills.
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    let mut stderr = String::new();
+                    if let Some(mut err) = child.stderr.take() {
+                        use std::io::Read;
+                        let _ = err.read_to_string(&mut stderr);
+                    }
+                    return if status.success() {
+                        Ok(())
+                    } else {
+                        Err(stderr
+                            .lines()
+                            .rev()
+                            .find(|l| !l.trim().is_empty())
+                            .unwrap_or("git failed")
+                            .trim()
+                            .to_string())
+                    };
+                }
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("git took longer than {} s", self.timeout.as_secs()));
+                }
+                Err(e) => return Err(format!("waiting for git: {e}")),
+            }
+        }
+    }
+}
