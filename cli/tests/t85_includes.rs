@@ -80,7 +80,7 @@ async fn workflow_and_git_includes_expand_and_run() {
     std::fs::write(
         ext.join("infrabox.json"),
         r#"{"version": 1, "jobs": [
-            {"type": "command", "name": "hello", "command": "echo mode=$MODE; echo $MODE > $ATOLL_OUTPUT/mode.txt",
+            {"type": "command", "name": "hello", "command": "echo mode=$MODE id=$INFRABOX_JOB_ID build=$INFRABOX_BUILD_NUMBER commit=$INFRABOX_COMMIT_ID; echo $MODE > $ATOLL_OUTPUT/mode.txt",
              "environment": {"MODE": "inner"}}]}"#,
     )
     .unwrap();
@@ -173,6 +173,11 @@ jobs:
     let out = mesh.cli(&["logs", hello.id.as_str()]);
     let logs = String::from_utf8_lossy(&out.stdout);
     assert!(logs.contains("mode=outer"), "the git include's environment wins: {logs}");
+    let pipeline = &submitted.pipeline;
+    assert!(
+        logs.contains(&format!("id={pipeline}.ext.hello build={pipeline} commit=main")),
+        "InfraBox's variables: {logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -134,6 +134,25 @@ impl JobSpec {
     }
 }
 
+/// InfraBox's variables for a job, set by every executor beside atoll's own (`ATOLL_*`), so a
+/// job written for InfraBox finds them: `INFRABOX_JOB_ID` (the job's id),
+/// `INFRABOX_BUILD_NUMBER` (the pipeline's id: atoll numbers no builds), and
+/// `INFRABOX_BUILD_RESTART_COUNTER` (the attempt); for a job of a `git` include,
+/// `INFRABOX_COMMIT_ID` and `INFRABOX_GIT_BRANCH` (the commit it was included at). The job's own
+/// `environment` may override any of them.
+pub fn infrabox_env(job_id: &str, pipeline: &str, attempt: u32, spec: &JobSpec) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("INFRABOX_JOB_ID".to_string(), job_id.to_string()),
+        ("INFRABOX_BUILD_NUMBER".to_string(), pipeline.to_string()),
+        ("INFRABOX_BUILD_RESTART_COUNTER".to_string(), attempt.to_string()),
+    ];
+    if let Some(git) = spec.defined_in.as_ref().and_then(|d| d.git.as_ref()) {
+        env.push(("INFRABOX_COMMIT_ID".to_string(), git.commit.clone()));
+        env.push(("INFRABOX_GIT_BRANCH".to_string(), git.commit.clone()));
+    }
+    env
+}
+
 /// A secret an environment variable (or a registry's credential) names.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

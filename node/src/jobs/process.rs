@@ -3,7 +3,8 @@
 //! Each attempt runs in a fresh work directory (`<data_dir>/work/<job>/<attempt>`, with
 //! `output/` and `inputs/`), through `sh -c` (or its argument vector without a shell), with a
 //! clean environment: `PATH`, `HOME` (the work directory), `ATOLL_JOB_ID`, `ATOLL_ATTEMPT`,
-//! `ATOLL_PIPELINE`, `ATOLL_OUTPUT`, `ATOLL_INPUTS`, then the job's own `environment`.
+//! `ATOLL_PIPELINE`, `ATOLL_OUTPUT`, `ATOLL_INPUTS`, InfraBox's (`INFRABOX_JOB_ID`, ...), then
+//! the job's own `environment`.
 //!
 //! The run is its own process group, and (where the machine allows) its own PID namespace whose
 //! first process is killed when the replica dies: the kernel then kills everything in the
@@ -496,6 +497,11 @@ impl ProcessExecutor {
         ];
         if request.spec.source.is_some() {
             env.push((os("ATOLL_SOURCE"), path(dir.join("source"))));
+        }
+        for (key, value) in
+            atoll_api::spec::infrabox_env(&request.job, &request.pipeline, request.attempt, &request.spec)
+        {
+            env.push((os(&key), os(&value)));
         }
         // The job's own environment last: it may override any of the above.
         for (key, value) in &request.spec.environment {

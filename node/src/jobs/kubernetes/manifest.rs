@@ -188,6 +188,8 @@ pub fn build_job(request: &RunRequest, cluster: &str, setup: &PodSetup) -> Resul
     if spec.source.is_some() {
         env.push(env_var("ATOLL_SOURCE", SOURCE_DIR));
     }
+    let infrabox = atoll_api::spec::infrabox_env(&request.job, &request.pipeline, request.attempt, spec);
+    env.extend(infrabox.iter().filter(|(k, _)| !spec.environment.contains_key(k)).map(|(k, v)| env_var(k, v)));
     env.extend(spec.environment.iter().map(|(k, v)| env_var(k, v)));
     let mut limits = BTreeMap::new();
     if let Some(cpu) = spec.resources.cpu_millis {
@@ -504,6 +506,8 @@ mod tests {
         assert_eq!(env["ATOLL_OUTPUT"], "/atoll/output");
         assert_eq!(env["ATOLL_INPUTS"], "/atoll/inputs");
         assert_eq!(env["GREETING"], "hello");
+        assert_eq!(env["INFRABOX_JOB_ID"], "0123456789ab.build", "InfraBox's variables too");
+        assert_eq!(env["INFRABOX_BUILD_RESTART_COUNTER"], "2");
         let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
         assert_eq!(limits["cpu"], Quantity("500m".into()));
         assert_eq!(limits["memory"], Quantity("256Mi".into()));
