@@ -281,3 +281,25 @@ pub struct TokenCreated {
     pub token: String,
     pub expires_at_ms: Option<i64>,
 }
+
+/// A secret as `GET /v1/secrets` lists it: never its value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretInfo {
+    pub name: String,
+    pub updated_ms: i64,
+    /// Who set it (`user NAME`, `operator NAME`).
+    pub updated_by: String,
+}
+
+/// `PUT /v1/secrets/{name}` (admin).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretValue {
+    pub value: String,
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretValue(..)")
+    }
+}

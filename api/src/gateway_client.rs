@@ -217,6 +217,34 @@ impl GatewayClient {
         self.call::<(), _>(Method::POST, &format!("/v1/clusters/{cluster}/{action}"), None).await
     }
 
+    /// `PUT /v1/secrets/{name}` (admin): store a secret's value.
+    pub async fn set_secret(&self, name: &str, value: &str) -> Result<serde_json::Value, ClientError> {
+        let body = crate::gateway::SecretValue { value: value.to_string() };
+        self.call(Method::PUT, &format!("/v1/secrets/{name}"), Some(&body)).await
+    }
+
+    /// `GET /v1/secrets` (admin): every secret's name, never a value.
+    pub async fn secrets(&self) -> Result<Vec<crate::gateway::SecretInfo>, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/secrets", None).await
+    }
+
+    /// `DELETE /v1/secrets/{name}` (admin).
+    pub async fn delete_secret(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.call::<(), _>(Method::DELETE, &format!("/v1/secrets/{name}"), None).await
+    }
+
+    /// `GET /v1/clusters/{cluster}/jobs/{job}/secrets?attempt=N` (the cluster's replicas): the
+    /// secret variables of an attempt bound to the cluster, for its run's environment only.
+    pub async fn job_secrets(
+        &self,
+        cluster: &str,
+        job: &str,
+        attempt: u32,
+    ) -> Result<std::collections::BTreeMap<String, String>, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/v1/clusters/{cluster}/jobs/{job}/secrets?attempt={attempt}"), None)
+            .await
+    }
+
     /// `GET /v1/gateways`: the gateway replicas, which one holds the lease.
     pub async fn gateways(&self) -> Result<Vec<GatewayReplica>, ClientError> {
         self.call::<(), _>(Method::GET, "/v1/gateways", None).await

@@ -258,6 +258,26 @@ impl CertificateAuthority {
         &self.cert_pem
     }
 
+    /// A 256-bit key for `purpose`, derived from the CA's private key (HKDF-SHA256): every
+    /// gateway replica holds the CA key, so each derives the same key without another secret
+    /// to distribute, and whoever lacks the CA key cannot.
+    pub fn derive_key(&self, purpose: &str) -> [u8; 32] {
+        use aws_lc_rs::hkdf;
+        struct Len;
+        impl hkdf::KeyType for Len {
+            fn len(&self) -> usize {
+                32
+            }
+        }
+        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"atoll key derivation");
+        let prk = salt.extract(self.key.serialized_der());
+        let info = [purpose.as_bytes()];
+        let okm = prk.expand(&info, Len).expect("32 bytes is a valid HKDF-SHA256 length");
+        let mut out = [0u8; 32];
+        okm.fill(&mut out).expect("the length asked for");
+        out
+    }
+
     /// Issue a certificate for `identity`, valid from now for `validity`.
     pub fn issue(&self, identity: &Identity, validity: Duration, alg: KeyAlgorithm) -> Result<IssuedCert, PkiError> {
         self.issue_named(identity, &[], validity, alg)

@@ -67,6 +67,14 @@ pub enum Command {
     /// Gateway replicas: which one holds the duties lease, its generation, when each was last
     /// seen.
     Gateways(JsonArg),
+    /// Secrets jobs name in their environment (`{"$secret": NAME}`); admin scope.
+    ///
+    /// Values are sealed at rest at the gateway and go only into the environment of the jobs
+    /// that name them; no answer, log or job detail shows one.
+    Secret {
+        #[command(subcommand)]
+        command: SecretCommand,
+    },
     /// Change a cluster's standing at the gateway.
     Cluster {
         #[command(subcommand)]
@@ -243,6 +251,25 @@ pub enum TokenCommand {
         /// Print one JSON document.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Store a secret's value, read from standard input (one trailing newline dropped) or a file.
+    Set {
+        /// The secret's name: letters, digits, '_', '-', '.'.
+        name: String,
+        /// Read the value from this file (as it is) instead of standard input.
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+    },
+    /// Every secret's name and when and by whom it was set (never a value).
+    List(JsonArg),
+    /// Remove a secret.
+    Delete {
+        /// The secret's name.
+        name: String,
     },
 }
 

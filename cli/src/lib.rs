@@ -75,6 +75,7 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
             verify::run(&config, path.as_deref(), verify::Options { json, disruptive, cluster, nodes }).await
         }
         Command::Clusters(json) => mesh_commands::clusters(&CliConfig::find(args.config.as_deref())?, json.json).await,
+        Command::Secret { command } => mesh_commands::secret(&CliConfig::find(args.config.as_deref())?, command).await,
         Command::Cluster { command } => {
             mesh_commands::cluster(&CliConfig::find(args.config.as_deref())?, command).await
         }

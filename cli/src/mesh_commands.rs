@@ -1,5 +1,6 @@
 //! Commands that talk to the gateway: tokens, clusters, the matrix.
 
+use anyhow::Context;
 use std::collections::BTreeMap;
 
 use atoll_api::gateway::ClusterInfo;
@@ -11,6 +12,7 @@ use atoll_api::gateway::TransferMode;
 use atoll_api::gateway::UserTokenRequest;
 
 use crate::args::ClusterCommand;
+use crate::args::SecretCommand;
 use crate::args::TokenCommand;
 use crate::cli_config::CliConfig;
 use crate::cli_config::parse_duration;
@@ -71,6 +73,51 @@ fn print_cluster(c: &ClusterInfo) {
         c.last_seen_ms.map_or("never".to_string(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0)),
         c.labels.join(",")
     );
+}
+
+/// `atoll secret set|list|delete`.
+pub async fn secret(config: &CliConfig, command: SecretCommand) -> anyhow::Result<()> {
+    let gateway = config.gateway_client()?;
+    match command {
+        SecretCommand::Set { name, from_file } => {
+            let value = match &from_file {
+                Some(file) => std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?,
+                None => {
+                    use std::io::Read;
+                    let mut value = String::new();
+                    std::io::stdin().read_to_string(&mut value).context("reading the value from standard input")?;
+                    // `echo VALUE | atoll secret set NAME`: the newline is not the value's.
+                    if value.ends_with('\n') {
+                        value.pop();
+                        if value.ends_with('\r') {
+                            value.pop();
+                        }
+                    }
+                    value
+                }
+            };
+            gateway.set_secret(&name, &value).await?;
+            println!("secret {name}: set");
+        }
+        SecretCommand::List(json) => {
+            let secrets = gateway.secrets().await?;
+            if json.json {
+                return print_json(&secrets);
+            }
+            println!("{:<32} {:<26} set by", "name", "set at (UTC)");
+            for s in secrets {
+                let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(s.updated_ms) * 1_000_000)
+                    .map(|t| format!("{} {:02}:{:02}:{:02}", t.date(), t.hour(), t.minute(), t.second()))
+                    .unwrap_or_else(|_| s.updated_ms.to_string());
+                println!("{:<32} {:<26} {}", s.name, at, s.updated_by);
+            }
+        }
+        SecretCommand::Delete { name } => {
+            gateway.delete_secret(&name).await?;
+            println!("secret {name}: deleted");
+        }
+    }
+    Ok(())
 }
 
 pub async fn cluster(config: &CliConfig, command: ClusterCommand) -> anyhow::Result<()> {

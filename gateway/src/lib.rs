@@ -53,6 +53,7 @@ pub mod relay;
 pub mod retention;
 pub mod route;
 mod run;
+pub mod secrets;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;

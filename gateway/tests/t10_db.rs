@@ -172,3 +172,23 @@ async fn a_dashboard_session_lasts_while_it_and_its_token_do() {
         db.close().await;
     }
 }
+
+#[tokio::test]
+async fn secrets_are_stored_sealed_replaced_listed_and_deleted() {
+    for (engine, test) in TestDatabase::both().await {
+        eprintln!("--- {engine}");
+        let db = Db::connect(&test.database).await.unwrap();
+        assert!(db.secrets().await.unwrap().is_empty());
+        db.put_secret("TOKEN", "00aa", 1_000, "operator a").await.unwrap();
+        db.put_secret("B", "00bb", 2_000, "user b").await.unwrap();
+        db.put_secret("TOKEN", "00cc", 3_000, "user c").await.unwrap();
+        assert_eq!(db.sealed_secret("TOKEN").await.unwrap().as_deref(), Some("00cc"), "replaced");
+        let listed: Vec<(String, i64, String)> =
+            db.secrets().await.unwrap().into_iter().map(|s| (s.name, s.updated_ms, s.updated_by)).collect();
+        assert_eq!(listed, [("B".into(), 2_000, "user b".into()), ("TOKEN".into(), 3_000, "user c".into())]);
+        assert!(db.delete_secret("B").await.unwrap());
+        assert!(!db.delete_secret("B").await.unwrap(), "already gone");
+        assert_eq!(db.sealed_secret("B").await.unwrap(), None);
+        db.close().await;
+    }
+}

@@ -223,6 +223,19 @@ impl std::fmt::Debug for Transfers {
 }
 
 impl Transfers {
+    /// The values of the secret variables of `job`'s attempt `attempt`, from the gateway (which
+    /// gives them only for an attempt bound to this cluster).
+    pub async fn job_secrets(
+        &self,
+        job: &str,
+        attempt: u32,
+    ) -> Result<std::collections::BTreeMap<String, String>, String> {
+        self.gateway
+            .job_secrets(&self.cluster, job, attempt)
+            .await
+            .map_err(|e| format!("asking the gateway for the job's secrets: {e}"))
+    }
+
     pub fn new(
         replica: Arc<crate::raft::Replica>,
         own_store: bool,

@@ -626,8 +626,13 @@ pub fn unsupported(spec: &PipelineSpec) -> Vec<SpecProblem> {
             ),
             JobKind::Command | JobKind::Wait | JobKind::DockerImage => {}
         }
-        for name in job.secret_env.keys() {
-            say(&format!("environment.{name}"), "the gateway keeps no secrets yet (a $secret or vault value)");
+        for (name, secret) in &job.secret_env {
+            if let SecretRef::Vault { .. } = secret {
+                say(
+                    &format!("environment.{name}"),
+                    "vault references are not read; store the value with `atoll secret set NAME` and name it as {\"$secret\": NAME}",
+                );
+            }
         }
         let c = &job.container;
         let keys: [(bool, &str, &str); 8] = [

@@ -12,6 +12,7 @@
 //! - [`tokens`]: join tokens and user tokens (hashed).
 //! - [`matrix`]: one matrix row per reporting cluster.
 //! - [`jobs`]: pipelines, jobs and attempts; every transition a conditional update.
+//! - [`secrets`]: sealed secret values (`atoll secret set`).
 //! - [`lease`]: the duties lease of gateway replicas, its fence, and the replicas' presence.
 //! - [`testing`]: throwaway databases for tests (SQLite files, PostgreSQL databases).
 
@@ -21,6 +22,7 @@ pub mod lease;
 pub mod matrix;
 pub mod retention;
 pub mod routes;
+pub mod secrets;
 pub mod sessions;
 pub mod sources;
 #[cfg(any(test, feature = "testsuite"))]
@@ -53,6 +55,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "replicas", include_str!("../../migrations/0008_replicas.sql")),
     (9, "join token uses", include_str!("../../migrations/0009_join_token_uses.sql")),
     (10, "dashboard sessions", include_str!("../../migrations/0010_dashboard_sessions.sql")),
+    (11, "secrets", include_str!("../../migrations/0011_secrets.sql")),
 ];
 
 /// A connected, migrated database.

@@ -18,6 +18,8 @@
 //! | `POST /v1/sources` | submit scope: register a source uploaded to the gateway's store |
 //! | `GET /v1/sources/{digest}` | read scope, or any replica |
 //! | `GET\|PUT /v1/blobs/{digest}`, `GET\|PUT /v1/blobs/{digest}/chunks/{n}`, `POST /v1/blobs/{digest}/complete` | the gateway's store: a replica with a relay ticket for that blob; a source: uploaded with the submit scope, read by any replica |
+//! | `GET /v1/secrets`, `PUT\|DELETE /v1/secrets/{name}` | admin (never a value in an answer) |
+//! | `GET /v1/clusters/{name}/jobs/{job}/secrets?attempt=N` | a replica of `name`, for an attempt bound there: its secret variables |
 //! | `GET /v1/openapi.json` | anyone |
 //!
 //! Replicas of a revoked cluster are refused whatever they ask (`revoked`, 403).
@@ -33,6 +35,7 @@ mod leader;
 mod matrix;
 mod pipelines;
 mod relay;
+mod secrets;
 mod tokens;
 
 pub mod ops;
@@ -80,6 +83,9 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/clusters/{name}/blobs/released", post(relay::released))
         .route("/v1/sources", post(relay::register_source))
         .route("/v1/sources/{digest}", get(relay::source))
+        .route("/v1/secrets", get(secrets::list))
+        .route("/v1/secrets/{name}", put(secrets::set).delete(secrets::delete))
+        .route("/v1/clusters/{name}/jobs/{job}/secrets", get(secrets::of_job))
         .route("/v1/openapi.json", get(openapi))
         .with_state(gateway.clone())
         .merge(atoll_store::transfer::routes(gateway.relay.clone()))

@@ -265,7 +265,7 @@ impl Gateway {
         cached.insert(id.to_string(), pipeline);
     }
 
-    async fn job_row(&self, id: &str) -> Result<JobRow, ApiError> {
+    pub(crate) async fn job_row(&self, id: &str) -> Result<JobRow, ApiError> {
         self.db.job(id).await.map_err(db_error)?.ok_or_else(|| ApiError::not_found(format!("no job {id}")))
     }
 

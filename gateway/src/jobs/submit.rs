@@ -97,6 +97,11 @@ impl Gateway {
             self.registry.refresh().await.map_err(db_error)?;
             self.check_selectors(&spec).map_err(|_| e)?;
         }
+        // Every secret named must exist.
+        let missing = self.check_secrets(&spec).await?;
+        if !missing.is_empty() {
+            return Err(ApiError::bad_request(atoll_api::spec::SpecErrors(missing).to_string()));
+        }
         // Every source named must have been pushed.
         if let Some(source) = &spec.source {
             self.known_source(source, "source").await?;

@@ -326,7 +326,15 @@ pub fn request(r: &JobRecord) -> Result<RunRequest, String> {
         RunState::Started { secret, .. } => secret.clone(),
         _ => None,
     };
-    Ok(RunRequest { job: r.job.clone(), pipeline: r.pipeline.clone(), attempt: r.attempt, spec, inputs, secret })
+    Ok(RunRequest {
+        job: r.job.clone(),
+        pipeline: r.pipeline.clone(),
+        attempt: r.attempt,
+        spec,
+        inputs,
+        secret,
+        secrets: Default::default(),
+    })
 }
 
 fn reported(state: EndState) -> ReportedState {

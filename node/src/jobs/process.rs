@@ -244,7 +244,7 @@ impl ProcessExecutor {
         let group = Arc::new(AtomicI32::new(0));
         let dir = self.work_dir(&request.job, request.attempt);
         let this = self.clone();
-        let task = if request.inputs.is_empty() && request.spec.source.is_none() {
+        let task = if request.inputs.is_empty() && request.spec.source.is_none() && request.spec.secret_env.is_empty() {
             // Nothing to fetch: start at once, in the caller's turn.
             let spawned = prepare(&dir, &request).and_then(|()| self.spawn(&request, &dir));
             if let Ok(s) = &spawned {
@@ -256,6 +256,7 @@ impl ProcessExecutor {
             let started = group.clone();
             let mut stop_rx = stop_rx;
             tokio::spawn(async move {
+                let mut request = request;
                 let mut prepared = prepare(&dir, &request);
                 if prepared.is_ok() {
                     // An input may take long to arrive (another cluster, the relay): a stop
@@ -277,6 +278,15 @@ impl ProcessExecutor {
                             return;
                         }
                     }
+                }
+                if prepared.is_ok() && !request.spec.secret_env.is_empty() {
+                    prepared = match this.secrets(&request).await {
+                        Ok(values) => {
+                            request.secrets = values;
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    };
                 }
                 let spawned = prepared.and_then(|()| this.spawn(&request, &dir));
                 // No await between the spawn and this: a dropped handle kills the group.
@@ -457,6 +467,20 @@ impl ProcessExecutor {
     }
 
     /// Unpack the pushed source `digest` (in this replica's store) into `dir`.
+    /// The values of the job's secret variables, from the gateway.
+    async fn secrets(&self, request: &RunRequest) -> Result<super::run::SecretValues, String> {
+        let transfers = self
+            .transfers
+            .as_ref()
+            .ok_or("the job names secrets, and this replica has no gateway link to ask for them")?;
+        let values = transfers.job_secrets(&request.job, request.attempt).await?;
+        let missing: Vec<&String> = request.spec.secret_env.keys().filter(|k| !values.contains_key(*k)).collect();
+        if !missing.is_empty() {
+            return Err(format!("the gateway gave no value for {missing:?}"));
+        }
+        Ok(super::run::SecretValues(values))
+    }
+
     async fn deliver_source(&self, digest: &str, dir: &Path) -> Result<(), String> {
         let parsed: atoll_store::Digest = digest.parse().map_err(|e: atoll_store::InvalidDigest| e.to_string())?;
         let blobs = self.outputs.as_ref().ok_or("this replica stores no blobs")?;
@@ -504,7 +528,7 @@ impl ProcessExecutor {
             env.push((os(&key), os(&value)));
         }
         // The job's own environment last: it may override any of the above.
-        for (key, value) in &request.spec.environment {
+        for (key, value) in request.spec.environment.iter().chain(&request.secrets.0) {
             env.retain(|(k, _)| k.as_os_str() != key.as_str());
             env.push((os(key), os(value)));
         }
@@ -855,6 +879,7 @@ mod tests {
             spec,
             inputs,
             secret: None,
+            secrets: Default::default(),
         }
     }
 

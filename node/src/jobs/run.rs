@@ -78,6 +78,19 @@ pub struct RunRequest {
     /// The attempt's secret (recorded with its start) its helpers show the cluster's replicas:
     /// a Kubernetes pod fetching its inputs and storing its output ([`crate::pods`]).
     pub secret: Option<String>,
+    /// The values of the job's secret variables, asked of the gateway just before the run (kept
+    /// in memory only: never recorded in Raft, never logged).
+    pub secrets: SecretValues,
+}
+
+/// Secret variables' values: `Debug` shows their names only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretValues(pub std::collections::BTreeMap<String, String>);
+
+impl std::fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 /// A started run: stops it on request; when dropped, its task is aborted and, for a process run,

@@ -151,6 +151,10 @@ pub fn build_job(request: &RunRequest, cluster: &str, setup: &PodSetup) -> Resul
     let command_image = setup.command_image.as_str();
     let spec = &request.spec;
     let secret = request.secret.as_deref().ok_or("the attempt has no secret recorded for its pod's helpers")?;
+    if !spec.secret_env.is_empty() {
+        // A value in the Job's spec would be readable by anyone who may read Jobs.
+        return Err("the kubernetes executor does not pass secrets to jobs yet (environment with $secret)".to_string());
+    }
     let (image, command) = match (&spec.kind, &spec.command) {
         (JobKind::Wait, _) => return Err("a wait job runs nothing".to_string()),
         (JobKind::Workflow | JobKind::Git, _) => {
@@ -417,6 +421,7 @@ mod tests {
             spec,
             inputs: Vec::new(),
             secret: Some("s3cret".to_string()),
+            secrets: Default::default(),
         }
     }
 
