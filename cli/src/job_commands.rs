@@ -109,7 +109,7 @@ fn load(file: &Path, clone: bool) -> anyhow::Result<Loaded> {
         _ => std::path::PathBuf::from("."),
     };
     let name = file.file_name().map_or_else(|| "infrabox.json".to_string(), |n| n.to_string_lossy().to_string());
-    let git = clone.then(|| include::GitTrees::new(GIT_TIMEOUT));
+    let git = clone.then(|| include::GitTrees::with_local(GIT_TIMEOUT));
     let mut loader = include::Files::new(include::RootFiles::Dir(dir), git);
     let expanded = include::expand(parsed, &name, &mut loader);
     Ok((document, expanded, loader.read))

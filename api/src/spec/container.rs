@@ -19,13 +19,13 @@ use super::RegistryKind;
 use super::Repository;
 use super::SecretRef;
 use super::path::join;
-use super::walk::Problems;
-use super::walk::duration;
-use super::walk::kind_of;
-use super::walk::list;
-use super::walk::object;
-use super::walk::push;
-use super::walk::string;
+use super::value::Problems;
+use super::value::duration;
+use super::value::kind_of;
+use super::value::list;
+use super::value::object;
+use super::value::push;
+use super::value::string;
 
 /// A string that must not be empty (InfraBox: `empty string not allowed`).
 fn text(v: &Value, path: &str, problems: &mut Problems) -> Option<String> {

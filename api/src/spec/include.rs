@@ -391,11 +391,41 @@ pub struct GitTrees {
     dir: Option<tempfile::TempDir>,
     checked_out: std::collections::BTreeMap<(String, String), std::path::PathBuf>,
     timeout: std::time::Duration,
+    local: bool,
 }
 
+/// The transports a `git` include may use from a server: the network ones. A local path,
+/// `file://` or a remote helper (`ext::`) would let a submitter have the gateway read its own
+/// machine's repositories, or run commands.
+const NETWORK_TRANSPORTS: [&str; 4] = ["https", "http", "git", "ssh"];
+
 impl GitTrees {
+    /// Network repositories only (the gateway: see [`NETWORK_TRANSPORTS`]).
     pub fn new(timeout: std::time::Duration) -> GitTrees {
-        GitTrees { dir: None, checked_out: Default::default(), timeout }
+        GitTrees { dir: None, checked_out: Default::default(), timeout, local: false }
+    }
+
+    /// Local paths and `file://` too (the CLI, on its user's own machine).
+    pub fn with_local(timeout: std::time::Duration) -> GitTrees {
+        GitTrees { local: true, ..GitTrees::new(timeout) }
+    }
+
+    /// Whether `clone_url` may be cloned here; why not.
+    pub fn allows(&self, clone_url: &str) -> Result<(), String> {
+        if self.local {
+            return Ok(());
+        }
+        let scheme = clone_url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        let scp_like =
+            !clone_url.contains("://") && clone_url.split_once(':').is_some_and(|(host, _)| host.contains('@'));
+        match scheme {
+            Some(s) if NETWORK_TRANSPORTS.contains(&s.as_str()) => Ok(()),
+            None if scp_like => Ok(()),
+            _ => Err(format!(
+                "{clone_url:?} is not a network repository: a git include is cloned over {} (not a local path, file:// or a helper)",
+                NETWORK_TRANSPORTS.join(", ")
+            )),
+        }
     }
 
     /// A working tree of `clone_url` at `commit` (a commit id, branch or tag).
@@ -407,6 +437,7 @@ impl GitTrees {
         if clone_url.starts_with('-') || commit.starts_with('-') {
             return Err(format!("{clone_url:?} at {commit:?} is not a repository and commit"));
         }
+        self.allows(clone_url)?;
         if self.dir.is_none() {
             self.dir = Some(tempfile::tempdir().map_err(|e| format!("a directory for git includes: {e}"))?);
         }
@@ -424,6 +455,16 @@ impl GitTrees {
     #[allow(clippy::disallowed_methods)]
     fn git(&self, cwd: Option<&std::path::Path>, args: &[&str]) -> Result<(), String> {
         let mut command = std::process::Command::new("git");
+        let allow: Vec<String> = if self.local {
+            vec!["protocol.ext.allow=never".into()]
+        } else {
+            std::iter::once("protocol.allow=never".to_string())
+                .chain(NETWORK_TRANSPORTS.iter().map(|t| format!("protocol.{t}.allow=always")))
+                .collect()
+        };
+        for setting in &allow {
+            command.arg("-c").arg(setting);
+        }
         command
             .args(args)
             .env("GIT_TERMINAL_PROMPT", "0")

@@ -200,3 +200,16 @@ fn paths_stay_inside_the_tree() {
     assert!(join_inside("", "..").is_err());
     assert!(join_inside("", "a/..").unwrap_err().contains("names a directory"));
 }
+
+#[test]
+fn a_server_clones_only_network_repositories() {
+    let server = GitTrees::new(std::time::Duration::from_secs(1));
+    for ok in ["https://example.com/r.git", "git://127.0.0.1:9418/r", "ssh://git@host/r", "git@host:org/r.git"] {
+        assert!(server.allows(ok).is_ok(), "{ok}");
+    }
+    for refused in ["/srv/repos/r", "file:///etc", "ext::sh -c touch% /tmp/x", "../r", "fd::3"] {
+        let why = server.allows(refused).unwrap_err();
+        assert!(why.contains("is not a network repository"), "{refused}: {why}");
+    }
+    assert!(GitTrees::with_local(std::time::Duration::from_secs(1)).allows("/srv/repos/r").is_ok());
+}

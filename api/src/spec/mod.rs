@@ -22,6 +22,7 @@ mod document;
 mod graph;
 pub mod include;
 mod path;
+mod value;
 mod walk;
 
 pub use container::secret_name;

@@ -702,7 +702,7 @@ fn each_infrabox_key_is_checked_where_it_stands() {
 fn keys_that_no_executor_runs_yet_are_refused_by_name() {
     let spec = parse(
         r#"{"version": 1, "jobs": [
-            {"name": "img", "type": "docker-image", "image": "i", "run": false, "environment": {"T": {"$secret": "TOKEN"}},
+            {"name": "img", "type": "docker-image", "image": "i", "run": false, "environment": {"T": {"$vault": "v", "$vault_secret_path": "p", "$vault_secret_key": "k"}, "S": {"$secret": "TOKEN"}},
              "security_context": {"privileged": true}, "services": [{"apiVersion": "v1", "kind": "K", "metadata": {"name": "s"}}],
              "registries": [{"type": "gcr", "host": "h", "repository": "r", "service_account": {"$secret": "SA"}}],
              "resources": {"kubernetes": {"limits": {"cpu": 1, "memory": 1024}}}, "build_context": "ctx", "cache": {"image": true}},
