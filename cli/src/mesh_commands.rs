@@ -80,6 +80,7 @@ pub async fn secret(config: &CliConfig, command: SecretCommand) -> anyhow::Resul
     let gateway = config.gateway_client()?;
     match command {
         SecretCommand::Set { name, from_file } => {
+            atoll_api::spec::secret_name(&name).map_err(|why| anyhow::anyhow!("{name:?}: {why}"))?;
             let value = match &from_file {
                 Some(file) => std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?,
                 None => {

@@ -216,7 +216,7 @@ async fn a_workflow_include_is_read_from_the_pipeline_s_pushed_source() {
         .unwrap_err()
         .to_string();
     assert!(
-        refused.contains("jobs[0].infrabox_file: no pipeline file: flow/infrabox.json does not exist"),
+        refused.contains("jobs[0].infrabox_file: cannot read \"flow/infrabox.json\": the submission carried no files and names no source"),
         "{refused}"
     );
 }

@@ -5,8 +5,8 @@
 //!   key ([`atoll_api::pki::CertificateAuthority::derive_key`]), with a fresh random nonce and the
 //!   secret's name as associated data. The database holds only sealed values; every replica
 //!   derives the same key.
-//! - **In use** a value leaves the gateway only to the leader of the cluster an attempt is bound
-//!   to, over mTLS, when that attempt starts (`GET /v1/clusters/{name}/jobs/{id}/secrets`): not in
+//! - **In use** a value leaves the gateway only to a replica of the cluster an attempt is bound
+//!   to (its leader, in practice), over mTLS, while that attempt is assigned or running (`GET /v1/clusters/{name}/jobs/{id}/secrets`): not in
 //!   the assignment (which the cluster's Raft log keeps), not in job details, the API's other
 //!   answers or any log line. The executor puts it in the job's environment.
 //! - A pipeline naming a secret that does not exist is refused at submit, with the job's path.
@@ -177,8 +177,17 @@ impl Gateway {
             )));
         }
         let row = self.job_row(job).await?;
+        if row.attempt != attempt || !row.state.is_active() {
+            return Err(ApiError::forbidden(format!(
+                "attempt {attempt} of job {job} is not running on cluster {cluster}"
+            )));
+        }
         let pipeline = self.pipeline(&row.pipeline_id).await?;
-        let spec = &pipeline.spec.jobs[row.idx];
+        let spec = pipeline
+            .spec
+            .jobs
+            .get(row.idx)
+            .ok_or_else(|| ApiError::internal(format!("job {job} has no place in its pipeline's spec")))?;
         let key = self.secrets_key();
         let mut out = BTreeMap::new();
         for (var, secret) in &spec.secret_env {

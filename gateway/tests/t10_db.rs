@@ -146,7 +146,7 @@ async fn migrations_are_idempotent_and_a_newer_schema_is_refused() {
         db.close().await;
         let err = Db::connect(&test.database).await.unwrap_err().to_string();
         assert!(
-            err.contains("migrated by a newer atoll (schema version 99; this build knows up to 10)"),
+            err.contains("migrated by a newer atoll (schema version 99; this build knows up to 11)"),
             "{engine}: {err}"
         );
     }

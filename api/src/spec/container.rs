@@ -399,6 +399,20 @@ pub(super) fn include(kind: JobKind, map: &Map<String, Value>, path: &str, probl
         JobKind::Workflow => Some(Include::Workflow { infrabox_file: file(problems)? }),
         JobKind::Git => {
             let clone_url = map.get("clone_url").and_then(|v| text(v, &at("clone_url"), problems));
+            // A password in the URL would be stored with the pipeline and shown in its details.
+            if let Some(url) = &clone_url
+                && let Some((_, rest)) = url.split_once("://")
+                && rest.split('/').next().is_some_and(|authority| {
+                    authority.contains('@') && authority.split('@').next().is_some_and(|user| user.contains(':'))
+                })
+            {
+                push(
+                    problems,
+                    &at("clone_url"),
+                    "a clone URL carries no password (user:password@): the repository must be readable without one",
+                );
+                return None;
+            }
             let commit = map.get("commit").and_then(|v| text(v, &at("commit"), problems));
             let branch = map.get("branch").and_then(|v| text(v, &at("branch"), problems));
             let infrabox_file = file(problems);

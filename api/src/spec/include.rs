@@ -20,6 +20,7 @@
 //! in (`flow/infrabox.json: jobs[0].name: ...`).
 
 use std::collections::BTreeSet;
+use std::collections::HashMap;
 
 use super::DefinedIn;
 use super::Dependency;
@@ -37,7 +38,7 @@ use super::SpecProblem;
 /// Deepest nesting of includes.
 pub const MAX_DEPTH: usize = 16;
 /// Longest name of an included job (`a/b/c`).
-pub const MAX_NESTED_NAME_LEN: usize = 253;
+pub const MAX_NESTED_NAME_LEN: usize = 200;
 
 /// The tree a pipeline file is read from.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -116,7 +117,8 @@ pub fn expand(spec: PipelineSpec, path: &str, loader: &mut dyn Loader) -> Result
     let mut problems = Vec::new();
     let mut stack = vec![(Tree::Root, path.to_string())];
     let mut count = 0usize;
-    let jobs = expand_file(spec.jobs, &Tree::Root, path, "", &mut stack, loader, &mut count, &mut problems);
+    let mut cx = Expansion { loader, files: HashMap::new() };
+    let jobs = expand_file(spec.jobs, &Tree::Root, path, "", &mut stack, &mut cx, &mut count, &mut problems);
     if count > MAX_JOBS {
         problems.push(SpecProblem {
             path: "jobs".into(),
@@ -131,6 +133,28 @@ pub fn expand(spec: PipelineSpec, path: &str, loader: &mut dyn Loader) -> Result
     Ok(expanded)
 }
 
+/// What one expansion reads through: each file read and parsed once, however often it is
+/// included (`None`: no such file).
+struct Expansion<'l> {
+    loader: &'l mut dyn Loader,
+    files: HashMap<(Tree, String), Read>,
+}
+
+/// A file as read for an include: why it could not be, or that there is none, or what it holds.
+type Read = Result<Option<Result<PipelineSpec, SpecErrors>>, String>;
+
+impl Expansion<'_> {
+    fn file(&mut self, tree: &Tree, path: &str) -> Read {
+        let key = (tree.clone(), path.to_string());
+        if let Some(done) = self.files.get(&key) {
+            return done.clone();
+        }
+        let done = self.loader.read(tree, path).map(|text| text.map(|text| super::parse(&text)));
+        self.files.insert(key, done.clone());
+        done
+    }
+}
+
 /// The jobs of one file, with its includes expanded; `prefix` is `""` at the root and
 /// `"<include>/"` below.
 #[allow(clippy::too_many_arguments)]
@@ -140,7 +164,7 @@ fn expand_file(
     file: &str,
     prefix: &str,
     stack: &mut Vec<(Tree, String)>,
-    loader: &mut dyn Loader,
+    cx: &mut Expansion<'_>,
     count: &mut usize,
     problems: &mut Vec<SpecProblem>,
 ) -> Vec<JobSpec> {
@@ -179,6 +203,13 @@ fn expand_file(
             out.push(job);
             continue;
         };
+        if *count > MAX_JOBS {
+            problems.push(SpecProblem {
+                path: here(i, "type"),
+                message: format!("the includes make more than {MAX_JOBS} jobs; a pipeline has at most {MAX_JOBS}"),
+            });
+            return out;
+        }
         if stack.len() > MAX_DEPTH {
             problems.push(SpecProblem {
                 path: here(i, "type"),
@@ -209,7 +240,7 @@ fn expand_file(
                 }
             }
         };
-        if loader.skips(&sub_tree) {
+        if cx.loader.skips(&sub_tree) {
             job.include = Some(include);
             *count += 1;
             out.push(job);
@@ -218,9 +249,9 @@ fn expand_file(
         let key = if matches!(include, Include::Git { .. }) { "clone_url" } else { "infrabox_file" };
         let mut found = None;
         for candidate in &candidates {
-            match loader.read(&sub_tree, candidate) {
-                Ok(Some(text)) => {
-                    found = Some((candidate.clone(), text));
+            match cx.file(&sub_tree, candidate) {
+                Ok(Some(parsed)) => {
+                    found = Some((candidate.clone(), parsed));
                     break;
                 }
                 Ok(None) => {}
@@ -231,7 +262,7 @@ fn expand_file(
                 }
             }
         }
-        let Some((sub_file, text)) = found else {
+        let Some((sub_file, parsed)) = found else {
             if !problems.iter().any(|p| p.path == here(i, key)) {
                 let names: Vec<String> = candidates.iter().map(|c| sub_tree.describe(c)).collect();
                 let message = match names.as_slice() {
@@ -249,7 +280,7 @@ fn expand_file(
                 .push(SpecProblem { path: here(i, key), message: format!("include cycle: {}", chain.join(" -> ")) });
             continue;
         }
-        let sub_spec = match super::parse(&text) {
+        let sub_spec = match parsed {
             Ok(sub) => sub,
             Err(errors) => {
                 for p in errors.0 {
@@ -264,7 +295,7 @@ fn expand_file(
         };
         stack.push((sub_tree.clone(), sub_file.clone()));
         let mut sub =
-            expand_file(sub_spec.jobs, &sub_tree, &sub_file, &format!("{}/", job.name), stack, loader, count, problems);
+            expand_file(sub_spec.jobs, &sub_tree, &sub_file, &format!("{}/", job.name), stack, cx, count, problems);
         stack.pop();
         // Inherit the include's parents, and (git) its environment.
         let leaves: Vec<String> = {
@@ -276,6 +307,14 @@ fn expand_file(
                 s.depends_on = job.depends_on.clone();
             }
             if s.runs_on_a_cluster() {
+                // The source a job runs on: its own, else its file's, else the include job's;
+                // likewise the include job's repository options.
+                if s.source.is_none() {
+                    s.source = sub_spec.source.clone().or_else(|| job.source.clone());
+                }
+                if s.container.repository.is_default() {
+                    s.container.repository = job.container.repository;
+                }
                 for (k, v) in &job.environment {
                     s.secret_env.remove(k);
                     s.environment.insert(k.clone(), v.clone());
@@ -343,6 +382,11 @@ impl Loader for Files {
     fn read(&mut self, tree: &Tree, path: &str) -> Result<Option<String>, String> {
         let text = match (tree, &self.root) {
             (Tree::Root, RootFiles::Dir(dir)) => read_inside(dir, path)?,
+            (Tree::Root, RootFiles::Given(files)) if files.is_empty() => {
+                return Err(format!(
+                    "cannot read {path:?}: the submission carried no files and names no source; submit with `atoll submit FILE` (it sends the included files), or push them (`atoll push DIR`) and name the source"
+                ));
+            }
             (Tree::Root, RootFiles::Given(files)) => files.get(path).cloned(),
             (Tree::Git { clone_url, commit }, _) => {
                 let git = self.git.as_mut().ok_or("git includes are not cloned here")?;
@@ -361,38 +405,48 @@ impl Loader for Files {
     }
 }
 
-/// The text of `path` under `dir`, refusing a symbolic link that leads outside it.
+/// The text of `path` under `dir`, refusing a symbolic link that leads outside it (or to
+/// nothing: the two are not told apart, nor where a link leads, so a repository cannot probe the
+/// machine that reads it).
 fn read_inside(dir: &std::path::Path, path: &str) -> Result<Option<String>, String> {
     let file = dir.join(path);
-    let meta = match std::fs::metadata(&file) {
-        Ok(meta) => meta,
+    let link = match std::fs::symlink_metadata(&file) {
+        Ok(meta) => meta.file_type().is_symlink(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("reading {path:?}: {e}")),
+        Err(e) => return Err(format!("reading {path:?}: {}", e.kind())),
     };
-    let (real, base) = (
-        file.canonicalize().map_err(|e| format!("reading {path:?}: {e}"))?,
-        dir.canonicalize().map_err(|e| format!("reading {}: {e}", dir.display()))?,
-    );
-    if !real.starts_with(&base) {
-        return Err(format!("{path:?} leads outside the pipeline's files (a link to {})", real.display()));
+    let base = dir.canonicalize().map_err(|e| format!("reading the pipeline's files: {}", e.kind()))?;
+    let inside = file.canonicalize().is_ok_and(|real| real.starts_with(&base));
+    if !inside {
+        let what = if link {
+            "a link that leads outside the pipeline's files, or to nothing"
+        } else {
+            "outside the pipeline's files"
+        };
+        return Err(format!("{path:?} is {what}"));
     }
+    let meta = std::fs::metadata(&file).map_err(|e| format!("reading {path:?}: {}", e.kind()))?;
     if !meta.is_file() {
         return Err(format!("{path:?} is not a file"));
     }
     if meta.len() > MAX_FILE_BYTES {
         return Err(format!("{path:?} has {} bytes; a pipeline file has at most {MAX_FILE_BYTES}", meta.len()));
     }
-    std::fs::read_to_string(&file).map(Some).map_err(|e| format!("reading {path:?}: {e}"))
+    std::fs::read_to_string(&file).map(Some).map_err(|e| format!("reading {path:?}: {}", e.kind()))
 }
 
 /// Git repositories cloned for `git` includes, each once per (URL, commit), in a temporary
 /// directory removed with this. Runs the `git` program with a time limit per command.
 pub struct GitTrees {
     dir: Option<tempfile::TempDir>,
-    checked_out: std::collections::BTreeMap<(String, String), std::path::PathBuf>,
+    checked_out: std::collections::BTreeMap<(String, String), Result<std::path::PathBuf, String>>,
+    clones: usize,
     timeout: std::time::Duration,
     local: bool,
 }
+
+/// Most repositories cloned for one pipeline.
+pub const MAX_CLONES: usize = 16;
 
 /// The transports a `git` include may use from a server: the network ones. A local path,
 /// `file://` or a remote helper (`ext::`) would let a submitter have the gateway read its own
@@ -402,7 +456,7 @@ const NETWORK_TRANSPORTS: [&str; 4] = ["https", "http", "git", "ssh"];
 impl GitTrees {
     /// Network repositories only (the gateway: see [`NETWORK_TRANSPORTS`]).
     pub fn new(timeout: std::time::Duration) -> GitTrees {
-        GitTrees { dir: None, checked_out: Default::default(), timeout, local: false }
+        GitTrees { dir: None, checked_out: Default::default(), clones: 0, timeout, local: false }
     }
 
     /// Local paths and `file://` too (the CLI, on its user's own machine).
@@ -428,76 +482,92 @@ impl GitTrees {
         }
     }
 
-    /// A working tree of `clone_url` at `commit` (a commit id, branch or tag).
+    /// A working tree of `clone_url` at `commit` (a commit id, branch or tag). A failure is
+    /// remembered: the same include named again fails at once.
     pub fn checkout(&mut self, clone_url: &str, commit: &str) -> Result<std::path::PathBuf, String> {
         let key = (clone_url.to_string(), commit.to_string());
-        if let Some(dir) = self.checked_out.get(&key) {
-            return Ok(dir.clone());
+        if let Some(done) = self.checked_out.get(&key) {
+            return done.clone();
         }
+        let done = self.clone_at(clone_url, commit);
+        self.checked_out.insert(key, done.clone());
+        done
+    }
+
+    fn clone_at(&mut self, clone_url: &str, commit: &str) -> Result<std::path::PathBuf, String> {
         if clone_url.starts_with('-') || commit.starts_with('-') {
             return Err(format!("{clone_url:?} at {commit:?} is not a repository and commit"));
         }
         self.allows(clone_url)?;
+        if self.clones >= MAX_CLONES {
+            return Err(format!("more than {MAX_CLONES} repositories to clone for one pipeline"));
+        }
         if self.dir.is_none() {
             self.dir = Some(tempfile::tempdir().map_err(|e| format!("a directory for git includes: {e}"))?);
         }
-        let into = self.dir.as_ref().expect("made above").path().join(self.checked_out.len().to_string());
+        self.clones += 1;
+        let into = self.dir.as_ref().expect("made above").path().join(format!("repo-{}", self.clones));
         let into_text = into.to_string_lossy().to_string();
-        self.git(None, &["clone", "--quiet", "--no-checkout", "--", clone_url, &into_text])
-            .map_err(|e| format!("cloning {clone_url}: {e}"))?;
-        self.git(Some(&into), &["checkout", "--quiet", "--detach", commit, "--"])
-            .map_err(|e| format!("checking out {commit:?} of {clone_url}: {e}"))?;
-        self.checked_out.insert(key, into.clone());
-        Ok(into)
+        let cloned = self
+            .git(None, &["clone", "--quiet", "--no-checkout", "--", clone_url, &into_text])
+            .map_err(|e| format!("cloning {clone_url}: {e}"))
+            .and_then(|()| {
+                // A commit id or tag, else a branch of the remote.
+                self.git(Some(&into), &["checkout", "--quiet", "--detach", commit, "--"])
+                    .or_else(|_| {
+                        self.git(Some(&into), &["checkout", "--quiet", "--detach", &format!("origin/{commit}"), "--"])
+                    })
+                    .map_err(|e| format!("checking out {commit:?} of {clone_url}: {e}"))
+            });
+        if cloned.is_err() {
+            let _ = std::fs::remove_dir_all(&into);
+        }
+        cloned.map(|()| into)
     }
 
     // Blocking by design: the gateway runs expansion in `spawn_blocking`, the CLI before it sends.
     #[allow(clippy::disallowed_methods)]
     fn git(&self, cwd: Option<&std::path::Path>, args: &[&str]) -> Result<(), String> {
+        let dir = self.dir.as_ref().ok_or("no directory for git")?.path();
         let mut command = std::process::Command::new("git");
-        let allow: Vec<String> = if self.local {
-            vec!["protocol.ext.allow=never".into()]
+        // No configuration, credentials or keys of the machine's user: a pipeline's include is
+        // fetched as nobody in particular, and never by a redirect elsewhere.
+        let mut settings = vec![
+            "credential.helper=".to_string(),
+            "http.followRedirects=false".to_string(),
+            "core.askPass=".to_string(),
+        ];
+        if self.local {
+            settings.push("protocol.ext.allow=never".into());
         } else {
-            std::iter::once("protocol.allow=never".to_string())
-                .chain(NETWORK_TRANSPORTS.iter().map(|t| format!("protocol.{t}.allow=always")))
-                .collect()
-        };
-        for setting in &allow {
+            settings.push("protocol.allow=never".into());
+            settings.extend(NETWORK_TRANSPORTS.iter().map(|t| format!("protocol.{t}.allow=always")));
+        }
+        for setting in &settings {
             command.arg("-c").arg(setting);
         }
+        let stderr_path = dir.join(format!("git-stderr-{}", self.clones));
+        let stderr = std::fs::File::create(&stderr_path).map_err(|e| format!("a file for git's messages: {e}"))?;
         command
             .args(args)
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("GIT_ASKPASS", "true")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("HOME", dir)
+            .env("GIT_SSH_COMMAND", "ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o IdentityFile=/dev/null")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
+            .stderr(stderr);
         if let Some(cwd) = cwd {
             command.current_dir(cwd);
         }
         let mut child = command.spawn().map_err(|e| format!("running git: {e} (git includes need the git program)"))?;
         let deadline = std::time::Instant::now() + self.timeout;
         // Bounded: polls until the deadline, then kills.
-        loop {
+        let status = loop {
             match child.try_wait() {
-                Ok(Some(status)) => {
-                    let mut stderr = String::new();
-                    if let Some(mut err) = child.stderr.take() {
-                        use std::io::Read;
-                        let _ = err.read_to_string(&mut stderr);
-                    }
-                    return if status.success() {
-                        Ok(())
-                    } else {
-                        Err(stderr
-                            .lines()
-                            .rev()
-                            .find(|l| !l.trim().is_empty())
-                            .unwrap_or("git failed")
-                            .trim()
-                            .to_string())
-                    };
-                }
+                Ok(Some(status)) => break status,
                 Ok(None) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(20))
                 }
@@ -508,6 +578,17 @@ impl GitTrees {
                 }
                 Err(e) => return Err(format!("waiting for git: {e}")),
             }
+        };
+        let said = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+        let _ = std::fs::remove_file(&stderr_path);
+        if status.success() {
+            return Ok(());
         }
+        if !self.local {
+            // A server does not echo git's words: they could tell a submitter about the
+            // server's own network.
+            return Err(format!("git failed ({status}); check the URL, the commit and that the repository is public"));
+        }
+        Err(said.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("git failed").trim().to_string())
     }
 }

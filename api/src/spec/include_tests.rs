@@ -213,3 +213,49 @@ fn a_server_clones_only_network_repositories() {
     }
     assert!(GitTrees::with_local(std::time::Duration::from_secs(1)).allows("/srv/repos/r").is_ok());
 }
+
+#[test]
+fn includes_that_would_make_too_many_jobs_stop_early_and_each_file_is_read_once() {
+    // 200 includes of one file of 100 jobs: 20,000 jobs, over the limit, found after ~100 includes.
+    let jobs: Vec<String> = (0..100).map(|i| format!(r#"{{"name": "j{i}", {CMD}}}"#)).collect();
+    let includes: Vec<String> =
+        (0..200).map(|i| format!(r#"{{"type": "workflow", "name": "w{i}", "infrabox_file": "big.json"}}"#)).collect();
+    struct Counting(Map, usize);
+    impl Loader for Counting {
+        fn read(&mut self, tree: &Tree, path: &str) -> Result<Option<String>, String> {
+            self.1 += 1;
+            self.0.read(tree, path)
+        }
+    }
+    let mut loader = Counting(
+        files(&[
+            ("infrabox.json", &format!(r#"{{"version": 1, "jobs": [{}]}}"#, includes.join(","))),
+            ("big.json", &format!(r#"{{"version": 1, "jobs": [{}]}}"#, jobs.join(","))),
+        ]),
+        0,
+    );
+    let root = parse(&loader.0.0["infrabox.json"]).unwrap();
+    let err = expand(root, "infrabox.json", &mut loader).unwrap_err();
+    assert!(err.0.iter().any(|p| p.message.contains("more than 10000 jobs")), "{err}");
+    assert_eq!(loader.1, 1, "big.json read once");
+}
+
+#[test]
+fn a_link_out_of_the_tree_and_a_dangling_one_read_alike_and_show_no_target() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("real.json"), "{}").unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", dir.path().join("out.json")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/x", dir.path().join("dangling.json")).unwrap();
+    std::os::unix::fs::symlink("real.json", dir.path().join("inside.json")).unwrap();
+    let mut loader = Files::new(RootFiles::Dir(dir.path().to_path_buf()), None);
+    assert_eq!(loader.read(&Tree::Root, "inside.json").unwrap().as_deref(), Some("{}"));
+    assert_eq!(loader.read(&Tree::Root, "missing.json").unwrap(), None);
+    let out = loader.read(&Tree::Root, "out.json").unwrap_err();
+    let dangling = loader.read(&Tree::Root, "dangling.json").unwrap_err();
+    assert_eq!(out.replace("out.json", "X"), dangling.replace("dangling.json", "X"), "told apart: {out} / {dangling}");
+    assert!(!out.contains("/etc"), "{out}");
+    let mut given = Files::new(RootFiles::Given(Default::default()), None);
+    assert!(
+        given.read(&Tree::Root, "flow/infrabox.json").unwrap_err().contains("carried no files and names no source")
+    );
+}

@@ -577,6 +577,11 @@ fn each_infrabox_key_is_checked_where_it_stands() {
         (r#"{"name":"a","type":"workflow"}"#, "jobs[0].infrabox_file", "names the pipeline file it includes"),
         (r#"{"name":"a","type":"git","commit":"main"}"#, "jobs[0].clone_url", "missing"),
         (r#"{"name":"a","type":"git","clone_url":"u","commit":"--upload-pack=x"}"#, "jobs[0].commit", "not a commit"),
+        (
+            r#"{"name":"a","type":"git","clone_url":"https://me:t0ken@host/r.git","commit":"main"}"#,
+            "jobs[0].clone_url",
+            "carries no password",
+        ),
         (r#"{"name":"a","type":"docker","docker_file":"/etc/Dockerfile"}"#, "jobs[0].docker_file", "is absolute"),
         (r#"{"name":"a","type":"docker","docker_file":""}"#, "jobs[0].docker_file", "cannot be empty"),
         (r#"{"name":"a","type":"docker","docker_file":"D","build_only":"yes"}"#, "jobs[0].build_only", "true or false"),

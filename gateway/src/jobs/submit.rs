@@ -68,8 +68,10 @@ impl Gateway {
             // Workflow files: those the submission carried, else the pipeline's pushed source
             // (its root is the spec's directory). Git repositories are cloned here.
             let mut unpacked = None;
+            let workflows =
+                spec.jobs.iter().any(|j| matches!(j.include, Some(atoll_api::spec::Include::Workflow { .. })));
             let root = match &spec.source {
-                Some(source) if files.is_empty() => {
+                Some(source) if files.is_empty() && workflows => {
                     self.known_source(source, "source").await?;
                     let dir = self.unpack_source(source).await?;
                     let root = include::RootFiles::Dir(dir.path().join("tree"));
@@ -79,13 +81,15 @@ impl Gateway {
                 _ => include::RootFiles::Given(files),
             };
             let timeout = GIT_TIMEOUT;
+            // Blocking work (git, reading files, removing the unpacked source), off the runtime.
             let expanded = tokio::task::spawn_blocking(move || {
                 let mut loader = include::Files::new(root, Some(include::GitTrees::new(timeout)));
-                include::expand(spec, ROOT_SPEC, &mut loader)
+                let expanded = include::expand(spec, ROOT_SPEC, &mut loader);
+                drop(unpacked);
+                expanded
             });
-            let expanded = expanded.await;
-            drop(unpacked);
             expanded
+                .await
                 .map_err(|e| ApiError::internal(e.to_string()))?
                 .map_err(|e| ApiError::bad_request(e.to_string()))?
         } else {
@@ -163,7 +167,7 @@ impl Gateway {
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?
             .map_err(|e| ApiError::internal(format!("unpacking the pipeline's source {source}: {e}")))?;
-        let _ = std::fs::remove_file(&archive);
+        let _ = tokio::fs::remove_file(&archive).await;
         Ok(dir)
     }
 
