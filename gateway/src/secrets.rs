@@ -128,7 +128,7 @@ impl Gateway {
         let mut known: BTreeMap<String, bool> = BTreeMap::new();
         for (i, job) in spec.jobs.iter().enumerate() {
             for (var, secret) in &job.secret_env {
-                let path = format!("jobs[{i}].environment.{var}");
+                let path = format!("{}.environment.{var}", spec.job_path(i));
                 match secret {
                     SecretRef::Secret(name) => {
                         let exists = match known.get(name) {

@@ -187,9 +187,12 @@ fn expand_file(
             dep.job = format!("{prefix}{}", dep.job);
         }
         job.name = name;
-        if !prefix.is_empty() || *tree != Tree::Root {
+        // Every job of an expanded pipeline says where it was written: its index there is not
+        // its index in the expanded list.
+        {
             job.defined_in = Some(DefinedIn {
                 dir: dir_of(file).to_string(),
+                at: here(i, "").trim_end_matches('.').to_string(),
                 git: match tree {
                     Tree::Root => None,
                     Tree::Git { clone_url, commit } => {

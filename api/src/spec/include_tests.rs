@@ -86,8 +86,11 @@ fn infrabox_s_nested_workflow_expands_to_the_names_and_parents_infrabox_gives() 
     assert_eq!(wait.kind, JobKind::Wait);
     assert_eq!(
         spec.jobs.iter().find(|j| j.name == "flow/sub-2/nested-1").unwrap().defined_in,
-        Some(DefinedIn { dir: "flow/nested".into(), git: None })
+        Some(DefinedIn { dir: "flow/nested".into(), at: "flow/nested/infrabox.json: jobs[0]".into(), git: None })
     );
+    let i = spec.jobs.iter().position(|j| j.name == "flow/sub-2/nested-1").unwrap();
+    assert_eq!(spec.job_path(i), "flow/nested/infrabox.json: jobs[0]", "problems name the file");
+    assert_eq!(spec.job_path(spec.jobs.len() - 1), "jobs[0]", "the include's own wait job, at its place in the file");
     assert_eq!(topological_order(&spec).len(), spec.jobs.len());
     assert_eq!(JobId::new("p1", "flow/sub-2/nested-1").as_str(), "p1.flow.sub-2.nested-1", "an id is one path segment");
 }
@@ -129,6 +132,7 @@ fn a_job_that_depends_on_an_include_waits_for_all_of_it_and_a_git_include_overri
         c.defined_in,
         Some(DefinedIn {
             dir: "sub".into(),
+            at: "git://127.0.0.1/ext@main:sub/infrabox.json: jobs[0]".into(),
             git: Some(GitAt { clone_url: "git://127.0.0.1/ext".into(), commit: "main".into() })
         }),
         "a workflow inside a git include is read from that repository"
@@ -257,5 +261,25 @@ fn a_link_out_of_the_tree_and_a_dangling_one_read_alike_and_show_no_target() {
     let mut given = Files::new(RootFiles::Given(Default::default()), None);
     assert!(
         given.read(&Tree::Root, "flow/infrabox.json").unwrap_err().contains("carried no files and names no source")
+    );
+}
+
+#[test]
+fn what_an_included_job_asks_for_and_no_executor_runs_is_refused_at_its_file() {
+    let mut loader = files(&[
+        (
+            "infrabox.json",
+            r#"{"version": 1, "jobs": [{"type": "workflow", "name": "flow", "infrabox_file": "flow/infrabox.json"}]}"#,
+        ),
+        (
+            "flow/infrabox.json",
+            r#"{"version": 1, "jobs": [{"type": "docker", "name": "build", "docker_file": "Dockerfile"}]}"#,
+        ),
+    ]);
+    let spec = expand_root(&mut loader).unwrap();
+    let refused: Vec<String> = unsupported(&spec).iter().map(ToString::to_string).collect();
+    assert_eq!(
+        refused,
+        ["flow/infrabox.json: jobs[0].type: job \"flow/build\": no executor builds a Dockerfile yet (a docker job)"]
     );
 }

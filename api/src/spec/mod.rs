@@ -104,8 +104,8 @@ pub struct JobSpec {
     /// expanded when the pipeline is submitted (a stored pipeline has none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub include: Option<Include>,
-    /// Where an included job's file is: its relative paths (`docker_file`, ...) start there.
-    /// `None` for a job of the pipeline's own file.
+    /// Where a job of an expanded pipeline was written: its relative paths (`docker_file`, ...)
+    /// start there, and problems point there. `None` in a pipeline without includes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defined_in: Option<DefinedIn>,
 }
@@ -115,6 +115,10 @@ pub struct JobSpec {
 pub struct DefinedIn {
     /// Its directory, relative to the root of its tree (`""`: the root).
     pub dir: String,
+    /// The file and the job's place in it, as problems name them (`flow/infrabox.json:
+    /// jobs[0]`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub at: String,
     /// The repository it was read from, for a `git` include (else the pipeline's source).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git: Option<GitAt>,
@@ -600,6 +604,17 @@ pub struct ClusterFacts<'a> {
     pub enabled: bool,
 }
 
+impl PipelineSpec {
+    /// Where problems of job `i` point: `jobs[i]` for a job of the submitted file, the file and
+    /// the job's place in it for an included one (`flow/infrabox.json: jobs[0]`).
+    pub fn job_path(&self, i: usize) -> String {
+        match self.jobs.get(i).and_then(|j| j.defined_in.as_ref()) {
+            Some(d) if !d.at.is_empty() => d.at.clone(),
+            _ => format!("jobs[{i}]"),
+        }
+    }
+}
+
 /// What no executor of this build runs yet (and a pipeline of no jobs), each with the path of
 /// the key that asks for it:
 /// such a pipeline reads (`atoll validate --offline` accepts every InfraBox key) but is refused
@@ -612,8 +627,10 @@ pub fn unsupported(spec: &PipelineSpec) -> Vec<SpecProblem> {
     }
     for (i, job) in spec.jobs.iter().enumerate() {
         let mut say = |key: &str, what: &str| {
-            problems
-                .push(SpecProblem { path: format!("jobs[{i}].{key}"), message: format!("job {:?}: {what}", job.name) })
+            problems.push(SpecProblem {
+                path: format!("{}.{key}", spec.job_path(i)),
+                message: format!("job {:?}: {what}", job.name),
+            })
         };
         match job.kind {
             JobKind::Docker => say("type", "no executor builds a Dockerfile yet (a docker job)"),
@@ -680,7 +697,7 @@ pub fn check_clusters(spec: &PipelineSpec, clusters: &[ClusterFacts<'_>]) -> Res
                 .collect::<Vec<_>>();
             let wanted: Vec<&str> = job.cluster.selector.iter().map(Label::as_str).collect();
             problems.push(SpecProblem {
-                path: format!("jobs[{i}].cluster.selector"),
+                path: format!("{}.cluster.selector", spec.job_path(i)),
                 message: format!(
                     "no enabled cluster has all of [{}] (clusters: {})",
                     wanted.join(", "),
@@ -697,7 +714,7 @@ pub fn check_clusters(spec: &PipelineSpec, clusters: &[ClusterFacts<'_>]) -> Res
                 Some(_) => "that cluster does not have every selector label",
             };
             problems.push(SpecProblem {
-                path: format!("jobs[{i}].cluster.prefer"),
+                path: format!("{}.cluster.prefer", spec.job_path(i)),
                 message: format!("prefers cluster \"{prefer}\", but {why}"),
             });
         }
