@@ -72,6 +72,14 @@ async fn a_secret_reaches_only_the_environment_of_the_job_that_names_it() {
         ["OTHER", "TOKEN"]
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains(VALUE));
+    let empty = m.t.dir.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let out = m.cli(&["secret", "set", "EMPTY", "--from-file", empty.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("value: empty: a secret needs a value"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = m.cli(&["secret", "set", "bad name", "--from-file", file.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(

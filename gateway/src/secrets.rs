@@ -20,16 +20,13 @@ use atoll_api::spec::SpecProblem;
 use aws_lc_rs::aead;
 
 use crate::Gateway;
+use crate::jobs::db_error;
 use crate::now_ms;
 
 /// What the sealing key is derived for (changing it makes every stored value unreadable).
 const PURPOSE: &str = "atoll secrets v1";
 /// The largest secret value.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
-
-fn db_error(e: impl std::fmt::Display) -> ApiError {
-    ApiError::unavailable(format!("the gateway's database is unavailable: {e}"))
-}
 
 /// Seal `value` for `name` under `key`: hex of nonce, then ciphertext and tag.
 pub fn seal(key: &[u8; 32], name: &str, value: &[u8]) -> String {

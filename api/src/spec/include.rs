@@ -71,15 +71,6 @@ pub trait Loader {
     }
 }
 
-/// A loader for pipelines without includes: any include is refused, saying where to expand it.
-pub struct NoFiles;
-
-impl Loader for NoFiles {
-    fn read(&mut self, _tree: &Tree, path: &str) -> Result<Option<String>, String> {
-        Err(format!("cannot read {path:?}: includes are expanded from files (atoll validate/submit FILE)"))
-    }
-}
-
 /// Normalize `dir/path` (both relative), refusing a path that leaves the tree.
 pub fn join_inside(dir: &str, path: &str) -> Result<String, String> {
     let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
@@ -189,18 +180,14 @@ fn expand_file(
         job.name = name;
         // Every job of an expanded pipeline says where it was written: its index there is not
         // its index in the expanded list.
-        {
-            job.defined_in = Some(DefinedIn {
-                dir: dir_of(file).to_string(),
-                at: here(i, "").trim_end_matches('.').to_string(),
-                git: match tree {
-                    Tree::Root => None,
-                    Tree::Git { clone_url, commit } => {
-                        Some(GitAt { clone_url: clone_url.clone(), commit: commit.clone() })
-                    }
-                },
-            });
-        }
+        job.defined_in = Some(DefinedIn {
+            dir: dir_of(file).to_string(),
+            at: here(i, "").trim_end_matches('.').to_string(),
+            git: match tree {
+                Tree::Root => None,
+                Tree::Git { clone_url, commit } => Some(GitAt { clone_url: clone_url.clone(), commit: commit.clone() }),
+            },
+        });
         let Some(include) = job.include.take() else {
             *count += 1;
             out.push(job);

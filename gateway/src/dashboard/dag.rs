@@ -108,15 +108,16 @@ pub fn layout(jobs: &[JobInfo], routes: &[(String, u32, RouteTaken)]) -> Dag {
             }
         })
         .collect();
+    // Each edge's routes, in decision order: (child's id, parent's name) -> (attempt, route).
+    let mut by_edge: HashMap<(&str, &str), Vec<(u32, &RouteTaken)>> = HashMap::new();
+    for (id, attempt, taken) in routes {
+        by_edge.entry((id.as_str(), taken.from_job.as_str())).or_default().push((*attempt, taken));
+    }
     let mut edges = Vec::new();
     for (child, job) in jobs.iter().enumerate() {
         for input in &job.inputs {
             let Some(&parent) = index.get(input.from_job.as_str()) else { continue };
-            let taken: Vec<(u32, &RouteTaken)> = routes
-                .iter()
-                .filter(|(id, _, taken)| id.as_str() == job.id.as_str() && taken.from_job == input.from_job)
-                .map(|(_, attempt, taken)| (*attempt, taken))
-                .collect();
+            let taken = by_edge.remove(&(job.id.as_str(), input.from_job.as_str())).unwrap_or_default();
             let (px, py) = at(parent);
             let (cx, cy) = at(child);
             let (x1, y1, x2, y2) = (px + NODE_W, py + NODE_H / 2, cx, cy + NODE_H / 2);

@@ -23,7 +23,6 @@ use axum::response::Redirect;
 use axum::response::Response;
 
 use super::CsrfForm;
-use super::MessagePage;
 use super::Shared;
 use super::Signed;
 use super::dag;
@@ -31,7 +30,6 @@ use super::page;
 use super::require;
 use super::utc;
 use crate::Gateway;
-use crate::auth::Caller;
 use crate::db::jobs::PipelineSummary;
 
 /// How many pipelines the pipelines page lists (the newest).
@@ -47,24 +45,9 @@ pub fn digest_of(value: &impl std::fmt::Debug) -> String {
     format!("{:x}", h.finish())
 }
 
-/// A caller for the session's user, to check a scope with the API's words.
-fn caller(signed: &Signed) -> Caller {
-    Caller::User { name: signed.user.clone(), scopes: signed.scopes.clone() }
-}
-
-/// A page saying why something was not shown or done.
+/// A page saying why something was not shown or done, in the API's words.
 fn refusal(signed: &Signed, page_name: &'static str, heading: &str, e: &ApiError) -> Response {
-    let status = e.code.status();
-    page(
-        status,
-        &MessagePage {
-            page: page_name,
-            user: signed.user.clone(),
-            csrf: signed.csrf.clone(),
-            heading: heading.to_string(),
-            message: e.message.clone(),
-        },
-    )
+    signed.message(e.code.status(), page_name, heading, e.message.clone())
 }
 
 /// Where a pipeline stands, from how many of its jobs are in each state.
@@ -303,7 +286,7 @@ fn attempt_line(a: &AttemptInfo) -> AttemptLine {
 
 pub fn job_page(signed: Signed, detail: JobDetail) -> JobPage {
     let digest = digest_of(&detail);
-    let can_cancel = caller(&signed).allows(Scope::Submit) && !detail.job.state.is_final();
+    let can_cancel = signed.allows(Scope::Submit) && !detail.job.state.is_final();
     JobPage {
         page: "pipelines",
         events: format!("/events?watch=job:{}", detail.job.id),
@@ -361,7 +344,7 @@ pub(super) async fn cancel(
         Ok(signed) => signed,
         Err(response) => return response,
     };
-    let caller = caller(&signed);
+    let caller = signed.caller();
     let done = match caller.require(Scope::Submit) {
         Ok(()) => gateway.cancel(&id, &format!("{} (dashboard)", caller.describe())).await.map(|_| ()),
         Err(e) => Err(e),
@@ -384,7 +367,7 @@ pub(super) async fn set_enabled(
         Ok(signed) => signed,
         Err(response) => return response,
     };
-    let caller = caller(&signed);
+    let caller = signed.caller();
     let word = if enabled { "enabled" } else { "disabled" };
     let done = match caller.require(Scope::Admin) {
         Ok(()) => match gateway.registry.set_enabled(&name, enabled).await {

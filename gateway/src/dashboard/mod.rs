@@ -116,6 +116,32 @@ pub struct Signed {
     id_hash: String,
 }
 
+impl Signed {
+    /// Whether the user holds `scope`, as the API decides it.
+    pub fn allows(&self, scope: Scope) -> bool {
+        self.caller().allows(scope)
+    }
+
+    /// The user as the API's caller, to check a scope with the API's words.
+    fn caller(&self) -> crate::auth::Caller {
+        crate::auth::Caller::User { name: self.user.clone(), scopes: self.scopes.clone() }
+    }
+
+    /// A page for this user saying why something was not shown or done.
+    fn message(&self, status: StatusCode, page_name: &'static str, heading: &str, message: String) -> Response {
+        page(
+            status,
+            &MessagePage {
+                page: page_name,
+                user: self.user.clone(),
+                csrf: self.csrf.clone(),
+                heading: heading.to_string(),
+                message,
+            },
+        )
+    }
+}
+
 /// Why a request has no session.
 enum NoSession {
     /// No cookie: sign in.
@@ -291,15 +317,12 @@ fn check_csrf(signed: &Signed, form: &CsrfForm) -> Result<(), Response> {
     if !form.csrf.is_empty() && constant_time_eq(form.csrf.as_bytes(), signed.csrf.as_bytes()) {
         return Ok(());
     }
-    Err(page(
+    Err(signed.message(
         StatusCode::FORBIDDEN,
-        &MessagePage {
-            page: "",
-            user: signed.user.clone(),
-            csrf: signed.csrf.clone(),
-            heading: "Not done".into(),
-            message: "The form was stale or came from another site (its CSRF value did not match): reload the page and try again.".into(),
-        },
+        "",
+        "Not done",
+        "The form was stale or came from another site (its CSRF value did not match): reload the page and try again."
+            .into(),
     ))
 }
 
@@ -415,6 +438,7 @@ async fn clusters(State(gateway): Shared, headers: HeaderMap, Query(filter): Que
             last_seen: c.last_seen_ms.map_or_else(|| "never".to_string(), |ms| format!("{ms} ms ago")),
         })
         .collect();
+    let can_admin = signed.allows(Scope::Admin);
     page(
         StatusCode::OK,
         &ClustersPage {
@@ -429,7 +453,7 @@ async fn clusters(State(gateway): Shared, headers: HeaderMap, Query(filter): Que
             total,
             rows,
             digest,
-            can_admin: crate::auth::Caller::User { name: String::new(), scopes: signed.scopes }.allows(Scope::Admin),
+            can_admin,
         },
     )
 }
@@ -503,11 +527,8 @@ pub fn matrix_data(
 }
 
 async fn matrix_json(State(gateway): Shared, headers: HeaderMap) -> Response {
-    if let Err(response) = signed(&gateway, &headers).await {
-        return match response {
-            NoSession::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
-            _ => StatusCode::UNAUTHORIZED.into_response(),
-        };
+    if let Err(no) = signed(&gateway, &headers).await {
+        return no_session_status(&no).into_response();
     }
     let (clusters, rows, stale_after) =
         (gateway.registry.registered(), gateway.rows.snapshot(), gateway.config.stale_after);
@@ -525,8 +546,8 @@ struct CellQuery {
 }
 
 async fn matrix_cell(State(gateway): Shared, headers: HeaderMap, Query(query): Query<CellQuery>) -> Response {
-    if signed(&gateway, &headers).await.is_err() {
-        return StatusCode::UNAUTHORIZED.into_response();
+    if let Err(no) = signed(&gateway, &headers).await {
+        return no_session_status(&no).into_response();
     }
     // A grid of just the pair: its cells are the whole matrix's for these two (the direction
     // back decides the mode), without joining every row for one cell.
@@ -562,15 +583,11 @@ async fn gateways(State(gateway): Shared, headers: HeaderMap) -> Response {
     let rows = match crate::http::gateways::replicas(&gateway).await {
         Ok(rows) => rows,
         Err(e) => {
-            return page(
+            return signed.message(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &MessagePage {
-                    page: "gateways",
-                    user: signed.user,
-                    csrf: signed.csrf,
-                    heading: "Gateway replicas".into(),
-                    message: format!("The replicas could not be read: {}", e.message),
-                },
+                "gateways",
+                "Gateway replicas",
+                format!("The replicas could not be read: {}", e.message),
             );
         }
     };

@@ -64,37 +64,7 @@ impl Gateway {
         by: &str,
     ) -> Result<Submitted, ApiError> {
         let spec = atoll_api::spec::from_document(document).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let spec = if include::has_includes(&spec) {
-            // Workflow files: those the submission carried, else the pipeline's pushed source
-            // (its root is the spec's directory). Git repositories are cloned here.
-            let mut unpacked = None;
-            let workflows =
-                spec.jobs.iter().any(|j| matches!(j.include, Some(atoll_api::spec::Include::Workflow { .. })));
-            let root = match &spec.source {
-                Some(source) if files.is_empty() && workflows => {
-                    self.known_source(source, "source").await?;
-                    let dir = self.unpack_source(source).await?;
-                    let root = include::RootFiles::Dir(dir.path().join("tree"));
-                    unpacked = Some(dir);
-                    root
-                }
-                _ => include::RootFiles::Given(files),
-            };
-            let timeout = GIT_TIMEOUT;
-            // Blocking work (git, reading files, removing the unpacked source), off the runtime.
-            let expanded = tokio::task::spawn_blocking(move || {
-                let mut loader = include::Files::new(root, Some(include::GitTrees::new(timeout)));
-                let expanded = include::expand(spec, ROOT_SPEC, &mut loader);
-                drop(unpacked);
-                expanded
-            });
-            expanded
-                .await
-                .map_err(|e| ApiError::internal(e.to_string()))?
-                .map_err(|e| ApiError::bad_request(e.to_string()))?
-        } else {
-            spec
-        };
+        let spec = if include::has_includes(&spec) { self.expand_includes(spec, files).await? } else { spec };
         if let Err(e) = self.check_selectors(&spec) {
             // Another replica may have registered a cluster this one has not reloaded yet:
             // judge again on the database's record before refusing.
@@ -112,7 +82,7 @@ impl Gateway {
         }
         for (i, job) in spec.jobs.iter().enumerate() {
             if let Some(source) = &job.source {
-                self.known_source(source, &format!("jobs[{i}].source")).await?;
+                self.known_source(source, &format!("{}.source", spec.job_path(i))).await?;
             }
         }
 
@@ -149,6 +119,35 @@ impl Gateway {
         // clusters if that is quick; a busy gateway answers sooner, with jobs still queued.
         self.next_pass(SUBMIT_PLACEMENT_WAIT).await;
         self.pipeline_info(&id).await
+    }
+
+    /// Expand a spec's `workflow` and `git` includes: workflow files from those the submission
+    /// carried, else from the pipeline's pushed source (its root is the spec's directory); git
+    /// repositories cloned here.
+    async fn expand_includes(
+        &self,
+        spec: atoll_api::spec::PipelineSpec,
+        files: std::collections::BTreeMap<String, String>,
+    ) -> Result<atoll_api::spec::PipelineSpec, ApiError> {
+        let workflows = spec.jobs.iter().any(|j| matches!(j.include, Some(atoll_api::spec::Include::Workflow { .. })));
+        let (root, unpacked) = match &spec.source {
+            Some(source) if files.is_empty() && workflows => {
+                self.known_source(source, "source").await?;
+                let dir = self.unpack_source(source).await?;
+                (include::RootFiles::Dir(dir.path().join("tree")), Some(dir))
+            }
+            _ => (include::RootFiles::Given(files), None),
+        };
+        // Blocking work (git, reading files, removing the unpacked source), off the runtime.
+        tokio::task::spawn_blocking(move || {
+            let mut loader = include::Files::new(root, Some(include::GitTrees::new(GIT_TIMEOUT)));
+            let expanded = include::expand(spec, ROOT_SPEC, &mut loader);
+            drop(unpacked);
+            expanded
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::bad_request(e.to_string()))
     }
 
     /// A pushed source unpacked into `tree/` of a temporary directory (removed when dropped).
