@@ -88,6 +88,32 @@ pub struct JobsFile {
     /// between them.
     #[serde(default = "default_log_limit_bytes")]
     pub log_limit_bytes: u64,
+    /// A container engine on the host, for `docker`, `docker-image` and `docker-compose` jobs on
+    /// the `process` executor; without it those jobs are not placed here.
+    #[serde(default)]
+    pub containers: Option<ContainersFile>,
+}
+
+/// `jobs.containers`: the engine and its options, passed as they are (an operator's podman or
+/// docker works as configured).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainersFile {
+    /// The engine's program: `podman` or `docker`, by name (on PATH) or path.
+    pub engine: String,
+    /// Arguments before every subcommand (podman: `[--runtime, runc]`, storage options).
+    #[serde(default)]
+    pub engine_args: Vec<String>,
+    /// Added to every image build (`[--ulimit, nofile=1024:1024]`, `[--network, none]`).
+    #[serde(default)]
+    pub build_args: Vec<String>,
+    /// Added to every container run.
+    #[serde(default)]
+    pub run_args: Vec<String>,
+    /// The compose program and its first arguments (`[podman-compose]`, `[docker, compose]`);
+    /// without it docker-compose jobs are not placed here.
+    #[serde(default)]
+    pub compose: Vec<String>,
 }
 
 /// `jobs.sandbox`: what a `process` job can see and who it runs as.
@@ -159,6 +185,7 @@ impl Default for JobsFile {
             transfer_limit_bytes_per_s: 0,
             sandbox: SandboxFile::default(),
             log_limit_bytes: default_log_limit_bytes(),
+            containers: None,
         }
     }
 }
@@ -391,6 +418,8 @@ pub struct JobsConfig {
     pub sandbox: SandboxConfig,
     /// Most bytes of a run's log kept (head and tail halves, a marker between).
     pub log_limit: u64,
+    /// The process executor's container engine (`jobs.containers`).
+    pub containers: Option<ContainersConfig>,
 }
 
 /// `jobs.sandbox`, checked.
@@ -513,6 +542,19 @@ fn check_jobs(
         ));
     }
     let sandbox = check_sandbox(file.sandbox, invalid)?;
+    let containers = match file.containers {
+        Some(_) if file.executor != "process" => {
+            return Err(invalid(
+                "jobs.containers",
+                format!(
+                    "applies to the process executor (executor {:?} runs containers itself); remove it",
+                    file.executor
+                ),
+            ));
+        }
+        Some(c) => Some(check_containers(c, invalid)?),
+        None => None,
+    };
     let executor = match (file.executor.as_str(), file.kubernetes) {
         ("process", None) => ExecutorConfig::Process,
         ("process", Some(_)) => {
@@ -607,7 +649,58 @@ fn check_jobs(
         transfer_limit: (file.transfer_limit_bytes_per_s > 0).then_some(file.transfer_limit_bytes_per_s),
         sandbox,
         log_limit: file.log_limit_bytes,
+        containers,
     })
+}
+
+fn check_containers(
+    file: ContainersFile,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<ContainersConfig, ConfigError> {
+    let word = |key: &str, value: &str| {
+        if value.trim().is_empty() || value.chars().any(char::is_whitespace) {
+            Err(invalid(key, format!("{value:?} is not a program (a name on PATH or a path, no spaces)")))
+        } else {
+            Ok(())
+        }
+    };
+    word("jobs.containers.engine", &file.engine)?;
+    if let Some(program) = file.compose.first() {
+        word("jobs.containers.compose[0]", program)?;
+    }
+    for (key, list) in [
+        ("engine_args", &file.engine_args),
+        ("build_args", &file.build_args),
+        ("run_args", &file.run_args),
+        ("compose", &file.compose),
+    ] {
+        if let Some(i) = list.iter().position(|a| a.is_empty() || a.contains('\0')) {
+            return Err(invalid(&format!("jobs.containers.{key}[{i}]"), "an argument cannot be empty".into()));
+        }
+    }
+    Ok(ContainersConfig {
+        program: file.engine,
+        engine_args: file.engine_args,
+        build_args: file.build_args,
+        run_args: file.run_args,
+        compose: file.compose,
+    })
+}
+
+/// `jobs.containers`, checked: the process executor's container engine ([`crate::jobs::containers`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainersConfig {
+    /// `podman` or `docker` (a name on PATH or a path).
+    pub program: String,
+    /// Before every subcommand (podman: `--runtime runc`, storage options).
+    pub engine_args: Vec<String>,
+    /// Added to every `build`.
+    pub build_args: Vec<String>,
+    /// Added to every `run`.
+    pub run_args: Vec<String>,
+    /// The compose program and its first arguments (`[podman-compose]`, `[docker, compose]`);
+    /// empty: docker-compose jobs are not run.
+    pub compose: Vec<String>,
 }
 
 /// Raft timing, checked.
@@ -1031,6 +1124,20 @@ tls: {ca: certs/ca.pem, cert: certs/n1.pem, key: /abs/n1-key.pem}
             (format!("{GOOD}jobs: {{sandbox: {{nice: 20}}}}\n"), "jobs.sandbox.nice"),
             (format!("{GOOD}jobs: {{sandbox: {{users: nobody}}}}\n"), "jobs.sandbox.users"),
             (format!("{GOOD}jobs: {{executor: docker}}\n"), "jobs.executor"),
+            (format!("{GOOD}jobs: {{containers: {{engine: ''}}}}\n"), "jobs.containers.engine"),
+            (format!("{GOOD}jobs: {{containers: {{engine: 'pod man'}}}}\n"), "jobs.containers.engine"),
+            (
+                format!("{GOOD}jobs: {{containers: {{engine: podman, run_args: [--rm, '']}}}}\n"),
+                "jobs.containers.run_args[1]",
+            ),
+            (format!("{GOOD}jobs: {{containers: {{engine: podman, compose: ['']}}}}\n"), "jobs.containers.compose[0]"),
+            (format!("{GOOD}jobs: {{containers: {{engine: podman, composer: x}}}}\n"), "jobs.containers.composer"),
+            (
+                format!(
+                    "{GOOD}jobs: {{executor: kubernetes, kubernetes: {{pod_listen: '127.0.0.1:9000'}}, containers: {{engine: podman}}}}\n"
+                ),
+                "jobs.containers",
+            ),
             (format!("{GOOD}jobs: {{kubernetes: {{namespace: ci}}}}\n"), "jobs.kubernetes"),
             (
                 format!(

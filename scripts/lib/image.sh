@@ -45,8 +45,15 @@ _image_need_root() {
 
 image_tools() {
   local packages=()
-  command -v podman >/dev/null || packages+=(podman netavark)
+  command -v podman >/dev/null || packages+=(podman)
   command -v runc >/dev/null || packages+=(runc)
+  # Containers on a network (compose projects, builds with RUN steps): netavark sets it up with
+  # iptables, aardvark-dns names the services to each other.
+  [[ -x /usr/lib/podman/netavark ]] || packages+=(netavark)
+  [[ -x /usr/lib/podman/aardvark-dns ]] || packages+=(aardvark-dns)
+  command -v iptables >/dev/null || packages+=(iptables)
+  # docker-compose jobs on the process executor (node/src/jobs/containers.rs).
+  command -v podman-compose >/dev/null || packages+=(podman-compose)
   command -v debootstrap >/dev/null || packages+=(debootstrap debian-archive-keyring)
   if ((${#packages[@]})); then
     _image_need_root image_tools || return 1
@@ -54,7 +61,7 @@ image_tools() {
       { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}" >&2; } ||
       { echo "image_tools: apt-get could not install ${packages[*]}" >&2; return 1; }
   fi
-  echo "image tools: podman $(podman --version | awk '{print $3}'), runc $(runc --version | awk 'NR == 1 {print $3}')," \
+  echo "image tools: podman $(podman --version | awk '{print $3}'), runc $(runc --version | awk 'NR == 1 {print $3}'), podman-compose $(dpkg-query -W -f '${Version}' podman-compose 2>/dev/null || echo '?')," \
     "debootstrap $(dpkg-query -W -f '${Version}' debootstrap 2>/dev/null || echo '?')${packages[*]:+ (installed ${packages[*]})}"
 }
 

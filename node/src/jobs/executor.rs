@@ -39,6 +39,7 @@ impl Executor {
                     sandbox: config.sandbox.clone(),
                     hidden,
                     log_limit: config.log_limit,
+                    containers: config.containers.clone(),
                 };
                 Executor::Process(
                     ProcessExecutor::detect(work_root, &settings)

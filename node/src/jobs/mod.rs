@@ -26,6 +26,7 @@
 //! them.
 
 pub mod cgroups;
+pub mod containers;
 pub mod executor;
 pub mod kubernetes;
 pub mod plan;

@@ -14,6 +14,7 @@
 //! still killed in every orderly case, and the first process dies with the replica. Processes
 //! are started by `atoll_spawn` (one `clone(2)`, no `fork` of the replica, no helper programs).
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -71,6 +72,8 @@ pub struct ProcessSettings {
     /// Paths of the replica no job may see (data directory, keys, tokens, config).
     pub hidden: Vec<PathBuf>,
     pub log_limit: u64,
+    /// The container engine for docker, docker-image and docker-compose jobs (`jobs.containers`).
+    pub containers: Option<super::containers::Engine>,
 }
 
 impl ProcessSettings {
@@ -78,7 +81,7 @@ impl ProcessSettings {
     #[cfg(test)]
     pub fn for_tests(hidden: Vec<PathBuf>) -> Self {
         let sandbox = crate::config::default_sandbox().expect("the default sandbox user exists here");
-        Self { sandbox, hidden, log_limit: 16 * 1024 * 1024 }
+        Self { sandbox, hidden, log_limit: 16 * 1024 * 1024, containers: None }
     }
 }
 
@@ -93,6 +96,8 @@ pub struct ProcessExecutor {
     outputs: Option<atoll_store::Blobs>,
     /// How inputs from other clusters arrive; `None`: only same-cluster inputs are delivered.
     transfers: Option<Arc<crate::transfers::Transfers>>,
+    /// Runs container jobs; `None`: they are refused.
+    containers: Option<Arc<super::containers::Engine>>,
 }
 
 /// Whether a run of `true` starts and succeeds with `isolation` (and `sandbox`); why not.
@@ -200,6 +205,15 @@ impl ProcessExecutor {
                  but processes it detaches may outlive a replica killed with SIGKILL"
             ),
         }
+        let containers = match &settings.containers {
+            Some(engine) => {
+                let version = engine.check().await?;
+                tracing::info!(engine = %engine.program, %version, compose = engine.composes(), "process executor: container jobs through the engine");
+                engine.sweep(&work_root).await;
+                Some(Arc::new(engine.clone()))
+            }
+            None => None,
+        };
         Ok(Self {
             work_root,
             isolation,
@@ -208,7 +222,13 @@ impl ProcessExecutor {
             log_limit: settings.log_limit,
             outputs: None,
             transfers: None,
+            containers,
         })
+    }
+
+    /// The container engine, when container jobs run here.
+    pub fn containers(&self) -> Option<&super::containers::Engine> {
+        self.containers.as_deref()
     }
 
     /// Whether runs are sandboxed.
@@ -244,7 +264,12 @@ impl ProcessExecutor {
         let group = Arc::new(AtomicI32::new(0));
         let dir = self.work_dir(&request.job, request.attempt);
         let this = self.clone();
-        let task = if request.inputs.is_empty() && request.spec.source.is_none() && request.spec.secret_env.is_empty() {
+        let in_container = super::containers::runs_in_container(&request.spec.kind);
+        let task = if request.inputs.is_empty()
+            && request.spec.source.is_none()
+            && request.spec.secret_env.is_empty()
+            && !in_container
+        {
             // Nothing to fetch: start at once, in the caller's turn.
             let spawned = prepare(&dir, &request).and_then(|()| self.spawn(&request, &dir));
             if let Ok(s) = &spawned {
@@ -288,6 +313,9 @@ impl ProcessExecutor {
                         Err(e) => Err(e),
                     };
                 }
+                if in_container {
+                    return this.follow_container(request, dir, prepared, events, stop_rx, started).await;
+                }
                 let spawned = prepared.and_then(|()| this.spawn(&request, &dir));
                 // No await between the spawn and this: a dropped handle kills the group.
                 if let Ok(s) = &spawned {
@@ -328,11 +356,11 @@ impl ProcessExecutor {
         dir: PathBuf,
         spawned: Result<Started, String>,
         events: mpsc::UnboundedSender<Event>,
-        stop_rx: oneshot::Receiver<Stop>,
+        mut stop_rx: oneshot::Receiver<Stop>,
     ) {
         let (job, attempt) = (request.job.clone(), request.attempt);
         // The cgroup goes (removed) when this function returns, after the run was reaped.
-        let Started { spawned: atoll_spawn::Spawned { mut child, stdout, stderr }, _cgroup } = match spawned {
+        let Started { spawned, _cgroup } = match spawned {
             Ok(started) => started,
             Err(message) => {
                 let _ = events.send(Event::error(&job, attempt, message));
@@ -340,53 +368,123 @@ impl ProcessExecutor {
             }
         };
         let timeout = Duration::from_secs(request.spec.timeout_s.max(1));
-        let outputs = self.outputs.clone();
-        let transfers = self.transfers.clone();
-        let work_dir = dir.clone();
-        {
-            let keeper = LogKeeper::new(&job, attempt, &events, &dir, self.log_limit);
-            let logs = pump(Some(stdout), Some(stderr), keeper);
-            tokio::pin!(logs);
-            let mut stop_rx = stop_rx;
-            let mut logs_done = false;
-            let ended = loop {
-                tokio::select! {
-                    exited = child.exited() => break Ended::Exited(exited),
-                    () = tokio::time::sleep(timeout) => break Ended::TimedOut,
-                    why = &mut stop_rx => match why {
-                        Ok(why) => break Ended::Stopped(why),
-                        // The handle is gone: the run is being torn down.
-                        Err(_) => break Ended::Stopped(Stop::Drop),
-                    },
-                    () = &mut logs, if !logs_done => logs_done = true,
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut keeper = LogKeeper::new(&job, attempt, &events, &dir, self.log_limit, &request.secrets);
+        let (ended, code) = watch(spawned, &mut keeper, deadline, &mut stop_rx).await;
+        keeper.finish().await;
+        let Some(outcome) = outcome(ended, code, timeout) else { return };
+        self.report(&job, attempt, &dir, outcome, &events).await;
+    }
+
+    /// Follow a container job (`docker`, `docker-image`, `docker-compose`) through its steps
+    /// ([`super::containers`]); `prepared`: whether its work directory, inputs and secrets are in
+    /// place. Each step's process group is put in `group` as it starts, for a dropped handle to
+    /// kill; what the run made is removed however it ends.
+    async fn follow_container(
+        self,
+        request: RunRequest,
+        dir: PathBuf,
+        prepared: Result<(), String>,
+        events: mpsc::UnboundedSender<Event>,
+        mut stop_rx: oneshot::Receiver<Stop>,
+        group: Arc<AtomicI32>,
+    ) {
+        let (job, attempt) = (request.job.clone(), request.attempt);
+        let cache =
+            self.work_root.parent().unwrap_or(&self.work_root).join("cache").join(request.spec.name.replace('/', "_"));
+        let planned = prepared.and_then(|()| {
+            let engine = self.containers.as_ref().ok_or_else(|| {
+                format!(
+                    "a {} job needs a container engine (jobs.containers); this cluster runs processes without one",
+                    request.spec.kind.as_str()
+                )
+            })?;
+            if !request.spec.container.cache.data {
+                let _ = std::fs::remove_dir_all(&cache);
+            }
+            engine.plan(&request, &dir, &self.work_root, &cache).map(|plan| (engine.clone(), plan))
+        });
+        let (engine, plan) = match planned {
+            Ok(planned) => planned,
+            Err(message) => {
+                let _ = events.send(Event::error(&job, attempt, message));
+                return;
+            }
+        };
+        // Removes the containers if this task is aborted (the replica stopped leading).
+        let cleanup = super::containers::Cleanup { commands: plan.cleanup.clone(), env: plan.env.clone() };
+        let timeout = Duration::from_secs(request.spec.timeout_s.max(1));
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut keeper = LogKeeper::new(&job, attempt, &events, &dir, self.log_limit, &request.secrets);
+        let mut last = (Ended::Exited(Ok(())), Some(0));
+        for step in &plan.steps {
+            keeper.take(LogStream::Stdout, format!("[atoll] {}\n", step.what).as_bytes()).await;
+            let (program, args) = step.argv.split_first().expect("a step has a program");
+            let command = atoll_spawn::Command {
+                program: program.into(),
+                args: args.iter().map(Into::into).collect(),
+                env: [(OsString::from("PATH"), OsString::from(DEFAULT_PATH)), ("HOME".into(), dir.clone().into())]
+                    .into_iter()
+                    .chain(plan.env.iter().cloned())
+                    .collect(),
+                cwd: dir.clone(),
+                // The engine runs as the replica, outside any sandbox: containers are its own.
+                namespaces: atoll_spawn::Namespaces::Shared,
+                sandbox: None,
+            };
+            let spawned = match atoll_spawn::spawn(&command) {
+                Ok(spawned) => spawned,
+                Err(e) => {
+                    last = (Ended::Exited(Err(std::io::Error::other(format!("starting {program} failed: {e}")))), None);
+                    break;
                 }
             };
-            // Whatever ended it, nothing of the group survives the run (killed before the first
-            // process is reaped, while the group id is still surely the run's).
-            let _ = child.kill_group(nix::libc::SIGKILL);
-            let status = child.wait().await.ok();
-            if !logs_done {
-                // Pipes close once every process holding them is gone; do not wait forever.
-                let _ = tokio::time::timeout(Duration::from_secs(2), &mut logs).await;
+            group.store(spawned.child.id(), Ordering::SeqCst);
+            last = watch(spawned, &mut keeper, deadline, &mut stop_rx).await;
+            if !matches!(last, (Ended::Exited(Ok(())), Some(0))) {
+                break;
             }
-            let (mut state, exit_code, mut message) = match ended {
-                Ended::Stopped(Stop::Drop) => return,
-                Ended::Stopped(Stop::Cancel) => (EndState::Killed, None, Some("cancelled".to_string())),
-                Ended::TimedOut => (
-                    EndState::Failure,
-                    None,
-                    Some(format!("timed out after {} s; the process group was killed", timeout.as_secs())),
-                ),
-                Ended::Exited(Err(e)) => (EndState::Error, None, Some(format!("waiting for the command failed: {e}"))),
-                Ended::Exited(Ok(_)) => match status.and_then(|s| s.code()) {
-                    Some(0) => (EndState::Finished, Some(0), None),
-                    Some(code) => (EndState::Failure, Some(code), Some(format!("exited with {code}"))),
-                    None => (EndState::Failure, None, Some("killed by a signal".to_string())),
-                },
-            };
-            // The output of every ended run counts (a failed job's output matters too).
-            if let Some(blobs) = &outputs {
-                let mut stored = store_output(blobs, &work_dir).await;
+        }
+        let (mut ended, mut code) = last;
+        let mut message = None;
+        if let (Some(project), Ended::Exited(Ok(()))) = (&plan.compose_project, &ended) {
+            // `up` ended: the service that stopped first decides (compose programs differ in
+            // what they exit with).
+            match engine.compose_result(project, &plan.env).await {
+                Ok(Some((service, exit))) => {
+                    code = Some(exit);
+                    message = Some(format!("{service} stopped first, with {exit}"));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    ended = Ended::Exited(Err(std::io::Error::other(format!("finding the services' result: {e}"))))
+                }
+            }
+        }
+        keeper.finish().await;
+        cleanup.now().await;
+        let Some((state, exit_code, why)) = outcome(ended, code, timeout) else { return };
+        let message = match (why, message) {
+            (Some(why), Some(m)) => Some(format!("{why} ({m})")),
+            (why, m) => why.or(m.filter(|_| state != EndState::Finished)),
+        };
+        self.report(&job, attempt, &dir, (state, exit_code, message), &events).await;
+    }
+
+    /// Store the output of an ended run (a failed job's output matters too), then report its end.
+    async fn report(
+        &self,
+        job: &str,
+        attempt: u32,
+        work_dir: &Path,
+        (mut state, exit_code, mut message): (EndState, Option<i32>, Option<String>),
+        events: &mpsc::UnboundedSender<Event>,
+    ) {
+        let job = job.to_string();
+        {
+            let (outputs, transfers) = (&self.outputs, &self.transfers);
+            if let Some(blobs) = outputs {
+                let mut stored = store_output(blobs, work_dir).await;
                 // Recorded only once a majority of the cluster's replicas hold it.
                 if let (Ok(Some(output)), Some(transfers)) = (&stored, &transfers) {
                     let digest = output.digest.parse().map_err(|e: atoll_store::InvalidDigest| e.to_string());
@@ -421,10 +519,13 @@ impl ProcessExecutor {
     /// brought into this cluster's store ([`crate::transfers`]), then every one is copied out,
     /// verified, and unpacked.
     async fn deliver(&self, request: &RunRequest, into: &Path) -> Result<(), String> {
-        if request.spec.source.is_some() || request.inputs.iter().any(|i| i.mode != InputMode::Local) {
-            let transfers = self.transfers.as_ref().ok_or(
-                "an input from another cluster or a source cannot be fetched: this replica has no gateway link",
-            )?;
+        // Without a gateway link a source can only be one this replica's store already holds.
+        let source_to_fetch = request.spec.source.is_some() && self.transfers.is_some();
+        if source_to_fetch || request.inputs.iter().any(|i| i.mode != InputMode::Local) {
+            let transfers = self
+                .transfers
+                .as_ref()
+                .ok_or("an input from another cluster cannot be fetched: this replica has no gateway link")?;
             transfers.bring_in(request.needs()).await.map_err(|e| e.to_string())?;
         }
         if let Some(source) = &request.spec.source {
@@ -587,6 +688,60 @@ enum Ended {
     Stopped(Stop),
 }
 
+/// Follow one started process until it exits, `deadline` passes or a stop arrives, its output
+/// into `keeper`; nothing of its group survives it. What ended it, and its exit code (`None`:
+/// killed by a signal, or not known).
+async fn watch(
+    spawned: atoll_spawn::Spawned,
+    keeper: &mut LogKeeper<'_>,
+    deadline: tokio::time::Instant,
+    stop_rx: &mut oneshot::Receiver<Stop>,
+) -> (Ended, Option<i32>) {
+    let atoll_spawn::Spawned { mut child, stdout, stderr } = spawned;
+    let mut logs = Box::pin(pump(Some(stdout), Some(stderr), keeper));
+    let mut logs_done = false;
+    let ended = loop {
+        tokio::select! {
+            exited = child.exited() => break Ended::Exited(exited),
+            () = tokio::time::sleep_until(deadline) => break Ended::TimedOut,
+            why = &mut *stop_rx => match why {
+                Ok(why) => break Ended::Stopped(why),
+                // The handle is gone: the run is being torn down.
+                Err(_) => break Ended::Stopped(Stop::Drop),
+            },
+            () = &mut logs, if !logs_done => logs_done = true,
+        }
+    };
+    // Whatever ended it, nothing of the group survives the run (killed before the first process
+    // is reaped, while the group id is still surely the run's).
+    let _ = child.kill_group(nix::libc::SIGKILL);
+    let status = child.wait().await.ok();
+    if !logs_done {
+        // Pipes close once every process holding them is gone; do not wait forever.
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut logs).await;
+    }
+    (ended, status.and_then(|s| s.code()))
+}
+
+/// How a run ended, as reported: `None` when it was dropped (nothing is reported).
+fn outcome(ended: Ended, code: Option<i32>, timeout: Duration) -> Option<(EndState, Option<i32>, Option<String>)> {
+    Some(match ended {
+        Ended::Stopped(Stop::Drop) => return None,
+        Ended::Stopped(Stop::Cancel) => (EndState::Killed, None, Some("cancelled".to_string())),
+        Ended::TimedOut => (
+            EndState::Failure,
+            None,
+            Some(format!("timed out after {} s; the process group was killed", timeout.as_secs())),
+        ),
+        Ended::Exited(Err(e)) => (EndState::Error, None, Some(format!("waiting for the command failed: {e}"))),
+        Ended::Exited(Ok(())) => match code {
+            Some(0) => (EndState::Finished, Some(0), None),
+            Some(code) => (EndState::Failure, Some(code), Some(format!("exited with {code}"))),
+            None => (EndState::Failure, None, Some("killed by a signal".to_string())),
+        },
+    })
+}
+
 /// Archive `dir/output` and store it by digest; `None` when the run wrote no output.
 async fn store_output(
     blobs: &atoll_store::Blobs,
@@ -679,11 +834,21 @@ struct LogKeeper<'a> {
     ring: Option<tokio::fs::File>,
     /// The work directory refused a file: pieces still go to the gateway.
     unwritable: bool,
+    /// Values masked wherever a read holds them whole ([`mask`]).
+    secrets: Vec<&'a [u8]>,
 }
 
 impl<'a> LogKeeper<'a> {
-    fn new(job: &'a str, attempt: u32, events: &'a mpsc::UnboundedSender<Event>, dir: &'a Path, limit: u64) -> Self {
+    fn new(
+        job: &'a str,
+        attempt: u32,
+        events: &'a mpsc::UnboundedSender<Event>,
+        dir: &'a Path,
+        limit: u64,
+        secrets: &'a super::run::SecretValues,
+    ) -> Self {
         let head = limit / 2;
+        let secrets = secrets.0.values().map(|v| v.as_bytes()).filter(|v| v.len() >= MASKED_FROM).collect();
         Self {
             job,
             attempt,
@@ -697,6 +862,7 @@ impl<'a> LogKeeper<'a> {
             file: None,
             ring: None,
             unwritable: false,
+            secrets,
         }
     }
 
@@ -741,7 +907,9 @@ impl<'a> LogKeeper<'a> {
         }
     }
 
-    async fn take(&mut self, stream: LogStream, mut bytes: &[u8]) {
+    async fn take(&mut self, stream: LogStream, bytes: &[u8]) {
+        let masked = mask(bytes, &self.secrets);
+        let mut bytes: &[u8] = masked.as_deref().unwrap_or(bytes);
         if self.seen < self.head {
             let n = bytes.len().min((self.head - self.seen) as usize);
             self.write_log(&bytes[..n]).await;
@@ -829,11 +997,42 @@ impl<'a> LogKeeper<'a> {
     }
 }
 
+/// Secret values shorter than this are not masked (every `1` of a log would go).
+const MASKED_FROM: usize = 4;
+
+/// `bytes` with every whole occurrence of a secret value replaced by `***`; `None` when there is
+/// none. A value split between two reads of a pipe is not found: masking is a guard against
+/// a tool echoing its command line, not a promise about what a job prints.
+fn mask(bytes: &[u8], secrets: &[&[u8]]) -> Option<Vec<u8>> {
+    if secrets.is_empty() {
+        return None;
+    }
+    let found = |at: usize| secrets.iter().find(|s| bytes[at..].starts_with(s)).map(|s| s.len());
+    if !(0..bytes.len()).any(|at| found(at).is_some()) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        match found(at) {
+            Some(len) => {
+                out.extend_from_slice(b"***");
+                at += len;
+            }
+            None => {
+                out.push(bytes[at]);
+                at += 1;
+            }
+        }
+    }
+    Some(out)
+}
+
 /// Read both pipes until they close into the run's [`LogKeeper`].
 async fn pump(
     stdout: Option<tokio::net::unix::pipe::Receiver>,
     stderr: Option<tokio::net::unix::pipe::Receiver>,
-    mut keeper: LogKeeper<'_>,
+    keeper: &mut LogKeeper<'_>,
 ) {
     let (mut out, mut err) = (stdout, stderr);
     let (mut out_buf, mut err_buf) = (vec![0u8; PIECE], vec![0u8; PIECE]);
@@ -858,7 +1057,6 @@ async fn pump(
         };
         keeper.take(stream, bytes).await;
     }
-    keeper.finish().await;
 }
 
 #[cfg(test)]
@@ -993,5 +1191,227 @@ mod tests {
         assert_eq!(state, EndState::Error);
         let message = message.unwrap_or_default();
         assert!(message.contains("delivering the output of gone") && message.contains("is not in local"), "{message}");
+    }
+
+    /// A process executor with podman, storing outputs in `dir/blobs`; `source` packed and stored.
+    async fn with_podman(dir: &Path, source: &Path) -> (ProcessExecutor, atoll_store::Blobs, String) {
+        let blobs = atoll_store::Blobs::open(&atoll_store::StorageConfig::local(dir.join("blobs"))).unwrap();
+        let packed = atoll_store::archive::pack_dir(source, &dir.join("s.tar")).unwrap();
+        blobs.put_file(&dir.join("s.tar"), &packed.digest).await.unwrap();
+        let mut settings = ProcessSettings::for_tests(Vec::new());
+        settings.containers = Some(super::super::containers::Engine::podman_for_tests());
+        let executor = ProcessExecutor::detect(dir.join("work"), &settings)
+            .await
+            .expect("podman answers (scripts/test installs it)")
+            .with_outputs(blobs.clone());
+        (executor, blobs, packed.digest.to_string())
+    }
+
+    fn container_request(doc: &str, source: &str) -> RunRequest {
+        let mut spec = atoll_api::spec::parse(doc).expect("spec").jobs.remove(0);
+        spec.source = Some(source.to_string());
+        RunRequest {
+            job: format!("0123456789ab.{}", spec.name),
+            pipeline: "0123456789ab".into(),
+            attempt: 1,
+            spec,
+            inputs: Vec::new(),
+            secret: None,
+            secrets: Default::default(),
+        }
+    }
+
+    /// Run to its end: state, message, the whole log.
+    async fn run_logged(executor: &ProcessExecutor, request: RunRequest) -> (EndState, Option<String>, String) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _handle = executor.start(request, tx);
+        let mut log = String::new();
+        let done = tokio::time::timeout(Duration::from_secs(300), async {
+            loop {
+                match rx.recv().await.expect("events") {
+                    Event::Log { data, .. } => log.push_str(&data),
+                    Event::Done { state, message, .. } => return (state, message),
+                    _ => continue,
+                }
+            }
+        });
+        let (state, message) = done.await.expect("the run ends");
+        (state, message, log)
+    }
+
+    /// The containers labelled with the executor's work root: none once runs ended.
+    async fn leftovers(executor: &ProcessExecutor) -> String {
+        let engine = executor.containers().unwrap();
+        let label = format!("label=atoll.work={}", executor.work_root.display());
+        super::super::containers::output(
+            &engine.command("ps", ["-a".into(), "-q".into(), "--filter".into(), label]),
+            &[],
+        )
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_docker_job_builds_its_dockerfile_and_runs_it_with_infraboxs_paths_and_its_secret_masked() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("src");
+        std::fs::create_dir_all(source.join("app/infrabox/producer")).unwrap();
+        std::fs::write(
+            source.join("app/infrabox/producer/Dockerfile"),
+            "FROM localhost/atoll-base:bookworm\nARG GREETING\nRUN echo \"$GREETING from the build\" > /greeting\n\
+             CMD [\"sh\", \"-c\", \"cat /greeting > /infrabox/output/greeting; cat /infrabox/inputs/parent/made > /infrabox/output/from-parent; \
+             ls /infrabox/context > /infrabox/output/context; echo token=$TOKEN; echo cache > /infrabox/cache/kept; echo job=$INFRABOX_JOB_ID\"]\n",
+        )
+        .unwrap();
+        let (executor, blobs, digest) = with_podman(dir.path(), &source).await;
+        // A parent's output, delivered to /infrabox/inputs/parent.
+        let out = dir.path().join("parent-out");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join("made"), "by the parent").unwrap();
+        let packed = atoll_store::archive::pack_dir(&out, &dir.path().join("p.tar")).unwrap();
+        blobs.put_file(&dir.path().join("p.tar"), &packed.digest).await.unwrap();
+
+        let doc = r#"{"version": 1, "jobs": [{"type": "docker", "name": "producer", "build_only": false,
+            "resources": {"limits": {"cpu": 1, "memory": 256}}, "docker_file": "infrabox/producer/Dockerfile",
+            "build_arguments": {"GREETING": "hello"}, "environment": {"TOKEN": {"$secret": "token"}}, "timeout": 300}]}"#;
+        let mut request = container_request(doc, &digest);
+        request.inputs = vec![input("parent", &packed.digest, InputMode::Local)];
+        // The job's file is in app/: its paths start there.
+        request.spec.defined_in = Some(atoll_api::spec::DefinedIn { dir: "app".into(), at: String::new(), git: None });
+        request.spec.secret_env.clear();
+        request.secrets = super::super::run::SecretValues([("TOKEN".to_string(), "s3cr3t-value".to_string())].into());
+        let (state, message, log) = run_logged(&executor, request).await;
+        assert_eq!(state, EndState::Finished, "{message:?}\n{log}");
+        assert!(log.contains("[atoll] building localhost/atoll/producer:0123456789ab-1"), "{log}");
+        assert!(log.contains("token=***") && !log.contains("s3cr3t-value"), "the secret is masked: {log}");
+        assert!(log.contains("job=0123456789ab.producer"), "{log}");
+        let work = executor.work_dir("0123456789ab.producer", 1);
+        let read = |f: &str| std::fs::read_to_string(work.join("output").join(f)).unwrap();
+        assert_eq!(read("greeting"), "hello from the build\n");
+        assert_eq!(read("from-parent"), "by the parent");
+        assert_eq!(read("context"), "infrabox\n", "the context is the job file's directory");
+        assert!(dir.path().join("cache/producer/kept").is_file(), "the cache is kept for the job's next run");
+        assert_eq!(leftovers(&executor).await.trim(), "", "no container is left");
+
+        // A failing build fails the job, with the engine's words in the log.
+        std::fs::write(
+            source.join("app/infrabox/producer/Dockerfile"),
+            "FROM localhost/atoll-base:bookworm\nRUN exit 7\n",
+        )
+        .unwrap();
+        let (executor, _, digest) = with_podman(dir.path(), &source).await;
+        // The secret's value comes from the gateway: left out from here on.
+        let doc = doc.replace(r#""environment": {"TOKEN": {"$secret": "token"}}, "#, "");
+        let in_app = |doc: &str| {
+            let mut request = container_request(doc, &digest);
+            request.spec.defined_in =
+                Some(atoll_api::spec::DefinedIn { dir: "app".into(), at: String::new(), git: None });
+            request
+        };
+        let (state, message, log) = run_logged(&executor, in_app(&doc)).await;
+        assert_eq!(state, EndState::Failure, "{message:?}\n{log}");
+        assert!(message.unwrap_or_default().starts_with("exited with"), "{log}");
+
+        // A Dockerfile outside the source is refused before anything runs.
+        let escape = doc.replace("infrabox/producer/Dockerfile", "../../../../../../../../../../../../etc/passwd");
+        let (state, message, _) = run_logged(&executor, in_app(&escape)).await;
+        assert_eq!(state, EndState::Error);
+        assert!(message.unwrap_or_default().contains("leads out of the job's source"));
+    }
+
+    #[tokio::test]
+    async fn a_docker_image_job_runs_its_command_and_cancel_removes_the_container() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("src");
+        std::fs::create_dir_all(&source).unwrap();
+        let (executor, _, digest) = with_podman(dir.path(), &source).await;
+        let doc = r#"{"version": 1, "jobs": [{"type": "docker-image", "name": "img", "image": "localhost/atoll-base:bookworm",
+            "command": ["sh", "-c", "echo out > /infrabox/output/o; echo ran $ATOLL_OUTPUT"],
+            "resources": {"limits": {"cpu": 1, "memory": 256}}}]}"#;
+        let (state, message, log) = run_logged(&executor, container_request(doc, &digest)).await;
+        assert_eq!(state, EndState::Finished, "{message:?}\n{log}");
+        assert!(log.contains("ran /infrabox/output"), "{log}");
+        assert!(executor.work_dir("0123456789ab.img", 1).join("output/o").is_file());
+
+        let slow = doc.replace("echo out > /infrabox/output/o; echo ran $ATOLL_OUTPUT", "echo started; sleep 600");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut handle = executor.start(container_request(&slow, &digest), tx);
+        let started = tokio::time::timeout(Duration::from_secs(120), async {
+            while let Some(event) = rx.recv().await {
+                if matches!(&event, Event::Log { data, .. } if data.contains("started")) {
+                    return;
+                }
+            }
+        });
+        started.await.expect("the container starts");
+        handle.stop(Stop::Cancel);
+        let state = tokio::time::timeout(Duration::from_secs(120), async {
+            loop {
+                if let Some(Event::Done { state, .. }) = rx.recv().await {
+                    return state;
+                }
+            }
+        })
+        .await
+        .expect("the cancel ends the run");
+        assert_eq!(state, EndState::Killed);
+        assert_eq!(leftovers(&executor).await.trim(), "", "the cancelled container is removed");
+    }
+
+    #[tokio::test]
+    async fn a_docker_compose_job_runs_its_services_and_the_first_to_stop_decides() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("src");
+        std::fs::create_dir_all(source.join("infrabox/test/svc")).unwrap();
+        std::fs::write(
+            source.join("infrabox/test/svc/Dockerfile"),
+            "FROM localhost/atoll-base:bookworm\nRUN echo built > /built\n",
+        )
+        .unwrap();
+        let compose = |exit: u8| {
+            format!(
+                "services:\n  db:\n    image: localhost/atoll-base:bookworm\n    command: [\"sleep\", \"600\"]\n  test:\n    build: ./svc\n    \
+                 command: [\"sh\", \"-c\", \"cat /built; echo job $$INFRABOX_JOB_ID; echo hi > /infrabox/output/t; exit {exit}\"]\n"
+            )
+        };
+        std::fs::write(source.join("infrabox/test/docker-compose.yml"), compose(0)).unwrap();
+        let (executor, _, digest) = with_podman(dir.path(), &source).await;
+        let doc = r#"{"version": 1, "jobs": [{"type": "docker-compose", "name": "test",
+            "resources": {"limits": {"cpu": 1, "memory": 1024}}, "docker_compose_file": "infrabox/test/docker-compose.yml",
+            "stop_timeout": 2}]}"#;
+        let (state, message, log) = run_logged(&executor, container_request(doc, &digest)).await;
+        assert_eq!(state, EndState::Finished, "{message:?}\n{log}");
+        assert!(log.contains("built") && log.contains("job 0123456789ab.test"), "{log}");
+        assert!(executor.work_dir("0123456789ab.test", 1).join("output/t").is_file());
+        assert_eq!(leftovers(&executor).await.trim(), "", "the project is down");
+
+        std::fs::write(source.join("infrabox/test/docker-compose.yml"), compose(3)).unwrap();
+        let (executor, _, digest) = with_podman(dir.path(), &source).await;
+        let (state, message, log) = run_logged(&executor, container_request(doc, &digest)).await;
+        assert_eq!(state, EndState::Failure, "{message:?}\n{log}");
+        let message = message.unwrap_or_default();
+        assert!(message.contains("exited with 3") && message.contains("test_1 stopped first"), "{message}");
+        assert_eq!(leftovers(&executor).await.trim(), "");
+    }
+
+    #[tokio::test]
+    async fn without_an_engine_a_container_job_fails_saying_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let executor =
+            ProcessExecutor::detect(dir.path().join("work"), &ProcessSettings::for_tests(Vec::new())).await.unwrap();
+        let doc = r#"{"version": 1, "jobs": [{"type": "docker-image", "name": "img", "image": "x"}]}"#;
+        let mut request = container_request(doc, "unused");
+        request.spec.source = None;
+        let (state, message) = run(&executor, request).await;
+        assert_eq!(state, EndState::Error);
+        assert!(message.unwrap_or_default().contains("needs a container engine (jobs.containers)"));
+    }
+
+    #[test]
+    fn secrets_are_masked_where_a_read_holds_them_whole() {
+        let secrets: Vec<&[u8]> = vec![b"hunter2", b"abcd"];
+        assert_eq!(mask(b"pw=hunter2 and abcdabcd", &secrets).unwrap(), b"pw=*** and ******");
+        assert_eq!(mask(b"nothing here", &secrets), None);
+        assert_eq!(mask(b"hunter2", &[]), None);
     }
 }
