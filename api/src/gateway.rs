@@ -62,6 +62,9 @@ pub struct Heartbeat {
     /// the gateway's differs (a thousand clusters need not download the mesh every second).
     #[serde(default)]
     pub view_revision: Option<u64>,
+    /// What the cluster's executor runs (`None` from a leader that does not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<crate::spec::Capabilities>,
 }
 
 /// Another cluster, as a leader needs to know it.
@@ -211,6 +214,9 @@ pub struct ClusterInfo {
     pub last_seen_ms: Option<u64>,
     pub revoked: bool,
     pub replicas: Vec<ReplicaInfo>,
+    /// What its executor runs, as its leader last said; `None` until it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<crate::spec::Capabilities>,
 }
 
 /// `GET /v1/gateways` and `atoll gateways --json`: one gateway replica.

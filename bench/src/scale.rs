@@ -263,6 +263,7 @@ fn heartbeat(i: usize, view_revision: Option<u64>) -> Heartbeat {
         labels: vec!["sim".to_string()],
         replicas: vec![ReplicaInfo { id: 1, addr: endpoint, voter: true }],
         view_revision,
+        capabilities: None,
     }
 }
 

@@ -49,7 +49,12 @@ pub async fn validate(config: &CliConfig, file: &Path, offline: bool, json: bool
             let facts: Vec<ClusterFacts<'_>> = clusters
                 .iter()
                 .enumerate()
-                .map(|(i, c)| ClusterFacts { name: &names[i], labels: &labels[i], enabled: c.enabled && !c.revoked })
+                .map(|(i, c)| ClusterFacts {
+                    name: &names[i],
+                    labels: &labels[i],
+                    enabled: c.enabled && !c.revoked,
+                    capabilities: c.capabilities.as_ref(),
+                })
                 .collect();
             let problems = spec::check_clusters(&pipeline, &facts).err().map(|e| e.0).unwrap_or_default();
             (pipeline.jobs.len(), problems, true)

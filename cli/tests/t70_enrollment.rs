@@ -223,6 +223,7 @@ async fn enrollment(engine: Engine) {
         labels: vec!["Bad Label".into()],
         replicas: vec![],
         view_revision: None,
+        capabilities: None,
     };
     let (code, message) = refusal(replica.heartbeat("aws", &heartbeat).await);
     assert_eq!(code, ErrorCode::BadRequest);
@@ -276,6 +277,7 @@ async fn revocation(engine: Engine) {
         labels: vec![],
         replicas: vec![],
         view_revision: None,
+        capabilities: None,
     };
     let (code, message) = refusal(as_gcp.heartbeat("gcp", &heartbeat).await);
     assert_eq!(code, ErrorCode::Revoked);

@@ -63,6 +63,7 @@ async fn failover_fencing(engine: Engine) {
         labels: vec!["aws".into()],
         replicas: vec![],
         view_revision: None,
+        capabilities: None,
     };
     let (code_seen, message) = code(stale.heartbeat("aws", &heartbeat).await);
     assert_eq!(code_seen, ErrorCode::StaleLeader, "{message}");

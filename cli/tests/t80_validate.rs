@@ -135,14 +135,20 @@ jobs:
     let out = mesh.cli(&["validate", deploy.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("jobs[0].type: job \"test\": no executor builds a Dockerfile yet"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "jobs[0].type: job \"test\": no cluster with its labels can run it: aws runs no docker jobs (process \
+             executor: no container engine (jobs.containers))"
+        ),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("jobs[0].deployments: job \"test\": pushing images to a registry is not supported yet"),
         "{stdout}"
     );
     let submitted = mesh.cli(&["submit", deploy.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&submitted.stderr);
-    assert!(!submitted.status.success() && stderr.contains("no executor builds a Dockerfile yet"), "{stderr}");
+    assert!(!submitted.status.success() && stderr.contains("no cluster with its labels can run it"), "{stderr}");
 
     let out = mesh.cli(&["cluster", "disable", "aws"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

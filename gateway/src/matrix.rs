@@ -288,6 +288,7 @@ mod tests {
             replicas: vec![],
             registered_ms: Some(0),
             last_seen_ms: last_seen,
+            capabilities: None,
         }
     }
 

@@ -1,8 +1,9 @@
 //! Placement: which cluster runs a job. A pure function over plain data, tested without IO.
 //!
 //! Rules, in order of precedence:
-//! 1. **Eligible** clusters carry every selector label, are enabled and not dead. A job with no
-//!    eligible cluster waits (its reason says why); the selector is never ignored.
+//! 1. **Eligible** clusters carry every selector label, run what the job needs (its type, its
+//!    secrets: [`Capabilities`]), are enabled and not dead. A job with no eligible cluster waits
+//!    (its reason says why); the selector is never ignored.
 //! 2. **Health**: an alive cluster beats a suspect one; a suspect cluster is used only when no
 //!    eligible cluster is alive.
 //! 3. **Prefer**: the `prefer` cluster is used whenever it is eligible and alive.
@@ -18,7 +19,9 @@ use std::collections::BTreeMap;
 
 use atoll_api::gateway::ClusterState;
 use atoll_api::ids::Label;
+use atoll_api::spec::Capabilities;
 use atoll_api::spec::ClusterSpec;
+use atoll_api::spec::Needs;
 
 /// A cluster as placement sees it.
 #[derive(Clone, Debug)]
@@ -29,16 +32,20 @@ pub struct Candidate<'a> {
     pub state: ClusterState,
     /// Unfinished jobs assigned to it now.
     pub load: u64,
+    /// What its executor runs.
+    pub capabilities: &'a Capabilities,
 }
 
 /// One job to place.
 #[derive(Clone, Debug)]
 pub struct Request<'a> {
     pub cluster: &'a ClusterSpec,
+    /// What it asks of the cluster beyond labels.
+    pub needs: Needs,
     /// Clusters where its parents ran (parents that ran nowhere, such as `wait` jobs, left out).
     pub parent_clusters: Vec<&'a str>,
-    /// Its children's cluster specs, to look one step ahead.
-    pub children: Vec<&'a ClusterSpec>,
+    /// Its children's cluster specs and needs, to look one step ahead.
+    pub children: Vec<(&'a ClusterSpec, Needs)>,
 }
 
 /// Why a job went where it went (shown in the job's details).
@@ -77,9 +84,10 @@ pub fn place(
     requests
         .iter()
         .map(|request| {
-            let candidates: Vec<&Candidate<'_>> = clusters.iter().filter(|c| eligible(c, request.cluster)).collect();
+            let candidates: Vec<&Candidate<'_>> =
+                clusters.iter().filter(|c| eligible(c, request.cluster, request.needs)).collect();
             if candidates.is_empty() {
-                return Placement::Waiting(why_waiting(request.cluster, clusters));
+                return Placement::Waiting(why_waiting(request.cluster, request.needs, clusters));
             }
             let alive: Vec<&Candidate<'_>> =
                 candidates.iter().copied().filter(|c| c.state == ClusterState::Alive).collect();
@@ -97,7 +105,9 @@ pub fn place(
                         let outbound = request
                             .children
                             .iter()
-                            .filter(|child| !clusters.iter().any(|d| eligible(d, child) && flows(c.name, d.name)))
+                            .filter(|(child, needs)| {
+                                !clusters.iter().any(|d| eligible(d, child, *needs) && flows(c.name, d.name))
+                            })
                             .count();
                         inbound + outbound
                     };
@@ -117,15 +127,27 @@ pub fn place(
         .collect()
 }
 
-fn eligible(c: &Candidate<'_>, spec: &ClusterSpec) -> bool {
-    c.enabled && c.state != ClusterState::Dead && spec.matches(c.labels)
+fn eligible(c: &Candidate<'_>, spec: &ClusterSpec, needs: Needs) -> bool {
+    c.enabled && c.state != ClusterState::Dead && spec.matches(c.labels) && c.capabilities.lacks(needs).is_empty()
 }
 
-fn why_waiting(spec: &ClusterSpec, clusters: &[Candidate<'_>]) -> String {
-    let matching: Vec<&Candidate<'_>> = clusters.iter().filter(|c| spec.matches(c.labels)).collect();
+fn why_waiting(spec: &ClusterSpec, needs: Needs, clusters: &[Candidate<'_>]) -> String {
+    let labelled: Vec<&Candidate<'_>> = clusters.iter().filter(|c| spec.matches(c.labels)).collect();
     let wanted: Vec<&str> = spec.selector.iter().map(Label::as_str).collect();
-    if matching.is_empty() {
+    if labelled.is_empty() {
         return format!("no registered cluster has all of [{}]", wanted.join(", "));
+    }
+    let matching: Vec<&Candidate<'_>> =
+        labelled.iter().copied().filter(|c| c.capabilities.lacks(needs).is_empty()).collect();
+    if matching.is_empty() {
+        let why: Vec<String> = labelled
+            .iter()
+            .map(|c| {
+                let lacks: Vec<String> = c.capabilities.lacks(needs).into_iter().map(|(_, what)| what).collect();
+                format!("{} {}", c.name, lacks.join(", "))
+            })
+            .collect();
+        return format!("no cluster with all of [{}] can run it: {}", wanted.join(", "), why.join("; "));
     }
     let states: Vec<String> = matching
         .iter()
@@ -157,6 +179,7 @@ mod tests {
         enabled: Vec<bool>,
         state: Vec<ClusterState>,
         load: Vec<u64>,
+        capabilities: Vec<Capabilities>,
     }
 
     impl Mesh {
@@ -168,6 +191,7 @@ mod tests {
                 enabled: vec![true; 3],
                 state: vec![ClusterState::Alive; 3],
                 load: vec![0; 3],
+                capabilities: vec![Capabilities::assumed(); 3],
             }
         }
 
@@ -185,10 +209,15 @@ mod tests {
                     enabled: self.enabled[i],
                     state: self.state[i],
                     load: self.load[i],
+                    capabilities: &self.capabilities[i],
                 })
                 .collect()
         }
     }
+
+    use atoll_api::spec::JobKind;
+
+    const COMMAND: Needs = Needs { kind: atoll_api::spec::JobKind::Command, secrets: false };
 
     fn all_direct(_: &str, _: &str) -> bool {
         true
@@ -212,7 +241,7 @@ mod tests {
     }
 
     fn req(cluster: &ClusterSpec) -> Request<'_> {
-        Request { cluster, parent_clusters: vec![], children: vec![] }
+        Request { cluster, needs: COMMAND, parent_clusters: vec![], children: vec![] }
     }
 
     #[test]
@@ -264,7 +293,8 @@ mod tests {
         assert_eq!(assigned(&one(&req(&outside), &mesh, &all_direct)), "aws");
         // prefer beats flow: a preferred cluster is used even if an edge must be relayed
         let mesh = Mesh::three();
-        let child_of_onprem = Request { cluster: &want, parent_clusters: vec!["onprem"], children: vec![] };
+        let child_of_onprem =
+            Request { cluster: &want, needs: COMMAND, parent_clusters: vec!["onprem"], children: vec![] };
         assert_eq!(assigned(&one(&child_of_onprem, &mesh, &dev_cuts)), "gcp");
     }
 
@@ -294,14 +324,14 @@ mod tests {
         // gcp is idle, aws busy: load alone would pick gcp, but the parent ran in onprem
         mesh.set("aws", |_, _, l| *l = 10);
         let any = spec(&["default"], None);
-        let child = Request { cluster: &any, parent_clusters: vec!["onprem"], children: vec![] };
+        let child = Request { cluster: &any, needs: COMMAND, parent_clusters: vec!["onprem"], children: vec![] };
         assert_eq!(
             one(&child, &mesh, &dev_cuts),
             Placement::Assigned { cluster: "aws".into(), reason: Reason::Spread { eligible: 2, relayed_edges: 0 } }
         );
         // with no direct choice left, the relay is accepted rather than waiting
         let gcp_only = spec(&["gcp"], None);
-        let child = Request { cluster: &gcp_only, parent_clusters: vec!["onprem"], children: vec![] };
+        let child = Request { cluster: &gcp_only, needs: COMMAND, parent_clusters: vec!["onprem"], children: vec![] };
         assert_eq!(
             one(&child, &mesh, &dev_cuts),
             Placement::Assigned { cluster: "gcp".into(), reason: Reason::Spread { eligible: 1, relayed_edges: 1 } }
@@ -314,19 +344,56 @@ mod tests {
         mesh.set("aws", |_, _, l| *l = 10);
         let any = spec(&["default"], None);
         let onprem_child = spec(&["onprem"], None);
-        let parent = Request { cluster: &any, parent_clusters: vec![], children: vec![&onprem_child] };
+        let parent = Request {
+            cluster: &any,
+            needs: COMMAND,
+            parent_clusters: vec![],
+            children: vec![(&onprem_child, COMMAND)],
+        };
         assert_eq!(assigned(&one(&parent, &mesh, &dev_cuts)), "aws", "gcp cannot hand output to onprem directly");
         // a child that may land anywhere does not constrain the parent
         let anywhere = spec(&[], None);
-        let parent = Request { cluster: &any, parent_clusters: vec![], children: vec![&anywhere] };
+        let parent =
+            Request { cluster: &any, needs: COMMAND, parent_clusters: vec![], children: vec![(&anywhere, COMMAND)] };
         assert_eq!(assigned(&one(&parent, &mesh, &dev_cuts)), "gcp");
+    }
+
+    #[test]
+    fn a_job_goes_only_where_its_type_runs_and_waits_saying_what_is_missing() {
+        let mut mesh = Mesh::three();
+        mesh.capabilities[1] = Capabilities {
+            executor: "process".into(),
+            runs: vec![JobKind::Command, JobKind::Docker],
+            secrets: true,
+            missing: Vec::new(),
+        };
+        let any = spec(&["default"], None);
+        let docker = Needs { kind: JobKind::Docker, secrets: false };
+        let request = Request { needs: docker, ..req(&any) };
+        assert_eq!(assigned(&one(&request, &mesh, &all_direct)), "gcp", "aws runs no docker jobs");
+        mesh.set("gcp", |e, _, _| *e = false);
+        let Placement::Waiting(why) = one(&request, &mesh, &all_direct) else { panic!("placed") };
+        assert_eq!(why, "every cluster with all of [default] is dead or disabled (gcp disabled)");
+        mesh.capabilities[0].missing = vec!["no container engine (jobs.containers)".into()];
+        mesh.capabilities[1] = Capabilities::assumed();
+        let Placement::Waiting(why) = one(&request, &mesh, &all_direct) else { panic!("placed") };
+        assert_eq!(
+            why,
+            "no cluster with all of [default] can run it: aws runs no docker jobs (unknown executor: no container \
+             engine (jobs.containers)); gcp runs no docker jobs (unknown executor)"
+        );
     }
 
     #[test]
     fn the_flow_rule_counts_only_edges_that_are_not_local() {
         let mesh = Mesh::three();
         let onprem = spec(&["onprem"], None);
-        let child = Request { cluster: &onprem, parent_clusters: vec!["onprem", "onprem"], children: vec![&onprem] };
+        let child = Request {
+            cluster: &onprem,
+            needs: COMMAND,
+            parent_clusters: vec!["onprem", "onprem"],
+            children: vec![(&onprem, COMMAND)],
+        };
         let never = |_: &str, _: &str| false;
         assert_eq!(
             one(&child, &mesh, &never),
@@ -342,6 +409,7 @@ mod tests {
                 any::<bool>(),
                 prop::sample::select(vec![ClusterState::Alive, ClusterState::Suspect, ClusterState::Dead]),
                 0u64..20,
+                any::<bool>(),
             ),
             1..6,
         )
@@ -353,6 +421,16 @@ mod tests {
                 enabled: clusters.iter().map(|c| c.1).collect(),
                 state: clusters.iter().map(|c| c.2).collect(),
                 load: clusters.iter().map(|c| c.3).collect(),
+                capabilities: clusters
+                    .iter()
+                    .map(|c| {
+                        let mut runs = vec![JobKind::Command];
+                        if c.4 {
+                            runs.push(JobKind::Docker);
+                        }
+                        Capabilities { executor: "process".into(), runs, secrets: true, missing: Vec::new() }
+                    })
+                    .collect(),
             }
         })
     }
@@ -364,17 +442,23 @@ mod tests {
             selectors in prop::collection::vec(prop::collection::btree_set(prop::sample::select(vec!["a", "b", "c", "d"]), 0..3), 1..8),
             prefer in prop::option::of(0usize..6),
             cut in prop::collection::btree_set((0usize..6, 0usize..6), 0..10),
+            docker in prop::collection::vec(any::<bool>(), 8),
         ) {
             let specs: Vec<ClusterSpec> = selectors
                 .iter()
                 .map(|s| spec(&s.iter().copied().collect::<Vec<_>>(), prefer.filter(|&p| p < mesh.names.len()).map(|p| mesh.names[p])))
                 .collect();
-            let requests: Vec<Request<'_>> = specs.iter().map(req).collect();
+            let needs = |i: usize| Needs { kind: if docker[i] { JobKind::Docker } else { JobKind::Command }, secrets: false };
+            let requests: Vec<Request<'_>> =
+                specs.iter().enumerate().map(|(i, s)| Request { needs: needs(i), ..req(s) }).collect();
             let index = |n: &str| mesh.names.iter().position(|m| *m == n).unwrap();
             let direct = |a: &str, b: &str| !cut.contains(&(index(a), index(b)));
             let candidates = mesh.candidates();
-            for (p, s) in place(&requests, &candidates, &direct).iter().zip(&specs) {
-                let eligible: BTreeSet<&str> = candidates.iter().filter(|c| eligible(c, s)).map(|c| c.name).collect();
+            for (i, (p, s)) in place(&requests, &candidates, &direct).iter().zip(&specs).enumerate() {
+                let eligible: BTreeSet<&str> = candidates.iter().filter(|c| eligible(c, s, needs(i))).map(|c| c.name).collect();
+                for name in &eligible {
+                    prop_assert!(!docker[i] || candidates[index(name)].capabilities.runs.contains(&JobKind::Docker));
+                }
                 match p {
                     Placement::Assigned { cluster, reason } => {
                         prop_assert!(eligible.contains(cluster.as_str()), "{cluster} not eligible for {s:?}");

@@ -67,7 +67,8 @@ pub fn decide(known: Option<&ClusterRow>, heartbeat: &Heartbeat) -> Decision {
         && row.leader_id == Some(heartbeat.leader_id)
         && row.endpoint.as_deref() == Some(heartbeat.endpoint.as_str())
         && row.labels == heartbeat.labels
-        && row.replicas == heartbeat.replicas;
+        && row.replicas == heartbeat.replicas
+        && row.capabilities == heartbeat.capabilities;
     if same { Decision::Touch } else { Decision::Register }
 }
 
@@ -254,12 +255,14 @@ impl Registry {
                         replicas: Vec::new(),
                         registered_ms: None,
                         last_seen_ms: None,
+                        capabilities: None,
                     });
                     row.labels = heartbeat.labels.clone();
                     row.term = heartbeat.term;
                     row.leader_id = Some(heartbeat.leader_id);
                     row.endpoint = Some(heartbeat.endpoint.clone());
                     row.replicas = heartbeat.replicas.clone();
+                    row.capabilities = heartbeat.capabilities.clone();
                     row.registered_ms = Some(now_ms);
                     row.last_seen_ms = Some(now_ms);
                     self.rows_changed(&rows);
@@ -334,6 +337,7 @@ impl Registry {
                 last_seen_ms: r.last_seen_ms.map(|seen| u64::try_from(now_ms.saturating_sub(seen)).unwrap_or(0)),
                 revoked: r.revoked_ms.is_some(),
                 replicas: r.replicas.clone(),
+                capabilities: r.capabilities.clone(),
             })
             .collect()
     }
@@ -461,6 +465,7 @@ mod tests {
             labels: vec!["x".into()],
             replicas: vec![ReplicaInfo { id: 1, addr: "a:1".into(), voter: true }],
             view_revision: None,
+            capabilities: None,
         }
     }
 
@@ -476,6 +481,7 @@ mod tests {
             replicas: vec![ReplicaInfo { id: 1, addr: "a:1".into(), voter: true }],
             registered_ms: Some(0),
             last_seen_ms: Some(0),
+            capabilities: None,
         }
     }
 

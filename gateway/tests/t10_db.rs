@@ -20,6 +20,7 @@ fn heartbeat(term: u64, leader: u64) -> Heartbeat {
         labels: vec!["aws".into(), "default".into()],
         replicas: vec![ReplicaInfo { id: leader, addr: format!("10.0.0.{leader}:7101"), voter: true }],
         view_revision: None,
+        capabilities: None,
     }
 }
 
@@ -146,7 +147,7 @@ async fn migrations_are_idempotent_and_a_newer_schema_is_refused() {
         db.close().await;
         let err = Db::connect(&test.database).await.unwrap_err().to_string();
         assert!(
-            err.contains("migrated by a newer atoll (schema version 99; this build knows up to 11)"),
+            err.contains("migrated by a newer atoll (schema version 99; this build knows up to 12)"),
             "{engine}: {err}"
         );
     }

@@ -22,6 +22,7 @@ fn heartbeat(term: u64) -> Heartbeat {
         labels: vec!["default".into()],
         replicas: vec![],
         view_revision: None,
+        capabilities: None,
     }
 }
 

@@ -141,6 +141,7 @@ async fn heartbeat_times_a_replica_could_not_write_are_kept_for_the_next_flush()
         labels: vec!["default".into()],
         replicas: vec![],
         view_revision: None,
+        capabilities: None,
     };
     let aws: atoll_api::ClusterName = "aws".parse().unwrap();
     registry.heartbeat(&aws, &heartbeat, 1_000).await.unwrap();

@@ -231,8 +231,21 @@ fn agent_yaml(layout: &Layout, cluster: &ClusterLayout, replica: &ReplicaLayout)
         || cluster.max_running.is_some()
         || cluster.transfer_limit.is_some()
         || !cluster.job_writable_paths.is_empty()
+        || cluster.job_containers.is_some()
     {
         out.push_str("jobs:\n");
+    }
+    if let Some(c) = &cluster.job_containers {
+        // JSON strings and lists are YAML too.
+        let list = |l: &[String]| serde_json::to_string(l).unwrap_or_default();
+        out.push_str(&format!(
+            "  containers:\n    engine: {}\n    engine_args: {}\n    build_args: {}\n    run_args: {}\n    compose: {}\n",
+            serde_json::to_string(&c.engine).unwrap_or_default(),
+            list(&c.engine_args),
+            list(&c.build_args),
+            list(&c.run_args),
+            list(&c.compose)
+        ));
     }
     if !cluster.job_writable_paths.is_empty() {
         let paths: Vec<String> =

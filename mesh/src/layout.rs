@@ -114,6 +114,45 @@ pub struct ClusterLayout {
     /// `jobs.sandbox.writable_paths`: paths every job may write (none when empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub job_writable_paths: Vec<std::path::PathBuf>,
+    /// `jobs.containers`: the container engine of the process executor (none when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_containers: Option<JobContainers>,
+}
+
+/// `jobs.containers` of a cluster's agents, as written to their config.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobContainers {
+    pub engine: String,
+    #[serde(default)]
+    pub engine_args: Vec<String>,
+    #[serde(default)]
+    pub build_args: Vec<String>,
+    #[serde(default)]
+    pub run_args: Vec<String>,
+    #[serde(default)]
+    pub compose: Vec<String>,
+}
+
+impl JobContainers {
+    /// Podman as this machine runs it (the flags of `scripts/lib/image.sh`: runc, the ulimits
+    /// the machine allows, cgroups without systemd), with podman-compose given the same.
+    pub fn podman() -> Self {
+        let words = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
+        let global = "--storage-driver overlay --cgroup-manager cgroupfs --events-backend file --runtime runc";
+        let limits = "--ulimit nofile=1024:1024 --ulimit nproc=1024:1024";
+        JobContainers {
+            engine: "podman".into(),
+            engine_args: words(global),
+            build_args: words(limits),
+            run_args: words(limits),
+            compose: vec![
+                "podman-compose".into(),
+                format!("--podman-args={global}"),
+                format!("--podman-build-args={limits}"),
+                format!("--podman-run-args={limits}"),
+            ],
+        }
+    }
 }
 
 /// The gateway of a mesh: one replica (`main`, on SQLite unless `postgres_url`), or several
@@ -408,6 +447,7 @@ impl Layout {
                 transfer_limit: None,
                 store_fsync: None,
                 job_writable_paths: Vec::new(),
+                job_containers: None,
             })
             .collect();
         Ok(Self { clusters, raft: RaftKnobs::default(), gateway: None, postgres: None })

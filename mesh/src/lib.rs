@@ -27,6 +27,7 @@ pub use layout::EXIT_WITH_PARENT_ENV;
 pub use layout::GatewayLayout;
 pub use layout::GatewayReplicaLayout;
 pub use layout::GatewayTiming;
+pub use layout::JobContainers;
 pub use layout::Layout;
 pub use layout::LeaseTiming;
 pub use layout::Placement;

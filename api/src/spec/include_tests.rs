@@ -277,9 +277,13 @@ fn what_an_included_job_asks_for_and_no_executor_runs_is_refused_at_its_file() {
         ),
     ]);
     let spec = expand_root(&mut loader).unwrap();
-    let refused: Vec<String> = unsupported(&spec).iter().map(ToString::to_string).collect();
+    let aws: crate::ids::ClusterName = "aws".parse().unwrap();
+    let clusters = [ClusterFacts { name: &aws, labels: &[], enabled: true, capabilities: None }];
+    let refused: Vec<String> =
+        check_clusters(&spec, &clusters).unwrap_err().0.iter().map(ToString::to_string).collect();
     assert_eq!(
         refused,
-        ["flow/infrabox.json: jobs[0].type: job \"flow/build\": no executor builds a Dockerfile yet (a docker job)"]
+        ["flow/infrabox.json: jobs[0].type: job \"flow/build\": no cluster with its labels can run it: aws runs no \
+          docker jobs (unknown executor)"]
     );
 }

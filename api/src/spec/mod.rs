@@ -602,6 +602,60 @@ pub struct ClusterFacts<'a> {
     pub name: &'a ClusterName,
     pub labels: &'a [Label],
     pub enabled: bool,
+    /// What its executor runs, as its leader last said (`None`: never said).
+    pub capabilities: Option<&'a Capabilities>,
+}
+
+/// What a cluster's executor runs, as its leader advertises it in every heartbeat: a job goes
+/// only where it can run, and a pipeline no matching cluster can run is refused at submit,
+/// naming the job, the key and what is missing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// `process` or `kubernetes`.
+    pub executor: String,
+    /// The job types it runs.
+    pub runs: Vec<JobKind>,
+    /// Whether it gives jobs secret variables.
+    pub secrets: bool,
+    /// What it lacks, in an operator's words (`no container engine (jobs.containers)`), shown
+    /// when a job needs it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
+}
+
+impl Capabilities {
+    /// What a cluster that never said is taken to run: what every executor ran before clusters
+    /// advertised what they run (command jobs, with secrets).
+    pub fn assumed() -> Self {
+        Capabilities { executor: "unknown".into(), runs: vec![JobKind::Command], secrets: true, missing: Vec::new() }
+    }
+
+    /// What of `needs` it lacks, as (the key that asks, what is missing); empty when it runs
+    /// such a job.
+    pub fn lacks(&self, needs: Needs) -> Vec<(&'static str, String)> {
+        let mut lacks = Vec::new();
+        if needs.kind != JobKind::Wait && !self.runs.contains(&needs.kind) {
+            let hint = if self.missing.is_empty() { String::new() } else { format!(": {}", self.missing.join("; ")) };
+            lacks.push(("type", format!("runs no {} jobs ({} executor{hint})", needs.kind.as_str(), self.executor)));
+        }
+        if needs.secrets && !self.secrets {
+            lacks.push(("environment", format!("gives jobs no secrets ({} executor)", self.executor)));
+        }
+        lacks
+    }
+}
+
+/// What a job asks of the cluster that runs it, beyond its labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Needs {
+    pub kind: JobKind,
+    pub secrets: bool,
+}
+
+impl JobSpec {
+    pub fn needs(&self) -> Needs {
+        Needs { kind: self.kind, secrets: !self.secret_env.is_empty() }
+    }
 }
 
 impl PipelineSpec {
@@ -633,8 +687,6 @@ pub fn unsupported(spec: &PipelineSpec) -> Vec<SpecProblem> {
             })
         };
         match job.kind {
-            JobKind::Docker => say("type", "no executor builds a Dockerfile yet (a docker job)"),
-            JobKind::DockerCompose => say("type", "no executor runs docker-compose yet (a docker-compose job)"),
             JobKind::Workflow | JobKind::Git => say(
                 "type",
                 &format!(
@@ -642,7 +694,7 @@ pub fn unsupported(spec: &PipelineSpec) -> Vec<SpecProblem> {
                     job.kind.as_str()
                 ),
             ),
-            JobKind::Command | JobKind::Wait | JobKind::DockerImage => {}
+            JobKind::Command | JobKind::Wait | JobKind::DockerImage | JobKind::Docker | JobKind::DockerCompose => {}
         }
         for (name, secret) in &job.secret_env {
             if let SecretRef::Vault { .. } = secret {
@@ -660,7 +712,7 @@ pub fn unsupported(spec: &PipelineSpec) -> Vec<SpecProblem> {
             (c.privileged, "security_context.privileged", "privileged containers are not supported"),
             (c.kubernetes_limits.is_some(), "resources.kubernetes", "a Kubernetes namespace per job is not provided"),
             (c.run == Some(false), "run", "pulling an image without running it is not supported yet"),
-            (c.cache.image, "cache.image", "an image build cache needs a Dockerfile build, which is not supported yet"),
+            (c.cache.image, "cache.image", "reusing the last built image as a build cache is not supported yet"),
             (
                 c.build_context.is_some() && job.kind == JobKind::DockerImage,
                 "build_context",
@@ -704,6 +756,29 @@ pub fn check_clusters(spec: &PipelineSpec, clusters: &[ClusterFacts<'_>]) -> Res
                     if known.is_empty() { "none registered".to_string() } else { known.join("; ") }
                 ),
             });
+        }
+        // Of the clusters with its labels, those that run what it needs.
+        let assumed = Capabilities::assumed();
+        let lacking = |c: &ClusterFacts<'_>| c.capabilities.unwrap_or(&assumed).lacks(job.needs());
+        if !satisfied.is_empty() && satisfied.iter().all(|c| !lacking(c).is_empty()) {
+            let mut by_key: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+            for c in &satisfied {
+                for (key, what) in lacking(c) {
+                    by_key.entry(key).or_default().push(format!("{} {what}", c.name));
+                }
+            }
+            for (key, why) in by_key {
+                let key = match key {
+                    "environment" => {
+                        job.secret_env.keys().next().map_or("environment".to_string(), |k| format!("environment.{k}"))
+                    }
+                    other => other.to_string(),
+                };
+                problems.push(SpecProblem {
+                    path: format!("{}.{key}", spec.job_path(i)),
+                    message: format!("job {:?}: no cluster with its labels can run it: {}", job.name, why.join("; ")),
+                });
+            }
         }
         if let Some(prefer) = &job.cluster.prefer
             && !satisfied.iter().any(|c| c.name == prefer)

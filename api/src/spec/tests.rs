@@ -320,7 +320,10 @@ fn documents_that_are_not_pipelines_are_refused_plainly() {
 }
 
 fn facts<'a>(clusters: &'a [(ClusterName, Vec<Label>, bool)]) -> Vec<ClusterFacts<'a>> {
-    clusters.iter().map(|(name, labels, enabled)| ClusterFacts { name, labels, enabled: *enabled }).collect()
+    clusters
+        .iter()
+        .map(|(name, labels, enabled)| ClusterFacts { name, labels, enabled: *enabled, capabilities: None })
+        .collect()
 }
 
 #[test]
@@ -549,14 +552,47 @@ fn infrabox_keys_are_read_into_the_spec() {
     );
     let gke = &read("service_gke/infrabox.json").jobs[0];
     assert_eq!(gke.container.services[0]["kind"], "GKECluster");
-    // What no executor runs yet is refused by name, with the job and the key.
+    // What no executor runs yet is refused by name, with the job and the key; what only some
+    // clusters run, where no cluster with the job's labels runs it.
     let refused: Vec<String> = unsupported(&read("deploy/infrabox.json")).iter().map(ToString::to_string).collect();
+    assert_eq!(refused, ["jobs[0].deployments: job \"test\": pushing images to a registry is not supported yet"]);
+    let engine = Capabilities {
+        executor: "process".into(),
+        runs: vec![JobKind::Command, JobKind::DockerImage, JobKind::Docker],
+        secrets: true,
+        missing: vec!["no compose program (jobs.containers.compose)".into()],
+    };
+    let (aws, gcp): (ClusterName, ClusterName) = ("aws".parse().unwrap(), "gcp".parse().unwrap());
+    let labels: Vec<Label> = vec!["default".parse().unwrap()];
+    let mut clusters = vec![
+        ClusterFacts { name: &aws, labels: &labels, enabled: true, capabilities: None },
+        ClusterFacts { name: &gcp, labels: &labels, enabled: true, capabilities: Some(&engine) },
+    ];
+    let hello = read("hello_world/infrabox.json");
+    check_clusters(&hello, &clusters).expect("gcp builds images");
+    clusters.pop();
+    let refused = check_clusters(&hello, &clusters).unwrap_err().0[0].to_string();
     assert_eq!(
         refused,
-        [
-            "jobs[0].type: job \"test\": no executor builds a Dockerfile yet (a docker job)",
-            "jobs[0].deployments: job \"test\": pushing images to a registry is not supported yet"
-        ]
+        "jobs[0].type: job \"hello-world\": no cluster with its labels can run it: aws runs no docker jobs (unknown executor)"
+    );
+    clusters[0].capabilities = Some(&engine);
+    let compose = check_clusters(&read("docker_compose/infrabox.json"), &clusters).unwrap_err().0[0].to_string();
+    assert_eq!(
+        compose,
+        "jobs[0].type: job \"test\": no cluster with its labels can run it: aws runs no docker-compose jobs \
+         (process executor: no compose program (jobs.containers.compose))"
+    );
+    let no_secrets = Capabilities { secrets: false, executor: "kubernetes".into(), ..engine.clone() };
+    clusters[0].capabilities = Some(&no_secrets);
+    let named = parse(
+        r#"{"version": 1, "jobs": [{"type": "docker", "name": "t", "docker_file": "D", "environment": {"TOKEN": {"$secret": "token"}}}]}"#,
+    )
+    .unwrap();
+    let secrets = check_clusters(&named, &clusters).unwrap_err().to_string();
+    assert!(
+        secrets.contains("no cluster with its labels can run it: aws gives jobs no secrets (kubernetes executor)"),
+        "{secrets}"
     );
     // The stored form keeps only what was said: a plain command job has none of it.
     let plain = parse("version: 1\njobs: [{name: a, type: command, command: 'true'}]").unwrap();
@@ -729,11 +765,11 @@ fn keys_that_no_executor_runs_yet_are_refused_by_name() {
             "jobs[0].cache.image",
             "jobs[0].build_context",
             "jobs[1].type",
-            "jobs[2].type",
         ]
     );
-    // check_clusters refuses them too, with clusters known.
+    // check_clusters refuses them too, with clusters known, and what the cluster does not run
+    // (a cluster that never said what it runs is taken to run command jobs only).
     let clusters = [("aws".parse().unwrap(), vec!["aws".parse().unwrap()], true)];
     let err = check_clusters(&spec, &facts(&clusters)).unwrap_err();
-    assert_eq!(err.0.len(), 10, "{err}");
+    assert_eq!(err.0.len(), 11, "{err}");
 }

@@ -159,6 +159,7 @@ fn the_heatmap_data_is_a_character_per_directed_cell() {
         replicas: vec![],
         registered_ms: Some(0),
         last_seen_ms: Some(1_000),
+        capabilities: None,
     };
     let clusters = vec![cluster("aws", &["aws"]), cluster("gcp", &["gcp"]), cluster("onprem", &["onprem"])];
     let cell = |to: &str, state| RowCell { to: to.into(), state, rtt_ms: Some(2.0), loss: 0.0 };

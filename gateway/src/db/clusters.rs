@@ -25,6 +25,8 @@ pub struct ClusterRow {
     pub replicas: Vec<ReplicaInfo>,
     pub registered_ms: Option<i64>,
     pub last_seen_ms: Option<i64>,
+    /// What its executor runs, as its leader last said.
+    pub capabilities: Option<atoll_api::spec::Capabilities>,
 }
 
 /// What a registration became.
@@ -40,7 +42,7 @@ pub enum Registered {
 
 macro_rules! columns {
     () => {
-        "name, labels, enabled, revoked_ms, term, leader_id, endpoint, replicas, registered_ms, last_seen_ms"
+        "name, labels, enabled, revoked_ms, term, leader_id, endpoint, replicas, registered_ms, last_seen_ms, capabilities"
     };
 }
 
@@ -51,6 +53,7 @@ macro_rules! decode_cluster {
         let replicas: String = row.try_get("replicas")?;
         let term: i64 = row.try_get("term")?;
         let leader: Option<i64> = row.try_get("leader_id")?;
+        let capabilities: Option<String> = row.try_get("capabilities")?;
         Ok::<_, DbError>(ClusterRow {
             name: cluster_column("clusters.name", row.try_get("name")?)?,
             labels: json_column("clusters.labels", &labels)?,
@@ -64,6 +67,7 @@ macro_rules! decode_cluster {
             replicas: json_column("clusters.replicas", &replicas)?,
             registered_ms: row.try_get("registered_ms")?,
             last_seen_ms: row.try_get("last_seen_ms")?,
+            capabilities: capabilities.map(|c| json_column("clusters.capabilities", &c)).transpose()?,
         })
     }};
 }
@@ -114,13 +118,19 @@ impl Db {
             serde_json::to_string(&heartbeat.replicas).map_err(|e| DbError::corrupt("clusters.replicas", e))?;
         let term = to_i64(heartbeat.term.0, "clusters.term")?;
         let leader = to_i64(heartbeat.leader_id, "clusters.leader_id")?;
+        let capabilities = heartbeat
+            .capabilities
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| DbError::corrupt("clusters.capabilities", e))?;
         let result = with_pool!(self, write, |pool| {
             sqlx::query(
-                "INSERT INTO clusters (name, labels, term, leader_id, endpoint, replicas, registered_ms, last_seen_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+                "INSERT INTO clusters (name, labels, term, leader_id, endpoint, replicas, registered_ms, last_seen_ms, capabilities)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)
                  ON CONFLICT (name) DO UPDATE SET
                      labels = excluded.labels, term = excluded.term, leader_id = excluded.leader_id,
-                     endpoint = excluded.endpoint, replicas = excluded.replicas,
+                     endpoint = excluded.endpoint, replicas = excluded.replicas, capabilities = excluded.capabilities,
                      registered_ms = excluded.registered_ms, last_seen_ms = excluded.last_seen_ms
                  WHERE clusters.term <= excluded.term AND clusters.revoked_ms IS NULL",
             )
@@ -131,6 +141,7 @@ impl Db {
             .bind(&heartbeat.endpoint)
             .bind(replicas)
             .bind(now_ms)
+            .bind(capabilities)
             .execute(pool)
             .await
             .map(|r| r.rows_affected())

@@ -56,6 +56,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (9, "join token uses", include_str!("../../migrations/0009_join_token_uses.sql")),
     (10, "dashboard sessions", include_str!("../../migrations/0010_dashboard_sessions.sql")),
     (11, "secrets", include_str!("../../migrations/0011_secrets.sql")),
+    (12, "capabilities", include_str!("../../migrations/0012_capabilities.sql")),
 ];
 
 /// A connected, migrated database.

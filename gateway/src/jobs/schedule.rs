@@ -117,6 +117,7 @@ impl Gateway {
         let queued: Vec<&JobRow> = queued.iter().filter(|r| pipelines.contains_key(&r.pipeline_id)).collect();
         let labels: Vec<Vec<Label>> =
             clusters.iter().map(|c| c.labels.iter().filter_map(|l| l.parse().ok()).collect()).collect();
+        let assumed = atoll_api::spec::Capabilities::assumed();
         let candidates: Vec<placement::Candidate<'_>> = clusters
             .iter()
             .zip(&labels)
@@ -126,6 +127,7 @@ impl Gateway {
                 enabled: c.enabled && !c.revoked,
                 state: c.state,
                 load: load.get(c.name.as_str()).copied().unwrap_or(0),
+                capabilities: c.capabilities.as_ref().unwrap_or(&assumed),
             })
             .collect();
         let requests: Vec<placement::Request<'_>> = queued
@@ -135,12 +137,16 @@ impl Gateway {
                 let job = &pipeline.spec.jobs[row.idx];
                 placement::Request {
                     cluster: &job.cluster,
+                    needs: job.needs(),
                     parent_clusters: job
                         .depends_on
                         .iter()
                         .filter_map(|d| rows.get(pipeline.index[&d.job]).and_then(|r| r.cluster.as_deref()))
                         .collect(),
-                    children: pipeline.children[row.idx].iter().map(|&c| &pipeline.spec.jobs[c].cluster).collect(),
+                    children: pipeline.children[row.idx]
+                        .iter()
+                        .map(|&c| (&pipeline.spec.jobs[c].cluster, pipeline.spec.jobs[c].needs()))
+                        .collect(),
                 }
             })
             .collect();

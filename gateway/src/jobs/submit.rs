@@ -43,16 +43,23 @@ impl Gateway {
     /// Every job's selector against the clusters this replica knows now.
     fn check_selectors(&self, spec: &atoll_api::spec::PipelineSpec) -> Result<(), ApiError> {
         let clusters = self.registry.list(now_ms());
-        let parsed: Vec<(ClusterName, Vec<Label>, bool)> = clusters
+        let parsed: Vec<(ClusterName, Vec<Label>, bool, Option<&atoll_api::spec::Capabilities>)> = clusters
             .iter()
             .filter_map(|c| {
                 let name = c.name.parse().ok()?;
                 let labels = c.labels.iter().filter_map(|l| l.parse().ok()).collect();
-                Some((name, labels, c.enabled && !c.revoked))
+                Some((name, labels, c.enabled && !c.revoked, c.capabilities.as_ref()))
             })
             .collect();
-        let facts: Vec<ClusterFacts<'_>> =
-            parsed.iter().map(|(name, labels, enabled)| ClusterFacts { name, labels, enabled: *enabled }).collect();
+        let facts: Vec<ClusterFacts<'_>> = parsed
+            .iter()
+            .map(|(name, labels, enabled, capabilities)| ClusterFacts {
+                name,
+                labels,
+                enabled: *enabled,
+                capabilities: *capabilities,
+            })
+            .collect();
         atoll_api::spec::check_clusters(spec, &facts).map_err(|e| ApiError::bad_request(e.to_string()))
     }
 

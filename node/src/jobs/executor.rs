@@ -67,6 +67,36 @@ impl Executor {
         }
     }
 
+    /// What this cluster runs, as its heartbeat says: placement sends a job only where it can
+    /// run, and submit refuses a pipeline no matching cluster can run.
+    pub fn advertised(&self) -> atoll_api::spec::Capabilities {
+        use atoll_api::spec::JobKind;
+        match self {
+            Executor::Process(p) => {
+                let mut runs = vec![JobKind::Command];
+                let mut missing = Vec::new();
+                match p.containers() {
+                    Some(engine) => {
+                        runs.extend([JobKind::DockerImage, JobKind::Docker]);
+                        if engine.composes() {
+                            runs.push(JobKind::DockerCompose);
+                        } else {
+                            missing.push("no compose program (jobs.containers.compose)".to_string());
+                        }
+                    }
+                    None => missing.push("no container engine (jobs.containers)".to_string()),
+                }
+                atoll_api::spec::Capabilities { executor: "process".into(), runs, secrets: true, missing }
+            }
+            Executor::Kubernetes(_) => atoll_api::spec::Capabilities {
+                executor: "kubernetes".into(),
+                runs: vec![JobKind::Command, JobKind::DockerImage],
+                secrets: false,
+                missing: vec!["no image builder in job pods yet".to_string()],
+            },
+        }
+    }
+
     /// Start a new run of the attempt.
     pub fn start(&self, request: RunRequest, events: mpsc::UnboundedSender<Event>) -> RunHandle {
         match self {

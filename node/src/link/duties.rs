@@ -188,7 +188,14 @@ impl Quiet {
 }
 
 /// Lead toward the gateway for `term`, until fenced, revoked, or cancelled.
-pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Prober>, term: Term) -> DutyEnd {
+/// `capabilities`: what this cluster's executor runs, said in every heartbeat.
+pub async fn lead(
+    replica: Arc<Replica>,
+    gateway: GatewayClient,
+    prober: Arc<Prober>,
+    capabilities: atoll_api::spec::Capabilities,
+    term: Term,
+) -> DutyEnd {
     let info = replica.info().clone();
     let cluster = info.cluster.to_string();
     let thresholds = Thresholds::default();
@@ -219,6 +226,7 @@ pub async fn lead(replica: Arc<Replica>, gateway: GatewayClient, prober: Arc<Pro
                     .map(|m| ReplicaInfo { id: m.id, addr: m.addr, voter: m.voter })
                     .collect(),
                 view_revision,
+                capabilities: Some(capabilities.clone()),
             };
             match gateway.heartbeat(&cluster, &heartbeat).await {
                 Ok(ack) => {

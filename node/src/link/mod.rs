@@ -49,7 +49,9 @@ async fn lead_term(
 ) -> DutyEnd {
     // Two tasks, so a burst of job work never delays the heartbeat that keeps the cluster alive
     // at the gateway; dropping this future aborts both.
-    let mut duties = AbortOnDrop(tokio::spawn(duties::lead(replica.clone(), gateway.clone(), prober, term)));
+    let advertised = jobs.executor.advertised();
+    let mut duties =
+        AbortOnDrop(tokio::spawn(duties::lead(replica.clone(), gateway.clone(), prober, advertised, term)));
     let mut jobs = AbortOnDrop(tokio::spawn(crate::jobs::lead(
         replica,
         gateway,

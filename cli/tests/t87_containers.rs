@@ -1,0 +1,181 @@
+//! InfraBox's container jobs end to end, on a mesh whose clusters advertise what they run: aws
+//! and onprem run containers through podman (`jobs.containers`), gcp has no engine. A pushed tree
+//! holds Dockerfiles, a compose file and InfraBox's own `transfer_data` pipeline file, unchanged;
+//! one pipeline runs:
+//!
+//! - a `docker` job built and run on aws, writing `/infrabox/output` with a secret in its
+//!   environment (masked in its log), read by its child's `/infrabox/inputs/producer` on onprem;
+//! - a `docker-image` job;
+//! - a `workflow` include of a `docker-compose` job (two services, the first to stop decides);
+//! - a `workflow` include of InfraBox's `transfer_data/infrabox.json` as its authors wrote it.
+//!
+//! A `docker` job selecting gcp is refused at submit, naming what gcp lacks; the clusters list
+//! shows what each runs. Needs podman, podman-compose and the base image `scripts/test` makes
+//! (`localhost/atoll-base:bookworm`); without them the jobs fail, saying so.
+
+mod common;
+
+use std::time::Duration;
+
+use atoll_api::jobs::JobState;
+use atoll_api::spec::JobKind;
+use common::Engine;
+use common::GatewayMesh;
+use common::phase;
+use common::test_gateway_timing;
+
+const BASE: &str = "localhost/atoll-base:bookworm";
+
+fn write(path: &std::path::Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_and_compose_jobs_run_where_a_container_engine_is_and_are_refused_elsewhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    write(
+        &tree.join("infrabox/producer/Dockerfile"),
+        &format!(
+            "FROM {BASE}\nARG GREETING\nRUN echo \"$GREETING, made in the build\" > /made\n\
+             CMD [\"sh\", \"-c\", \"cp /made /infrabox/output/data.txt; echo token=$TOKEN build=$INFRABOX_BUILD_NUMBER\"]\n"
+        ),
+    );
+    write(
+        &tree.join("infrabox/consumer/Dockerfile"),
+        &format!("FROM {BASE}\nCMD [\"sh\", \"-c\", \"echo consumed: $(cat /infrabox/inputs/producer/data.txt)\"]\n"),
+    );
+    write(
+        &tree.join("compose/infrabox.json"),
+        r#"{"version": 1, "jobs": [{"type": "docker-compose", "name": "test",
+            "resources": {"limits": {"cpu": 1, "memory": 1024}},
+            "docker_compose_file": "infrabox/test/docker-compose.yml", "stop_timeout": 2}]}"#,
+    );
+    write(&tree.join("compose/infrabox/test/svc/Dockerfile"), &format!("FROM {BASE}\nRUN echo built > /built\n"));
+    write(
+        &tree.join("compose/infrabox/test/docker-compose.yml"),
+        &format!(
+            "services:\n  db:\n    image: {BASE}\n    command: [\"sleep\", \"600\"]\n  test:\n    build: ./svc\n    \
+             command: [\"sh\", \"-c\", \"cat /built; echo compose job $$INFRABOX_JOB_ID; echo ok > /infrabox/output/t\"]\n"
+        ),
+    );
+    // InfraBox's own pipeline file, unchanged, with Dockerfiles where it names them.
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../api/src/spec/testdata/infrabox/examples");
+    let original = std::fs::read_to_string(examples.join("transfer_data/infrabox.json")).unwrap();
+    write(&tree.join("transfer_data/infrabox.json"), &original);
+    write(
+        &tree.join("transfer_data/infrabox/producer/Dockerfile"),
+        &format!("FROM {BASE}\nCMD [\"sh\", \"-c\", \"echo from the example > /infrabox/output/file.txt\"]\n"),
+    );
+    write(
+        &tree.join("transfer_data/infrabox/consumer/Dockerfile"),
+        &format!("FROM {BASE}\nCMD [\"sh\", \"-c\", \"cat /infrabox/inputs/producer/file.txt\"]\n"),
+    );
+
+    let mesh = GatewayMesh::start_with(Engine::Sqlite, 3, 1, test_gateway_timing(), true, |layout| {
+        for cluster in &mut layout.clusters {
+            if cluster.name != "gcp" {
+                cluster.job_containers = Some(atoll_mesh::JobContainers::podman());
+            }
+        }
+    })
+    .await;
+
+    phase("each cluster says what it runs");
+    let aws = common::eventually(Duration::from_secs(30), "aws's capabilities", || async {
+        mesh.cluster("aws").await.and_then(|c| c.capabilities)
+    })
+    .await;
+    assert_eq!(aws.executor, "process");
+    assert_eq!(aws.runs, [JobKind::Command, JobKind::DockerImage, JobKind::Docker, JobKind::DockerCompose]);
+    let gcp = mesh.cluster("gcp").await.and_then(|c| c.capabilities).expect("gcp's capabilities");
+    assert_eq!(gcp.runs, [JobKind::Command]);
+    let out = mesh.cli(&["clusters", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("clusters --json");
+    assert!(listed.to_string().contains(r#""missing":["no container engine (jobs.containers)"]"#), "{listed}");
+
+    phase("a docker job selecting gcp is refused at submit, naming what gcp lacks");
+    let refused = mesh
+        .gateway
+        .submit(&atoll_api::jobs::SubmitRequest {
+            spec: atoll_api::spec::parse_document(
+                "version: 1\njobs: [{name: b, type: docker, docker_file: D, cluster: {selector: [gcp]}}]\n",
+            )
+            .unwrap(),
+            files: Default::default(),
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains(
+            "jobs[0].type: job \"b\": no cluster with its labels can run it: gcp runs no docker jobs (process executor: \
+             no container engine (jobs.containers))"
+        ),
+        "{refused}"
+    );
+
+    phase("a secret, the tree pushed, the pipeline submitted");
+    let value = tmp.path().join("token");
+    std::fs::write(&value, "tok-3f9a1c").unwrap();
+    let out = mesh.cli(&["secret", "set", "token", "--from-file", value.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let source = mesh.push(&tree)["digest"].as_str().unwrap().to_string();
+    let yaml = format!(
+        r#"version: 1
+source: "{source}"
+jobs:
+  - name: producer
+    type: docker
+    docker_file: infrabox/producer/Dockerfile
+    build_only: false
+    build_arguments: {{GREETING: hello}}
+    environment: {{TOKEN: {{$secret: token}}}}
+    cluster: {{selector: [aws]}}
+    timeout: 300
+  - name: consumer
+    type: docker
+    docker_file: infrabox/consumer/Dockerfile
+    build_only: false
+    depends_on: [producer]
+    cluster: {{selector: [onprem]}}
+    timeout: 300
+  - name: image
+    type: docker-image
+    image: {BASE}
+    command: ["sh", "-c", "echo image ran"]
+  - {{name: flow, type: workflow, infrabox_file: compose/infrabox.json}}
+  - {{name: example, type: workflow, infrabox_file: transfer_data/infrabox.json}}
+"#
+    );
+    let submitted = common::submit(&mesh.gateway, &yaml).await;
+    let names = ["producer", "consumer", "image", "flow/test", "example/producer", "example/consumer"];
+    for name in names {
+        let id = common::id_of(&submitted, name);
+        let detail = common::wait_state(&mesh.gateway, &id, Duration::from_secs(300), JobState::is_final).await;
+        let log = String::from_utf8_lossy(&mesh.cli(&["logs", &id]).stdout).into_owned();
+        assert_eq!(detail.job.state, JobState::Finished, "{name}: {:?}\n{log}", detail.job.reason);
+        match name {
+            "producer" => {
+                assert_eq!(detail.job.cluster.as_ref().map(|c| c.as_str()), Some("aws"));
+                assert!(log.contains("token=*** build="), "the secret is masked: {log}");
+                assert!(!log.contains("tok-3f9a1c"), "{log}");
+            }
+            "consumer" => {
+                assert_eq!(
+                    detail.job.cluster.as_ref().map(|c| c.as_str()),
+                    Some("onprem"),
+                    "the child runs on another cluster"
+                );
+                assert!(log.contains("consumed: hello, made in the build"), "{log}");
+            }
+            "image" => assert!(log.contains("image ran"), "{log}"),
+            "flow/test" => assert!(log.contains("built") && log.contains("compose job"), "{log}"),
+            "example/consumer" => assert!(log.contains("from the example"), "{log}"),
+            _ => {}
+        }
+        // Only clusters with an engine ran container jobs.
+        assert_ne!(detail.job.cluster.as_ref().map(|c| c.as_str()), Some("gcp"), "{name}");
+    }
+}
