@@ -221,6 +221,37 @@ pub struct KubernetesFile {
     /// as an unprivileged user under the restricted security context.
     #[serde(default)]
     pub allow_root: bool,
+    /// A daemonless image builder in the pod, for `docker` jobs (absent: they do not run here).
+    #[serde(default)]
+    pub builder: Option<BuilderFile>,
+}
+
+/// `jobs.kubernetes.builder`: the container that builds a `docker` job's Dockerfile in its pod
+/// and pushes the image to the cluster's registry, which then runs it. Its command line is the
+/// builder's (`--dockerfile`, `--context`, `--destination`, `--build-arg`, `--target`): kaniko's
+/// executor, or a builder taking the same flags.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuilderFile {
+    /// The builder's image (kaniko's executor, say).
+    pub image: String,
+    /// Where built images go: `registry.example:5000/atoll` (an image is
+    /// `<registry>/<job>:<pipeline>-<attempt>`); the cluster's nodes pull from it.
+    pub registry: String,
+    /// The builder's program in its image.
+    #[serde(default = "default_builder_command")]
+    pub command: Vec<String>,
+    /// More arguments for every build (`--cache=true`, `--insecure`).
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// A Secret (docker `config.json` under the key `config.json`) mounted where the builder
+    /// reads registry credentials (`/kaniko/.docker`).
+    #[serde(default)]
+    pub push_secret: Option<String>,
+}
+
+fn default_builder_command() -> Vec<String> {
+    vec!["/kaniko/executor".to_string()]
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -510,7 +541,7 @@ fn resolve_user(user: &str) -> Result<(u32, u32), String> {
 #[derive(Debug, Clone)]
 pub enum ExecutorConfig {
     Process,
-    Kubernetes(KubernetesConfig),
+    Kubernetes(Box<KubernetesConfig>),
 }
 
 #[derive(Debug, Clone)]
@@ -525,6 +556,17 @@ pub struct KubernetesConfig {
     pub pod_urls: Vec<String>,
     pub helper_image: String,
     pub allow_root: bool,
+    pub builder: Option<BuilderConfig>,
+}
+
+/// `jobs.kubernetes.builder`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuilderConfig {
+    pub image: String,
+    pub registry: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub push_secret: Option<String>,
 }
 
 fn check_jobs(
@@ -628,7 +670,7 @@ fn check_jobs(
                 let host = advertise.rsplit_once(':').map_or(advertise, |(host, _)| host);
                 pod_urls.push(format!("https://{host}:{}", pod_listen.port()));
             }
-            ExecutorConfig::Kubernetes(KubernetesConfig {
+            ExecutorConfig::Kubernetes(Box::new(KubernetesConfig {
                 api: k.api,
                 namespace: k.namespace,
                 command_image: k.command_image,
@@ -637,7 +679,8 @@ fn check_jobs(
                 pod_urls,
                 helper_image: k.helper_image,
                 allow_root: k.allow_root,
-            })
+                builder: k.builder.map(|b| check_builder(b, invalid)).transpose()?,
+            }))
         }
         (other, _) => {
             return Err(invalid("jobs.executor", format!("unknown executor {other:?} (one of: process, kubernetes)")));
@@ -650,6 +693,46 @@ fn check_jobs(
         sandbox,
         log_limit: file.log_limit_bytes,
         containers,
+    })
+}
+
+fn check_builder(
+    file: BuilderFile,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<BuilderConfig, ConfigError> {
+    if file.image.trim().is_empty() || file.image.chars().any(char::is_whitespace) {
+        return Err(invalid("jobs.kubernetes.builder.image", format!("{:?} is not an image", file.image)));
+    }
+    let registry = file.registry.trim_end_matches('/');
+    if registry.is_empty()
+        || registry.contains("://")
+        || registry.chars().any(|c| c.is_whitespace() || c.is_uppercase())
+    {
+        return Err(invalid(
+            "jobs.kubernetes.builder.registry",
+            format!("{:?} is not a registry and path (host[:port]/path, lowercase, no scheme)", file.registry),
+        ));
+    }
+    if file.command.is_empty() || file.command.iter().any(String::is_empty) {
+        return Err(invalid("jobs.kubernetes.builder.command", "needs the builder's program".into()));
+    }
+    if let Some(i) = file.args.iter().position(String::is_empty) {
+        return Err(invalid(&format!("jobs.kubernetes.builder.args[{i}]"), "an argument cannot be empty".into()));
+    }
+    if let Some(name) = &file.push_secret {
+        let dns = !name.is_empty()
+            && name.len() <= 253
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if !dns {
+            return Err(invalid("jobs.kubernetes.builder.push_secret", format!("{name:?} is not a Secret's name")));
+        }
+    }
+    Ok(BuilderConfig {
+        image: file.image,
+        registry: registry.to_string(),
+        command: file.command,
+        args: file.args,
+        push_secret: file.push_secret,
     })
 }
 

@@ -88,12 +88,17 @@ impl Executor {
                 }
                 atoll_api::spec::Capabilities { executor: "process".into(), runs, secrets: true, missing }
             }
-            Executor::Kubernetes(_) => atoll_api::spec::Capabilities {
-                executor: "kubernetes".into(),
-                runs: vec![JobKind::Command, JobKind::DockerImage],
-                secrets: false,
-                missing: vec!["no image builder in job pods yet".to_string()],
-            },
+            Executor::Kubernetes(k) => {
+                let mut runs = vec![JobKind::Command, JobKind::DockerImage];
+                let mut missing = Vec::new();
+                if k.builds_images() {
+                    runs.push(JobKind::Docker);
+                } else {
+                    missing.push("no image builder (jobs.kubernetes.builder)".to_string());
+                }
+                missing.push("docker-compose needs the process executor with a compose program".to_string());
+                atoll_api::spec::Capabilities { executor: "kubernetes".into(), runs, secrets: false, missing }
+            }
         }
     }
 

@@ -24,6 +24,7 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::api::core::v1::Probe;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::api::core::v1::SeccompProfile;
+use k8s_openapi::api::core::v1::SecretVolumeSource;
 use k8s_openapi::api::core::v1::SecurityContext;
 use k8s_openapi::api::core::v1::Volume;
 use k8s_openapi::api::core::v1::VolumeMount;
@@ -47,6 +48,10 @@ const HELPER_DIR: &str = "/atoll/helper";
 pub const MAIN_CONTAINER: &str = "job";
 /// The init container that puts the inputs and the source in place before the job starts.
 pub const INPUTS_HELPER: &str = "atoll-inputs";
+/// The init container that builds a `docker` job's image before the job's container runs it.
+pub const BUILD_CONTAINER: &str = "atoll-build";
+/// Where a builder reads registry credentials (kaniko's place).
+const BUILDER_DOCKER_CONFIG: &str = "/kaniko/.docker";
 /// The sidecar that stores the output once the job's container ended.
 pub const OUTPUT_HELPER: &str = "atoll-output";
 /// How long the output helper has, once the job's container ended, to store the output.
@@ -118,6 +123,9 @@ pub struct PodSetup {
     /// Whether job containers may run as root (`jobs.kubernetes.allow_root`); otherwise every
     /// container runs as an unprivileged user under the restricted security context.
     pub allow_root: bool,
+    /// Builds `docker` jobs' images in the pod (`jobs.kubernetes.builder`); `None`: they do not
+    /// run here.
+    pub builder: Option<crate::config::BuilderConfig>,
 }
 
 /// The uid and gid job pods run as unless root is allowed (the conventional `nobody`).
@@ -162,8 +170,23 @@ pub fn build_job(request: &RunRequest, cluster: &str, setup: &PodSetup) -> Resul
                 "an include job runs nothing: its jobs take its place when the pipeline is submitted".to_string()
             );
         }
-        (JobKind::Docker | JobKind::DockerCompose, _) => {
-            return Err(format!("the kubernetes executor does not run {} jobs yet", spec.kind.as_str()));
+        (JobKind::DockerCompose, _) => {
+            return Err(
+                "the kubernetes executor does not run docker-compose jobs (a pod has no container engine)".into()
+            );
+        }
+        (JobKind::Docker, _) => {
+            let builder = setup.builder.as_ref().ok_or(
+                "a docker job needs an image builder in its pod (jobs.kubernetes.builder); this cluster has none",
+            )?;
+            let image = format!(
+                "{}/{}:{}-{}",
+                builder.registry,
+                dns_label(&spec.name.replace('/', "-")),
+                label_value(&request.pipeline),
+                request.attempt
+            );
+            (image, None)
         }
         (JobKind::Command, Some(JobCommand::Shell(line))) => {
             (command_image.to_string(), Some(vec!["sh".to_string(), "-c".to_string(), line.clone()]))
@@ -226,6 +249,38 @@ pub fn build_job(request: &RunRequest, cluster: &str, setup: &PodSetup) -> Resul
         mounts.push(mount("source", SOURCE_DIR));
         volumes.push(volume("source"));
     }
+    // The job's build context, in the source: the directory of the file that defines it, then
+    // `build_context` (checked to stay inside the source).
+    let context = match &spec.source {
+        Some(_) => Some(context_dir(spec)?),
+        None if spec.kind == JobKind::Docker => {
+            return Err(
+                "a docker job builds from the pipeline's source: push the files (`atoll push DIR`) and name the source"
+                    .into(),
+            );
+        }
+        None => None,
+    };
+    // InfraBox's paths too, for the images written for InfraBox.
+    let mut job_mounts = mounts.clone();
+    if matches!(spec.kind, JobKind::Docker | JobKind::DockerImage) {
+        job_mounts.push(mount("output", "/infrabox/output"));
+        for input in &request.inputs {
+            let short = input.from_job.rsplit('/').next().unwrap_or(&input.from_job);
+            job_mounts.push(VolumeMount {
+                sub_path: Some(input.from_job.clone()),
+                read_only: Some(true),
+                ..mount("inputs", &format!("/infrabox/inputs/{short}"))
+            });
+        }
+        if let Some(context) = &context {
+            let sub = context.strip_prefix(SOURCE_DIR).unwrap_or("").trim_start_matches('/');
+            job_mounts.push(VolumeMount {
+                sub_path: (!sub.is_empty()).then(|| sub.to_string()),
+                ..mount("source", "/infrabox/context")
+            });
+        }
+    }
     // The helpers run the atoll binary of the helper image; what they share with the replicas.
     let helper_env = [
         env_var(pod::CLUSTER, cluster),
@@ -279,6 +334,33 @@ pub fn build_job(request: &RunRequest, cluster: &str, setup: &PodSetup) -> Resul
         ..Default::default()
     });
     volumes.push(volume("helper"));
+    let mut main = Container {
+        name: MAIN_CONTAINER.to_string(),
+        image: Some(image),
+        command,
+        env: Some(env),
+        resources: (!limits.is_empty()).then(|| ResourceRequirements { limits: Some(limits), ..Default::default() }),
+        volume_mounts: Some(job_mounts),
+        security_context: Some(container_security(setup.allow_root)),
+        ..Default::default()
+    };
+    if let (JobKind::Docker, Some(builder), Some(context)) = (&spec.kind, &setup.builder, &context) {
+        let build = build_container(request, builder, context, main.image.as_deref().unwrap_or_default(), &main)?;
+        if let Some(secret) = &builder.push_secret {
+            volumes.push(Volume {
+                name: "registry".into(),
+                secret: Some(SecretVolumeSource { secret_name: Some(secret.clone()), ..Default::default() }),
+                ..Default::default()
+            });
+        }
+        if spec.container.build_only == Some(false) {
+            // Built first, then run by the job's container.
+            init_containers.push(build);
+        } else {
+            // InfraBox's default: the build is the job.
+            main = Container { name: MAIN_CONTAINER.to_string(), ..build };
+        }
+    }
     init_containers.push(output_helper);
     Ok(Job {
         metadata: ObjectMeta {
@@ -303,17 +385,7 @@ pub fn build_job(request: &RunRequest, cluster: &str, setup: &PodSetup) -> Resul
                     security_context: Some(pod_security(setup.allow_root)),
                     termination_grace_period_seconds: Some(OUTPUT_GRACE_S),
                     init_containers: Some(init_containers),
-                    containers: vec![Container {
-                        name: MAIN_CONTAINER.to_string(),
-                        image: Some(image),
-                        command,
-                        env: Some(env),
-                        resources: (!limits.is_empty())
-                            .then(|| ResourceRequirements { limits: Some(limits), ..Default::default() }),
-                        volume_mounts: Some(mounts),
-                        security_context: Some(container_security(setup.allow_root)),
-                        ..Default::default()
-                    }],
+                    containers: vec![main],
                     volumes: Some(volumes),
                     ..Default::default()
                 }),
@@ -321,6 +393,97 @@ pub fn build_job(request: &RunRequest, cluster: &str, setup: &PodSetup) -> Resul
             ..Default::default()
         }),
         status: None,
+    })
+}
+
+/// `rel` joined to `base` without `.` and `..`; `None` when it climbs above `base`.
+fn join_inside(base: &str, rel: &str) -> Option<String> {
+    let mut parts: Vec<&str> = base.split('/').filter(|p| !p.is_empty()).collect();
+    let floor = parts.len();
+    for part in rel.split('/') {
+        match part {
+            "" | "." => {}
+            ".." if parts.len() > floor => {
+                parts.pop();
+            }
+            ".." => return None,
+            p => parts.push(p),
+        }
+    }
+    Some(format!("/{}", parts.join("/")))
+}
+
+/// The build context of a job in the pod: under [`SOURCE_DIR`], the directory of the file that
+/// defines it, then `build_context`.
+fn context_dir(spec: &atoll_api::spec::JobSpec) -> Result<String, String> {
+    let file_dir = spec.defined_in.as_ref().map(|d| d.dir.as_str()).unwrap_or("");
+    let base = join_inside(SOURCE_DIR, file_dir).ok_or("the job's file lies outside its source")?;
+    match &spec.container.build_context {
+        Some(rel) => join_inside(&base, rel)
+            .filter(|p| p.starts_with(SOURCE_DIR))
+            .ok_or_else(|| format!("build_context {rel:?} leads out of the job's source")),
+        None => Ok(base),
+    }
+}
+
+/// The container that builds the image `image` from `context` with the builder's command line
+/// (kaniko's flags), with the job's limits. The builder runs as root: building an image's file
+/// system needs it (kaniko refuses otherwise), in this container only.
+fn build_container(
+    request: &RunRequest,
+    builder: &crate::config::BuilderConfig,
+    context: &str,
+    image: &str,
+    job: &Container,
+) -> Result<Container, String> {
+    let spec = &request.spec;
+    let docker_file = spec.container.docker_file.as_deref().unwrap_or("Dockerfile");
+    let docker_file = join_inside(context, docker_file)
+        .filter(|p| p.starts_with(SOURCE_DIR))
+        .ok_or_else(|| format!("docker_file {docker_file:?} leads out of the job's source"))?;
+    let (program, first) = builder.command.split_first().ok_or("the builder has no command")?;
+    let mut args: Vec<String> = first.to_vec();
+    args.extend([
+        format!("--dockerfile={docker_file}"),
+        format!("--context=dir://{context}"),
+        format!("--destination={image}"),
+        format!("--build-arg=INFRABOX_BUILD_NUMBER={}", request.pipeline),
+    ]);
+    args.extend(spec.container.build_arguments.iter().map(|(k, v)| format!("--build-arg={k}={v}")));
+    if let Some(target) = &spec.container.target {
+        args.push(format!("--target={target}"));
+    }
+    args.extend(builder.args.iter().cloned());
+    let mut mounts = vec![VolumeMount {
+        name: "source".into(),
+        mount_path: SOURCE_DIR.into(),
+        read_only: Some(true),
+        ..Default::default()
+    }];
+    if builder.push_secret.is_some() {
+        mounts.push(VolumeMount {
+            name: "registry".into(),
+            mount_path: BUILDER_DOCKER_CONFIG.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    Ok(Container {
+        name: BUILD_CONTAINER.to_string(),
+        image: Some(builder.image.clone()),
+        command: Some(vec![program.clone()]),
+        args: Some(args),
+        resources: job.resources.clone(),
+        volume_mounts: Some(mounts),
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
     })
 }
 
@@ -432,6 +595,7 @@ mod tests {
             pod_urls: vec!["https://aws-1:7201".to_string(), "https://aws-2:7201".to_string()],
             ca_pem: "-----BEGIN CERTIFICATE-----".to_string(),
             allow_root: false,
+            builder: None,
         }
     }
 
@@ -539,6 +703,100 @@ mod tests {
 
     fn env_of(c: &Container) -> BTreeMap<String, String> {
         c.env.iter().flatten().map(|e| (e.name.clone(), e.value.clone().unwrap_or_default())).collect()
+    }
+
+    fn with_builder() -> PodSetup {
+        PodSetup {
+            builder: Some(crate::config::BuilderConfig {
+                image: "kaniko:test".into(),
+                registry: "registry.local:5000/atoll".into(),
+                command: vec!["/kaniko/executor".into()],
+                args: vec!["--insecure".into()],
+                push_secret: Some("registry-push".into()),
+            }),
+            ..setup("busybox")
+        }
+    }
+
+    #[test]
+    fn a_docker_job_is_built_in_its_pod_by_the_builder_then_run_with_infraboxs_paths() {
+        let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let extra = format!(
+            "    docker_file: infrabox/Dockerfile\n    build_only: false\n    build_arguments: {{V: '1'}}\n    target: test\n    source: {}\n",
+            digest('f')
+        );
+        let mut req = request("docker", &extra);
+        req.spec.defined_in = Some(atoll_api::spec::DefinedIn { dir: "app".into(), at: String::new(), git: None });
+        req.inputs = vec![atoll_api::jobs::AssignedInput {
+            from_job: "flow/make".into(),
+            job: "0123456789ab.flow.make".into(),
+            cluster: "gcp".parse().unwrap(),
+            mode: atoll_api::jobs::InputMode::Direct,
+            digest: digest('a'),
+            size: 10,
+        }];
+        let job = build_job(&req, "aws", &with_builder()).unwrap();
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let init = pod.init_containers.unwrap();
+        let names: Vec<&str> = init.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, [INPUTS_HELPER, BUILD_CONTAINER, OUTPUT_HELPER], "the source in, built, then run");
+        let build = &init[1];
+        assert_eq!(build.image.as_deref(), Some("kaniko:test"));
+        assert_eq!(build.command.as_deref(), Some(&["/kaniko/executor".to_string()][..]));
+        assert_eq!(
+            build.args.as_deref().unwrap(),
+            [
+                "--dockerfile=/atoll/source/app/infrabox/Dockerfile",
+                "--context=dir:///atoll/source/app",
+                "--destination=registry.local:5000/atoll/build:0123456789ab-2",
+                "--build-arg=INFRABOX_BUILD_NUMBER=0123456789ab",
+                "--build-arg=V=1",
+                "--target=test",
+                "--insecure",
+            ]
+        );
+        let mounts: Vec<&str> = build.volume_mounts.iter().flatten().map(|m| m.mount_path.as_str()).collect();
+        assert_eq!(mounts, ["/atoll/source", "/kaniko/.docker"]);
+        assert_eq!(build.security_context.as_ref().unwrap().run_as_user, Some(0), "building needs root");
+        let main = &pod.containers[0];
+        assert_eq!(main.image.as_deref(), Some("registry.local:5000/atoll/build:0123456789ab-2"));
+        assert_eq!(main.command, None, "the image's own entrypoint");
+        let mounts: Vec<(&str, Option<&str>)> =
+            main.volume_mounts.iter().flatten().map(|m| (m.mount_path.as_str(), m.sub_path.as_deref())).collect();
+        assert_eq!(
+            mounts,
+            [
+                ("/atoll/output", None),
+                ("/atoll/inputs", None),
+                ("/atoll/source", None),
+                ("/infrabox/output", None),
+                ("/infrabox/inputs/make", Some("flow/make")),
+                ("/infrabox/context", Some("app")),
+            ]
+        );
+        let volumes: Vec<&str> = pod.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+        assert!(volumes.contains(&"registry"), "{volumes:?}");
+
+        // InfraBox's default, build_only: the build is the job.
+        let only = request("docker", &format!("    docker_file: Dockerfile\n    source: {}\n", digest('f')));
+        let job = build_job(&only, "aws", &with_builder()).unwrap();
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.containers[0].name, MAIN_CONTAINER);
+        assert_eq!(pod.containers[0].image.as_deref(), Some("kaniko:test"));
+        let names: Vec<String> = pod.init_containers.unwrap().into_iter().map(|c| c.name).collect();
+        assert_eq!(names, [INPUTS_HELPER, OUTPUT_HELPER]);
+
+        // Refused, saying why: no builder, no source, a path out of the source, compose.
+        let err = build_job(&only, "aws", &setup("busybox")).unwrap_err();
+        assert!(err.contains("needs an image builder in its pod (jobs.kubernetes.builder)"), "{err}");
+        let err = build_job(&request("docker", "    docker_file: D\n"), "aws", &with_builder()).unwrap_err();
+        assert!(err.contains("builds from the pipeline's source"), "{err}");
+        let out = request("docker", &format!("    docker_file: ../../../etc/x\n    source: {}\n", digest('f')));
+        let err = build_job(&out, "aws", &with_builder()).unwrap_err();
+        assert!(err.contains("docker_file \"../../../etc/x\" leads out of the job's source"), "{err}");
+        let compose = request("docker-compose", "    docker_compose_file: c.yml\n");
+        let err = build_job(&compose, "aws", &with_builder()).unwrap_err();
+        assert!(err.contains("does not run docker-compose jobs"), "{err}");
     }
 
     #[test]

@@ -121,12 +121,18 @@ impl KubernetesExecutor {
                 pod_urls: config.pod_urls.clone(),
                 ca_pem,
                 allow_root: config.allow_root,
+                builder: config.builder.clone(),
             },
             cluster: cluster.to_string(),
             poll: config.poll,
             transfers,
             log_limit,
         })
+    }
+
+    /// Whether `docker` jobs' images are built in their pods (`jobs.kubernetes.builder`).
+    pub fn builds_images(&self) -> bool {
+        self.setup.builder.is_some()
     }
 
     fn jobs(&self) -> Api<Job> {
