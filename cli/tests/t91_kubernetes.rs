@@ -5,7 +5,10 @@
 //! while Jobs run is followed by one that adopts them: no Job is created twice, the attempt is
 //! not repeated, and its result is accepted once. A leader deletes its cluster's Jobs that no
 //! held attempt names. A Job's pod brings its inputs and source in and its output out through
-//! its helpers (the `atoll` binary under test) and the replicas' pod listeners.
+//! its helpers (the `atoll` binary under test) and the replicas' pod listeners. A `docker` job is
+//! built in its pod by the configured builder (a stand-in script taking kaniko's flags) and run
+//! from the cluster's registry; a job's secrets reach its pod through a Secret of the attempt,
+//! never in the Job.
 
 mod common;
 
@@ -293,4 +296,113 @@ jobs:
     assert_eq!(done.job.state, JobState::Error, "{done:?}");
     let message = done.attempts[0].message.clone().unwrap_or_default();
     assert!(message.starts_with("delivering its inputs failed: ") && message.contains("not the secret"), "{message}");
+}
+
+/// A builder for the fake kubelet: prints its arguments, checks the Dockerfile came in with the
+/// source (the fake shows mounts at their volumes' directories), and fails when it names `FAIL`.
+const FAKE_BUILDER: &str = r#"for a; do echo "builder arg $a"; case $a in --dockerfile=*) f=${a#--dockerfile=}; test -f "$f" || { echo "no Dockerfile at $f"; exit 9; }; grep -q FAIL "$f" && { echo "the build failed"; exit 7; } ;; esac; done; echo built"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_job_is_built_in_its_pod_by_the_builder_and_secrets_reach_pods_through_a_secret() {
+    let fake = FakeKube::start().await;
+    let api = fake.url.clone();
+    let mesh = GatewayMesh::start_with(Engine::Sqlite, 1, 3, test_gateway_timing(), false, move |layout| {
+        layout.clusters[0].kubernetes_api = Some(api);
+        layout.clusters[0].pod_ports = atoll_mesh::allocate_ports(3, 0).expect("pod ports");
+        layout.clusters[0].kubernetes_builder = Some(atoll_mesh::KubernetesBuilder {
+            image: "kaniko:test".into(),
+            registry: "registry.local:5000/atoll".into(),
+            command: vec!["sh".into(), "-c".into(), FAKE_BUILDER.into(), "builder".into()],
+            args: vec!["--insecure".into()],
+        });
+    })
+    .await;
+    let gateway = &mesh.gateway;
+
+    phase("the cluster says it builds images, and gives jobs secrets");
+    let caps = eventually(Duration::from_secs(30), "aws's capabilities", || async {
+        mesh.cluster("aws").await.and_then(|c| c.capabilities)
+    })
+    .await;
+    assert_eq!(caps.executor, "kubernetes");
+    assert!(caps.runs.contains(&atoll_api::spec::JobKind::Docker) && caps.secrets, "{caps:?}");
+
+    phase("a docker job: built by the builder in its pod from the pushed source, then run");
+    let dir = mesh.t.dir.path().join("project");
+    std::fs::create_dir_all(dir.join("app/infrabox")).unwrap();
+    std::fs::write(dir.join("app/infrabox/Dockerfile"), "FROM scratch\n").unwrap();
+    std::fs::write(dir.join("app/infrabox/Broken"), "FROM scratch\nRUN FAIL\n").unwrap();
+    let source = mesh.push(&dir)["digest"].as_str().expect("digest").to_string();
+    let yaml = format!(
+        r#"
+version: 1
+source: {source}
+jobs:
+  - {{name: built, type: docker, docker_file: app/infrabox/Dockerfile, build_only: false, build_arguments: {{V: "1"}}, timeout: 60}}
+  - {{name: only, type: docker, docker_file: app/infrabox/Dockerfile, timeout: 60}}
+  - {{name: broken, type: docker, docker_file: app/infrabox/Broken, build_only: false, timeout: 60}}
+"#
+    );
+    let submitted = submit(gateway, &yaml).await;
+    let built = id_of(&submitted, "built");
+    let detail = wait_final(gateway, &built).await;
+    assert_eq!(detail.job.state, JobState::Finished, "{detail:?}");
+    let log = String::from_utf8_lossy(&mesh.cli(&["logs", &built]).stdout).into_owned();
+    assert!(
+        log.contains("fake kubelet: registry.local:5000/atoll/built:"),
+        "the job's container runs the built image: {log}"
+    );
+    let pod = fake.pod_spec(&job_name(&built, 1)).expect("the Job's pod");
+    let build = &pod["initContainers"][1];
+    assert_eq!(build["name"], "atoll-build");
+    let args: Vec<&str> = build["args"].as_array().unwrap().iter().filter_map(|a| a.as_str()).collect();
+    assert!(args.contains(&"--build-arg=V=1") && args.contains(&"--insecure"), "{args:?}");
+
+    phase("build_only (InfraBox's default): the build is the job, its log the builder's");
+    let only = id_of(&submitted, "only");
+    let detail = wait_final(gateway, &only).await;
+    assert_eq!(detail.job.state, JobState::Finished, "{detail:?}");
+    let log = String::from_utf8_lossy(&mesh.cli(&["logs", &only]).stdout).into_owned();
+    assert!(
+        log.contains("builder arg --destination=registry.local:5000/atoll/only:") && log.contains("built"),
+        "{log}"
+    );
+
+    phase("a Dockerfile that does not build: failure, with the builder's last line");
+    let detail = wait_final(gateway, &id_of(&submitted, "broken")).await;
+    assert_eq!(detail.job.state, JobState::Failure, "{detail:?}");
+    let message = detail.attempts[0].message.clone().unwrap_or_default();
+    assert_eq!(message, "building its image failed (exit 7): the build failed", "{detail:?}");
+
+    phase("a secret: in a Secret of the attempt, referred to by the pod, deleted with the Job");
+    let value = "k8s-s3cr3t-value";
+    let file = mesh.t.dir.path().join("token");
+    std::fs::write(&file, value).unwrap();
+    let out = mesh.cli(&["secret", "set", "token", "--from-file", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let submitted = submit(
+        gateway,
+        "version: 1\njobs: [{name: uses, type: command, command: 'printf %s \"$TOKEN\" | sha256sum', environment: {TOKEN: {$secret: token}}, timeout: 60}]\n",
+    )
+    .await;
+    let uses = id_of(&submitted, "uses");
+    let detail = wait_final(gateway, &uses).await;
+    assert_eq!(detail.job.state, JobState::Finished, "{detail:?}");
+    let log = String::from_utf8_lossy(&mesh.cli(&["logs", &uses]).stdout).into_owned();
+    let expected = std::process::Command::new("sh")
+        .args(["-c", &format!("printf %s '{value}' | sha256sum")])
+        .output()
+        .expect("sha256sum");
+    assert!(log.contains(String::from_utf8_lossy(&expected.stdout).trim()), "the job saw the value: {log}");
+    let name = job_name(&uses, 1);
+    let pod = fake.pod_spec(&name).expect("the Job's pod");
+    assert!(!pod.to_string().contains(value), "no value in the Job: {pod}");
+    let token = pod["containers"][0]["env"].as_array().unwrap().iter().find(|e| e["name"] == "TOKEN").unwrap().clone();
+    assert_eq!(token["valueFrom"]["secretKeyRef"]["name"], name.as_str(), "{token}");
+    eventually(Duration::from_secs(10), "the attempt's Secret is deleted with its Job", || async {
+        let (created, deleted) = fake.secret_history();
+        (created == [name.clone()] && deleted == [name.clone()]).then_some(())
+    })
+    .await;
+    assert!(fake.secrets().is_empty());
 }

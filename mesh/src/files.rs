@@ -262,6 +262,17 @@ fn agent_yaml(layout: &Layout, cluster: &ClusterLayout, replica: &ReplicaLayout)
         out.push_str(&format!(
             "  executor: kubernetes\n  kubernetes:\n    api: \"{api}\"\n    namespace: atoll\n    poll_ms: 100\n"
         ));
+        if let Some(b) = &cluster.kubernetes_builder {
+            let text = |s: &String| serde_json::to_string(s).unwrap_or_default();
+            let list = |l: &[String]| serde_json::to_string(l).unwrap_or_default();
+            out.push_str(&format!(
+                "    builder:\n      image: {}\n      registry: {}\n      command: {}\n      args: {}\n",
+                text(&b.image),
+                text(&b.registry),
+                list(&b.command),
+                list(&b.args)
+            ));
+        }
         // Pods reach every replica's pod listener (as through a Service in front of them).
         let index = cluster.replicas.iter().position(|r| r.id == replica.id).unwrap_or(0);
         if let Some(port) = cluster.pod_ports.get(index) {

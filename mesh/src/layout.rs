@@ -117,6 +117,19 @@ pub struct ClusterLayout {
     /// `jobs.containers`: the container engine of the process executor (none when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_containers: Option<JobContainers>,
+    /// `jobs.kubernetes.builder` (with `kubernetes_api`): the image builder in job pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_builder: Option<KubernetesBuilder>,
+}
+
+/// `jobs.kubernetes.builder` of a cluster's agents, as written to their config.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubernetesBuilder {
+    pub image: String,
+    pub registry: String,
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
 }
 
 /// `jobs.containers` of a cluster's agents, as written to their config.
@@ -448,6 +461,7 @@ impl Layout {
                 store_fsync: None,
                 job_writable_paths: Vec::new(),
                 job_containers: None,
+                kubernetes_builder: None,
             })
             .collect();
         Ok(Self { clusters, raft: RaftKnobs::default(), gateway: None, postgres: None })

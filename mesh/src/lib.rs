@@ -28,6 +28,7 @@ pub use layout::GatewayLayout;
 pub use layout::GatewayReplicaLayout;
 pub use layout::GatewayTiming;
 pub use layout::JobContainers;
+pub use layout::KubernetesBuilder;
 pub use layout::Layout;
 pub use layout::LeaseTiming;
 pub use layout::Placement;

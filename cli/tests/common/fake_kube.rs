@@ -3,7 +3,9 @@
 //!
 //! It serves the part of the API the executor uses, with the answers a real server gives
 //! (objects, lists, `Status` errors with their reasons): batch/v1 Jobs (create, get, list by
-//! label selector, delete) and core/v1 pods (list by label selector, log, followed or not). It
+//! label selector, delete), core/v1 pods (list by label selector, log, followed or not) and
+//! core/v1 Secrets (create, list by label selector, delete; a container's variable from a
+//! Secret's key gets its value when the pod is made). It
 //! also plays the Job controller and the kubelet: creating a Job creates its one pod. Its init
 //! containers run first, one after the other (a failed one fails the pod, as with `restartPolicy:
 //! Never`); one with `restartPolicy: Always` is a sidecar: started, and stopped with SIGTERM once
@@ -89,6 +91,13 @@ struct Inner {
     /// Job name -> how many times a create made it.
     creates: HashMap<String, u32>,
     deletes: Vec<String>,
+    /// Job name -> the pod spec it was last created with (kept after the Job is deleted).
+    specs: HashMap<String, Value>,
+    /// Secrets by name, as created (`stringData` kept as given).
+    secrets: BTreeMap<String, Value>,
+    /// Secrets ever created, by name, and the ones deleted.
+    secrets_created: Vec<String>,
+    secrets_deleted: Vec<String>,
     next_uid: u64,
     /// Environment values every container of a pod created from now on runs with instead.
     tampered: Vec<(String, String)>,
@@ -112,6 +121,8 @@ impl FakeKube {
             .route("/apis/batch/v1/namespaces/{ns}/jobs", get(list_jobs).post(create_job))
             .route("/apis/batch/v1/namespaces/{ns}/jobs/{name}", get(get_job).delete(delete_job))
             .route("/api/v1/namespaces/{ns}/pods", get(list_pods))
+            .route("/api/v1/namespaces/{ns}/secrets", get(list_secrets).post(create_secret))
+            .route("/api/v1/namespaces/{ns}/secrets/{name}", axum::routing::delete(delete_secret))
             .route("/api/v1/namespaces/{ns}/pods/{pod}/log", get(pod_log))
             .fallback(|| async { status(StatusCode::NOT_FOUND, "NotFound", "no such path in the fake API") })
             .with_state(state);
@@ -176,6 +187,22 @@ impl FakeKube {
         let c = all.into_iter().find(|c| c["name"] == container)?;
         let env = c.get("env")?.as_array()?.iter().find(|e| e["name"] == var)?.get("value")?.as_str()?.to_string();
         Some(env)
+    }
+
+    /// The pod spec the Job `name` was last created with, deleted since or not.
+    pub fn pod_spec(&self, name: &str) -> Option<Value> {
+        self.inner.lock().unwrap().specs.get(name).cloned()
+    }
+
+    /// The Secrets that exist now, by name, as created.
+    pub fn secrets(&self) -> BTreeMap<String, Value> {
+        self.inner.lock().unwrap().secrets.clone()
+    }
+
+    /// The Secrets ever created, and those deleted since.
+    pub fn secret_history(&self) -> (Vec<String>, Vec<String>) {
+        let guard = self.inner.lock().unwrap();
+        (guard.secrets_created.clone(), guard.secrets_deleted.clone())
     }
 
     /// Names of the Jobs that exist now.
@@ -249,6 +276,22 @@ async fn create_job(
         for container in pod_spec.get_mut(key).and_then(Value::as_array_mut).into_iter().flatten() {
             for var in container.get_mut("env").and_then(Value::as_array_mut).into_iter().flatten() {
                 if let Some((_, value)) = guard.tampered.iter().find(|(name, _)| var["name"] == name.as_str()) {
+                    var["value"] = json!(value);
+                }
+            }
+        }
+    }
+    guard.specs.insert(name.clone(), pod_spec.clone());
+    // As a kubelet does when it starts a container: a variable from a Secret's key gets its
+    // value (the Job keeps the reference).
+    for key in ["initContainers", "containers"] {
+        for container in pod_spec.get_mut(key).and_then(Value::as_array_mut).into_iter().flatten() {
+            for var in container.get_mut("env").and_then(Value::as_array_mut).into_iter().flatten() {
+                let Some(reference) = var.pointer("/valueFrom/secretKeyRef").cloned() else { continue };
+                let (Some(secret), Some(key)) = (reference["name"].as_str(), reference["key"].as_str()) else {
+                    continue;
+                };
+                if let Some(value) = guard.secrets.get(secret).and_then(|s| s["stringData"][key].as_str()) {
                     var["value"] = json!(value);
                 }
             }
@@ -593,6 +636,53 @@ async fn delete_job(State((inner, _)): State<AppState>, Path((_ns, name)): Path<
     Json(json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
         "details": {"name": name, "group": "batch", "kind": "jobs"},
+    }))
+    .into_response()
+}
+
+async fn create_secret(
+    State((inner, _)): State<AppState>,
+    Path(ns): Path<String>,
+    Json(mut secret): Json<Value>,
+) -> Response {
+    let Some(name) = secret.pointer("/metadata/name").and_then(Value::as_str).map(str::to_string) else {
+        return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "metadata.name is required");
+    };
+    let mut guard = inner.lock().unwrap();
+    if guard.secrets.contains_key(&name) {
+        return status(StatusCode::CONFLICT, "AlreadyExists", &format!("secrets \"{name}\" already exists"));
+    }
+    secret["metadata"]["namespace"] = json!(ns);
+    guard.secrets.insert(name.clone(), secret.clone());
+    guard.secrets_created.push(name);
+    (StatusCode::CREATED, Json(secret)).into_response()
+}
+
+async fn list_secrets(
+    State((inner, _)): State<AppState>,
+    Path(_ns): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let guard = inner.lock().unwrap();
+    let items: Vec<Value> = guard
+        .secrets
+        .values()
+        .filter(|s| matches(query.get("labelSelector"), &s["metadata"]["labels"]))
+        .cloned()
+        .collect();
+    Json(json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {"resourceVersion": "1"}, "items": items}))
+        .into_response()
+}
+
+async fn delete_secret(State((inner, _)): State<AppState>, Path((_ns, name)): Path<(String, String)>) -> Response {
+    let mut guard = inner.lock().unwrap();
+    if guard.secrets.remove(&name).is_none() {
+        return status(StatusCode::NOT_FOUND, "NotFound", &format!("secrets \"{name}\" not found"));
+    }
+    guard.secrets_deleted.push(name.clone());
+    Json(json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+        "details": {"name": name, "kind": "secrets"},
     }))
     .into_response()
 }

@@ -97,7 +97,7 @@ impl Executor {
                     missing.push("no image builder (jobs.kubernetes.builder)".to_string());
                 }
                 missing.push("docker-compose needs the process executor with a compose program".to_string());
-                atoll_api::spec::Capabilities { executor: "kubernetes".into(), runs, secrets: false, missing }
+                atoll_api::spec::Capabilities { executor: "kubernetes".into(), runs, secrets: true, missing }
             }
         }
     }

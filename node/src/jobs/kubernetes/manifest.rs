@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::Container;
 use k8s_openapi::api::core::v1::ContainerStateTerminated;
 use k8s_openapi::api::core::v1::EmptyDirVolumeSource;
 use k8s_openapi::api::core::v1::EnvVar;
+use k8s_openapi::api::core::v1::EnvVarSource;
 use k8s_openapi::api::core::v1::ExecAction;
 use k8s_openapi::api::core::v1::PodSecurityContext;
 use k8s_openapi::api::core::v1::PodSpec;
@@ -24,6 +25,8 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::api::core::v1::Probe;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::api::core::v1::SeccompProfile;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::SecretKeySelector;
 use k8s_openapi::api::core::v1::SecretVolumeSource;
 use k8s_openapi::api::core::v1::SecurityContext;
 use k8s_openapi::api::core::v1::Volume;
@@ -159,10 +162,6 @@ pub fn build_job(request: &RunRequest, cluster: &str, setup: &PodSetup) -> Resul
     let command_image = setup.command_image.as_str();
     let spec = &request.spec;
     let secret = request.secret.as_deref().ok_or("the attempt has no secret recorded for its pod's helpers")?;
-    if !spec.secret_env.is_empty() {
-        // A value in the Job's spec would be readable by anyone who may read Jobs.
-        return Err("the kubernetes executor does not pass secrets to jobs yet (environment with $secret)".to_string());
-    }
     let (image, command) = match (&spec.kind, &spec.command) {
         (JobKind::Wait, _) => return Err("a wait job runs nothing".to_string()),
         (JobKind::Workflow | JobKind::Git, _) => {
@@ -218,6 +217,20 @@ pub fn build_job(request: &RunRequest, cluster: &str, setup: &PodSetup) -> Resul
     let infrabox = atoll_api::spec::infrabox_env(&request.job, &request.pipeline, request.attempt, spec);
     env.extend(infrabox.iter().filter(|(k, _)| !spec.environment.contains_key(k)).map(|(k, v)| env_var(k, v)));
     env.extend(spec.environment.iter().map(|(k, v)| env_var(k, v)));
+    // Secret variables by reference to the attempt's Secret ([`secret_for`]): no value in the
+    // Job, which more may read than the Secret.
+    env.extend(spec.secret_env.keys().map(|key| EnvVar {
+        name: key.clone(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: job_name(&request.job, request.attempt),
+                key: key.clone(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }));
     let mut limits = BTreeMap::new();
     if let Some(cpu) = spec.resources.cpu_millis {
         limits.insert("cpu".to_string(), Quantity(format!("{cpu}m")));
@@ -396,6 +409,28 @@ pub fn build_job(request: &RunRequest, cluster: &str, setup: &PodSetup) -> Resul
     })
 }
 
+/// The Secret holding the values of an attempt's secret variables, named as its Job and labelled
+/// alike (so a sweep finds it): the pod's environment refers to it.
+pub fn secret_for(request: &RunRequest, cluster: &str, values: &BTreeMap<String, String>) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(job_name(&request.job, request.attempt)),
+            labels: Some(BTreeMap::from([
+                (LABEL_MANAGED_BY.to_string(), "atoll".to_string()),
+                (LABEL_CLUSTER.to_string(), label_value(cluster)),
+                (LABEL_PIPELINE.to_string(), label_value(&request.pipeline)),
+                (LABEL_JOB.to_string(), label_value(&request.job)),
+                (LABEL_ATTEMPT.to_string(), request.attempt.to_string()),
+            ])),
+            ..Default::default()
+        },
+        type_: Some("Opaque".to_string()),
+        string_data: Some(values.clone()),
+        immutable: Some(true),
+        ..Default::default()
+    }
+}
+
 /// `rel` joined to `base` without `.` and `..`; `None` when it climbs above `base`.
 fn join_inside(base: &str, rel: &str) -> Option<String> {
     let mut parts: Vec<&str> = base.split('/').filter(|p| !p.is_empty()).collect();
@@ -533,6 +568,8 @@ pub struct PodEnd {
     pub inputs_failed: Option<String>,
     /// The output helper ended without storing the output.
     pub output_failed: Option<String>,
+    /// The image build (before the job's container) failed: its exit code and last line.
+    pub build_failed: Option<(i32, String)>,
 }
 
 /// The end of an attempt from its Job's outcome and its pod's helpers (pure): inputs that never
@@ -543,6 +580,10 @@ pub fn with_helpers(
 ) -> (EndState, Option<i32>, Option<String>) {
     if let Some(why) = &pod.inputs_failed {
         return (EndState::Error, None, Some(format!("delivering its inputs failed: {why}")));
+    }
+    if let Some((code, why)) = &pod.build_failed {
+        // The job's own failure: its Dockerfile did not build.
+        return (EndState::Failure, Some(*code), Some(format!("building its image failed (exit {code}): {why}")));
     }
     match &pod.output_failed {
         None => (state, exit_code, message),

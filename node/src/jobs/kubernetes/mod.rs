@@ -139,6 +139,32 @@ impl KubernetesExecutor {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
+    fn secrets(&self) -> Api<k8s_openapi::api::core::v1::Secret> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// The attempt's Secret, for a job naming secrets: the values asked of the gateway (which
+    /// gives them only for an attempt bound to this cluster), created before the Job refers to
+    /// it. Already there (a retry, an adopted start): kept.
+    async fn ensure_secret(&self, request: &RunRequest) -> Result<(), String> {
+        if request.spec.secret_env.is_empty() {
+            return Ok(());
+        }
+        let values = self.transfers.job_secrets(&request.job, request.attempt).await?;
+        let missing: Vec<&String> = request.spec.secret_env.keys().filter(|k| !values.contains_key(*k)).collect();
+        if !missing.is_empty() {
+            return Err(format!("the gateway gave no value for {missing:?}"));
+        }
+        let secret = manifest::secret_for(request, &self.cluster, &values);
+        let name = job_name(&request.job, request.attempt);
+        match self.secrets().create(&PostParams::default(), &secret).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(()),
+            Err(kube::Error::Api(status)) => Err(format!("Kubernetes refused the Secret {name}: {}", status.message)),
+            Err(e) => Err(format!("creating the Secret {name}: {e}")),
+        }
+    }
+
     fn pods(&self) -> Api<Pod> {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
@@ -205,7 +231,10 @@ impl KubernetesExecutor {
                 return;
             }
         }
-        let ensured = self.ensure(&request, &name, adopt).await;
+        let ensured = match self.ensure_secret(&request).await {
+            Ok(()) => self.ensure(&request, &name, adopt).await,
+            Err(e) => Err(format!("its secrets: {e}")),
+        };
         if stopped.load(Ordering::SeqCst) {
             // Stopped while the Job was being created: make sure it goes.
             self.delete(&name).await;
@@ -306,11 +335,21 @@ impl KubernetesExecutor {
         Err(format!("creating the Kubernetes Job {name} failed {CREATE_TRIES} times: {last}"))
     }
 
+    /// Delete the Job, and its Secret when it has one.
     async fn delete(&self, name: &str) {
         match self.jobs().delete(name, &DeleteParams::background()).await {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.is_not_found() => {}
             Err(e) => tracing::warn!(kube_job = %name, error = %e, "deleting a Kubernetes Job failed"),
+        }
+        self.delete_secret(name).await;
+    }
+
+    async fn delete_secret(&self, name: &str) {
+        match self.secrets().delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.is_not_found() => {}
+            Err(e) => tracing::warn!(secret = %name, error = %e, "deleting an attempt's Kubernetes Secret failed"),
         }
     }
 
@@ -344,6 +383,8 @@ impl KubernetesExecutor {
             exit_code: terminated(&status.container_statuses, MAIN_CONTAINER).map(|t| t.exit_code),
             inputs_failed: failed(INPUTS_HELPER),
             output_failed: failed(OUTPUT_HELPER),
+            build_failed: terminated(&status.init_container_statuses, manifest::BUILD_CONTAINER)
+                .and_then(|t| helper_failure(manifest::BUILD_CONTAINER, &t).map(|why| (t.exit_code, why))),
         }
     }
 
@@ -420,6 +461,18 @@ impl KubernetesExecutor {
                 tracing::info!(kube_job = %name, "deleting a Kubernetes Job this cluster no longer holds");
                 self.delete(&name).await;
             }
+        }
+        // Secrets whose Job is gone (a leader that died between the two deletes).
+        match self.secrets().list(&ListParams::default().labels(&selector)).await {
+            Ok(secrets) => {
+                for secret in secrets.items {
+                    let Some(name) = secret.metadata.name else { continue };
+                    if !held.contains(&name) {
+                        self.delete_secret(&name).await;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "listing this cluster's Kubernetes Secrets failed; not sweeping them"),
         }
     }
 }
