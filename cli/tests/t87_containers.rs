@@ -7,7 +7,9 @@
 //!   environment (masked in its log), read by its child's `/infrabox/inputs/producer` on onprem;
 //! - a `docker-image` job;
 //! - a `workflow` include of a `docker-compose` job (two services, the first to stop decides);
-//! - a `workflow` include of InfraBox's `transfer_data/infrabox.json` as its authors wrote it.
+//! - a `workflow` include of InfraBox's `transfer_data/infrabox.json` as its authors wrote it;
+//! - a `git` include from a repository served by `git daemon` on 127.0.0.1, whose `docker` job
+//!   builds the Dockerfile of that repository (the gateway packs it as the job's source).
 //!
 //! A `docker` job selecting gcp is refused at submit, naming what gcp lacks; the clusters list
 //! shows what each runs. Needs podman, podman-compose and the base image `scripts/test` makes
@@ -72,6 +74,27 @@ async fn docker_and_compose_jobs_run_where_a_container_engine_is_and_are_refused
         &tree.join("transfer_data/infrabox/consumer/Dockerfile"),
         &format!("FROM {BASE}\nCMD [\"sh\", \"-c\", \"cat /infrabox/inputs/producer/file.txt\"]\n"),
     );
+
+    // A repository with a docker job of its own, served on 127.0.0.1.
+    let repos = tmp.path().join("repos");
+    let ext = repos.join("ext");
+    std::fs::create_dir_all(&ext).unwrap();
+    common::git::git(&ext, &["init", "--quiet", "--initial-branch=main"]);
+    write(
+        &ext.join("infrabox.json"),
+        r#"{"version": 1, "jobs": [{"type": "docker", "name": "built", "build_only": false,
+            "resources": {"limits": {"cpu": 1, "memory": 1024}}, "docker_file": "ci/Dockerfile"}]}"#,
+    );
+    write(
+        &ext.join("ci/Dockerfile"),
+        &format!(
+            "FROM {BASE}\nCOPY ci/message /message\nCMD [\"sh\", \"-c\", \"cat /message; echo at $INFRABOX_COMMIT_ID\"]\n"
+        ),
+    );
+    write(&ext.join("ci/message"), "built from the included repository\n");
+    common::git::git(&ext, &["add", "."]);
+    common::git::git(&ext, &["commit", "--quiet", "-m", "a docker job"]);
+    let (_daemon, port) = common::git::serve(&repos).await;
 
     let mesh = GatewayMesh::start_with(Engine::Sqlite, 3, 1, test_gateway_timing(), true, |layout| {
         for cluster in &mut layout.clusters {
@@ -147,10 +170,11 @@ jobs:
     command: ["sh", "-c", "echo image ran"]
   - {{name: flow, type: workflow, infrabox_file: compose/infrabox.json}}
   - {{name: example, type: workflow, infrabox_file: transfer_data/infrabox.json}}
+  - {{name: ext, type: git, clone_url: "git://127.0.0.1:{port}/ext", commit: main}}
 "#
     );
     let submitted = common::submit(&mesh.gateway, &yaml).await;
-    let names = ["producer", "consumer", "image", "flow/test", "example/producer", "example/consumer"];
+    let names = ["producer", "consumer", "image", "flow/test", "example/producer", "example/consumer", "ext/built"];
     for name in names {
         let id = common::id_of(&submitted, name);
         let detail = common::wait_state(&mesh.gateway, &id, Duration::from_secs(300), JobState::is_final).await;
@@ -173,6 +197,9 @@ jobs:
             "image" => assert!(log.contains("image ran"), "{log}"),
             "flow/test" => assert!(log.contains("built") && log.contains("compose job"), "{log}"),
             "example/consumer" => assert!(log.contains("from the example"), "{log}"),
+            "ext/built" => {
+                assert!(log.contains("built from the included repository") && log.contains("at main"), "{log}")
+            }
             _ => {}
         }
         // Only clusters with an engine ran container jobs.

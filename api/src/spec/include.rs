@@ -366,6 +366,11 @@ impl Files {
     pub fn new(root: RootFiles, git: Option<GitTrees>) -> Files {
         Files { root, git, read: Default::default() }
     }
+
+    /// The working tree of a git include checked out by [`expand`] (while this loader lives).
+    pub fn git_tree(&self, clone_url: &str, commit: &str) -> Option<std::path::PathBuf> {
+        self.git.as_ref()?.checked_out.get(&(clone_url.to_string(), commit.to_string()))?.clone().ok()
+    }
 }
 
 impl Loader for Files {

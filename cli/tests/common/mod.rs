@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fake_kube;
+pub mod git;
 pub mod pods;
 
 use std::future::Future;

@@ -71,7 +71,7 @@ impl Gateway {
         by: &str,
     ) -> Result<Submitted, ApiError> {
         let spec = atoll_api::spec::from_document(document).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let spec = if include::has_includes(&spec) { self.expand_includes(spec, files).await? } else { spec };
+        let spec = if include::has_includes(&spec) { self.expand_includes(spec, files, by).await? } else { spec };
         if let Err(e) = self.check_selectors(&spec) {
             // Another replica may have registered a cluster this one has not reloaded yet:
             // judge again on the database's record before refusing.
@@ -135,6 +135,7 @@ impl Gateway {
         &self,
         spec: atoll_api::spec::PipelineSpec,
         files: std::collections::BTreeMap<String, String>,
+        by: &str,
     ) -> Result<atoll_api::spec::PipelineSpec, ApiError> {
         let workflows = spec.jobs.iter().any(|j| matches!(j.include, Some(atoll_api::spec::Include::Workflow { .. })));
         let (root, unpacked) = match &spec.source {
@@ -145,16 +146,38 @@ impl Gateway {
             }
             _ => (include::RootFiles::Given(files), None),
         };
-        // Blocking work (git, reading files, removing the unpacked source), off the runtime.
-        tokio::task::spawn_blocking(move || {
+        // Blocking work (git, reading files, packing trees, removing the unpacked source), off
+        // the runtime.
+        let (mut expanded, trees) = tokio::task::spawn_blocking(move || {
             let mut loader = include::Files::new(root, Some(include::GitTrees::new(GIT_TIMEOUT)));
             let expanded = include::expand(spec, ROOT_SPEC, &mut loader);
             drop(unpacked);
-            expanded
+            let expanded = expanded.map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let trees = pack_git_trees(&expanded, &loader)?;
+            Ok::<_, ApiError>((expanded, trees))
         })
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::bad_request(e.to_string()))
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+        // Each repository a job came from is that job's source, as InfraBox clones it for the
+        // job: stored and registered as a pushed source is.
+        let mut sources = std::collections::BTreeMap::new();
+        for ((clone_url, commit), packed) in &trees.packed {
+            self.relay
+                .blobs()
+                .put_file(&packed.path, &packed.digest)
+                .await
+                .map_err(|e| ApiError::unavailable(format!("storing {clone_url} at {commit} as a source: {e}")))?;
+            let digest = packed.digest.to_string();
+            self.register_source(&digest, by).await?;
+            sources.insert((clone_url.clone(), commit.clone()), digest);
+        }
+        for job in &mut expanded.jobs {
+            let Some(git) = job.defined_in.as_ref().and_then(|d| d.git.as_ref()) else { continue };
+            if job.container.repository.clone {
+                job.source = sources.get(&(git.clone_url.clone(), git.commit.clone())).cloned();
+            }
+        }
+        Ok(expanded)
     }
 
     /// A pushed source unpacked into `tree/` of a temporary directory (removed when dropped).
@@ -200,4 +223,47 @@ impl Gateway {
         let siblings = self.db.pipeline_jobs(&row.pipeline_id).await.map_err(db_error)?;
         Ok(info(&row, &pipeline, &siblings, &self.flow()))
     }
+}
+
+/// The repositories the jobs of an expanded pipeline came from, each packed as a source archive
+/// (without its `.git`), in a temporary directory removed when this is dropped.
+struct GitSources {
+    packed: std::collections::BTreeMap<(String, String), PackedTree>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+struct PackedTree {
+    path: std::path::PathBuf,
+    digest: atoll_store::Digest,
+}
+
+/// Pack each repository that a job of `expanded` came from and gets as its source (blocking).
+fn pack_git_trees(expanded: &atoll_api::spec::PipelineSpec, loader: &include::Files) -> Result<GitSources, ApiError> {
+    let mut out = GitSources { packed: Default::default(), _dir: None };
+    for job in &expanded.jobs {
+        let Some(git) = job.defined_in.as_ref().and_then(|d| d.git.as_ref()) else { continue };
+        let key = (git.clone_url.clone(), git.commit.clone());
+        if !job.container.repository.clone || out.packed.contains_key(&key) {
+            continue;
+        }
+        let tree = loader
+            .git_tree(&git.clone_url, &git.commit)
+            .ok_or_else(|| ApiError::internal(format!("{} at {} was not checked out", git.clone_url, git.commit)))?;
+        if out._dir.is_none() {
+            out._dir =
+                Some(tempfile::tempdir().map_err(|e| ApiError::internal(format!("a directory for sources: {e}")))?);
+        }
+        let dir = out._dir.as_ref().expect("made above").path();
+        let path = dir.join(format!("tree-{}.tar", out.packed.len()));
+        let packed =
+            atoll_store::archive::pack_dir_filtered(&tree, &path, &|p: &std::path::Path| !p.starts_with(".git"))
+                .map_err(|e| {
+                    ApiError::bad_request(format!(
+                        "packing {} at {} as the jobs' source: {e}",
+                        git.clone_url, git.commit
+                    ))
+                })?;
+        out.packed.insert(key, PackedTree { path, digest: packed.digest });
+    }
+    Ok(out)
 }

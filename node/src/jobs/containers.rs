@@ -182,12 +182,6 @@ impl Engine {
         // InfraBox's context: the directory of the file that defines the job, in the source.
         let file_dir = spec.defined_in.as_ref().map(|d| d.dir.as_str()).unwrap_or("");
         let needs_source = matches!(spec.kind, JobKind::Docker | JobKind::DockerCompose);
-        if needs_source && spec.defined_in.as_ref().is_some_and(|d| d.git.is_some()) {
-            return Err(format!(
-                "a {} job of a git include builds from that repository's files, which are not delivered to runs yet",
-                spec.kind.as_str()
-            ));
-        }
         let context = if source.is_dir() {
             let base = if file_dir.is_empty() {
                 source.canonicalize().map_err(|e| e.to_string())?
