@@ -382,7 +382,7 @@ jobs:
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let submitted = submit(
         gateway,
-        "version: 1\njobs: [{name: uses, type: command, command: 'printf %s \"$TOKEN\" | sha256sum', environment: {TOKEN: {$secret: token}}, timeout: 60}]\n",
+        "version: 1\njobs: [{name: uses, type: command, command: 'printf %s \"$TOKEN\" | sha256sum; echo \"token=$TOKEN\"', environment: {TOKEN: {$secret: token}}, timeout: 60}]\n",
     )
     .await;
     let uses = id_of(&submitted, "uses");
@@ -394,6 +394,7 @@ jobs:
         .output()
         .expect("sha256sum");
     assert!(log.contains(String::from_utf8_lossy(&expected.stdout).trim()), "the job saw the value: {log}");
+    assert!(log.contains("token=***") && !log.contains(value), "masked in the log: {log}");
     let name = job_name(&uses, 1);
     let pod = fake.pod_spec(&name).expect("the Job's pod");
     assert!(!pod.to_string().contains(value), "no value in the Job: {pod}");

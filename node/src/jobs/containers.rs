@@ -301,7 +301,8 @@ impl Engine {
                     .ok_or("a docker-compose job names no docker_compose_file")?;
                 let file = inside(file_dir, file, "docker_compose_file")?;
                 let project = format!("atoll_{}_{}", slug(&request.job).replace(['.', '-'], "_"), request.attempt);
-                let rewritten = rewrite_compose(&file, &volumes, &label, &vars, context)?;
+                let source = source.canonicalize().map_err(|e| format!("the job's source: {e}"))?;
+                let rewritten = rewrite_compose(&file, &volumes, &label, &vars, context, &source)?;
                 let compose = |args: &[&str]| {
                     let mut argv = self.compose.clone();
                     argv.extend(["-p".into(), project.clone(), "-f".into(), rewritten.display().to_string()]);
@@ -390,9 +391,12 @@ fn rewrite_compose(
     label: &str,
     vars: &[(String, String)],
     context: &Path,
+    source: &Path,
 ) -> Result<PathBuf, String> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
     let mut doc: Yaml = serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    let shown = file.strip_prefix(source).unwrap_or(file).display().to_string();
+    check_compose(&doc, file.parent().unwrap_or(source), source).map_err(|e| format!("{shown}: {e}"))?;
     let services = doc
         .get_mut("services")
         .and_then(Yaml::as_mapping_mut)
@@ -449,6 +453,142 @@ fn rewrite_compose(
     let body = serde_yaml_ng::to_string(&doc).map_err(|e| e.to_string())?;
     std::fs::write(&out, body).map_err(|e| format!("writing {}: {e}", out.display()))?;
     Ok(out)
+}
+
+/// Service keys that reach past the container into the host the engine runs on (as root): a
+/// compose job is refused with any of them.
+const HOST_KEYS: [&str; 15] = [
+    "privileged",
+    "cap_add",
+    "devices",
+    "device_cgroup_rules",
+    "network_mode",
+    "pid",
+    "ipc",
+    "uts",
+    "userns_mode",
+    "cgroup",
+    "cgroup_parent",
+    "security_opt",
+    "volumes_from",
+    "runtime",
+    "sysctls",
+];
+
+/// What of a compose file would reach the engine's host, refused by its path: the service keys of
+/// [`HOST_KEYS`]; a bind mount, `env_file`, build context or Dockerfile, `extends` or top-level
+/// `include`, `secrets` or `configs` file outside the job's source; volume and network driver
+/// options (a `local` volume can bind any host directory).
+fn check_compose(doc: &Yaml, dir: &Path, source: &Path) -> Result<(), String> {
+    let inside_source = |rel: &str, at: &str| -> Result<(), String> {
+        let resolved = lexical(dir, rel);
+        let resolved = resolved.canonicalize().unwrap_or(resolved);
+        if resolved.starts_with(source) {
+            Ok(())
+        } else {
+            Err(format!("{at}: {rel:?} is outside the job's source (the host is not the job's)"))
+        }
+    };
+    let strings = |v: &Yaml| -> Vec<String> {
+        match v {
+            Yaml::String(s) => vec![s.clone()],
+            Yaml::Sequence(items) => items
+                .iter()
+                .filter_map(|i| i.as_str().map(str::to_string).or_else(|| i.get("path")?.as_str().map(str::to_string)))
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    for (key, _) in doc.as_mapping().into_iter().flatten() {
+        if key.as_str() == Some("include") {
+            for (i, path) in strings(&doc["include"]).iter().enumerate() {
+                inside_source(path, &format!("include[{i}]"))?;
+            }
+        }
+    }
+    for kind in ["secrets", "configs"] {
+        for (name, def) in doc.get(kind).and_then(Yaml::as_mapping).into_iter().flatten() {
+            if let Some(file) = def.get("file").and_then(Yaml::as_str) {
+                inside_source(file, &format!("{kind}.{}.file", name.as_str().unwrap_or("?")))?;
+            }
+        }
+    }
+    for kind in ["volumes", "networks"] {
+        for (name, def) in doc.get(kind).and_then(Yaml::as_mapping).into_iter().flatten() {
+            if def.get("driver_opts").is_some() {
+                return Err(format!(
+                    "{kind}.{}.driver_opts: driver options can reach the host; not for a job",
+                    name.as_str().unwrap_or("?")
+                ));
+            }
+        }
+    }
+    let services = doc.get("services").and_then(Yaml::as_mapping).ok_or("no services")?;
+    for (name, service) in services {
+        let at = format!("services.{}", name.as_str().unwrap_or("?"));
+        let Some(service) = service.as_mapping() else { continue };
+        for key in HOST_KEYS {
+            if service.contains_key(key) {
+                return Err(format!("{at}.{key}: reaches the host the engine runs on; not for a job"));
+            }
+        }
+        for (i, volume) in service.get("volumes").and_then(Yaml::as_sequence).into_iter().flatten().enumerate() {
+            let host = match volume {
+                Yaml::String(short) => short.split(':').next().filter(|_| short.contains(':')).map(str::to_string),
+                long => match long.get("type").and_then(Yaml::as_str) {
+                    Some("bind") => long.get("source").and_then(Yaml::as_str).map(str::to_string),
+                    _ => None,
+                },
+            };
+            // A bind mount (a path, not a volume's name); InfraBox's own context path is the job's.
+            if let Some(host) = host.filter(|h| h.starts_with(['/', '.', '~']) && !h.starts_with("/infrabox/context")) {
+                if host.starts_with('~') {
+                    return Err(format!("{at}.volumes[{i}]: {host:?} is outside the job's source"));
+                }
+                inside_source(&host, &format!("{at}.volumes[{i}]"))?;
+            }
+        }
+        for (i, file) in service.get("env_file").map(strings).unwrap_or_default().iter().enumerate() {
+            inside_source(file, &format!("{at}.env_file[{i}]"))?;
+        }
+        if let Some(build) = service.get("build") {
+            let context = match build {
+                Yaml::String(context) => context.clone(),
+                other => other.get("context").and_then(Yaml::as_str).unwrap_or(".").to_string(),
+            };
+            inside_source(&context, &format!("{at}.build.context"))?;
+            if let Some(file) = build.get("dockerfile").and_then(Yaml::as_str) {
+                let in_context = lexical(dir, &context);
+                let resolved = lexical(&in_context, file);
+                let resolved = resolved.canonicalize().unwrap_or(resolved);
+                if !resolved.starts_with(source) {
+                    return Err(format!("{at}.build.dockerfile: {file:?} is outside the job's source"));
+                }
+            }
+            if build.get("additional_contexts").is_some() {
+                return Err(format!("{at}.build.additional_contexts: not for a job (a context may be any host path)"));
+            }
+        }
+        if let Some(file) = service.get("extends").and_then(|e| e.get("file")).and_then(Yaml::as_str) {
+            inside_source(file, &format!("{at}.extends.file"))?;
+        }
+    }
+    Ok(())
+}
+
+/// `rel` joined to `dir` without `.` and `..` (`rel` absolute: itself, normalized).
+fn lexical(dir: &Path, rel: &str) -> PathBuf {
+    let mut out = if rel.starts_with('/') { PathBuf::from("/") } else { dir.to_path_buf() };
+    for part in rel.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            p => out.push(p),
+        }
+    }
+    out
 }
 
 /// Run `argv` to its end within [`HOUSEKEEPING`]: its standard output, or why it failed.
@@ -562,9 +702,15 @@ mod tests {
         )
         .unwrap();
         let vars = vec![("A".to_string(), "2".to_string()), ("SECRET".to_string(), "hunter2".to_string())];
-        let out =
-            rewrite_compose(&file, &["/w/output:/infrabox/output".into()], "atoll.work=/w", &vars, Path::new("/ctx"))
-                .unwrap();
+        let out = rewrite_compose(
+            &file,
+            &["/w/output:/infrabox/output".into()],
+            "atoll.work=/w",
+            &vars,
+            Path::new("/ctx"),
+            dir.path(),
+        )
+        .unwrap();
         let text = std::fs::read_to_string(&out).unwrap();
         assert!(!text.contains("hunter2"), "values stay out of the file: {text}");
         let doc: Yaml = serde_yaml_ng::from_str(&text).unwrap();
@@ -576,6 +722,38 @@ mod tests {
         assert_eq!(doc["services"]["db"]["labels"]["keep"], Yaml::from("yes"));
         assert_eq!(doc["services"]["db"]["labels"]["atoll.work"], Yaml::from("/w"));
         assert!(doc["services"]["db"]["environment"].as_mapping().unwrap().contains_key("SECRET"));
+    }
+
+    #[test]
+    fn a_compose_file_reaching_the_host_is_refused_by_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(source.join("ci/svc")).unwrap();
+        let check = |text: &str| {
+            let doc: Yaml = serde_yaml_ng::from_str(text).unwrap();
+            check_compose(&doc, &source.join("ci"), &source)
+        };
+        let fine = "services:\n  t:\n    build: ./svc\n    volumes: [./data:/data, cache:/cache, /infrabox/context:/src]\n    env_file: svc/env\n    ports: ['8080']\nvolumes: {cache: {}}\n";
+        check(fine).expect("inside the source");
+        let cases = [
+            ("services: {t: {image: x, privileged: true}}", "services.t.privileged: reaches the host"),
+            ("services: {t: {image: x, network_mode: host}}", "services.t.network_mode"),
+            ("services: {t: {image: x, pid: host}}", "services.t.pid"),
+            ("services: {t: {image: x, volumes: ['/etc:/host-etc']}}", "services.t.volumes[0]: \"/etc\" is outside"),
+            ("services: {t: {image: x, volumes: ['../../..:/up']}}", "services.t.volumes[0]: \"../../..\" is outside"),
+            ("services: {t: {image: x, volumes: [{type: bind, source: /, target: /h}]}}", "services.t.volumes[0]"),
+            ("services: {t: {image: x, volumes: ['~/.ssh:/k']}}", "services.t.volumes[0]"),
+            ("services: {t: {image: x, env_file: /etc/atoll/env}}", "services.t.env_file[0]"),
+            ("services: {t: {build: {context: /etc}}}", "services.t.build.context"),
+            ("services: {t: {build: {context: ., dockerfile: ../../x}}}", "services.t.build.dockerfile"),
+            ("services: {t: {image: x}}\nsecrets: {k: {file: /etc/shadow}}", "secrets.k.file"),
+            ("services: {t: {image: x}}\nvolumes: {v: {driver_opts: {o: bind, device: /}}}", "volumes.v.driver_opts"),
+            ("include: [/etc/compose.yml]\nservices: {t: {image: x}}", "include[0]"),
+        ];
+        for (text, wanted) in cases {
+            let err = check(text).expect_err(text);
+            assert!(err.contains(wanted), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -834,7 +834,7 @@ struct LogKeeper<'a> {
     ring: Option<tokio::fs::File>,
     /// The work directory refused a file: pieces still go to the gateway.
     unwritable: bool,
-    /// Values masked wherever a read holds them whole ([`mask`]).
+    /// Values masked wherever a read holds them whole ([`super::run::mask`]).
     secrets: Vec<&'a [u8]>,
 }
 
@@ -848,7 +848,7 @@ impl<'a> LogKeeper<'a> {
         secrets: &'a super::run::SecretValues,
     ) -> Self {
         let head = limit / 2;
-        let secrets = secrets.0.values().map(|v| v.as_bytes()).filter(|v| v.len() >= MASKED_FROM).collect();
+        let secrets = secrets.masks();
         Self {
             job,
             attempt,
@@ -908,7 +908,7 @@ impl<'a> LogKeeper<'a> {
     }
 
     async fn take(&mut self, stream: LogStream, bytes: &[u8]) {
-        let masked = mask(bytes, &self.secrets);
+        let masked = super::run::mask(bytes, &self.secrets);
         let mut bytes: &[u8] = masked.as_deref().unwrap_or(bytes);
         if self.seen < self.head {
             let n = bytes.len().min((self.head - self.seen) as usize);
@@ -995,37 +995,6 @@ impl<'a> LogKeeper<'a> {
             let _ = f.flush().await;
         }
     }
-}
-
-/// Secret values shorter than this are not masked (every `1` of a log would go).
-const MASKED_FROM: usize = 4;
-
-/// `bytes` with every whole occurrence of a secret value replaced by `***`; `None` when there is
-/// none. A value split between two reads of a pipe is not found: masking is a guard against
-/// a tool echoing its command line, not a promise about what a job prints.
-fn mask(bytes: &[u8], secrets: &[&[u8]]) -> Option<Vec<u8>> {
-    if secrets.is_empty() {
-        return None;
-    }
-    let found = |at: usize| secrets.iter().find(|s| bytes[at..].starts_with(s)).map(|s| s.len());
-    if !(0..bytes.len()).any(|at| found(at).is_some()) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut at = 0;
-    while at < bytes.len() {
-        match found(at) {
-            Some(len) => {
-                out.extend_from_slice(b"***");
-                at += len;
-            }
-            None => {
-                out.push(bytes[at]);
-                at += 1;
-            }
-        }
-    }
-    Some(out)
 }
 
 /// Read both pipes until they close into the run's [`LogKeeper`].
@@ -1410,6 +1379,7 @@ mod tests {
     #[test]
     fn secrets_are_masked_where_a_read_holds_them_whole() {
         let secrets: Vec<&[u8]> = vec![b"hunter2", b"abcd"];
+        use super::super::run::mask;
         assert_eq!(mask(b"pw=hunter2 and abcdabcd", &secrets).unwrap(), b"pw=*** and ******");
         assert_eq!(mask(b"nothing here", &secrets), None);
         assert_eq!(mask(b"hunter2", &[]), None);

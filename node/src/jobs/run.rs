@@ -93,6 +93,44 @@ impl std::fmt::Debug for SecretValues {
     }
 }
 
+impl SecretValues {
+    /// The values to mask in a run's log ([`mask`]): those of [`MASKED_FROM`] bytes or more.
+    pub fn masks(&self) -> Vec<&[u8]> {
+        self.0.values().map(|v| v.as_bytes()).filter(|v| v.len() >= MASKED_FROM).collect()
+    }
+}
+
+/// Secret values shorter than this are not masked (every `1` of a log would go).
+pub const MASKED_FROM: usize = 4;
+
+/// `bytes` with every whole occurrence of a secret value replaced by `***`; `None` when there is
+/// none. A value split between two reads of a pipe is not found: masking is a guard against
+/// a tool echoing its command line, not a promise about what a job prints.
+pub fn mask(bytes: &[u8], secrets: &[&[u8]]) -> Option<Vec<u8>> {
+    if secrets.is_empty() {
+        return None;
+    }
+    let found = |at: usize| secrets.iter().find(|s| bytes[at..].starts_with(s)).map(|s| s.len());
+    if !(0..bytes.len()).any(|at| found(at).is_some()) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        match found(at) {
+            Some(len) => {
+                out.extend_from_slice(b"***");
+                at += len;
+            }
+            None => {
+                out.push(bytes[at]);
+                at += 1;
+            }
+        }
+    }
+    Some(out)
+}
+
 /// A started run: stops it on request; when dropped, its task is aborted and, for a process run,
 /// its process group killed.
 #[derive(Debug)]

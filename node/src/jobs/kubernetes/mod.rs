@@ -146,9 +146,9 @@ impl KubernetesExecutor {
     /// The attempt's Secret, for a job naming secrets: the values asked of the gateway (which
     /// gives them only for an attempt bound to this cluster), created before the Job refers to
     /// it. Already there (a retry, an adopted start): kept.
-    async fn ensure_secret(&self, request: &RunRequest) -> Result<(), String> {
+    async fn ensure_secret(&self, request: &RunRequest) -> Result<crate::jobs::run::SecretValues, String> {
         if request.spec.secret_env.is_empty() {
-            return Ok(());
+            return Ok(Default::default());
         }
         let values = self.transfers.job_secrets(&request.job, request.attempt).await?;
         let missing: Vec<&String> = request.spec.secret_env.keys().filter(|k| !values.contains_key(*k)).collect();
@@ -158,8 +158,8 @@ impl KubernetesExecutor {
         let secret = manifest::secret_for(request, &self.cluster, &values);
         let name = job_name(&request.job, request.attempt);
         match self.secrets().create(&PostParams::default(), &secret).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(()),
+            Ok(_) => Ok(crate::jobs::run::SecretValues(values)),
+            Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(crate::jobs::run::SecretValues(values)),
             Err(kube::Error::Api(status)) => Err(format!("Kubernetes refused the Secret {name}: {}", status.message)),
             Err(e) => Err(format!("creating the Secret {name}: {e}")),
         }
@@ -231,8 +231,12 @@ impl KubernetesExecutor {
                 return;
             }
         }
+        let mut secrets = Default::default();
         let ensured = match self.ensure_secret(&request).await {
-            Ok(()) => self.ensure(&request, &name, adopt).await,
+            Ok(values) => {
+                secrets = values;
+                self.ensure(&request, &name, adopt).await
+            }
             Err(e) => Err(format!("its secrets: {e}")),
         };
         if stopped.load(Ordering::SeqCst) {
@@ -244,7 +248,7 @@ impl KubernetesExecutor {
             let _ = events.send(Event::error(&job, attempt, message));
             return;
         }
-        let logs = tokio::spawn(self.clone().stream_logs(name.clone(), job.clone(), attempt, events.clone()));
+        let logs = tokio::spawn(self.clone().stream_logs(name.clone(), job.clone(), attempt, events.clone(), secrets));
         let _logs_guard = AbortLogs(&logs);
         let mut failures = 0u32;
         loop {
@@ -395,7 +399,9 @@ impl KubernetesExecutor {
         job: String,
         attempt: u32,
         events: mpsc::UnboundedSender<Event>,
+        secrets: crate::jobs::run::SecretValues,
     ) {
+        let masks = secrets.masks();
         let selector = format!("{POD_JOB_LABEL}={name}");
         let pod = loop {
             if let Ok(pods) = self.pods().list(&ListParams::default().labels(&selector)).await
@@ -423,6 +429,10 @@ impl KubernetesExecutor {
             events.send(Event::Log { job: job.clone(), attempt, seq, stream, data, at_ms }).is_ok()
         };
         while let Ok(Some(line)) = lines.try_next().await {
+            let line = match crate::jobs::run::mask(line.as_bytes(), &masks) {
+                Some(masked) => String::from_utf8_lossy(&masked).into_owned(),
+                None => line,
+            };
             if let Some((seq, data)) = keeper.line(format!("{line}\n"))
                 && !send(seq, LogStream::Stdout, data)
             {
