@@ -354,6 +354,11 @@ pub struct DevArgs {
     /// it: one gateway on SQLite.
     #[arg(long, value_name = "N", conflicts_with = "standalone", value_parser = clap::value_parser!(u16).range(1..))]
     pub gateways: Option<u16>,
+    /// Run InfraBox's docker, docker-image and docker-compose jobs on every cluster through the
+    /// container engine FILE describes: the agents' `jobs.containers` (engine, engine_args,
+    /// build_args, run_args, compose), as YAML. Without it, clusters run command jobs only.
+    #[arg(long, value_name = "FILE")]
+    pub containers: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -45,7 +45,34 @@ fn gateway_replicas(layout: &Layout) -> Option<usize> {
     layout.gateway.as_ref().filter(|g| g.ha).map(|g| g.replicas.len())
 }
 
+/// The clusters' container engine from `--containers FILE` (none without it, also for a stored
+/// layout that had one).
+fn with_containers(mut layout: Layout, args: &DevArgs) -> anyhow::Result<Layout> {
+    let containers = match &args.containers {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("--containers {}", path.display()))?;
+            let containers: atoll_mesh::JobContainers = serde_yaml_ng::from_str(&text).with_context(|| {
+                format!(
+                    "--containers {}: not a jobs.containers block (engine, engine_args, build_args, run_args, compose)",
+                    path.display()
+                )
+            })?;
+            anyhow::ensure!(!containers.engine.trim().is_empty(), "--containers {}: engine: empty", path.display());
+            Some(containers)
+        }
+        None => None,
+    };
+    for cluster in &mut layout.clusters {
+        cluster.job_containers.clone_from(&containers);
+    }
+    Ok(layout)
+}
+
 fn choose_layout(args: &DevArgs, dir: &MeshDir) -> anyhow::Result<Layout> {
+    with_containers(choose_mesh(args, dir)?, args)
+}
+
+fn choose_mesh(args: &DevArgs, dir: &MeshDir) -> anyhow::Result<Layout> {
     if args.fresh {
         atoll_mesh::wipe(&dir.root)?;
     }
@@ -288,6 +315,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             dir.postgres_dir().display()
         );
     }
+    if let Some(c) = layout.clusters.first().and_then(|c| c.job_containers.as_ref()) {
+        println!(
+            "atoll dev: docker, docker-image{} jobs through {} on every cluster",
+            if c.compose.is_empty() { "" } else { " and docker-compose" },
+            c.engine
+        );
+    }
     match &layout.gateway {
         Some(gateway) if gateway.ha => println!("atoll dev: {} gateway replica(s)", gateway.replicas.len()),
         Some(gateway) => println!("atoll dev: gateway at {} (ops {})", gateway.addr(), gateway.ops_addr()),
@@ -408,7 +442,35 @@ mod tests {
             no_restart: false,
             standalone: false,
             gateways,
+            containers: None,
         }
+    }
+
+    #[test]
+    fn containers_from_a_file_go_to_every_clusters_agents_and_a_bad_file_is_refused() {
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path().join("mesh");
+        let dir = MeshDir::new(&root);
+        let file = temp.path().join("containers.yaml");
+        std::fs::write(&file, "engine: podman\nengine_args: [--runtime, runc]\ncompose: [podman-compose]\n").unwrap();
+        let with = DevArgs { containers: Some(file.clone()), ..args(&root, None) };
+        let layout = choose_layout(&with, &dir).unwrap();
+        dir.materialize(&layout).unwrap();
+        for (cluster, replica) in layout.all() {
+            let config = atoll_node::config::AgentConfig::load(&dir.agent_config(&cluster.name, replica.id))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let engine = config.jobs.containers.expect("jobs.containers");
+            assert_eq!(
+                (engine.program.as_str(), engine.compose.as_slice()),
+                ("podman", &["podman-compose".to_string()][..])
+            );
+        }
+        // The same directory without the flag: no engine.
+        let layout = choose_layout(&args(&root, None), &dir).unwrap();
+        assert!(layout.clusters.iter().all(|c| c.job_containers.is_none()));
+        std::fs::write(&file, "engine: podman\nengnie_args: []\n").unwrap();
+        let error = choose_layout(&with, &dir).unwrap_err();
+        assert!(format!("{error:#}").contains("unknown field `engnie_args`"), "{error:#}");
     }
 
     fn replica(id: &str, holds_lease: bool, generation: u64) -> GatewayReplica {

@@ -134,6 +134,7 @@ pub struct KubernetesBuilder {
 
 /// `jobs.containers` of a cluster's agents, as written to their config.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct JobContainers {
     pub engine: String,
     #[serde(default)]
