@@ -148,24 +148,11 @@ pub struct JobContainers {
 }
 
 impl JobContainers {
-    /// Podman as this machine runs it (the flags of `scripts/lib/image.sh`: runc, the ulimits
-    /// the machine allows, cgroups without systemd), with podman-compose given the same.
+    /// Podman as this machine runs it: `examples/containers-podman.yaml` (runc, the ulimits the
+    /// machine allows, cgroups without systemd; podman-compose given the same).
     pub fn podman() -> Self {
-        let words = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
-        let global = "--storage-driver overlay --cgroup-manager cgroupfs --events-backend file --runtime runc";
-        let limits = "--ulimit nofile=1024:1024 --ulimit nproc=1024:1024";
-        JobContainers {
-            engine: "podman".into(),
-            engine_args: words(global),
-            build_args: words(limits),
-            run_args: words(limits),
-            compose: vec![
-                "podman-compose".into(),
-                format!("--podman-args={global}"),
-                format!("--podman-build-args={limits}"),
-                format!("--podman-run-args={limits}"),
-            ],
-        }
+        serde_yaml_ng::from_str(include_str!("../../examples/containers-podman.yaml"))
+            .expect("examples/containers-podman.yaml is a jobs.containers block")
     }
 }
 

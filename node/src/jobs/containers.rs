@@ -88,23 +88,18 @@ fn inside(root: &Path, rel: &str, what: &str) -> Result<PathBuf, String> {
 }
 
 impl Engine {
-    /// Podman as this machine runs it (the flags of `scripts/lib/image.sh`): runc, ulimits the
-    /// machine allows, cgroups without systemd; and podman-compose with the same flags.
+    /// Podman as this machine runs it: `examples/containers-podman.yaml` (runc, ulimits the
+    /// machine allows, cgroups without systemd; podman-compose with the same flags).
     pub fn podman_for_tests() -> Self {
-        let words = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
-        let global = "--storage-driver overlay --cgroup-manager cgroupfs --events-backend file --runtime runc";
-        let limits = "--ulimit nofile=1024:1024 --ulimit nproc=1024:1024";
+        let file: crate::config::ContainersFile =
+            serde_yaml_ng::from_str(include_str!("../../../examples/containers-podman.yaml"))
+                .expect("examples/containers-podman.yaml is a jobs.containers block");
         Engine {
-            program: "podman".into(),
-            engine_args: words(global),
-            build_args: words(limits),
-            run_args: words(limits),
-            compose: vec![
-                "podman-compose".into(),
-                format!("--podman-args={global}"),
-                format!("--podman-build-args={limits}"),
-                format!("--podman-run-args={limits}"),
-            ],
+            program: file.engine,
+            engine_args: file.engine_args,
+            build_args: file.build_args,
+            run_args: file.run_args,
+            compose: file.compose,
         }
     }
 
