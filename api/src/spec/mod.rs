@@ -613,7 +613,8 @@ pub struct ClusterFacts<'a> {
 pub struct Capabilities {
     /// `process` or `kubernetes`.
     pub executor: String,
-    /// The job types it runs.
+    /// The job types it runs (a type this build does not know is left out: a newer agent's).
+    #[serde(deserialize_with = "known_kinds")]
     pub runs: Vec<JobKind>,
     /// Whether it gives jobs secret variables.
     pub secrets: bool,
@@ -621,6 +622,11 @@ pub struct Capabilities {
     /// when a job needs it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<String>,
+}
+
+fn known_kinds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<JobKind>, D::Error> {
+    let words: Vec<serde_json::Value> = Vec::deserialize(d)?;
+    Ok(words.into_iter().filter_map(|w| serde_json::from_value(w).ok()).collect())
 }
 
 impl Capabilities {

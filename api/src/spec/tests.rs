@@ -327,6 +327,13 @@ fn facts<'a>(clusters: &'a [(ClusterName, Vec<Label>, bool)]) -> Vec<ClusterFact
 }
 
 #[test]
+fn a_job_type_this_build_does_not_know_is_left_out_of_what_a_cluster_runs() {
+    let caps: Capabilities =
+        serde_json::from_str(r#"{"executor": "process", "runs": ["command", "quantum"], "secrets": true}"#).unwrap();
+    assert_eq!(caps.runs, [JobKind::Command]);
+}
+
+#[test]
 fn selectors_and_prefer_are_checked_against_enabled_clusters() {
     let clusters = vec![
         ("aws".parse().unwrap(), vec!["aws".parse().unwrap(), "default".parse().unwrap()], true),

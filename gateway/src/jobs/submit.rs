@@ -71,7 +71,11 @@ impl Gateway {
         by: &str,
     ) -> Result<Submitted, ApiError> {
         let spec = atoll_api::spec::from_document(document).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let spec = if include::has_includes(&spec) { self.expand_includes(spec, files, by).await? } else { spec };
+        let (mut spec, git_sources) = if include::has_includes(&spec) {
+            self.expand_includes(spec, files).await?
+        } else {
+            (spec, GitSources::none())
+        };
         if let Err(e) = self.check_selectors(&spec) {
             // Another replica may have registered a cluster this one has not reloaded yet:
             // judge again on the database's record before refusing.
@@ -92,6 +96,8 @@ impl Gateway {
                 self.known_source(source, &format!("{}.source", spec.job_path(i))).await?;
             }
         }
+        // Checked: the repositories of git includes are stored as their jobs' sources.
+        self.store_git_sources(&mut spec, git_sources, by).await?;
 
         let pipeline = Pipeline::new(spec);
         let mut states = vec![JobState::Waiting; pipeline.spec.jobs.len()];
@@ -135,8 +141,7 @@ impl Gateway {
         &self,
         spec: atoll_api::spec::PipelineSpec,
         files: std::collections::BTreeMap<String, String>,
-        by: &str,
-    ) -> Result<atoll_api::spec::PipelineSpec, ApiError> {
+    ) -> Result<(atoll_api::spec::PipelineSpec, GitSources), ApiError> {
         let workflows = spec.jobs.iter().any(|j| matches!(j.include, Some(atoll_api::spec::Include::Workflow { .. })));
         let (root, unpacked) = match &spec.source {
             Some(source) if files.is_empty() && workflows => {
@@ -148,7 +153,7 @@ impl Gateway {
         };
         // Blocking work (git, reading files, packing trees, removing the unpacked source), off
         // the runtime.
-        let (mut expanded, trees) = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut loader = include::Files::new(root, Some(include::GitTrees::new(GIT_TIMEOUT)));
             let expanded = include::expand(spec, ROOT_SPEC, &mut loader);
             drop(unpacked);
@@ -157,9 +162,17 @@ impl Gateway {
             Ok::<_, ApiError>((expanded, trees))
         })
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
-        // Each repository a job came from is that job's source, as InfraBox clones it for the
-        // job: stored and registered as a pushed source is.
+        .map_err(|e| ApiError::internal(e.to_string()))?
+    }
+
+    /// Each repository a job of a git include came from is that job's source, as InfraBox
+    /// clones it for the job: stored and registered as a pushed source is.
+    async fn store_git_sources(
+        &self,
+        spec: &mut atoll_api::spec::PipelineSpec,
+        trees: GitSources,
+        by: &str,
+    ) -> Result<(), ApiError> {
         let mut sources = std::collections::BTreeMap::new();
         for ((clone_url, commit), packed) in &trees.packed {
             self.relay
@@ -171,13 +184,13 @@ impl Gateway {
             self.register_source(&digest, by).await?;
             sources.insert((clone_url.clone(), commit.clone()), digest);
         }
-        for job in &mut expanded.jobs {
+        for job in &mut spec.jobs {
             let Some(git) = job.defined_in.as_ref().and_then(|d| d.git.as_ref()) else { continue };
             if job.container.repository.clone {
                 job.source = sources.get(&(git.clone_url.clone(), git.commit.clone())).cloned();
             }
         }
-        Ok(expanded)
+        Ok(())
     }
 
     /// A pushed source unpacked into `tree/` of a temporary directory (removed when dropped).
@@ -232,6 +245,15 @@ struct GitSources {
     _dir: Option<tempfile::TempDir>,
 }
 
+impl GitSources {
+    fn none() -> Self {
+        GitSources { packed: Default::default(), _dir: None }
+    }
+}
+
+/// Most bytes a git include's repository may pack to as its jobs' source.
+const MAX_GIT_SOURCE: u64 = 1 << 30;
+
 struct PackedTree {
     path: std::path::PathBuf,
     digest: atoll_store::Digest,
@@ -263,6 +285,12 @@ fn pack_git_trees(expanded: &atoll_api::spec::PipelineSpec, loader: &include::Fi
                         git.clone_url, git.commit
                     ))
                 })?;
+        if packed.size > MAX_GIT_SOURCE {
+            return Err(ApiError::bad_request(format!(
+                "{} at {}: its files pack to {} bytes, more than a git include's {MAX_GIT_SOURCE}",
+                git.clone_url, git.commit, packed.size
+            )));
+        }
         out.packed.insert(key, PackedTree { path, digest: packed.digest });
     }
     Ok(out)

@@ -72,21 +72,6 @@ fn slug(s: &str) -> String {
     out.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
 }
 
-/// `rel` below `root`, for a path the job's file wrote: resolved (links followed) and still inside
-/// `root`, or why not.
-fn inside(root: &Path, rel: &str, what: &str) -> Result<PathBuf, String> {
-    let root = root.canonicalize().map_err(|e| format!("{what}: {}: {e}", root.display()))?;
-    let joined = root.join(rel);
-    let resolved = joined.canonicalize().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => format!("{what} {rel:?} is not in the job's source"),
-        _ => format!("{what} {rel:?}: {e}"),
-    })?;
-    if !resolved.starts_with(&root) {
-        return Err(format!("{what} {rel:?} leads out of the job's source"));
-    }
-    Ok(resolved)
-}
-
 impl Engine {
     /// Podman as this machine runs it: `examples/containers-podman.yaml` (runc, ulimits the
     /// machine allows, cgroups without systemd; podman-compose with the same flags).
@@ -125,11 +110,11 @@ impl Engine {
     /// The engine answers (`version`), or why not: checked when the executor starts.
     pub async fn check(&self) -> Result<String, String> {
         let argv = self.command("version", ["--format".to_string(), "{{.Client.Version}}".to_string()]);
-        let out = output(&argv, &[]).await.map_err(|e| format!("jobs.containers.engine: {e}"))?;
+        let out = output(&argv).await.map_err(|e| format!("jobs.containers.engine: {e}"))?;
         if !self.compose.is_empty() {
             let mut argv = self.compose.clone();
             argv.push("version".into());
-            output(&argv, &[]).await.map_err(|e| format!("jobs.containers.compose: {e}"))?;
+            output(&argv).await.map_err(|e| format!("jobs.containers.compose: {e}"))?;
         }
         Ok(out.trim().to_string())
     }
@@ -139,14 +124,14 @@ impl Engine {
     pub async fn sweep(&self, work_root: &Path) {
         let label = format!("label=atoll.work={}", work_root.display());
         let argv = self.command("ps", ["-a".into(), "-q".into(), "--filter".into(), label]);
-        match output(&argv, &[]).await {
+        match output(&argv).await {
             Ok(ids) => {
                 let ids: Vec<String> = ids.split_whitespace().map(str::to_string).collect();
                 if !ids.is_empty() {
                     tracing::warn!(containers = ids.len(), "removing containers a stopped replica left");
-                    let mut rm = vec!["-f".to_string()];
+                    let mut rm = vec!["-f".to_string(), "--".to_string()];
                     rm.extend(ids);
-                    if let Err(e) = output(&self.command("rm", rm), &[]).await {
+                    if let Err(e) = output(&self.command("rm", rm)).await {
                         tracing::warn!(error = %e, "removing leftover containers failed");
                     }
                 }
@@ -157,9 +142,12 @@ impl Engine {
 
     /// The run of a container job in the work directory `dir` (with `output/`, `inputs/` and,
     /// when the job has one, `source/` in place); `cache` is the job's kept cache directory.
+    /// Blocking (it reads the compose file and writes the run's files).
     pub fn plan(&self, request: &RunRequest, dir: &Path, work_root: &Path, cache: &Path) -> Result<Plan, String> {
         let spec = &request.spec;
-        let name = format!("atoll-{}-{}", slug(&request.job), request.attempt);
+        // Unique per job id and attempt, whatever the slug keeps of the id.
+        let id = format!("{}-{}-{}", slug(&request.job), request.attempt, short_hash(&request.job));
+        let name = format!("atoll-{id}");
         // The variables of the container: atoll's at InfraBox's paths, InfraBox's, the job's own.
         let mut vars: Vec<(String, String)> = vec![
             ("ATOLL_JOB_ID".into(), request.job.clone()),
@@ -173,20 +161,22 @@ impl Engine {
             vars.retain(|(k, _)| k != key);
             vars.push((key.clone(), value.clone()));
         }
+        // The variables go to the containers in a file of the run's (never into the engine's
+        // own environment, where LD_PRELOAD or CONTAINERS_CONF would be the engine's).
+        let env_file = write_env_file(&dir.join(".atoll-env"), &vars)?;
         let source = dir.join("source");
-        // InfraBox's context: the directory of the file that defines the job, in the source.
-        let file_dir = spec.defined_in.as_ref().map(|d| d.dir.as_str()).unwrap_or("");
         let needs_source = matches!(spec.kind, JobKind::Docker | JobKind::DockerCompose);
+        // InfraBox's context: the directory of the file that defines the job, then
+        // `build_context`; anywhere inside the source.
         let context = if source.is_dir() {
-            let base = if file_dir.is_empty() {
-                source.canonicalize().map_err(|e| e.to_string())?
-            } else {
-                inside(&source, file_dir, "the directory of the job's file")?
+            let root = source.canonicalize().map_err(|e| format!("the job's source: {e}"))?;
+            let file_dir = spec.defined_in.as_ref().map(|d| d.dir.as_str()).unwrap_or("");
+            let base = in_source(&root, &root, file_dir, "the directory of the job's file")?;
+            let context = match &spec.container.build_context {
+                Some(rel) => in_source(&root, &base, rel, "build_context")?,
+                None => base.clone(),
             };
-            match &spec.container.build_context {
-                Some(rel) => Some(inside(&base, rel, "build_context").map(|p| (p, base.clone()))?),
-                None => Some((base.clone(), base)),
-            }
+            Some(Context { root, base, context })
         } else if needs_source {
             return Err(format!(
                 "a {} job builds from the pipeline's source: push the files (`atoll push DIR`) and name the source",
@@ -196,18 +186,23 @@ impl Engine {
             None
         };
 
-        let mut volumes: Vec<String> = vec![
-            format!("{}:/infrabox/output", dir.join("output").display()),
-            format!("{}:/infrabox/upload", dir.join("upload").display()),
-            format!("{}:/infrabox/cache", cache.display()),
+        // (host, container path, read-only)
+        let mut mounts: Vec<(PathBuf, String, bool)> = vec![
+            (dir.join("output"), "/infrabox/output".into(), false),
+            (dir.join("upload"), "/infrabox/upload".into(), false),
+            (cache.to_path_buf(), "/infrabox/cache".into(), false),
         ];
-        if let Some((context, _)) = &context {
-            volumes.push(format!("{}:/infrabox/context", context.display()));
-        }
+        let mut shorts = std::collections::BTreeMap::new();
         for input in &request.inputs {
             // InfraBox's name for a parent's directory: the last part of its name.
-            let short = input.from_job.rsplit('/').next().unwrap_or(&input.from_job);
-            volumes.push(format!("{}:/infrabox/inputs/{short}:ro", dir.join("inputs").join(&input.from_job).display()));
+            let short = input.from_job.rsplit('/').next().unwrap_or(&input.from_job).to_string();
+            if let Some(other) = shorts.insert(short.clone(), input.from_job.clone()) {
+                return Err(format!(
+                    "parents {other:?} and {:?} would both be /infrabox/inputs/{short} (InfraBox names a parent's directory by the last part of its name)",
+                    input.from_job
+                ));
+            }
+            mounts.push((dir.join("inputs").join(&input.from_job), format!("/infrabox/inputs/{short}"), true));
         }
         for sub in ["upload/testresult", "upload/coverage", "upload/markup", "upload/badge"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(|e| format!("preparing {sub}: {e}"))?;
@@ -215,30 +210,31 @@ impl Engine {
         std::fs::create_dir_all(cache).map_err(|e| format!("preparing the cache {}: {e}", cache.display()))?;
 
         let label = format!("atoll.work={}", work_root.display());
-        let env: Vec<(OsString, OsString)> = vars.iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let env = engine_env();
         let mut steps = Vec::new();
         let mut cleanup = Vec::new();
+        let flag = |name: &str, value: &dyn std::fmt::Display| format!("--{name}={value}");
         let limits = || {
             let mut args = Vec::new();
             if let Some(mib) = spec.resources.memory_mib {
-                args.extend(["--memory".to_string(), format!("{mib}m")]);
+                args.push(flag("memory", &format!("{mib}m")));
             }
             if let Some(millis) = spec.resources.cpu_millis {
-                args.extend(["--cpus".to_string(), format!("{}.{:03}", millis / 1000, millis % 1000)]);
+                args.push(flag("cpus", &format!("{}.{:03}", millis / 1000, millis % 1000)));
             }
             args
         };
-        let run = |image: &str, command: Vec<String>| {
-            let mut args = vec!["--rm".to_string(), "--name".into(), name.clone(), "--label".into(), label.clone()];
+        let run = |image: &str, command: Vec<String>, context: Option<&Context>| {
+            let mut args = vec!["--rm".to_string(), flag("name", &name), flag("label", &label)];
             args.extend(self.run_args.iter().cloned());
             args.extend(limits());
-            for v in &volumes {
-                args.extend(["-v".to_string(), v.clone()]);
+            let context_mount = context.map(|c| (c.context.clone(), "/infrabox/context".to_string(), false));
+            for (host, at, ro) in mounts.iter().chain(context_mount.as_ref()) {
+                args.push(flag("volume", &format!("{}:{at}{}", host.display(), if *ro { ":ro" } else { "" })));
             }
-            for (key, _) in &vars {
-                // By name: the value is in the engine's environment, never on a command line.
-                args.extend(["-e".to_string(), key.clone()]);
-            }
+            args.push(flag("env-file", &env_file.display()));
+            // Whatever the image is named, it is not an option.
+            args.push("--".into());
             args.push(image.to_string());
             args.extend(command);
             self.command("run", args)
@@ -252,79 +248,90 @@ impl Engine {
                     Some(JobCommand::Shell(line)) => vec!["sh".into(), "-c".into(), line.clone()],
                     None => Vec::new(),
                 };
-                steps.push(Step { what: format!("running {image}"), argv: run(&image, command) });
-                cleanup.push(self.command("rm", ["-f".into(), name.clone()]));
+                steps.push(Step { what: format!("running {image}"), argv: run(&image, command, context.as_ref()) });
+                cleanup.push(self.command("rm", ["-f".into(), "--".into(), name.clone()]));
             }
             JobKind::Docker => {
-                let (context, _) = context.as_ref().ok_or("no build context")?;
+                let context = context.as_ref().ok_or("no build context")?;
                 let docker_file = spec.container.docker_file.as_deref().unwrap_or("Dockerfile");
-                let docker_file = inside(context, docker_file, "docker_file")?;
-                let tag =
-                    format!("localhost/atoll/{}:{}-{}", slug(&spec.name), slug(&request.pipeline), request.attempt);
+                let docker_file = in_source(&context.root, &context.context, docker_file, "docker_file")?;
+                let tag = format!(
+                    "localhost/atoll/{}-{}:{}-{}",
+                    slug(&spec.name),
+                    short_hash(&spec.name),
+                    slug(&request.pipeline),
+                    request.attempt
+                );
                 let mut args: Vec<String> = self.build_args.clone();
                 if let Some(mib) = spec.resources.memory_mib {
-                    args.extend(["--memory".to_string(), format!("{mib}m")]);
+                    args.push(flag("memory", &format!("{mib}m")));
                 }
-                args.extend(["-f".into(), docker_file.display().to_string(), "-t".into(), tag.clone()]);
-                args.extend(["--label".into(), label.clone()]);
-                args.extend(["--build-arg".into(), format!("INFRABOX_BUILD_NUMBER={}", request.pipeline)]);
+                args.extend([flag("file", &docker_file.display()), flag("tag", &tag), flag("label", &label)]);
+                args.push(flag("build-arg", &format!("INFRABOX_BUILD_NUMBER={}", request.pipeline)));
                 for (key, value) in &spec.container.build_arguments {
-                    args.extend(["--build-arg".into(), format!("{key}={value}")]);
+                    args.push(flag("build-arg", &format!("{key}={value}")));
                 }
                 if let Some(target) = &spec.container.target {
-                    args.extend(["--target".into(), target.clone()]);
+                    args.push(flag("target", target));
                 }
-                args.push(context.display().to_string());
+                args.push("--".into());
+                args.push(context.context.display().to_string());
                 steps.push(Step { what: format!("building {tag}"), argv: self.command("build", args) });
                 // InfraBox builds only, unless told `build_only: false`.
                 if spec.container.build_only == Some(false) {
-                    steps.push(Step { what: format!("running {tag}"), argv: run(&tag, Vec::new()) });
-                    cleanup.push(self.command("rm", ["-f".into(), name.clone()]));
+                    steps.push(Step { what: format!("running {tag}"), argv: run(&tag, Vec::new(), Some(context)) });
+                    cleanup.push(self.command("rm", ["-f".into(), "--".into(), name.clone()]));
                     // An image built to be run goes with the run; a built-only one is the product.
-                    cleanup.push(self.command("rmi", ["-f".into(), tag]));
+                    cleanup.push(self.command("rmi", ["-f".into(), "--".into(), tag]));
                 }
             }
             JobKind::DockerCompose => {
                 if self.compose.is_empty() {
                     return Err("docker-compose jobs need jobs.containers.compose (this cluster has none)".into());
                 }
-                let (context, file_dir) = context.as_ref().ok_or("no source")?;
+                let context = context.as_ref().ok_or("no source")?;
                 let file = spec
                     .container
                     .compose_file
                     .as_deref()
                     .ok_or("a docker-compose job names no docker_compose_file")?;
-                let file = inside(file_dir, file, "docker_compose_file")?;
-                let project = format!("atoll_{}_{}", slug(&request.job).replace(['.', '-'], "_"), request.attempt);
-                let source = source.canonicalize().map_err(|e| format!("the job's source: {e}"))?;
-                let rewritten = rewrite_compose(&file, &volumes, &label, &vars, context, &source)?;
-                let compose = |args: &[&str]| {
-                    let mut argv = self.compose.clone();
-                    argv.extend(["-p".into(), project.clone(), "-f".into(), rewritten.display().to_string()]);
-                    argv.extend(args.iter().map(|a| a.to_string()));
-                    argv
+                let file = in_source(&context.root, &context.base, file, "docker_compose_file")?;
+                let project = format!("atoll_{}", id.replace(['.', '-'], "_"));
+                let ours = Ours {
+                    mounts: &mounts,
+                    context: &context.context,
+                    env_file: &env_file,
+                    label: &label,
+                    project: &project,
+                    spec,
                 };
+                let rewritten = rewrite_compose(&file, &context.root, &ours)?;
                 let mut profiles = Vec::new();
                 for p in &spec.container.compose_profiles {
                     profiles.extend(["--profile".to_string(), p.clone()]);
                 }
-                let with_profiles = |tail: &[&str]| {
+                let compose = |tail: &[&str], with_profiles: bool| {
                     let mut argv = self.compose.clone();
                     argv.extend(["-p".into(), project.clone(), "-f".into(), rewritten.display().to_string()]);
-                    argv.extend(profiles.iter().cloned());
+                    if with_profiles {
+                        argv.extend(profiles.iter().cloned());
+                    }
                     argv.extend(tail.iter().map(|a| a.to_string()));
                     argv
                 };
                 steps.push(Step {
-                    what: format!("building the services of {}", file.display()),
-                    argv: with_profiles(&["build"]),
+                    what: format!(
+                        "building the services of {}",
+                        file.strip_prefix(&context.root).unwrap_or(&file).display()
+                    ),
+                    argv: compose(&["build"], true),
                 });
                 steps.push(Step {
                     what: "starting the services (the first to stop stops the others)".into(),
-                    argv: with_profiles(&["up", "--abort-on-container-exit"]),
+                    argv: compose(&["up", "--abort-on-container-exit"], true),
                 });
                 let stop = spec.container.stop_timeout_s.unwrap_or(10).to_string();
-                cleanup.push(compose(&["down", "-t", &stop]));
+                cleanup.push(compose(&["down", "-t", &stop, "-v"], false));
                 return Ok(Plan { steps, env, cleanup, compose_project: Some(project) });
             }
             other => return Err(format!("{} jobs do not run in containers", other.as_str())),
@@ -335,114 +342,235 @@ impl Engine {
     /// The result of a compose project after `up` ended: the exit code of the service container
     /// that stopped first (the one whose end stopped the others), with its name; `None` when no
     /// container of the project was made.
-    pub async fn compose_result(
-        &self,
-        project: &str,
-        env: &[(OsString, OsString)],
-    ) -> Result<Option<(String, i32)>, String> {
+    pub async fn compose_result(&self, project: &str) -> Result<Option<ComposeEnd>, String> {
         let filter = format!("label=com.docker.compose.project={project}");
-        let ids = output(&self.command("ps", ["-a".into(), "-q".into(), "--filter".into(), filter]), env).await?;
+        let ids = output(&self.command("ps", ["-a".into(), "-q".into(), "--filter".into(), filter])).await?;
         let ids: Vec<String> = ids.split_whitespace().map(str::to_string).collect();
         if ids.is_empty() {
             return Ok(None);
         }
-        let json = output(&self.command("inspect", ids), env).await?;
+        let mut inspect = vec!["--".to_string()];
+        inspect.extend(ids);
+        let json = output(&self.command("inspect", inspect)).await?;
         first_stopped(&json).map(Some)
+    }
+
+    /// Remove the images a compose project built (labelled `atoll.project=<project>`).
+    pub async fn remove_project_images(&self, project: &str) {
+        let filter = format!("label=atoll.project={project}");
+        match output(&self.command("images", ["-q".into(), "--filter".into(), filter])).await {
+            Ok(ids) => {
+                let mut ids: Vec<String> = ids.split_whitespace().map(str::to_string).collect();
+                ids.dedup();
+                if !ids.is_empty() {
+                    let mut rmi = vec!["-f".to_string(), "--".to_string()];
+                    rmi.extend(ids);
+                    if let Err(e) = output(&self.command("rmi", rmi)).await {
+                        tracing::warn!(error = %e, project, "removing a compose project's images failed");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, project, "listing a compose project's images failed"),
+        }
     }
 }
 
 /// From `inspect`'s JSON: the container that finished first, and its exit code.
-fn first_stopped(json: &str) -> Result<(String, i32), String> {
+fn first_stopped(json: &str) -> Result<ComposeEnd, String> {
     let all: serde_json::Value =
         serde_json::from_str(json).map_err(|e| format!("reading the engine's inspect: {e}"))?;
+    let time = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|s| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok())
+            // A container that never ran has the zero time.
+            .filter(|t| t.year() >= 2000)
+    };
     let mut best: Option<(time::OffsetDateTime, String, i32)> = None;
+    let mut never_started = Vec::new();
     for c in all.as_array().into_iter().flatten() {
         let name = c["Name"].as_str().unwrap_or("?").trim_start_matches('/').to_string();
         let code = c["State"]["ExitCode"].as_i64().unwrap_or(-1) as i32;
-        let Some(finished) = c["State"]["FinishedAt"]
-            .as_str()
-            .and_then(|s| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok())
-        else {
-            continue;
-        };
-        // A container that never ran has the zero time: not a candidate.
-        if finished.year() < 2000 {
-            continue;
+        if time(&c["State"]["StartedAt"]).is_none() {
+            never_started.push(name.clone());
         }
+        let Some(finished) = time(&c["State"]["FinishedAt"]) else { continue };
         if best.as_ref().is_none_or(|(at, ..)| finished < *at) {
             best = Some((finished, name, code));
         }
     }
-    best.map(|(_, name, code)| (name, code)).ok_or_else(|| "no service of the project ran".to_string())
+    never_started.sort();
+    Ok(ComposeEnd { first: best.map(|(_, name, code)| (name, code)), never_started })
 }
 
-/// The compose file with InfraBox's directories mounted into every service, the job's variables
-/// in every service's environment and atoll's label on it, written beside the original (so its
-/// relative paths mean the same); `/infrabox/context` in a service's own volumes is the build
-/// context, as InfraBox reads it.
-fn rewrite_compose(
-    file: &Path,
-    volumes: &[String],
-    label: &str,
-    vars: &[(String, String)],
-    context: &Path,
-    source: &Path,
-) -> Result<PathBuf, String> {
-    let text = std::fs::read_to_string(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
-    let mut doc: Yaml = serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
-    let shown = file.strip_prefix(source).unwrap_or(file).display().to_string();
-    check_compose(&doc, file.parent().unwrap_or(source), source).map_err(|e| format!("{shown}: {e}"))?;
-    let services = doc
-        .get_mut("services")
-        .and_then(Yaml::as_mapping_mut)
-        .ok_or_else(|| format!("{}: no services", file.display()))?;
-    let (label_key, label_value) = label.split_once('=').unwrap_or((label, ""));
-    for (name, service) in services.iter_mut() {
-        let where_ = format!("{}: services.{}", file.display(), name.as_str().unwrap_or("?"));
-        let service = service.as_mapping_mut().ok_or_else(|| format!("{where_}: not a mapping"))?;
-        let mut list: Vec<Yaml> = match service.get("volumes") {
-            Some(Yaml::Sequence(items)) => items
-                .iter()
-                .map(|v| match v.as_str() {
-                    Some(s) => Yaml::String(s.replace("/infrabox/context", &context.display().to_string())),
-                    None => v.clone(),
-                })
-                .collect(),
-            Some(_) => return Err(format!("{where_}.volumes: not a list")),
-            None => Vec::new(),
+/// How a compose project's services ended, as the engine says.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ComposeEnd {
+    /// The container that stopped first, and its exit code.
+    pub first: Option<(String, i32)>,
+    /// Containers of the project that never started (`up` failed before they could).
+    pub never_started: Vec<String>,
+}
+
+impl ComposeEnd {
+    /// The run's exit code and what to say of it: the first to stop decides, and a service
+    /// that never started fails the run.
+    pub fn verdict(&self) -> (i32, String) {
+        let (code, mut said) = match &self.first {
+            Some((name, code)) => (*code, format!("{name} stopped first, with {code}")),
+            None => (1, "no service ran".to_string()),
         };
-        list.extend(volumes.iter().map(|v| Yaml::String(v.clone())));
-        service.insert("volumes".into(), Yaml::Sequence(list));
-        let labels = service.entry("labels".into()).or_insert_with(|| Yaml::Mapping(Mapping::new()));
-        match labels {
-            Yaml::Mapping(m) => {
-                m.insert(label_key.into(), label_value.into());
-            }
-            Yaml::Sequence(items) => items.push(Yaml::String(label.to_string())),
-            _ => return Err(format!("{where_}.labels: not a mapping or a list")),
+        if self.never_started.is_empty() {
+            return (code, said);
         }
-        // The job's variables by name (their values are in compose's own environment).
-        let env = service.entry("environment".into()).or_insert_with(|| Yaml::Mapping(Mapping::new()));
-        match env {
-            Yaml::Mapping(m) => {
-                for (key, _) in vars {
-                    let k = Yaml::String(key.clone());
-                    if !m.contains_key(&k) {
-                        m.insert(k, Yaml::Null);
-                    }
+        said.push_str(&format!("; {} never started", self.never_started.join(", ")));
+        (if code == 0 { 1 } else { code }, said)
+    }
+}
+
+/// A job's source and where its files are: the source's root, the directory of the file that
+/// defines the job, and the build context (all resolved, inside the root).
+struct Context {
+    root: PathBuf,
+    base: PathBuf,
+    context: PathBuf,
+}
+
+/// What atoll adds to every service of a compose file.
+struct Ours<'a> {
+    /// (host, container path, read-only)
+    mounts: &'a [(PathBuf, String, bool)],
+    context: &'a Path,
+    env_file: &'a Path,
+    label: &'a str,
+    project: &'a str,
+    spec: &'a atoll_api::spec::JobSpec,
+}
+
+/// `rel` (relative to `dir`) resolved by the kernel, links followed, and inside `root`; or why
+/// not. A path that does not exist yet is resolved as far as it exists, and may not climb after.
+fn in_source(root: &Path, dir: &Path, rel: &str, what: &str) -> Result<PathBuf, String> {
+    if rel.contains('\0') {
+        return Err(format!("{what} {rel:?}: not a path"));
+    }
+    let joined = if rel.starts_with('/') { PathBuf::from(rel) } else { dir.join(rel) };
+    let resolved = match joined.canonicalize() {
+        Ok(resolved) => resolved,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut existing = joined.clone();
+            let mut rest = Vec::new();
+            while !existing.exists() {
+                rest.push(
+                    existing
+                        .file_name()
+                        .map(|n| n.to_os_string())
+                        .ok_or_else(|| format!("{what} {rel:?} is not in the job's source"))?,
+                );
+                if !existing.pop() {
+                    return Err(format!("{what} {rel:?}: not a path"));
                 }
             }
-            Yaml::Sequence(items) => {
-                for (key, _) in vars {
-                    let present = items.iter().any(|i| i.as_str().is_some_and(|s| s.split('=').next() == Some(key)));
-                    if !present {
-                        items.push(Yaml::String(key.clone()));
-                    }
-                }
+            if rest.iter().any(|part| part == ".." || part == ".") {
+                return Err(format!("{what} {rel:?} is not in the job's source"));
             }
-            _ => return Err(format!("{where_}.environment: not a mapping or a list")),
+            let mut resolved = existing.canonicalize().map_err(|e| format!("{what} {rel:?}: {e}"))?;
+            resolved.extend(rest.iter().rev());
+            resolved
+        }
+        Err(e) => return Err(format!("{what} {rel:?}: {e}")),
+    };
+    if !resolved.starts_with(root) {
+        return Err(format!("{what} {rel:?} leads out of the job's source"));
+    }
+    Ok(resolved)
+}
+
+/// The top-level keys of a compose file a job may use.
+const TOP_KEYS: [&str; 6] = ["version", "services", "volumes", "networks", "secrets", "configs"];
+/// The service keys a job may use: what stays inside the containers. Anything else (privileged,
+/// host namespaces, devices, capabilities, other projects' containers or volumes, ...) would
+/// reach the host the engine runs on as root.
+const SERVICE_KEYS: [&str; 38] = [
+    "image",
+    "build",
+    "command",
+    "entrypoint",
+    "environment",
+    "env_file",
+    "volumes",
+    "working_dir",
+    "user",
+    "ports",
+    "expose",
+    "depends_on",
+    "healthcheck",
+    "labels",
+    "networks",
+    "restart",
+    "stop_signal",
+    "stop_grace_period",
+    "tmpfs",
+    "shm_size",
+    "hostname",
+    "domainname",
+    "extra_hosts",
+    "init",
+    "tty",
+    "stdin_open",
+    "profiles",
+    "mem_limit",
+    "memswap_limit",
+    "mem_reservation",
+    "cpus",
+    "cpu_shares",
+    "read_only",
+    "dns",
+    "dns_search",
+    "secrets",
+    "configs",
+    "ulimits",
+];
+/// The keys of a service's `build` a job may use.
+const BUILD_KEYS: [&str; 6] = ["context", "dockerfile", "args", "target", "labels", "shm_size"];
+
+fn key_name(key: &Yaml) -> String {
+    key.as_str().map_or_else(|| format!("{key:?}"), str::to_string)
+}
+
+/// Keys of `map` not in `allowed` (extension fields, `x-...`, are anchors' homes: allowed).
+fn refuse_keys(map: &Mapping, allowed: &[&str], at: &str, why: &str) -> Result<(), String> {
+    for (key, _) in map {
+        let name = key_name(key);
+        if !name.starts_with("x-") && !allowed.contains(&name.as_str()) {
+            return Err(format!("{at}{name}: {why}"));
         }
     }
+    Ok(())
+}
+
+/// A path-like value: no interpolation (`$`), which would be filled in after the check.
+fn plain<'a>(value: &'a str, at: &str) -> Result<&'a str, String> {
+    if value.contains('$') {
+        return Err(format!(
+            "{at}: {value:?}: no variables in paths and images (they would be filled in after the check)"
+        ));
+    }
+    Ok(value)
+}
+
+/// The compose file the job's run uses, written beside the original (`.<name>.atoll.yml`): the
+/// file as written, checked to stay inside its containers (only [`TOP_KEYS`], [`SERVICE_KEYS`]
+/// and [`BUILD_KEYS`]; every path resolved inside the job's source and written resolved; a bind
+/// mount from the source read-only; no variables in paths or images), with atoll's directories
+/// mounted into every service, the job's variables from its env file, the job's limits where
+/// the file set none, and atoll's label on every container and image.
+fn rewrite_compose(file: &Path, root: &Path, ours: &Ours<'_>) -> Result<PathBuf, String> {
+    let shown = file.strip_prefix(root).unwrap_or(file).display().to_string();
+    let text = std::fs::read_to_string(file).map_err(|e| format!("reading {shown}: {e}"))?;
+    let mut doc: Yaml = serde_yaml_ng::from_str(&text).map_err(|e| format!("{shown}: {e}"))?;
+    // Merge keys (`<<`) applied first, so what they bring is checked like the rest.
+    doc.apply_merge().map_err(|e| format!("{shown}: {e}"))?;
+    let dir = file.parent().unwrap_or(root).to_path_buf();
+    check_and_rewrite(&mut doc, &dir, root, ours).map_err(|e| format!("{shown}: {e}"))?;
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let out = file.with_file_name(format!(".{name}.atoll.yml"));
     let body = serde_yaml_ng::to_string(&doc).map_err(|e| e.to_string())?;
@@ -450,147 +578,251 @@ fn rewrite_compose(
     Ok(out)
 }
 
-/// Service keys that reach past the container into the host the engine runs on (as root): a
-/// compose job is refused with any of them.
-const HOST_KEYS: [&str; 15] = [
-    "privileged",
-    "cap_add",
-    "devices",
-    "device_cgroup_rules",
-    "network_mode",
-    "pid",
-    "ipc",
-    "uts",
-    "userns_mode",
-    "cgroup",
-    "cgroup_parent",
-    "security_opt",
-    "volumes_from",
-    "runtime",
-    "sysctls",
-];
-
-/// What of a compose file would reach the engine's host, refused by its path: the service keys of
-/// [`HOST_KEYS`]; a bind mount, `env_file`, build context or Dockerfile, `extends` or top-level
-/// `include`, `secrets` or `configs` file outside the job's source; volume and network driver
-/// options (a `local` volume can bind any host directory).
-fn check_compose(doc: &Yaml, dir: &Path, source: &Path) -> Result<(), String> {
-    let inside_source = |rel: &str, at: &str| -> Result<(), String> {
-        let resolved = lexical(dir, rel);
-        let resolved = resolved.canonicalize().unwrap_or(resolved);
-        if resolved.starts_with(source) {
-            Ok(())
-        } else {
-            Err(format!("{at}: {rel:?} is outside the job's source (the host is not the job's)"))
-        }
-    };
-    let strings = |v: &Yaml| -> Vec<String> {
-        match v {
-            Yaml::String(s) => vec![s.clone()],
-            Yaml::Sequence(items) => items
-                .iter()
-                .filter_map(|i| i.as_str().map(str::to_string).or_else(|| i.get("path")?.as_str().map(str::to_string)))
-                .collect(),
-            _ => Vec::new(),
-        }
-    };
-    for (key, _) in doc.as_mapping().into_iter().flatten() {
-        if key.as_str() == Some("include") {
-            for (i, path) in strings(&doc["include"]).iter().enumerate() {
-                inside_source(path, &format!("include[{i}]"))?;
+fn check_and_rewrite(doc: &mut Yaml, dir: &Path, root: &Path, ours: &Ours<'_>) -> Result<(), String> {
+    let top = doc.as_mapping_mut().ok_or("not a mapping")?;
+    refuse_keys(top, &TOP_KEYS, "", "not for a job (only services, volumes, networks, secrets and configs)")?;
+    for kind in ["volumes", "networks"] {
+        for (name, def) in top.get(kind).and_then(Yaml::as_mapping).into_iter().flatten() {
+            if let Some(def) = def.as_mapping() {
+                let allowed: &[&str] = if kind == "volumes" { &["labels"] } else { &["labels", "internal"] };
+                refuse_keys(
+                    def,
+                    allowed,
+                    &format!("{kind}.{}.", key_name(name)),
+                    "not for a job (drivers, their options and outside names reach the host)",
+                )?;
             }
         }
     }
     for kind in ["secrets", "configs"] {
-        for (name, def) in doc.get(kind).and_then(Yaml::as_mapping).into_iter().flatten() {
-            if let Some(file) = def.get("file").and_then(Yaml::as_str) {
-                inside_source(file, &format!("{kind}.{}.file", name.as_str().unwrap_or("?")))?;
-            }
+        for (name, def) in top.get_mut(kind).and_then(Yaml::as_mapping_mut).into_iter().flatten() {
+            let at = format!("{kind}.{}", key_name(name));
+            let def = def.as_mapping_mut().ok_or_else(|| format!("{at}: not a mapping"))?;
+            refuse_keys(def, &["file"], &format!("{at}."), "not for a job (only a file of the source)")?;
+            let file = def.get("file").and_then(Yaml::as_str).ok_or_else(|| format!("{at}.file: missing"))?;
+            let resolved = in_source(root, dir, plain(file, &format!("{at}.file"))?, &format!("{at}.file"))?;
+            def.insert("file".into(), Yaml::String(resolved.display().to_string()));
         }
     }
-    for kind in ["volumes", "networks"] {
-        for (name, def) in doc.get(kind).and_then(Yaml::as_mapping).into_iter().flatten() {
-            if def.get("driver_opts").is_some() {
-                return Err(format!(
-                    "{kind}.{}.driver_opts: driver options can reach the host; not for a job",
-                    name.as_str().unwrap_or("?")
-                ));
+    let services = top.get_mut("services").and_then(Yaml::as_mapping_mut).ok_or("no services")?;
+    for (name, service) in services.iter_mut() {
+        let at = format!("services.{}", key_name(name));
+        let service = service.as_mapping_mut().ok_or_else(|| format!("{at}: not a mapping"))?;
+        refuse_keys(
+            service,
+            &SERVICE_KEYS,
+            &format!("{at}."),
+            "not for a job (it reaches past the containers, or atoll does not allow it)",
+        )?;
+        if let Some(image) = service.get("image") {
+            let image = image.as_str().ok_or_else(|| format!("{at}.image: not a string"))?;
+            if plain(image, &format!("{at}.image"))?.starts_with('-') || image.trim().is_empty() {
+                return Err(format!("{at}.image: {image:?} is not an image"));
             }
         }
-    }
-    let services = doc.get("services").and_then(Yaml::as_mapping).ok_or("no services")?;
-    for (name, service) in services {
-        let at = format!("services.{}", name.as_str().unwrap_or("?"));
-        let Some(service) = service.as_mapping() else { continue };
-        for key in HOST_KEYS {
-            if service.contains_key(key) {
-                return Err(format!("{at}.{key}: reaches the host the engine runs on; not for a job"));
-            }
-        }
-        for (i, volume) in service.get("volumes").and_then(Yaml::as_sequence).into_iter().flatten().enumerate() {
-            let host = match volume {
-                Yaml::String(short) => short.split(':').next().filter(|_| short.contains(':')).map(str::to_string),
-                long => match long.get("type").and_then(Yaml::as_str) {
-                    Some("bind") => long.get("source").and_then(Yaml::as_str).map(str::to_string),
-                    _ => None,
-                },
-            };
-            // A bind mount (a path, not a volume's name); InfraBox's own context path is the job's.
-            if let Some(host) = host.filter(|h| h.starts_with(['/', '.', '~']) && !h.starts_with("/infrabox/context")) {
+        // Volumes: a bind mount (a path) resolved inside the source and made read-only.
+        let mut volumes = Vec::new();
+        for (i, volume) in
+            service.get("volumes").and_then(Yaml::as_sequence).cloned().unwrap_or_default().into_iter().enumerate()
+        {
+            let vat = format!("{at}.volumes[{i}]");
+            let bind = |host: &str| -> Result<PathBuf, String> {
+                let host = plain(host, &vat)?;
+                // InfraBox's name for the build context.
+                let host = match host.strip_prefix("/infrabox/context") {
+                    Some(rest) => format!("{}{rest}", ours.context.display()),
+                    None => host.to_string(),
+                };
                 if host.starts_with('~') {
-                    return Err(format!("{at}.volumes[{i}]: {host:?} is outside the job's source"));
+                    return Err(format!("{vat}: {host:?} is outside the job's source"));
                 }
-                inside_source(&host, &format!("{at}.volumes[{i}]"))?;
-            }
-        }
-        for (i, file) in service.get("env_file").map(strings).unwrap_or_default().iter().enumerate() {
-            inside_source(file, &format!("{at}.env_file[{i}]"))?;
-        }
-        if let Some(build) = service.get("build") {
-            let context = match build {
-                Yaml::String(context) => context.clone(),
-                other => other.get("context").and_then(Yaml::as_str).unwrap_or(".").to_string(),
+                in_source(root, dir, &host, &vat)
             };
-            inside_source(&context, &format!("{at}.build.context"))?;
-            if let Some(file) = build.get("dockerfile").and_then(Yaml::as_str) {
-                let in_context = lexical(dir, &context);
-                let resolved = lexical(&in_context, file);
-                let resolved = resolved.canonicalize().unwrap_or(resolved);
-                if !resolved.starts_with(source) {
-                    return Err(format!("{at}.build.dockerfile: {file:?} is outside the job's source"));
+            match volume {
+                Yaml::String(short) => {
+                    let parts: Vec<&str> = short.split(':').collect();
+                    let host = parts[0];
+                    let named = !host.starts_with(['/', '.', '~']) && parts.len() > 1;
+                    let anonymous = parts.len() == 1;
+                    if named || anonymous {
+                        plain(short.as_str(), &vat)?;
+                        volumes.push(Yaml::String(short));
+                        continue;
+                    }
+                    if parts.len() > 3 {
+                        return Err(format!("{vat}: {short:?} is not source:target[:mode]"));
+                    }
+                    let resolved = bind(host)?;
+                    let target = plain(parts[1], &vat)?;
+                    volumes.push(Yaml::String(format!("{}:{target}:ro", resolved.display())));
                 }
-            }
-            if build.get("additional_contexts").is_some() {
-                return Err(format!("{at}.build.additional_contexts: not for a job (a context may be any host path)"));
+                Yaml::Mapping(mut long) => {
+                    refuse_keys(
+                        &long,
+                        &["type", "source", "target", "read_only"],
+                        &format!("{vat}."),
+                        "not for a job",
+                    )?;
+                    match long.get("type").and_then(Yaml::as_str) {
+                        Some("bind") => {
+                            let source = long
+                                .get("source")
+                                .and_then(Yaml::as_str)
+                                .ok_or_else(|| format!("{vat}.source: missing"))?;
+                            let resolved = bind(source)?;
+                            long.insert("source".into(), Yaml::String(resolved.display().to_string()));
+                            long.insert("read_only".into(), Yaml::Bool(true));
+                        }
+                        Some("volume") | Some("tmpfs") => {
+                            if let Some(source) = long.get("source").and_then(Yaml::as_str) {
+                                plain(source, &vat)?;
+                            }
+                        }
+                        other => return Err(format!("{vat}.type: {other:?} is not bind, volume or tmpfs")),
+                    }
+                    volumes.push(Yaml::Mapping(long));
+                }
+                other => return Err(format!("{vat}: not a string or a mapping: {other:?}")),
             }
         }
-        if let Some(file) = service.get("extends").and_then(|e| e.get("file")).and_then(Yaml::as_str) {
-            inside_source(file, &format!("{at}.extends.file"))?;
+        for (host, at, ro) in ours.mounts {
+            volumes.push(Yaml::String(format!("{}:{at}{}", host.display(), if *ro { ":ro" } else { "" })));
+        }
+        // The build context, read-only: a service must not change what another one mounts.
+        volumes.push(Yaml::String(format!("{}:/infrabox/context:ro", ours.context.display())));
+        service.insert("volumes".into(), Yaml::Sequence(volumes));
+        // env_file: resolved inside the source, then the job's own variables.
+        let mut env_files = Vec::new();
+        let listed = match service.get("env_file") {
+            None => Vec::new(),
+            Some(Yaml::String(one)) => vec![Yaml::String(one.clone())],
+            Some(Yaml::Sequence(many)) => many.clone(),
+            Some(_) => return Err(format!("{at}.env_file: not a path or a list")),
+        };
+        for (i, entry) in listed.iter().enumerate() {
+            let eat = format!("{at}.env_file[{i}]");
+            let path = entry.as_str().ok_or_else(|| format!("{eat}: not a path"))?;
+            env_files.push(Yaml::String(in_source(root, dir, plain(path, &eat)?, &eat)?.display().to_string()));
+        }
+        env_files.push(Yaml::String(ours.env_file.display().to_string()));
+        service.insert("env_file".into(), Yaml::Sequence(env_files));
+        if let Some(build) = service.get_mut("build") {
+            let bat = format!("{at}.build");
+            let mut map = match build {
+                Yaml::String(context) => {
+                    let mut map = Mapping::new();
+                    map.insert("context".into(), Yaml::String(context.clone()));
+                    map
+                }
+                Yaml::Mapping(map) => map.clone(),
+                _ => return Err(format!("{bat}: not a path or a mapping")),
+            };
+            refuse_keys(&map, &BUILD_KEYS, &format!("{bat}."), "not for a job (it reaches past the build)")?;
+            let context = map.get("context").and_then(Yaml::as_str).unwrap_or(".").to_string();
+            let context = in_source(root, dir, plain(&context, &format!("{bat}.context"))?, &format!("{bat}.context"))?;
+            if let Some(file) = map.get("dockerfile").and_then(Yaml::as_str) {
+                let file = in_source(
+                    root,
+                    &context,
+                    plain(file, &format!("{bat}.dockerfile"))?,
+                    &format!("{bat}.dockerfile"),
+                )?;
+                map.insert("dockerfile".into(), Yaml::String(file.display().to_string()));
+            }
+            map.insert("context".into(), Yaml::String(context.display().to_string()));
+            let labels = map.entry("labels".into()).or_insert_with(|| Yaml::Mapping(Mapping::new()));
+            if let Yaml::Mapping(labels) = labels {
+                labels.insert("atoll.project".into(), ours.project.into());
+            }
+            *build = Yaml::Mapping(map);
+        }
+        let labels = service.entry("labels".into()).or_insert_with(|| Yaml::Mapping(Mapping::new()));
+        let (label_key, label_value) = ours.label.split_once('=').unwrap_or((ours.label, ""));
+        match labels {
+            Yaml::Mapping(m) => {
+                m.insert(label_key.into(), label_value.into());
+            }
+            Yaml::Sequence(items) => items.push(Yaml::String(ours.label.to_string())),
+            _ => return Err(format!("{at}.labels: not a mapping or a list")),
+        }
+        // The job's limits, where the file set none.
+        if let (Some(mib), false) = (ours.spec.resources.memory_mib, service.contains_key("mem_limit")) {
+            service.insert("mem_limit".into(), Yaml::String(format!("{mib}m")));
+        }
+        if let (Some(millis), false) = (ours.spec.resources.cpu_millis, service.contains_key("cpus")) {
+            service.insert("cpus".into(), Yaml::String(format!("{}.{:03}", millis / 1000, millis % 1000)));
         }
     }
     Ok(())
 }
 
-/// `rel` joined to `dir` without `.` and `..` (`rel` absolute: itself, normalized).
-fn lexical(dir: &Path, rel: &str) -> PathBuf {
-    let mut out = if rel.starts_with('/') { PathBuf::from("/") } else { dir.to_path_buf() };
-    for part in rel.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            p => out.push(p),
+/// The job's variables as an env file of the run (owner-only), for `--env-file` and compose's
+/// `env_file`; a value with a line break cannot be written there, and is refused by name.
+fn write_env_file(path: &Path, vars: &[(String, String)]) -> Result<PathBuf, String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut text = String::new();
+    for (key, value) in vars {
+        if value.contains(['\n', '\r', '\0']) {
+            return Err(format!(
+                "{key}: a value with a line break cannot be given to a container (an env file holds one line per variable)"
+            ));
         }
+        text.push_str(&format!("{key}={value}\n"));
     }
-    out
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| format!("writing the run's variables to {}: {e}", path.display()))?;
+    file.write_all(text.as_bytes()).map_err(|e| format!("writing the run's variables to {}: {e}", path.display()))?;
+    Ok(path.to_path_buf())
+}
+
+/// The engine's own environment, the same for every engine command: the replica's settings an
+/// engine reads (where it is, its configuration, its storage), never a job's variables.
+pub fn engine_env() -> Vec<(OsString, OsString)> {
+    const KEPT: [&str; 16] = [
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "TMPDIR",
+        "XDG_RUNTIME_DIR",
+        "XDG_CONFIG_HOME",
+        "XDG_DATA_HOME",
+        "DOCKER_HOST",
+        "DOCKER_CONFIG",
+        "DOCKER_CONTEXT",
+        "CONTAINER_HOST",
+        "CONTAINERS_CONF",
+        "CONTAINERS_STORAGE_CONF",
+        "REGISTRY_AUTH_FILE",
+    ];
+    let mut env: Vec<(OsString, OsString)> =
+        KEPT.iter().filter_map(|k| std::env::var_os(k).map(|v| (OsString::from(k), v))).collect();
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()));
+    }
+    env
+}
+
+/// A short, stable hash of `s` (8 hex digits), to keep names made from it apart.
+pub fn short_hash(s: &str) -> String {
+    let hash = s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    format!("{:08x}", hash as u32)
 }
 
 /// Run `argv` to its end within [`HOUSEKEEPING`]: its standard output, or why it failed.
-pub async fn output(argv: &[String], env: &[(OsString, OsString)]) -> Result<String, String> {
+/// The engine's environment is [`engine_env`], whatever the replica's is.
+pub async fn output(argv: &[String]) -> Result<String, String> {
     let (program, args) = argv.split_first().ok_or("no command")?;
     let mut command = tokio::process::Command::new(program);
-    command.args(args).envs(env.iter().cloned()).kill_on_drop(true).stdin(std::process::Stdio::null());
+    command.args(args).env_clear().envs(engine_env()).kill_on_drop(true).stdin(std::process::Stdio::null());
     let run = tokio::time::timeout(HOUSEKEEPING, command.output()).await;
     let shown = || shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_else(|_| argv.join(" "));
     match run {
@@ -613,17 +845,18 @@ pub async fn output(argv: &[String], env: &[(OsString, OsString)]) -> Result<Str
 /// Removes what a run made when dropped before the run could (its task aborted: the replica
 /// stopped leading): on a thread of its own, so no async code waits for it.
 pub struct Cleanup {
-    pub commands: Vec<Vec<String>>,
-    pub env: Vec<(OsString, OsString)>,
+    pub commands: std::collections::VecDeque<Vec<String>>,
 }
 
 impl Cleanup {
-    /// The run removes them itself: nothing left to do when dropped.
+    /// The run removes them itself, one command after the other: what an abort leaves undone
+    /// is done when this is dropped.
     pub async fn now(mut self) {
-        for argv in std::mem::take(&mut self.commands) {
-            if let Err(e) = output(&argv, &self.env).await {
-                tracing::warn!(error = %e, "removing a run's containers failed");
+        while let Some(argv) = self.commands.front().cloned() {
+            if let Err(e) = output(&argv).await {
+                tracing::warn!(error = %e, "removing what a run made failed");
             }
+            self.commands.pop_front();
         }
     }
 }
@@ -634,13 +867,13 @@ impl Drop for Cleanup {
         if commands.is_empty() {
             return;
         }
-        let env = std::mem::take(&mut self.env);
         std::thread::spawn(move || {
             for argv in commands {
                 let Some((program, args)) = argv.split_first() else { continue };
                 let child = std::process::Command::new(program)
                     .args(args)
-                    .envs(env.iter().cloned())
+                    .env_clear()
+                    .envs(engine_env())
                     .stdin(std::process::Stdio::null())
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null())
@@ -673,12 +906,20 @@ mod tests {
     #[test]
     fn the_first_container_to_stop_decides_a_compose_run() {
         let json = r#"[
-          {"Name": "/p_db_1", "State": {"ExitCode": 137, "FinishedAt": "2026-12-07T09:00:16.5Z"}},
-          {"Name": "p_test_1", "State": {"ExitCode": 3, "FinishedAt": "2026-12-07T09:00:15.123456789Z"}},
-          {"Name": "p_never_1", "State": {"ExitCode": 0, "FinishedAt": "0001-01-01T00:00:00Z"}}
+          {"Name": "/p_db_1", "State": {"ExitCode": 137, "StartedAt": "2026-12-07T09:00:10Z", "FinishedAt": "2026-12-07T09:00:16.5Z"}},
+          {"Name": "p_test_1", "State": {"ExitCode": 3, "StartedAt": "2026-12-07T09:00:11Z", "FinishedAt": "2026-12-07T09:00:15.123456789Z"}}
         ]"#;
-        assert_eq!(first_stopped(json).unwrap(), ("p_test_1".to_string(), 3));
-        assert!(first_stopped("[]").unwrap_err().contains("no service"));
+        let end = first_stopped(json).unwrap();
+        assert_eq!(end.first, Some(("p_test_1".to_string(), 3)));
+        assert_eq!(end.verdict(), (3, "p_test_1 stopped first, with 3".to_string()));
+        // One ended well, another never started (`up` failed on it): a failure.
+        let json = r#"[
+          {"Name": "p_ok_1", "State": {"ExitCode": 0, "StartedAt": "2026-12-07T09:00:14Z", "FinishedAt": "2026-12-07T09:00:15Z"}},
+          {"Name": "p_late_1", "State": {"ExitCode": 0, "StartedAt": "0001-01-01T00:00:00Z", "FinishedAt": "0001-01-01T00:00:00Z"}}
+        ]"#;
+        let (code, said) = first_stopped(json).unwrap().verdict();
+        assert_eq!((code, said.as_str()), (1, "p_ok_1 stopped first, with 0; p_late_1 never started"));
+        assert_eq!(first_stopped("[]").unwrap().verdict().0, 1);
     }
 
     #[test]
@@ -687,83 +928,134 @@ mod tests {
         assert_eq!(slug("-a b/c-"), "a-b-c");
     }
 
-    #[test]
-    fn a_compose_file_gets_infraboxs_directories_the_label_and_the_variables_by_name() {
+    /// The compose file `text` at `ci/docker-compose.yml` of a source, rewritten: the new text,
+    /// or why it was refused.
+    fn rewritten(text: &str) -> Result<Yaml, String> {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("docker-compose.yml");
-        std::fs::write(
-            &file,
-            "services:\n  test:\n    build: .\n    volumes: [\"/infrabox/context/data:/data\"]\n    environment: [A=1]\n  db:\n    image: x\n    labels: {keep: 'yes'}\n",
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("ci/svc")).unwrap();
+        std::fs::write(root.join("ci/svc/Dockerfile"), "FROM x\n").unwrap();
+        std::fs::write(root.join("ci/svc/env"), "A=1\n").unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("ci/etc")).unwrap();
+        let file = root.join("ci/docker-compose.yml");
+        std::fs::write(&file, text).unwrap();
+        let spec = atoll_api::spec::parse(
+            "version: 1\njobs: [{name: t, type: docker-compose, docker_compose_file: c.yml, resources: {limits: {memory: 256, cpu: 0.5}}}]",
+        )
+        .unwrap()
+        .jobs
+        .remove(0);
+        let mounts = vec![(PathBuf::from("/w/output"), "/infrabox/output".to_string(), false)];
+        let ours = Ours {
+            mounts: &mounts,
+            context: &root.join("ci"),
+            env_file: Path::new("/w/.atoll-env"),
+            label: "atoll.work=/w",
+            project: "p",
+            spec: &spec,
+        };
+        let out = rewrite_compose(&file, &root, &ours)?;
+        let text = std::fs::read_to_string(out).unwrap().replace(&root.display().to_string(), "/SRC");
+        Ok(serde_yaml_ng::from_str(&text).unwrap())
+    }
+
+    #[test]
+    fn a_compose_file_gets_infraboxs_directories_its_paths_resolved_and_the_variables_from_a_file() {
+        let doc = rewritten(
+            "services:\n  test:\n    build: ./svc\n    volumes: [\"/infrabox/context/svc:/data\", cache:/cache]\n    env_file: svc/env\n  db:\n    image: x\n    labels: {keep: 'yes'}\n    mem_limit: 1g\nvolumes: {cache: {}}\n",
         )
         .unwrap();
-        let vars = vec![("A".to_string(), "2".to_string()), ("SECRET".to_string(), "hunter2".to_string())];
-        let out = rewrite_compose(
-            &file,
-            &["/w/output:/infrabox/output".into()],
-            "atoll.work=/w",
-            &vars,
-            Path::new("/ctx"),
-            dir.path(),
-        )
-        .unwrap();
-        let text = std::fs::read_to_string(&out).unwrap();
-        assert!(!text.contains("hunter2"), "values stay out of the file: {text}");
-        let doc: Yaml = serde_yaml_ng::from_str(&text).unwrap();
         let test = &doc["services"]["test"];
         let volumes: Vec<&str> = test["volumes"].as_sequence().unwrap().iter().filter_map(Yaml::as_str).collect();
-        assert_eq!(volumes, ["/ctx/data:/data", "/w/output:/infrabox/output"]);
-        let env: Vec<&str> = test["environment"].as_sequence().unwrap().iter().filter_map(Yaml::as_str).collect();
-        assert_eq!(env, ["A=1", "SECRET"], "the file's own value stays; the others by name");
-        assert_eq!(doc["services"]["db"]["labels"]["keep"], Yaml::from("yes"));
-        assert_eq!(doc["services"]["db"]["labels"]["atoll.work"], Yaml::from("/w"));
-        assert!(doc["services"]["db"]["environment"].as_mapping().unwrap().contains_key("SECRET"));
+        assert_eq!(
+            volumes,
+            ["/SRC/ci/svc:/data:ro", "cache:/cache", "/w/output:/infrabox/output", "/SRC/ci:/infrabox/context:ro"],
+            "a bind from the source read-only, resolved; atoll's after"
+        );
+        let env: Vec<&str> = test["env_file"].as_sequence().unwrap().iter().filter_map(Yaml::as_str).collect();
+        assert_eq!(env, ["/SRC/ci/svc/env", "/w/.atoll-env"]);
+        assert_eq!(test["build"]["context"], Yaml::from("/SRC/ci/svc"));
+        assert_eq!(test["build"]["labels"]["atoll.project"], Yaml::from("p"));
+        assert_eq!((test["mem_limit"].as_str(), test["cpus"].as_str()), (Some("256m"), Some("0.500")));
+        let db = &doc["services"]["db"];
+        assert_eq!(db["labels"]["keep"], Yaml::from("yes"));
+        assert_eq!(db["labels"]["atoll.work"], Yaml::from("/w"));
+        assert_eq!(db["mem_limit"], Yaml::from("1g"), "the file's own limit stays");
     }
 
     #[test]
     fn a_compose_file_reaching_the_host_is_refused_by_its_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let source = dir.path().canonicalize().unwrap();
-        std::fs::create_dir_all(source.join("ci/svc")).unwrap();
-        let check = |text: &str| {
-            let doc: Yaml = serde_yaml_ng::from_str(text).unwrap();
-            check_compose(&doc, &source.join("ci"), &source)
-        };
-        let fine = "services:\n  t:\n    build: ./svc\n    volumes: [./data:/data, cache:/cache, /infrabox/context:/src]\n    env_file: svc/env\n    ports: ['8080']\nvolumes: {cache: {}}\n";
-        check(fine).expect("inside the source");
         let cases = [
-            ("services: {t: {image: x, privileged: true}}", "services.t.privileged: reaches the host"),
+            ("services: {t: {image: x, privileged: true}}", "services.t.privileged: not for a job"),
             ("services: {t: {image: x, network_mode: host}}", "services.t.network_mode"),
             ("services: {t: {image: x, pid: host}}", "services.t.pid"),
-            ("services: {t: {image: x, volumes: ['/etc:/host-etc']}}", "services.t.volumes[0]: \"/etc\" is outside"),
-            ("services: {t: {image: x, volumes: ['../../..:/up']}}", "services.t.volumes[0]: \"../../..\" is outside"),
+            ("services: {t: {image: x, deploy: {}}}", "services.t.deploy"),
+            ("services: {t: {image: '--privileged'}}", "services.t.image: \"--privileged\" is not an image"),
+            ("services: {t: {image: '${X}'}}", "services.t.image: \"${X}\": no variables"),
+            ("services: {t: {image: x, volumes: ['/etc:/host-etc']}}", "services.t.volumes[0] \"/etc\" leads out"),
+            ("services: {t: {image: x, volumes: ['../../..:/up']}}", "services.t.volumes[0] \"../../..\" leads out"),
+            ("services: {t: {image: x, volumes: ['./etc/..:/up']}}", "leads out"),
+            ("services: {t: {image: x, volumes: ['/infrabox/context/../../..:/h']}}", "leads out"),
+            ("services: {t: {image: x, volumes: ['${HOME}:/h']}}", "no variables"),
             ("services: {t: {image: x, volumes: [{type: bind, source: /, target: /h}]}}", "services.t.volumes[0]"),
             ("services: {t: {image: x, volumes: ['~/.ssh:/k']}}", "services.t.volumes[0]"),
             ("services: {t: {image: x, env_file: /etc/atoll/env}}", "services.t.env_file[0]"),
+            ("services: {t: {image: x, env_file: etc/shadow}}", "leads out"),
             ("services: {t: {build: {context: /etc}}}", "services.t.build.context"),
             ("services: {t: {build: {context: ., dockerfile: ../../x}}}", "services.t.build.dockerfile"),
+            ("services: {t: {build: {context: ., network: host}}}", "services.t.build.network"),
             ("services: {t: {image: x}}\nsecrets: {k: {file: /etc/shadow}}", "secrets.k.file"),
             ("services: {t: {image: x}}\nvolumes: {v: {driver_opts: {o: bind, device: /}}}", "volumes.v.driver_opts"),
-            ("include: [/etc/compose.yml]\nservices: {t: {image: x}}", "include[0]"),
+            ("services: {t: {image: x}}\nvolumes: {v: {external: true, name: other}}", "volumes.v.external"),
+            ("services: {t: {image: x}}\nnetworks: {n: {external: true, name: host}}", "networks.n.external"),
+            ("include: [c.yml]\nservices: {t: {image: x}}", "include: not for a job"),
+            ("name: other\nservices: {t: {image: x}}", "name: not for a job"),
+            ("services: {t: {image: x, extends: {file: c.yml, service: s}}}", "services.t.extends"),
+            ("x-p: &p {privileged: true}\nservices: {t: {<<: *p, image: x}}", "services.t.privileged"),
         ];
         for (text, wanted) in cases {
-            let err = check(text).expect_err(text);
+            let err = rewritten(text).expect_err(text);
             assert!(err.contains(wanted), "{text}: {err}");
+            assert!(err.starts_with("ci/docker-compose.yml: "), "the file is named: {err}");
         }
     }
 
     #[test]
     fn paths_of_the_job_stay_inside_its_source() {
         let dir = tempfile::tempdir().unwrap();
-        let source = dir.path().join("source");
-        std::fs::create_dir_all(source.join("app")).unwrap();
-        std::fs::write(source.join("app/Dockerfile"), "FROM x\n").unwrap();
-        std::os::unix::fs::symlink("/etc/hostname", source.join("app/escape")).unwrap();
-        assert!(inside(&source, "app/Dockerfile", "docker_file").is_ok());
-        assert!(inside(&source, "../source/app/Dockerfile", "docker_file").is_ok());
-        assert!(
-            inside(&source, "../../../../../../../../etc/hostname", "docker_file").unwrap_err().contains("leads out")
-        );
-        assert!(inside(&source, "app/escape", "docker_file").unwrap_err().contains("leads out"));
-        assert!(inside(&source, "app/Missing", "docker_file").unwrap_err().contains("is not in the job's source"));
+        let root = dir.path().join("source");
+        std::fs::create_dir_all(root.join("app")).unwrap();
+        let root = root.canonicalize().unwrap();
+        std::fs::write(root.join("app/Dockerfile"), "FROM x\n").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", root.join("app/escape")).unwrap();
+        let app = root.join("app");
+        assert!(in_source(&root, &app, "Dockerfile", "docker_file").is_ok());
+        assert!(in_source(&root, &app, "../app/Dockerfile", "docker_file").is_ok(), "up and down, inside");
+        assert_eq!(in_source(&root, &app, "..", "build_context").unwrap(), root, "up to the source's root");
+        let out = in_source(&root, &app, "../../../../../../../../etc/hostname", "docker_file").unwrap_err();
+        assert!(out.contains("leads out"), "{out}");
+        assert!(in_source(&root, &app, "escape", "docker_file").unwrap_err().contains("leads out"));
+        assert!(in_source(&root, &app, "new/dir", "bind").is_ok(), "not there yet, inside");
+        let err = in_source(&root, &app, "new/../../..", "bind").unwrap_err();
+        assert!(err.contains("not in the job's source"), "{err}");
+    }
+
+    #[test]
+    fn variables_go_to_an_owner_only_file_and_a_line_break_is_refused_by_name() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(".env");
+        write_env_file(&file, &[("A".into(), "1 2".into()), ("B".into(), "x=y".into())]).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "A=1 2\nB=x=y\n");
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        let err = write_env_file(&file, &[("KEY".into(), "-----BEGIN\nx".into())]).unwrap_err();
+        assert!(err.starts_with("KEY: a value with a line break"), "{err}");
+    }
+
+    #[test]
+    fn the_engine_gets_the_replicas_settings_and_never_a_jobs_variables() {
+        let env = engine_env();
+        assert!(env.iter().any(|(k, _)| k == "PATH"));
+        assert!(env.iter().all(|(k, _)| k != "LD_PRELOAD" && k != "PYTHONPATH"));
     }
 }

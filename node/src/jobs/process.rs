@@ -14,7 +14,6 @@
 //! still killed in every orderly case, and the first process dies with the replica. Processes
 //! are started by `atoll_spawn` (one `clone(2)`, no `fork` of the replica, no helper programs).
 
-use std::ffi::OsString;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -390,20 +389,37 @@ impl ProcessExecutor {
         group: Arc<AtomicI32>,
     ) {
         let (job, attempt) = (request.job.clone(), request.attempt);
-        let cache =
-            self.work_root.parent().unwrap_or(&self.work_root).join("cache").join(request.spec.name.replace('/', "_"));
-        let planned = prepared.and_then(|()| {
-            let engine = self.containers.as_ref().ok_or_else(|| {
-                format!(
-                    "a {} job needs a container engine (jobs.containers); this cluster runs processes without one",
-                    request.spec.kind.as_str()
-                )
-            })?;
-            if !request.spec.container.cache.data {
-                let _ = std::fs::remove_dir_all(&cache);
+        // The job's cache on this replica, kept between its runs (by name: every job of that
+        // name shares it, as a build cache is shared).
+        let cache = self.work_root.parent().unwrap_or(&self.work_root).join("cache").join(format!(
+            "{}-{}",
+            request.spec.name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+            super::containers::short_hash(&request.spec.name)
+        ));
+        let engine = match (prepared, &self.containers) {
+            (Err(message), _) => Err(message),
+            (Ok(()), None) => Err(format!(
+                "a {} job needs a container engine (jobs.containers); this cluster runs processes without one",
+                request.spec.kind.as_str()
+            )),
+            (Ok(()), Some(engine)) => Ok(engine.clone()),
+        };
+        // Reading the compose file and writing the run's files: off the runtime.
+        let planned = match engine {
+            Ok(engine) => {
+                let (request, dir, work_root) = (request.clone(), dir.clone(), self.work_root.clone());
+                let fresh_cache = !request.spec.container.cache.data;
+                tokio::task::spawn_blocking(move || {
+                    if fresh_cache {
+                        let _ = std::fs::remove_dir_all(&cache);
+                    }
+                    engine.plan(&request, &dir, &work_root, &cache).map(|plan| (engine, plan))
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("planning the run: {e}")))
             }
-            engine.plan(&request, &dir, &self.work_root, &cache).map(|plan| (engine.clone(), plan))
-        });
+            Err(message) => Err(message),
+        };
         let (engine, plan) = match planned {
             Ok(planned) => planned,
             Err(message) => {
@@ -411,8 +427,8 @@ impl ProcessExecutor {
                 return;
             }
         };
-        // Removes the containers if this task is aborted (the replica stopped leading).
-        let cleanup = super::containers::Cleanup { commands: plan.cleanup.clone(), env: plan.env.clone() };
+        // Removes what the run made if this task is aborted (the replica stopped leading).
+        let cleanup = super::containers::Cleanup { commands: plan.cleanup.iter().cloned().collect() };
         let timeout = Duration::from_secs(request.spec.timeout_s.max(1));
         let deadline = tokio::time::Instant::now() + timeout;
         let mut keeper = LogKeeper::new(&job, attempt, &events, &dir, self.log_limit, &request.secrets);
@@ -423,10 +439,7 @@ impl ProcessExecutor {
             let command = atoll_spawn::Command {
                 program: program.into(),
                 args: args.iter().map(Into::into).collect(),
-                env: [(OsString::from("PATH"), OsString::from(DEFAULT_PATH)), ("HOME".into(), dir.clone().into())]
-                    .into_iter()
-                    .chain(plan.env.iter().cloned())
-                    .collect(),
+                env: plan.env.clone(),
                 cwd: dir.clone(),
                 // The engine runs as the replica, outside any sandbox: containers are its own.
                 namespaces: atoll_spawn::Namespaces::Shared,
@@ -441,6 +454,8 @@ impl ProcessExecutor {
             };
             group.store(spawned.child.id(), Ordering::SeqCst);
             last = watch(spawned, &mut keeper, deadline, &mut stop_rx).await;
+            // Reaped: its group id may be anyone's now.
+            group.store(0, Ordering::SeqCst);
             if !matches!(last, (Ended::Exited(Ok(())), Some(0))) {
                 break;
             }
@@ -450,10 +465,11 @@ impl ProcessExecutor {
         if let (Some(project), Ended::Exited(Ok(()))) = (&plan.compose_project, &ended) {
             // `up` ended: the service that stopped first decides (compose programs differ in
             // what they exit with).
-            match engine.compose_result(project, &plan.env).await {
-                Ok(Some((service, exit))) => {
+            match engine.compose_result(project).await {
+                Ok(Some(end)) => {
+                    let (exit, said) = end.verdict();
                     code = Some(exit);
-                    message = Some(format!("{service} stopped first, with {exit}"));
+                    message = Some(said);
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -463,6 +479,9 @@ impl ProcessExecutor {
         }
         keeper.finish().await;
         cleanup.now().await;
+        if let Some(project) = &plan.compose_project {
+            engine.remove_project_images(project).await;
+        }
         let Some((state, exit_code, why)) = outcome(ended, code, timeout) else { return };
         let message = match (why, message) {
             (Some(why), Some(m)) => Some(format!("{why} ({m})")),
@@ -1212,12 +1231,9 @@ mod tests {
     async fn leftovers(executor: &ProcessExecutor) -> String {
         let engine = executor.containers().unwrap();
         let label = format!("label=atoll.work={}", executor.work_root.display());
-        super::super::containers::output(
-            &engine.command("ps", ["-a".into(), "-q".into(), "--filter".into(), label]),
-            &[],
-        )
-        .await
-        .unwrap()
+        super::super::containers::output(&engine.command("ps", ["-a".into(), "-q".into(), "--filter".into(), label]))
+            .await
+            .unwrap()
     }
 
     #[tokio::test]
@@ -1251,7 +1267,7 @@ mod tests {
         request.secrets = super::super::run::SecretValues([("TOKEN".to_string(), "s3cr3t-value".to_string())].into());
         let (state, message, log) = run_logged(&executor, request).await;
         assert_eq!(state, EndState::Finished, "{message:?}\n{log}");
-        assert!(log.contains("[atoll] building localhost/atoll/producer:0123456789ab-1"), "{log}");
+        assert!(log.contains("[atoll] building localhost/atoll/producer-"), "{log}");
         assert!(log.contains("token=***") && !log.contains("s3cr3t-value"), "the secret is masked: {log}");
         assert!(log.contains("job=0123456789ab.producer"), "{log}");
         let work = executor.work_dir("0123456789ab.producer", 1);
@@ -1259,7 +1275,10 @@ mod tests {
         assert_eq!(read("greeting"), "hello from the build\n");
         assert_eq!(read("from-parent"), "by the parent");
         assert_eq!(read("context"), "infrabox\n", "the context is the job file's directory");
-        assert!(dir.path().join("cache/producer/kept").is_file(), "the cache is kept for the job's next run");
+        let kept = std::fs::read_dir(dir.path().join("cache")).unwrap().flatten().any(|entry| {
+            entry.file_name().to_string_lossy().starts_with("producer-") && entry.path().join("kept").is_file()
+        });
+        assert!(kept, "the cache is kept for the job's next run");
         assert_eq!(leftovers(&executor).await.trim(), "", "no container is left");
 
         // A failing build fails the job, with the engine's words in the log.

@@ -278,8 +278,15 @@ pub fn build_job(request: &RunRequest, cluster: &str, setup: &PodSetup) -> Resul
     let mut job_mounts = mounts.clone();
     if matches!(spec.kind, JobKind::Docker | JobKind::DockerImage) {
         job_mounts.push(mount("output", "/infrabox/output"));
+        let mut shorts = BTreeMap::new();
         for input in &request.inputs {
             let short = input.from_job.rsplit('/').next().unwrap_or(&input.from_job);
+            if let Some(other) = shorts.insert(short, &input.from_job) {
+                return Err(format!(
+                    "parents {other:?} and {:?} would both be /infrabox/inputs/{short} (InfraBox names a parent's directory by the last part of its name)",
+                    input.from_job
+                ));
+            }
             job_mounts.push(VolumeMount {
                 sub_path: Some(input.from_job.clone()),
                 read_only: Some(true),
@@ -452,13 +459,20 @@ fn join_inside(base: &str, rel: &str) -> Option<String> {
 /// defines it, then `build_context`.
 fn context_dir(spec: &atoll_api::spec::JobSpec) -> Result<String, String> {
     let file_dir = spec.defined_in.as_ref().map(|d| d.dir.as_str()).unwrap_or("");
-    let base = join_inside(SOURCE_DIR, file_dir).ok_or("the job's file lies outside its source")?;
+    let base = in_pod_source(SOURCE_DIR, file_dir).ok_or("the job's file lies outside its source")?;
     match &spec.container.build_context {
-        Some(rel) => join_inside(&base, rel)
-            .filter(|p| p.starts_with(SOURCE_DIR))
-            .ok_or_else(|| format!("build_context {rel:?} leads out of the job's source")),
+        Some(rel) => {
+            in_pod_source(&base, rel).ok_or_else(|| format!("build_context {rel:?} leads out of the job's source"))
+        }
         None => Ok(base),
     }
+}
+
+/// `rel` from `dir` (a directory under [`SOURCE_DIR`]), anywhere inside the source; `None` when
+/// it leads out. Lexical: the pod's files are not here to look at.
+fn in_pod_source(dir: &str, rel: &str) -> Option<String> {
+    let below = dir.strip_prefix(SOURCE_DIR)?.trim_start_matches('/');
+    join_inside(SOURCE_DIR, &format!("{below}/{rel}"))
 }
 
 /// The container that builds the image `image` from `context` with the builder's command line
@@ -473,8 +487,7 @@ fn build_container(
 ) -> Result<Container, String> {
     let spec = &request.spec;
     let docker_file = spec.container.docker_file.as_deref().unwrap_or("Dockerfile");
-    let docker_file = join_inside(context, docker_file)
-        .filter(|p| p.starts_with(SOURCE_DIR))
+    let docker_file = in_pod_source(context, docker_file)
         .ok_or_else(|| format!("docker_file {docker_file:?} leads out of the job's source"))?;
     let (program, first) = builder.command.split_first().ok_or("the builder has no command")?;
     let mut args: Vec<String> = first.to_vec();
@@ -832,6 +845,18 @@ mod tests {
         assert!(err.contains("needs an image builder in its pod (jobs.kubernetes.builder)"), "{err}");
         let err = build_job(&request("docker", "    docker_file: D\n"), "aws", &with_builder()).unwrap_err();
         assert!(err.contains("builds from the pipeline's source"), "{err}");
+        let mut up = request(
+            "docker",
+            &format!("    docker_file: ../Dockerfile\n    build_context: ..\n    source: {}\n", digest('f')),
+        );
+        up.spec.defined_in = Some(atoll_api::spec::DefinedIn { dir: "a/b".into(), at: String::new(), git: None });
+        let job = build_job(&up, "aws", &with_builder()).unwrap();
+        let args = job.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap();
+        assert_eq!(
+            &args[..2],
+            ["--dockerfile=/atoll/source/Dockerfile", "--context=dir:///atoll/source/a"],
+            "up, inside"
+        );
         let out = request("docker", &format!("    docker_file: ../../../etc/x\n    source: {}\n", digest('f')));
         let err = build_job(&out, "aws", &with_builder()).unwrap_err();
         assert!(err.contains("docker_file \"../../../etc/x\" leads out of the job's source"), "{err}");

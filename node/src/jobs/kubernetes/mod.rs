@@ -231,6 +231,11 @@ impl KubernetesExecutor {
                 return;
             }
         }
+        // What Kubernetes would refuse is said before anything is made.
+        if let Err(message) = build_job(&request, &self.cluster, &self.setup) {
+            let _ = events.send(Event::error(&job, attempt, message));
+            return;
+        }
         let mut secrets = Default::default();
         let ensured = match self.ensure_secret(&request).await {
             Ok(values) => {
@@ -245,6 +250,8 @@ impl KubernetesExecutor {
             return;
         }
         if let Err(message) = ensured {
+            // No Job refers to the Secret: it goes.
+            self.delete_secret(&name).await;
             let _ = events.send(Event::error(&job, attempt, message));
             return;
         }
@@ -287,6 +294,7 @@ impl KubernetesExecutor {
                     }
                 }
                 Ok(None) => {
+                    self.delete_secret(&name).await;
                     let _ = events.send(Event::error(
                         &job,
                         attempt,
@@ -456,6 +464,9 @@ impl KubernetesExecutor {
                 return;
             }
         };
+        // Secrets listed before the held attempts are read, as Jobs are: a Secret made for an
+        // attempt that starts after this read is not listed.
+        let secrets = self.secrets().list(&ListParams::default().labels(&selector)).await;
         // Read after listing: a Job is created only after its attempt's start is applied, so
         // every listed Job of a held attempt is in this set.
         let held: HashSet<String> = match replica.jobs() {
@@ -473,7 +484,7 @@ impl KubernetesExecutor {
             }
         }
         // Secrets whose Job is gone (a leader that died between the two deletes).
-        match self.secrets().list(&ListParams::default().labels(&selector)).await {
+        match secrets {
             Ok(secrets) => {
                 for secret in secrets.items {
                     let Some(name) = secret.metadata.name else { continue };
