@@ -617,6 +617,7 @@ fn each_infrabox_key_is_checked_where_it_stands() {
     let cases: &[(&str, &str, &str)] = &[
         (r#"{"name":"a","type":"docker"}"#, "jobs[0].docker_file", "missing: a docker job needs a docker_file"),
         (r#"{"name":"a","type":"docker-compose"}"#, "jobs[0].docker_compose_file", "missing"),
+        (r#"{"name":"a","type":"docker-image","image":"--privileged"}"#, "jobs[0].image", "cannot start with '-'"),
         (r#"{"name":"a","type":"workflow"}"#, "jobs[0].infrabox_file", "names the pipeline file it includes"),
         (r#"{"name":"a","type":"git","commit":"main"}"#, "jobs[0].clone_url", "missing"),
         (r#"{"name":"a","type":"git","clone_url":"u","commit":"--upload-pack=x"}"#, "jobs[0].commit", "not a commit"),

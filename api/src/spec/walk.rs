@@ -235,6 +235,8 @@ fn job(v: &Value, path: &str, problems: &mut Problems) -> Option<JobSpec> {
     let image = map.get("image").and_then(|v| string(v, &at("image"), problems)).map(str::to_string);
     if image.as_deref().is_some_and(|i| i.trim().is_empty() || i.chars().any(char::is_whitespace)) {
         push(problems, &at("image"), "an image reference cannot be empty or contain whitespace");
+    } else if image.as_deref().is_some_and(|i| i.starts_with('-') || i.contains('\0')) {
+        push(problems, &at("image"), "an image reference cannot start with '-'");
     }
     let (environment, secret_env) =
         map.get("environment").map(|v| environment(v, &at("environment"), problems)).unwrap_or_default();
