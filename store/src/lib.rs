@@ -445,8 +445,12 @@ impl Blobs {
     /// killed mid-write (`name#N`; listings never show them) that were not written since
     /// `cutoff`, and the blob directories that leaves empty. Other stores keep no such files.
     /// Returns how many files went.
+    /// Writes wait meanwhile: a writer makes a blob's directory before its first file, and an
+    /// empty directory removed between the two would fail the write (as the chaos suite saw:
+    /// `Unable to sync data to disk for .../sha256/<hex>`).
     pub async fn remove_stale_temp_files(&self, cutoff: SystemTime) -> Result<u64, StoreError> {
         let Some(root) = self.local_root.clone() else { return Ok(0) };
+        let _removing = self.writes.write().await;
         let root = root.join("sha256");
         let walked = root.clone();
         tokio::task::spawn_blocking(move || remove_stale_temp_files(&walked, cutoff))
@@ -502,6 +506,26 @@ fn temp_beside(dest: &FsPath) -> std::path::PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn removing_stale_temporary_files_waits_for_the_writes_going_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(&StorageConfig::local(dir.path().join("blobs"))).unwrap();
+        // A writer in the middle of a put (it holds the writes' lock shared for the whole put).
+        let writing = blobs.writes.clone().read_owned().await;
+        let removal = tokio::spawn({
+            let blobs = blobs.clone();
+            async move { blobs.remove_stale_temp_files(SystemTime::now()).await }
+        });
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        // Queued for the lock exclusively: new writes wait behind it, the going one is not cut.
+        assert!(blobs.writes.try_read().is_err(), "the removal waits for the write");
+        assert!(!removal.is_finished());
+        drop(writing);
+        removal.await.unwrap().unwrap();
+    }
 
     #[tokio::test]
     async fn an_unfinished_upload_is_listed_and_removed_whole_and_its_directory_goes_with_it() {
