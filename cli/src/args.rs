@@ -117,6 +117,11 @@ pub enum Command {
         /// Print one JSON document (with --wait: the final state).
         #[arg(long)]
         json: bool,
+        /// Push the spec file's directory first (as `atoll push` does) and make it the
+        /// pipeline's source, as InfraBox clones the repository its infrabox.json is in;
+        /// refused when the spec names a source.
+        #[arg(long)]
+        push: bool,
     },
     /// Upload a directory once to the gateway as a source for pipelines (`source: sha256:...`).
     ///

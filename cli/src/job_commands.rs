@@ -142,9 +142,22 @@ fn print_jobs(jobs: &[JobInfo]) {
     }
 }
 
-/// `atoll submit FILE [--wait] [--json]`.
-pub async fn submit(config: &CliConfig, file: &Path, wait: bool, json: bool) -> anyhow::Result<()> {
-    let (document, files) = read_spec(file)?;
+/// `atoll submit FILE [--wait] [--json] [--push]`.
+pub async fn submit(config: &CliConfig, file: &Path, wait: bool, json: bool, push: bool) -> anyhow::Result<()> {
+    let (mut document, files) = read_spec(file)?;
+    if push {
+        if document.get("source").is_some_and(|s| !s.is_null()) {
+            anyhow::bail!("{}: the spec names a source; leave out --push, or the spec's source", file.display());
+        }
+        let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let pushed = crate::push::push_dir(config, dir, !json).await?;
+        if !json {
+            println!("pushed {} as {} ({} entries)", dir.display(), pushed.info.digest, pushed.entries);
+        }
+        if let Some(map) = document.as_object_mut() {
+            map.insert("source".into(), serde_json::Value::String(pushed.info.digest));
+        }
+    }
     let gateway = config.gateway_client()?;
     let mut submitted =
         gateway.submit(&SubmitRequest { spec: document, files }).await.context("submitting the pipeline")?;

@@ -81,8 +81,8 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
         }
         Command::Matrix(json) => mesh_commands::matrix(&CliConfig::find(args.config.as_deref())?, json.json).await,
         Command::Gateways(json) => gateways::gateways(&CliConfig::find(args.config.as_deref())?, json.json).await,
-        Command::Submit { file, wait, json } => {
-            job_commands::submit(&CliConfig::find(args.config.as_deref())?, &file, wait, json).await
+        Command::Submit { file, wait, json, push } => {
+            job_commands::submit(&CliConfig::find(args.config.as_deref())?, &file, wait, json, push).await
         }
         Command::Push { dir, json } => push::push(&CliConfig::find(args.config.as_deref())?, &dir, json).await,
         Command::Jobs { pipeline, limit, json } => {

@@ -81,7 +81,40 @@ fn special_kind(kind: std::fs::FileType) -> Option<&'static str> {
     }
 }
 
+/// A directory pushed: the source as the gateway registered it, how many entries it holds, and
+/// how many bytes went up (0: the gateway had them all).
+pub struct Pushed {
+    pub info: atoll_api::jobs::SourceInfo,
+    pub entries: u64,
+    pub sent: u64,
+}
+
 pub async fn push(config: &CliConfig, dir: &Path, json: bool) -> anyhow::Result<()> {
+    let Pushed { info, entries, sent } = push_dir(config, dir, !json).await?;
+    if json {
+        let out = serde_json::json!({
+            "digest": info.digest,
+            "size": info.size,
+            "entries": entries,
+            "uploaded": sent,
+        });
+        println!("{out}");
+    } else {
+        println!(
+            "pushed {} ({} entries, {}; {} uploaded)",
+            info.digest,
+            entries,
+            human(info.size),
+            if sent == 0 { "nothing new".to_string() } else { human(sent) }
+        );
+        println!("name it in a pipeline: `source: {}` (unpacked under $ATOLL_SOURCE)", info.digest);
+    }
+    Ok(())
+}
+
+/// Archive `dir` (honouring its .gitignore files), upload what the gateway lacks, and register
+/// it as a source; a progress line on a terminal when `show_progress`.
+pub async fn push_dir(config: &CliConfig, dir: &Path, show_progress: bool) -> anyhow::Result<Pushed> {
     anyhow::ensure!(dir.is_dir(), "{} is not a directory", dir.display());
     let root = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
     let paths = source_paths(&root)?;
@@ -99,7 +132,7 @@ pub async fn push(config: &CliConfig, dir: &Path, json: bool) -> anyhow::Result<
     let (http, gateways) = config.gateway_http(CHUNK_TIMEOUT)?;
     let progress = Arc::new(AtomicU64::new(0));
     let pace = atoll_store::transfer::Pace { limit: None, progress: Some(progress.clone()) };
-    let show = (!json && std::io::stderr().is_terminal()).then(|| {
+    let show = (show_progress && std::io::stderr().is_terminal()).then(|| {
         let (progress, total) = (progress.clone(), packed.size);
         tokio::spawn(async move {
             loop {
@@ -119,25 +152,7 @@ pub async fn push(config: &CliConfig, dir: &Path, json: bool) -> anyhow::Result<
     // Registered at the replica that took the upload (any replica would do: they share the store).
     let gateway = config.gateway_client_over(gateways)?;
     let info = gateway.register_source(&packed.digest.to_string()).await.context("registering the source")?;
-    if json {
-        let out = serde_json::json!({
-            "digest": info.digest,
-            "size": info.size,
-            "entries": packed.entries,
-            "uploaded": sent,
-        });
-        println!("{out}");
-    } else {
-        println!(
-            "pushed {} ({} entries, {}; {} uploaded)",
-            info.digest,
-            packed.entries,
-            human(info.size),
-            if sent == 0 { "nothing new".to_string() } else { human(sent) }
-        );
-        println!("name it in a pipeline: `source: {}` (unpacked under $ATOLL_SOURCE)", info.digest);
-    }
-    Ok(())
+    Ok(Pushed { info, entries: packed.entries, sent })
 }
 
 /// Upload `digest` to the gateway replicas of `gateways` in turn: the next one when a replica

@@ -9,7 +9,10 @@
 //! - a `workflow` include of a `docker-compose` job (two services, the first to stop decides);
 //! - a `workflow` include of InfraBox's `transfer_data/infrabox.json` as its authors wrote it;
 //! - a `git` include from a repository served by `git daemon` on 127.0.0.1, whose `docker` job
-//!   builds the Dockerfile of that repository (the gateway packs it as the job's source).
+//!   builds the Dockerfile of that repository (the gateway packs it as the job's source);
+//!
+//! and InfraBox's `transfer_data` file runs unchanged by `atoll submit --push` (its directory
+//! pushed as the pipeline's source, as InfraBox clones the repository its file is in).
 //!
 //! A `docker` job selecting gcp is refused at submit, naming what gcp lacks; the clusters list
 //! shows what each runs. Needs podman, podman-compose and the base image `scripts/test` makes
@@ -205,4 +208,23 @@ jobs:
         // Only clusters with an engine ran container jobs.
         assert_ne!(detail.job.cluster.as_ref().map(|c| c.as_str()), Some("gcp"), "{name}");
     }
+
+    phase("InfraBox's file, unchanged, by atoll submit --push: its directory is the pipeline's source");
+    let file = tree.join("transfer_data/infrabox.json");
+    let out = mesh.cli(&["submit", "--push", "--wait", "--json", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let done: atoll_api::jobs::Submitted = serde_json::from_slice(&out.stdout).expect("submit --json");
+    let states: Vec<(&str, JobState)> = done.jobs.iter().map(|j| (j.name.as_str(), j.state)).collect();
+    assert_eq!(states, [("producer", JobState::Finished), ("consumer", JobState::Finished)]);
+    let log = String::from_utf8_lossy(&mesh.cli(&["logs", &common::id_of(&done, "consumer")]).stdout).into_owned();
+    assert!(log.contains("from the example"), "{log}");
+    let named = tmp.path().join("named.yaml");
+    std::fs::write(
+        &named,
+        format!("version: 1\nsource: \"{source}\"\njobs: [{{name: a, type: command, command: 'true'}}]\n"),
+    )
+    .unwrap();
+    let out = mesh.cli(&["submit", "--push", named.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("the spec names a source; leave out --push"), "{stderr}");
 }
