@@ -217,6 +217,9 @@ try {
 
   step("a new pipeline appears on the open pipelines page, without a reload");
   await page.getByRole("navigation", { name: "Pages" }).getByRole("link", { name: "Pipelines" }).click();
+  // The click returns before the navigation ends: mark the pipelines page itself, once loaded.
+  await page.waitForURL(/\/pipelines$/);
+  await page.waitForLoadState("load");
   await page.evaluate(() => { window.notReloaded = true; });
   const ticker = await act("submit ticker");
   const tickerPipeline = ticker.split(".")[0];
