@@ -355,22 +355,46 @@ impl Engine {
         first_stopped(&json).map(Some)
     }
 
-    /// Remove the images a compose project built (labelled `atoll.project=<project>`).
-    pub async fn remove_project_images(&self, project: &str) {
-        let filter = format!("label=atoll.project={project}");
-        match output(&self.command("images", ["-q".into(), "--filter".into(), filter])).await {
-            Ok(ids) => {
-                let mut ids: Vec<String> = ids.split_whitespace().map(str::to_string).collect();
-                ids.dedup();
-                if !ids.is_empty() {
-                    let mut rmi = vec!["-f".to_string(), "--".to_string()];
-                    rmi.extend(ids);
-                    if let Err(e) = output(&self.command("rmi", rmi)).await {
-                        tracing::warn!(error = %e, project, "removing a compose project's images failed");
+    /// Remove what a compose project leaves after `down`: its networks, and the images it built,
+    /// labelled `atoll.project=<project>` where the
+    /// compose program passes a build's labels on, else named after the project
+    /// (`<project>_<service>`, `<project>-<service>`: podman-compose 1.0 drops build labels).
+    pub async fn remove_project_leftovers(&self, project: &str) {
+        let mut ids = Vec::new();
+        for filter in [
+            format!("label=atoll.project={project}"),
+            format!("reference=*{project}_*"),
+            format!("reference=*{project}-*"),
+        ] {
+            match output(&self.command("images", ["-q".into(), "--filter".into(), filter])).await {
+                Ok(found) => ids.extend(found.split_whitespace().map(str::to_string)),
+                Err(e) => tracing::warn!(error = %e, project, "listing a compose project's images failed"),
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        if !ids.is_empty() {
+            let mut rmi = vec!["-f".to_string(), "--".to_string()];
+            rmi.extend(ids);
+            if let Err(e) = output(&self.command("rmi", rmi)).await {
+                tracing::warn!(error = %e, project, "removing a compose project's images failed");
+            }
+        }
+        // Its networks (`<project>_default`, ...): not every compose program's `down` takes them.
+        match output(&self.command("network", ["ls".into(), "-q".into(), "--filter".into(), format!("name={project}")]))
+            .await
+        {
+            Ok(found) => {
+                let names: Vec<String> = found.split_whitespace().map(str::to_string).collect();
+                if !names.is_empty() {
+                    let mut rm = vec!["rm".to_string(), "-f".to_string(), "--".to_string()];
+                    rm.extend(names);
+                    if let Err(e) = output(&self.command("network", rm)).await {
+                        tracing::warn!(error = %e, project, "removing a compose project's networks failed");
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, project, "listing a compose project's images failed"),
+            Err(e) => tracing::warn!(error = %e, project, "listing a compose project's networks failed"),
         }
     }
 }

@@ -480,7 +480,7 @@ impl ProcessExecutor {
         keeper.finish().await;
         cleanup.now().await;
         if let Some(project) = &plan.compose_project {
-            engine.remove_project_images(project).await;
+            engine.remove_project_leftovers(project).await;
         }
         let Some((state, exit_code, why)) = outcome(ended, code, timeout) else { return };
         let message = match (why, message) {
@@ -1372,6 +1372,22 @@ mod tests {
         assert!(log.contains("built") && log.contains("job 0123456789ab.test"), "{log}");
         assert!(executor.work_dir("0123456789ab.test", 1).join("output/t").is_file());
         assert_eq!(leftovers(&executor).await.trim(), "", "the project is down");
+        let engine = executor.containers().unwrap();
+        // The project's name carries a hash of the job's id.
+        let project =
+            format!("atoll_0123456789ab_test_1_{}", super::super::containers::short_hash("0123456789ab.test"));
+        let images = super::super::containers::output(
+            &engine.command("images", ["-q".into(), "--filter".into(), format!("reference=*{project}_*")]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(images.trim(), "", "the images the project built are gone with it");
+        let networks = super::super::containers::output(
+            &engine.command("network", ["ls".into(), "-q".into(), "--filter".into(), format!("name={project}")]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(networks.trim(), "", "and its networks");
 
         std::fs::write(source.join("infrabox/test/docker-compose.yml"), compose(3)).unwrap();
         let (executor, _, digest) = with_podman(dir.path(), &source).await;
