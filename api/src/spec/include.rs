@@ -73,22 +73,27 @@ pub trait Loader {
 
 /// Normalize `dir/path` (both relative), refusing a path that leaves the tree.
 pub fn join_inside(dir: &str, path: &str) -> Result<String, String> {
+    match normalize_inside(dir, path) {
+        None => Err(format!("{path:?} leads outside the pipeline's files")),
+        Some(joined) if joined.is_empty() => Err(format!("{path:?} names a directory, not a file")),
+        Some(joined) => Ok(joined),
+    }
+}
+
+/// `dir/path` (both relative) without `.` and `..` (`""`: the tree's root); `None` when it
+/// climbs out of the tree. Lexical: links are not looked at.
+pub fn normalize_inside(dir: &str, path: &str) -> Option<String> {
     let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
     for part in path.split('/') {
         match part {
             "" | "." => {}
             ".." => {
-                if parts.pop().is_none() {
-                    return Err(format!("{path:?} leads outside the pipeline's files"));
-                }
+                parts.pop()?;
             }
             other => parts.push(other),
         }
     }
-    if parts.is_empty() {
-        return Err(format!("{path:?} names a directory, not a file"));
-    }
-    Ok(parts.join("/"))
+    Some(parts.join("/"))
 }
 
 fn dir_of(path: &str) -> &str {

@@ -239,6 +239,19 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
     (code, Json(body)).into_response()
 }
 
+/// An object's `metadata.name`; [`unnamed`] is the server's refusal of one without it.
+fn name_of(object: &Value) -> Option<String> {
+    object.pointer("/metadata/name").and_then(Value::as_str).map(str::to_string)
+}
+
+fn unnamed() -> Response {
+    status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "metadata.name is required")
+}
+
+fn already_exists(kind: &str, name: &str) -> Response {
+    status(StatusCode::CONFLICT, "AlreadyExists", &format!("{kind} \"{name}\" already exists"))
+}
+
 /// `a=b,c=d` matches labels that have every pair.
 fn matches(selector: Option<&String>, labels: &Value) -> bool {
     let Some(selector) = selector.filter(|s| !s.is_empty()) else { return true };
@@ -253,12 +266,10 @@ async fn create_job(
     Path(ns): Path<String>,
     Json(mut job): Json<Value>,
 ) -> Response {
-    let Some(name) = job.pointer("/metadata/name").and_then(Value::as_str).map(str::to_string) else {
-        return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "metadata.name is required");
-    };
+    let Some(name) = name_of(&job) else { return unnamed() };
     let mut guard = inner.lock().unwrap();
     if guard.jobs.contains_key(&name) {
-        return status(StatusCode::CONFLICT, "AlreadyExists", &format!("jobs.batch \"{name}\" already exists"));
+        return already_exists("jobs.batch", &name);
     }
     guard.next_uid += 1;
     let uid = format!("uid-{}", guard.next_uid);
@@ -645,12 +656,10 @@ async fn create_secret(
     Path(ns): Path<String>,
     Json(mut secret): Json<Value>,
 ) -> Response {
-    let Some(name) = secret.pointer("/metadata/name").and_then(Value::as_str).map(str::to_string) else {
-        return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "metadata.name is required");
-    };
+    let Some(name) = name_of(&secret) else { return unnamed() };
     let mut guard = inner.lock().unwrap();
     if guard.secrets.contains_key(&name) {
-        return status(StatusCode::CONFLICT, "AlreadyExists", &format!("secrets \"{name}\" already exists"));
+        return already_exists("secrets", &name);
     }
     secret["metadata"]["namespace"] = json!(ns);
     guard.secrets.insert(name.clone(), secret.clone());

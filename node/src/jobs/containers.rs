@@ -29,6 +29,7 @@ use serde_yaml_ng::Mapping;
 use serde_yaml_ng::Value as Yaml;
 
 use super::run::RunRequest;
+use super::run::short_hash;
 
 /// How long a cleanup or inspect command may take.
 const HOUSEKEEPING: Duration = Duration::from_secs(60);
@@ -830,15 +831,9 @@ pub fn engine_env() -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> =
         KEPT.iter().filter_map(|k| std::env::var_os(k).map(|v| (OsString::from(k), v))).collect();
     if !env.iter().any(|(k, _)| k == "PATH") {
-        env.push(("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()));
+        env.push(("PATH".into(), super::run::DEFAULT_PATH.into()));
     }
     env
-}
-
-/// A short, stable hash of `s` (8 hex digits), to keep names made from it apart.
-pub fn short_hash(s: &str) -> String {
-    let hash = s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    format!("{:08x}", hash as u32)
 }
 
 /// Run `argv` to its end within [`HOUSEKEEPING`]: its standard output, or why it failed.

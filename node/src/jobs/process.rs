@@ -36,7 +36,7 @@ use super::run::RunRequest;
 use super::run::Stop;
 use super::run::dropped_marker;
 
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+use super::run::DEFAULT_PATH;
 /// Largest log piece.
 const PIECE: usize = 16 * 1024;
 
@@ -394,7 +394,7 @@ impl ProcessExecutor {
         let cache = self.work_root.parent().unwrap_or(&self.work_root).join("cache").join(format!(
             "{}-{}",
             request.spec.name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
-            super::containers::short_hash(&request.spec.name)
+            super::run::short_hash(&request.spec.name)
         ));
         let engine = match (prepared, &self.containers) {
             (Err(message), _) => Err(message),
@@ -593,12 +593,7 @@ impl ProcessExecutor {
             .transfers
             .as_ref()
             .ok_or("the job names secrets, and this replica has no gateway link to ask for them")?;
-        let values = transfers.job_secrets(&request.job, request.attempt).await?;
-        let missing: Vec<&String> = request.spec.secret_env.keys().filter(|k| !values.contains_key(*k)).collect();
-        if !missing.is_empty() {
-            return Err(format!("the gateway gave no value for {missing:?}"));
-        }
-        Ok(super::run::SecretValues(values))
+        request.secret_values(transfers).await
     }
 
     async fn deliver_source(&self, digest: &str, dir: &Path) -> Result<(), String> {
@@ -1374,8 +1369,7 @@ mod tests {
         assert_eq!(leftovers(&executor).await.trim(), "", "the project is down");
         let engine = executor.containers().unwrap();
         // The project's name carries a hash of the job's id.
-        let project =
-            format!("atoll_0123456789ab_test_1_{}", super::super::containers::short_hash("0123456789ab.test"));
+        let project = format!("atoll_0123456789ab_test_1_{}", super::super::run::short_hash("0123456789ab.test"));
         let images = super::super::containers::output(
             &engine.command("images", ["-q".into(), "--filter".into(), format!("reference=*{project}_*")]),
         )

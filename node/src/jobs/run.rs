@@ -171,7 +171,27 @@ impl Drop for RunHandle {
     }
 }
 
+/// `PATH` of a run (and of an engine, when the replica has none).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A short, stable hash of `s` (8 hex digits, FNV-1a), to keep names made from it apart.
+pub fn short_hash(s: &str) -> String {
+    let hash = s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    format!("{:08x}", hash as u32)
+}
+
 impl RunRequest {
+    /// The values of the job's secret variables, asked of the gateway through `transfers` (it
+    /// gives them only for an attempt bound to this cluster); every one named must come.
+    pub async fn secret_values(&self, transfers: &crate::transfers::Transfers) -> Result<SecretValues, String> {
+        let values = transfers.job_secrets(&self.job, self.attempt).await?;
+        let missing: Vec<&String> = self.spec.secret_env.keys().filter(|k| !values.contains_key(*k)).collect();
+        if !missing.is_empty() {
+            return Err(format!("the gateway gave no value for {missing:?}"));
+        }
+        Ok(SecretValues(values))
+    }
+
     /// What the run needs brought into the cluster's store before it starts.
     pub fn needs(&self) -> crate::transfers::Needs<'_> {
         crate::transfers::Needs {

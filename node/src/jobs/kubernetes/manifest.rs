@@ -73,7 +73,7 @@ pub fn job_name(job: &str, attempt: u32) -> String {
     } else {
         // Not a faithful copy (characters replaced, or too long): add a hash so two ids never
         // share a name.
-        let hash = format!("{:08x}", fnv1a(job) as u32);
+        let hash = crate::jobs::run::short_hash(job);
         let keep = room.saturating_sub(hash.len() + 1).min(body.len());
         format!("{}-{hash}", body[..keep].trim_end_matches('-'))
     };
@@ -89,7 +89,7 @@ pub fn label_value(value: &str) -> String {
     if valid {
         return value.to_string();
     }
-    let hash = format!("{:08x}", fnv1a(value) as u32);
+    let hash = crate::jobs::run::short_hash(value);
     let body = dns_label(value);
     let keep = (MAX_NAME - hash.len() - 1).min(body.len());
     let body = body[..keep].trim_matches('-');
@@ -108,10 +108,6 @@ fn dns_label(value: &str) -> String {
         }
     }
     out.trim_matches('-').to_string()
-}
-
-fn fnv1a(value: &str) -> u64 {
-    value.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// What a Job's pod needs besides the attempt: images, and how its helpers reach the replicas.
@@ -438,23 +434,6 @@ pub fn secret_for(request: &RunRequest, cluster: &str, values: &BTreeMap<String,
     }
 }
 
-/// `rel` joined to `base` without `.` and `..`; `None` when it climbs above `base`.
-fn join_inside(base: &str, rel: &str) -> Option<String> {
-    let mut parts: Vec<&str> = base.split('/').filter(|p| !p.is_empty()).collect();
-    let floor = parts.len();
-    for part in rel.split('/') {
-        match part {
-            "" | "." => {}
-            ".." if parts.len() > floor => {
-                parts.pop();
-            }
-            ".." => return None,
-            p => parts.push(p),
-        }
-    }
-    Some(format!("/{}", parts.join("/")))
-}
-
 /// The build context of a job in the pod: under [`SOURCE_DIR`], the directory of the file that
 /// defines it, then `build_context`.
 fn context_dir(spec: &atoll_api::spec::JobSpec) -> Result<String, String> {
@@ -472,7 +451,8 @@ fn context_dir(spec: &atoll_api::spec::JobSpec) -> Result<String, String> {
 /// it leads out. Lexical: the pod's files are not here to look at.
 fn in_pod_source(dir: &str, rel: &str) -> Option<String> {
     let below = dir.strip_prefix(SOURCE_DIR)?.trim_start_matches('/');
-    join_inside(SOURCE_DIR, &format!("{below}/{rel}"))
+    let joined = atoll_api::spec::include::normalize_inside(below, rel)?;
+    Some(if joined.is_empty() { SOURCE_DIR.to_string() } else { format!("{SOURCE_DIR}/{joined}") })
 }
 
 /// The container that builds the image `image` from `context` with the builder's command line

@@ -150,16 +150,12 @@ impl KubernetesExecutor {
         if request.spec.secret_env.is_empty() {
             return Ok(Default::default());
         }
-        let values = self.transfers.job_secrets(&request.job, request.attempt).await?;
-        let missing: Vec<&String> = request.spec.secret_env.keys().filter(|k| !values.contains_key(*k)).collect();
-        if !missing.is_empty() {
-            return Err(format!("the gateway gave no value for {missing:?}"));
-        }
-        let secret = manifest::secret_for(request, &self.cluster, &values);
+        let values = request.secret_values(&self.transfers).await?;
+        let secret = manifest::secret_for(request, &self.cluster, &values.0);
         let name = job_name(&request.job, request.attempt);
         match self.secrets().create(&PostParams::default(), &secret).await {
-            Ok(_) => Ok(crate::jobs::run::SecretValues(values)),
-            Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(crate::jobs::run::SecretValues(values)),
+            Ok(_) => Ok(values),
+            Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(values),
             Err(kube::Error::Api(status)) => Err(format!("Kubernetes refused the Secret {name}: {}", status.message)),
             Err(e) => Err(format!("creating the Secret {name}: {e}")),
         }
