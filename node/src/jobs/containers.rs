@@ -15,8 +15,9 @@
 //! replica left are removed when the executor starts ([`Engine::sweep`]), found by the label
 //! every container carries (`atoll.work=<work root>`).
 //!
-//! The values of secret variables reach a container by name only (`-e NAME`, the value in the
-//! engine's environment), never on a command line.
+//! The job's variables (secret ones too) reach a container through an owner-only env file of
+//! the run, never through the engine's own environment ([`engine_env`]) or a command line; a
+//! compose file is taken by an allowlist of keys with every path resolved inside the source.
 
 use std::ffi::OsString;
 use std::path::Path;
