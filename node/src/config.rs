@@ -1221,6 +1221,42 @@ tls: {ca: certs/ca.pem, cert: certs/n1.pem, key: /abs/n1-key.pem}
                 ),
                 "jobs.containers",
             ),
+            (
+                format!(
+                    "{GOOD}jobs: {{executor: kubernetes, kubernetes: {{pod_listen: '127.0.0.1:9000', builder: {{image: 'a b', registry: r.io/atoll}}}}}}\n"
+                ),
+                "jobs.kubernetes.builder.image",
+            ),
+            (
+                format!(
+                    "{GOOD}jobs: {{executor: kubernetes, kubernetes: {{pod_listen: '127.0.0.1:9000', builder: {{image: k, registry: 'https://r.io/atoll'}}}}}}\n"
+                ),
+                "jobs.kubernetes.builder.registry",
+            ),
+            (
+                format!(
+                    "{GOOD}jobs: {{executor: kubernetes, kubernetes: {{pod_listen: '127.0.0.1:9000', builder: {{image: k, registry: r.io/atoll, command: []}}}}}}\n"
+                ),
+                "jobs.kubernetes.builder.command",
+            ),
+            (
+                format!(
+                    "{GOOD}jobs: {{executor: kubernetes, kubernetes: {{pod_listen: '127.0.0.1:9000', builder: {{image: k, registry: r.io/atoll, args: [--x, '']}}}}}}\n"
+                ),
+                "jobs.kubernetes.builder.args[1]",
+            ),
+            (
+                format!(
+                    "{GOOD}jobs: {{executor: kubernetes, kubernetes: {{pod_listen: '127.0.0.1:9000', builder: {{image: k, registry: r.io/atoll, push_secret: 'Bad Name'}}}}}}\n"
+                ),
+                "jobs.kubernetes.builder.push_secret",
+            ),
+            (
+                format!(
+                    "{GOOD}jobs: {{executor: kubernetes, kubernetes: {{pod_listen: '127.0.0.1:9000', builder: {{image: k}}}}}}\n"
+                ),
+                "jobs.kubernetes.builder",
+            ),
             (format!("{GOOD}jobs: {{kubernetes: {{namespace: ci}}}}\n"), "jobs.kubernetes"),
             (
                 format!(
