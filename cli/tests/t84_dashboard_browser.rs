@@ -10,7 +10,9 @@
 //! state the pipeline page showed it (a figure, not a bound). Screenshots are kept in
 //! `target/dashboard-screenshots/`.
 //! Needs node, chromium and `e2e/node_modules` (scripts/test installs them); without them the
-//! test fails, saying so.
+//! test fails, saying so. It runs apart from the tests that start containers (nextest group
+//! `host-network`): chromium drops its requests in flight when a container engine changes the
+//! host's addresses.
 
 mod common;
 
