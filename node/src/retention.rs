@@ -10,7 +10,8 @@
 //!    ([`atoll_store::Blobs::remove_if_older`]);
 //! 3. removes the work directories of attempts the cluster no longer holds that were not
 //!    touched within `retention.keep_s`, a few per pass (on some filesystems a burst of removals
-//!    slows the creation of new directories for minutes).
+//!    slows the creation of new directories for minutes), and job directories left empty and
+//!    unchanged as long.
 //!
 //! Each replica with its own store (`local`) cleans it; a shared store (S3, GCS, Azure) is
 //! cleaned by the leader only. Work directories are each replica's own.
@@ -180,8 +181,13 @@ pub async fn remove_work_dirs(root: &Path, held: HashSet<(String, u32)>, cutoff:
                     }
                 }
             }
-            // Gone only when empty.
-            let _ = std::fs::remove_dir(job.path());
+            // Gone only when empty and unchanged since the cutoff: a job directory just made for
+            // an attempt about to be prepared (not yet in `held`, its attempt directory not yet
+            // made) stays.
+            let changed = std::fs::metadata(job.path()).and_then(|m| m.modified());
+            if changed.is_ok_and(|t| t <= cutoff) {
+                let _ = std::fs::remove_dir(job.path());
+            }
         }
         removed
     })
@@ -213,5 +219,11 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(left, vec!["p.a".to_string()], "emptied job directories go too");
+
+        // A job directory made just now, its attempt's directory not yet made: it stays.
+        std::fs::create_dir(root.path().join("p.e")).unwrap();
+        let before = SystemTime::now() - Duration::from_secs(1);
+        assert_eq!(remove_work_dirs(root.path(), held, before, 10).await, 0);
+        assert!(root.path().join("p.e").is_dir(), "a new job directory is not removed under its attempt");
     }
 }

@@ -800,10 +800,21 @@ async fn store_output(
 /// Nothing more: each inode made here is made once per attempt.
 fn prepare(dir: &Path, request: &RunRequest) -> Result<(), String> {
     let fail = |e: std::io::Error| format!("preparing the work directory {}: {e}", dir.display());
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(fail)?;
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(e)),
+        _ => {}
     }
-    std::fs::create_dir_all(dir.join("output")).map_err(fail)?;
+    // Retention removes empty job directories: one it removed while this made it is made again
+    // (bounded).
+    let output = dir.join("output");
+    let mut made = std::fs::create_dir_all(&output);
+    for _ in 0..3 {
+        match &made {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => made = std::fs::create_dir_all(&output),
+            _ => break,
+        }
+    }
+    made.map_err(fail)?;
     std::fs::create_dir(dir.join("inputs")).map_err(fail)?;
     std::fs::create_dir(dir.join("tmp")).map_err(fail)?;
     if request.spec.source.is_some() {
