@@ -361,7 +361,7 @@ pub struct DevArgs {
     pub gateways: Option<u16>,
     /// Run InfraBox's docker, docker-image and docker-compose jobs on every cluster through the
     /// container engine FILE describes: the agents' `jobs.containers` (engine, engine_args,
-    /// build_args, run_args, compose), as YAML. Without it, clusters run command jobs only.
+    /// build_args, run_args, registry_args, compose), as YAML. Without it, clusters run command jobs only.
     #[arg(long, value_name = "FILE")]
     pub containers: Option<PathBuf>,
 }

@@ -53,7 +53,7 @@ fn with_containers(mut layout: Layout, args: &DevArgs) -> anyhow::Result<Layout>
             let text = std::fs::read_to_string(path).with_context(|| format!("--containers {}", path.display()))?;
             let containers: atoll_mesh::JobContainers = serde_yaml_ng::from_str(&text).with_context(|| {
                 format!(
-                    "--containers {}: not a jobs.containers block (engine, engine_args, build_args, run_args, compose)",
+                    "--containers {}: not a jobs.containers block (engine, engine_args, build_args, run_args, registry_args, compose)",
                     path.display()
                 )
             })?;

@@ -142,10 +142,7 @@ jobs:
         ),
         "{stdout}"
     );
-    assert!(
-        stdout.contains("jobs[0].deployments: job \"test\": pushing images to a registry is not supported yet"),
-        "{stdout}"
-    );
+    assert!(!stdout.contains("jobs[0].deployments"), "a cluster that runs no docker jobs says only that: {stdout}");
     let submitted = mesh.cli(&["submit", deploy.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&submitted.stderr);
     assert!(!submitted.status.success() && stderr.contains("no cluster with its labels can run it"), "{stderr}");

@@ -11,8 +11,11 @@
 //! - a `git` include from a repository served by `git daemon` on 127.0.0.1, whose `docker` job
 //!   builds the Dockerfile of that repository (the gateway packs it as the job's source);
 //!
-//! and InfraBox's `transfer_data` file runs unchanged by `atoll submit --push` (its directory
-//! pushed as the pipeline's source, as InfraBox clones the repository its file is in).
+//! then a `docker` job on aws pushes its image to a real registry (Debian's `docker-registry`
+//! on 127.0.0.1, TLS and a login) with a password stored as a secret, and a `docker-image` job on
+//! onprem pulls it from there with its `registries` login and runs it; and InfraBox's
+//! `transfer_data` file runs unchanged by `atoll submit --push` (its directory pushed as the
+//! pipeline's source, as InfraBox clones the repository its file is in).
 //!
 //! A `docker` job selecting gcp is refused at submit, naming what gcp lacks; the clusters list
 //! shows what each runs. Needs podman, podman-compose and the base image `scripts/test` makes
@@ -99,10 +102,15 @@ async fn docker_and_compose_jobs_run_where_a_container_engine_is_and_are_refused
     common::git::git(&ext, &["commit", "--quiet", "-m", "a docker job"]);
     let (_daemon, port) = common::git::serve(&repos).await;
 
+    // An image registry with a login, whose CA the engines are given.
+    let registry = atoll_mesh::registry::ImageRegistry::start(&tmp.path().join("registry")).await.unwrap();
+    let certs = registry.certs.display().to_string();
     let mesh = GatewayMesh::start_with(Engine::Sqlite, 3, 1, test_gateway_timing(), true, |layout| {
         for cluster in &mut layout.clusters {
             if cluster.name != "gcp" {
-                cluster.job_containers = Some(atoll_mesh::JobContainers::podman());
+                let mut podman = atoll_mesh::JobContainers::podman();
+                podman.registry_args = vec!["--cert-dir".into(), certs.clone()];
+                cluster.job_containers = Some(podman);
             }
         }
     })
@@ -207,6 +215,64 @@ jobs:
         }
         // Only clusters with an engine ran container jobs.
         assert_ne!(detail.job.cluster.as_ref().map(|c| c.as_str()), Some("gcp"), "{name}");
+    }
+
+    phase("a docker job pushes to a registry with its login; a docker-image job on another cluster pulls it back");
+    let password = tmp.path().join("registry-password");
+    std::fs::write(&password, atoll_mesh::registry::REGISTRY_PASSWORD).unwrap();
+    let out = mesh.cli(&["secret", "set", "registry", "--from-file", password.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let host = &registry.addr;
+    let login = format!(r#"username: {}, password: {{$secret: registry}}"#, atoll_mesh::registry::REGISTRY_USER);
+    let yaml = format!(
+        r#"version: 1
+source: "{source}"
+jobs:
+  - name: publish
+    type: docker
+    docker_file: infrabox/producer/Dockerfile
+    build_arguments: {{GREETING: published}}
+    deployments: [{{type: docker-registry, host: "{host}", repository: atoll/producer, tag: t87, {login}}}]
+    cluster: {{selector: [aws]}}
+  - name: pulled
+    type: docker-image
+    image: "{host}/atoll/producer:t87"
+    command: ["cat", "/made"]
+    registries: [{{type: docker-registry, host: "{host}", repository: atoll/producer, {login}}}]
+    depends_on: [publish]
+    cluster: {{selector: [onprem]}}
+"#
+    );
+    let submitted = common::submit(&mesh.gateway, &yaml).await;
+    for name in ["publish", "pulled"] {
+        let id = common::id_of(&submitted, name);
+        let detail = common::wait_state(&mesh.gateway, &id, Duration::from_secs(300), JobState::is_final).await;
+        let log = String::from_utf8_lossy(&mesh.cli(&["logs", &id]).stdout).into_owned();
+        assert_eq!(detail.job.state, JobState::Finished, "{name}: {:?}\n{log}", detail.job.reason);
+        assert!(!log.contains(atoll_mesh::registry::REGISTRY_PASSWORD), "{log}");
+        match name {
+            "publish" => assert!(log.contains(&format!("[atoll] pushing {host}/atoll/producer:t87")), "{log}"),
+            _ => assert!(
+                log.contains(&format!("[atoll] pulling {host}/atoll/producer:t87"))
+                    && log.contains("published, made in the build"),
+                "{log}"
+            ),
+        }
+    }
+    // What was pulled from this run's registry is not kept.
+    let podman = atoll_mesh::JobContainers::podman();
+    let mut images = std::process::Command::new(&podman.engine);
+    images.args(&podman.engine_args).args(["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    let listed = String::from_utf8_lossy(&images.output().unwrap().stdout).into_owned();
+    let pulled: Vec<&str> = listed.lines().filter(|l| l.starts_with(host.as_str())).collect();
+    if !pulled.is_empty() {
+        let status = std::process::Command::new(&podman.engine)
+            .args(&podman.engine_args)
+            .args(["rmi", "-f", "--"])
+            .args(&pulled)
+            .status()
+            .unwrap();
+        assert!(status.success(), "removing {pulled:?}");
     }
 
     phase("InfraBox's file, unchanged, by atoll submit --push: its directory is the pipeline's source");

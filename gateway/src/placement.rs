@@ -217,7 +217,7 @@ mod tests {
 
     use atoll_api::spec::JobKind;
 
-    const COMMAND: Needs = Needs { kind: atoll_api::spec::JobKind::Command, secrets: false };
+    const COMMAND: Needs = Needs { kind: atoll_api::spec::JobKind::Command, secrets: false, registries: None };
 
     fn all_direct(_: &str, _: &str) -> bool {
         true
@@ -365,10 +365,11 @@ mod tests {
             executor: "process".into(),
             runs: vec![JobKind::Command, JobKind::Docker],
             secrets: true,
+            registries: false,
             missing: Vec::new(),
         };
         let any = spec(&["default"], None);
-        let docker = Needs { kind: JobKind::Docker, secrets: false };
+        let docker = Needs { kind: JobKind::Docker, secrets: false, registries: None };
         let request = Request { needs: docker, ..req(&any) };
         assert_eq!(assigned(&one(&request, &mesh, &all_direct)), "gcp", "aws runs no docker jobs");
         mesh.set("gcp", |e, _, _| *e = false);
@@ -428,7 +429,13 @@ mod tests {
                         if c.4 {
                             runs.push(JobKind::Docker);
                         }
-                        Capabilities { executor: "process".into(), runs, secrets: true, missing: Vec::new() }
+                        Capabilities {
+                            executor: "process".into(),
+                            runs,
+                            secrets: true,
+                            registries: false,
+                            missing: Vec::new(),
+                        }
                     })
                     .collect(),
             }
@@ -448,7 +455,7 @@ mod tests {
                 .iter()
                 .map(|s| spec(&s.iter().copied().collect::<Vec<_>>(), prefer.filter(|&p| p < mesh.names.len()).map(|p| mesh.names[p])))
                 .collect();
-            let needs = |i: usize| Needs { kind: if docker[i] { JobKind::Docker } else { JobKind::Command }, secrets: false };
+            let needs = |i: usize| Needs { kind: if docker[i] { JobKind::Docker } else { JobKind::Command }, secrets: false, registries: None };
             let requests: Vec<Request<'_>> =
                 specs.iter().enumerate().map(|(i, s)| Request { needs: needs(i), ..req(s) }).collect();
             let index = |n: &str| mesh.names.iter().position(|m| *m == n).unwrap();

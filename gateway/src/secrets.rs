@@ -124,9 +124,9 @@ impl Gateway {
         let mut problems = Vec::new();
         let mut known: BTreeMap<String, bool> = BTreeMap::new();
         for (i, job) in spec.jobs.iter().enumerate() {
-            for (var, secret) in &job.secret_env {
-                let path = format!("{}.environment.{var}", spec.job_path(i));
-                match secret {
+            for used in job.secret_uses() {
+                let path = format!("{}.{}", spec.job_path(i), used.path);
+                match used.secret {
                     SecretRef::Secret(name) => {
                         let exists = match known.get(name) {
                             Some(exists) => *exists,
@@ -186,21 +186,25 @@ impl Gateway {
             .get(row.idx)
             .ok_or_else(|| ApiError::internal(format!("job {job} has no place in its pipeline's spec")))?;
         let key = self.secrets_key();
+        // Each under its key: a variable's name, or `deployments[i].password` for a registry's.
         let mut out = BTreeMap::new();
-        for (var, secret) in &spec.secret_env {
-            let SecretRef::Secret(name) = secret else {
-                return Err(ApiError::bad_request(format!("environment.{var}: vault references are not read")));
+        for used in spec.secret_uses() {
+            let at = &used.path;
+            let SecretRef::Secret(name) = used.secret else {
+                return Err(ApiError::bad_request(format!("{at}: vault references are not read")));
             };
-            let sealed =
-                self.db.sealed_secret(name.as_str()).await.map_err(db_error)?.ok_or_else(|| {
-                    ApiError::not_found(format!("environment.{var}: secret {name:?} no longer exists"))
-                })?;
+            let sealed = self
+                .db
+                .sealed_secret(name.as_str())
+                .await
+                .map_err(db_error)?
+                .ok_or_else(|| ApiError::not_found(format!("{at}: secret {name:?} no longer exists")))?;
             let value = open(&key, name.as_str(), &sealed).ok_or_else(|| {
                 ApiError::internal(format!(
-                    "environment.{var}: secret {name:?} cannot be opened (sealed under another CA key, or altered)"
+                    "{at}: secret {name:?} cannot be opened (sealed under another CA key, or altered)"
                 ))
             })?;
-            out.insert(var.clone(), String::from_utf8(value).map_err(|_| ApiError::internal("a secret is not text"))?);
+            out.insert(used.key, String::from_utf8(value).map_err(|_| ApiError::internal("a secret is not text"))?);
         }
         tracing::info!(job, attempt, cluster, count = out.len(), "secrets delivered to the job's cluster");
         Ok(out)

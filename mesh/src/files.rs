@@ -239,11 +239,12 @@ fn agent_yaml(layout: &Layout, cluster: &ClusterLayout, replica: &ReplicaLayout)
         // JSON strings and lists are YAML too.
         let list = |l: &[String]| serde_json::to_string(l).unwrap_or_default();
         out.push_str(&format!(
-            "  containers:\n    engine: {}\n    engine_args: {}\n    build_args: {}\n    run_args: {}\n    compose: {}\n",
+            "  containers:\n    engine: {}\n    engine_args: {}\n    build_args: {}\n    run_args: {}\n    registry_args: {}\n    compose: {}\n",
             serde_json::to_string(&c.engine).unwrap_or_default(),
             list(&c.engine_args),
             list(&c.build_args),
             list(&c.run_args),
+            list(&c.registry_args),
             list(&c.compose)
         ));
     }

@@ -144,6 +144,8 @@ pub struct JobContainers {
     #[serde(default)]
     pub run_args: Vec<String>,
     #[serde(default)]
+    pub registry_args: Vec<String>,
+    #[serde(default)]
     pub compose: Vec<String>,
 }
 

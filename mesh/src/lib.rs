@@ -14,11 +14,13 @@
 //! - [`run`]: starting, watching and stopping the processes.
 //! - [`postgres`]: a PostgreSQL server of the mesh's own (also the chaos suite's), installed
 //!   when missing, initialised once, reused across runs of the same directory.
+//! - [`registry`]: an image registry for the tests of registry logins.
 
 mod files;
 mod layout;
 mod ports;
 pub mod postgres;
+pub mod registry;
 mod run;
 
 pub use files::MeshDir;

@@ -110,6 +110,11 @@ pub struct ContainersFile {
     /// Added to every container run.
     #[serde(default)]
     pub run_args: Vec<String>,
+    /// Added to every command that talks to a registry for a job's `registries` or
+    /// `deployments`: pull, push, and the build of a job that names registries
+    /// (`[--cert-dir, /etc/atoll/registry-certs]`, `[--tls-verify=false]` for a plain-HTTP one).
+    #[serde(default)]
+    pub registry_args: Vec<String>,
     /// The compose program and its first arguments (`[podman-compose]`, `[docker, compose]`);
     /// without it docker-compose jobs are not placed here.
     #[serde(default)]
@@ -755,6 +760,7 @@ fn check_containers(
         ("engine_args", &file.engine_args),
         ("build_args", &file.build_args),
         ("run_args", &file.run_args),
+        ("registry_args", &file.registry_args),
         ("compose", &file.compose),
     ] {
         if let Some(i) = list.iter().position(|a| a.is_empty() || a.contains('\0')) {
@@ -766,6 +772,7 @@ fn check_containers(
         engine_args: file.engine_args,
         build_args: file.build_args,
         run_args: file.run_args,
+        registry_args: file.registry_args,
         compose: file.compose,
     })
 }
@@ -781,6 +788,8 @@ pub struct ContainersConfig {
     pub build_args: Vec<String>,
     /// Added to every `run`.
     pub run_args: Vec<String>,
+    /// Added to `pull`, `push`, and the `build` of a job that names registries.
+    pub registry_args: Vec<String>,
     /// The compose program and its first arguments (`[podman-compose]`, `[docker, compose]`);
     /// empty: docker-compose jobs are not run.
     pub compose: Vec<String>,
@@ -1214,6 +1223,10 @@ tls: {ca: certs/ca.pem, cert: certs/n1.pem, key: /abs/n1-key.pem}
                 "jobs.containers.run_args[1]",
             ),
             (format!("{GOOD}jobs: {{containers: {{engine: podman, compose: ['']}}}}\n"), "jobs.containers.compose[0]"),
+            (
+                format!("{GOOD}jobs: {{containers: {{engine: podman, registry_args: [--cert-dir, '']}}}}\n"),
+                "jobs.containers.registry_args[1]",
+            ),
             (format!("{GOOD}jobs: {{containers: {{engine: podman, composer: x}}}}\n"), "jobs.containers.composer"),
             (
                 format!(

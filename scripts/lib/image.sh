@@ -6,7 +6,8 @@
 # podman's default rlimits, fail where the machine withholds CAP_SYS_RESOURCE), without a network,
 # under a timeout. Sourced by scripts/test.
 #
-#   image_tools               podman, runc and debootstrap from Debian when missing
+#   image_tools               podman, runc, podman-compose, debootstrap and docker-registry
+#                             from Debian when missing
 #   image_base                localhost/atoll-base:bookworm: Debian's minbase with its security
 #                             updates, made once and cached as a tarball in
 #                             ${ATOLL_CACHE_DIR:-$HOME/.cache/atoll} (made again after 30 days)
@@ -55,14 +56,26 @@ image_tools() {
   # docker-compose jobs on the process executor (node/src/jobs/containers.rs).
   command -v podman-compose >/dev/null || packages+=(podman-compose)
   command -v debootstrap >/dev/null || packages+=(debootstrap debian-archive-keyring)
+  # A real image registry for the tests of registry logins (deployments, registries): each test
+  # starts its own on 127.0.0.1; the package's service is never started.
+  [[ -x /usr/bin/docker-registry ]] || packages+=(docker-registry)
   if ((${#packages[@]})); then
     _image_need_root image_tools || return 1
+    # No service a package brings starts while it installs (unless this machine already says so).
+    local policy=/usr/sbin/policy-rc.d made_policy=
+    if [[ ! -e $policy ]]; then
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+    fi
+    local installed=0
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}" >&2 ||
       { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}" >&2; } ||
-      { echo "image_tools: apt-get could not install ${packages[*]}" >&2; return 1; }
+      installed=1
+    [[ -z $made_policy ]] || rm -f "$policy"
+    ((installed == 0)) || { echo "image_tools: apt-get could not install ${packages[*]}" >&2; return 1; }
   fi
   echo "image tools: podman $(podman --version | awk '{print $3}'), runc $(runc --version | awk 'NR == 1 {print $3}'), podman-compose $(dpkg-query -W -f '${Version}' podman-compose 2>/dev/null || echo '?')," \
-    "debootstrap $(dpkg-query -W -f '${Version}' debootstrap 2>/dev/null || echo '?')${packages[*]:+ (installed ${packages[*]})}"
+    "debootstrap $(dpkg-query -W -f '${Version}' debootstrap 2>/dev/null || echo '?')," \
+    "docker-registry $(dpkg-query -W -f '${Version}' docker-registry 2>/dev/null || echo '?')${packages[*]:+ (installed ${packages[*]})}"
 }
 
 # _image_rootfs_remove DIR: a debootstrap target, with whatever a killed run left mounted in it.

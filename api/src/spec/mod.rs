@@ -618,6 +618,10 @@ pub struct Capabilities {
     pub runs: Vec<JobKind>,
     /// Whether it gives jobs secret variables.
     pub secrets: bool,
+    /// Whether it logs in to registries for a job: pushes built images (`deployments`) and
+    /// pulls with credentials (`registries`). Absent from an older agent: it does not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub registries: bool,
     /// What it lacks, in an operator's words (`no container engine (jobs.containers)`), shown
     /// when a job needs it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -633,19 +637,33 @@ impl Capabilities {
     /// What a cluster that never said is taken to run: what every executor ran before clusters
     /// advertised what they run (command jobs, with secrets).
     pub fn assumed() -> Self {
-        Capabilities { executor: "unknown".into(), runs: vec![JobKind::Command], secrets: true, missing: Vec::new() }
+        Capabilities {
+            executor: "unknown".into(),
+            runs: vec![JobKind::Command],
+            secrets: true,
+            registries: false,
+            missing: Vec::new(),
+        }
     }
 
     /// What of `needs` it lacks, as (the key that asks, what is missing); empty when it runs
     /// such a job.
     pub fn lacks(&self, needs: Needs) -> Vec<(&'static str, String)> {
         let mut lacks = Vec::new();
-        if needs.kind != JobKind::Wait && !self.runs.contains(&needs.kind) {
+        let runs_kind = needs.kind == JobKind::Wait || self.runs.contains(&needs.kind);
+        if !runs_kind {
             let hint = if self.missing.is_empty() { String::new() } else { format!(": {}", self.missing.join("; ")) };
             lacks.push(("type", format!("runs no {} jobs ({} executor{hint})", needs.kind.as_str(), self.executor)));
         }
         if needs.secrets && !self.secrets {
             lacks.push(("environment", format!("gives jobs no secrets ({} executor)", self.executor)));
+        }
+        // Said where it is the reason (a cluster that runs no such jobs says that instead).
+        if let Some(key) = needs.registries
+            && !self.registries
+            && runs_kind
+        {
+            lacks.push((key, format!("logs in to no registries for jobs ({} executor)", self.executor)));
         }
         lacks
     }
@@ -656,12 +674,58 @@ impl Capabilities {
 pub struct Needs {
     pub kind: JobKind,
     pub secrets: bool,
+    /// The key that asks for registry logins (`deployments` or `registries`), if any.
+    pub registries: Option<&'static str>,
+}
+
+/// A secret a job names: the key its value is delivered under, where the job names it, and the
+/// reference.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretUse<'a> {
+    /// A variable's own name (`environment`), or `deployments[i].password` /
+    /// `registries[i].password` (never a variable's name: variables have no brackets).
+    pub key: String,
+    /// Where in the job: `environment.NAME`, or the same as `key` for a registry's password.
+    pub path: String,
+    pub secret: &'a SecretRef,
 }
 
 impl JobSpec {
     pub fn needs(&self) -> Needs {
-        Needs { kind: self.kind, secrets: !self.secret_env.is_empty() }
+        let registries = if !self.container.deployments.is_empty() {
+            Some("deployments")
+        } else if !self.container.registries.is_empty() {
+            Some("registries")
+        } else {
+            None
+        };
+        Needs { kind: self.kind, secrets: !self.secret_uses().is_empty(), registries }
     }
+
+    /// Every secret the job names: its secret variables, then its registries' passwords.
+    pub fn secret_uses(&self) -> Vec<SecretUse<'_>> {
+        let mut uses: Vec<SecretUse<'_>> = self
+            .secret_env
+            .iter()
+            .map(|(var, secret)| SecretUse { key: var.clone(), path: format!("environment.{var}"), secret })
+            .collect();
+        for (list, registries) in
+            [("deployments", &self.container.deployments), ("registries", &self.container.registries)]
+        {
+            for (i, registry) in registries.iter().enumerate() {
+                if let Some(secret) = &registry.password {
+                    let key = registry_password_key(list, i);
+                    uses.push(SecretUse { path: key.clone(), key, secret });
+                }
+            }
+        }
+        uses
+    }
+}
+
+/// The key a registry's password is delivered under: `deployments[0].password`.
+pub fn registry_password_key(list: &str, i: usize) -> String {
+    format!("{list}[{i}].password")
 }
 
 impl PipelineSpec {
@@ -711,13 +775,34 @@ pub fn unsupported(spec: &PipelineSpec) -> Vec<SpecProblem> {
             }
         }
         let c = &job.container;
-        let keys: [(bool, &str, &str); 8] = [
-            (!c.deployments.is_empty(), "deployments", "pushing images to a registry is not supported yet"),
-            (!c.registries.is_empty(), "registries", "pulling from registries with credentials is not supported yet"),
+        for (list, registries) in [("deployments", &c.deployments), ("registries", &c.registries)] {
+            for (r, registry) in registries.iter().enumerate() {
+                if registry.kind != RegistryKind::DockerRegistry {
+                    let kind = RegistryKind::ALL.iter().find(|(_, k)| *k == registry.kind).map_or("", |(w, _)| *w);
+                    say(
+                        &format!("{list}[{r}].type"),
+                        &format!(
+                            "{kind} logins are not made by atoll: use type docker-registry with the registry's \
+                             username and a token as password (a secret)"
+                        ),
+                    );
+                }
+            }
+        }
+        if job.kind == JobKind::DockerImage
+            && let Some(r) = c.deployments.iter().position(|d| d.target.is_some())
+        {
+            say(&format!("deployments[{r}].target"), "names a build stage, and a docker-image job builds nothing");
+        }
+        let keys: [(bool, &str, &str); 6] = [
+            (
+                !c.registries.is_empty() && job.kind == JobKind::DockerCompose,
+                "registries",
+                "logging in to registries for a docker-compose job's services is not supported yet",
+            ),
             (!c.services.is_empty(), "services", "services (custom resources made for a job) are not supported yet"),
             (c.privileged, "security_context.privileged", "privileged containers are not supported"),
             (c.kubernetes_limits.is_some(), "resources.kubernetes", "a Kubernetes namespace per job is not provided"),
-            (c.run == Some(false), "run", "pulling an image without running it is not supported yet"),
             (c.cache.image, "cache.image", "reusing the last built image as a build cache is not supported yet"),
             (
                 c.build_context.is_some() && job.kind == JobKind::DockerImage,

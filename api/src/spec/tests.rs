@@ -559,14 +559,13 @@ fn infrabox_keys_are_read_into_the_spec() {
     );
     let gke = &read("service_gke/infrabox.json").jobs[0];
     assert_eq!(gke.container.services[0]["kind"], "GKECluster");
-    // What no executor runs yet is refused by name, with the job and the key; what only some
-    // clusters run, where no cluster with the job's labels runs it.
-    let refused: Vec<String> = unsupported(&read("deploy/infrabox.json")).iter().map(ToString::to_string).collect();
-    assert_eq!(refused, ["jobs[0].deployments: job \"test\": pushing images to a registry is not supported yet"]);
+    // What only some clusters run is refused where no cluster with the job's labels runs it.
+    assert_eq!(unsupported(&read("deploy/infrabox.json")), [], "a docker-registry deployment");
     let engine = Capabilities {
         executor: "process".into(),
         runs: vec![JobKind::Command, JobKind::DockerImage, JobKind::Docker],
         secrets: true,
+        registries: true,
         missing: vec!["no compose program (jobs.containers.compose)".into()],
     };
     let (aws, gcp): (ClusterName, ClusterName) = ("aws".parse().unwrap(), "gcp".parse().unwrap());
@@ -601,6 +600,25 @@ fn infrabox_keys_are_read_into_the_spec() {
         secrets.contains("no cluster with its labels can run it: aws gives jobs no secrets (kubernetes executor)"),
         "{secrets}"
     );
+    // A deployment needs a cluster that logs in to registries; its password is a secret it
+    // names, delivered under its own key.
+    let deploy = read("deploy/infrabox.json");
+    let no_logins = Capabilities { registries: false, ..engine.clone() };
+    clusters[0].capabilities = Some(&no_logins);
+    let refused = check_clusters(&deploy, &clusters).unwrap_err().0[0].to_string();
+    assert_eq!(
+        refused,
+        "jobs[0].deployments: job \"test\": no cluster with its labels can run it: aws logs in to no registries \
+         for jobs (process executor)"
+    );
+    clusters[0].capabilities = Some(&engine);
+    check_clusters(&deploy, &clusters).expect("aws logs in to registries");
+    let uses = deploy.jobs[0].secret_uses();
+    assert_eq!(
+        uses.iter().map(|u| (u.key.as_str(), u.path.as_str())).collect::<Vec<_>>(),
+        [("deployments[0].password", "deployments[0].password")]
+    );
+    assert!(deploy.jobs[0].needs().secrets, "a registry's password is a secret the job needs");
     // The stored form keeps only what was said: a plain command job has none of it.
     let plain = parse("version: 1\njobs: [{name: a, type: command, command: 'true'}]").unwrap();
     let json = serde_json::to_value(&plain.jobs[0]).unwrap();
@@ -765,19 +783,44 @@ fn keys_that_no_executor_runs_yet_are_refused_by_name() {
         refused,
         [
             "jobs[0].environment.T",
-            "jobs[0].registries",
+            "jobs[0].registries[0].type",
             "jobs[0].services",
             "jobs[0].security_context.privileged",
             "jobs[0].resources.kubernetes",
-            "jobs[0].run",
             "jobs[0].cache.image",
             "jobs[0].build_context",
             "jobs[1].type",
         ]
     );
     // check_clusters refuses them too, with clusters known, and what the cluster does not run
-    // (a cluster that never said what it runs is taken to run command jobs only).
+    // (a cluster that never said what it runs is taken to run command jobs only: that is said,
+    // not also that it logs in to no registries).
     let clusters = [("aws".parse().unwrap(), vec!["aws".parse().unwrap()], true)];
     let err = check_clusters(&spec, &facts(&clusters)).unwrap_err();
-    assert_eq!(err.0.len(), 11, "{err}");
+    assert_eq!(err.0.len(), 10, "{err}");
+}
+
+#[test]
+fn registry_logins_other_than_docker_registry_and_a_stage_of_nothing_are_refused_by_name() {
+    let spec = parse(
+        r#"{"version": 1, "jobs": [
+            {"name": "img", "type": "docker-image", "image": "i", "run": false,
+             "deployments": [{"type": "docker-registry", "host": "h", "repository": "r", "target": "t"},
+                             {"type": "ecr", "host": "h", "repository": "r", "region": "x", "access_key_id": {"$secret": "A"}, "secret_access_key": {"$secret": "S"}}]},
+            {"name": "up", "type": "docker-compose", "docker_compose_file": "c.yml",
+             "registries": [{"type": "docker-registry", "host": "h", "repository": "r", "username": "u", "password": {"$secret": "P"}}]}
+        ]}"#,
+    )
+    .unwrap();
+    let refused: Vec<String> = unsupported(&spec).iter().map(ToString::to_string).collect();
+    assert_eq!(
+        refused,
+        [
+            "jobs[0].deployments[1].type: job \"img\": ecr logins are not made by atoll: use type docker-registry \
+             with the registry's username and a token as password (a secret)",
+            "jobs[0].deployments[0].target: job \"img\": names a build stage, and a docker-image job builds nothing",
+            "jobs[1].registries: job \"up\": logging in to registries for a docker-compose job's services is not \
+             supported yet",
+        ]
+    );
 }

@@ -35,6 +35,17 @@ use super::run::short_hash;
 /// How long a cleanup or inspect command may take.
 const HOUSEKEEPING: Duration = Duration::from_secs(60);
 
+/// The run's files that hold secrets, in its work directory: its variables for the containers,
+/// and its registry logins. Removed when the run ends ([`remove_run_secrets`]).
+const ENV_FILE: &str = ".atoll-env";
+const AUTH_DIR: &str = ".atoll-auth";
+
+/// Remove the run's files holding secrets (after its cleanup, which may read them).
+pub fn remove_run_secrets(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(ENV_FILE));
+    let _ = std::fs::remove_dir_all(dir.join(AUTH_DIR));
+}
+
 /// The container engine of the process executor (`jobs.containers`, checked); what it does is
 /// here.
 pub type Engine = crate::config::ContainersConfig;
@@ -86,6 +97,7 @@ impl Engine {
             engine_args: file.engine_args,
             build_args: file.build_args,
             run_args: file.run_args,
+            registry_args: file.registry_args,
             compose: file.compose,
         }
     }
@@ -159,13 +171,13 @@ impl Engine {
             ("ATOLL_INPUTS".into(), "/infrabox/inputs".into()),
         ];
         vars.extend(atoll_api::spec::infrabox_env(&request.job, &request.pipeline, request.attempt, spec));
-        for (key, value) in spec.environment.iter().chain(&request.secrets.0) {
+        for (key, value) in spec.environment.iter().chain(request.secrets.variables()) {
             vars.retain(|(k, _)| k != key);
             vars.push((key.clone(), value.clone()));
         }
         // The variables go to the containers in a file of the run's (never into the engine's
         // own environment, where LD_PRELOAD or CONTAINERS_CONF would be the engine's).
-        let env_file = write_env_file(&dir.join(".atoll-env"), &vars)?;
+        let env_file = write_env_file(&dir.join(ENV_FILE), &vars)?;
         let source = dir.join("source");
         let needs_source = matches!(spec.kind, JobKind::Docker | JobKind::DockerCompose);
         // InfraBox's context: the directory of the file that defines the job, then
@@ -212,7 +224,58 @@ impl Engine {
         std::fs::create_dir_all(cache).map_err(|e| format!("preparing the cache {}: {e}", cache.display()))?;
 
         let label = format!("atoll.work={}", work_root.display());
-        let env = engine_env();
+        let mut env = engine_env();
+        // Registry logins: an owner-only auth file of the run's, named to the engine by its
+        // environment (podman reads REGISTRY_AUTH_FILE, docker DOCKER_CONFIG): no password on a
+        // command line, none in the replica's own logins.
+        // A job naming no username leaves the replica's own logins in place.
+        let logins = registry_logins(request)?;
+        if !logins.is_empty() {
+            let auth = write_auth_file(&dir.join(AUTH_DIR), &logins)?;
+            env.retain(|(k, _)| k != "REGISTRY_AUTH_FILE" && k != "DOCKER_CONFIG");
+            env.push(("REGISTRY_AUTH_FILE".into(), auth.join("config.json").into()));
+            env.push(("DOCKER_CONFIG".into(), auth.into()));
+        }
+        // What talks to a registry for the job gets the operator's registry options.
+        let registry_args = || self.registry_args.iter().cloned();
+        let pull = |image: &str| {
+            let mut args: Vec<String> = registry_args().collect();
+            args.extend(["--".into(), image.to_string()]);
+            Step { what: format!("pulling {image}"), argv: self.command("pull", args) }
+        };
+        // Each deployment: its reference tagged (or its own stage built), then pushed.
+        // `always_push` ones go right after the build, before the run can fail.
+        let deploy = |image: &str,
+                      build: &dyn Fn(&str, &str) -> Option<Vec<String>>,
+                      cleanup: &mut Vec<Vec<String>>|
+         -> Result<Vec<(bool, Vec<Step>)>, String> {
+            let mut out = Vec::new();
+            for (i, d) in spec.container.deployments.iter().enumerate() {
+                let tag = d.tag.clone().unwrap_or_else(|| format!("build_{}", request.pipeline));
+                let reference =
+                    format!("{}/{}:{tag}", d.host.trim_end_matches('/'), d.repository.as_deref().unwrap_or(""));
+                let mut steps = Vec::new();
+                match &d.target {
+                    Some(stage) if spec.container.target.as_deref() != Some(stage.as_str()) => steps.push(Step {
+                        what: format!("building stage {stage} as {reference}"),
+                        argv: build(stage, &reference).ok_or_else(|| {
+                            format!("deployments[{i}].target: names a build stage, and this job builds nothing")
+                        })?,
+                    }),
+                    _ => steps.push(Step {
+                        what: format!("tagging {image} as {reference}"),
+                        argv: self.command("tag", ["--".into(), image.to_string(), reference.clone()]),
+                    }),
+                }
+                let mut args: Vec<String> = registry_args().collect();
+                args.extend(["--".into(), reference.clone()]);
+                steps.push(Step { what: format!("pushing {reference}"), argv: self.command("push", args) });
+                // The local name goes with the run; the pushed image stays in its registry.
+                cleanup.push(self.command("rmi", ["--".into(), reference]));
+                out.push((d.always_push, steps));
+            }
+            Ok(out)
+        };
         let mut steps = Vec::new();
         let mut cleanup = Vec::new();
         let flag = |name: &str, value: &dyn std::fmt::Display| format!("--{name}={value}");
@@ -250,8 +313,18 @@ impl Engine {
                     Some(JobCommand::Shell(line)) => vec!["sh".into(), "-c".into(), line.clone()],
                     None => Vec::new(),
                 };
-                steps.push(Step { what: format!("running {image}"), argv: run(&image, command, context.as_ref()) });
-                cleanup.push(self.command("rm", ["-f".into(), "--".into(), name.clone()]));
+                // Pulled first where it needs a login or is not run (`run: false`).
+                if !spec.container.registries.is_empty() || spec.container.run == Some(false) {
+                    steps.push(pull(&image));
+                }
+                let no_build = |_: &str, _: &str| None;
+                let mut pushes = deploy(&image, &no_build, &mut cleanup)?;
+                push_steps(&mut steps, &mut pushes, true);
+                if spec.container.run != Some(false) {
+                    steps.push(Step { what: format!("running {image}"), argv: run(&image, command, context.as_ref()) });
+                    cleanup.push(self.command("rm", ["-f".into(), "--".into(), name.clone()]));
+                }
+                push_steps(&mut steps, &mut pushes, false);
             }
             JobKind::Docker => {
                 let context = context.as_ref().ok_or("no build context")?;
@@ -264,28 +337,42 @@ impl Engine {
                     slug(&request.pipeline),
                     request.attempt
                 );
-                let mut args: Vec<String> = self.build_args.clone();
-                if let Some(mib) = spec.resources.memory_mib {
-                    args.push(flag("memory", &format!("{mib}m")));
-                }
-                args.extend([flag("file", &docker_file.display()), flag("tag", &tag), flag("label", &label)]);
-                args.push(flag("build-arg", &format!("INFRABOX_BUILD_NUMBER={}", request.pipeline)));
-                for (key, value) in &spec.container.build_arguments {
-                    args.push(flag("build-arg", &format!("{key}={value}")));
-                }
-                if let Some(target) = &spec.container.target {
-                    args.push(flag("target", target));
-                }
-                args.push("--".into());
-                args.push(context.context.display().to_string());
-                steps.push(Step { what: format!("building {tag}"), argv: self.command("build", args) });
+                // The build of `target` (the job's own, or a deployment's stage) as `tag`.
+                let build = |target: Option<&str>, tag: &str| {
+                    let mut args: Vec<String> = self.build_args.clone();
+                    if !spec.container.registries.is_empty() {
+                        args.extend(registry_args());
+                    }
+                    if let Some(mib) = spec.resources.memory_mib {
+                        args.push(flag("memory", &format!("{mib}m")));
+                    }
+                    args.extend([flag("file", &docker_file.display()), flag("tag", &tag), flag("label", &label)]);
+                    args.push(flag("build-arg", &format!("INFRABOX_BUILD_NUMBER={}", request.pipeline)));
+                    for (key, value) in &spec.container.build_arguments {
+                        args.push(flag("build-arg", &format!("{key}={value}")));
+                    }
+                    if let Some(target) = target {
+                        args.push(flag("target", &target));
+                    }
+                    args.push("--".into());
+                    args.push(context.context.display().to_string());
+                    self.command("build", args)
+                };
+                steps.push(Step {
+                    what: format!("building {tag}"),
+                    argv: build(spec.container.target.as_deref(), &tag),
+                });
+                let stage = |stage: &str, reference: &str| Some(build(Some(stage), reference));
+                let mut pushes = deploy(&tag, &stage, &mut cleanup)?;
+                push_steps(&mut steps, &mut pushes, true);
                 // InfraBox builds only, unless told `build_only: false`.
                 if spec.container.build_only == Some(false) {
                     steps.push(Step { what: format!("running {tag}"), argv: run(&tag, Vec::new(), Some(context)) });
                     cleanup.push(self.command("rm", ["-f".into(), "--".into(), name.clone()]));
                     // An image built to be run goes with the run; a built-only one is the product.
-                    cleanup.push(self.command("rmi", ["-f".into(), "--".into(), tag]));
+                    cleanup.push(self.command("rmi", ["-f".into(), "--".into(), tag.clone()]));
                 }
+                push_steps(&mut steps, &mut pushes, false);
             }
             JobKind::DockerCompose => {
                 if self.compose.is_empty() {
@@ -806,6 +893,65 @@ fn write_env_file(path: &Path, vars: &[(String, String)]) -> Result<PathBuf, Str
         .map_err(|e| format!("writing the run's variables to {}: {e}", path.display()))?;
     file.write_all(text.as_bytes()).map_err(|e| format!("writing the run's variables to {}: {e}", path.display()))?;
     Ok(path.to_path_buf())
+}
+
+/// Move the deployments' steps with `always_push == always` to the end of `steps`.
+fn push_steps(steps: &mut Vec<Step>, pushes: &mut Vec<(bool, Vec<Step>)>, always: bool) {
+    let (now, later): (Vec<_>, Vec<_>) = std::mem::take(pushes).into_iter().partition(|(a, _)| *a == always);
+    *pushes = later;
+    steps.extend(now.into_iter().flat_map(|(_, s)| s));
+}
+
+/// The registry logins of a run, as (registry, username, password): each of its `registries`
+/// and `deployments` that names a username, with the password the gateway gave for it.
+fn registry_logins(request: &RunRequest) -> Result<Vec<(String, String, String)>, String> {
+    let mut logins = Vec::new();
+    let spec = &request.spec.container;
+    for (list, registries) in [("registries", &spec.registries), ("deployments", &spec.deployments)] {
+        for (i, r) in registries.iter().enumerate() {
+            let Some(user) = &r.username else { continue };
+            let password = match (request.secrets.registry_password(list, i), &r.password) {
+                (Some(given), _) => given,
+                (None, Some(_)) => return Err(format!("{list}[{i}].password: the gateway gave no value")),
+                (None, None) => "",
+            };
+            logins.push((r.host.trim_end_matches('/').to_string(), user.clone(), password.to_string()));
+        }
+    }
+    Ok(logins)
+}
+
+/// Write the run's registry logins to `dir/config.json` (the auth file both engines read, in
+/// an owner-only directory); `dir`. A registry named with a path (`quay.io/team`) is written
+/// under that name (podman matches it by namespace) and, first come, under its host (docker
+/// matches by host only).
+fn write_auth_file(dir: &Path, logins: &[(String, String, String)]) -> Result<PathBuf, String> {
+    use base64::Engine as _;
+    use std::io::Write;
+    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    let failed = |e: std::io::Error| format!("writing the run's registry logins to {}: {e}", dir.display());
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::DirBuilder::new().mode(0o700).create(dir).map_err(failed)?;
+    let mut auths = serde_json::Map::new();
+    for (registry, user, password) in logins {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let entry = serde_json::json!({ "auth": auth });
+        auths.entry(registry.clone()).or_insert_with(|| entry.clone());
+        if let Some((host, _)) = registry.split_once('/') {
+            auths.entry(host.to_string()).or_insert(entry);
+        }
+    }
+    let text = serde_json::to_vec_pretty(&serde_json::json!({ "auths": auths })).map_err(|e| e.to_string())?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(dir.join("config.json"))
+        .map_err(failed)?;
+    file.write_all(&text).map_err(failed)?;
+    Ok(dir.to_path_buf())
 }
 
 /// The engine's own environment, the same for every engine command: the replica's settings an

@@ -86,7 +86,9 @@ impl Executor {
                     }
                     None => missing.push("no container engine (jobs.containers)".to_string()),
                 }
-                atoll_api::spec::Capabilities { executor: "process".into(), runs, secrets: true, missing }
+                // Registry logins are the engine's: an auth file of the run's.
+                let registries = p.containers().is_some();
+                atoll_api::spec::Capabilities { executor: "process".into(), runs, secrets: true, registries, missing }
             }
             Executor::Kubernetes(k) => {
                 let mut runs = vec![JobKind::Command, JobKind::DockerImage];
@@ -97,7 +99,13 @@ impl Executor {
                     missing.push("no image builder (jobs.kubernetes.builder)".to_string());
                 }
                 missing.push("docker-compose needs the process executor with a compose program".to_string());
-                atoll_api::spec::Capabilities { executor: "kubernetes".into(), runs, secrets: true, missing }
+                atoll_api::spec::Capabilities {
+                    executor: "kubernetes".into(),
+                    runs,
+                    secrets: true,
+                    registries: false,
+                    missing,
+                }
             }
         }
     }

@@ -266,7 +266,7 @@ impl ProcessExecutor {
         let in_container = super::containers::runs_in_container(&request.spec.kind);
         let task = if request.inputs.is_empty()
             && request.spec.source.is_none()
-            && request.spec.secret_env.is_empty()
+            && request.spec.secret_uses().is_empty()
             && !in_container
         {
             // Nothing to fetch: start at once, in the caller's turn.
@@ -303,7 +303,7 @@ impl ProcessExecutor {
                         }
                     }
                 }
-                if prepared.is_ok() && !request.spec.secret_env.is_empty() {
+                if prepared.is_ok() && !request.spec.secret_uses().is_empty() {
                     prepared = match this.secrets(&request).await {
                         Ok(values) => {
                             request.secrets = values;
@@ -482,6 +482,7 @@ impl ProcessExecutor {
         if let Some(project) = &plan.compose_project {
             engine.remove_project_leftovers(project).await;
         }
+        super::containers::remove_run_secrets(&dir);
         let Some((state, exit_code, why)) = outcome(ended, code, timeout) else { return };
         let message = match (why, message) {
             (Some(why), Some(m)) => Some(format!("{why} ({m})")),
@@ -643,7 +644,7 @@ impl ProcessExecutor {
             env.push((os(&key), os(&value)));
         }
         // The job's own environment last: it may override any of the above.
-        for (key, value) in request.spec.environment.iter().chain(&request.secrets.0) {
+        for (key, value) in request.spec.environment.iter().chain(request.secrets.variables()) {
             env.retain(|(k, _)| k.as_os_str() != key.as_str());
             env.push((os(key), os(value)));
         }
@@ -1189,11 +1190,19 @@ mod tests {
 
     /// A process executor with podman, storing outputs in `dir/blobs`; `source` packed and stored.
     async fn with_podman(dir: &Path, source: &Path) -> (ProcessExecutor, atoll_store::Blobs, String) {
+        with_engine(dir, source, super::super::containers::Engine::podman_for_tests()).await
+    }
+
+    async fn with_engine(
+        dir: &Path,
+        source: &Path,
+        engine: super::super::containers::Engine,
+    ) -> (ProcessExecutor, atoll_store::Blobs, String) {
         let blobs = atoll_store::Blobs::open(&atoll_store::StorageConfig::local(dir.join("blobs"))).unwrap();
         let packed = atoll_store::archive::pack_dir(source, &dir.join("s.tar")).unwrap();
         blobs.put_file(&dir.join("s.tar"), &packed.digest).await.unwrap();
         let mut settings = ProcessSettings::for_tests(Vec::new());
-        settings.containers = Some(super::super::containers::Engine::podman_for_tests());
+        settings.containers = Some(engine);
         let executor = ProcessExecutor::detect(dir.join("work"), &settings)
             .await
             .expect("podman answers (scripts/test installs it)")
@@ -1311,6 +1320,91 @@ mod tests {
         let (state, message, _) = run_logged(&executor, in_app(&escape)).await;
         assert_eq!(state, EndState::Error);
         assert!(message.unwrap_or_default().contains("leads out of the job's source"));
+    }
+
+    #[tokio::test]
+    async fn a_docker_job_pushes_to_a_registry_it_logs_in_to_and_a_docker_image_job_pulls_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        use atoll_mesh::registry::REGISTRY_PASSWORD;
+        use atoll_mesh::registry::REGISTRY_USER;
+        let registry = atoll_mesh::registry::ImageRegistry::start(&dir.path().join("registry")).await.unwrap();
+        let source = dir.path().join("src");
+        std::fs::create_dir_all(source.join("infrabox/app")).unwrap();
+        std::fs::write(
+            source.join("infrabox/app/Dockerfile"),
+            "FROM localhost/atoll-base:bookworm AS base\nRUN echo from the base stage > /made\n\
+             FROM base AS final\nRUN echo from the final stage > /made\n",
+        )
+        .unwrap();
+        let mut engine = super::super::containers::Engine::podman_for_tests();
+        engine.registry_args = vec!["--cert-dir".into(), registry.certs.display().to_string()];
+        let (executor, _, digest) = with_engine(dir.path(), &source, engine.clone()).await;
+        let host = &registry.addr;
+        let secrets = |keys: &[&str], password: &str| {
+            super::super::run::SecretValues(keys.iter().map(|k| (k.to_string(), password.to_string())).collect())
+        };
+
+        // A docker job: built, then pushed twice: as the built image, and its `base` stage.
+        let login = format!(r#""username": "{REGISTRY_USER}", "password": {{"$secret": "registry"}}"#);
+        let doc = format!(
+            r#"{{"version": 1, "jobs": [{{"type": "docker", "name": "app", "docker_file": "infrabox/app/Dockerfile",
+              "deployments": [{{"type": "docker-registry", "host": "{host}", "repository": "atoll/app", {login}}},
+                              {{"type": "docker-registry", "host": "{host}", "repository": "atoll/base", "tag": "v1", "target": "base", {login}}}]}}]}}"#
+        );
+        let mut request = container_request(&doc, &digest);
+        request.secrets = secrets(&["deployments[0].password", "deployments[1].password"], REGISTRY_PASSWORD);
+        // The values are given here, not asked of a gateway.
+        request.spec.container.deployments.iter_mut().for_each(|d| d.password = None);
+        let (state, message, log) = run_logged(&executor, request).await;
+        assert_eq!(state, EndState::Finished, "{message:?}\n{log}");
+        let pushed = format!("{host}/atoll/app:build_0123456789ab");
+        assert!(log.contains("[atoll] tagging ") && log.contains(&format!("[atoll] pushing {pushed}")), "{log}");
+        assert!(log.contains(&format!("[atoll] building stage base as {host}/atoll/base:v1")), "{log}");
+        assert!(!log.contains(REGISTRY_PASSWORD), "the password never shows: {log}");
+        let work = executor.work_dir("0123456789ab.app", 1);
+        assert!(!work.join(".atoll-auth").exists() && !work.join(".atoll-env").exists(), "no secret stays on disk");
+        // The local names went with the run: what is pulled next comes from the registry.
+        let names = || async {
+            let all = engine.command("images", ["--format".into(), "{{.Repository}}:{{.Tag}}".into()]);
+            let listed = super::super::containers::output(&all).await.unwrap();
+            listed.lines().filter(|l| l.starts_with(host.as_str())).map(str::to_string).collect::<Vec<_>>()
+        };
+        assert_eq!(names().await, Vec::<String>::new(), "no local name of the registry's is left");
+
+        // A docker-image job pulls each back with its login, and runs it.
+        let pull = |image: &str, password: &str| {
+            let doc = format!(
+                r#"{{"version": 1, "jobs": [{{"type": "docker-image", "name": "use", "image": "{image}", "command": ["cat", "/made"],
+                  "registries": [{{"type": "docker-registry", "host": "{host}", "repository": "atoll/app", {login}}}]}}]}}"#
+            );
+            let mut request = container_request(&doc, &digest);
+            request.secrets = secrets(&["registries[0].password"], password);
+            request.spec.container.registries[0].password = None;
+            request
+        };
+        let (state, message, log) = run_logged(&executor, pull(&pushed, REGISTRY_PASSWORD)).await;
+        assert_eq!(state, EndState::Finished, "{message:?}\n{log}");
+        assert!(log.contains(&format!("[atoll] pulling {pushed}")) && log.contains("from the final stage"), "{log}");
+        let (state, message, log) =
+            run_logged(&executor, pull(&format!("{host}/atoll/base:v1"), REGISTRY_PASSWORD)).await;
+        assert_eq!(state, EndState::Finished, "{message:?}\n{log}");
+        assert!(log.contains("from the base stage"), "{log}");
+
+        // A wrong password: the pull fails with the registry's words, and the password is masked.
+        let _ =
+            super::super::containers::output(&engine.command("rmi", ["-f".into(), "--".into(), pushed.clone()])).await;
+        let (state, _, log) = run_logged(&executor, pull(&pushed, "not-the-password")).await;
+        assert_eq!(state, EndState::Failure, "{log}");
+        assert!(log.to_lowercase().contains("unauthorized") || log.contains("401"), "{log}");
+        assert!(!log.contains("not-the-password"), "{log}");
+        assert_eq!(leftovers(&executor).await.trim(), "", "no container is left");
+        // The images pulled from this registry (its port is this run's): not kept.
+        let pulled = names().await;
+        if !pulled.is_empty() {
+            let mut rmi = vec!["-f".to_string(), "--".to_string()];
+            rmi.extend(pulled);
+            super::super::containers::output(&engine.command("rmi", rmi)).await.unwrap();
+        }
     }
 
     #[tokio::test]

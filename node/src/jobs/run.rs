@@ -94,6 +94,17 @@ impl std::fmt::Debug for SecretValues {
 }
 
 impl SecretValues {
+    /// The secret variables (a registry's password, delivered under `deployments[i].password`,
+    /// is not one).
+    pub fn variables(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().filter(|(key, _)| !key.contains('['))
+    }
+
+    /// The password the gateway gave for `deployments[i]` or `registries[i]`.
+    pub fn registry_password(&self, list: &str, i: usize) -> Option<&str> {
+        self.0.get(&atoll_api::spec::registry_password_key(list, i)).map(String::as_str)
+    }
+
     /// The values to mask in a run's log ([`mask`]): those of [`MASKED_FROM`] bytes or more.
     pub fn masks(&self) -> Vec<&[u8]> {
         self.0.values().map(|v| v.as_bytes()).filter(|v| v.len() >= MASKED_FROM).collect()
@@ -185,7 +196,8 @@ impl RunRequest {
     /// gives them only for an attempt bound to this cluster); every one named must come.
     pub async fn secret_values(&self, transfers: &crate::transfers::Transfers) -> Result<SecretValues, String> {
         let values = transfers.job_secrets(&self.job, self.attempt).await?;
-        let missing: Vec<&String> = self.spec.secret_env.keys().filter(|k| !values.contains_key(*k)).collect();
+        let missing: Vec<String> =
+            self.spec.secret_uses().into_iter().map(|u| u.key).filter(|k| !values.contains_key(k)).collect();
         if !missing.is_empty() {
             return Err(format!("the gateway gave no value for {missing:?}"));
         }
