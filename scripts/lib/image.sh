@@ -61,17 +61,17 @@ image_tools() {
   [[ -x /usr/bin/docker-registry ]] || packages+=(docker-registry)
   if ((${#packages[@]})); then
     _image_need_root image_tools || return 1
-    # No service a package brings starts while it installs (unless this machine already says so).
-    local policy=/usr/sbin/policy-rc.d made_policy=
-    if [[ ! -e $policy ]]; then
-      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
-    fi
-    local installed=0
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}" >&2 ||
-      { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}" >&2; } ||
-      installed=1
-    [[ -z $made_policy ]] || rm -f "$policy"
-    ((installed == 0)) || { echo "image_tools: apt-get could not install ${packages[*]}" >&2; return 1; }
+    # No service a package brings starts while it installs (unless this machine already says
+    # so): a policy of this subshell's, removed however it ends.
+    (
+      policy=/usr/sbin/policy-rc.d
+      if [[ ! -e $policy ]]; then
+        trap 'rm -f "$policy"' EXIT INT TERM HUP
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
+      fi
+      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}" >&2 ||
+        { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}" >&2; }
+    ) || { echo "image_tools: apt-get could not install ${packages[*]}" >&2; return 1; }
   fi
   echo "image tools: podman $(podman --version | awk '{print $3}'), runc $(runc --version | awk 'NR == 1 {print $3}'), podman-compose $(dpkg-query -W -f '${Version}' podman-compose 2>/dev/null || echo '?')," \
     "debootstrap $(dpkg-query -W -f '${Version}' debootstrap 2>/dev/null || echo '?')," \

@@ -382,6 +382,36 @@ fn registry(v: &Value, path: &str, deployment: bool, problems: &mut Problems) ->
         secret_access_key: secret("secret_access_key", problems),
         service_account: secret("service_account", problems),
     };
+    // Parts of an image's name: what an engine takes, and nothing a log line could be made of.
+    let name_part = |key: &str, value: Option<&str>, ok: &dyn Fn(char) -> bool, what: &str, problems: &mut Problems| {
+        if let Some(v) = value
+            && (v.is_empty() || v.starts_with(['-', '/', '.']) || v.ends_with('/') || !v.chars().all(ok))
+        {
+            push(problems, &at(key), format!("{v:?} is not {what}"));
+        }
+    };
+    name_part(
+        "host",
+        Some(registry.host.as_str()),
+        &|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '/'),
+        "a registry (host[:port][/path]: letters, digits, . - _ : /)",
+        problems,
+    );
+    name_part(
+        "repository",
+        registry.repository.as_deref(),
+        &|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_' | '/'),
+        "a repository (lowercase letters, digits, . - _ /)",
+        problems,
+    );
+    if let Some(tag) = &registry.tag
+        && (tag.is_empty()
+            || tag.len() > 128
+            || tag.starts_with(['.', '-'])
+            || !tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+    {
+        push(problems, &at("tag"), format!("{tag:?} is not a tag (letters, digits, . - _; at most 128)"));
+    }
     (problems.len() == before).then_some(registry)
 }
 

@@ -618,8 +618,9 @@ pub struct Capabilities {
     pub runs: Vec<JobKind>,
     /// Whether it gives jobs secret variables.
     pub secrets: bool,
-    /// Whether it logs in to registries for a job: pushes built images (`deployments`) and
-    /// pulls with credentials (`registries`). Absent from an older agent: it does not.
+    /// Whether it works with registries for a job: logs in (`registries`), pushes images
+    /// (`deployments`), pulls one without running it (`run: false`). Absent from an older agent:
+    /// it does not.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub registries: bool,
     /// What it lacks, in an operator's words (`no container engine (jobs.containers)`), shown
@@ -663,7 +664,13 @@ impl Capabilities {
             && !self.registries
             && runs_kind
         {
-            lacks.push((key, format!("logs in to no registries for jobs ({} executor)", self.executor)));
+            lacks.push((
+                key,
+                format!(
+                    "does not log in to registries, push images or pull one without running it ({} executor)",
+                    self.executor
+                ),
+            ));
         }
         lacks
     }
@@ -674,7 +681,7 @@ impl Capabilities {
 pub struct Needs {
     pub kind: JobKind,
     pub secrets: bool,
-    /// The key that asks for registry logins (`deployments` or `registries`), if any.
+    /// The key that asks for work with registries (`deployments`, `registries`, `run`), if any.
     pub registries: Option<&'static str>,
 }
 
@@ -696,6 +703,8 @@ impl JobSpec {
             Some("deployments")
         } else if !self.container.registries.is_empty() {
             Some("registries")
+        } else if self.container.run == Some(false) {
+            Some("run")
         } else {
             None
         };
@@ -860,9 +869,7 @@ pub fn check_clusters(spec: &PipelineSpec, clusters: &[ClusterFacts<'_>]) -> Res
             }
             for (key, why) in by_key {
                 let key = match key {
-                    "environment" => {
-                        job.secret_env.keys().next().map_or("environment".to_string(), |k| format!("environment.{k}"))
-                    }
+                    "environment" => job.secret_uses().first().map_or("environment".to_string(), |u| u.path.clone()),
                     other => other.to_string(),
                 };
                 problems.push(SpecProblem {

@@ -608,8 +608,17 @@ fn infrabox_keys_are_read_into_the_spec() {
     let refused = check_clusters(&deploy, &clusters).unwrap_err().0[0].to_string();
     assert_eq!(
         refused,
-        "jobs[0].deployments: job \"test\": no cluster with its labels can run it: aws logs in to no registries \
-         for jobs (process executor)"
+        "jobs[0].deployments: job \"test\": no cluster with its labels can run it: aws does not log in to \
+         registries, push images or pull one without running it (process executor)"
+    );
+    // So does an image pulled and not run.
+    let pulled =
+        parse(r#"{"version": 1, "jobs": [{"type": "docker-image", "name": "p", "image": "i", "run": false}]}"#)
+            .unwrap();
+    let refused = check_clusters(&pulled, &clusters).unwrap_err().0[0].to_string();
+    assert!(
+        refused.starts_with("jobs[0].run: job \"p\": no cluster with its labels can run it: aws does not"),
+        "{refused}"
     );
     clusters[0].capabilities = Some(&engine);
     check_clusters(&deploy, &clusters).expect("aws logs in to registries");
@@ -812,6 +821,21 @@ fn registry_logins_other_than_docker_registry_and_a_stage_of_nothing_are_refused
         ]}"#,
     )
     .unwrap();
+    // An image's name is made of parts an engine takes, and nothing else.
+    for (entry, key) in [
+        (r#""host": "-h", "repository": "r""#, "host"),
+        (r#""host": "h\nx", "repository": "r""#, "host"),
+        (r#""host": "h", "repository": "Caps""#, "repository"),
+        (r#""host": "h", "repository": "/r""#, "repository"),
+        (r#""host": "h", "repository": "r", "tag": "a b""#, "tag"),
+        (r#""host": "h", "repository": "r", "tag": "-t""#, "tag"),
+    ] {
+        let doc = format!(
+            r#"{{"version": 1, "jobs": [{{"name": "b", "type": "docker", "docker_file": "D", "deployments": [{{"type": "docker-registry", {entry}}}]}}]}}"#
+        );
+        let err = parse(&doc).unwrap_err().to_string();
+        assert!(err.contains(&format!("jobs[0].deployments[0].{key}: ")), "{entry}: {err}");
+    }
     let refused: Vec<String> = unsupported(&spec).iter().map(ToString::to_string).collect();
     assert_eq!(
         refused,

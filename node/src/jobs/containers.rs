@@ -116,6 +116,12 @@ impl Engine {
         argv
     }
 
+    /// Whether the engine is podman (by its program's name), not docker: they differ in how a
+    /// login file is named to them and in what `push` takes.
+    fn is_podman(&self) -> bool {
+        Path::new(&self.program).file_name().is_some_and(|n| n.to_string_lossy().starts_with("podman"))
+    }
+
     /// Whether docker-compose jobs run.
     pub fn composes(&self) -> bool {
         !self.compose.is_empty()
@@ -134,8 +140,17 @@ impl Engine {
     }
 
     /// Remove the containers an earlier run of this work root left (a replica killed while they
-    /// ran).
+    /// ran), and the files holding secrets its runs left (`root/<job>/<attempt>/`).
     pub async fn sweep(&self, work_root: &Path) {
+        let root = work_root.to_path_buf();
+        let _ = tokio::task::spawn_blocking(move || {
+            for job in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                for attempt in std::fs::read_dir(job.path()).into_iter().flatten().flatten() {
+                    remove_run_secrets(&attempt.path());
+                }
+            }
+        })
+        .await;
         let label = format!("label=atoll.work={}", work_root.display());
         let argv = self.command("ps", ["-a".into(), "-q".into(), "--filter".into(), label]);
         match output(&argv).await {
@@ -226,15 +241,21 @@ impl Engine {
         let label = format!("atoll.work={}", work_root.display());
         let mut env = engine_env();
         // Registry logins: an owner-only auth file of the run's, named to the engine by its
-        // environment (podman reads REGISTRY_AUTH_FILE, docker DOCKER_CONFIG): no password on a
-        // command line, none in the replica's own logins.
-        // A job naming no username leaves the replica's own logins in place.
+        // own variable (podman: REGISTRY_AUTH_FILE; docker: DOCKER_CONFIG, a copy of the
+        // replica's client configuration with these logins instead of its own): no password on
+        // a command line. A job naming no username leaves the replica's own logins in place.
         let logins = registry_logins(request)?;
         if !logins.is_empty() {
-            let auth = write_auth_file(&dir.join(AUTH_DIR), &logins)?;
-            env.retain(|(k, _)| k != "REGISTRY_AUTH_FILE" && k != "DOCKER_CONFIG");
-            env.push(("REGISTRY_AUTH_FILE".into(), auth.join("config.json").into()));
-            env.push(("DOCKER_CONFIG".into(), auth.into()));
+            let auth = dir.join(AUTH_DIR);
+            if self.is_podman() {
+                write_auth_file(&auth, &logins, None)?;
+                env.retain(|(k, _)| k != "REGISTRY_AUTH_FILE");
+                env.push(("REGISTRY_AUTH_FILE".into(), auth.join("config.json").into()));
+            } else {
+                write_auth_file(&auth, &logins, Some(&docker_config_dir()))?;
+                env.retain(|(k, _)| k != "DOCKER_CONFIG");
+                env.push(("DOCKER_CONFIG".into(), auth.into()));
+            }
         }
         // What talks to a registry for the job gets the operator's registry options.
         let registry_args = || self.registry_args.iter().cloned();
@@ -243,8 +264,11 @@ impl Engine {
             args.extend(["--".into(), image.to_string()]);
             Step { what: format!("pulling {image}"), argv: self.command("pull", args) }
         };
-        // Each deployment: its reference tagged (or its own stage built), then pushed.
-        // `always_push` ones go right after the build, before the run can fail.
+        // Each deployment: the image (or the deployment's own stage, built under a name of the
+        // run's) pushed as `host/repository:tag`. Podman pushes a local image to another name
+        // without taking that name locally; docker pushes a local name, so it is taken for the
+        // push and given back right after. `always_push` ones go right after the build, before
+        // the run can fail.
         let deploy = |image: &str,
                       build: &dyn Fn(&str, &str) -> Option<Vec<String>>,
                       cleanup: &mut Vec<Vec<String>>|
@@ -255,23 +279,34 @@ impl Engine {
                 let reference =
                     format!("{}/{}:{tag}", d.host.trim_end_matches('/'), d.repository.as_deref().unwrap_or(""));
                 let mut steps = Vec::new();
-                match &d.target {
-                    Some(stage) if spec.container.target.as_deref() != Some(stage.as_str()) => steps.push(Step {
-                        what: format!("building stage {stage} as {reference}"),
-                        argv: build(stage, &reference).ok_or_else(|| {
+                let source = match &d.target {
+                    Some(stage) if spec.container.target.as_deref() != Some(stage.as_str()) => {
+                        let local = format!("{image}-deploy{i}");
+                        let argv = build(stage, &local).ok_or_else(|| {
                             format!("deployments[{i}].target: names a build stage, and this job builds nothing")
-                        })?,
-                    }),
-                    _ => steps.push(Step {
-                        what: format!("tagging {image} as {reference}"),
-                        argv: self.command("tag", ["--".into(), image.to_string(), reference.clone()]),
-                    }),
-                }
+                        })?;
+                        steps.push(Step { what: format!("building stage {stage} for {reference}"), argv });
+                        cleanup.push(self.command("rmi", ["-f".into(), "--".into(), local.clone()]));
+                        local
+                    }
+                    _ => image.to_string(),
+                };
                 let mut args: Vec<String> = registry_args().collect();
-                args.extend(["--".into(), reference.clone()]);
-                steps.push(Step { what: format!("pushing {reference}"), argv: self.command("push", args) });
-                // The local name goes with the run; the pushed image stays in its registry.
-                cleanup.push(self.command("rmi", ["--".into(), reference]));
+                if self.is_podman() {
+                    args.extend(["--".into(), source, reference.clone()]);
+                    steps.push(Step { what: format!("pushing {reference}"), argv: self.command("push", args) });
+                } else {
+                    steps.push(Step {
+                        what: format!("tagging {source} as {reference}"),
+                        argv: self.command("tag", ["--".into(), source, reference.clone()]),
+                    });
+                    args.extend(["--".into(), reference.clone()]);
+                    steps.push(Step { what: format!("pushing {reference}"), argv: self.command("push", args) });
+                    steps.push(Step {
+                        what: format!("untagging {reference}"),
+                        argv: self.command("rmi", ["--".into(), reference]),
+                    });
+                }
                 out.push((d.always_push, steps));
             }
             Ok(out)
@@ -313,8 +348,13 @@ impl Engine {
                     Some(JobCommand::Shell(line)) => vec!["sh".into(), "-c".into(), line.clone()],
                     None => Vec::new(),
                 };
-                // Pulled first where it needs a login or is not run (`run: false`).
-                if !spec.container.registries.is_empty() || spec.container.run == Some(false) {
+                // Pulled first where it needs a login, is pushed, or is not run (`run: false`);
+                // an image under `localhost/` is the engine's own, never pulled.
+                if (!spec.container.registries.is_empty()
+                    || !spec.container.deployments.is_empty()
+                    || spec.container.run == Some(false))
+                    && !image.starts_with("localhost/")
+                {
                     steps.push(pull(&image));
                 }
                 let no_build = |_: &str, _: &str| None;
@@ -902,9 +942,19 @@ fn push_steps(steps: &mut Vec<Step>, pushes: &mut Vec<(bool, Vec<Step>)>, always
     steps.extend(now.into_iter().flat_map(|(_, s)| s));
 }
 
-/// The registry logins of a run, as (registry, username, password): each of its `registries`
-/// and `deployments` that names a username, with the password the gateway gave for it.
-fn registry_logins(request: &RunRequest) -> Result<Vec<(String, String, String)>, String> {
+/// One registry login of a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Login {
+    /// `host[:port][/path]`.
+    registry: String,
+    repository: Option<String>,
+    user: String,
+    password: String,
+}
+
+/// The registry logins of a run: each of its `registries` and `deployments` that names a
+/// username, with the password the gateway gave for it.
+fn registry_logins(request: &RunRequest) -> Result<Vec<Login>, String> {
     let mut logins = Vec::new();
     let spec = &request.spec.container;
     for (list, registries) in [("registries", &spec.registries), ("deployments", &spec.deployments)] {
@@ -915,17 +965,33 @@ fn registry_logins(request: &RunRequest) -> Result<Vec<(String, String, String)>
                 (None, Some(_)) => return Err(format!("{list}[{i}].password: the gateway gave no value")),
                 (None, None) => "",
             };
-            logins.push((r.host.trim_end_matches('/').to_string(), user.clone(), password.to_string()));
+            logins.push(Login {
+                registry: r.host.trim_end_matches('/').to_string(),
+                repository: r.repository.clone(),
+                user: user.clone(),
+                password: password.to_string(),
+            });
         }
     }
     Ok(logins)
 }
 
-/// Write the run's registry logins to `dir/config.json` (the auth file both engines read, in
-/// an owner-only directory); `dir`. A registry named with a path (`quay.io/team`) is written
-/// under that name (podman matches it by namespace) and, first come, under its host (docker
-/// matches by host only).
-fn write_auth_file(dir: &Path, logins: &[(String, String, String)]) -> Result<PathBuf, String> {
+/// The replica's docker client configuration directory (`DOCKER_CONFIG`, else `~/.docker`).
+fn docker_config_dir() -> PathBuf {
+    match std::env::var_os("DOCKER_CONFIG") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".docker"),
+    }
+}
+
+/// Write the run's registry logins to `dir/config.json`, in an owner-only directory: the auth
+/// file format both engines read. Each login is written under `registry/repository` (podman
+/// takes the most specific match, so a pull login and a push login for two repositories of one
+/// host both work) and, first come, under `registry` and its host alone (docker matches by host
+/// only). With `docker_base` (the replica's docker configuration directory) the file is a copy
+/// of its `config.json` with these logins instead of its own (and no credential helpers), and
+/// its `contexts` are linked, so the docker client works as the replica's does.
+fn write_auth_file(dir: &Path, logins: &[Login], docker_base: Option<&Path>) -> Result<(), String> {
     use base64::Engine as _;
     use std::io::Write;
     use std::os::unix::fs::DirBuilderExt;
@@ -934,15 +1000,37 @@ fn write_auth_file(dir: &Path, logins: &[(String, String, String)]) -> Result<Pa
     let _ = std::fs::remove_dir_all(dir);
     std::fs::DirBuilder::new().mode(0o700).create(dir).map_err(failed)?;
     let mut auths = serde_json::Map::new();
-    for (registry, user, password) in logins {
-        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    for login in logins {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", login.user, login.password));
         let entry = serde_json::json!({ "auth": auth });
-        auths.entry(registry.clone()).or_insert_with(|| entry.clone());
-        if let Some((host, _)) = registry.split_once('/') {
-            auths.entry(host.to_string()).or_insert(entry);
+        let mut keys = Vec::new();
+        if let Some(repository) = &login.repository {
+            keys.push(format!("{}/{}", login.registry, repository.trim_matches('/')));
+        }
+        keys.push(login.registry.clone());
+        if let Some((host, _)) = login.registry.split_once('/') {
+            keys.push(host.to_string());
+        }
+        for key in keys {
+            auths.entry(key).or_insert_with(|| entry.clone());
         }
     }
-    let text = serde_json::to_vec_pretty(&serde_json::json!({ "auths": auths })).map_err(|e| e.to_string())?;
+    let mut config = serde_json::Map::new();
+    if let Some(base) = docker_base {
+        if let Ok(text) = std::fs::read(base.join("config.json"))
+            && let Ok(serde_json::Value::Object(own)) = serde_json::from_slice(&text)
+        {
+            config = own;
+        }
+        for key in ["auths", "credsStore", "credHelpers"] {
+            config.remove(key);
+        }
+        if base.join("contexts").is_dir() {
+            std::os::unix::fs::symlink(base.join("contexts"), dir.join("contexts")).map_err(failed)?;
+        }
+    }
+    config.insert("auths".into(), serde_json::Value::Object(auths));
+    let text = serde_json::to_vec_pretty(&serde_json::Value::Object(config)).map_err(|e| e.to_string())?;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -950,8 +1038,7 @@ fn write_auth_file(dir: &Path, logins: &[(String, String, String)]) -> Result<Pa
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(dir.join("config.json"))
         .map_err(failed)?;
-    file.write_all(&text).map_err(failed)?;
-    Ok(dir.to_path_buf())
+    file.write_all(&text).map_err(failed)
 }
 
 /// The engine's own environment, the same for every engine command: the replica's settings an
@@ -1012,6 +1099,9 @@ pub async fn output(argv: &[String]) -> Result<String, String> {
 /// stopped leading): on a thread of its own, so no async code waits for it.
 pub struct Cleanup {
     pub commands: std::collections::VecDeque<Vec<String>>,
+    /// The run's work directory, whose files holding secrets go after the commands (which may
+    /// read them: a compose file names its env file).
+    pub secrets_in: Option<PathBuf>,
 }
 
 impl Cleanup {
@@ -1024,13 +1114,20 @@ impl Cleanup {
             }
             self.commands.pop_front();
         }
+        if let Some(dir) = self.secrets_in.take() {
+            remove_run_secrets(&dir);
+        }
     }
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let commands = std::mem::take(&mut self.commands);
+        let secrets_in = self.secrets_in.take();
         if commands.is_empty() {
+            if let Some(dir) = secrets_in {
+                remove_run_secrets(&dir);
+            }
             return;
         }
         std::thread::spawn(move || {
@@ -1060,6 +1157,9 @@ impl Drop for Cleanup {
                         }
                     }
                 }
+            }
+            if let Some(dir) = secrets_in {
+                remove_run_secrets(&dir);
             }
         });
     }
@@ -1223,5 +1323,56 @@ mod tests {
         let env = engine_env();
         assert!(env.iter().any(|(k, _)| k == "PATH"));
         assert!(env.iter().all(|(k, _)| k != "LD_PRELOAD" && k != "PYTHONPATH"));
+    }
+
+    #[test]
+    fn logins_are_written_owner_only_by_repository_then_host_and_docker_keeps_its_own_settings() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let login = |registry: &str, repository: &str, user: &str| Login {
+            registry: registry.into(),
+            repository: Some(repository.into()),
+            user: user.into(),
+            password: format!("{user}-pw"),
+        };
+        let logins = [
+            login("r.example:5000", "team/pull", "puller"),
+            login("r.example:5000", "team/push", "pusher"),
+            login("quay.io/infrabox", "test", "quay"),
+        ];
+        let auth = dir.path().join("auth");
+        write_auth_file(&auth, &logins, None).unwrap();
+        let file = auth.join("config.json");
+        assert_eq!(std::fs::metadata(&auth).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        let user_of = |key: &str| {
+            use base64::Engine as _;
+            let auth = written["auths"][key]["auth"].as_str().unwrap_or_else(|| panic!("{key} in {written}"));
+            let decoded = base64::engine::general_purpose::STANDARD.decode(auth).unwrap();
+            String::from_utf8(decoded).unwrap()
+        };
+        assert_eq!(user_of("r.example:5000/team/pull"), "puller:puller-pw");
+        assert_eq!(user_of("r.example:5000/team/push"), "pusher:pusher-pw", "each repository its own login");
+        assert_eq!(user_of("r.example:5000"), "puller:puller-pw", "the host: the first");
+        assert_eq!(user_of("quay.io/infrabox/test"), "quay:quay-pw");
+        assert_eq!(user_of("quay.io/infrabox"), "quay:quay-pw");
+        assert_eq!(user_of("quay.io"), "quay:quay-pw", "docker matches the host alone");
+
+        // docker: the replica's own configuration, its logins and helpers replaced, its contexts
+        // linked.
+        let base = dir.path().join("docker");
+        std::fs::create_dir_all(base.join("contexts/meta")).unwrap();
+        std::fs::write(
+            base.join("config.json"),
+            r#"{"auths": {"own.example": {"auth": "b3du"}}, "credsStore": "desktop", "currentContext": "remote"}"#,
+        )
+        .unwrap();
+        write_auth_file(&auth, &logins[..1], Some(&base)).unwrap();
+        let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(written["currentContext"], "remote");
+        assert!(written.get("credsStore").is_none() && written["auths"].get("own.example").is_none(), "{written}");
+        assert!(written["auths"].get("r.example:5000").is_some(), "{written}");
+        assert!(auth.join("contexts/meta").is_dir(), "the contexts are the replica's");
     }
 }

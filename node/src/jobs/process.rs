@@ -423,12 +423,18 @@ impl ProcessExecutor {
         let (engine, plan) = match planned {
             Ok(planned) => planned,
             Err(message) => {
+                // The plan may have written the run's env or auth file before it failed.
+                super::containers::remove_run_secrets(&dir);
                 let _ = events.send(Event::error(&job, attempt, message));
                 return;
             }
         };
-        // Removes what the run made if this task is aborted (the replica stopped leading).
-        let cleanup = super::containers::Cleanup { commands: plan.cleanup.iter().cloned().collect() };
+        // Removes what the run made, then the run's files holding secrets, however it ends (also
+        // when this task is aborted: the replica stopped leading).
+        let cleanup = super::containers::Cleanup {
+            commands: plan.cleanup.iter().cloned().collect(),
+            secrets_in: Some(dir.clone()),
+        };
         let timeout = Duration::from_secs(request.spec.timeout_s.max(1));
         let deadline = tokio::time::Instant::now() + timeout;
         let mut keeper = LogKeeper::new(&job, attempt, &events, &dir, self.log_limit, &request.secrets);
@@ -482,7 +488,6 @@ impl ProcessExecutor {
         if let Some(project) = &plan.compose_project {
             engine.remove_project_leftovers(project).await;
         }
-        super::containers::remove_run_secrets(&dir);
         let Some((state, exit_code, why)) = outcome(ended, code, timeout) else { return };
         let message = match (why, message) {
             (Some(why), Some(m)) => Some(format!("{why} ({m})")),
@@ -1358,8 +1363,8 @@ mod tests {
         let (state, message, log) = run_logged(&executor, request).await;
         assert_eq!(state, EndState::Finished, "{message:?}\n{log}");
         let pushed = format!("{host}/atoll/app:build_0123456789ab");
-        assert!(log.contains("[atoll] tagging ") && log.contains(&format!("[atoll] pushing {pushed}")), "{log}");
-        assert!(log.contains(&format!("[atoll] building stage base as {host}/atoll/base:v1")), "{log}");
+        assert!(log.contains(&format!("[atoll] pushing {pushed}")), "{log}");
+        assert!(log.contains(&format!("[atoll] building stage base for {host}/atoll/base:v1")), "{log}");
         assert!(!log.contains(REGISTRY_PASSWORD), "the password never shows: {log}");
         let work = executor.work_dir("0123456789ab.app", 1);
         assert!(!work.join(".atoll-auth").exists() && !work.join(".atoll-env").exists(), "no secret stays on disk");
@@ -1371,10 +1376,11 @@ mod tests {
         };
         assert_eq!(names().await, Vec::<String>::new(), "no local name of the registry's is left");
 
-        // A docker-image job pulls each back with its login, and runs it.
+        // A docker-image job pulls each back with its login, and runs it; its variables hold
+        // no password.
         let pull = |image: &str, password: &str| {
             let doc = format!(
-                r#"{{"version": 1, "jobs": [{{"type": "docker-image", "name": "use", "image": "{image}", "command": ["cat", "/made"],
+                r#"{{"version": 1, "jobs": [{{"type": "docker-image", "name": "use", "image": "{image}", "command": ["sh", "-c", "cat /made; env"],
                   "registries": [{{"type": "docker-registry", "host": "{host}", "repository": "atoll/app", {login}}}]}}]}}"#
             );
             let mut request = container_request(&doc, &digest);
@@ -1385,6 +1391,8 @@ mod tests {
         let (state, message, log) = run_logged(&executor, pull(&pushed, REGISTRY_PASSWORD)).await;
         assert_eq!(state, EndState::Finished, "{message:?}\n{log}");
         assert!(log.contains(&format!("[atoll] pulling {pushed}")) && log.contains("from the final stage"), "{log}");
+        assert!(log.contains("INFRABOX_JOB_ID="), "the variables are printed: {log}");
+        assert!(!log.contains("password") && !log.contains("***"), "no password among them: {log}");
         let (state, message, log) =
             run_logged(&executor, pull(&format!("{host}/atoll/base:v1"), REGISTRY_PASSWORD)).await;
         assert_eq!(state, EndState::Finished, "{message:?}\n{log}");
@@ -1398,6 +1406,37 @@ mod tests {
         assert!(log.to_lowercase().contains("unauthorized") || log.contains("401"), "{log}");
         assert!(!log.contains("not-the-password"), "{log}");
         assert_eq!(leftovers(&executor).await.trim(), "", "no container is left");
+
+        // `always_push`: pushed before the run, so a failing run has pushed (a docker-image
+        // job's image, under the deployment's name; an image under localhost/ is not pulled).
+        let doc = format!(
+            r#"{{"version": 1, "jobs": [{{"type": "docker-image", "name": "copy", "image": "localhost/atoll-base:bookworm",
+              "command": ["sh", "-c", "echo failing; exit 3"],
+              "deployments": [{{"type": "docker-registry", "host": "{host}", "repository": "atoll/copy", "tag": "v2", "always_push": true, {login}}}]}}]}}"#
+        );
+        let mut request = container_request(&doc, &digest);
+        request.secrets = secrets(&["deployments[0].password"], REGISTRY_PASSWORD);
+        request.spec.container.deployments[0].password = None;
+        let (state, _, log) = run_logged(&executor, request).await;
+        assert_eq!(state, EndState::Failure, "{log}");
+        let (pushing, failing) = (log.find("[atoll] pushing").unwrap_or(usize::MAX), log.find("failing").unwrap_or(0));
+        assert!(pushing < failing && !log.contains("[atoll] pulling"), "pushed, then run: {log}");
+        let (state, message, log) =
+            run_logged(&executor, pull(&format!("{host}/atoll/copy:v2"), REGISTRY_PASSWORD)).await;
+        assert_eq!(state, EndState::Finished, "{message:?}\n{log}");
+
+        // A run whose plan fails after its files were written leaves no secret on disk.
+        let doc = format!(
+            r#"{{"version": 1, "jobs": [{{"type": "docker", "name": "astray", "docker_file": "../../Dockerfile",
+              "deployments": [{{"type": "docker-registry", "host": "{host}", "repository": "atoll/astray", {login}}}]}}]}}"#
+        );
+        let mut request = container_request(&doc, &digest);
+        request.secrets = secrets(&["deployments[0].password"], REGISTRY_PASSWORD);
+        request.spec.container.deployments[0].password = None;
+        let (state, message, _) = run_logged(&executor, request).await;
+        assert_eq!(state, EndState::Error, "{message:?}");
+        let work = executor.work_dir("0123456789ab.astray", 1);
+        assert!(!work.join(".atoll-auth").exists() && !work.join(".atoll-env").exists(), "no secret stays on disk");
         // The images pulled from this registry (its port is this run's): not kept.
         let pulled = names().await;
         if !pulled.is_empty() {

@@ -151,7 +151,10 @@ impl KubernetesExecutor {
             return Ok(Default::default());
         }
         let values = request.secret_values(&self.transfers).await?;
-        let secret = manifest::secret_for(request, &self.cluster, &values.0);
+        // Variables only: a registry's password is never a pod's (this executor takes no jobs
+        // that name one).
+        let variables = values.variables().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let secret = manifest::secret_for(request, &self.cluster, &variables);
         let name = job_name(&request.job, request.attempt);
         match self.secrets().create(&PostParams::default(), &secret).await {
             Ok(_) => Ok(values),
