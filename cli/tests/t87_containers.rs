@@ -259,12 +259,14 @@ jobs:
             ),
         }
     }
-    // What was pulled from this run's registry is not kept.
+    // What was pulled from this run's registry, and the publishing job's built image (the
+    // product, which the engine keeps): not kept by the test.
     let podman = atoll_mesh::JobContainers::podman();
     let mut images = std::process::Command::new(&podman.engine);
     images.args(&podman.engine_args).args(["images", "--format", "{{.Repository}}:{{.Tag}}"]);
     let listed = String::from_utf8_lossy(&images.output().unwrap().stdout).into_owned();
-    let pulled: Vec<&str> = listed.lines().filter(|l| l.starts_with(host.as_str())).collect();
+    let pulled: Vec<&str> =
+        listed.lines().filter(|l| l.starts_with(host.as_str()) || l.starts_with("localhost/atoll/publish-")).collect();
     if !pulled.is_empty() {
         let status = std::process::Command::new(&podman.engine)
             .args(&podman.engine_args)

@@ -1437,11 +1437,18 @@ mod tests {
         assert_eq!(state, EndState::Error, "{message:?}");
         let work = executor.work_dir("0123456789ab.astray", 1);
         assert!(!work.join(".atoll-auth").exists() && !work.join(".atoll-env").exists(), "no secret stays on disk");
-        // The images pulled from this registry (its port is this run's): not kept.
-        let pulled = names().await;
-        if !pulled.is_empty() {
+        // The images pulled from this registry (its port is this run's), and the built-only
+        // image of the job (the product, which the engine keeps): not kept by the test.
+        let all = engine.command("images", ["--format".into(), "{{.Repository}}:{{.Tag}}".into()]);
+        let listed = super::super::containers::output(&all).await.unwrap();
+        let ours: Vec<String> = listed
+            .lines()
+            .filter(|l| l.starts_with(host.as_str()) || l.starts_with("localhost/atoll/app-"))
+            .map(str::to_string)
+            .collect();
+        if !ours.is_empty() {
             let mut rmi = vec!["-f".to_string(), "--".to_string()];
-            rmi.extend(pulled);
+            rmi.extend(ours);
             super::super::containers::output(&engine.command("rmi", rmi)).await.unwrap();
         }
     }
