@@ -51,8 +51,8 @@ pub async fn clusters(config: &CliConfig, json: bool) -> anyhow::Result<()> {
         return print_json(&clusters);
     }
     println!(
-        "{:<12} {:<8} {:<8} {:<7} {:<5} {:<22} {:<10} labels",
-        "name", "state", "enabled", "leader", "term", "endpoint", "last seen"
+        "{:<12} {:<8} {:<8} {:<7} {:<5} {:<22} {:<10} {:<34} labels",
+        "name", "state", "enabled", "leader", "term", "endpoint", "last seen", "runs"
     );
     for c in clusters {
         print_cluster(&c);
@@ -63,7 +63,7 @@ pub async fn clusters(config: &CliConfig, json: bool) -> anyhow::Result<()> {
 fn print_cluster(c: &ClusterInfo) {
     let state = if c.revoked { "revoked".to_string() } else { c.state.to_string() };
     println!(
-        "{:<12} {:<8} {:<8} {:<7} {:<5} {:<22} {:<10} {}",
+        "{:<12} {:<8} {:<8} {:<7} {:<5} {:<22} {:<10} {:<34} {}",
         c.name,
         state,
         c.enabled,
@@ -71,8 +71,19 @@ fn print_cluster(c: &ClusterInfo) {
         c.term,
         c.endpoint.as_deref().unwrap_or("-"),
         c.last_seen_ms.map_or("never".to_string(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0)),
+        runs(c.capabilities.as_ref()),
         c.labels.join(",")
     );
+}
+
+/// The `runs` column: the job types beyond command jobs its executor runs; `command` for one
+/// that runs command jobs only, `-` for a leader that never said (`--json` has the whole of it:
+/// secrets, registries, what is missing).
+fn runs(capabilities: Option<&atoll_api::spec::Capabilities>) -> String {
+    let Some(c) = capabilities else { return "-".to_string() };
+    let words: Vec<&str> =
+        c.runs.iter().filter(|k| **k != atoll_api::spec::JobKind::Command).map(|k| k.as_str()).collect();
+    if words.is_empty() { "command".to_string() } else { words.join(",") }
 }
 
 /// `atoll secret set|list|delete`.
@@ -196,6 +207,23 @@ mod tests {
     use atoll_api::gateway::MatrixCell;
 
     use super::*;
+
+    #[test]
+    fn the_runs_column_names_what_beyond_command_jobs_a_cluster_runs() {
+        use atoll_api::spec::Capabilities;
+        use atoll_api::spec::JobKind;
+        let engine = Capabilities {
+            executor: "process".into(),
+            runs: vec![JobKind::Command, JobKind::DockerImage, JobKind::Docker, JobKind::DockerCompose],
+            secrets: true,
+            registries: true,
+            missing: Vec::new(),
+        };
+        assert_eq!(runs(Some(&engine)), "docker-image,docker,docker-compose");
+        let plain = Capabilities { runs: vec![JobKind::Command], registries: false, ..engine };
+        assert_eq!(runs(Some(&plain)), "command");
+        assert_eq!(runs(None), "-");
+    }
 
     #[test]
     fn the_matrix_table_keeps_its_columns_aligned() {

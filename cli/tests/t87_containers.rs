@@ -128,6 +128,11 @@ async fn docker_and_compose_jobs_run_where_a_container_engine_is_and_are_refused
     let out = mesh.cli(&["clusters", "--json"]);
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("clusters --json");
     assert!(listed.to_string().contains(r#""missing":["no container engine (jobs.containers)"]"#), "{listed}");
+    let table = String::from_utf8_lossy(&mesh.cli(&["clusters"]).stdout).into_owned();
+    let line = |name: &str| table.lines().find(|l| l.starts_with(name)).unwrap_or_default().to_string();
+    assert!(table.lines().next().is_some_and(|h| h.contains(" runs ")), "{table}");
+    assert!(line("aws ").contains(" docker-image,docker,docker-compose "), "{table}");
+    assert!(line("gcp ").contains(" command "), "{table}");
 
     phase("a docker job selecting gcp is refused at submit, naming what gcp lacks");
     let refused = mesh
