@@ -357,11 +357,7 @@ fn registry(v: &Value, path: &str, deployment: bool, problems: &mut Problems) ->
             push(
                 problems,
                 &at(key),
-                format!(
-                    "missing: a {} {} needs it",
-                    type_word(kind),
-                    if deployment { "deployment" } else { "registry" }
-                ),
+                format!("missing: a {} {} needs it", kind.as_str(), if deployment { "deployment" } else { "registry" }),
             );
         }
     }
@@ -413,10 +409,6 @@ fn registry(v: &Value, path: &str, deployment: bool, problems: &mut Problems) ->
         push(problems, &at("tag"), format!("{tag:?} is not a tag (letters, digits, . - _; at most 128)"));
     }
     (problems.len() == before).then_some(registry)
-}
-
-fn type_word(kind: RegistryKind) -> &'static str {
-    RegistryKind::ALL.iter().find(|(_, k)| *k == kind).map_or("", |(w, _)| w)
 }
 
 /// The include of a `workflow` or `git` job (`None` for other types).

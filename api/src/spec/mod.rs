@@ -319,6 +319,18 @@ pub enum RegistryKind {
 impl RegistryKind {
     pub const ALL: [(&'static str, RegistryKind); 3] =
         [("docker-registry", RegistryKind::DockerRegistry), ("ecr", RegistryKind::Ecr), ("gcr", RegistryKind::Gcr)];
+
+    /// Its word in a pipeline file (`docker-registry`).
+    pub fn as_str(self) -> &'static str {
+        Self::ALL.iter().find(|(_, k)| *k == self).map_or("", |(w, _)| w)
+    }
+}
+
+impl ContainerSpec {
+    /// `registries`, then `deployments`, each with its key.
+    pub fn registry_lists(&self) -> [(&'static str, &[Registry]); 2] {
+        [("registries", &self.registries), ("deployments", &self.deployments)]
+    }
 }
 
 /// Another pipeline file whose jobs take an include job's place.
@@ -718,9 +730,7 @@ impl JobSpec {
             .iter()
             .map(|(var, secret)| SecretUse { key: var.clone(), path: format!("environment.{var}"), secret })
             .collect();
-        for (list, registries) in
-            [("deployments", &self.container.deployments), ("registries", &self.container.registries)]
-        {
+        for (list, registries) in self.container.registry_lists() {
             for (i, registry) in registries.iter().enumerate() {
                 if let Some(secret) = &registry.password {
                     let key = registry_password_key(list, i);
@@ -784,10 +794,10 @@ pub fn unsupported(spec: &PipelineSpec) -> Vec<SpecProblem> {
             }
         }
         let c = &job.container;
-        for (list, registries) in [("deployments", &c.deployments), ("registries", &c.registries)] {
+        for (list, registries) in c.registry_lists() {
             for (r, registry) in registries.iter().enumerate() {
                 if registry.kind != RegistryKind::DockerRegistry {
-                    let kind = RegistryKind::ALL.iter().find(|(_, k)| *k == registry.kind).map_or("", |(w, _)| *w);
+                    let kind = registry.kind.as_str();
                     say(
                         &format!("{list}[{r}].type"),
                         &format!(

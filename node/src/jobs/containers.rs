@@ -912,8 +912,6 @@ fn check_and_rewrite(doc: &mut Yaml, dir: &Path, root: &Path, ours: &Ours<'_>) -
 /// The job's variables as an env file of the run (owner-only), for `--env-file` and compose's
 /// `env_file`; a value with a line break cannot be written there, and is refused by name.
 fn write_env_file(path: &Path, vars: &[(String, String)]) -> Result<PathBuf, String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let mut text = String::new();
     for (key, value) in vars {
         if value.contains(['\n', '\r', '\0']) {
@@ -924,15 +922,22 @@ fn write_env_file(path: &Path, vars: &[(String, String)]) -> Result<PathBuf, Str
         text.push_str(&format!("{key}={value}\n"));
     }
     let _ = std::fs::remove_file(path);
-    let mut file = std::fs::OpenOptions::new()
+    write_owner_only(path, text.as_bytes())
+        .map_err(|e| format!("writing the run's variables to {}: {e}", path.display()))?;
+    Ok(path.to_path_buf())
+}
+
+/// Write `bytes` to a new file at `path` only its owner can read, never through a link.
+fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| format!("writing the run's variables to {}: {e}", path.display()))?;
-    file.write_all(text.as_bytes()).map_err(|e| format!("writing the run's variables to {}: {e}", path.display()))?;
-    Ok(path.to_path_buf())
+        .open(path)?
+        .write_all(bytes)
 }
 
 /// Move the deployments' steps with `always_push == always` to the end of `steps`.
@@ -956,8 +961,7 @@ struct Login {
 /// username, with the password the gateway gave for it.
 fn registry_logins(request: &RunRequest) -> Result<Vec<Login>, String> {
     let mut logins = Vec::new();
-    let spec = &request.spec.container;
-    for (list, registries) in [("registries", &spec.registries), ("deployments", &spec.deployments)] {
+    for (list, registries) in request.spec.container.registry_lists() {
         for (i, r) in registries.iter().enumerate() {
             let Some(user) = &r.username else { continue };
             let password = match (request.secrets.registry_password(list, i), &r.password) {
@@ -993,9 +997,7 @@ fn docker_config_dir() -> PathBuf {
 /// its `contexts` are linked, so the docker client works as the replica's does.
 fn write_auth_file(dir: &Path, logins: &[Login], docker_base: Option<&Path>) -> Result<(), String> {
     use base64::Engine as _;
-    use std::io::Write;
     use std::os::unix::fs::DirBuilderExt;
-    use std::os::unix::fs::OpenOptionsExt;
     let failed = |e: std::io::Error| format!("writing the run's registry logins to {}: {e}", dir.display());
     let _ = std::fs::remove_dir_all(dir);
     std::fs::DirBuilder::new().mode(0o700).create(dir).map_err(failed)?;
@@ -1031,14 +1033,7 @@ fn write_auth_file(dir: &Path, logins: &[Login], docker_base: Option<&Path>) -> 
     }
     config.insert("auths".into(), serde_json::Value::Object(auths));
     let text = serde_json::to_vec_pretty(&serde_json::Value::Object(config)).map_err(|e| e.to_string())?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(dir.join("config.json"))
-        .map_err(failed)?;
-    file.write_all(&text).map_err(failed)
+    write_owner_only(&dir.join("config.json"), &text).map_err(failed)
 }
 
 /// The engine's own environment, the same for every engine command: the replica's settings an
